@@ -1,0 +1,7 @@
+"""The ``medlens`` command line."""
+
+from __future__ import annotations
+
+from medlens.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,45 @@
+"""Entry point of the ``medlens`` console script.
+
+Every failure ends with exit code 1 and one line ``error: <reason>`` on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from medlens import __version__
+from medlens.cli._lazy import LazyGroup
+from medlens.errors import MedLensError
+
+__all__ = ["cli", "main"]
+
+#: Sub-commands, imported on use so `medlens --help` stays fast and torch-free.
+COMMANDS: dict[str, str] = {
+    "plugins": "medlens.cli.plugins:plugins",
+    "run": "medlens.cli.run:run",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="medlens")
+def cli() -> None:
+    """MedLens: run medical-imaging AI plugins on DICOM, NIfTI and 2-D images."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI, turning every MedLens error into one line and exit code 1."""
+    try:
+        cli.main(args=argv, prog_name="medlens", standalone_mode=False)
+    except MedLensError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

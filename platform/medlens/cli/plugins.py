@@ -1,0 +1,98 @@
+"""``medlens plugins list|info``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from medlens.host import Host
+from medlens.plugin_api._manifest import Manifest
+
+__all__ = ["plugins"]
+
+
+def _summary(m: Manifest) -> dict[str, object]:
+    return {
+        "id": m.id,
+        "version": m.version,
+        "title": m.title,
+        "task": m.task.value,
+        "modality": [x.value for x in m.modality],
+        "diagnostic_use": m.model_card.diagnostic_use,
+    }
+
+
+@click.group()
+def plugins() -> None:
+    """List installed plugins and show their manifests."""
+
+
+@plugins.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_(as_json: bool) -> None:
+    """List accepted plugins, and rejected ones with why."""
+    host = Host()
+    manifests = host.plugins()
+    errors = host.errors()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "plugins": [_summary(m) for m in manifests],
+                    "errors": [{"plugin": e.plugin_id, "error": str(e)} for e in errors],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table("id", "version", "task", "modality", "diagnostic use", "title")
+    for m in manifests:
+        table.add_row(
+            m.id,
+            m.version,
+            m.task.value,
+            ",".join(x.value for x in m.modality),
+            "yes" if m.model_card.diagnostic_use else "NO (demo)",
+            m.title,
+        )
+    console = Console()
+    console.print(table)
+    for e in errors:
+        console.print(f"[red]rejected[/red] {e}", highlight=False)
+
+
+@plugins.command("info")
+@click.argument("plugin_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def info(plugin_id: str, as_json: bool) -> None:
+    """Show one plugin's manifest and model card."""
+    handle = Host().get(plugin_id)
+    m = handle.manifest
+    if as_json:
+        data = m.model_dump(mode="json")
+        data["distribution"] = handle.record.distribution
+        click.echo(json.dumps(data, indent=2))
+        return
+    card = m.model_card
+    click.echo(f"{m.title} ({m.id} {m.version}, plugin API {m.api_version})")
+    click.echo(
+        f"  task: {m.task.value}; modality: {', '.join(x.value for x in m.modality)}; "
+        f"body part: {m.body_part}"
+    )
+    click.echo(f"  distribution: {handle.record.distribution} {handle.record.distribution_version}")
+    click.echo(f"  labels: {', '.join(f'{x.value}={x.name}' for x in m.outputs.labels)}")
+    click.echo(f"  outputs: {', '.join(k.value for k in m.outputs.kinds)}")
+    click.echo(f"  diagnostic use: {'yes' if card.diagnostic_use else 'NO (demo weights)'}")
+    click.echo(f"  intended use: {card.intended_use}")
+    for lim in card.limitations:
+        click.echo(f"  limitation: {lim}")
+    for met in card.metrics:
+        click.echo(f"  metric {met.name} = {met.value:.4g} on {met.dataset} ({met.method})")
+    if m.weights:
+        click.echo(
+            f"  weights: {m.weights.file} ({m.weights.format.value}, "
+            f"sha256 {m.weights.sha256[:16]}…)"
+        )

@@ -1,0 +1,147 @@
+"""Lazy discovery: read manifests from entry points, never import model code.
+
+An entry point in group ``medlens.plugins`` names a :class:`Manifest` object
+(or a zero-argument callable returning one) in a light module. Discovery
+returns the accepted plugins *and* the errors of the rejected ones: a broken
+plugin is reported, never fatal (napari npe2, pluggy).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from medlens.errors import (
+    ApiVersionError,
+    DuplicatePluginError,
+    PluginError,
+    PluginLoadError,
+    PluginValidationError,
+)
+from medlens.plugin_api._manifest import API_VERSION, Manifest
+
+__all__ = ["ENTRY_POINT_GROUP", "DiscoveryReport", "PluginRecord", "discover"]
+
+#: The entry-point group every plugin, first- or third-party, registers in.
+ENTRY_POINT_GROUP = "medlens.plugins"
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    """A discovered plugin: its manifest and where it came from."""
+
+    manifest: Manifest
+    entry_point: str
+    distribution: str | None
+    distribution_version: str | None
+
+
+@dataclass
+class DiscoveryReport:
+    """Accepted plugins by id, rejected ones as errors, and deliberately skipped ids."""
+
+    plugins: dict[str, PluginRecord] = field(default_factory=dict)
+    errors: list[PluginError] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def _load_manifest(ep: md.EntryPoint) -> Manifest:
+    try:
+        obj = ep.load()
+    except Exception as e:  # any import failure in a third party's module
+        raise PluginLoadError(ep.name, f"cannot import entry point {ep.value!r}: {e}") from e
+    if callable(obj) and not isinstance(obj, Manifest):
+        try:
+            obj = obj()
+        except ValidationError as e:
+            raise PluginValidationError(ep.name, _first_error(e)) from e
+        except Exception as e:
+            raise PluginLoadError(ep.name, f"manifest factory {ep.value!r} failed: {e}") from e
+    if isinstance(obj, dict):
+        try:
+            obj = Manifest.model_validate(obj)
+        except ValidationError as e:
+            raise PluginValidationError(ep.name, _first_error(e)) from e
+    if not isinstance(obj, Manifest):
+        raise PluginValidationError(
+            ep.name, f"entry point {ep.value!r} is a {type(obj).__name__}, not a Manifest"
+        )
+    return obj
+
+
+def _first_error(e: ValidationError) -> str:
+    errs = e.errors()
+    first = errs[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"invalid manifest: {where}: {first.get('msg')}{more}"
+
+
+def _check_api(manifest: Manifest) -> None:
+    if manifest.api_major != int(API_VERSION):
+        raise ApiVersionError(
+            manifest.id,
+            f"targets plugin API {manifest.api_version!r} but this host provides "
+            f"{API_VERSION!r}; upgrade the plugin or the host",
+        )
+
+
+def discover(
+    *,
+    allow: Sequence[str] | None = None,
+    block: Sequence[str] = (),
+    entry_points: Iterable[md.EntryPoint] | None = None,
+) -> DiscoveryReport:
+    """Find plugins in the ``medlens.plugins`` entry-point group.
+
+    Args:
+        allow: If given, only these plugin ids are accepted (others are skipped).
+        block: Plugin ids never accepted.
+        entry_points: Override the installed entry points (tests).
+
+    Returns:
+        The report; plugins whose id two distributions claim are both rejected.
+    """
+    eps = (
+        list(entry_points)
+        if entry_points is not None
+        else list(md.entry_points(group=ENTRY_POINT_GROUP))
+    )
+    report = DiscoveryReport()
+    candidates: dict[str, list[PluginRecord]] = {}
+    allowed = set(allow) if allow is not None else None
+    for ep in sorted(eps, key=lambda e: (e.name, e.value)):
+        try:
+            manifest = _load_manifest(ep)
+            _check_api(manifest)
+        except PluginError as e:
+            report.errors.append(e)
+            continue
+        if manifest.id in block:
+            report.skipped[manifest.id] = "blocked by configuration"
+            continue
+        if allowed is not None and manifest.id not in allowed:
+            report.skipped[manifest.id] = "not in the allowlist"
+            continue
+        dist = ep.dist
+        candidates.setdefault(manifest.id, []).append(
+            PluginRecord(
+                manifest=manifest,
+                entry_point=f"{ep.name} = {ep.value}",
+                distribution=dist.name if dist is not None else None,
+                distribution_version=dist.version if dist is not None else None,
+            )
+        )
+    for pid, recs in candidates.items():
+        # Same distribution seen twice (e.g. two path entries) is not a clash.
+        if len({(r.distribution, r.entry_point) for r in recs}) > 1:
+            sources = ", ".join(sorted(f"{r.distribution} ({r.entry_point})" for r in recs))
+            report.errors.append(
+                DuplicatePluginError(pid, f"id registered more than once: {sources}")
+            )
+            continue
+        report.plugins[pid] = recs[0]
+    return report

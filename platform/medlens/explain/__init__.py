@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM heatmaps on the input grid, with a randomisation sanity check."""

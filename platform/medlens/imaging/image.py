@@ -1,0 +1,184 @@
+"""The one image type of the host: pixels with their geometry and audit metadata.
+
+Conventions (the same everywhere in MedLens):
+
+* ``array`` is channel-first, ``(C, i, j)`` for 2-D or ``(C, i, j, k)`` for 3-D.
+  Index ``i`` runs along a DICOM row (the first ``ImageOrientationPatient``
+  vector), ``j`` down the columns, ``k`` along the slice normal: the order ITK,
+  nibabel and MONAI use for spatial axes.
+* Geometry is in DICOM patient coordinates (LPS, millimetres):
+  ``world = origin + direction @ (spacing * index)``. ``direction`` columns are
+  unit vectors of the array axes. 2-D images carry 2-D geometry.
+* ``metadata`` keeps only what plugins and audits need; identifying values
+  (names, ids, dates of birth) are never stored here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medlens.errors import GeometryError
+
+__all__ = ["AUDIT_ATTRIBUTES", "Image", "lps_to_ras", "ras_to_lps"]
+
+#: Metadata keys the host keeps from a source header: what plugins and bias audits
+#: need, none of it identifying on its own.
+AUDIT_ATTRIBUTES: tuple[str, ...] = (
+    "Modality",
+    "BodyPartExamined",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "PatientSex",
+    "PatientAge",
+    "InstitutionName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "SeriesDescription",
+    "ImageType",
+    "SliceThickness",
+    "ConvolutionKernel",
+    "PhotometricInterpretation",
+    "Laterality",
+    "ViewPosition",
+)
+
+_LPS_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+@dataclass(frozen=True, eq=False)
+class Image:
+    """Pixels plus geometry plus metadata; geometry always travels with the array.
+
+    Args:
+        array: Channel-first pixel array, ``ndim`` spatial axes after the channel.
+        spacing: Millimetres per voxel along each spatial axis.
+        origin: Position (LPS, mm) of the centre of voxel 0.
+        direction: ``ndim x ndim`` matrix whose columns are the axes' unit vectors.
+        metadata: Non-identifying attributes (see :data:`AUDIT_ATTRIBUTES`).
+        source: Files the image was read from (for writers that reference them).
+        warnings: Things a reader noticed and handled (gaps, tilt, duplicates).
+
+    Raises:
+        GeometryError: If the geometry does not fit the array.
+    """
+
+    array: npt.NDArray[Any]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: npt.NDArray[np.float64]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    source: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        nd = self.array.ndim - 1
+        if nd not in (2, 3):
+            raise GeometryError(
+                f"image array must be channel-first 2-D or 3-D, got shape {self.array.shape}"
+            )
+        if self.array.shape[0] < 1 or any(s < 1 for s in self.array.shape):
+            raise GeometryError(f"image array has an empty axis: shape {self.array.shape}")
+        spacing = tuple(float(s) for s in self.spacing)
+        origin = tuple(float(o) for o in self.origin)
+        direction = np.asarray(self.direction, dtype=np.float64)
+        if len(spacing) != nd or len(origin) != nd or direction.shape != (nd, nd):
+            raise GeometryError(
+                f"geometry does not fit a {nd}-D image: spacing {spacing}, origin {origin}, "
+                f"direction shape {direction.shape}"
+            )
+        if not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise GeometryError(f"spacing must be positive and finite, got {spacing}")
+        if not np.all(np.isfinite(origin)):
+            raise GeometryError(f"origin must be finite, got {origin}")
+        if not np.allclose(direction.T @ direction, np.eye(nd), atol=1e-4):
+            raise GeometryError("direction cosines are not orthonormal")
+        direction.setflags(write=False)
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "metadata", dict(self.metadata))
+        object.__setattr__(self, "source", tuple(Path(p) for p in self.source))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return int(self.array.ndim - 1)
+
+    @property
+    def channels(self) -> int:
+        """Number of channels."""
+        return int(self.array.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape, without the channel axis."""
+        return tuple(int(s) for s in self.array.shape[1:])
+
+    @property
+    def affine(self) -> npt.NDArray[np.float64]:
+        """Homogeneous index→LPS matrix, ``(ndim+1) x (ndim+1)``."""
+        nd = self.ndim
+        a = np.eye(nd + 1)
+        a[:nd, :nd] = self.direction * np.asarray(self.spacing)[None, :]
+        a[:nd, nd] = self.origin
+        return a
+
+    def ras_affine(self) -> npt.NDArray[np.float64]:
+        """4x4 index→RAS matrix for NIfTI (3-D only).
+
+        Raises:
+            GeometryError: For 2-D images.
+        """
+        if self.ndim != 3:
+            raise GeometryError("a RAS affine is defined for 3-D images only")
+        return lps_to_ras(self.affine)
+
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (3-D) or area in cm² (2-D)."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def same_grid(self, other: Image, atol: float = 1e-4) -> bool:
+        """Whether ``other`` has the same spatial shape and geometry."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=atol)
+            and np.allclose(self.origin, other.origin, atol=atol * 10)
+            and np.allclose(self.direction, other.direction, atol=atol)
+        )
+
+    def with_array(self, array: npt.NDArray[Any], **changes: Any) -> Image:
+        """A new image on the same grid (unless ``changes`` say otherwise)."""
+        return dataclasses.replace(self, array=array, **changes)
+
+    def content_sha256(self) -> str:
+        """sha256 over pixels and geometry: the input hash recorded in provenance."""
+        h = hashlib.sha256()
+        arr = np.ascontiguousarray(self.array)
+        h.update(str(arr.dtype).encode())
+        h.update(repr(arr.shape).encode())
+        h.update(arr.tobytes())
+        h.update(np.asarray(self.spacing + self.origin, dtype=np.float64).tobytes())
+        h.update(np.ascontiguousarray(self.direction).tobytes())
+        return h.hexdigest()
+
+
+def lps_to_ras(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Convert a 4x4 index→LPS affine to index→RAS (flip x and y)."""
+    out = np.array(affine, dtype=np.float64)
+    out[:3, :] = _LPS_RAS @ out[:3, :]
+    return out
+
+
+def ras_to_lps(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Convert a 4x4 index→RAS affine to index→LPS (the same flip; it is its own inverse)."""
+    return lps_to_ras(affine)

@@ -1,0 +1,1 @@
+"""Versioned plugin contracts; plugins import ``medlens.plugin_api.v1``."""

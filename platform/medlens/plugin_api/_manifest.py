@@ -1,0 +1,304 @@
+"""The plugin manifest: a frozen, typed, cheap-to-import declaration of a plugin.
+
+A manifest is all the host needs to list, select and route studies to a plugin.
+The heavy model code is named by ``entry`` (``"module:attr"``) and imported only
+when the plugin first runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medlens.plugin_api._selection import Rule
+from medlens.plugin_api._vocab import (
+    Artifact,
+    ExplanationMethod,
+    Modality,
+    OutputKind,
+    Task,
+    WeightsFormat,
+)
+
+__all__ = [
+    "API_VERSION",
+    "Code",
+    "InferenceSpec",
+    "InputSpec",
+    "IntensitySpec",
+    "Label",
+    "Manifest",
+    "MetricSpec",
+    "ModelCard",
+    "OutputSpec",
+    "PostprocessSpec",
+    "WeightsSpec",
+]
+
+#: The plugin-API version this module defines. Plugins declare the one they target.
+API_VERSION = "1"
+
+_ID = re.compile(r"^[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*$")
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
+_ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+
+class Code(_Frozen):
+    """A coded concept (DICOM ``CodeValue``/``CodingSchemeDesignator``/``CodeMeaning``)."""
+
+    value: str = Field(min_length=1, max_length=64, description="CodeValue, e.g. '10200004'.")
+    scheme: str = Field(min_length=1, max_length=16, description="Scheme, e.g. 'SCT' or 'DCM'.")
+    meaning: str = Field(min_length=1, max_length=64, description="CodeMeaning, e.g. 'Liver'.")
+
+
+class Label(_Frozen):
+    """One output label: a segment of a mask or a class of a classifier."""
+
+    value: int = Field(ge=0, description="Label value in the mask, or class index.")
+    name: str = Field(min_length=1, description="Short name, e.g. 'liver'.")
+    category: Code = Field(description="SegmentedPropertyCategoryCodeSequence (CID 7150).")
+    type: Code = Field(description="SegmentedPropertyTypeCodeSequence (CID 7151) or finding.")
+    color: tuple[int, int, int] | None = Field(
+        default=None, description="Display colour, sRGB 0-255."
+    )
+    measure: bool = Field(default=True, description="Whether volume measurement applies.")
+
+
+class IntensitySpec(_Frozen):
+    """How raw intensities become network input."""
+
+    mode: Literal["window", "zscore", "scale", "none"] = Field(
+        default="none",
+        description="window: clip [window_min, window_max] → [out_min, out_max]; "
+        "zscore: per-image (x-mean)/std over nonzero voxels; scale: divide by 255.",
+    )
+    window_min: float | None = Field(default=None, description="Lower window bound (e.g. HU).")
+    window_max: float | None = Field(default=None, description="Upper window bound (e.g. HU).")
+    out_min: float = Field(default=0.0, description="Output value at window_min.")
+    out_max: float = Field(default=1.0, description="Output value at window_max.")
+    clip: bool = Field(default=True, description="Clip values outside the window.")
+
+    @model_validator(mode="after")
+    def _window(self) -> IntensitySpec:
+        if self.mode == "window":
+            if self.window_min is None or self.window_max is None:
+                raise ValueError("intensity mode 'window' needs window_min and window_max")
+            if self.window_min >= self.window_max:
+                raise ValueError("window_min must be below window_max")
+        return self
+
+
+class InputSpec(_Frozen):
+    """What the network expects, and how the host prepares it."""
+
+    dims: Literal[2, 3] = Field(description="Spatial dimensions of the network input.")
+    channels: int = Field(default=1, ge=1, description="Input channels (1 grey, 3 RGB).")
+    spacing: tuple[float, ...] | None = Field(
+        default=None, description="Resample to this spacing (mm) before inference; None keeps it."
+    )
+    orientation: str | None = Field(
+        default=None,
+        description="Reorient to these axis codes (nibabel/MONAI style, e.g. 'RAS') "
+        "before inference; None keeps the input's.",
+    )
+    size: tuple[int, ...] | None = Field(
+        default=None, description="Resize to this spatial size (2-D classifiers)."
+    )
+    intensity: IntensitySpec = Field(
+        default_factory=IntensitySpec, description="Intensity windowing or normalisation."
+    )
+    foreground_crop: bool = Field(
+        default=False, description="Crop to the foreground (body) before inference."
+    )
+
+    @model_validator(mode="after")
+    def _dims(self) -> InputSpec:
+        for name in ("spacing", "size"):
+            v = getattr(self, name)
+            if v is not None and len(v) != self.dims:
+                raise ValueError(f"{name} has {len(v)} values for a {self.dims}-D input")
+        if self.spacing is not None and min(self.spacing) <= 0:
+            raise ValueError("spacing must be positive")
+        if self.orientation is not None and not re.fullmatch(
+            r"[LRAPSI]{%d}" % self.dims, self.orientation
+        ):
+            raise ValueError(f"orientation {self.orientation!r} is not {self.dims} axis codes")
+        return self
+
+
+class InferenceSpec(_Frozen):
+    """Sliding-window settings (MONAI ``SlidingWindowInferer``); overridable at run time."""
+
+    roi_size: tuple[int, ...] = Field(description="Window size in voxels.")
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0, description="Window overlap fraction.")
+    blend: Literal["gaussian", "constant"] = Field(
+        default="gaussian", description="How overlapping windows are blended."
+    )
+    sw_batch_size: int = Field(default=4, ge=1, description="Windows per forward pass.")
+    amp: bool = Field(default=True, description="Autocast (fp16/bf16) on GPU.")
+
+
+class PostprocessSpec(_Frozen):
+    """Turning network output into labels."""
+
+    activation: Literal["softmax", "sigmoid", "none"] = Field(
+        default="softmax", description="Activation on the network's logits."
+    )
+    threshold: float | None = Field(
+        default=None, description="Sigmoid threshold (multi-label); None means argmax."
+    )
+    largest_component: list[int] = Field(
+        default_factory=list, description="Labels kept as their largest connected component."
+    )
+    min_component_ml: float = Field(
+        default=0.0, ge=0.0, description="Remove islands smaller than this (mL) for every label."
+    )
+
+
+class OutputSpec(_Frozen):
+    """What a plugin produces."""
+
+    labels: list[Label] = Field(description="Segments or classes, with codes.")
+    kinds: list[OutputKind] = Field(description="Files the result is written as.")
+    postprocess: PostprocessSpec = Field(
+        default_factory=PostprocessSpec, description="Logits → labels."
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, v: list[Label]) -> list[Label]:
+        values = [lab.value for lab in v]
+        names = [lab.name for lab in v]
+        if len(set(values)) != len(values) or len(set(names)) != len(names):
+            raise ValueError("label values and names must be unique")
+        return v
+
+
+class MetricSpec(_Frozen):
+    """One evaluation figure of a model card, with how it was measured."""
+
+    name: str = Field(description="Metric, e.g. 'dice[liver]'.")
+    value: float = Field(description="Measured value.")
+    dataset: str = Field(description="Data it was measured on.")
+    method: str = Field(description="How it was measured (command, protocol).")
+    n: int | None = Field(default=None, ge=1, description="Number of cases.")
+
+
+class ModelCard(_Frozen):
+    """Model card, after MONAI bundle ``metadata.json`` and Mitchell et al."""
+
+    intended_use: str = Field(min_length=1, description="Who may use it for what.")
+    limitations: list[str] = Field(default_factory=list, description="Known limitations.")
+    training_data: str = Field(description="What it was trained on.")
+    metrics: list[MetricSpec] = Field(default_factory=list, description="Evaluation figures.")
+    license: str = Field(description="Licence of code and weights (SPDX id).")
+    diagnostic_use: bool = Field(description="False for demo weights: never for diagnosis.")
+    authors: list[str] = Field(default_factory=list, description="Who made it.")
+
+
+class WeightsSpec(_Frozen):
+    """Where the weights are and the sha256 they must match before loading."""
+
+    file: str = Field(
+        min_length=1, description="Path relative to the plugin's package (or absolute)."
+    )
+    format: WeightsFormat = Field(description="safetensors, torchscript, monai-bundle, ...")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex sha256.")
+
+
+class Manifest(_Frozen):
+    """A plugin's declaration: identity, contract, model card, weights, entry."""
+
+    id: str = Field(description="Unique id, lower-case, e.g. 'ct-abdomen-seg'.")
+    version: str = Field(description="Plugin version (semver).")
+    api_version: str = Field(description="Plugin-API major version targeted, e.g. '1'.")
+    title: str = Field(min_length=1, description="Human-readable name.")
+    description: str = Field(default="", description="One paragraph on what it does.")
+    task: Task = Field(description="classification, segmentation, measurement, screening...")
+    modality: list[Modality] = Field(min_length=1, description="DICOM modalities accepted.")
+    body_part: str = Field(description="Body part, e.g. 'ABDOMEN' (BodyPartExamined terms).")
+    input: InputSpec = Field(description="Network input and preparation.")
+    selection: Rule | None = Field(
+        default=None, description="Series-selection rule; None accepts every series."
+    )
+    inference: InferenceSpec | None = Field(
+        default=None, description="Sliding-window settings; None runs whole images."
+    )
+    outputs: OutputSpec = Field(description="Labels and output files.")
+    explanations: list[ExplanationMethod] = Field(
+        default_factory=list, description="Explanation methods supported."
+    )
+    model_card: ModelCard = Field(description="Intended use, limitations, metrics, licence.")
+    weights: WeightsSpec | None = Field(default=None, description="Weights; None if none.")
+    entry: str = Field(description="'module:attr' of the plugin factory (heavy code).")
+    consumes: list[Artifact] = Field(
+        default_factory=lambda: [Artifact.IMAGE],
+        description="Artifacts needed: image, and mask for chained plugins.",
+    )
+    chain_from: list[str] = Field(
+        default_factory=list,
+        description="Producer plugin ids (or '*') whose results this plugin runs after.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.fullmatch(v) or len(v) > 64:
+            raise ValueError(f"id {v!r} must be lower-case words joined by '-', '_' or '.'")
+        return v
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        if not _SEMVER.fullmatch(v):
+            raise ValueError(f"version {v!r} is not semver (MAJOR.MINOR.PATCH)")
+        return v
+
+    @field_validator("api_version")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+(?:\.\d+)?", v):
+            raise ValueError(f"api_version {v!r} must look like '1' or '1.0'")
+        return v
+
+    @field_validator("entry")
+    @classmethod
+    def _entry(cls, v: str) -> str:
+        if not _ENTRY.fullmatch(v):
+            raise ValueError(f"entry {v!r} must be 'module:attr'")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Manifest:
+        if self.inference is not None and len(self.inference.roi_size) != self.input.dims:
+            raise ValueError("inference.roi_size does not match input.dims")
+        if Artifact.MASK in self.consumes and not self.chain_from:
+            raise ValueError("a plugin that consumes a mask must say chain_from")
+        return self
+
+    @property
+    def api_major(self) -> int:
+        """Major part of ``api_version``."""
+        return int(self.api_version.split(".")[0])
+
+    @property
+    def package(self) -> str:
+        """Top-level package of the entry module (weights resolve against it)."""
+        return self.entry.split(":")[0].split(".")[0]
+
+    def label(self, name_or_value: str | int) -> Label:
+        """Look a label up by name or value.
+
+        Raises:
+            KeyError: If no label matches.
+        """
+        for lab in self.outputs.labels:
+            if lab.name == name_or_value or lab.value == name_or_value:
+                return lab
+        raise KeyError(name_or_value)

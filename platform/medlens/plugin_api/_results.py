@@ -1,0 +1,142 @@
+"""What plugins return (:class:`Prediction`) and what the host hands out (:class:`Result`).
+
+A plugin never writes provenance: the host wraps every prediction into a
+:class:`Result` whose :class:`Provenance` it fills itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medlens.imaging.image import Image
+from medlens.plugin_api._vocab import SanityVerdict
+
+__all__ = [
+    "Explanation",
+    "Finding",
+    "Lesion",
+    "Measurement",
+    "Prediction",
+    "Provenance",
+    "Result",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Lesion(_Model):
+    """One connected component of a label."""
+
+    index: int = Field(ge=1, description="1-based, ordered by decreasing volume.")
+    volume_ml: float = Field(ge=0)
+    recist_diameter_mm: float = Field(ge=0, description="Longest in-plane (axial) diameter.")
+    longest_axis_mm: float = Field(ge=0, description="Longest 3-D extent.")
+    centroid_lps: tuple[float, float, float] = Field(description="Centre of mass, LPS mm.")
+
+
+class Measurement(_Model):
+    """Volume and lesion figures for one label."""
+
+    label: str
+    label_value: int = Field(ge=0)
+    volume_ml: float = Field(ge=0)
+    lesion_count: int = Field(ge=0)
+    lesions: list[Lesion] = Field(default_factory=list)
+
+
+class Finding(_Model):
+    """A classification or screening finding."""
+
+    label: str
+    probability: float = Field(ge=0.0, le=1.0)
+    positive: bool = Field(description="probability >= the plugin's operating threshold")
+    threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class Explanation(_Model):
+    """How a heatmap was made and whether it passed the randomisation sanity check.
+
+    Heatmaps are explanations of the model, never localisation of disease.
+    """
+
+    method: str
+    target: str = Field(description="What was explained, e.g. 'label liver'.")
+    sanity: SanityVerdict
+    rank_correlation: float | None = Field(
+        default=None, description="Spearman rho, trained vs weight-randomised CAM."
+    )
+    faithfulness: float | None = Field(
+        default=None, description="Deletion score of the CAM minus a random-map baseline."
+    )
+
+
+class Provenance(_Model):
+    """Where a result came from; filled by the host, never by the plugin."""
+
+    plugin: str
+    plugin_version: str
+    api_version: str
+    weights_sha256: str | None
+    input_sha256: str
+    device: str
+    device_reason: str
+    host_version: str
+    library_versions: dict[str, str]
+    timings_s: dict[str, float]
+    started_at: str = Field(description="UTC ISO-8601 time the run started.")
+    diagnostic_use: bool
+
+
+@dataclass
+class Prediction:
+    """What a plugin's ``predict`` returns.
+
+    Attributes:
+        mask: Label map on the input's grid (segmentation), channel axis of 1.
+        heatmap: Explanation heatmap on the input's grid, values in [0, 1].
+        explanation: How ``heatmap`` was made and its sanity verdict.
+        findings: Classification/screening findings.
+        measurements: Volume/lesion measurements.
+        warnings: One-line notes for the user (fallbacks taken, inputs fixed).
+        extra: JSON-serialisable extras for result.json.
+    """
+
+    mask: Image | None = None
+    heatmap: Image | None = None
+    explanation: Explanation | None = None
+    findings: list[Finding] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """A prediction with its provenance, its input, chained results and files written."""
+
+    prediction: Prediction
+    provenance: Provenance
+    image: Image
+    chained: list[Result] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def mask(self) -> Image | None:
+        """Shortcut to ``prediction.mask``."""
+        return self.prediction.mask
+
+    @property
+    def measurements(self) -> list[Measurement]:
+        """Own measurements, else those of the first chained plugin that measured."""
+        if self.prediction.measurements:
+            return self.prediction.measurements
+        for c in self.chained:
+            if c.measurements:
+                return c.measurements
+        return []

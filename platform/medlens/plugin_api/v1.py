@@ -1,0 +1,122 @@
+"""MedLens plugin API, version 1: the only host module plugins import.
+
+Everything a plugin needs — the manifest types, the selection-rule grammar,
+the plugin protocol, the contexts through which it reaches weights and the
+inference engine, result types, the image type and the errors — is here.
+Importing this module never imports torch or MONAI.
+
+Breaking changes will come as ``medlens.plugin_api.v2`` beside this one.
+"""
+
+from __future__ import annotations
+
+from medlens.errors import (
+    EngineError,
+    GeometryError,
+    InputError,
+    MedLensError,
+    PluginError,
+    WeightsError,
+)
+from medlens.imaging.image import Image
+from medlens.plugin_api._context import LoadContext, RunContext
+from medlens.plugin_api._manifest import (
+    API_VERSION,
+    Code,
+    InferenceSpec,
+    InputSpec,
+    IntensitySpec,
+    Label,
+    Manifest,
+    MetricSpec,
+    ModelCard,
+    OutputSpec,
+    PostprocessSpec,
+    WeightsSpec,
+)
+from medlens.plugin_api._protocol import Plugin, PluginFactory, PluginInputs
+from medlens.plugin_api._results import (
+    Explanation,
+    Finding,
+    Lesion,
+    Measurement,
+    Prediction,
+    Provenance,
+    Result,
+)
+from medlens.plugin_api._selection import (
+    All,
+    Any_,
+    Contains,
+    Equals,
+    MinSlices,
+    Not,
+    Range,
+    Regex,
+    Rule,
+    RuleOutcome,
+    SeriesFacts,
+    evaluate,
+)
+from medlens.plugin_api._vocab import (
+    Artifact,
+    ExplanationMethod,
+    Modality,
+    OutputKind,
+    SanityVerdict,
+    Task,
+    WeightsFormat,
+)
+
+__all__ = [
+    "API_VERSION",
+    "All",
+    "Any_",
+    "Artifact",
+    "Code",
+    "Contains",
+    "EngineError",
+    "Equals",
+    "Explanation",
+    "ExplanationMethod",
+    "Finding",
+    "GeometryError",
+    "Image",
+    "InferenceSpec",
+    "InputError",
+    "InputSpec",
+    "IntensitySpec",
+    "Label",
+    "Lesion",
+    "LoadContext",
+    "Manifest",
+    "Measurement",
+    "MedLensError",
+    "MetricSpec",
+    "MinSlices",
+    "Modality",
+    "ModelCard",
+    "Not",
+    "OutputKind",
+    "OutputSpec",
+    "Plugin",
+    "PluginError",
+    "PluginFactory",
+    "PluginInputs",
+    "PostprocessSpec",
+    "Prediction",
+    "Provenance",
+    "Range",
+    "Regex",
+    "Result",
+    "Rule",
+    "RuleOutcome",
+    "RunContext",
+    "SanityVerdict",
+    "SeriesFacts",
+    "Task",
+    "WeightsError",
+    "WeightsFormat",
+    "WeightsSpec",
+    "evaluate",
+]

@@ -1,0 +1,1 @@
+"""MedLens validation: the judge. Metrics, statistics and protocol schema; never torch."""

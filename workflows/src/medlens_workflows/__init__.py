@@ -1,0 +1,1 @@
+"""MedLens workflows: evaluation, validation and tracking jobs built on the host."""
