@@ -126,7 +126,7 @@ class InputSpec(_Frozen):
         if self.spacing is not None and min(self.spacing) <= 0:
             raise ValueError("spacing must be positive")
         if self.orientation is not None and not re.fullmatch(
-            r"[LRAPSI]{%d}" % self.dims, self.orientation
+            rf"[LRAPSI]{{{self.dims}}}", self.orientation
         ):
             raise ValueError(f"orientation {self.orientation!r} is not {self.dims} axis codes")
         return self

@@ -6,7 +6,7 @@ does not match is told *which* rule failed.
 
 Example::
 
-    All(rules=[Equals(attribute="Modality", value="CT"),
+    AllOf(rules=[Equals(attribute="Modality", value="CT"),
                Contains(attribute="ImageType", value="AXIAL"),
                MinSlices(count=20)])
 """
@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
-    "All",
-    "Any_",
+    "AllOf",
+    "AnyOf",
     "Contains",
     "Equals",
     "MinSlices",
@@ -178,7 +178,7 @@ class MinSlices(_Rule):
         )
 
 
-class All(_Rule):
+class AllOf(_Rule):
     """Every sub-rule matches (AND)."""
 
     kind: Literal["all"] = "all"
@@ -191,7 +191,7 @@ class All(_Rule):
         return RuleOutcome(not reasons, tuple(reasons))
 
 
-class Any_(_Rule):
+class AnyOf(_Rule):
     """At least one sub-rule matches (OR)."""
 
     kind: Literal["any"] = "any"
@@ -220,11 +220,11 @@ class Not(_Rule):
 
 
 Rule = Annotated[
-    Union[Equals, Regex, Range, Contains, MinSlices, All, Any_, Not],  # noqa: UP007 - pydantic discriminator
+    Union[Equals, Regex, Range, Contains, MinSlices, AllOf, AnyOf, Not],  # noqa: UP007 - pydantic discriminator
     Field(discriminator="kind"),
 ]
 
-for _m in (All, Any_, Not):
+for _m in (AllOf, AnyOf, Not):
     _m.model_rebuild()
 
 

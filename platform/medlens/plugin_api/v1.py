@@ -45,8 +45,8 @@ from medlens.plugin_api._results import (
     Result,
 )
 from medlens.plugin_api._selection import (
-    All,
-    Any_,
+    AllOf,
+    AnyOf,
     Contains,
     Equals,
     MinSlices,
@@ -70,8 +70,8 @@ from medlens.plugin_api._vocab import (
 
 __all__ = [
     "API_VERSION",
-    "All",
-    "Any_",
+    "AllOf",
+    "AnyOf",
     "Artifact",
     "Code",
     "Contains",
