@@ -273,7 +273,7 @@ class Host:
             started_at=started,
             diagnostic_use=m.model_card.diagnostic_use,
         )
-        return Result(prediction=prediction, provenance=provenance, image=image)
+        return Result(prediction=prediction, provenance=provenance, image=image, manifest=m)
 
 
 def _check_prediction(m: Manifest, image: Image, p: Prediction) -> None:

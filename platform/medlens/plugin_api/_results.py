@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlens.imaging.image import Image
+from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._vocab import SanityVerdict
 
 __all__ = [
@@ -123,6 +124,7 @@ class Result:
     prediction: Prediction
     provenance: Provenance
     image: Image
+    manifest: Manifest
     chained: list[Result] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
 
