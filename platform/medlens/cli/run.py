@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from medlens.cli._progress import spinner
 from medlens.host import Host
 
 __all__ = ["run"]
@@ -48,16 +47,8 @@ def run(
     no_chain: bool,
 ) -> None:
     """Run plugin PLUGIN_ID on INPUT (DICOM series folder, NIfTI or image) into --out."""
-    console = Console(stderr=True)
     options = {"explain": False} if no_explain else {}
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        progress.add_task(f"running {plugin_id} on {input_path.name}", total=None)
+    with spinner(f"running {plugin_id} on {input_path.name}"):
         result = Host().run(
             plugin_id,
             input_path,

@@ -1,0 +1,7 @@
+"""``python -m medlens.cli``."""
+
+from __future__ import annotations
+
+from medlens.cli.main import main
+
+main()

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import medlens
+import pytest
+from medlens.cli.main import main
+from medlens.host import Host
+
+Make = Callable[..., md.EntryPoint]
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def fake_host(monkeypatch: pytest.MonkeyPatch, plugin_factory: Make) -> None:
+    eps = [plugin_factory("alpha"), plugin_factory("beta", api="9")]
+    for module in ("medlens.cli.plugins", "medlens.cli.run"):
+        monkeypatch.setattr(f"{module}.Host", partial(Host, entry_points=eps))
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["--version"], capsys)
+    assert code == 0 and medlens.__version__ in out
+
+
+@pytest.mark.usefixtures("fake_host")
+def test_plugins_list_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["plugins", "list", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0
+    assert data["plugins"] == [
+        {
+            "id": "alpha",
+            "version": "1.2.3",
+            "title": "Test plugin alpha",
+            "task": "segmentation",
+            "modality": ["CT"],
+            "diagnostic_use": False,
+        }
+    ]
+    assert data["errors"][0]["plugin"] == "beta"
+    code, out, _ = _run(["plugins", "list"], capsys)
+    assert code == 0 and "alpha" in out and "rejected" in out
+
+
+@pytest.mark.usefixtures("fake_host")
+def test_plugins_info(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["plugins", "info", "alpha", "--json"], capsys)
+    assert code == 0 and json.loads(out)["model_card"]["diagnostic_use"] is False
+    code, out, _ = _run(["plugins", "info", "alpha"], capsys)
+    assert code == 0 and "NO (demo weights)" in out
+    code, _, err = _run(["plugins", "info", "beta"], capsys)
+    assert code == 1
+    assert err.strip() == (
+        "error: plugin 'beta': rejected at discovery: targets plugin API '9' "
+        "but this host provides '1'; upgrade the plugin or the host"
+    )
+
+
+@pytest.mark.usefixtures("fake_host")
+def test_run_failure_is_one_line_nonzero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["run", "missing", str(tmp_path), "--out", str(tmp_path / "o")], capsys)
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("error: plugin 'missing': not installed")
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["run"], capsys)
+    assert code == 2 and "Missing argument" in err
+
+
+def test_cli_start_is_light() -> None:
+    code = "import sys; from medlens.cli.main import cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+from medlens.discovery import discover
+from medlens.errors import (
+    ApiVersionError,
+    DuplicatePluginError,
+    PluginLoadError,
+    PluginValidationError,
+)
+
+Make = Callable[..., md.EntryPoint]
+
+
+def test_good_plugins_accepted_and_model_code_not_imported(plugin_factory: Make) -> None:
+    ep = plugin_factory("alpha")
+    report = discover(entry_points=[ep])
+    assert list(report.plugins) == ["alpha"]
+    assert report.errors == []
+    assert report.plugins["alpha"].manifest.version == "1.2.3"
+
+
+def test_api_version_mismatch_is_reported_and_others_survive(plugin_factory: Make) -> None:
+    report = discover(entry_points=[plugin_factory("future", api="2"), plugin_factory("ok")])
+    assert list(report.plugins) == ["ok"]
+    (err,) = report.errors
+    assert isinstance(err, ApiVersionError)
+    assert err.plugin_id == "future"
+    assert "targets plugin API '2'" in str(err) and "provides '1'" in str(err)
+
+
+def test_duplicate_ids_rejected(plugin_factory: Make) -> None:
+    report = discover(entry_points=[plugin_factory("same"), plugin_factory("same")])
+    assert report.plugins == {}
+    assert isinstance(report.errors[0], DuplicatePluginError)
+    assert "registered more than once" in str(report.errors[0])
+
+
+def test_broken_import_and_bad_objects_reported(plugin_factory: Make) -> None:
+    broken = plugin_factory("broken", body="raise RuntimeError('boom at import')\n")
+    notmanifest = plugin_factory("weird", body="MANIFEST = 42\n")
+    invalid = plugin_factory("invalid", body="MANIFEST = {'id': 'x'}\n")
+    missing = md.EntryPoint(
+        name="gone", value="no_such_module_xyz:MANIFEST", group="medlens.plugins"
+    )
+    report = discover(entry_points=[broken, notmanifest, invalid, missing, plugin_factory("fine")])
+    assert list(report.plugins) == ["fine"]
+    by_id = {e.plugin_id: e for e in report.errors}
+    assert isinstance(by_id["broken"], PluginLoadError) and "boom at import" in str(by_id["broken"])
+    assert isinstance(by_id["weird"], PluginValidationError) and "not a Manifest" in str(
+        by_id["weird"]
+    )
+    assert isinstance(by_id["invalid"], PluginValidationError) and "invalid manifest" in str(
+        by_id["invalid"]
+    )
+    assert isinstance(by_id["gone"], PluginLoadError)
+    assert all("\n" not in str(e) for e in report.errors)
+
+
+def test_allow_and_block_lists(plugin_factory: Make) -> None:
+    eps = [plugin_factory("a"), plugin_factory("b"), plugin_factory("c")]
+    report = discover(entry_points=eps, allow=["a", "b"], block=["b"])
+    assert list(report.plugins) == ["a"]
+    assert report.skipped == {"b": "blocked by configuration", "c": "not in the allowlist"}
+
+
+def test_discovery_of_installed_plugins_imports_no_torch() -> None:
+    code = (
+        "import sys, json\n"
+        "from medlens.cli.main import main\n"
+        "try:\n    main(['plugins', 'list', '--json'])\n"
+        "finally:\n"
+        "    heavy = [m for m in ('torch', 'monai', 'pytorch_grad_cam', 'mlflow') "
+        "if m in sys.modules]\n"
+        "    print('HEAVY=' + json.dumps(heavy), file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY=[]" in out.stderr
+    listing = json.loads(out.stdout)
+    for entry in listing["plugins"]:
+        assert {"id", "version", "task", "diagnostic_use"} <= set(entry)

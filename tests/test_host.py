@@ -1,0 +1,217 @@
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from medlens.config import HostConfig, PluginsConfig, load_config
+from medlens.errors import (
+    ConfigError,
+    GeometryError,
+    PluginError,
+    PluginNotFoundError,
+    WeightsIntegrityError,
+)
+from medlens.host import Host
+from medlens.imaging.image import Image
+
+Make = Callable[..., md.EntryPoint]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_fills_provenance(plugin_factory: Make, ct_image: Image) -> None:
+    host = Host(entry_points=[plugin_factory("thresh", threshold=0.0)])
+    result = host.run("thresh", ct_image, device="cpu")
+    assert result.mask is not None and result.mask.same_grid(ct_image)
+    assert int(result.mask.array.sum()) == 12 * 10 * 6
+    p = result.provenance
+    assert (p.plugin, p.plugin_version, p.device) == ("thresh", "1.2.3", "cpu")
+    assert p.input_sha256 == ct_image.content_sha256()
+    assert p.weights_sha256 is None and p.diagnostic_use is False
+    assert "numpy" in p.library_versions and p.timings_s["predict_s"] >= 0
+
+
+def test_tampered_weights_fail_clearly_and_others_keep_working(
+    plugin_factory: Make, ct_image: Image, safetensors_blob: bytes
+) -> None:
+    good_sha = hashlib.sha256(safetensors_blob).hexdigest()
+    tampered = plugin_factory("tampered", weights=safetensors_blob + b" ", sha256=good_sha)
+    intact = plugin_factory("intact", weights=safetensors_blob)
+    host = Host(entry_points=[tampered, intact, plugin_factory("old-api", api="2")])
+    with pytest.raises(
+        WeightsIntegrityError, match=r"^plugin 'tampered': weights .* does not match"
+    ):
+        host.run("tampered", ct_image, device="cpu")
+    with pytest.raises(
+        PluginNotFoundError, match="plugin 'old-api': rejected at discovery: targets plugin API '2'"
+    ):
+        host.run("old-api", ct_image, device="cpu")
+    result = host.run("intact", ct_image, device="cpu")
+    assert result.provenance.weights_sha256 == good_sha
+
+
+def test_unknown_plugin_names_installed_ones(plugin_factory: Make) -> None:
+    host = Host(entry_points=[plugin_factory("only")])
+    with pytest.raises(PluginNotFoundError, match=r"not installed \(installed: only\)"):
+        host.get("nope")
+
+
+def test_plugin_crash_and_off_grid_output_are_plugin_errors(
+    plugin_factory: Make, ct_image: Image
+) -> None:
+    crash = plugin_factory(
+        "crash",
+        body=textwrap.dedent("""
+        from medlens.plugin_api import v1
+        import importlib
+        base = importlib.import_module("medlens.plugin_api.v1")
+        MANIFEST = v1.Manifest(id="crash", version="1.0.0", api_version="1", title="c",
+            task="segmentation", modality=["CT"], body_part="X", input={"dims": 3},
+            outputs={"labels": [], "kinds": ["json"]},
+            model_card={"intended_use": "t", "training_data": "t", "license": "MIT",
+                        "diagnostic_use": False},
+            entry=__name__ + ":create")
+        class P:
+            def predict(self, inputs, ctx):
+                if ctx.options.get("offgrid"):
+                    img = inputs.image
+                    return v1.Prediction(mask=v1.Image(array=img.array[:, :-1], spacing=img.spacing,
+                        origin=img.origin, direction=img.direction))
+                return {}["missing"]
+        def create(ctx):
+            return P()
+    """),
+    )
+    host = Host(entry_points=[crash])
+    with pytest.raises(PluginError, match="predict failed: KeyError"):
+        host.run("crash", ct_image, device="cpu")
+    with pytest.raises(PluginError, match="mask is not on the input's grid"):
+        host.run("crash", ct_image, device="cpu", options={"offgrid": True})
+
+
+CONSUMER = """
+from medlens.plugin_api import v1
+MANIFEST = v1.Manifest(id="counter", version="1.0.0", api_version="1", title="count",
+    task="measurement", modality=["CT"], body_part="X", input={"dims": 3},
+    outputs={"labels": [], "kinds": ["json"]}, consumes=["image", "mask"],
+    chain_from=["producer"],
+    model_card={"intended_use": "t", "training_data": "t", "license": "MIT",
+                "diagnostic_use": False},
+    entry=__name__ + ":create")
+class P:
+    def predict(self, inputs, ctx):
+        n = int(inputs.mask.array.sum())
+        return v1.Prediction(measurements=[v1.Measurement(label="all", label_value=1,
+            volume_ml=n * inputs.image.voxel_volume_ml(), lesion_count=1)],
+            extra={"upstream": inputs.upstream.provenance.plugin})
+def create(ctx):
+    return P()
+"""
+
+
+def test_chaining_runs_declared_consumers(plugin_factory: Make, ct_image: Image) -> None:
+    producer = plugin_factory("producer", threshold=0.0)
+    host = Host(entry_points=[producer, plugin_factory("counter", body=CONSUMER)])
+    result = host.run("producer", ct_image, device="cpu")
+    (chained,) = result.chained
+    assert chained.provenance.plugin == "counter"
+    assert chained.prediction.extra == {"upstream": "producer"}
+    assert result.measurements[0].volume_ml == pytest.approx(720 * 0.8 * 0.8 * 2.5 / 1000)
+    assert host.run("producer", ct_image, device="cpu", chain=False).chained == []
+    with pytest.raises(PluginError, match="needs a mask"):
+        host.run("counter", ct_image, device="cpu")
+    bad_mask = Image(
+        array=np.zeros((1, 5, 5, 5), np.uint8),
+        spacing=(1, 1, 1),
+        origin=(0, 0, 0),
+        direction=np.eye(3),
+    )
+    with pytest.raises(GeometryError, match="not on the image's grid"):
+        host.run("counter", ct_image, device="cpu", mask=bad_mask)
+
+
+def test_config_allow_block(plugin_factory: Make, tmp_path: Path) -> None:
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text('[plugins]\nblock = ["b"]\n')
+    host = Host(load_config(cfg), entry_points=[plugin_factory("a"), plugin_factory("b")])
+    assert [m.id for m in host.plugins()] == ["a"]
+    with pytest.raises(PluginNotFoundError, match="blocked by configuration"):
+        host.get("b")
+    cfg.write_text("[plugins]\nallow = 3\n")
+    with pytest.raises(ConfigError, match=r"plugins.allow"):
+        load_config(cfg)
+    cfg.write_text("[plugins\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(cfg)
+    assert (
+        Host(
+            HostConfig(plugins=PluginsConfig(allow=[])), entry_points=[plugin_factory("c")]
+        ).plugins()
+        == []
+    )
+
+
+@pytest.mark.slow
+def test_third_party_example_installs_and_runs(tmp_path: Path) -> None:
+    """The docs example as a third party would ship it: installed, discovered, run."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(REPO / "docs" / "examples" / "ct-body-mask"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    code = textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        from medlens import Host
+        from medlens.imaging.image import Image
+        # An elliptic "body" (40 HU) with a lung-like air hole, in air.
+        i, j, k = np.meshgrid(np.arange(80), np.arange(60), np.arange(12), indexing="ij")
+        body = ((i - 40) / 30) ** 2 + ((j - 30) / 20) ** 2 <= 1
+        hole = ((i - 30) / 6) ** 2 + ((j - 30) / 5) ** 2 <= 1
+        arr = np.where(body & ~hole, 40.0, -1000.0).astype(np.float32)
+        arr[2:4, 2:4, :] = 200.0  # a separate object outside the body (table)
+        img = Image(array=arr[None], spacing=(1.0, 1.0, 2.0), origin=(0, 0, 0),
+                    direction=np.eye(3), metadata={"Modality": "CT"})
+        host = Host()
+        r = host.run("ct-body-mask", img, device="cpu")
+        print(json.dumps({"ids": [m.id for m in host.plugins()],
+                          "voxels": int(r.mask.array.sum()), "expected": int(body.sum()),
+                          "volume": r.measurements[0].volume_ml,
+                          "heavy": "torch" in sys.modules}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert "ct-body-mask" in got["ids"]
+    assert got["voxels"] == got["expected"]
+    assert got["volume"] == pytest.approx(got["expected"] * 2.0 / 1000)
+    listing = subprocess.run(
+        [sys.executable, "-m", "medlens.cli", "plugins", "list", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert listing.returncode == 0, listing.stderr
+    ids = {p["id"]: p for p in json.loads(listing.stdout)["plugins"]}
+    assert ids["ct-body-mask"]["diagnostic_use"] is False
