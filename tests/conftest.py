@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from medlens.imaging.image import Image
 
 REPO = Path(__file__).resolve().parents[1]

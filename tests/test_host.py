@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from medlens.config import HostConfig, PluginsConfig, load_config
 from medlens.errors import (
     ConfigError,

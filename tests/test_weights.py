@@ -4,6 +4,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
 from medlens import weights
 from medlens.errors import WeightsError, WeightsIntegrityError
 from medlens.plugin_api import v1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +119,13 @@ def load_torchscript(manifest: Manifest, device: str = "cpu") -> torch.jit.Scrip
     import torch
 
     try:
-        module: torch.jit.ScriptModule = torch.jit.load(str(path), map_location=device)
+        # TorchScript is deprecated upstream in favour of torch.export, but hospitals
+        # still hold TorchScript models; the format stays supported, the nag is silenced.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            module: torch.jit.ScriptModule = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(path), map_location=device
+            )
     except Exception as e:
         raise WeightsError(manifest.id, f"cannot read TorchScript {path.name!r}: {e}") from e
     return module

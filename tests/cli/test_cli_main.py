@@ -8,8 +8,9 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import medlens
 import pytest
+
+import medlens
 from medlens.cli.main import main
 from medlens.host import Host
 

@@ -6,8 +6,9 @@ import re
 import typing
 from pathlib import Path
 
-from medlens.plugin_api import v1
 from pydantic import BaseModel
+
+from medlens.plugin_api import v1
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "plugin-api.md").read_text()
 

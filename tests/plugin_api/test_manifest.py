@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import pytest
-from medlens.plugin_api import v1
 from pydantic import ValidationError
+
+from medlens.plugin_api import v1
 
 
 def _manifest(**over: object) -> v1.Manifest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from medlens.plugin_api import v1
 
 MANIFEST = v1.Manifest(
