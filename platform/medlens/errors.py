@@ -16,6 +16,7 @@ __all__ = [
     "GeometryError",
     "InputError",
     "MedLensError",
+    "NotDicomError",
     "OutputError",
     "PluginError",
     "PluginLoadError",
@@ -87,6 +88,10 @@ class InputError(MedLensError):
 
 class DicomError(InputError):
     """A DICOM file or series is unreadable or malformed."""
+
+
+class NotDicomError(DicomError):
+    """A file is not a DICOM composite instance (not DICOM at all, or a DICOMDIR)."""
 
 
 class GeometryError(InputError):

@@ -1,0 +1,137 @@
+"""``medlens convert DICOM_DIR OUT_DIR``: one ``.nii.gz`` per series plus a JSON sidecar."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medlens.errors import InputError, OutputError
+from medlens.imaging.dicom_index import SeriesEntry, index_folder
+from medlens.imaging.image import Image
+from medlens.imaging.nifti import write_nifti
+from medlens.imaging.series import load_series
+
+__all__ = ["convert", "convert_folder"]
+
+_NON_VOLUME = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "DOC"})
+
+
+def _stem(s: SeriesEntry) -> str:
+    num = f"{s.series_number:03d}" if s.series_number is not None else "xxx"
+    desc = re.sub(r"[^A-Za-z0-9]+", "_", s.description).strip("_")[:40]
+    tail = s.series_instance_uid.rsplit(".", 1)[-1][-8:]
+    return "_".join(x for x in (num, s.modality or "OT", desc, tail) if x)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _sidecar(s: SeriesEntry, image: Image) -> dict[str, Any]:
+    return {
+        "SeriesInstanceUID": s.series_instance_uid,
+        "StudyInstanceUID": s.study_instance_uid,
+        "Modality": s.modality,
+        "SeriesDescription": s.description,
+        "SeriesNumber": s.series_number,
+        "shape": list(image.shape),
+        "channels": image.channels,
+        "spacing": list(image.spacing),
+        "origin_lps": list(image.origin),
+        "direction_lps": image.direction.tolist(),
+        "dtype": str(image.array.dtype),
+        "source_files": len(image.source),
+        "warnings": list(image.warnings),
+        "metadata": dict(image.metadata),
+    }
+
+
+def convert_folder(
+    folder: Path, out_dir: Path, *, on_tilt: str = "error", on_gaps: str = "resample"
+) -> list[dict[str, Any]]:
+    """Convert every image series of ``folder``; returns one record per series.
+
+    A series that cannot be converted is reported in its record (``error``), not
+    raised, so one bad series does not stop the rest.
+    """
+    ix = index_folder(folder)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    for s in ix.all_series():
+        rec: dict[str, Any] = {"SeriesInstanceUID": s.series_instance_uid, "Modality": s.modality}
+        if s.modality.upper() in _NON_VOLUME or s.headers[0].rows is None:
+            rec["error"] = "not an image series"
+            records.append(rec)
+            continue
+        try:
+            image = load_series(
+                s.files,
+                on_tilt="resample" if on_tilt == "resample" else "error",
+                on_gaps="error" if on_gaps == "error" else "resample",
+            )
+        except InputError as e:
+            rec["error"] = str(e)
+            records.append(rec)
+            continue
+        stem = _stem(s)
+        nii = write_nifti(image, out_dir / f"{stem}.nii.gz")
+        try:
+            _write_json(out_dir / f"{stem}.json", _sidecar(s, image))
+        except OSError as e:
+            raise OutputError(f"cannot write sidecar for {stem!r}: {e}") from e
+        rec.update(nifti=str(nii), warnings=list(image.warnings))
+        records.append(rec)
+    return records
+
+
+@click.command("convert")
+@click.argument("dicom_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--tilt",
+    type=click.Choice(["error", "resample"]),
+    default="error",
+    show_default=True,
+    help="Refuse gantry-tilted series, or correct them by resampling.",
+)
+@click.option(
+    "--gaps",
+    type=click.Choice(["resample", "error"]),
+    default="resample",
+    show_default=True,
+    help="Resample non-uniformly spaced series onto a uniform grid, or refuse them.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def convert(dicom_dir: Path, out_dir: Path, tilt: str, gaps: str, as_json: bool) -> None:
+    """Convert each DICOM series to NIfTI (.nii.gz) with a JSON sidecar.
+
+    The sidecar records the series UID, modality, spacing, geometry and every
+    warning the reader raised. Series that cannot be read are listed with why.
+    """
+    records = convert_folder(dicom_dir, out_dir, on_tilt=tilt, on_gaps=gaps)
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    else:
+        for r in records:
+            if "error" in r:
+                click.echo(f"skipped {r['SeriesInstanceUID']} ({r['Modality']}): {r['error']}")
+            else:
+                click.echo(f"wrote {r['nifti']}")
+                for w in r["warnings"]:
+                    click.echo(f"  warning: {w}")
+    if not any("nifti" in r for r in records):
+        raise InputError(f"no series in {str(dicom_dir)!r} could be converted")

@@ -1,0 +1,55 @@
+"""``medlens index DIR``: patients → studies → series of a DICOM folder, and skipped files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from medlens.imaging.dicom_index import index_folder
+
+__all__ = ["index"]
+
+
+@click.command("index")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def index(folder: Path, as_json: bool) -> None:
+    """Index a DICOM folder (headers only): series per study per patient, skipped files and why.
+
+    Patients are shown by a non-identifying key, never by name or id.
+    """
+    start = time.perf_counter()
+    ix = index_folder(folder)
+    elapsed = time.perf_counter() - start
+    if as_json:
+        click.echo(json.dumps(ix.to_dict(), indent=2))
+        return
+    console = Console()
+    table = Table("patient", "study", "series", "#", "modality", "description", "files", "frames")
+    for p in ix.patients:
+        for st in p.studies:
+            for s in st.series:
+                table.add_row(
+                    p.patient_key,
+                    st.study_instance_uid,
+                    s.series_instance_uid,
+                    "" if s.series_number is None else str(s.series_number),
+                    s.modality,
+                    s.description,
+                    str(s.instance_count),
+                    str(s.frame_count),
+                )
+    console.print(table)
+    n_series = len(ix.all_series())
+    console.print(
+        f"{ix.file_count} DICOM files in {n_series} series, {len(ix.patients)} patient(s); "
+        f"{len(ix.skipped)} skipped; {elapsed:.2f} s",
+        highlight=False,
+    )
+    for sk in ix.skipped:
+        console.print(f"[yellow]skipped[/yellow] {sk.path}: {sk.reason}", highlight=False)

@@ -1,0 +1,533 @@
+"""Index a folder of DICOM files into patients → studies → series, headers only.
+
+Pixel data is never read: each file is parsed up to the end of group ``0028``
+(image pixel description), which skips bulky private groups, functional-group
+sequences and pixel data alike. Patients are keyed by an unsalted sha256 of
+``PatientID`` and ``PatientName`` so the index can group by patient without
+holding identifying values.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import DicomError, NotDicomError, SelectionError
+from medlens.imaging.image import AUDIT_ATTRIBUTES
+
+__all__ = [
+    "DicomHeader",
+    "DicomIndex",
+    "PatientEntry",
+    "SeriesEntry",
+    "SkippedFile",
+    "StudyEntry",
+    "build_index",
+    "fast_value",
+    "index_folder",
+    "read_header",
+    "selection_attributes",
+]
+
+#: Media Storage Directory Storage: a DICOMDIR, an index of a medium, not an instance.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+_HEADER_KEYWORDS: tuple[str, ...] = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "PatientName",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    *AUDIT_ATTRIBUTES,
+)
+_LAST_GROUP = 0x0028FFFF  # everything needed lives at or below group 0028
+
+
+# Text VRs decoded directly when the bytes are ASCII (any character set agrees on those).
+_TEXT_VRS = frozenset({"UI", "CS", "DS", "IS", "AS", "LO", "SH", "PN"})
+
+
+def _values(ds: Any) -> dict[str, Any]:
+    """Needed header values; ASCII VRs decoded directly (pydicom's conversion is the bottleneck)."""
+    return {kw: fast_value(ds, tag) for kw, tag in _keyword_tags()}
+
+
+def fast_value(ds: Any, tag: int) -> Any:
+    """An element's value, decoding plain ASCII and ``US`` values without pydicom's converters.
+
+    Multi-valued elements become lists, ``DS`` floats and ``IS`` ints; anything else
+    (other VRs, non-ASCII text, implicit VR) goes through pydicom. ``None`` if absent.
+    """
+    try:
+        raw = ds.get_item(tag)
+    except KeyError:
+        return None
+    if raw is None:
+        return None
+    vr = getattr(raw, "VR", None)
+    value = raw.value
+    if vr == "US" and isinstance(value, bytes) and len(value) >= 2:
+        little = getattr(raw, "is_little_endian", True)
+        return int.from_bytes(value[:2], "little" if little else "big")
+    if vr in _TEXT_VRS and isinstance(value, bytes) and value.isascii():
+        parts = [v.strip(" \x00") for v in value.decode("ascii", "replace").split("\\")]
+        conv: list[Any] = parts
+        try:
+            if vr == "DS":
+                conv = [float(v) if v else None for v in parts]
+            elif vr == "IS":
+                conv = [int(float(v)) if v else None for v in parts]
+        except ValueError:
+            conv = parts  # malformed number: keep the text, let users of it decide
+        return conv[0] if len(conv) == 1 else conv
+    return ds[tag].value
+
+
+@functools.cache
+def _keyword_tags() -> tuple[tuple[str, int], ...]:
+    from pydicom.datadict import tag_for_keyword
+
+    pairs = [(kw, tag_for_keyword(kw)) for kw in _HEADER_KEYWORDS]
+    return tuple((kw, t) for kw, t in pairs if t is not None)
+
+
+@functools.cache
+def _header_tags() -> list[int]:
+    from pydicom.datadict import tag_for_keyword
+
+    tags = [tag_for_keyword(kw) for kw in _HEADER_KEYWORDS]
+    # SpecificCharacterSet decodes text; DirectoryRecordSequence marks a DICOMDIR.
+    return [0x00080005, 0x00041220, *(t for t in tags if t is not None)]
+
+
+def _stop_after_group_0028(tag: int, vr: str | None, length: int) -> bool:
+    return tag > _LAST_GROUP
+
+
+def _plain(value: Any) -> Any:
+    """A DICOM value as a JSON-friendly Python value (str, int, float or list)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [_plain(v) for v in value]
+    name = type(value).__name__
+    if name in ("DSfloat", "DSdecimal") or isinstance(value, float):
+        return float(value)
+    if name == "IS" or isinstance(value, int):
+        return int(value)
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip("\x00 ")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What MedLens needs from one DICOM file's header (nothing identifying).
+
+    Attributes:
+        path: The file.
+        sop_class_uid: ``SOPClassUID``.
+        sop_instance_uid: ``SOPInstanceUID``.
+        study_instance_uid: ``StudyInstanceUID``.
+        series_instance_uid: ``SeriesInstanceUID``.
+        patient_key: 16 hex digits of sha256 over ``PatientID`` and ``PatientName``.
+        transfer_syntax_uid: ``TransferSyntaxUID`` of the file meta information.
+        modality: ``Modality`` ("" if absent).
+        series_description: ``SeriesDescription`` ("" if absent).
+        series_number: ``SeriesNumber`` or ``None``.
+        instance_number: ``InstanceNumber`` or ``None``.
+        rows: ``Rows`` or ``None`` (non-image objects).
+        columns: ``Columns`` or ``None``.
+        number_of_frames: ``NumberOfFrames`` (1 when absent).
+        image_position: ``ImagePositionPatient`` or ``None``.
+        image_orientation: ``ImageOrientationPatient`` or ``None``.
+        attributes: The :data:`AUDIT_ATTRIBUTES` present, as plain values.
+    """
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_key: str
+    transfer_syntax_uid: str
+    modality: str = ""
+    series_description: str = ""
+    series_number: int | None = None
+    instance_number: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    number_of_frames: int = 1
+    image_position: tuple[float, float, float] | None = None
+    image_orientation: tuple[float, ...] | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_type(self) -> tuple[str, ...]:
+        """``ImageType`` values, upper-case."""
+        raw = self.attributes.get("ImageType")
+        if raw is None:
+            return ()
+        vals = raw if isinstance(raw, list) else str(raw).split("\\")
+        return tuple(str(v).strip().upper() for v in vals)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def read_header(path: str | os.PathLike[str]) -> DicomHeader:
+    """Read one file's header without its pixel data.
+
+    Args:
+        path: A file.
+
+    Returns:
+        The header.
+
+    Raises:
+        NotDicomError: The file is not DICOM (no ``DICM`` prefix) or is a DICOMDIR.
+        DicomError: The file is unreadable, truncated in its header, or lacks
+            ``SOPClassUID``/``SOPInstanceUID``/``StudyInstanceUID``/``SeriesInstanceUID``.
+    """
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_partial
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as fp:
+            ds = read_partial(
+                fp,
+                stop_when=_stop_after_group_0028,
+                specific_tags=_header_tags(),
+            )
+            values = _values(ds)
+            meta = getattr(ds, "file_meta", None)
+            media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta else ""
+            tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta else ""
+    except InvalidDicomError as e:
+        raise NotDicomError(f"{p.name!r} is not a DICOM file (no 'DICM' prefix)") from e
+    except OSError as e:
+        raise DicomError(f"cannot read {p.name!r}: {e.strerror or e}") from e
+    except Exception as e:  # pydicom raises many kinds on corrupt headers
+        raise DicomError(f"{p.name!r} has a corrupt DICOM header: {type(e).__name__}") from e
+
+    if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        raise NotDicomError(f"{p.name!r} is a DICOMDIR (media index), not an image instance")
+    uids: dict[str, str] = {}
+    for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        v = values[kw]
+        text = "" if v is None else str(v).strip()
+        if not text:
+            raise DicomError(f"{p.name!r} has an empty or missing {kw}")
+        uids[kw] = text
+    pid = str(values["PatientID"] or "")
+    pname = str(values["PatientName"] or "")
+    patient_key = hashlib.sha256(f"{pid}\x00{pname}".encode()).hexdigest()[:16]
+    attributes = {
+        kw: _plain(values[kw])
+        for kw in AUDIT_ATTRIBUTES
+        if values.get(kw) is not None and values[kw] != ""
+    }
+    attributes.setdefault("StudyInstanceUID", uids["StudyInstanceUID"])
+    attributes.setdefault("SeriesInstanceUID", uids["SeriesInstanceUID"])
+    pos = _floats(values["ImagePositionPatient"], 3)
+    return DicomHeader(
+        path=p,
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        patient_key=patient_key,
+        transfer_syntax_uid=tsyntax,
+        modality=str(values["Modality"] or "").strip(),
+        series_description=str(values["SeriesDescription"] or "").strip(),
+        series_number=_int_or_none(values["SeriesNumber"]),
+        instance_number=_int_or_none(values["InstanceNumber"]),
+        rows=_int_or_none(values["Rows"]),
+        columns=_int_or_none(values["Columns"]),
+        number_of_frames=_int_or_none(values["NumberOfFrames"]) or 1,
+        image_position=None if pos is None else (pos[0], pos[1], pos[2]),
+        image_orientation=_floats(values["ImageOrientationPatient"], 6),
+        attributes=attributes,
+    )
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file the index left out, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class SeriesEntry:
+    """One series of an index.
+
+    Attributes:
+        series_instance_uid: ``SeriesInstanceUID``.
+        study_instance_uid: ``StudyInstanceUID``.
+        patient_key: Non-identifying patient key (see :class:`DicomHeader`).
+        modality: ``Modality``.
+        description: ``SeriesDescription``.
+        series_number: ``SeriesNumber`` or ``None``.
+        headers: Every file's header, ordered by ``InstanceNumber`` then path.
+    """
+
+    series_instance_uid: str
+    study_instance_uid: str
+    patient_key: str
+    modality: str
+    description: str
+    series_number: int | None
+    headers: tuple[DicomHeader, ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The series' files."""
+        return tuple(h.path for h in self.headers)
+
+    @property
+    def instance_count(self) -> int:
+        """Number of files (instances)."""
+        return len(self.headers)
+
+    @property
+    def frame_count(self) -> int:
+        """Number of frames over all instances (slices a rule such as ``MinSlices`` sees)."""
+        return sum(h.number_of_frames for h in self.headers)
+
+    @property
+    def attributes(self) -> dict[str, Any]:
+        """Audit attributes of the series (from its first instance)."""
+        return dict(self.headers[0].attributes)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-friendly summary (no file list)."""
+        return {
+            "series_instance_uid": self.series_instance_uid,
+            "series_number": self.series_number,
+            "modality": self.modality,
+            "description": self.description,
+            "instances": self.instance_count,
+            "frames": self.frame_count,
+            "sop_class_uid": self.headers[0].sop_class_uid,
+            "attributes": self.attributes,
+        }
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    """One study: its series, ordered by ``SeriesNumber``."""
+
+    study_instance_uid: str
+    series: tuple[SeriesEntry, ...]
+
+
+@dataclass(frozen=True)
+class PatientEntry:
+    """One patient (by non-identifying key): their studies."""
+
+    patient_key: str
+    studies: tuple[StudyEntry, ...]
+
+
+@dataclass(frozen=True)
+class DicomIndex:
+    """Patients → studies → series of a folder, and the files left out.
+
+    Attributes:
+        root: The indexed folder.
+        patients: Patients, ordered by key.
+        skipped: Files that are not DICOM instances or are unreadable, with why.
+    """
+
+    root: Path
+    patients: tuple[PatientEntry, ...]
+    skipped: tuple[SkippedFile, ...]
+
+    def all_series(self) -> list[SeriesEntry]:
+        """Every series, patient by patient and study by study."""
+        return [s for p in self.patients for st in p.studies for s in st.series]
+
+    def series(self, series_instance_uid: str) -> SeriesEntry:
+        """The series with this UID.
+
+        Raises:
+            SelectionError: No such series in the index.
+        """
+        for s in self.all_series():
+            if s.series_instance_uid == series_instance_uid:
+                return s
+        raise SelectionError(f"no series {series_instance_uid!r} in {str(self.root)!r}")
+
+    @property
+    def file_count(self) -> int:
+        """Number of DICOM instances indexed."""
+        return sum(s.instance_count for s in self.all_series())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (what ``medlens index --json`` prints)."""
+        return {
+            "root": str(self.root),
+            "files": self.file_count,
+            "patients": [
+                {
+                    "patient_key": p.patient_key,
+                    "studies": [
+                        {
+                            "study_instance_uid": st.study_instance_uid,
+                            "series": [s.summary() for s in st.series],
+                        }
+                        for st in p.studies
+                    ],
+                }
+                for p in self.patients
+            ],
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
+        }
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+            elif e.is_file():
+                yield Path(e.path)
+
+
+def _try_header(path: Path) -> DicomHeader | SkippedFile:
+    try:
+        return read_header(path)
+    except DicomError as e:
+        return SkippedFile(path, str(e))
+
+
+def build_index(root: Path, results: Iterable[DicomHeader | SkippedFile]) -> DicomIndex:
+    """Group headers into patients → studies → series (used by :func:`index_folder`)."""
+    skipped: list[SkippedFile] = []
+    by_series: dict[tuple[str, str, str], list[DicomHeader]] = {}
+    for r in results:
+        if isinstance(r, SkippedFile):
+            skipped.append(r)
+        else:
+            key = (r.patient_key, r.study_instance_uid, r.series_instance_uid)
+            by_series.setdefault(key, []).append(r)
+    tree: dict[str, dict[str, list[SeriesEntry]]] = {}
+    for (pkey, study, series_uid), headers in by_series.items():
+        headers.sort(key=lambda h: (h.instance_number is None, h.instance_number or 0, h.path))
+        first = headers[0]
+        entry = SeriesEntry(
+            series_instance_uid=series_uid,
+            study_instance_uid=study,
+            patient_key=pkey,
+            modality=first.modality,
+            description=first.series_description,
+            series_number=first.series_number,
+            headers=tuple(headers),
+        )
+        tree.setdefault(pkey, {}).setdefault(study, []).append(entry)
+    patients = tuple(
+        PatientEntry(
+            pkey,
+            tuple(
+                StudyEntry(
+                    study,
+                    tuple(
+                        sorted(
+                            series,
+                            key=lambda s: (
+                                s.series_number is None,
+                                s.series_number or 0,
+                                s.series_instance_uid,
+                            ),
+                        )
+                    ),
+                )
+                for study, series in sorted(studies.items())
+            ),
+        )
+        for pkey, studies in sorted(tree.items())
+    )
+    skipped.sort(key=lambda s: s.path)
+    return DicomIndex(root=root, patients=patients, skipped=tuple(skipped))
+
+
+def index_folder(
+    path: str | os.PathLike[str],
+    *,
+    max_workers: int | None = None,
+    files: Sequence[Path] | None = None,
+) -> DicomIndex:
+    """Index every file under ``path`` (recursively) without reading pixel data.
+
+    Args:
+        path: A folder (or a single file).
+        max_workers: Threads reading headers (default: CPU count, at most 4; used
+            from 512 files on).
+        files: Index exactly these files instead of walking ``path``.
+
+    Returns:
+        The index; non-DICOM files and DICOMDIRs are in ``skipped`` with a reason.
+
+    Raises:
+        DicomError: ``path`` does not exist.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DicomError(f"no such file or folder: {str(root)!r}")
+    paths = list(files) if files is not None else ([root] if root.is_file() else list(_walk(root)))
+    # Header parsing holds the GIL; threads pay off only by overlapping cold-cache reads.
+    workers = max_workers or min(4, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) < 512:
+        results = [_try_header(p) for p in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(_try_header, paths))
+    return build_index(root, results)
+
+
+def selection_attributes(series: SeriesEntry) -> dict[str, Any]:
+    """Attributes a selection rule sees for a series (audit attributes plus a few more)."""
+    attrs = series.attributes
+    attrs["SOPClassUID"] = series.headers[0].sop_class_uid
+    if series.series_number is not None:
+        attrs["SeriesNumber"] = series.series_number
+    attrs.setdefault("Modality", series.modality)
+    return attrs

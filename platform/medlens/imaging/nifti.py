@@ -1,0 +1,127 @@
+"""NIfTI ↔ :class:`Image` with nibabel (NIfTI is RAS, ``Image`` is LPS)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medlens.errors import GeometryError, InputError, OutputError
+from medlens.imaging.image import Image, ras_to_lps
+
+__all__ = ["NIFTI_SUFFIXES", "is_nifti", "read_nifti", "write_nifti"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str | os.PathLike[str]) -> bool:
+    """Whether the file name says NIfTI (``.nii`` or ``.nii.gz``)."""
+    name = Path(path).name.lower()
+    return name.endswith(NIFTI_SUFFIXES)
+
+
+def _decompose(
+    affine: npt.NDArray[np.float64], label: str
+) -> tuple[tuple[float, ...], tuple[float, ...], npt.NDArray[np.float64]]:
+    lin = affine[:3, :3]
+    spacing = np.linalg.norm(lin, axis=0)
+    if not np.all(spacing > 0) or not np.all(np.isfinite(affine)):
+        raise GeometryError(f"{label!r}: NIfTI affine is singular or not finite")
+    direction = lin / spacing[None, :]
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        raise GeometryError(f"{label!r}: NIfTI affine has shear (axes not orthogonal)")
+    return tuple(spacing.tolist()), tuple(affine[:3, 3].tolist()), direction
+
+
+def read_nifti(path: str | os.PathLike[str]) -> Image:
+    """Read a 3-D (or 4-D, channels last) NIfTI file into an LPS :class:`Image`.
+
+    Stored integer data without scaling keep their dtype; scaled data become float32.
+
+    Raises:
+        InputError: Not readable as NIfTI, or not 3-D/4-D.
+        GeometryError: Singular or sheared affine.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    try:
+        img: Any = nib.load(str(p))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(f"{p.name!r} is not a NIfTI image")
+        proxy = img.dataobj
+        slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
+        scaled = not (
+            (slope is None or np.isnan(slope) or slope == 1.0)
+            and (inter is None or np.isnan(inter) or inter == 0.0)
+        )
+        data = np.asarray(img.get_fdata(dtype=np.float32)) if scaled else np.asarray(proxy)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except InputError:
+        raise
+    except Exception as e:  # nibabel raises ImageFileError, EOFError, zlib errors...
+        raise InputError(f"cannot read NIfTI {p.name!r}: {type(e).__name__}: {e}") from e
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 5 and data.shape[3] == 1:  # (x, y, z, 1, c): NIfTI vector intent
+        data = data[:, :, :, 0, :]
+    if data.ndim == 3:
+        array = data[None]
+    elif data.ndim == 4:
+        array = np.moveaxis(data, 3, 0)
+    else:
+        raise InputError(f"{p.name!r}: NIfTI with {data.ndim} dimensions is not supported")
+    spacing, origin, direction = _decompose(ras_to_lps(affine), p.name)
+    return Image(
+        array=array,
+        spacing=spacing,
+        origin=origin,
+        direction=direction,
+        source=(p,),
+    )
+
+
+def write_nifti(image: Image, path: str | os.PathLike[str]) -> Path:
+    """Write a 3-D image as NIfTI (channels as a 4th axis when more than one), atomically.
+
+    Args:
+        image: A 3-D image.
+        path: Destination ending in ``.nii`` or ``.nii.gz``.
+
+    Returns:
+        The written path.
+
+    Raises:
+        GeometryError: The image is 2-D.
+        OutputError: The file cannot be written.
+    """
+    import nibabel
+
+    nib: Any = nibabel  # nibabel's partial annotations trip mypy --strict
+    p = Path(path)
+    affine = image.ras_affine()
+    arr = image.array[0] if image.channels == 1 else np.moveaxis(image.array, 0, -1)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    nii = nib.Nifti1Image(np.asarray(arr), affine)
+    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=1)
+    nii.header.set_xyzt_units("mm")
+    suffix = ".nii.gz" if p.name.lower().endswith(".gz") else ".nii"
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+        os.close(fd)
+        try:
+            nib.save(nii, tmp)
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"cannot write {str(p)!r}: {e.strerror or e}") from e
+    return p

@@ -1,0 +1,310 @@
+"""One entry point for every input: a DICOM folder, a DICOM file, NIfTI, or a 2-D image file.
+
+:func:`read_image` picks the series a plugin's selection rule asks for and says,
+per series, which rule failed when none matches. :func:`read_mask` reads a label
+map (NIfTI or DICOM SEG) onto a reference image's voxel grid.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from medlens.errors import DicomError, GeometryError, InputError, SelectionError
+from medlens.imaging.dicom_index import (
+    DicomIndex,
+    SeriesEntry,
+    index_folder,
+    read_header,
+    selection_attributes,
+)
+from medlens.imaging.image import Image
+from medlens.imaging.nifti import is_nifti, read_nifti
+from medlens.imaging.series import GapPolicy, TiltPolicy, load_series, read_dataset
+from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, read_2d_dicom, read_2d_file
+from medlens.plugin_api._selection import Rule, evaluate
+
+__all__ = ["LABEL_VALUES", "choose_series", "read_image", "read_mask"]
+
+#: The project's fixed label values, used to map DICOM SEG segment labels to values.
+LABEL_VALUES: dict[str, int] = {
+    "liver": 1,
+    "spleen": 2,
+    "kidney_right": 3,
+    "kidney_left": 4,
+    "liver_tumor": 5,
+}
+_LABEL_ALIASES = {
+    "right_kidney": "kidney_right",
+    "left_kidney": "kidney_left",
+    "liver_tumour": "liver_tumor",
+    "liver_lesion": "liver_tumor",
+}
+
+_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+_NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "DOC"})
+
+
+def _describe(s: SeriesEntry) -> str:
+    desc = f" {s.description!r}" if s.description else ""
+    return f"series {s.series_instance_uid} ({s.modality or '?'}{desc}, {s.frame_count} images)"
+
+
+def _is_image_series(s: SeriesEntry) -> bool:
+    h = s.headers[0]
+    return h.rows is not None and s.modality.upper() not in _NON_IMAGE_MODALITIES
+
+
+def choose_series(
+    index: DicomIndex, *, selection: Rule | None = None, series_uid: str | None = None
+) -> tuple[SeriesEntry, list[str]]:
+    """Pick one image series of an index.
+
+    Args:
+        index: A folder's index.
+        selection: A plugin's rule (``None`` accepts every series).
+        series_uid: Pick exactly this series (the rule is still checked).
+
+    Returns:
+        The series and warnings (ambiguity).
+
+    Raises:
+        SelectionError: No image series, no such UID, or no series matches the rule
+            (the message says which rule failed for each series).
+    """
+    candidates = [s for s in index.all_series() if _is_image_series(s)]
+    if not candidates:
+        raise SelectionError(
+            f"no DICOM image series in {str(index.root)!r} "
+            f"({index.file_count} instances, {len(index.skipped)} files skipped)"
+        )
+    if series_uid is not None:
+        candidates = [s for s in candidates if s.series_instance_uid == series_uid]
+        if not candidates:
+            raise SelectionError(f"no image series {series_uid!r} in {str(index.root)!r}")
+    matched: list[SeriesEntry] = []
+    failures: list[str] = []
+    for s in candidates:
+        outcome = evaluate(selection, selection_attributes(s), s.frame_count)
+        if outcome.matched:
+            matched.append(s)
+        else:
+            failures.append(f"{_describe(s)}: {'; '.join(outcome.reasons)}")
+    if not matched:
+        raise SelectionError("no series matches the selection rule: " + " | ".join(failures))
+    warnings: list[str] = []
+    best = max(matched, key=lambda s: s.frame_count)
+    if len(matched) > 1:
+        warnings.append(
+            f"{len(matched)} series match the selection; chose the largest, {_describe(best)}"
+        )
+    return best, warnings
+
+
+def _add_warnings(image: Image, warnings: list[str]) -> Image:
+    if not warnings:
+        return image
+    return image.with_array(image.array, warnings=(*warnings, *image.warnings))
+
+
+def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Image:
+    ds = read_dataset(path)
+    sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+    if not sop_class:
+        raise DicomError(f"{path.name!r} has an empty or missing SOPClassUID")
+    if sop_class == _SEG_SOP_CLASS:
+        raise DicomError(f"{path.name!r} is a DICOM SEG; read it as a mask, not an image")
+    enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    modality = str(ds.get("Modality", "")).upper()
+    has_geometry = all(
+        k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+    )
+    if not enhanced and nframes == 1 and (modality in TWO_D_MODALITIES or not has_geometry):
+        return read_2d_dicom(ds, path)
+    return load_series([path], on_gaps=on_gaps, on_tilt=on_tilt)
+
+
+def read_image(
+    path: Path,
+    *,
+    selection: Rule | None = None,
+    series_uid: str | None = None,
+    on_gaps: GapPolicy = "resample",
+    on_tilt: TiltPolicy = "error",
+) -> Image:
+    """Read any supported input into an :class:`Image`.
+
+    * a folder: indexed; the image series matching ``selection`` (the largest when
+      several match, with a warning) or the series ``series_uid`` is loaded;
+    * ``.nii``/``.nii.gz``: NIfTI;
+    * ``.png``/``.jpg``/``.jpeg``/``.tif``/``.tiff``/``.bmp``: 2-D image;
+    * anything else: a single DICOM file (3-D single slice or Enhanced multi-frame,
+      or 2-D for DX/CR/MG/OP/... and images without patient geometry).
+
+    Args:
+        path: File or folder.
+        selection: Series-selection rule (a plugin manifest's ``selection``).
+        series_uid: Load exactly this series from a folder.
+        on_gaps: See :func:`medlens.imaging.series.load_series`.
+        on_tilt: See :func:`medlens.imaging.series.load_series`.
+
+    Raises:
+        InputError: The path does not exist or cannot be read (``DicomError``,
+            ``GeometryError`` for DICOM problems).
+        SelectionError: No series matches (the reason per series is in the message).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such file or folder: {str(p)!r}")
+    if p.is_dir():
+        index = index_folder(p)
+        series, warnings = choose_series(index, selection=selection, series_uid=series_uid)
+        headers = series.headers
+        no_geometry = all(h.image_position is None for h in headers)
+        two_d = series.modality.upper() in TWO_D_MODALITIES or no_geometry
+        if two_d and all(h.number_of_frames == 1 for h in headers):
+            if len(headers) > 1:
+                raise SelectionError(
+                    f"{_describe(series)} holds {len(headers)} separate 2-D images; "
+                    "pass one file instead of the folder"
+                )
+            image = read_2d_dicom(read_dataset(headers[0].path), headers[0].path)
+        else:
+            image = load_series(series.files, on_gaps=on_gaps, on_tilt=on_tilt)
+        return _add_warnings(image, warnings)
+    if is_nifti(p):
+        return read_nifti(p)
+    if is_2d_image_file(p):
+        return read_2d_file(p)
+    return _read_dicom_file(p, on_gaps, on_tilt)
+
+
+def _label_value(segment_label: str) -> int | None:
+    key = re.sub(r"[\s\-]+", "_", segment_label.strip().lower())
+    key = _LABEL_ALIASES.get(key, key)
+    return LABEL_VALUES.get(key)
+
+
+def _read_seg(path: Path) -> Image:
+    """A DICOM SEG as a label map; segments named like project labels get their values."""
+    import highdicom as hd
+
+    try:
+        seg = hd.seg.segread(path)
+    except Exception as e:  # highdicom raises ValueError, AttributeError... on bad SEGs
+        raise DicomError(f"cannot read DICOM SEG {path.name!r}: {type(e).__name__}: {e}") from e
+    numbers = list(seg.segment_numbers)
+    labels = {n: str(seg.get_segment_description(n).segment_label) for n in numbers}
+    values = {n: _label_value(lbl) for n, lbl in labels.items()}
+    use_names = all(v is not None for v in values.values())
+    try:
+        vol = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
+    except Exception as e:
+        raise GeometryError(
+            f"DICOM SEG {path.name!r} does not form a regular volume: {type(e).__name__}: {e}"
+        ) from e
+    arr = np.asarray(vol.array)  # (slices, rows, columns), values = segment numbers
+    if arr.ndim == 4:
+        arr = arr[..., 0]
+    if use_names:
+        lut = np.zeros(int(max(numbers)) + 1, dtype=np.uint8)
+        for n, v in values.items():
+            lut[n] = v  # type: ignore[assignment]
+        arr = lut[arr]
+    affine = np.asarray(vol.affine, dtype=np.float64)  # (slice, row, column) index → LPS
+    lin = affine[:3, [2, 1, 0]]  # our (i, j, k) = (column, row, slice)
+    spacing = np.linalg.norm(lin, axis=0)
+    return Image(
+        array=arr.transpose(2, 1, 0)[None],
+        spacing=tuple(spacing.tolist()),
+        origin=tuple(affine[:3, 3].tolist()),
+        direction=lin / spacing[None, :],
+        source=(path,),
+    )
+
+
+def _as_labels(mask: Image, label: str) -> npt.NDArray[Any]:
+    if mask.channels != 1:
+        raise InputError(f"mask {label!r} has {mask.channels} channels; a label map has one")
+    arr = mask.array[0]
+    integral = np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_
+    if not integral and (not np.all(np.isfinite(arr)) or not np.array_equal(arr, np.rint(arr))):
+        raise InputError(f"mask {label!r} has non-integer values; not a label map")
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise InputError(f"mask {label!r} has label values outside 0..65535")
+    dtype = np.uint8 if (not arr.size or arr.max() <= 255) else np.uint16
+    return np.asarray(arr, dtype=dtype)
+
+
+def read_mask(path: Path, reference: Image) -> Image:
+    """Read a label map (NIfTI or DICOM SEG) onto ``reference``'s voxel grid.
+
+    A mask on another grid is resampled by nearest neighbour (labels stay labels);
+    voxels outside the mask's extent become 0.
+
+    Args:
+        path: ``.nii``/``.nii.gz`` or a DICOM SEG file.
+        reference: The image the mask belongs to.
+
+    Returns:
+        One-channel integer image on ``reference``'s grid.
+
+    Raises:
+        InputError: Unreadable, multi-channel or non-integer mask.
+        GeometryError: The mask does not overlap the reference, or a 2-D shape differs.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such mask file: {str(p)!r}")
+    if is_nifti(p):
+        mask = read_nifti(p)
+    else:
+        header = read_header(p)
+        if header.sop_class_uid != _SEG_SOP_CLASS:
+            raise InputError(f"{p.name!r} is neither NIfTI nor a DICOM SEG")
+        mask = _read_seg(p)
+    labels = _as_labels(mask, p.name)
+    if reference.ndim == 2:
+        squeezed = labels[:, :, 0] if labels.ndim == 3 and labels.shape[2] == 1 else labels
+        if squeezed.shape != reference.shape:
+            raise GeometryError(
+                f"mask {p.name!r} shape {squeezed.shape} differs from the 2-D image's "
+                f"{reference.shape}"
+            )
+        return reference.with_array(squeezed[None], metadata={}, warnings=())
+    if mask.same_grid(reference):
+        return reference.with_array(labels[None], metadata={}, source=(p,), warnings=())
+    from scipy import ndimage
+
+    m = np.linalg.inv(mask.affine) @ reference.affine  # reference index → mask index
+    inside = ndimage.affine_transform(
+        np.ones(labels.shape, dtype=np.uint8),
+        m[:3, :3],
+        offset=m[:3, 3],
+        output_shape=reference.shape,
+        order=0,
+        mode="constant",
+        cval=0,
+    )
+    if not inside.any():
+        raise GeometryError(f"mask {p.name!r} does not overlap the image")
+    out = ndimage.affine_transform(
+        labels,
+        m[:3, :3],
+        offset=m[:3, 3],
+        output_shape=reference.shape,
+        order=0,
+        mode="constant",
+        cval=0,
+    )
+    return reference.with_array(
+        out[None],
+        metadata={},
+        source=(p,),
+        warnings=(f"mask {p.name!r} resampled onto the image grid (nearest neighbour)",),
+    )

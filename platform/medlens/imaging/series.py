@@ -1,0 +1,634 @@
+"""A DICOM series (single-frame files or Enhanced multi-frame) → one 3-D :class:`Image`.
+
+Geometry comes from ``ImagePositionPatient``/``ImageOrientationPatient`` (or the
+per-frame functional groups ``PlanePositionSequence``/``PlaneOrientationSequence``
+of Enhanced CT/MR), never from ``InstanceNumber``: slices are sorted by their
+position along the slice normal ``n = row × column`` and the slice spacing is
+measured from those positions.
+
+Problems a reader meets in the wild are either handled and recorded in
+:attr:`Image.warnings`, or refused with a typed one-line error:
+
+* images of another SOP class, ``ImageType`` ``LOCALIZER`` images and images of
+  another orientation mixed into the series → excluded, with a warning;
+* exact duplicates (same ``SOPInstanceUID`` or same position, same pixels) →
+  dropped, with a warning; conflicting duplicates → :class:`DicomError`;
+* non-uniform spacing / missing slices → resampled onto a uniform grid by linear
+  interpolation along the normal, with a warning (or :class:`GeometryError` with
+  ``on_gaps="error"``); a gap wider than :data:`MAX_GAP_STEPS` slice steps is
+  refused either way (separate stacks: interpolating would invent anatomy);
+* gantry tilt (positions drift across the slice plane) → :class:`GeometryError`
+  by default, or corrected by resampling onto an orthogonal grid with
+  ``on_tilt="resample"``; it is never averaged away silently.
+
+Pixel data is decoded by pydicom's decoders (pylibjpeg-openjpeg, pylibjpeg-rle,
+pyjpegls, gdcm) in a thread pool, one task per frame, when the transfer syntax is
+compressed; native pixel data is cheaper to unpack on one thread than to share the GIL.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from medlens.errors import DicomError, GeometryError, NotDicomError
+from medlens.imaging.image import AUDIT_ATTRIBUTES, Image
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+__all__ = [
+    "MAX_GAP_STEPS",
+    "MAX_VOXELS",
+    "GapPolicy",
+    "TiltPolicy",
+    "load_series",
+    "read_dataset",
+]
+
+GapPolicy = Literal["resample", "error"]
+TiltPolicy = Literal["error", "resample"]
+
+#: Refuse volumes beyond this many voxels (per channel): a corrupt header, not a scan.
+MAX_VOXELS = 2**31
+_MAX_EDGE = 65535
+#: Gaps wider than this many slice steps are refused even with ``on_gaps="resample"``:
+#: interpolating across them would invent anatomy.
+MAX_GAP_STEPS = 5
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+# SOP classes whose pixels are not a slice of the patient (never part of a volume).
+_NON_VOLUME_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.1": "Multi-frame Single Bit Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture",
+}
+
+
+def _workers(max_workers: int | None) -> int:
+    return max(1, max_workers or min(16, os.cpu_count() or 1))
+
+
+def _pmap(fn: Callable[[_T], _R], items: Sequence[_T], max_workers: int | None) -> list[_R]:
+    n = _workers(max_workers)
+    if n == 1 or len(items) < 2:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(fn, items))
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Read a whole DICOM file (pixel data included, not yet decoded).
+
+    Raises:
+        NotDicomError: Not a DICOM file.
+        DicomError: Unreadable or corrupt.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    p = Path(path)
+    try:
+        return pydicom.dcmread(p)
+    except InvalidDicomError as e:
+        raise NotDicomError(f"{p.name!r} is not a DICOM file (no 'DICM' prefix)") from e
+    except OSError as e:
+        raise DicomError(f"cannot read {p.name!r}: {e.strerror or e}") from e
+    except Exception as e:  # pydicom raises many kinds on corrupt files
+        raise DicomError(f"{p.name!r} is corrupt or truncated: {type(e).__name__}") from e
+
+
+@dataclass
+class _Frame:
+    """One 2-D frame of a series, with its geometry, before decoding."""
+
+    ds: Dataset
+    path: Path
+    frame: int | None  # index in a multi-frame file; None for single-frame files
+    sop_class: str
+    sop_uid: str
+    rows: int
+    columns: int
+    samples: int
+    position: npt.NDArray[np.float64] | None
+    orientation: npt.NDArray[np.float64] | None
+    pixel_spacing: tuple[float, float] | None
+    slope: float
+    intercept: float
+    image_type: tuple[str, ...]
+    t: float = 0.0  # position along the slice normal, set after orientation is chosen
+
+    @property
+    def label(self) -> str:
+        return self.path.name if self.frame is None else f"{self.path.name}[frame {self.frame}]"
+
+
+def _fg_value(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
+    """A functional-group value for one frame: per-frame first, then shared, then top level."""
+    per = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    groups = []
+    if per is not None and frame < len(per):
+        groups.append(per[frame])
+    if shared:
+        groups.append(shared[0])
+    for g in groups:
+        seq = g.get(sequence)
+        if seq:
+            item = seq[0]
+            if keyword in item and item[keyword].value not in (None, ""):
+                return item[keyword].value
+    return ds.get(keyword)
+
+
+def _vec(value: Any, n: int, what: str, label: str) -> npt.NDArray[np.float64] | None:
+    if value is None or value == "":
+        return None
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise GeometryError(f"{label}: {what} is not numeric") from e
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise GeometryError(f"{label}: {what} must have {n} finite values, got {len(arr)}")
+    return arr
+
+
+def _num(value: Any, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default
+
+
+@functools.cache
+def _tag(keyword: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - keywords here are all in the dictionary
+        raise KeyError(keyword)
+    return int(tag)
+
+
+def _fast_get(ds: Dataset, keyword: str) -> Any:
+    from medlens.imaging.dicom_index import fast_value
+
+    return fast_value(ds, _tag(keyword))
+
+
+def _frames_of(ds: Dataset, path: Path) -> list[_Frame]:
+    """Split a dataset into frames with geometry; validate the basics."""
+    label = path.name
+
+    def get(keyword: str) -> Any:
+        return _fast_get(ds, keyword)
+
+    sop_class = str(get("SOPClassUID") or "").strip()
+    if not sop_class:
+        raise DicomError(f"{label!r} has an empty or missing SOPClassUID")
+    sop_uid = str(get("SOPInstanceUID") or "").strip()
+    if not sop_uid:
+        raise DicomError(f"{label!r} has an empty or missing SOPInstanceUID")
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DicomError(f"{label!r} has no pixel data")
+    try:
+        rows = int(get("Rows"))
+        cols = int(get("Columns"))
+        samples = int(get("SamplesPerPixel") or 1)
+        nframes = int(get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DicomError(f"{label!r} lacks valid Rows/Columns/NumberOfFrames") from e
+    if not (0 < rows <= _MAX_EDGE and 0 < cols <= _MAX_EDGE) or nframes < 1 or samples < 1:
+        raise DicomError(
+            f"{label!r} has absurd dimensions: {rows} rows × {cols} columns × {nframes} frames"
+        )
+    if rows * cols * nframes > MAX_VOXELS:
+        raise DicomError(f"{label!r} has absurd dimensions: {rows * cols * nframes} voxels")
+    raw_type = get("ImageType") or []
+    raw_type = [raw_type] if isinstance(raw_type, str) else raw_type
+    image_type = tuple(str(v).strip().upper() for v in raw_type)
+    enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    if nframes > 1 and not enhanced:
+        raise GeometryError(
+            f"{label!r} is a multi-frame image without per-frame functional groups "
+            "(no per-frame geometry)"
+        )
+    out: list[_Frame] = []
+    for f in range(nframes):
+        flabel = label if nframes == 1 else f"{label}[frame {f}]"
+        if enhanced:
+            pos = _fg_value(ds, f, "PlanePositionSequence", "ImagePositionPatient")
+            ori = _fg_value(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient")
+            spacing = _fg_value(ds, f, "PixelMeasuresSequence", "PixelSpacing")
+            slope = _fg_value(ds, f, "PixelValueTransformationSequence", "RescaleSlope")
+            icpt = _fg_value(ds, f, "PixelValueTransformationSequence", "RescaleIntercept")
+        else:
+            pos = get("ImagePositionPatient")
+            ori = get("ImageOrientationPatient")
+            spacing = get("PixelSpacing")
+            slope = get("RescaleSlope")
+            icpt = get("RescaleIntercept")
+        ps = _vec(spacing, 2, "PixelSpacing", flabel)
+        if ps is not None and not np.all(ps > 0):
+            raise GeometryError(f"{flabel}: PixelSpacing must be positive, got {ps.tolist()}")
+        out.append(
+            _Frame(
+                ds=ds,
+                path=path,
+                frame=None if nframes == 1 and not enhanced else f,
+                sop_class=sop_class,
+                sop_uid=sop_uid,
+                rows=rows,
+                columns=cols,
+                samples=samples,
+                position=_vec(pos, 3, "ImagePositionPatient", flabel),
+                orientation=_vec(ori, 6, "ImageOrientationPatient", flabel),
+                pixel_spacing=None if ps is None else (float(ps[0]), float(ps[1])),
+                slope=_num(slope, 1.0),
+                intercept=_num(icpt, 0.0),
+                image_type=image_type,
+            )
+        )
+    return out
+
+
+def _is_compressed(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return bool(tsyntax is not None and tsyntax.is_compressed)
+
+
+def _orientation_key(o: npt.NDArray[np.float64]) -> tuple[int, ...]:
+    return tuple(round(float(v) * 1000) for v in o)
+
+
+def _exclude(frames: list[_Frame], warnings: list[str]) -> list[_Frame]:
+    """Drop frames of another SOP class, localizers, and frames of another orientation."""
+    classes = Counter(f.sop_class for f in frames)
+    volume_classes = [c for c in classes if c not in _NON_VOLUME_CLASSES]
+    if volume_classes and len(classes) > 1:
+        keep = max(volume_classes, key=lambda c: classes[c])
+        dropped = [f for f in frames if f.sop_class != keep]
+        names = sorted({_NON_VOLUME_CLASSES.get(f.sop_class, f.sop_class) for f in dropped})
+        warnings.append(
+            f"excluded {len(dropped)} image(s) of another SOP class ({', '.join(names)})"
+        )
+        frames = [f for f in frames if f.sop_class == keep]
+    localizers = [f for f in frames if "LOCALIZER" in f.image_type]
+    if localizers and len(localizers) < len(frames):
+        warnings.append(f"excluded {len(localizers)} localizer image(s) (ImageType LOCALIZER)")
+        frames = [f for f in frames if "LOCALIZER" not in f.image_type]
+    missing = [f for f in frames if f.position is None or f.orientation is None]
+    if missing:
+        what = "ImagePositionPatient" if missing[0].position is None else "ImageOrientationPatient"
+        raise GeometryError(f"{missing[0].label!r} has no {what}; cannot place it in a volume")
+    groups = Counter(_orientation_key(f.orientation) for f in frames)  # type: ignore[arg-type]
+    if len(groups) > 1:
+        (best, n_best), (_, n_next) = groups.most_common(2)
+        if n_best == n_next:
+            raise GeometryError(
+                f"series mixes {len(groups)} slice orientations with no majority "
+                "(localizer or multi-planar series?)"
+            )
+        dropped = [f for f in frames if _orientation_key(f.orientation) != best]  # type: ignore[arg-type]
+        warnings.append(
+            f"excluded {len(dropped)} image(s) whose ImageOrientationPatient differs "
+            "from the series' (localizers or reformats)"
+        )
+        frames = [f for f in frames if _orientation_key(f.orientation) == best]  # type: ignore[arg-type]
+    return frames
+
+
+def _check_consistent(frames: list[_Frame]) -> None:
+    sizes = Counter((f.rows, f.columns) for f in frames)
+    if len(sizes) > 1:
+        desc = ", ".join(f"{r}x{c}" for r, c in sizes)
+        raise DicomError(f"inconsistent Rows x Columns within the series: {desc}")
+    samples = {f.samples for f in frames}
+    if len(samples) > 1:
+        raise DicomError(f"inconsistent SamplesPerPixel within the series: {sorted(samples)}")
+    spacings = {f.pixel_spacing for f in frames}
+    if None in spacings:
+        bad = next(f for f in frames if f.pixel_spacing is None)
+        raise GeometryError(f"{bad.label!r} has no PixelSpacing")
+    arr = np.asarray(list(spacings), dtype=np.float64)
+    if np.ptp(arr, axis=0).max() > 1e-4 * max(1.0, float(arr.max())):
+        shown = sorted(s for s in spacings if s is not None)
+        raise GeometryError(f"inconsistent PixelSpacing within the series: {shown}")
+
+
+def _axes(o: npt.NDArray[np.float64], label: str) -> npt.NDArray[np.float64]:
+    """Direction matrix [row, column, normal] from ImageOrientationPatient."""
+    r = o[:3] / np.linalg.norm(o[:3]) if np.linalg.norm(o[:3]) > 0 else o[:3]
+    c = o[3:] / np.linalg.norm(o[3:]) if np.linalg.norm(o[3:]) > 0 else o[3:]
+    if not (
+        abs(np.linalg.norm(o[:3]) - 1) < 1e-2
+        and abs(np.linalg.norm(o[3:]) - 1) < 1e-2
+        and abs(float(r @ c)) < 1e-3
+    ):
+        raise GeometryError(f"{label!r}: ImageOrientationPatient is not two orthonormal vectors")
+    # Re-orthogonalise the column against the row (DS rounding leaves ~1e-6 errors).
+    c = c - (r @ c) * r
+    c /= np.linalg.norm(c)
+    return np.stack([r, c, np.cross(r, c)], axis=1)
+
+
+def _decode(frame: _Frame) -> npt.NDArray[Any]:
+    """Decode one frame to (rows, columns, samples), native dtype."""
+    from pydicom.pixels.utils import pixel_array
+
+    try:
+        if frame.frame is None:
+            arr = frame.ds.pixel_array
+        else:
+            arr = pixel_array(frame.ds, index=frame.frame)
+    except Exception as e:  # decoders raise ValueError, RuntimeError, NotImplementedError...
+        raise DicomError(
+            f"cannot decode pixel data of {frame.label!r}: {str(e).splitlines()[0][:200]}"
+        ) from e
+    expected = (frame.rows, frame.columns) + ((frame.samples,) if frame.samples > 1 else ())
+    if arr.shape != expected:
+        raise DicomError(
+            f"pixel data of {frame.label!r} has shape {arr.shape}, header says {expected}"
+        )
+    return arr.reshape(frame.rows, frame.columns, frame.samples)
+
+
+def _positions_uniform(t: npt.NDArray[np.float64]) -> tuple[bool, float]:
+    n = len(t)
+    step = float((t[-1] - t[0]) / (n - 1))
+    expected = t[0] + step * np.arange(n)
+    tol = max(0.01, 0.02 * abs(step))
+    return bool(np.max(np.abs(t - expected)) <= tol), step
+
+
+def _lerp_slices(
+    src: npt.NDArray[Any],
+    t_src: npt.NDArray[np.float64],
+    shifts: npt.NDArray[np.float64] | None,
+    t_out: npt.NDArray[np.float64],
+    out_dtype: np.dtype[Any],
+) -> npt.NDArray[Any]:
+    """Resample slices (k, rows, cols, c) to positions ``t_out`` along the normal.
+
+    Linear interpolation between the two bracketing source slices; ``shifts``
+    (k, 2) are each source slice's in-plane offset in pixels (rows, columns),
+    undone by bilinear shifting so that tilted slices line up (tilt correction).
+    """
+    from scipy import ndimage
+
+    def aligned(k: int) -> npt.NDArray[np.float64]:
+        s: npt.NDArray[np.float64] = src[k].astype(np.float64)
+        if shifts is None or not np.any(np.abs(shifts[k]) > 1e-6):
+            return s
+        return np.asarray(
+            ndimage.shift(s, (shifts[k][0], shifts[k][1], 0), order=1, mode="nearest"),
+            dtype=np.float64,
+        )
+
+    out = np.empty((len(t_out), *src.shape[1:]), dtype=out_dtype)
+    cache: dict[int, npt.NDArray[np.float64]] = {}
+    for idx, t in enumerate(t_out):
+        hi = int(np.clip(np.searchsorted(t_src, t, side="right"), 1, len(t_src) - 1))
+        lo = hi - 1
+        w = float((t - t_src[lo]) / (t_src[hi] - t_src[lo]))
+        w = min(max(w, 0.0), 1.0)
+        for k in (lo, hi):
+            if k not in cache:
+                cache[k] = aligned(k)
+        for k in [k for k in cache if k < lo]:
+            del cache[k]
+        val = (1 - w) * cache[lo] + w * cache[hi]
+        if np.issubdtype(out_dtype, np.integer):
+            val = np.rint(val)
+        out[idx] = val.astype(out_dtype)
+    return out
+
+
+def _metadata(ds: Dataset) -> dict[str, Any]:
+    from medlens.imaging.dicom_index import _plain
+
+    meta: dict[str, Any] = {}
+    for kw in AUDIT_ATTRIBUTES:
+        v = ds.get(kw)
+        if v is not None and v != "":
+            meta[kw] = _plain(v)
+    return meta
+
+
+def load_series(
+    files: Sequence[str | os.PathLike[str]],
+    *,
+    on_gaps: GapPolicy = "resample",
+    on_tilt: TiltPolicy = "error",
+    max_workers: int | None = None,
+) -> Image:
+    """Read DICOM files of one series into a 3-D image in LPS geometry.
+
+    Args:
+        files: The series' files (any order): single-frame images or Enhanced
+            multi-frame images (per-frame functional groups).
+        on_gaps: ``"resample"`` (default) puts non-uniformly spaced slices onto a
+            uniform grid with a warning; ``"error"`` refuses them.
+        on_tilt: ``"error"`` (default) refuses gantry-tilted series;
+            ``"resample"`` corrects the tilt by resampling onto an orthogonal grid.
+        max_workers: Threads reading and decoding (default: CPU count, at most 16).
+
+    Returns:
+        ``Image`` of shape ``(C, i, j, k)`` (C = SamplesPerPixel), float32 when
+        ``RescaleSlope``/``RescaleIntercept`` apply (CT, PET), else the stored dtype.
+        ``source`` lists the files in ``k`` order.
+
+    Raises:
+        DicomError: Unreadable files, missing pixel data, empty ``SOPClassUID``,
+            inconsistent ``Rows``/``Columns``, absurd dimensions, conflicting duplicates.
+        GeometryError: Missing or inconsistent geometry, refused gaps or tilt.
+    """
+    paths = [Path(p) for p in files]
+    if not paths:
+        raise DicomError("no DICOM files given")
+    # Parsing holds the GIL: threads only slow it down; decoding compressed frames
+    # (OpenJPEG, CharLS, RLE, GDCM) runs in C and is what the thread pool is for.
+    datasets = [read_dataset(p) for p in paths]
+    compressed = any(_is_compressed(ds) for ds in datasets)
+    decode_workers = max_workers if compressed else 1
+    warnings: list[str] = []
+    frames: list[_Frame] = []
+    for ds, p in zip(datasets, paths, strict=True):
+        frames.extend(_frames_of(ds, p))
+    frames = _exclude(frames, warnings)
+    _check_consistent(frames)
+    first = frames[0]
+    axes = _axes(first.orientation, first.label)  # type: ignore[arg-type]
+    normal = axes[:, 2]
+    for f in frames:
+        f.t = float(f.position @ normal)  # type: ignore[operator]
+    frames.sort(key=lambda f: (f.t, f.sop_uid, f.frame or 0))
+    total = len(frames) * first.rows * first.columns * first.samples
+    if total > MAX_VOXELS:
+        raise DicomError(f"series has absurd dimensions: {total} voxels")
+
+    rescale = (
+        any(f.slope != 1.0 or f.intercept != 0.0 for f in frames)
+        or "RescaleSlope" in first.ds
+        or str(first.ds.get("Modality", "")).upper() in ("CT", "PT")
+    )
+    decoded = _pmap(_decode, frames, decode_workers)
+    if rescale:
+        dtype: np.dtype[Any] = np.dtype(np.float32)
+    else:
+        dtype = np.result_type(*{a.dtype for a in decoded})
+    buf = np.empty((len(frames), first.rows, first.columns, first.samples), dtype=dtype)
+
+    def fill(k: int) -> None:
+        f, a = frames[k], decoded[k]
+        if rescale:
+            np.multiply(a, np.float32(f.slope), out=buf[k], casting="unsafe")
+            if f.intercept:
+                buf[k] += np.float32(f.intercept)
+        else:
+            buf[k] = a
+
+    for k in range(len(frames)):
+        fill(k)
+    decoded.clear()
+
+    # Duplicates: same SOPInstanceUID, or same position along the normal.
+    keep = _deduplicate(frames, buf, first.pixel_spacing, warnings)  # type: ignore[arg-type]
+    if len(keep) != len(frames):
+        frames = [frames[k] for k in keep]
+        buf = buf[keep]
+
+    spacing_ij = (first.pixel_spacing[1], first.pixel_spacing[0])  # type: ignore[index]
+    origin = frames[0].position
+    assert origin is not None
+    t = np.asarray([f.t for f in frames])
+    n = len(frames)
+    if n == 1:
+        ds0 = first.ds
+        dz = _num(ds0.get("SpacingBetweenSlices"), 0.0) or _num(ds0.get("SliceThickness"), 0.0)
+        if dz <= 0:
+            dz = 1.0
+            warnings.append("single slice without SliceThickness; slice spacing set to 1 mm")
+        out = buf
+    else:
+        offsets = np.stack([f.position - origin for f in frames])  # type: ignore[operator]
+        inplane = offsets @ axes[:, :2]  # mm along row and column directions
+        drift = float(np.max(np.hypot(inplane[:, 0], inplane[:, 1])))
+        tol = max(1e-3, 0.05 * min(spacing_ij))
+        tilted = drift > tol
+        uniform, dz = _positions_uniform(t)
+        if tilted:
+            angle = math.degrees(math.atan2(drift, float(t[-1] - t[0])))
+            if on_tilt != "resample":
+                raise GeometryError(
+                    f"gantry tilt of {angle:.2f}° (slice positions drift {drift:.2f} mm across "
+                    "the slice plane); read with on_tilt='resample' to correct it"
+                )
+            warnings.append(
+                f"gantry tilt of {angle:.2f}° corrected by resampling onto an orthogonal grid "
+                "(bilinear in-plane shift, linear along the normal)"
+            )
+        if not uniform:
+            steps = np.diff(t)
+            if on_gaps != "resample":
+                raise GeometryError(
+                    f"non-uniform slice spacing: steps from {steps.min():.3f} to "
+                    f"{steps.max():.3f} mm over {n} slices (missing slices?)"
+                )
+            step = float(np.median(steps))
+            if steps.max() > MAX_GAP_STEPS * step:
+                raise GeometryError(
+                    f"slice gap of {steps.max():.1f} mm is more than {MAX_GAP_STEPS} slice steps "
+                    f"({step:.3f} mm): separate stacks, not missing slices; refusing to interpolate"
+                )
+            n_out = round(float(t[-1] - t[0]) / step) + 1
+            dz = float(t[-1] - t[0]) / (n_out - 1)
+            warnings.append(
+                f"non-uniform slice spacing (steps {steps.min():.3f}–{steps.max():.3f} mm, "
+                f"{n} slices): resampled onto a uniform {dz:.3f} mm grid of {n_out} slices "
+                "by linear interpolation along the slice normal"
+            )
+        if tilted or not uniform:
+            t_out = t[0] + dz * np.arange(round(float(t[-1] - t[0]) / dz) + 1)
+            # in-plane offsets in pixels along (rows = j axis, columns = i axis)
+            shifts = (
+                np.stack([inplane[:, 1] / spacing_ij[1], inplane[:, 0] / spacing_ij[0]], axis=1)
+                if tilted
+                else None
+            )
+            out = _lerp_slices(buf, t, shifts, t_out, np.dtype(np.float32))
+        else:
+            out = buf
+    # (k, rows, cols, C) → (C, i=cols, j=rows, k)
+    array = out.transpose(3, 2, 1, 0)
+    meta = _metadata(first.ds)
+    return Image(
+        array=array,
+        spacing=(spacing_ij[0], spacing_ij[1], abs(dz)),
+        origin=tuple(float(v) for v in origin),
+        direction=axes,
+        metadata=meta,
+        source=tuple(dict.fromkeys(f.path for f in frames)),
+        warnings=tuple(warnings),
+    )
+
+
+def _deduplicate(
+    frames: list[_Frame],
+    buf: npt.NDArray[Any],
+    pixel_spacing: tuple[float, float],
+    warnings: list[str],
+) -> list[int]:
+    """Indices of frames to keep; exact duplicates dropped, conflicting ones refused."""
+    keep: list[int] = []
+    seen_uid: dict[tuple[str, int | None], int] = {}
+    same_uid = same_pos = 0
+    tol = 1e-3 * max(1.0, min(pixel_spacing))
+    for k, f in enumerate(frames):
+        key = (f.sop_uid, f.frame)
+        if key in seen_uid:
+            j = seen_uid[key]
+            if abs(frames[j].t - f.t) <= tol and np.array_equal(buf[j], buf[k]):
+                same_uid += 1
+                continue
+            raise DicomError(
+                f"SOPInstanceUID appears twice with different content ({frames[j].label!r} "
+                f"and {f.label!r})"
+            )
+        if keep and abs(frames[keep[-1]].t - f.t) <= tol:
+            j = keep[-1]
+            if np.array_equal(buf[j], buf[k]):
+                same_pos += 1
+                seen_uid[key] = j
+                continue
+            raise DicomError(
+                f"two different images at the same slice position ({frames[j].label!r} and "
+                f"{f.label!r}): several echoes, phases or acquisitions in one series?"
+            )
+        seen_uid[key] = k
+        keep.append(k)
+    if same_uid:
+        warnings.append(f"dropped {same_uid} duplicate file(s) with the same SOPInstanceUID")
+    if same_pos:
+        warnings.append(
+            f"dropped {same_pos} duplicate image(s) at the same position with identical pixels"
+        )
+    return keep

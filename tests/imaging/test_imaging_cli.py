@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medlens.cli.main import cli
+from medlens.imaging.nifti import read_nifti
+
+
+def test_index_json_and_table(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    spec = dicom_builder.SeriesSpec(n=4)
+    dicom_builder.write_series(tmp_path / "d", spec)
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["index", str(tmp_path / "d"), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    (series,) = data["patients"][0]["studies"][0]["series"]
+    assert series["series_instance_uid"] == spec.series_uid and series["instances"] == 4
+    assert data["skipped"][0]["reason"].endswith("is not a DICOM file (no 'DICM' prefix)")
+    assert "PH0001" not in result.output and "Phantom" not in result.output
+    result = runner.invoke(cli, ["index", str(tmp_path / "d")])
+    assert result.exit_code == 0 and "1 skipped" in result.output
+
+
+def test_convert_writes_nifti_and_sidecar(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    good = dicom_builder.SeriesSpec(n=5, positions=[0, 2.5, 5, 10, 12.5])
+    tilted = dicom_builder.SeriesSpec(n=4, tilt_mm_per_slice=1.0, study_uid=good.study_uid)
+    dicom_builder.write_series(tmp_path / "d" / "a", good)
+    dicom_builder.write_series(tmp_path / "d" / "b", tilted)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["convert", str(tmp_path / "d"), str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 0, result.output
+    records = {r["SeriesInstanceUID"]: r for r in json.loads(result.output)}
+    assert "gantry tilt" in records[tilted.series_uid]["error"]
+    nii = Path(records[good.series_uid]["nifti"])
+    sidecar = json.loads(nii.with_name(nii.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["SeriesInstanceUID"] == good.series_uid and sidecar["Modality"] == "CT"
+    assert sidecar["spacing"] == pytest.approx([0.7, 0.8, 2.5])
+    assert any("non-uniform" in w for w in sidecar["warnings"])
+    image = read_nifti(nii)
+    assert image.shape == (10, 12, 6)
+    assert np.allclose(image.spacing, (0.7, 0.8, 2.5), atol=1e-5)
+    # with --tilt resample both series convert
+    result = runner.invoke(
+        cli, ["convert", str(tmp_path / "d"), str(tmp_path / "o2"), "--tilt", "resample"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "o2").glob("*.nii.gz"))) == 2

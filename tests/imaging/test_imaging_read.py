@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from pydicom.data import get_testdata_file
+
+from medlens.errors import DicomError, GeometryError, InputError, SelectionError
+from medlens.imaging.image import Image
+from medlens.imaging.nifti import read_nifti, write_nifti
+from medlens.imaging.read import read_image, read_mask
+from medlens.plugin_api._selection import AllOf, Contains, Equals, MinSlices
+
+
+def _two_series(
+    dicom_builder: SimpleNamespace, root: Path
+) -> tuple[SimpleNamespace, SimpleNamespace]:
+    ct = dicom_builder.SeriesSpec(n=8, description="abdomen")
+    mr = dicom_builder.SeriesSpec(n=4, modality="MR", description="t1", study_uid=ct.study_uid)
+    dicom_builder.write_series(root / "ct", ct)
+    dicom_builder.write_series(root / "mr", mr)
+    return ct, mr
+
+
+def test_folder_selection_picks_matching_series(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    ct, mr = _two_series(dicom_builder, tmp_path)
+    image = read_image(tmp_path, selection=Equals(attribute="Modality", value="MR"))
+    assert image.metadata["SeriesInstanceUID"] == mr.series_uid
+    assert image.shape[2] == 4
+    image = read_image(tmp_path, series_uid=ct.series_uid)
+    assert image.metadata["SeriesInstanceUID"] == ct.series_uid
+
+
+def test_ambiguous_selection_picks_largest_with_warning(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    ct, _ = _two_series(dicom_builder, tmp_path)
+    image = read_image(tmp_path, selection=None)
+    assert image.metadata["SeriesInstanceUID"] == ct.series_uid
+    assert any("2 series match" in w for w in image.warnings)
+
+
+def test_selection_failure_says_which_rule_failed_per_series(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    ct, mr = _two_series(dicom_builder, tmp_path)
+    rule = AllOf(
+        rules=[
+            Equals(attribute="Modality", value="CT"),
+            MinSlices(count=20),
+            Contains(attribute="ImageType", value="AXIAL"),
+        ]
+    )
+    with pytest.raises(SelectionError) as info:
+        read_image(tmp_path, selection=rule)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert f"series {ct.series_uid}" in msg and f"series {mr.series_uid}" in msg
+    assert "at least 20 slices (got 8)" in msg
+    assert "at least 20 slices (got 4)" in msg
+    assert "Modality == 'CT' (got 'MR')" in msg
+    assert "ImageType contains" not in msg  # that rule passed for both
+    with pytest.raises(SelectionError, match=r"no image series '1\.2\.3'"):
+        read_image(tmp_path, series_uid="1.2.3")
+
+
+def test_folder_without_dicom(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(SelectionError, match="no DICOM image series"):
+        read_image(tmp_path)
+    with pytest.raises(InputError, match="no such file"):
+        read_image(tmp_path / "missing")
+
+
+def test_single_dicom_files() -> None:
+    ct = read_image(Path(get_testdata_file("CT_small.dcm")))
+    assert ct.ndim == 3 and ct.shape == (128, 128, 1) and ct.array.dtype == np.float32
+    cr = read_image(
+        Path(get_testdata_file("CT_small.dcm")).parent
+        / "dicomdirtests"
+        / "77654033"
+        / "CR1"
+        / "6154"
+    )
+    assert cr.ndim == 2 and cr.channels == 1
+
+
+def test_2d_dicom_rgb_preserved() -> None:
+    import pydicom
+
+    path = get_testdata_file("SC_rgb.dcm") or get_testdata_file("SC_rgb_rle.dcm")
+    image = read_image(Path(path))
+    ds = pydicom.dcmread(path)
+    assert image.ndim == 2 and image.channels == 3
+    assert image.shape == (ds.Columns, ds.Rows)
+    np.testing.assert_array_equal(image.array, ds.pixel_array.transpose(2, 1, 0))
+    assert image.metadata["PhotometricInterpretation"] == "RGB"
+
+
+def test_png_rgb_and_grey(tmp_path: Path) -> None:
+    rgb = np.zeros((5, 7, 3), dtype=np.uint8)  # rows=5, columns=7
+    rgb[1, 2] = (10, 20, 30)
+    PILImage.fromarray(rgb).save(tmp_path / "a.png")
+    image = read_image(tmp_path / "a.png")
+    assert image.array.shape == (3, 7, 5)
+    assert tuple(image.array[:, 2, 1]) == (10, 20, 30)  # i = column, j = row
+    grey = np.arange(35, dtype=np.uint16).reshape(5, 7) * 1000
+    PILImage.fromarray(grey).save(tmp_path / "g.tif")
+    image = read_image(tmp_path / "g.tif")
+    assert image.array.shape == (1, 7, 5)
+    np.testing.assert_array_equal(image.array[0], grey.T)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="cannot read image"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_nifti_round_trip(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    c, s = np.cos(0.3), np.sin(0.3)
+    dicom_builder.write_series(tmp_path / "s", orientation=(c, s, 0, 0, 0, -1), origin=(3, 4, 5))
+    image = read_image(tmp_path / "s")
+    out = write_nifti(image, tmp_path / "o" / "x.nii.gz")
+    back = read_nifti(out)
+    assert back.same_grid(image, atol=1e-5)
+    np.testing.assert_array_equal(back.array, image.array)
+    # RAS on disk: nibabel's affine is the LPS affine with x and y negated
+    aff = nib.load(out).affine
+    np.testing.assert_allclose(aff[:2], -image.affine[:2], atol=1e-4)
+    np.testing.assert_allclose(aff[2], image.affine[2], atol=1e-4)
+    assert read_image(out).same_grid(image, atol=1e-5)
+
+
+def test_nifti_bad_inputs(tmp_path: Path) -> None:
+    (tmp_path / "x.nii").write_bytes(b"\x00" * 20)
+    with pytest.raises(InputError, match="cannot read NIfTI"):
+        read_nifti(tmp_path / "x.nii")
+    aff = np.eye(4)
+    aff[0, 1] = 0.5  # shear
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), aff), tmp_path / "s.nii")
+    with pytest.raises(GeometryError, match="shear"):
+        read_nifti(tmp_path / "s.nii")
+
+
+def _ref_image() -> Image:
+    return Image(
+        array=np.zeros((1, 10, 12, 8), np.float32),
+        spacing=(1.0, 1.0, 2.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=np.eye(3),
+    )
+
+
+def test_read_mask_same_grid_and_resampled(tmp_path: Path) -> None:
+    ref = _ref_image()
+    labels = np.zeros((1, 10, 12, 8), np.uint8)
+    labels[0, 2:5, 3:6, 1:3] = 1
+    labels[0, 6, 7, 5] = 5
+    write_nifti(ref.with_array(labels), tmp_path / "m.nii.gz")
+    mask = read_mask(tmp_path / "m.nii.gz", ref)
+    assert mask.same_grid(ref) and mask.array.dtype == np.uint8
+    np.testing.assert_array_equal(mask.array, labels)
+    # the same labels at half the resolution in k: nearest neighbour brings them back
+    coarse = Image(labels[:, :, :, ::2].copy(), (1.0, 1.0, 4.0), (0.0, 0.0, 0.0), np.eye(3))
+    write_nifti(coarse, tmp_path / "c.nii.gz")
+    mask = read_mask(tmp_path / "c.nii.gz", ref)
+    assert mask.same_grid(ref)
+    assert set(np.unique(mask.array)) <= {0, 1, 5}
+    assert mask.array[0, 3, 4, 2] == 1
+    # a mask far away does not overlap
+    far = Image(labels, (1.0, 1.0, 2.0), (500.0, 0.0, 0.0), np.eye(3))
+    write_nifti(far, tmp_path / "far.nii.gz")
+    with pytest.raises(GeometryError, match="does not overlap"):
+        read_mask(tmp_path / "far.nii.gz", ref)
+    fractional = ref.with_array(np.full((1, 10, 12, 8), 0.5, np.float32))
+    write_nifti(fractional, tmp_path / "f.nii.gz")
+    with pytest.raises(InputError, match="non-integer"):
+        read_mask(tmp_path / "f.nii.gz", ref)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:highdicom.*")
+def test_read_mask_dicom_seg(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    import highdicom as hd
+    import pydicom
+
+    files, _ = dicom_builder.write_series(tmp_path / "ct", n=6)
+    ref = read_image(tmp_path / "ct")
+    sources = [pydicom.dcmread(p) for p in ref.source]
+    # labels in (k, rows, cols) for highdicom; segment 1 'spleen' and 2 'liver'
+    seg_arr = np.zeros((len(sources), sources[0].Rows, sources[0].Columns), np.uint8)
+    seg_arr[1:4, 2:6, 3:5] = 1
+    seg_arr[4, 7:9, 1:3] = 2
+    algo = hd.AlgorithmIdentificationSequence(
+        name="test", version="1", family=hd.sr.CodedConcept("123109", "DCM", "Test")
+    )
+    descs = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=label,
+            segmented_property_category=hd.sr.CodedConcept(
+                "91723000", "SCT", "Anatomical structure"
+            ),
+            segmented_property_type=hd.sr.CodedConcept(code, "SCT", label),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo,
+        )
+        for n, label, code in [(1, "spleen", "78961009"), (2, "liver", "10200004")]
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=seg_arr,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descs,
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="MedLens",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    seg.save_as(tmp_path / "seg.dcm")
+    mask = read_mask(tmp_path / "seg.dcm", ref)
+    assert mask.same_grid(ref)
+    expected = np.zeros_like(seg_arr)
+    expected[seg_arr == 1] = 2  # spleen → project value 2
+    expected[seg_arr == 2] = 1  # liver → project value 1
+    np.testing.assert_array_equal(mask.array[0], expected.transpose(2, 1, 0))
+    with pytest.raises(DicomError, match="DICOM SEG"):
+        read_image(tmp_path / "seg.dcm")
+    with pytest.raises(InputError, match="neither NIfTI nor a DICOM SEG"):
+        read_mask(files[0], ref)

@@ -1,0 +1,318 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless, generate_uid
+
+from medlens.errors import DicomError, GeometryError, NotDicomError
+from medlens.imaging.series import load_series
+
+HU = np.float32(-1024)
+
+
+def test_shuffled_series_sorted_by_position_not_instance_number(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    files, values = dicom_builder.write_series(tmp_path / "s")
+    image = load_series(files)
+    assert image.shape == values.shape
+    assert image.array.dtype == np.float32
+    np.testing.assert_array_equal(image.array[0], values.astype(np.float32) + HU)
+    assert image.spacing == pytest.approx((0.7, 0.8, 2.5))
+    assert image.origin == pytest.approx((-40.0, -30.0, 100.0))
+    np.testing.assert_allclose(image.direction, np.eye(3), atol=1e-9)
+    assert image.warnings == ()
+    # source lists files in k order: slice positions increase along the normal
+    z = [
+        float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
+        for p in image.source
+    ]
+    assert z == sorted(z)
+    assert image.metadata["Modality"] == "CT"
+    assert "PatientName" not in image.metadata and "PatientID" not in image.metadata
+
+
+def test_oblique_orientation_geometry(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    ori = (c, s, 0.0, 0.0, 0.0, -1.0)  # coronal-ish oblique: normal = r x c
+    files, values = dicom_builder.write_series(
+        tmp_path / "s", orientation=ori, origin=(5.0, 6.0, 7.0)
+    )
+    image = load_series(files)
+    r, col = np.array(ori[:3]), np.array(ori[3:])
+    np.testing.assert_allclose(image.direction, np.stack([r, col, np.cross(r, col)], 1), atol=1e-6)
+    # voxel (i, j, k) lies where the generator put it
+    i, j, k = 3, 5, 6
+    expected = np.array([5.0, 6.0, 7.0]) + r * i * 0.7 + col * j * 0.8 + np.cross(r, col) * k * 2.5
+    world = image.affine @ np.array([i, j, k, 1.0])
+    np.testing.assert_allclose(world[:3], expected, atol=1e-4)
+    assert image.array[0, i, j, k] == values[i, j, k] + HU
+
+
+def test_missing_slices_resampled_with_warning(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    positions = [0, 2.5, 5.0, 10.0, 12.5, 15.0]  # slice at 7.5 missing
+    files, values = dicom_builder.write_series(tmp_path / "s", positions=positions)
+    image = load_series(files)
+    assert image.shape[2] == 7
+    assert image.spacing[2] == pytest.approx(2.5)
+    assert any("non-uniform slice spacing" in w for w in image.warnings)
+    hu = values.astype(np.float32) + HU
+    np.testing.assert_allclose(image.array[0, :, :, 2], hu[:, :, 2])
+    np.testing.assert_allclose(image.array[0, :, :, 4], hu[:, :, 3])
+    # the missing slice is the mean of its neighbours (linear along the normal)
+    np.testing.assert_allclose(image.array[0, :, :, 3], (hu[:, :, 2] + hu[:, :, 3]) / 2)
+    with pytest.raises(GeometryError, match="non-uniform slice spacing"):
+        load_series(files, on_gaps="error")
+
+
+def test_huge_gap_is_refused(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    files, _ = dicom_builder.write_series(tmp_path / "s", positions=[0, 2.5, 5, 100, 102.5])
+    with pytest.raises(GeometryError, match="separate stacks"):
+        load_series(files)
+
+
+def test_gantry_tilt_refused_by_default_and_corrected_on_request(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    # 0.8 mm drift per slice along the column direction = one row (row spacing 0.8)
+    files, values = dicom_builder.write_series(tmp_path / "s", tilt_mm_per_slice=0.8)
+    with pytest.raises(GeometryError, match=r"gantry tilt of 17\.7\d°"):
+        load_series(files)
+    image = load_series(files, on_tilt="resample")
+    assert any("gantry tilt" in w for w in image.warnings)
+    np.testing.assert_allclose(image.direction, np.eye(3), atol=1e-9)
+    assert image.spacing[2] == pytest.approx(2.5)
+    hu = values.astype(np.float32) + HU
+    # slice k was shifted k rows down: after correction row j of slice k holds source row j-k
+    k = 3
+    np.testing.assert_allclose(image.array[0, :, k:, k], hu[:, : hu.shape[1] - k, k])
+
+
+def test_exact_duplicate_dropped_conflicting_refused(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    files, values = dicom_builder.write_series(tmp_path / "s")
+    dup = tmp_path / "s" / "copy.dcm"
+    shutil.copy(files[2], dup)
+    image = load_series([*files, dup])
+    assert image.shape == values.shape
+    assert any("same SOPInstanceUID" in w for w in image.warnings)
+    # same position, new UID, same pixels → dropped as well
+    ds = pydicom.dcmread(files[4])
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(tmp_path / "s" / "samepos.dcm")
+    image = load_series([*files, tmp_path / "s" / "samepos.dcm"])
+    assert image.shape == values.shape
+    assert any("same position" in w for w in image.warnings)
+    # same UID, different pixels → conflict
+    ds = pydicom.dcmread(files[2])
+    arr = ds.pixel_array.copy()
+    arr[0, 0] += 1
+    ds.PixelData = arr.tobytes()
+    ds.save_as(dup)
+    with pytest.raises(DicomError, match="SOPInstanceUID appears twice"):
+        load_series([*files, dup])
+    # same position, different UID and pixels → conflict
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(dup)
+    with pytest.raises(DicomError, match="same slice position"):
+        load_series([*files, dup])
+
+
+def test_localizer_and_secondary_capture_excluded(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    spec = dicom_builder.SeriesSpec()
+    folder = tmp_path / "s"
+    files, values = dicom_builder.write_series(folder, spec)
+    scout = dicom_builder.write_localizer(folder, spec)
+    sc = dicom_builder.write_secondary_capture(folder, spec)
+    image = load_series([scout, sc, *files])
+    assert image.shape == values.shape
+    assert any("LOCALIZER" in w for w in image.warnings)
+    assert any("Secondary Capture" in w for w in image.warnings)
+    assert scout not in image.source and sc not in image.source
+
+
+def test_orientation_mismatch_excluded_without_localizer_flag(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    spec = dicom_builder.SeriesSpec()
+    folder = tmp_path / "s"
+    files, values = dicom_builder.write_series(folder, spec)
+    ds = pydicom.dcmread(dicom_builder.write_localizer(folder, spec))
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
+    ds.Rows, ds.Columns = spec.rows, spec.cols
+    ds.PixelData = np.zeros((spec.rows, spec.cols), np.uint16).tobytes()
+    ds.save_as(folder / "scout.dcm")
+    image = load_series([*files, folder / "scout.dcm"])
+    assert image.shape == values.shape
+    assert any("ImageOrientationPatient differs" in w for w in image.warnings)
+
+
+def test_enhanced_multiframe(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    path = tmp_path / "mf.dcm"
+    values = dicom_builder.write_enhanced_ct(path, n=6)
+    image = load_series([path])
+    assert image.shape == values.shape
+    np.testing.assert_array_equal(image.array[0], values.astype(np.float32) + HU)
+    assert image.spacing == pytest.approx((0.7, 0.8, 2.5))
+    assert image.origin == pytest.approx((-40.0, -30.0, 100.0))
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless])
+def test_compressed_series(dicom_builder: SimpleNamespace, tmp_path: Path, syntax: str) -> None:
+    # odd sizes, big enough for OpenJPEG (6 resolutions) and no codec output equals raw length
+    files, values = dicom_builder.write_series(tmp_path / "s", n=5, rows=41, cols=35)
+    dicom_builder.compress_files(files, syntax)
+    assert pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    image = load_series(files, max_workers=2)
+    np.testing.assert_array_equal(image.array[0], values.astype(np.float32) + HU)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+    ],
+)
+def test_real_compressed_files_decode_identically(name: str) -> None:
+    ref = load_series([get_testdata_file("MR_small.dcm")])
+    image = load_series([get_testdata_file(name)])
+    assert image.same_grid(ref)
+    np.testing.assert_array_equal(image.array, ref.array)
+    assert image.array.dtype == np.int16  # MR without rescale keeps the stored type
+
+
+def test_real_enhanced_ct_multiframe() -> None:
+    path = get_testdata_file("eCT_Supplemental.dcm")
+    if path is None:
+        pytest.skip("pydicom-data not installed")
+    image = load_series([path])
+    assert image.shape == (512, 512, 2)
+    assert image.spacing == pytest.approx((0.388672, 0.388672, 10.0))
+    ds = pydicom.dcmread(path)
+    raw = ds.pixel_array.astype(np.float32) - 1024  # RescaleIntercept -1024, slope 1
+    # frame 1 sits at z=-149, frame 0 at z=-159; the normal decides the k order
+    k_of_frame0 = 0 if image.direction[2, 2] > 0 else 1
+    np.testing.assert_array_equal(image.array[0, :, :, k_of_frame0], raw[0].T)
+
+
+# --- bad input -------------------------------------------------------------------------
+
+
+def _series(dicom_builder: SimpleNamespace, tmp_path: Path, n: int = 4) -> list[Path]:
+    files, _ = dicom_builder.write_series(tmp_path / "bad", n=n, shuffle=False)
+    return files
+
+
+def test_truncated_file(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    files = _series(dicom_builder, tmp_path)
+    data = files[1].read_bytes()
+    files[1].write_bytes(data[: len(data) - 100])
+    with pytest.raises(DicomError, match=r"img0001\.dcm"):
+        load_series(files)
+
+
+def test_real_truncated_file() -> None:
+    with pytest.raises(DicomError, match=r"MR_truncated\.dcm"):
+        load_series([get_testdata_file("MR_truncated.dcm")])
+
+
+def test_not_dicom(tmp_path: Path) -> None:
+    p = tmp_path / "notes.txt"
+    p.write_text("hello")
+    with pytest.raises(NotDicomError, match="not a DICOM file"):
+        load_series([p])
+
+
+def test_missing_pixel_data(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    files = _series(dicom_builder, tmp_path)
+    ds = pydicom.dcmread(files[0])
+    del ds.PixelData
+    ds.save_as(files[0])
+    with pytest.raises(DicomError, match="no pixel data"):
+        load_series(files)
+
+
+def test_inconsistent_rows_columns(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    files = _series(dicom_builder, tmp_path)
+    ds = pydicom.dcmread(files[0])
+    ds.Rows = 6
+    ds.PixelData = np.zeros((6, ds.Columns), np.uint16).tobytes()
+    ds.save_as(files[0])
+    with pytest.raises(DicomError, match="inconsistent Rows x Columns"):
+        load_series(files)
+
+
+def test_absurd_dimensions(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    files = _series(dicom_builder, tmp_path)
+    ds = pydicom.dcmread(files[0])
+    ds.Rows = 0
+    ds.save_as(files[0])
+    with pytest.raises(DicomError, match="absurd dimensions"):
+        load_series(files)
+    ds.Rows, ds.NumberOfFrames = 60000, 2000
+    ds.save_as(files[0])
+    with pytest.raises((DicomError, GeometryError), match=r"absurd dimensions|multi-frame"):
+        load_series(files)
+
+
+def test_pixel_data_length_mismatch(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    files = _series(dicom_builder, tmp_path)
+    ds = pydicom.dcmread(files[0])
+    ds.Rows = ds.Rows + 4  # header says more pixels than are stored
+    ds.save_as(files[0])
+    with pytest.raises(DicomError):
+        load_series(files[:1])
+
+
+@pytest.mark.parametrize(
+    "keyword", ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"]
+)
+def test_missing_geometry(dicom_builder: SimpleNamespace, tmp_path: Path, keyword: str) -> None:
+    files = _series(dicom_builder, tmp_path)
+    ds = pydicom.dcmread(files[2])
+    delattr(ds, keyword)
+    ds.save_as(files[2])
+    with pytest.raises(GeometryError, match=keyword):
+        load_series(files)
+
+
+def test_empty_sop_class_uid(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
+    files = _series(dicom_builder, tmp_path)
+    ds = pydicom.dcmread(files[0])
+    ds.SOPClassUID = ""
+    ds.save_as(files[0])
+    with pytest.raises(DicomError, match="empty or missing SOPClassUID"):
+        load_series(files)
+
+
+def test_multiframe_without_functional_groups() -> None:
+    path = get_testdata_file("emri_small.dcm")
+    if path is None:
+        pytest.skip("pydicom-data not installed")
+    with pytest.raises(GeometryError, match="without per-frame functional groups"):
+        load_series([path])
+
+
+def test_no_majority_orientation_real_localizer_series() -> None:
+    folder = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests" / "98892003" / "MR700"
+    with pytest.raises(GeometryError, match="mixes 7 slice orientations"):
+        load_series(sorted(folder.iterdir()))
+
+
+def test_empty_file_list() -> None:
+    with pytest.raises(DicomError, match="no DICOM files"):
+        load_series([])
