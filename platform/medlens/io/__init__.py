@@ -1,0 +1,172 @@
+"""Result writers: DICOM SEG, DICOM SR (TID 1500), heatmaps, NIfTI and result.json.
+
+One entry point, :func:`write_result`, writes what a plugin's manifest asks for
+(``outputs.kinds``) for a result and its chained results. Every file is written
+atomically (complete or absent). Heavy libraries (highdicom, nibabel) are
+imported only when writing.
+
+Output files in ``out_dir`` (keys of the returned mapping in brackets):
+
+* ``seg.dcm`` [``seg``]: DICOM Segmentation of the mask (needs a DICOM source).
+* ``sr.dcm`` [``sr``]: DICOM Comprehensive 3D SR, TID 1500, with the measurements
+  and findings of the result and of every chained result (needs a DICOM source).
+* ``heatmap.nii.gz`` [``heatmap``], ``heatmap-sc/`` [``heatmap_sc``: one RGB
+  Secondary Capture per slice] and ``heatmap-pm.dcm`` [``heatmap_pm``: float
+  Parametric Map]; the two DICOM forms need a DICOM source.
+* ``mask.nii.gz`` [``nifti``]: uint8 label map with the image's RAS affine.
+* ``result.json`` [``json``]: summary validated against
+  ``medlens/schemas/result.schema.json``.
+
+A chained result's own mask/heatmap files go to ``out_dir/<plugin-id>/`` under
+keys ``"<plugin-id>/<key>"``; its measurements and findings join the root's SR
+and appear in result.json under ``chained``. SR and JSON are written when any
+plugin of the chain asks for them. Outputs that cannot be made (no DICOM
+source, no mask, nothing to report) are skipped with a one-line note added to
+the root prediction's ``warnings`` (and so to result.json).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from medlens.plugin_api._vocab import OutputKind
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from medlens.io._common import WriteNotes
+    from medlens.plugin_api._results import Result
+
+__all__ = ["FILE_NAMES", "write_result"]
+
+log = logging.getLogger(__name__)
+
+#: File (or folder) name of each output key inside a result folder.
+FILE_NAMES: dict[str, str] = {
+    "seg": "seg.dcm",
+    "sr": "sr.dcm",
+    "heatmap": "heatmap.nii.gz",
+    "heatmap_sc": "heatmap-sc",
+    "heatmap_pm": "heatmap-pm.dcm",
+    "nifti": "mask.nii.gz",
+    "json": "result.json",
+}
+
+
+def write_result(result: Result, out_dir: Path) -> dict[str, Path]:
+    """Write a result (and its chained results) as its manifests ask.
+
+    Args:
+        result: The root result.
+        out_dir: Folder to write into (created if missing).
+
+    Returns:
+        Paths written, by output key (see the module docstring).
+
+    Raises:
+        OutputError: If a requested output can be made but writing it fails.
+        DicomError: If the source DICOM files can no longer be read.
+    """
+    from medlens.io._common import WriteNotes, iter_results, read_source_headers
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notes = WriteNotes()
+    outputs: dict[str, Path] = {}
+    tree = list(iter_results(result))
+    wants = {kind: any(kind in r.manifest.outputs.kinds for r in tree) for kind in OutputKind}
+    dicom_kinds = {OutputKind.SEG, OutputKind.SR, OutputKind.HEATMAP}
+    sources = read_source_headers(result.image) if any(wants[k] for k in dicom_kinds) else None
+    root_seg: Dataset | None = None
+    for r in tree:
+        is_root = r is result
+        folder = out_dir if is_root else out_dir / r.manifest.id
+        prefix = "" if is_root else f"{r.manifest.id}/"
+        written, seg = _write_files(r, folder, sources, notes)
+        outputs.update({prefix + k: v for k, v in written.items()})
+        if is_root:
+            root_seg = seg
+    if wants[OutputKind.SR]:
+        _write_sr(result, out_dir, sources, root_seg, notes, outputs)
+    for note in notes.notes:
+        log.warning("%s: %s", result.manifest.id, note)
+        if note not in result.prediction.warnings:
+            result.prediction.warnings.append(note)
+    if wants[OutputKind.JSON]:
+        from medlens.io.result_json import write_result_json
+
+        outputs["json"] = write_result_json(result, outputs, out_dir)
+    return outputs
+
+
+def _write_files(
+    r: Result, folder: Path, sources: list[Dataset] | None, notes: WriteNotes
+) -> tuple[dict[str, Path], Dataset | None]:
+    """SEG, NIfTI mask and heatmaps of one result."""
+    kinds = set(r.manifest.outputs.kinds)
+    pid = r.manifest.id
+    out: dict[str, Path] = {}
+    seg_ds: Dataset | None = None
+    mask, heat = r.prediction.mask, r.prediction.heatmap
+    if OutputKind.SEG in kinds:
+        if mask is None:
+            notes.add(f"SEG of {pid!r} not written: the plugin produced no mask")
+        elif sources is None:
+            notes.add(f"SEG of {pid!r} not written: the input has no DICOM source")
+        else:
+            from medlens.io.atomic import save_dataset
+            from medlens.io.seg import build_seg
+
+            seg_ds = build_seg(r, sources, notes)
+            out["seg"] = save_dataset(seg_ds, folder / FILE_NAMES["seg"])
+    if OutputKind.NIFTI in kinds:
+        if mask is None:
+            notes.add(f"NIfTI mask of {pid!r} not written: the plugin produced no mask")
+        else:
+            from medlens.io.nifti import write_mask_nifti
+
+            out["nifti"] = write_mask_nifti(mask, folder / FILE_NAMES["nifti"])
+    if OutputKind.HEATMAP in kinds:
+        if heat is None:
+            notes.add(f"heatmap of {pid!r} not written: the plugin produced none")
+        else:
+            from medlens.io.nifti import write_heatmap_nifti
+
+            out["heatmap"] = write_heatmap_nifti(heat, folder / FILE_NAMES["heatmap"])
+            if sources is None:
+                notes.add(f"DICOM heatmaps of {pid!r} not written: the input has no DICOM source")
+            else:
+                from medlens.io.heatmap import write_heatmap_dicom
+
+                out.update(
+                    write_heatmap_dicom(
+                        r,
+                        sources,
+                        folder / FILE_NAMES["heatmap_sc"],
+                        folder / FILE_NAMES["heatmap_pm"],
+                    )
+                )
+    return out, seg_ds
+
+
+def _write_sr(
+    result: Result,
+    out_dir: Path,
+    sources: list[Dataset] | None,
+    seg: Dataset | None,
+    notes: WriteNotes,
+    outputs: dict[str, Path],
+) -> None:
+    from medlens.io._common import iter_results
+
+    if sources is None:
+        notes.add("SR not written: the input has no DICOM source")
+        return
+    if not any(r.prediction.measurements or r.prediction.findings for r in iter_results(result)):
+        notes.add("SR not written: no plugin of the chain measured or found anything")
+        return
+    from medlens.io.sr import write_sr
+
+    outputs["sr"] = write_sr(result, sources, seg, out_dir / FILE_NAMES["sr"])

@@ -1,0 +1,223 @@
+"""Explanation heatmaps as DICOM a viewer can show, and as NIfTI.
+
+Three forms, all of the same heatmap on the input's grid:
+
+* Secondary Capture (``SCImage``, one RGB instance per slice, one series): the
+  heatmap blended over the windowed image with a jet colour map, for viewers
+  that show nothing else. Series description says it is an explanation, not a
+  finding.
+* Parametric Map (``ParametricMap``): the float32 values in [0, 1], one frame
+  per slice, placed by ``ImagePositionPatient`` and referencing the source
+  slices, with a Real World Value Mapping (unit UCUM ``1``).
+* NIfTI (see :mod:`medlens.io.nifti`): float32 with the image's RAS affine.
+
+Heatmaps explain the model; they do not localise disease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code as PdCode
+
+from medlens.errors import OutputError
+from medlens.imaging.image import Image
+from medlens.io._common import (
+    MANUFACTURER,
+    SeriesNumbers,
+    copy_body_part,
+    frames_of,
+    has_patient_geometry,
+    plane_geometry,
+    software_versions,
+)
+from medlens.io.atomic import atomic_dir, save_dataset
+from medlens.plugin_api._results import Result
+
+__all__ = ["build_parametric_map", "build_sc_slices", "jet", "overlay_rgb", "write_heatmap_dicom"]
+
+_ALPHA = 0.5  # overlay opacity at heat 1.0; heat 0 leaves the image untouched
+
+
+def jet(heat: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    """The classic jet colour map: values in [0, 1] → RGB in [0, 1], shape ``(..., 3)``."""
+    h = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
+    channels = [np.clip(1.5 - np.abs(4.0 * h - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)]
+    return np.stack(channels, axis=-1)
+
+
+def _window(image: Image, sources: Sequence[Dataset]) -> tuple[float, float]:
+    h = sources[0] if sources else None
+    if h is not None and "WindowCenter" in h and "WindowWidth" in h:
+        c, w = h.WindowCenter, h.WindowWidth
+        c = float(c[0] if isinstance(c, Sequence) and not isinstance(c, str) else c)
+        w = float(w[0] if isinstance(w, Sequence) and not isinstance(w, str) else w)
+        if w > 0:
+            return c - w / 2.0, c + w / 2.0
+    lo, hi = np.percentile(np.asarray(image.array[0], dtype=np.float64), [1.0, 99.0])
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def overlay_rgb(
+    image: Image, heatmap: Image, sources: Sequence[Dataset] = ()
+) -> npt.NDArray[np.uint8]:
+    """Heatmap over the windowed first image channel, as DICOM RGB frames.
+
+    Args:
+        image: The input image (first channel is shown).
+        heatmap: Heatmap on the same grid, values in [0, 1].
+        sources: Source headers; their ``WindowCenter``/``WindowWidth`` are used
+            when present, else the 1st–99th percentile range.
+
+    Returns:
+        ``(frames, rows, columns, 3)`` uint8.
+    """
+    lo, hi = _window(image, sources)
+    grey = np.clip((frames_of(image.array[:1]).astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    heat = np.clip(frames_of(heatmap.array[:1]).astype(np.float64), 0.0, 1.0)
+    alpha = (_ALPHA * heat)[..., None]
+    rgb = (1.0 - alpha) * grey[..., None] + alpha * jet(heat)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def _orientation_letters(vec: npt.NDArray[np.float64]) -> str:
+    """``PatientOrientation`` (0020,0020) letters of an LPS direction, strongest first."""
+    pairs = (("L", "R"), ("P", "A"), ("H", "F"))
+    return "".join(
+        pairs[idx][0] if vec[idx] > 0 else pairs[idx][1]
+        for idx in np.argsort(-np.abs(vec))
+        if abs(vec[idx]) >= 1e-3
+    )
+
+
+def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImage]:
+    """One RGB Secondary Capture instance per slice (one series), heat over image.
+
+    Raises:
+        OutputError: If there is no heatmap or the slice count differs from the source.
+    """
+    m = result.manifest
+    heat = result.prediction.heatmap
+    if heat is None:
+        raise OutputError(f"plugin {m.id!r} produced no heatmap")
+    rgb = overlay_rgb(result.image, heat, sources)
+    refs = _refs_per_frame(result.image, sources, rgb.shape[0])
+    series_uid = hd.UID()
+    d = np.asarray(result.image.direction)
+    orient: Any = None
+    if result.image.ndim == 3 and has_patient_geometry(sources):
+        orient = (_orientation_letters(d[:, 0]), _orientation_letters(d[:, 1]))
+    si, sj = result.image.spacing[:2]
+    method = result.prediction.explanation.method if result.prediction.explanation else "heatmap"
+    out = []
+    try:
+        for k, frame in enumerate(rgb):
+            sc = hd.sc.SCImage.from_ref_dataset(
+                ref_dataset=refs[k],
+                pixel_array=frame,
+                photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+                bits_allocated=8,
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                series_instance_uid=series_uid,
+                series_number=SeriesNumbers.HEATMAP_SC,
+                sop_instance_uid=hd.UID(),
+                instance_number=k + 1,
+                manufacturer=MANUFACTURER,
+                pixel_spacing=cast(Any, (float(sj), float(si))),  # stub says int; mm are floats
+                patient_orientation=orient,
+                series_description=f"{m.id} {method} (explanation, not a finding)"[:64],
+            )
+            sc.SoftwareVersions = software_versions(m)
+            sc.BurnedInAnnotation = "NO"
+            copy_body_part(sc, [refs[k]])
+            sc.ImageComments = (
+                "Model explanation heatmap blended over the image; not a localisation of disease."
+            )
+            out.append(sc)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise OutputError(f"cannot build heatmap Secondary Capture for {m.id!r}: {e}") from e
+    return out
+
+
+def build_parametric_map(result: Result, sources: list[Dataset]) -> hd.pm.ParametricMap:
+    """The heatmap as a float32 Parametric Map on the source series' frames.
+
+    Raises:
+        OutputError: If there is no heatmap or highdicom refuses it.
+    """
+    m = result.manifest
+    heat = result.prediction.heatmap
+    if heat is None:
+        raise OutputError(f"plugin {m.id!r} produced no heatmap")
+    frames = np.clip(frames_of(heat.array[:1]), 0.0, 1.0).astype(np.float32)
+    method = result.prediction.explanation.method if result.prediction.explanation else "heatmap"
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="HEATMAP",
+        lut_explanation=f"{method} explanation weight"[:64],
+        unit=PdCode("1", "UCUM", "no units"),
+        value_range=(0.0, 1.0),
+        slope=1.0,
+        intercept=0.0,
+    )
+    geometry: dict[str, object] = {}
+    if heat.ndim == 3 and has_patient_geometry(sources):
+        measures, orientation, positions = plane_geometry(heat)
+        geometry = {
+            "pixel_measures": measures,
+            "plane_orientation": orientation,
+            "plane_positions": positions,
+        }
+    try:
+        pm = hd.pm.ParametricMap(
+            source_images=sources,
+            pixel_array=frames,
+            series_instance_uid=hd.UID(),
+            series_number=SeriesNumbers.HEATMAP_PM,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=m.id[:64],
+            software_versions=software_versions(m),
+            device_serial_number="0",
+            contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping],
+            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+            content_label="HEATMAP",
+            content_description=f"{method} explanation; not a finding"[:64],
+            series_description=f"{m.id} {method} map"[:64],
+            **geometry,  # type: ignore[arg-type]
+        )
+        copy_body_part(pm, sources)
+        return pm
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise OutputError(f"cannot build heatmap Parametric Map for {m.id!r}: {e}") from e
+
+
+def write_heatmap_dicom(
+    result: Result, sources: list[Dataset], sc_dir: Path, pm_path: Path
+) -> dict[str, Path]:
+    """Write the SC series (a folder, atomically) and the Parametric Map.
+
+    Returns:
+        ``{"heatmap_sc": folder, "heatmap_pm": file}``.
+    """
+    slices = build_sc_slices(result, sources)
+    pm = build_parametric_map(result, sources)
+    with atomic_dir(sc_dir) as tmp:
+        for sc in slices:
+            sc.save_as(tmp / f"{int(sc.InstanceNumber):04d}.dcm", enforce_file_format=True)
+    save_dataset(pm, pm_path)
+    return {"heatmap_sc": sc_dir, "heatmap_pm": pm_path}
+
+
+def _refs_per_frame(image: Image, sources: list[Dataset], n: int) -> list[Dataset]:
+    # Each SC slice copies patient/study from the source slice it shows.
+    if len(sources) == n:
+        return list(sources)
+    return [sources[0]] * n

@@ -1,0 +1,150 @@
+"""``result.json``: the machine-readable summary of a run, checked against a JSON Schema.
+
+The schema ships at ``medlens/schemas/result.schema.json`` (draft 2020-12) and
+every field is documented in ``docs/result-json.md``. The document is validated
+before it is written; an invalid one is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import OutputError
+from medlens.io.atomic import write_text
+from medlens.plugin_api._results import Result
+
+__all__ = ["SCHEMA_VERSION", "build_result_json", "load_schema", "validate", "write_result_json"]
+
+#: Version of the result.json layout (``schema_version``).
+SCHEMA_VERSION = "1"
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The shipped result.json JSON Schema (draft 2020-12)."""
+    text = resources.files("medlens").joinpath("schemas/result.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate(doc: Mapping[str, Any]) -> None:
+    """Validate a result.json document against the shipped schema.
+
+    Raises:
+        OutputError: With the first violation's path and message.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    leaves = list(_leaves(validator.iter_errors(doc)))
+    # A bad field inside the summary also makes its siblings "unevaluated" at the
+    # root; report the specific violation, the deepest one first.
+    specific = [x for x in leaves if x.validator != "unevaluatedProperties"] or leaves
+    e = max(specific, key=lambda err: len(err.absolute_path), default=None)
+    if e is not None:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise OutputError(f"result.json is invalid at {where}: {e.message}")
+
+
+def _leaves(errors: Iterable[Any]) -> Iterator[Any]:
+    # Errors of allOf/anyOf wrappers hold the real reasons in their context.
+    for err in errors:
+        if err.context:
+            yield from _leaves(err.context)
+        else:
+            yield err
+
+
+def _summary(result: Result, measurements_fallback: bool) -> dict[str, Any]:
+    p, pv, m, img = result.prediction, result.provenance, result.manifest, result.image
+    measurements = result.measurements if measurements_fallback else p.measurements
+    return {
+        "plugin": pv.plugin,
+        "plugin_version": pv.plugin_version,
+        "api_version": pv.api_version,
+        "task": str(m.task),
+        "weights_sha256": pv.weights_sha256,
+        "input_sha256": pv.input_sha256,
+        "device": pv.device,
+        "device_reason": pv.device_reason,
+        "diagnostic_use": pv.diagnostic_use,
+        "intended_use": m.model_card.intended_use,
+        "input": {
+            "shape": list(img.shape),
+            "spacing": list(img.spacing),
+            "channels": img.channels,
+            "modality": img.metadata.get("Modality"),
+            "dicom_source": bool(img.source),
+        },
+        "measurements": [x.model_dump(mode="json") for x in measurements],
+        "findings": [f.model_dump(mode="json") for f in p.findings],
+        "explanation": None if p.explanation is None else p.explanation.model_dump(mode="json"),
+        "warnings": list(p.warnings),
+        "provenance": {
+            "host_version": pv.host_version,
+            "started_at": pv.started_at,
+            "timings_s": dict(pv.timings_s),
+            "library_versions": dict(pv.library_versions),
+        },
+        "extra": dict(p.extra),
+        "chained": [_summary(c, measurements_fallback=False) for c in result.chained],
+    }
+
+
+def build_result_json(
+    result: Result, outputs: Mapping[str, Path], out_dir: Path, notes: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The result.json document of ``result`` (validated).
+
+    Args:
+        result: The root result (chained results are nested under ``chained``).
+        outputs: Files written so far, by kind name.
+        out_dir: Output folder; file names are given relative to it.
+        notes: Writer notes (skipped outputs), appended to ``warnings``.
+
+    Raises:
+        OutputError: If the document does not validate.
+    """
+    doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    doc.update(_summary(result, measurements_fallback=True))
+    doc["warnings"] = [*doc["warnings"], *(n for n in notes if n not in doc["warnings"])]
+    doc["outputs"] = {
+        kind: Path(path).relative_to(out_dir).as_posix()
+        if Path(path).is_relative_to(out_dir)
+        else Path(path).name
+        for kind, path in outputs.items()
+    }
+    _check_finite(doc, "")
+    validate(doc)
+    return doc
+
+
+def write_result_json(
+    result: Result, outputs: Mapping[str, Path], out_dir: Path, notes: Sequence[str] = ()
+) -> Path:
+    """Build, validate and atomically write ``out_dir/result.json``."""
+    path = out_dir / "result.json"
+    doc = build_result_json(result, {**outputs, "json": path}, out_dir, notes)
+    try:
+        text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise OutputError(f"result.json is not serialisable: {e}") from e
+    return write_text(path, text + "\n")
+
+
+def _check_finite(obj: Any, where: str) -> None:
+    # JSON has no NaN/inf; say where one is instead of writing a non-standard file.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise OutputError(f"result.json has a non-finite number at {where or '(root)'}")
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}/{k}")
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{where}/{i}")

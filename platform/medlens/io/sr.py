@@ -1,0 +1,269 @@
+"""DICOM Comprehensive 3D SR, TID 1500 Measurement Report, for a result and its chain.
+
+Content (PS3.16 TID 1500):
+
+* Observer context: the MedLens host as a Device observer (TID 1004).
+* Per measured label of every plugin in the chain, one measurement group:
+  TID 1411 (Volumetric ROI) referencing the SEG segment of that label when a SEG
+  was written, else TID 1501 (image-level). It holds Volume (SCT 118565006, UCUM
+  ``ml``) and Number of lesions (SCT 246206008, UCUM ``{lesions}``), with finding
+  type/category from the label's codes.
+* Per lesion, one TID 1501 group tracked as ``"<plugin> <label> lesion <n>"``:
+  Volume (``ml``), Diameter (SCT 81827009, method RECIST 1.1, ``mm``: the longest
+  in-plane diameter) and Long axis (SCT 103339001, ``mm``: the longest 3-D extent).
+* Per classification finding, one TID 1501 group: Probability (DCM 122157,
+  UCUM ``{probability}``, dimensionless) and a qualitative evaluation of the
+  finding type as Present/Absent (SCT 52101004 / 272519000) at the plugin's
+  threshold.
+
+Every measurement carries Algorithm Identification (TID 4019): algorithm name =
+plugin id, version = plugin version, parameters = weights sha256.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code as PdCode
+
+from medlens.errors import OutputError
+from medlens.io._common import (
+    MANUFACTURER,
+    SeriesNumbers,
+    coded,
+    iter_results,
+    label_for,
+)
+from medlens.io.atomic import save_dataset
+from medlens.io.seg import segment_labels
+from medlens.plugin_api._manifest import Label
+from medlens.plugin_api._results import Finding, Measurement, Result
+
+__all__ = ["SR_CODES", "build_sr", "write_sr"]
+
+#: Concept names and units used in the report (scheme, value, meaning).
+SR_CODES: dict[str, PdCode] = {
+    "volume": PdCode("118565006", "SCT", "Volume"),
+    "lesion_count": PdCode("246206008", "SCT", "Number of lesions"),
+    "diameter": PdCode("81827009", "SCT", "Diameter"),
+    "long_axis": PdCode("103339001", "SCT", "Long axis"),
+    "probability": PdCode("122157", "DCM", "Probability"),
+    "present": PdCode("52101004", "SCT", "Present"),
+    "absent": PdCode("272519000", "SCT", "Absent"),
+    "lesion": PdCode("52988006", "SCT", "Lesion"),
+    "finding": PdCode("404684003", "SCT", "Clinical finding"),
+    "procedure": PdCode("363679005", "SCT", "Imaging procedure"),
+    "recist": PdCode("126081", "DCM", "RECIST 1.1"),
+    "unit_ml": PdCode("ml", "UCUM", "milliliter"),
+    "unit_mm": PdCode("mm", "UCUM", "millimeter"),
+    "unit_lesions": PdCode("{lesions}", "UCUM", "lesions"),
+    "unit_probability": PdCode("{probability}", "UCUM", "probability"),
+}
+
+_Group = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def build_sr(
+    result: Result, sources: list[Dataset], seg: Dataset | None
+) -> hd.sr.Comprehensive3DSR:
+    """Build the TID 1500 report of ``result`` and its chained results.
+
+    Args:
+        result: The root result.
+        sources: Source image headers (evidence; patient and study come from them).
+        seg: The SEG dataset written for ``result`` (referenced per label), or ``None``.
+
+    Returns:
+        The SR dataset.
+
+    Raises:
+        OutputError: If nothing can be reported or highdicom refuses the content.
+    """
+    groups: list[_Group] = []
+    try:
+        for r in iter_results(result):
+            algo = hd.sr.AlgorithmIdentification(
+                name=r.manifest.id,
+                version=r.manifest.version,
+                parameters=(
+                    [f"weights_sha256={r.provenance.weights_sha256}"]
+                    if r.provenance.weights_sha256
+                    else None
+                ),
+            )
+            for meas in r.prediction.measurements:
+                groups.extend(_measurement_groups(r, result, meas, algo, sources, seg))
+            for f in r.prediction.findings:
+                groups.append(_finding_group(r, result, f, algo, sources))
+        if not groups:
+            raise OutputError(f"plugin {result.manifest.id!r} has no measurements or findings")
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=hd.UID(),
+                name="MedLens",
+                manufacturer_name=MANUFACTURER,
+                model_name=result.manifest.id[:64],
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=SR_CODES["procedure"],
+            imaging_measurements=groups,
+        )
+        evidence = [*sources, *([seg] if seg is not None else [])]
+        return hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=SeriesNumbers.SR,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            series_description=f"{result.manifest.id} measurements"[:64],
+        )
+    except OutputError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise OutputError(f"cannot build DICOM SR for plugin {result.manifest.id!r}: {e}") from e
+
+
+def write_sr(result: Result, sources: list[Dataset], seg: Dataset | None, path: Path) -> Path:
+    """Build and atomically write the SR of ``result`` to ``path``."""
+    return save_dataset(build_sr(result, sources, seg), path)
+
+
+def _num(
+    key: str, value: float, unit: str, algo: hd.sr.AlgorithmIdentification, **kw: object
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=SR_CODES[key],
+        value=float(value),
+        unit=SR_CODES[unit],
+        algorithm_id=algo,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _codes_of(lab: Label | None) -> tuple[hd.sr.CodedConcept | PdCode, hd.sr.CodedConcept | None]:
+    if lab is None:
+        return SR_CODES["lesion"], None
+    return coded(lab.type), coded(lab.category)
+
+
+def _tracking(text: str) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=text[:64])
+
+
+def _image_refs(sources: list[Dataset]) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    return [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in sources]
+
+
+def _measurement_groups(
+    r: Result,
+    root: Result,
+    meas: Measurement,
+    algo: hd.sr.AlgorithmIdentification,
+    sources: list[Dataset],
+    seg: Dataset | None,
+) -> list[_Group]:
+    lab = label_for(r, root, meas.label)
+    finding_type, category = _codes_of(lab)
+    numbers = [
+        _num("volume", meas.volume_ml, "unit_ml", algo),
+        _num("lesion_count", meas.lesion_count, "unit_lesions", algo),
+    ]
+    ident = _tracking(f"{r.manifest.id} {meas.label}")
+    segment = _referenced_segment(root, meas.label, seg)
+    groups: list[_Group] = []
+    if segment is not None:
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=ident,
+                referenced_segment=segment,
+                finding_type=finding_type,
+                finding_category=category,
+                algorithm_id=algo,
+                measurements=numbers,
+            )
+        )
+    else:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=ident,
+                source_images=_image_refs(sources[:1]),
+                finding_type=finding_type,
+                finding_category=category,
+                algorithm_id=algo,
+                measurements=numbers,
+            )
+        )
+    for les in meas.lesions:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(f"{r.manifest.id} {meas.label} lesion {les.index}"),
+                finding_type=finding_type,
+                finding_category=category,
+                algorithm_id=algo,
+                measurements=[
+                    _num("volume", les.volume_ml, "unit_ml", algo),
+                    _num(
+                        "diameter",
+                        les.recist_diameter_mm,
+                        "unit_mm",
+                        algo,
+                        method=SR_CODES["recist"],
+                    ),
+                    _num("long_axis", les.longest_axis_mm, "unit_mm", algo),
+                ],
+            )
+        )
+    return groups
+
+
+def _finding_group(
+    r: Result,
+    root: Result,
+    f: Finding,
+    algo: hd.sr.AlgorithmIdentification,
+    sources: list[Dataset],
+) -> _Group:
+    lab = label_for(r, root, f.label)
+    finding_type = coded(lab.type) if lab is not None else SR_CODES["finding"]
+    category = coded(lab.category) if lab is not None else None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(f"{r.manifest.id} finding {f.label}"),
+        source_images=_image_refs(sources[:1]),
+        finding_type=finding_type,
+        finding_category=category,
+        algorithm_id=algo,
+        measurements=[_num("probability", f.probability, "unit_probability", algo)],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(
+                name=finding_type,
+                value=SR_CODES["present"] if f.positive else SR_CODES["absent"],
+            )
+        ],
+    )
+
+
+def _referenced_segment(
+    root: Result, label: str, seg: Dataset | None
+) -> hd.sr.ReferencedSegment | None:
+    """The SEG segment of ``label``; ``None`` without a SEG or for an empty segment."""
+    if seg is None:
+        return None
+    for n, lab in enumerate(segment_labels(root), start=1):
+        if lab.name == label:
+            try:
+                return hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=n)
+            except (ValueError, AttributeError):
+                return None  # an empty segment has no frames to reference
+    return None
