@@ -1,0 +1,111 @@
+"""Post-processing as the manifest says: activation, labels, connected components.
+
+Activation runs on the model grid; probabilities are then resampled back to
+the original grid and only there turned into labels (argmax or threshold), so
+boundaries are placed at sub-voxel accuracy on the grid the mask is read on
+(nearest-neighbour resampling of labels would put staircase steps of the
+model's voxel size into the mask). Component filters run on the original grid,
+where voxel volumes are the patient's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from medlens.plugin_api._manifest import PostprocessSpec
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "activate",
+    "clean_components",
+    "keep_largest_component",
+    "labels_from_probabilities",
+    "remove_islands",
+]
+
+
+def activate(logits: torch.Tensor, spec: PostprocessSpec) -> torch.Tensor:
+    """Softmax over channels, sigmoid, or identity (float32)."""
+    import torch
+
+    x = logits.float()
+    if spec.activation == "softmax":
+        return torch.softmax(x, dim=0)
+    if spec.activation == "sigmoid":
+        return torch.sigmoid(x)
+    return x
+
+
+def labels_from_probabilities(
+    probs: torch.Tensor, spec: PostprocessSpec, label_values: Sequence[int]
+) -> npt.NDArray[np.uint8]:
+    """Label map ``(i, j, k)`` from ``(C, i, j, k)`` probabilities.
+
+    Softmax/none: argmax, channel index = label value (channel 0 is background).
+    Sigmoid with a threshold: channel ``c`` is ``label_values[c]`` (no background
+    channel); a voxel takes the most probable label above the threshold, else 0.
+    """
+    import torch
+
+    if spec.threshold is not None:
+        best, idx = probs.max(dim=0)
+        values = torch.as_tensor(list(label_values), dtype=torch.int64, device=probs.device)
+        if len(label_values) != probs.shape[0]:
+            values = torch.arange(probs.shape[0], device=probs.device)
+        out = torch.where(best > spec.threshold, values[idx], torch.zeros_like(idx))
+    else:
+        out = probs.argmax(dim=0)
+    return np.asarray(out.to(torch.uint8).cpu().numpy())
+
+
+def _structure(ndim: int) -> npt.NDArray[np.bool_]:
+    from scipy import ndimage
+
+    # Face connectivity (6 in 3-D): diagonal touches do not join lesions.
+    return np.asarray(ndimage.generate_binary_structure(ndim, 1))
+
+
+def clean_components(
+    mask: npt.NDArray[np.uint8], largest: Sequence[int], min_voxels: float
+) -> None:
+    """In place: keep the largest component of listed labels, drop small islands.
+
+    Each label is labelled once: components of labels in ``largest`` other than
+    the biggest, and components of any label under ``min_voxels``, become 0.
+    """
+    from scipy import ndimage
+
+    values = [int(v) for v in np.unique(mask) if v != 0]
+    for v in values:
+        if v not in largest and min_voxels <= 1:
+            continue
+        sel = mask == v
+        comp, n = ndimage.label(sel, structure=_structure(mask.ndim))
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        drop = np.zeros(n + 1, dtype=bool)
+        if v in largest and n > 1:
+            drop[:] = True
+            drop[int(sizes.argmax())] = False
+        drop |= sizes < min_voxels
+        drop[0] = False
+        if drop.any():
+            mask[sel & drop[comp]] = 0
+
+
+def keep_largest_component(mask: npt.NDArray[np.uint8], labels: Sequence[int]) -> None:
+    """In place: keep only the largest connected component of each listed label."""
+    clean_components(mask, labels, 0.0)
+
+
+def remove_islands(mask: npt.NDArray[np.uint8], min_voxels: float) -> None:
+    """In place: set components smaller than ``min_voxels`` (any label) to background."""
+    clean_components(mask, (), min_voxels)

@@ -1,0 +1,143 @@
+"""Is the heatmap about the model? The model-randomisation test of Adebayo et al. (2018).
+
+A saliency method that gives the same map for a trained network and for the
+same network with its weights randomised explains the input, not the model.
+We randomise the target layer and every layer after it (cascading, seeded), or
+all layers (full), recompute the CAM and take Spearman's rank correlation:
+below :data:`RHO_MAX` the map is model-sensitive.
+
+Faithfulness is a deletion test: replace the top ``fraction`` of voxels by CAM
+with the input's mean and compare the drop of the explained score with the drop
+after replacing as many random voxels (seeded), relative to the score itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from medlens.explain.cam import CamProblem, execution_order, target_score
+from medlens.plugin_api._vocab import SanityVerdict
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["RHO_MAX", "faithfulness", "randomised_copy", "rank_correlation", "verdict"]
+
+#: Spearman rho below which a CAM counts as model-sensitive.
+RHO_MAX = 0.5
+
+
+def randomised_copy(
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    layer: str,
+    *,
+    cascading: bool = True,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """A deep copy of ``net`` with the weights of ``layer`` and all later layers re-drawn.
+
+    "Later" is forward-execution order (hooks on one pass of ``x``), not
+    declaration order, which differs for nested skip connections.
+
+    Args:
+        net: Trained network (unchanged).
+        x: Example input batch, to find the execution order.
+        layer: Target layer's dotted name.
+        cascading: Randomise from ``layer`` on; False randomises every layer.
+        seed: Seed of the re-drawn weights.
+    """
+    import torch
+
+    rnd = copy.deepcopy(net)
+    order = execution_order(rnd, x)
+    inside = [n for n in order if n == layer or n.startswith(layer + ".")]
+    start = order.index(inside[0]) if (cascading and inside) else 0
+    if cascading and not inside:  # a parameter-free target: randomise what follows it
+        start = _first_after(rnd, x, layer, order)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in order[start:]:
+            mod = rnd.get_submodule(name)
+            reset = getattr(mod, "reset_parameters", None)
+            if callable(reset):
+                reset()
+            else:
+                with torch.no_grad():
+                    for prm in mod.parameters(recurse=False):
+                        prm.normal_(0.0, 0.05)
+    return rnd
+
+
+def _first_after(net: torch.nn.Module, x: torch.Tensor, layer: str, order: list[str]) -> int:
+    import torch
+
+    seen: list[str] = []
+    target = net.get_submodule(layer)
+    names = set(order)
+    handles = [target.register_forward_hook(lambda *_: seen.append("\0target"))]
+    for name, mod in net.named_modules():
+        if name in names:
+            handles.append(mod.register_forward_hook(lambda *_a, n=name: seen.append(n)))
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    after = seen[seen.index("\0target") + 1 :] if "\0target" in seen else []
+    return order.index(after[0]) if after else 0
+
+
+def rank_correlation(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
+    """Spearman's rho of two maps (1.0 when both are constant, 0.0 when only one is)."""
+    from scipy.stats import spearmanr
+
+    fa, fb = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    ca, cb = fa.std() == 0, fb.std() == 0
+    if ca or cb:
+        return 1.0 if (ca and cb) else 0.0
+    return float(spearmanr(fa, fb).statistic)
+
+
+def verdict(rho: float) -> SanityVerdict:
+    """Model-sensitive when ``rho`` < :data:`RHO_MAX`."""
+    return SanityVerdict.MODEL_SENSITIVE if rho < RHO_MAX else SanityVerdict.NOT_MODEL_SENSITIVE
+
+
+def faithfulness(
+    net: torch.nn.Module,
+    p: CamProblem,
+    cam: npt.NDArray[np.float32],
+    *,
+    fraction: float = 0.1,
+    seed: int = 0,
+    score: Callable[[torch.nn.Module, CamProblem, torch.Tensor | None], float] = target_score,
+) -> float:
+    """Deletion score: (score drop, top CAM voxels removed − drop, random voxels removed) / |score|.
+
+    Positive means the voxels the map ranks highest matter more to the model than
+    random ones.
+    """
+    import torch
+
+    n = cam.size
+    k = max(1, round(fraction * n))
+    top = np.argpartition(-cam.ravel(), k - 1)[:k]
+    rand = np.random.default_rng(seed).choice(n, size=k, replace=False)
+    base = p.x.reshape(p.x.shape[0], -1).mean(dim=1)
+    s0 = score(net, p, None)
+
+    def deleted(idx: npt.NDArray[np.int64]) -> torch.Tensor:
+        flat = p.x.reshape(p.x.shape[0], -1).clone()
+        flat[:, torch.from_numpy(idx)] = base[:, None]
+        return flat.reshape(p.x.shape)
+
+    s_cam = score(net, p, deleted(top))
+    s_rand = score(net, p, deleted(rand))
+    return float(((s0 - s_cam) - (s0 - s_rand)) / (abs(s0) + 1e-6))

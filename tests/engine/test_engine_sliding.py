@@ -1,0 +1,133 @@
+"""Sliding window equals plain MONAI; device selection; out-of-memory fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.engine.device import select_device
+from medlens.engine.sliding import WindowPlan, fallback_plans, plan_from, run_network
+from medlens.errors import EngineError
+from medlens.imaging.image import Image
+
+
+def test_device_auto_is_cpu_here_and_cuda_is_an_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    dev, reason = select_device("auto")
+    assert dev == "cpu" and "no CUDA" in reason
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        select_device("cuda")
+    with pytest.raises(EngineError, match="unknown device"):
+        select_device("tpu")
+
+
+def _unet() -> torch.nn.Module:
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1).eval()
+
+
+def test_segment_probabilities_equal_plain_monai(run_ctx, h) -> None:  # type: ignore[no-untyped-def]
+    from monai.inferers import SlidingWindowInferer
+
+    net = _unet()
+    rng = np.random.default_rng(1)
+    arr = rng.normal(size=(1, 40, 36, 20)).astype(np.float32)
+    img = Image(arr, (1.5, 1.5, 1.5), (0, 0, 0), np.diag([-1.0, -1.0, 1.0]))  # RAS already
+    m = h.seg_manifest(
+        inference={"roi_size": (16, 16, 16), "sw_batch_size": 4, "overlap": 0.5},
+        outputs={
+            "labels": [
+                *h.seg_manifest().outputs.model_dump()["labels"],
+                {
+                    **h.seg_manifest().outputs.model_dump()["labels"][0],
+                    "value": 2,
+                    "name": "spleen",
+                },
+            ],
+            "kinds": ["seg"],
+        },
+    )
+    mask, probs = run_ctx(m).segment(net, img)
+    ref_inferer = SlidingWindowInferer((16, 16, 16), sw_batch_size=1, overlap=0.5, mode="gaussian")
+    with torch.no_grad():
+        ref = torch.softmax(ref_inferer(torch.from_numpy(arr)[None], net)[0], 0).numpy()
+    assert np.abs(probs.array - ref).max() < 1e-4
+    assert (mask.array[0] == ref.argmax(0)).mean() > 0.999
+
+
+class OomAbove1(torch.nn.Module):
+    """Raises CUDA out-of-memory for batches above one window (simulated on CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        if x.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return self.conv(x)
+
+
+def _plan(**kw) -> WindowPlan:  # type: ignore[no-untyped-def]
+    base = dict(
+        roi_size=(8, 8, 8),
+        overlap=0.25,
+        blend="gaussian",
+        sw_batch_size=4,
+        device="cpu",
+        stitch_device="cpu",
+        amp=False,
+        channels_last=False,
+    )
+    base.update(kw)
+    return WindowPlan(**base)  # type: ignore[arg-type]
+
+
+def test_oom_fallback_halves_sw_batch_size_and_warns() -> None:
+    net = OomAbove1()
+    warnings: list[str] = []
+    out = run_network(net, torch.rand(1, 1, 20, 20, 12), _plan(), warnings.append)
+    assert out.shape == (1, 2, 20, 20, 12)
+    assert warnings == [
+        "out of GPU memory: retried with sw_batch_size 2",
+        "out of GPU memory: retried with sw_batch_size 1",
+    ]
+    assert net.batches[-1] == 1 and 4 in net.batches and 2 in net.batches
+
+
+def test_oom_everywhere_is_an_engine_error_and_cuda_plans_end_with_cpu_stitching() -> None:
+    class AlwaysOom(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    warnings: list[str] = []
+    with pytest.raises(EngineError, match="out of memory"):
+        run_network(AlwaysOom(), torch.rand(1, 1, 8, 8, 8), _plan(sw_batch_size=2), warnings.append)
+    assert len(warnings) == 1
+    plans = [p for p, _ in fallback_plans(_plan(device="cuda:0", stitch_device="cuda:0"))]
+    assert [p.sw_batch_size for p in plans] == [4, 2, 1, 1]
+    assert [p.stitch_device for p in plans] == ["cuda:0"] * 3 + ["cpu"]
+
+
+def test_plan_options_override_manifest(h) -> None:  # type: ignore[no-untyped-def]
+    spec = h.seg_manifest().inference
+    p = plan_from(spec, {"sw_batch_size": 1, "overlap": 0.5, "roi_size": [8, 8, 8]}, "cpu", 10)
+    assert (p.sw_batch_size, p.overlap, p.roi_size, p.amp) == (1, 0.5, (8, 8, 8), False)
+    big = plan_from(spec, {}, "cuda:0", 10**9)
+    assert big.stitch_device == "cpu" and big.amp and big.device == "cuda:0"
+    assert plan_from(spec, {}, "cuda:0", 10).stitch_device == "cuda:0"
+
+
+def test_non_oom_errors_are_not_swallowed() -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_network(Broken(), torch.rand(1, 1, 8, 8, 8), _plan(), lambda _: None)
