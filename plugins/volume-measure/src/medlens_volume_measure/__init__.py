@@ -1,0 +1,1 @@
+"""MedLens plugin: volume, lesion and diameter measurement of label masks."""
