@@ -1,0 +1,1 @@
+"""MedLens plugin: CT abdomen organ and liver-tumour segmentation (demo weights)."""

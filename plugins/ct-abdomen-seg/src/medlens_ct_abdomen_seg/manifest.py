@@ -1,0 +1,153 @@
+"""Manifest of ``ct-abdomen-seg``: light, imports only ``medlens.plugin_api.v1``.
+
+This module is what discovery imports; it must never import torch or MONAI.
+It is also the single source of truth for pre-processing: the training recipe
+reads ``MANIFEST.input`` so training and the engine prepare images the same way.
+"""
+
+from __future__ import annotations
+
+from medlens.plugin_api import v1
+
+__all__ = ["MANIFEST"]
+
+_SCT = "SCT"
+_ORGAN = v1.Code(value="113343008", scheme=_SCT, meaning="Organ")
+_ABNORMAL = v1.Code(value="49755003", scheme=_SCT, meaning="Morphologically abnormal structure")
+
+LABELS = [
+    v1.Label(
+        value=1,
+        name="liver",
+        category=_ORGAN,
+        type=v1.Code(value="10200004", scheme=_SCT, meaning="Liver"),
+        color=(221, 130, 101),
+    ),
+    v1.Label(
+        value=2,
+        name="spleen",
+        category=_ORGAN,
+        type=v1.Code(value="78961009", scheme=_SCT, meaning="Spleen"),
+        color=(157, 108, 162),
+    ),
+    v1.Label(
+        value=3,
+        name="kidney_right",
+        category=_ORGAN,
+        type=v1.Code(value="9846003", scheme=_SCT, meaning="Right kidney"),
+        color=(185, 102, 83),
+    ),
+    v1.Label(
+        value=4,
+        name="kidney_left",
+        category=_ORGAN,
+        type=v1.Code(value="18639004", scheme=_SCT, meaning="Left kidney"),
+        color=(145, 60, 66),
+    ),
+    v1.Label(
+        value=5,
+        name="liver_tumor",
+        category=_ABNORMAL,
+        type=v1.Code(value="108369006", scheme=_SCT, meaning="Neoplasm"),
+        color=(255, 255, 0),
+    ),
+]
+
+#: Held-out evaluation, quoted from ``python -m medlens_workflows.phantom_eval``.
+_EVAL_METHOD = (
+    "python -m medlens_workflows.phantom_eval --plugin ct-abdomen-seg --cases 20 --seed 10000"
+)
+_EVAL_DATA = "MedLens CT phantoms, held-out seeds 10000-10019 (small mode), original phantom grid"
+_METRICS: list[tuple[str, float, int]] = [
+    ("dice[liver]", 0.9788, 20),
+    ("dice[spleen]", 0.9697, 20),
+    ("dice[kidney_right]", 0.9718, 20),
+    ("dice[kidney_left]", 0.9563, 20),
+    ("lesion_dice[liver_tumor>=1mL]", 0.8468, 20),
+    ("sensitivity[liver_tumor>=1mL]", 1.0, 20),
+    ("fp_per_case[liver_tumor]", 0.25, 20),
+    ("volume_abs_rel_error_pct[liver]", 2.3, 20),
+    ("volume_abs_rel_error_pct[spleen]", 3.37, 20),
+    ("volume_abs_rel_error_pct[kidney_right]", 2.45, 20),
+    ("volume_abs_rel_error_pct[kidney_left]", 5.14, 20),
+    ("volume_abs_rel_error_pct[liver_tumor>=1mL]", 18.9, 20),
+]
+
+MANIFEST = v1.Manifest(
+    id="ct-abdomen-seg",
+    version="0.1.0",
+    api_version=v1.API_VERSION,
+    title="CT abdomen organs and liver tumours",
+    description=(
+        "Segments liver, spleen, right and left kidney and liver tumours on abdominal CT "
+        "with a small residual 3-D U-Net. Demo weights trained on MedLens digital phantoms only."
+    ),
+    task=v1.Task.SEGMENTATION,
+    modality=[v1.Modality.CT],
+    body_part="ABDOMEN",
+    selection=v1.AllOf(
+        rules=[
+            v1.Equals(attribute="Modality", value="CT"),
+            v1.MinSlices(count=10),
+            v1.Not(rule=v1.Contains(attribute="ImageType", value="LOCALIZER")),
+        ]
+    ),
+    input=v1.InputSpec(
+        dims=3,
+        channels=1,
+        spacing=(2.5, 2.5, 3.0),
+        orientation="RAS",
+        intensity=v1.IntensitySpec(
+            mode="window", window_min=-200.0, window_max=300.0, out_min=0.0, out_max=1.0, clip=True
+        ),
+    ),
+    inference=v1.InferenceSpec(roi_size=(96, 96, 32), overlap=0.25, sw_batch_size=2),
+    outputs=v1.OutputSpec(
+        labels=LABELS,
+        kinds=[
+            v1.OutputKind.SEG,
+            v1.OutputKind.SR,
+            v1.OutputKind.HEATMAP,
+            v1.OutputKind.NIFTI,
+            v1.OutputKind.JSON,
+        ],
+        postprocess=v1.PostprocessSpec(
+            activation="softmax", largest_component=[1, 2, 3, 4], min_component_ml=0.1
+        ),
+    ),
+    explanations=[v1.ExplanationMethod.SEGMENTATION_GRADCAM],
+    model_card=v1.ModelCard(
+        intended_use=(
+            "Demonstration and quality assurance of the MedLens host on MedLens digital CT "
+            "phantoms only. Not for clinical use, not for diagnosis, not for real patients."
+        ),
+        limitations=[
+            "Trained only on synthetic phantoms: organs are smooth analytic shapes with "
+            "homogeneous attenuation; real CT (vessels, bowel, contrast phases, pathology, "
+            "artefacts) is out of distribution and results on it are meaningless.",
+            "Model grid is 2.5 x 2.5 x 3 mm: tumours under about 1 mL (12 mm) are segmented "
+            "poorly or missed; figures below hold for tumours of at least 1 mL.",
+            "Right/left kidney labels depend on correct patient orientation in the header.",
+            "Grad-CAM heatmaps explain the model, they do not localise disease.",
+        ],
+        training_data=(
+            "60 MedLens CT phantoms (medlens.phantoms.ct.synthesize, small mode), seeds 0-59, "
+            "validation seeds 5000-5003, made by `python -m medlens_ct_abdomen_seg.recipe "
+            "--out DIR` (seed 0, 60 epochs of 40 steps, CPU); evaluation seeds from 10000 are "
+            "disjoint."
+        ),
+        metrics=[
+            v1.MetricSpec(name=name, value=value, dataset=_EVAL_DATA, method=_EVAL_METHOD, n=n)
+            for name, value, n in _METRICS
+        ],
+        license="Apache-2.0",
+        diagnostic_use=False,
+        authors=["MedLens contributors"],
+    ),
+    weights=v1.WeightsSpec(
+        file="weights/model.safetensors",
+        format=v1.WeightsFormat.SAFETENSORS,
+        sha256="35e34521b45d60a2328f131dcd540b273d277a902c7bdaf97f40a7f8af7606b4",
+    ),
+    entry="medlens_ct_abdomen_seg.plugin:create",
+)

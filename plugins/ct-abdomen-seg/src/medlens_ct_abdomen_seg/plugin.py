@@ -1,0 +1,91 @@
+"""Model code of ``ct-abdomen-seg`` (heavy: imports torch through :mod:`.network`).
+
+The plugin owns only the network; pre-processing, sliding-window inference,
+post-processing and mapping back to the input grid are the engine's, reached
+through :class:`~medlens.plugin_api.v1.RunContext` as the manifest says.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medlens.plugin_api import v1
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["CtAbdomenSeg", "create"]
+
+_LIVER = 1
+_TUMOUR = 5
+
+
+class CtAbdomenSeg:
+    """The loaded plugin: a verified network in eval mode on the host's device.
+
+    Args:
+        ctx: Load context; weights are read through it (sha256-verified).
+
+    Raises:
+        WeightsError: If the verified weights do not fit the network.
+    """
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        from medlens_ct_abdomen_seg.network import build_network
+
+        self.manifest = ctx.manifest
+        net = build_network()
+        state = ctx.load_state_dict()
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise v1.WeightsError(
+                ctx.manifest.id, f"weights do not fit the network: {first}"
+            ) from e
+        net.to(ctx.device)
+        net.eval()
+        self.network: torch.nn.Module = net
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        """Segment organs and liver tumours; explain the tumour (else liver) label.
+
+        Args:
+            inputs: ``inputs.image`` is a single-channel 3-D CT image in HU.
+            ctx: Run context (engine, explanations, timings).
+
+        Returns:
+            Label map (values of the manifest's labels) on the input's grid, and a
+            Grad-CAM heatmap with its sanity verdict when an explanation is requested.
+
+        Raises:
+            InputError: If the image is not a single-channel 3-D image.
+        """
+        image = inputs.image
+        if image.ndim != 3:
+            raise v1.InputError(f"ct-abdomen-seg needs a 3-D CT volume, got a {image.ndim}-D image")
+        if image.channels != 1:
+            raise v1.InputError(
+                f"ct-abdomen-seg needs a single-channel image, got {image.channels} channels"
+            )
+        # The engine times its own stages (preprocess/inference/postprocess/explain).
+        mask, _probs = ctx.segment(self.network, image)
+        present = sorted(int(v) for v in np.unique(mask.array) if v != 0)
+        extra: dict[str, Any] = {"labels_present": [self.manifest.label(v).name for v in present]}
+        heatmap = explanation = None
+        if ctx.explain_requested:
+            # Explain what a reader most needs to trust: the tumour when one was found.
+            target = _TUMOUR if _TUMOUR in present else _LIVER
+            if target in present:
+                heatmap, explanation = ctx.explain(self.network, image, target=target)
+                extra["explained_label"] = self.manifest.label(target).name
+            else:
+                ctx.warn("no liver or liver tumour was segmented, so there is nothing to explain")
+        return v1.Prediction(mask=mask, heatmap=heatmap, explanation=explanation, extra=extra)
+
+
+def create(ctx: v1.LoadContext) -> CtAbdomenSeg:
+    """Plugin factory named by the manifest's ``entry``."""
+    return CtAbdomenSeg(ctx)

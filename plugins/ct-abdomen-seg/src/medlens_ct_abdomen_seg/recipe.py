@@ -1,0 +1,393 @@
+"""Seeded training recipe of the ``ct-abdomen-seg`` demo weights, tracked in MLflow.
+
+Usage::
+
+    python -m medlens_ct_abdomen_seg.recipe --out runs/ct-abdomen-seg [--seed 0 --cases 60]
+
+What it does, deterministically from ``--seed``:
+
+1. Synthesises ``--cases`` MedLens CT phantoms (small mode) from seeds ``seed .. seed+cases-1``
+   and ``--val-cases`` validation phantoms from seeds ``5000+seed ..``; both ranges are
+   disjoint from the held-out evaluation seeds (10000 and up,
+   ``python -m medlens_workflows.phantom_eval``).
+2. Prepares every case exactly as the engine will at inference: the image through
+   :func:`medlens.engine.preprocess.prepare` with the manifest's ``InputSpec`` (orientation,
+   spacing, intensity window), the label map through the same grid steps with
+   nearest-neighbour sampling. The manifest is the single source of truth.
+3. Trains the network of :mod:`medlens_ct_abdomen_seg.network` on class-balanced random
+   patches (tumour-centred patches oversampled) with Dice + cross-entropy, AdamW and a
+   cosine learning-rate decay. No left/right flips: the kidneys are lateral-specific.
+4. Logs parameters, per-epoch loss and validation Dice per label, and the weights to MLflow
+   (SQLite backend ``<out>/mlflow.db``, artifacts under ``<out>/mlartifacts``), writes
+   ``<out>/model.safetensors`` and prints its sha256 for the manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["PreparedCase", "RecipeConfig", "main", "prepare_case", "train"]
+
+#: Offset of the validation seeds (training uses ``seed .. seed+cases-1``).
+VAL_SEED_OFFSET = 5000
+#: First held-out evaluation seed; training and validation seeds must stay below it.
+HELD_OUT_SEED = 10000
+#: Label names by value (background first), as in the manifest.
+LABEL_NAMES = ("background", "liver", "spleen", "kidney_right", "kidney_left", "liver_tumor")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Every knob of a training run (all logged to MLflow as parameters)."""
+
+    seed: int = 0
+    cases: int = 60
+    val_cases: int = 4
+    epochs: int = 60
+    iters_per_epoch: int = 40
+    batch_size: int = 2
+    patch: tuple[int, int, int] = (96, 96, 32)
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    #: Sampling weight of a patch centre per label (background, organs..., tumour).
+    class_ratios: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 4.0)
+    #: Class weights of both loss terms: tumours are small and few, so they weigh more.
+    class_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 4.0)
+    intensity_shift: float = 0.05
+    intensity_scale: float = 0.05
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """One case on the model grid.
+
+    Attributes:
+        seed: Phantom seed.
+        image: ``(1, X, Y, Z)`` float32 network input (prepared as the engine does).
+        labels: ``(X, Y, Z)`` uint8 label map on the same grid.
+    """
+
+    seed: int
+    image: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.uint8]
+
+
+def prepare_case(seed: int) -> PreparedCase:
+    """Synthesise phantom ``seed`` (small mode) and prepare it as the engine would.
+
+    The image goes through :func:`medlens.engine.preprocess.prepare` with the manifest's
+    input specification; the label map follows the very same grid steps, sampled
+    nearest-neighbour, so image and labels stay voxel-aligned.
+    """
+    import torch
+
+    from medlens.engine.geometry import Reorient, Resample
+    from medlens.engine.preprocess import prepare
+    from medlens.phantoms.ct import synthesize
+    from medlens_ct_abdomen_seg.manifest import MANIFEST
+
+    case = synthesize(seed, small=True)
+    prepared = prepare(case.image(), MANIFEST.input)
+    lab = torch.from_numpy(np.ascontiguousarray(case.labels[None]))
+    for step in prepared.chain.steps:
+        if isinstance(step, Resample):
+            lab = step.forward(lab, nearest=True)
+        elif isinstance(step, Reorient):
+            lab = step.forward(lab)
+        else:  # pragma: no cover - the manifest asks for neither crop nor resize
+            raise RuntimeError(f"unexpected pre-processing step {type(step).__name__}")
+    image = np.ascontiguousarray(prepared.tensor.numpy(), dtype=np.float32)
+    labels = np.ascontiguousarray(lab[0].numpy(), dtype=np.uint8)
+    assert image.shape[1:] == labels.shape
+    return PreparedCase(seed=seed, image=image, labels=labels)
+
+
+class PatchSampler:
+    """Class-balanced random patches from cases on the model grid (numpy ``Generator``).
+
+    A label is drawn with ``class_ratios`` (only among labels present in some case), then
+    a case holding it, then one of its voxels as the patch centre. Volumes are padded
+    by half a patch so every centre gives a full patch.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[PreparedCase],
+        patch: tuple[int, int, int],
+        class_ratios: Sequence[float],
+        rng: np.random.Generator,
+    ) -> None:
+        self.patch = patch
+        self.rng = rng
+        half = [p // 2 for p in patch]
+        pad = [(h, p - h) for h, p in zip(half, patch, strict=True)]
+        self.images = [np.pad(c.image, [(0, 0), *pad], constant_values=0.0) for c in cases]
+        self.labels = [np.pad(c.labels, pad, constant_values=0) for c in cases]
+        self.shapes = [c.labels.shape for c in cases]
+        # Voxel indices of each label (1..) per case, on the unpadded grid; label 0 means
+        # "anywhere", so no index list of the (huge) background is kept.
+        self.where: list[list[npt.NDArray[np.int32]]] = []
+        for c in cases:
+            flat = c.labels.ravel()
+            self.where.append(
+                [np.zeros(0, np.int32)]
+                + [np.flatnonzero(flat == v).astype(np.int32) for v in range(1, len(class_ratios))]
+            )
+        ratios = np.asarray(class_ratios, dtype=np.float64)
+        present = np.array(
+            [v == 0 or any(len(w[v]) for w in self.where) for v in range(len(ratios))]
+        )
+        ratios = np.where(present, ratios, 0.0)
+        self.ratios = ratios / ratios.sum()
+
+    def sample(self, n: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """``n`` patches: images ``(n, 1, *patch)`` and labels ``(n, 1, *patch)``."""
+        imgs, labs = [], []
+        for _ in range(n):
+            v = int(self.rng.choice(len(self.ratios), p=self.ratios))
+            if v == 0:
+                ci = int(self.rng.integers(len(self.shapes)))
+                centre = tuple(int(self.rng.integers(s)) for s in self.shapes[ci])
+            else:
+                holders = [i for i, w in enumerate(self.where) if len(w[v])]
+                ci = int(self.rng.choice(holders))
+                flat = int(self.where[ci][v][int(self.rng.integers(len(self.where[ci][v])))])
+                centre = tuple(int(x) for x in np.unravel_index(flat, self.shapes[ci]))
+            # The padded grid is shifted by half a patch: the centre's patch starts at it.
+            shape = self.labels[ci].shape
+            lo = [
+                int(np.clip(c, 0, s - p)) for c, p, s in zip(centre, self.patch, shape, strict=True)
+            ]
+            sl = tuple(slice(a, a + p) for a, p in zip(lo, self.patch, strict=True))
+            imgs.append(self.images[ci][(slice(None), *sl)])
+            labs.append(self.labels[ci][sl][None].astype(np.int64))
+        return np.stack(imgs).astype(np.float32), np.stack(labs)
+
+
+def _dice_per_label(pred: npt.NDArray[Any], truth: npt.NDArray[Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for v, name in enumerate(LABEL_NAMES):
+        if v == 0:
+            continue
+        p, t = pred == v, truth == v
+        denom = int(p.sum()) + int(t.sum())
+        if denom:
+            out[name] = 2.0 * int((p & t).sum()) / denom
+    return out
+
+
+def _validate(
+    net: torch.nn.Module, cases: Sequence[PreparedCase], cfg: RecipeConfig
+) -> dict[str, float]:
+    """Mean Dice per label on the model grid (sliding window as the manifest says)."""
+    import torch
+    from monai.inferers.utils import sliding_window_inference
+
+    from medlens_ct_abdomen_seg.manifest import MANIFEST
+
+    inf = MANIFEST.inference
+    assert inf is not None
+    sums: dict[str, list[float]] = {}
+    net.eval()
+    with torch.no_grad():
+        for c in cases:
+            x = torch.from_numpy(c.image)[None]
+            logits = sliding_window_inference(
+                x, inf.roi_size, inf.sw_batch_size, net, overlap=inf.overlap, mode=inf.blend
+            )
+            pred = logits[0].argmax(0).numpy()
+            for k, d in _dice_per_label(pred, c.labels).items():
+                sums.setdefault(k, []).append(d)
+    net.train()
+    return {f"val_dice_{k}": float(np.mean(v)) for k, v in sums.items()}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_weights(net: torch.nn.Module, path: Path, cfg: RecipeConfig) -> str:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    meta = {"recipe": "medlens_ct_abdomen_seg.recipe", "config": json.dumps(asdict(cfg))}
+    save_file(state, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # package data: readable by everyone who installs it
+    os.replace(tmp, path)
+    return _sha256(path)
+
+
+def _mlflow_experiment(out: Path, name: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(
+        mlflow.create_experiment(name, artifact_location=(out / "mlartifacts").resolve().as_uri())
+    )
+
+
+def train(cfg: RecipeConfig, out: Path, log: Any = print) -> tuple[Path, str]:
+    """Run the recipe; returns the weights path and its sha256.
+
+    Args:
+        cfg: Run configuration.
+        out: Output folder (weights, MLflow database and artifacts).
+        log: Where progress lines go.
+    """
+    import mlflow
+    import torch
+    from monai.losses.dice import DiceCELoss
+
+    from medlens_ct_abdomen_seg.network import build_network
+
+    if cfg.seed < 0 or cfg.seed + max(cfg.cases, VAL_SEED_OFFSET + cfg.val_cases) > HELD_OUT_SEED:
+        raise SystemExit(f"training/validation seeds must stay below {HELD_OUT_SEED}")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.perf_counter()
+
+    train_seeds = list(range(cfg.seed, cfg.seed + cfg.cases))
+    val_seeds = list(range(VAL_SEED_OFFSET + cfg.seed, VAL_SEED_OFFSET + cfg.seed + cfg.val_cases))
+    train_cases = [prepare_case(s) for s in train_seeds]
+    val_cases = [prepare_case(s) for s in val_seeds]
+    log(
+        f"prepared {len(train_cases)} training and {len(val_cases)} validation phantoms "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
+    sampler = PatchSampler(train_cases, cfg.patch, cfg.class_ratios, rng)
+
+    net = build_network()
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * cfg.iters_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1, anneal_strategy="cos"
+    )
+    loss_fn = DiceCELoss(
+        to_onehot_y=True,
+        softmax=True,
+        batch=True,
+        weight=torch.tensor(cfg.class_weights, dtype=torch.float32),
+    )
+
+    weights = out / "model.safetensors"
+    exp_id = _mlflow_experiment(out, "ct-abdomen-seg")
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"recipe-seed{cfg.seed}"):
+        params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+        mlflow.log_params(
+            {k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()}
+        )
+        mlflow.log_params(
+            {
+                "train_seeds": f"{train_seeds[0]}-{train_seeds[-1]}",
+                "val_seeds": f"{val_seeds[0]}-{val_seeds[-1]}" if val_seeds else "",
+            }
+        )
+        for epoch in range(1, cfg.epochs + 1):
+            te = time.perf_counter()
+            losses = []
+            for _ in range(cfg.iters_per_epoch):
+                x_np, y_np = sampler.sample(cfg.batch_size)
+                # Light intensity augmentation; no flips (left/right kidneys are lateral).
+                scale = 1.0 + rng.uniform(-cfg.intensity_scale, cfg.intensity_scale, (len(x_np),))
+                shift = rng.uniform(-cfg.intensity_shift, cfg.intensity_shift, (len(x_np),))
+                aug = x_np * scale[:, None, None, None, None] + shift[:, None, None, None, None]
+                x = torch.from_numpy(aug.astype(np.float32))
+                y = torch.from_numpy(y_np)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(net(x), y)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+            metrics = {"loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0])}
+            if val_cases:
+                metrics.update(_validate(net, val_cases, cfg))
+            metrics["elapsed_s"] = time.perf_counter() - t0
+            mlflow.log_metrics(metrics, step=epoch)
+            shown = " ".join(
+                f"{k.removeprefix('val_dice_')}={v:.3f}"
+                for k, v in metrics.items()
+                if k.startswith("val_dice_")
+            )
+            log(
+                f"epoch {epoch}/{cfg.epochs} loss={metrics['loss']:.4f} {shown} "
+                f"({time.perf_counter() - te:.0f} s, total {metrics['elapsed_s']:.0f} s)"
+            )
+        digest = _save_weights(net, weights, cfg)
+        mlflow.log_artifact(str(weights), artifact_path="weights")
+        mlflow.log_param("weights_sha256", digest)
+        mlflow.log_metric("wall_s", time.perf_counter() - t0)
+    return weights, digest
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[RecipeConfig, Path]:
+    d = RecipeConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m medlens_ct_abdomen_seg.recipe",
+        description="Train the ct-abdomen-seg demo weights on MedLens CT phantoms (seeded).",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of everything (default 0)")
+    p.add_argument("--cases", type=int, default=d.cases, help="training phantoms")
+    p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation phantoms")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--iters", type=int, default=d.iters_per_epoch, help="iterations per epoch")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    a = p.parse_args(argv)
+    cfg = RecipeConfig(
+        seed=a.seed,
+        cases=a.cases,
+        val_cases=a.val_cases,
+        epochs=a.epochs,
+        iters_per_epoch=a.iters,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        threads=a.threads,
+    )
+    return cfg, a.out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry: train, then print the weights' path and sha256."""
+    cfg, out = _parse(argv)
+    t0 = time.perf_counter()
+    weights, digest = train(cfg, out)
+    size_mb = weights.stat().st_size / 1e6
+    print(f"weights: {weights} ({size_mb:.2f} MB)")
+    print(f"sha256: {digest}")
+    print(f"wall time: {time.perf_counter() - t0:.0f} s")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
