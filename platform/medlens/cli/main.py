@@ -17,8 +17,13 @@ __all__ = ["cli", "main"]
 
 #: Sub-commands, imported on use so `medlens --help` stays fast and torch-free.
 COMMANDS: dict[str, str] = {
+    "convert": "medlens.cli.convert:convert",
+    "index": "medlens.cli.index:index",
+    "phantom": "medlens.cli.phantom:phantom",
     "plugins": "medlens.cli.plugins:plugins",
     "run": "medlens.cli.run:run",
+    "watch": "medlens.cli.watch:watch",
+    "jobs": "medlens.cli.watch:jobs",
 }
 
 

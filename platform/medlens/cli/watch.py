@@ -1,0 +1,156 @@
+"""``medlens watch IN --out OUT`` and ``medlens jobs``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["jobs", "watch"]
+
+
+def _default_state(out: Path) -> Path:
+    return out / ".medlens-state"
+
+
+@click.command()
+@click.argument("in_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for result sets (and quarantine/).",
+)
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State folder (database, instance store, audit log) [OUT/.medlens-state].",
+)
+@click.option(
+    "--quiet-seconds",
+    type=float,
+    default=None,
+    help="A series is stable after this long with no new instance.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Watch configuration (TOML).",
+)
+@click.option("--poll", is_flag=True, help="Poll the folder instead of using inotify.")
+@click.option(
+    "--device", default=None, help="Where plugins run: auto, cpu, cuda, cuda:N or mps [auto]."
+)
+@click.option("--scp-port", type=int, default=None, help="Also receive DICOM by C-STORE here.")
+@click.option("--ae-title", default=None, help="Our AE title [MEDLENS].")
+@click.option(
+    "--send-to",
+    default=None,
+    metavar="HOST:PORT:AET",
+    help="C-STORE result DICOM objects (SEG, SR, heatmaps) to this PACS.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+def watch(
+    in_dir: Path,
+    out: Path,
+    state: Path | None,
+    quiet_seconds: float | None,
+    config_file: Path | None,
+    poll: bool,
+    device: str | None,
+    scp_port: int | None,
+    ae_title: str | None,
+    send_to: str | None,
+    verbose: bool,
+) -> None:
+    """Watch IN_DIR for DICOM series and run every matching plugin on each stable series.
+
+    Files are moved into the state's store once read; unreadable files go to
+    OUT/quarantine/ with a reason. SIGTERM finishes (or requeues) the running job and exits.
+    """
+    from medlens.watch import WatchService, load_watch_config
+    from medlens.watch._config import parse_pacs
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("pynetdicom", "watchdog", "highdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = load_watch_config(
+        config_file,
+        quiet_seconds=quiet_seconds,
+        device=device,
+        scp_port=scp_port,
+        ae_title=ae_title,
+        send_to=parse_pacs(send_to).model_dump() if send_to else None,
+    )
+    service = WatchService(in_dir, out, state or _default_state(out), cfg, poll=poll)
+    raise SystemExit(service.run())
+
+
+@click.command()
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The watch service's state folder.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "-n",
+    "recent",
+    type=int,
+    default=20,
+    show_default=True,
+    help="How many recent results and failures to show.",
+)
+def jobs(state: Path, as_json: bool, recent: int) -> None:
+    """Show the watch service's queue, recent results, failures and unrouted series."""
+    from medlens.watch import StateDB
+
+    db = StateDB(state / "state.db", readonly=True)
+    try:
+        s = db.summary(recent)
+    finally:
+        db.close()
+    if as_json:
+        click.echo(json.dumps(s, indent=2, default=str))
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(s["jobs"].items())) or "none"
+    click.echo(
+        f"series {s['series']}, instances {s['instances']}, "
+        f"quarantined {s['quarantined']}; jobs: {counts}"
+    )
+    if s["queue"]:
+        click.echo("queue:")
+        for j in s["queue"]:
+            click.echo(
+                f"  #{j['id']} {j['status']:<8} {j['plugin']} on {j['series_uid']} "
+                f"(attempts {j['attempts']})"
+            )
+    if s["recent_results"]:
+        click.echo("recent results:")
+        for r in s["recent_results"]:
+            when = _dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+            sup = " (superseded)" if r["superseded_by"] else ""
+            click.echo(f"  {when} {r['plugin']} v{r['version']} {r['path']}{sup}")
+    if s["failed"]:
+        click.echo("failed:")
+        for j in s["failed"]:
+            click.echo(f"  #{j['id']} {j['plugin']} on {j['series_uid']}: {j['error']}")
+    if s["unrouted"]:
+        click.echo("unrouted series:")
+        for u in s["unrouted"]:
+            click.echo(f"  {u['series_uid']}: {u['note']}")

@@ -1,0 +1,164 @@
+"""Watch-service settings, read from TOML (top level or a ``[watch]`` table).
+
+Example ``watch.toml``::
+
+    quiet_seconds = 5          # a series is stable after this long with no new instance
+    job_timeout_seconds = 900
+    memory_limit_mb = 16384
+    max_attempts = 3
+
+    [plugins.ct-abdomen-seg]   # per-plugin overrides
+    quiet_seconds = 20
+    job_timeout_seconds = 1800
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medlens.errors import ConfigError
+
+__all__ = ["PacsTarget", "PluginOverrides", "WatchConfig", "load_watch_config", "parse_pacs"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PluginOverrides(_Frozen):
+    """Settings one plugin may override; ``None`` keeps the service-wide value."""
+
+    quiet_seconds: float | None = Field(default=None, ge=0)
+    job_timeout_seconds: float | None = Field(default=None, gt=0)
+    memory_limit_mb: int | None = Field(default=None, ge=64)
+    max_attempts: int | None = Field(default=None, ge=1)
+    enabled: bool = Field(default=True, description="False: never route series to it.")
+
+
+class PacsTarget(_Frozen):
+    """A DICOM node results are sent to by C-STORE."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    ae_title: str = Field(min_length=1, max_length=16)
+
+
+class WatchConfig(_Frozen):
+    """Everything configurable about ``medlens watch``."""
+
+    quiet_seconds: float = Field(
+        default=5.0, ge=0, description="Series stable after this long with no new instance."
+    )
+    settle_seconds: float = Field(
+        default=1.0, ge=0, description="A file is read once its size and mtime held this long."
+    )
+    partial_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="A file that does not parse is quarantined only once unchanged this long.",
+    )
+    rescan_seconds: float = Field(
+        default=30.0, gt=0, description="Full rescan of the input folder (missed events)."
+    )
+    tick_seconds: float = Field(default=0.1, gt=0, description="Main-loop period.")
+    job_timeout_seconds: float = Field(default=1800.0, gt=0)
+    memory_limit_mb: int = Field(
+        default=32768, ge=64, description="RSS ceiling of the worker process."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Tries per job before it fails.")
+    retry_delay_seconds: float = Field(default=5.0, ge=0)
+    drain_seconds: float = Field(
+        default=60.0, ge=0, description="On SIGTERM, wait this long for the running job."
+    )
+    max_declared_bytes: int = Field(
+        default=4 * 1024**3, gt=0, description="Refuse instances declaring more pixel bytes."
+    )
+    ingest_batch: int = Field(default=256, ge=1, description="Instances per state transaction.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
+    scp_port: int | None = Field(default=None, ge=0, le=65535, description="C-STORE SCP port.")
+    scp_host: str = Field(default="127.0.0.1", description="Address the SCP listens on.")
+    ae_title: str = Field(default="MEDLENS", min_length=1, max_length=16)
+    send_to: PacsTarget | None = Field(default=None, description="PACS receiving results.")
+    send_attempts: int = Field(default=5, ge=1)
+    plugins: dict[str, PluginOverrides] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _ae(self) -> WatchConfig:
+        if not self.ae_title.isascii() or "\\" in self.ae_title:
+            raise ValueError(f"AE title {self.ae_title!r} must be ASCII without backslash")
+        return self
+
+    def for_plugin(self, plugin_id: str) -> PluginOverrides:
+        """The overrides of ``plugin_id`` (empty if none)."""
+        return self.plugins.get(plugin_id, PluginOverrides())
+
+    def quiet_for(self, plugin_id: str) -> float:
+        """Quiet period before ``plugin_id`` runs on a series."""
+        v = self.for_plugin(plugin_id).quiet_seconds
+        return self.quiet_seconds if v is None else v
+
+    def timeout_for(self, plugin_id: str) -> float:
+        """Per-job timeout of ``plugin_id``."""
+        v = self.for_plugin(plugin_id).job_timeout_seconds
+        return self.job_timeout_seconds if v is None else v
+
+    def memory_for(self, plugin_id: str) -> int:
+        """Worker RSS ceiling (MiB) while ``plugin_id`` runs."""
+        v = self.for_plugin(plugin_id).memory_limit_mb
+        return self.memory_limit_mb if v is None else v
+
+    def attempts_for(self, plugin_id: str) -> int:
+        """Tries per job of ``plugin_id``."""
+        v = self.for_plugin(plugin_id).max_attempts
+        return self.max_attempts if v is None else v
+
+
+def parse_pacs(text: str) -> PacsTarget:
+    """Parse ``HOST:PORT:AET``.
+
+    Raises:
+        ConfigError: If the text is not of that form.
+    """
+    host, sep1, rest = text.rpartition(":")
+    host, sep2, port = host.rpartition(":")
+    aet = rest
+    if not (sep1 and sep2 and host and port.isdigit() and aet):
+        raise ConfigError(f"--send-to {text!r} must be HOST:PORT:AET")
+    try:
+        return PacsTarget(host=host, port=int(port), ae_title=aet)
+    except ValidationError as e:
+        raise ConfigError(f"--send-to {text!r}: {e.errors()[0]['msg']}") from e
+
+
+def load_watch_config(path: Path | None, **overrides: object) -> WatchConfig:
+    """Read the watch configuration (defaults if ``path`` is None), then apply overrides.
+
+    Args:
+        path: TOML file; keys at top level or under ``[watch]``.
+        **overrides: Values taking precedence (``None`` values are ignored).
+
+    Raises:
+        ConfigError: If the file is unreadable or invalid.
+    """
+    data: dict[str, object] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read watch configuration {str(path)!r}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"watch configuration {str(path)!r} is not TOML: {e}") from e
+        table = raw.get("watch", raw)
+        if not isinstance(table, dict):
+            raise ConfigError(f"watch configuration {str(path)!r}: [watch] is not a table")
+        data.update(table)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return WatchConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"watch configuration: {where}: {first['msg']}") from e

@@ -1,0 +1,355 @@
+"""Plugins run in a separate worker process, watched for time, memory and death.
+
+The worker is a ``spawn`` child that keeps its :class:`~medlens.host.Host` (and the
+loaded models) between jobs. The service polls it without blocking: a job that runs
+past its timeout, a worker whose resident memory (``VmRSS`` of the worker and its
+children, read from ``/proc``) passes the ceiling, or a worker that dies, fails the
+attempt and the worker is replaced. ``RLIMIT_AS`` is not used: CUDA and torch reserve
+large virtual mappings that an address-space limit would break.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata as md
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import InputError, MedLensError
+
+__all__ = ["STARTUP_TIMEOUT_S", "JobOutcome", "JobSpec", "PluginSource", "Worker", "rss_mb"]
+
+#: How long a fresh worker may take to import the host (and torch) before it counts as hung.
+STARTUP_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """Where the worker finds plugins (picklable, for a spawned process).
+
+    Attributes:
+        entry_points: ``(name, "module:attr")`` pairs overriding installed entry points.
+        sys_path: Folders prepended to ``sys.path`` in the worker (test plugins).
+    """
+
+    entry_points: tuple[tuple[str, str], ...] | None = None
+    sys_path: tuple[str, ...] = ()
+
+    def host(self) -> Any:
+        """A :class:`~medlens.host.Host` over these plugins."""
+        for p in reversed(self.sys_path):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+        from medlens.discovery import ENTRY_POINT_GROUP
+        from medlens.host import Host
+
+        eps = None
+        if self.entry_points is not None:
+            eps = [
+                md.EntryPoint(name=n, value=v, group=ENTRY_POINT_GROUP)
+                for n, v in self.entry_points
+            ]
+        return Host(entry_points=eps)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One plugin run: read ``input_dir``, write the result files into ``out_dir``."""
+
+    job_id: int
+    plugin: str
+    input_dir: str
+    out_dir: str
+    device: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How an attempt ended."""
+
+    ok: bool
+    error: str | None = None
+    retryable: bool = True
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory (MiB) of ``pid`` and its descendants, from ``/proc``; 0 if gone."""
+    total_kb = 0
+    todo = [pid]
+    seen: set[int] = set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/status", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+                        break
+            with open(f"/proc/{p}/task/{p}/children", encoding="ascii") as fh:
+                todo.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return total_kb / 1024.0
+
+
+class Worker:
+    """A supervised worker process that runs one job at a time.
+
+    Args:
+        source: Where the worker finds plugins.
+    """
+
+    def __init__(self, source: PluginSource) -> None:
+        self.source = source
+        self._ctx = mp.get_context("spawn")
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._job: JobSpec | None = None
+        self._deadline: float | None = None
+        self._ready = False
+        self._spawned = 0.0
+        self._memory_mb = 0
+        self._timeout = 0.0
+        self.peak_rss_mb = 0.0
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running."""
+        return self._job is not None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id, if running."""
+        return None if self._proc is None else int(self._proc.pid)
+
+    def _ensure(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            return
+        self._reap()
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, self.source), name="medlens-worker", daemon=True
+        )
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        self._ready = False
+        self._spawned = time.monotonic()
+
+    def prewarm(self) -> None:
+        """Start a worker now so the next job does not wait for its imports."""
+        if self._job is None:
+            self._ensure()
+
+    def start(self, spec: JobSpec, *, timeout_s: float, memory_mb: int) -> None:
+        """Hand ``spec`` to the worker (starting one if needed)."""
+        if self._job is not None:
+            raise RuntimeError("the worker is busy")
+        self._ensure()
+        assert self._conn is not None
+        self._job = spec
+        self._timeout = timeout_s
+        # The job's clock starts once the worker has finished its imports.
+        self._deadline = time.monotonic() + timeout_s if self._ready else None
+        self._memory_mb = memory_mb
+        self.peak_rss_mb = 0.0
+        self._conn.send(spec)
+
+    def poll(self, wait_s: float = 0.0) -> JobOutcome | None:
+        """The running job's outcome if it ended (or was ended), else None."""
+        if self._job is None or self._conn is None:
+            return None
+        try:
+            while self._conn.poll(wait_s):
+                msg = self._conn.recv()
+                if msg == ("ready",):
+                    self._ready = True
+                    self._deadline = time.monotonic() + self._timeout
+                    wait_s = 0.0
+                    continue
+                self._job = None
+                return _outcome(msg)
+        except (EOFError, OSError):
+            pass
+        proc = self._proc
+        if proc is None or not proc.is_alive():
+            code = None if proc is None else proc.exitcode
+            self._job = None
+            self._reap()
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            return JobOutcome(False, f"worker process died ({how})", retryable=True)
+        rss = rss_mb(int(proc.pid))
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        if rss > self._memory_mb:
+            self.kill()
+            return JobOutcome(
+                False,
+                f"exceeded the memory ceiling of {self._memory_mb} MiB (RSS {rss:.0f} MiB)",
+                retryable=True,
+            )
+        now = time.monotonic()
+        if self._deadline is not None and now > self._deadline:
+            self.kill()
+            return JobOutcome(False, f"timed out after {self._timeout:g} s", retryable=True)
+        if self._deadline is None and now - self._spawned > STARTUP_TIMEOUT_S:
+            self.kill()
+            return JobOutcome(False, "the worker did not start in time", retryable=True)
+        return None
+
+    def kill(self) -> None:
+        """Kill the worker (and whatever job it runs)."""
+        self._job = None
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        if self._proc is not None:
+            self._proc.join(0.1)
+            if hasattr(self._proc, "close") and not self._proc.is_alive():
+                self._proc.close()
+        self._proc, self._conn = None, None
+
+    def close(self) -> None:
+        """Stop the worker politely, killing it if it does not stop."""
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+            self._proc.join(3)
+        self.kill()
+
+
+def _outcome(msg: Any) -> JobOutcome:
+    if isinstance(msg, tuple) and msg and msg[0] == "ok":
+        return JobOutcome(True, summary=msg[1])
+    if isinstance(msg, tuple) and len(msg) == 3 and msg[0] == "error":
+        return JobOutcome(False, str(msg[1]), retryable=bool(msg[2]))
+    return JobOutcome(False, f"worker sent an unexpected message {type(msg).__name__}")
+
+
+def _worker_main(conn: Connection, source: PluginSource) -> None:
+    # The service handles SIGINT/SIGTERM; the worker dies with it (daemon) or is killed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    host = source.host()
+    # Warm up now, not on the first job: the host picks devices with torch.
+    with contextlib.suppress(ImportError):
+        import torch  # noqa: F401
+    conn.send(("ready",))
+    while True:
+        try:
+            spec = conn.recv()
+        except (EOFError, OSError):
+            return
+        if spec is None:
+            return
+        try:
+            summary = run_job(host, spec)
+            conn.send(("ok", summary))
+        except MedLensError as e:
+            # Bad input will not get better by retrying; anything else might.
+            conn.send(("error", str(e), not isinstance(e, InputError)))
+        except Exception as e:
+            tb = traceback.extract_tb(e.__traceback__)
+            where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+            conn.send(("error", f"{type(e).__name__}: {e}{where}", True))
+
+
+def _die_with_parent() -> None:
+    # If the service is killed (-9), its worker must not go on writing outputs.
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _read(input_dir: Path, manifest: Any) -> Any:
+    try:
+        from medlens.imaging.read import read_image
+    except ImportError:
+        from medlens.watch._dicom import read_series_fallback
+
+        return read_series_fallback(sorted(input_dir.glob("*.dcm")))
+    return read_image(input_dir, selection=manifest.selection)
+
+
+def _writer() -> Any:
+    try:
+        from medlens.io import write_result
+    except ImportError:
+        from medlens.watch._fallback_writer import write_result_fallback
+
+        return write_result_fallback
+    return write_result
+
+
+def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
+    """Run one job in this process (the worker's body; also used in-process by tests).
+
+    Returns:
+        JSON-ready summary: provenance, timings, outputs, measurements, findings.
+    """
+    t0 = time.perf_counter()
+    handle = host.get(spec.plugin)
+    image = _read(Path(spec.input_dir), handle.manifest)
+    t1 = time.perf_counter()
+    result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
+    t2 = time.perf_counter()
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = dict(_writer()(result, out))
+    t3 = time.perf_counter()
+    chained = [c.provenance.model_dump(mode="json") for c in result.chained]
+    compute = float(result.provenance.timings_s.get("predict_s", 0.0)) + float(
+        result.provenance.timings_s.get("load_s", 0.0)
+    )
+    compute += sum(
+        float(c.provenance.timings_s.get("predict_s", 0.0))
+        + float(c.provenance.timings_s.get("load_s", 0.0))
+        for c in result.chained
+    )
+    return {
+        "provenance": result.provenance.model_dump(mode="json"),
+        "chained": chained,
+        "timings_s": {
+            "read_s": round(t1 - t0, 4),
+            "run_s": round(t2 - t1, 4),
+            "write_s": round(t3 - t2, 4),
+            "plugin_compute_s": round(compute, 4),
+        },
+        "outputs": {k: _rel(Path(v), out) for k, v in outputs.items()},
+        "measurements": [m.model_dump(mode="json") for m in result.measurements],
+        "findings": [f.model_dump(mode="json") for f in result.prediction.findings],
+        "warnings": list(result.prediction.warnings),
+        "worker_pid": os.getpid(),
+    }
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return path.name

@@ -1,0 +1,108 @@
+"""Plugins for the watch tests: one fast real one (CT body mask) and misbehaving ones."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from medlens.plugin_api import v1
+
+_CODE_BODY = v1.Code(value="38266002", scheme="SCT", meaning="Entire body")
+_CAT = v1.Code(value="91723000", scheme="SCT", meaning="Anatomical Structure")
+
+
+def _manifest(pid: str, entry: str, *, modality: str = "CT", rule: Any = None) -> v1.Manifest:
+    return v1.Manifest(
+        id=pid,
+        version="1.0.0",
+        api_version="1",
+        title=f"Watch test {pid}",
+        task=v1.Task.SEGMENTATION,
+        modality=[v1.Modality(modality)],
+        body_part="WHOLEBODY",
+        input=v1.InputSpec(dims=3),
+        selection=rule,
+        outputs=v1.OutputSpec(
+            labels=[v1.Label(value=1, name="body", category=_CAT, type=_CODE_BODY)],
+            kinds=[v1.OutputKind.SEG, v1.OutputKind.JSON],
+        ),
+        model_card=v1.ModelCard(
+            intended_use="tests only",
+            training_data="none: a threshold",
+            license="Apache-2.0",
+            diagnostic_use=False,
+        ),
+        entry=entry,
+    )
+
+
+BODY_MASK = _manifest(
+    "body-mask",
+    "medlens_watch_testplugins:BodyMask",
+    rule=v1.AllOf(rules=[v1.Equals(attribute="Modality", value="CT"), v1.MinSlices(count=3)]),
+)
+CRASH = _manifest("crash", "medlens_watch_testplugins:Crash")
+HANG = _manifest("hang", "medlens_watch_testplugins:Hang")
+LEAK = _manifest("leak", "medlens_watch_testplugins:Leak")
+RAISES = _manifest("raises", "medlens_watch_testplugins:Raises")
+MR_ONLY = _manifest(
+    "mr-only", "medlens_watch_testplugins:BodyMask", modality="MR", rule=v1.MinSlices(count=3)
+)
+
+
+class BodyMask:
+    """Everything above -500 HU is body (label 1)."""
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        self.delay = float(os.environ.get("MEDLENS_TEST_PLUGIN_DELAY", "0"))
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        time.sleep(self.delay)
+        img = inputs.image
+        mask = (np.asarray(img.array) > -500).astype(np.uint8)
+        vol = float(mask.sum()) * img.voxel_volume_ml()
+        return v1.Prediction(
+            mask=img.with_array(mask),
+            measurements=[
+                v1.Measurement(label="body", label_value=1, volume_ml=vol, lesion_count=0)
+            ],
+        )
+
+
+class Crash:
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        pass
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        os.abort()  # SIGABRT, as a segfaulting extension would die
+
+
+class Hang:
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        pass
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        time.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+class Leak:
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        pass
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        hoard = []
+        while True:
+            hoard.append(np.ones(16 * 1024 * 1024, dtype=np.uint8))  # touched: resident
+            time.sleep(0.01)
+
+
+class Raises:
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        pass
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        raise ValueError("model exploded")

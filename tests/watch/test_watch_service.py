@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import watchkit as wk
+from click.testing import CliRunner
+
+from medlens.watch import WatchConfig, WatchService
+
+FAST = {
+    "settle_seconds": 0.15,
+    "quiet_seconds": 0.6,
+    "rescan_seconds": 2.0,
+    "tick_seconds": 0.05,
+    "retry_delay_seconds": 0.0,
+    "partial_grace_seconds": 1.0,
+}
+
+
+class Running:
+    def __init__(self, tmp: Path, ids: tuple[str, ...], poll: bool = False, **cfg: Any):
+        self.inp, self.out, self.state = tmp / "in", tmp / "out", tmp / "state"
+        self.service = WatchService(
+            self.inp,
+            self.out,
+            self.state,
+            WatchConfig(**{**FAST, **cfg}),
+            source=wk.source(*ids),
+            poll=poll,
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.service.run()
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+    def done(self, n: int, timeout: float = 60.0) -> None:
+        """Wait until ``n`` results are committed and their pointers written."""
+        wk.wait_for(
+            lambda: sum(e["event"] == "job_done" for e in wk.audit(self.state)) >= n,
+            timeout=timeout,
+            what=f"{n} result(s)",
+        )
+
+    def jobs(self, *where: str) -> list[Any]:
+        cond = " AND ".join(where) or "1"
+        return wk.query(self.state, f"SELECT * FROM jobs WHERE {cond} ORDER BY id")
+
+
+def test_series_result_supersede_duplicate_update(tmp_path: Path) -> None:
+    with Running(tmp_path, ("body-mask", "mr-only")) as r:
+        ct = wk.make_series(6)
+        wk.write_files(ct[:5], r.inp / "a")
+        wk.write_files(wk.make_series(4, modality="MR", seed=1)[:1], r.inp / "mr")
+        r.done(1)
+        study, series = ct[0].StudyInstanceUID, ct[0].SeriesInstanceUID
+        pdir = r.out / study / series / "body-mask"
+        assert os.readlink(pdir / "current") == "v1"
+        rs = json.loads((pdir / "current" / "resultset.json").read_text())
+        assert rs["input"]["instances"] == 5
+        assert rs["summary"]["measurements"][0]["label"] == "body"
+        assert not list(r.inp.rglob("*.dcm")), "ingested inputs are consumed"
+        assert len(list((r.state / "store" / study / series).glob("*.dcm"))) == 5
+
+        # A late instance makes the series unstable again; the re-run supersedes v1.
+        wk.write_files(ct[5:], r.inp / "late")
+        r.done(2)
+        assert os.readlink(pdir / "current") == "v2"
+        sup = json.loads((pdir / "v1" / "SUPERSEDED.json").read_text())
+        assert sup["superseded_by"] == "v2"
+        assert json.loads((pdir / "v2" / "resultset.json").read_text())["input"]["instances"] == 6
+
+        # Re-sending identical instances starts no job.
+        wk.write_files(ct[:3], r.inp / "again")
+        wk.wait_for(
+            lambda: sum(e["event"] == "duplicate_ignored" for e in wk.audit(r.state)) == 3,
+            what="duplicates",
+        )
+        # Same SOP Instance UID, different content: an update, which supersedes v2.
+        changed = ct[2]
+        changed.SeriesDescription = "watch test, corrected"
+        wk.write_files([changed], r.inp / "fix")
+        r.done(3)
+        assert len(r.jobs()) == 3, "the duplicates must not have created a job"
+        assert os.readlink(pdir / "current") == "v3"
+        wk.check_results(r.state, r.out, ["body-mask"])
+
+        # The MR series matches no plugin's rules: recorded with reasons, not dropped.
+        mr = wk.wait_for(
+            lambda: wk.query(r.state, "SELECT * FROM series WHERE status='unrouted'"),
+            what="unrouted series",
+        )
+        note = json.loads(mr[0]["note"])
+        assert "Modality 'MR' not in ['CT']" in note["body-mask"]
+        assert "at least 3 slices (got 1)" in note["mr-only"]
+
+    events = wk.audit(r.state)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("instance_ingested") == 7
+    assert kinds.count("instance_updated") == 1
+    done = [e for e in events if e["event"] == "job_done"]
+    assert [e["supersedes"] for e in done] == [[], ["v1"], ["v2"]]
+    assert all(e["plugin_version"] == "1.0.0" and e["device"] for e in done)
+    assert all(len(e["input_sha256"]) == 64 for e in done)
+    wk.assert_no_phi((r.state / "audit.jsonl").read_bytes(), (r.state / "state.db").read_bytes())
+
+    from medlens.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["jobs", "--state", str(r.state), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["jobs"] == {"done": 3}
+    assert summary["unrouted"][0]["series_uid"] == mr[0]["series_uid"]
+    res = CliRunner().invoke(cli, ["jobs", "--state", str(r.state)])
+    assert "body-mask v3" in res.output and "unrouted series:" in res.output
+
+
+def test_malformed_inputs_are_quarantined(tmp_path: Path) -> None:
+    good = wk.make_series(4)
+    data = wk.encode(good[0])
+    other = wk.make_series(1, series_uid=good[0].SeriesInstanceUID, seed=3)[0]
+    other.StudyInstanceUID = good[0].StudyInstanceUID
+    no_pixels = wk.make_series(1)[0]
+    del no_pixels.PixelData
+    huge = wk.make_series(1)[0]
+    huge.Rows = huge.Columns = 60000
+    liar = wk.make_series(1)[0]
+    liar.Rows = 64
+    small = wk.make_series(1, size=16)[0]
+    small.SeriesInstanceUID = good[0].SeriesInstanceUID
+    small.StudyInstanceUID = good[0].StudyInstanceUID
+    bad = {
+        "empty.dcm": b"",
+        "random.dcm": os.urandom(4000),
+        "preamble.dcm": data[:128] + b"DICX" + data[132:],
+        "truncated.dcm": data[: len(data) // 2],
+        "header-cut.dcm": data[:300],
+        "nopixels.dcm": wk.encode(no_pixels),
+        "huge.dcm": wk.encode(huge),
+        "liar.dcm": wk.encode(liar),
+        "inconsistent.dcm": wk.encode(small),
+    }
+    expect = {
+        "empty.dcm": "empty file",
+        "random.dcm": "no 'DICM' preamble",
+        "preamble.dcm": "no 'DICM' preamble",
+        "truncated.dcm": "truncated",
+        "header-cut.dcm": "",
+        "nopixels.dcm": "no PixelData",
+        "huge.dcm": "exceed the limit",
+        "liar.dcm": "truncated or wrong dimensions",
+        "inconsistent.dcm": "inconsistent with its series: rows 16",
+    }
+    with Running(tmp_path, ("body-mask",), poll=True) as r:
+        wk.write_files(good[:2], r.inp)
+        for name, blob in bad.items():
+            (r.inp / name).write_bytes(blob)
+        # A partial write that completes within the grace period is ingested, not quarantined.
+        slow = wk.encode(good[2])
+        part = r.inp / "slow.dcm"
+        part.write_bytes(slow[: len(slow) // 3])
+        import time
+
+        time.sleep(0.4)
+        with part.open("ab") as fh:
+            fh.write(slow[len(slow) // 3 :])
+        wk.write_files(good[3:], r.inp)
+        r.done(1, timeout=90)
+        q = r.out / "quarantine"
+        wk.wait_for(
+            lambda: len(list(q.glob("*.reason.txt"))) == len(bad), timeout=60, what="quarantine"
+        )
+    reasons = {}
+    for txt in q.glob("*.reason.txt"):
+        original = txt.name[len("YYYYmmddTHHMMSS-xxxxxx-") : -len(".reason.txt")]
+        reasons[original] = txt.read_text().strip()
+        assert (q / txt.name[: -len(".reason.txt")]).exists()
+    assert set(reasons) == set(bad)
+    for name, want in expect.items():
+        assert want in reasons[name], (name, reasons[name])
+    rows = wk.query(r.state, "SELECT COUNT(*) FROM instances")
+    assert rows[0][0] == 4
+    assert (
+        json.loads(next(r.out.glob("*/*/body-mask/current/resultset.json")).read_text())["input"][
+            "instances"
+        ]
+        == 4
+    )
+    assert not list(r.inp.iterdir())
+
+
+def test_misbehaving_plugins_fail_their_jobs_only(tmp_path: Path) -> None:
+    plugins = ("body-mask", "crash", "hang", "leak", "raises")
+    cfg = {
+        "job_timeout_seconds": 20.0,
+        "memory_limit_mb": 4096,
+        "max_attempts": 1,
+        "plugins": {
+            "crash": {"max_attempts": 2},
+            "hang": {"job_timeout_seconds": 1.5},
+            "leak": {"memory_limit_mb": 900},
+            "raises": {"max_attempts": 2},
+        },
+    }
+    with Running(tmp_path, plugins, **cfg) as r:
+        wk.write_files(wk.make_series(4), r.inp)
+        wk.wait_for(
+            lambda: len(r.jobs("status IN ('done','failed')")) == 5, timeout=90, what="all jobs"
+        )
+        # The watcher is alive: a new series still completes.
+        wk.write_files(wk.make_series(3, seed=2), r.inp / "next")
+        wk.wait_for(lambda: len(r.jobs("status='done'")) == 2, timeout=60, what="next series")
+    by = {j["plugin"]: j for j in r.jobs() if j["series_id"] == 1}
+    assert by["body-mask"]["status"] == "done"
+    assert "worker process died (killed by signal 6)" in by["crash"]["error"]
+    assert "timed out after 1.5 s" in by["hang"]["error"]
+    assert "exceeded the memory ceiling of 900 MiB" in by["leak"]["error"]
+    assert "model exploded" in by["raises"]["error"]
+    attempts = {"crash": 2, "hang": 1, "leak": 1, "raises": 2}
+    for p, n in attempts.items():
+        assert by[p]["status"] == "failed" and by[p]["attempts"] == n, dict(by[p])
+    failed = [e for e in wk.audit(r.state) if e["event"] == "job_failed"]
+    assert sorted(e["plugin"] for e in failed) == ["crash", "hang", "leak", "raises"]
