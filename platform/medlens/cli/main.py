@@ -18,6 +18,7 @@ __all__ = ["cli", "main"]
 #: Sub-commands, imported on use so `medlens --help` stays fast and torch-free.
 COMMANDS: dict[str, str] = {
     "convert": "medlens.cli.convert:convert",
+    "demo": "medlens.cli.demo:demo",
     "index": "medlens.cli.index:index",
     "phantom": "medlens.cli.phantom:phantom",
     "plugins": "medlens.cli.plugins:plugins",
