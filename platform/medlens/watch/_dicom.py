@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from medlens.errors import DicomError
 
@@ -22,7 +20,6 @@ __all__ = [
     "InstanceInfo",
     "SafeAttributes",
     "parse_instance",
-    "read_series_fallback",
 ]
 
 #: Attributes never read into rule evaluation, logs or state (PS3.15 E.1-1 basics).
@@ -180,67 +177,3 @@ def read_header(path: Path) -> Any:
     import pydicom
 
     return pydicom.dcmread(path, stop_before_pixels=True)
-
-
-def read_series_fallback(paths: Sequence[Path]) -> Any:
-    """Read single-frame slices of one series into an :class:`Image` (CT/MR, 2-D or 3-D).
-
-    Used only where ``medlens.imaging.read`` is not installed. Slices are sorted along
-    the normal of ``ImageOrientationPatient`` and rescaled with ``RescaleSlope/Intercept``.
-
-    Raises:
-        DicomError: If the slices cannot be stacked.
-    """
-    import pydicom
-
-    from medlens.imaging.image import AUDIT_ATTRIBUTES, Image
-
-    if not paths:
-        raise DicomError("no instances to read")
-    slices = [pydicom.dcmread(p) for p in paths]
-    first = slices[0]
-    try:
-        iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=np.float64)
-        row, col = iop[:3], iop[3:]
-        normal = np.cross(row, col)
-        keyed = sorted(
-            slices,
-            key=lambda s: float(np.dot(normal, [float(v) for v in s.ImagePositionPatient])),
-        )
-        ps = [float(v) for v in first.PixelSpacing]  # (row spacing, column spacing)
-    except (AttributeError, ValueError, TypeError) as e:
-        raise DicomError(f"series lacks plane geometry: {type(e).__name__}") from e
-    planes = []
-    for s in keyed:
-        arr = s.pixel_array.astype(np.float32)
-        arr = arr * float(s.get("RescaleSlope", 1) or 1) + float(s.get("RescaleIntercept", 0) or 0)
-        if arr.shape != keyed[0].pixel_array.shape:
-            raise DicomError("slices of the series differ in size")
-        planes.append(arr.T)  # (rows, cols) -> (i along a row, j down the columns)
-    volume = np.stack(planes, axis=-1)[None]
-    origin = tuple(float(v) for v in keyed[0].ImagePositionPatient)
-    meta = {k: first.get(k) for k in AUDIT_ATTRIBUTES if k in first}
-    meta = {k: (list(v) if type(v).__name__ == "MultiValue" else v) for k, v in meta.items()}
-    if len(keyed) == 1:
-        direction2 = np.stack([row[:2], col[:2]], axis=1)
-        return Image(
-            volume[..., 0],
-            spacing=(ps[1], ps[0]),
-            origin=origin[:2],
-            direction=direction2,
-            metadata=meta,
-            source=tuple(Path(str(s.filename)) for s in keyed),
-        )
-    positions = np.asarray([[float(v) for v in s.ImagePositionPatient] for s in keyed])
-    steps = np.diff(positions @ normal)
-    dz = float(np.median(steps)) if len(steps) else float(first.get("SliceThickness", 1.0))
-    if dz <= 0:
-        raise DicomError("slices share one position")
-    return Image(
-        volume,
-        spacing=(ps[1], ps[0], dz),
-        origin=origin,
-        direction=np.stack([row, col, normal], axis=1),
-        metadata=meta,
-        source=tuple(Path(str(s.filename)) for s in keyed),
-    )

@@ -287,23 +287,9 @@ def _die_with_parent() -> None:
 
 
 def _read(input_dir: Path, manifest: Any) -> Any:
-    try:
-        from medlens.imaging.read import read_image
-    except ImportError:
-        from medlens.watch._dicom import read_series_fallback
+    from medlens.imaging.read import read_image
 
-        return read_series_fallback(sorted(input_dir.glob("*.dcm")))
     return read_image(input_dir, selection=manifest.selection)
-
-
-def _writer() -> Any:
-    try:
-        from medlens.io import write_result
-    except ImportError:
-        from medlens.watch._fallback_writer import write_result_fallback
-
-        return write_result_fallback
-    return write_result
 
 
 def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
@@ -320,7 +306,9 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
     t2 = time.perf_counter()
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    outputs = dict(_writer()(result, out))
+    from medlens.io import write_result
+
+    outputs = dict(write_result(result, out))
     t3 = time.perf_counter()
     chained = [c.provenance.model_dump(mode="json") for c in result.chained]
     compute = float(result.provenance.timings_s.get("predict_s", 0.0)) + float(
