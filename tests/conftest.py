@@ -16,6 +16,8 @@ import pytest
 from medlens.imaging.image import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# Shared test helpers (bundlekit, ...) are plain modules beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MANIFEST_TEMPLATE = """
 from medlens.plugin_api import v1

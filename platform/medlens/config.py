@@ -5,6 +5,14 @@ Example ``medlens.toml``::
     [plugins]
     allow = ["ct-abdomen-seg", "volume-measure"]   # omit to allow all
     block = ["some-plugin"]
+
+    # A MONAI bundle the hospital already has, run as a plugin without new code.
+    # The sha256 pins the whole directory (``medlens plugins pin-bundle DIR`` prints it).
+    [[bundles]]
+    path = "/models/spleen_ct_segmentation"   # relative paths resolve beside this file
+    sha256 = "9f2c…"
+    id = "spleen-ct"                          # optional; default: the bundle's name
+    manifest = { body_part = "ABDOMEN" }      # optional manifest field overrides
 """
 
 from __future__ import annotations
@@ -12,12 +20,13 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medlens.errors import ConfigError
 
-__all__ = ["HostConfig", "PluginsConfig", "load_config"]
+__all__ = ["BundleConfig", "HostConfig", "PluginsConfig", "load_config"]
 
 #: Environment variable naming a configuration file.
 CONFIG_ENV = "MEDLENS_CONFIG"
@@ -31,11 +40,26 @@ class PluginsConfig(BaseModel):
     block: list[str] = Field(default_factory=list, description="Never these ids.")
 
 
+class BundleConfig(BaseModel):
+    """A MONAI bundle directory registered as a plugin, pinned by its sha256."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: Path = Field(description="The bundle directory (configs/, models/).")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="sha256 of the directory's files, pinned."
+    )
+    id: str | None = Field(default=None, description="Plugin id [the bundle's name, slugified].")
+    manifest: dict[str, Any] = Field(
+        default_factory=dict, description="Manifest fields to override (body_part, selection)."
+    )
+
+
 class HostConfig(BaseModel):
     """Everything configurable about the host."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    bundles: list[BundleConfig] = Field(default_factory=list)
 
 
 def load_config(path: Path | None = None) -> HostConfig:
@@ -55,6 +79,9 @@ def load_config(path: Path | None = None) -> HostConfig:
         raise ConfigError(f"cannot read configuration {str(path)!r}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"configuration {str(path)!r} is not valid TOML: {e}") from e
+    for b in data.get("bundles", []) if isinstance(data.get("bundles"), list) else []:
+        if isinstance(b, dict) and isinstance(b.get("path"), str):
+            b["path"] = str(path.parent / Path(b["path"]).expanduser())  # abs stays abs
     try:
         return HostConfig.model_validate(data)
     except ValidationError as e:

@@ -128,7 +128,12 @@ class Host:
     def discover(self) -> DiscoveryReport:
         """(Re)discover plugins; never imports model code."""
         cfg = self.config.plugins
-        self._report = discover(allow=cfg.allow, block=cfg.block, entry_points=self._entry_points)
+        self._report = discover(
+            allow=cfg.allow,
+            block=cfg.block,
+            entry_points=self._entry_points,
+            bundles=self.config.bundles,
+        )
         self._handles = {pid: PluginHandle(rec) for pid, rec in self._report.plugins.items()}
         return self._report
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bundlekit import make_bundle
+from bundlekit import seeded_net as _net
 
 from medlens.engine import models
 from medlens.engine.bundle import BUNDLE_ENTRY, BundlePlugin, manifest_from_bundle
@@ -18,109 +19,11 @@ from medlens.plugin_api._protocol import PluginInputs
 from medlens.plugin_api._vocab import Task, WeightsFormat
 from medlens.weights import file_sha256
 
-UNET = {
-    "_target_": "monai.networks.nets.UNet",
-    "spatial_dims": 3,
-    "in_channels": 1,
-    "out_channels": 2,
-    "channels": [4, 8],
-    "strides": [2],
-    "num_res_units": 0,
-}
-
-
-def _net() -> torch.nn.Module:
-    from monai.networks.nets import UNet
-
-    torch.manual_seed(7)
-    return UNet(3, 1, 2, channels=(4, 8), strides=(2,), num_res_units=0).eval()
-
 
 def _image() -> Image:
     rng = np.random.default_rng(0)
     arr = rng.normal(40.0, 30.0, size=(1, 24, 20, 12)).astype(np.float32)
     return Image(arr, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
-
-
-def make_bundle(root: Path) -> Path:
-    b = root / "spleen_ct_segmentation"
-    (b / "configs").mkdir(parents=True)
-    (b / "models").mkdir()
-    torch.save(_net().state_dict(), b / "models" / "model.pt")
-    meta = {
-        "name": "Spleen CT segmentation",
-        "version": "0.5.9",
-        "task": "Decathlon spleen segmentation",
-        "description": "tiny test bundle",
-        "authors": "MONAI team",
-        "data_source": "none",
-        "intended_use": "This is an example, not to be used for diagnostic purposes",
-        "eval_metrics": {"mean_dice": 0.96},
-        "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "modality": "CT",
-                    "num_channels": 1,
-                    "spatial_shape": [16, 16, 16],
-                }
-            },
-            "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "segmentation",
-                    "num_channels": 2,
-                    "spatial_shape": [16, 16, 16],
-                    "channel_def": {"0": "background", "1": "spleen"},
-                }
-            },
-        },
-    }
-    infer = {
-        "bundle_root": ".",
-        "roi": [16, 16, 16],
-        "network_def": UNET,
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "LoadImaged", "keys": "image"},
-                {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-                {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0]},
-                {
-                    "_target_": "ScaleIntensityRanged",
-                    "keys": "image",
-                    "a_min": -57,
-                    "a_max": 164,
-                    "b_min": 0.0,
-                    "b_max": 1.0,
-                    "clip": True,
-                },
-                {"_target_": "RandFlipd", "keys": "image"},
-            ],
-        },
-        "inferer": {
-            "_target_": "SlidingWindowInferer",
-            "roi_size": "@roi",
-            "sw_batch_size": 2,
-            "overlap": 0.5,
-        },
-        "postprocessing": {
-            "_target_": "Compose",
-            "transforms": [
-                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-                {
-                    "_target_": "KeepLargestConnectedComponentd",
-                    "keys": "pred",
-                    "applied_labels": [1],
-                },
-            ],
-        },
-    }
-    (b / "configs" / "metadata.json").write_text(json.dumps(meta))
-    (b / "configs" / "inference.json").write_text(json.dumps(infer))
-    return b
 
 
 def test_manifest_from_bundle_maps_metadata_and_pins_sha256(tmp_path: Path) -> None:

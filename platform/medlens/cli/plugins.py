@@ -1,8 +1,9 @@
-"""``medlens plugins list|info``."""
+"""``medlens plugins list|info|pin-bundle``."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -96,3 +97,25 @@ def info(plugin_id: str, as_json: bool) -> None:
             f"  weights: {m.weights.file} ({m.weights.format.value}, "
             f"sha256 {m.weights.sha256[:16]}…)"
         )
+
+
+@plugins.command("pin-bundle")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--id", "plugin_id", default=None, help="Plugin id [the bundle's name].")
+def pin_bundle(bundle: Path, plugin_id: str | None) -> None:
+    """Check a MONAI bundle maps to a manifest and print its pinned configuration entry.
+
+    Paste the printed ``[[bundles]]`` table into the host configuration
+    (``$MEDLENS_CONFIG``); the host then runs the bundle as a plugin and refuses it if
+    any of its files change.
+    """
+    from medlens.engine.bundle import manifest_from_bundle
+
+    m = manifest_from_bundle(bundle, plugin_id=plugin_id)
+    assert m.weights is not None
+    click.echo(f"# {m.title} {m.version}: {m.task.value}, {len(m.outputs.labels)} label(s)")
+    click.echo("[[bundles]]")
+    click.echo(f"path = {json.dumps(str(bundle.resolve()))}")
+    click.echo(f'sha256 = "{m.weights.sha256}"')
+    if plugin_id:
+        click.echo(f"id = {json.dumps(plugin_id)}")

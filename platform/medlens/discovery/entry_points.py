@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata as md
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -20,10 +21,14 @@ from medlens.errors import (
     PluginError,
     PluginLoadError,
     PluginValidationError,
+    WeightsIntegrityError,
 )
 from medlens.plugin_api._manifest import API_VERSION, Manifest
 
-__all__ = ["ENTRY_POINT_GROUP", "DiscoveryReport", "PluginRecord", "discover"]
+if TYPE_CHECKING:
+    from medlens.config import BundleConfig
+
+__all__ = ["ENTRY_POINT_GROUP", "DiscoveryReport", "PluginRecord", "bundle_record", "discover"]
 
 #: The entry-point group every plugin, first- or third-party, registers in.
 ENTRY_POINT_GROUP = "medlens.plugins"
@@ -72,6 +77,35 @@ def _load_manifest(ep: md.EntryPoint) -> Manifest:
     return obj
 
 
+def bundle_record(cfg: BundleConfig) -> PluginRecord:
+    """A configured MONAI bundle as a plugin record (reads JSON only; no torch).
+
+    Raises:
+        PluginError: If the bundle cannot be mapped to a manifest, or its files' sha256
+            differs from the pin in the configuration.
+    """
+    from medlens.engine.bundle import manifest_from_bundle
+
+    label = cfg.id or cfg.path.name
+    if not cfg.path.is_dir():
+        raise PluginLoadError(label, f"bundle directory {str(cfg.path)!r} not found")
+    manifest = manifest_from_bundle(cfg.path, plugin_id=cfg.id, **cfg.manifest)
+    _check_api(manifest)
+    assert manifest.weights is not None  # bundle manifests always pin the directory
+    if manifest.weights.sha256 != cfg.sha256:
+        raise WeightsIntegrityError(
+            manifest.id,
+            f"bundle {cfg.path.name!r} sha256 {manifest.weights.sha256[:12]}… differs from "
+            f"the configured pin {cfg.sha256[:12]}…; refusing to register it",
+        )
+    return PluginRecord(
+        manifest=manifest,
+        entry_point=f"bundle {cfg.path}",
+        distribution=None,
+        distribution_version=None,
+    )
+
+
 def _first_error(e: ValidationError) -> str:
     errs = e.errors()
     first = errs[0]
@@ -94,13 +128,15 @@ def discover(
     allow: Sequence[str] | None = None,
     block: Sequence[str] = (),
     entry_points: Iterable[md.EntryPoint] | None = None,
+    bundles: Sequence[BundleConfig] = (),
 ) -> DiscoveryReport:
-    """Find plugins in the ``medlens.plugins`` entry-point group.
+    """Find plugins in the ``medlens.plugins`` entry-point group and configured bundles.
 
     Args:
         allow: If given, only these plugin ids are accepted (others are skipped).
         block: Plugin ids never accepted.
         entry_points: Override the installed entry points (tests).
+        bundles: MONAI bundle directories registered in the configuration.
 
     Returns:
         The report; plugins whose id two distributions claim are both rejected.
@@ -113,6 +149,7 @@ def discover(
     report = DiscoveryReport()
     candidates: dict[str, list[PluginRecord]] = {}
     allowed = set(allow) if allow is not None else None
+    found: list[PluginRecord] = []
     for ep in sorted(eps, key=lambda e: (e.name, e.value)):
         try:
             manifest = _load_manifest(ep)
@@ -120,14 +157,8 @@ def discover(
         except PluginError as e:
             report.errors.append(e)
             continue
-        if manifest.id in block:
-            report.skipped[manifest.id] = "blocked by configuration"
-            continue
-        if allowed is not None and manifest.id not in allowed:
-            report.skipped[manifest.id] = "not in the allowlist"
-            continue
         dist = ep.dist
-        candidates.setdefault(manifest.id, []).append(
+        found.append(
             PluginRecord(
                 manifest=manifest,
                 entry_point=f"{ep.name} = {ep.value}",
@@ -135,6 +166,20 @@ def discover(
                 distribution_version=dist.version if dist is not None else None,
             )
         )
+    for b in bundles:
+        try:
+            found.append(bundle_record(b))
+        except PluginError as e:
+            report.errors.append(e)
+    for rec in found:
+        pid = rec.manifest.id
+        if pid in block:
+            report.skipped[pid] = "blocked by configuration"
+            continue
+        if allowed is not None and pid not in allowed:
+            report.skipped[pid] = "not in the allowlist"
+            continue
+        candidates.setdefault(pid, []).append(rec)
     for pid, recs in candidates.items():
         # Same distribution seen twice (e.g. two path entries) is not a clash.
         if len({(r.distribution, r.entry_point) for r in recs}) > 1:
