@@ -76,3 +76,35 @@ def test_absent_label_is_an_engine_error(sphere, h) -> None:  # type: ignore[no-
     ctx = RunContext(manifest=m, device="cpu")
     with pytest.raises(EngineError, match="absent"):
         ctx.explain(Blob3D(), image.with_array(np.zeros_like(image.array)), target=1)
+
+
+class ShapeStrictUNet(torch.nn.Module):
+    """Blob3D behind a MONAI UNet trunk: only shapes divisible by 4 pass its skips."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        torch.manual_seed(0)
+        self.trunk = UNet(3, 1, 4, channels=(4, 8, 8), strides=(2, 2), num_res_units=0)
+        self.blob = Blob3D()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blob(x) + 0.01 * self.trunk(x)[:, :2]
+
+
+def test_volume_smaller_than_the_window_is_padded_for_the_cam(h) -> None:  # type: ignore[no-untyped-def]
+    # 13 x 11 x 9 voxels, a 16^3 window: windows must be padded as the sliding window pads.
+    arr = np.zeros((1, 13, 11, 9), np.float32)
+    arr[0, 4:9, 3:8, 2:7] = 1.0
+    image = Image(arr, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    m = h.manifest("segmentation", 3, inference={"roi_size": (16, 16, 16)})
+    ctx = RunContext(manifest=m, device="cpu")
+    net = ShapeStrictUNet().eval()
+    with pytest.raises(RuntimeError):  # the trunk really refuses the unpadded shape
+        net(torch.from_numpy(arr[None]))
+    mask, _ = ctx.segment(net, image)
+    assert (mask.array[0] == 1).sum() > 0
+    heat, _ = ctx.explain(net, image, target=1)
+    assert heat.same_grid(image) and np.isfinite(heat.array).all()
+    assert heat.array[0][arr[0] > 0].mean() > heat.array[0][arr[0] == 0].mean()

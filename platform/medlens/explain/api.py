@@ -91,6 +91,13 @@ def explain(
             sl = tuple(slice(a, b) for a, b in zip(*box, strict=True))
             x = prepared.tensor[(slice(None), *sl)].to(ctx.device)
             region = region_full[sl].to(device=ctx.device, dtype=x.dtype)
+            # A volume smaller than the window is padded as the sliding window pads it
+            # (constant 0, after the box) so the network sees the shape it was built for.
+            pad = [max(0, r - n) for n, r in zip(x.shape[1:], roi, strict=True)]
+            if any(pad):
+                flat = [v for p in reversed(pad) for v in (0, p)]
+                x = torch.nn.functional.pad(x, flat)
+                region = torch.nn.functional.pad(region, flat)
             overlap = float(
                 ctx.options.get("overlap", m.inference.overlap if m.inference else 0.25)
             )
@@ -127,6 +134,8 @@ def explain(
                 fraction=float(ctx.options.get("faithfulness_fraction", 0.1)),
                 seed=seed,
             )
+        # Drop the padding: the heatmap covers exactly the explained box.
+        cam = cam[tuple(slice(b - a) for a, b in zip(*box, strict=True))]
         full = torch.zeros((1, *prepared.chain.model_shape), dtype=torch.float32)
         full[(slice(None), *(slice(a, b) for a, b in zip(*box, strict=True)))] = torch.from_numpy(
             cam
