@@ -131,3 +131,17 @@ def test_non_oom_errors_are_not_swallowed() -> None:
 
     with pytest.raises(ValueError, match="boom"):
         run_network(Broken(), torch.rand(1, 1, 8, 8, 8), _plan(), lambda _: None)
+
+
+def test_channel_argmax_equals_torch_argmax_including_ties() -> None:
+    from medlens.engine.postprocess import channel_argmax
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(4, 9, 8, 7, generator=g), 0)
+    p[:, 0, 0, 0] = 0.25  # a four-way tie: the first channel wins, as in argmax
+    p[1:3, 1, 1, 1] = 0.5
+    p[0, 1, 1, 1] = p[3, 1, 1, 1] = 0.0
+    got = channel_argmax(p)
+    assert got.dtype == torch.uint8
+    assert torch.equal(got.long(), p.argmax(0))
+    assert int(got[0, 0, 0]) == 0 and int(got[1, 1, 1]) == 1

@@ -60,8 +60,28 @@ def labels_from_probabilities(
             values = torch.arange(probs.shape[0], device=probs.device)
         out = torch.where(best > spec.threshold, values[idx], torch.zeros_like(idx))
     else:
-        out = probs.argmax(dim=0)
+        out = channel_argmax(probs)
     return np.asarray(out.to(torch.uint8).cpu().numpy())
+
+
+def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """``probs.argmax(dim=0)`` as uint8 (first maximum wins, as argmax), ~15x faster on CPU.
+
+    torch's argmax over the outer, strided channel axis of a ``(C, i, j, k)`` tensor is
+    slow (1.5 s for 3 x 224 x 224 x 128 on 2 cores); a running maximum over the few
+    channels touches contiguous memory only (0.09 s).
+    """
+    import torch
+
+    if probs.shape[0] > 255:
+        return probs.argmax(dim=0)
+    best = probs[0].clone()
+    idx = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[0]):
+        higher = probs[c] > best
+        idx[higher] = c
+        torch.maximum(best, probs[c], out=best)
+    return idx
 
 
 def _structure(ndim: int) -> npt.NDArray[np.bool_]:
