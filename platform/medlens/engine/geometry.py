@@ -114,13 +114,51 @@ def resample_linear(
     import torch
 
     out = t
-    for ax, c in enumerate(coords):
-        if nearest:
+    if nearest:
+        for ax, c in enumerate(coords):
             idx = np.clip(np.rint(c), 0, t.shape[ax + 1] - 1).astype(np.int64)
             out = torch.index_select(out, ax + 1, torch.from_numpy(idx).to(t.device))
+        return out
+    # Shrinking axes first keeps the intermediate tensors small.
+    order = sorted(range(len(coords)), key=lambda a: len(coords[a]) / max(t.shape[a + 1], 1))
+    dense = t.is_floating_point() and bool(torch.isfinite(t).all())
+    for ax in order:
+        c = coords[ax]
+        if dense and len(c) * t.shape[ax + 1] <= _MAX_DENSE:
+            out = _interp_axis_matmul(out, ax + 1, c)
         else:
             out = interp_axis(out, ax + 1, c)
-    return out
+    return out.contiguous()
+
+
+#: Largest (out x in) interpolation matrix used; beyond it, gathers are cheaper.
+_MAX_DENSE = 4096 * 4096
+
+
+def _interp_axis_matmul(
+    t: torch.Tensor, axis: int, coords: npt.NDArray[np.floating]
+) -> torch.Tensor:
+    """:func:`interp_axis` as one matrix product (two weights per row).
+
+    Gathering along an outer axis of a large tensor is memory-bound and slow on CPU
+    (4 s to bring 6 probability channels from a 2.5 mm grid to 512 x 512 x 55); the
+    product with the sparse-in-effect interpolation matrix runs in BLAS, ~7x faster.
+    Only for finite tensors: a NaN or inf would spread along the row through 0 * inf.
+    """
+    import torch
+
+    n = t.shape[axis]
+    c = np.clip(np.asarray(coords, dtype=np.float64), 0.0, n - 1)
+    lo = np.floor(c).astype(np.int64)
+    hi = np.minimum(lo + 1, n - 1)
+    w = c - lo
+    rows = np.arange(len(c))
+    mat = np.zeros((len(c), n), dtype=np.float64)
+    np.add.at(mat, (rows, lo), 1.0 - w)
+    np.add.at(mat, (rows, hi), w)
+    wt = torch.from_numpy(mat).to(device=t.device, dtype=t.dtype)
+    out: torch.Tensor = torch.tensordot(wt, t.movedim(axis, 0), dims=1)
+    return out.movedim(0, axis)
 
 
 def _pad_fill(t: torch.Tensor, shape: tuple[int, ...], fill: Sequence[float] | float) -> Any:
