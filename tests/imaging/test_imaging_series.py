@@ -316,3 +316,26 @@ def test_no_majority_orientation_real_localizer_series() -> None:
 def test_empty_file_list() -> None:
     with pytest.raises(DicomError, match="no DICOM files"):
         load_series([])
+
+
+def test_compressed_frames_decode_in_processes_identically(tmp_path: Path) -> None:
+    from medlens.imaging import series as series_mod
+    from medlens.phantoms.dicom import generate_dataset
+
+    (rec,) = generate_dataset(tmp_path / "ph", 1, 5, compressed=True, small=True)
+    files = sorted(rec.dicom_dir.glob("*.dcm"))
+    assert len(files) >= series_mod._PROCESS_DECODE_MIN
+    one = load_series(files, max_workers=1)
+    many = load_series(files, max_workers=2)  # worker processes
+    assert np.array_equal(one.array, many.array) and one.same_grid(many)
+    # A corrupt frame is still one typed error, raised across the process boundary.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in files:
+        (bad / f.name).write_bytes(f.read_bytes())
+    victim = bad / files[len(files) // 2].name
+    ds = pydicom.dcmread(victim)
+    ds.PixelData = ds.PixelData[:40] + b"\x00" * 64 + ds.PixelData[-40:]
+    ds.save_as(victim)
+    with pytest.raises(DicomError, match="cannot decode"):
+        load_series(sorted(bad.glob("*.dcm")), max_workers=2)

@@ -352,23 +352,63 @@ def _axes(o: npt.NDArray[np.float64], label: str) -> npt.NDArray[np.float64]:
 
 def _decode(frame: _Frame) -> npt.NDArray[Any]:
     """Decode one frame to (rows, columns, samples), native dtype."""
+    return _decode_ds(frame.ds, frame.frame, frame.label, frame.rows, frame.columns, frame.samples)
+
+
+def _decode_ds(
+    ds: Dataset, index: int | None, label: str, rows: int, columns: int, samples: int
+) -> npt.NDArray[Any]:
     from pydicom.pixels.utils import pixel_array
 
     try:
-        if frame.frame is None:
-            arr = frame.ds.pixel_array
-        else:
-            arr = pixel_array(frame.ds, index=frame.frame)
+        arr = ds.pixel_array if index is None else pixel_array(ds, index=index)
     except Exception as e:  # decoders raise ValueError, RuntimeError, NotImplementedError...
         raise DicomError(
-            f"cannot decode pixel data of {frame.label!r}: {str(e).splitlines()[0][:200]}"
+            f"cannot decode pixel data of {label!r}: {str(e).splitlines()[0][:200]}"
         ) from e
-    expected = (frame.rows, frame.columns) + ((frame.samples,) if frame.samples > 1 else ())
+    expected = (rows, columns) + ((samples,) if samples > 1 else ())
     if arr.shape != expected:
-        raise DicomError(
-            f"pixel data of {frame.label!r} has shape {arr.shape}, header says {expected}"
-        )
-    return arr.reshape(frame.rows, frame.columns, frame.samples)
+        raise DicomError(f"pixel data of {label!r} has shape {arr.shape}, header says {expected}")
+    return arr.reshape(rows, columns, samples)
+
+
+#: Compressed frames from this many on are decoded in worker processes.
+_PROCESS_DECODE_MIN = 16
+
+
+def _decode_file_frame(job: tuple[str, int | None, str, int, int, int]) -> npt.NDArray[Any]:
+    """Worker-process body: read one file and decode one frame (pickles only paths/arrays)."""
+    import pydicom
+
+    path, frame, label, rows, columns, samples = job
+    return _decode_ds(pydicom.dcmread(path), frame, label, rows, columns, samples)
+
+
+def _decode_in_processes(frames: Sequence[_Frame], workers: int) -> list[npt.NDArray[Any]]:
+    """Decode compressed frames on all cores.
+
+    The JPEG 2000 / JPEG-LS decoders hold the GIL, so threads decode one frame at a time;
+    worker processes (forkserver: no inherited threads or torch state) re-read each file
+    by path and return the decoded array.
+    """
+    import multiprocessing as mp
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not main_file or not Path(main_file).is_file():
+        # Interactive or stdin sessions cannot be re-imported by worker processes.
+        return _pmap(_decode, frames, workers)
+    jobs = [(str(f.path), f.frame, f.label, f.rows, f.columns, f.samples) for f in frames]
+    chunk = max(1, len(jobs) // (workers * 4))
+    try:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context("forkserver")
+        ) as pool:
+            return list(pool.map(_decode_file_frame, jobs, chunksize=chunk))
+    except (BrokenProcessPool, OSError):  # no processes to be had here: decode in threads
+        return _pmap(_decode, frames, workers)
 
 
 def _positions_uniform(t: npt.NDArray[np.float64]) -> tuple[bool, float]:
@@ -490,7 +530,10 @@ def load_series(
         or "RescaleSlope" in first.ds
         or str(first.ds.get("Modality", "")).upper() in ("CT", "PT")
     )
-    decoded = _pmap(_decode, frames, decode_workers)
+    if compressed and _workers(max_workers) > 1 and len(frames) >= _PROCESS_DECODE_MIN:
+        decoded = _decode_in_processes(frames, _workers(max_workers))
+    else:
+        decoded = _pmap(_decode, frames, decode_workers)
     if rescale:
         dtype: np.dtype[Any] = np.dtype(np.float32)
     else:
