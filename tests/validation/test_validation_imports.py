@@ -8,7 +8,8 @@ def test_validation_import_pulls_in_no_torch() -> None:
     code = (
         "import sys\n"
         "import medlens_validation, medlens_validation.metrics, medlens_validation.stats\n"
-        "import medlens_validation.protocol\n"
+        "import medlens_validation.protocol, medlens_validation.classification\n"
+        "import medlens_validation.resampling\n"
         "bad = sorted(m for m in ('torch', 'monai', 'medlens') if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
