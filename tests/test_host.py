@@ -52,7 +52,9 @@ def test_tampered_weights_fail_clearly_and_others_keep_working(
     ):
         host.run("tampered", ct_image, device="cpu")
     with pytest.raises(
-        PluginNotFoundError, match="plugin 'old-api': rejected at discovery: targets plugin API '2'"
+        PluginNotFoundError,
+        match=r"plugin 'old-api': rejected at discovery: needs a newer MedLens \(plugin targets "
+        r"API 2, host provides 1\.1\)",
     ):
         host.run("old-api", ct_image, device="cpu")
     result = host.run("intact", ct_image, device="cpu")

@@ -16,6 +16,7 @@ __all__ = [
     "GeometryError",
     "InputError",
     "MedLensError",
+    "NeedsNewerHostError",
     "NotDicomError",
     "OutputError",
     "PluginError",
@@ -62,8 +63,15 @@ class PluginValidationError(PluginError):
     """A plugin's manifest is invalid."""
 
 
-class ApiVersionError(PluginValidationError):
-    """A plugin was written against a plugin-API version this host lacks."""
+class ApiVersionError(PluginError):
+    """A plugin was written against a plugin-API version this host lacks.
+
+    Not a :class:`PluginValidationError`: the manifest may be perfectly valid.
+    """
+
+
+class NeedsNewerHostError(ApiVersionError):
+    """A plugin targets a newer plugin API than this host provides: upgrade MedLens."""
 
 
 class DuplicatePluginError(PluginError):

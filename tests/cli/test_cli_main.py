@@ -68,8 +68,8 @@ def test_plugins_info(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["plugins", "info", "beta"], capsys)
     assert code == 1
     assert err.strip() == (
-        "error: plugin 'beta': rejected at discovery: targets plugin API '9' "
-        "but this host provides '1'; upgrade the plugin or the host"
+        "error: plugin 'beta': rejected at discovery: needs a newer MedLens "
+        "(plugin targets API 9, host provides 1.1)"
     )
 
 

@@ -6,10 +6,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
+
 from medlens.discovery import discover
 from medlens.errors import (
     ApiVersionError,
     DuplicatePluginError,
+    NeedsNewerHostError,
     PluginLoadError,
     PluginValidationError,
 )
@@ -25,13 +28,30 @@ def test_good_plugins_accepted_and_model_code_not_imported(plugin_factory: Make)
     assert report.plugins["alpha"].manifest.version == "1.2.3"
 
 
-def test_api_version_mismatch_is_reported_and_others_survive(plugin_factory: Make) -> None:
-    report = discover(entry_points=[plugin_factory("future", api="2"), plugin_factory("ok")])
+@pytest.mark.parametrize("api", ["2", "1.2", "2.0"])
+def test_newer_api_needs_a_newer_host_and_others_survive(plugin_factory: Make, api: str) -> None:
+    report = discover(entry_points=[plugin_factory("future", api=api), plugin_factory("ok")])
     assert list(report.plugins) == ["ok"]
     (err,) = report.errors
-    assert isinstance(err, ApiVersionError)
+    assert isinstance(err, NeedsNewerHostError)
+    assert not isinstance(err, PluginValidationError)  # valid manifest, old host
     assert err.plugin_id == "future"
-    assert "targets plugin API '2'" in str(err) and "provides '1'" in str(err)
+    assert str(err) == (
+        f"plugin 'future': needs a newer MedLens (plugin targets API {api}, host provides 1.1)"
+    )
+
+
+@pytest.mark.parametrize("api", ["1", "1.0", "1.1"])
+def test_v1_and_v1_1_manifests_load(plugin_factory: Make, api: str) -> None:
+    report = discover(entry_points=[plugin_factory("current", api=api)])
+    assert list(report.plugins) == ["current"] and report.errors == []
+
+
+def test_an_older_major_is_refused_with_its_own_reason(plugin_factory: Make) -> None:
+    report = discover(entry_points=[plugin_factory("ancient", api="0")])
+    (err,) = report.errors
+    assert isinstance(err, ApiVersionError) and not isinstance(err, NeedsNewerHostError)
+    assert "no longer provides" in str(err)
 
 
 def test_duplicate_ids_rejected(plugin_factory: Make) -> None:

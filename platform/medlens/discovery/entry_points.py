@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from medlens.errors import (
     ApiVersionError,
     DuplicatePluginError,
+    NeedsNewerHostError,
     PluginError,
     PluginLoadError,
     PluginValidationError,
@@ -115,11 +116,21 @@ def _first_error(e: ValidationError) -> str:
 
 
 def _check_api(manifest: Manifest) -> None:
-    if manifest.api_major != int(API_VERSION):
+    # Minor versions are additive: a host runs every plugin of its major whose minor is
+    # not newer than its own. A newer target is the host's fault, not the plugin's.
+    host_major, host_minor = (int(p) for p in API_VERSION.split("."))
+    target = (manifest.api_major, manifest.api_minor)
+    if target > (host_major, host_minor):
+        raise NeedsNewerHostError(
+            manifest.id,
+            f"needs a newer MedLens (plugin targets API {manifest.api_version}, "
+            f"host provides {API_VERSION})",
+        )
+    if manifest.api_major != host_major:
         raise ApiVersionError(
             manifest.id,
-            f"targets plugin API {manifest.api_version!r} but this host provides "
-            f"{API_VERSION!r}; upgrade the plugin or the host",
+            f"targets plugin API {manifest.api_version}, which this host (API {API_VERSION}) "
+            "no longer provides; upgrade the plugin",
         )
 
 

@@ -24,6 +24,7 @@ from medlens.plugin_api._vocab import (
 
 __all__ = [
     "API_VERSION",
+    "CalibrationSpec",
     "Code",
     "InferenceSpec",
     "InputSpec",
@@ -32,13 +33,16 @@ __all__ = [
     "Manifest",
     "MetricSpec",
     "ModelCard",
+    "OperatingPoint",
     "OutputSpec",
     "PostprocessSpec",
     "WeightsSpec",
 ]
 
-#: The plugin-API version this module defines. Plugins declare the one they target.
-API_VERSION = "1"
+#: The plugin-API version this module defines (MAJOR.MINOR). Plugins declare the one
+#: they target; a host runs every plugin of its major whose minor is not newer than its own
+#: (1.1 added operating points, calibration, study inputs, typed options, progress).
+API_VERSION = "1.1"
 
 _ID = re.compile(r"^[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*$")
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
@@ -161,6 +165,44 @@ class PostprocessSpec(_Frozen):
     )
 
 
+class OperatingPoint(_Frozen):
+    """A named decision threshold of one label, with the figures it was chosen at."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_-]*$", description="Name, e.g. 'triage', 'balanced', 'screening'."
+    )
+    label: str = Field(min_length=1, description="Name of the label it applies to.")
+    threshold: float = Field(
+        ge=0.0, le=1.0, description="Positive when the calibrated probability >= threshold."
+    )
+    sensitivity: float = Field(ge=0.0, le=1.0, description="Sensitivity where it was chosen.")
+    specificity: float = Field(ge=0.0, le=1.0, description="Specificity where it was chosen.")
+    chosen_on: str = Field(
+        min_length=1, description="Data and method, e.g. 'patient-level 5-fold CV on dev data'."
+    )
+    description: str = Field(default="", description="When to use it.")
+
+
+class CalibrationSpec(_Frozen):
+    """How a classifier's scores were calibrated into probabilities."""
+
+    method: Literal["temperature", "isotonic", "none"] = Field(
+        default="none", description="temperature: softmax/sigmoid of logits / T; isotonic; none."
+    )
+    temperature: float | None = Field(
+        default=None, gt=0.0, description="T of temperature scaling (method 'temperature')."
+    )
+    fitted_on: str = Field(default="", description="Data the calibration was fitted on.")
+
+    @model_validator(mode="after")
+    def _temperature(self) -> CalibrationSpec:
+        if self.method == "temperature" and self.temperature is None:
+            raise ValueError("calibration method 'temperature' needs temperature")
+        if self.method != "temperature" and self.temperature is not None:
+            raise ValueError("temperature is only meaningful for method 'temperature'")
+        return self
+
+
 class OutputSpec(_Frozen):
     """What a plugin produces."""
 
@@ -168,6 +210,16 @@ class OutputSpec(_Frozen):
     kinds: list[OutputKind] = Field(description="Files the result is written as.")
     postprocess: PostprocessSpec = Field(
         default_factory=PostprocessSpec, description="Logits → labels."
+    )
+    operating_points: list[OperatingPoint] = Field(
+        default_factory=list,
+        description="Named thresholds per label (classifiers), with sensitivity/specificity.",
+    )
+    default_operating_point: str | None = Field(
+        default=None, description="Operating point that sets Finding.positive [none: 0.5]."
+    )
+    calibration: CalibrationSpec = Field(
+        default_factory=CalibrationSpec, description="How probabilities were calibrated."
     )
 
     @field_validator("labels")
@@ -178,6 +230,32 @@ class OutputSpec(_Frozen):
         if len(set(values)) != len(values) or len(set(names)) != len(names):
             raise ValueError("label values and names must be unique")
         return v
+
+    @model_validator(mode="after")
+    def _operating_points(self) -> OutputSpec:
+        names = {lab.name for lab in self.labels}
+        seen: set[tuple[str, str]] = set()
+        for op in self.operating_points:
+            if op.label not in names:
+                raise ValueError(f"operating point {op.name!r} names unknown label {op.label!r}")
+            if (op.name, op.label) in seen:
+                raise ValueError(f"operating point {op.name!r} is given twice for {op.label!r}")
+            seen.add((op.name, op.label))
+        if self.default_operating_point is not None and self.default_operating_point not in {
+            op.name for op in self.operating_points
+        }:
+            raise ValueError(
+                f"default_operating_point {self.default_operating_point!r} is not one of "
+                "operating_points"
+            )
+        return self
+
+    def operating_point(self, name: str, label: str) -> OperatingPoint | None:
+        """The operating point ``name`` of ``label``, if declared."""
+        for op in self.operating_points:
+            if op.name == name and op.label == label:
+                return op
+        return None
 
 
 class MetricSpec(_Frozen):
@@ -217,7 +295,9 @@ class Manifest(_Frozen):
 
     id: str = Field(description="Unique id, lower-case, e.g. 'ct-abdomen-seg'.")
     version: str = Field(description="Plugin version (semver).")
-    api_version: str = Field(description="Plugin-API major version targeted, e.g. '1'.")
+    api_version: str = Field(
+        description="Plugin-API version targeted, 'MAJOR' or 'MAJOR.MINOR', e.g. '1.1'."
+    )
     title: str = Field(min_length=1, description="Human-readable name.")
     description: str = Field(default="", description="One paragraph on what it does.")
     task: Task = Field(description="classification, segmentation, measurement, screening...")
@@ -286,6 +366,12 @@ class Manifest(_Frozen):
     def api_major(self) -> int:
         """Major part of ``api_version``."""
         return int(self.api_version.split(".")[0])
+
+    @property
+    def api_minor(self) -> int:
+        """Minor part of ``api_version`` ('1' means '1.0')."""
+        parts = self.api_version.split(".")
+        return int(parts[1]) if len(parts) > 1 else 0
 
     @property
     def package(self) -> str:

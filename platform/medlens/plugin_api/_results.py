@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import Manifest
@@ -52,12 +52,37 @@ class Measurement(_Model):
 
 
 class Finding(_Model):
-    """A classification or screening finding."""
+    """A classification or screening finding.
+
+    ``positive`` is the decision at ``threshold``; when the manifest declares operating
+    points, ``operating_point`` names the one that set it and ``decisions`` holds the
+    decision at every operating point of the label.
+    """
 
     label: str
     probability: float = Field(ge=0.0, le=1.0)
     positive: bool = Field(description="probability >= the plugin's operating threshold")
     threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    operating_point: str | None = Field(
+        default=None, description="Operating point whose threshold produced `positive`."
+    )
+    decisions: dict[str, bool] = Field(
+        default_factory=dict, description="Decision at every operating point, by name."
+    )
+    calibrated: bool = Field(default=False, description="Whether `probability` is calibrated.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Finding:
+        # A finding that contradicts itself is a confident wrong answer waiting to happen.
+        if (self.probability >= self.threshold) != self.positive:
+            raise ValueError(
+                f"finding {self.label!r}: positive={self.positive} contradicts probability "
+                f"{self.probability} against threshold {self.threshold}"
+            )
+        op = self.operating_point
+        if op is not None and op in self.decisions and self.decisions[op] != self.positive:
+            raise ValueError(f"finding {self.label!r}: decision at {op!r} differs from positive")
+        return self
 
 
 class Explanation(_Model):

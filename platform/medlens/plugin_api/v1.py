@@ -22,6 +22,7 @@ from medlens.imaging.image import Image
 from medlens.plugin_api._context import LoadContext, RunContext
 from medlens.plugin_api._manifest import (
     API_VERSION,
+    CalibrationSpec,
     Code,
     InferenceSpec,
     InputSpec,
@@ -30,6 +31,7 @@ from medlens.plugin_api._manifest import (
     Manifest,
     MetricSpec,
     ModelCard,
+    OperatingPoint,
     OutputSpec,
     PostprocessSpec,
     WeightsSpec,
@@ -73,6 +75,7 @@ __all__ = [
     "AllOf",
     "AnyOf",
     "Artifact",
+    "CalibrationSpec",
     "Code",
     "Contains",
     "EngineError",
@@ -97,6 +100,7 @@ __all__ = [
     "Modality",
     "ModelCard",
     "Not",
+    "OperatingPoint",
     "OutputKind",
     "OutputSpec",
     "Plugin",
