@@ -37,10 +37,13 @@ __all__ = [
     "DetectionResult",
     "DetectionSummary",
     "LesionMatch",
+    "LesionOverlap",
     "VolumeError",
     "dice",
     "label_volume_ml",
+    "lesion_overlaps",
     "match_lesions",
+    "reference_lesions",
     "summarize_detection",
     "volume_error",
 ]
@@ -321,3 +324,89 @@ def summarize_detection(results: Iterable[DetectionResult]) -> DetectionSummary:
         false_negatives=sum(r.false_negatives for r in rs),
         false_positives=sum(r.false_positives for r in rs),
     )
+
+
+@dataclass(frozen=True)
+class LesionOverlap:
+    """One reference lesion and the predicted components that overlap it.
+
+    Attributes:
+        ref_ml: Volume of the reference lesion.
+        pred_ml: Volume of the union of the predicted components touching it (0 if none).
+        dice: Lesion-wise Dice of the lesion and that union (0 when missed).
+        detected: Whether any predicted component touches it.
+    """
+
+    ref_ml: float
+    pred_ml: float
+    dice: float
+    detected: bool
+
+
+def reference_lesions(
+    truth: npt.ArrayLike,
+    *,
+    label: int,
+    spacing: Sequence[float],
+    min_volume_ml: float = 0.0,
+    connectivity: int | None = None,
+) -> list[npt.NDArray[np.bool_]]:
+    """Connected components of ``label`` in ``truth`` of at least ``min_volume_ml``."""
+    t = _as_labels("truth", truth)
+    structure = _structure(t.ndim, connectivity or (26 if t.ndim == 3 else 8))
+    comp, n = ndimage.label(t == label, structure=structure)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    return [comp == i for i in range(1, n + 1) if sizes[i] * voxel_ml >= min_volume_ml]
+
+
+def lesion_overlaps(
+    pred: npt.ArrayLike,
+    lesions: Sequence[npt.NDArray[np.bool_]],
+    *,
+    label: int,
+    spacing: Sequence[float],
+    truth_any: npt.NDArray[np.bool_] | None = None,
+    connectivity: int | None = None,
+) -> tuple[list[LesionOverlap], int]:
+    """Per reference lesion, the predicted components of ``label`` that overlap it.
+
+    A lesion is *detected* when any predicted component (``connectivity``, default full)
+    touches it; its predicted volume is the union of those components, so a lesion split
+    in two pieces is measured whole and two touching lesions share a merged prediction.
+
+    Args:
+        pred: Predicted label map.
+        lesions: Boolean masks of the reference lesions (e.g. :func:`reference_lesions`,
+            or analytic shapes rasterised on the grid).
+        label: Predicted label value of lesions.
+        spacing: Voxel size (mm).
+        truth_any: Every reference lesion voxel, of any size (default: union of
+            ``lesions``); predicted components touching none of them are false positives.
+        connectivity: 6/26 (3-D) or 4/8 (2-D).
+
+    Returns:
+        The overlaps (in ``lesions`` order) and the number of false-positive components.
+    """
+    p = _as_labels("prediction", pred)
+    structure = _structure(p.ndim, connectivity or (26 if p.ndim == 3 else 8))
+    comp, n = ndimage.label(p == label, structure=structure)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    out: list[LesionOverlap] = []
+    for mask in lesions:
+        if mask.shape != p.shape:
+            raise MetricInputError(f"lesion mask shape {mask.shape} differs from {p.shape}")
+        ids = np.unique(comp[mask])
+        ids = ids[ids != 0]
+        union = np.isin(comp, ids) if ids.size else np.zeros(p.shape, dtype=bool)
+        size_t, size_p = int(mask.sum()), int(union.sum())
+        inter = int((union & mask).sum())
+        d = 2.0 * inter / (size_t + size_p) if size_t + size_p else math.nan
+        out.append(LesionOverlap(size_t * voxel_ml, size_p * voxel_ml, d, bool(ids.size)))
+    if truth_any is None:
+        truth_any = np.zeros(p.shape, dtype=bool)
+        for mask in lesions:
+            truth_any |= mask
+    touched = np.unique(comp[truth_any])
+    false_positives = n - int((touched != 0).sum())
+    return out, false_positives

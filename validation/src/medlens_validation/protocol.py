@@ -17,11 +17,14 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medlens_validation.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from medlens_validation.protocol_v2 import ProtocolV2
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -35,7 +38,7 @@ __all__ = [
     "load_protocol",
 ]
 
-#: Version of this schema; later issues extend it (new fields only in new versions).
+#: Version of this schema; schema 2 lives in :mod:`medlens_validation.protocol_v2`.
 SCHEMA_VERSION = "1"
 
 MetricName = Literal[
@@ -229,18 +232,31 @@ class ValidationProtocol(_Frozen):
             )
 
 
-def load_protocol(path: Path) -> ValidationProtocol:
-    """Read a protocol from JSON.
+def load_protocol(path: Path) -> ValidationProtocol | ProtocolV2:
+    """Read a protocol from JSON or TOML (by suffix); schema 1 and 2 both load.
 
     Raises:
         ProtocolError: If the file is unreadable or not a valid protocol.
     """
+    import tomllib
+
+    from medlens_validation.protocol_v2 import ProtocolV2
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ProtocolError(f"cannot read protocol {str(path)!r}") from e
     try:
-        return ValidationProtocol.model_validate_json(text)
+        data = tomllib.loads(text) if Path(path).suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"protocol {Path(path).name!r} is not valid TOML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ProtocolError(f"protocol {Path(path).name!r} is not a table/object")
+    version = str(data.get("schema_version", "1"))
+    model: type[ValidationProtocol] | type[ProtocolV2]
+    model = ProtocolV2 if version == "2" else ValidationProtocol
+    try:
+        return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))

@@ -1,0 +1,133 @@
+"""Schema 2 protocols: loading (TOML/JSON, v1 still loads), locks and refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from medlens_validation.errors import ProtocolError
+from medlens_validation.protocol import ValidationProtocol, load_protocol
+from medlens_validation.protocol_v2 import ProtocolV2
+
+SHA = "a" * 64
+
+
+def _doc(**over: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "schema_version": "2",
+        "id": "demo-val",
+        "title": "Demo",
+        "task": "classification",
+        "seed": 1,
+        "plugin": {"id": "demo", "version": "1.0.0", "weights_sha256": SHA},
+        "dataset": {"name": "d", "manifest": "m.csv", "manifest_sha256": SHA, "n_cases": 4},
+        "operating_points": [{"name": "screen", "threshold": 0.3}],
+        "metrics": [
+            {
+                "metric": "auroc",
+                "label": "pneumonia",
+                "statistic": "ci_low",
+                "comparator": ">=",
+                "threshold": 0.8,
+            },
+            {
+                "metric": "sensitivity",
+                "label": "pneumonia",
+                "operating_point": "screen",
+                "statistic": "ci_low",
+                "comparator": ">=",
+                "threshold": 0.9,
+            },
+        ],
+    }
+    doc.update(over)
+    return doc
+
+
+def test_toml_and_json_give_the_same_protocol_and_fingerprint(tmp_path: Path) -> None:
+    j = tmp_path / "p.json"
+    j.write_text(json.dumps(_doc()))
+    t = tmp_path / "p.toml"
+    t.write_text(
+        'schema_version = "2"\nid = "demo-val"\ntitle = "Demo"\ntask = "classification"\n'
+        f'seed = 1\n[plugin]\nid = "demo"\nversion = "1.0.0"\nweights_sha256 = "{SHA}"\n'
+        f'[dataset]\nname = "d"\nmanifest = "m.csv"\nmanifest_sha256 = "{SHA}"\nn_cases = 4\n'
+        '[[operating_points]]\nname = "screen"\nthreshold = 0.3\n'
+        '[[metrics]]\nmetric = "auroc"\nlabel = "pneumonia"\nstatistic = "ci_low"\n'
+        'comparator = ">="\nthreshold = 0.8\n'
+        '[[metrics]]\nmetric = "sensitivity"\nlabel = "pneumonia"\noperating_point = "screen"\n'
+        'statistic = "ci_low"\ncomparator = ">="\nthreshold = 0.9\n'
+    )
+    a, b = load_protocol(j), load_protocol(t)
+    assert isinstance(a, ProtocolV2) and a == b
+    assert a.fingerprint() == b.fingerprint()
+
+
+def test_schema_1_loads_through_load_protocol(tmp_path: Path) -> None:
+    doc = {
+        "id": "old",
+        "title": "Old",
+        "plugin_id": "demo",
+        "plugin_version": "1.0.0",
+        "dataset": {"name": "d", "manifest": "m.csv", "manifest_sha256": SHA, "n_cases": 1},
+        "metrics": [{"metric": "dice", "statistic": "mean", "comparator": ">=", "threshold": 0.5}],
+        "random_seed": 0,
+    }
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps(doc))
+    assert isinstance(load_protocol(f), ValidationProtocol)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"task": "segmentation"}, "does not apply"),
+        ({"operating_points": []}, "unknown operating point"),
+        ({"schema_version": "2", "seed": -1}, "seed"),
+    ],
+)
+def test_incoherent_protocols_are_refused_in_one_line(
+    tmp_path: Path, change: dict[str, object], match: str
+) -> None:
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(_doc(**change)))
+    with pytest.raises(ProtocolError, match=match) as e:
+        load_protocol(f)
+    assert "\n" not in str(e.value)
+
+
+def test_direction_of_each_metric_is_enforced() -> None:
+    doc = _doc()
+    doc["metrics"] = [
+        {"metric": "ece", "label": "x", "statistic": "ci_high", "comparator": ">=", "threshold": 1}
+    ]
+    with pytest.raises(ValueError, match="'<='"):
+        ProtocolV2.model_validate(doc)
+
+
+def test_locks_refuse_another_version_weights_or_manifest(tmp_path: Path) -> None:
+    p = ProtocolV2.model_validate(_doc())
+    p.check_lock("demo", "1.0.0", SHA)
+    with pytest.raises(ProtocolError, match=r"locked to demo 1\.0\.0"):
+        p.check_lock("demo", "1.0.1", SHA)
+    with pytest.raises(ProtocolError, match="weights sha256"):
+        p.check_lock("demo", "1.0.0", "b" * 64)
+    m = tmp_path / "m.csv"
+    m.write_text("case_id\n")
+    with pytest.raises(ProtocolError, match="dataset changed"):
+        p.check_dataset(m)
+    locked = ProtocolV2.model_validate(
+        _doc(
+            dataset={
+                "name": "d",
+                "manifest": "m.csv",
+                "manifest_sha256": hashlib.sha256(m.read_bytes()).hexdigest(),
+                "n_cases": 1,
+            }
+        )
+    )
+    assert locked.manifest_path(tmp_path / "p.toml") == tmp_path / "m.csv"
+    assert locked.check_dataset(m) == locked.dataset.manifest_sha256
