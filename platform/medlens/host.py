@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import importlib.metadata as md
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -34,9 +35,11 @@ from medlens.plugin_api._context import LoadContext, RunContext
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._protocol import Plugin, PluginInputs
 from medlens.plugin_api._results import Prediction, Provenance, Result
-from medlens.plugin_api._vocab import Artifact
+from medlens.plugin_api._vocab import Artifact, ResultStatus
 
 __all__ = ["Host", "PluginHandle"]
+
+log = logging.getLogger(__name__)
 
 _LIBRARIES = ("torch", "monai", "numpy", "pydicom", "highdicom", "SimpleITK", "nibabel", "grad-cam")
 
@@ -262,6 +265,12 @@ class Host:
             raise PluginError(m.id, f"predict failed: {type(e).__name__}: {e}") from e
         _check_prediction(m, image, prediction)
         prediction.warnings[:0] = [*image.warnings, *ctx.warnings]
+        if prediction.status != ResultStatus.OK:
+            # An audit line (no identifying values: plugin id, status and the plugin's reason).
+            log.warning("%s: %s: %s", m.id, prediction.status, prediction.status_reason)
+            prediction.warnings.insert(
+                0, f"input refused ({prediction.status}): {prediction.status_reason}"
+            )
         timings = {"load_s": round(load_s, 4), "predict_s": round(time.perf_counter() - t1, 4)}
         timings.update({k: round(v, 4) for k, v in ctx.timings_s.items()})
         provenance = Provenance(
@@ -288,14 +297,20 @@ def _check_prediction(m: Manifest, image: Image, p: Prediction) -> None:
         img = getattr(p, name)
         if img is not None and not img.same_grid(image):
             raise PluginError(m.id, f"{name} is not on the input's grid")
+    if p.status != ResultStatus.OK:
+        # A refusal must not smuggle out a half answer.
+        if not p.status_reason:
+            raise PluginError(m.id, f"status {p.status} without a reason")
+        if p.mask is not None or p.heatmap is not None or p.measurements or p.findings:
+            raise PluginError(m.id, f"status {p.status} but the prediction carries results")
 
 
 def _read_input(input: Image | str | Path, manifest: Manifest) -> Image:  # noqa: A002
-    if isinstance(input, Image):
-        return input
-    from medlens.imaging.read import read_image
+    # The one routing path (modality, body part, selection rule) shared with the CLI
+    # and watch: a refused input raises RoutingError before any pixel is decoded.
+    from medlens.routing import read_for
 
-    return read_image(Path(input), selection=manifest.selection)
+    return read_for(manifest, input)
 
 
 def _read_mask(mask: Image | str | Path, image: Image) -> Image:

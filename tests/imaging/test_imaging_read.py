@@ -13,7 +13,7 @@ from medlens.errors import DicomError, GeometryError, InputError, SelectionError
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import read_nifti, write_nifti
 from medlens.imaging.read import read_image, read_mask
-from medlens.plugin_api._selection import AllOf, Contains, Equals, MinSlices
+from medlens.rules import AllOf, Contains, Equals, MinSlices
 
 
 def _two_series(

@@ -74,3 +74,11 @@ def test_rules_validate_at_construction() -> None:
         v1.Range(attribute="KVP")
     with pytest.raises(ValidationError):
         v1.AllOf(rules=[])
+
+
+def test_the_grammar_lives_below_imaging_and_v1_re_exports_it_unchanged() -> None:
+    import medlens.rules as rules
+
+    for name in rules.__all__:
+        assert getattr(v1, name) is getattr(rules, name), name
+    assert v1.Manifest.model_fields["selection"].annotation == rules.Rule | None

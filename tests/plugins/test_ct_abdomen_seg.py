@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from medlens.host import Host
 from medlens.imaging.image import Image
 from medlens.phantoms.ct import synthesize
 from medlens.plugin_api import v1
-from medlens.plugin_api._selection import evaluate
+from medlens.rules import evaluate
 from medlens.weights import file_sha256, resolve_weights
 
 MANIFEST_EP = "medlens_ct_abdomen_seg.manifest:MANIFEST"
@@ -211,3 +212,224 @@ def test_recipe_trains_logs_to_mlflow_and_saves_loadable_weights(tmp_path: Path)
     assert {"loss", "lr", "elapsed_s", "wall_s"} <= set(run.data.metrics)
     artifacts = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="weights")
     assert [Path(a.path).name for a in artifacts] == ["model.safetensors"]
+
+
+# --------------------------------------------------------------------------- plausibility gate
+
+
+def _gate() -> Any:
+    from medlens_ct_abdomen_seg import plausibility
+
+    return plausibility
+
+
+def _organs() -> dict[str, int]:
+    return {lab.name: lab.value for lab in _manifest().outputs.labels}
+
+
+@pytest.mark.parametrize(
+    ("part", "matched"),
+    [
+        ("ABDOMEN", True),
+        ("ABDOMENPELVIS", True),
+        ("CHESTABDOMEN", True),
+        ("", True),
+        (None, True),
+        ("BRAIN", False),
+        ("HEAD", False),
+        ("CHEST", False),
+        ("chest", False),
+    ],
+)
+def test_selection_uses_body_part_examined(part: str | None, matched: bool) -> None:
+    attributes = {"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL"}
+    if part is not None:
+        attributes["BodyPartExamined"] = part
+    assert evaluate(_manifest().selection, attributes, 60).matched is matched
+
+
+@pytest.mark.parametrize(
+    ("seed", "small", "shape"),
+    [
+        (10000, True, None),
+        (10001, True, None),
+        (10002, True, None),
+        (10005, True, (64, 64, 40)),
+        (10006, True, (200, 160, 30)),
+        (10007, True, (96, 96, 120)),
+        (10008, False, (256, 256, 60)),
+    ],
+)
+def test_gate_accepts_the_projects_phantoms(
+    seed: int, small: bool, shape: tuple[int, int, int] | None
+) -> None:
+    gate = _gate()
+    case = synthesize(seed, small=small, shape=shape)
+    verdict = gate.check_input(case.image())
+    assert verdict.rejected is None and verdict.warnings == []
+    volumes = gate.check_volumes(case.labels, case.spacing, _organs())
+    assert volumes.rejected is None, volumes.rejected
+
+
+def test_gate_accepts_a_crop_with_a_warning() -> None:
+    image, _truth = _liver_crop(10003)
+    verdict = _gate().check_input(image)
+    assert verdict.rejected is None
+    assert any("field of view cuts the body" in w for w in verdict.warnings)
+
+
+def _stack(ds: Any, slices: int, dz: float, metadata: dict[str, Any]) -> Image:
+    hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(
+        ds.get("RescaleIntercept", 0)
+    )
+    rows, cols = (float(v) for v in ds.PixelSpacing)
+    vol = np.repeat(hu.T[:, :, None], slices, axis=2)  # (i = column, j = row, k)
+    return Image(
+        array=np.ascontiguousarray(vol[None]),
+        spacing=(cols, rows, dz),
+        origin=(0.0, 0.0, 0.0),
+        direction=np.eye(3),
+        metadata=metadata,
+    )
+
+
+def _head_ct() -> Image:
+    """A real head CT slice (pydicom-data 693_UNCR) as a 20-slice series, no BodyPartExamined."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("693_UNCR.dcm"))
+    return _stack(ds, 20, 5.0, {"Modality": "CT"})
+
+
+def _chest_ct() -> Image:
+    """A phantom with lungs over its whole length: a chest-only CT."""
+    case = synthesize(10004, small=True)
+    hu = case.hu.copy()
+    x = case.origin[0] + np.arange(case.shape[0]) * case.spacing[0]
+    y = case.origin[1] + np.arange(case.shape[1]) * case.spacing[1]
+    body = hu[:, :, case.shape[2] // 2] > -500
+    cx, cy = float(x[body.any(axis=1)].mean()), float(y[body.any(axis=0)].mean())
+    for side in (-1.0, 1.0):
+        lung = ((x[:, None] - cx - side * 70.0) / 55.0) ** 2 + ((y[None] - cy) / 75.0) ** 2 < 1
+        hu[lung] = -850.0
+    meta = {**case.metadata()}
+    meta.pop("BodyPartExamined")
+    return Image(
+        array=hu[None],
+        spacing=case.spacing,
+        origin=case.origin,
+        direction=case.direction,
+        metadata=meta,
+    )
+
+
+def _mr() -> Image:
+    """Real MR (pydicom-data MR_small) as a 20-slice series."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    return _stack(ds, 20, 5.0, {"Modality": "MR"})
+
+
+def _single_slice() -> Image:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    return _stack(ds, 1, 5.0, {"Modality": "CT"})
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_head_ct, "looks like a head"),
+        (_chest_ct, "looks like a chest"),
+        (_mr, "Modality is MR"),
+        (_single_slice, "1 slice"),
+    ],
+)
+def test_gate_rejects_what_the_model_was_not_made_for(make: Any, reason: str) -> None:
+    verdict = _gate().check_input(make())
+    assert verdict.rejected is not None and reason in verdict.rejected, verdict.rejected
+
+
+def test_gate_rejects_an_mr_without_a_modality_by_its_values() -> None:
+    image = _mr()
+    image.metadata.pop("Modality")
+    verdict = _gate().check_input(image)
+    assert verdict.rejected is not None and "not Hounsfield units" in verdict.rejected
+
+
+def test_gate_rejects_a_brain_body_part() -> None:
+    case = synthesize(10000, small=True)
+    image = case.image()
+    image.metadata["BodyPartExamined"] = "BRAIN"
+    verdict = _gate().check_input(image)
+    assert verdict.rejected is not None and "BRAIN" in verdict.rejected
+
+
+def test_volume_check_rejects_a_head_sized_liver_and_warns_on_borderline() -> None:
+    gate = _gate()
+    mask = np.zeros((100, 100, 40), np.uint8)
+    mask[20:40, 20:45, 10:31] = 1  # 20 * 25 * 21 mm^3 * 10 = 105 mL at 10 mm^3 voxels
+    verdict = gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs())
+    assert verdict.rejected is not None and "liver 105 mL" in verdict.rejected
+    mask[:] = 0
+    mask[5:95, 5:95, 5:13] = 1  # 90 * 90 * 8 * 10 mm^3 = 648 mL: just under the range
+    verdict = gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs())
+    assert verdict.rejected is None
+    assert any(w.startswith("borderline: liver 648 mL") for w in verdict.warnings)
+    # Touching the image's edge, the organ may be cut: not judged.
+    mask[:] = 0
+    mask[0:40, 20:45, 10:31] = 1
+    assert gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs()).rejected is None
+
+
+def test_host_refuses_a_head_ct_with_a_reason_and_no_results(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+
+    with caplog.at_level("WARNING", logger="medlens.host"):
+        result = _host().run("ct-abdomen-seg", _head_ct(), out=tmp_path, device="cpu")
+    p = result.prediction
+    assert p.status == v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION
+    assert p.status_reason is not None and "looks like a head" in p.status_reason
+    assert p.mask is None and p.heatmap is None and not result.measurements
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["result.json"]
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["status"] == "rejected_out_of_distribution"
+    assert "looks like a head" in doc["status_reason"]
+    assert doc["measurements"] == [] and doc["outputs"] == {"json": "result.json"}
+    assert any("rejected_out_of_distribution" in r.getMessage() for r in caplog.records)
+
+
+def test_host_refuses_a_plugin_that_rejects_but_returns_results() -> None:
+    from medlens.errors import PluginError
+    from medlens.host import _check_prediction
+
+    mask = Image(
+        array=np.zeros((1, 4, 4, 4), np.uint8),
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=np.eye(3),
+    )
+    bad = v1.Prediction(
+        mask=mask, status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION, status_reason="x"
+    )
+    with pytest.raises(PluginError, match="carries results"):
+        _check_prediction(_manifest(), mask, bad)
+    with pytest.raises(PluginError, match="without a reason"):
+        _check_prediction(
+            _manifest(), mask, v1.Prediction(status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION)
+        )
+
+
+def test_volume_check_only_warns_on_a_small_fragment_of_another_organ() -> None:
+    mask = np.zeros((100, 100, 40), np.uint8)
+    mask[20:30, 20:30, 10:24] = 2  # a 14 mL "spleen" fragment
+    verdict = _gate().check_volumes(mask, (1.0, 1.0, 10.0), _organs())
+    assert verdict.rejected is None
+    assert verdict.warnings == ["borderline: spleen 14 mL (training range 119-306 mL)"]

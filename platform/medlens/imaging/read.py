@@ -26,7 +26,7 @@ from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti, read_nifti
 from medlens.imaging.series import GapPolicy, TiltPolicy, load_series, read_dataset
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, read_2d_dicom, read_2d_file
-from medlens.plugin_api._selection import Rule, evaluate
+from medlens.rules.grammar import Rule, evaluate
 
 __all__ = ["LABEL_VALUES", "choose_series", "read_image", "read_mask"]
 

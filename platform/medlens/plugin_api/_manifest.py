@@ -12,7 +12,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medlens.plugin_api._selection import Rule
 from medlens.plugin_api._vocab import (
     Artifact,
     ExplanationMethod,
@@ -21,6 +20,7 @@ from medlens.plugin_api._vocab import (
     Task,
     WeightsFormat,
 )
+from medlens.rules.grammar import Rule
 
 __all__ = [
     "API_VERSION",

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import Manifest
-from medlens.plugin_api._vocab import SanityVerdict
+from medlens.plugin_api._vocab import ResultStatus, SanityVerdict
 
 __all__ = [
     "Explanation",
@@ -131,6 +131,10 @@ class Prediction:
         measurements: Volume/lesion measurements.
         warnings: One-line notes for the user (fallbacks taken, inputs fixed).
         extra: JSON-serialisable extras for result.json.
+        status: ``ok``, or why the plugin refused to report (e.g. the input is not what it
+            was trained on); a refused prediction carries no mask, heatmap, measurements
+            or findings.
+        status_reason: One-line reason when ``status`` is not ``ok``.
     """
 
     mask: Image | None = None
@@ -140,6 +144,8 @@ class Prediction:
     measurements: list[Measurement] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    status: ResultStatus = ResultStatus.OK
+    status_reason: str | None = None
 
 
 @dataclass

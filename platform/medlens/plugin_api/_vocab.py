@@ -9,6 +9,7 @@ __all__ = [
     "ExplanationMethod",
     "Modality",
     "OutputKind",
+    "ResultStatus",
     "SanityVerdict",
     "Task",
     "WeightsFormat",
@@ -74,6 +75,13 @@ class Artifact(StrEnum):
 
     IMAGE = "image"
     MASK = "mask"
+
+
+class ResultStatus(StrEnum):
+    """Whether a plugin reported on its input or refused it as outside what it was made for."""
+
+    OK = "ok"
+    REJECTED_OUT_OF_DISTRIBUTION = "rejected_out_of_distribution"
 
 
 class SanityVerdict(StrEnum):

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from medlens.plugin_api import v1
 
-__all__ = ["MANIFEST"]
+__all__ = [
+    "ACCEPTED_BODY_PARTS",
+    "MANIFEST",
+    "REFUSED_BODY_PARTS",
+    "TRAINING_SEEDS",
+    "TRAINING_VOLUME_ML",
+]
 
 _SCT = "SCT"
 _ORGAN = v1.Code(value="113343008", scheme=_SCT, meaning="Organ")
@@ -53,6 +59,71 @@ LABELS = [
     ),
 ]
 
+#: Seeds of the training phantoms (as in the recipe's default ``--seed 0 --cases 60``).
+TRAINING_SEEDS = range(0, 60)
+
+#: Organ volume range (mL, min and max) of the training phantoms' analytic truth, printed by
+#: ``python -m medlens_ct_abdomen_seg.plausibility``. Shown in the model card.
+TRAINING_VOLUME_ML: dict[str, tuple[float, float]] = {
+    "liver": (682.9, 1582.2),
+    "spleen": (118.8, 305.9),
+    "kidney_right": (72.1, 186.1),
+    "kidney_left": (75.0, 195.2),
+}
+
+#: Body parts (``BodyPartExamined``, PS3.16 CID 4031 style) that include the upper abdomen.
+ACCEPTED_BODY_PARTS = frozenset(
+    {
+        "ABDOMEN",
+        "ABDOMENPELVIS",
+        "ABDPELVIS",
+        "CHESTABDOMEN",
+        "CHESTABDPELVIS",
+        "CHEST_ABDOMEN",
+        "CHEST_ABDOMEN_PELVIS",
+        "ABDOMEN_PELVIS",
+        "TRUNK",
+        "WHOLEBODY",
+        "WHOLE BODY",
+        "LIVER",
+        "KIDNEY",
+        "SPLEEN",
+        "TORSO",
+    }
+)
+
+#: Body parts that cannot show the liver, spleen and kidneys.
+REFUSED_BODY_PARTS = frozenset(
+    {
+        "HEAD",
+        "BRAIN",
+        "SKULL",
+        "HEADNECK",
+        "HEAD_NECK",
+        "NECK",
+        "FACE",
+        "ORBIT",
+        "IAC",
+        "SINUS",
+        "CSPINE",
+        "CHEST",
+        "THORAX",
+        "LUNG",
+        "HEART",
+        "BREAST",
+        "EXTREMITY",
+        "ARM",
+        "HAND",
+        "LEG",
+        "KNEE",
+        "FOOT",
+        "ANKLE",
+        "SHOULDER",
+        "HIP",
+        "PELVIS",
+    }
+)
+
 #: Held-out evaluation, quoted from ``python -m medlens_workflows.phantom_eval``.
 _EVAL_METHOD = (
     "python -m medlens_workflows.phantom_eval --plugin ct-abdomen-seg --cases 20 --seed 10000"
@@ -90,6 +161,13 @@ MANIFEST = v1.Manifest(
             v1.Equals(attribute="Modality", value="CT"),
             v1.MinSlices(count=10),
             v1.Not(rule=v1.Contains(attribute="ImageType", value="LOCALIZER")),
+            # Absent or empty BodyPartExamined passes; the content gate then decides.
+            v1.Not(
+                rule=v1.Regex(
+                    attribute="BodyPartExamined",
+                    pattern="^(" + "|".join(sorted(REFUSED_BODY_PARTS)) + ")$",
+                )
+            ),
         ]
     ),
     input=v1.InputSpec(
@@ -129,6 +207,12 @@ MANIFEST = v1.Manifest(
             "poorly or missed; figures below hold for tumours of at least 1 mL.",
             "Right/left kidney labels depend on correct patient orientation in the header.",
             "Grad-CAM heatmaps explain the model, they do not localise disease.",
+            "Input gate: non-CT, non-abdominal BodyPartExamined, under 30 mm of z-extent, "
+            "non-HU values, head- or chest-like sections, or organ volumes beyond twice the "
+            "training range are refused (status rejected_out_of_distribution, no results); "
+            "volumes just outside it are reported with a warning. Training range (mL): "
+            + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in TRAINING_VOLUME_ML.items())
+            + " (python -m medlens_ct_abdomen_seg.plausibility).",
         ],
         training_data=(
             "60 MedLens CT phantoms (medlens.phantoms.ct.synthesize, small mode), seeds 0-59, "

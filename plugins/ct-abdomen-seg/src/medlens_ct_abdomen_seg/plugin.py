@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medlens.plugin_api import v1
+from medlens_ct_abdomen_seg.plausibility import check_input, check_volumes
 
 if TYPE_CHECKING:
     import torch
@@ -58,7 +59,9 @@ class CtAbdomenSeg:
 
         Returns:
             Label map (values of the manifest's labels) on the input's grid, and a
-            Grad-CAM heatmap with its sanity verdict when an explanation is requested.
+            Grad-CAM heatmap with its sanity verdict when an explanation is requested;
+            or a ``rejected_out_of_distribution`` prediction with the reason when the
+            input or the produced volumes are implausible (see :mod:`.plausibility`).
 
         Raises:
             InputError: If the image is not a single-channel 3-D image.
@@ -70,8 +73,23 @@ class CtAbdomenSeg:
             raise v1.InputError(
                 f"ct-abdomen-seg needs a single-channel image, got {image.channels} channels"
             )
+        # Never a confident answer on anatomy the model was not made for: check the input
+        # before inference and the produced volumes after it.
+        with ctx.timer("plausibility_s"):
+            verdict = check_input(image)
+        if verdict.rejected is not None:
+            return _refused(verdict.rejected, verdict.warnings)
+        for w in verdict.warnings:
+            ctx.warn(f"borderline input: {w}")
         # The engine times its own stages (preprocess/inference/postprocess/explain).
         mask, _probs = ctx.segment(self.network, image)
+        organs = {lab.name: lab.value for lab in self.manifest.outputs.labels}
+        with ctx.timer("plausibility_s"):
+            volumes = check_volumes(mask.array[0], mask.spacing, organs)
+        if volumes.rejected is not None:
+            return _refused(volumes.rejected, volumes.warnings)
+        for w in volumes.warnings:
+            ctx.warn(w)
         present = sorted(int(v) for v in np.unique(mask.array) if v != 0)
         extra: dict[str, Any] = {"labels_present": [self.manifest.label(v).name for v in present]}
         heatmap = explanation = None
@@ -84,6 +102,14 @@ class CtAbdomenSeg:
             else:
                 ctx.warn("no liver or liver tumour was segmented, so there is nothing to explain")
         return v1.Prediction(mask=mask, heatmap=heatmap, explanation=explanation, extra=extra)
+
+
+def _refused(reason: str, warnings: list[str]) -> v1.Prediction:
+    return v1.Prediction(
+        status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+        status_reason=reason,
+        warnings=list(warnings),
+    )
 
 
 def create(ctx: v1.LoadContext) -> CtAbdomenSeg:
