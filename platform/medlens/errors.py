@@ -23,9 +23,11 @@ __all__ = [
     "PluginLoadError",
     "PluginNotFoundError",
     "PluginValidationError",
+    "RoutingError",
     "SelectionError",
     "WeightsError",
     "WeightsIntegrityError",
+    "is_transient",
 ]
 
 
@@ -110,9 +112,50 @@ class SelectionError(MedLensError):
     """A series-selection rule is malformed, or no series matches."""
 
 
+class RoutingError(SelectionError, InputError):
+    """The input is not what the plugin was made for (modality, body part, rule).
+
+    Final: the same input is refused again on every try, so it is never retried.
+    """
+
+
 class EngineError(MedLensError):
     """Inference could not run (device, memory, model format)."""
 
 
 class OutputError(MedLensError):
     """A result could not be written."""
+
+
+# errno values of conditions that pass: a full disk, a busy or interrupted resource
+# (EINTR, EAGAIN, EBUSY, ENOSPC, ETIMEDOUT, EDQUOT).
+_TRANSIENT_ERRNOS = frozenset({4, 11, 16, 28, 110, 122})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the same input again may succeed.
+
+    Transient: a timeout, running out of memory (``MemoryError``, torch's
+    ``OutOfMemoryError``, "out of memory" from a device), a full disk or a busy
+    resource, also when wrapped as the cause of a MedLens error. Final: everything
+    about the input or the setup (:class:`InputError`, :class:`SelectionError`,
+    :class:`RoutingError`, :class:`ConfigError`), and plugin errors not caused by one
+    of the transient conditions, which fail again on every try: never retried.
+
+    Args:
+        exc: The error a run ended with.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, InputError | SelectionError | ConfigError):
+            return False  # the input or setup itself: the same on every try
+        if isinstance(e, TimeoutError | MemoryError):
+            return True
+        if type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower():
+            return True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            return True
+        e = e.__cause__ or e.__context__
+    return False

@@ -306,11 +306,11 @@ def _check_prediction(m: Manifest, image: Image, p: Prediction) -> None:
 
 
 def _read_input(input: Image | str | Path, manifest: Manifest) -> Image:  # noqa: A002
-    if isinstance(input, Image):
-        return input
-    from medlens.imaging.read import read_image
+    # The one routing path (modality, body part, selection rule) shared with the CLI
+    # and watch: a refused input raises RoutingError before any pixel is decoded.
+    from medlens.routing import read_for
 
-    return read_image(Path(input), selection=manifest.selection)
+    return read_for(manifest, input)
 
 
 def _read_mask(mask: Image | str | Path, image: Image) -> Image:

@@ -1,26 +1,185 @@
-"""``medlens run ID INPUT --out DIR``."""
+"""``medlens run PLUGIN INPUT... --out OUT``: one plugin over every case the inputs hold.
+
+Inputs are files (DICOM, NIfTI, PNG/JPEG/TIFF), series folders, or folders of many
+series or images (:func:`medlens.routing.find_cases`). Each case is routed by the one
+routing path (:func:`medlens.routing.route`): a case the plugin's rules refuse is
+*skipped* with the reason, never run. Each accepted case runs through ``Host.run`` and
+its files land, written as a set, in ``OUT/<case>/`` where ``<case>`` is built only
+from validated parts (``0001-CT-<hash of the series UID>``).
+
+Output: a progress bar on a terminal (stderr); with ``--json`` one JSON line per case on
+stdout (``input``, ``case``, ``status`` ``ok``/``skipped``/``failed``, ``result``,
+``error``, ``reason``). Exit code 0 when every accepted case succeeded, 1 when a case
+failed, 3 when the plugin accepted no case at all (said on stderr).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from medlens.cli._progress import spinner
+from medlens.cli._progress import progress_bar
+from medlens.errors import MedLensError, OutputError, RoutingError
 from medlens.host import Host
 
-__all__ = ["run"]
+__all__ = ["EXIT_FAILED", "EXIT_NOTHING_ACCEPTED", "CaseOutcome", "run"]
+
+#: Exit code when at least one accepted case failed.
+EXIT_FAILED = 1
+#: Exit code when the plugin accepted none of the cases found.
+EXIT_NOTHING_ACCEPTED = 3
+
+_CASE_NAME = re.compile(r"[0-9]{4}-[A-Z0-9]{1,16}-[0-9a-f]{10}")
+log = logging.getLogger("medlens.cli.run")
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """What happened to one case (one ``--json`` line)."""
+
+    input: str
+    case: str
+    status: str  # "ok" | "skipped" | "failed"
+    result: str | None = None
+    error: str | None = None
+    reason: str | None = None
+    details: Any = None  # the Result of an ``ok`` case (not serialised)
+
+    def to_json(self) -> str:
+        """The case as one JSON line."""
+        doc = {
+            "input": self.input,
+            "case": self.case,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "reason": self.reason,
+        }
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def _case_dir(out: Path, name: str) -> Path:
+    """``out/name``, with ``name`` checked against the case-name grammar and kept under ``out``."""
+    if not _CASE_NAME.fullmatch(name):
+        raise OutputError("case folder name is not in the expected form")
+    base = out.resolve()
+    path = (base / name).resolve()
+    if path.parent != base:
+        raise OutputError("case folder would leave the output folder")
+    return path
+
+
+def _write_as_set(result: Any, final: Path, source_root: Path) -> Path:
+    """Write every file of a result into a fresh folder, then move it into place at once."""
+    from medlens.io import write_result
+
+    staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
+    try:
+        write_result(result, staging, source_root=source_root)
+        if final.exists():
+            old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, MedLensError):
+        return str(e)
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+def _run_case(
+    host: Host,
+    plugin_id: str,
+    case: Any,
+    out: Path,
+    run_kwargs: dict[str, Any],
+) -> CaseOutcome:
+    from medlens.imaging.facts import facts_of_image
+    from medlens.routing import read_case, route
+
+    manifest = host.get(plugin_id).manifest
+    base = CaseOutcome(input=str(case.path), case=case.name, status="failed")
+    if case.kind == "error":
+        return _replace(base, error=case.error)
+    try:
+        if case.facts is not None:  # DICOM: routed on its headers, before any pixel is read
+            outcome = route(manifest, case.facts)
+            if not outcome.matched:
+                return _replace(base, status="skipped", reason="; ".join(outcome.reasons))
+        image = read_case(case)
+        if case.facts is None:  # NIfTI or image file: routed on what the file states
+            outcome = route(manifest, facts_of_image(image))
+            if not outcome.matched:
+                return _replace(base, status="skipped", reason="; ".join(outcome.reasons))
+        result = host.run(plugin_id, image, **run_kwargs)
+        root = case.root if case.root.is_dir() else case.root.parent
+        folder = _write_as_set(result, _case_dir(out, case.name), root)
+    except RoutingError as e:
+        return _replace(base, status="skipped", reason=str(e))
+    except Exception as e:  # one case must not stop the batch: its reason is on record
+        log.debug("case %s failed", case.name, exc_info=True)
+        return _replace(base, error=_one_line(e))
+    written = folder / "result.json"
+    return _replace(
+        base,
+        status="ok",
+        result=str(written if written.exists() else folder),
+        details=result,
+    )
+
+
+def _replace(o: CaseOutcome, **changes: Any) -> CaseOutcome:
+    from dataclasses import replace
+
+    return replace(o, **changes)
+
+
+def _echo_details(o: CaseOutcome) -> None:
+    r = o.details
+    p = r.provenance
+    click.echo(f"  {p.plugin} {p.plugin_version} on {p.device} ({p.device_reason})")
+    for m in r.measurements:
+        click.echo(f"  {m.label}: {m.volume_ml:.2f} mL, {m.lesion_count} lesion(s)")
+    for f in r.prediction.findings:
+        state = "positive" if f.positive else "negative"
+        click.echo(f"  {f.label}: p={f.probability:.3f} ({state})")
+    for w in r.prediction.warnings:
+        click.echo(f"  warning: {w}")
 
 
 @click.command()
 @click.argument("plugin_id")
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument(
+    "inputs",
+    metavar="INPUT...",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+)
 @click.option(
     "--out",
     "out",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Folder for the result files.",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the results: one subfolder per case.",
 )
 @click.option(
     "--device",
@@ -33,41 +192,85 @@ __all__ = ["run"]
     "--mask",
     type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Label map (NIfTI or DICOM SEG) for plugins that consume one.",
+    help="Label map (NIfTI or DICOM SEG) for plugins that consume one (one case only).",
 )
 @click.option("--no-explain", is_flag=True, help="Skip explanation heatmaps.")
 @click.option("--no-chain", is_flag=True, help="Do not run plugins chained after this one.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per case on stdout.")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log messages from this level on go to stderr.",
+)
 def run(
     plugin_id: str,
-    input_path: Path,
+    inputs: tuple[Path, ...],
     out: Path,
     device: str,
     mask: Path | None,
     no_explain: bool,
     no_chain: bool,
+    as_json: bool,
+    log_level: str,
 ) -> None:
-    """Run plugin PLUGIN_ID on INPUT (DICOM series folder, NIfTI or image) into --out."""
-    options = {"explain": False} if no_explain else {}
-    with spinner(f"running {plugin_id} on {input_path.name}"):
-        result = Host().run(
-            plugin_id,
-            input_path,
-            out=out,
-            device=device,
-            mask=mask,
-            options=options,
-            chain=not no_chain,
-        )
-    p = result.provenance
-    click.echo(f"{p.plugin} {p.plugin_version} on {p.device} ({p.device_reason})")
-    for m in result.measurements:
-        click.echo(f"  {m.label}: {m.volume_ml:.2f} mL, {m.lesion_count} lesion(s)")
-    for f in result.prediction.findings:
+    """Run PLUGIN_ID on every case of INPUT... its rules accept, one folder each in --out.
+
+    INPUT is a file (DICOM, NIfTI, PNG/JPEG/TIFF), a series folder, or a folder of many
+    series or images.
+
+    Exit code: 0 when every accepted case succeeded (cases the rules refuse are skipped,
+    not failed), 1 when a case failed, 3 when the plugin accepted no case at all.
+    """
+    from medlens.routing import find_cases
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    host = Host()
+    manifest = host.get(plugin_id).manifest  # an unknown plugin ends here, one line
+    cases = find_cases(inputs)
+    runnable = [c for c in cases if c.kind != "error"]
+    if mask is not None and len(runnable) > 1:
+        raise click.UsageError(f"--mask needs exactly one case; the inputs hold {len(runnable)}")
+    out.mkdir(parents=True, exist_ok=True)
+    run_kwargs: dict[str, Any] = {
+        "device": device,
+        "mask": mask,
+        "options": {"explain": False} if no_explain else {},
+        "chain": not no_chain,
+    }
+    outcomes: list[CaseOutcome] = []
+    with progress_bar(len(cases), f"{manifest.id}") as step:
+        for case in cases:
+            step(case.name, False)
+            o = _run_case(host, plugin_id, case, out, run_kwargs)
+            outcomes.append(o)
+            step(case.name, True)
+            if as_json:
+                click.echo(o.to_json())
+            else:
+                tail = o.result or o.error or o.reason or ""
+                click.echo(f"{o.status:<8}{o.case}  {o.input}  {tail}")
+                if o.details is not None and len(cases) == 1:
+                    _echo_details(o)
+            if o.status == "failed":
+                log.warning("case %s failed: %s", o.case, o.error)
+            elif o.status == "skipped":
+                log.info("case %s skipped: %s", o.case, o.reason)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    click.echo(f"{manifest.id}: {len(outcomes)} case(s): {summary}; results in {out}", err=True)
+    accepted = counts["ok"] + counts["failed"]
+    if accepted == 0:
         click.echo(
-            f"  {f.label}: p={f.probability:.3f} ({'positive' if f.positive else 'negative'})"
+            f"error: {manifest.id!r} accepted none of the {len(outcomes)} case(s) found",
+            err=True,
         )
-    for w in result.prediction.warnings:
-        click.echo(f"  warning: {w}")
-    click.echo(f"results in {out.resolve()}")
-    for kind, path in sorted(result.outputs.items()):
-        click.echo(f"  {kind}: {path.name}")
+        raise SystemExit(EXIT_NOTHING_ACCEPTED)
+    if counts["failed"]:
+        raise SystemExit(EXIT_FAILED)

@@ -1,5 +1,11 @@
 """Index a folder of DICOM files into patients → studies → series, headers only.
 
+This is the one DICOM header reader of the host: series facts for routing
+(:mod:`medlens.imaging.facts`), ``medlens index`` and ``medlens convert`` all read
+headers through :func:`read_header`. It keeps only the allowlisted attributes
+(:data:`~medlens.imaging.image.AUDIT_ATTRIBUTES`); ``PatientID`` and ``PatientName``
+are read for one purpose, the patient key below, and never stored.
+
 Pixel data is never read: each file is parsed up to the end of group ``0028``
 (image pixel description), which skips bulky private groups, functional-group
 sequences and pixel data alike. Patients are keyed by an unsalted sha256 of
@@ -32,7 +38,6 @@ __all__ = [
     "fast_value",
     "index_folder",
     "read_header",
-    "selection_attributes",
 ]
 
 #: Media Storage Directory Storage: a DICOMDIR, an index of a medium, not an instance.
@@ -258,6 +263,7 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     }
     attributes.setdefault("StudyInstanceUID", uids["StudyInstanceUID"])
     attributes.setdefault("SeriesInstanceUID", uids["SeriesInstanceUID"])
+    attributes.setdefault("SOPClassUID", uids["SOPClassUID"])
     pos = _floats(values["ImagePositionPatient"], 3)
     return DicomHeader(
         path=p,
@@ -282,10 +288,18 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file the index left out, and why (one line)."""
+    """A file the index left out, and why (one line).
+
+    Attributes:
+        path: The file.
+        reason: One-line reason (no identifying values).
+        not_dicom: True when the file is simply not a DICOM instance (another format,
+            a DICOMDIR); False when it is DICOM but unreadable or incomplete.
+    """
 
     path: Path
     reason: str
+    not_dicom: bool = False
 
 
 @dataclass(frozen=True)
@@ -435,6 +449,8 @@ def _walk(root: Path) -> Iterator[Path]:
 def _try_header(path: Path) -> DicomHeader | SkippedFile:
     try:
         return read_header(path)
+    except NotDicomError as e:
+        return SkippedFile(path, str(e), not_dicom=True)
     except DicomError as e:
         return SkippedFile(path, str(e))
 
@@ -521,13 +537,3 @@ def index_folder(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_try_header, paths))
     return build_index(root, results)
-
-
-def selection_attributes(series: SeriesEntry) -> dict[str, Any]:
-    """Attributes a selection rule sees for a series (audit attributes plus a few more)."""
-    attrs = series.attributes
-    attrs["SOPClassUID"] = series.headers[0].sop_class_uid
-    if series.series_number is not None:
-        attrs["SeriesNumber"] = series.series_number
-    attrs.setdefault("Modality", series.modality)
-    return attrs

@@ -29,11 +29,19 @@ from medlens.errors import GeometryError
 
 __all__ = ["AUDIT_ATTRIBUTES", "Image", "lps_to_ras", "ras_to_lps"]
 
-#: Metadata keys the host keeps from a source header: what plugins and bias audits
-#: need, none of it identifying on its own.
+#: The one identifying-attribute policy, an allowlist: the header attributes the host
+#: keeps (image metadata, series facts that selection rules see, index summaries).
+#: What plugins, routing and bias audits need, none of it identifying on its own;
+#: ``PatientName``, ``PatientID``, ``PatientBirthDate`` and the like never enter.
 AUDIT_ATTRIBUTES: tuple[str, ...] = (
     "Modality",
+    "SOPClassUID",
     "BodyPartExamined",
+    "StudyDescription",
+    "ProtocolName",
+    "SeriesNumber",
+    "ImageLaterality",
+    "ContrastBolusAgent",
     "Manufacturer",
     "ManufacturerModelName",
     "PatientSex",

@@ -15,20 +15,15 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.errors import DicomError, GeometryError, InputError, SelectionError
-from medlens.imaging.dicom_index import (
-    DicomIndex,
-    SeriesEntry,
-    index_folder,
-    read_header,
-    selection_attributes,
-)
+from medlens.imaging.dicom_index import DicomIndex, SeriesEntry, index_folder, read_header
+from medlens.imaging.facts import facts_of_series
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti, read_nifti
 from medlens.imaging.series import GapPolicy, TiltPolicy, load_series, read_dataset
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, read_2d_dicom, read_2d_file
 from medlens.rules.grammar import Rule, evaluate
 
-__all__ = ["LABEL_VALUES", "choose_series", "read_image", "read_mask"]
+__all__ = ["LABEL_VALUES", "choose_series", "read_image", "read_mask", "read_series"]
 
 #: The project's fixed label values, used to map DICOM SEG segment labels to values.
 LABEL_VALUES: dict[str, int] = {
@@ -89,7 +84,8 @@ def choose_series(
     matched: list[SeriesEntry] = []
     failures: list[str] = []
     for s in candidates:
-        outcome = evaluate(selection, selection_attributes(s), s.frame_count)
+        facts = facts_of_series(s).for_rules()
+        outcome = evaluate(selection, facts.attributes, facts.instance_count)
         if outcome.matched:
             matched.append(s)
         else:
@@ -129,6 +125,28 @@ def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Ima
     return load_series([path], on_gaps=on_gaps, on_tilt=on_tilt)
 
 
+def read_series(
+    series: SeriesEntry, *, on_gaps: GapPolicy = "resample", on_tilt: TiltPolicy = "error"
+) -> Image:
+    """Read one series of an index: a 3-D volume, or its single 2-D image.
+
+    Raises:
+        SelectionError: The series holds several separate 2-D images (read each file).
+        DicomError: Unreadable files (``GeometryError`` for geometry problems).
+    """
+    headers = series.headers
+    no_geometry = all(h.image_position is None for h in headers)
+    two_d = series.modality.upper() in TWO_D_MODALITIES or no_geometry
+    if two_d and all(h.number_of_frames == 1 for h in headers):
+        if len(headers) > 1:
+            raise SelectionError(
+                f"{_describe(series)} holds {len(headers)} separate 2-D images; "
+                "pass one file instead of the folder"
+            )
+        return read_2d_dicom(read_dataset(headers[0].path), headers[0].path)
+    return load_series(series.files, on_gaps=on_gaps, on_tilt=on_tilt)
+
+
 def read_image(
     path: Path,
     *,
@@ -164,19 +182,7 @@ def read_image(
     if p.is_dir():
         index = index_folder(p)
         series, warnings = choose_series(index, selection=selection, series_uid=series_uid)
-        headers = series.headers
-        no_geometry = all(h.image_position is None for h in headers)
-        two_d = series.modality.upper() in TWO_D_MODALITIES or no_geometry
-        if two_d and all(h.number_of_frames == 1 for h in headers):
-            if len(headers) > 1:
-                raise SelectionError(
-                    f"{_describe(series)} holds {len(headers)} separate 2-D images; "
-                    "pass one file instead of the folder"
-                )
-            image = read_2d_dicom(read_dataset(headers[0].path), headers[0].path)
-        else:
-            image = load_series(series.files, on_gaps=on_gaps, on_tilt=on_tilt)
-        return _add_warnings(image, warnings)
+        return _add_warnings(read_series(series, on_gaps=on_gaps, on_tilt=on_tilt), warnings)
     if is_nifti(p):
         return read_nifti(p)
     if is_2d_image_file(p):

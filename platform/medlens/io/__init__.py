@@ -55,12 +55,16 @@ FILE_NAMES: dict[str, str] = {
 }
 
 
-def write_result(result: Result, out_dir: Path) -> dict[str, Path]:
+def write_result(
+    result: Result, out_dir: Path, *, source_root: Path | None = None
+) -> dict[str, Path]:
     """Write a result (and its chained results) as its manifests ask.
 
     Args:
         result: The root result.
         out_dir: Folder to write into (created if missing).
+        source_root: Input root that result.json gives a non-DICOM input's path
+            relative to (default: the file name only).
 
     Returns:
         Paths written, by output key (see the module docstring).
@@ -83,7 +87,7 @@ def write_result(result: Result, out_dir: Path) -> dict[str, Path]:
         note = f"no SEG, SR, heatmap or mask written: the input was refused ({status})"
         if note not in result.prediction.warnings:
             result.prediction.warnings.append(note)
-        outputs["json"] = write_result_json(result, outputs, out_dir)
+        outputs["json"] = write_result_json(result, outputs, out_dir, source_root=source_root)
         return outputs
     tree = list(iter_results(result))
     wants = {kind: any(kind in r.manifest.outputs.kinds for r in tree) for kind in OutputKind}
@@ -107,7 +111,7 @@ def write_result(result: Result, out_dir: Path) -> dict[str, Path]:
     if wants[OutputKind.JSON]:
         from medlens.io.result_json import write_result_json
 
-        outputs["json"] = write_result_json(result, outputs, out_dir)
+        outputs["json"] = write_result_json(result, outputs, out_dir, source_root=source_root)
     return outputs
 
 

@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import OutputError
+from medlens.errors import MedLensError, OutputError
+from medlens.imaging.image import Image
 from medlens.io.atomic import write_text
 from medlens.plugin_api._results import Result
 
@@ -99,8 +100,40 @@ def _summary(result: Result, measurements_fallback: bool) -> dict[str, Any]:
     }
 
 
+def _source(image: Image, source_root: Path | None) -> dict[str, Any]:
+    """Which input the result came from: DICOM UIDs, else a path relative to the input root."""
+    meta = image.metadata
+    study, series = meta.get("StudyInstanceUID"), meta.get("SeriesInstanceUID")
+    if image.source and study and series and "SOPClassUID" in meta:
+        from medlens.imaging.dicom_index import read_header
+
+        try:
+            sops = [read_header(p).sop_instance_uid for p in image.source]
+        except MedLensError as e:
+            raise OutputError(f"cannot name the source instances: {e}") from e
+        return {
+            "kind": "dicom",
+            "study_instance_uid": str(study),
+            "series_instance_uid": str(series),
+            "sop_instance_uids": sops,
+        }
+    if image.source:
+        p = Path(image.source[0])
+        if source_root is not None and p.is_relative_to(source_root):
+            rel = p.relative_to(source_root).as_posix()
+        else:
+            rel = p.name
+        return {"kind": "file", "path": rel or p.name}
+    return {"kind": "memory"}
+
+
 def build_result_json(
-    result: Result, outputs: Mapping[str, Path], out_dir: Path, notes: Sequence[str] = ()
+    result: Result,
+    outputs: Mapping[str, Path],
+    out_dir: Path,
+    notes: Sequence[str] = (),
+    *,
+    source_root: Path | None = None,
 ) -> dict[str, Any]:
     """The result.json document of ``result`` (validated).
 
@@ -109,6 +142,8 @@ def build_result_json(
         outputs: Files written so far, by kind name.
         out_dir: Output folder; file names are given relative to it.
         notes: Writer notes (skipped outputs), appended to ``warnings``.
+        source_root: The input root a non-DICOM input's path is given relative to
+            (default: only its file name).
 
     Raises:
         OutputError: If the document does not validate.
@@ -116,6 +151,7 @@ def build_result_json(
     doc: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
     doc.update(_summary(result, measurements_fallback=True))
     doc["warnings"] = [*doc["warnings"], *(n for n in notes if n not in doc["warnings"])]
+    doc["source"] = _source(result.image, source_root)
     doc["outputs"] = {
         kind: Path(path).relative_to(out_dir).as_posix()
         if Path(path).is_relative_to(out_dir)
@@ -128,11 +164,18 @@ def build_result_json(
 
 
 def write_result_json(
-    result: Result, outputs: Mapping[str, Path], out_dir: Path, notes: Sequence[str] = ()
+    result: Result,
+    outputs: Mapping[str, Path],
+    out_dir: Path,
+    notes: Sequence[str] = (),
+    *,
+    source_root: Path | None = None,
 ) -> Path:
     """Build, validate and atomically write ``out_dir/result.json``."""
     path = out_dir / "result.json"
-    doc = build_result_json(result, {**outputs, "json": path}, out_dir, notes)
+    doc = build_result_json(
+        result, {**outputs, "json": path}, out_dir, notes, source_root=source_root
+    )
     try:
         text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:

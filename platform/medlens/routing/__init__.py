@@ -1,0 +1,31 @@
+"""Routing: which plugin runs on which input, decided once for CLI, Python API and watch.
+
+* :func:`route` — a plugin's manifest against an input's facts → ``RuleOutcome``;
+* :func:`find_cases` / :func:`read_case` — files and folders → the cases in them;
+* :func:`read_for` — what ``Host.run`` reads for a plugin: the input, routed.
+
+Routing refusals are :class:`~medlens.errors.RoutingError` (final, never retried);
+:func:`~medlens.errors.is_transient` tells the errors worth a retry.
+"""
+
+from __future__ import annotations
+
+from medlens.errors import RoutingError, is_transient
+from medlens.routing._cases import Case, CaseKind, find_cases, read_case
+from medlens.routing._read import read_for, routed_image
+from medlens.routing._route import ANY_BODY_PART, check_routed, route, unchecked
+
+__all__ = [
+    "ANY_BODY_PART",
+    "Case",
+    "CaseKind",
+    "RoutingError",
+    "check_routed",
+    "find_cases",
+    "is_transient",
+    "read_case",
+    "read_for",
+    "route",
+    "routed_image",
+    "unchecked",
+]

@@ -1,0 +1,217 @@
+"""Inputs → cases: every series and image a set of files and folders holds.
+
+A *case* is one thing a plugin runs on once: a DICOM series, a single DICOM file (a
+series of one), a NIfTI volume or a 2-D image file. :func:`find_cases` turns the
+inputs of ``medlens run`` (files, series folders, folders of many series or images)
+into cases, each with its :class:`~medlens.imaging.facts.Facts` where they can be
+had from headers alone, and with a name built only from validated parts (an index,
+the modality code, a hash of the series UID): never a patient's name, never a raw
+UID or file name that could hold ``..`` or patient data.
+
+A folder that holds DICOM image instances is read as DICOM: NIfTI and image files
+beside them (the truth label maps of a phantom dataset, for instance) are not cases.
+A folder without DICOM images offers its NIfTI and image files as cases. A DICOM
+series of separate single-frame 2-D images (radiographs, photographs) gives one case
+per image. Unreadable DICOM files become failed cases with their one-line reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from medlens.errors import InputError
+from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, index_folder
+from medlens.imaging.facts import Facts, facts_of_headers
+from medlens.imaging.image import Image
+from medlens.imaging.nifti import is_nifti
+from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file
+
+__all__ = ["Case", "CaseKind", "find_cases", "read_case"]
+
+CaseKind = Literal["dicom", "file", "error"]
+
+_NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "DOC"})
+_SAFE = re.compile(r"[^A-Za-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input a plugin runs on once.
+
+    Attributes:
+        name: Folder name for its results: validated parts only (index, modality code,
+            hash of the series UID or of the file's relative path).
+        kind: ``dicom`` (a series or single DICOM file), ``file`` (NIfTI or 2-D image
+            file) or ``error`` (unreadable DICOM: ``error`` says why).
+        root: The input (file or folder) the case was found in.
+        paths: Its files.
+        headers: DICOM headers of ``dicom`` cases (one per file).
+        facts: Routing facts of ``dicom`` cases (``None`` for files, known after reading).
+        error: One-line reason of ``error`` cases.
+    """
+
+    name: str
+    kind: CaseKind
+    root: Path
+    paths: tuple[Path, ...]
+    headers: tuple[DicomHeader, ...] = ()
+    facts: Facts | None = None
+    error: str | None = None
+
+    @property
+    def path(self) -> Path:
+        """The case's file, or its series folder for a multi-file DICOM series."""
+        return self.paths[0].parent if len(self.paths) > 1 else self.paths[0]
+
+    @property
+    def source_path(self) -> str:
+        """:attr:`path` relative to the input root (POSIX style), or its name."""
+        p = self.path
+        if self.root.is_dir() and p.is_relative_to(self.root):
+            return p.relative_to(self.root).as_posix() or "."
+        return p.name
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
+def _code(text: str) -> str:
+    # Modality is a CS value (A-Z, 0-9, space, _); anything else is squeezed out.
+    return _SAFE.sub("", text.upper())[:16] or "UNKNOWN"
+
+
+def _is_image_series(s: SeriesEntry) -> bool:
+    return s.headers[0].rows is not None and s.modality.upper() not in _NON_IMAGE_MODALITIES
+
+
+def _split(s: SeriesEntry) -> list[tuple[DicomHeader, ...]]:
+    """A series of separate 2-D images → one group per image; anything else whole."""
+    hs = s.headers
+    no_geometry = all(h.image_position is None for h in hs)
+    two_d = s.modality.upper() in TWO_D_MODALITIES or no_geometry
+    if len(hs) > 1 and two_d and all(h.number_of_frames == 1 for h in hs):
+        return [(h,) for h in hs]
+    return [hs]
+
+
+class _Namer:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, kind: str, key: str) -> str:
+        self.n += 1
+        return f"{self.n:04d}-{kind}-{_hash(key)}"
+
+
+def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
+    index = index_folder(root)
+    cases: list[Case] = []
+    for s in index.all_series():
+        if not _is_image_series(s):
+            continue
+        for group in _split(s):
+            key = s.series_instance_uid + (group[0].sop_instance_uid if len(group) == 1 else "")
+            cases.append(
+                Case(
+                    name=namer(_code(s.modality), key),
+                    kind="dicom",
+                    root=root,
+                    paths=tuple(h.path for h in group),
+                    headers=group,
+                    facts=facts_of_headers(group),
+                )
+            )
+    has_dicom = bool(cases)
+    for sk in index.skipped:
+        if sk.not_dicom:
+            if not has_dicom and (is_nifti(sk.path) or is_2d_image_file(sk.path)):
+                rel = sk.path.relative_to(root) if root.is_dir() else Path(sk.path.name)
+                cases.append(
+                    Case(
+                        name=namer("FILE", rel.as_posix()),
+                        kind="file",
+                        root=root,
+                        paths=(sk.path,),
+                    )
+                )
+            continue
+        rel = sk.path.relative_to(root) if root.is_dir() else Path(sk.path.name)
+        cases.append(
+            Case(
+                name=namer("ERROR", rel.as_posix()),
+                kind="error",
+                root=root,
+                paths=(sk.path,),
+                error=sk.reason,
+            )
+        )
+    return cases, has_dicom
+
+
+def find_cases(inputs: Iterable[Path]) -> list[Case]:
+    """Every case the inputs hold, in input order then index order.
+
+    Args:
+        inputs: Files and folders (each must exist).
+
+    Returns:
+        The cases; unreadable DICOM files are ``error`` cases.
+
+    Raises:
+        InputError: An input does not exist.
+    """
+    namer = _Namer()
+    out: list[Case] = []
+    for raw in inputs:
+        root = Path(raw)
+        if not root.exists():
+            raise InputError(f"no such file or folder: {str(root)!r}")
+        if root.is_file() and (is_nifti(root) or is_2d_image_file(root)):
+            out.append(Case(namer("FILE", root.name), "file", root, (root,)))
+            continue
+        cases, _ = _dicom_cases(root, namer)
+        if root.is_file() and not cases:
+            out.append(
+                Case(
+                    namer("ERROR", root.name),
+                    "error",
+                    root,
+                    (root,),
+                    error=f"{root.name!r} is neither DICOM, NIfTI nor a 2-D image file",
+                )
+            )
+        out.extend(cases)
+    return out
+
+
+def read_case(case: Case) -> Image:
+    """Read a case into an image.
+
+    Raises:
+        InputError: The case is an ``error`` case or cannot be read.
+    """
+    from medlens.imaging.read import read_image, read_series
+
+    if case.kind == "error":
+        raise InputError(case.error or "unreadable input")
+    if case.kind == "file":
+        return read_image(case.paths[0])
+    if len(case.paths) == 1:
+        return read_image(case.paths[0])
+    first = case.headers[0]
+    entry = SeriesEntry(
+        series_instance_uid=first.series_instance_uid,
+        study_instance_uid=first.study_instance_uid,
+        patient_key=first.patient_key,
+        modality=first.modality,
+        description=first.series_description,
+        series_number=first.series_number,
+        headers=case.headers,
+    )
+    return read_series(entry)

@@ -1,0 +1,84 @@
+"""What ``Host.run`` reads for a plugin: one input, routed before any pixel is decoded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medlens.errors import InputError, RoutingError
+from medlens.imaging.facts import facts_of_image
+from medlens.imaging.image import Image
+from medlens.plugin_api._manifest import Manifest
+from medlens.routing._cases import Case, find_cases, read_case
+from medlens.routing._route import check_routed, route, unchecked
+
+__all__ = ["read_for", "routed_image"]
+
+
+def routed_image(manifest: Manifest, image: Image) -> Image:
+    """``image`` if ``manifest``'s plugin accepts it, with a warning for skipped checks.
+
+    Raises:
+        RoutingError: The plugin refuses it.
+    """
+    facts = facts_of_image(image)
+    check_routed(manifest, facts)
+    notes = unchecked(manifest, facts)
+    if not notes:
+        return image
+    return image.with_array(image.array, warnings=(*image.warnings, *notes))
+
+
+def read_for(manifest: Manifest, input: Image | str | Path) -> Image:  # noqa: A002
+    """Read the input ``manifest``'s plugin runs on, after routing it.
+
+    A folder's image series are routed on their headers; the largest accepted one is
+    read (with a warning when several are accepted). A single DICOM file is a series
+    of one under the same rules. NIfTI and 2-D image files, and images in memory, are
+    routed on what they state (see :mod:`medlens.routing._route`).
+
+    Raises:
+        RoutingError: The plugin accepts no series of the input (every reason given).
+        InputError: The input does not exist or holds nothing readable.
+    """
+    if isinstance(input, Image):
+        return routed_image(manifest, input)
+    path = Path(input)
+    cases = find_cases([path])
+    runnable = [c for c in cases if c.kind != "error"]
+    if not runnable:
+        errors = "; ".join(c.error or "" for c in cases if c.error)
+        detail = f": {errors}" if errors else ""
+        raise InputError(f"no DICOM image series, NIfTI or image file in {str(path)!r}{detail}")
+    files = [c for c in runnable if c.kind == "file"]
+    dicom = [c for c in runnable if c.kind == "dicom"]
+    if len(runnable) == 1 and files:
+        return routed_image(manifest, read_case(files[0]))
+    accepted: list[Case] = []
+    refusals: list[str] = []
+    for c in dicom:
+        assert c.facts is not None
+        outcome = route(manifest, c.facts)
+        if outcome.matched:
+            accepted.append(c)
+        else:
+            refusals.append(f"{c.facts.describe()}: {'; '.join(outcome.reasons)}")
+    if not accepted:
+        if files:  # a folder of NIfTI/image files: the first the plugin accepts
+            for c in files:
+                try:
+                    return routed_image(manifest, read_case(c))
+                except RoutingError as e:
+                    refusals.append(f"{c.source_path}: {e}")
+        raise RoutingError(
+            f"plugin {manifest.id!r} accepts no series in {path.name!r}: " + " | ".join(refusals)
+        )
+    best = max(accepted, key=lambda c: c.facts.slice_count if c.facts else 0)
+    image = read_case(best)
+    if len(accepted) > 1:
+        assert best.facts is not None
+        note = (
+            f"{len(accepted)} series are accepted by {manifest.id!r}; read the largest "
+            f"({best.facts.describe()}); run `medlens run` to process every one"
+        )
+        image = image.with_array(image.array, warnings=(note, *image.warnings))
+    return image
