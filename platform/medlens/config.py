@@ -13,6 +13,11 @@ Example ``medlens.toml``::
     sha256 = "9f2c…"
     id = "spleen-ct"                          # optional; default: the bundle's name
     manifest = { body_part = "ABDOMEN" }      # optional manifest field overrides
+
+    # Run only weights that passed `medlens validate` (MLflow registry alias `validated`).
+    [validation]
+    require_validated = true                  # default: on for `watch` when a registry is set
+    registry_uri = "sqlite:////srv/medlens/mlflow.db"
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medlens.errors import ConfigError
 
-__all__ = ["BundleConfig", "HostConfig", "PluginsConfig", "load_config"]
+__all__ = ["BundleConfig", "HostConfig", "PluginsConfig", "ValidationConfig", "load_config"]
 
 #: Environment variable naming a configuration file.
 CONFIG_ENV = "MEDLENS_CONFIG"
@@ -54,12 +59,36 @@ class BundleConfig(BaseModel):
     )
 
 
+class ValidationConfig(BaseModel):
+    """Validation gating (see :mod:`medlens.gating`).
+
+    ``require_validated`` unset means: on for a service (``watch``) when a registry is
+    configured, off otherwise.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    require_validated: bool | None = Field(
+        default=None,
+        description="Refuse plugins whose weights have no `validated` registry version.",
+    )
+    registry_uri: str | None = Field(
+        default=None, description="MLflow registry URI, e.g. 'sqlite:////srv/medlens/mlflow.db'."
+    )
+
+    def required(self, *, service: bool) -> bool:
+        """Whether the gate applies (``service``: a long-running ``watch`` host)."""
+        if self.require_validated is not None:
+            return self.require_validated
+        return service and self.registry_uri is not None
+
+
 class HostConfig(BaseModel):
     """Everything configurable about the host."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     bundles: list[BundleConfig] = Field(default_factory=list)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
 
 def load_config(path: Path | None = None) -> HostConfig:

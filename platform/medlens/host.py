@@ -39,6 +39,9 @@ from medlens.plugin_api._vocab import Artifact, ResultStatus
 
 __all__ = ["Host", "PluginHandle"]
 
+#: One line per refusal of the validation gate (ids and digests only, never patient data).
+_AUDIT = logging.getLogger("medlens.audit")
+
 log = logging.getLogger(__name__)
 
 _LIBRARIES = ("torch", "monai", "numpy", "pydicom", "highdicom", "SimpleITK", "nibabel", "grad-cam")
@@ -122,8 +125,11 @@ class Host:
         config: HostConfig | None = None,
         *,
         entry_points: Any | None = None,
+        service: bool = False,
     ) -> None:
         self.config = config if config is not None else load_config()
+        # A service (watch) gates on validation by default when a registry is configured.
+        self.require_validated = self.config.validation.required(service=service)
         self._entry_points = entry_points
         self._report: DiscoveryReport | None = None
         self._handles: dict[str, PluginHandle] = {}
@@ -253,6 +259,8 @@ class Host:
         from medlens.engine.device import select_device
 
         dev, reason = select_device(device)
+        if self.require_validated:
+            self._check_validated(m)
         plugin = handle.load(dev)
         load_s = time.perf_counter() - t0
         ctx = RunContext(manifest=m, device=dev, options=options)
@@ -288,6 +296,17 @@ class Host:
             diagnostic_use=m.model_card.diagnostic_use,
         )
         return Result(prediction=prediction, provenance=provenance, image=image, manifest=m)
+
+    def _check_validated(self, m: Manifest) -> None:
+        """Refuse weights without a `validated` registry version (one line + audit line)."""
+        from medlens.gating import NotValidatedError, check_validated
+
+        sha = m.weights.sha256 if m.weights else None
+        try:
+            check_validated(m.id, sha, self.config.validation.registry_uri)
+        except NotValidatedError as e:
+            _AUDIT.warning("plugin_refused plugin=%s weights=%s reason=not_validated", m.id, sha)
+            raise e from None
 
 
 def _check_prediction(m: Manifest, image: Image, p: Prediction) -> None:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "phantom": "medlens.cli.phantom:phantom",
     "plugins": "medlens.cli.plugins:plugins",
     "run": "medlens.cli.run:run",
+    "validate": "medlens.cli.validate:validate",
     "watch": "medlens.cli.watch:watch",
     "jobs": "medlens.cli.watch:jobs",
 }

@@ -26,6 +26,19 @@ def _summary(m: Manifest) -> dict[str, object]:
     }
 
 
+def _validation(host: Host, manifests: list[Manifest]) -> dict[str, str]:
+    """Each plugin's validation status in the configured registry (`medlens validate`)."""
+    uri = host.config.validation.registry_uri
+    if uri is None:
+        return {m.id: "no registry configured" for m in manifests}
+    from medlens.gating import validation_status
+
+    return {
+        m.id: validation_status(m.id, m.weights.sha256 if m.weights else None, uri).summary
+        for m in manifests
+    }
+
+
 @click.group()
 def plugins() -> None:
     """List installed plugins and show their manifests."""
@@ -42,14 +55,20 @@ def list_(as_json: bool) -> None:
         click.echo(
             json.dumps(
                 {
-                    "plugins": [_summary(m) for m in manifests],
+                    "plugins": [
+                        {**_summary(m), "validation": s}
+                        for m, s in zip(
+                            manifests, _validation(host, manifests).values(), strict=True
+                        )
+                    ],
                     "errors": [{"plugin": e.plugin_id, "error": str(e)} for e in errors],
                 },
                 indent=2,
             )
         )
         return
-    table = Table("id", "version", "task", "modality", "diagnostic use", "title")
+    status = _validation(host, manifests)
+    table = Table("id", "version", "task", "modality", "diagnostic use", "validation", "title")
     for m in manifests:
         table.add_row(
             m.id,
@@ -57,6 +76,7 @@ def list_(as_json: bool) -> None:
             m.task.value,
             ",".join(x.value for x in m.modality),
             "yes" if m.model_card.diagnostic_use else "NO (demo)",
+            status[m.id],
             m.title,
         )
     console = Console()

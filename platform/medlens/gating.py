@@ -1,0 +1,95 @@
+"""Validation gating: run only plugins whose weights passed a locked validation protocol.
+
+``medlens validate`` registers each plugin's weights in an MLflow Model Registry (one
+registered model per plugin, :func:`registered_model_name`; one version per weights
+sha256, tagged ``weights_sha256``) and sets the alias ``validated`` only when every
+criterion of the protocol passed. With ``require_validated = true`` in the host
+configuration (``[validation]`` table), the host refuses a plugin unless the registry's
+``validated`` version carries the sha256 of the weights about to be loaded.
+
+The registry is read on each check (it is small and a decision must see the latest
+alias); MLflow is imported only when a check runs, never at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medlens.errors import PluginError
+
+__all__ = [
+    "VALIDATED_ALIAS",
+    "NotValidatedError",
+    "ValidationStatus",
+    "check_validated",
+    "registered_model_name",
+    "validation_status",
+]
+
+#: Alias of the registry version whose weights passed validation.
+VALIDATED_ALIAS = "validated"
+
+
+class NotValidatedError(PluginError):
+    """The plugin's weights have no ``validated`` version in the registry."""
+
+
+def registered_model_name(plugin_id: str) -> str:
+    """The registered model of a plugin, e.g. ``medlens-ct-abdomen-seg``."""
+    return f"medlens-{plugin_id}"
+
+
+@dataclass(frozen=True)
+class ValidationStatus:
+    """What the registry says about one plugin's weights.
+
+    Attributes:
+        validated: Whether the ``validated`` alias points at a version with these weights.
+        summary: One line for ``medlens plugins list`` (e.g. ``validated (v3)``).
+    """
+
+    validated: bool
+    summary: str
+
+
+def validation_status(
+    plugin_id: str, weights_sha256: str | None, registry_uri: str
+) -> ValidationStatus:
+    """Look the weights up in the registry at ``registry_uri`` (never raises)."""
+    sha = weights_sha256 or "none"
+    try:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+    except ImportError:  # pragma: no cover - mlflow is a host dependency
+        return ValidationStatus(False, "unknown (mlflow not installed)")
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    name = registered_model_name(plugin_id)
+    try:
+        mv = client.get_model_version_by_alias(name, VALIDATED_ALIAS)
+    except MlflowException:
+        mv = None
+    except Exception as e:  # an unreachable registry is a status, not a crash
+        return ValidationStatus(False, f"unknown (registry: {type(e).__name__})")
+    if mv is not None and (mv.tags or {}).get("weights_sha256") == sha:
+        return ValidationStatus(True, f"validated (v{mv.version})")
+    if mv is not None:
+        return ValidationStatus(False, f"not validated (validated v{mv.version} has other weights)")
+    return ValidationStatus(False, "not validated")
+
+
+def check_validated(plugin_id: str, weights_sha256: str | None, registry_uri: str | None) -> None:
+    """Refuse weights without a ``validated`` registry version.
+
+    Raises:
+        NotValidatedError: One line saying why (no registry, not validated, other weights).
+    """
+    if not registry_uri:
+        raise NotValidatedError(
+            plugin_id, "require_validated is on but no registry_uri is configured"
+        )
+    status = validation_status(plugin_id, weights_sha256, registry_uri)
+    if not status.validated:
+        sha = (weights_sha256 or "none")[:12]
+        raise NotValidatedError(
+            plugin_id, f"weights {sha}… are {status.summary}; run `medlens validate` first"
+        )

@@ -1,0 +1,197 @@
+"""`medlens validate` end to end on phantoms with an oracle plugin: report, MLflow, locks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from validate_helpers import install_oracle, oracle_host, protocol_toml
+
+from medlens_workflows.validate.command import validate
+from medlens_workflows.validate.phantoms import build_phantom_dataset
+from medlens_workflows.validate.report import validate_report
+from medlens_workflows.validate.runner import Outcome, ValidationRefused, run_validation
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    return build_phantom_dataset(root / "data", N, 7)
+
+
+@pytest.fixture
+def plugin_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "plugin"
+    d.mkdir()
+    install_oracle(d)
+    return d
+
+
+def _protocol(tmp: Path, dataset: Path, plugin_dir: Path, **kw: object) -> Path:
+    p = tmp / "protocol.toml"
+    p.write_text(
+        protocol_toml(dataset, plugin_dir / "oracle.safetensors", n_cases=N, **kw)  # type: ignore[arg-type]
+    )
+    return p
+
+
+@pytest.fixture(scope="module")
+def validated(
+    tmp_path_factory: pytest.TempPathFactory, dataset: Path
+) -> tuple[Outcome, Path, Path]:
+    """One passing validation, shared: (outcome, its output folder, the plugin folder)."""
+    tmp = tmp_path_factory.mktemp("validated")
+    plugin = tmp / "plugin"
+    plugin.mkdir()
+    install_oracle(plugin, module="oracle_seg_validated")
+    proto = tmp / "protocol.toml"
+    proto.write_text(protocol_toml(dataset, plugin / "oracle.safetensors", n_cases=N))
+    out = tmp / "out"
+    host = oracle_host(plugin, module="oracle_seg_validated")
+    return run_validation(proto, out, host=host, progress=False), out, plugin
+
+
+def test_validation_passes_writes_reports_and_sets_validated(
+    validated: tuple[Outcome, Path, Path],
+) -> None:
+    from mlflow import MlflowClient
+
+    outcome, out, _ = validated
+    r = outcome.report
+    assert outcome.passed and r["passed"], r["metrics"]
+    assert r["n_cases"] == N and r["n_failed"] == 0
+    dice, sens, vol = r["metrics"]
+    # Liver Dice is below 1 only in case-0001, where the tumours were painted liver.
+    assert 0.99 < dice["ci_low"] <= dice["value"] <= dice["ci_high"] <= 1.0
+    # case-0001's tumours are removed by the oracle: sensitivity below 1, errors of 100 %.
+    assert 0.0 < sens["value"] < 1.0
+    assert 0.0 < vol["value"] < 1.0
+    on_disk = json.loads((out / "report.json").read_text())
+    validate_report(on_disk)
+    assert on_disk["protocol_fingerprint"] == r["protocol_fingerprint"]
+    assert {g["attribute"] for g in on_disk["subgroups"]} == {"sex", "age"}
+    rows = list(csv.DictReader((out / "cases.csv").read_text().splitlines()))
+    assert [row["case_id"] for row in rows] == [f"case-{i:04d}" for i in range(N)]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "PASSED" in html
+    # MLflow: the run, the registered version of these weights, the alias.
+    ml = r["mlflow"]
+    client = MlflowClient(tracking_uri=ml["tracking_uri"], registry_uri=ml["tracking_uri"])
+    run = client.get_run(ml["run_id"])
+    assert run.data.params["protocol_fingerprint"] == r["protocol_fingerprint"]
+    assert run.data.params["weights_sha256"] == r["weights_sha256"]
+    assert "dice.liver.ci_low" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(ml["run_id"], "validation")}
+    assert "validation/report.json" in arts
+    mv = client.get_model_version_by_alias(ml["model_name"], "validated")
+    assert str(mv.version) == ml["model_version"] and ml["alias"] == "validated"
+    assert mv.tags["weights_sha256"] == r["weights_sha256"]
+    assert mv.tags["protocol.oracle-phantom"] == "passed"
+
+
+def test_unreachable_threshold_fails_exits_non_zero_and_sets_no_alias(
+    tmp_path: Path, dataset: Path, plugin_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    proto = _protocol(tmp_path, dataset, plugin_dir, dice_threshold=1.01)
+    out = tmp_path / "out"
+    code = validate(proto, out, host=oracle_host(plugin_dir))
+    assert code == 1
+    assert "FAIL  dice liver" in capsys.readouterr().out
+    r = json.loads((out / "report.json").read_text())
+    assert not r["passed"] and r["mlflow"]["alias"] is None
+    uri = r["mlflow"]["tracking_uri"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias(r["mlflow"]["model_name"], "validated")
+    mv = client.get_model_version(r["mlflow"]["model_name"], r["mlflow"]["model_version"])
+    assert mv.tags["protocol.oracle-phantom"] == "failed"
+
+
+def test_one_byte_of_weights_or_manifest_makes_validate_refuse(
+    tmp_path: Path, dataset: Path, plugin_dir: Path
+) -> None:
+    proto = _protocol(tmp_path, dataset, plugin_dir)
+    weights = plugin_dir / "oracle.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(ValidationRefused, match="weights sha256") as e:
+        run_validation(proto, tmp_path / "a", host=oracle_host(plugin_dir), progress=False)
+    assert "\n" not in str(e.value)
+    weights.write_bytes(original)
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.parent, copy)
+    manifest = copy / dataset.name
+    proto.write_text(protocol_toml(manifest, weights, n_cases=N))
+    text = manifest.read_bytes()
+    manifest.write_bytes(text.replace(b"case-0000,", b"case-0000 ,", 1))
+    with pytest.raises(ValidationRefused, match="dataset changed"):
+        run_validation(proto, tmp_path / "b", host=oracle_host(plugin_dir), progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_failed_case_is_counted_never_dropped(
+    tmp_path: Path, dataset: Path, plugin_dir: Path
+) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.parent, copy)
+    for f in (copy / "case-0003" / "dicom").iterdir():
+        f.write_bytes(b"not DICOM")
+    manifest = copy / dataset.name
+    proto = tmp_path / "p.toml"
+    proto.write_text(protocol_toml(manifest, plugin_dir / "oracle.safetensors", n_cases=N))
+    outcome = run_validation(proto, tmp_path / "out", host=oracle_host(plugin_dir), progress=False)
+    r = outcome.report
+    assert r["n_failed"] == 1 and not r["passed"]
+    assert r["failures"][0]["case_id"] == "case-0003" and r["failures"][0]["reason"]
+    assert r["metrics"][0]["n"] == N - 1
+    rows = {
+        row["case_id"]: row
+        for row in csv.DictReader((tmp_path / "out/cases.csv").read_text().splitlines())
+    }
+    assert rows["case-0003"]["ok"] == "False" and rows["case-0003"]["reason"]
+
+
+def test_gated_host_runs_validated_weights_and_refuses_others(
+    validated: tuple[Outcome, Path, Path], dataset: Path
+) -> None:
+    from medlens.config import HostConfig, ValidationConfig
+    from medlens.gating import NotValidatedError
+
+    outcome, _, plugin = validated
+    uri = outcome.report["mlflow"]["tracking_uri"]
+    case = dataset.parent / "case-0000" / "dicom"
+    gated = HostConfig(validation=ValidationConfig(require_validated=True, registry_uri=uri))
+    host = oracle_host(plugin, module="oracle_seg_validated", config=gated)
+    assert host.run("oracle-seg", case, device="cpu").mask is not None
+    # New weights (one byte changed, manifest re-pinned): not validated, refused.
+    other = plugin.parent / "other"
+    other.mkdir()
+    w = other / "oracle.safetensors"
+    w.write_bytes((plugin / "oracle.safetensors").read_bytes() + b"!")
+    install_oracle(other, module="oracle_seg_other")
+    host = oracle_host(other, module="oracle_seg_other", config=gated)
+    with pytest.raises(NotValidatedError, match="other weights") as e:
+        host.run("oracle-seg", case, device="cpu")
+    assert "\n" not in str(e.value)
+    # A service gates by default once a registry is configured; a CLI host does not.
+    default = HostConfig(validation=ValidationConfig(registry_uri=uri))
+    assert oracle_host(
+        other, module="oracle_seg_other", config=default, service=True
+    ).require_validated
+    assert not oracle_host(other, module="oracle_seg_other", config=default).require_validated
+    no_registry = HostConfig(validation=ValidationConfig(require_validated=True))
+    host = oracle_host(other, module="oracle_seg_other", config=no_registry)
+    with pytest.raises(NotValidatedError, match="no registry_uri"):
+        host.run("oracle-seg", case, device="cpu")

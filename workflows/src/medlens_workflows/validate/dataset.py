@@ -1,0 +1,109 @@
+"""The dataset manifest of a validation: one CSV row per case, paths relative to it.
+
+Columns::
+
+    case_id, patient_id, input, reference, <attribute>, <attribute>, ...
+
+* ``input``: a DICOM series folder, a DICOM file, a NIfTI file or a 2-D image file.
+* ``reference``: segmentation: a mask (NIfTI, or DICOM SEG whose segments are matched by
+  name); classification: the class name, or 0/1.
+* every further column is a subgroup attribute (``sex``, ``age``, ``manufacturer``…);
+  an empty cell is a missing value (the ``unknown`` subgroup).
+
+Paths must stay under the manifest's folder (no ``..`` escapes, no absolute paths), so a
+dataset folder can be moved and shared as a whole.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from medlens.errors import InputError
+
+__all__ = ["REQUIRED", "DatasetCase", "read_manifest"]
+
+#: Columns every manifest has, in this order.
+REQUIRED: tuple[str, ...] = ("case_id", "patient_id", "input", "reference")
+
+
+@dataclass(frozen=True)
+class DatasetCase:
+    """One row of the manifest, paths resolved.
+
+    Attributes:
+        case_id: Unique id of the case.
+        patient_id: The patient (cases of one patient are resampled together).
+        input: Resolved input path.
+        reference: Resolved mask path (segmentation) or the class value (classification).
+        attributes: Further columns, by name (empty string when missing).
+    """
+
+    case_id: str
+    patient_id: str
+    input: Path
+    reference: str
+    attributes: dict[str, str]
+
+
+def _inside(root: Path, rel: str, what: str, case_id: str) -> Path:
+    p = Path(rel)
+    if not rel or p.is_absolute():
+        raise InputError(f"case {case_id!r}: {what} must be a path relative to the manifest")
+    full = (root / p).resolve()
+    if not full.is_relative_to(root):
+        raise InputError(f"case {case_id!r}: {what} leaves the dataset folder")
+    return full
+
+
+def read_manifest(path: Path, *, reference_is_path: bool) -> list[DatasetCase]:
+    """Read and check a dataset manifest.
+
+    Args:
+        path: The CSV file.
+        reference_is_path: Whether ``reference`` is a mask path (segmentation).
+
+    Raises:
+        InputError: One line naming the first problem (missing column, duplicate case id,
+            a path escaping the folder, an empty manifest).
+    """
+    root = Path(path).resolve().parent
+    try:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except OSError as e:
+        raise InputError(f"cannot read dataset manifest {str(path)!r}: {e.strerror}") from e
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise InputError(f"dataset manifest lacks column(s) {', '.join(missing)}")
+    if not rows:
+        raise InputError("dataset manifest lists no cases")
+    attrs = [c for c in header if c not in REQUIRED]
+    seen: set[str] = set()
+    out: list[DatasetCase] = []
+    for n, row in enumerate(rows, start=2):
+        cid = (row.get("case_id") or "").strip()
+        pid = (row.get("patient_id") or "").strip()
+        if not cid or not pid:
+            raise InputError(f"dataset manifest line {n}: case_id and patient_id are required")
+        if cid in seen:
+            raise InputError(f"dataset manifest: case_id {cid!r} appears twice")
+        seen.add(cid)
+        ref = (row.get("reference") or "").strip()
+        if reference_is_path:
+            ref = str(_inside(root, ref, "reference", cid))
+        elif not ref:
+            raise InputError(f"case {cid!r}: reference is empty")
+        out.append(
+            DatasetCase(
+                case_id=cid,
+                patient_id=pid,
+                input=_inside(root, (row.get("input") or "").strip(), "input", cid),
+                reference=ref,
+                attributes={a: (row.get(a) or "").strip() for a in attrs},
+            )
+        )
+    return out

@@ -1,0 +1,134 @@
+"""The outputs of a validation: ``report.json`` (schema-checked), ``cases.csv``, ``report.html``.
+
+``report.json`` follows ``report.schema.json`` in this package (documented field by
+field in ``docs/validation.md``); it is validated before it is written, so a report
+that exists is a valid one. The three files are written to hidden temporary names and
+renamed into place only once all three are complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import OutputError
+from medlens_validation.evaluation import CaseScore
+
+__all__ = ["REPORT_VERSION", "case_table", "report_schema", "validate_report", "write_outputs"]
+
+#: Version of ``report.schema.json``.
+REPORT_VERSION = "1"
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of ``report.json``."""
+    text = resources.files("medlens_workflows.validate").joinpath("report.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def validate_report(report: dict[str, Any]) -> None:
+    """Check a report against its schema.
+
+    Raises:
+        OutputError: One line naming the first violation.
+    """
+    import jsonschema
+
+    try:
+        jsonschema.validate(report, report_schema())
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        raise OutputError(f"report.json violates its schema at {where}: {e.message}") from e
+
+
+def _flat(prefix: str, v: Any, out: dict[str, Any]) -> None:
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _flat(f"{prefix}.{k}" if prefix else str(k), x, out)
+    elif isinstance(v, list):
+        out[f"{prefix}.n"] = len(v)
+        if v and isinstance(v[0], dict) and "detected" in v[0]:
+            out[f"{prefix}.detected"] = sum(bool(x["detected"]) for x in v)
+            out[f"{prefix}.ref_ml"] = ";".join(f"{x['ref_ml']:.3f}" for x in v)
+            out[f"{prefix}.pred_ml"] = ";".join(f"{x['pred_ml']:.3f}" for x in v)
+    else:
+        out[prefix] = "" if v is None else v
+
+
+def case_table(
+    scored: list[CaseScore], rows: dict[str, tuple[bool, str | None, dict[str, Any], float]]
+) -> list[dict[str, Any]]:
+    """One flat row per case: ids, outcome, attributes and scores."""
+    table = []
+    for c in scored:
+        row: dict[str, Any] = {
+            "case_id": c.case_id,
+            "patient_id": c.patient_id,
+            "ok": c.ok,
+            "reason": c.reason or "",
+            "seconds": round(rows[c.case_id][3], 3),
+        }
+        row.update({f"attr.{k}": v for k, v in c.attributes.items()})
+        _flat("", c.values, row)
+        table.append(row)
+    return table
+
+
+def _csv(table: list[dict[str, Any]]) -> str:
+    cols: list[str] = []
+    for r in table:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in table:
+        w.writerow({k: r.get(k, "") for k in cols})
+    return buf.getvalue()
+
+
+def write_outputs(
+    report: dict[str, Any],
+    scored: list[CaseScore],
+    rows: dict[str, tuple[bool, str | None, dict[str, Any], float]],
+    out_dir: Path,
+) -> list[Path]:
+    """Write ``report.json``, ``cases.csv`` and ``report.html`` as a set.
+
+    Returns:
+        The three paths.
+
+    Raises:
+        OutputError: If the report violates its schema or a file cannot be written.
+    """
+    from medlens_workflows.validate.html import render_html
+
+    validate_report(report)
+    table = case_table(scored, rows)
+    contents = {
+        "report.json": json.dumps(report, indent=2, allow_nan=False) + "\n",
+        "cases.csv": _csv(table),
+        "report.html": render_html(report, scored, table),
+    }
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for name, text in contents.items():
+            final = out_dir / name
+            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
+            with tmp.open("w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmps.append((tmp, final))
+        for tmp, final in tmps:
+            os.replace(tmp, final)
+    except OSError as e:
+        for tmp, _ in tmps:
+            tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the validation report: {e.strerror or e}") from e
+    return [final for _, final in tmps]

@@ -1,0 +1,123 @@
+"""Score one case: run the plugin through the host, compare with the reference.
+
+Everything measured here is a plain JSON-able dict (see
+:class:`medlens_validation.evaluation.CaseScore`), recorded durably before the next case
+runs; the statistics are computed later from the records only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medlens.errors import InputError, PluginError
+from medlens_validation.metrics import (
+    dice,
+    label_volume_ml,
+    lesion_overlaps,
+    reference_lesions,
+)
+from medlens_validation.protocol_v2 import ProtocolV2
+from medlens_workflows.validate.dataset import DatasetCase
+
+if TYPE_CHECKING:
+    from medlens.host import Host
+
+__all__ = ["POSITIVE", "reference_value", "score_case"]
+
+#: Reference values read as "positive" besides the label's own name.
+POSITIVE = frozenset({"1", "true", "yes", "positive"})
+_NEGATIVE = frozenset({"0", "false", "no", "negative"})
+
+
+def reference_value(reference: str, label: str) -> int:
+    """0/1 truth of ``label`` from a manifest ``reference`` cell (class name or 0/1)."""
+    v = reference.strip().casefold()
+    if v == label.casefold() or v in POSITIVE:
+        return 1
+    if v in _NEGATIVE or v:
+        return 0
+    raise InputError(f"empty reference for label {label!r}")
+
+
+def _num(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def score_case(
+    host: Host, protocol: ProtocolV2, case: DatasetCase, *, device: str = "auto"
+) -> dict[str, Any]:
+    """Run the protocol's plugin on ``case`` and score it.
+
+    Raises:
+        MedLensError: One line, whatever made the case fail (input, plugin, reference).
+    """
+    result = host.run(
+        protocol.plugin.id, case.input, device=device, options={"explain": False}, chain=False
+    )
+    if protocol.task == "classification":
+        found = {f.label: f.probability for f in result.prediction.findings}
+        labels = sorted({c.label for c in protocol.metrics if c.label is not None})
+        missing = [lab for lab in labels if lab not in found]
+        if missing:
+            raise PluginError(protocol.plugin.id, f"no finding for {', '.join(missing)}")
+        return {
+            "score": {lab: float(found[lab]) for lab in labels},
+            "truth": {lab: reference_value(case.reference, lab) for lab in labels},
+        }
+    return _score_segmentation(result, protocol, Path(case.reference))
+
+
+def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> dict[str, Any]:
+    from medlens.imaging.read import read_mask
+
+    if result.mask is None:
+        raise PluginError(protocol.plugin.id, "returned no mask")
+    names = {lab.name: int(lab.value) for lab in result.manifest.outputs.labels}
+    pred = np.asarray(result.mask.array[0])
+    ref = np.asarray(read_mask(reference, reference=result.image).array[0])
+    if protocol.reference_labels:
+        remapped = np.zeros_like(ref)
+        for name, value in protocol.reference_labels.items():
+            if name not in names:
+                raise InputError(f"reference label {name!r} is not a label of the plugin")
+            remapped[ref == value] = names[name]
+        ref = remapped
+    spacing = tuple(float(s) for s in result.image.spacing)
+    d = dice(pred, ref, labels=list(names.values()))
+    out: dict[str, Any] = {
+        "dice": {n: _num(d[v]) for n, v in names.items()},
+        "volume_pred_ml": {n: label_volume_ml(pred, v, spacing) for n, v in names.items()},
+        "volume_ref_ml": {n: label_volume_ml(ref, v, spacing) for n, v in names.items()},
+        "lesions": [],
+        "fp": 0,
+    }
+    det = protocol.detection
+    if det is not None:
+        if det.label not in names:
+            raise InputError(f"detection label {det.label!r} is not a label of the plugin")
+        value = names[det.label]
+        lesions = reference_lesions(
+            ref,
+            label=value,
+            spacing=spacing,
+            min_volume_ml=det.min_volume_ml,
+            connectivity=det.connectivity,
+        )
+        overlaps, fp = lesion_overlaps(
+            pred,
+            lesions,
+            label=value,
+            spacing=spacing,
+            truth_any=ref == value,
+            connectivity=det.connectivity,
+        )
+        out["lesions"] = [
+            {"ref_ml": o.ref_ml, "pred_ml": o.pred_ml, "detected": o.detected, "dice": o.dice}
+            for o in overlaps
+        ]
+        out["fp"] = fp
+    return out

@@ -1,0 +1,112 @@
+"""MLflow: one run per validation, and the Model Registry entry of the weights it judged.
+
+* **Run** (experiment ``medlens-validation``): params (protocol id and fingerprint,
+  plugin id/version, weights and dataset sha256, MedLens version), metrics (each
+  criterion's value and CI bounds), the report files as artifacts.
+* **Registry**: one registered model per plugin (:func:`medlens.gating.registered_model_name`),
+  one version per weights sha256 (found by its ``weights_sha256`` tag, created on first
+  validation with the run as its source), tagged ``protocol.<id>`` = ``passed``/``failed``
+  (and the fingerprint). The alias ``validated`` is set only when every criterion passed;
+  it is what a gated host (``require_validated``) looks for.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from medlens.gating import VALIDATED_ALIAS, registered_model_name
+
+__all__ = ["EXPERIMENT", "default_tracking_uri", "open_run"]
+
+#: Experiment holding validation runs.
+EXPERIMENT = "medlens-validation"
+
+
+def default_tracking_uri(out_dir: Path) -> str:
+    """``sqlite:///<out>/mlflow.db`` (an absolute path)."""
+    return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def _metric_name(row: dict[str, Any]) -> str:
+    parts = [row["metric"], row.get("label"), row.get("operating_point")]
+    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", ".".join(str(p) for p in parts if p))
+
+
+class ValidationRun:
+    """An open MLflow run; :meth:`finish` registers the weights and closes it."""
+
+    def __init__(self, tracking_uri: str, run_name: str) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(EXPERIMENT)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
+        self.run = self.client.create_run(exp_id, run_name=run_name)
+        self.run_id: str = self.run.info.run_id
+        self._mlflow = mlflow
+
+    def log(self, params: dict[str, str], metrics: list[dict[str, Any]]) -> None:
+        """Log parameters and each criterion's value and CI bounds."""
+        for k, v in params.items():
+            self.client.log_param(self.run_id, k, v)
+        for row in metrics:
+            name = _metric_name(row)
+            for field in ("value", "ci_low", "ci_high"):
+                if row.get(field) is not None:
+                    self.client.log_metric(self.run_id, f"{name}.{field}", float(row[field]))
+
+    def register(
+        self, plugin_id: str, weights_sha256: str | None, protocol_id: str, fp: str, passed: bool
+    ) -> dict[str, Any]:
+        """Find or create the version of these weights; tag it; alias it when passed."""
+        from mlflow.exceptions import MlflowException
+
+        name = registered_model_name(plugin_id)
+        sha = weights_sha256 or "none"
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(
+                name, description=f"MedLens plugin {plugin_id!r}: one version per weights sha256"
+            )
+        found = self.client.search_model_versions(f"name='{name}'")
+        mine = [v for v in found if (v.tags or {}).get("weights_sha256") == sha]
+        if mine:
+            version = str(mine[0].version)
+        else:
+            mv = self.client.create_model_version(
+                name,
+                source=f"runs:/{self.run_id}/validation",
+                run_id=self.run_id,
+                tags={"weights_sha256": sha, "plugin": plugin_id},
+            )
+            version = str(mv.version)
+        outcome = "passed" if passed else "failed"
+        self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}", outcome)
+        self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}.fp", fp)
+        self.client.set_model_version_tag(name, version, "last_validation_run", self.run_id)
+        alias = None
+        if passed:
+            self.client.set_registered_model_alias(name, VALIDATED_ALIAS, version)
+            alias = VALIDATED_ALIAS
+        return {"model_name": name, "model_version": version, "alias": alias}
+
+    def finish(self, files: list[Path], passed: bool) -> None:
+        """Log the report files as artifacts and end the run."""
+        for f in files:
+            self.client.log_artifact(self.run_id, str(f), artifact_path="validation")
+        self.client.set_tag(self.run_id, "outcome", "passed" if passed else "failed")
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self) -> None:
+        """End the run as failed (an exception interrupted the validation)."""
+        self.client.set_terminated(self.run_id, "FAILED")
+
+
+def open_run(tracking_uri: str, run_name: str) -> ValidationRun:
+    """Start a validation run on ``tracking_uri`` (any MLflow URI)."""
+    return ValidationRun(tracking_uri, run_name)
