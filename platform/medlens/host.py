@@ -220,7 +220,7 @@ class Host:
         """
         handle = self.get(plugin_id)
         image = _read_input(input, handle.manifest)
-        mask_image = None if mask is None else _read_mask(mask, image)
+        mask_image = None if mask is None else _read_mask(mask, image, handle.manifest)
         result = self._run_one(handle, image, mask_image, None, device, dict(options or {}))
         if chain and result.prediction.mask is not None:
             for consumer in self.consumers_of(handle.manifest):
@@ -332,9 +332,10 @@ def _read_input(input: Image | str | Path, manifest: Manifest) -> Image:  # noqa
     return read_for(manifest, input)
 
 
-def _read_mask(mask: Image | str | Path, image: Image) -> Image:
+def _read_mask(mask: Image | str | Path, image: Image, manifest: Manifest) -> Image:
     if isinstance(mask, Image):
         return mask
     from medlens.imaging.read import read_mask
 
-    return read_mask(Path(mask), reference=image)
+    # A DICOM SEG's segments map to the plugin's labels by code, never by number.
+    return read_mask(Path(mask), reference=image, labels=manifest.outputs.labels or None)

@@ -225,11 +225,13 @@ def test_read_mask_dicom_seg(dicom_builder: SimpleNamespace, tmp_path: Path) -> 
         device_serial_number="1",
     )
     seg.save_as(tmp_path / "seg.dcm")
-    mask = read_mask(tmp_path / "seg.dcm", ref)
+    from medlens_ct_abdomen_seg.manifest import MANIFEST
+
+    mask = read_mask(tmp_path / "seg.dcm", ref, labels=MANIFEST.outputs.labels)
     assert mask.same_grid(ref)
     expected = np.zeros_like(seg_arr)
-    expected[seg_arr == 1] = 2  # spleen → project value 2
-    expected[seg_arr == 2] = 1  # liver → project value 1
+    expected[seg_arr == 1] = 2  # spleen's code → the manifest's spleen value 2
+    expected[seg_arr == 2] = 1  # liver's code → the manifest's liver value 1
     np.testing.assert_array_equal(mask.array[0], expected.transpose(2, 1, 0))
     with pytest.raises(DicomError, match="DICOM SEG"):
         read_image(tmp_path / "seg.dcm")

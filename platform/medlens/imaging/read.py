@@ -7,9 +7,9 @@ map (NIfTI or DICOM SEG) onto a reference image's voxel grid.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -23,22 +23,41 @@ from medlens.imaging.series import GapPolicy, TiltPolicy, load_series, read_data
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, read_2d_dicom, read_2d_file
 from medlens.rules.grammar import Rule, evaluate
 
-__all__ = ["LABEL_VALUES", "choose_series", "read_image", "read_mask", "read_series"]
+__all__ = ["CodeLike", "LabelLike", "choose_series", "read_image", "read_mask", "read_series"]
 
-#: The project's fixed label values, used to map DICOM SEG segment labels to values.
-LABEL_VALUES: dict[str, int] = {
-    "liver": 1,
-    "spleen": 2,
-    "kidney_right": 3,
-    "kidney_left": 4,
-    "liver_tumor": 5,
-}
-_LABEL_ALIASES = {
-    "right_kidney": "kidney_right",
-    "left_kidney": "kidney_left",
-    "liver_tumour": "liver_tumor",
-    "liver_lesion": "liver_tumor",
-}
+
+class CodeLike(Protocol):
+    """A coded concept (``medlens.plugin_api.v1.Code`` fits): ``CodeValue`` and scheme."""
+
+    @property
+    def value(self) -> str:
+        """``CodeValue``."""
+        ...
+
+    @property
+    def scheme(self) -> str:
+        """``CodingSchemeDesignator``."""
+        ...
+
+
+class LabelLike(Protocol):
+    """A manifest label (``medlens.plugin_api.v1.Label`` fits): its value and type code."""
+
+    @property
+    def value(self) -> int:
+        """Label value in a mask."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """Short name."""
+        ...
+
+    @property
+    def type(self) -> CodeLike:
+        """``SegmentedPropertyTypeCodeSequence`` code."""
+        ...
+
 
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 _NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "DOC"})
@@ -190,24 +209,55 @@ def read_image(
     return _read_dicom_file(p, on_gaps, on_tilt)
 
 
-def _label_value(segment_label: str) -> int | None:
-    key = re.sub(r"[\s\-]+", "_", segment_label.strip().lower())
-    key = _LABEL_ALIASES.get(key, key)
-    return LABEL_VALUES.get(key)
+def _segment_values(
+    seg: Any, numbers: list[int], labels: Sequence[LabelLike], name: str
+) -> tuple[dict[int, int], list[str]]:
+    """Segment number → label value, matched by ``SegmentedPropertyTypeCodeSequence``.
+
+    Returns the mapping and a warning per segment whose code is no label's.
+
+    Raises:
+        InputError: No segment's code is a label's code.
+    """
+    by_code = {(lab.type.scheme.upper(), lab.type.value): lab.value for lab in labels}
+    mapping: dict[int, int] = {}
+    unmatched: list[str] = []
+    for n in numbers:
+        d = seg.get_segment_description(n)
+        code = d.segmented_property_type
+        key = (str(code.scheme_designator).upper(), str(code.value))
+        if key in by_code:
+            mapping[n] = by_code[key]
+        else:
+            unmatched.append(f"segment {n} ({key[0]} {key[1]} {str(code.meaning)!r})")
+    if not mapping:
+        known = ", ".join(f"{lab.name} ({lab.type.scheme} {lab.type.value})" for lab in labels)
+        raise InputError(
+            f"DICOM SEG {name!r}: no segment's SegmentedPropertyTypeCodeSequence is a label's "
+            f"code (labels: {known})"
+        )
+    warnings = [f"DICOM SEG {name!r}: {u} matches no label by code; left out" for u in unmatched]
+    return mapping, warnings
 
 
-def _read_seg(path: Path) -> Image:
-    """A DICOM SEG as a label map; segments named like project labels get their values."""
+def _read_seg(path: Path, labels: Sequence[LabelLike] | None) -> Image:
+    """A DICOM SEG as a label map.
+
+    With ``labels``, each segment takes the value of the label whose type code
+    (``SegmentedPropertyTypeCodeSequence``) it carries, whatever its segment number;
+    without, values are the SEG's own segment numbers.
+    """
     import highdicom as hd
 
     try:
         seg = hd.seg.segread(path)
     except Exception as e:  # highdicom raises ValueError, AttributeError... on bad SEGs
         raise DicomError(f"cannot read DICOM SEG {path.name!r}: {type(e).__name__}: {e}") from e
-    numbers = list(seg.segment_numbers)
-    labels = {n: str(seg.get_segment_description(n).segment_label) for n in numbers}
-    values = {n: _label_value(lbl) for n, lbl in labels.items()}
-    use_names = all(v is not None for v in values.values())
+    numbers = [int(n) for n in seg.segment_numbers]
+    mapping: dict[int, int] | None = None
+    warnings: list[str] = []
+    if labels:
+        mapping, warnings = _segment_values(seg, numbers, labels, path.name)
     try:
         vol = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
     except Exception as e:
@@ -217,10 +267,10 @@ def _read_seg(path: Path) -> Image:
     arr = np.asarray(vol.array)  # (slices, rows, columns), values = segment numbers
     if arr.ndim == 4:
         arr = arr[..., 0]
-    if use_names:
-        lut = np.zeros(int(max(numbers)) + 1, dtype=np.uint8)
-        for n, v in values.items():
-            lut[n] = v  # type: ignore[assignment]
+    if mapping is not None:
+        lut = np.zeros(max(numbers) + 1, dtype=np.uint16)
+        for n, v in mapping.items():
+            lut[n] = v
         arr = lut[arr]
     affine = np.asarray(vol.affine, dtype=np.float64)  # (slice, row, column) index → LPS
     lin = affine[:3, [2, 1, 0]]  # our (i, j, k) = (column, row, slice)
@@ -231,6 +281,7 @@ def _read_seg(path: Path) -> Image:
         origin=tuple(affine[:3, 3].tolist()),
         direction=lin / spacing[None, :],
         source=(path,),
+        warnings=tuple(warnings),
     )
 
 
@@ -247,7 +298,7 @@ def _as_labels(mask: Image, label: str) -> npt.NDArray[Any]:
     return np.asarray(arr, dtype=dtype)
 
 
-def read_mask(path: Path, reference: Image) -> Image:
+def read_mask(path: Path, reference: Image, labels: Sequence[LabelLike] | None = None) -> Image:
     """Read a label map (NIfTI or DICOM SEG) onto ``reference``'s voxel grid.
 
     A mask on another grid is resampled by nearest neighbour (labels stay labels);
@@ -256,6 +307,9 @@ def read_mask(path: Path, reference: Image) -> Image:
     Args:
         path: ``.nii``/``.nii.gz`` or a DICOM SEG file.
         reference: The image the mask belongs to.
+        labels: The labels a DICOM SEG's segments map to, by their type code
+            (``SegmentedPropertyTypeCodeSequence``), never by segment number; ``None``
+            keeps the SEG's segment numbers. NIfTI label maps carry values only.
 
     Returns:
         One-channel integer image on ``reference``'s grid.
@@ -273,23 +327,23 @@ def read_mask(path: Path, reference: Image) -> Image:
         header = read_header(p)
         if header.sop_class_uid != _SEG_SOP_CLASS:
             raise InputError(f"{p.name!r} is neither NIfTI nor a DICOM SEG")
-        mask = _read_seg(p)
-    labels = _as_labels(mask, p.name)
+        mask = _read_seg(p, labels)
+    values = _as_labels(mask, p.name)
     if reference.ndim == 2:
-        squeezed = labels[:, :, 0] if labels.ndim == 3 and labels.shape[2] == 1 else labels
+        squeezed = values[:, :, 0] if values.ndim == 3 and values.shape[2] == 1 else values
         if squeezed.shape != reference.shape:
             raise GeometryError(
                 f"mask {p.name!r} shape {squeezed.shape} differs from the 2-D image's "
                 f"{reference.shape}"
             )
-        return reference.with_array(squeezed[None], metadata={}, warnings=())
+        return reference.with_array(squeezed[None], metadata={}, warnings=mask.warnings)
     if mask.same_grid(reference):
-        return reference.with_array(labels[None], metadata={}, source=(p,), warnings=())
+        return reference.with_array(values[None], metadata={}, source=(p,), warnings=mask.warnings)
     from scipy import ndimage
 
     m = np.linalg.inv(mask.affine) @ reference.affine  # reference index → mask index
     inside = ndimage.affine_transform(
-        np.ones(labels.shape, dtype=np.uint8),
+        np.ones(values.shape, dtype=np.uint8),
         m[:3, :3],
         offset=m[:3, 3],
         output_shape=reference.shape,
@@ -300,7 +354,7 @@ def read_mask(path: Path, reference: Image) -> Image:
     if not inside.any():
         raise GeometryError(f"mask {p.name!r} does not overlap the image")
     out = ndimage.affine_transform(
-        labels,
+        values,
         m[:3, :3],
         offset=m[:3, 3],
         output_shape=reference.shape,
@@ -312,5 +366,8 @@ def read_mask(path: Path, reference: Image) -> Image:
         out[None],
         metadata={},
         source=(p,),
-        warnings=(f"mask {p.name!r} resampled onto the image grid (nearest neighbour)",),
+        warnings=(
+            *mask.warnings,
+            f"mask {p.name!r} resampled onto the image grid (nearest neighbour)",
+        ),
     )
