@@ -152,15 +152,17 @@ def _write_files(
             if sources is None:
                 notes.add(f"DICOM heatmaps of {pid!r} not written: the input has no DICOM source")
             else:
-                from medlens.io.heatmap import write_heatmap_dicom
+                from medlens.io.heatmap import wants_parametric_map, write_heatmap_dicom
 
-                out.update(
-                    write_heatmap_dicom(
-                        r,
-                        sources,
-                        folder / FILE_NAMES["heatmap_sc"],
-                        folder / FILE_NAMES["heatmap_pm"],
+                pm_path: Path | None = folder / FILE_NAMES["heatmap_pm"]
+                if not wants_parametric_map(r, sources):
+                    pm_path = None
+                    notes.add(
+                        f"heatmap Parametric Map of {pid!r} not written: a 2-D input gets "
+                        "the Secondary Capture only"
                     )
+                out.update(
+                    write_heatmap_dicom(r, sources, folder / FILE_NAMES["heatmap_sc"], pm_path)
                 )
     return out, seg_ds
 

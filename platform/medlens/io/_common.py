@@ -5,6 +5,7 @@ Imports highdicom and pydicom, so it is imported only by the writers themselves.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ __all__ = [
     "WriteNotes",
     "algorithm_sequence",
     "coded",
+    "complete_geometry",
+    "complete_type2",
+    "copy_deidentification",
     "frames_of",
     "iter_results",
     "plane_geometry",
@@ -115,10 +119,121 @@ def read_source_headers(image: Image) -> list[Dataset] | None:
     out: list[Dataset] = []
     for p in image.source:
         try:
-            out.append(pydicom.dcmread(Path(p), stop_before_pixels=True))
+            ds = pydicom.dcmread(Path(p), stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomError(f"cannot re-read source file {Path(p).name!r}: {e}") from e
+        out.append(complete_geometry(complete_type2(ds), image))
     return out
+
+
+#: Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1)
+#: that every derived object copies from its source. De-identification (PS3.15 Basic
+#: Profile) empties or removes them; Type 2 means present, possibly empty.
+TYPE2_COPIED: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def complete_type2(ds: Dataset) -> Dataset:
+    """Give a source header the Type 2 attributes writers copy, empty where missing.
+
+    Only the in-memory header is changed (never the source file); values that exist are
+    kept as they are, so outputs copy what the source has and say "unknown" (an empty
+    value, as the standard allows for Type 2) for what it lacks.
+    """
+    for keyword in TYPE2_COPIED:
+        if keyword not in ds or ds[keyword].value is None:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def complete_geometry(ds: Dataset, image: Image) -> Dataset:
+    """Fill in-memory geometry gaps highdicom needs from the source header.
+
+    * An enhanced (multi-frame) source whose shared functional group lacks
+      ``PixelMeasuresSequence`` gets the first frame's (or, without one, the image's
+      spacing): highdicom reads the shared group only.
+    * A single-frame source with patient geometry and an empty Type 2
+      ``SliceThickness`` gets the image's slice step.
+    * A ``PixelSpacing`` that is not two positive numbers is dropped.
+
+    Derived objects carry their own pixel measures; these values only let highdicom
+    compare the derived frames with the source.
+    """
+    spacing = tuple(float(v) for v in image.spacing)
+    ps = ds.get("PixelSpacing")
+    if ps is not None and (len(ps) != 2 or not all(_positive(v) for v in ps)):
+        del ds.PixelSpacing  # "0\\0" (seen on CR): no spacing rather than an invalid one
+    if image.ndim == 2 and "NumberOfFrames" in ds and "SharedFunctionalGroupsSequence" not in ds:
+        # A single-frame photograph of a multi-frame IOD (OP, XC): highdicom reads its
+        # pixel measures from a shared functional group it does not have. Give it an
+        # empty one rather than invent a pixel spacing the photograph never had.
+        shared_item = Dataset()
+        shared_item.PixelMeasuresSequence = [Dataset()]
+        ds.SharedFunctionalGroupsSequence = [shared_item]
+        return ds
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        if not shared:
+            ds.SharedFunctionalGroupsSequence = [Dataset()]
+            shared = ds.SharedFunctionalGroupsSequence
+        if not shared[0].get("PixelMeasuresSequence"):
+            per = ds.get("PerFrameFunctionalGroupsSequence") or []
+            first = per[0].get("PixelMeasuresSequence") if len(per) else None
+            if first:
+                shared[0].PixelMeasuresSequence = copy.deepcopy(first)
+            elif len(spacing) >= 2:
+                item = Dataset()
+                item.PixelSpacing = [spacing[1], spacing[0]]
+                if len(spacing) == 3:
+                    item.SliceThickness = spacing[2]
+                shared[0].PixelMeasuresSequence = [item]
+    elif (
+        "ImageOrientationPatient" in ds
+        and len(spacing) == 3
+        and ds.get("SliceThickness") in (None, "")
+    ):
+        ds.SliceThickness = spacing[2]
+    return ds
+
+
+#: De-identification attributes of the Patient module (PS3.3 C.7.1.1): copied as a set.
+_DEIDENTIFICATION = ("DeidentificationMethod", "DeidentificationMethodCodeSequence")
+
+
+def copy_deidentification(ds: Dataset, sources: Sequence[Dataset]) -> None:
+    """Say in ``ds`` that the source was de-identified, and how, as the source says.
+
+    ``DeidentificationMethod`` or its code sequence is Type 1C once
+    ``PatientIdentityRemoved`` is YES; a source that says YES but names no method gets
+    a method text saying so rather than an invalid object.
+    """
+    src = sources[0] if sources else None
+    if src is None or str(src.get("PatientIdentityRemoved", "")).strip().upper() != "YES":
+        if "PatientIdentityRemoved" in ds and not any(k in ds for k in _DEIDENTIFICATION):
+            del ds.PatientIdentityRemoved
+        return
+    ds.PatientIdentityRemoved = "YES"
+    for keyword in _DEIDENTIFICATION:
+        if src.get(keyword):
+            setattr(ds, keyword, copy.deepcopy(src[keyword].value))
+    if not any(ds.get(k) for k in _DEIDENTIFICATION):
+        ds.DeidentificationMethod = "source de-identified; method not stated"
 
 
 def frames_of(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
@@ -164,7 +279,10 @@ def plane_geometry(
 def has_patient_geometry(headers: Sequence[Dataset]) -> bool:
     """Whether the sources carry patient-space geometry (CT/MR/PT style)."""
     h = headers[0]
-    return "ImageOrientationPatient" in h or "SharedFunctionalGroupsSequence" in h
+    if h.get("ImageOrientationPatient"):
+        return True
+    shared = h.get("SharedFunctionalGroupsSequence")
+    return bool(shared) and bool(shared[0].get("PlaneOrientationSequence"))
 
 
 def copy_body_part(ds: Dataset, sources: Sequence[Dataset]) -> None:

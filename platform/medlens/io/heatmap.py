@@ -32,6 +32,7 @@ from medlens.io._common import (
     MANUFACTURER,
     SeriesNumbers,
     copy_body_part,
+    copy_deidentification,
     frames_of,
     has_patient_geometry,
     plane_geometry,
@@ -40,7 +41,14 @@ from medlens.io._common import (
 from medlens.io.atomic import atomic_dir, save_dataset
 from medlens.plugin_api._results import Result
 
-__all__ = ["build_parametric_map", "build_sc_slices", "jet", "overlay_rgb", "write_heatmap_dicom"]
+__all__ = [
+    "build_parametric_map",
+    "build_sc_slices",
+    "jet",
+    "overlay_rgb",
+    "wants_parametric_map",
+    "write_heatmap_dicom",
+]
 
 _ALPHA = 0.5  # overlay opacity at heat 1.0; heat 0 leaves the image untouched
 
@@ -96,6 +104,16 @@ def _orientation_letters(vec: npt.NDArray[np.float64]) -> str:
     )
 
 
+def _source_orientation(ds: Dataset) -> tuple[str, str] | None:
+    value = ds.get("PatientOrientation")
+    if value is None or value == "":
+        return None
+    parts = [str(v).strip() for v in (value if not isinstance(value, str) else value.split("\\"))]
+    if len(parts) != 2 or not all(parts):
+        return None
+    return (parts[0], parts[1])
+
+
 def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImage]:
     """One RGB Secondary Capture instance per slice (one series), heat over image.
 
@@ -113,6 +131,10 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
     orient: Any = None
     if result.image.ndim == 3 and has_patient_geometry(sources):
         orient = (_orientation_letters(d[:, 0]), _orientation_letters(d[:, 1]))
+    elif result.image.ndim == 2:
+        # A projection radiograph or photograph: frames keep the source's rows and
+        # columns, so its PatientOrientation holds for the overlay as it is.
+        orient = _source_orientation(sources[0]) if sources else None
     si, sj = result.image.spacing[:2]
     method = result.prediction.explanation.method if result.prediction.explanation else "heatmap"
     out = []
@@ -130,12 +152,18 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
                 instance_number=k + 1,
                 manufacturer=MANUFACTURER,
                 pixel_spacing=cast(Any, (float(sj), float(si))),  # stub says int; mm are floats
-                patient_orientation=orient,
+                # highdicom wants some orientation for PATIENT; an unknown one is
+                # emptied right after (PatientOrientation is Type 2C).
+                patient_orientation=orient if orient is not None else ("A", "F"),
                 series_description=f"{m.id} {method} (explanation, not a finding)"[:64],
             )
             sc.SoftwareVersions = software_versions(m)
             sc.BurnedInAnnotation = "NO"
             copy_body_part(sc, [refs[k]])
+            copy_deidentification(sc, [refs[k]])
+            if orient is None:
+                # No known orientation: Type 2C present and empty, never a guessed one.
+                sc.PatientOrientation = []
             sc.ImageComments = (
                 "Model explanation heatmap blended over the image; not a localisation of disease."
             )
@@ -194,26 +222,39 @@ def build_parametric_map(result: Result, sources: list[Dataset]) -> hd.pm.Parame
             **geometry,  # type: ignore[arg-type]
         )
         copy_body_part(pm, sources)
+        copy_deidentification(pm, sources)
         return pm
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise OutputError(f"cannot build heatmap Parametric Map for {m.id!r}: {e}") from e
 
 
+def wants_parametric_map(result: Result, sources: Sequence[Dataset]) -> bool:
+    """Whether a Parametric Map fits: a 3-D heatmap on sources with patient geometry.
+
+    A 2-D input (DX/CR/OP/SC) gets the Secondary Capture only: a one-frame map on a
+    projection or photograph adds nothing a viewer shows and highdicom cannot place it.
+    """
+    heat = result.prediction.heatmap
+    return heat is not None and heat.ndim == 3 and has_patient_geometry(sources)
+
+
 def write_heatmap_dicom(
-    result: Result, sources: list[Dataset], sc_dir: Path, pm_path: Path
+    result: Result, sources: list[Dataset], sc_dir: Path, pm_path: Path | None
 ) -> dict[str, Path]:
-    """Write the SC series (a folder, atomically) and the Parametric Map.
+    """Write the SC series (a folder, atomically) and, given ``pm_path``, the Parametric Map.
 
     Returns:
-        ``{"heatmap_sc": folder, "heatmap_pm": file}``.
+        ``{"heatmap_sc": folder, "heatmap_pm": file}`` (no ``heatmap_pm`` without a path).
     """
     slices = build_sc_slices(result, sources)
-    pm = build_parametric_map(result, sources)
+    pm = build_parametric_map(result, sources) if pm_path is not None else None
     with atomic_dir(sc_dir) as tmp:
         for sc in slices:
             sc.save_as(tmp / f"{int(sc.InstanceNumber):04d}.dcm", enforce_file_format=True)
-    save_dataset(pm, pm_path)
-    return {"heatmap_sc": sc_dir, "heatmap_pm": pm_path}
+    out = {"heatmap_sc": sc_dir}
+    if pm is not None and pm_path is not None:
+        out["heatmap_pm"] = save_dataset(pm, pm_path)
+    return out
 
 
 def _refs_per_frame(image: Image, sources: list[Dataset], n: int) -> list[Dataset]:

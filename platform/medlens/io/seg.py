@@ -35,6 +35,7 @@ from medlens.io._common import (
     WriteNotes,
     algorithm_sequence,
     coded,
+    copy_deidentification,
     frames_of,
     has_patient_geometry,
     plane_geometry,
@@ -115,7 +116,7 @@ def build_seg(result: Result, sources: list[Dataset], notes: WriteNotes) -> hd.s
             f"mask has {stacked.shape[0]} planes but the source has {len(sources)} images"
         )
     try:
-        return hd.seg.Segmentation(
+        seg = hd.seg.Segmentation(
             source_images=sources,
             pixel_array=stacked,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -136,6 +137,11 @@ def build_seg(result: Result, sources: list[Dataset], notes: WriteNotes) -> hd.s
         )
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise OutputError(f"cannot build DICOM SEG for plugin {m.id!r}: {e}") from e
+    copy_deidentification(seg, sources)
+    if not has_patient_geometry(sources) and "PatientOrientation" not in seg:
+        # Type 2C without patient geometry: the source's rows/columns are the SEG's.
+        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
+    return seg
 
 
 def write_seg(result: Result, sources: list[Dataset], path: Path, notes: WriteNotes) -> Path:

@@ -34,6 +34,7 @@ from medlens.io._common import (
     MANUFACTURER,
     SeriesNumbers,
     coded,
+    copy_deidentification,
     iter_results,
     label_for,
 )
@@ -118,7 +119,7 @@ def build_sr(
             imaging_measurements=groups,
         )
         evidence = [*sources, *([seg] if seg is not None else [])]
-        return hd.sr.Comprehensive3DSR(
+        sr = hd.sr.Comprehensive3DSR(
             evidence=evidence,
             content=report,
             series_instance_uid=hd.UID(),
@@ -129,6 +130,8 @@ def build_sr(
             is_complete=True,
             series_description=f"{result.manifest.id} measurements"[:64],
         )
+        copy_deidentification(sr, sources)
+        return sr
     except OutputError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as e:
