@@ -1,16 +1,19 @@
-"""MONAI bundle directories registered in the host configuration run as plugins."""
+"""MONAI bundle directories registered in the host configuration run as plugins; a bundle
+that cannot run as MONAI runs it is refused, by discovery and by ``pin-bundle``, with one
+line saying why."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from bundlekit import make_bundle
+from bundlekit import INFERENCE, UNET, inference_with, make_bundle
+from click.testing import CliRunner
 
+from medlens.cli.plugins import plugins
 from medlens.config import load_config
 from medlens.errors import PluginNotFoundError
 from medlens.host import Host
@@ -33,15 +36,18 @@ def test_configured_bundle_is_discovered_and_runs(tmp_path: Path) -> None:
     host = Host(cfg, entry_points=[])
     assert [m.id for m in host.plugins()] == ["spleen-ct"]
     assert host.report.plugins["spleen-ct"].entry_point == f"bundle {b}"
+    m = host.plugins()[0]
+    assert m.explanations == [] and m.inference is None
     rng = np.random.default_rng(0)
     image = Image(
-        rng.normal(40, 30, (1, 24, 20, 12)).astype(np.float32),
-        (1.0, 1.0, 2.0),
+        rng.normal(40, 60, (1, 24, 20, 12)).astype(np.float32),
+        (2.0, 2.0, 3.0),
         (0.0, 0.0, 0.0),
         np.eye(3),
     )
-    result = host.run("spleen-ct", image, options={"explain": False})
+    result = host.run("spleen-ct", image)
     assert result.prediction.mask is not None and result.prediction.mask.same_grid(image)
+    assert result.prediction.heatmap is None
     assert result.provenance.weights_sha256 == file_sha256(b)
 
 
@@ -64,15 +70,71 @@ def test_missing_bundle_directory_is_reported(tmp_path: Path) -> None:
 
 def test_pin_bundle_prints_a_config_the_host_accepts(tmp_path: Path) -> None:
     b = make_bundle(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "medlens.cli", "plugins", "pin-bundle", str(b)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    assert out.exit_code == 0, out.output
     cfg = tmp_path / "pinned.toml"
-    cfg.write_text(proc.stdout)
+    cfg.write_text(out.output)
     host = Host(load_config(cfg), entry_points=[])
     (m,) = host.plugins()
-    assert m.id == "spleen-ct-segmentation" and json.dumps(m.weights.sha256 if m.weights else "")
+    assert m.id == "spleen-ct-segmentation" and m.weights is not None
+    assert m.weights.sha256 == file_sha256(b)
+
+
+def _transforms(section: str, change: Any) -> dict[str, Any]:
+    inf = copy.deepcopy(INFERENCE)
+    inf[section]["transforms"] = change(inf[section]["transforms"])
+    return inf
+
+
+UNRUNNABLE: dict[str, tuple[dict[str, Any], str]] = {
+    "unknown component": (
+        _transforms("preprocessing", lambda t: [*t[:3], {"_target_": "NoSuchTransformd"}]),
+        "cannot build the bundle's 'preprocessing': ",
+    ),
+    "network code missing": (
+        inference_with(network_def={**UNET, "_target_": "scripts.nets.SpleenNet"}),
+        "cannot build the bundle's 'network_def': ",
+    ),
+    "no inferer": (inference_with(inferer=None), "bundle's inference.json has no 'inferer'"),
+    "weights do not fit": (
+        inference_with(network_def={**UNET, "channels": [4, 8, 32]}),
+        "weights do not fit the bundle's network: ",
+    ),
+    "no label map": (
+        _transforms("postprocessing", lambda t: [x for x in t if x["_target_"] != "AsDiscreted"]),
+        "makes no label map (no AsDiscreted)",
+    ),
+    "input not a file": (
+        _transforms("preprocessing", lambda t: t[1:]),
+        "does not start with LoadImaged",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNRUNNABLE))
+def test_unrunnable_bundle_is_refused_with_a_one_line_reason(tmp_path: Path, case: str) -> None:
+    inference, reason = UNRUNNABLE[case]
+    b = make_bundle(tmp_path, inference=inference)
+    host = Host(load_config(_config(tmp_path, b, file_sha256(b), id="spleen-ct")), entry_points=[])
+    assert host.plugins() == []
+    (err,) = host.errors()
+    assert reason in str(err) and "\n" not in str(err), str(err)
+    with pytest.raises(PluginNotFoundError):
+        host.get("spleen-ct")
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    assert out.exit_code != 0 and "[[bundles]]" not in out.output
+    assert reason in out.output and out.output.count("\n") == 1, out.output
+
+
+def test_bundle_network_from_its_scripts_folder_runs_and_keeps_its_pin(tmp_path: Path) -> None:
+    inf = inference_with(network_def={**UNET, "_target_": "scripts.nets.SpleenNet"})
+    b = make_bundle(tmp_path, inference=inf)
+    (b / "scripts").mkdir()
+    (b / "scripts" / "__init__.py").write_text("")
+    (b / "scripts" / "nets.py").write_text("from monai.networks.nets import UNet as SpleenNet\n")
+    pin = file_sha256(b)
+    host = Host(load_config(_config(tmp_path, b, pin, id="spleen-ct")), entry_points=[])
+    assert host.errors() == []
+    image = Image(np.full((1, 16, 16, 8), 80, np.float32), (3.0, 3.0, 4.0), (0, 0, 0), np.eye(3))
+    assert host.run("spleen-ct", image).prediction.mask is not None
+    assert file_sha256(b) == pin  # no __pycache__ written into the pinned tree

@@ -123,15 +123,22 @@ def info(plugin_id: str, as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--id", "plugin_id", default=None, help="Plugin id [the bundle's name].")
 def pin_bundle(bundle: Path, plugin_id: str | None) -> None:
-    """Check a MONAI bundle maps to a manifest and print its pinned configuration entry.
+    """Check a MONAI bundle runs as MONAI runs it and print its pinned configuration entry.
 
+    The bundle's pre-processing, inferer, post-processing and network are built with
+    MONAI (no data is run); a bundle that cannot be built is refused with the reason.
     Paste the printed ``[[bundles]]`` table into the host configuration
     (``$MEDLENS_CONFIG``); the host then runs the bundle as a plugin and refuses it if
     any of its files change.
     """
-    from medlens.engine.bundle import manifest_from_bundle
+    from medlens.engine.bundle import check_bundle, manifest_from_bundle
+    from medlens.errors import PluginError
 
-    m = manifest_from_bundle(bundle, plugin_id=plugin_id)
+    try:
+        m = manifest_from_bundle(bundle, plugin_id=plugin_id)
+        check_bundle(bundle, m)
+    except PluginError as e:
+        raise click.ClickException(f"refused: {e}") from e
     assert m.weights is not None
     click.echo(f"# {m.title} {m.version}: {m.task.value}, {len(m.outputs.labels)} label(s)")
     click.echo("[[bundles]]")

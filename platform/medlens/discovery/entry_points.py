@@ -79,13 +79,17 @@ def _load_manifest(ep: md.EntryPoint) -> Manifest:
 
 
 def bundle_record(cfg: BundleConfig) -> PluginRecord:
-    """A configured MONAI bundle as a plugin record (reads JSON only; no torch).
+    """A configured MONAI bundle as a plugin record.
+
+    The manifest comes from the bundle's JSON; once the files match their pin, the
+    bundle's pipeline is built with MONAI (torch imported, no data run) so a bundle that
+    cannot run as MONAI runs it is refused here, with its reason.
 
     Raises:
-        PluginError: If the bundle cannot be mapped to a manifest, or its files' sha256
-            differs from the pin in the configuration.
+        PluginError: If the bundle cannot be mapped to a manifest, its files' sha256
+            differs from the pin in the configuration, or its pipeline cannot be built.
     """
-    from medlens.engine.bundle import manifest_from_bundle
+    from medlens.engine.bundle import check_bundle, manifest_from_bundle
 
     label = cfg.id or cfg.path.name
     if not cfg.path.is_dir():
@@ -99,6 +103,7 @@ def bundle_record(cfg: BundleConfig) -> PluginRecord:
             f"bundle {cfg.path.name!r} sha256 {manifest.weights.sha256[:12]}… differs from "
             f"the configured pin {cfg.sha256[:12]}…; refusing to register it",
         )
+    check_bundle(cfg.path, manifest)
     return PluginRecord(
         manifest=manifest,
         entry_point=f"bundle {cfg.path}",

@@ -3,9 +3,11 @@
 :func:`manifest_from_bundle` reads ``configs/metadata.json`` and
 ``configs/inference.json`` (plain JSON, no torch, no code run) into a
 :class:`~medlens.plugin_api.v1.Manifest` whose weights are the bundle directory,
-pinned by its sha256 at registration; :class:`BundlePlugin` (the manifest's
-entry) builds the network from ``inference.json`` with MONAI's ``ConfigParser``
-and runs it through the same engine as every other plugin.
+pinned by its sha256 at registration. :class:`BundlePlugin` (the manifest's entry)
+runs the bundle's *own* pre-processing, inferer and post-processing, built from
+``inference.json`` by MONAI's ``ConfigParser`` (see
+:mod:`medlens.engine.bundle_pipeline`): nothing of the bundle is re-implemented, and a
+bundle that cannot run exactly so is refused at registration (:func:`check_bundle`).
 
 Example::
 
@@ -17,23 +19,24 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 
 from medlens.errors import PluginValidationError
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._protocol import PluginInputs
 from medlens.plugin_api._results import Finding, Prediction
-from medlens.plugin_api._vocab import ExplanationMethod, Modality, Task, WeightsFormat
+from medlens.plugin_api._vocab import Modality, Task, WeightsFormat
 
 if TYPE_CHECKING:
+    from medlens.engine.bundle_pipeline import BundleOutput, BundlePipeline
     from medlens.plugin_api._context import LoadContext, RunContext
 
-__all__ = ["BUNDLE_ENTRY", "BundlePlugin", "manifest_from_bundle"]
+__all__ = ["BUNDLE_ENTRY", "BundlePlugin", "check_bundle", "manifest_from_bundle"]
 
 #: The entry string of every bundle-backed manifest.
 BUNDLE_ENTRY = "medlens.engine.bundle:BundlePlugin"
@@ -59,10 +62,6 @@ _KNOWN: dict[str, tuple[str, str, dict[str, str]]] = {
     "tumor": ("108369006", "Neoplasm", _ALTERED),
     "tumour": ("108369006", "Neoplasm", _ALTERED),
 }
-_HARMLESS = {
-    "LoadImage", "EnsureChannelFirst", "AddChannel", "EnsureType", "ToTensor", "CastToType",
-    "SaveImage", "Invert", "CopyItems", "ToNumpy", "ToDevice", "SqueezeDim", "Identity",
-}  # fmt: skip
 _MODALITIES = {"MRI": "MR", "CT": "CT", "MR": "MR", "PET": "PT", "PT": "PT", "US": "US"}
 
 
@@ -103,13 +102,18 @@ def manifest_from_bundle(path: Path, *, plugin_id: str | None = None, **override
     image_in = dict(next(iter(inputs.values())))
     pred_out = dict(next(iter(outputs.values())))
     task = _task(meta, pred_out, pid)
-    limitations: list[str] = []
-    input_spec = _input_spec(image_in, infer, limitations)
+    for key in ("preprocessing", "inferer", "postprocessing"):
+        if key not in infer:
+            raise PluginValidationError(pid, f"bundle's inference.json has no {key!r}")
+    if "network_def" not in infer and "network" not in infer:
+        raise PluginValidationError(pid, "bundle's inference.json has no 'network_def'")
+    shape = image_in.get("spatial_shape") or []
+    # What the bundle's own pre-processing is handed: MedLens resamples nothing for it.
+    input_spec = {
+        "dims": len(shape) if len(shape) in (2, 3) else 3,
+        "channels": int(image_in.get("num_channels", 1)),
+    }
     labels = _labels(pred_out, task, pid)
-    post = _postprocess(infer, limitations)
-    inference = (
-        _inference(infer, input_spec["dims"], image_in) if task is Task.SEGMENTATION else None
-    )
     modality = _MODALITIES.get(str(image_in.get("modality", "")).upper(), Modality.OT.value)
     metrics = [
         {
@@ -132,22 +136,22 @@ def manifest_from_bundle(path: Path, *, plugin_id: str | None = None, **override
         "modality": [modality],
         "body_part": str(meta.get("body_part") or "UNSPECIFIED"),
         "input": input_spec,
-        "inference": inference,
         "outputs": {
             "labels": labels,
             "kinds": ["seg", "nifti", "json"] if task is Task.SEGMENTATION else ["sr", "json"],
-            "postprocess": post,
         },
-        "explanations": [
-            ExplanationMethod.SEGMENTATION_GRADCAM.value
-            if task is Task.SEGMENTATION
-            else ExplanationMethod.GRADCAM.value
-        ],
+        # A bundle declares no heatmap output, so none is computed (a Grad-CAM used to
+        # take 387 s of a 399 s run only to be thrown away).
+        "explanations": [],
         "model_card": {
             "intended_use": str(
                 meta.get("intended_use") or meta.get("description") or "not stated by the bundle"
             ),
-            "limitations": [*_as_list(meta.get("limitations")), *limitations],
+            "limitations": [
+                *_as_list(meta.get("limitations")),
+                "runs the bundle's own MONAI pipeline from configs/inference.json; "
+                "no heatmap (the bundle declares none)",
+            ],
             "training_data": str(meta.get("data_source") or "not stated by the bundle"),
             "metrics": metrics,
             "license": str(meta.get("license") or "NOASSERTION"),
@@ -161,6 +165,8 @@ def manifest_from_bundle(path: Path, *, plugin_id: str | None = None, **override
         },
         "entry": BUNDLE_ENTRY,
     }
+    if overrides.get("explanations"):
+        raise PluginValidationError(pid, "a bundle computes no heatmap; 'explanations' stays empty")
     data.update(overrides)
     try:
         return Manifest.model_validate(data)
@@ -172,6 +178,23 @@ def manifest_from_bundle(path: Path, *, plugin_id: str | None = None, **override
         ) from e
 
 
+def check_bundle(path: Path, manifest: Manifest) -> None:
+    """Refuse a bundle that cannot run exactly as MONAI runs it (builds it; runs no data).
+
+    Call only after the bundle's sha256 matched its pin: ``inference.json`` is code.
+
+    Raises:
+        PluginValidationError: One line saying what cannot run (unknown component,
+            network code that does not import, missing section, weights that do not fit,
+            no label map or decision made by the bundle itself).
+    """
+    from medlens.engine import bundle_pipeline
+
+    bundle_pipeline.check_bundle(
+        Path(path), manifest.id, segmentation=manifest.task is Task.SEGMENTATION
+    )
+
+
 class BundlePlugin:
     """A MONAI bundle run as a MedLens plugin (the entry of bundle manifests).
 
@@ -180,38 +203,155 @@ class BundlePlugin:
     """
 
     def __init__(self, ctx: LoadContext) -> None:
-        from medlens.engine.models import load_network
+        from medlens import weights
+        from medlens.engine.bundle_pipeline import bundle_on_path, load_pipeline
+        from medlens.engine.models import bundle_model_file, load_network
 
         self.manifest = ctx.manifest
-        old = sys.dont_write_bytecode
-        # Bundle scripts imported by the config must not add __pycache__ to the pinned tree.
-        sys.dont_write_bytecode = True
-        try:
+        self.device = ctx.device
+        # The host verified the sha256 before building; load_network checks it again.
+        path = weights.resolve_weights(ctx.manifest)
+        bundle = bundle_model_file(path).parents[1] if path.is_dir() else path.parents[1]
+        with bundle_on_path(bundle):
             self.network = load_network(ctx.manifest, ctx.device)
-        finally:
-            sys.dont_write_bytecode = old
+        self.pipeline = load_pipeline(bundle, ctx.manifest.id, ctx.device)
 
     def predict(self, inputs: PluginInputs, ctx: RunContext) -> Prediction:
-        """Segment or classify ``inputs.image`` as the bundle's manifest says."""
+        """Run ``inputs.image`` through the bundle; results on the input's grid.
+
+        A bundle declares no heatmap output, so none is computed (an ``explain`` option
+        is answered with a warning, not with a Grad-CAM on a pipeline of our making).
+        """
+        from medlens.engine.bundle_pipeline import run_pipeline, to_input_grid
+        from medlens.engine.device import configure_cpu_threads
+
         m = self.manifest
+        if ctx.options.get("explain") is True:
+            ctx.warn("MONAI bundles declare no heatmap output; no explanation was computed")
+        if self.device == "cpu":
+            configure_cpu_threads()
+        image = inputs.image
+        seg = m.task is Task.SEGMENTATION
+        out = run_pipeline(
+            self.pipeline,
+            self.network,
+            image,
+            self.device,
+            keep_probabilities=not seg,
+            timer=ctx.timer,
+        )
         pred = Prediction()
-        if m.task is Task.SEGMENTATION:
-            mask, _ = ctx.segment(self.network, inputs.image)
-            pred.mask = mask
-            present = [lab.value for lab in m.outputs.labels if np.any(mask.array == lab.value)]
-            target = ctx.options.get("explain_target", present[0] if present else None)
+        if seg:
+            on_grid, resampled = to_input_grid(out, image)
+            if resampled:
+                ctx.warn(
+                    "the bundle's output was not inverted onto the input grid (no Invertd); "
+                    "it was resampled there with nearest neighbour"
+                )
+            pred.mask = image.with_array(_label_map(on_grid, m)[None], warnings=())
         else:
-            probs = ctx.classify(self.network, inputs.image)
-            pred.findings = [
-                Finding(label=lab.name, probability=float(p), positive=bool(p >= 0.5))
-                for lab, p in zip(m.outputs.labels, probs, strict=True)
-            ]
-            target = ctx.options.get(
-                "explain_target", m.outputs.labels[int(np.argmax(probs))].value
-            )
-        if ctx.explain_requested and target is not None:
-            pred.heatmap, pred.explanation = ctx.explain(self.network, inputs.image, int(target))
+            pred.findings, rule = _findings(out, m, self.pipeline)
+            pred.extra["decision"] = rule
         return pred
+
+
+def _label_map(pred: npt.NDArray[Any], m: Manifest) -> npt.NDArray[np.uint8]:
+    """A one-label-per-voxel map from the bundle's output (label values or one-hot).
+
+    Raises:
+        EngineError: If the output holds values that are not the bundle's labels, or
+            overlapping channels a label map cannot hold.
+    """
+    from medlens.errors import EngineError
+
+    values = {lab.value for lab in m.outputs.labels}
+    if pred.shape[0] == 1:
+        arr = pred[0]
+        uniq = np.unique(arr)
+        if not np.all(np.isin(uniq, [0, *values])):
+            raise EngineError(
+                f"the bundle's output holds values {uniq[:6].tolist()} that are not its "
+                f"labels {sorted(values)}"
+            )
+        return np.asarray(arr, dtype=np.uint8)
+    binary = np.isin(pred, [0, 1]).all()
+    if not binary or (pred.sum(axis=0) > 1).any():
+        raise EngineError(
+            f"the bundle's output has {pred.shape[0]} overlapping channels; a MedLens label "
+            "map holds one label per voxel"
+        )
+    labels = np.asarray(np.argmax(pred, axis=0), dtype=np.uint8)  # one-hot: channel c is c
+    labels[pred.sum(axis=0) == 0] = 0
+    if not set(np.unique(labels).tolist()) <= {0, *values}:
+        raise EngineError("the bundle's one-hot output has channels that are not its labels")
+    return labels
+
+
+def _findings(out: BundleOutput, m: Manifest, pipe: BundlePipeline) -> tuple[list[Finding], str]:
+    """Findings with the bundle's probabilities and the bundle's own decisions.
+
+    The decision is whatever the bundle's ``AsDiscreted`` made (a threshold, or argmax);
+    ``threshold`` records the rule in the terms ``Finding`` checks (positive iff
+    probability >= threshold): the bundle's threshold, or for argmax this case's winning
+    probability.
+    """
+    from medlens.errors import EngineError
+
+    if out.probabilities is None:
+        raise EngineError("the bundle's post-processing gave no probabilities")
+    probs = out.probabilities.reshape(out.probabilities.shape[0], -1)[:, 0]
+    dec = out.pred.reshape(out.pred.shape[0], -1)[:, 0]
+    n = probs.shape[0]
+    if dec.shape[0] == 1 and n > 1:  # argmax without one-hot: the winning index
+        positive = np.arange(n) == int(dec[0])
+    elif dec.shape[0] == n:
+        positive = dec >= 0.5
+    else:
+        raise EngineError(f"the bundle's decision has {dec.shape[0]} values for {n} probabilities")
+    t = _bundle_threshold(pipe)
+    rule = (
+        f"bundle post-processing: threshold {t:g}"
+        if t is not None
+        else "bundle post-processing: argmax"
+    )
+    findings = []
+    for lab in m.outputs.labels:
+        if lab.value >= n:
+            raise EngineError(f"the bundle gave {n} probabilities; label value {lab.value}")
+        p = float(np.clip(probs[lab.value], 0.0, 1.0))
+        pos = bool(positive[lab.value])
+        if t is not None and (p >= t) == pos:
+            thr = t
+        else:  # argmax: the winner's probability separates this case's classes
+            thr = float(np.clip(probs[positive].max() if positive.any() else 1.0, 0.0, 1.0))
+            if not pos and p >= thr:
+                thr = float(np.nextafter(np.float64(p), np.float64(2.0)))
+            if pos and p < thr:
+                thr = p
+        if thr > 1.0:  # a tie at probability 1.0 that argmax broke: no threshold says it
+            raise EngineError(f"label {lab.name!r}: a tie at probability 1 cannot be reported")
+        findings.append(Finding(label=lab.name, probability=p, positive=pos, threshold=thr))
+    return findings, rule
+
+
+def _bundle_threshold(pipe: BundlePipeline) -> float | None:
+    """The threshold of the bundle's ``AsDiscrete(d)`` on ``pred``, if it thresholds."""
+    from medlens.engine.bundle_pipeline import PRED_KEY
+
+    if pipe.discretise_at is None:
+        return None
+    t = pipe.postprocessing.transforms[pipe.discretise_at]
+    thr = getattr(t, "threshold", None)
+    if isinstance(thr, list | tuple):  # AsDiscreted: one entry per key
+        keys = list(getattr(t, "keys", ()))
+        thr = thr[keys.index(PRED_KEY)] if PRED_KEY in keys else None
+    argmax = getattr(t, "argmax", False)
+    if isinstance(argmax, list | tuple):
+        keys = list(getattr(t, "keys", ()))
+        argmax = argmax[keys.index(PRED_KEY)] if PRED_KEY in keys else False
+    if argmax is True:
+        return None
+    return float(thr) if isinstance(thr, int | float) and not isinstance(thr, bool) else None
 
 
 def _read_json(p: Path, pid: str) -> dict[str, Any]:
@@ -258,95 +398,6 @@ def _task(meta: dict[str, Any], pred: dict[str, Any], pid: str) -> Task:
     raise PluginValidationError(pid, "bundle task is neither segmentation nor classification")
 
 
-def _resolve(cfg: dict[str, Any], v: Any) -> Any:
-    """Follow ``@key`` / ``@a#b`` references of a bundle config (no ``$`` code is run)."""
-    for _ in range(8):
-        if not (isinstance(v, str) and v.startswith("@")):
-            return v
-        node: Any = cfg
-        for part in v[1:].split("#"):
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            elif isinstance(node, dict) and part in node:
-                node = node[part]
-            else:
-                return None
-        v = node
-    return None
-
-
-def _transforms(infer: dict[str, Any], section: str) -> list[tuple[str, dict[str, Any]]]:
-    node = _resolve(infer, infer.get(section))
-    items = node.get("transforms", []) if isinstance(node, dict) else node or []
-    out = []
-    for t in _resolve(infer, items) or []:
-        t = _resolve(infer, t)
-        if isinstance(t, dict) and isinstance(t.get("_target_"), str):
-            name = t["_target_"].rsplit(".", 1)[-1]
-            out.append((name, {k: _resolve(infer, v) for k, v in t.items()}))
-    return out
-
-
-def _plain_numbers(v: Any, n: int | None = None) -> list[float] | None:
-    if isinstance(v, int | float) and n is not None:
-        return [float(v)] * n
-    if isinstance(v, list) and all(isinstance(x, int | float) for x in v):
-        return [float(x) for x in v]
-    return None
-
-
-def _input_spec(
-    image_in: dict[str, Any], infer: dict[str, Any], notes: list[str]
-) -> dict[str, Any]:
-    shape = image_in.get("spatial_shape") or []
-    dims = len(shape) if len(shape) in (2, 3) else 3
-    spec: dict[str, Any] = {"dims": dims, "channels": int(image_in.get("num_channels", 1))}
-    for name, t in _transforms(infer, "preprocessing"):
-        base = name[:-1] if name.endswith("d") else name
-        if base == "Orientation" and isinstance(t.get("axcodes"), str):
-            spec["orientation"] = t["axcodes"]
-        elif base == "Spacing" and (pix := _plain_numbers(t.get("pixdim"), dims)) is not None:
-            spec["spacing"] = tuple(pix[:dims])
-        elif base == "ScaleIntensityRange" and all(
-            isinstance(t.get(k), int | float) for k in ("a_min", "a_max")
-        ):
-            spec["intensity"] = {
-                "mode": "window",
-                "window_min": float(t["a_min"]),
-                "window_max": float(t["a_max"]),
-                "out_min": float(t.get("b_min", 0.0) or 0.0),
-                "out_max": float(t.get("b_max", 1.0) or 1.0),
-                "clip": bool(t.get("clip", False)),
-            }
-        elif base == "NormalizeIntensity":
-            spec["intensity"] = {"mode": "zscore"}
-        elif base == "CropForeground":
-            spec["foreground_crop"] = True
-        elif base not in _HARMLESS:
-            notes.append(f"bundle pre-processing {name!r} is not reproduced by the MedLens engine")
-    return spec
-
-
-def _inference(infer: dict[str, Any], dims: int, image_in: dict[str, Any]) -> dict[str, Any]:
-    inferer = _resolve(infer, infer.get("inferer"))
-    roi = None
-    out: dict[str, Any] = {}
-    if isinstance(inferer, dict) and str(inferer.get("_target_", "")).endswith(
-        "SlidingWindowInferer"
-    ):
-        roi = _plain_numbers(_resolve(infer, inferer.get("roi_size")), dims)
-        for key in ("sw_batch_size", "overlap"):
-            v = _resolve(infer, inferer.get(key))
-            if isinstance(v, int | float):
-                out[key] = v
-        if inferer.get("mode") in ("gaussian", "constant"):
-            out["blend"] = inferer["mode"]
-    if roi is None:
-        roi = _plain_numbers(image_in.get("spatial_shape"), dims) or [96.0] * dims
-    out["roi_size"] = tuple(int(r) for r in roi[:dims])
-    return out
-
-
 def _labels(pred: dict[str, Any], task: Task, pid: str) -> list[dict[str, Any]]:
     channels = dict(pred.get("channel_def") or {})
     if not channels:
@@ -382,24 +433,3 @@ def _labels(pred: dict[str, Any], task: Task, pid: str) -> list[dict[str, Any]]:
     if not labels:
         raise PluginValidationError(pid, "bundle output channel_def has no labels")
     return labels
-
-
-def _postprocess(infer: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"activation": "none"}
-    for name, t in _transforms(infer, "postprocessing"):
-        base = name[:-1] if name.endswith("d") else name
-        if base == "Activations":
-            if t.get("softmax") is True:
-                out["activation"] = "softmax"
-            elif t.get("sigmoid") is True:
-                out["activation"] = "sigmoid"
-        elif base == "AsDiscrete" and isinstance(t.get("threshold"), int | float):
-            out["threshold"] = float(t["threshold"])
-        elif base == "KeepLargestConnectedComponent":
-            applied = t.get("applied_labels")
-            out["largest_component"] = (
-                [int(applied)] if isinstance(applied, int) else [int(a) for a in applied or []]
-            )
-        elif base not in _HARMLESS and base != "AsDiscrete":
-            notes.append(f"bundle post-processing {name!r} is not reproduced by the MedLens engine")
-    return out
