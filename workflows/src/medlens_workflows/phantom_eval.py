@@ -48,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from medlens.phantoms.ct import LABELS as TRUTH_LABELS
+
 if TYPE_CHECKING:
     from medlens.host import Host
     from medlens.phantoms.ct import PhantomCase, TumorTruth
@@ -65,8 +67,21 @@ __all__ = [
     "tumour_truth_masks",
 ]
 
-ORGANS: dict[int, str] = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left"}
-TUMOUR = 5
+#: Truth label values of the phantoms, from their own label map: name -> value.
+_TRUTH_VALUES: dict[str, int] = {name: v for v, name in TRUTH_LABELS.items()}
+TUMOUR = _TRUTH_VALUES["liver_tumor"]
+ORGANS: dict[int, str] = {v: name for v, name in TRUTH_LABELS.items() if v != TUMOUR}
+
+
+def _as_truth_values(pred: npt.NDArray[Any], result: Result) -> npt.NDArray[Any]:
+    """The plugin's mask in the phantom's label values, matched by label name, never value."""
+    labels = result.manifest.outputs.labels
+    top = max([lab.value for lab in labels] + [int(pred.max()) if pred.size else 0])
+    lut = np.zeros(top + 1, dtype=np.uint8)
+    for lab in labels:
+        lut[lab.value] = _TRUTH_VALUES.get(lab.name, 0)
+    out: npt.NDArray[Any] = lut[pred]
+    return out
 
 
 @dataclass(frozen=True)
@@ -227,9 +242,9 @@ def _predicted_volumes(
     from medlens_validation.metrics import label_volume_ml
 
     names = {**ORGANS, TUMOUR: "liver_tumor"}
-    measured = {m.label_value: m.volume_ml for m in result.measurements}
+    measured = {m.label: m.volume_ml for m in result.measurements}  # by name, not value
     if measured:
-        return {name: float(measured.get(v, 0.0)) for v, name in names.items()}, "volume-measure"
+        return {name: float(measured.get(name, 0.0)) for name in names.values()}, "volume-measure"
     return {
         name: label_volume_ml(pred, v, spacing) for v, name in names.items()
     }, "voxel count (volume-measure not installed)"
@@ -280,7 +295,7 @@ def evaluate_case(
             f"the mask of {plugin_id!r} is not on the phantom's grid (shape {mask.shape} vs "
             f"{case.shape})"
         )
-    pred = np.asarray(mask.array[0])
+    pred = _as_truth_values(np.asarray(mask.array[0]), result)
     truth = case.labels
     organ_dice = dice(pred, truth, labels=list(ORGANS))
     tumour_dice = dice(pred, truth, labels=[TUMOUR])[TUMOUR]

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CtAbdomenSeg", "create"]
 
-_LIVER = 1
-_TUMOUR = 5
+# Labels by name; their values are the manifest's.
+_LIVER = "liver"
+_TUMOUR = "liver_tumor"
 
 
 class CtAbdomenSeg:
@@ -95,7 +96,8 @@ class CtAbdomenSeg:
         heatmap = explanation = None
         if ctx.explain_requested:
             # Explain what a reader most needs to trust: the tumour when one was found.
-            target = _TUMOUR if _TUMOUR in present else _LIVER
+            tumour, liver = self.manifest.label(_TUMOUR).value, self.manifest.label(_LIVER).value
+            target = tumour if tumour in present else liver
             if target in present:
                 heatmap, explanation = ctx.explain(self.network, image, target=target)
                 extra["explained_label"] = self.manifest.label(target).name

@@ -47,8 +47,17 @@ __all__ = ["PreparedCase", "RecipeConfig", "main", "prepare_case", "train"]
 VAL_SEED_OFFSET = 5000
 #: First held-out evaluation seed; training and validation seeds must stay below it.
 HELD_OUT_SEED = 10000
-#: Label names by value (background first), as in the manifest.
-LABEL_NAMES = ("background", "liver", "spleen", "kidney_right", "kidney_left", "liver_tumor")
+
+
+def _label_names() -> tuple[str, ...]:
+    from medlens_ct_abdomen_seg.manifest import MANIFEST
+
+    by_value = {lab.value: lab.name for lab in MANIFEST.outputs.labels}
+    return ("background", *(by_value.get(v, f"label-{v}") for v in range(1, max(by_value) + 1)))
+
+
+#: Label names by value (background first), from the manifest: the one owner of labels.
+LABEL_NAMES = _label_names()
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,13 @@ def prepare_case(seed: int) -> PreparedCase:
 
     case = synthesize(seed, small=True)
     prepared = prepare(case.image(), MANIFEST.input)
-    lab = torch.from_numpy(np.ascontiguousarray(case.labels[None]))
+    from medlens.phantoms.ct import LABELS as TRUTH_LABELS
+
+    # Phantom truth values become the manifest's values, matched by name (never assumed equal).
+    lut = np.zeros(max(TRUTH_LABELS) + 1, dtype=np.uint8)
+    for value, name in TRUTH_LABELS.items():
+        lut[value] = MANIFEST.label(name).value
+    lab = torch.from_numpy(np.ascontiguousarray(lut[case.labels][None]))
     for step in prepared.chain.steps:
         if isinstance(step, Resample):
             lab = step.forward(lab, nearest=True)
