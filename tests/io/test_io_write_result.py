@@ -112,7 +112,7 @@ def test_kinds_are_respected_and_chained_outputs_nest(tmp_path, make_result, kit
     assert len(report.get_image_measurement_groups()) >= 3
 
 
-def test_failure_midway_leaves_complete_files_only(tmp_path, make_result, monkeypatch):
+def test_failure_midway_leaves_nothing_of_the_set(tmp_path, make_result, monkeypatch):
     import medlens.io.sr as sr_mod
 
     def broken(*_a, **_k):
@@ -120,9 +120,21 @@ def test_failure_midway_leaves_complete_files_only(tmp_path, make_result, monkey
 
     monkeypatch.setattr(sr_mod, "build_sr", broken)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "other.txt").write_text("not ours")
     with pytest.raises(OutputError, match="exploded"):
         write_result(make_result(), out)
-    assert not (out / "sr.dcm").exists()
-    assert not (out / "result.json").exists()
-    assert hd.seg.segread(out / "seg.dcm").NumberOfFrames > 0
+    # The SEG, NIfTI and heatmaps were written before the SR failed: none of them stays.
+    assert sorted(p.name for p in out.iterdir()) == ["other.txt"]
+    assert _no_temporaries(out)
+
+
+def test_a_second_run_replaces_the_set(tmp_path, make_result):
+    out = tmp_path / "out"
+    first = write_result(make_result(), out)
+    second = write_result(make_result(), out)
+    assert set(first) == set(second)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        {p.relative_to(out).parts[0] for p in second.values()}
+    )
     assert _no_temporaries(out)

@@ -27,7 +27,11 @@ the root prediction's ``warnings`` (and so to result.json).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,12 +40,25 @@ from medlens.plugin_api._vocab import OutputKind, ResultStatus
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from medlens.imaging.image import Image
     from medlens.io._common import WriteNotes
     from medlens.plugin_api._results import Result
 
-__all__ = ["FILE_NAMES", "write_result"]
+__all__ = ["FILE_NAMES", "dicom_source", "write_result"]
 
 log = logging.getLogger(__name__)
+
+
+def dicom_source(image: Image) -> bool:
+    """Whether ``image`` was read from DICOM files (not a PNG/JPEG/TIFF or NIfTI file)."""
+    if not image.source:
+        return False
+    from medlens.imaging.nifti import is_nifti
+    from medlens.imaging.two_d import is_2d_image_file
+
+    first = Path(image.source[0])
+    return not (is_2d_image_file(first) or is_nifti(first))
+
 
 #: File (or folder) name of each output key inside a result folder.
 FILE_NAMES: dict[str, str] = {
@@ -51,6 +68,8 @@ FILE_NAMES: dict[str, str] = {
     "heatmap_sc": "heatmap-sc",
     "heatmap_pm": "heatmap-pm.dcm",
     "nifti": "mask.nii.gz",
+    "mask_png": "mask.png",
+    "heatmap_png": "heatmap.png",
     "json": "result.json",
 }
 
@@ -73,10 +92,46 @@ def write_result(
         OutputError: If a requested output can be made but writing it fails.
         DicomError: If the source DICOM files can no longer be read.
     """
-    from medlens.io._common import WriteNotes, iter_results, read_source_headers
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Outputs are a set: written into a hidden staging folder, then moved in, result.json
+    # last. On any failure the staging folder goes and nothing of the set stays.
+    stage = Path(tempfile.mkdtemp(prefix=".medlens-partial-", dir=out_dir))
+    try:
+        staged = _write_set(result, stage, source_root)
+        return _publish(stage, out_dir, staged)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(stage: Path, out_dir: Path, staged: dict[str, Path]) -> dict[str, Path]:
+    """Move every staged entry into ``out_dir`` (``result.json`` last); paths re-rooted."""
+    entries = sorted(stage.iterdir(), key=lambda p: (p.name == FILE_NAMES["json"], p.name))
+    moved: list[Path] = []
+    try:
+        for entry in entries:
+            target = out_dir / entry.name
+            if entry.is_dir() and target.exists():
+                old = Path(tempfile.mkdtemp(prefix=".medlens-old-", dir=out_dir))
+                os.replace(target, old / entry.name)
+                os.replace(entry, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(entry, target)
+            moved.append(target)
+    except OSError as e:
+        for target in moved:  # a half set is worse than none
+            with contextlib.suppress(OSError):
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+        from medlens.errors import OutputError
+
+        raise OutputError(f"cannot move the results into {str(out_dir)!r}: {e}") from e
+    return {k: out_dir / p.relative_to(stage) for k, p in staged.items()}
+
+
+def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[str, Path]:
+    from medlens.io._common import WriteNotes, iter_results, read_source_headers
+
     notes = WriteNotes()
     outputs: dict[str, Path] = {}
     if result.prediction.status != ResultStatus.OK:
@@ -93,6 +148,11 @@ def write_result(
     wants = {kind: any(kind in r.manifest.outputs.kinds for r in tree) for kind in OutputKind}
     dicom_kinds = {OutputKind.SEG, OutputKind.SR, OutputKind.HEATMAP}
     sources = read_source_headers(result.image) if any(wants[k] for k in dicom_kinds) else None
+    if not dicom_source(result.image) and result.image.ndim == 2:
+        notes.add(
+            "no DICOM output: the input is an image file, not DICOM "
+            "(mask and heatmap written as PNG overlays)"
+        )
     root_seg: Dataset | None = None
     for r in tree:
         is_root = r is result
@@ -124,6 +184,8 @@ def _write_files(
     out: dict[str, Path] = {}
     seg_ds: Dataset | None = None
     mask, heat = r.prediction.mask, r.prediction.heatmap
+    if r.image.ndim == 2 and not dicom_source(r.image):
+        return _write_pngs(r, folder), None
     if OutputKind.SEG in kinds:
         if mask is None:
             notes.add(f"SEG of {pid!r} not written: the plugin produced no mask")
@@ -167,6 +229,25 @@ def _write_files(
     return out, seg_ds
 
 
+def _write_pngs(r: Result, folder: Path) -> dict[str, Path]:
+    """Mask and heatmap of a 2-D non-DICOM input as PNG overlays (no NIfTI, no DICOM)."""
+    from medlens.io.png import NOT_FOR_DIAGNOSIS, write_heatmap_png, write_mask_png
+
+    kinds = set(r.manifest.outputs.kinds)
+    label = None if r.manifest.model_card.diagnostic_use else NOT_FOR_DIAGNOSIS
+    out: dict[str, Path] = {}
+    mask, heat = r.prediction.mask, r.prediction.heatmap
+    if mask is not None and kinds & {OutputKind.SEG, OutputKind.NIFTI}:
+        out["mask_png"] = write_mask_png(
+            r.image, mask, r.manifest.outputs.labels, folder / FILE_NAMES["mask_png"], label
+        )
+    if heat is not None and OutputKind.HEATMAP in kinds:
+        out["heatmap_png"] = write_heatmap_png(
+            r.image, heat, folder / FILE_NAMES["heatmap_png"], label
+        )
+    return out
+
+
 def _write_sr(
     result: Result,
     out_dir: Path,
@@ -178,7 +259,8 @@ def _write_sr(
     from medlens.io._common import iter_results
 
     if sources is None:
-        notes.add("SR not written: the input has no DICOM source")
+        if dicom_source(result.image) or result.image.ndim != 2:
+            notes.add("SR not written: the input has no DICOM source")
         return
     if not any(r.prediction.measurements or r.prediction.findings for r in iter_results(result)):
         notes.add("SR not written: no plugin of the chain measured or found anything")

@@ -114,7 +114,9 @@ def read_source_headers(image: Image) -> list[Dataset] | None:
     Raises:
         DicomError: If a source file is missing or unreadable.
     """
-    if not image.source:
+    from medlens.io import dicom_source
+
+    if not dicom_source(image):
         return None
     out: list[Dataset] = []
     for p in image.source:

@@ -17,6 +17,7 @@ from typing import Any
 
 from medlens.errors import MedLensError, OutputError
 from medlens.imaging.image import Image
+from medlens.io import dicom_source
 from medlens.io.atomic import write_text
 from medlens.plugin_api._results import Result
 
@@ -83,7 +84,7 @@ def _summary(result: Result, measurements_fallback: bool) -> dict[str, Any]:
             "spacing": list(img.spacing),
             "channels": img.channels,
             "modality": img.metadata.get("Modality"),
-            "dicom_source": bool(img.source),
+            "dicom_source": dicom_source(img),
         },
         "measurements": [x.model_dump(mode="json") for x in measurements],
         "findings": [f.model_dump(mode="json") for f in p.findings],

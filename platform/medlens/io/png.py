@@ -1,0 +1,99 @@
+"""PNG overlays for 2-D inputs that are not DICOM (PNG, JPEG, TIFF photographs and films).
+
+A photograph has no DICOM patient or study to attach a SEG, SR or Secondary Capture to,
+so its mask and heatmap are written as PNG overlays beside ``result.json``: the label map
+in its labels' colours and the heatmap in the jet colour map, each blended over the image
+as the reader saw it. A plugin not for diagnostic use gets a burnt-in line saying so.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from medlens.errors import OutputError
+from medlens.imaging.image import Image
+from medlens.io.atomic import write_bytes
+from medlens.plugin_api._manifest import Label
+
+__all__ = ["NOT_FOR_DIAGNOSIS", "burn_in", "jet", "write_heatmap_png", "write_mask_png"]
+
+#: The line burnt into overlays of plugins whose model card says ``diagnostic_use: false``.
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
+
+_ALPHA = 0.45
+_PALETTE = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 200), (0, 200, 200))
+
+
+def jet(heat: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """The jet colour map: values in [0, 1] → RGB in [0, 1], shape ``(..., 3)``."""
+    h = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
+    return np.stack([np.clip(1.5 - np.abs(4.0 * h - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)], -1)
+
+
+def _base_rgb(image: Image) -> npt.NDArray[np.float64]:
+    """``(rows, columns, 3)`` in [0, 1]: the image as shown (grey windowed 1-99 %, or RGB)."""
+    a = np.asarray(image.array, dtype=np.float64)
+    if a.ndim != 3:
+        raise OutputError(f"PNG overlays are for 2-D images, got a {a.ndim - 1}-D image")
+    planes = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
+    lo, hi = np.percentile(planes, [1.0, 99.0])
+    rgb = np.clip((planes - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    return np.transpose(rgb, (2, 1, 0))  # (C, i = column, j = row) -> (row, column, C)
+
+
+def burn_in(rgb: npt.NDArray[np.uint8], text: str) -> npt.NDArray[np.uint8]:
+    """Burn a one-line label into the top-left corner (white on a black band)."""
+    from PIL import Image as PilImage
+    from PIL import ImageDraw
+
+    img = PilImage.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(img)
+    _, _, right, bottom = draw.textbbox((2, 1), text)
+    draw.rectangle((0, 0, min(right + 2, img.width - 1), bottom + 1), fill=(0, 0, 0))
+    draw.text((2, 1), text, fill=(255, 255, 255))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _save_png(rgb: npt.NDArray[np.float64], path: Path, label: str | None) -> Path:
+    from PIL import Image as PilImage
+
+    pixels = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if label:
+        pixels = burn_in(pixels, label)
+    buf = io.BytesIO()
+    PilImage.fromarray(pixels, mode="RGB").save(buf, format="PNG")
+    return write_bytes(path, buf.getvalue())
+
+
+def write_mask_png(
+    image: Image, mask: Image, labels: Sequence[Label], path: Path, label: str | None = None
+) -> Path:
+    """The label map in its labels' colours over the image, as a PNG.
+
+    Args:
+        image: The 2-D input image.
+        mask: Label map on the image's grid.
+        labels: The plugin's labels (their ``color`` where set, else a fixed palette).
+        path: Where to write (atomically).
+        label: A line to burn in (e.g. :data:`NOT_FOR_DIAGNOSIS`), or None.
+    """
+    rgb = _base_rgb(image)
+    values = np.transpose(np.asarray(mask.array)[0], (1, 0))
+    for n, lab in enumerate(x for x in labels if x.value > 0):
+        colour = np.asarray(lab.color or _PALETTE[n % len(_PALETTE)], dtype=np.float64) / 255.0
+        where = values == lab.value
+        rgb[where] = (1.0 - _ALPHA) * rgb[where] + _ALPHA * colour
+    return _save_png(rgb, path, label)
+
+
+def write_heatmap_png(image: Image, heatmap: Image, path: Path, label: str | None = None) -> Path:
+    """The heatmap (jet, opacity growing with heat) over the image, as a PNG."""
+    rgb = _base_rgb(image)
+    heat = np.clip(np.transpose(np.asarray(heatmap.array, dtype=np.float64)[0], (1, 0)), 0, 1)
+    alpha = (_ALPHA * heat)[..., None]
+    return _save_png((1.0 - alpha) * rgb + alpha * jet(heat), path, label)
