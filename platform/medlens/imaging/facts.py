@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, _plain
 from medlens.imaging.image import AUDIT_ATTRIBUTES, Image
@@ -44,11 +44,19 @@ __all__ = [
 FACT_ATTRIBUTES: frozenset[str] = frozenset(AUDIT_ATTRIBUTES)
 
 
-def safe_attributes(raw: Mapping[str, Any]) -> dict[str, Any]:
+class _Keyed(Protocol):
+    """A mapping by keyword: a dict, image metadata or a pydicom ``Dataset``."""
+
+    def get(self, key: str, default: Any = None, /) -> Any:
+        """The value of ``key``, or ``default``."""
+        ...
+
+
+def safe_attributes(raw: _Keyed | Mapping[str, Any]) -> dict[str, Any]:
     """The allowlisted, non-empty attributes of ``raw``, as plain JSON-friendly values.
 
-    This is the only filter between a header (or an image's metadata) and anything a
-    rule, a log line or a state record sees.
+    This is the only filter between a header (a pydicom ``Dataset``, image metadata)
+    and anything a rule, a log line, image metadata or a state record sees.
     """
     out: dict[str, Any] = {}
     for kw in AUDIT_ATTRIBUTES:

@@ -42,7 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.errors import DicomError, GeometryError, NotDicomError
-from medlens.imaging.image import AUDIT_ATTRIBUTES, Image
+from medlens.imaging.image import Image
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -463,14 +463,10 @@ def _lerp_slices(
 
 
 def _metadata(ds: Dataset) -> dict[str, Any]:
-    from medlens.imaging.dicom_index import _plain
+    # The one identifying-attribute filter (an allowlist), shared with series facts.
+    from medlens.imaging.facts import safe_attributes
 
-    meta: dict[str, Any] = {}
-    for kw in AUDIT_ATTRIBUTES:
-        v = ds.get(kw)
-        if v is not None and v != "":
-            meta[kw] = _plain(v)
-    return meta
+    return safe_attributes(ds)
 
 
 def load_series(
