@@ -23,14 +23,19 @@ import shutil
 import sys
 import uuid
 from dataclasses import dataclass
+from dataclasses import replace as _replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from medlens.cli._progress import progress_bar
 from medlens.errors import MedLensError, OutputError, RoutingError
 from medlens.host import Host
+
+if TYPE_CHECKING:
+    from medlens.plugin_api.v1 import Result
+    from medlens.routing import Case
 
 __all__ = ["EXIT_FAILED", "EXIT_NOTHING_ACCEPTED", "CaseOutcome", "run"]
 
@@ -53,7 +58,7 @@ class CaseOutcome:
     result: str | None = None
     error: str | None = None
     reason: str | None = None
-    details: Any = None  # the Result of an ``ok`` case (not serialised)
+    details: Result | None = None  # the result of an ``ok`` case (not serialised)
 
     def to_json(self) -> str:
         """The case as one JSON line."""
@@ -79,7 +84,7 @@ def _case_dir(out: Path, name: str) -> Path:
     return path
 
 
-def _write_as_set(result: Any, final: Path, source_root: Path) -> Path:
+def _write_as_set(result: Result, final: Path, source_root: Path) -> Path:
     """Write every file of a result into a fresh folder, then move it into place at once."""
     from medlens.io import write_result
 
@@ -108,7 +113,7 @@ def _one_line(e: BaseException) -> str:
 def _run_case(
     host: Host,
     plugin_id: str,
-    case: Any,
+    case: Case,
     out: Path,
     run_kwargs: dict[str, Any],
 ) -> CaseOutcome:
@@ -146,14 +151,10 @@ def _run_case(
     )
 
 
-def _replace(o: CaseOutcome, **changes: Any) -> CaseOutcome:
-    from dataclasses import replace
-
-    return replace(o, **changes)
-
-
 def _echo_details(o: CaseOutcome) -> None:
     r = o.details
+    if r is None:
+        return
     p = r.provenance
     click.echo(f"  {p.plugin} {p.plugin_version} on {p.device} ({p.device_reason})")
     for m in r.measurements:
