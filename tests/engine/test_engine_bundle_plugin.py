@@ -3,12 +3,13 @@ pipeline, and a tampered bundle is refused."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from bundlekit import bundle_net, make_bundle
+from bundlekit import bundle_net, inference_with, make_bundle
 
 from medlens.config import load_config
 from medlens.engine.bundle import BUNDLE_ENTRY, manifest_from_bundle
@@ -67,3 +68,50 @@ def test_bundle_plugin_is_the_bundles_network_and_refuses_tampering(tmp_path: Pa
     assert fresh.plugins() == [] and "configured pin" in fresh.errors()[0].reason
     with pytest.raises(WeightsIntegrityError, match="does not match"):
         handle.load("cuda:9")  # a fresh load verifies again
+
+
+def _rotation(degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    c, s = np.cos(t), np.sin(t)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.array(
+        [[1.0, 0.0, 0.0], [0.0, np.cos(t / 2), -np.sin(t / 2)], [0.0, np.sin(t / 2), np.cos(t / 2)]]
+    )
+
+
+def _threshold_conv() -> torch.nn.Module:
+    """A 1x1x1 convolution whose class 1 is "scaled intensity above 0.5" (about 54 HU)."""
+    conv = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[1].fill_(20.0)
+        conv.bias.copy_(torch.tensor([0.0, -10.0]))
+    return conv
+
+
+def test_oblique_input_comes_back_on_its_grid_inverted_or_resampled(tmp_path: Path) -> None:
+    conv = {"_target_": "torch.nn.Conv3d", "in_channels": 1, "out_channels": 2, "kernel_size": 1}
+    inverted = inference_with(network_def=conv)
+    not_inverted = copy.deepcopy(inverted)
+    post = not_inverted["postprocessing"]["transforms"]
+    not_inverted["postprocessing"]["transforms"] = [t for t in post if t["_target_"] != "Invertd"]
+    lines = []
+    for name, inf in (("inverted", inverted), ("not-inverted", not_inverted)):
+        b = make_bundle(tmp_path, name=name, inference=inf, network=_threshold_conv())
+        lines += ["[[bundles]]", f'path = "{b}"', f'sha256 = "{file_sha256(b)}"', f'id = "{name}"']
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    host = Host(load_config(cfg), entry_points=[])
+    # An asymmetric bright body in air: a flip or a LPS/RAS mix-up would show.
+    zz, yy, xx = np.meshgrid(*[np.linspace(-1, 1, n) for n in (40, 36, 20)], indexing="ij")
+    body = (zz - 0.2) ** 2 + 2 * (yy + 0.1) ** 2 + xx**2 < 0.6
+    assert (body == body[::-1]).mean() < 0.95 and (body == body[:, ::-1]).mean() < 0.95
+    arr = np.where(body, 150.0, -900.0).astype(np.float32)
+    image = Image(arr[None], (4.0, 4.5, 6.0), (-80.0, 60.0, 300.0), _rotation(25.0))
+    inv = host.run("inverted", image).prediction
+    res = host.run("not-inverted", image).prediction
+    assert inv.mask is not None and res.mask is not None
+    assert inv.mask.same_grid(image) and res.mask.same_grid(image)
+    assert not any("resampled" in w for w in inv.warnings)
+    assert any("no Invertd" in w for w in res.warnings)
+    for mask in (inv.mask, res.mask):
+        assert float((mask.array[0] == body).mean()) > 0.97
