@@ -22,8 +22,8 @@ from monai.networks.nets import UNet
 
 from medlens.engine.device import configure_cpu_threads
 from medlens.engine.sliding import plan_from, run_network
+from medlens.host_context import HostRunContext as RunContext
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
 from medlens.plugin_api._manifest import Manifest
 
 CODE = {"value": "1", "scheme": "99B", "meaning": "b"}

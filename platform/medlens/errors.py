@@ -24,6 +24,7 @@ __all__ = [
     "PluginNotFoundError",
     "PluginValidationError",
     "RoutingError",
+    "RunCancelledError",
     "SelectionError",
     "WeightsError",
     "WeightsIntegrityError",
@@ -125,6 +126,10 @@ class EngineError(MedLensError):
 
 class OutputError(MedLensError):
     """A result could not be written."""
+
+
+class RunCancelledError(MedLensError):
+    """The caller cancelled a run; nothing was written. Final, never retried."""
 
 
 # errno values of conditions that pass: a full disk, a busy or interrupted resource

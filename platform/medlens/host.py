@@ -15,26 +15,33 @@ import importlib.metadata as md
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from medlens import __version__
 from medlens.config import HostConfig, load_config
 from medlens.discovery import DiscoveryReport, PluginRecord, discover
 from medlens.errors import (
+    ConfigError,
     GeometryError,
+    InputError,
     MedLensError,
     PluginError,
     PluginLoadError,
     PluginNotFoundError,
+    RunCancelledError,
 )
+from medlens.host_context import HostLoadContext, HostRunContext, ProgressCallback
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import LoadContext, RunContext
 from medlens.plugin_api._manifest import Manifest
+from medlens.plugin_api._options import HostOptions
 from medlens.plugin_api._protocol import Plugin, PluginInputs
 from medlens.plugin_api._results import Prediction, Provenance, Result
+from medlens.plugin_api._study import StudyImage, StudyInput
 from medlens.plugin_api._vocab import Artifact, ResultStatus
 
 __all__ = ["Host", "PluginHandle"]
@@ -76,6 +83,33 @@ class PluginHandle:
         """The plugin's id."""
         return self.record.manifest.id
 
+    def options_model(self, device: str) -> type[BaseModel] | None:
+        """The pydantic model of the plugin's own run options, if it declares one.
+
+        From ``Manifest.options`` (``"module:attr"``, imported without loading the
+        plugin), else the loaded plugin's ``Options`` attribute.
+
+        Raises:
+            PluginLoadError: If the declared model cannot be imported or is not a model.
+        """
+        m = self.manifest
+        obj: Any
+        if m.options is not None:
+            module_name, _, attr = m.options.partition(":")
+            try:
+                obj = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    obj = getattr(obj, part)
+            except Exception as e:
+                raise PluginLoadError(m.id, f"cannot import options {m.options!r}: {e}") from e
+        else:
+            obj = getattr(self.load(device), "Options", None)
+            if obj is None:
+                return None
+        if not (isinstance(obj, type) and issubclass(obj, BaseModel)):
+            raise PluginLoadError(m.id, "its options are not a pydantic model")
+        return obj
+
     def load(self, device: str) -> Plugin:
         """Import the plugin's entry and build it for ``device`` (cached per device).
 
@@ -101,7 +135,7 @@ class PluginHandle:
             except Exception as e:
                 raise PluginLoadError(m.id, f"cannot import entry {m.entry!r}: {e}") from e
             try:
-                plugin = obj(LoadContext(manifest=m, device=device))
+                plugin = obj(HostLoadContext(manifest=m, device=device))
             except MedLensError:
                 raise
             except Exception as e:
@@ -200,6 +234,8 @@ class Host:
         mask: Image | str | Path | None = None,
         options: Mapping[str, Any] | None = None,
         chain: bool = True,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> Result:
         """Run a plugin on an image (or a path the host can read), then its consumers.
 
@@ -209,8 +245,12 @@ class Host:
             out: If given, write the result's files (SEG, SR, heatmap, NIfTI, JSON) here.
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
             mask: Label map for plugins that consume one (Image, NIfTI or DICOM SEG).
-            options: Run-time overrides passed to the plugin and engine.
+            options: Run options: the host's (:class:`HostOptions`) and the plugins' own
+                (their declared models); a key none of them knows is an error.
             chain: Also run the plugins that consume this plugin's mask.
+            progress: Receives ``(fraction, message)`` progress events.
+            cancel: Asked between stages; when it returns True the run stops with
+                :class:`RunCancelledError` and nothing is written.
 
         Returns:
             The result, with chained results in ``result.chained``.
@@ -219,21 +259,101 @@ class Host:
             MedLensError: With a one-line reason on any failure.
         """
         handle = self.get(plugin_id)
+        study = handle.manifest.study
+        if study is not None and study.min_images > 1:
+            raise PluginError(
+                plugin_id,
+                f"takes a study of at least {study.min_images} images: use run_study",
+            )
         image = _read_input(input, handle.manifest)
+        inputs = StudyInput((StudyImage.of(image),)) if study is not None else None
+        if inputs is not None:
+            _check_study(handle.manifest, inputs)
         mask_image = None if mask is None else _read_mask(mask, image, handle.manifest)
-        result = self._run_one(handle, image, mask_image, None, device, dict(options or {}))
+        return self._run_chain(
+            handle, image, mask_image, inputs, out, device, options, chain, progress, cancel
+        )
+
+    def run_study(
+        self,
+        plugin_id: str,
+        images: Sequence[StudyImage | Image | str | Path],
+        *,
+        out: str | Path | None = None,
+        device: str = "auto",
+        options: Mapping[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Result:
+        """Run a study plugin on several images of one study (API 1.1).
+
+        Args:
+            plugin_id: A plugin whose manifest declares ``study``.
+            images: The study's images: :class:`StudyImage` (facts given), or images or
+                paths whose laterality and view position are read from their headers.
+            out: If given, write the result's files here.
+            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+            options: Run options (see :meth:`run`).
+            progress: Receives ``(fraction, message)`` progress events.
+            cancel: Asked between stages; True stops the run.
+
+        Returns:
+            The result; ``result.image`` is the first image of the study.
+
+        Raises:
+            MedLensError: If the plugin takes no studies, or the images do not make the
+                study it needs (count, missing or repeated laterality/view), with why.
+        """
+        handle = self.get(plugin_id)
+        m = handle.manifest
+        if m.study is None:
+            raise PluginError(plugin_id, "takes one image, not a study: use run")
+        study = StudyInput(
+            tuple(
+                i if isinstance(i, StudyImage) else StudyImage.of(_read_input(i, m)) for i in images
+            )
+        )
+        _check_study(m, study)
+        return self._run_chain(
+            handle,
+            study.images[0].image,
+            None,
+            study,
+            out,
+            device,
+            options,
+            False,
+            progress,
+            cancel,
+        )
+
+    def _run_chain(
+        self,
+        handle: PluginHandle,
+        image: Image,
+        mask: Image | None,
+        study: StudyInput | None,
+        out: str | Path | None,
+        device: str,
+        options: Mapping[str, Any] | None,
+        chain: bool,
+        progress: ProgressCallback | None,
+        cancel: Callable[[], bool] | None,
+    ) -> Result:
+        from medlens.engine.device import select_device
+
+        dev, _ = select_device(device)
+        consumers = [self.get(c.id) for c in self.consumers_of(handle.manifest)] if chain else []
+        typed = _typed_options([handle, *consumers], dev, dict(options or {}))
+        run = _Run(device, typed, progress, cancel)
+        result = self._run_one(handle, image, mask, None, run, study)
         if chain and result.prediction.mask is not None:
-            for consumer in self.consumers_of(handle.manifest):
+            for consumer in consumers:
                 result.chained.append(
-                    self._run_one(
-                        self.get(consumer.id),
-                        image,
-                        result.prediction.mask,
-                        result,
-                        device,
-                        dict(options or {}),
-                    )
+                    self._run_one(consumer, image, result.prediction.mask, result, run, None)
                 )
+        if cancel is not None and cancel():
+            raise RunCancelledError(f"plugin {handle.id!r}: cancelled; nothing was written")
         if out is not None:
             from medlens.io import write_result
 
@@ -246,8 +366,8 @@ class Host:
         image: Image,
         mask: Image | None,
         upstream: Result | None,
-        device: str,
-        options: dict[str, Any],
+        run: _Run,
+        study: StudyInput | None,
     ) -> Result:
         m = handle.manifest
         if Artifact.MASK in m.consumes and mask is None:
@@ -258,15 +378,24 @@ class Host:
         t0 = time.perf_counter()
         from medlens.engine.device import select_device
 
-        dev, reason = select_device(device)
+        dev, reason = select_device(run.device)
         if self.require_validated:
             self._check_validated(m)
         plugin = handle.load(dev)
         load_s = time.perf_counter() - t0
-        ctx = RunContext(manifest=m, device=dev, options=options)
+        opts, plugin_opts, notes = run.options[m.id]
+        ctx = HostRunContext(
+            manifest=m,
+            device=dev,
+            options=dict(opts),
+            plugin_options=plugin_opts,
+            warnings=list(notes),
+            on_progress=run.progress,
+            should_stop=run.cancel,
+        )
         t1 = time.perf_counter()
         try:
-            prediction = plugin.predict(PluginInputs(image, mask, upstream), ctx)
+            prediction = plugin.predict(PluginInputs(image, mask, upstream, study), ctx)
         except MedLensError:
             raise
         except Exception as e:  # a plugin bug must not crash the host
@@ -307,6 +436,101 @@ class Host:
         except NotValidatedError as e:
             _AUDIT.warning("plugin_refused plugin=%s weights=%s reason=not_validated", m.id, sha)
             raise e from None
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every plugin of one run (a chain) shares."""
+
+    device: str
+    options: dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]]
+    progress: ProgressCallback | None
+    cancel: Callable[[], bool] | None
+
+
+def _first(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err.get("loc", ())) or "(options)"
+    return f"{where}: {err.get('msg')}"
+
+
+def _typed_options(
+    handles: Sequence[PluginHandle], device: str, raw: dict[str, Any]
+) -> dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]]:
+    """Validate run options: host keys by :class:`HostOptions`, others by each plugin's model.
+
+    Returns:
+        Per plugin id: its options mapping, its typed options (or None), notes for the result.
+
+    Raises:
+        ConfigError: For a key no one declares, or a host option of the wrong type.
+        PluginError: For a plugin option its model refuses.
+    """
+    host_keys = set(HostOptions.model_fields)
+    try:
+        host = HostOptions.model_validate({k: v for k, v in raw.items() if k in host_keys})
+    except ValidationError as e:
+        raise ConfigError(f"run option {_first(e)}") from e
+    host_given = host.model_dump(exclude_unset=True)
+    rest = {k: v for k, v in raw.items() if k not in host_keys}
+    out: dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]] = {}
+    claimed: set[str] = set()
+    legacy: list[PluginHandle] = []
+    for h in handles:
+        # A plugin is asked for its model only when someone passed plugin options.
+        model = h.options_model(device) if (rest or h.manifest.options) else None
+        if model is None:
+            out[h.id] = (dict(host_given), None, [])
+            if (h.manifest.api_major, h.manifest.api_minor) < (1, 1):
+                legacy.append(h)
+            continue
+        mine = {k: v for k, v in rest.items() if k in model.model_fields}
+        try:
+            typed = model.model_validate(mine)
+        except ValidationError as e:
+            raise PluginError(h.id, f"option {_first(e)}") from e
+        claimed.update(mine)
+        out[h.id] = ({**host_given, **typed.model_dump(exclude_unset=True)}, typed, [])
+    unknown = sorted(set(rest) - claimed)
+    if unknown and not legacy:
+        known = sorted(host_keys | claimed)
+        raise ConfigError(
+            f"unknown run option(s) {', '.join(map(repr, unknown))}: not a host option and "
+            f"not declared by {', '.join(h.id for h in handles)} (known: {', '.join(known)})"
+        )
+    for h in legacy:  # API 1.0 plugins read untyped options: passed on, with a note
+        given, _, notes = out[h.id]
+        given.update({k: rest[k] for k in unknown})
+        notes.extend(
+            f"option {k!r} is not declared by any plugin; passed untyped to {h.id} (API 1.0)"
+            for k in unknown
+        )
+    return out
+
+
+def _check_study(m: Manifest, study: StudyInput) -> None:
+    """Refuse images that do not make the study the plugin needs (one-line reasons)."""
+    spec = m.study
+    assert spec is not None
+    n = len(study.images)
+    if n < spec.min_images or (spec.max_images is not None and n > spec.max_images):
+        most = "" if spec.max_images is None else f" and at most {spec.max_images}"
+        raise InputError(
+            f"plugin {m.id!r} takes at least {spec.min_images}{most} images of a study, got {n}"
+        )
+    for fact in spec.require:
+        missing = [i for i, s in enumerate(study.images) if getattr(s, fact) is None]
+        if missing:
+            raise InputError(
+                f"plugin {m.id!r} needs the {fact.replace('_', ' ')} of every image; "
+                f"image(s) {missing} have none"
+            )
+    for fact in spec.distinct:
+        values = [getattr(s, fact) for s in study.images]
+        if len(set(values)) != len(values):
+            raise InputError(
+                f"plugin {m.id!r} needs one image per {fact.replace('_', ' ')}, got {values}"
+            )
 
 
 def _check_prediction(m: Manifest, image: Image, p: Prediction) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from medlens.host_context import HostRunContext as RunContext
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
 from medlens.plugin_api._manifest import Manifest
 
 

@@ -11,8 +11,8 @@ from bundlekit import seeded_net as _net
 
 from medlens.engine import models
 from medlens.errors import WeightsError, WeightsIntegrityError
+from medlens.host_context import HostRunContext as RunContext
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
 from medlens.plugin_api._vocab import WeightsFormat
 from medlens.weights import file_sha256
 

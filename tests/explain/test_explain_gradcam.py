@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from medlens.errors import EngineError
+from medlens.host_context import HostRunContext as RunContext
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
 from medlens.plugin_api._vocab import SanityVerdict
 
 

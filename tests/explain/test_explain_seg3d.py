@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from medlens.host_context import HostRunContext as RunContext
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
 
 
 class Blob3D(torch.nn.Module):

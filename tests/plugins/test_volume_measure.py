@@ -27,8 +27,8 @@ from scipy.spatial.distance import pdist
 from medlens.config import HostConfig
 from medlens.errors import GeometryError, InputError
 from medlens.host import Host
+from medlens.host_context import HostRunContext as RunContext
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
 from medlens.plugin_api._protocol import PluginInputs
 
 Make = Callable[..., md.EntryPoint]

@@ -1,15 +1,21 @@
-"""What :class:`~medlens.plugin_api.v1.RunContext` calls: ``segment`` and ``classify``.
+"""The engine's entry points: ``segment`` and ``classify`` on explicit specs.
 
-Both follow the plugin's manifest (input, inference, outputs.postprocess), with
-``ctx.options`` overriding the sliding-window settings, and both return results
-on the input image's own grid.
+Nothing here knows about plugins or contexts. A caller (the host's run context)
+passes an :class:`EngineSpec` built from a manifest and run options, and a
+:class:`Reporter` for timings, warnings, progress and cancellation; it gets back
+typed values. A :class:`Segmentation` carries what an explanation needs (the
+model-grid input and labels, and the grid chain back) so ``explain`` receives it
+as an argument: no state is kept between calls.
 """
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -17,145 +23,223 @@ import numpy.typing as npt
 from medlens.engine import postprocess as post
 from medlens.engine.preprocess import Prepared, prepare
 from medlens.engine.sliding import plan_from, run_network
-from medlens.errors import EngineError
+from medlens.errors import EngineError, RunCancelledError
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
+from medlens.plugin_api._manifest import InferenceSpec, InputSpec, Manifest, PostprocessSpec
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LastSegmentation", "classify", "last_segmentation", "prepare_for", "segment"]
+__all__ = [
+    "EngineSpec",
+    "Reporter",
+    "Segmentation",
+    "SimpleReporter",
+    "classify",
+    "prepare_input",
+    "segment",
+]
+
+
+class Reporter(Protocol):
+    """What the engine reports to, and asks whether to stop."""
+
+    def timer(self, name: str) -> AbstractContextManager[None]:
+        """Time a block under ``name`` (accumulating)."""
+        ...
+
+    def warn(self, message: str) -> None:
+        """Record a one-line warning for the result."""
+        ...
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress in [0, 1]."""
+        ...
+
+    def cancelled(self) -> bool:
+        """Whether the run should stop."""
+        ...
+
+
+@dataclass
+class SimpleReporter:
+    """A :class:`Reporter` that records everything (benchmarks, tools, tests)."""
+
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    stop: bool = False
+
+    @contextlib.contextmanager
+    def timer(self, name: str) -> Iterator[None]:
+        """Time a block into ``timings_s[name]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings_s[name] = self.timings_s.get(name, 0.0) + time.perf_counter() - t0
+
+    def warn(self, message: str) -> None:
+        """Keep ``message``."""
+        self.warnings.append(" ".join(message.split()))
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Keep the event."""
+        self.events.append((fraction, message))
+
+    def cancelled(self) -> bool:
+        """``stop``."""
+        return self.stop
 
 
 @dataclass(frozen=True)
-class LastSegmentation:
-    """What ``segment`` leaves for ``explain`` (so the region need not be predicted twice).
+class EngineSpec:
+    """Everything the engine follows, explicitly.
 
     Attributes:
-        image: The image that was segmented.
-        network: The network that segmented it.
-        prepared: Its model-grid input and grid chain.
-        labels: Model-grid label map (argmax of the model-grid probabilities).
+        input: Network input and its preparation.
+        inference: Sliding-window settings; None runs the whole image.
+        postprocess: Logits to labels.
+        label_values: Output label values (mask values or class indices), in order.
+        device: Torch device string.
+        overrides: Run-time sliding-window overrides (``roi_size``, ``overlap``, ``blend``,
+            ``sw_batch_size``, ``amp``, ``channels_last``, ``stitch_device``).
     """
 
-    image: Image
-    network: weakref.ref[torch.nn.Module]
+    input: InputSpec
+    inference: InferenceSpec | None
+    postprocess: PostprocessSpec
+    label_values: tuple[int, ...]
+    device: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, manifest: Manifest, device: str, overrides: Mapping[str, Any] | None = None
+    ) -> EngineSpec:
+        """The spec a manifest declares, for ``device``, with run-time overrides."""
+        return cls(
+            input=manifest.input,
+            inference=manifest.inference,
+            postprocess=manifest.outputs.postprocess,
+            label_values=tuple(lab.value for lab in manifest.outputs.labels),
+            device=device,
+            overrides=dict(overrides or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A segmentation on the input's grid, with the model-grid values it came from.
+
+    Attributes:
+        mask: uint8 ``(1, *shape)`` labels on the input's grid.
+        probabilities: float32 ``(C, *shape)`` probabilities on the input's grid.
+        prepared: The model-grid input and the grid chain back to the input.
+        model_labels: Labels on the model grid (before component clean-up).
+    """
+
+    mask: Image
+    probabilities: Image
     prepared: Prepared
-    labels: torch.Tensor
+    model_labels: npt.NDArray[np.uint8]
 
 
-# Keyed by id(ctx): RunContext is an unhashable dataclass. An entry is dropped when
-# its context is garbage-collected, so model-grid tensors do not outlive a run.
-_LAST: dict[int, tuple[weakref.ref[RunContext], LastSegmentation]] = {}
+def _check(reporter: Reporter, stage: str) -> None:
+    if reporter.cancelled():
+        raise RunCancelledError(f"cancelled before {stage}")
 
 
-def _remember(ctx: RunContext, last: LastSegmentation) -> None:
-    key = id(ctx)
-    if key not in _LAST:
-        weakref.finalize(ctx, _LAST.pop, key, None)
-    _LAST[key] = (weakref.ref(ctx), last)
-
-
-def last_segmentation(
-    ctx: RunContext, network: torch.nn.Module, image: Image
-) -> LastSegmentation | None:
-    """The model-grid segmentation ``segment`` made with this context, network and image."""
-    entry = _LAST.get(id(ctx))
-    if entry is None or entry[0]() is not ctx:
-        return None
-    last = entry[1]
-    if last.image is not image or last.network() is not network:
-        return None
-    return last
-
-
-def _setup(network: torch.nn.Module, ctx: RunContext) -> None:
+def _setup(network: torch.nn.Module, device: str) -> None:
     from medlens.engine.device import configure_cpu_threads
 
-    if ctx.device == "cpu":
+    if device == "cpu":
         configure_cpu_threads()
     network.eval()
-    network.to(ctx.device)
+    network.to(device)
 
 
-def prepare_for(image: Image, ctx: RunContext) -> Prepared:
-    """Pre-process ``image`` as the manifest says (timed as ``preprocess_s``)."""
-    with ctx.timer("preprocess_s"):
-        return prepare(image, ctx.manifest.input, device="cpu")
+def prepare_input(image: Image, spec: InputSpec, reporter: Reporter | None = None) -> Prepared:
+    """Pre-process ``image`` as ``spec`` says (timed as ``preprocess_s``).
+
+    This is also what training recipes use, so a model sees at training exactly what
+    the host gives it at inference.
+    """
+    if reporter is None:
+        return prepare(image, spec, device="cpu")
+    with reporter.timer("preprocess_s"):
+        return prepare(image, spec, device="cpu")
+
+
+def _run(
+    network: torch.nn.Module,
+    x: torch.Tensor,
+    device: str,
+    reporter: Reporter,
+    inference: InferenceSpec | None,
+    overrides: Mapping[str, Any],
+    n_out: int,
+) -> torch.Tensor:
+    plan = plan_from(inference, dict(overrides), device, n_out)
+    with reporter.timer("inference_s"):
+        try:
+            return run_network(network, x, plan, reporter.warn)
+        except EngineError:
+            raise
+        except RuntimeError as e:
+            raise EngineError(f"the network failed on a {tuple(x.shape)} input: {e}") from e
 
 
 def segment(
-    network: torch.nn.Module,
-    image: Image,
-    ctx: RunContext,
-    *,
-    keep_model_grid: bool | None = None,
-) -> tuple[Image, Image]:
+    network: torch.nn.Module, image: Image, spec: EngineSpec, reporter: Reporter
+) -> Segmentation:
     """Segment ``image``; mask and probabilities come back on its own grid.
 
     Args:
         network: Segmentation network returning ``(1, C, *spatial)`` logits.
         image: The input as read.
-        ctx: Run context (manifest, device, options, timings, warnings).
-        keep_model_grid: Keep the model-grid prediction for :func:`last_segmentation`
-            (default: when an explanation is requested).
-
-    Returns:
-        ``(mask, probabilities)``: uint8 ``(1, *shape)`` labels and float32
-        ``(C, *shape)`` probabilities, both on ``image``'s grid.
+        spec: What to follow.
+        reporter: Timings, warnings, progress, cancellation.
 
     Raises:
         EngineError: If the network cannot run (memory, shape).
-        GeometryError: If the image does not fit the manifest's input.
+        GeometryError: If the image does not fit the input spec.
+        RunCancelledError: If the reporter says to stop (checked between stages).
     """
-    import torch
-
-    m = ctx.manifest
-    _setup(network, ctx)
-    prepared = prepare_for(image, ctx)
+    _check(reporter, "pre-processing")
+    reporter.progress(0.0, "pre-processing")
+    _setup(network, spec.device)
+    prepared = prepare_input(image, spec.input, reporter)
     x = prepared.tensor.unsqueeze(0)
-    n_out = int(np.prod(prepared.chain.model_shape)) * max(len(m.outputs.labels) + 1, 2)
-    plan = plan_from(m.inference, ctx.options, ctx.device, n_out)
-    with ctx.timer("inference_s"):
-        try:
-            logits = run_network(network, x, plan, ctx.warn)
-        except EngineError:
-            raise
-        except RuntimeError as e:
-            raise EngineError(f"the network failed on a {tuple(x.shape)} input: {e}") from e
+    n_out = int(np.prod(prepared.chain.model_shape)) * max(len(spec.label_values) + 1, 2)
+    _check(reporter, "inference")
+    reporter.progress(0.1, "inference")
+    logits = _run(network, x, spec.device, reporter, spec.inference, spec.overrides, n_out)
     if logits.ndim != x.ndim or tuple(logits.shape[2:]) != tuple(x.shape[2:]):
         raise EngineError(
             f"network output {tuple(logits.shape)} does not match its input {tuple(x.shape)}"
         )
-    spec = m.outputs.postprocess
-    with ctx.timer("postprocess_s"):
-        probs_model = post.activate(logits[0].to("cpu"), spec)
-        values = [lab.value for lab in m.outputs.labels]
-        labels_model = post.labels_from_probabilities(probs_model, spec, values)
+    _check(reporter, "post-processing")
+    reporter.progress(0.8, "post-processing")
+    pp = spec.postprocess
+    values = list(spec.label_values)
+    with reporter.timer("postprocess_s"):
+        probs_model = post.activate(logits[0].to("cpu"), pp)
+        labels_model = post.labels_from_probabilities(probs_model, pp, values)
         if prepared.chain.steps:
-            fill = _background_fill(probs_model.shape[0], spec.activation, spec.threshold)
+            fill = _background_fill(probs_model.shape[0], pp.activation, pp.threshold)
             probs = prepared.chain.inverse(probs_model, fill)
-            labels = post.labels_from_probabilities(probs, spec, values)
+            labels = post.labels_from_probabilities(probs, pp, values)
         else:  # already on the input grid
             probs, labels = probs_model, labels_model.copy()
-        keep = ctx.explain_requested if keep_model_grid is None else keep_model_grid
-        if keep:  # explain() reuses the model-grid prediction
-            _remember(
-                ctx,
-                LastSegmentation(
-                    image=image,
-                    network=weakref.ref(network),
-                    prepared=prepared,
-                    labels=torch.from_numpy(labels_model),
-                ),
-            )
-        min_voxels = spec.min_component_ml / image.voxel_volume_ml()
-        if spec.largest_component or min_voxels > 1:
-            post.clean_components(labels, spec.largest_component, min_voxels)
+        min_voxels = pp.min_component_ml / image.voxel_volume_ml()
+        if pp.largest_component or min_voxels > 1:
+            post.clean_components(labels, pp.largest_component, min_voxels)
+    reporter.progress(1.0, "segmented")
     # Same grid, metadata and source files as the input (writers reference them).
     mask = image.with_array(labels[None], warnings=())
     prob_img = image.with_array(np.ascontiguousarray(probs.numpy(), dtype=np.float32), warnings=())
-    return mask, prob_img
+    return Segmentation(mask, prob_img, prepared, labels_model)
 
 
 def _background_fill(channels: int, activation: str, threshold: float | None) -> list[float]:
@@ -166,32 +250,32 @@ def _background_fill(channels: int, activation: str, threshold: float | None) ->
     return [0.0] * channels
 
 
-def classify(network: torch.nn.Module, image: Image, ctx: RunContext) -> npt.NDArray[np.float32]:
-    """Classify ``image``: probabilities in the manifest's label order.
+def classify(
+    network: torch.nn.Module, image: Image, spec: EngineSpec, reporter: Reporter
+) -> npt.NDArray[np.float32]:
+    """Classify ``image``: probabilities in ``spec.label_values`` order.
 
-    Output channel ``label.value`` of the network is label ``label``'s score.
+    Output channel ``value`` of the network is the score of the label with that value.
 
     Raises:
-        EngineError: If the network's output does not cover the manifest's labels.
+        EngineError: If the network's output does not cover the labels.
+        RunCancelledError: If the reporter says to stop (checked between stages).
     """
-    m = ctx.manifest
-    _setup(network, ctx)
-    prepared = prepare_for(image, ctx)
+    _check(reporter, "pre-processing")
+    reporter.progress(0.0, "pre-processing")
+    _setup(network, spec.device)
+    prepared = prepare_input(image, spec.input, reporter)
     x = prepared.tensor.unsqueeze(0)
-    plan = plan_from(None, {**ctx.options, "roi_size": None}, ctx.device, 0)
-    with ctx.timer("inference_s"):
-        try:
-            out = run_network(network, x, plan, ctx.warn)
-        except EngineError:
-            raise
-        except RuntimeError as e:
-            raise EngineError(f"the network failed on a {tuple(x.shape)} input: {e}") from e
+    _check(reporter, "inference")
+    reporter.progress(0.2, "inference")
+    out = _run(network, x, spec.device, reporter, None, {**spec.overrides, "roi_size": None}, 0)
     scores = out.reshape(out.shape[0], -1)[0] if out.ndim > 2 else out.reshape(-1)
-    values = [lab.value for lab in m.outputs.labels]
+    values: Sequence[int] = list(spec.label_values)
     if max(values) >= scores.shape[0]:
         raise EngineError(
             f"network returned {scores.shape[0]} scores but the manifest has label value "
             f"{max(values)}"
         )
-    probs = post.activate(scores[:, None], m.outputs.postprocess)[:, 0]
-    return np.asarray(probs[values].cpu().numpy(), dtype=np.float32)
+    probs = post.activate(scores[:, None], spec.postprocess)[:, 0]
+    reporter.progress(1.0, "classified")
+    return np.asarray(probs[list(values)].cpu().numpy(), dtype=np.float32)

@@ -1,53 +1,98 @@
-"""What :meth:`RunContext.explain` calls: a heatmap on the input grid, with its sanity verdict.
+"""Grad-CAM heatmaps on the input grid, with their sanity verdict, on explicit specs.
 
 Classifiers are explained on their whole (prepared) input. Segmentation
 networks are explained on a box around the predicted region of the target
-label on the model grid: one window of the manifest's ``roi_size`` when the
-region fits, else windows tiling the region whose raw maps are stitched. The
-map then goes back through the same grid chain as the mask, so heatmap and
-mask share geometry exactly. Options (``ctx.options``): ``explain_method``,
-``explain_sanity`` (default True), ``explain_randomisation`` (``cascading`` or
-``full``), ``explain_seed``, ``faithfulness_fraction``.
+label on the model grid: one window of the spec's ``roi_size`` when the region
+fits, else windows tiling the region whose raw maps are stitched. The map then
+goes back through the same grid chain as the mask, so heatmap and mask share
+geometry exactly. The segmentation to explain is passed in (a
+:class:`~medlens.engine.api.Segmentation`); nothing is remembered between calls.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medlens.engine.api import EngineSpec, Reporter, Segmentation, prepare_input
 from medlens.errors import EngineError
 from medlens.explain import sanity
 from medlens.explain.cam import CamProblem, compute_cam, pick_layer, windows_over
 from medlens.imaging.image import Image
-from medlens.plugin_api._context import RunContext
+from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._results import Explanation
 from medlens.plugin_api._vocab import SanityVerdict, Task
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["explain"]
+__all__ = ["ExplainSpec", "explain"]
 
 
-def _method(ctx: RunContext, segmentation: bool) -> str:
-    requested = ctx.options.get("explain_method")
-    if requested:
-        m = str(requested)
-    elif ctx.manifest.explanations:
-        m = ctx.manifest.explanations[0].value
-    else:
-        m = "gradcam"
-    # The segmentation target is what makes Grad-CAM a segmentation Grad-CAM.
-    return "gradcam" if m == "segmentation-gradcam" else m
+@dataclass(frozen=True)
+class ExplainSpec:
+    """How to explain, explicitly.
+
+    Attributes:
+        method: ``gradcam``, ``gradcam++`` or ``layercam``.
+        segmentation: Explain a segmentation (region target) rather than a class score.
+        label_names: Label value to name, for the explanation's target text.
+        sanity: Run the model-randomisation check (and the faithfulness score).
+        randomisation: ``cascading`` or ``full`` weight randomisation.
+        seed: Seed of the randomisation and of the faithfulness baseline.
+        faithfulness_fraction: Fraction of the input deleted by the faithfulness score.
+    """
+
+    method: str
+    segmentation: bool
+    label_names: Mapping[int, str]
+    sanity: bool = True
+    randomisation: str = "cascading"
+    seed: int = 0
+    faithfulness_fraction: float = 0.1
+
+    @classmethod
+    def of(cls, manifest: Manifest, options: Mapping[str, Any]) -> ExplainSpec:
+        """The spec of ``manifest`` with its run options.
+
+        Options read: ``explain_method``, ``explain_sanity``, ``explain_randomisation``,
+        ``explain_seed``, ``faithfulness_fraction``.
+        """
+        seg = manifest.task is Task.SEGMENTATION or (
+            manifest.task is Task.MEASUREMENT and manifest.inference is not None
+        )
+        requested = options.get("explain_method")
+        if requested:
+            method = str(requested)
+        elif manifest.explanations:
+            method = manifest.explanations[0].value
+        else:
+            method = "gradcam"
+        # The segmentation target is what makes Grad-CAM a segmentation Grad-CAM.
+        method = "gradcam" if method == "segmentation-gradcam" else method
+        return cls(
+            method=method,
+            segmentation=seg,
+            label_names={lab.value: lab.name for lab in manifest.outputs.labels},
+            sanity=bool(options.get("explain_sanity", True)),
+            randomisation=str(options.get("explain_randomisation", "cascading")),
+            seed=int(options.get("explain_seed", 0)),
+            faithfulness_fraction=float(options.get("faithfulness_fraction", 0.1)),
+        )
 
 
 def explain(
     network: torch.nn.Module,
     image: Image,
-    ctx: RunContext,
     *,
     target: int,
+    spec: ExplainSpec,
+    engine: EngineSpec,
+    reporter: Reporter,
+    segmentation: Segmentation | None = None,
     layer: str | None = None,
 ) -> tuple[Image, Explanation]:
     """Grad-CAM for ``target`` on ``image``'s grid, with the randomisation sanity check.
@@ -55,8 +100,12 @@ def explain(
     Args:
         network: Trained (eager) network.
         image: Input as read.
-        ctx: Run context.
         target: Label value (segmentation) or class index (classification).
+        spec: How to explain.
+        engine: How the network is run (input preparation, windows, device).
+        reporter: Timings, warnings, progress, cancellation.
+        segmentation: The segmentation of ``image`` by ``network`` to explain; computed
+            here when None (segmentation specs only).
         layer: Target layer's dotted name; picked automatically if None.
 
     Returns:
@@ -68,29 +117,28 @@ def explain(
     """
     import torch
 
-    from medlens.engine import api as engine
+    from medlens.engine.api import segment
 
-    m = ctx.manifest
-    seg = m.task is Task.SEGMENTATION or (m.task is Task.MEASUREMENT and m.inference is not None)
-    method = _method(ctx, seg)
-    network.eval().to(ctx.device)
-    with ctx.timer("explain_s"):
+    seg, method, device = spec.segmentation, spec.method, engine.device
+    inference = engine.inference
+    names = spec.label_names
+    if seg and segmentation is None:
+        segmentation = segment(network, image, engine, reporter)
+    network.eval().to(device)
+    with reporter.timer("explain_s"):
         if seg:
-            last = engine.last_segmentation(ctx, network, image)
-            if last is None:
-                engine.segment(network, image, ctx, keep_model_grid=True)
-                last = engine.last_segmentation(ctx, network, image)
-            assert last is not None
-            prepared, region_full = last.prepared, last.labels == int(target)
+            assert segmentation is not None
+            prepared = segmentation.prepared
+            region_full = torch.from_numpy(segmentation.model_labels == int(target))
             if not bool(region_full.any()):
                 raise EngineError(
                     f"label {target} is absent from the prediction: nothing to explain"
                 )
-            roi = tuple(m.inference.roi_size) if m.inference else prepared.chain.model_shape
+            roi = tuple(inference.roi_size) if inference else prepared.chain.model_shape
             box = _box_around(region_full, roi)
             sl = tuple(slice(a, b) for a, b in zip(*box, strict=True))
-            x = prepared.tensor[(slice(None), *sl)].to(ctx.device)
-            region = region_full[sl].to(device=ctx.device, dtype=x.dtype)
+            x = prepared.tensor[(slice(None), *sl)].to(device)
+            region = region_full[sl].to(device=device, dtype=x.dtype)
             # A volume smaller than the window is padded as the sliding window pads it
             # (constant 0, after the box) so the network sees the shape it was built for.
             pad = [max(0, r - n) for n, r in zip(x.shape[1:], roi, strict=True)]
@@ -99,21 +147,17 @@ def explain(
                 x = torch.nn.functional.pad(x, flat)
                 region = torch.nn.functional.pad(region, flat)
             overlap = float(
-                ctx.options.get("overlap", m.inference.overlap if m.inference else 0.25)
+                engine.overrides.get("overlap", inference.overlap if inference else 0.25)
             )
             windows = windows_over(x.shape[1:], roi, overlap)
-            target_name = (
-                f"label {m.label(int(target)).name}" if _has(m, target) else f"label {target}"
-            )
+            target_name = f"label {names.get(int(target), target)}"
         else:
-            prepared = engine.prepare_for(image, ctx)
-            x = prepared.tensor.to(ctx.device)
+            prepared = prepare_input(image, engine.input, reporter)
+            x = prepared.tensor.to(device)
             region = None
             box = ((0,) * (x.ndim - 1), tuple(x.shape[1:]))
             windows = (box,)
-            target_name = (
-                f"class {m.label(int(target)).name}" if _has(m, target) else f"class {target}"
-            )
+            target_name = f"class {names.get(int(target), target)}"
         problem = CamProblem(x=x, target=int(target), region=region, windows=windows)
         first = x[(slice(None), *(slice(a, b) for a, b in zip(*windows[0], strict=True)))][None]
         layer = layer or pick_layer(network, first, segmentation=seg)
@@ -121,17 +165,17 @@ def explain(
         rho: float | None = None
         faith: float | None = None
         verdict = SanityVerdict.NOT_RUN
-        if bool(ctx.options.get("explain_sanity", True)):
-            seed = int(ctx.options.get("explain_seed", 0))
-            cascading = str(ctx.options.get("explain_randomisation", "cascading")) != "full"
+        if spec.sanity:
+            seed = spec.seed
+            cascading = spec.randomisation != "full"
             rnd = sanity.randomised_copy(network, first, layer, cascading=cascading, seed=seed)
             rho = sanity.rank_correlation(cam, compute_cam(rnd, problem, layer, method))
-            verdict = sanity.verdict(rho)
+            verdict = sanity.verdict(rho, cam)
             faith = sanity.faithfulness(
                 network,
                 problem,
                 cam,
-                fraction=float(ctx.options.get("faithfulness_fraction", 0.1)),
+                fraction=spec.faithfulness_fraction,
                 seed=seed,
             )
         # Drop the padding: the heatmap covers exactly the explained box.
@@ -148,16 +192,9 @@ def explain(
         sanity=verdict,
         rank_correlation=None if rho is None else round(rho, 4),
         faithfulness=None if faith is None else round(faith, 4),
+        faithful=None if faith is None else sanity.is_faithful(faith),
     )
     return heatmap, explanation
-
-
-def _has(m: object, target: int) -> bool:
-    try:
-        m.label(int(target))  # type: ignore[attr-defined]
-    except KeyError:
-        return False
-    return True
 
 
 def _box_around(

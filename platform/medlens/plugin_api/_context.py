@@ -1,20 +1,20 @@
-"""Services the host offers plugins: verified weights, the inference engine, explanations.
+"""What the host offers plugins, as Protocols: verified weights, the engine, reporting.
 
-Plugins reach the engine only through these contexts, so the engine's imports
-(torch, MONAI) happen on first use, never at discovery.
+The host implements these (:mod:`medlens.host_context`); :mod:`medlens.testing` offers
+the same implementation to plugin authors' tests. Nothing here imports the engine, so
+importing the plugin API never imports torch or MONAI.
 """
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel
 
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import Manifest
@@ -26,72 +26,80 @@ if TYPE_CHECKING:
 __all__ = ["LoadContext", "RunContext"]
 
 
-@dataclass
-class LoadContext:
-    """Given to a plugin factory once, when the plugin is first used.
+@runtime_checkable
+class LoadContext(Protocol):
+    """Given to a plugin factory once, when the plugin is first used."""
 
-    Attributes:
-        manifest: The plugin's manifest.
-        device: Torch device string chosen by the host (``"cpu"``, ``"cuda:0"``).
-    """
+    @property
+    def manifest(self) -> Manifest:
+        """The plugin's manifest."""
+        ...
 
-    manifest: Manifest
-    device: str
+    @property
+    def device(self) -> str:
+        """Torch device string chosen by the host (``"cpu"``, ``"cuda:0"``)."""
+        ...
 
     def weights_path(self) -> Path:
         """Path of the weights after their sha256 matched the manifest."""
-        from medlens import weights
-
-        return weights.verify(self.manifest)
+        ...
 
     def load_state_dict(self) -> dict[str, torch.Tensor]:
-        """The verified state dict (safetensors or ``weights_only`` torch file)."""
-        from medlens import weights
-
-        return weights.load_state_dict(self.manifest, device="cpu")
+        """The verified state dict (safetensors or ``weights_only`` torch file), on CPU."""
+        ...
 
     def load_torchscript(self) -> torch.jit.ScriptModule:
         """The verified TorchScript module, on the host's device."""
-        from medlens import weights
-
-        return weights.load_torchscript(self.manifest, device=self.device)
+        ...
 
 
-@dataclass
-class RunContext:
-    """Given to ``predict`` for each input.
+@runtime_checkable
+class RunContext(Protocol):
+    """Given to ``predict`` for each input: options, reporting and the engine."""
 
-    Attributes:
-        manifest: The plugin's manifest.
-        device: Torch device string.
-        options: Run-time overrides (e.g. ``sw_batch_size``, ``explain``).
-        timings_s: Named timings; the host copies them into provenance.
-        warnings: One-line notes collected during the run.
-    """
+    @property
+    def manifest(self) -> Manifest:
+        """The plugin's manifest."""
+        ...
 
-    manifest: Manifest
-    device: str
-    options: dict[str, Any] = field(default_factory=dict)
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    @property
+    def device(self) -> str:
+        """Torch device string."""
+        ...
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """Validated run options: the host's (engine, explanation) and the plugin's."""
+        ...
+
+    @property
+    def plugin_options(self) -> BaseModel | None:
+        """The plugin's own options as its declared model (API 1.1), else None."""
+        ...
 
     @property
     def explain_requested(self) -> bool:
         """Whether the caller asked for an explanation (default: yes, if supported)."""
-        return bool(self.options.get("explain", bool(self.manifest.explanations)))
+        ...
 
-    @contextlib.contextmanager
-    def timer(self, name: str) -> Iterator[None]:
-        """Time a block into ``timings_s[name]`` (accumulating)."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings_s[name] = self.timings_s.get(name, 0.0) + time.perf_counter() - t0
+    def timer(self, name: str) -> AbstractContextManager[None]:
+        """Time a block into the result's timings under ``name`` (accumulating)."""
+        ...
 
     def warn(self, message: str) -> None:
         """Record a one-line warning for the result."""
-        self.warnings.append(" ".join(message.split()))
+        ...
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress of this run, ``fraction`` in [0, 1] (API 1.1)."""
+        ...
+
+    def cancelled(self) -> bool:
+        """Whether the caller cancelled the run; stop soon by raising (API 1.1).
+
+        The engine checks this between its stages and raises ``RunCancelledError``.
+        """
+        ...
 
     def segment(self, network: torch.nn.Module, image: Image) -> tuple[Image, Image]:
         """Run a segmentation network as the manifest says.
@@ -102,15 +110,11 @@ class RunContext:
         Returns:
             ``(mask, probabilities)``: uint8 label map and float class probabilities.
         """
-        from medlens.engine import api
-
-        return api.segment(network, image, self)
+        ...
 
     def classify(self, network: torch.nn.Module, image: Image) -> npt.NDArray[np.float32]:
         """Run a classifier; returns per-label probabilities in manifest label order."""
-        from medlens.engine import api
-
-        return api.classify(network, image, self)
+        ...
 
     def explain(
         self, network: torch.nn.Module, image: Image, target: int, *, layer: str | None = None
@@ -123,6 +127,4 @@ class RunContext:
             target: Label value (segmentation) or class index (classification).
             layer: Dotted name of the target layer; the engine picks one if None.
         """
-        from medlens.explain import api
-
-        return api.explain(network, image, self, target=target, layer=layer)
+        ...

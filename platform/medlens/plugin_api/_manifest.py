@@ -36,6 +36,7 @@ __all__ = [
     "OperatingPoint",
     "OutputSpec",
     "PostprocessSpec",
+    "StudySpec",
     "WeightsSpec",
 ]
 
@@ -290,6 +291,26 @@ class WeightsSpec(_Frozen):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Lower-case hex sha256.")
 
 
+class StudySpec(_Frozen):
+    """What a study plugin needs: how many images, and which facts of each."""
+
+    min_images: int = Field(default=1, ge=1, description="Fewest images per study.")
+    max_images: int | None = Field(default=None, ge=1, description="Most images; None: any.")
+    require: list[Literal["laterality", "view_position"]] = Field(
+        default_factory=list, description="Facts every image must have."
+    )
+    distinct: list[Literal["laterality", "view_position"]] = Field(
+        default_factory=list,
+        description="Facts that must differ between images (e.g. one image per eye).",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> StudySpec:
+        if self.max_images is not None and self.max_images < self.min_images:
+            raise ValueError("max_images is below min_images")
+        return self
+
+
 class Manifest(_Frozen):
     """A plugin's declaration: identity, contract, model card, weights, entry."""
 
@@ -325,6 +346,14 @@ class Manifest(_Frozen):
         default_factory=list,
         description="Producer plugin ids (or '*') whose results this plugin runs after.",
     )
+    options: str | None = Field(
+        default=None,
+        description="'module:attr' of the pydantic model of the plugin's run options (1.1).",
+    )
+    study: StudySpec | None = Field(
+        default=None,
+        description="Set for plugins that take several images of one study (1.1).",
+    )
 
     @field_validator("id")
     @classmethod
@@ -347,15 +376,20 @@ class Manifest(_Frozen):
             raise ValueError(f"api_version {v!r} must look like '1' or '1.0'")
         return v
 
-    @field_validator("entry")
+    @field_validator("entry", "options")
     @classmethod
-    def _entry(cls, v: str) -> str:
-        if not _ENTRY.fullmatch(v):
-            raise ValueError(f"entry {v!r} must be 'module:attr'")
+    def _entry(cls, v: str | None) -> str | None:
+        if v is not None and not _ENTRY.fullmatch(v):
+            raise ValueError(f"{v!r} must be 'module:attr'")
         return v
 
     @model_validator(mode="after")
     def _coherent(self) -> Manifest:
+        if (self.options is not None or self.study is not None) and (
+            self.api_major,
+            self.api_minor,
+        ) < (1, 1):
+            raise ValueError("options and study need api_version '1.1'")
         if self.inference is not None and len(self.inference.roi_size) != self.input.dims:
             raise ValueError("inference.roi_size does not match input.dims")
         if Artifact.MASK in self.consumes and not self.chain_from:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from medlens.imaging.image import Image
 from medlens.plugin_api._results import Prediction, Result
+from medlens.plugin_api._study import StudyInput
 
 if TYPE_CHECKING:
     from medlens.plugin_api._context import LoadContext, RunContext
@@ -23,11 +24,14 @@ class PluginInputs:
         image: The input image (as read, on its original grid).
         mask: A label map on ``image``'s grid, for plugins that consume masks.
         upstream: The result of the plugin this one is chained after, if any.
+        study: All images of the study, with their facts, for study plugins (API 1.1);
+            ``image`` is then the first of them.
     """
 
     image: Image
     mask: Image | None = None
     upstream: Result | None = None
+    study: StudyInput | None = None
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from medlens.errors import (
     InputError,
     MedLensError,
     PluginError,
+    RunCancelledError,
     WeightsError,
 )
 from medlens.imaging.image import Image
@@ -34,8 +35,10 @@ from medlens.plugin_api._manifest import (
     OperatingPoint,
     OutputSpec,
     PostprocessSpec,
+    StudySpec,
     WeightsSpec,
 )
+from medlens.plugin_api._options import HostOptions
 from medlens.plugin_api._protocol import Plugin, PluginFactory, PluginInputs
 from medlens.plugin_api._results import (
     Explanation,
@@ -46,7 +49,18 @@ from medlens.plugin_api._results import (
     Provenance,
     Result,
 )
-from medlens.plugin_api._selection import (
+from medlens.plugin_api._study import Laterality, StudyImage, StudyInput
+from medlens.plugin_api._vocab import (
+    Artifact,
+    ExplanationMethod,
+    Modality,
+    OutputKind,
+    ResultStatus,
+    SanityVerdict,
+    Task,
+    WeightsFormat,
+)
+from medlens.rules.grammar import (
     AllOf,
     AnyOf,
     Contains,
@@ -59,16 +73,6 @@ from medlens.plugin_api._selection import (
     RuleOutcome,
     SeriesFacts,
     evaluate,
-)
-from medlens.plugin_api._vocab import (
-    Artifact,
-    ExplanationMethod,
-    Modality,
-    OutputKind,
-    ResultStatus,
-    SanityVerdict,
-    Task,
-    WeightsFormat,
 )
 
 __all__ = [
@@ -85,12 +89,14 @@ __all__ = [
     "ExplanationMethod",
     "Finding",
     "GeometryError",
+    "HostOptions",
     "Image",
     "InferenceSpec",
     "InputError",
     "InputSpec",
     "IntensitySpec",
     "Label",
+    "Laterality",
     "Lesion",
     "LoadContext",
     "Manifest",
@@ -117,9 +123,13 @@ __all__ = [
     "ResultStatus",
     "Rule",
     "RuleOutcome",
+    "RunCancelledError",
     "RunContext",
     "SanityVerdict",
     "SeriesFacts",
+    "StudyImage",
+    "StudyInput",
+    "StudySpec",
     "Task",
     "WeightsError",
     "WeightsFormat",
