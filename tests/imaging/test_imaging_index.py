@@ -37,6 +37,14 @@ def test_index_groups_patients_studies_series(
     reasons = {p.path.name: p.reason for p in ix.skipped}
     assert "not a DICOM file" in reasons["README.txt"]
     assert "DICOMDIR" in reasons["DICOMDIR"]
+    # Another format (or a DICOMDIR) is told apart from a broken DICOM instance.
+    assert all(p.not_dicom for p in ix.skipped)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00")
+    (bad,) = [p for p in index_folder(tmp_path).skipped if p.path.name == "broken.dcm"]
+    assert not bad.not_dicom
+    # Selection rules and summaries see the allowlist only (names and ids never).
+    assert s.attributes["SOPClassUID"] and "PatientName" not in s.attributes
     d = ix.to_dict()
     text = str(d)
     assert "Phantom" not in text and "PH0001" not in text  # no identifying values
