@@ -110,6 +110,7 @@ def rule_plugin(
     modality: tuple[str, ...] = ("CT",),
     body_part: str = "ABDOMEN",
     dims: int = 3,
+    kinds: tuple[str, ...] = ("json",),
 ) -> md.EntryPoint:
     """Write a tiny thresholding plugin with this manifest; return its entry point."""
     module = f"mlroute_{uuid.uuid4().hex[:10]}"
@@ -132,7 +133,7 @@ def rule_plugin(
                     "type": {"value": "38266002", "scheme": "SCT", "meaning": "Body"},
                 }
             ],
-            "kinds": ["json"],
+            "kinds": list(kinds),
         },
         "model_card": {
             "intended_use": "tests",

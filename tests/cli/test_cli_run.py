@@ -97,7 +97,7 @@ def test_batch_runs_every_accepted_case_and_reports_each(
     names = sorted(p.name for p in out.iterdir())
     assert len(names) == 2
     for name in names:  # validated parts only: index, modality, hash
-        assert name.split("-")[1] == "CT" and "Doe" not in name and ".." not in name
+        assert name.split("-")[0] == "CT" and "Doe" not in name and ".." not in name
     text = " ".join(p.read_text() for p in out.rglob("result.json"))
     assert "Doe" not in text and "PID-4711" not in text
 
@@ -148,3 +148,19 @@ def test_unknown_plugin_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         monkeypatch, [], ["nope", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
     )
     assert code != 0 and lines == []
+
+
+def test_results_inside_an_input_folder_are_not_inputs_on_a_rerun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nibabel as nib
+
+    src = tmp_path / "in"
+    src.mkdir()
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 4), np.float32), np.eye(4)), src / "v.nii.gz")
+    ep = rule_plugin(tmp_path, monkeypatch, kinds=("nifti", "json"))
+    args = ["rule-plugin", str(src), "--out", str(src / "out")]
+    for _ in range(2):  # the second run finds the first run's mask.nii.gz under the input
+        code, lines, _ = _invoke(monkeypatch, [ep], args)
+        assert code == 0 and [Path(x["input"]).name for x in lines] == ["v.nii.gz"]
+    assert len(list((src / "out").rglob("mask.nii.gz"))) == 1

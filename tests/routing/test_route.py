@@ -135,7 +135,7 @@ def test_cases_of_a_folder(tmp_path: Path) -> None:
     write_series(tmp_path / "b", n=2, modality="MR")
     (tmp_path / "a" / "labels.nii.gz").write_bytes(b"beside DICOM: not a case")
     cases = find_cases([tmp_path])
-    assert sorted((c.kind, c.name.split("-")[1]) for c in cases) == [
+    assert sorted((c.kind, c.name.split("-")[0]) for c in cases) == [
         ("dicom", "CT"),
         ("dicom", "MR"),
     ]

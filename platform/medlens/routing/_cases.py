@@ -4,9 +4,9 @@ A *case* is one thing a plugin runs on once: a DICOM series, a single DICOM file
 series of one), a NIfTI volume or a 2-D image file. :func:`find_cases` turns the
 inputs of ``medlens run`` (files, series folders, folders of many series or images)
 into cases, each with its :class:`~medlens.imaging.facts.Facts` where they can be
-had from headers alone, and with a name built only from validated parts (an index,
-the modality code, a hash of the series UID): never a patient's name, never a raw
-UID or file name that could hold ``..`` or patient data.
+had from headers alone, and with a stable name built only from validated parts (the
+modality code and a hash of the series UID, or of the file's path): never a patient's
+name, never a raw UID or file name that could hold ``..`` or patient data.
 
 A folder that holds DICOM image instances is read as DICOM: NIfTI and image files
 beside them (the truth label maps of a phantom dataset, for instance) are not cases.
@@ -44,8 +44,8 @@ class Case:
     """One input a plugin runs on once.
 
     Attributes:
-        name: Folder name for its results: validated parts only (index, modality code,
-            hash of the series UID or of the file's relative path).
+        name: Folder name for its results, the same on every run: validated parts only
+            (modality code, hash of the series UID or of the file's relative path).
         kind: ``dicom`` (a series or single DICOM file), ``file`` (NIfTI or 2-D image
             file) or ``error`` (unreadable DICOM: ``error`` says why).
         root: The input (file or folder) the case was found in.
@@ -101,12 +101,19 @@ def _split(s: SeriesEntry) -> list[tuple[DicomHeader, ...]]:
 
 
 class _Namer:
+    """Stable names: the same series or file gets the same name on every run."""
+
     def __init__(self) -> None:
-        self.n = 0
+        self.used: set[str] = set()
 
     def __call__(self, kind: str, key: str) -> str:
-        self.n += 1
-        return f"{self.n:04d}-{kind}-{_hash(key)}"
+        base = f"{kind}-{_hash(key)}"
+        name, n = base, 1
+        while name in self.used:  # the same input given twice in one run
+            n += 1
+            name = f"{base}-{n}"
+        self.used.add(name)
+        return name
 
 
 def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
