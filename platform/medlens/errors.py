@@ -26,6 +26,7 @@ __all__ = [
     "RoutingError",
     "RunCancelledError",
     "SelectionError",
+    "UnsafePathError",
     "WeightsError",
     "WeightsIntegrityError",
     "is_transient",
@@ -103,6 +104,10 @@ class DicomError(InputError):
 
 class NotDicomError(DicomError):
     """A file is not a DICOM composite instance (not DICOM at all, or a DICOMDIR)."""
+
+
+class UnsafePathError(InputError):
+    """A path built from input holds an invalid component or would leave its root."""
 
 
 class GeometryError(InputError):

@@ -48,6 +48,8 @@ CRASH = _manifest("crash", "medlens_watch_testplugins:Crash")
 HANG = _manifest("hang", "medlens_watch_testplugins:Hang")
 LEAK = _manifest("leak", "medlens_watch_testplugins:Leak")
 RAISES = _manifest("raises", "medlens_watch_testplugins:Raises")
+FLAKY = _manifest("flaky", "medlens_watch_testplugins:Flaky")
+BARRIER = _manifest("barrier", "medlens_watch_testplugins:Barrier")
 MR_ONLY = _manifest(
     "mr-only", "medlens_watch_testplugins:BodyMask", modality="MR", rule=v1.MinSlices(count=3)
 )
@@ -106,3 +108,40 @@ class Raises:
 
     def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
         raise ValueError("model exploded")
+
+
+class Barrier:
+    """Finishes only once MEDLENS_TEST_BARRIER_N jobs are inside it at the same time.
+
+    With fewer workers than that it times out: proof that jobs run concurrently that
+    does not depend on how fast the machine is.
+    """
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        self.body = BodyMask(ctx)
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        folder = os.environ["MEDLENS_TEST_BARRIER"]
+        need = int(os.environ.get("MEDLENS_TEST_BARRIER_N", "2"))
+        open(os.path.join(folder, f"in-{os.getpid()}"), "w").close()
+        deadline = time.monotonic() + 120
+        while len(os.listdir(folder)) < need:
+            if time.monotonic() > deadline:
+                raise RuntimeError("barrier: the other job never ran at the same time")
+            time.sleep(0.05)
+        return self.body.predict(inputs, ctx)
+
+
+class Flaky:
+    """Fails once (after its delay) per MEDLENS_TEST_FLAKY_MARKER, then works."""
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        self.body = BodyMask(ctx)
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        pred = self.body.predict(inputs, ctx)  # sleeps MEDLENS_TEST_PLUGIN_DELAY first
+        marker = os.environ["MEDLENS_TEST_FLAKY_MARKER"]
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("flaky plugin: first real failure")
+        return pred

@@ -10,6 +10,7 @@ import watchkit as wk
 from click.testing import CliRunner
 
 from medlens.watch import WatchConfig, WatchService
+from medlens.watch._ingest import name_id
 
 FAST = {
     "settle_seconds": 0.15,
@@ -171,6 +172,12 @@ def test_malformed_inputs_are_quarantined(tmp_path: Path) -> None:
     }
     with Running(tmp_path, ("body-mask",), poll=True) as r:
         wk.write_files(good[:2], r.inp)
+        # The series' first instances set its reference (rows, modality) before the
+        # inconsistent one arrives; otherwise which file is "inconsistent" is a race.
+        wk.wait_for(
+            lambda: sum(e["event"] == "instance_ingested" for e in wk.audit(r.state)) >= 2,
+            what="the first instances",
+        )
         for name, blob in bad.items():
             (r.inp / name).write_bytes(blob)
         # A partial write that completes within the grace period is ingested, not quarantined.
@@ -188,10 +195,12 @@ def test_malformed_inputs_are_quarantined(tmp_path: Path) -> None:
         wk.wait_for(
             lambda: len(list(q.glob("*.reason.txt"))) == len(bad), timeout=60, what="quarantine"
         )
+    by_id = {name_id(n): n for n in bad}
     reasons = {}
     for txt in q.glob("*.reason.txt"):
-        original = txt.name[len("YYYYmmddTHHMMSS-xxxxxx-") : -len(".reason.txt")]
-        reasons[original] = txt.read_text().strip()
+        # Quarantine names carry a hash of the inbox name, never the name itself.
+        rid = txt.name.split("-")[1]
+        reasons[by_id[rid]] = txt.read_text().strip()
         assert (q / txt.name[: -len(".reason.txt")]).exists()
     assert set(reasons) == set(bad)
     for name, want in expect.items():

@@ -32,6 +32,8 @@ def source(*ids: str) -> PluginSource:
         "leak": "LEAK",
         "raises": "RAISES",
         "mr-only": "MR_ONLY",
+        "barrier": "BARRIER",
+        "flaky": "FLAKY",
     }
     return PluginSource(
         entry_points=tuple((i, f"medlens_watch_testplugins:{names[i]}") for i in ids),

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "validate": "medlens.cli.validate:validate",
     "watch": "medlens.cli.watch:watch",
     "jobs": "medlens.cli.watch:jobs",
+    "status": "medlens.cli.watch:status",
 }
 
 

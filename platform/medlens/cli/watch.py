@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["jobs", "watch"]
+__all__ = ["jobs", "status", "watch"]
 
 
 def _default_state(out: Path) -> Path:
@@ -58,6 +58,18 @@ def _default_state(out: Path) -> Path:
     metavar="HOST:PORT:AET",
     help="C-STORE result DICOM objects (SEG, SR, heatmaps) to this PACS.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Jobs run at once, each in its own worker process [1].",
+)
+@click.option(
+    "--allow-aet",
+    "allow_aets",
+    multiple=True,
+    help="Calling AE title the DICOM node accepts (repeat; default: any).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def watch(
     in_dir: Path,
@@ -70,6 +82,8 @@ def watch(
     scp_port: int | None,
     ae_title: str | None,
     send_to: str | None,
+    workers: int | None,
+    allow_aets: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Watch IN_DIR for DICOM series and run every matching plugin on each stable series.
@@ -94,7 +108,12 @@ def watch(
         scp_port=scp_port,
         ae_title=ae_title,
         send_to=parse_pacs(send_to).model_dump() if send_to else None,
+        workers=workers,
     )
+    if allow_aets:
+        cfg = cfg.model_copy(
+            update={"node": cfg.node.model_copy(update={"allowed_calling_aets": list(allow_aets)})}
+        )
     service = WatchService(in_dir, out, state or _default_state(out), cfg, poll=poll)
     raise SystemExit(service.run())
 
@@ -129,6 +148,9 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
         click.echo(json.dumps(s, indent=2, default=str))
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(s["jobs"].items())) or "none"
+    svc = s["service"]
+    beat = "" if svc["heartbeat_age_s"] is None else f", heartbeat {svc['heartbeat_age_s']} s ago"
+    click.echo(f"service: {'alive' if svc['alive'] else svc['state']} (pid {svc['pid']}{beat})")
     click.echo(
         f"series {s['series']}, instances {s['instances']}, "
         f"quarantined {s['quarantined']}; jobs: {counts}"
@@ -139,6 +161,22 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
             click.echo(
                 f"  #{j['id']} {j['status']:<8} {j['plugin']} on {j['series_uid']} "
                 f"(attempts {j['attempts']})"
+            )
+    if s["pending_sends"]:
+        click.echo("waiting to reach the PACS:")
+        for p in s["pending_sends"]:
+            nxt = _dt.datetime.fromtimestamp(p["next_try"]).strftime("%H:%M:%S")
+            click.echo(
+                f"  {p['result']} (tries {p['attempts']}, next {nxt}): "
+                f"{p['last_error'] or 'not tried yet'}"
+            )
+    if s["latest_series"]:
+        click.echo("latest state per series:")
+        for x in s["latest_series"]:
+            cur = f" v{x['current_version']}" if x["current_version"] else ""
+            part = " (partial)" if x["partial"] else ""
+            click.echo(
+                f"  {x['series_uid']}: {x['status']}{part}{cur}, {x['instances']} instance(s)"
             )
     if s["recent_results"]:
         click.echo("recent results:")
@@ -154,3 +192,40 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
         click.echo("unrouted series:")
         for u in s["unrouted"]:
             click.echo(f"  {u['series_uid']}: {u['note']}")
+
+
+@click.command()
+@click.option(
+    "--state",
+    "state",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="The watch service's state folder.",
+)
+@click.option(
+    "--stale-seconds",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="A heartbeat older than this means the service is not alive.",
+)
+def status(state: Path, stale_seconds: float) -> None:
+    """Exit 0 if the watch service is alive, 1 if not; print one JSON line (monitoring)."""
+    from medlens.watch import StateDB
+
+    db = StateDB(state / "state.db", readonly=True)
+    try:
+        live = db.liveness(stale_after_s=stale_seconds)
+        s = db.summary(1)
+    finally:
+        db.close()
+    line = {
+        **live,
+        "queued": s["jobs"].get("queued", 0),
+        "running": s["jobs"].get("running", 0),
+        "failed": len(s["failed"]),
+        "pending_sends": len(s["pending_sends"]),
+        "quarantined": s["quarantined"],
+    }
+    click.echo(json.dumps(line))
+    raise SystemExit(0 if live["alive"] else 1)

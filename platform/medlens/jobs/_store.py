@@ -1,4 +1,9 @@
-"""Durable service state in SQLite.
+"""The job store: every SQL statement of the watch service, over SQLite (WAL).
+
+Series, instances, routing decisions, jobs, result sets, deliveries to the PACS and
+the service's heartbeat live in one database file. Callers get typed records
+(:mod:`medlens.jobs._records`) and give times from an injected clock, so tests drive
+time instead of sleeping.
 
 Journal: WAL with ``synchronous=FULL``. WAL alone (``NORMAL``) survives a process crash
 (``kill -9``) but may lose the last commits on power loss; the service unlinks an input
@@ -22,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import ConfigError
+from medlens.jobs._records import Job, ResultRecord, SendRecord
+from medlens.jobs._status import FailureKind, JobStatus, SendStatus
 
-__all__ = ["SCHEMA_VERSION", "Job", "StateDB"]
+__all__ = ["SCHEMA_VERSION", "JobStore", "SeriesRow"]
 
 SCHEMA_VERSION = 1
 
@@ -109,23 +116,29 @@ CREATE TABLE IF NOT EXISTS sends (
 
 
 @dataclass(frozen=True)
-class Job:
-    """One row of ``jobs`` with its series' UIDs."""
+class SeriesRow:
+    """One series as routing sees it."""
 
     id: int
-    series_id: int
-    plugin: str
-    generation: int
-    version: int | None
-    status: str
-    attempts: int
     study_uid: str
     series_uid: str
-    stable_at: float
+    modality: str
+    generation: int
+    last_change: float
+    status: str
 
 
-class StateDB:
-    """The service's SQLite database.
+# Columns added after the first release: (table, column, declaration).
+_MIGRATIONS = [
+    ("sends", "created_at", "REAL NOT NULL DEFAULT 0"),
+    ("sends", "last_try", "REAL"),
+    ("jobs", "failure_kind", "TEXT"),
+    ("series", "partial", "INTEGER NOT NULL DEFAULT 0"),
+]
+
+
+class JobStore:
+    """The service's SQLite database and every query on it.
 
     Args:
         path: Database file (created with its schema if missing).
@@ -157,6 +170,7 @@ class StateDB:
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.execute("PRAGMA foreign_keys=ON")
                 self.conn.executescript(_SCHEMA)
+                self._migrate()
                 self.conn.execute(
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
@@ -191,7 +205,146 @@ class StateDB:
         """All rows of a query."""
         return list(self.conn.execute(sql, args).fetchall())
 
-    # --- jobs -------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        for table, column, decl in _MIGRATIONS:
+            cols = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in cols:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    # --- service heartbeat ----------------------------------------------------------
+
+    def _meta_set(self, **values: object) -> None:
+        with self.tx() as c:
+            for k, v in values.items():
+                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, str(v)))
+
+    def meta(self) -> dict[str, str]:
+        """The ``meta`` table (schema version, service pid, heartbeat, run state)."""
+        return {r["key"]: r["value"] for r in self.all("SELECT key, value FROM meta")}
+
+    def service_started(self, pid: int, now: float) -> bool:
+        """Record a start; returns whether the previous run ended without a clean stop."""
+        crashed = self.meta().get("service_state") == "running"
+        self._meta_set(service_state="running", service_pid=pid, heartbeat_at=now)
+        return crashed
+
+    def heartbeat(self, now: float) -> None:
+        """The loop is alive at ``now``."""
+        self._meta_set(heartbeat_at=now)
+
+    def service_stopped(self, now: float) -> None:
+        """A clean stop (SIGTERM drained): the next start is not a crash."""
+        self._meta_set(service_state="stopped", heartbeat_at=now)
+
+    # --- routing --------------------------------------------------------------------
+
+    def collecting_series(self) -> list[SeriesRow]:
+        """Series waiting to be routed (status ``collecting``)."""
+        return [
+            SeriesRow(
+                id=int(r["id"]),
+                study_uid=r["study_uid"],
+                series_uid=r["series_uid"],
+                modality=r["modality"],
+                generation=int(r["generation"]),
+                last_change=float(r["last_change"]),
+                status=r["status"],
+            )
+            for r in self.all("SELECT * FROM series WHERE status='collecting'")
+        ]
+
+    def decided_plugins(self, series_id: int, generation: int) -> set[str]:
+        """Plugins already routed for this generation of the series."""
+        return {
+            r["plugin"]
+            for r in self.all(
+                "SELECT plugin FROM routing WHERE series_id=? AND generation=?",
+                series_id,
+                generation,
+            )
+        }
+
+    def series_instances(self, series_id: int) -> list[tuple[str, str, str]]:
+        """``(sop_uid, sha256, stored path)`` of each instance, by SOP Instance UID."""
+        return [
+            (r["sop_uid"], r["sha256"], r["path"])
+            for r in self.all(
+                "SELECT sop_uid, sha256, path FROM instances WHERE series_id=? ORDER BY sop_uid",
+                series_id,
+            )
+        ]
+
+    def record_routing(
+        self,
+        series: SeriesRow,
+        decisions: list[tuple[str, bool, str, float]],
+        now: float,
+    ) -> None:
+        """Store ``(plugin, matched, reasons, stable_at)`` decisions; queue matched jobs.
+
+        A queued job of an older generation of the same series and plugin is superseded
+        (a newer instance arrived before it ran).
+        """
+        with self.tx() as c:
+            for plugin, matched, reasons, stable_at in decisions:
+                c.execute(
+                    "INSERT OR IGNORE INTO routing VALUES (?,?,?,?,?,?)",
+                    (series.id, series.generation, plugin, int(matched), reasons, now),
+                )
+                if not matched:
+                    continue
+                c.execute(
+                    "UPDATE jobs SET status=?, finished_at=?, "
+                    "error='a newer instance arrived before it ran' "
+                    "WHERE series_id=? AND plugin=? AND status=?",
+                    (JobStatus.SUPERSEDED, now, series.id, plugin, JobStatus.QUEUED),
+                )
+                c.execute(
+                    "INSERT OR IGNORE INTO jobs(series_id, plugin, generation, status, "
+                    "created_at, stable_at) VALUES (?,?,?,?,?,?)",
+                    (series.id, plugin, series.generation, JobStatus.QUEUED, now, stable_at),
+                )
+
+    def routing_of(self, series_id: int, generation: int) -> list[tuple[str, bool, str]]:
+        """``(plugin, matched, reasons)`` decided for this generation."""
+        return [
+            (r["plugin"], bool(r["matched"]), r["reasons"])
+            for r in self.all(
+                "SELECT plugin, matched, reasons FROM routing WHERE series_id=? AND generation=?",
+                series_id,
+                generation,
+            )
+        ]
+
+    def settle_series(
+        self, series_id: int, generation: int, status: str, note: object | None
+    ) -> None:
+        """Set the series' status (``queued``, ``unrouted``, ``partial``) for a generation."""
+        with self.tx() as c:
+            c.execute(
+                "UPDATE series SET status=?, note=? WHERE id=? AND generation=?",
+                (status, json.dumps(note) if note else None, series_id, generation),
+            )
+
+    def set_partial(self, series_id: int, gaps: dict[str, Any] | None) -> None:
+        """Record whether the series' current generation is missing slices (and where)."""
+        with self.tx() as c:
+            c.execute(
+                "UPDATE series SET partial=? WHERE id=?",
+                (0 if gaps is None else 1, series_id),
+            )
+            c.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (f"partial:{series_id}", json.dumps(gaps)),
+            )
+
+    def partial_of(self, series_id: int) -> dict[str, Any] | None:
+        """The gaps of a series published although partial, else None."""
+        row = self.one("SELECT value FROM meta WHERE key=?", f"partial:{series_id}")
+        value = None if row is None else json.loads(row["value"])
+        return value if isinstance(value, dict) else None
+
+    # --- jobs -----------------------------------------------------------------------
 
     def job(self, job_id: int) -> Job:
         """The job ``job_id``."""
@@ -204,23 +357,241 @@ class StateDB:
             raise KeyError(job_id)
         return _job(row)
 
-    def next_job(self, now: float) -> Job | None:
-        """The oldest queued job whose retry delay has passed."""
+    def next_job(self, now: float, exclude: set[int] | None = None) -> Job | None:
+        """The oldest queued job whose retry delay has passed (not in ``exclude``)."""
+        skip = sorted(exclude or ())
+        extra = f" AND j.id NOT IN ({','.join('?' * len(skip))})" if skip else ""
         row = self.one(
             "SELECT j.*, s.study_uid, s.series_uid FROM jobs j JOIN series s ON s.id=j.series_id "
-            "WHERE j.status='queued' AND j.not_before<=? ORDER BY j.not_before, j.id LIMIT 1",
+            f"WHERE j.status=? AND j.not_before<=?{extra} "
+            "ORDER BY j.not_before, j.id LIMIT 1",
+            JobStatus.QUEUED,
             now,
+            *skip,
         )
         return None if row is None else _job(row)
 
-    def requeue_running(self) -> int:
-        """After a restart: jobs left ``running`` go back to the queue (same version)."""
+    def jobs(self, *, status: JobStatus | None = None) -> list[Job]:
+        """All jobs (of one status), oldest first."""
+        where, args = ("WHERE j.status=?", [str(status)]) if status else ("", [])
+        return [
+            _job(r)
+            for r in self.all(
+                "SELECT j.*, s.study_uid, s.series_uid FROM jobs j "
+                f"JOIN series s ON s.id=j.series_id {where} ORDER BY j.id",
+                *args,
+            )
+        ]
+
+    def is_current(self, job: Job) -> bool:
+        """Whether ``job`` is for the series' latest generation."""
+        row = self.one("SELECT generation FROM series WHERE id=?", job.series_id)
+        return row is not None and int(row["generation"]) == job.generation
+
+    def supersede(self, job_id: int, now: float) -> None:
+        """The job's series changed before it ran: it will never run."""
         with self.tx() as c:
-            cur = c.execute("UPDATE jobs SET status='queued' WHERE status='running'")
+            c.execute(
+                "UPDATE jobs SET status=?, finished_at=?, "
+                "error='a newer instance arrived before it ran' WHERE id=?",
+                (JobStatus.SUPERSEDED, now, job_id),
+            )
+
+    def start(self, job: Job, now: float) -> int:
+        """Mark ``job`` running (one more attempt); returns its result version.
+
+        The version is fixed the first time a job starts, so a retry after a crash
+        writes the same ``v<N>``.
+        """
+        with self.tx() as c:
+            version = job.version
+            if version is None:
+                row = c.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM jobs WHERE series_id=? AND plugin=?",
+                    (job.series_id, job.plugin),
+                ).fetchone()
+                version = int(row[0]) + 1
+            c.execute(
+                "UPDATE jobs SET status=?, version=?, attempts=attempts+1, started_at=? WHERE id=?",
+                (JobStatus.RUNNING, version, now, job.id),
+            )
+        return version
+
+    def fail(
+        self,
+        job: Job,
+        *,
+        error: str,
+        kind: FailureKind,
+        final: bool,
+        not_before: float,
+        now: float,
+    ) -> None:
+        """Record a failed attempt: back to the queue (after ``not_before``) or final."""
+        with self.tx() as c:
+            c.execute(
+                "UPDATE jobs SET status=?, error=?, failure_kind=?, not_before=?, finished_at=? "
+                "WHERE id=?",
+                (
+                    JobStatus.FAILED if final else JobStatus.QUEUED,
+                    error,
+                    str(kind),
+                    not_before,
+                    now if final else None,
+                    job.id,
+                ),
+            )
+            if final:
+                c.execute(
+                    "UPDATE series SET status='failed' WHERE id=? AND generation=?",
+                    (job.series_id, job.generation),
+                )
+
+    def hand_back(self, job_id: int) -> bool:
+        """The service interrupted a running attempt: requeue it, the attempt not counted."""
+        with self.tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET status=?, attempts=MAX(attempts-1, 0) WHERE id=? AND status=?",
+                (JobStatus.QUEUED, job_id, JobStatus.RUNNING),
+            )
+            return cur.rowcount > 0
+
+    def requeue_running(self) -> int:
+        """After a restart: requeue jobs left ``running``, their attempt handed back.
+
+        They were interrupted by the service's own end (a crash or kill), not by their
+        plugin, so the attempt does not count against the budget; the version is kept.
+        """
+        with self.tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET status=?, attempts=MAX(attempts-1, 0) WHERE status=?",
+                (JobStatus.QUEUED, JobStatus.RUNNING),
+            )
             return int(cur.rowcount)
 
-    def summary(self, recent: int = 20) -> dict[str, Any]:
-        """Queue, recent results, failures and unrouted series, as JSON-ready data."""
+    # --- results --------------------------------------------------------------------
+
+    def commit_result(
+        self, job: Job, *, version: int, path: str, now: float, send: bool
+    ) -> tuple[int, list[int]]:
+        """Record a promoted result set; supersede older ones; queue its delivery.
+
+        Returns:
+            The result id and the versions it supersedes.
+        """
+        with self.tx() as c:
+            rid = int(
+                c.execute(
+                    "INSERT INTO results(job_id, series_id, plugin, version, path, created_at) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (job.id, job.series_id, job.plugin, version, path, now),
+                ).lastrowid
+                or 0
+            )
+            prev = c.execute(
+                "SELECT version FROM results WHERE series_id=? AND plugin=? AND id!=? "
+                "AND superseded_by IS NULL",
+                (job.series_id, job.plugin, rid),
+            ).fetchall()
+            c.execute(
+                "UPDATE results SET superseded_by=? WHERE series_id=? AND plugin=? AND id!=? "
+                "AND superseded_by IS NULL",
+                (rid, job.series_id, job.plugin, rid),
+            )
+            c.execute(
+                "UPDATE jobs SET status=?, error=NULL, failure_kind=NULL, finished_at=? WHERE id=?",
+                (JobStatus.DONE, now, job.id),
+            )
+            left = c.execute(
+                "SELECT COUNT(*) FROM jobs WHERE series_id=? AND generation=? AND status IN (?, ?)",
+                (job.series_id, job.generation, JobStatus.QUEUED, JobStatus.RUNNING),
+            ).fetchone()
+            if int(left[0]) == 0:
+                c.execute(
+                    "UPDATE series SET status='done' WHERE id=? AND generation=? "
+                    "AND status IN ('queued', 'partial')",
+                    (job.series_id, job.generation),
+                )
+            if send:
+                c.execute(
+                    "INSERT OR IGNORE INTO sends(result_id, status, created_at) VALUES (?,?,?)",
+                    (rid, SendStatus.QUEUED, now),
+                )
+        return rid, [int(p["version"]) for p in prev]
+
+    def results_of(self, series_id: int, plugin: str) -> list[ResultRecord]:
+        """Result sets of one plugin on one series, by version."""
+        return [
+            _result(r)
+            for r in self.all(
+                "SELECT * FROM results WHERE series_id=? AND plugin=? ORDER BY version",
+                series_id,
+                plugin,
+            )
+        ]
+
+    def committed_paths(self) -> set[str]:
+        """Every committed result folder (relative to OUT)."""
+        return {r["path"] for r in self.all("SELECT path FROM results")}
+
+    def result_pairs(self) -> list[tuple[int, str]]:
+        """Every ``(series_id, plugin)`` with a result."""
+        return [
+            (int(r["series_id"]), str(r["plugin"]))
+            for r in self.all("SELECT DISTINCT series_id, plugin FROM results")
+        ]
+
+    # --- deliveries -----------------------------------------------------------------
+
+    def next_send(self, now: float) -> SendRecord | None:
+        """The oldest queued delivery whose back-off has passed."""
+        row = self.one(
+            "SELECT s.*, r.path, r.superseded_by FROM sends s JOIN results r "
+            "ON r.id=s.result_id WHERE s.status=? AND s.not_before<=? "
+            "ORDER BY s.not_before, s.result_id LIMIT 1",
+            SendStatus.QUEUED,
+            now,
+        )
+        return None if row is None else _send(row)
+
+    def sends(self, *, status: SendStatus | None = None) -> list[SendRecord]:
+        """Deliveries (of one status)."""
+        where, args = ("WHERE s.status=?", [str(status)]) if status else ("", [])
+        return [
+            _send(r)
+            for r in self.all(
+                "SELECT s.*, r.path, r.superseded_by FROM sends s JOIN results r "
+                f"ON r.id=s.result_id {where} ORDER BY s.result_id",
+                *args,
+            )
+        ]
+
+    def send_finished(
+        self, result_id: int, status: SendStatus, error: str | None, now: float
+    ) -> None:
+        """Delivered, skipped or expired: the delivery leaves the queue."""
+        with self.tx() as c:
+            c.execute(
+                "UPDATE sends SET status=?, attempts=attempts+?, error=?, last_try=? "
+                "WHERE result_id=?",
+                (status, int(status == SendStatus.SENT), error, now, result_id),
+            )
+
+    def send_retry(self, result_id: int, *, error: str, not_before: float, now: float) -> int:
+        """A failed try: stays queued until ``not_before``; returns the attempts so far."""
+        with self.tx() as c:
+            c.execute(
+                "UPDATE sends SET attempts=attempts+1, error=?, not_before=?, last_try=? "
+                "WHERE result_id=?",
+                (error, not_before, now, result_id),
+            )
+            row = c.execute("SELECT attempts FROM sends WHERE result_id=?", (result_id,)).fetchone()
+        return int(row[0])
+
+    # --- overview -------------------------------------------------------------------
+
+    def summary(self, recent: int = 20, *, now: float | None = None) -> dict[str, Any]:
+        """Queue, deliveries, latest state per series, failures, unrouted series, liveness."""
         counts = {
             r["status"]: r["n"]
             for r in self.all("SELECT status, COUNT(*) n FROM jobs GROUP BY status")
@@ -228,8 +599,8 @@ class StateDB:
         queue = [
             dict(r)
             for r in self.all(
-                "SELECT j.id, j.plugin, j.status, j.attempts, j.version, s.series_uid "
-                "FROM jobs j JOIN series s ON s.id=j.series_id "
+                "SELECT j.id, j.plugin, j.status, j.attempts, j.version, j.error, j.not_before, "
+                "s.series_uid FROM jobs j JOIN series s ON s.id=j.series_id "
                 "WHERE j.status IN ('queued','running') ORDER BY j.id"
             )
         ]
@@ -242,11 +613,15 @@ class StateDB:
                 recent,
             )
         ]
+        # Only failures still standing: a later success of the same series and plugin
+        # (or a newer generation queued) makes an old failure history, not a problem.
         failed = [
             dict(r)
             for r in self.all(
-                "SELECT j.id, j.plugin, j.attempts, j.error, s.series_uid FROM jobs j "
-                "JOIN series s ON s.id=j.series_id WHERE j.status='failed' "
+                "SELECT j.id, j.plugin, j.attempts, j.error, j.failure_kind, s.series_uid "
+                "FROM jobs j JOIN series s ON s.id=j.series_id WHERE j.status='failed' "
+                "AND NOT EXISTS (SELECT 1 FROM jobs k WHERE k.series_id=j.series_id "
+                "AND k.plugin=j.plugin AND k.id>j.id) "
                 "ORDER BY j.id DESC LIMIT ?",
                 recent,
             )
@@ -259,17 +634,74 @@ class StateDB:
                 recent,
             )
         ]
+        series = [
+            dict(r)
+            for r in self.all(
+                "SELECT s.series_uid, s.status, s.generation, s.partial, "
+                "(SELECT COUNT(*) FROM instances i WHERE i.series_id=s.id) AS instances, "
+                "(SELECT MAX(r.version) FROM results r WHERE r.series_id=s.id "
+                "AND r.superseded_by IS NULL) AS current_version "
+                "FROM series s ORDER BY s.id DESC LIMIT ?",
+                recent,
+            )
+        ]
+        pending_sends = [
+            {
+                "result": x.path,
+                "attempts": x.attempts,
+                "last_error": x.error,
+                "next_try": x.not_before,
+            }
+            for x in self.sends(status=SendStatus.QUEUED)
+        ]
+        send_counts = {
+            r["status"]: r["n"]
+            for r in self.all("SELECT status, COUNT(*) n FROM sends GROUP BY status")
+        }
         return {
+            "service": self.liveness(now),
             "jobs": counts,
             "series": self.one("SELECT COUNT(*) FROM series")[0],  # type: ignore[index]
             "instances": self.one("SELECT COUNT(*) FROM instances")[0],  # type: ignore[index]
             "quarantined": self.one("SELECT COUNT(*) FROM quarantine")[0],  # type: ignore[index]
             "queue": queue,
+            "sends": send_counts,
+            "pending_sends": pending_sends,
             "recent_results": results,
+            "latest_series": series,
             "failed": failed,
             "unrouted": unrouted,
-            "at": time.time(),
+            "at": time.time() if now is None else now,
         }
+
+    def liveness(self, now: float | None = None, stale_after_s: float = 30.0) -> dict[str, Any]:
+        """Whether the service is alive: its pid exists and its heartbeat is recent."""
+        m = self.meta()
+        now = time.time() if now is None else now
+        beat = float(m["heartbeat_at"]) if "heartbeat_at" in m else None
+        pid = int(m["service_pid"]) if "service_pid" in m else None
+        state = m.get("service_state", "never started")
+        alive = False
+        if state == "running" and pid is not None and beat is not None:
+            alive = _pid_alive(pid) and now - beat <= stale_after_s
+        return {
+            "alive": alive,
+            "state": state if alive or state != "running" else "dead (no clean stop)",
+            "pid": pid,
+            "heartbeat_age_s": None if beat is None else round(now - beat, 1),
+        }
+
+
+def _pid_alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -279,9 +711,36 @@ def _job(row: sqlite3.Row) -> Job:
         plugin=row["plugin"],
         generation=row["generation"],
         version=row["version"],
-        status=row["status"],
+        status=JobStatus(row["status"]),
         attempts=row["attempts"],
         study_uid=row["study_uid"],
         series_uid=row["series_uid"],
         stable_at=row["stable_at"],
+        error=row["error"],
+    )
+
+
+def _result(row: sqlite3.Row) -> ResultRecord:
+    return ResultRecord(
+        id=row["id"],
+        job_id=row["job_id"],
+        series_id=row["series_id"],
+        plugin=row["plugin"],
+        version=row["version"],
+        path=row["path"],
+        created_at=row["created_at"],
+        superseded_by=row["superseded_by"],
+    )
+
+
+def _send(row: sqlite3.Row) -> SendRecord:
+    return SendRecord(
+        result_id=row["result_id"],
+        status=SendStatus(row["status"]),
+        attempts=row["attempts"],
+        not_before=row["not_before"],
+        error=row["error"],
+        created_at=row["created_at"],
+        path=row["path"],
+        superseded=row["superseded_by"] is not None,
     )

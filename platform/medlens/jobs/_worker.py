@@ -23,7 +23,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import InputError, MedLensError
+from medlens.errors import ConfigError, InputError, MedLensError, SelectionError, is_transient
+from medlens.jobs._clock import Clock, SystemClock
+from medlens.jobs._status import FailureKind
 
 __all__ = ["STARTUP_TIMEOUT_S", "JobOutcome", "JobSpec", "PluginSource", "Worker", "rss_mb"]
 
@@ -74,12 +76,17 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class JobOutcome:
-    """How an attempt ended."""
+    """How an attempt ended (``kind`` says why it failed, if it did)."""
 
     ok: bool
     error: str | None = None
-    retryable: bool = True
+    kind: FailureKind = FailureKind.PLUGIN
     summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def retryable(self) -> bool:
+        """Input and routing errors are final; everything else may succeed next time."""
+        return self.kind != FailureKind.INPUT
 
 
 def rss_mb(pid: int) -> float:
@@ -110,10 +117,12 @@ class Worker:
 
     Args:
         source: Where the worker finds plugins.
+        clock: Time source of the timeout and start-up deadlines.
     """
 
-    def __init__(self, source: PluginSource) -> None:
+    def __init__(self, source: PluginSource, clock: Clock | None = None) -> None:
         self.source = source
+        self.clock: Clock = clock or SystemClock()
         self._ctx = mp.get_context("spawn")
         self._proc: Any = None
         self._conn: Connection | None = None
@@ -147,7 +156,7 @@ class Worker:
         child.close()
         self._proc, self._conn = proc, parent
         self._ready = False
-        self._spawned = time.monotonic()
+        self._spawned = self.clock.monotonic()
 
     def prewarm(self) -> None:
         """Start a worker now so the next job does not wait for its imports."""
@@ -163,7 +172,7 @@ class Worker:
         self._job = spec
         self._timeout = timeout_s
         # The job's clock starts once the worker has finished its imports.
-        self._deadline = time.monotonic() + timeout_s if self._ready else None
+        self._deadline = self.clock.monotonic() + timeout_s if self._ready else None
         self._memory_mb = memory_mb
         self.peak_rss_mb = 0.0
         self._conn.send(spec)
@@ -177,7 +186,7 @@ class Worker:
                 msg = self._conn.recv()
                 if msg == ("ready",):
                     self._ready = True
-                    self._deadline = time.monotonic() + self._timeout
+                    self._deadline = self.clock.monotonic() + self._timeout
                     wait_s = 0.0
                     continue
                 self._job = None
@@ -190,7 +199,7 @@ class Worker:
             self._job = None
             self._reap()
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
-            return JobOutcome(False, f"worker process died ({how})", retryable=True)
+            return JobOutcome(False, f"worker process died ({how})", FailureKind.PLUGIN)
         rss = rss_mb(int(proc.pid))
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         if rss > self._memory_mb:
@@ -198,15 +207,15 @@ class Worker:
             return JobOutcome(
                 False,
                 f"exceeded the memory ceiling of {self._memory_mb} MiB (RSS {rss:.0f} MiB)",
-                retryable=True,
+                FailureKind.TRANSIENT,
             )
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._deadline is not None and now > self._deadline:
             self.kill()
-            return JobOutcome(False, f"timed out after {self._timeout:g} s", retryable=True)
+            return JobOutcome(False, f"timed out after {self._timeout:g} s", FailureKind.TRANSIENT)
         if self._deadline is None and now - self._spawned > STARTUP_TIMEOUT_S:
             self.kill()
-            return JobOutcome(False, "the worker did not start in time", retryable=True)
+            return JobOutcome(False, "the worker did not start in time", FailureKind.TRANSIENT)
         return None
 
     def kill(self) -> None:
@@ -239,7 +248,7 @@ def _outcome(msg: Any) -> JobOutcome:
     if isinstance(msg, tuple) and msg and msg[0] == "ok":
         return JobOutcome(True, summary=msg[1])
     if isinstance(msg, tuple) and len(msg) == 3 and msg[0] == "error":
-        return JobOutcome(False, str(msg[1]), retryable=bool(msg[2]))
+        return JobOutcome(False, str(msg[1]), FailureKind(msg[2]))
     return JobOutcome(False, f"worker sent an unexpected message {type(msg).__name__}")
 
 
@@ -248,6 +257,9 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+    from medlens.watch._phi import install
+
+    install()  # library warnings in the worker's log are scrubbed of header values too
     host = source.host()
     # Warm up now, not on the first job: the host picks devices with torch.
     with contextlib.suppress(ImportError):
@@ -264,12 +276,20 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
             summary = run_job(host, spec)
             conn.send(("ok", summary))
         except MedLensError as e:
-            # Bad input will not get better by retrying; anything else might.
-            conn.send(("error", str(e), not isinstance(e, InputError)))
+            conn.send(("error", str(e), str(classify(e))))
         except Exception as e:
             tb = traceback.extract_tb(e.__traceback__)
             where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
-            conn.send(("error", f"{type(e).__name__}: {e}{where}", True))
+            conn.send(("error", f"{type(e).__name__}: {e}{where}", str(classify(e))))
+
+
+def classify(e: BaseException) -> FailureKind:
+    """Why an attempt failed: input/routing (final), transient, or the plugin's own."""
+    if is_transient(e):
+        return FailureKind.TRANSIENT  # out of memory, a full disk, a timeout
+    if isinstance(e, InputError | SelectionError | ConfigError):
+        return FailureKind.INPUT  # the same input is refused on every try
+    return FailureKind.PLUGIN
 
 
 def _die_with_parent() -> None:

@@ -8,12 +8,21 @@ superseding result set; ``medlens jobs`` shows the queue and recent results.
 
 from __future__ import annotations
 
-from medlens.watch._config import PacsTarget, PluginOverrides, WatchConfig, load_watch_config
+from medlens.watch._config import (
+    NodeSettings,
+    PacsTarget,
+    PluginOverrides,
+    WatchConfig,
+    load_watch_config,
+)
+from medlens.watch._router import Decision, route_folder
 from medlens.watch._state import StateDB
 from medlens.watch._worker import PluginSource
 from medlens.watch.service import WatchService
 
 __all__ = [
+    "Decision",
+    "NodeSettings",
     "PacsTarget",
     "PluginOverrides",
     "PluginSource",
@@ -21,4 +30,5 @@ __all__ = [
     "WatchConfig",
     "WatchService",
     "load_watch_config",
+    "route_folder",
 ]

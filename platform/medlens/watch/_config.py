@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medlens.errors import ConfigError
 
-__all__ = ["PacsTarget", "PluginOverrides", "WatchConfig", "load_watch_config", "parse_pacs"]
+__all__ = [
+    "NodeSettings",
+    "PacsTarget",
+    "PluginOverrides",
+    "WatchConfig",
+    "load_watch_config",
+    "parse_pacs",
+]
 
 
 class _Frozen(BaseModel):
@@ -44,6 +52,38 @@ class PacsTarget(_Frozen):
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     ae_title: str = Field(min_length=1, max_length=16)
+
+
+class NodeSettings(_Frozen):
+    """Access control and limits of the C-STORE SCP (the DICOM node)."""
+
+    allowed_calling_aets: list[str] | None = Field(
+        default=None,
+        description="Calling AE titles accepted (None: any, with a warning at start).",
+    )
+    require_called_aet: bool = Field(
+        default=True, description="Refuse associations not addressed to our AE title."
+    )
+    max_associations: int = Field(default=8, ge=1, description="Concurrent associations.")
+    acse_timeout_seconds: float = Field(default=10.0, gt=0, description="Association setup.")
+    dimse_timeout_seconds: float = Field(default=30.0, gt=0, description="One DIMSE message.")
+    network_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="A silent connection is closed after this long."
+    )
+    max_pdu_bytes: int = Field(
+        default=1024 * 1024, ge=4096, description="Largest PDU we accept (0 is not allowed)."
+    )
+    tls_cert: Path | None = Field(default=None, description="Server certificate (PEM): TLS on.")
+    tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
+    tls_ca: Path | None = Field(
+        default=None, description="CA bundle: when set, peers must present a certificate."
+    )
+
+    @model_validator(mode="after")
+    def _tls(self) -> NodeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
 
 class WatchConfig(_Frozen):
@@ -76,13 +116,49 @@ class WatchConfig(_Frozen):
     max_declared_bytes: int = Field(
         default=4 * 1024**3, gt=0, description="Refuse instances declaring more pixel bytes."
     )
+    max_file_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Files larger than this are quarantined unread (checked before reading).",
+    )
+    empty_dir_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="Empty sub-folders of the inbox are removed once unchanged this long.",
+    )
     ingest_batch: int = Field(default=256, ge=1, description="Instances per state transaction.")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     scp_port: int | None = Field(default=None, ge=0, le=65535, description="C-STORE SCP port.")
     scp_host: str = Field(default="127.0.0.1", description="Address the SCP listens on.")
     ae_title: str = Field(default="MEDLENS", min_length=1, max_length=16)
+    gap_tolerance: float = Field(
+        default=1.5,
+        gt=1.0,
+        description="A slice gap above this many times the nominal spacing makes a series partial.",
+    )
+    partial_series: Literal["hold", "publish"] = Field(
+        default="hold",
+        description="hold: a partial series waits, incomplete, for its missing slices; "
+        "publish: it runs and its result says partial.",
+    )
+    node: NodeSettings = Field(default_factory=NodeSettings, description="The DICOM node.")
     send_to: PacsTarget | None = Field(default=None, description="PACS receiving results.")
-    send_attempts: int = Field(default=5, ge=1)
+    send_attempts: int = Field(
+        default=5, ge=1, description="Unused: deliveries retry until send_max_age_seconds."
+    )
+    send_backoff_seconds: float = Field(
+        default=2.0, gt=0, description="First delay after a failed delivery (doubles)."
+    )
+    send_backoff_max_seconds: float = Field(
+        default=300.0, gt=0, description="Longest delay between delivery tries."
+    )
+    send_max_age_seconds: float | None = Field(
+        default=None, gt=0, description="Give up a delivery this old (None: never)."
+    )
+    workers: int = Field(default=1, ge=1, description="Jobs run at once (worker processes).")
+    heartbeat_seconds: float = Field(
+        default=5.0, gt=0, description="How often the service records that it is alive."
+    )
     plugins: dict[str, PluginOverrides] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -1,51 +1,27 @@
-"""Per-file DICOM checks for ingest, a PHI-safe attribute view, and a fallback series reader.
+"""Per-file DICOM checks for ingest: is this one file a sound image instance?
 
 Ingest reads each file's bytes once: they are hashed, parsed (pixels not decoded) and,
 if sound, written to the store, so the stored content is exactly the hashed content.
+The checks are those a hostile or broken sender defeats otherwise: UIDs in the UID
+grammar (they become folder names), a transfer syntax that is real and matches the
+encoding, element lengths inside the file, VRs that agree with the dictionary, pixel
+data present, sized as declared and within a ceiling. Routing reads headers with the
+imaging layer's one reader (:mod:`medlens.watch._router`), not here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator, Mapping
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from medlens.errors import DicomError
+from medlens.errors import DicomError, UnsafePathError
+from medlens.safepaths import check_uid, is_uid
+from medlens.watch._phi import captured_warnings, scrub
 
-__all__ = [
-    "IDENTIFYING_KEYWORDS",
-    "InstanceInfo",
-    "SafeAttributes",
-    "parse_instance",
-]
-
-#: Attributes never read into rule evaluation, logs or state (PS3.15 E.1-1 basics).
-IDENTIFYING_KEYWORDS: frozenset[str] = frozenset(
-    {
-        "PatientName",
-        "PatientID",
-        "PatientBirthDate",
-        "PatientBirthTime",
-        "OtherPatientIDs",
-        "OtherPatientIDsSequence",
-        "OtherPatientNames",
-        "PatientAddress",
-        "PatientTelephoneNumbers",
-        "PatientMotherBirthName",
-        "IssuerOfPatientID",
-        "ReferringPhysicianName",
-        "PerformingPhysicianName",
-        "OperatorsName",
-        "AccessionNumber",
-        "InstitutionAddress",
-        "StudyID",
-        "MedicalRecordLocator",
-        "PatientComments",
-    }
-)
+__all__ = ["InstanceInfo", "parse_instance"]
 
 _VR_BYTES = {8: 1, 16: 2, 32: 4, 64: 8}
 
@@ -65,27 +41,78 @@ class InstanceInfo:
 
 
 def _uid(ds: Any, keyword: str) -> str:
-    value = str(ds.get(keyword, "") or "").strip()
+    value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
     if not value:
         raise DicomError(f"missing {keyword}")
-    if len(value) > 64 or not all(c.isdigit() or c == "." for c in value):
-        raise DicomError(f"{keyword} is not a valid UID")
-    return value
+    try:
+        return check_uid(value, keyword)
+    except UnsafePathError as e:
+        raise DicomError(str(e)) from e
 
 
-def parse_instance(data: bytes, *, max_declared_bytes: int) -> InstanceInfo:
+def _check_raw(ds: Any) -> None:
+    # Before values are converted: an element whose declared length runs past the end
+    # of the file (pydicom reads what is there) or whose VR contradicts the dictionary.
+    from pydicom.datadict import dictionary_VR, get_entry
+
+    for tag, raw in [
+        *((t, ds.file_meta.get_item(t)) for t in list(ds.file_meta.keys())),
+        *((t, ds.get_item(t)) for t in list(ds.keys())),
+    ]:
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if length not in (None, 0xFFFFFFFF) and value is not None and len(value) != length:
+            raise DicomError(f"element {tag} declares {length} bytes but the file is truncated")
+        vr = getattr(raw, "VR", None)
+        if vr is None or tag.is_private:
+            continue
+        try:
+            expected = dictionary_VR(tag)
+            retired = get_entry(tag)[3] == "Retired"
+        except KeyError:
+            continue
+        if not retired and vr != "UN" and vr not in expected.split(" or "):
+            raise DicomError(f"element {tag} has VR {vr} where the standard says {expected}")
+
+
+def _check_uids(ds: Any) -> None:
+    # Every top-level UI element must be a UID, not only the ones that name folders:
+    # a value that is not one is a sign of a corrupt or crafted file.
+    for elem in ds:
+        if elem.VR == "UI" and elem.value not in (None, ""):
+            values = elem.value if elem.VM > 1 else [elem.value]
+            for v in values:
+                if not is_uid(str(v).strip().rstrip("\x00")):
+                    raise DicomError(f"{elem.keyword or 'a UI element'} is not a valid UID")
+
+
+def parse_instance(
+    data: bytes, *, max_declared_bytes: int, sha256: str | None = None
+) -> InstanceInfo:
     """Check one file's bytes are a sound image instance.
 
     Args:
         data: The whole file.
         max_declared_bytes: Refuse instances whose declared pixel data is larger.
+        sha256: The bytes' hash if the caller computed it while reading.
 
     Returns:
         The instance's identity and content hash.
 
     Raises:
-        DicomError: With a one-line reason (no identifying values) if it is unusable.
+        DicomError: With a one-line reason (no identifying values) if it is unusable;
+            any unexpected failure of the parser becomes one too.
     """
+    with captured_warnings("ingest"):
+        try:
+            return _parse(data, max_declared_bytes, sha256)
+        except DicomError:
+            raise
+        except Exception as e:  # a parser bug or a case nobody foresaw: still one reason
+            raise DicomError(f"unreadable DICOM: {type(e).__name__}: {scrub(e)}") from e
+
+
+def _parse(data: bytes, max_declared_bytes: int, sha256: str | None) -> InstanceInfo:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -94,18 +121,39 @@ def parse_instance(data: bytes, *, max_declared_bytes: int) -> InstanceInfo:
     if len(data) < 132 or data[128:132] != b"DICM":
         raise DicomError("not a DICOM Part 10 file (no 'DICM' preamble)")
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+        for w in caught:
+            # pydicom reads on when the body's VR encoding contradicts the syntax; we do not.
+            if "found explicit VR" in str(w.message) or "found implicit VR" in str(w.message):
+                raise DicomError("TransferSyntaxUID does not match how the data set is encoded")
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        ts = ds.file_meta.get("TransferSyntaxUID")
+        if ts is None:
+            raise DicomError("no TransferSyntaxUID in the file meta information")
+        if not is_uid(str(ts)) or not ts.is_transfer_syntax:
+            raise DicomError("TransferSyntaxUID is not a known transfer syntax")
+        if ds.original_encoding != (ts.is_implicit_VR, ts.is_little_endian):
+            raise DicomError("TransferSyntaxUID does not match how the data set is encoded")
+        _check_raw(ds)
         ds.get("PixelData")  # parse every element up to the pixels
         _ = [elem.value for elem in ds.iterall() if elem.tag < 0x7FE00010]
+    except DicomError:
+        raise
     except InvalidDicomError as e:
         raise DicomError(f"not DICOM: {type(e).__name__}") from e
     except Exception as e:  # truncated or corrupt elements surface as many types
-        raise DicomError(f"unreadable DICOM: {type(e).__name__}: {_safe(str(e))}") from e
+        raise DicomError(f"unreadable DICOM: {type(e).__name__}: {scrub(e)}") from e
     sop = _uid(ds, "SOPInstanceUID")
     series = _uid(ds, "SeriesInstanceUID")
     study = _uid(ds, "StudyInstanceUID")
+    _check_uids(ds)
     if "PixelData" not in ds:
         raise DicomError("no PixelData: not an image instance")
+    pixel_elem = ds["PixelData"]
+    if pixel_elem.value is None or len(pixel_elem.value) == 0:
+        raise DicomError("PixelData is empty")
     try:
         rows = int(ds.Rows)
         cols = int(ds.Columns)
@@ -121,9 +169,15 @@ def parse_instance(data: bytes, *, max_declared_bytes: int) -> InstanceInfo:
         raise DicomError(
             f"declared dimensions {rows}×{cols}×{frames} ({declared} bytes) exceed the limit"
         )
-    ts = ds.file_meta.get("TransferSyntaxUID")
-    if ts is not None and not ts.is_compressed:
-        actual = len(ds.PixelData)
+    encapsulated = bool(pixel_elem.is_undefined_length)
+    if bool(ts.is_compressed) != encapsulated:
+        raise DicomError(
+            "transfer syntax and PixelData encoding disagree "
+            f"({'compressed' if ts.is_compressed else 'native'} syntax, "
+            f"{'encapsulated' if encapsulated else 'native'} pixels)"
+        )
+    if not ts.is_compressed:
+        actual = len(pixel_elem.value)
         if actual < declared:
             raise DicomError(
                 f"PixelData holds {actual} bytes but {rows}×{cols}×{frames}×{spp} at "
@@ -133,47 +187,17 @@ def parse_instance(data: bytes, *, max_declared_bytes: int) -> InstanceInfo:
         sop_uid=sop,
         series_uid=series,
         study_uid=study,
-        modality=str(ds.get("Modality", "") or "").strip().upper(),
+        modality=_modality(ds),
         rows=rows,
         columns=cols,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256 or hashlib.sha256(data).hexdigest(),
         size=len(data),
     )
 
 
-def _safe(text: str) -> str:
-    # pydicom error texts quote element values at times; keep only the first line, capped.
-    line = text.splitlines()[0] if text else ""
-    return line[:160]
-
-
-class SafeAttributes(Mapping[str, Any]):
-    """Read-only view of a dataset's top-level attributes minus identifying ones.
-
-    Series-selection rules are evaluated against it, so a rule's failure reason can
-    never quote a patient's name or id.
-    """
-
-    def __init__(self, ds: Any) -> None:
-        self._ds = ds
-
-    def __getitem__(self, key: str) -> Any:
-        if key in IDENTIFYING_KEYWORDS or key not in self._ds:
-            raise KeyError(key)
-        return self._ds.get(key)
-
-    def __iter__(self) -> Iterator[str]:
-        for elem in self._ds:
-            kw = elem.keyword
-            if kw and kw not in IDENTIFYING_KEYWORDS and kw != "PixelData":
-                yield kw
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def read_header(path: Path) -> Any:
-    """Header of one stored file (pixels not read)."""
-    import pydicom
-
-    return pydicom.dcmread(path, stop_before_pixels=True)
+def _modality(ds: Any) -> str:
+    value = str(ds.get("Modality", "") or "").strip().upper()
+    # A code string of at most 16 characters (PS3.5 CS); anything else is not trusted.
+    if len(value) > 16 or not all(c.isascii() and (c.isalnum() or c in " _") for c in value):
+        raise DicomError("Modality is not a valid code string")
+    return value

@@ -19,23 +19,31 @@ Crash at any point resumes correctly:
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
 import shutil
+import stat
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import DicomError
+from medlens.errors import DicomError, UnsafePathError
+from medlens.jobs import JobStore as StateDB
+from medlens.safepaths import opaque_name, under_root
 from medlens.watch._audit import AuditLog
 from medlens.watch._config import WatchConfig
 from medlens.watch._dicom import InstanceInfo, parse_instance
-from medlens.watch._state import StateDB
 
-__all__ = ["IngestStats", "Ingestor", "fsync_dir", "write_atomic"]
+__all__ = ["IngestStats", "Ingestor", "fsync_dir", "name_id", "write_atomic"]
+
+_log = logging.getLogger("medlens.watch")
 
 _IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
@@ -91,6 +99,78 @@ def sync_filesystem(folder: Path) -> bool:
         os.close(fd)
 
 
+def name_id(rel: str) -> str:
+    """The opaque id recorded for an inbox file name (its relative path may hold PHI)."""
+    return opaque_name(rel, length=16)
+
+
+class _Reject(Exception):
+    """A file refused before parsing (kind, size, link); ``args[0]`` is the reason."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result, str]:
+    """Read a regular file without following links or blocking, hashing as it streams.
+
+    The file is opened ``O_NONBLOCK | O_NOFOLLOW`` (a FIFO cannot block the service, a
+    link is not followed anywhere), checked to be a regular file on the open
+    descriptor (no race with a rename), and its size is checked against ``limit``
+    before and while reading (a file that grows, or lies about its size, stops there).
+
+    Returns:
+        The bytes, the ``fstat`` of the open file and their sha256.
+
+    Raises:
+        _Reject: With a one-line reason if the file must not be read.
+        FileNotFoundError: If it vanished.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _Reject("a symbolic link (links are never followed)") from e
+        if e.errno == errno.ENOENT:
+            raise FileNotFoundError(str(e.errno)) from e
+        if e.errno == errno.ENXIO:
+            raise _Reject("not a regular file (a socket or device)") from e
+        raise _Reject(f"cannot be opened ({errno.errorcode.get(e.errno or 0, 'error')})") from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Reject(f"not a regular file ({_kind(st.st_mode)})")
+        if st.st_size > limit:
+            raise _Reject(f"file of {st.st_size} bytes exceeds the limit of {limit} bytes")
+        digest = hashlib.sha256()
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise _Reject(f"file grew past the limit of {limit} bytes while read")
+            digest.update(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks), st, digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
 def ignored(name: str) -> bool:
     """Files the watcher never reads: hidden, temporary or partial-download names."""
     return name.startswith(".") or name.endswith(_IGNORED_SUFFIXES)
@@ -123,6 +203,7 @@ class _Ready:
     size: int
     mtime_ns: int
     source: str
+    dest: Path
 
 
 class Ingestor:
@@ -137,9 +218,20 @@ class Ingestor:
     """
 
     def __init__(
-        self, db: StateDB, audit: AuditLog, state_dir: Path, out_dir: Path, config: WatchConfig
+        self,
+        db: StateDB,
+        audit: AuditLog,
+        state_dir: Path,
+        out_dir: Path,
+        config: WatchConfig,
+        *,
+        roots: tuple[Path, ...] = (),
     ) -> None:
         self.db = db
+        # Folders files may be read from (inbox, spool): a path whose folder resolves
+        # elsewhere (a symlinked sub-folder) is never read.
+        self.roots = tuple(r.resolve() for r in roots)
+        self._stuck: dict[Path, tuple[int, int]] = {}
         self.audit = audit
         self.state_dir = state_dir
         self.store = state_dir / "store"
@@ -176,7 +268,7 @@ class Ingestor:
                             continue
                         if e.is_dir(follow_symlinks=False):
                             stack.append(Path(e.path))
-                        elif e.is_file(follow_symlinks=False):
+                        else:  # files, and links, FIFOs, devices: quarantined with a reason
                             self.note(Path(e.path), trusted=trusted)
                             n += 1
             except OSError:
@@ -198,9 +290,16 @@ class Ingestor:
         out: list[Path] = []
         for path, p in list(self._pending.items()):
             try:
-                st = path.stat()
+                st = os.lstat(path)
             except OSError:
                 del self._pending[path]  # moved away or deleted before we read it
+                continue
+            if self._stuck.get(path) == (st.st_size, st.st_mtime_ns):
+                continue  # could not be quarantined; looked at again once it changes
+            if not stat.S_ISREG(st.st_mode):
+                out.append(path)  # links and special files are never waited on
+                if len(out) >= limit:
+                    break
                 continue
             if (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
                 p.size, p.mtime_ns, p.since = st.st_size, st.st_mtime_ns, now
@@ -216,36 +315,100 @@ class Ingestor:
     # --- ingest -----------------------------------------------------------------------
 
     def ingest(self, paths: Iterable[Path]) -> list[int]:
-        """Read, check, store and record files; returns ids of series that changed."""
+        """Read, check, store and record files; returns ids of series that changed.
+
+        Each file is handled under one guard: whatever goes wrong with it (a reason we
+        foresaw, or a bug) ends in quarantine with a one-line reason, never in an
+        exception that stops the service.
+        """
         ready: list[_Ready] = []
         for path in paths:
             p = self._pending.pop(path, None)
             try:
-                with path.open("rb") as fh:
-                    st = os.fstat(fh.fileno())
-                    data = fh.read()
-            except OSError:
+                r = self._examine(path, p)
+            except Exception as e:
+                self._bug(path, e)
                 continue
-            if p is not None and (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
-                self.note(path, trusted=p.trusted)  # changed since it looked stable
-                continue
-            try:
-                info = parse_instance(data, max_declared_bytes=self.config.max_declared_bytes)
-            except DicomError as e:
-                now = time.monotonic()
-                grace = self.config.partial_grace_seconds
-                if p is not None and not p.trusted and now - p.since < grace:
-                    # Perhaps a writer that stalled mid-file: look again before quarantining.
-                    p.retry_at = min(p.since + grace, now + max(self.config.settle_seconds, 0.5))
-                    self._pending[path] = p
-                    continue
-                self.quarantine(path, str(e))
-                continue
-            source = "scp" if p is not None and p.trusted else "folder"
-            ready.append(_Ready(path, data, info, st.st_size, st.st_mtime_ns, source))
+            if r is not None:
+                ready.append(r)
         if not ready:
             return []
         return self._commit(ready)
+
+    def _examine(self, path: Path, p: _Pending | None) -> _Ready | None:
+        if not self._inside_roots(path):
+            return None  # reached through a linked folder: never read, never moved
+        try:
+            data, st, sha = read_regular(path, self.config.max_file_bytes)
+        except FileNotFoundError:
+            return None
+        except _Reject as e:
+            self.quarantine(path, str(e.args[0]))
+            return None
+        if p is not None and (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
+            self.note(path, trusted=p.trusted)  # changed since it looked stable
+            return None
+        try:
+            info = parse_instance(
+                data, max_declared_bytes=self.config.max_declared_bytes, sha256=sha
+            )
+        except DicomError as e:
+            now = time.monotonic()
+            grace = self.config.partial_grace_seconds
+            if p is not None and not p.trusted and now - p.since < grace:
+                # Perhaps a writer that stalled mid-file: look again before quarantining.
+                p.retry_at = min(p.since + grace, now + max(self.config.settle_seconds, 0.5))
+                self._pending[path] = p
+                return None
+            self.quarantine(path, str(e))
+            return None
+        source = "scp" if p is not None and p.trusted else "folder"
+        dest = self._store_path(info)
+        return _Ready(path, data, info, st.st_size, st.st_mtime_ns, source, dest)
+
+    def _store_path(self, info: InstanceInfo) -> Path:
+        try:
+            return under_root(
+                self.store,
+                info.study_uid,
+                info.series_uid,
+                f"{info.sop_uid}.{info.sha256[:16]}.dcm",
+            )
+        except UnsafePathError as e:  # UIDs were checked; this is the second fence
+            raise DicomError(f"store path refused: {e}") from e
+
+    def _inside_roots(self, path: Path) -> bool:
+        if not self.roots:
+            return True
+        parent = Path(os.path.realpath(path.parent))
+        return any(parent == r or parent.is_relative_to(r) for r in self.roots)
+
+    def _bug(self, path: Path, e: BaseException) -> None:
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        reason = f"internal error while ingesting: {type(e).__name__}{where}"
+        # A bug report line: the type and place, never the message (it may quote values).
+        _log.error("BUG: %s (file %s)", reason, self._rel_id(path))
+        try:
+            self.quarantine(path, reason)
+        except Exception as e2:  # the quarantine itself failed: remember, do not loop
+            _log.error("BUG: cannot quarantine file %s: %s", self._rel_id(path), type(e2).__name__)
+            self._remember_stuck(path)
+
+    def _rel_id(self, path: Path) -> str:
+        for r in (*self.roots, *(x.parent for x in self.roots)):
+            try:
+                return name_id(str(path.relative_to(r)))
+            except ValueError:
+                continue
+        return name_id(str(path))
+
+    def _remember_stuck(self, path: Path) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        self._stuck[path] = (st.st_size, st.st_mtime_ns)
 
     def _commit(self, ready: list[_Ready]) -> list[int]:
         now = time.time()
@@ -338,15 +501,15 @@ class Ingestor:
         for p in drop_store:
             p.unlink(missing_ok=True)
         for r, why in mismatched:
-            self.quarantine(r.path, why)
+            try:
+                self.quarantine(r.path, why)
+            except Exception as e:
+                self._bug(r.path, e)
         return sorted(changed)
 
     def _store(self, r: _Ready, dirs: set[Path]) -> str:
-        info = r.info
-        rel = Path(
-            "store", info.study_uid, info.series_uid, f"{info.sop_uid}.{info.sha256[:16]}.dcm"
-        )
-        dest = self.state_dir / rel
+        dest = r.dest  # built by under_root from checked UIDs
+        rel = dest.relative_to(self.state_dir.resolve())
         if not dest.parent.is_dir():
             dest.parent.mkdir(parents=True, exist_ok=True)
             dirs.add(dest.parent.parent)
@@ -357,26 +520,67 @@ class Ingestor:
     # --- quarantine -------------------------------------------------------------------
 
     def quarantine(self, path: Path, reason: str) -> Path | None:
-        """Move ``path`` to ``OUT/quarantine/`` with ``<name>.reason.txt`` beside it."""
+        """Move ``path`` to ``OUT/quarantine/`` with ``<name>.reason.txt`` beside it.
+
+        The quarantine name is a timestamp and a hash of the inbox name, never the name
+        itself (it may carry a patient's name, and its length is bounded). Links and
+        special files are moved as they are (``rename`` never opens them); where a move
+        across filesystems is needed they are removed instead, their reason kept.
+
+        Returns:
+            The quarantined file, or None if it vanished first.
+
+        Raises:
+            OSError: If the file can be neither moved nor removed (the caller remembers it).
+        """
+        rid = self._rel_id(path)
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        dest = self.quarantine_dir / f"{stamp}-{uuid.uuid4().hex[:6]}-{path.name}"
+        dest = under_root(self.quarantine_dir, f"{stamp}-{rid}-{uuid.uuid4().hex[:6]}")
         try:
-            write_atomic(dest.with_name(dest.name + ".reason.txt"), (reason + "\n").encode())
-            try:
-                os.replace(path, dest)
-            except OSError:
-                shutil.copy2(path, dest)
-                path.unlink()
-        except OSError:
-            return None  # the file vanished; nothing to quarantine
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        write_atomic(dest.with_name(dest.name + ".reason.txt"), (reason + "\n").encode())
+        try:
+            os.replace(path, dest)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                dest.with_name(dest.name + ".reason.txt").unlink(missing_ok=True)
+                raise
+            if stat.S_ISREG(st.st_mode):
+                shutil.copyfile(path, dest, follow_symlinks=False)
+            path.unlink()
         self.stats.quarantined += 1
         with self.db.tx() as c:
             c.execute(
                 "INSERT INTO quarantine(name, path, reason, at) VALUES (?,?,?,?)",
-                (path.name, dest.name, reason, time.time()),
+                (rid, dest.name, reason, time.time()),
             )
-        self.audit.write("quarantined", file=dest.name, reason=reason)
+        self.audit.write("quarantined", file=dest.name, source_id=rid, reason=reason)
+        _log.warning("quarantined file %s: %s", rid, reason)
         return dest
+
+    def clean_empty_dirs(self, root: Path, older_than_s: float) -> int:
+        """Remove folders under ``root`` left empty for ``older_than_s`` (not ``root``).
+
+        ``rmdir`` fails on a folder that is no longer empty, so a sender writing into it
+        right now loses nothing; the age guard leaves a folder just made for a transfer.
+        """
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+            d = Path(dirpath)
+            if d == root or filenames:
+                continue
+            try:
+                if os.lstat(d).st_mtime < cutoff:
+                    os.rmdir(d)
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -394,6 +598,7 @@ class Ingestor:
             try:
                 data = p.read_bytes()
                 info = parse_instance(data, max_declared_bytes=self.config.max_declared_bytes)
+                dest = self._store_path(info)
             except (OSError, DicomError):
                 p.unlink(missing_ok=True)
                 continue
@@ -402,7 +607,7 @@ class Ingestor:
                 p.unlink(missing_ok=True)  # the database holds another version: it wins
                 continue
             st = p.stat()
-            r = _Ready(p, data, info, st.st_size, st.st_mtime_ns, "recovered")
+            r = _Ready(p, data, info, st.st_size, st.st_mtime_ns, "recovered", dest)
             # Record it in place: _commit would rewrite the same bytes to the same name.
             self._commit([r])
             fixed += 1

@@ -3,18 +3,28 @@
 Received instances are written to ``STATE/spool/`` (temporary name, fsync, rename)
 *before* the SCP answers Success, so an acknowledged instance survives a crash; the
 ingest loop then treats spool files like watched files (already complete, no settling).
+Spooled files go through the same checks as folder input (UID grammar included), so the
+network is no shortcut around them.
+
+The node is hardened (:class:`~medlens.watch._config.NodeSettings`): the called AE
+title must be ours and the calling AE title on the allowlist; optional TLS (with
+client certificates when a CA is given); ACSE, DIMSE and network idle timeouts; a PDU
+size limit; and a maximum of concurrent associations that counts only peers that have
+actually asked for an association, so silent TCP connections (dropped after the ACSE
+timeout) cannot lock real senders out.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from medlens.errors import ConfigError, OutputError
-from medlens.watch._config import PacsTarget
+from medlens.watch._config import NodeSettings, PacsTarget
 from medlens.watch._ingest import write_atomic
 
 __all__ = ["StoreSCP", "send_files"]
@@ -41,7 +51,9 @@ class StoreSCP:
         host: str,
         port: int,
         on_file: Callable[[Path], None] | None = None,
+        node: NodeSettings | None = None,
     ) -> None:
+        self.node = node or NodeSettings()
         self.spool = spool
         self.ae_title = ae_title
         self.host = host
@@ -49,6 +61,7 @@ class StoreSCP:
         self.on_file = on_file
         self._server: Any = None
         self.received = 0
+        self.rejected = 0
 
     def start(self) -> None:
         """Start listening (in pynetdicom's threads).
@@ -56,18 +69,32 @@ class StoreSCP:
         Raises:
             ConfigError: If the port cannot be bound.
         """
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        from pynetdicom import AllStoragePresentationContexts, evt
 
+        node = self.node
         self.spool.mkdir(parents=True, exist_ok=True)
-        ae = AE(ae_title=self.ae_title)
+        ae = _NodeAE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
-        ae.maximum_pdu_size = 0
+        ae.maximum_pdu_size = node.max_pdu_bytes
+        ae.maximum_associations = node.max_associations
+        ae.acse_timeout = node.acse_timeout_seconds
+        ae.dimse_timeout = node.dimse_timeout_seconds
+        ae.network_timeout = node.network_timeout_seconds
+        ae.require_called_aet = node.require_called_aet
+        if node.allowed_calling_aets:
+            ae.require_calling_aet = list(node.allowed_calling_aets)
+        else:
+            _log.warning("the DICOM node accepts any calling AE title (no allowlist set)")
         try:
             self._server = ae.start_server(
                 (self.host, self.port),
                 block=False,
-                evt_handlers=[(evt.EVT_C_STORE, self._on_store)],
+                evt_handlers=[
+                    (evt.EVT_C_STORE, self._on_store),
+                    (evt.EVT_REJECTED, self._on_rejected),
+                ],
+                ssl_context=_tls_context(node),
             )
         except OSError as e:
             raise ConfigError(f"cannot listen on {self.host}:{self.port}: {e.strerror}") from e
@@ -86,11 +113,67 @@ class StoreSCP:
             self.on_file(self.spool / name)
         return 0x0000
 
+    def _on_rejected(self, event: Any) -> None:
+        self.rejected += 1
+        _log.warning("association from %s refused", event.assoc.requestor.address)
+
     def stop(self) -> None:
         """Stop listening."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+def _node_ae_class() -> Any:
+    from pynetdicom import AE
+
+    class NodeAE(AE):
+        """An AE whose association limit counts only peers that sent a request."""
+
+        @property
+        def active_associations(self) -> list[Any]:
+            # pynetdicom counts every accepted socket; a silent one has no request yet.
+            return [
+                a
+                for a in super().active_associations
+                if not a.is_acceptor or a.requestor.primitive is not None
+            ]
+
+    return NodeAE
+
+
+def _NodeAE(ae_title: str) -> Any:  # noqa: N802 - a factory standing in for the class
+    return _node_ae_class()(ae_title=ae_title)
+
+
+def _tls_context(node: NodeSettings) -> ssl.SSLContext | None:
+    if node.tls_cert is None or node.tls_key is None:
+        return None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(node.tls_cert), str(node.tls_key))
+        if node.tls_ca is not None:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(str(node.tls_ca))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"TLS for the DICOM node: {e}") from e
+    return ctx
+
+
+def _reachable(target: PacsTarget) -> None:
+    # Probe the port first: pynetdicom drops (without closing) the socket of a refused
+    # connection, and an outage means a refused connection on every try.
+    import socket
+
+    try:
+        with socket.create_connection((target.host, target.port), timeout=5):
+            pass
+    except OSError as e:
+        raise OutputError(
+            f"{target.ae_title}@{target.host}:{target.port} unreachable: "
+            f"{e.strerror or type(e).__name__}"
+        ) from e
 
 
 def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> int:
@@ -105,7 +188,13 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
     datasets = [pydicom.dcmread(p) for p in files]
     if not datasets:
         return 0
+    _reachable(target)
     ae = AE(ae_title=ae_title)
+    # A PACS that is down or silent must not hold the service's loop for long.
+    ae.acse_timeout = 10
+    ae.dimse_timeout = 60
+    ae.network_timeout = 30
+    ae.connection_timeout = 5
     for ds in datasets:
         ts = ds.file_meta.TransferSyntaxUID
         ae.add_requested_context(ds.SOPClassUID, [ts])

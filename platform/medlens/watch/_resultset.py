@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medlens.jobs import JobStore
+from medlens.safepaths import check_uid, under_root
 from medlens.watch._ingest import fsync_dir, write_atomic
-from medlens.watch._state import StateDB
 
 __all__ = [
     "CURRENT",
@@ -39,8 +40,13 @@ RESULTSET = "resultset.json"
 
 
 def plugin_dir(out_root: Path, study_uid: str, series_uid: str, plugin: str) -> Path:
-    """Folder holding the versions of one plugin's results on one series."""
-    return out_root / study_uid / series_uid / plugin
+    """Folder holding the versions of one plugin's results on one series.
+
+    Raises:
+        UnsafePathError: If a UID or the plugin id is not a safe name, or the folder
+            would resolve outside ``out_root``.
+    """
+    return under_root(out_root, check_uid(study_uid), check_uid(series_uid), plugin)
 
 
 def staging_dir(pdir: Path, job_id: int, attempt: int) -> Path:
@@ -77,38 +83,33 @@ def _set_current(pdir: Path, version: int) -> None:
     os.replace(tmp, link)
 
 
-def update_pointers(db: StateDB, out_root: Path, series_id: int, plugin: str) -> None:
+def update_pointers(db: JobStore, out_root: Path, series_id: int, plugin: str) -> None:
     """Make ``current`` and the superseded markers of one (series, plugin) match the DB."""
-    rows = db.all(
-        "SELECT r.id, r.version, r.path, r.superseded_by, r.created_at FROM results r "
-        "WHERE r.series_id=? AND r.plugin=? ORDER BY r.version",
-        series_id,
-        plugin,
-    )
-    by_id = {r["id"]: r for r in rows}
+    rows = db.results_of(series_id, plugin)
+    by_id = {r.id: r for r in rows}
     for r in rows:
-        folder = out_root / r["path"]
-        if r["superseded_by"] is None:
+        folder = out_root / r.path
+        if r.superseded_by is None:
             if folder.is_dir():
-                _set_current(folder.parent, int(r["version"]))
+                _set_current(folder.parent, r.version)
             continue
         marker = folder / SUPERSEDED
         if folder.is_dir() and not marker.exists():
-            newer = by_id.get(r["superseded_by"])
+            newer = by_id.get(r.superseded_by)
             write_atomic(
                 marker,
                 json.dumps(
                     {
-                        "superseded_by": f"v{newer['version']}" if newer else None,
+                        "superseded_by": f"v{newer.version}" if newer else None,
                         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     }
                 ).encode(),
             )
 
 
-def reconcile(db: StateDB, out_root: Path) -> dict[str, int]:
+def reconcile(db: JobStore, out_root: Path) -> dict[str, int]:
     """After a (re)start: remove staging and uncommitted folders, repair pointers."""
-    committed = {r["path"] for r in db.all("SELECT path FROM results")}
+    committed = db.committed_paths()
     removed = 0
     for study in _dirs(out_root):
         if study.name == "quarantine":
@@ -122,9 +123,9 @@ def reconcile(db: StateDB, out_root: Path) -> dict[str, int]:
                     ):
                         shutil.rmtree(v, ignore_errors=True)
                         removed += 1
-    pairs = db.all("SELECT DISTINCT series_id, plugin FROM results")
-    for p in pairs:
-        update_pointers(db, out_root, int(p["series_id"]), str(p["plugin"]))
+    pairs = db.result_pairs()
+    for series_id, plugin in pairs:
+        update_pointers(db, out_root, series_id, plugin)
     return {"removed": removed, "pointers": len(pairs)}
 
 

@@ -1,10 +1,12 @@
 """``medlens watch``: a folder (and optional DICOM node) feeding plugins, crash-safe.
 
-One process, one loop: observe → ingest stable files → route stable series → run
-jobs in a supervised worker → commit versioned result sets → send them to a PACS.
-Everything the loop decides is in SQLite first, so a restart after ``kill -9`` at any
-moment resumes: running jobs are requeued, half-written outputs are removed, orphan
-store files are registered, pointers are rebuilt from the database.
+One loop: observe → ingest stable files → route stable series → hand jobs to an
+executor → commit versioned result sets → deliver them to a PACS. The service is thin:
+the job store (:class:`~medlens.jobs.JobStore`) holds all state and SQL, the router
+(:mod:`medlens.watch._router`) decides, the executor (:class:`~medlens.jobs.Executor`)
+runs. Everything decided is in SQLite first, so a restart after ``kill -9`` at any
+moment resumes: running jobs are requeued with their attempt handed back, half-written
+outputs are removed, orphan store files are registered, pointers are rebuilt.
 """
 
 from __future__ import annotations
@@ -17,24 +19,39 @@ import os
 import shutil
 import signal
 import threading
-import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import ConfigError, MedLensError
+from medlens.errors import ConfigError
+from medlens.imaging.facts import facts_of_headers
+from medlens.jobs import (
+    Clock,
+    Executor,
+    FailureKind,
+    Finished,
+    Job,
+    JobSpec,
+    JobStore,
+    LocalExecutor,
+    PluginSource,
+    SeriesRow,
+    SystemClock,
+)
 from medlens.plugin_api._manifest import Manifest
-from medlens.plugin_api._selection import evaluate
 from medlens.plugin_api._vocab import Artifact
 from medlens.watch._audit import AuditLog
 from medlens.watch._config import WatchConfig
-from medlens.watch._dicom import SafeAttributes, read_header
 from medlens.watch._ingest import Ingestor
-from medlens.watch._netnode import StoreSCP, send_files
+from medlens.watch._layout import check_layout
+from medlens.watch._netnode import StoreSCP
+from medlens.watch._outbound import Outbound
+from medlens.watch._partial import gaps
+from medlens.watch._phi import install as install_scrubbing
 from medlens.watch._resultset import plugin_dir, promote, reconcile, staging_dir, update_pointers
-from medlens.watch._state import Job, StateDB
-from medlens.watch._worker import JobOutcome, JobSpec, PluginSource, Worker
+from medlens.watch._router import decide, series_headers
 
 __all__ = ["WatchService"]
 
@@ -50,7 +67,6 @@ class _Running:
     final: Path
     input_sha256: str
     instances: int
-    started: float
 
 
 class WatchService:
@@ -63,9 +79,12 @@ class WatchService:
         config: Settings.
         source: Where plugins come from (installed entry points unless overridden).
         poll: Use watchdog's polling observer instead of inotify.
+        executor: Where jobs run [a :class:`~medlens.jobs.LocalExecutor` with
+            ``config.workers`` worker processes].
+        clock: Time source [the system clocks].
 
     Raises:
-        ConfigError: If another service holds ``state_dir`` or folders are unusable.
+        ConfigError: If another service holds ``state_dir`` or the folders nest.
     """
 
     def __init__(
@@ -77,6 +96,8 @@ class WatchService:
         *,
         source: PluginSource | None = None,
         poll: bool = False,
+        executor: Executor | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.in_dir = in_dir.resolve()
         self.out_dir = out_dir.resolve()
@@ -84,36 +105,48 @@ class WatchService:
         self.config = config or WatchConfig()
         self.source = source or PluginSource()
         self.poll = poll
+        self.clock: Clock = clock or SystemClock()
+        check_layout(self.in_dir, self.out_dir, self.state_dir, self.out_dir / "quarantine")
         for d in (self.in_dir, self.out_dir, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)
-        if self.in_dir in (self.out_dir, self.state_dir) or self.out_dir == self.state_dir:
-            raise ConfigError("IN, OUT and STATE must be different folders")
         self._lock_fh = (self.state_dir / "service.lock").open("a")
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             self._lock_fh.close()
             raise ConfigError(f"another medlens watch uses {str(self.state_dir)!r}") from e
-        self.db = StateDB(self.state_dir / "state.db")
+        self.db = JobStore(self.state_dir / "state.db")
         self.audit = AuditLog(self.state_dir / "audit.jsonl")
-        self.ingestor = Ingestor(self.db, self.audit, self.state_dir, self.out_dir, self.config)
         self.spool = self.state_dir / "spool"
+        self.ingestor = Ingestor(
+            self.db,
+            self.audit,
+            self.state_dir,
+            self.out_dir,
+            self.config,
+            roots=(self.in_dir, self.spool),
+        )
         self.jobs_dir = self.state_dir / "jobs"
-        self.worker = Worker(self.source)
+        self.executor: Executor = executor or LocalExecutor(
+            self.source, self.config.workers, self.clock
+        )
+        self.outbound = Outbound(self.db, self.audit, self.out_dir, self.config, self.clock)
         self.scp: StoreSCP | None = None
         self._observer: Any = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._running: _Running | None = None
+        self._running: dict[int, _Running] = {}
         self._rescan_dirs: set[Path] = set()
         self._next_rescan = 0.0
+        self._next_beat = 0.0
         self._plugins: list[Manifest] = []
-        self._excluded: set[str] = set()
+        self._started = False
 
     # --- life cycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Recover from any earlier crash, discover plugins, start observers and the SCP."""
+        install_scrubbing()
         host = self.source.host()
         for err in host.errors():
             _log.warning("plugin rejected: %s", err)
@@ -124,29 +157,40 @@ class WatchService:
             and Artifact.MASK not in m.consumes
             and self.config.for_plugin(m.id).enabled
         ]
+        now = self.clock.time()
+        crashed = self.db.service_started(os.getpid(), now)
         requeued = self.db.requeue_running()
         recovered = self.ingestor.reconcile_store()
         fixed = reconcile(self.db, self.out_dir)
         shutil.rmtree(self.jobs_dir, ignore_errors=True)
         self.jobs_dir.mkdir(parents=True)
         self.spool.mkdir(parents=True, exist_ok=True)
+        if crashed:
+            # The previous run ended without its clean stop: a crash, kill -9 or power loss.
+            self.audit.write("service_crashed", detected_at_start=True)
         self.audit.write(
             "service_started",
             plugins={m.id: m.version for m in self._plugins},
             requeued_jobs=requeued,
             recovered_instances=recovered,
             removed_partial_outputs=fixed["removed"],
+            workers=self.config.workers,
+            after_crash=crashed,
             pid=os.getpid(),
         )
         _log.info(
-            "watching %s (plugins: %s; requeued %d job(s), recovered %d instance(s))",
+            "watching %s (plugins: %s; %d worker(s); requeued %d job(s), recovered %d "
+            "instance(s)%s)",
             self.in_dir,
             ", ".join(m.id for m in self._plugins) or "none",
+            self.config.workers,
             requeued,
             recovered,
+            "; the previous run crashed" if crashed else "",
         )
+        self._started = True
         if self._plugins:
-            self.worker.prewarm()
+            self.executor.prewarm()
         self._start_observer()
         if self.config.scp_port is not None:
             scp = StoreSCP(
@@ -155,6 +199,7 @@ class WatchService:
                 host=self.config.scp_host,
                 port=self.config.scp_port,
                 on_file=self._on_spool_file,
+                node=self.config.node,
             )
             scp.start()
             self.scp = scp  # published once it listens
@@ -211,7 +256,7 @@ class WatchService:
         try:
             self.start()
             while not self._stop.is_set():
-                self.step()
+                self._guarded_step()
                 if until is not None and until(self):
                     break
                 self._wake.wait(self.config.tick_seconds)
@@ -224,7 +269,7 @@ class WatchService:
         return 0
 
     def close(self) -> None:
-        """Stop observers, the SCP and the worker; close the database and the log."""
+        """Stop observers, the SCP and the workers; close the database and the log."""
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(5)
@@ -232,11 +277,16 @@ class WatchService:
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
-        self.worker.close()
-        if self._running is not None:
-            self._requeue(self._running, "service stopped")
-            self._running = None
+        for job_id in self.executor.cancel_all():
+            if job_id in self._running:
+                self._hand_back(self._running.pop(job_id), "service stopped")
+        self.executor.close()
+        for run in list(self._running.values()):
+            self._hand_back(run, "service stopped")
+        self._running.clear()
         with contextlib.suppress(Exception):
+            if self._started:
+                self.db.service_stopped(self.clock.time())
             self.audit.write("service_stopped", pid=os.getpid())
         self.audit.close()
         self.db.close()
@@ -244,31 +294,45 @@ class WatchService:
         self._lock_fh.close()
 
     def _drain(self) -> None:
-        if self._running is None:
+        if not self._running:
             return
         _log.info(
-            "draining: waiting up to %gs for job %d",
+            "draining: waiting up to %gs for %d job(s)",
             self.config.drain_seconds,
-            self._running.job.id,
+            len(self._running),
         )
-        deadline = time.monotonic() + self.config.drain_seconds
-        while time.monotonic() < deadline:
-            outcome = self.worker.poll(0.1)
-            if outcome is not None:
-                self._finish(outcome)
-                return
-        self.worker.kill()
-        self._requeue(self._running, "service stopped before the job finished")
-        self._running = None
+        deadline = self.clock.monotonic() + self.config.drain_seconds
+        while self._running and self.clock.monotonic() < deadline:
+            for fin in self.executor.poll(0.1):
+                self._finish(fin)
+        for job_id in self.executor.cancel_all():
+            run = self._running.pop(job_id, None)
+            if run is not None:
+                self._hand_back(run, "service stopped before the job finished")
 
     # --- one iteration ----------------------------------------------------------------
 
+    def _guarded_step(self) -> None:
+        # Input never reaches here as an exception (ingest guards each file); this is the
+        # last fence against a bug or a passing filesystem/database error: log, go on.
+        try:
+            self.step()
+        except Exception as e:
+            tb = traceback.extract_tb(e.__traceback__)
+            where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+            _log.error("BUG: loop step failed: %s%s (continuing)", type(e).__name__, where)
+            self._stop.wait(min(5.0, max(self.config.tick_seconds, 0.5)))
+
     def step(self) -> None:
-        """One pass of the loop: ingest, route, drive the worker, send results."""
-        now = time.monotonic()
+        """One pass of the loop: ingest, route, drive the executor, send results."""
+        now = self.clock.monotonic()
+        if now >= self._next_beat:
+            self.db.heartbeat(self.clock.time())
+            self._next_beat = now + self.config.heartbeat_seconds
         if now >= self._next_rescan:
             self.ingestor.scan(self.in_dir)
             self.ingestor.scan(self.spool, trusted=True)
+            self.ingestor.clean_empty_dirs(self.in_dir, self.config.empty_dir_seconds)
             self._next_rescan = now + self.config.rescan_seconds
         while self._rescan_dirs:
             self.ingestor.scan(self._rescan_dirs.pop())
@@ -277,168 +341,116 @@ class WatchService:
             if not ready:
                 break
             self.ingestor.ingest(ready)
-        self._route(time.time())
-        self._drive_worker(time.time())
-        if self.config.send_to is not None:
-            self._send(time.time())
+        self._route(self.clock.time())
+        self._drive(self.clock.time())
+        self.outbound.step()
 
     # --- routing ----------------------------------------------------------------------
 
     def _route(self, now: float) -> None:
-        for s in self.db.all("SELECT * FROM series WHERE status='collecting'"):
-            gen = int(s["generation"])
-            decided = {
-                r["plugin"]
-                for r in self.db.all(
-                    "SELECT plugin FROM routing WHERE series_id=? AND generation=?", s["id"], gen
-                )
-            }
+        for s in self.db.collecting_series():
+            decided = self.db.decided_plugins(s.id, s.generation)
             todo = [
                 m
                 for m in self._plugins
-                if m.id not in decided and now - s["last_change"] >= self.config.quiet_for(m.id)
+                if m.id not in decided and now - s.last_change >= self.config.quiet_for(m.id)
             ]
             if todo:
-                self._decide(s, todo, now)
+                if not self._decide(s, todo, now):
+                    continue  # held as incomplete until more instances arrive
                 decided |= {m.id for m in todo}
             if len(decided) >= len(self._plugins) and (
-                self._plugins or now - s["last_change"] >= self.config.quiet_seconds
+                self._plugins or now - s.last_change >= self.config.quiet_seconds
             ):
-                self._settle_series(s, gen)
+                self._settle_series(s)
 
-    def _decide(self, s: Any, plugins: list[Manifest], now: float) -> None:
-        first = self.db.one(
-            "SELECT path FROM instances WHERE series_id=? ORDER BY id LIMIT 1", s["id"]
-        )
-        count = self.db.one("SELECT COUNT(*) FROM instances WHERE series_id=?", s["id"])
-        n = int(count[0]) if count is not None else 0
-        try:
-            attrs: Any = (
-                SafeAttributes(read_header(self.state_dir / first["path"])) if first else {}
-            )
-        except Exception as e:  # a stored header that no longer reads: route on nothing
-            _log.warning("series %s: header unreadable (%s)", s["series_uid"], type(e).__name__)
-            attrs = {}
-        with self.db.tx() as c:
-            for m in plugins:
-                reasons: list[str] = []
-                if s["modality"] not in {str(x) for x in m.modality}:
-                    reasons.append(
-                        f"Modality {s['modality']!r} not in {[str(x) for x in m.modality]}"
-                    )
-                else:
-                    reasons.extend(evaluate(m.selection, attrs, n).reasons)
-                matched = not reasons
-                c.execute(
-                    "INSERT OR IGNORE INTO routing VALUES (?,?,?,?,?,?)",
-                    (s["id"], s["generation"], m.id, int(matched), "; ".join(reasons), now),
-                )
-                if not matched:
-                    continue
-                stable_at = float(s["last_change"]) + self.config.quiet_for(m.id)
-                c.execute(
-                    "UPDATE jobs SET status='superseded', finished_at=?, "
-                    "error='a newer instance arrived before it ran' "
-                    "WHERE series_id=? AND plugin=? AND status='queued'",
-                    (now, s["id"], m.id),
-                )
-                c.execute(
-                    "INSERT OR IGNORE INTO jobs(series_id, plugin, generation, status, "
-                    "created_at, stable_at) VALUES (?,?,?,'queued',?,?)",
-                    (s["id"], m.id, s["generation"], now, stable_at),
-                )
-        for m in plugins:
-            _log.info("series %s stable (%d instances) → %s", s["series_uid"], n, m.id)
-
-    def _settle_series(self, s: Any, gen: int) -> None:
-        rows = self.db.all(
-            "SELECT plugin, matched, reasons FROM routing WHERE series_id=? AND generation=?",
-            s["id"],
-            gen,
-        )
-        if any(r["matched"] for r in rows):
-            status, note = "queued", None
-        else:
-            reasons = {r["plugin"]: r["reasons"] for r in rows} or {
-                "*": "no plugin that consumes images is installed"
-            }
-            status, note = "unrouted", reasons
+    def _decide(self, s: SeriesRow, plugins: list[Manifest], now: float) -> bool:
+        stored = [self.state_dir / rel for _sop, _sha, rel in self.db.series_instances(s.id)]
+        n = len(stored)
+        headers = series_headers(stored)
+        g = gaps(headers)
+        partial = g is not None and g.partial(self.config.gap_tolerance)
+        if partial and g is not None and self.config.partial_series == "hold":
+            # Not published as current: a volume with missing slices is interpolated
+            # into a confident, wrong result. A new instance makes it collecting again.
+            note = {"incomplete": g.as_dict(), "tolerance": self.config.gap_tolerance}
+            self.db.settle_series(s.id, s.generation, "incomplete", note)
             self.audit.write(
-                "series_unrouted",
-                series_uid=s["series_uid"],
-                study_uid=s["study_uid"],
-                generation=gen,
-                reasons=reasons,
+                "series_incomplete", series_uid=s.series_uid, generation=s.generation, **note
             )
-            _log.warning("series %s: no plugin accepts it", s["series_uid"])
-        import json
+            _log.warning(
+                "series %s held as incomplete: a gap of %.1f mm where slices are %.1f mm apart",
+                s.series_uid,
+                g.largest_mm,
+                g.nominal_mm,
+            )
+            return False
+        self.db.set_partial(s.id, g.as_dict() if partial and g is not None else None)
+        decisions = decide(plugins, facts_of_headers(headers) if headers else None)
+        self.db.record_routing(
+            s,
+            [
+                (d.plugin, d.matched, d.reasons, s.last_change + self.config.quiet_for(d.plugin))
+                for d in decisions
+            ],
+            now,
+        )
+        for d in decisions:
+            if d.matched:
+                _log.info("series %s stable (%d instances) → %s", s.series_uid, n, d.plugin)
+        return True
 
-        with self.db.tx() as c:
-            c.execute(
-                "UPDATE series SET status=?, note=? WHERE id=? AND generation=?",
-                (status, json.dumps(note) if note else None, s["id"], gen),
-            )
+    def _settle_series(self, s: SeriesRow) -> None:
+        rows = self.db.routing_of(s.id, s.generation)
+        if any(matched for _, matched, _ in rows):
+            self.db.settle_series(s.id, s.generation, "queued", None)
+            return
+        reasons = {p: r for p, _, r in rows} or {"*": "no plugin that consumes images is installed"}
+        self.audit.write(
+            "series_unrouted",
+            series_uid=s.series_uid,
+            study_uid=s.study_uid,
+            generation=s.generation,
+            reasons=reasons,
+        )
+        _log.warning("series %s: no plugin accepts it", s.series_uid)
+        self.db.settle_series(s.id, s.generation, "unrouted", reasons)
 
     # --- jobs -------------------------------------------------------------------------
 
-    def _drive_worker(self, now: float) -> None:
-        if self._running is not None:
-            outcome = self.worker.poll()
-            if outcome is not None:
-                self._finish(outcome)
-            return
-        while True:
-            job = self.db.next_job(now)
+    def _drive(self, now: float) -> None:
+        for fin in self.executor.poll():
+            self._finish(fin)
+        while self.executor.free_slots() > 0:
+            job = self.db.next_job(now, exclude=set(self._running))
             if job is None:
                 return
-            if self._begin(job, now):
-                return
+            if not self.db.is_current(job):
+                self.db.supersede(job.id, now)
+                continue
+            self._begin(job, now)
 
-    def _begin(self, job: Job, now: float) -> bool:
-        srow = self.db.one("SELECT generation FROM series WHERE id=?", job.series_id)
-        if srow is None or int(srow["generation"]) != job.generation:
-            with self.db.tx() as c:
-                c.execute(
-                    "UPDATE jobs SET status='superseded', finished_at=?, "
-                    "error='a newer instance arrived before it ran' WHERE id=?",
-                    (now, job.id),
-                )
-            return False
-        instances = self.db.all(
-            "SELECT sop_uid, sha256, path FROM instances WHERE series_id=? ORDER BY sop_uid",
-            job.series_id,
-        )
-        with self.db.tx() as c:
-            version = job.version
-            if version is None:
-                row = c.execute(
-                    "SELECT COALESCE(MAX(version), 0) FROM jobs WHERE series_id=? AND plugin=?",
-                    (job.series_id, job.plugin),
-                ).fetchone()
-                version = int(row[0]) + 1
-            c.execute(
-                "UPDATE jobs SET status='running', version=?, attempts=attempts+1, "
-                "started_at=? WHERE id=?",
-                (version, now, job.id),
-            )
+    def _begin(self, job: Job, now: float) -> None:
+        instances = self.db.series_instances(job.series_id)
+        version = self.db.start(job, now)
         attempt = job.attempts + 1
         input_dir = self.jobs_dir / str(job.id)
         shutil.rmtree(input_dir, ignore_errors=True)
         input_dir.mkdir(parents=True)
         digest = hashlib.sha256()
-        for inst in instances:
-            src = self.state_dir / inst["path"]
-            dst = input_dir / Path(inst["path"]).name
+        for _sop, sha, rel in instances:
+            src = self.state_dir / rel
+            dst = input_dir / Path(rel).name
             try:
                 os.link(src, dst)
             except OSError:
                 shutil.copy2(src, dst)
-            digest.update(inst["sha256"].encode())
+            digest.update(sha.encode())
         pdir = plugin_dir(self.out_dir, job.study_uid, job.series_uid, job.plugin)
         staging = staging_dir(pdir, job.id, attempt)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        self._running = _Running(
+        self._running[job.id] = _Running(
             job=job,
             attempt=attempt,
             version=version,
@@ -446,7 +458,6 @@ class WatchService:
             final=pdir / f"v{version}",
             input_sha256=digest.hexdigest(),
             instances=len(instances),
-            started=time.time(),
         )
         spec = JobSpec(
             job_id=job.id,
@@ -455,10 +466,13 @@ class WatchService:
             out_dir=str(staging),
             device=self.config.device,
         )
-        self.worker.start(
+        self.executor.submit(
             spec,
             timeout_s=self.config.timeout_for(job.plugin),
             memory_mb=self.config.memory_for(job.plugin),
+        )
+        self.audit.write(
+            "job_started", job_id=job.id, plugin=job.plugin, attempt=attempt, version=version
         )
         _log.info(
             "job %d: %s on series %s (v%d, attempt %d)",
@@ -468,36 +482,30 @@ class WatchService:
             version,
             attempt,
         )
-        return True
 
-    def _finish(self, outcome: JobOutcome) -> None:
-        run = self._running
-        assert run is not None
-        self._running = None
+    def _finish(self, fin: Finished) -> None:
+        run = self._running.pop(fin.job_id, None)
+        if run is None:
+            return
+        outcome = fin.outcome
         job = run.job
         if outcome.ok:
-            self._commit(run, outcome)
+            self._commit(run, outcome.summary, fin.peak_rss_mb)
+        elif outcome.kind == FailureKind.INTERRUPTED:
+            self._hand_back(run, outcome.error or "interrupted")
         else:
             shutil.rmtree(run.staging, ignore_errors=True)
             limit = self.config.attempts_for(job.plugin)
             final = not outcome.retryable or run.attempt >= limit
-            now = time.time()
-            with self.db.tx() as c:
-                c.execute(
-                    "UPDATE jobs SET status=?, error=?, not_before=?, finished_at=? WHERE id=?",
-                    (
-                        "failed" if final else "queued",
-                        outcome.error,
-                        now + self.config.retry_delay_seconds * run.attempt,
-                        now if final else None,
-                        job.id,
-                    ),
-                )
-                if final:
-                    c.execute(
-                        "UPDATE series SET status='failed' WHERE id=? AND generation=?",
-                        (job.series_id, job.generation),
-                    )
+            now = self.clock.time()
+            self.db.fail(
+                job,
+                error=outcome.error or "failed",
+                kind=outcome.kind,
+                final=final,
+                not_before=now + self.config.retry_delay_seconds * run.attempt,
+                now=now,
+            )
             self.audit.write(
                 "job_failed" if final else "job_retry",
                 job_id=job.id,
@@ -505,25 +513,26 @@ class WatchService:
                 series_uid=job.series_uid,
                 attempt=run.attempt,
                 max_attempts=limit,
+                failure_kind=str(outcome.kind),
                 error=outcome.error,
                 input_sha256=run.input_sha256,
-                peak_rss_mb=round(self.worker.peak_rss_mb, 1),
+                peak_rss_mb=round(fin.peak_rss_mb, 1),
             )
             log = _log.error if final else _log.warning
             log(
-                "job %d: %s attempt %d/%d failed: %s",
+                "job %d: %s attempt %d/%d failed (%s): %s",
                 job.id,
                 job.plugin,
                 run.attempt,
                 limit,
+                outcome.kind,
                 outcome.error,
             )
         shutil.rmtree(self.jobs_dir / str(job.id), ignore_errors=True)
-        self.worker.prewarm()  # replace a killed worker while the loop does other work
+        self.executor.prewarm()  # replace a killed worker while the loop does other work
 
-    def _commit(self, run: _Running, outcome: JobOutcome) -> None:
+    def _commit(self, run: _Running, summary: dict[str, Any], peak_rss_mb: float) -> None:
         job = run.job
-        summary = outcome.summary
         prov = summary.get("provenance", {})
         record = {
             "job_id": job.id,
@@ -535,49 +544,16 @@ class WatchService:
             "series_uid": job.series_uid,
             "generation": job.generation,
             "input": {"instances": run.instances, "sha256": run.input_sha256},
+            # Set only when the policy published a series with missing slices anyway.
+            "partial": self.db.partial_of(job.series_id),
             "summary": summary,
         }
         promote(run.staging, run.final, record)
-        now = time.time()
+        now = self.clock.time()
         rel = str(run.final.relative_to(self.out_dir))
-        with self.db.tx() as c:
-            rid = int(
-                c.execute(
-                    "INSERT INTO results(job_id, series_id, plugin, version, path, created_at) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (job.id, job.series_id, job.plugin, run.version, rel, now),
-                ).lastrowid
-                or 0
-            )
-            prev = c.execute(
-                "SELECT id, version FROM results WHERE series_id=? AND plugin=? AND id!=? "
-                "AND superseded_by IS NULL",
-                (job.series_id, job.plugin, rid),
-            ).fetchall()
-            c.execute(
-                "UPDATE results SET superseded_by=? WHERE series_id=? AND plugin=? AND id!=? "
-                "AND superseded_by IS NULL",
-                (rid, job.series_id, job.plugin, rid),
-            )
-            c.execute(
-                "UPDATE jobs SET status='done', error=NULL, finished_at=? WHERE id=?",
-                (now, job.id),
-            )
-            left = c.execute(
-                "SELECT COUNT(*) FROM jobs WHERE series_id=? AND generation=? "
-                "AND status IN ('queued','running')",
-                (job.series_id, job.generation),
-            ).fetchone()
-            if int(left[0]) == 0:
-                c.execute(
-                    "UPDATE series SET status='done' WHERE id=? AND generation=? "
-                    "AND status='queued'",
-                    (job.series_id, job.generation),
-                )
-            if self.config.send_to is not None:
-                c.execute(
-                    "INSERT OR IGNORE INTO sends(result_id, status) VALUES (?, 'queued')", (rid,)
-                )
+        _rid, prev = self.db.commit_result(
+            job, version=run.version, path=rel, now=now, send=self.config.send_to is not None
+        )
         update_pointers(self.db, self.out_dir, job.series_id, job.plugin)
         timings = summary.get("timings_s", {})
         compute = float(timings.get("plugin_compute_s", 0.0))
@@ -598,14 +574,15 @@ class WatchService:
             attempt=run.attempt,
             input_instances=run.instances,
             input_sha256=run.input_sha256,
+            partial=record["partial"],
             image_sha256=prov.get("input_sha256"),
             timings_s=timings,
             stable_to_result_s=round(latency, 4),
             overhead_s=round(latency - compute, 4),
             outputs=summary.get("outputs", {}),
             result=rel,
-            supersedes=[f"v{p['version']}" for p in prev],
-            peak_rss_mb=round(self.worker.peak_rss_mb, 1),
+            supersedes=[f"v{v}" for v in prev],
+            peak_rss_mb=round(peak_rss_mb, 1),
         )
         self.audit.sync()
         _log.info(
@@ -614,71 +591,11 @@ class WatchService:
             job.plugin,
             run.version,
             rel,
-            f" (supersedes {', '.join('v' + str(p['version']) for p in prev)})" if prev else "",
+            f" (supersedes {', '.join('v' + str(v) for v in prev)})" if prev else "",
         )
 
-    def _requeue(self, run: _Running, why: str) -> None:
+    def _hand_back(self, run: _Running, why: str) -> None:
         shutil.rmtree(run.staging, ignore_errors=True)
-        with self.db.tx() as c:
-            # Not the plugin's fault: the attempt is given back.
-            c.execute(
-                "UPDATE jobs SET status='queued', attempts=MAX(attempts-1, 0) WHERE id=? "
-                "AND status='running'",
-                (run.job.id,),
-            )
+        # Not the plugin's fault: the attempt is given back.
+        self.db.hand_back(run.job.id)
         self.audit.write("job_requeued", job_id=run.job.id, plugin=run.job.plugin, reason=why)
-
-    # --- sending ----------------------------------------------------------------------
-
-    def _send(self, now: float) -> None:
-        target = self.config.send_to
-        assert target is not None
-        row = self.db.one(
-            "SELECT s.result_id, s.attempts, r.path, r.superseded_by FROM sends s "
-            "JOIN results r ON r.id=s.result_id WHERE s.status='queued' AND s.not_before<=? "
-            "ORDER BY s.result_id LIMIT 1",
-            now,
-        )
-        if row is None:
-            return
-        if row["superseded_by"] is not None:
-            with self.db.tx() as c:
-                c.execute(
-                    "UPDATE sends SET status='skipped', error='superseded before sending' "
-                    "WHERE result_id=?",
-                    (row["result_id"],),
-                )
-            return
-        files = sorted((self.out_dir / row["path"]).rglob("*.dcm"))
-        try:
-            n = send_files(files, target, ae_title=self.config.ae_title)
-        except MedLensError as e:
-            attempts = int(row["attempts"]) + 1
-            final = attempts >= self.config.send_attempts
-            with self.db.tx() as c:
-                c.execute(
-                    "UPDATE sends SET status=?, attempts=?, not_before=?, error=? "
-                    "WHERE result_id=?",
-                    (
-                        "failed" if final else "queued",
-                        attempts,
-                        now + min(2.0**attempts, 300.0),
-                        str(e),
-                        row["result_id"],
-                    ),
-                )
-            self.audit.write(
-                "send_failed" if final else "send_retry",
-                result=row["path"],
-                target=target.ae_title,
-                attempt=attempts,
-                error=str(e),
-            )
-            return
-        with self.db.tx() as c:
-            c.execute(
-                "UPDATE sends SET status='sent', attempts=attempts+1, error=NULL WHERE result_id=?",
-                (row["result_id"],),
-            )
-        self.audit.write("sent", result=row["path"], target=target.ae_title, instances=n)
-        _log.info("sent %d instance(s) of %s to %s", n, row["path"], target.ae_title)

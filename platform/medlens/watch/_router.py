@@ -1,0 +1,78 @@
+"""Which plugins accept a series: the host's one routing decision, on stored instances.
+
+The watch service does not read headers or evaluate rules itself: it builds the
+series' :class:`~medlens.imaging.facts.Facts` from its stored instances with the
+imaging layer's one header reader and asks :func:`medlens.routing.route`, exactly as
+``Host.run`` and ``medlens run`` do. :func:`route_folder` gives watch's outcome for a
+folder of files, so tests can compare it with the CLI's and the host's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medlens.imaging.facts import Facts
+from medlens.plugin_api._manifest import Manifest
+from medlens.watch._phi import captured_warnings
+
+__all__ = ["Decision", "decide", "route_folder", "series_facts", "series_headers"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One plugin's verdict on one series."""
+
+    plugin: str
+    matched: bool
+    reasons: str
+
+
+def series_headers(paths: Iterable[Path]) -> list[Any]:
+    """Headers of the instances at ``paths`` (the imaging layer's one reader)."""
+    from medlens.errors import DicomError
+    from medlens.imaging.dicom_index import read_header
+
+    headers = []
+    with captured_warnings("routing"):
+        for p in paths:
+            try:
+                headers.append(read_header(p))
+            except (DicomError, OSError):
+                continue  # ingest checked it; a file that no longer reads is not routed on
+    return headers
+
+
+def series_facts(paths: Iterable[Path]) -> Facts | None:
+    """Facts of the instances at ``paths`` (unreadable ones skipped; None if none read)."""
+    from medlens.imaging.facts import facts_of_headers
+
+    headers = series_headers(paths)
+    return facts_of_headers(headers) if headers else None
+
+
+def decide(plugins: Iterable[Manifest], facts: Facts | None) -> list[Decision]:
+    """Each plugin's verdict by :func:`medlens.routing.route`."""
+    from medlens.routing import route
+
+    out = []
+    for m in plugins:
+        if facts is None:
+            out.append(Decision(m.id, False, "no stored instance of the series is readable"))
+            continue
+        outcome = route(m, facts)
+        out.append(Decision(m.id, outcome.matched, "; ".join(outcome.reasons)))
+    return out
+
+
+def route_folder(folder: Path, manifest: Manifest) -> Decision:
+    """Watch's routing outcome for the DICOM files directly in ``folder``.
+
+    Args:
+        folder: One series' files (as watch would store them).
+        manifest: The plugin to route to.
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return decide([manifest], series_facts(files))[0]

@@ -1,0 +1,147 @@
+"""Watch on the jobs layer: concurrent workers, the retry budget, crash accounting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import watchkit as wk
+from click.testing import CliRunner
+
+from medlens.cli.main import cli
+from medlens.watch import WatchConfig, WatchService
+
+DRIVER = Path(__file__).resolve().parent / "watch_driver.py"
+FAST = {
+    "settle_seconds": 0.1,
+    "quiet_seconds": 0.5,
+    "rescan_seconds": 1.0,
+    "tick_seconds": 0.05,
+    "retry_delay_seconds": 0.0,
+}
+
+
+def test_two_workers_run_two_series_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("MEDLENS_TEST_BARRIER", str(barrier))
+    monkeypatch.setenv("MEDLENS_TEST_BARRIER_N", "2")
+    svc = WatchService(
+        tmp_path / "in",
+        tmp_path / "out",
+        tmp_path / "state",
+        WatchConfig(**FAST, workers=2, max_attempts=1, job_timeout_seconds=240),
+        source=wk.source("barrier"),
+    )
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    try:
+        wk.write_files(wk.make_series(3, seed=1), tmp_path / "in" / "a")
+        wk.write_files(wk.make_series(3, seed=2), tmp_path / "in" / "b")
+        wk.wait_for(
+            lambda: (
+                len(
+                    wk.query(
+                        tmp_path / "state", "SELECT id FROM jobs WHERE status IN ('done','failed')"
+                    )
+                )
+                == 2
+            ),
+            timeout=300,
+            what="both jobs",
+        )
+    finally:
+        svc.request_stop()
+        t.join(60)
+    rows = wk.query(tmp_path / "state", "SELECT status, error FROM jobs")
+    assert [r["status"] for r in rows] == ["done", "done"], [dict(r) for r in rows]
+    starts = [e for e in wk.audit(tmp_path / "state") if e["event"] == "service_started"]
+    assert starts[0]["workers"] == 2
+
+
+def _start(tmp: Path, log: Path, cfg: dict[str, object], n_starts: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "MEDLENS_TEST_PLUGIN_DELAY": "2.0",
+        "MEDLENS_TEST_FLAKY_MARKER": str(tmp / "flaky-marker"),
+    }
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(DRIVER),
+                str(tmp / "in"),
+                str(tmp / "out"),
+                str(tmp / "state"),
+                json.dumps(cfg),
+                "flaky",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    wk.wait_for(
+        lambda: sum(e["event"] == "service_started" for e in wk.audit(tmp / "state")) > n_starts,
+        timeout=120,
+        what="service start",
+    )
+    return proc
+
+
+def test_kills_of_the_service_do_not_use_up_the_retry_budget(tmp_path: Path) -> None:
+    """Finding 6: three SIGKILLs during one job, then one real plugin failure, then success.
+
+    Before the jobs layer the fourth attempt was "attempt 4/3" and final.
+    """
+    cfg = {**FAST, "max_attempts": 3, "drain_seconds": 5.0}
+    log = tmp_path / "service.log"
+    state = tmp_path / "state"
+    proc = _start(tmp_path, log, cfg, 0)
+    try:
+        wk.write_files(wk.make_series(3), tmp_path / "in")
+        for k in range(3):
+            wk.wait_for(
+                lambda k=k: sum(e["event"] == "job_started" for e in wk.audit(state)) > k,
+                timeout=120,
+                what=f"attempt {k + 1} running",
+            )
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            # Dead service: `medlens jobs` must say so (no heartbeat, pid gone).
+            res = CliRunner().invoke(cli, ["jobs", "--state", str(state), "--json"])
+            assert json.loads(res.output)["service"]["alive"] is False
+            res = CliRunner().invoke(cli, ["status", "--state", str(state)])
+            assert res.exit_code == 1
+            proc = _start(tmp_path, log, cfg, k + 1)
+        wk.wait_for(
+            lambda: wk.query(state, "SELECT status FROM jobs WHERE status IN ('done','failed')"),
+            timeout=180,
+            what="the job to end",
+        )
+        res = CliRunner().invoke(cli, ["status", "--state", str(state)])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["alive"] is True
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (job,) = wk.query(state, "SELECT status, attempts FROM jobs")
+    assert job["status"] == "done", log.read_text()[-3000:]
+    assert job["attempts"] == 2  # the real failure and the success; kills handed back
+    events = [e["event"] for e in wk.audit(state)]
+    assert events.count("service_crashed") == 3  # a crash is audited as a crash
+    assert events.count("job_retry") == 1 and "job_failed" not in events
+    res = CliRunner().invoke(cli, ["jobs", "--state", str(state), "--json"])
+    summary = json.loads(res.output)
+    assert summary["service"]["state"] == "stopped"
+    assert summary["latest_series"][0]["status"] == "done"

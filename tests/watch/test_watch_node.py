@@ -1,0 +1,184 @@
+"""The DICOM node under hostile network conditions (issue 10, finding 5 and 2)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import watchkit as wk
+
+from medlens.watch import WatchConfig, WatchService
+from medlens.watch._config import NodeSettings
+from medlens.watch._netnode import StoreSCP
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _scp(tmp: Path, **node: Any) -> StoreSCP:
+    scp = StoreSCP(
+        tmp / "spool", ae_title="MEDLENS", host="127.0.0.1", port=0, node=NodeSettings(**node)
+    )
+    scp.start()
+    return scp
+
+
+def _associate(port: int, calling: str = "GOODSCU", called: str = "MEDLENS", **kw: Any) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = 5
+    ae.network_timeout = 5
+    ae.add_requested_context(VERIFICATION)
+    ae.add_requested_context(CT, ["1.2.840.10008.1.2.1"])
+    return ae.associate("127.0.0.1", port, ae_title=called, **kw)
+
+
+def test_calling_and_called_ae_titles_are_checked(tmp_path: Path) -> None:
+    scp = _scp(tmp_path, allowed_calling_aets=["GOODSCU"])
+    try:
+        bad_calling = _associate(scp.port, calling="INTRUDER")
+        assert bad_calling.is_rejected
+        bad_called = _associate(scp.port, called="SOMEONE")
+        assert bad_called.is_rejected
+        good = _associate(scp.port)
+        assert good.is_established
+        assert good.send_c_echo().Status == 0
+        good.release()
+    finally:
+        scp.stop()
+    assert scp.rejected == 2
+
+
+def test_silent_sockets_do_not_block_a_real_sender(tmp_path: Path) -> None:
+    scp = _scp(tmp_path, max_associations=4, acse_timeout_seconds=30)
+    silent = []
+    try:
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", scp.port))
+            silent.append(s)
+        ds = wk.make_series(1)[0]
+        t0 = time.monotonic()
+        assoc = _associate(scp.port)
+        assert assoc.is_established, "20 silent sockets must not lock a real sender out"
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        took = time.monotonic() - t0
+        assert status.Status == 0 and took < 5.0, took
+        assert len(list((tmp_path / "spool").glob("*.dcm"))) == 1
+    finally:
+        for s in silent:
+            s.close()
+        scp.stop()
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_p, key_p = tmp / "node.crt", tmp / "node.key"
+    cert_p.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_p.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_p, key_p
+
+
+def test_tls_node_accepts_tls_and_refuses_plain(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    scp = _scp(tmp_path, tls_cert=cert, tls_key=key, acse_timeout_seconds=3)
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        assoc = _associate(scp.port, tls_args=(ctx, "localhost"))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        plain = _associate(scp.port)
+        assert not plain.is_established
+        sock = getattr(plain.dul.socket, "socket", None)
+        if sock is not None:  # pynetdicom leaves the failed requestor's socket open
+            sock.close()
+    finally:
+        scp.stop()
+
+
+def test_path_traversal_over_c_store_is_quarantined(tmp_path: Path) -> None:
+    """Finding 2 over the network: '..' UIDs never become folders outside OUT/STATE."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        scp_port = probe.getsockname()[1]
+    world = tmp_path / "world"
+    svc = WatchService(
+        world / "in",
+        world / "out",
+        world / "state",
+        WatchConfig(settle_seconds=0.1, quiet_seconds=0.3, tick_seconds=0.05, scp_port=scp_port),
+        source=wk.source(),
+    )
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    try:
+        wk.wait_for(lambda: svc.scp is not None, timeout=60, what="the SCP")
+        assoc = _associate(scp_port)
+        assert assoc.is_established
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about the planted values
+            bad = wk.make_series(2)
+            bad[0].StudyInstanceUID = ".."
+            bad[1].SeriesInstanceUID = "../../../escaped"
+            for ds in bad:
+                assert assoc.send_c_store(ds).Status == 0  # stored to spool, then judged
+        assoc.release()
+        wk.wait_for(
+            lambda: len(wk.query(world / "state", "SELECT id FROM quarantine")) == 2,
+            timeout=60,
+            what="both quarantined",
+        )
+    finally:
+        svc.request_stop()
+        t.join(30)
+    reasons = sorted(r[0] for r in wk.query(world / "state", "SELECT reason FROM quarantine"))
+    assert reasons == [
+        "SeriesInstanceUID is not a valid UID",
+        "StudyInstanceUID is not a valid UID",
+    ]
+    top = sorted(p.name for p in world.iterdir())
+    assert top == ["in", "out", "state"]
+    assert not list((world / "state" / "store").rglob("*.dcm"))
+    assert not [p for p in tmp_path.rglob("escaped*")]
+
+
+@pytest.mark.parametrize("bad", [{"tls_cert": "x.crt"}, {"max_pdu_bytes": 0}])
+def test_node_settings_are_validated(bad: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        NodeSettings(**bad)
