@@ -138,3 +138,24 @@ def test_bundle_network_from_its_scripts_folder_runs_and_keeps_its_pin(tmp_path:
     image = Image(np.full((1, 16, 16, 8), 80, np.float32), (3.0, 3.0, 4.0), (0, 0, 0), np.eye(3))
     assert host.run("spleen-ct", image).prediction.mask is not None
     assert file_sha256(b) == pin  # no __pycache__ written into the pinned tree
+
+
+def test_blocked_bundle_is_skipped_and_none_of_its_code_runs(tmp_path: Path) -> None:
+    inf = inference_with(network_def={**UNET, "_target_": "scripts.tripwire.SpleenNet"})
+    b = make_bundle(tmp_path, inference=inf)
+    (b / "scripts").mkdir()
+    (b / "scripts" / "__init__.py").write_text("")
+    marker = tmp_path / "imported"
+    (b / "scripts" / "tripwire.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
+        "from monai.networks.nets import UNet as SpleenNet\n"
+    )
+    cfg = _config(tmp_path, b, file_sha256(b), id="spleen-ct")
+    cfg.write_text('[plugins]\nblock = ["spleen-ct"]\n\n' + cfg.read_text())
+    host = Host(load_config(cfg), entry_points=[])
+    assert host.plugins() == [] and host.errors() == []
+    assert host.report.skipped == {"spleen-ct": "blocked by configuration"}
+    assert not marker.exists()
+    # The same bundle, not blocked, is built (its code runs) and accepted.
+    again = Host(load_config(_config(tmp_path, b, file_sha256(b), id="spleen-ct")), entry_points=[])
+    assert again.errors() == [] and marker.exists()

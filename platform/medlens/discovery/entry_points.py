@@ -9,7 +9,7 @@ plugin is reported, never fatal (napari npe2, pluggy).
 from __future__ import annotations
 
 import importlib.metadata as md
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,14 @@ from medlens.plugin_api._manifest import API_VERSION, Manifest
 if TYPE_CHECKING:
     from medlens.config import BundleConfig
 
-__all__ = ["ENTRY_POINT_GROUP", "DiscoveryReport", "PluginRecord", "bundle_record", "discover"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DiscoveryReport",
+    "PluginRecord",
+    "bundle_record",
+    "check_api",
+    "discover",
+]
 
 #: The entry-point group every plugin, first- or third-party, registers in.
 ENTRY_POINT_GROUP = "medlens.plugins"
@@ -78,12 +85,13 @@ def _load_manifest(ep: md.EntryPoint) -> Manifest:
     return obj
 
 
-def bundle_record(cfg: BundleConfig) -> PluginRecord:
+def bundle_record(cfg: BundleConfig, accept: Callable[[str], bool] | None = None) -> PluginRecord:
     """A configured MONAI bundle as a plugin record.
 
     The manifest comes from the bundle's JSON; once the files match their pin, the
     bundle's pipeline is built with MONAI (torch imported, no data run) so a bundle that
-    cannot run as MONAI runs it is refused here, with its reason.
+    cannot run as MONAI runs it is refused here, with its reason. A bundle whose id
+    ``accept`` refuses (blocked, not allowed) is not built: none of its code runs.
 
     Raises:
         PluginError: If the bundle cannot be mapped to a manifest, its files' sha256
@@ -103,7 +111,8 @@ def bundle_record(cfg: BundleConfig) -> PluginRecord:
             f"bundle {cfg.path.name!r} sha256 {manifest.weights.sha256[:12]}… differs from "
             f"the configured pin {cfg.sha256[:12]}…; refusing to register it",
         )
-    check_bundle(cfg.path, manifest)
+    if accept is None or accept(manifest.id):
+        check_bundle(cfg.path, manifest)
     return PluginRecord(
         manifest=manifest,
         entry_point=f"bundle {cfg.path}",
@@ -118,6 +127,16 @@ def _first_error(e: ValidationError) -> str:
     where = ".".join(str(p) for p in first.get("loc", ()))
     more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
     return f"invalid manifest: {where}: {first.get('msg')}{more}"
+
+
+def check_api(manifest: Manifest) -> None:
+    """Refuse a manifest whose API version this host cannot run.
+
+    Raises:
+        NeedsNewerHostError: If it targets a newer plugin API than :data:`API_VERSION`.
+        ApiVersionError: If it targets an older major version.
+    """
+    _check_api(manifest)
 
 
 def _check_api(manifest: Manifest) -> None:
@@ -184,7 +203,11 @@ def discover(
         )
     for b in bundles:
         try:
-            found.append(bundle_record(b))
+            found.append(
+                bundle_record(
+                    b, lambda pid: pid not in block and (allowed is None or pid in allowed)
+                )
+            )
         except PluginError as e:
             report.errors.append(e)
     for rec in found:
