@@ -45,7 +45,9 @@ def test_heatmap_dicom_is_valid_and_round_trips(tmp_path, make_result, dciodvfy)
     assert sc.PhotometricInterpretation == "RGB"
     assert sc.StudyInstanceUID == sources[2].StudyInstanceUID
     rgb = overlay_rgb(result.image, heat, sources)
-    np.testing.assert_array_equal(sc.pixel_array, rgb[2])
+    # A demo plugin's overlay carries a burnt-in "not for diagnostic use" band on top.
+    assert result.manifest.model_card.diagnostic_use is False
+    np.testing.assert_array_equal(sc.pixel_array[14:], rgb[2][14:])
 
 
 def test_overlay_keeps_image_where_heat_is_zero(make_result):

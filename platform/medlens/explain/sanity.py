@@ -21,15 +21,33 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.explain.cam import CamProblem, execution_order, target_score
+from medlens.plugin_api._results import Explanation
 from medlens.plugin_api._vocab import SanityVerdict
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RHO_MAX", "faithfulness", "randomised_copy", "rank_correlation", "verdict"]
+__all__ = [
+    "FAITHFULNESS_MIN",
+    "RHO_MAX",
+    "faithfulness",
+    "is_faithful",
+    "is_uninformative",
+    "randomised_copy",
+    "rank_correlation",
+    "review",
+    "verdict",
+]
 
 #: Spearman rho below which a CAM counts as model-sensitive.
 RHO_MAX = 0.5
+
+#: Faithfulness (deletion score minus the random-map baseline) a map must exceed to be
+#: presented as an explanation: at or below it, the map is no better than a random one.
+FAITHFULNESS_MIN = 0.0
+
+#: Value range below which a map counts as constant (maps are scaled to [0, 1]).
+_CONSTANT_RANGE = 1e-6
 
 
 def randomised_copy(
@@ -105,9 +123,45 @@ def rank_correlation(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -
     return float(spearmanr(fa, fb).statistic)
 
 
-def verdict(rho: float) -> SanityVerdict:
-    """Model-sensitive when ``rho`` < :data:`RHO_MAX`."""
+def is_uninformative(cam: npt.ArrayLike | None) -> bool:
+    """Whether a map is constant (all-zero included) or not finite: it ranks nothing."""
+    if cam is None:
+        return False
+    a = np.asarray(cam, dtype=np.float64)
+    if a.size == 0 or not np.all(np.isfinite(a)):
+        return True
+    return float(a.max() - a.min()) < _CONSTANT_RANGE
+
+
+def verdict(rho: float, cam: npt.ArrayLike | None = None) -> SanityVerdict:
+    """Uninformative for a constant ``cam``; else model-sensitive when ``rho`` < :data:`RHO_MAX`.
+
+    A constant map has no ranks: its "rank correlation" with anything is not evidence of
+    model sensitivity (it used to be reported as model-sensitive with rho 0.0).
+    """
+    if is_uninformative(cam):
+        return SanityVerdict.UNINFORMATIVE
     return SanityVerdict.MODEL_SENSITIVE if rho < RHO_MAX else SanityVerdict.NOT_MODEL_SENSITIVE
+
+
+def is_faithful(score: float) -> bool:
+    """Whether a faithfulness score beats the random-map baseline (> :data:`FAITHFULNESS_MIN`)."""
+    return bool(np.isfinite(score)) and score > FAITHFULNESS_MIN
+
+
+def review(explanation: Explanation, heatmap: npt.ArrayLike | None) -> Explanation:
+    """The explanation as it may be presented, given the heatmap actually produced.
+
+    A constant heatmap makes the verdict ``uninformative`` (and faithfulness unknown);
+    a measured faithfulness sets ``faithful``. Writers call this before presenting a
+    heatmap, whoever made the explanation.
+    """
+    update: dict[str, object] = {}
+    if is_uninformative(heatmap) and explanation.sanity is not SanityVerdict.UNINFORMATIVE:
+        update.update(sanity=SanityVerdict.UNINFORMATIVE, rank_correlation=None, faithful=None)
+    elif explanation.faithfulness is not None and explanation.faithful is None:
+        update["faithful"] = is_faithful(explanation.faithfulness)
+    return explanation.model_copy(update=update) if update else explanation
 
 
 def faithfulness(

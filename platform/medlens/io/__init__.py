@@ -184,8 +184,10 @@ def _write_files(
     out: dict[str, Path] = {}
     seg_ds: Dataset | None = None
     mask, heat = r.prediction.mask, r.prediction.heatmap
+    if heat is not None:
+        heat = _review_explanation(r, heat, notes)
     if r.image.ndim == 2 and not dicom_source(r.image):
-        return _write_pngs(r, folder), None
+        return _write_pngs(r, folder, heat), None
     if OutputKind.SEG in kinds:
         if mask is None:
             notes.add(f"SEG of {pid!r} not written: the plugin produced no mask")
@@ -205,9 +207,9 @@ def _write_files(
 
             out["nifti"] = write_mask_nifti(mask, folder / FILE_NAMES["nifti"])
     if OutputKind.HEATMAP in kinds:
-        if heat is None:
+        if r.prediction.heatmap is None:
             notes.add(f"heatmap of {pid!r} not written: the plugin produced none")
-        else:
+        elif heat is not None:
             from medlens.io.nifti import write_heatmap_nifti
 
             out["heatmap"] = write_heatmap_nifti(heat, folder / FILE_NAMES["heatmap"])
@@ -229,14 +231,44 @@ def _write_files(
     return out, seg_ds
 
 
-def _write_pngs(r: Result, folder: Path) -> dict[str, Path]:
+def _review_explanation(r: Result, heat: Image, notes: WriteNotes) -> Image | None:
+    """Settle the explanation's verdict on the heatmap itself; None when it is no evidence."""
+    from medlens.explain.sanity import is_uninformative, review
+    from medlens.plugin_api._results import Explanation
+    from medlens.plugin_api._vocab import SanityVerdict
+
+    pid = r.manifest.id
+    p = r.prediction
+    if p.explanation is not None:
+        p.explanation = review(p.explanation, heat.array)
+    elif is_uninformative(heat.array):
+        p.explanation = Explanation(
+            method="heatmap", target="unknown", sanity=SanityVerdict.UNINFORMATIVE
+        )
+    e = p.explanation
+    assert e is not None
+    if e.sanity == SanityVerdict.UNINFORMATIVE:
+        notes.add(
+            f"heatmap of {pid!r} not written: the map is constant (uninformative), "
+            "so it is no evidence of anything"
+        )
+        return None
+    if e.faithful is False:
+        notes.add(
+            f"heatmap of {pid!r} is no better than a random map (faithfulness "
+            f"{e.faithfulness}): it is not an explanation of the result"
+        )
+    return heat
+
+
+def _write_pngs(r: Result, folder: Path, heat: Image | None) -> dict[str, Path]:
     """Mask and heatmap of a 2-D non-DICOM input as PNG overlays (no NIfTI, no DICOM)."""
     from medlens.io.png import NOT_FOR_DIAGNOSIS, write_heatmap_png, write_mask_png
 
     kinds = set(r.manifest.outputs.kinds)
     label = None if r.manifest.model_card.diagnostic_use else NOT_FOR_DIAGNOSIS
     out: dict[str, Path] = {}
-    mask, heat = r.prediction.mask, r.prediction.heatmap
+    mask = r.prediction.mask
     if mask is not None and kinds & {OutputKind.SEG, OutputKind.NIFTI}:
         out["mask_png"] = write_mask_png(
             r.image, mask, r.manifest.outputs.labels, folder / FILE_NAMES["mask_png"], label

@@ -125,6 +125,11 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
     if heat is None:
         raise OutputError(f"plugin {m.id!r} produced no heatmap")
     rgb = overlay_rgb(result.image, heat, sources)
+    if not m.model_card.diagnostic_use:
+        from medlens.io.png import NOT_FOR_DIAGNOSIS, burn_in
+
+        # Every viewer shows pixels; not every viewer shows descriptions.
+        rgb = np.stack([burn_in(frame, NOT_FOR_DIAGNOSIS) for frame in rgb])
     refs = _refs_per_frame(result.image, sources, rgb.shape[0])
     series_uid = hd.UID()
     d = np.asarray(result.image.direction)
@@ -136,7 +141,9 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
         # columns, so its PatientOrientation holds for the overlay as it is.
         orient = _source_orientation(sources[0]) if sources else None
     si, sj = result.image.spacing[:2]
-    method = result.prediction.explanation.method if result.prediction.explanation else "heatmap"
+    e = result.prediction.explanation
+    method = e.method if e else "heatmap"
+    what = "unfaithful map, not an explanation" if e and e.faithful is False else "explanation"
     out = []
     try:
         for k, frame in enumerate(rgb):
@@ -155,7 +162,7 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
                 # highdicom wants some orientation for PATIENT; an unknown one is
                 # emptied right after (PatientOrientation is Type 2C).
                 patient_orientation=orient if orient is not None else ("A", "F"),
-                series_description=f"{m.id} {method} (explanation, not a finding)"[:64],
+                series_description=f"{m.id} {method} ({what}, not a finding)"[:64],
             )
             sc.SoftwareVersions = software_versions(m)
             sc.BurnedInAnnotation = "NO"

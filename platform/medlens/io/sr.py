@@ -42,8 +42,9 @@ from medlens.io.atomic import save_dataset
 from medlens.io.seg import segment_labels
 from medlens.plugin_api._manifest import Label
 from medlens.plugin_api._results import Finding, Measurement, Result
+from medlens.plugin_api._vocab import SanityVerdict
 
-__all__ = ["SR_CODES", "build_sr", "write_sr"]
+__all__ = ["SR_CODES", "build_sr", "report_comments", "write_sr"]
 
 #: Concept names and units used in the report (scheme, value, meaning).
 SR_CODES: dict[str, PdCode] = {
@@ -128,14 +129,59 @@ def build_sr(
             instance_number=1,
             manufacturer=MANUFACTURER,
             is_complete=True,
-            series_description=f"{result.manifest.id} measurements"[:64],
+            series_description=_series_description(result),
         )
         copy_deidentification(sr, sources)
+        for text in report_comments(result):
+            sr.ContentSequence.append(
+                hd.sr.TextContentItem(
+                    name=codes.DCM.Comment,
+                    value=text,
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+            )
         return sr
     except OutputError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise OutputError(f"cannot build DICOM SR for plugin {result.manifest.id!r}: {e}") from e
+
+
+def report_comments(result: Result) -> list[str]:
+    """Free-text statements the report must carry (TEXT items, concept DCM 121106 Comment).
+
+    * "NOT FOR DIAGNOSTIC USE" when any plugin of the chain says ``diagnostic_use: false``;
+    * borderline-input warnings of the plugins (the input gate's);
+    * explanation flags: an uninformative heatmap, or one no better than a random map.
+    """
+    out: list[str] = []
+    demo = [r.manifest.id for r in iter_results(result) if not r.manifest.model_card.diagnostic_use]
+    if demo:
+        out.append(
+            f"NOT FOR DIAGNOSTIC USE: {', '.join(dict.fromkeys(demo))} "
+            "(model card: diagnostic_use false). Not for diagnosis or treatment decisions."
+        )
+    for r in iter_results(result):
+        pid = r.manifest.id
+        out.extend(f"{pid}: {w}" for w in r.prediction.warnings if w.startswith("borderline"))
+        e = r.prediction.explanation
+        if e is None:
+            continue
+        if e.sanity == SanityVerdict.UNINFORMATIVE:
+            out.append(f"{pid}: the explanation heatmap is uninformative (a constant map)")
+        elif e.faithful is False:
+            out.append(
+                f"{pid}: the explanation heatmap is no better than a random map "
+                f"(faithfulness {e.faithfulness}); it is not an explanation"
+            )
+    return out
+
+
+def _series_description(result: Result) -> str:
+    # The SR's nearest thing to SEG's ContentDescription: a viewer's series list shows it.
+    demo = any(not r.manifest.model_card.diagnostic_use for r in iter_results(result))
+    suffix = "; NOT FOR DIAGNOSTIC USE" if demo else ""
+    return f"{result.manifest.id[: 64 - 13 - len(suffix)]} measurements{suffix}"
 
 
 def write_sr(result: Result, sources: list[Dataset], seg: Dataset | None, path: Path) -> Path:

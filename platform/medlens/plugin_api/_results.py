@@ -100,6 +100,11 @@ class Explanation(_Model):
     faithfulness: float | None = Field(
         default=None, description="Deletion score of the CAM minus a random-map baseline."
     )
+    faithful: bool | None = Field(
+        default=None,
+        description="Whether the map beats a random map on the deletion test (faithfulness "
+        "> 0); a map that does not is not presented as an explanation. None: not measured.",
+    )
 
 
 class Provenance(_Model):

@@ -90,3 +90,4 @@ class SanityVerdict(StrEnum):
     MODEL_SENSITIVE = "model-sensitive"
     NOT_MODEL_SENSITIVE = "not model-sensitive"
     NOT_RUN = "not run"
+    UNINFORMATIVE = "uninformative"  # a constant (e.g. all-zero) map explains nothing

@@ -1,0 +1,54 @@
+"""Sanity verdicts that cannot lie: constant maps are uninformative, random-level maps flagged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medlens.explain import sanity
+from medlens.plugin_api.v1 import Explanation, SanityVerdict
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
+def test_constant_map_is_uninformative_whatever_its_rho(value: float) -> None:
+    cam = np.full((8, 8, 4), value, np.float32)
+    # rank_correlation of a constant map with anything is 0.0: that is no evidence.
+    assert sanity.rank_correlation(cam, np.random.default_rng(0).random(cam.shape)) == 0.0
+    assert sanity.verdict(0.0, cam) is SanityVerdict.UNINFORMATIVE
+    assert sanity.is_uninformative(cam)
+
+
+def test_non_finite_map_is_uninformative() -> None:
+    cam = np.zeros((4, 4), np.float32)
+    cam[0, 0] = np.nan
+    assert sanity.is_uninformative(cam)
+
+
+def test_varying_map_keeps_the_randomisation_verdict() -> None:
+    cam = np.random.default_rng(1).random((8, 8, 4)).astype(np.float32)
+    assert sanity.verdict(0.1, cam) is SanityVerdict.MODEL_SENSITIVE
+    assert sanity.verdict(0.9, cam) is SanityVerdict.NOT_MODEL_SENSITIVE
+    assert sanity.verdict(0.1) is SanityVerdict.MODEL_SENSITIVE
+
+
+@pytest.mark.parametrize(
+    ("score", "faithful"), [(-0.03, False), (0.0, False), (float("nan"), False), (0.2, True)]
+)
+def test_faithful_only_when_better_than_a_random_map(score: float, faithful: bool) -> None:
+    assert sanity.is_faithful(score) is faithful
+
+
+def test_review_settles_the_verdict_on_the_heatmap_written() -> None:
+    claimed = Explanation(
+        method="gradcam", target="label liver", sanity="model-sensitive", rank_correlation=0.0
+    )
+    zero = np.zeros((1, 6, 6, 3), np.float32)
+    reviewed = sanity.review(claimed, zero)
+    assert reviewed.sanity is SanityVerdict.UNINFORMATIVE
+    assert reviewed.rank_correlation is None and reviewed.faithful is None
+    varying = np.random.default_rng(2).random(zero.shape).astype(np.float32)
+    weak = claimed.model_copy(update={"faithfulness": -0.03})
+    assert sanity.review(weak, varying).faithful is False
+    good = claimed.model_copy(update={"faithfulness": 0.4})
+    assert sanity.review(good, varying).faithful is True
+    assert sanity.review(good, varying).sanity is SanityVerdict.MODEL_SENSITIVE
