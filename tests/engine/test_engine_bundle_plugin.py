@@ -115,3 +115,37 @@ def test_oblique_input_comes_back_on_its_grid_inverted_or_resampled(tmp_path: Pa
     assert any("no Invertd" in w for w in res.warnings)
     for mask in (inv.mask, res.mask):
         assert float((mask.array[0] == body).mean()) > 0.97
+
+
+def test_bundle_run_reports_progress_honours_cancel_and_names_ignored_options(
+    tmp_path: Path,
+) -> None:
+    from medlens.errors import RunCancelledError
+
+    b = make_bundle(tmp_path)
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text(f'[[bundles]]\npath = "{b}"\nsha256 = "{file_sha256(b)}"\nid = "spleen"\n')
+    host = Host(load_config(cfg), entry_points=[])
+    image = Image(np.full((1, 20, 20, 10), 60.0, np.float32), (2.0, 2.0, 3.0), (0, 0, 0), np.eye(3))
+    events: list[tuple[float, str]] = []
+    result = host.run(
+        "spleen", image, options={"sw_batch_size": 8}, progress=lambda f, m: events.append((f, m))
+    )
+    stages = [m for _, m in events]
+    assert stages[-4:] == [
+        "bundle pre-processing",
+        "bundle inference",
+        "bundle post-processing",
+        "bundle done",
+    ]
+    assert [f for f, _ in events][-4:] == [0.0, 0.2, 0.8, 1.0]
+    assert any("sw_batch_size were not applied" in w for w in result.prediction.warnings)
+
+    seen: list[str] = []
+    with pytest.raises(RunCancelledError, match="cancelled before bundle inference"):
+        host.run(
+            "spleen",
+            image,
+            progress=lambda f, m: seen.append(m),
+            cancel=lambda: "bundle pre-processing" in seen,
+        )

@@ -62,6 +62,10 @@ _KNOWN: dict[str, tuple[str, str, dict[str, str]]] = {
     "tumor": ("108369006", "Neoplasm", _ALTERED),
     "tumour": ("108369006", "Neoplasm", _ALTERED),
 }
+#: Host options that tune the MedLens engine; a bundle's own inferer does not read them.
+_ENGINE_OPTIONS = (
+    "roi_size", "overlap", "blend", "sw_batch_size", "amp", "channels_last", "stitch_device",
+)  # fmt: skip
 _MODALITIES = {"MRI": "MR", "CT": "CT", "MR": "MR", "PET": "PT", "PT": "PT", "US": "US"}
 
 
@@ -224,10 +228,23 @@ class BundlePlugin:
         """
         from medlens.engine.bundle_pipeline import run_pipeline, to_input_grid
         from medlens.engine.device import configure_cpu_threads
+        from medlens.errors import RunCancelledError
 
         m = self.manifest
         if ctx.options.get("explain") is True:
             ctx.warn("MONAI bundles declare no heatmap output; no explanation was computed")
+        ignored = sorted(k for k in _ENGINE_OPTIONS if ctx.options.get(k) is not None)
+        if ignored:
+            ctx.warn(
+                f"the bundle runs its own inferer; engine options {', '.join(ignored)} "
+                "were not applied"
+            )
+
+        def stage(name: str, fraction: float) -> None:
+            if ctx.cancelled():
+                raise RunCancelledError(f"cancelled before {name}")
+            ctx.progress(fraction, name)
+
         if self.device == "cpu":
             configure_cpu_threads()
         image = inputs.image
@@ -239,7 +256,9 @@ class BundlePlugin:
             self.device,
             keep_probabilities=not seg,
             timer=ctx.timer,
+            stage=stage,
         )
+        ctx.progress(1.0, "bundle done")
         pred = Prediction()
         if seg:
             on_grid, resampled = to_input_grid(out, image)

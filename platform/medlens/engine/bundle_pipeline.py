@@ -28,7 +28,7 @@ import contextlib
 import importlib
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from medlens.errors import EngineError, PluginValidationError
+from medlens.errors import EngineError, MedLensError, PluginValidationError
 from medlens.imaging.image import Image, lps_to_ras
 
 if TYPE_CHECKING:
@@ -400,6 +400,7 @@ def run_pipeline(
     *,
     keep_probabilities: bool = False,
     timer: Any = None,
+    stage: Callable[[str, float], None] | None = None,
 ) -> BundleOutput:
     """One case through the bundle, in the steps of MONAI's ``SupervisedEvaluator``.
 
@@ -410,6 +411,8 @@ def run_pipeline(
         device: Torch device string.
         keep_probabilities: Also return the prediction before ``AsDiscreted``.
         timer: ``ctx.timer``-like context-manager factory for named timings.
+        stage: Called with a stage name and the fraction done before each stage; it
+            may raise (cancellation), which propagates unchanged.
 
     Raises:
         EngineError: If the bundle fails on this input (one line).
@@ -423,6 +426,11 @@ def run_pipeline(
     def timed(name: str) -> contextlib.AbstractContextManager[Any]:
         return timer(name) if timer is not None else contextlib.nullcontext()
 
+    def at(name: str, fraction: float) -> None:
+        if stage is not None:
+            stage(name, fraction)
+
+    at("bundle pre-processing", 0.0)
     try:
         with (
             tempfile.TemporaryDirectory(prefix="medlens-bundle-") as tmp,
@@ -432,12 +440,14 @@ def run_pipeline(
             data = pipe.preprocessing({IMAGE_KEY: str(path)})
             batch = list_data_collate([data])
         inputs, _ = default_prepare_batch(batch, torch.device(device), False)
+        at("bundle inference", 0.2)
         with timed("inference_s"), eval_mode(network):
             if pipe.amp and device.startswith("cuda"):
                 with torch.autocast("cuda"):
                     pred = pipe.inferer(inputs, network)
             else:
                 pred = pipe.inferer(inputs, network)
+        at("bundle post-processing", 0.8)
         with timed("postprocess_s"):
             output = {IMAGE_KEY: inputs, "label": None, PRED_KEY: pred}
             decollate = Decollated(keys=None, detach=True)
@@ -453,7 +463,7 @@ def run_pipeline(
             else:
                 _, item_out = engine_apply_transform(item_batch, item_out, post)
                 result = item_out[PRED_KEY]
-    except EngineError:
+    except MedLensError:  # our own (cancellation, one-line reasons) pass unchanged
         raise
     except torch.cuda.OutOfMemoryError as e:
         raise EngineError(f"the bundle ran out of device memory: {_reason(e)}") from e
