@@ -290,15 +290,6 @@ def test_missing_geometry(dicom_builder: SimpleNamespace, tmp_path: Path, keywor
         load_series(files)
 
 
-def test_empty_sop_class_uid(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
-    files = _series(dicom_builder, tmp_path)
-    ds = pydicom.dcmread(files[0])
-    ds.SOPClassUID = ""
-    ds.save_as(files[0])
-    with pytest.raises(DicomError, match="empty or missing SOPClassUID"):
-        load_series(files)
-
-
 def test_multiframe_without_functional_groups() -> None:
     path = get_testdata_file("emri_small.dcm")
     if path is None:
@@ -339,3 +330,48 @@ def test_compressed_frames_decode_in_processes_identically(tmp_path: Path) -> No
     ds.save_as(victim)
     with pytest.raises(DicomError, match="cannot decode"):
         load_series(sorted(bad.glob("*.dcm")), max_workers=2)
+
+
+def test_empty_sop_class_taken_from_file_meta_with_a_warning(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    files, values = dicom_builder.write_series(tmp_path / "s")
+    for p in files:
+        ds = pydicom.dcmread(p)
+        assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+        ds.SOPClassUID = ""
+        ds.save_as(p)
+    image = load_series(files)
+    assert image.shape == values.shape
+    assert any("empty SOPClassUID" in w and "file meta" in w for w in image.warnings)
+
+
+def test_empty_sop_class_without_file_meta_is_refused(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    files, _ = dicom_builder.write_series(tmp_path / "s")
+    ds = pydicom.dcmread(files[0])
+    ds.SOPClassUID = ""
+    del ds.file_meta.MediaStorageSOPClassUID
+    ds.save_as(files[0])
+    with pytest.raises(DicomError, match="empty or missing SOPClassUID"):
+        load_series(files)
+
+
+def test_siemens_mosaic_is_refused_never_tiled(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    files, _ = dicom_builder.write_series(tmp_path / "s")
+    ds = pydicom.dcmread(files[0])
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+    ds.save_as(files[0])
+    with pytest.raises(GeometryError, match="Siemens MOSAIC"):
+        load_series(files)
+    with pytest.raises(GeometryError, match="Siemens MOSAIC"):
+        load_series(files[:1])
+    # The CSA count alone (ImageType rewritten by an anonymiser) is enough.
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.private_block(0x0019, "SIEMENS CSA HEADER", create=True).add_new(0x0A, "US", 16)
+    ds.save_as(files[0])
+    with pytest.raises(GeometryError, match=r"MOSAIC \(16 images\)"):
+        load_series(files)

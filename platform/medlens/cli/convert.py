@@ -95,7 +95,32 @@ def convert_folder(
             raise OutputError(f"cannot write sidecar for {stem!r}: {e}") from e
         rec.update(nifti=str(nii), warnings=list(image.warnings))
         records.append(rec)
+    records.extend(_skipped_records(ix.skipped))
     return records
+
+
+def _skipped_records(skipped: Any) -> list[dict[str, Any]]:
+    """DICOM files the index left out, one record per reason (with a file count).
+
+    Files that are no DICOM at all (text, images, DICOMDIR) are not reported: a folder
+    often holds them. Reasons name one file; grouping drops that name.
+    """
+    groups: dict[str, list[str]] = {}
+    for f in skipped:
+        if f.not_dicom:
+            continue
+        name = Path(f.path).name
+        groups.setdefault(f.reason.replace(repr(name), "file"), []).append(name)
+    return [
+        {
+            "SeriesInstanceUID": None,
+            "Modality": None,
+            "files": len(names),
+            "example": names[0],
+            "error": reason,
+        }
+        for reason, names in sorted(groups.items())
+    ]
 
 
 @click.command("convert")
@@ -127,11 +152,17 @@ def convert(dicom_dir: Path, out_dir: Path, tilt: str, gaps: str, as_json: bool)
         click.echo(json.dumps(records, indent=2))
     else:
         for r in records:
-            if "error" in r:
+            if "error" in r and r["SeriesInstanceUID"] is None:
+                click.echo(f"skipped {r['files']} file(s) (e.g. {r['example']}): {r['error']}")
+            elif "error" in r:
                 click.echo(f"skipped {r['SeriesInstanceUID']} ({r['Modality']}): {r['error']}")
             else:
                 click.echo(f"wrote {r['nifti']}")
                 for w in r["warnings"]:
                     click.echo(f"  warning: {w}")
     if not any("nifti" in r for r in records):
-        raise InputError(f"no series in {str(dicom_dir)!r} could be converted")
+        why = "; ".join(dict.fromkeys(r["error"] for r in records if "error" in r))
+        raise InputError(
+            f"no series in {str(dicom_dir)!r} could be converted"
+            + (f": {why}" if why else ": no DICOM image files found")
+        )

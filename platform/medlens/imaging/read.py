@@ -19,7 +19,14 @@ from medlens.imaging.dicom_index import DicomIndex, SeriesEntry, index_folder, r
 from medlens.imaging.facts import facts_of_series
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti, read_nifti
-from medlens.imaging.series import GapPolicy, TiltPolicy, load_series, read_dataset
+from medlens.imaging.series import (
+    GapPolicy,
+    TiltPolicy,
+    check_not_mosaic,
+    fill_sop_class,
+    load_series,
+    read_dataset,
+)
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, read_2d_dicom, read_2d_file
 from medlens.rules.grammar import Rule, evaluate
 
@@ -128,9 +135,13 @@ def _add_warnings(image: Image, warnings: list[str]) -> Image:
 
 def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Image:
     ds = read_dataset(path)
+    from_meta = fill_sop_class(ds)
     sop_class = str(ds.get("SOPClassUID", "") or "").strip()
     if not sop_class:
-        raise DicomError(f"{path.name!r} has an empty or missing SOPClassUID")
+        raise DicomError(
+            f"{path.name!r} has an empty or missing SOPClassUID (and none in its file meta header)"
+        )
+    check_not_mosaic(ds, path.name)
     if sop_class == _SEG_SOP_CLASS:
         raise DicomError(f"{path.name!r} is a DICOM SEG; read it as a mask, not an image")
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
@@ -140,7 +151,9 @@ def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Ima
         k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
     )
     if not enhanced and nframes == 1 and (modality in TWO_D_MODALITIES or not has_geometry):
-        return read_2d_dicom(ds, path)
+        note = f"SOPClassUID was empty; used the file meta header's {from_meta}"
+        return _add_warnings(read_2d_dicom(ds, path), [note] if from_meta else [])
+    # load_series reads the file again and says itself where the class came from.
     return load_series([path], on_gaps=on_gaps, on_tilt=on_tilt)
 
 

@@ -52,6 +52,8 @@ __all__ = [
     "MAX_VOXELS",
     "GapPolicy",
     "TiltPolicy",
+    "check_not_mosaic",
+    "fill_sop_class",
     "load_series",
     "read_dataset",
 ]
@@ -110,6 +112,54 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise DicomError(f"cannot read {p.name!r}: {e.strerror or e}") from e
     except Exception as e:  # pydicom raises many kinds on corrupt files
         raise DicomError(f"{p.name!r} is corrupt or truncated: {type(e).__name__}") from e
+
+
+def fill_sop_class(ds: Dataset) -> str | None:
+    """Take an empty ``SOPClassUID`` from the file meta header, as dcm2niix does.
+
+    Some JPEG 2000 CT exports leave the dataset's ``SOPClassUID`` empty while the file
+    meta header's ``MediaStorageSOPClassUID`` names the class. The in-memory dataset
+    gets the meta value.
+
+    Returns:
+        The class taken from the meta header, or None when the dataset had one (or
+        the meta header has none either).
+    """
+    if str(ds.get("SOPClassUID", "") or "").strip():
+        return None
+    meta = getattr(ds, "file_meta", None)
+    media = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta else ""
+    if not media:
+        return None
+    ds.SOPClassUID = media
+    return media
+
+
+def _mosaic_count(value: Any) -> int | None:
+    # Siemens writes NumberOfImagesInMosaic as US; unknown VR reads come back as bytes.
+    try:
+        return int.from_bytes(value[:2], "little") if isinstance(value, bytes) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_not_mosaic(ds: Dataset, label: str) -> None:
+    """Refuse a Siemens MOSAIC: many slices tiled in one frame, never a 2-D image.
+
+    Raises:
+        GeometryError: If ``ImageType`` says MOSAIC or the CSA header gives
+            ``NumberOfImagesInMosaic`` (0019,100A).
+    """
+    raw = ds.get("ImageType") or []
+    kinds = {str(v).strip().upper() for v in ([raw] if isinstance(raw, str) else raw)}
+    tiles = ds.get((0x0019, 0x100A))
+    if "MOSAIC" in kinds or tiles is not None:
+        n = _mosaic_count(None if tiles is None else tiles.value)
+        count = f" ({n} images)" if n else ""
+        raise GeometryError(
+            f"{label!r} is a Siemens MOSAIC{count}: slices tiled in one frame; MedLens does "
+            "not unpack MOSAIC (it would be a wrong, tiled geometry): convert it with dcm2niix"
+        )
 
 
 @dataclass
@@ -200,9 +250,12 @@ def _frames_of(ds: Dataset, path: Path) -> list[_Frame]:
     def get(keyword: str) -> Any:
         return _fast_get(ds, keyword)
 
-    sop_class = str(get("SOPClassUID") or "").strip()
+    sop_class = str(get("SOPClassUID") or "").strip() or str(ds.get("SOPClassUID") or "").strip()
     if not sop_class:
-        raise DicomError(f"{label!r} has an empty or missing SOPClassUID")
+        raise DicomError(
+            f"{label!r} has an empty or missing SOPClassUID (and none in its file meta header)"
+        )
+    check_not_mosaic(ds, label)
     sop_uid = str(get("SOPInstanceUID") or "").strip()
     if not sop_uid:
         raise DicomError(f"{label!r} has an empty or missing SOPInstanceUID")
@@ -506,6 +559,12 @@ def load_series(
     compressed = any(_is_compressed(ds) for ds in datasets)
     decode_workers = max_workers if compressed else 1
     warnings: list[str] = []
+    from_meta = [c for c in (fill_sop_class(ds) for ds in datasets) if c is not None]
+    if from_meta:
+        warnings.append(
+            f"{len(from_meta)} file(s) had an empty SOPClassUID; used the file meta header's "
+            f"MediaStorageSOPClassUID {from_meta[0]}"
+        )
     frames: list[_Frame] = []
     for ds, p in zip(datasets, paths, strict=True):
         frames.extend(_frames_of(ds, p))
