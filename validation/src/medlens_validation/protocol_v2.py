@@ -118,7 +118,10 @@ class PluginLock(_Frozen):
     id: str = Field(description="Plugin id, e.g. 'ct-abdomen-seg'.")
     version: str = Field(description="Exact plugin version (semver).")
     weights_sha256: str | None = Field(
-        pattern=_SHA, description="sha256 of the weights file; null for a plugin without weights."
+        default=None,
+        pattern=_SHA,
+        description="sha256 of the weights file; omitted (null) only for a plugin without "
+        "weights (a plugin with weights is then refused).",
     )
 
     @field_validator("id")
