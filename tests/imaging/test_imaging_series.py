@@ -91,9 +91,41 @@ def test_gantry_tilt_refused_by_default_and_corrected_on_request(
     np.testing.assert_allclose(image.direction, np.eye(3), atol=1e-9)
     assert image.spacing[2] == pytest.approx(2.5)
     hu = values.astype(np.float32) + HU
-    # slice k was shifted k rows down: after correction row j of slice k holds source row j-k
+    # slice k was shifted k rows down: after correction rows k..k+rows-1 of slice k hold
+    # all of its source rows (the grid grew by the drift instead of cutting it off)
     k = 3
-    np.testing.assert_allclose(image.array[0, :, k:, k], hu[:, : hu.shape[1] - k, k])
+    rows = hu.shape[1]
+    assert image.shape[1] == rows + hu.shape[2] - 1
+    np.testing.assert_allclose(image.array[0, :, k : k + rows, k], hu[:, :, k])
+
+
+@pytest.mark.parametrize("drift", [0.8, -0.8, 0.5])
+def test_tilt_correction_keeps_every_acquired_pixel(
+    dicom_builder: SimpleNamespace, tmp_path: Path, drift: float
+) -> None:
+    files, _ = dicom_builder.write_series(tmp_path / "s", tilt_mm_per_slice=drift)
+    image = load_series(files, on_tilt="resample")
+    inside = total = 0
+    exact = abs(drift) == 0.8  # one whole row per slice: values land on voxel centres
+    inverse = np.linalg.inv(image.direction * np.asarray(image.spacing))
+    for p in files:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        ipp = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+        row, col = iop[:3], iop[3:]
+        rr, cc = np.mgrid[: int(ds.Rows), : int(ds.Columns)]
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        pts = ipp + cc[..., None] * dc * row + rr[..., None] * dr * col
+        idx = (pts.reshape(-1, 3) - np.asarray(image.origin)) @ inverse.T
+        ok = np.all((idx > -0.5) & (idx < np.asarray(image.shape) - 0.5), axis=1)
+        inside += int(ok.sum())
+        total += ok.size
+        if exact:
+            full = pydicom.dcmread(p)
+            hu = full.pixel_array * float(full.RescaleSlope) + float(full.RescaleIntercept)
+            i, j, k = np.rint(idx[ok]).astype(int).T
+            np.testing.assert_allclose(image.array[0][i, j, k], hu.reshape(-1)[ok], atol=1e-3)
+    assert inside / total >= 0.98, inside / total
 
 
 def test_exact_duplicate_dropped_conflicting_refused(

@@ -472,6 +472,13 @@ def _positions_uniform(t: npt.NDArray[np.float64]) -> tuple[bool, float]:
     return bool(np.max(np.abs(t - expected)) <= tol), step
 
 
+def _tilt_padding(shifts: npt.NDArray[np.float64]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Rows and columns to add (before, after) so every shifted slice fits the grid."""
+    lo = np.ceil(np.maximum(0.0, -shifts.min(axis=0)) - 1e-6).astype(int)
+    hi = np.ceil(np.maximum(0.0, shifts.max(axis=0)) - 1e-6).astype(int)
+    return (int(lo[0]), int(hi[0])), (int(lo[1]), int(hi[1]))
+
+
 def _lerp_slices(
     src: npt.NDArray[Any],
     t_src: npt.NDArray[np.float64],
@@ -484,19 +491,37 @@ def _lerp_slices(
     Linear interpolation between the two bracketing source slices; ``shifts``
     (k, 2) are each source slice's in-plane offset in pixels (rows, columns),
     undone by bilinear shifting so that tilted slices line up (tilt correction).
+    With shifts the grid grows by :func:`_tilt_padding` so no acquired pixel is cut
+    off; where a slice has no data the value is the series' minimum (outside the
+    field of view), never an edge value repeated.
     """
     from scipy import ndimage
 
+    (r0, r1), (c0, c1) = _tilt_padding(shifts) if shifts is not None else ((0, 0), (0, 0))
+    background = float(src.min()) if src.size else 0.0
+
     def aligned(k: int) -> npt.NDArray[np.float64]:
         s: npt.NDArray[np.float64] = src[k].astype(np.float64)
-        if shifts is None or not np.any(np.abs(shifts[k]) > 1e-6):
+        if shifts is None:
             return s
+        s = np.pad(s, ((r0, r1), (c0, c1), (0, 0)), constant_values=background)
+        if not np.any(np.abs(shifts[k]) > 1e-6):
+            return s
+        # Whole-pixel drifts stay exact (0.8 mm / 0.8 mm is not quite 1.0 in floats);
+        # grid-constant interpolates against the background at the edge instead of
+        # dropping an edge row that lands a hair outside the input.
+        shift = np.where(
+            np.abs(shifts[k] - np.rint(shifts[k])) < 1e-6, np.rint(shifts[k]), shifts[k]
+        )
         return np.asarray(
-            ndimage.shift(s, (shifts[k][0], shifts[k][1], 0), order=1, mode="nearest"),
+            ndimage.shift(
+                s, (shift[0], shift[1], 0), order=1, mode="grid-constant", cval=background
+            ),
             dtype=np.float64,
         )
 
-    out = np.empty((len(t_out), *src.shape[1:]), dtype=out_dtype)
+    rows, cols = src.shape[1] + r0 + r1, src.shape[2] + c0 + c1
+    out = np.empty((len(t_out), rows, cols, src.shape[3]), dtype=out_dtype)
     cache: dict[int, npt.NDArray[np.float64]] = {}
     for idx, t in enumerate(t_out):
         hi = int(np.clip(np.searchsorted(t_src, t, side="right"), 1, len(t_src) - 1))
@@ -642,7 +667,8 @@ def load_series(
                 )
             warnings.append(
                 f"gantry tilt of {angle:.2f}° corrected by resampling onto an orthogonal grid "
-                "(bilinear in-plane shift, linear along the normal)"
+                "(bilinear in-plane shift, linear along the normal), padded so every acquired "
+                "pixel stays in the grid"
             )
         if not uniform:
             steps = np.diff(t)
@@ -673,6 +699,10 @@ def load_series(
                 else None
             )
             out = _lerp_slices(buf, t, shifts, t_out, np.dtype(np.float32))
+            if shifts is not None:
+                # The grid grew before the first row/column: move its origin with it.
+                (r0, _), (c0, _) = _tilt_padding(shifts)
+                origin = origin - axes[:, 0] * spacing_ij[0] * c0 - axes[:, 1] * spacing_ij[1] * r0
         else:
             out = buf
     # (k, rows, cols, C) → (C, i=cols, j=rows, k)
