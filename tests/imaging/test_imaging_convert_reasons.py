@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pydicom
+import pydicom.uid
 from click.testing import CliRunner
 
 from medlens.cli.main import cli
@@ -40,3 +42,49 @@ def test_convert_refuses_a_mosaic_series_with_its_reason(
     assert result.exit_code != 0
     assert "Siemens MOSAIC" in result.output
     assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def _echoes(dicom_builder: SimpleNamespace, folder: Path, echoes: int) -> list[list[Path]]:
+    """One series, ``echoes`` echoes per slice position (same positions, other pixels)."""
+    files, _ = dicom_builder.write_series(folder)
+    out = [files]
+    for e in range(2, echoes + 1):
+        copies = []
+        for p in files:
+            ds = pydicom.dcmread(p)
+            ds.EchoNumbers = e
+            ds.EchoTime = 10.0 * e
+            ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.PixelData = (ds.pixel_array // e).astype(ds.pixel_array.dtype).tobytes()
+            q = p.with_name(f"e{e}_{p.name}")
+            ds.save_as(q)
+            copies.append(q)
+        out.append(copies)
+    for p in files:
+        ds = pydicom.dcmread(p)
+        ds.EchoNumbers = 1
+        ds.EchoTime = 10.0
+        ds.save_as(p)
+    return out
+
+
+def test_convert_splits_a_multi_echo_series_into_one_volume_per_echo(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    from medlens.imaging.nifti import read_nifti
+    from medlens.imaging.series import load_series, split_volumes
+
+    groups = _echoes(dicom_builder, tmp_path / "d", 3)
+    all_files = [p for g in groups for p in g]
+    split = split_volumes(all_files)
+    assert [s for s, _ in split] == ["e1", "e2", "e3"]
+    assert [sorted(f) for _, f in split] == [sorted(g) for g in groups]
+    result = CliRunner().invoke(
+        cli, ["convert", str(tmp_path / "d"), str(tmp_path / "out"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    niftis = sorted((tmp_path / "out").glob("*.nii.gz"))
+    assert [p.name.split("_")[-1] for p in niftis] == ["e1.nii.gz", "e2.nii.gz", "e3.nii.gz"]
+    for nii, files in zip(niftis, groups, strict=True):
+        np.testing.assert_array_equal(read_nifti(nii).array, load_series(files).array)

@@ -15,7 +15,7 @@ from medlens.errors import InputError, OutputError
 from medlens.imaging.dicom_index import SeriesEntry, index_folder
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import write_nifti
-from medlens.imaging.series import load_series
+from medlens.imaging.series import load_series, split_volumes
 
 __all__ = ["convert", "convert_folder"]
 
@@ -78,23 +78,31 @@ def convert_folder(
             records.append(rec)
             continue
         try:
-            image = load_series(
-                s.files,
-                on_tilt="resample" if on_tilt == "resample" else "error",
-                on_gaps="error" if on_gaps == "error" else "resample",
-            )
+            volumes = split_volumes(s.files)
         except InputError as e:
             rec["error"] = str(e)
             records.append(rec)
             continue
-        stem = _stem(s)
-        nii = write_nifti(image, out_dir / f"{stem}.nii.gz")
-        try:
-            _write_json(out_dir / f"{stem}.json", _sidecar(s, image))
-        except OSError as e:
-            raise OutputError(f"cannot write sidecar for {stem!r}: {e}") from e
-        rec.update(nifti=str(nii), warnings=list(image.warnings))
-        records.append(rec)
+        for suffix, files in volumes:
+            vrec = dict(rec, volume=suffix) if suffix else dict(rec)
+            try:
+                image = load_series(
+                    files,
+                    on_tilt="resample" if on_tilt == "resample" else "error",
+                    on_gaps="error" if on_gaps == "error" else "resample",
+                )
+            except InputError as e:
+                vrec["error"] = str(e)
+                records.append(vrec)
+                continue
+            stem = _stem(s) + (f"_{suffix}" if suffix else "")
+            nii = write_nifti(image, out_dir / f"{stem}.nii.gz")
+            try:
+                _write_json(out_dir / f"{stem}.json", _sidecar(s, image))
+            except OSError as e:
+                raise OutputError(f"cannot write sidecar for {stem!r}: {e}") from e
+            vrec.update(nifti=str(nii), warnings=list(image.warnings))
+            records.append(vrec)
     records.extend(_skipped_records(ix.skipped))
     return records
 

@@ -56,6 +56,7 @@ __all__ = [
     "fill_sop_class",
     "load_series",
     "read_dataset",
+    "split_volumes",
 ]
 
 GapPolicy = Literal["resample", "error"]
@@ -112,6 +113,49 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise DicomError(f"cannot read {p.name!r}: {e.strerror or e}") from e
     except Exception as e:  # pydicom raises many kinds on corrupt files
         raise DicomError(f"{p.name!r} is corrupt or truncated: {type(e).__name__}") from e
+
+
+#: Attributes that tell volumes of one series apart (echo, then temporal position), as
+#: dcm2niix splits them: each value (pair) is one 3-D volume.
+_VOLUME_KEYS = (("EchoNumbers", "e"), ("TemporalPositionIdentifier", "t"))
+
+
+def split_volumes(files: Sequence[Path]) -> list[tuple[str, list[Path]]]:
+    """Split a series' single-frame files into one 3-D volume per echo / temporal position.
+
+    Multi-echo and 4-D (dynamic) MR keep every echo or time point of a slice position
+    in one series; read as one volume they are conflicting duplicates. Each distinct
+    (``EchoNumbers``, ``TemporalPositionIdentifier``) becomes its own volume, named by a
+    suffix such as ``e2`` or ``e1_t3``; a series with one value of each is one volume
+    with suffix ``""``. Multi-frame files are left together (their frames carry the
+    keys in functional groups).
+
+    Raises:
+        DicomError: If a file cannot be read.
+    """
+    import pydicom
+
+    groups: dict[tuple[str, ...], list[Path]] = {}
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as e:  # pydicom raises many kinds on corrupt files
+            raise DicomError(f"{Path(path).name!r} is unreadable: {type(e).__name__}") from e
+        key = tuple(str(ds.get(kw, "") or "").strip() for kw, _ in _VOLUME_KEYS)
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            key = ("",) * len(_VOLUME_KEYS)
+        groups.setdefault(key, []).append(Path(path))
+    if len(groups) == 1:
+        return [("", next(iter(groups.values())))]
+    varying = [i for i in range(len(_VOLUME_KEYS)) if len({k[i] for k in groups}) > 1]
+
+    def order(key: tuple[str, ...]) -> tuple[float, ...]:
+        return tuple(float(v) if v.replace(".", "", 1).isdigit() else -1.0 for v in key)
+
+    return [
+        ("_".join(f"{_VOLUME_KEYS[i][1]}{key[i] or 'x'}" for i in varying), groups[key])
+        for key in sorted(groups, key=order)
+    ]
 
 
 def fill_sop_class(ds: Dataset) -> str | None:
