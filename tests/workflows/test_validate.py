@@ -45,8 +45,14 @@ def _protocol(tmp: Path, dataset: Path, plugin_dir: Path, **kw: object) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tracking(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow store for the module (creating one takes tens of seconds here)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
 def validated(
-    tmp_path_factory: pytest.TempPathFactory, dataset: Path
+    tmp_path_factory: pytest.TempPathFactory, dataset: Path, tracking: str
 ) -> tuple[Outcome, Path, Path]:
     """One passing validation, shared: (outcome, its output folder, the plugin folder)."""
     tmp = tmp_path_factory.mktemp("validated")
@@ -57,7 +63,8 @@ def validated(
     proto.write_text(protocol_toml(dataset, plugin / "oracle.safetensors", n_cases=N))
     out = tmp / "out"
     host = oracle_host(plugin, module="oracle_seg_validated")
-    return run_validation(proto, out, host=host, progress=False), out, plugin
+    outcome = run_validation(proto, out, host=host, tracking_uri=tracking, progress=False)
+    return outcome, out, plugin
 
 
 def test_validation_passes_writes_reports_and_sets_validated(
@@ -99,24 +106,32 @@ def test_validation_passes_writes_reports_and_sets_validated(
 
 
 def test_unreachable_threshold_fails_exits_non_zero_and_sets_no_alias(
-    tmp_path: Path, dataset: Path, plugin_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, dataset: Path, tracking: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    proto = _protocol(tmp_path, dataset, plugin_dir, dice_threshold=1.01)
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    # Weights of their own: the registry version judged here is this test's alone.
+    (plugin / "oracle.safetensors").write_bytes(b"weights never validated\n")
+    install_oracle(plugin)
+    proto = _protocol(tmp_path, dataset, plugin, dice_threshold=1.01)
     out = tmp_path / "out"
-    code = validate(proto, out, host=oracle_host(plugin_dir))
+    code = validate(proto, out, tracking_uri=tracking, host=oracle_host(plugin))
     assert code == 1
     assert "FAIL  dice liver" in capsys.readouterr().out
     r = json.loads((out / "report.json").read_text())
     assert not r["passed"] and r["mlflow"]["alias"] is None
-    uri = r["mlflow"]["tracking_uri"]
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    with pytest.raises(MlflowException):
-        client.get_model_version_by_alias(r["mlflow"]["model_name"], "validated")
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     mv = client.get_model_version(r["mlflow"]["model_name"], r["mlflow"]["model_version"])
     assert mv.tags["protocol.oracle-phantom"] == "failed"
+    assert mv.tags["weights_sha256"] == r["weights_sha256"]
+    try:
+        aliased = client.get_model_version_by_alias(r["mlflow"]["model_name"], "validated")
+    except MlflowException:
+        aliased = None  # no version validated at all
+    assert aliased is None or str(aliased.version) != r["mlflow"]["model_version"]
 
 
 def test_one_byte_of_weights_or_manifest_makes_validate_refuse(
@@ -142,7 +157,7 @@ def test_one_byte_of_weights_or_manifest_makes_validate_refuse(
 
 
 def test_failed_case_is_counted_never_dropped(
-    tmp_path: Path, dataset: Path, plugin_dir: Path
+    tmp_path: Path, dataset: Path, plugin_dir: Path, tracking: str
 ) -> None:
     copy = tmp_path / "data"
     shutil.copytree(dataset.parent, copy)
@@ -151,7 +166,9 @@ def test_failed_case_is_counted_never_dropped(
     manifest = copy / dataset.name
     proto = tmp_path / "p.toml"
     proto.write_text(protocol_toml(manifest, plugin_dir / "oracle.safetensors", n_cases=N))
-    outcome = run_validation(proto, tmp_path / "out", host=oracle_host(plugin_dir), progress=False)
+    outcome = run_validation(
+        proto, tmp_path / "out", host=oracle_host(plugin_dir), tracking_uri=tracking, progress=False
+    )
     r = outcome.report
     assert r["n_failed"] == 1 and not r["passed"]
     assert r["failures"][0]["case_id"] == "case-0003" and r["failures"][0]["reason"]
@@ -195,3 +212,81 @@ def test_gated_host_runs_validated_weights_and_refuses_others(
     host = oracle_host(other, module="oracle_seg_other", config=no_registry)
     with pytest.raises(NotValidatedError, match="no registry_uri"):
         host.run("oracle-seg", case, device="cpu")
+
+
+@pytest.mark.external
+def test_report_html_renders_in_headless_chromium(
+    validated: tuple[Outcome, Path, Path], tmp_path: Path
+) -> None:
+    import re
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (scripts/install-system-deps installs it)")
+    page = (validated[1] / "report.html").as_uri()
+
+    def browser(profile: str, *args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / profile}",
+            "--window-size=1280,2600",
+            *args,
+            page,
+        ]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=True)
+
+    dom = browser("dom", "--dump-dom").stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded is not None, "the page's load handler did not run"
+    ok, total = int(loaded[1]), int(loaded[2])
+    assert total >= 4 and ok == total  # every embedded plot decoded
+    shot = tmp_path / "shot.png"
+    browser("shot", f"--screenshot={shot}")
+    rgb = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
+    assert rgb.std() > 20  # not a blank page
+    # Saturated pixels are the plots' marks and lines: measured 7e-4 of the page with its
+    # plots, 4e-5 for the same page with the images removed.
+    coloured = (rgb.max(axis=2) - rgb.min(axis=2)) > 60
+    assert coloured.mean() > 3e-4
+
+
+def test_researchers_folder_with_dicom_seg_and_nifti_masks(
+    tmp_path: Path, plugin_dir: Path, tracking: str
+) -> None:
+    """A folder of DICOM series, masks as DICOM SEG and as NIfTI, and the CSV: it runs."""
+    manifest = build_phantom_dataset(tmp_path / "study", 3, 13, seg=True)
+    rows = list(csv.DictReader(manifest.read_text().splitlines()))
+    rows[1]["reference"] = "case-0001/truth/labels.nii.gz"  # one NIfTI mask among SEGs
+    rows[2]["sex"] = ""  # a missing attribute: the `unknown` subgroup
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    proto = tmp_path / "protocol.toml"
+    proto.write_text(
+        protocol_toml(
+            manifest,
+            plugin_dir / "oracle.safetensors",
+            n_cases=3,
+            manifest_rel="study/validation.csv",
+        )
+    )
+    outcome = run_validation(
+        proto, tmp_path / "out", host=oracle_host(plugin_dir), tracking_uri=tracking, progress=False
+    )
+    r = outcome.report
+    assert r["n_failed"] == 0, r["failures"]
+    assert r["metrics"][0]["n"] == 3 and r["metrics"][0]["value"] > 0.99
+    sexes = {g["value"] for g in r["subgroups"] if g["attribute"] == "sex"}
+    assert "unknown" in sexes

@@ -20,7 +20,8 @@ Metrics (definitions; Dice and volume errors use :mod:`medlens_validation.metric
   volume) are *evaluated*; smaller ones are "don't care".
 * **Lesion-wise tumour Dice**: for an evaluated tumour *T*, *P* = union of the predicted
   tumour components (26-connectivity) that overlap *T*; Dice = 2|T∩P| / (|T|+|P|), 0 when
-  missed. Reported as mean ± sd over evaluated tumours.
+  missed (:func:`medlens_validation.metrics.lesion_overlaps`). Reported as mean ± sd over
+  evaluated tumours.
 * **Detection sensitivity**: an evaluated tumour is detected when any predicted tumour
   component overlaps it. **FP/case**: predicted tumour components overlapping no truth
   tumour voxel (of any size), per case.
@@ -207,32 +208,29 @@ def _tumour_metrics(
     pred: npt.NDArray[Any],
     min_tumour_ml: float,
 ) -> tuple[list[TumourMetrics], int]:
-    from scipy import ndimage
+    from medlens_validation.metrics import lesion_overlaps
 
-    voxel_ml = case.voxel_volume_ml()
-    comp, n = ndimage.label(pred == TUMOUR, structure=np.ones((3, 3, 3), dtype=bool))
-    truth_any = case.labels == TUMOUR
-    touched = set(np.unique(comp[truth_any]).tolist()) - {0} if n else set()
-    out: list[TumourMetrics] = []
-    for t, tmask in zip(case.truth.tumors, tumour_truth_masks(case), strict=True):
-        ids = [int(v) for v in np.unique(comp[tmask]) if v != 0] if n else []
-        p = np.isin(comp, ids) if ids else np.zeros_like(tmask)
-        size_t, size_p = int(tmask.sum()), int(p.sum())
-        inter = int((p & tmask).sum())
-        d = 2.0 * inter / (size_t + size_p) if size_t + size_p else math.nan
-        out.append(
-            TumourMetrics(
-                index=t.index,
-                analytic_ml=float(t.volume_ml),
-                truth_mask_ml=size_t * voxel_ml,
-                predicted_ml=size_p * voxel_ml,
-                dice=d,
-                detected=bool(ids),
-                evaluated=t.volume_ml >= min_tumour_ml,
-                density=t.density,
-            )
+    overlaps, false_positives = lesion_overlaps(
+        pred,
+        tumour_truth_masks(case),
+        label=TUMOUR,
+        spacing=case.spacing,
+        truth_any=case.labels == TUMOUR,
+        connectivity=26,
+    )
+    out = [
+        TumourMetrics(
+            index=t.index,
+            analytic_ml=float(t.volume_ml),
+            truth_mask_ml=o.ref_ml,
+            predicted_ml=o.pred_ml,
+            dice=o.dice,
+            detected=o.detected,
+            evaluated=t.volume_ml >= min_tumour_ml,
+            density=t.density,
         )
-    false_positives = n - len(touched)
+        for t, o in zip(case.truth.tumors, overlaps, strict=True)
+    ]
     return out, false_positives
 
 

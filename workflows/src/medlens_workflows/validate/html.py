@@ -31,6 +31,16 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}
 code{font-size:12px}
 """
+# Marks on <body> how many plots decoded: read by the headless-browser test, harmless offline.
+_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; }
+  }
+  document.body.setAttribute("data-images-loaded", ok + "/" + imgs.length);
+});
+</script>"""
 
 
 def _png(fig: Any) -> str:
@@ -224,7 +234,7 @@ def render_html(
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>Validation {html.escape(report['protocol_id'])}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{_CSS}</style>{_SCRIPT}</head><body>",
         f"<h1>Validation: {html.escape(report.get('protocol_title', report['protocol_id']))}</h1>",
         f"<p class='verdict {'pass' if report['passed'] else 'fail'}' id='verdict'>{verdict}</p>",
         "<table>",

@@ -1,0 +1,137 @@
+"""A classification protocol end to end: AUROC, operating points, calibration, ROC plot."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.metadata as md
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from medlens.host import Host
+from medlens_workflows.validate.runner import run_validation
+
+# Scores the grey level of a PNG: probability = mean pixel value / 255.
+CLASSIFIER = """
+import numpy as np
+from medlens.plugin_api import v1
+
+_CODE = v1.Code(value="233604007", scheme="SCT", meaning="Pneumonia")
+MANIFEST = v1.Manifest(
+    id="grey-classifier", version="1.0.0", api_version=v1.API_VERSION, title="Grey",
+    task=v1.Task.CLASSIFICATION, modality=[v1.Modality.DX], body_part="CHEST",
+    input=v1.InputSpec(dims=2),
+    outputs=v1.OutputSpec(
+        labels=[v1.Label(value=0, name="pneumonia", category=_CODE, type=_CODE, measure=False)],
+        kinds=[v1.OutputKind.JSON],
+    ),
+    model_card=v1.ModelCard(intended_use="tests", training_data="none", license="Apache-2.0",
+                            diagnostic_use=False),
+    entry="grey_classifier_plugin:create",
+)
+
+
+class _Grey:
+    def predict(self, inputs, ctx):
+        p = float(np.clip(np.asarray(inputs.image.array, dtype=float).mean() / 255.0, 0, 1))
+        return v1.Prediction(
+            findings=[v1.Finding(label="pneumonia", probability=p, positive=p >= 0.5)]
+        )
+
+
+def create(ctx):
+    return _Grey()
+"""
+
+
+def test_classification_protocol(tmp_path: Path) -> None:
+    (tmp_path / "grey_classifier_plugin.py").write_text(textwrap.dedent(CLASSIFIER))
+    sys.path.insert(0, str(tmp_path))
+    sys.modules.pop("grey_classifier_plugin", None)
+    host = Host(
+        entry_points=[
+            md.EntryPoint("grey-classifier", "grey_classifier_plugin:MANIFEST", "medlens.plugins")
+        ]
+    )
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows, truth, scores = [], [], []
+    for i in range(24):
+        y = i % 2
+        grey = int(np.clip(rng.normal(150 if y else 100, 30), 5, 250))
+        Image.fromarray(np.full((16, 16), grey, dtype=np.uint8)).save(data / f"x{i}.png")
+        ref = "pneumonia" if y else ("normal" if i % 4 else "0")
+        rows.append([f"c{i}", f"p{i // 2}", f"x{i}.png", ref, "AP" if i % 3 else "PA"])
+        truth.append(y)
+        scores.append(grey / 255.0)
+    with (data / "manifest.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case_id", "patient_id", "input", "reference", "view_position"])
+        w.writerows(rows)
+    sha = hashlib.sha256((data / "manifest.csv").read_bytes()).hexdigest()
+    proto = tmp_path / "p.toml"
+    proto.write_text(
+        textwrap.dedent(
+            f"""
+            schema_version = "2"
+            id = "grey"
+            title = "Grey classifier"
+            task = "classification"
+            seed = 3
+            [plugin]
+            id = "grey-classifier"
+            version = "1.0.0"
+            [dataset]
+            name = "greys"
+            manifest = "data/manifest.csv"
+            manifest_sha256 = "{sha}"
+            n_cases = 24
+            [bootstrap]
+            n_resamples = 300
+            n_permutations = 300
+            [[operating_points]]
+            name = "screening"
+            threshold = 0.45
+            [[metrics]]
+            metric = "auroc"
+            label = "pneumonia"
+            statistic = "ci_low"
+            comparator = ">="
+            threshold = 0.6
+            [[metrics]]
+            metric = "sensitivity"
+            label = "pneumonia"
+            operating_point = "screening"
+            statistic = "value"
+            comparator = ">="
+            threshold = 0.5
+            [[metrics]]
+            metric = "ece"
+            label = "pneumonia"
+            statistic = "value"
+            comparator = "<="
+            threshold = 0.5
+            [[subgroups]]
+            attribute = "view_position"
+            min_cases = 5
+            """
+        )
+    )
+    outcome = run_validation(proto, tmp_path / "out", host=host, progress=False)
+    sys.modules.pop("grey_classifier_plugin", None)
+    r = outcome.report
+    assert r["n_failed"] == 0, r["failures"]
+    auroc = r["metrics"][0]
+    assert auroc["value"] == pytest.approx(roc_auc_score(truth, scores))
+    assert auroc["n"] == 24 and auroc["n_patients"] == 12
+    assert auroc["ci_low"] < auroc["value"] < auroc["ci_high"]
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3  # ROC, calibration, forest
+    assert {g["value"] for g in r["subgroups"]} == {"AP", "PA"}
