@@ -149,3 +149,50 @@ def test_bundle_run_reports_progress_honours_cancel_and_names_ignored_options(
             progress=lambda f, m: seen.append(m),
             cancel=lambda: "bundle pre-processing" in seen,
         )
+
+
+@pytest.mark.parametrize("invert", [True, False])
+def test_two_d_bundle_mask_is_on_the_input_grid(tmp_path: Path, invert: bool) -> None:
+    from bundlekit import META
+
+    meta = copy.deepcopy(META)
+    meta["network_data_format"]["inputs"]["image"]["spatial_shape"] = [32, 32]
+    post = [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        {
+            "_target_": "Invertd",
+            "keys": "pred",
+            "transform": "@preprocessing",
+            "orig_keys": "image",
+        },
+        {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+    ]
+    inference = {
+        "network_def": {
+            "_target_": "torch.nn.Conv2d", "in_channels": 1, "out_channels": 2, "kernel_size": 1
+        },
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Spacingd", "keys": "image", "pixdim": [0.5, 0.5]},
+            {"_target_": "ScaleIntensityd", "keys": "image"},
+        ]},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": {"_target_": "Compose", "transforms": post if invert else post[::2]},
+    }  # fmt: skip
+    net = torch.nn.Conv2d(1, 2, 1)
+    with torch.no_grad():  # class 1 where the scaled intensity exceeds 0.5
+        net.weight.zero_()
+        net.weight[1].fill_(20.0)
+        net.bias.copy_(torch.tensor([0.0, -10.0]))
+    b = make_bundle(tmp_path, inference=inference, metadata=meta, network=net)
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text(f'[[bundles]]\npath = "{b}"\nsha256 = "{file_sha256(b)}"\nid = "xr"\n')
+    host = Host(load_config(cfg), entry_points=[])
+    arr = np.zeros((1, 30, 20), np.float32)
+    arr[0, 5:15, 3:9] = 1.0  # off-centre: a flipped axis would not match
+    image = Image(arr, (1.0, 1.2), (10.0, -4.0), np.eye(2))
+    pred = host.run("xr", image).prediction
+    assert pred.mask is not None and pred.mask.same_grid(image)
+    assert np.array_equal(pred.mask.array[0], arr[0] > 0.5)
+    assert any("no Invertd" in w for w in pred.warnings) is not invert

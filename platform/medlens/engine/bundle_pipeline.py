@@ -379,16 +379,20 @@ def _write_input(image: Image, folder: Path) -> Path:
 
 
 def input_affine(image: Image) -> npt.NDArray[np.float64]:
-    """The index→RAS affine MONAI's reader gives the written input (``ndim+1`` square)."""
+    """The 4x4 index→RAS affine of the written input (a 2-D image lies in z = 0)."""
     a = np.eye(4)
     nd = image.ndim
     a[:nd, :nd] = image.direction * np.asarray(image.spacing)[None, :]
     a[:nd, 3] = image.origin
-    ras = lps_to_ras(a)
-    if nd == 3:
-        return ras
-    out = np.eye(3)
-    out[:2, :2], out[:2, 2] = ras[:2, :2], ras[:2, 3]
+    return lps_to_ras(a)
+
+
+def _as_4x4(a: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    if a.shape == (4, 4):
+        return a
+    n = a.shape[0] - 1  # a 2-D (3x3) affine: spatial part and translation
+    out = np.eye(4)
+    out[:n, :n], out[:n, 3] = a[:n, :n], a[:n, n]
     return out
 
 
@@ -491,13 +495,14 @@ def to_input_grid(out: BundleOutput, image: Image) -> tuple[npt.NDArray[Any], bo
     """
     want = input_affine(image)
     pred = out.pred
-    if tuple(pred.shape[1:]) == image.shape and np.allclose(out.affine, want, atol=1e-3):
+    have = _as_4x4(out.affine)
+    if tuple(pred.shape[1:]) == image.shape and np.allclose(have, want, atol=1e-3):
         return pred, False
     import torch
     from monai.data.meta_tensor import MetaTensor
     from monai.transforms.spatial.array import SpatialResample
 
-    src = MetaTensor(torch.as_tensor(pred, dtype=torch.float32), affine=torch.as_tensor(out.affine))
+    src = MetaTensor(torch.as_tensor(pred, dtype=torch.float32), affine=torch.as_tensor(have))
     res = SpatialResample(mode="nearest", padding_mode="zeros")(
         src, dst_affine=torch.as_tensor(want), spatial_size=image.shape
     )
