@@ -29,16 +29,19 @@ def test_heatmap_dicom_is_valid_and_round_trips(tmp_path, make_result, dciodvfy)
 
     pm = pydicom.dcmread(paths["heatmap_pm"])
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
-    assert "FloatPixelData" in pm
-    pixels = pm.pixel_array.reshape(-1, *pm.pixel_array.shape[-2:])
+    # 16-bit stored values with a real-world value mapping (half of float32's size)
+    assert "FloatPixelData" not in pm and pm.BitsAllocated == 16
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    slope = float(mapping.RealWorldValueSlope)
+    assert slope == pytest.approx(1 / 65535)
+    pixels = pm.pixel_array.reshape(-1, *pm.pixel_array.shape[-2:]) * slope
     heat = result.prediction.heatmap
     frames = frames_of(heat.array)
     by_uid = {ds.SOPInstanceUID: k for k, ds in enumerate(sources)}
     assert len(pixels) == len(sources)
     for n, frame in enumerate(pm.PerFrameFunctionalGroupsSequence):
         uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        np.testing.assert_allclose(pixels[n], frames[by_uid[uid]], atol=1e-6)
-    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        np.testing.assert_allclose(pixels[n], frames[by_uid[uid]], atol=1 / 65535)
     assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
 
     sc = pydicom.dcmread(sc_files[2])

@@ -50,6 +50,7 @@ __all__ = [
     "write_heatmap_dicom",
 ]
 
+_PM_MAX = 65535  # stored value of heat 1.0 in the Parametric Map
 _ALPHA = 0.5  # overlay opacity at heat 1.0; heat 0 leaves the image untouched
 
 
@@ -190,14 +191,16 @@ def build_parametric_map(result: Result, sources: list[Dataset]) -> hd.pm.Parame
     heat = result.prediction.heatmap
     if heat is None:
         raise OutputError(f"plugin {m.id!r} produced no heatmap")
-    frames = np.clip(frames_of(heat.array[:1]), 0.0, 1.0).astype(np.float32)
+    # 16-bit with a real-world value mapping: half the size of float32 and a step of
+    # 1.5e-5, far below anything a heatmap can mean.
+    frames = np.rint(np.clip(frames_of(heat.array[:1]), 0.0, 1.0) * _PM_MAX).astype(np.uint16)
     method = result.prediction.explanation.method if result.prediction.explanation else "heatmap"
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="HEATMAP",
         lut_explanation=f"{method} explanation weight"[:64],
         unit=PdCode("1", "UCUM", "no units"),
-        value_range=(0.0, 1.0),
-        slope=1.0,
+        value_range=(0, _PM_MAX),
+        slope=1.0 / _PM_MAX,
         intercept=0.0,
     )
     geometry: dict[str, object] = {}
@@ -222,7 +225,9 @@ def build_parametric_map(result: Result, sources: list[Dataset]) -> hd.pm.Parame
             device_serial_number="0",
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
-            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
+            voi_lut_transformations=[
+                hd.VOILUTTransformation(window_center=_PM_MAX / 2, window_width=_PM_MAX)
+            ],
             content_label="HEATMAP",
             content_description=f"{method} explanation; not a finding"[:64],
             series_description=f"{m.id} {method} map"[:64],
