@@ -27,6 +27,7 @@ sysdeps:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache  # layer contracts in pyproject.toml [tool.importlinter]
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

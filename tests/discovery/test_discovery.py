@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -105,3 +106,38 @@ def test_discovery_of_installed_plugins_imports_no_torch() -> None:
     listing = json.loads(out.stdout)
     for entry in listing["plugins"]:
         assert {"id", "version", "task", "diagnostic_use"} <= set(entry)
+
+
+def test_a_blocked_plugin_module_is_never_imported(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The manifest module of the blocked plugin would record its import; it must not run.
+    (tmp_path / "mlt_blocked_probe.py").write_text(
+        "import sys\nsys.modules['__probe_imported__'] = sys\nMANIFEST = None\n"
+    )
+    code = (
+        "import importlib.metadata as md, sys\n"
+        "from medlens.discovery import discover\n"
+        "eps = [md.EntryPoint('blocked', 'mlt_blocked_probe:MANIFEST', 'medlens.plugins'),\n"
+        "       md.EntryPoint('other', 'mlt_blocked_probe:MANIFEST', 'medlens.plugins')]\n"
+        "r = discover(entry_points=eps, block=['blocked'], allow=['blocked', 'x'])\n"
+        "print(sorted(r.skipped.items()), r.plugins, r.errors,\n"
+        "      'mlt_blocked_probe' in sys.modules, '__probe_imported__' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    ).stdout.strip()
+    assert out == (
+        "[('blocked', 'blocked by configuration'), ('other', 'not in the allowlist')] {} [] "
+        "False False"
+    )
+
+
+def test_entry_point_name_must_be_the_plugin_id(plugin_factory: Make) -> None:
+    ep = plugin_factory("named")
+    renamed = md.EntryPoint(name="alias", value=ep.value, group=ep.group)
+    report = discover(entry_points=[renamed])
+    (err,) = report.errors
+    assert isinstance(err, PluginValidationError) and "differs from the manifest id" in str(err)

@@ -6,7 +6,8 @@ from medlens.discovery.entry_points import (
     ENTRY_POINT_GROUP,
     DiscoveryReport,
     PluginRecord,
+    check_api,
     discover,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "DiscoveryReport", "PluginRecord", "discover"]
+__all__ = ["ENTRY_POINT_GROUP", "DiscoveryReport", "PluginRecord", "check_api", "discover"]

@@ -186,8 +186,22 @@ def discover(
     allowed = set(allow) if allow is not None else None
     found: list[PluginRecord] = []
     for ep in sorted(eps, key=lambda e: (e.name, e.value)):
+        # Lists act on the entry-point name, which is the plugin id, before anything of a
+        # blocked or not-allowed plugin is imported: not even its manifest module runs.
+        if ep.name in block:
+            report.skipped[ep.name] = "blocked by configuration"
+            continue
+        if allowed is not None and ep.name not in allowed:
+            report.skipped[ep.name] = "not in the allowlist"
+            continue
         try:
             manifest = _load_manifest(ep)
+            if manifest.id != ep.name:
+                raise PluginValidationError(
+                    ep.name,
+                    f"entry-point name {ep.name!r} differs from the manifest id "
+                    f"{manifest.id!r}; they must be equal (allow/block lists act on the name)",
+                )
             _check_api(manifest)
         except PluginError as e:
             report.errors.append(e)

@@ -37,6 +37,7 @@ __all__ = [
     "SimpleReporter",
     "classify",
     "prepare_input",
+    "prepare_with_labels",
     "segment",
 ]
 
@@ -169,6 +170,46 @@ def prepare_input(image: Image, spec: InputSpec, reporter: Reporter | None = Non
         return prepare(image, spec, device="cpu")
     with reporter.timer("preprocess_s"):
         return prepare(image, spec, device="cpu")
+
+
+def prepare_with_labels(
+    image: Image, labels: npt.NDArray[np.uint8], spec: InputSpec
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.uint8]]:
+    """Prepare ``image`` as inference does, and carry a label map on its grid along.
+
+    For training recipes: the labels follow the very same grid steps as the image
+    (nearest neighbour where the image is interpolated), so both stay voxel-aligned
+    and a model is trained on exactly what the host will give it.
+
+    Args:
+        image: The image as read.
+        labels: ``(*shape)`` label map on ``image``'s grid.
+        spec: The manifest's input specification.
+
+    Returns:
+        ``(C, *model_shape)`` float32 network input and ``(*model_shape)`` uint8 labels.
+
+    Raises:
+        EngineError: If the labels are not on the image's grid, or a step cannot carry them.
+    """
+    import torch
+
+    from medlens.engine.geometry import Crop, Reorient, Resample
+
+    if tuple(labels.shape) != tuple(image.shape):
+        raise EngineError(f"labels {labels.shape} are not on the image's grid {image.shape}")
+    prepared = prepare(image, spec, device="cpu")
+    lab = torch.from_numpy(np.ascontiguousarray(labels[None]))
+    for step in prepared.chain.steps:
+        if isinstance(step, Resample):
+            lab = step.forward(lab, nearest=True)
+        elif isinstance(step, Reorient | Crop):
+            lab = step.forward(lab)
+        else:
+            raise EngineError(f"labels cannot follow the {type(step).__name__} step")
+    x = np.ascontiguousarray(prepared.tensor.numpy(), dtype=np.float32)
+    y = np.ascontiguousarray(lab[0].numpy(), dtype=np.uint8)
+    return x, y
 
 
 def _run(

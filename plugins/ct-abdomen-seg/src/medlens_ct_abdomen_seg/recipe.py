@@ -11,9 +11,9 @@ What it does, deterministically from ``--seed``:
    disjoint from the held-out evaluation seeds (10000 and up,
    ``python -m medlens_workflows.phantom_eval``).
 2. Prepares every case exactly as the engine will at inference: the image through
-   :func:`medlens.engine.preprocess.prepare` with the manifest's ``InputSpec`` (orientation,
-   spacing, intensity window), the label map through the same grid steps with
-   nearest-neighbour sampling. The manifest is the single source of truth.
+   :func:`medlens.engine.api.prepare_with_labels` with the manifest's ``InputSpec``
+   (orientation, spacing, intensity window), the label map through the same grid steps
+   with nearest-neighbour sampling. The manifest is the single source of truth.
 3. Trains the network of :mod:`medlens_ct_abdomen_seg.network` on class-balanced random
    patches (tumour-centred patches oversampled) with Dice + cross-entropy, AdamW and a
    cosine learning-rate decay. No left/right flips: the kidneys are lateral-specific.
@@ -100,35 +100,21 @@ class PreparedCase:
 def prepare_case(seed: int) -> PreparedCase:
     """Synthesise phantom ``seed`` (small mode) and prepare it as the engine would.
 
-    The image goes through :func:`medlens.engine.preprocess.prepare` with the manifest's
-    input specification; the label map follows the very same grid steps, sampled
-    nearest-neighbour, so image and labels stay voxel-aligned.
+    The image goes through :func:`medlens.engine.api.prepare_with_labels` with the
+    manifest's input specification; the label map follows the very same grid steps,
+    sampled nearest-neighbour, so image and labels stay voxel-aligned.
     """
-    import torch
-
-    from medlens.engine.geometry import Reorient, Resample
-    from medlens.engine.preprocess import prepare
+    from medlens.engine.api import prepare_with_labels
+    from medlens.phantoms.ct import LABELS as TRUTH_LABELS
     from medlens.phantoms.ct import synthesize
     from medlens_ct_abdomen_seg.manifest import MANIFEST
 
     case = synthesize(seed, small=True)
-    prepared = prepare(case.image(), MANIFEST.input)
-    from medlens.phantoms.ct import LABELS as TRUTH_LABELS
-
     # Phantom truth values become the manifest's values, matched by name (never assumed equal).
     lut = np.zeros(max(TRUTH_LABELS) + 1, dtype=np.uint8)
     for value, name in TRUTH_LABELS.items():
         lut[value] = MANIFEST.label(name).value
-    lab = torch.from_numpy(np.ascontiguousarray(lut[case.labels][None]))
-    for step in prepared.chain.steps:
-        if isinstance(step, Resample):
-            lab = step.forward(lab, nearest=True)
-        elif isinstance(step, Reorient):
-            lab = step.forward(lab)
-        else:  # pragma: no cover - the manifest asks for neither crop nor resize
-            raise RuntimeError(f"unexpected pre-processing step {type(step).__name__}")
-    image = np.ascontiguousarray(prepared.tensor.numpy(), dtype=np.float32)
-    labels = np.ascontiguousarray(lab[0].numpy(), dtype=np.uint8)
+    image, labels = prepare_with_labels(case.image(), lut[case.labels], MANIFEST.input)
     assert image.shape[1:] == labels.shape
     return PreparedCase(seed=seed, image=image, labels=labels)
 
