@@ -296,8 +296,8 @@ def _label_map(pred: npt.NDArray[Any], m: Manifest) -> npt.NDArray[np.uint8]:
     binary = np.isin(pred, [0, 1]).all()
     if not binary or (pred.sum(axis=0) > 1).any():
         raise EngineError(
-            f"the bundle's output has {pred.shape[0]} overlapping channels; a MedLens label "
-            "map holds one label per voxel"
+            f"the bundle's {pred.shape[0]}-channel output is not one label per voxel "
+            "(values other than 0/1, or overlapping channels)"
         )
     labels = np.asarray(np.argmax(pred, axis=0), dtype=np.uint8)  # one-hot: channel c is c
     labels[pred.sum(axis=0) == 0] = 0
