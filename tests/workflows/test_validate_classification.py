@@ -17,6 +17,8 @@ from sklearn.metrics import roc_auc_score
 from medlens.host import Host
 from medlens_workflows.validate.runner import run_validation
 
+pytestmark = pytest.mark.slow
+
 # Scores the grey level of a PNG: probability = mean pixel value / 255.
 CLASSIFIER = """
 import numpy as np

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,17 @@ def test_every_report_field_is_documented() -> None:
     fields |= set(schema["properties"]["mlflow"]["properties"])
     missing = sorted(f for f in fields if f"`{f}`" not in doc)
     assert not missing, f"report.json fields not in docs/validation.md: {missing}"
+
+
+def test_plugins_list_shows_validation_status(tmp_path: Path) -> None:
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text(f'[validation]\nregistry_uri = "sqlite:///{tmp_path / "mlflow.db"}"\n')
+    out = subprocess.run(
+        [*MEDLENS, "plugins", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MEDLENS_CONFIG": str(cfg)},
+    )
+    assert out.returncode == 0, out.stderr
+    listed = json.loads(out.stdout)["plugins"]
+    assert listed and all(p["validation"] == "not validated" for p in listed)

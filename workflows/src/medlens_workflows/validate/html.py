@@ -196,8 +196,24 @@ def _forest(report: dict[str, Any]) -> str:
     keys = list(dict.fromkeys((m["metric"], m["label"], m["operating_point"]) for _, m in rows))
     if not keys:
         return "<p>No subgroups.</p>"
-    fig, axes = _subplots(len(keys))
-    for ax, key in zip(axes, keys, strict=False):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # One panel per metric, stacked: subgroup names need the width.
+    per = [
+        sum(1 for _, m in rows if (m["metric"], m["label"], m["operating_point"]) == k)
+        for k in keys
+    ]
+    fig, axes = plt.subplots(
+        len(keys),
+        1,
+        figsize=(8.0, sum(0.28 * n + 0.9 for n in per)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": per},
+    )
+    for ax, key in zip(axes[:, 0], keys, strict=True):
         mine = [(n, m) for n, m in rows if (m["metric"], m["label"], m["operating_point"]) == key]
         for i, (_name, m) in enumerate(mine):
             if m["gap"] is None:
@@ -285,7 +301,7 @@ def render_html(
     sub_rows = [
         {
             "attribute": g["attribute"],
-            "value": g["value"],
+            "subgroup": g["value"],
             "n": g["n"],
             "underpowered": g["underpowered"],
             **m,
@@ -298,7 +314,7 @@ def render_html(
             sub_rows,
             [
                 "attribute",
-                "value",
+                "subgroup",
                 "n",
                 "underpowered",
                 "metric",
