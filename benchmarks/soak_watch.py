@@ -226,6 +226,8 @@ def main() -> None:
     ours = {s[0].SeriesInstanceUID for s in series}
     served = sum(1 for uid in ours if uid in counts)
     q = {r["name"] for r in wk.query(state, "SELECT name FROM quarantine")}
+    # A kill between the move and its database record leaves the reason file only.
+    q |= {t.name.split("-")[1] for t in (out / "quarantine").glob("*.reason.txt")}
     must = [n for n in dropped if corpus[n][1]]
     quarantined = sum(1 for n in must if opaque_name(f"hostile/{n}", length=16) in q)
     current = len(counts)

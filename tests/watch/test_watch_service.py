@@ -232,7 +232,7 @@ def test_misbehaving_plugins_fail_their_jobs_only(tmp_path: Path) -> None:
     with Running(tmp_path, plugins, **cfg) as r:
         wk.write_files(wk.make_series(4), r.inp)
         wk.wait_for(
-            lambda: len(r.jobs("status IN ('done','failed')")) == 5, timeout=90, what="all jobs"
+            lambda: len(r.jobs("status IN ('done','failed')")) == 5, timeout=240, what="all jobs"
         )
         # The watcher is alive: a new series still completes.
         wk.write_files(wk.make_series(3, seed=2), r.inp / "next")

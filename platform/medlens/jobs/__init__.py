@@ -15,7 +15,7 @@ from medlens.jobs._clock import Clock, ManualClock, SystemClock
 from medlens.jobs._executor import Executor, Finished, LocalExecutor
 from medlens.jobs._records import Job, ResultRecord, SendRecord
 from medlens.jobs._status import FailureKind, JobStatus, SendStatus
-from medlens.jobs._store import SCHEMA_VERSION, JobStore, SeriesRow
+from medlens.jobs._store import SCHEMA_VERSION, InstanceRow, JobStore, SeriesRow
 from medlens.jobs._worker import JobOutcome, JobSpec, PluginSource, Worker
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "Executor",
     "FailureKind",
     "Finished",
+    "InstanceRow",
     "Job",
     "JobOutcome",
     "JobSpec",

@@ -30,7 +30,7 @@ from medlens.errors import ConfigError
 from medlens.jobs._records import Job, ResultRecord, SendRecord
 from medlens.jobs._status import FailureKind, JobStatus, SendStatus
 
-__all__ = ["SCHEMA_VERSION", "JobStore", "SeriesRow"]
+__all__ = ["SCHEMA_VERSION", "InstanceRow", "JobStore", "SeriesRow"]
 
 SCHEMA_VERSION = 1
 
@@ -126,6 +126,18 @@ class SeriesRow:
     generation: int
     last_change: float
     status: str
+    rows: int = 0
+    columns: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """One stored instance (``path`` relative to STATE)."""
+
+    id: int
+    series_id: int
+    sha256: str
+    path: str
 
 
 # Columns added after the first release: (table, column, declaration).
@@ -211,6 +223,107 @@ class JobStore:
             if column not in cols:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
+    # --- ingest (inside the caller's transaction ``c``) ------------------------------
+
+    def series_by_uid(self, c: sqlite3.Connection, series_uid: str) -> SeriesRow | None:
+        """The series with this Series Instance UID, if known."""
+        row = c.execute("SELECT * FROM series WHERE series_uid=?", (series_uid,)).fetchone()
+        return None if row is None else _series(row)
+
+    def add_series(
+        self,
+        c: sqlite3.Connection,
+        *,
+        study_uid: str,
+        series_uid: str,
+        modality: str,
+        rows: int,
+        columns: int,
+        now: float,
+    ) -> int:
+        """A new series (collecting); returns its id."""
+        cur = c.execute(
+            "INSERT INTO series(study_uid, series_uid, modality, rows, columns, last_change, "
+            "last_seen) VALUES (?,?,?,?,?,?,?)",
+            (study_uid, series_uid, modality, rows, columns, now, now),
+        )
+        return int(cur.lastrowid or 0)
+
+    def instance_by_sop(self, c: sqlite3.Connection, sop_uid: str) -> InstanceRow | None:
+        """The stored instance with this SOP Instance UID, if any."""
+        row = c.execute(
+            "SELECT id, series_id, sha256, path FROM instances WHERE sop_uid=?", (sop_uid,)
+        ).fetchone()
+        if row is None:
+            return None
+        return InstanceRow(int(row["id"]), int(row["series_id"]), row["sha256"], row["path"])
+
+    def series_seen(self, c: sqlite3.Connection, series_id: int, now: float) -> None:
+        """A duplicate arrived: the series was seen, nothing changed."""
+        c.execute("UPDATE series SET last_seen=? WHERE id=?", (now, series_id))
+
+    def series_changed(self, c: sqlite3.Connection, series_id: int, now: float) -> None:
+        """The series gained or changed an instance: a new generation, routed again."""
+        c.execute(
+            "UPDATE series SET generation=generation+1, last_change=?, last_seen=?, "
+            "status='collecting' WHERE id=?",
+            (now, now, series_id),
+        )
+
+    def add_instance(
+        self,
+        c: sqlite3.Connection,
+        *,
+        series_id: int,
+        sop_uid: str,
+        sha256: str,
+        path: str,
+        size: int,
+        source: str,
+        now: float,
+    ) -> None:
+        """Record a stored instance."""
+        c.execute(
+            "INSERT INTO instances(series_id, sop_uid, sha256, path, size, source, ingested_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (series_id, sop_uid, sha256, path, size, source, now),
+        )
+
+    def replace_instance(
+        self,
+        c: sqlite3.Connection,
+        instance_id: int,
+        *,
+        series_id: int,
+        sha256: str,
+        path: str,
+        size: int,
+        source: str,
+        now: float,
+    ) -> None:
+        """Same SOP Instance UID, new content: the stored instance is replaced."""
+        c.execute(
+            "UPDATE instances SET series_id=?, sha256=?, path=?, size=?, source=?, "
+            "ingested_at=?, updates=updates+1 WHERE id=?",
+            (series_id, sha256, path, size, source, now, instance_id),
+        )
+
+    def stored_paths(self) -> set[str]:
+        """Every recorded store path (relative to STATE)."""
+        return {r["path"] for r in self.all("SELECT path FROM instances")}
+
+    def has_instance(self, sop_uid: str) -> bool:
+        """Whether an instance with this SOP Instance UID is recorded."""
+        return self.one("SELECT 1 FROM instances WHERE sop_uid=?", sop_uid) is not None
+
+    def add_quarantine(self, *, name: str, path: str, reason: str, now: float) -> None:
+        """Record a quarantined file (``name``: the opaque id of its inbox name)."""
+        with self.tx() as c:
+            c.execute(
+                "INSERT INTO quarantine(name, path, reason, at) VALUES (?,?,?,?)",
+                (name, path, reason, now),
+            )
+
     # --- service heartbeat ----------------------------------------------------------
 
     def _meta_set(self, **values: object) -> None:
@@ -240,18 +353,7 @@ class JobStore:
 
     def collecting_series(self) -> list[SeriesRow]:
         """Series waiting to be routed (status ``collecting``)."""
-        return [
-            SeriesRow(
-                id=int(r["id"]),
-                study_uid=r["study_uid"],
-                series_uid=r["series_uid"],
-                modality=r["modality"],
-                generation=int(r["generation"]),
-                last_change=float(r["last_change"]),
-                status=r["status"],
-            )
-            for r in self.all("SELECT * FROM series WHERE status='collecting'")
-        ]
+        return [_series(r) for r in self.all("SELECT * FROM series WHERE status='collecting'")]
 
     def decided_plugins(self, series_id: int, generation: int) -> set[str]:
         """Plugins already routed for this generation of the series."""
@@ -702,6 +804,20 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _series(row: sqlite3.Row) -> SeriesRow:
+    return SeriesRow(
+        id=int(row["id"]),
+        study_uid=row["study_uid"],
+        series_uid=row["series_uid"],
+        modality=row["modality"],
+        generation=int(row["generation"]),
+        last_change=float(row["last_change"]),
+        status=row["status"],
+        rows=int(row["rows"]),
+        columns=int(row["columns"]),
+    )
 
 
 def _job(row: sqlite3.Row) -> Job:

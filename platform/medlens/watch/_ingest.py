@@ -36,6 +36,7 @@ from typing import Any
 
 from medlens.errors import DicomError, UnsafePathError
 from medlens.jobs import JobStore as StateDB
+from medlens.jobs import SeriesRow
 from medlens.safepaths import opaque_name, under_root
 from medlens.watch._audit import AuditLog
 from medlens.watch._config import WatchConfig
@@ -422,68 +423,66 @@ class Ingestor:
         with self.db.tx() as c:
             for r in ready:
                 info = r.info
-                srow = c.execute(
-                    "SELECT * FROM series WHERE series_uid=?", (info.series_uid,)
-                ).fetchone()
+                srow = self.db.series_by_uid(c, info.series_uid)
                 if srow is not None:
                     why = _inconsistent(srow, info)
                     if why:
                         mismatched.append((r, why))
                         continue
-                    series_id = int(srow["id"])
+                    series_id = srow.id
                 else:
-                    series_id = int(
-                        c.execute(
-                            "INSERT INTO series(study_uid, series_uid, modality, rows, columns, "
-                            "last_change, last_seen) VALUES (?,?,?,?,?,?,?)",
-                            (
-                                info.study_uid,
-                                info.series_uid,
-                                info.modality,
-                                info.rows,
-                                info.columns,
-                                now,
-                                now,
-                            ),
-                        ).lastrowid
-                        or 0
+                    series_id = self.db.add_series(
+                        c,
+                        study_uid=info.study_uid,
+                        series_uid=info.series_uid,
+                        modality=info.modality,
+                        rows=info.rows,
+                        columns=info.columns,
+                        now=now,
                     )
-                irow = c.execute(
-                    "SELECT id, sha256, path, series_id FROM instances WHERE sop_uid=?",
-                    (info.sop_uid,),
-                ).fetchone()
-                if irow is not None and irow["sha256"] == info.sha256:
+                irow = self.db.instance_by_sop(c, info.sop_uid)
+                if irow is not None and irow.sha256 == info.sha256:
                     self.stats.duplicates += 1
-                    c.execute("UPDATE series SET last_seen=? WHERE id=?", (now, series_id))
+                    self.db.series_seen(c, series_id, now)
                     events.append(("duplicate_ignored", _ev(info, r.source)))
                     unlink.append(r)
                     continue
                 rel = self._store(r, dirs)
                 stored.append(self.state_dir / rel)
                 if irow is None:
-                    c.execute(
-                        "INSERT INTO instances(series_id, sop_uid, sha256, path, size, source, "
-                        "ingested_at) VALUES (?,?,?,?,?,?,?)",
-                        (series_id, info.sop_uid, info.sha256, rel, info.size, r.source, now),
+                    self.db.add_instance(
+                        c,
+                        series_id=series_id,
+                        sop_uid=info.sop_uid,
+                        sha256=info.sha256,
+                        path=rel,
+                        size=info.size,
+                        source=r.source,
+                        now=now,
                     )
                     self.stats.ingested += 1
                     events.append(("instance_ingested", _ev(info, r.source)))
                 else:
-                    if irow["series_id"] != series_id:
-                        changed.add(int(irow["series_id"]))
-                        _bump(c, int(irow["series_id"]), now)
-                    c.execute(
-                        "UPDATE instances SET series_id=?, sha256=?, path=?, size=?, source=?, "
-                        "ingested_at=?, updates=updates+1 WHERE id=?",
-                        (series_id, info.sha256, rel, info.size, r.source, now, irow["id"]),
+                    if irow.series_id != series_id:
+                        changed.add(irow.series_id)
+                        self.db.series_changed(c, irow.series_id, now)
+                    self.db.replace_instance(
+                        c,
+                        irow.id,
+                        series_id=series_id,
+                        sha256=info.sha256,
+                        path=rel,
+                        size=info.size,
+                        source=r.source,
+                        now=now,
                     )
-                    if irow["path"] != rel:
-                        drop_store.append(self.state_dir / irow["path"])
+                    if irow.path != rel:
+                        drop_store.append(self.state_dir / irow.path)
                     self.stats.updated += 1
                     ev = _ev(info, r.source)
-                    ev["previous_sha256"] = irow["sha256"]
+                    ev["previous_sha256"] = irow.sha256
                     events.append(("instance_updated", ev))
-                _bump(c, series_id, now)
+                self.db.series_changed(c, series_id, now)
                 changed.add(series_id)
                 unlink.append(r)
             # One syncfs per batch instead of an fsync per file: the store copies (and the
@@ -553,11 +552,7 @@ class Ingestor:
                 shutil.copyfile(path, dest, follow_symlinks=False)
             path.unlink()
         self.stats.quarantined += 1
-        with self.db.tx() as c:
-            c.execute(
-                "INSERT INTO quarantine(name, path, reason, at) VALUES (?,?,?,?)",
-                (rid, dest.name, reason, time.time()),
-            )
+        self.db.add_quarantine(name=rid, path=dest.name, reason=reason, now=time.time())
         self.audit.write("quarantined", file=dest.name, source_id=rid, reason=reason)
         _log.warning("quarantined file %s: %s", rid, reason)
         return dest
@@ -586,7 +581,7 @@ class Ingestor:
 
     def reconcile_store(self) -> int:
         """Register store files a crash left unrecorded; drop stale ones. Returns count."""
-        known = {r["path"] for r in self.db.all("SELECT path FROM instances")}
+        known = self.db.stored_paths()
         orphans: list[Path] = []
         for p in self.store.rglob("*.dcm"):
             if p.parent == self.tmp:
@@ -602,8 +597,7 @@ class Ingestor:
             except (OSError, DicomError):
                 p.unlink(missing_ok=True)
                 continue
-            row = self.db.one("SELECT id FROM instances WHERE sop_uid=?", info.sop_uid)
-            if row is not None:
+            if self.db.has_instance(info.sop_uid):
                 p.unlink(missing_ok=True)  # the database holds another version: it wins
                 continue
             st = p.stat()
@@ -614,23 +608,17 @@ class Ingestor:
         return fixed
 
 
-def _inconsistent(srow: object, info: InstanceInfo) -> str:
-    row = srow  # sqlite3.Row
-    for key, value in (("modality", info.modality), ("rows", info.rows), ("columns", info.columns)):
-        ref = row[key]  # type: ignore[index]
+def _inconsistent(series: SeriesRow, info: InstanceInfo) -> str:
+    for key, ref, value in (
+        ("modality", series.modality, info.modality),
+        ("rows", series.rows, info.rows),
+        ("columns", series.columns, info.columns),
+    ):
         if ref != value:
             return f"inconsistent with its series: {key} {value!r} where the series has {ref!r}"
-    if row["study_uid"] != info.study_uid:  # type: ignore[index]
+    if series.study_uid != info.study_uid:
         return "inconsistent with its series: another StudyInstanceUID"
     return ""
-
-
-def _bump(c: object, series_id: int, now: float) -> None:
-    c.execute(  # type: ignore[attr-defined]
-        "UPDATE series SET generation=generation+1, last_change=?, last_seen=?, "
-        "status='collecting' WHERE id=?",
-        (now, now, series_id),
-    )
 
 
 def _ev(info: InstanceInfo, source: str) -> dict[str, object]:
