@@ -433,3 +433,36 @@ def test_volume_check_only_warns_on_a_small_fragment_of_another_organ() -> None:
     verdict = _gate().check_volumes(mask, (1.0, 1.0, 10.0), _organs())
     assert verdict.rejected is None
     assert verdict.warnings == ["borderline: spleen 14 mL (training range 119-306 mL)"]
+
+
+def test_cli_run_says_refused_and_not_for_diagnostic_use(tmp_path: Path) -> None:
+    import json
+
+    import nibabel as nib
+    from click.testing import CliRunner
+
+    from medlens.cli.main import cli
+
+    head = _head_ct()
+    ps = head.spacing
+    affine = np.diag([-ps[0], -ps[1], ps[2], 1.0])
+    nib.save(nib.Nifti1Image(head.array[0], affine), tmp_path / "head.nii.gz")
+    out = tmp_path / "res"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "ct-abdomen-seg",
+            str(tmp_path / "head.nii.gz"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "NOT FOR DIAGNOSTIC USE" in result.output
+    assert "input refused (rejected_out_of_distribution)" in result.output
+    (doc_path,) = out.rglob("result.json")
+    assert json.loads(doc_path.read_text())["status"] == "rejected_out_of_distribution"
+    assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.nii.gz"))
