@@ -5,7 +5,7 @@ series or images (:func:`medlens.routing.find_cases`). Each case is routed by th
 routing path (:func:`medlens.routing.route`): a case the plugin's rules refuse is
 *skipped* with the reason, never run. Each accepted case runs through ``Host.run`` and
 its files land, written as a set, in ``OUT/<case>/`` where ``<case>`` is built only
-from validated parts (``0001-CT-<hash of the series UID>``).
+from validated parts (``CT-<hash of the series UID>``), the same on every run.
 
 Output: a progress bar on a terminal (stderr); with ``--json`` one JSON line per case on
 stdout (``input``, ``case``, ``status`` ``ok``/``skipped``/``failed``, ``result``,
@@ -44,7 +44,7 @@ EXIT_FAILED = 1
 #: Exit code when the plugin accepted none of the cases found.
 EXIT_NOTHING_ACCEPTED = 3
 
-_CASE_NAME = re.compile(r"[0-9]{4}-[A-Z0-9]{1,16}-[0-9a-f]{10}")
+_CASE_NAME = re.compile(r"[A-Z0-9]{1,16}-[0-9a-f]{10}(?:-[0-9]{1,6})?")
 log = logging.getLogger("medlens.cli.run")
 
 
@@ -236,7 +236,9 @@ def run(
     )
     host = Host()
     manifest = host.get(plugin_id).manifest  # an unknown plugin ends here, one line
-    cases = find_cases(inputs)
+    # Results of an earlier run inside an input folder are not inputs.
+    out_root = out.resolve()
+    cases = [c for c in find_cases(inputs) if not c.path.resolve().is_relative_to(out_root)]
     runnable = [c for c in cases if c.kind != "error"]
     if mask is not None and len(runnable) > 1:
         raise click.UsageError(f"--mask needs exactly one case; the inputs hold {len(runnable)}")
