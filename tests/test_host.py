@@ -218,3 +218,87 @@ def test_third_party_example_installs_and_runs(tmp_path: Path) -> None:
     assert listing.returncode == 0, listing.stderr
     ids = {p["id"]: p for p in json.loads(listing.stdout)["plugins"]}
     assert ids["ct-body-mask"]["diagnostic_use"] is False
+
+
+STUDY_PLUGIN = """
+from medlens.plugin_api import v1
+
+_C = v1.Code(value="1", scheme="99TEST", meaning="x")
+MANIFEST = v1.Manifest(
+    id="two-eyes", version="1.0.0", api_version="1.1", title="both eyes",
+    task=v1.Task.SCREENING, modality=[v1.Modality.OP], body_part="EYE",
+    input=v1.InputSpec(dims=2),
+    outputs=v1.OutputSpec(
+        labels=[v1.Label(value=0, name="referable", category=_C, type=_C, measure=False)],
+        kinds=[v1.OutputKind.JSON],
+    ),
+    model_card=v1.ModelCard(intended_use="tests", training_data="none",
+                            license="Apache-2.0", diagnostic_use=False),
+    entry="{module}:create",
+    study=v1.StudySpec(min_images=2, max_images=2, require=["laterality"],
+                       distinct=["laterality"]),
+)
+
+
+class _P:
+    def predict(self, inputs, ctx):
+        study = inputs.study
+        assert study is not None and inputs.image is study.images[0].image
+        right = study.by_laterality("R")[0].image.array.mean()
+        left = study.by_laterality("L")[0].image.array.mean()
+        p = float(max(right, left))
+        return v1.Prediction(
+            findings=[v1.Finding(label="referable", probability=p, positive=p >= 0.5)],
+            extra={"lateralities": [i.laterality for i in study.images]},
+        )
+
+
+def create(ctx):
+    return _P()
+"""
+
+
+def _eye(value: float, laterality: str | None) -> Image:
+    meta = {"Modality": "OP"} | ({"ImageLaterality": laterality} if laterality else {})
+    return Image(np.full((1, 8, 8), value, np.float32), (1.0, 1.0), (0.0, 0.0), np.eye(2), meta)
+
+
+def test_run_study_gives_the_plugin_both_eyes_with_their_laterality(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medlens.errors import InputError
+    from medlens.plugin_api.v1 import StudyImage
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "mlt_two_eyes.py").write_text(STUDY_PLUGIN.replace("{module}", "mlt_two_eyes"))
+    host = Host(
+        entry_points=[md.EntryPoint("two-eyes", "mlt_two_eyes:MANIFEST", "medlens.plugins")]
+    )
+    result = host.run_study("two-eyes", [_eye(0.2, "R"), _eye(0.7, "L")], device="cpu")
+    assert result.prediction.extra["lateralities"] == ["R", "L"]
+    assert result.prediction.findings[0].probability == pytest.approx(0.7)
+    given = host.run_study(
+        "two-eyes", [StudyImage(_eye(0.1, None), "L"), StudyImage(_eye(0.1, None), "R")]
+    )
+    assert given.prediction.extra["lateralities"] == ["L", "R"]
+    with pytest.raises(InputError, match="one image per laterality"):
+        host.run_study("two-eyes", [_eye(0.2, "R"), _eye(0.7, "R")])
+    with pytest.raises(InputError, match="needs the laterality of every image"):
+        host.run_study("two-eyes", [_eye(0.2, "R"), _eye(0.7, None)])
+    with pytest.raises(InputError, match="at least 2 and at most 2 images of a study, got 1"):
+        host.run_study("two-eyes", [_eye(0.2, "R")])
+    with pytest.raises(PluginError, match="use run_study"):
+        host.run("two-eyes", _eye(0.2, "R"))
+    sys.modules.pop("mlt_two_eyes", None)
+
+
+def test_plugin_options_are_typed_by_the_plugins_model() -> None:
+    ep = md.EntryPoint(
+        "volume-measure", "medlens_volume_measure.manifest:MANIFEST", "medlens.plugins"
+    )
+    model = Host(entry_points=[ep]).get("volume-measure").options_model("cpu")
+    assert model is not None and model.model_validate({"connectivity": 6}).connectivity == 6
+    with pytest.raises(ValueError, match="connectivity"):
+        model.model_validate({"connectivity": 18})
+    with pytest.raises(ValueError, match="extra"):
+        model.model_validate({"conectivity": 6})

@@ -46,3 +46,6 @@ class HostOptions(BaseModel):
     amp: bool | None = Field(default=None, description="Autocast on GPU override.")
     channels_last: bool | None = Field(default=None, description="channels_last memory format.")
     stitch_device: str | None = Field(default=None, description="Device that stitches windows.")
+    operating_point: str | None = Field(
+        default=None, description="Operating point deciding findings [the manifest's default]."
+    )

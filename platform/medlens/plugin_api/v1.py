@@ -21,6 +21,7 @@ from medlens.errors import (
 )
 from medlens.imaging.image import Image
 from medlens.plugin_api._context import LoadContext, RunContext
+from medlens.plugin_api._decisions import findings_at_operating_points
 from medlens.plugin_api._manifest import (
     API_VERSION,
     CalibrationSpec,
@@ -135,4 +136,5 @@ __all__ = [
     "WeightsFormat",
     "WeightsSpec",
     "evaluate",
+    "findings_at_operating_points",
 ]

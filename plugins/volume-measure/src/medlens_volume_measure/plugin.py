@@ -34,10 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
@@ -57,6 +58,7 @@ from medlens.plugin_api.v1 import (
 __all__ = [
     "LabelSpec",
     "VolumeMeasure",
+    "VolumeMeasureOptions",
     "create",
     "label_boxes",
     "labels_to_measure",
@@ -96,12 +98,24 @@ def create(ctx: LoadContext) -> VolumeMeasure:
     return VolumeMeasure(ctx.manifest)
 
 
+class VolumeMeasureOptions(BaseModel):
+    """Run options of volume-measure (plugin API 1.1: the host refuses unknown keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    connectivity: Literal[6, 26] = Field(
+        default=26, description="Lesion connectivity: 26 (any touch) or 6 (faces only)."
+    )
+
+
 class VolumeMeasure:
     """Measures every label of a mask: volume, lesions, diameters, centroids.
 
     Args:
         manifest: The plugin's manifest.
     """
+
+    #: The host validates run options against this model.
+    Options = VolumeMeasureOptions
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
