@@ -65,6 +65,7 @@ def test_read_header_typed_errors(tmp_path: Path, dicom_builder: SimpleNamespace
     files, _ = dicom_builder.write_series(tmp_path / "s", n=1)
     ds = pydicom.dcmread(files[0])
     ds.SOPClassUID = ""
+    del ds.file_meta.MediaStorageSOPClassUID  # empty in the file meta header too
     ds.save_as(files[0])
     with pytest.raises(DicomError, match="SOPClassUID"):
         read_header(files[0])

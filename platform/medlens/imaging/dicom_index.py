@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ _HEADER_KEYWORDS: tuple[str, ...] = (
     *AUDIT_ATTRIBUTES,
 )
 _LAST_GROUP = 0x0028FFFF  # everything needed lives at or below group 0028
+log = logging.getLogger("medlens.imaging.dicom_index")
 
 
 # Text VRs decoded directly when the bytes are ASCII (any character set agrees on those).
@@ -161,6 +163,8 @@ class DicomHeader:
         image_position: ``ImagePositionPatient`` or ``None``.
         image_orientation: ``ImageOrientationPatient`` or ``None``.
         attributes: The :data:`AUDIT_ATTRIBUTES` present, as plain values.
+        warnings: What was taken on trust reading the header (e.g. the SOP class from
+            the file meta header when the dataset's is empty); no identifying values.
     """
 
     path: Path
@@ -180,6 +184,7 @@ class DicomHeader:
     image_position: tuple[float, float, float] | None = None
     image_orientation: tuple[float, ...] | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def image_type(self) -> tuple[str, ...]:
@@ -220,7 +225,8 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     Raises:
         NotDicomError: The file is not DICOM (no ``DICM`` prefix) or is a DICOMDIR.
         DicomError: The file is unreadable, truncated in its header, or lacks
-            ``SOPClassUID``/``SOPInstanceUID``/``StudyInstanceUID``/``SeriesInstanceUID``.
+            ``SOPClassUID`` (in the dataset and in its file meta header),
+            ``SOPInstanceUID``, ``StudyInstanceUID`` or ``SeriesInstanceUID``.
     """
     from pydicom.errors import InvalidDicomError
     from pydicom.filereader import read_partial
@@ -247,9 +253,18 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     if media_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         raise NotDicomError(f"{p.name!r} is a DICOMDIR (media index), not an image instance")
     uids: dict[str, str] = {}
+    warnings: list[str] = []
     for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
         v = values[kw]
         text = "" if v is None else str(v).strip()
+        if not text and kw == "SOPClassUID" and media_class.strip():
+            # Some JPEG 2000 CT exports leave the dataset's class empty while the file
+            # meta header names it; dcm2niix reads these, and so do we (with a warning).
+            text = media_class.strip()
+            warnings.append(
+                f"empty SOPClassUID; used the file meta header's MediaStorageSOPClassUID {text}"
+            )
+            log.debug("%r: %s", p.name, warnings[-1])
         if not text:
             raise DicomError(f"{p.name!r} has an empty or missing {kw}")
         uids[kw] = text
@@ -283,6 +298,7 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
         image_position=None if pos is None else (pos[0], pos[1], pos[2]),
         image_orientation=_floats(values["ImageOrientationPatient"], 6),
         attributes=attributes,
+        warnings=tuple(warnings),
     )
 
 
