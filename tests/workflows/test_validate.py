@@ -48,9 +48,11 @@ def _protocol(tmp: Path, dataset: Path, plugin_dir: Path, **kw: object) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One MLflow store for the module (creating one takes tens of seconds here)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+def tracking(tmp_path_factory: pytest.TempPathFactory, mlflow_template: Path) -> str:
+    """One MLflow store for the module, copied from the session's migrated template."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copyfile(mlflow_template, db)
+    return f"sqlite:///{db}"
 
 
 @pytest.fixture(scope="module")

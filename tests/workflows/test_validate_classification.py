@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata as md
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def create(ctx):
 """
 
 
-def test_classification_protocol(tmp_path: Path) -> None:
+def test_classification_protocol(tmp_path: Path, mlflow_store: Callable[[Path], str]) -> None:
     (tmp_path / "grey_classifier_plugin.py").write_text(textwrap.dedent(CLASSIFIER))
     sys.path.insert(0, str(tmp_path))
     sys.modules.pop("grey_classifier_plugin", None)
@@ -126,7 +127,9 @@ def test_classification_protocol(tmp_path: Path) -> None:
             """
         )
     )
-    outcome = run_validation(proto, tmp_path / "out", host=host, progress=False)
+    outcome = run_validation(
+        proto, tmp_path / "out", host=host, tracking_uri=mlflow_store(tmp_path), progress=False
+    )
     sys.modules.pop("grey_classifier_plugin", None)
     r = outcome.report
     assert r["n_failed"] == 0, r["failures"]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,9 +65,11 @@ def test_every_report_field_is_documented() -> None:
     assert not missing, f"report.json fields not in docs/validation.md: {missing}"
 
 
-def test_plugins_list_shows_validation_status(tmp_path: Path) -> None:
+def test_plugins_list_shows_validation_status(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
     cfg = tmp_path / "medlens.toml"
-    cfg.write_text(f'[validation]\nregistry_uri = "sqlite:///{tmp_path / "mlflow.db"}"\n')
+    cfg.write_text(f'[validation]\nregistry_uri = "{mlflow_store(tmp_path)}"\n')
     out = subprocess.run(
         [*MEDLENS, "plugins", "list", "--json"],
         capture_output=True,

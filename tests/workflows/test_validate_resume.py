@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,9 @@ def _script(tmp: Path, proto: Path, out: Path, plugin: Path, resume: bool) -> li
 
 
 @pytest.mark.slow
-def test_kill_mid_run_then_resume_scores_each_case_exactly_once(tmp_path: Path) -> None:
+def test_kill_mid_run_then_resume_scores_each_case_exactly_once(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
     manifest = build_phantom_dataset(tmp_path / "data", N, 11)
     plugin = tmp_path / "plugin"
     plugin.mkdir()
@@ -64,6 +67,7 @@ def test_kill_mid_run_then_resume_scores_each_case_exactly_once(tmp_path: Path) 
     proto = tmp_path / "p.toml"
     proto.write_text(protocol_toml(manifest, weights, n_cases=N))
     out = tmp_path / "out"
+    mlflow_store(out)  # the default store, out/mlflow.db, already migrated
     hold = tmp_path / "hold.fifo"
     os.mkfifo(hold)
     env = {**os.environ, "ORACLE_HOLD": str(hold)}
