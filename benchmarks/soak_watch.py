@@ -153,14 +153,16 @@ def main() -> None:
 
     t0 = time.monotonic()
     series = [wk.make_series(args.slices, seed=i) for i in range(args.series)]
-    feed = [ds for s in series for ds in s]
+    # Each series' last slice is held back and sent during the PACS outage, so every
+    # series gets a new version whose delivery must wait for the PACS to return.
+    feed = [ds for s in series for ds in s[:-1]]
+    late = [s[-1] for s in series]
     rng.shuffle(feed)
     corpus = hostile.corpus(tmp / "outside", seed=args.seed % 1000)
     names = rng.sample(sorted(corpus), min(args.malformed, len(corpus)))
+    chosen = list(names)
     proc = start(0)
     kills = 0
-    outage_at = len(feed) // 3
-    outage_started: float | None = None
     try:
         bad_dir = inp / "hostile"
         bad_dir.mkdir(parents=True, exist_ok=True)
@@ -169,11 +171,6 @@ def main() -> None:
             if names and rng.random() < 0.5:
                 name = names.pop()
                 corpus[name][0](bad_dir / name)
-            if orthanc is not None and i == outage_at:
-                orthanc.terminate()
-                orthanc.wait(30)
-                orthanc = None
-                outage_started = time.monotonic()
             if kills < args.kills and rng.random() < 0.25:
                 time.sleep(rng.uniform(0.0, 1.0))
                 proc.send_signal(signal.SIGKILL)
@@ -181,27 +178,47 @@ def main() -> None:
                 kills += 1
                 proc = start(kills)
             time.sleep(rng.uniform(0.0, 0.2))
-        for name in names:
+        while names:
+            name = names.pop()
             corpus[name][0](bad_dir / name)
-        dropped = [
-            n for n in sorted(corpus) if (bad_dir / n).exists() or (bad_dir / n).is_symlink()
-        ]
+        dropped = sorted(set(chosen) - set(names))
+        outage_started: float | None = None
+        if orthanc is not None:
+            # The PACS goes down as results start to come; one more SIGKILL while
+            # deliveries wait, then the PACS comes back.
+            orthanc.terminate()
+            orthanc.wait(30)
+            orthanc = None
+            outage_started = time.monotonic()
+        wk.write_files(late, inp / "late")
         if outage_started is not None:
+            wk.wait_for(
+                lambda: any(e["event"] == "send_retry" for e in wk.audit(state)),
+                timeout=300,
+                what="a delivery failing during the outage",
+            )
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            kills += 1
+            proc = start(kills)
             left = args.outage - (time.monotonic() - outage_started)
             if left > 0:
                 time.sleep(left)
-            orthanc = start_pacs()  # the PACS comes back
+            orthanc = start_pacs()
 
         def settled() -> bool:
             if [p for p in inp.rglob("*") if not p.is_dir()]:
                 return False
+            # Our series (not the hostile corpus' valid one-slice leftovers, unrouted).
+            uids = ",".join(f"'{s[0].SeriesInstanceUID}'" for s in series)
             rows = wk.query(
                 state,
-                "SELECT COUNT(*) FROM series s WHERE NOT EXISTS (SELECT 1 FROM results r "
-                "JOIN jobs j ON j.id=r.job_id WHERE r.series_id=s.id AND j.generation="
-                "s.generation AND r.superseded_by IS NULL)",
+                "SELECT COUNT(*) FROM series s WHERE s.series_uid IN (" + uids + ") AND NOT "
+                "EXISTS (SELECT 1 FROM results r JOIN jobs j ON j.id=r.job_id WHERE "
+                "r.series_id=s.id AND j.generation=s.generation AND r.superseded_by IS NULL)",
             )
-            return rows[0][0] == 0 and len(wk.query(state, "SELECT id FROM series")) >= args.series
+            n = wk.query(state, "SELECT COUNT(*) FROM series WHERE series_uid IN (" + uids + ")")
+            return rows[0][0] == 0 and n[0][0] == len(series)
 
         wk.wait_for(settled, timeout=600, what="every series served")
         if have_pacs:
