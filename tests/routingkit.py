@@ -111,6 +111,7 @@ def rule_plugin(
     body_part: str = "ABDOMEN",
     dims: int = 3,
     kinds: tuple[str, ...] = ("json",),
+    tilt: str | None = None,
 ) -> md.EntryPoint:
     """Write a tiny thresholding plugin with this manifest; return its entry point."""
     module = f"mlroute_{uuid.uuid4().hex[:10]}"
@@ -122,7 +123,7 @@ def rule_plugin(
         "task": "segmentation",
         "modality": list(modality),
         "body_part": body_part,
-        "input": {"dims": dims},
+        "input": {"dims": dims, **({"tilt": tilt} if tilt else {})},
         "selection": selection,
         "outputs": {
             "labels": [

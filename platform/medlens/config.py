@@ -18,6 +18,10 @@ Example ``medlens.toml``::
     [validation]
     require_validated = true                  # default: on for `watch` when a registry is set
     registry_uri = "sqlite:////srv/medlens/mlflow.db"
+
+    # Gantry-tilted CT: correct by resampling instead of refusing (per plugin id, or "*").
+    [tilt]
+    ct-abdomen-seg = "resample"
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -89,6 +93,10 @@ class HostConfig(BaseModel):
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     bundles: list[BundleConfig] = Field(default_factory=list)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    tilt: dict[str, Literal["refuse", "resample"]] = Field(
+        default_factory=dict,
+        description="Gantry-tilt policy per plugin id ('*': every plugin), over the manifest's.",
+    )
 
 
 def load_config(path: Path | None = None) -> HostConfig:

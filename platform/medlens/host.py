@@ -37,6 +37,7 @@ from medlens.errors import (
 )
 from medlens.host_context import HostLoadContext, HostRunContext, ProgressCallback
 from medlens.imaging.image import Image
+from medlens.imaging.series import TiltPolicy
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._options import HostOptions
 from medlens.plugin_api._protocol import Plugin, PluginInputs
@@ -224,6 +225,16 @@ class Host:
                 out.append(m)
         return out
 
+    def tilt_policy(self, plugin_id: str, requested: str | None = None) -> TiltPolicy:
+        """How ``plugin_id``'s input treats gantry tilt (see :func:`medlens.routing.tilt_policy`).
+
+        Raises:
+            ConfigError: ``requested`` or the config names no known policy.
+        """
+        from medlens.routing import tilt_policy
+
+        return tilt_policy(self.get(plugin_id).manifest, requested, self.config.tilt)
+
     def run(
         self,
         plugin_id: str,
@@ -236,6 +247,7 @@ class Host:
         chain: bool = True,
         progress: ProgressCallback | None = None,
         cancel: Callable[[], bool] | None = None,
+        tilt: str | None = None,
     ) -> Result:
         """Run a plugin on an image (or a path the host can read), then its consumers.
 
@@ -251,6 +263,8 @@ class Host:
             progress: Receives ``(fraction, message)`` progress events.
             cancel: Asked between stages; when it returns True the run stops with
                 :class:`RunCancelledError` and nothing is written.
+            tilt: ``refuse`` or ``resample`` a gantry-tilted series read from a path;
+                None: the config's ``[tilt]`` table, else the manifest's ``input.tilt``.
 
         Returns:
             The result, with chained results in ``result.chained``.
@@ -265,7 +279,7 @@ class Host:
                 plugin_id,
                 f"takes a study of at least {study.min_images} images: use run_study",
             )
-        image = _read_input(input, handle.manifest)
+        image = _read_input(input, handle.manifest, self.tilt_policy(plugin_id, tilt))
         inputs = StudyInput((StudyImage.of(image),)) if study is not None else None
         if inputs is not None:
             _check_study(handle.manifest, inputs)
@@ -310,7 +324,10 @@ class Host:
             raise PluginError(plugin_id, "takes one image, not a study: use run")
         study = StudyInput(
             tuple(
-                i if isinstance(i, StudyImage) else StudyImage.of(_read_input(i, m)) for i in images
+                i
+                if isinstance(i, StudyImage)
+                else StudyImage.of(_read_input(i, m, self.tilt_policy(plugin_id)))
+                for i in images
             )
         )
         _check_study(m, study)
@@ -548,12 +565,16 @@ def _check_prediction(m: Manifest, image: Image, p: Prediction) -> None:
             raise PluginError(m.id, f"status {p.status} but the prediction carries results")
 
 
-def _read_input(input: Image | str | Path, manifest: Manifest) -> Image:  # noqa: A002
+def _read_input(
+    input: Image | str | Path,  # noqa: A002
+    manifest: Manifest,
+    on_tilt: TiltPolicy | None = None,
+) -> Image:
     # The one routing path (modality, body part, selection rule) shared with the CLI
     # and watch: a refused input raises RoutingError before any pixel is decoded.
     from medlens.routing import read_for
 
-    return read_for(manifest, input)
+    return read_for(manifest, input, on_tilt=on_tilt)
 
 
 def _read_mask(mask: Image | str | Path, image: Image, manifest: Manifest) -> Image:

@@ -34,6 +34,7 @@ from medlens.errors import MedLensError, OutputError, RoutingError
 from medlens.host import Host
 
 if TYPE_CHECKING:
+    from medlens.imaging.series import TiltPolicy
     from medlens.plugin_api.v1 import Result
     from medlens.routing import Case
 
@@ -116,6 +117,7 @@ def _run_case(
     case: Case,
     out: Path,
     run_kwargs: dict[str, Any],
+    on_tilt: TiltPolicy = "error",
 ) -> CaseOutcome:
     from medlens.imaging.facts import facts_of_image
     from medlens.routing import read_case, route
@@ -129,7 +131,7 @@ def _run_case(
             outcome = route(manifest, case.facts)
             if not outcome.matched:
                 return _replace(base, status="skipped", reason="; ".join(outcome.reasons))
-        image = read_case(case)
+        image = read_case(case, on_tilt=on_tilt)
         if case.facts is None:  # NIfTI or image file: routed on what the file states
             outcome = route(manifest, facts_of_image(image))
             if not outcome.matched:
@@ -197,6 +199,13 @@ def _echo_details(o: CaseOutcome) -> None:
     default=None,
     help="Label map (NIfTI or DICOM SEG) for plugins that consume one (one case only).",
 )
+@click.option(
+    "--tilt",
+    type=click.Choice(["refuse", "resample"]),
+    default=None,
+    help="Gantry-tilted series: refuse them, or correct the tilt by resampling onto an "
+    "orthogonal grid [the config's [tilt] table, else the plugin manifest's input.tilt].",
+)
 @click.option("--no-explain", is_flag=True, help="Skip explanation heatmaps.")
 @click.option("--no-chain", is_flag=True, help="Do not run plugins chained after this one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per case on stdout.")
@@ -213,6 +222,7 @@ def run(
     out: Path,
     device: str,
     mask: Path | None,
+    tilt: str | None,
     no_explain: bool,
     no_chain: bool,
     as_json: bool,
@@ -236,6 +246,7 @@ def run(
     )
     host = Host()
     manifest = host.get(plugin_id).manifest  # an unknown plugin ends here, one line
+    on_tilt = host.tilt_policy(plugin_id, tilt)
     # Results of an earlier run inside an input folder are not inputs.
     out_root = out.resolve()
     cases = [c for c in find_cases(inputs) if not c.path.resolve().is_relative_to(out_root)]
@@ -253,7 +264,7 @@ def run(
     with progress_bar(len(cases), f"{manifest.id}") as step:
         for case in cases:
             step(case.name, False)
-            o = _run_case(host, plugin_id, case, out, run_kwargs)
+            o = _run_case(host, plugin_id, case, out, run_kwargs, on_tilt)
             outcomes.append(o)
             step(case.name, True)
             if as_json:

@@ -72,6 +72,7 @@ class JobSpec:
     out_dir: str
     device: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
+    tilt: str | None = None  # refuse/resample gantry tilt; None: the host's default
 
 
 @dataclass(frozen=True)
@@ -306,10 +307,10 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _read(input_dir: Path, manifest: Any) -> Any:
+def _read(input_dir: Path, manifest: Any, on_tilt: Any = "error") -> Any:
     from medlens.imaging.read import read_image
 
-    return read_image(input_dir, selection=manifest.selection)
+    return read_image(input_dir, selection=manifest.selection, on_tilt=on_tilt)
 
 
 def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
@@ -320,7 +321,7 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     handle = host.get(spec.plugin)
-    image = _read(Path(spec.input_dir), handle.manifest)
+    image = _read(Path(spec.input_dir), handle.manifest, host.tilt_policy(spec.plugin, spec.tilt))
     t1 = time.perf_counter()
     result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
     t2 = time.perf_counter()

@@ -121,6 +121,11 @@ class InputSpec(_Frozen):
     foreground_crop: bool = Field(
         default=False, description="Crop to the foreground (body) before inference."
     )
+    tilt: Literal["refuse", "resample"] = Field(
+        default="refuse",
+        description="Gantry-tilted series: refuse them, or correct the tilt by resampling "
+        "onto an orthogonal grid (the host config and `run --tilt` may override).",
+    )
 
     @model_validator(mode="after")
     def _dims(self) -> InputSpec:

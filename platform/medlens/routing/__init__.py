@@ -2,7 +2,8 @@
 
 * :func:`route` — a plugin's manifest against an input's facts → ``RuleOutcome``;
 * :func:`find_cases` / :func:`read_case` — files and folders → the cases in them;
-* :func:`read_for` — what ``Host.run`` reads for a plugin: the input, routed.
+* :func:`read_for` — what ``Host.run`` reads for a plugin: the input, routed;
+* :func:`tilt_policy` — whether a gantry-tilted series is refused or resampled.
 
 Routing refusals are :class:`~medlens.errors.RoutingError` (final, never retried);
 :func:`~medlens.errors.is_transient` tells the errors worth a retry.
@@ -14,12 +15,15 @@ from medlens.errors import RoutingError, is_transient
 from medlens.routing._cases import Case, CaseKind, find_cases, read_case
 from medlens.routing._read import read_for, routed_image
 from medlens.routing._route import ANY_BODY_PART, check_routed, route, unchecked
+from medlens.routing._tilt import TILT_CHOICES, TiltChoice, tilt_policy
 
 __all__ = [
     "ANY_BODY_PART",
+    "TILT_CHOICES",
     "Case",
     "CaseKind",
     "RoutingError",
+    "TiltChoice",
     "check_routed",
     "find_cases",
     "is_transient",
@@ -27,5 +31,6 @@ __all__ = [
     "read_for",
     "route",
     "routed_image",
+    "tilt_policy",
     "unchecked",
 ]

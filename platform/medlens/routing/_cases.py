@@ -29,6 +29,7 @@ from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, index_folder
 from medlens.imaging.facts import Facts, facts_of_headers
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti
+from medlens.imaging.series import TiltPolicy
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file
 
 __all__ = ["Case", "CaseKind", "find_cases", "read_case"]
@@ -197,8 +198,12 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
     return out
 
 
-def read_case(case: Case) -> Image:
+def read_case(case: Case, *, on_tilt: TiltPolicy = "error") -> Image:
     """Read a case into an image.
+
+    Args:
+        case: The case.
+        on_tilt: Refuse (``"error"``) or correct (``"resample"``) a gantry-tilted series.
 
     Raises:
         InputError: The case is an ``error`` case or cannot be read.
@@ -210,7 +215,7 @@ def read_case(case: Case) -> Image:
     if case.kind == "file":
         return read_image(case.paths[0])
     if len(case.paths) == 1:
-        return read_image(case.paths[0])
+        return read_image(case.paths[0], on_tilt=on_tilt)
     first = case.headers[0]
     entry = SeriesEntry(
         series_instance_uid=first.series_instance_uid,
@@ -221,4 +226,4 @@ def read_case(case: Case) -> Image:
         series_number=first.series_number,
         headers=case.headers,
     )
-    return read_series(entry)
+    return read_series(entry, on_tilt=on_tilt)

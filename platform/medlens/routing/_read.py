@@ -7,9 +7,11 @@ from pathlib import Path
 from medlens.errors import InputError, RoutingError
 from medlens.imaging.facts import facts_of_image
 from medlens.imaging.image import Image
+from medlens.imaging.series import TiltPolicy
 from medlens.plugin_api._manifest import Manifest
 from medlens.routing._cases import Case, find_cases, read_case
 from medlens.routing._route import check_routed, route, unchecked
+from medlens.routing._tilt import tilt_policy
 
 __all__ = ["read_for", "routed_image"]
 
@@ -28,7 +30,12 @@ def routed_image(manifest: Manifest, image: Image) -> Image:
     return image.with_array(image.array, warnings=(*image.warnings, *notes))
 
 
-def read_for(manifest: Manifest, input: Image | str | Path) -> Image:  # noqa: A002
+def read_for(
+    manifest: Manifest,
+    input: Image | str | Path,  # noqa: A002
+    *,
+    on_tilt: TiltPolicy | None = None,
+) -> Image:
     """Read the input ``manifest``'s plugin runs on, after routing it.
 
     A folder's image series are routed on their headers; the largest accepted one is
@@ -36,12 +43,16 @@ def read_for(manifest: Manifest, input: Image | str | Path) -> Image:  # noqa: A
     of one under the same rules. NIfTI and 2-D image files, and images in memory, are
     routed on what they state (see :mod:`medlens.routing._route`).
 
+    A gantry-tilted series is read with ``on_tilt`` (default: the plugin manifest's
+    ``input.tilt``; see :func:`~medlens.routing.tilt_policy`).
+
     Raises:
         RoutingError: The plugin accepts no series of the input (every reason given).
         InputError: The input does not exist or holds nothing readable.
     """
     if isinstance(input, Image):
         return routed_image(manifest, input)
+    tilt = on_tilt if on_tilt is not None else tilt_policy(manifest)
     path = Path(input)
     cases = find_cases([path])
     runnable = [c for c in cases if c.kind != "error"]
@@ -73,7 +84,7 @@ def read_for(manifest: Manifest, input: Image | str | Path) -> Image:  # noqa: A
             f"plugin {manifest.id!r} accepts no series in {path.name!r}: " + " | ".join(refusals)
         )
     best = max(accepted, key=lambda c: c.facts.slice_count if c.facts else 0)
-    image = read_case(best)
+    image = read_case(best, on_tilt=tilt)
     if len(accepted) > 1:
         assert best.facts is not None
         note = (

@@ -43,6 +43,9 @@ class PluginOverrides(_Frozen):
     job_timeout_seconds: float | None = Field(default=None, gt=0)
     memory_limit_mb: int | None = Field(default=None, ge=64)
     max_attempts: int | None = Field(default=None, ge=1)
+    tilt: Literal["refuse", "resample"] | None = Field(
+        default=None, description="Gantry-tilted series: refuse or resample (see WatchConfig)."
+    )
     enabled: bool = Field(default=True, description="False: never route series to it.")
 
 
@@ -159,6 +162,11 @@ class WatchConfig(_Frozen):
     heartbeat_seconds: float = Field(
         default=5.0, gt=0, description="How often the service records that it is alive."
     )
+    tilt: Literal["refuse", "resample"] | None = Field(
+        default=None,
+        description="Gantry-tilted series: refuse, or correct by resampling; None: the host "
+        "config's [tilt] table, else the plugin manifest's input.tilt.",
+    )
     plugins: dict[str, PluginOverrides] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -185,6 +193,11 @@ class WatchConfig(_Frozen):
         """Worker RSS ceiling (MiB) while ``plugin_id`` runs."""
         v = self.for_plugin(plugin_id).memory_limit_mb
         return self.memory_limit_mb if v is None else v
+
+    def tilt_for(self, plugin_id: str) -> str | None:
+        """Tilt policy asked for ``plugin_id`` (None: the host's default for it)."""
+        v = self.for_plugin(plugin_id).tilt
+        return self.tilt if v is None else v
 
     def attempts_for(self, plugin_id: str) -> int:
         """Tries per job of ``plugin_id``."""

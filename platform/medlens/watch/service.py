@@ -465,6 +465,7 @@ class WatchService:
             input_dir=str(input_dir),
             out_dir=str(staging),
             device=self.config.device,
+            tilt=self.config.tilt_for(job.plugin),
         )
         self.executor.submit(
             spec,
