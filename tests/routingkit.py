@@ -92,6 +92,11 @@ MANIFEST = v1.Manifest.model_validate({manifest!r})
 class _Plugin:
     def predict(self, inputs, ctx):
         import numpy as np
+        if inputs.image.shape[-1] < {reject_under_slices}:  # a plausibility gate's refusal
+            return v1.Prediction(
+                status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+                status_reason="z-extent below the training range",
+            )
         mask = (inputs.image.array > 0).astype(np.uint8)
         return v1.Prediction(mask=inputs.image.with_array(mask, warnings=()))
 
@@ -112,8 +117,13 @@ def rule_plugin(
     dims: int = 3,
     kinds: tuple[str, ...] = ("json",),
     tilt: str | None = None,
+    reject_under_slices: int = 0,
 ) -> md.EntryPoint:
-    """Write a tiny thresholding plugin with this manifest; return its entry point."""
+    """Write a tiny thresholding plugin with this manifest; return its entry point.
+
+    With ``reject_under_slices`` it refuses (``rejected_out_of_distribution``) images of
+    fewer slices, as a plausibility gate would.
+    """
     module = f"mlroute_{uuid.uuid4().hex[:10]}"
     manifest = {
         "id": plugin_id,
@@ -144,7 +154,9 @@ def rule_plugin(
         },
         "entry": f"{module}:create",
     }
-    (workdir / f"{module}.py").write_text(textwrap.dedent(_PLUGIN.format(manifest=manifest)))
+    (workdir / f"{module}.py").write_text(
+        textwrap.dedent(_PLUGIN.format(manifest=manifest, reject_under_slices=reject_under_slices))
+    )
     monkeypatch.syspath_prepend(str(workdir))
     sys.modules.pop(module, None)
     return md.EntryPoint(name=plugin_id, value=f"{module}:MANIFEST", group="medlens.plugins")

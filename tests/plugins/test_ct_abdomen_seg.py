@@ -460,7 +460,7 @@ def test_cli_run_says_refused_and_not_for_diagnostic_use(tmp_path: Path) -> None
             "cpu",
         ],
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 4, result.output  # EXIT_REJECTED: refused, not ok
     assert "NOT FOR DIAGNOSTIC USE" in result.output
     assert "input refused (rejected_out_of_distribution)" in result.output
     (doc_path,) = out.rglob("result.json")

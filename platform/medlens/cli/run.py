@@ -8,9 +8,12 @@ its files land, written as a set, in ``OUT/<case>/`` where ``<case>`` is built o
 from validated parts (``CT-<hash of the series UID>``), the same on every run.
 
 Output: a progress bar on a terminal (stderr); with ``--json`` one JSON line per case on
-stdout (``input``, ``case``, ``status`` ``ok``/``skipped``/``failed``, ``result``,
-``error``, ``reason``). Exit code 0 when every accepted case succeeded, 1 when a case
-failed, 3 when the plugin accepted no case at all (said on stderr).
+stdout (``input``, ``case``, ``status`` ``ok``/``rejected``/``skipped``/``failed``,
+``result``, ``error``, ``reason``). A case the plugin ran on but refused as outside what
+it was made for (``rejected_out_of_distribution``) is ``rejected``: its result.json is
+written, its reason given, and it is never counted as ``ok``. Exit code 0 when every
+accepted case succeeded, 1 when a case failed, 3 when the plugin accepted no case at
+all (said on stderr), 4 when none failed but the plugin rejected at least one.
 """
 
 from __future__ import annotations
@@ -32,18 +35,22 @@ import click
 from medlens.cli._progress import progress_bar
 from medlens.errors import MedLensError, OutputError, RoutingError
 from medlens.host import Host
+from medlens.plugin_api.v1 import ResultStatus
 
 if TYPE_CHECKING:
     from medlens.imaging.series import TiltPolicy
     from medlens.plugin_api.v1 import Result
     from medlens.routing import Case
 
-__all__ = ["EXIT_FAILED", "EXIT_NOTHING_ACCEPTED", "CaseOutcome", "run"]
+__all__ = ["EXIT_FAILED", "EXIT_NOTHING_ACCEPTED", "EXIT_REJECTED", "CaseOutcome", "run"]
 
 #: Exit code when at least one accepted case failed.
 EXIT_FAILED = 1
 #: Exit code when the plugin accepted none of the cases found.
 EXIT_NOTHING_ACCEPTED = 3
+#: Exit code when no case failed but the plugin rejected at least one as out of
+#: distribution (it reported no answer on it: a person must look).
+EXIT_REJECTED = 4
 
 _CASE_NAME = re.compile(r"[A-Z0-9]{1,16}-[0-9a-f]{10}(?:-[0-9]{1,6})?")
 log = logging.getLogger("medlens.cli.run")
@@ -55,7 +62,7 @@ class CaseOutcome:
 
     input: str
     case: str
-    status: str  # "ok" | "skipped" | "failed"
+    status: str  # "ok" | "rejected" | "skipped" | "failed"
     result: str | None = None
     error: str | None = None
     reason: str | None = None
@@ -145,10 +152,13 @@ def _run_case(
         log.debug("case %s failed", case.name, exc_info=True)
         return _replace(base, error=_one_line(e))
     written = folder / "result.json"
+    p = result.prediction
+    rejected = p.status != ResultStatus.OK
     return _replace(
         base,
-        status="ok",
+        status="rejected" if rejected else "ok",
         result=str(written if written.exists() else folder),
+        reason=f"{p.status}: {p.status_reason}" if rejected else None,
         details=result,
     )
 
@@ -234,7 +244,9 @@ def run(
     series or images.
 
     Exit code: 0 when every accepted case succeeded (cases the rules refuse are skipped,
-    not failed), 1 when a case failed, 3 when the plugin accepted no case at all.
+    not failed), 1 when a case failed, 3 when the plugin accepted no case at all, 4 when
+    none failed but the plugin rejected a case as out of distribution (status
+    ``rejected``: result.json written, no answer reported).
     """
     from medlens.routing import find_cases
 
@@ -270,18 +282,21 @@ def run(
             if as_json:
                 click.echo(o.to_json())
             else:
-                tail = o.result or o.error or o.reason or ""
+                tail = " ".join(x for x in (o.result, o.error, o.reason) if x)
                 click.echo(f"{o.status:<8}{o.case}  {o.input}  {tail}")
                 if o.details is not None and len(cases) == 1:
                     _echo_details(o)
             if o.status == "failed":
                 log.warning("case %s failed: %s", o.case, o.error)
+            elif o.status == "rejected":
+                log.warning("case %s rejected by the plugin: %s", o.case, o.reason)
             elif o.status == "skipped":
                 log.info("case %s skipped: %s", o.case, o.reason)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    statuses = ("ok", "rejected", "skipped", "failed")
+    counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     click.echo(f"{manifest.id}: {len(outcomes)} case(s): {summary}; results in {out}", err=True)
-    accepted = counts["ok"] + counts["failed"]
+    accepted = counts["ok"] + counts["rejected"] + counts["failed"]
     if accepted == 0:
         click.echo(
             f"error: {manifest.id!r} accepted none of the {len(outcomes)} case(s) found",
@@ -290,3 +305,10 @@ def run(
         raise SystemExit(EXIT_NOTHING_ACCEPTED)
     if counts["failed"]:
         raise SystemExit(EXIT_FAILED)
+    if counts["rejected"]:
+        click.echo(
+            f"warning: {manifest.id!r} rejected {counts['rejected']} case(s) as outside what "
+            "it was made for: no answer was reported on them",
+            err=True,
+        )
+        raise SystemExit(EXIT_REJECTED)
