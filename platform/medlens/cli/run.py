@@ -9,11 +9,13 @@ from validated parts (``CT-<hash of the series UID>``), the same on every run.
 
 Output: a progress bar on a terminal (stderr); with ``--json`` one JSON line per case on
 stdout (``input``, ``case``, ``status`` ``ok``/``rejected``/``skipped``/``failed``,
-``result``, ``error``, ``reason``). A case the plugin ran on but refused as outside what
-it was made for (``rejected_out_of_distribution``) is ``rejected``: its result.json is
-written, its reason given, and it is never counted as ``ok``. Exit code 0 when every
-accepted case succeeded, 1 when a case failed, 3 when the plugin accepted no case at
-all (said on stderr), 4 when none failed but the plugin rejected at least one.
+``result``, ``error``, ``reason``, ``volume``: ``e2``, ``e1_t3``… for one volume of a
+multi-echo or 4-D series, which is offered as one case per volume). A case the plugin
+ran on but refused as outside what it was made for (``rejected_out_of_distribution``)
+is ``rejected``: its result.json is written, its reason given, and it is never counted
+as ``ok``. Exit code 0 when every accepted case succeeded, 1 when a case failed, 3 when
+the plugin accepted no case at all (said on stderr), 4 when none failed but the plugin
+rejected at least one.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class CaseOutcome:
     result: str | None = None
     error: str | None = None
     reason: str | None = None
+    volume: str | None = None  # echo / temporal position of a multi-echo or 4-D series
     details: Result | None = None  # the result of an ``ok`` case (not serialised)
 
     def to_json(self) -> str:
@@ -77,6 +80,7 @@ class CaseOutcome:
             "result": self.result,
             "error": self.error,
             "reason": self.reason,
+            "volume": self.volume,
         }
         return json.dumps(doc, ensure_ascii=False)
 
@@ -130,7 +134,9 @@ def _run_case(
     from medlens.routing import read_case, route
 
     manifest = host.get(plugin_id).manifest
-    base = CaseOutcome(input=str(case.path), case=case.name, status="failed")
+    base = CaseOutcome(
+        input=str(case.path), case=case.name, status="failed", volume=case.volume or None
+    )
     if case.kind == "error":
         return _replace(base, error=case.error)
     try:
@@ -283,7 +289,8 @@ def run(
                 click.echo(o.to_json())
             else:
                 tail = " ".join(x for x in (o.result, o.error, o.reason) if x)
-                click.echo(f"{o.status:<8}{o.case}  {o.input}  {tail}")
+                where = f"{o.input} [{o.volume}]" if o.volume else o.input
+                click.echo(f"{o.status:<8}{o.case}  {where}  {tail}")
                 if o.details is not None and len(cases) == 1:
                     _echo_details(o)
             if o.status == "failed":

@@ -58,6 +58,8 @@ _HEADER_KEYWORDS: tuple[str, ...] = (
     "Rows",
     "Columns",
     "NumberOfFrames",
+    "EchoNumbers",
+    "TemporalPositionIdentifier",
     *AUDIT_ATTRIBUTES,
 )
 _LAST_GROUP = 0x0028FFFF  # everything needed lives at or below group 0028
@@ -162,6 +164,8 @@ class DicomHeader:
         number_of_frames: ``NumberOfFrames`` (1 when absent).
         image_position: ``ImagePositionPatient`` or ``None``.
         image_orientation: ``ImageOrientationPatient`` or ``None``.
+        volume_key: (``EchoNumbers``, ``TemporalPositionIdentifier``) as text ("" when
+            absent): tells the volumes of a multi-echo or 4-D series apart.
         attributes: The :data:`AUDIT_ATTRIBUTES` present, as plain values.
         warnings: What was taken on trust reading the header (e.g. the SOP class from
             the file meta header when the dataset's is empty); no identifying values.
@@ -183,6 +187,7 @@ class DicomHeader:
     number_of_frames: int = 1
     image_position: tuple[float, float, float] | None = None
     image_orientation: tuple[float, ...] | None = None
+    volume_key: tuple[str, str] = ("", "")
     attributes: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -194,6 +199,12 @@ class DicomHeader:
             return ()
         vals = raw if isinstance(raw, list) else str(raw).split("\\")
         return tuple(str(v).strip().upper() for v in vals)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):  # EchoNumbers is IS, 1-n; the first names the volume
+        value = value[0] if value else None
+    return "" if value is None else str(value).strip()
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -297,6 +308,7 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
         number_of_frames=_int_or_none(values["NumberOfFrames"]) or 1,
         image_position=None if pos is None else (pos[0], pos[1], pos[2]),
         image_orientation=_floats(values["ImageOrientationPatient"], 6),
+        volume_key=(_text(values["EchoNumbers"]), _text(values["TemporalPositionIdentifier"])),
         attributes=attributes,
         warnings=tuple(warnings),
     )

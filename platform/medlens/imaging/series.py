@@ -54,6 +54,7 @@ __all__ = [
     "TiltPolicy",
     "check_not_mosaic",
     "fill_sop_class",
+    "group_volumes",
     "load_series",
     "read_dataset",
     "split_volumes",
@@ -135,7 +136,7 @@ def split_volumes(files: Sequence[Path]) -> list[tuple[str, list[Path]]]:
     """
     import pydicom
 
-    groups: dict[tuple[str, ...], list[Path]] = {}
+    keyed: list[tuple[tuple[str, ...], Path]] = []
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -144,17 +145,36 @@ def split_volumes(files: Sequence[Path]) -> list[tuple[str, list[Path]]]:
         key = tuple(str(ds.get(kw, "") or "").strip() for kw, _ in _VOLUME_KEYS)
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             key = ("",) * len(_VOLUME_KEYS)
-        groups.setdefault(key, []).append(Path(path))
-    if len(groups) == 1:
-        return [("", next(iter(groups.values())))]
+        keyed.append((key, Path(path)))
+    return [(s, [p for _, p in g]) for s, g in group_volumes(keyed, lambda kp: kp[0])]
+
+
+def group_volumes(
+    items: Sequence[_T], key: Callable[[_T], tuple[str, ...]]
+) -> list[tuple[str, list[_T]]]:
+    """Group items of one series by (``EchoNumbers``, ``TemporalPositionIdentifier``).
+
+    The one naming rule of split volumes, shared by ``convert`` and the routing's cases:
+    a suffix such as ``e2`` or ``e1_t3`` names only the keys that vary, groups come in
+    numeric order, and one group gets suffix ``""``.
+
+    Args:
+        items: Files or headers of one series.
+        key: Their (echo, temporal position) values as text ("" when absent).
+    """
+    groups: dict[tuple[str, ...], list[_T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    if len(groups) <= 1:
+        return [("", list(items))]
     varying = [i for i in range(len(_VOLUME_KEYS)) if len({k[i] for k in groups}) > 1]
 
-    def order(key: tuple[str, ...]) -> tuple[float, ...]:
-        return tuple(float(v) if v.replace(".", "", 1).isdigit() else -1.0 for v in key)
+    def order(k: tuple[str, ...]) -> tuple[float, ...]:
+        return tuple(float(v) if v.replace(".", "", 1).isdigit() else -1.0 for v in k)
 
     return [
-        ("_".join(f"{_VOLUME_KEYS[i][1]}{key[i] or 'x'}" for i in varying), groups[key])
-        for key in sorted(groups, key=order)
+        ("_".join(f"{_VOLUME_KEYS[i][1]}{k[i] or 'x'}" for i in varying), groups[k])
+        for k in sorted(groups, key=order)
     ]
 
 

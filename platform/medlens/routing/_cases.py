@@ -12,7 +12,10 @@ A folder that holds DICOM image instances is read as DICOM: NIfTI and image file
 beside them (the truth label maps of a phantom dataset, for instance) are not cases.
 A folder without DICOM images offers its NIfTI and image files as cases. A DICOM
 series of separate single-frame 2-D images (radiographs, photographs) gives one case
-per image. Unreadable DICOM files become failed cases with their one-line reason.
+per image. A multi-echo or 4-D (dynamic) series gives one case per echo / temporal
+position (``EchoNumbers``, ``TemporalPositionIdentifier``), as ``convert`` splits it and
+dcm2niix does: read whole, its volumes would collide slice by slice. Unreadable DICOM
+files become failed cases with their one-line reason.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, index_folder
 from medlens.imaging.facts import Facts, facts_of_headers
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti
-from medlens.imaging.series import TiltPolicy
+from medlens.imaging.series import TiltPolicy, group_volumes
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file
 
 __all__ = ["Case", "CaseKind", "find_cases", "read_case"]
@@ -54,6 +57,7 @@ class Case:
         headers: DICOM headers of ``dicom`` cases (one per file).
         facts: Routing facts of ``dicom`` cases (``None`` for files, known after reading).
         error: One-line reason of ``error`` cases.
+        volume: Which volume of a multi-echo / 4-D series (``e2``, ``e1_t3``), else "".
     """
 
     name: str
@@ -63,6 +67,7 @@ class Case:
     headers: tuple[DicomHeader, ...] = ()
     facts: Facts | None = None
     error: str | None = None
+    volume: str = ""
 
     @property
     def path(self) -> Path:
@@ -91,14 +96,23 @@ def _is_image_series(s: SeriesEntry) -> bool:
     return s.headers[0].rows is not None and s.modality.upper() not in _NON_IMAGE_MODALITIES
 
 
-def _split(s: SeriesEntry) -> list[tuple[DicomHeader, ...]]:
-    """A series of separate 2-D images → one group per image; anything else whole."""
+def _split(s: SeriesEntry) -> list[tuple[str, tuple[DicomHeader, ...]]]:
+    """A series → (volume suffix, headers) per case.
+
+    Separate 2-D images give one case each; a multi-echo or 4-D series one per echo /
+    temporal position (multi-frame files keep theirs in functional groups); anything
+    else is one case.
+    """
     hs = s.headers
     no_geometry = all(h.image_position is None for h in hs)
     two_d = s.modality.upper() in TWO_D_MODALITIES or no_geometry
     if len(hs) > 1 and two_d and all(h.number_of_frames == 1 for h in hs):
-        return [(h,) for h in hs]
-    return [hs]
+        return [("", (h,)) for h in hs]
+
+    def key(h: DicomHeader) -> tuple[str, ...]:
+        return h.volume_key if h.number_of_frames == 1 else ("", "")
+
+    return [(suffix, tuple(g)) for suffix, g in group_volumes(hs, key)]
 
 
 class _Namer:
@@ -123,8 +137,9 @@ def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
     for s in index.all_series():
         if not _is_image_series(s):
             continue
-        for group in _split(s):
+        for volume, group in _split(s):
             key = s.series_instance_uid + (group[0].sop_instance_uid if len(group) == 1 else "")
+            key += f"/{volume}" if volume else ""  # volumes of one series: a name each
             cases.append(
                 Case(
                     name=namer(_code(s.modality), key),
@@ -133,6 +148,7 @@ def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
                     paths=tuple(h.path for h in group),
                     headers=group,
                     facts=facts_of_headers(group),
+                    volume=volume,
                 )
             )
     has_dicom = bool(cases)

@@ -88,8 +88,10 @@ def read_for(
     if len(accepted) > 1:
         assert best.facts is not None
         note = (
-            f"{len(accepted)} series are accepted by {manifest.id!r}; read the largest "
-            f"({best.facts.describe()}); run `medlens run` to process every one"
+            f"{len(accepted)} series (or volumes of a multi-echo / 4-D series) are accepted "
+            f"by {manifest.id!r}; read the largest ({best.facts.describe()}"
+            f"{', volume ' + best.volume if best.volume else ''}); run `medlens run` to "
+            "process every one"
         )
         image = image.with_array(image.array, warnings=(note, *image.warnings))
     return image
