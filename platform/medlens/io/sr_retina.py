@@ -1,0 +1,239 @@
+"""DICOM SR of a ``retina-dr`` screening result: per-eye and patient findings (TID 1500).
+
+One Comprehensive 3D SR per patient. Its measurement report holds one
+measurement group per photographed eye and one for the patient:
+
+* eye group: finding type diabetic retinopathy (SCT 4855003), finding site
+  eye (SCT 81745001) with laterality right/left (SCT 24028007/7771000; omitted
+  when unknown), the calibrated probability (DCM 122157), the qualitative
+  evaluation "referable diabetic retinopathy" yes/no (SCT 373066001/373067005)
+  at the operating point, and the image gradability; an ungradable eye has no
+  probability and no referable evaluation;
+* patient group: the screening decision (refer / no referable DR / ungradable).
+
+Concepts without a standard code (referable DR, gradability, the decision) use
+the private scheme ``99MEDLENS`` declared in ``CodingSchemeIdentificationSequence``.
+Patient and study come from the DICOM photographs when there are any (they
+are the evidence); photographs from plain image files have no DICOM identity,
+so the report then starts a new study with empty patient attributes (Type 2),
+records no evidence and says so in ``SeriesDescription``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code as PdCode
+from pydicom.uid import generate_uid
+
+from medlens.errors import OutputError
+from medlens.io._common import MANUFACTURER, copy_deidentification
+from medlens.io.atomic import save_dataset
+from medlens.plugin_api._results import Result
+
+__all__ = ["RETINA_CODES", "build_retina_sr", "write_retina_sr"]
+
+_PRIVATE = "99MEDLENS"
+
+#: Codes of the report (standard where one exists).
+RETINA_CODES: dict[str, PdCode] = {
+    "dr": PdCode("4855003", "SCT", "Diabetic retinopathy"),
+    "eye": PdCode("81745001", "SCT", "Eye"),
+    "R": PdCode("24028007", "SCT", "Right"),
+    "L": PdCode("7771000", "SCT", "Left"),
+    "yes": PdCode("373066001", "SCT", "Yes"),
+    "no": PdCode("373067005", "SCT", "No"),
+    "probability": PdCode("122157", "DCM", "Probability"),
+    "unit_probability": PdCode("{probability}", "UCUM", "probability"),
+    "procedure": PdCode("363679005", "SCT", "Imaging procedure"),
+    "referable": PdCode("RDR", _PRIVATE, "Referable diabetic retinopathy"),
+    "gradability": PdCode("GRADABILITY", _PRIVATE, "Image gradability"),
+    "gradable": PdCode("GRADABLE", _PRIVATE, "Gradable"),
+    "ungradable": PdCode("UNGRADABLE", _PRIVATE, "Ungradable, re-image"),
+    "decision": PdCode("DECISION", _PRIVATE, "Screening decision"),
+    "refer": PdCode("REFER", _PRIVATE, "Refer to eye care professional"),
+    "no_referable_dr": PdCode("NORDR", _PRIVATE, "No referable DR, rescreen"),
+}
+
+
+def _placeholder_source() -> Dataset:
+    """Patient/study identity for photographs without DICOM: new study, empty patient."""
+    ds = Dataset()
+    ds.PatientName = ""
+    ds.PatientID = ""
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    ds.StudyInstanceUID = generate_uid()
+    ds.StudyID = ""
+    ds.StudyDate = ""
+    ds.StudyTime = ""
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    # highdicom reads these of its first evidence item; the SR records no evidence then.
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OP"
+    return ds
+
+
+#: Type 2 patient/study attributes highdicom copies from the evidence; de-identified
+#: photographs often lack them, which is normal, so they are copied in empty.
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def _with_type2(ds: Dataset) -> Dataset:
+    out = copy.deepcopy(ds)
+    for key in _TYPE2:
+        if key not in out:
+            setattr(out, key, "")
+    return out
+
+
+def _concept(code: PdCode) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def _eye_group(
+    n: int, eye: Mapping[str, Any], algo: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    lat = eye.get("laterality")
+    site = hd.sr.FindingSite(
+        anatomic_location=_concept(RETINA_CODES["eye"]),
+        laterality=_concept(RETINA_CODES[lat]) if lat in ("R", "L") else None,
+    )
+    gradable = bool(eye["quality"]["gradable"])
+    evaluations = [
+        hd.sr.QualitativeEvaluation(
+            name=_concept(RETINA_CODES["gradability"]),
+            value=_concept(RETINA_CODES["gradable" if gradable else "ungradable"]),
+        )
+    ]
+    measurements: list[hd.sr.Measurement] = []
+    findings = eye.get("findings") or []
+    if gradable and findings:
+        f = findings[0]
+        measurements.append(
+            hd.sr.Measurement(
+                name=_concept(RETINA_CODES["probability"]),
+                value=float(f["probability"]),
+                unit=_concept(RETINA_CODES["unit_probability"]),
+                algorithm_id=algo,
+            )
+        )
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=_concept(RETINA_CODES["referable"]),
+                value=_concept(RETINA_CODES["yes" if f["positive"] else "no"]),
+            )
+        )
+    side = {"R": "right", "L": "left"}.get(str(lat), "unknown")
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"eye {n + 1} ({side})"
+        ),
+        finding_type=_concept(RETINA_CODES["dr"]),
+        finding_sites=[site],
+        algorithm_id=algo,
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations,
+    )
+
+
+def build_retina_sr(result: Result, sources: Sequence[Dataset]) -> hd.sr.Comprehensive3DSR:
+    """The SR of a ``retina-dr`` result.
+
+    Args:
+        result: A ``retina-dr`` result (``prediction.extra`` has ``decision`` and ``eyes``).
+        sources: Headers of the DICOM photographs of the study (may be empty).
+
+    Raises:
+        OutputError: If the result is not a screening result or highdicom refuses it.
+    """
+    extra = result.prediction.extra
+    if "decision" not in extra or "eyes" not in extra:
+        raise OutputError(f"plugin {result.manifest.id!r} result has no screening decision")
+    try:
+        algo = hd.sr.AlgorithmIdentification(
+            name=result.manifest.id,
+            version=result.manifest.version,
+            parameters=(
+                [f"weights_sha256={result.provenance.weights_sha256}"]
+                if result.provenance.weights_sha256
+                else None
+            ),
+        )
+        groups = [_eye_group(n, eye, algo) for n, eye in enumerate(extra["eyes"])]
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="patient"),
+                finding_type=_concept(RETINA_CODES["dr"]),
+                algorithm_id=algo,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(
+                        name=_concept(RETINA_CODES["decision"]),
+                        value=_concept(RETINA_CODES[str(extra["decision"])]),
+                    )
+                ],
+            )
+        )
+        observer = hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=hd.UID(),
+                name="MedLens",
+                manufacturer_name=MANUFACTURER,
+                model_name=result.manifest.id[:64],
+            ),
+        )
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=_concept(RETINA_CODES["procedure"]),
+            imaging_measurements=groups,
+        )
+        dicom = [_with_type2(ds) for ds in sources]
+        evidence = dicom or [_placeholder_source()]
+        description = "retina-dr screening NOT FOR DIAGNOSTIC USE"
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=9003,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            record_evidence=bool(dicom),
+            series_description=description if dicom else f"{description} (no DICOM source)",
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise OutputError(f"cannot build the retina-dr SR: {e}") from e
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = _PRIVATE
+    scheme.CodingSchemeName = "MedLens private concepts"
+    scheme.CodingSchemeResponsibleOrganization = "MedLens contributors"
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    if dicom:
+        copy_deidentification(sr, dicom)
+    return sr
+
+
+def write_retina_sr(result: Result, sources: Sequence[Dataset], path: Path) -> Path:
+    """Build and atomically write the SR of ``result`` to ``path``."""
+    return save_dataset(build_retina_sr(result, sources), path)

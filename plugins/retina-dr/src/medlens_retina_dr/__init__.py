@@ -1,0 +1,1 @@
+"""MedLens first-party plugin ``retina-dr``: referable diabetic retinopathy screening."""

@@ -1,0 +1,137 @@
+"""Manifest of ``retina-dr``: light, imports only ``medlens.plugin_api.v1``.
+
+This module is what discovery imports; it must never import torch or MONAI.
+Every figure here (temperature, thresholds, model-card metrics) is printed by
+``python -m medlens_retina_dr.evaluate --recipe-json RUN/recipe.json``, which
+reads the output of ``python -m medlens_retina_dr.recipe --out RUN``.
+"""
+
+from __future__ import annotations
+
+from medlens.plugin_api import v1
+
+__all__ = ["MANIFEST"]
+
+_SCT = "SCT"
+_LABEL = "referable_dr"
+_FINDING = v1.Code(value="404684003", scheme=_SCT, meaning="Clinical finding")
+_DR = v1.Code(value="4855003", scheme=_SCT, meaning="Diabetic retinopathy")
+
+_CV = "patient-level 5-fold cross-validation on the 180 development patients (360 eyes)"
+_EVAL_METHOD = "python -m medlens_retina_dr.evaluate --recipe-json RUN/recipe.json"
+_EVAL_DATA = "fundus-dr development set (SRahimDR DR-image-dataset), out-of-fold predictions"
+
+# ---- figures printed by the evaluate command (see the module docstring) ----
+_TEMPERATURE = 3.1874
+_SCREENING = (0.4341, 0.8765, 0.2525)  # threshold, patient-level sensitivity, specificity
+_BALANCED = (0.5150, 0.5926, 0.5960)
+_METRICS: list[tuple[str, float, int]] = [
+    ("auroc_eye", 0.6308, 360),
+    ("auroc_eye_ci_low", 0.5629, 360),
+    ("auroc_eye_ci_high", 0.6944, 360),
+    ("auroc_eye_baseline_lr32", 0.6728, 360),
+    ("auroc_patient", 0.5935, 180),
+    ("patient_sensitivity@screening", 0.8765, 180),
+    ("patient_specificity@screening", 0.2525, 180),
+    ("patient_sensitivity@balanced", 0.5926, 180),
+    ("patient_specificity@balanced", 0.5960, 180),
+    ("gradable_rate_development", 1.0000, 40),
+    ("flag_rate_strong_degradations", 1.0000, 40),
+    ("phantom_pointing_game", 0.3000, 10),
+]
+_SHA256 = "693e8942fd586d76c9e714c93d1c56f7b5c7370fd52fcb84794eb6b9df3d4a94"
+# ---------------------------------------------------------------------------
+
+MANIFEST = v1.Manifest(
+    id="retina-dr",
+    version="0.1.0",
+    api_version="1.1",
+    title="Referable diabetic retinopathy screening (fundus photographs)",
+    description=(
+        "Screens a patient's colour fundus photographs (one or both eyes): a quality "
+        "verdict per eye, then referable diabetic retinopathy (moderate NPDR or worse, or "
+        "any maculopathy) per eye from an ensemble of small MONAI CNNs (seeded random "
+        "convolutional features, fitted linear heads) on the pre-processed field of view, "
+        "and one patient decision: refer, no referable DR "
+        "(rescreen in 12 months) or ungradable (re-image). Not for diagnostic use."
+    ),
+    task=v1.Task.SCREENING,
+    modality=[v1.Modality.OP, v1.Modality.XC, v1.Modality.OT],
+    body_part="EYE",
+    input=v1.InputSpec(dims=2, channels=3, size=(384, 384)),
+    outputs=v1.OutputSpec(
+        labels=[
+            v1.Label(value=0, name=_LABEL, category=_FINDING, type=_DR, measure=False),
+        ],
+        kinds=[v1.OutputKind.JSON],
+        postprocess=v1.PostprocessSpec(activation="sigmoid"),
+        operating_points=[
+            v1.OperatingPoint(
+                name="screening",
+                label=_LABEL,
+                threshold=_SCREENING[0],
+                sensitivity=_SCREENING[1],
+                specificity=_SCREENING[2],
+                chosen_on=f"{_CV}; highest threshold with patient-level sensitivity >= 0.87",
+                description="Autonomous screening (the first autonomous DR device's pivotal "
+                "sensitivity, 0.87); figures are patient-level.",
+            ),
+            v1.OperatingPoint(
+                name="balanced",
+                label=_LABEL,
+                threshold=_BALANCED[0],
+                sensitivity=_BALANCED[1],
+                specificity=_BALANCED[2],
+                chosen_on=f"{_CV}; maximum patient-level Youden J",
+                description="Fewer referrals, more missed patients; figures are patient-level.",
+            ),
+        ],
+        default_operating_point="screening",
+        calibration=v1.CalibrationSpec(
+            method="temperature", temperature=_TEMPERATURE, fitted_on=f"{_CV}, per eye"
+        ),
+    ),
+    explanations=[v1.ExplanationMethod.GRADCAM],
+    model_card=v1.ModelCard(
+        intended_use=(
+            "Research on referable diabetic retinopathy screening from colour fundus "
+            "photographs of adults with diabetes. Not for diagnostic use, not a medical "
+            "device; academic use only (the training data's licence)."
+        ),
+        limitations=[
+            "Trained and validated on 360 photographs of 180 patients from one source and "
+            "one camera type; performance on other cameras and populations is unknown.",
+            "Small n: confidence intervals are wide; thresholds chosen by cross-validation "
+            "on the same 180 patients (no independent test set here).",
+            "Random convolutional features with a fitted linear head at 384 px (no "
+            "pre-training, no end-to-end training: no CPU budget for it): its "
+            "cross-validated AUROC is far below the 0.85 goal; see the model card.",
+            "The quality check was set from measurable properties and synthetic "
+            "degradations, not from human gradability labels.",
+            "Grad-CAM heatmaps explain the model; they do not localise lesions.",
+        ],
+        training_data=(
+            "fundus-dr: 360 colour fundus photographs (both eyes of 180 patients) graded "
+            "on the International Clinical DR scale with maculopathy by ophthalmologists; "
+            "SRahimDR 'Retinal Fundus Image Dataset for Diabetic Retinopathy Detection' "
+            "(DR-image-dataset, GitHub), free to use for academic purposes with "
+            "attribution. Trained by `python -m medlens_retina_dr.recipe` (seed 0)."
+        ),
+        metrics=[
+            v1.MetricSpec(name=name, value=value, dataset=_EVAL_DATA, method=_EVAL_METHOD, n=n)
+            for name, value, n in _METRICS
+        ],
+        license=(
+            "Code Apache-2.0; weights academic use only, with attribution to the SRahimDR "
+            "DR-image-dataset (inherited from the training data)"
+        ),
+        diagnostic_use=False,
+        authors=["MedLens contributors"],
+    ),
+    weights=v1.WeightsSpec(
+        file="weights/model.safetensors", format=v1.WeightsFormat.SAFETENSORS, sha256=_SHA256
+    ),
+    entry="medlens_retina_dr.plugin:create",
+    options="medlens_retina_dr.options:RetinaOptions",
+    study=v1.StudySpec(min_images=1, max_images=2),
+)

@@ -1,0 +1,261 @@
+"""Model code of ``retina-dr`` (heavy: torch, MONAI, pytorch_grad_cam).
+
+One call of :meth:`RetinaDR.predict` screens one patient: every photograph of
+the study (one or two eyes) gets a quality verdict (:mod:`.quality`); gradable
+eyes are graded by the ensemble (:mod:`.model`) on the pre-processed field of
+view (:mod:`.preprocess`), calibrated by the manifest's temperature and
+decided at its operating point; Grad-CAM with its sanity check explains each
+graded eye (:mod:`.explain`). The patient decision is :func:`.study.decide`.
+
+Per-eye results and the decision go into ``Prediction.extra`` (``decision``,
+``operating_point``, ``eyes``, ``missing_eyes``, ``notice``) and so into
+result.json; the patient-level ``referable_dr`` finding is the prediction's
+finding. Only photographs without any fundus disc are refused (out of
+distribution); a fundus photograph of poor quality is a valid screening
+outcome (``ungradable``), never "no referable DR".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from medlens.plugin_api import v1
+from medlens_retina_dr import preprocess, quality, study
+
+__all__ = ["RetinaDR", "create", "image_rgb"]
+
+_LABEL = "referable_dr"
+
+
+def image_rgb(image: v1.Image) -> npt.NDArray[np.uint8]:
+    """A 2-D colour :class:`~medlens.plugin_api.v1.Image` ``(3, i, j)`` as ``(H, W, 3)`` uint8.
+
+    Raises:
+        InputError: If the image is not a 2-D 3-channel (colour) image.
+    """
+    if image.ndim != 2 or image.channels != 3:
+        raise v1.InputError(
+            f"retina-dr needs a 2-D colour fundus photograph, got a {image.ndim}-D image "
+            f"with {image.channels} channel(s)"
+        )
+    arr = np.asarray(image.array)
+    if arr.dtype != np.uint8:
+        top = float(np.nanmax(arr)) if arr.size else 0.0
+        scale = 255.0 / top if top > 255.0 else 1.0  # 16-bit colour: bring to 8 bits
+        arr = np.clip(np.nan_to_num(arr.astype(np.float32) * scale), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr.transpose(2, 1, 0))
+
+
+def _source(image: v1.Image) -> str:
+    uid = str(image.metadata.get("SOPInstanceUID") or "").strip()
+    if uid:
+        return uid
+    # The file name only: directories can name patients.
+    return image.source[0].name if image.source else "image"
+
+
+def _laterality(item: Any) -> tuple[str | None, str]:
+    """Laterality of a study image and where it came from."""
+    image: v1.Image = item.image
+    given = getattr(item, "laterality", None)
+    header = study.laterality_from_header(image.metadata)
+    if header is not None:
+        return header, "dicom"
+    if given in ("R", "L"):
+        return str(given), "given"
+    if image.source:
+        name = study.laterality_from_name(image.source[0].name)
+        if name is not None:
+            return name, "file name"
+    return None, "unknown"
+
+
+class RetinaDR:
+    """The loaded plugin: the verified ensemble, calibration and operating points.
+
+    Args:
+        ctx: Load context; weights are read through it (sha256-verified).
+
+    Raises:
+        WeightsError: If the verified weights do not fit the network.
+    """
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        from medlens_retina_dr.model import Ensemble
+
+        self.manifest = ctx.manifest
+        try:
+            self.ensemble = Ensemble.from_state(ctx.load_state_dict())
+        except (RuntimeError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise v1.WeightsError(
+                ctx.manifest.id, f"weights do not fit the network: {first}"
+            ) from e
+        from safetensors import safe_open
+
+        # The recipe records in the (verified) weights which pre-processing they expect.
+        with safe_open(str(ctx.weights_path()), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        self.use_graham = meta.get("use_graham", "true") == "true"
+        self.side = int(meta.get("side", preprocess.NETWORK_SIDE))
+        cal = ctx.manifest.outputs.calibration
+        self.temperature = float(cal.temperature or 1.0)
+        self.points = {
+            op.name: op for op in ctx.manifest.outputs.operating_points if op.label == _LABEL
+        }
+
+    def _op(self, ctx: v1.RunContext) -> v1.OperatingPoint:
+        name = str(
+            ctx.options.get("operating_point")
+            or self.manifest.outputs.default_operating_point
+            or "screening"
+        )
+        if name not in self.points:
+            raise v1.InputError(
+                f"unknown operating point {name!r} (known: {', '.join(sorted(self.points))})"
+            )
+        return self.points[name]
+
+    def _finding(self, p: float, op: v1.OperatingPoint) -> v1.Finding:
+        return v1.Finding(
+            label=_LABEL,
+            probability=p,
+            positive=p >= op.threshold,
+            threshold=op.threshold,
+            operating_point=op.name,
+            decisions={name: p >= o.threshold for name, o in sorted(self.points.items())},
+            calibrated=True,
+        )
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        """Screen one patient: quality, grade and explain each eye, decide.
+
+        Args:
+            inputs: ``inputs.study`` (API 1.1) holds the patient's photographs;
+                without a study, ``inputs.image`` is screened as a one-eye study.
+            ctx: Run context (options: ``operating_point``; explanations).
+
+        Returns:
+            The patient-level prediction (see the module docstring).
+
+        Raises:
+            InputError: If an image is not a colour photograph.
+        """
+        op = self._op(ctx)
+        items = list(inputs.study.images) if inputs.study is not None else [inputs]
+        eyes: list[dict[str, Any]] = []
+        grades: list[study.EyeGrade] = []
+        heatmap: v1.Image | None = None
+        explanation: v1.Explanation | None = None
+        warnings: list[str] = []
+        for n, item in enumerate(items):
+            image: v1.Image = item.image
+            rgb = image_rgb(image)
+            lat, lat_from = _laterality(item)
+            with ctx.timer("quality"):
+                measures, fov = quality.measure(rgb)
+                q = quality.verdict(measures)
+            eye: dict[str, Any] = {
+                "source": _source(image),
+                "laterality": lat,
+                "laterality_from": lat_from,
+                "quality": {"gradable": q.gradable, "reasons": q.reasons, "measures": measures},
+                "findings": [],
+            }
+            if lat is None:
+                warnings.append(
+                    f"eye {n + 1} ({eye['source']}): laterality unknown (no DICOM "
+                    "ImageLaterality, no _L/_R/OD/OS in the file name); graded, side not named"
+                )
+            referable: bool | None = None
+            if q.gradable:
+                with ctx.timer("preprocess"):
+                    crop = preprocess.crop_to_fov(rgb, fov, self.side)
+                    prepared = preprocess.graham(crop) if self.use_graham else crop
+                with ctx.timer("inference"):
+                    logit = float(self.ensemble.logits([prepared])[0])
+                p = float(1.0 / (1.0 + np.exp(-logit / self.temperature)))
+                finding = self._finding(p, op)
+                referable = finding.positive
+                eye["findings"] = [finding.model_dump(mode="json")]
+                if ctx.explain_requested:
+                    with ctx.timer("explain"):
+                        cam_h, expl = self._explain(image, rgb, fov, prepared)
+                    eye["explanation"] = expl.model_dump(mode="json")
+                    if n == 0:  # result.image is the study's first image
+                        heatmap, explanation = cam_h, expl
+            grades.append(study.EyeGrade(lat, q.gradable, referable))
+            eyes.append(eye)
+        lats = [e["laterality"] for e in eyes]
+        repeated = sorted({lat for lat in lats if lat is not None and lats.count(lat) > 1})
+        if repeated:
+            warnings.append(f"more than one photograph of eye(s) {', '.join(repeated)}")
+        if all(not e["quality"]["measures"]["fov_found"] for e in eyes):
+            return v1.Prediction(
+                status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+                status_reason="no fundus field of view in any image: not a fundus photograph",
+                warnings=[*warnings, study.NOTICE],
+                extra={"notice": study.NOTICE},
+            )
+        decision = study.decide(grades)
+        missing = study.missing_eyes(lats)
+        if missing:
+            warnings.append(f"eye(s) missing from the study: {', '.join(missing)}")
+        graded = [g for g in grades if g.gradable]
+        findings: list[v1.Finding] = []
+        if graded and decision != "ungradable":
+            p_max = max(float(e["findings"][0]["probability"]) for e in eyes if e["findings"])
+            findings.append(self._finding(p_max, op))
+        return v1.Prediction(
+            heatmap=heatmap,
+            explanation=explanation,
+            findings=findings,
+            warnings=[*warnings, study.NOTICE],
+            extra={
+                "decision": decision,
+                "operating_point": op.model_dump(mode="json"),
+                "eyes": eyes,
+                "missing_eyes": missing,
+                "notice": study.NOTICE,
+            },
+        )
+
+    def _explain(
+        self,
+        image: v1.Image,
+        rgb: npt.NDArray[np.uint8],
+        fov: preprocess.FieldOfView,
+        prepared: npt.NDArray[np.uint8],
+    ) -> tuple[v1.Image, v1.Explanation]:
+        from medlens_retina_dr.explain import grad_cam
+
+        ec = grad_cam(self.ensemble, prepared)
+        side = prepared.shape[0]
+        h, w = rgb.shape[:2]
+        s = side / (2 * fov.radius)
+        m = np.array([[s, 0.0, side / 2 - s * fov.cx], [0.0, s, side / 2 - s * fov.cy]])
+        back = cv2.warpAffine(
+            ec.cam, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0.0
+        )
+        heat = image.with_array(np.ascontiguousarray(back.T[None], dtype=np.float32))
+        verdict = (
+            v1.SanityVerdict.MODEL_SENSITIVE
+            if ec.model_sensitive
+            else v1.SanityVerdict.NOT_MODEL_SENSITIVE
+        )
+        expl = v1.Explanation(
+            method="gradcam",
+            target="label referable_dr",
+            sanity=verdict,
+            rank_correlation=ec.rank_correlation,
+        )
+        return heat, expl
+
+
+def create(ctx: v1.LoadContext) -> RetinaDR:
+    """Plugin factory named by the manifest's ``entry``."""
+    return RetinaDR(ctx)

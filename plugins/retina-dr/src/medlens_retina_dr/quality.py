@@ -1,0 +1,185 @@
+"""Gradability: a quality verdict per eye from measurable image properties.
+
+No human quality labels exist for the development photographs, so the checks
+are measurements with thresholds set from those photographs (which were all
+graded, hence gradable) and from degraded copies with a known degradation
+(:mod:`.degrade`); ``python -m medlens_retina_dr.quality_eval`` prints how
+many of each pass. Everything runs on a copy downsampled to
+:data:`QUALITY_SIDE` px, so a 3872×2592 photograph takes well under 100 ms.
+
+Checks (each failure is one line in :attr:`Quality.reasons`):
+
+* **field of view**: a disc was found, fills its fitted circle
+  (``fill_fraction``), the circle lies mostly inside the frame
+  (``inside_fraction``: partial fields and off-centre captures fail) and near
+  its centre (``centre_offset``);
+* **illumination**: median brightness of the disc's red-green luminance is
+  neither too dark nor too bright, and not too much of the disc has a
+  saturated red channel (overexposure, flare) or is nearly black
+  (underexposure, shadows);
+* **focus**: the ratio of fine-detail (Gaussian band 1-2 px) to coarse-detail
+  (2-4 px) energy of the green channel inside the disc on a 384-px crop;
+  defocus removes the fine band first, and the ratio does not depend on
+  exposure or on how many vessels an eye shows;
+* **artefacts**: large dark or saturated blotches inside the disc (lashes,
+  reflections, dust) measured as the dark and saturated fractions above.
+
+An eye whose verdict is not gradable is never graded: the plugin reports it
+as ungradable, never as "no referable DR".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from medlens_retina_dr import preprocess
+
+__all__ = ["QUALITY_SIDE", "THRESHOLDS", "Quality", "assess", "measure"]
+
+#: Longest side of the copy the checks run on.
+QUALITY_SIDE = 512
+#: Side of the FOV crop the focus measure runs on.
+_FOCUS_SIDE = 384
+_ERODE = np.ones((15, 15), np.uint8)
+
+#: Thresholds, set from the development photographs and degraded copies
+#: (``python -m medlens_retina_dr.quality_eval`` prints the distributions).
+THRESHOLDS: dict[str, float] = {
+    # development photographs: fill 1.0, inside >= 0.87, offset <= 0.08
+    "min_fill_fraction": 0.93,
+    "min_inside_fraction": 0.80,
+    "max_centre_offset": 0.15,
+    # development: median brightness 59-161
+    "min_brightness": 42.0,
+    "max_brightness": 200.0,
+    "max_dark_fraction": 0.25,
+    # development: at most 4 % of the disc has saturated red (the optic disc)
+    "max_clipped_fraction": 0.25,
+    # development: focus >= 0.61; strong blur <= 0.41
+    "min_focus": 0.50,
+}
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Quality verdict of one photograph.
+
+    Attributes:
+        gradable: Whether every check passed.
+        reasons: One line per failed check (empty when gradable).
+        measures: The measured properties the verdict came from.
+    """
+
+    gradable: bool
+    reasons: list[str] = field(default_factory=list)
+    measures: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def measure(rgb: npt.NDArray[np.uint8]) -> tuple[dict[str, float], preprocess.FieldOfView]:
+    """The measured properties of a photograph (any size) and its field of view."""
+    small, scale = preprocess.downsample(rgb, QUALITY_SIDE)
+    fov = preprocess.fov_from_small(small, scale)
+    m: dict[str, float] = {
+        "fov_found": float(fov.found),
+        "fill_fraction": fov.fill_fraction,
+        "inside_fraction": fov.inside_fraction,
+        "centre_offset": fov.centre_offset,
+    }
+    if not fov.found:
+        return m | {
+            "brightness": 0.0,
+            "dark_fraction": 1.0,
+            "clipped_fraction": 0.0,
+            "focus": 0.0,
+        }, fov
+    small_fov = preprocess.FieldOfView(
+        True,
+        fov.cx * scale,
+        fov.cy * scale,
+        fov.radius * scale,
+        fov.area_fraction,
+        fov.inside_fraction,
+        fov.fill_fraction,
+        fov.centre_offset,
+    )
+    crop = preprocess.crop_to_fov(small, small_fov, _FOCUS_SIDE)
+    yy, xx = np.ogrid[0:_FOCUS_SIDE, 0:_FOCUS_SIDE]
+    c = (_FOCUS_SIDE - 1) / 2
+    disc = (xx - c) ** 2 + (yy - c) ** 2 <= (0.8 * _FOCUS_SIDE / 2) ** 2
+    # Inside the frame only: clipped bands of the disc are black by design, not dark.
+    framed = disc & (crop.max(axis=2) > 0)
+    if framed.sum() < 100:
+        framed = disc
+    red = crop[..., 0]
+    green = crop[..., 1].astype(np.float32)
+    lum = 0.5 * red.astype(np.float32) + 0.5 * green
+    vals = lum[framed]
+    brightness = float(np.median(vals))
+    dark = float((vals < 0.25 * max(brightness, 1.0)).mean()) if brightness > 0 else 1.0
+    # The red channel saturates first when a fundus is overexposed (or flared).
+    clipped = float((red[framed] >= 250).mean())
+    # Focus: fine-detail energy (sigma 1-2 px band) relative to coarse-detail energy
+    # (2-4 px band) of the green channel, where vessels have the most contrast.
+    # Defocus removes the fine band first; the ratio does not depend on exposure
+    # or on how many vessels the eye happens to show.
+    inner = framed & (cv2.erode((crop.max(axis=2) > 0).astype(np.uint8), _ERODE) > 0)
+    b1 = cv2.GaussianBlur(green, (0, 0), 1.0)
+    b2 = cv2.GaussianBlur(b1, (0, 0), 1.7320508)  # sqrt(2^2 - 1^2): total sigma 2
+    b4 = cv2.GaussianBlur(b2, (0, 0), 3.4641016)  # sqrt(4^2 - 2^2): total sigma 4
+    coarse = float((b2 - b4)[inner].std()) if inner.any() else 0.0
+    focus = float((b1 - b2)[inner].std()) / coarse if coarse > 1e-3 else 0.0
+    return m | {
+        "brightness": brightness,
+        "dark_fraction": dark,
+        "clipped_fraction": clipped,
+        "focus": focus,
+    }, fov
+
+
+def verdict(m: dict[str, float], thresholds: dict[str, float] | None = None) -> Quality:
+    """The verdict for measured properties ``m`` under ``thresholds``."""
+    t = THRESHOLDS if thresholds is None else thresholds
+    reasons: list[str] = []
+    if not m["fov_found"]:
+        reasons.append("no circular field of view found (not a fundus photograph, or blank)")
+    else:
+        if m["fill_fraction"] < t["min_fill_fraction"]:
+            reasons.append(
+                f"field of view is irregular (fills {m['fill_fraction']:.0%} of its circle)"
+            )
+        if m["inside_fraction"] < t["min_inside_fraction"]:
+            reasons.append(
+                f"partial field: only {m['inside_fraction']:.0%} of the disc is in the frame"
+            )
+        if m["centre_offset"] > t["max_centre_offset"]:
+            reasons.append(
+                f"off-centre field of view (offset {m['centre_offset']:.2f} of the frame)"
+            )
+        if m["brightness"] < t["min_brightness"]:
+            reasons.append(f"underexposed (median brightness {m['brightness']:.0f})")
+        if m["brightness"] > t["max_brightness"]:
+            reasons.append(f"overexposed (median brightness {m['brightness']:.0f})")
+        if m["dark_fraction"] > t["max_dark_fraction"]:
+            reasons.append(f"{m['dark_fraction']:.0%} of the disc is dark (shadow, lashes, pupil)")
+        if m["clipped_fraction"] > t["max_clipped_fraction"]:
+            reasons.append(
+                f"{m['clipped_fraction']:.0%} of the disc is saturated (overexposed, glare)"
+            )
+        if m["focus"] < t["min_focus"]:
+            reasons.append(f"out of focus (sharpness {m['focus']:.3f} < {t['min_focus']:.3f})")
+    return Quality(gradable=not reasons, reasons=reasons, measures=dict(m))
+
+
+def assess(rgb: npt.NDArray[np.uint8]) -> Quality:
+    """Quality verdict of a photograph ``(H, W, 3)`` uint8 RGB, any size."""
+    m, _ = measure(rgb)
+    return verdict(m)

@@ -1,0 +1,115 @@
+"""Patients and eyes: laterality, grouping photographs into patients, the patient decision.
+
+Light (no torch): used by the plugin, the screening command and tests.
+
+* **Laterality** comes from DICOM (``ImageLaterality``, else ``Laterality``),
+  else from the file name (``_L``/``_R``, ``OD`` = right / ``OS`` = left as
+  separate tokens), else it is unknown: the eye is still graded and flagged.
+* **Grouping** of a folder of photographs into patients: DICOM ``PatientID``
+  when present, else a ``--manifest`` CSV (``file, patient_id[, laterality]``),
+  else the file-name stem with its laterality token removed
+  (``Patient003_L.jpg`` → ``Patient003``).
+* **Decision** per patient (:func:`decide`): ``refer`` if any gradable eye is
+  referable at the operating point; else ``ungradable`` (re-image) if any eye
+  is ungradable; else ``no_referable_dr`` (rescreen in 12 months). An
+  ungradable eye therefore never contributes "no referable DR".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "DECISIONS",
+    "NOTICE",
+    "EyeGrade",
+    "decide",
+    "laterality_from_header",
+    "laterality_from_name",
+    "missing_eyes",
+    "patient_key_from_name",
+]
+
+Decision = Literal["refer", "no_referable_dr", "ungradable"]
+#: The three patient-level outcomes.
+DECISIONS: tuple[Decision, ...] = ("refer", "no_referable_dr", "ungradable")
+#: Printed on every output.
+NOTICE = "Not for diagnostic use: research software, not a medical device."
+
+_TOKEN_SPLIT = re.compile(r"[_\-\s.]+")
+_NAME_SIDE = {"L": "L", "R": "R", "OS": "L", "OD": "R", "LEFT": "L", "RIGHT": "R"}
+
+
+@dataclass(frozen=True)
+class EyeGrade:
+    """What the patient decision needs of one eye.
+
+    Attributes:
+        laterality: ``R``, ``L`` or None (unknown).
+        gradable: The quality verdict.
+        referable: Decision at the operating point (None when not graded).
+    """
+
+    laterality: str | None
+    gradable: bool
+    referable: bool | None
+
+
+def laterality_from_header(meta: Mapping[str, Any]) -> str | None:
+    """``R``/``L`` from DICOM ``ImageLaterality`` or ``Laterality``; None otherwise."""
+    for key in ("ImageLaterality", "Laterality"):
+        v = str(meta.get(key) or "").strip().upper()
+        if v in ("R", "L"):
+            return v
+    return None
+
+
+def laterality_from_name(name: str) -> str | None:
+    """``R``/``L`` from a file name's tokens (``_L``, ``_R``, ``OD``, ``OS``); else None.
+
+    Tokens are the parts of the stem split at ``_``, ``-``, ``.`` and spaces, so
+    ``Patient003_L.jpg`` is left and ``scan_OD_2.png`` right, while ``LOUIS.jpg``
+    says nothing. Conflicting tokens give None.
+    """
+    stem = name.rsplit("/", 1)[-1]
+    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
+    sides = {_NAME_SIDE[t.upper()] for t in _TOKEN_SPLIT.split(stem) if t.upper() in _NAME_SIDE}
+    return sides.pop() if len(sides) == 1 else None
+
+
+def patient_key_from_name(name: str) -> str:
+    """The file-name stem without its laterality tokens: the grouping key of a patient."""
+    stem = name.rsplit("/", 1)[-1]
+    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
+    tokens = [t for t in _TOKEN_SPLIT.split(stem) if t and t.upper() not in _NAME_SIDE]
+    return "_".join(tokens) or stem
+
+
+def missing_eyes(lateralities: Sequence[str | None]) -> list[str]:
+    """Eyes (``R``, ``L``) without a photograph; unknown when lateralities are unknown.
+
+    With one photograph of unknown side the missing eye cannot be named, so
+    ``["unknown"]`` is returned; with two of unknown side nothing is missing.
+    """
+    known = {lat for lat in lateralities if lat in ("R", "L")}
+    unknown = sum(1 for lat in lateralities if lat not in ("R", "L"))
+    missing = [e for e in ("R", "L") if e not in known]
+    if unknown >= len(missing):
+        return []
+    if unknown:
+        return ["unknown"] * (len(missing) - unknown)
+    return missing
+
+
+def decide(eyes: Sequence[EyeGrade]) -> Decision:
+    """The patient decision from the eyes' grades (see the module docstring)."""
+    if not eyes:
+        return "ungradable"
+    if any(e.gradable and e.referable for e in eyes):
+        return "refer"
+    if any(not e.gradable for e in eyes):
+        return "ungradable"
+    return "no_referable_dr"

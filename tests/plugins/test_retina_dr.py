@@ -1,0 +1,115 @@
+"""retina-dr without the development data: field of view, laterality, grouping, decision."""
+
+from __future__ import annotations
+
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from medlens_retina_dr import preprocess, quality, study
+
+
+def _disc(
+    h: int = 600, w: int = 900, cx: float = 450, cy: float = 300, r: float = 330
+) -> np.ndarray:
+    """A synthetic fundus: an orange textured disc on black, clipped by the frame."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((h, w, 3), np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    tex = cv2.GaussianBlur(rng.normal(0, 25, (h, w)).astype(np.float32), (0, 0), 1.5)
+    for c, base in enumerate((170, 80, 20)):
+        img[..., c][inside] = np.clip(base + tex[inside], 0, 255).astype(np.uint8)
+    return img
+
+
+def test_fov_fit_recovers_a_clipped_disc() -> None:
+    # The disc is taller than the frame (clipped at top and bottom), as in real cameras.
+    fov = preprocess.find_fov(_disc(r=330))
+    assert fov.found
+    assert abs(fov.cx - 450) < 6 and abs(fov.cy - 300) < 6
+    assert abs(fov.radius - 330) < 8
+    assert fov.inside_fraction < 0.97  # the frame clips it
+
+
+def test_fov_absent_on_black_and_crop_is_square() -> None:
+    assert not preprocess.find_fov(np.zeros((300, 400, 3), np.uint8)).found
+    out = preprocess.prepare(_disc())
+    assert out.shape == (preprocess.NETWORK_SIDE, preprocess.NETWORK_SIDE, 3)
+    assert out[0, 0].tolist() == [128, 128, 128]  # outside the disc after Graham
+
+
+def test_quality_flags_black_and_blurred_synthetic_fundus() -> None:
+    assert not quality.assess(np.zeros((300, 400, 3), np.uint8)).gradable
+    sharp = _disc()
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 8)
+    m_sharp, _ = quality.measure(sharp)
+    m_blur, _ = quality.measure(blurred)
+    assert m_blur["focus"] < m_sharp["focus"]
+    dark = (sharp * 0.1).astype(np.uint8)
+    q = quality.assess(dark)
+    assert not q.gradable and any("underexposed" in r for r in q.reasons)
+
+
+@pytest.mark.parametrize(
+    ("name", "side"),
+    [
+        ("Patient003_L.jpg", "L"),
+        ("Patient003_R.png", "R"),
+        ("scan-OD-2.tif", "R"),
+        ("scan_os.jpeg", "L"),
+        ("LOUIS.jpg", None),  # letters inside a word say nothing
+        ("x_L_R.jpg", None),  # conflicting tokens
+        ("fundus.jpg", None),
+    ],
+)
+def test_laterality_from_file_name(name: str, side: str | None) -> None:
+    assert study.laterality_from_name(name) == side
+
+
+def test_laterality_header_wins_and_keys_drop_side_tokens() -> None:
+    assert study.laterality_from_header({"ImageLaterality": "l"}) == "L"
+    assert study.laterality_from_header({"Laterality": "R"}) == "R"
+    assert study.laterality_from_header({"ImageLaterality": "B"}) is None
+    assert study.patient_key_from_name("Patient003_L.jpg") == "Patient003"
+    assert study.patient_key_from_name("Patient003_R.jpg") == "Patient003"
+    assert study.patient_key_from_name("anne-OD.png") == "anne"
+
+
+def test_missing_eyes() -> None:
+    assert study.missing_eyes(["L", "R"]) == []
+    assert study.missing_eyes(["L"]) == ["R"]
+    assert study.missing_eyes([None]) == ["unknown"]
+    assert study.missing_eyes([None, None]) == []
+    assert study.missing_eyes(["R", None]) == []
+
+
+def test_decision_never_calls_an_ungradable_patient_clear() -> None:
+    g, u = study.EyeGrade, study.decide
+    assert u([g("L", True, False), g("R", True, False)]) == "no_referable_dr"
+    assert u([g("L", True, True), g("R", True, False)]) == "refer"
+    assert u([g("L", True, False), g("R", False, None)]) == "ungradable"
+    assert u([g("L", True, True), g("R", False, None)]) == "refer"
+    assert u([g("L", False, None)]) == "ungradable"
+    assert u([]) == "ungradable"
+
+
+def test_manifest_is_light_and_valid() -> None:
+    import subprocess
+
+    code = (
+        "import sys; from medlens_retina_dr.manifest import MANIFEST as M; "
+        "assert 'torch' not in sys.modules and 'cv2' not in sys.modules; "
+        "print(M.id, M.api_version, M.outputs.default_operating_point)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["retina-dr", "1.1", "screening"]
+    from medlens_retina_dr.manifest import MANIFEST
+
+    names = {op.name for op in MANIFEST.outputs.operating_points}
+    assert names == {"screening", "balanced"}
+    assert MANIFEST.outputs.calibration.method == "temperature"
+    assert MANIFEST.model_card.diagnostic_use is False
+    assert "academic" in MANIFEST.model_card.license
+    assert MANIFEST.outputs.labels[0].type.value == "4855003"
