@@ -1,0 +1,1 @@
+"""MedLens first-party plugin: pneumonia on frontal chest radiographs."""

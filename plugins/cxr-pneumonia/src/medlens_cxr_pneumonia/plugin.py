@@ -1,0 +1,159 @@
+"""``cxr-pneumonia`` plugin: calibrated pneumonia probability, decisions, Grad-CAM.
+
+Heavy module (torch, MONAI), imported by the host only when the plugin is used.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.nn import functional as tnf
+
+from medlens.plugin_api.v1 import (
+    Finding,
+    Image,
+    InputError,
+    LoadContext,
+    Manifest,
+    PluginInputs,
+    Prediction,
+    ResultStatus,
+    RunContext,
+)
+from medlens_cxr_pneumonia.gate import Gate
+from medlens_cxr_pneumonia.manifest import LABEL
+from medlens_cxr_pneumonia.network import build_ensemble
+from medlens_cxr_pneumonia.preprocess import prepare
+
+__all__ = ["NOT_FOR_DIAGNOSTIC_USE", "CxrPneumonia", "calibrated", "create", "grey_film"]
+
+NOT_FOR_DIAGNOSTIC_USE = "Not for diagnostic use."
+#: Grad-CAM target: the last residual block of the first ensemble member. The gradient is
+#: that of the ensemble's score, so the map shows what that member contributes to it.
+CAM_LAYER = "members.0.layer4.1"
+
+
+def calibrated(logit: float, temperature: float) -> float:
+    """Temperature-scaled probability ``sigmoid(logit / T)`` (monotone in the logit)."""
+    z = logit / temperature
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def grey_film(image: Image) -> npt.NDArray[np.float32]:
+    """The film as ``(rows, columns)`` grey values, higher = brighter.
+
+    ``Image`` arrays are ``(C, columns, rows)``; colour files are reduced to luminance
+    (ITU-R BT.601), as radiographs saved as RGB JPEG are grey in all three channels.
+
+    Raises:
+        InputError: Not a 2-D one- or three-channel image.
+    """
+    if image.ndim != 2:
+        raise InputError(f"a radiograph is a 2-D image, got a {image.ndim}-D one")
+    a = np.asarray(image.array, dtype=np.float32)
+    if a.shape[0] == 3:
+        a = (0.299 * a[0] + 0.587 * a[1] + 0.114 * a[2])[None]
+    if a.shape[0] != 1:
+        raise InputError(f"a radiograph has one grey channel, got {a.shape[0]}")
+    if min(a.shape[1:]) < 32:
+        raise InputError(f"image of {a.shape[1]} x {a.shape[2]} pixels is too small for a film")
+    return np.ascontiguousarray(a[0].T)
+
+
+class CxrPneumonia:
+    """The loaded plugin (ensemble, temperature, operating points, content gate)."""
+
+    def __init__(self, ctx: LoadContext) -> None:
+        m: Manifest = ctx.manifest
+        state = ctx.load_state_dict()
+        self.net = build_ensemble()
+        self.net.load_state_dict({k: v.float() for k, v in state.items()})
+        self.net.eval().to(ctx.device)
+        self.device = ctx.device
+        temperature = m.outputs.calibration.temperature
+        if temperature is None:
+            raise InputError("manifest has no calibration temperature")
+        self.temperature = float(temperature)
+        self.operating_points = [op for op in m.outputs.operating_points if op.label == LABEL]
+        self.default = m.outputs.default_operating_point or "balanced"
+        gate_file = resources.files("medlens_cxr_pneumonia").joinpath("gate.json")
+        self.gate = Gate.load(Path(str(gate_file)))
+
+    @torch.no_grad()
+    def logit(self, prepared: npt.NDArray[np.float32]) -> float:
+        """Ensemble logit of one prepared film."""
+        x = torch.from_numpy(prepared)[None, None].to(self.device)
+        return float(self.net(x)[0, 0])
+
+    def predict(self, inputs: PluginInputs, ctx: RunContext) -> Prediction:
+        """Pneumonia finding (calibrated probability and decisions) and Grad-CAM heatmap."""
+        image = inputs.image
+        with ctx.timer("preprocess_s"):
+            prepared = prepare(grey_film(image))
+        reason = self.gate.check(prepared)
+        if reason is not None:
+            return Prediction(
+                status=ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+                status_reason=reason,
+                warnings=[NOT_FOR_DIAGNOSTIC_USE],
+            )
+        with ctx.timer("inference_s"):
+            z = self.logit(prepared)
+        p = calibrated(z, self.temperature)
+        decisions = {op.name: p >= op.threshold for op in self.operating_points}
+        op = next(o for o in self.operating_points if o.name == self.default)
+        finding = Finding(
+            label=LABEL,
+            probability=p,
+            positive=p >= op.threshold,
+            threshold=op.threshold,
+            operating_point=op.name,
+            decisions=decisions,
+            calibrated=True,
+        )
+        extra: dict[str, Any] = {
+            "logit": z,
+            "temperature": self.temperature,
+            "operating_points": {
+                o.name: {"threshold": o.threshold, "positive": decisions[o.name]}
+                for o in self.operating_points
+            },
+            "disclaimer": NOT_FOR_DIAGNOSTIC_USE,
+        }
+        pred = Prediction(findings=[finding], extra=extra, warnings=[NOT_FOR_DIAGNOSTIC_USE])
+        if ctx.explain_requested:
+            pred.heatmap, pred.explanation = self._explain(image, prepared, ctx)
+        return pred
+
+    def _explain(
+        self, image: Image, prepared: npt.NDArray[np.float32], ctx: RunContext
+    ) -> tuple[Image, Any]:
+        # The model-grid image holds (rows, columns) as the network was trained, so the
+        # map comes back in that order and is transposed once, here, onto the input grid.
+        s = prepared.shape[0]
+        model_grid = Image(
+            array=prepared[None],
+            spacing=(1.0, 1.0),
+            origin=(0.0, 0.0),
+            direction=np.eye(2),
+        )
+        heat, explanation = ctx.explain(self.net, model_grid, target=0, layer=CAM_LAYER)
+        rows, cols = image.shape[1], image.shape[0]
+        t = torch.from_numpy(np.ascontiguousarray(heat.array[0], dtype=np.float32))[None, None]
+        assert t.shape[-2:] == (s, s)
+        full = tnf.interpolate(t, size=(rows, cols), mode="bilinear", align_corners=False)[0, 0]
+        arr = full.clamp(0.0, 1.0).numpy().T[None]
+        return image.with_array(
+            np.ascontiguousarray(arr, dtype=np.float32), warnings=()
+        ), explanation
+
+
+def create(ctx: LoadContext) -> CxrPneumonia:
+    """Plugin factory named by the manifest's ``entry``."""
+    return CxrPneumonia(ctx)
