@@ -4,7 +4,7 @@ The same series and rule must give the same routing outcome through every entry
 point (issue 9). Each entry point is a function ``(plugin_id, entry_point, input,
 workdir, monkeypatch) -> "accepted" | "refused"`` in :data:`ROUTES`; the parity test
 (``tests/routing/test_routing_parity.py``) runs every scenario through every route.
-The watch service joins by adding ``ROUTES["watch"] = outcome_via_watch``.
+The watch service is the third route (``ROUTES["watch"]``, :func:`outcome_via_watch`).
 """
 
 from __future__ import annotations
@@ -206,5 +206,38 @@ def outcome_via_cli(
     return "accepted" if status == "ok" else "refused"
 
 
-#: Every entry point whose routing must agree (the watch service adds itself here).
+#: Every entry point whose routing must agree (Python API, CLI and the watch service).
 ROUTES: dict[str, Route] = {"host": outcome_via_host, "cli": outcome_via_cli}
+
+
+def outcome_via_watch(
+    plugin_id: str,
+    ep: md.EntryPoint,
+    path: Path,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Outcome:
+    """Routing outcome of the watch service (:func:`medlens.watch.route_folder`).
+
+    Watch routes a series by its stored instances; a single file arrives as a series
+    of one instance, so it is routed from a folder holding only that file.
+    """
+    import shutil
+
+    from medlens.plugin_api._manifest import Manifest
+    from medlens.watch import route_folder
+
+    manifest = ep.load()
+    assert isinstance(manifest, Manifest) and manifest.id == plugin_id
+    folder = path
+    if path.is_file():
+        folder = workdir / f"watch-in-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        shutil.copy2(path, folder / path.name)
+    decision = route_folder(folder, manifest)
+    assert decision.plugin == plugin_id
+    assert decision.matched or decision.reasons, "a refusal names its reason"
+    return "accepted" if decision.matched else "refused"
+
+
+ROUTES["watch"] = outcome_via_watch

@@ -1,8 +1,8 @@
 """The same series and rule give the same routing outcome through every entry point.
 
 Scenarios cover rules on ``StudyDescription``, ``Modality`` and ``BodyPartExamined``
-and single-file input; routes are ``routingkit.ROUTES`` (``Host.run`` and ``medlens
-run`` today; the watch service adds itself there).
+and single-file input; routes are ``routingkit.ROUTES`` (``Host.run``, ``medlens
+run`` and the watch service's ``route_folder``).
 """
 
 from __future__ import annotations
