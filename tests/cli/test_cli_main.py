@@ -40,7 +40,13 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.usefixtures("fake_host")
-def test_plugins_list_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugins_list_json_and_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No host configuration, so no registry: every plugin says so rather than "validated"
+    # or "not validated" (tests/workflows/test_validate_cli.py covers a configured one).
+    monkeypatch.delenv("MEDLENS_CONFIG", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")  # so the table's cells are not wrapped
     code, out, _ = _run(["plugins", "list", "--json"], capsys)
     data = json.loads(out)
     assert code == 0
@@ -52,11 +58,13 @@ def test_plugins_list_json_and_table(capsys: pytest.CaptureFixture[str]) -> None
             "task": "segmentation",
             "modality": ["CT"],
             "diagnostic_use": False,
+            "validation": "no registry configured",
         }
     ]
     assert data["errors"][0]["plugin"] == "beta"
     code, out, _ = _run(["plugins", "list"], capsys)
     assert code == 0 and "alpha" in out and "rejected" in out
+    assert "validation" in out and "no registry configured" in out
 
 
 @pytest.mark.usefixtures("fake_host")
