@@ -295,7 +295,7 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         f"- Input: the film resized (anti-aliased) to {SIZE} x {SIZE}, intensities stretched between "  # noqa: E501
         "the 0.5th and 99.5th percentiles (so 8-bit PNG and 16-bit DICOM of a film agree).",
         f"- Weights: fp16 safetensors, {cv['weights_bytes']} bytes, sha256 `{cv['weights_sha256']}`.",  # noqa: E501
-        f"- Training time on the shared 2-core CPU machine (`torch.set_num_threads(2)`): "
+        f"- Training time on the shared 2-core CPU machine ({cv['torch_threads']} torch thread): "
         f"{sum(cv['fold_seconds']) / 60:.1f} min for the {cv['folds']} folds; whole recipe "
         f"{cv['total_seconds'] / 60:.1f} min. Best epochs per fold: {cv['best_epochs']}.",
         "- Augmentation: rotation within 8 degrees, scale 0.9-1.1, shifts up to 6 %, gamma 0.7-1.5, "  # noqa: E501
