@@ -28,7 +28,7 @@ def _blur(rgb: RGB, strength: float) -> RGB:
 
 
 def _exposure(rgb: RGB, gain: float) -> RGB:
-    return np.clip(rgb.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(rgb.astype(np.float32) * gain, 0, 255), dtype=np.uint8)
 
 
 def _shift(rgb: RGB, fraction: float) -> RGB:

@@ -57,7 +57,7 @@ def _cam_of(nets: list[torch.nn.Module], x: torch.Tensor) -> npt.NDArray[np.floa
         layer = net.get_submodule(CAM_LAYER)
         with GradCAM(model=_Logit(net), target_layers=[layer]) as cam:
             maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(0)])[0])
-    out = np.mean(np.stack(maps), axis=0).astype(np.float32)
+    out = np.asarray(np.mean(np.stack(maps), axis=0), dtype=np.float32)
     peak = float(out.max())
     return out / peak if peak > 0 else out
 

@@ -41,7 +41,7 @@ class Ensemble(torch.nn.Module):
     @classmethod
     def from_state(cls, state: Mapping[str, torch.Tensor]) -> Ensemble:
         """Build and load (strictly) from an ``m<i>.``-prefixed state dict."""
-        nets = []
+        nets: list[torch.nn.Module] = []
         for sub in split_state(state):
             net = build_network()
             net.load_state_dict(sub, strict=True)
@@ -60,4 +60,4 @@ class Ensemble(torch.nn.Module):
         """Mean logits of prepared ``(S, S, 3)`` images."""
         x = torch.from_numpy(np.stack([preprocess.to_network_array(p) for p in prepared]))
         with torch.no_grad():
-            return self(x)[:, 0].double().numpy()
+            return np.asarray(self(x)[:, 0].double().numpy(), dtype=np.float64)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 
 import torch
-from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.blocks.convolutions import Convolution, ResidualUnit
 
 __all__ = ["CAM_LAYER", "WIDTHS", "FundusNet", "build_network"]
 
@@ -69,6 +69,6 @@ class FundusNet(torch.nn.Module):
         return out
 
 
-def build_network() -> torch.nn.Module:
+def build_network() -> FundusNet:
     """The plugin's network, untrained (~0.5 M parameters)."""
     return FundusNet()

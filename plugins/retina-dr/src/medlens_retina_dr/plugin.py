@@ -146,7 +146,11 @@ class RetinaDR:
             InputError: If an image is not a colour photograph.
         """
         op = self._op(ctx)
-        items = list(inputs.study.images) if inputs.study is not None else [inputs]
+        # Both kinds carry ``.image`` (and StudyImage a ``.laterality``), which is all
+        # the loop reads.
+        items: list[v1.StudyImage | v1.PluginInputs] = (
+            list(inputs.study.images) if inputs.study is not None else [inputs]
+        )
         eyes: list[dict[str, Any]] = []
         grades: list[study.EyeGrade] = []
         heatmap: v1.Image | None = None

@@ -97,7 +97,10 @@ def downsample(rgb: RGB, side: int = WORK_SIDE) -> tuple[RGB, float]:
         # Area-averaging 10 Mpixel costs ~50 ms; nearest-neighbour decimation to
         # twice the target first (reads only the pixels it keeps) and area-averaging
         # that costs ~3 ms, which is what keeps the quality check within 100 ms.
-        src = cv2.resize(rgb, (2 * size[0], 2 * size[1]), interpolation=cv2.INTER_NEAREST)
+        src = np.asarray(
+            cv2.resize(rgb, (2 * size[0], 2 * size[1]), interpolation=cv2.INTER_NEAREST),
+            dtype=np.uint8,
+        )
     small = cv2.resize(src, size, interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(small), scale
 
@@ -191,10 +194,13 @@ def crop_to_fov(rgb: RGB, fov: FieldOfView, side: int = NETWORK_SIDE) -> RGB:
     src = rgb
     if s < 0.5:
         factor = 1.0 / (2 * s)
-        src = cv2.resize(
-            rgb,
-            (max(1, round(w / factor)), max(1, round(h / factor))),
-            interpolation=cv2.INTER_AREA,
+        src = np.asarray(
+            cv2.resize(
+                rgb,
+                (max(1, round(w / factor)), max(1, round(h / factor))),
+                interpolation=cv2.INTER_AREA,
+            ),
+            dtype=np.uint8,
         )
         sx, sy = src.shape[1] / w, src.shape[0] / h
         cx, cy, r = cx * sx, cy * sy, r * sx

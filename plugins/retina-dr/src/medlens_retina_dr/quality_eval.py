@@ -38,11 +38,11 @@ def evaluate(every: int = 1) -> dict[str, Any]:
                     not quality.assess(degrade.degrade(rgb, name, strong)).gradable
                 )
     n = len(records)
-    strong = [v for k, v in flagged.items() if k.endswith("/strong")]
+    strong_counts = [v for k, v in flagged.items() if k.endswith("/strong")]
     return {
         "n_photographs": n,
         "development_pass_rate": passed / n,
-        "strong_flag_rate": sum(strong) / (n * len(strong)),
+        "strong_flag_rate": sum(strong_counts) / (n * len(strong_counts)),
         "flag_rate": {k: v / n for k, v in sorted(flagged.items())},
         "development_failures": failures,
         "thresholds": quality.THRESHOLDS,

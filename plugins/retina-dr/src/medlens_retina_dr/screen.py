@@ -69,8 +69,8 @@ def group_folder(folder: Path, manifest: Path | None = None) -> list[Patient]:
     if manifest is not None:
         with manifest.open(newline="") as fh:
             for row in csv.DictReader(fh):
-                lat = (row.get("laterality") or "").strip().upper() or None
-                given[row["file"].strip()] = (row["patient_id"].strip(), lat)
+                given_lat = (row.get("laterality") or "").strip().upper() or None
+                given[row["file"].strip()] = (row["patient_id"].strip(), given_lat)
     patients: dict[str, Patient] = {}
     root = folder.resolve()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
