@@ -50,6 +50,7 @@ LEAK = _manifest("leak", "medlens_watch_testplugins:Leak")
 RAISES = _manifest("raises", "medlens_watch_testplugins:Raises")
 FLAKY = _manifest("flaky", "medlens_watch_testplugins:Flaky")
 BARRIER = _manifest("barrier", "medlens_watch_testplugins:Barrier")
+REFUSES = _manifest("refuses", "medlens_watch_testplugins:Refuses")
 MR_ONLY = _manifest(
     "mr-only", "medlens_watch_testplugins:BodyMask", modality="MR", rule=v1.MinSlices(count=3)
 )
@@ -145,3 +146,16 @@ class Flaky:
             open(marker, "w").close()
             raise RuntimeError("flaky plugin: first real failure")
         return pred
+
+
+class Refuses:
+    """Refuses every input as out of distribution (a plausibility gate's refusal)."""
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        pass
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        return v1.Prediction(
+            status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+            status_reason="HU distribution outside the training range",
+        )

@@ -34,6 +34,7 @@ def source(*ids: str) -> PluginSource:
         "mr-only": "MR_ONLY",
         "barrier": "BARRIER",
         "flaky": "FLAKY",
+        "refuses": "REFUSES",
     }
     return PluginSource(
         entry_points=tuple((i, f"medlens_watch_testplugins:{names[i]}") for i in ids),

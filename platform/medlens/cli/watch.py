@@ -183,7 +183,8 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
         for r in s["recent_results"]:
             when = _dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
             sup = " (superseded)" if r["superseded_by"] else ""
-            click.echo(f"  {when} {r['plugin']} v{r['version']} {r['path']}{sup}")
+            why = f" REJECTED: {r['error']}" if r["status"] == "rejected" else ""
+            click.echo(f"  {when} {r['plugin']} v{r['version']} {r['path']}{sup}{why}")
     if s["failed"]:
         click.echo("failed:")
         for j in s["failed"]:

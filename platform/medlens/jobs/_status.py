@@ -8,14 +8,17 @@ __all__ = ["FailureKind", "JobStatus", "SendStatus"]
 
 
 class JobStatus(StrEnum):
-    """Where a job stands: ``queued → running → done | failed``.
+    """Where a job stands: ``queued → running → done | rejected | failed``.
 
-    ``superseded`` when a newer generation of its series made it pointless before it ran.
+    ``rejected`` when the plugin ran and refused the input as outside what it was made
+    for (``rejected_out_of_distribution``; its result.json says why). ``superseded``
+    when a newer generation of its series made it pointless before it ran.
     """
 
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
+    REJECTED = "rejected"
     FAILED = "failed"
     SUPERSEDED = "superseded"
 
@@ -33,12 +36,15 @@ class FailureKind(StrEnum):
     """Why an attempt ended without a result; decides retry and the attempt budget.
 
     * ``input``: the input or routing is wrong: final at once, never retried.
+    * ``refused``: the host refused to run the plugin (its weights have no ``validated``
+      registry version): final at once; a newer generation of the series tries again.
     * ``plugin``: the plugin raised or its process died: retried, counts.
     * ``transient``: timeout, memory ceiling, a worker that would not start: retried, counts.
     * ``interrupted``: the service itself stopped or was killed: retried, handed back.
     """
 
     INPUT = "input"
+    REFUSED = "refused"
     PLUGIN = "plugin"
     TRANSIENT = "transient"
     INTERRUPTED = "interrupted"

@@ -574,9 +574,20 @@ class JobStore:
     # --- results --------------------------------------------------------------------
 
     def commit_result(
-        self, job: Job, *, version: int, path: str, now: float, send: bool
+        self,
+        job: Job,
+        *,
+        version: int,
+        path: str,
+        now: float,
+        send: bool,
+        rejected: str | None = None,
     ) -> tuple[int, list[int]]:
         """Record a promoted result set; supersede older ones; queue its delivery.
+
+        ``rejected`` (the plugin's one-line reason) marks a result whose plugin refused
+        the input: the job is ``rejected``, not ``done``, and so is the series when no
+        plugin of its generation reported on it.
 
         Returns:
             The result id and the versions it supersedes.
@@ -601,18 +612,29 @@ class JobStore:
                 (rid, job.series_id, job.plugin, rid),
             )
             c.execute(
-                "UPDATE jobs SET status=?, error=NULL, failure_kind=NULL, finished_at=? WHERE id=?",
-                (JobStatus.DONE, now, job.id),
+                "UPDATE jobs SET status=?, error=?, failure_kind=NULL, finished_at=? WHERE id=?",
+                (JobStatus.DONE if rejected is None else JobStatus.REJECTED, rejected, now, job.id),
             )
-            left = c.execute(
-                "SELECT COUNT(*) FROM jobs WHERE series_id=? AND generation=? AND status IN (?, ?)",
-                (job.series_id, job.generation, JobStatus.QUEUED, JobStatus.RUNNING),
+            left, done = c.execute(
+                "SELECT SUM(status IN (?, ?)), SUM(status=?) FROM jobs "
+                "WHERE series_id=? AND generation=?",
+                (
+                    JobStatus.QUEUED,
+                    JobStatus.RUNNING,
+                    JobStatus.DONE,
+                    job.series_id,
+                    job.generation,
+                ),
             ).fetchone()
-            if int(left[0]) == 0:
+            if int(left or 0) == 0:
                 c.execute(
-                    "UPDATE series SET status='done' WHERE id=? AND generation=? "
+                    "UPDATE series SET status=? WHERE id=? AND generation=? "
                     "AND status IN ('queued', 'partial')",
-                    (job.series_id, job.generation),
+                    (
+                        "done" if int(done or 0) or rejected is None else "rejected",
+                        job.series_id,
+                        job.generation,
+                    ),
                 )
             if send:
                 c.execute(
@@ -710,7 +732,8 @@ class JobStore:
             dict(r)
             for r in self.all(
                 "SELECT r.id, r.plugin, r.version, r.path, r.created_at, r.superseded_by, "
-                "s.series_uid FROM results r JOIN series s ON s.id=r.series_id "
+                "s.series_uid, j.status, j.error FROM results r "
+                "JOIN series s ON s.id=r.series_id JOIN jobs j ON j.id=r.job_id "
                 "ORDER BY r.id DESC LIMIT ?",
                 recent,
             )

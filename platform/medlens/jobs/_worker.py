@@ -59,7 +59,8 @@ class PluginSource:
                 md.EntryPoint(name=n, value=v, group=ENTRY_POINT_GROUP)
                 for n, v in self.entry_points
             ]
-        return Host(entry_points=eps)
+        # A service: the validation gate is on by default when a registry is configured.
+        return Host(entry_points=eps, service=True)
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ class JobOutcome:
 
     @property
     def retryable(self) -> bool:
-        """Input and routing errors are final; everything else may succeed next time."""
-        return self.kind != FailureKind.INPUT
+        """Input, routing and gate refusals are final; the rest may succeed next time."""
+        return self.kind not in (FailureKind.INPUT, FailureKind.REFUSED)
 
 
 def rss_mb(pid: int) -> float:
@@ -286,8 +287,12 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
 
 def classify(e: BaseException) -> FailureKind:
     """Why an attempt failed: input/routing (final), transient, or the plugin's own."""
+    from medlens.gating import NotValidatedError
+
     if is_transient(e):
         return FailureKind.TRANSIENT  # out of memory, a full disk, a timeout
+    if isinstance(e, NotValidatedError):
+        return FailureKind.REFUSED  # the registry will not change between two tries
     if isinstance(e, InputError | SelectionError | ConfigError):
         return FailureKind.INPUT  # the same input is refused on every try
     return FailureKind.PLUGIN
@@ -341,6 +346,9 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
         for c in result.chained
     )
     return {
+        # "rejected_out_of_distribution": the plugin refused its input (status_reason says why).
+        "status": str(result.prediction.status),
+        "status_reason": result.prediction.status_reason,
         "provenance": result.provenance.model_dump(mode="json"),
         "chained": chained,
         "timings_s": {

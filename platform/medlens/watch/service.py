@@ -552,9 +552,30 @@ class WatchService:
         promote(run.staging, run.final, record)
         now = self.clock.time()
         rel = str(run.final.relative_to(self.out_dir))
+        status = str(summary.get("status", "ok"))
+        # A refusal (e.g. rejected_out_of_distribution) keeps its result.json but is no
+        # finding to deliver: the job and series show as rejected, not done.
+        rejected = None if status == "ok" else f"{status}: {summary.get('status_reason')}"
         _rid, prev = self.db.commit_result(
-            job, version=run.version, path=rel, now=now, send=self.config.send_to is not None
+            job,
+            version=run.version,
+            path=rel,
+            now=now,
+            send=self.config.send_to is not None and rejected is None,
+            rejected=rejected,
         )
+        if rejected is not None:
+            # The plugin's one-line reason; UIDs and ids only, no patient data.
+            self.audit.write(
+                status,
+                job_id=job.id,
+                plugin=job.plugin,
+                series_uid=job.series_uid,
+                generation=job.generation,
+                version=run.version,
+                reason=summary.get("status_reason"),
+                input_sha256=run.input_sha256,
+            )
         update_pointers(self.db, self.out_dir, job.series_id, job.plugin)
         timings = summary.get("timings_s", {})
         compute = float(timings.get("plugin_compute_s", 0.0))
@@ -563,6 +584,7 @@ class WatchService:
             "job_done",
             job_id=job.id,
             plugin=job.plugin,
+            status=status,
             plugin_version=prov.get("plugin_version"),
             weights_sha256=prov.get("weights_sha256"),
             api_version=prov.get("api_version"),
