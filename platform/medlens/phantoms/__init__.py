@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from medlens.phantoms.ct import (
+    CODED_LABELS,
     LABELS,
     PhantomAttributes,
     PhantomCase,
@@ -18,6 +19,7 @@ from medlens.phantoms.ct import (
 )
 
 __all__ = [
+    "CODED_LABELS",
     "LABELS",
     "PhantomAttributes",
     "PhantomCase",

@@ -29,8 +29,10 @@ import numpy.typing as npt
 from medlens.errors import GeometryError, InputError
 from medlens.imaging.image import Image
 from medlens.phantoms._shapes import Shape, rotation, superball_volume_factor
+from medlens.plugin_api._manifest import Code, Label
 
 __all__ = [
+    "CODED_LABELS",
     "LABELS",
     "PhantomAttributes",
     "PhantomCase",
@@ -48,6 +50,24 @@ LABELS: dict[int, str] = {
     4: "kidney_left",
     5: "liver_tumor",
 }
+
+_ORGAN = Code(value="113343008", scheme="SCT", meaning="Organ")
+_ABNORMAL = Code(value="49755003", scheme="SCT", meaning="Morphologically abnormal structure")
+# One (category, type) code per structure: the SNOMED CT codes of ct-abdomen-seg's
+# manifest labels, so a DICOM SEG of the truth maps to a plugin's labels by code.
+_CODES: dict[str, tuple[Code, Code]] = {
+    "liver": (_ORGAN, Code(value="10200004", scheme="SCT", meaning="Liver")),
+    "spleen": (_ORGAN, Code(value="78961009", scheme="SCT", meaning="Spleen")),
+    "kidney_right": (_ORGAN, Code(value="9846003", scheme="SCT", meaning="Right kidney")),
+    "kidney_left": (_ORGAN, Code(value="18639004", scheme="SCT", meaning="Left kidney")),
+    "liver_tumor": (_ABNORMAL, Code(value="108369006", scheme="SCT", meaning="Neoplasm")),
+}
+
+#: :data:`LABELS` with what each structure is, coded (DICOM SEG category and type).
+CODED_LABELS: tuple[Label, ...] = tuple(
+    Label(value=v, name=name, category=_CODES[name][0], type=_CODES[name][1])
+    for v, name in LABELS.items()
+)
 
 _HU_MIN = -1024.0
 _HU_MAX = 3071.0

@@ -247,7 +247,7 @@ class ProtocolV2(_Frozen):
     reference_labels: dict[str, int] | None = Field(
         default=None,
         description="Label name -> value in the reference masks when they differ from the "
-        "plugin's label values (NIfTI; DICOM SEG segments are matched by name).",
+        "plugin's label values (NIfTI; DICOM SEG segments are matched by type code).",
     )
     bootstrap: BootstrapV2 = Field(default_factory=BootstrapV2, description="CI settings.")
     max_failed_cases: int = Field(

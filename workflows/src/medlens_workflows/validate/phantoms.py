@@ -7,8 +7,8 @@ small mode) and the validation manifest ``OUT/validation.csv``::
     case_id,patient_id,input,reference,sex,age,manufacturer,slice_thickness_mm,institution
 
 with ``input`` the DICOM series folder and ``reference`` the NIfTI label map (``--seg``:
-a DICOM SEG made from it, segments named after the labels). Generation is deterministic,
-so the manifest's sha256 pinned in a protocol is reproduced on any machine.
+a DICOM SEG made from it, each segment named and coded as its phantom label). Generation
+is deterministic, so the manifest's sha256 pinned in a protocol is reproduced on any machine.
 """
 
 from __future__ import annotations
@@ -20,19 +20,24 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from medlens.plugin_api.v1 import Code
 
 __all__ = ["ATTRIBUTES", "build_phantom_dataset", "main", "write_reference_seg"]
 
 #: Subgroup attributes written for each phantom case.
 ATTRIBUTES = ("sex", "age", "manufacturer", "slice_thickness_mm", "institution")
 
-_LABEL_NAMES = {1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left", 5: "liver_tumor"}
-
 
 def write_reference_seg(dicom_dir: Path, labels_nifti: Path, out: Path) -> Path:
-    """Write a reference label map as a DICOM SEG on its CT series (segments named).
+    """Write a reference label map as a DICOM SEG on its CT series.
+
+    Each segment carries its label's name and codes (:data:`medlens.phantoms.ct.CODED_LABELS`),
+    so a reader matches segments to a plugin's labels by type code, not by number.
 
     Args:
         dicom_dir: The CT series folder (one file per slice).
@@ -41,10 +46,10 @@ def write_reference_seg(dicom_dir: Path, labels_nifti: Path, out: Path) -> Path:
     """
     import highdicom as hd
     import pydicom
-    from pydicom.sr.codedict import codes
 
     from medlens.imaging.read import read_image, read_mask
     from medlens.io.atomic import save_dataset
+    from medlens.phantoms.ct import CODED_LABELS
 
     image = read_image(dicom_dir)
     labels = np.asarray(read_mask(labels_nifti, reference=image).array[0], dtype=np.uint8)
@@ -52,21 +57,21 @@ def write_reference_seg(dicom_dir: Path, labels_nifti: Path, out: Path) -> Path:
         (pydicom.dcmread(p) for p in dicom_dir.iterdir() if p.is_file()),
         key=lambda d: float(d.ImagePositionPatient[2]),
     )
-    present = [v for v in _LABEL_NAMES if (labels == v).any()]
-    # Segment numbers 1..n in order of the present labels; names carry the meaning.
+    present = [lab for lab in CODED_LABELS if (labels == lab.value).any()]
+    # Segment numbers 1..n in order of the present labels; codes carry the meaning.
     lut = np.zeros(256, dtype=np.uint8)
-    for n, v in enumerate(present, start=1):
-        lut[v] = n
+    for n, lab in enumerate(present, start=1):
+        lut[lab.value] = n
     pixels = lut[labels].transpose(2, 1, 0)  # (i, j, k) -> (slice, row, column)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=n,
-            segment_label=_LABEL_NAMES[v],
-            segmented_property_category=codes.SCT.Organ,
-            segmented_property_type=codes.SCT.Organ,
+            segment_label=lab.name,
+            segmented_property_category=_coded(lab.category),
+            segmented_property_type=_coded(lab.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )
-        for n, v in enumerate(present, start=1)
+        for n, lab in enumerate(present, start=1)
     ]
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -84,6 +89,13 @@ def write_reference_seg(dicom_dir: Path, labels_nifti: Path, out: Path) -> Path:
     )
     save_dataset(seg, out)
     return out
+
+
+def _coded(code: Code) -> Any:
+    """A manifest code as highdicom's coded concept."""
+    import highdicom as hd
+
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
 def build_phantom_dataset(

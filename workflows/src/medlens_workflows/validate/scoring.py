@@ -72,14 +72,17 @@ def score_case(
 
 
 def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> dict[str, Any]:
+    from medlens.imaging.nifti import is_nifti
     from medlens.imaging.read import read_mask
 
     if result.mask is None:
         raise PluginError(protocol.plugin.id, "returned no mask")
     names = {lab.name: int(lab.value) for lab in result.manifest.outputs.labels}
     pred = np.asarray(result.mask.array[0])
-    ref = np.asarray(read_mask(reference, reference=result.image).array[0])
-    if protocol.reference_labels:
+    # A DICOM SEG's segments take the plugin's label values by their type code.
+    labels = result.manifest.outputs.labels
+    ref = np.asarray(read_mask(reference, reference=result.image, labels=labels).array[0])
+    if protocol.reference_labels and is_nifti(reference):  # NIfTI carries values only
         remapped = np.zeros_like(ref)
         for name, value in protocol.reference_labels.items():
             if name not in names:
