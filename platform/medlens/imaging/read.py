@@ -355,6 +355,10 @@ def read_mask(path: Path, reference: Image, labels: Sequence[LabelLike] | None =
     from scipy import ndimage
 
     m = np.linalg.inv(mask.affine) @ reference.affine  # reference index → mask index
+    # Grids a whole number of voxels apart (a SEG covering fewer slices) must map exactly:
+    # round-off (52.0000001 for the last slice) would put an edge slice outside the mask.
+    snapped = np.rint(m)
+    m = np.where(np.abs(m - snapped) < 1e-6, snapped, m)
     inside = ndimage.affine_transform(
         np.ones(values.shape, dtype=np.uint8),
         m[:3, :3],
