@@ -39,6 +39,7 @@ from medlens.io._common import (
     software_versions,
 )
 from medlens.io.atomic import atomic_dir, save_dataset
+from medlens.io.colormap import jet, jet_lut
 from medlens.plugin_api._results import Result
 
 __all__ = [
@@ -52,13 +53,6 @@ __all__ = [
 
 _PM_MAX = 65535  # stored value of heat 1.0 in the Parametric Map
 _ALPHA = 0.5  # overlay opacity at heat 1.0; heat 0 leaves the image untouched
-
-
-def jet(heat: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    """The classic jet colour map: values in [0, 1] → RGB in [0, 1], shape ``(..., 3)``."""
-    h = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
-    channels = [np.clip(1.5 - np.abs(4.0 * h - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)]
-    return np.stack(channels, axis=-1)
 
 
 def _window(image: Image, sources: Sequence[Dataset]) -> tuple[float, float]:
@@ -91,7 +85,7 @@ def overlay_rgb(
     grey = np.clip((frames_of(image.array[:1]).astype(np.float64) - lo) / (hi - lo), 0.0, 1.0)
     heat = np.clip(frames_of(heatmap.array[:1]).astype(np.float64), 0.0, 1.0)
     alpha = (_ALPHA * heat)[..., None]
-    rgb = (1.0 - alpha) * grey[..., None] + alpha * jet(heat)
+    rgb = (1.0 - alpha) * grey[..., None] + alpha * jet_lut(heat)
     return np.round(rgb * 255.0).astype(np.uint8)
 
 

@@ -18,21 +18,16 @@ import numpy.typing as npt
 from medlens.errors import OutputError
 from medlens.imaging.image import Image
 from medlens.io.atomic import write_bytes
+from medlens.io.colormap import jet_lut
 from medlens.plugin_api._manifest import Label
 
-__all__ = ["NOT_FOR_DIAGNOSIS", "burn_in", "jet", "write_heatmap_png", "write_mask_png"]
+__all__ = ["NOT_FOR_DIAGNOSIS", "burn_in", "write_heatmap_png", "write_mask_png"]
 
 #: The line burnt into overlays of plugins whose model card says ``diagnostic_use: false``.
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 
 _ALPHA = 0.45
 _PALETTE = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 200), (0, 200, 200))
-
-
-def jet(heat: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    """The jet colour map: values in [0, 1] → RGB in [0, 1], shape ``(..., 3)``."""
-    h = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
-    return np.stack([np.clip(1.5 - np.abs(4.0 * h - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)], -1)
 
 
 def _base_rgb(image: Image) -> npt.NDArray[np.float64]:
@@ -96,4 +91,4 @@ def write_heatmap_png(image: Image, heatmap: Image, path: Path, label: str | Non
     rgb = _base_rgb(image)
     heat = np.clip(np.transpose(np.asarray(heatmap.array, dtype=np.float64)[0], (1, 0)), 0, 1)
     alpha = (_ALPHA * heat)[..., None]
-    return _save_png((1.0 - alpha) * rgb + alpha * jet(heat), path, label)
+    return _save_png((1.0 - alpha) * rgb + alpha * jet_lut(heat), path, label)
