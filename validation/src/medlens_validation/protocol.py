@@ -35,6 +35,8 @@ __all__ = [
     "MetricThreshold",
     "Subgroup",
     "ValidationProtocol",
+    "canonical_json",
+    "check_manifest_sha256",
     "load_protocol",
 ]
 
@@ -209,7 +211,7 @@ class ValidationProtocol(_Frozen):
 
     def canonical_json(self) -> str:
         """JSON with sorted keys and no whitespace: the bytes that are fingerprinted."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self)
 
     def fingerprint(self) -> str:
         """sha256 of :meth:`canonical_json`; recorded in every report."""
@@ -221,15 +223,33 @@ class ValidationProtocol(_Frozen):
         Raises:
             ProtocolError: If the file is missing or its sha256 differs.
         """
-        try:
-            digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
-        except OSError as e:
-            raise ProtocolError(f"cannot read dataset manifest {str(manifest_path)!r}") from e
-        if digest != self.dataset.manifest_sha256:
-            raise ProtocolError(
-                f"dataset manifest sha256 {digest[:12]}… differs from the protocol's "
-                f"{self.dataset.manifest_sha256[:12]}…; the dataset changed after locking"
-            )
+        check_manifest_sha256(manifest_path, self.dataset.manifest_sha256)
+
+
+def canonical_json(model: BaseModel) -> str:
+    """A protocol as JSON with sorted keys and no whitespace: the bytes that are fingerprinted."""
+    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def check_manifest_sha256(manifest_path: Path, locked_sha256: str) -> str:
+    """Check a dataset manifest file against the sha256 a protocol was locked to.
+
+    Returns:
+        The file's sha256.
+
+    Raises:
+        ProtocolError: If the file is missing or its sha256 differs.
+    """
+    try:
+        digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise ProtocolError(f"cannot read dataset manifest {str(manifest_path)!r}") from e
+    if digest != locked_sha256:
+        raise ProtocolError(
+            f"dataset manifest sha256 {digest[:12]}… differs from the protocol's "
+            f"{locked_sha256[:12]}…; the dataset changed after locking"
+        )
+    return digest
 
 
 def load_protocol(path: Path) -> ValidationProtocol | ProtocolV2:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
 import re
 from pathlib import Path
@@ -49,7 +48,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medlens_validation.errors import ProtocolError
-from medlens_validation.protocol import DetectionSpec
+from medlens_validation.protocol import DetectionSpec, canonical_json, check_manifest_sha256
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -286,7 +285,7 @@ class ProtocolV2(_Frozen):
 
     def canonical_json(self) -> str:
         """JSON with sorted keys and no whitespace: the bytes that are fingerprinted."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return canonical_json(self)
 
     def fingerprint(self) -> str:
         """sha256 of :meth:`canonical_json`; recorded in every report and MLflow run."""
@@ -332,13 +331,4 @@ class ProtocolV2(_Frozen):
         Raises:
             ProtocolError: If the file is missing or its sha256 differs.
         """
-        try:
-            digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
-        except OSError as e:
-            raise ProtocolError(f"cannot read dataset manifest {str(manifest_path)!r}") from e
-        if digest != self.dataset.manifest_sha256:
-            raise ProtocolError(
-                f"dataset manifest sha256 {digest[:12]}… differs from the protocol's "
-                f"{self.dataset.manifest_sha256[:12]}…; the dataset changed after locking"
-            )
-        return digest
+        return check_manifest_sha256(manifest_path, self.dataset.manifest_sha256)
