@@ -144,6 +144,19 @@ TYPE2_COPIED: tuple[str, ...] = (
 )
 
 
+def device_observer(manifest: Manifest) -> hd.sr.ObserverContext:
+    """The SR observer: MedLens as the device, the plugin as its model (TID 1004)."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(),
+            name="MedLens",
+            manufacturer_name=MANUFACTURER,
+            model_name=manifest.id[:64],
+        ),
+    )
+
+
 def complete_type2(ds: Dataset) -> Dataset:
     """Give a source header the Type 2 attributes writers copy, empty where missing.
 

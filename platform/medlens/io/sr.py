@@ -35,6 +35,7 @@ from medlens.io._common import (
     SeriesNumbers,
     coded,
     copy_deidentification,
+    device_observer,
     iter_results,
     label_for,
 )
@@ -105,15 +106,7 @@ def build_sr(
                 groups.append(_finding_group(r, result, f, algo, sources))
         if not groups:
             raise OutputError(f"plugin {result.manifest.id!r} has no measurements or findings")
-        observer = hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=hd.UID(),
-                name="MedLens",
-                manufacturer_name=MANUFACTURER,
-                model_name=result.manifest.id[:64],
-            ),
-        )
+        observer = device_observer(result.manifest)
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
             procedure_reported=SR_CODES["procedure"],

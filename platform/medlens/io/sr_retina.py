@@ -28,12 +28,16 @@ from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PdCode
 from pydicom.uid import generate_uid
 
 from medlens.errors import OutputError
-from medlens.io._common import MANUFACTURER, copy_deidentification
+from medlens.io._common import (
+    MANUFACTURER,
+    complete_type2,
+    copy_deidentification,
+    device_observer,
+)
 from medlens.io.atomic import save_dataset
 from medlens.plugin_api._results import Result
 
@@ -81,29 +85,6 @@ def _placeholder_source() -> Dataset:
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "OP"
     return ds
-
-
-#: Type 2 patient/study attributes highdicom copies from the evidence; de-identified
-#: photographs often lack them, which is normal, so they are copied in empty.
-_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
-
-
-def _with_type2(ds: Dataset) -> Dataset:
-    out = copy.deepcopy(ds)
-    for key in _TYPE2:
-        if key not in out:
-            setattr(out, key, "")
-    return out
 
 
 def _concept(code: PdCode) -> hd.sr.CodedConcept:
@@ -193,21 +174,14 @@ def build_retina_sr(result: Result, sources: Sequence[Dataset]) -> hd.sr.Compreh
                 ],
             )
         )
-        observer = hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=hd.UID(),
-                name="MedLens",
-                manufacturer_name=MANUFACTURER,
-                model_name=result.manifest.id[:64],
-            ),
-        )
+        observer = device_observer(result.manifest)
         report = hd.sr.MeasurementReport(
             observation_context=hd.sr.ObservationContext(observer_device_context=observer),
             procedure_reported=_concept(RETINA_CODES["procedure"]),
             imaging_measurements=groups,
         )
-        dicom = [_with_type2(ds) for ds in sources]
+        # De-identified photographs often lack Type 2 attributes: copied in empty.
+        dicom = [complete_type2(copy.deepcopy(ds)) for ds in sources]
         evidence = dicom or [_placeholder_source()]
         description = "retina-dr screening NOT FOR DIAGNOSTIC USE"
         sr = hd.sr.Comprehensive3DSR(
