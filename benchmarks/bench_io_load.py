@@ -1,10 +1,17 @@
-"""Load a 512×512×300 CT series: MedLens vs SimpleITK ImageSeriesReader vs dcm2niix.
+"""Load a 512×512 CT series: MedLens ``read_image`` vs SimpleITK ImageSeriesReader vs dcm2niix.
 
-Generates the series (uncompressed and JPEG 2000 lossless) in a temp dir, loads it
-with each reader in the same run, prints wall-clock times (best of ``--repeat``)
+Default mode generates one series (uncompressed and JPEG 2000 lossless) in a temp dir,
+loads it with each reader in the same run, prints wall-clock times (best of ``--repeat``)
 and ratios. Targets: MedLens ≤ 1.0× SimpleITK and ≤ 2× dcm2niix (uncompressed).
 
+``--sizes 1,5,20,100,500`` instead loads JPEG 2000 lossless series of each size (the
+first N slices of one generated series) with MedLens and SimpleITK, alternating the two
+readers ``--repeat`` times so both see the same load of a shared machine; the figure is
+the ratio of the best times. Target: ≤ 1.2× SimpleITK at every size (small series must
+not pay for worker processes that only pay on large ones).
+
 Usage: ``python benchmarks/bench_io_load.py [--slices 300] [--repeat 3] [--no-j2k]``
+or ``python benchmarks/bench_io_load.py --sizes 1,5,20,100,500 [--repeat 5]``
 """
 
 from __future__ import annotations
@@ -109,14 +116,51 @@ def best_of(fn: Callable[[Path], tuple[int, ...]], folder: Path, repeat: int) ->
     return min(times)
 
 
+def bench_sizes(root: Path, sizes: list[int], repeat: int) -> None:
+    """JPEG 2000 series of each size: MedLens vs SimpleITK, alternating, best of ``repeat``."""
+    t0 = time.perf_counter()
+    make_series(root / "raw", max(sizes))
+    compress_copy(root / "raw", root / "j2k")
+    print(f"generated and compressed {max(sizes)} slices in {time.perf_counter() - t0:.1f} s")
+    print(f"CPU cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; best of {repeat}")
+    files = sorted((root / "j2k").iterdir())
+    worst = 0.0
+    for n in sizes:
+        folder = root / f"j2k_{n}"
+        folder.mkdir()
+        for f in files[:n]:
+            os.link(f, folder / f.name)  # the same bytes, no second copy on disk
+        load_medlens(folder)  # warm imports and the page cache
+        load_sitk(folder)
+        ml: list[float] = []
+        sk: list[float] = []
+        for _ in range(repeat):
+            ml.append(best_of(load_medlens, folder, 1))
+            sk.append(best_of(load_sitk, folder, 1))
+        ratio = min(ml) / min(sk)
+        worst = max(worst, ratio)
+        print(
+            f"{n:>4} slices: MedLens {min(ml):.3f} s | SimpleITK {min(sk):.3f} s | "
+            f"MedLens/SimpleITK {ratio:.2f}x"
+        )
+    print(
+        f"worst MedLens/SimpleITK {worst:.2f}x (target <= 1.2x); load average now "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-j2k", action="store_true")
+    ap.add_argument("--sizes", help="comma-separated JPEG 2000 series sizes, e.g. 1,5,20,100,500")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench_io_"))
     try:
+        if args.sizes:
+            bench_sizes(root, [int(v) for v in args.sizes.split(",")], args.repeat)
+            return
         t0 = time.perf_counter()
         make_series(root / "raw", args.slices)
         print(f"generated {args.slices} slices of 512x512 in {time.perf_counter() - t0:.1f} s")

@@ -341,15 +341,27 @@ def test_empty_file_list() -> None:
         load_series([])
 
 
-def test_compressed_frames_decode_in_processes_identically(tmp_path: Path) -> None:
+def test_compressed_frames_decode_in_processes_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from medlens.imaging import series as series_mod
     from medlens.phantoms.dicom import generate_dataset
 
     (rec,) = generate_dataset(tmp_path / "ph", 1, 5, compressed=True, small=True)
     files = sorted(rec.dicom_dir.glob("*.dcm"))
-    assert len(files) >= series_mod._PROCESS_DECODE_MIN
+    # A small phantom is below the size that pays for processes: lower the bar to test them.
+    frame = 160 * 128
+    assert len(files) * frame < series_mod.PROCESS_DECODE_MIN_PIXELS
+    monkeypatch.setattr(series_mod, "PROCESS_DECODE_MIN_PIXELS", frame * 4)
+    started: list[int] = []
+    real = series_mod._decode_in_processes
+    monkeypatch.setattr(
+        series_mod, "_decode_in_processes", lambda fr, w: started.append(w) or real(fr, w)
+    )
     one = load_series(files, max_workers=1)
+    assert not started
     many = load_series(files, max_workers=2)  # worker processes
+    assert started == [2]
     assert np.array_equal(one.array, many.array) and one.same_grid(many)
     # A corrupt frame is still one typed error, raised across the process boundary.
     bad = tmp_path / "bad"
@@ -407,3 +419,30 @@ def test_siemens_mosaic_is_refused_never_tiled(
     ds.save_as(files[0])
     with pytest.raises(GeometryError, match=r"MOSAIC \(16 images\)"):
         load_series(files)
+
+
+def test_small_jpeg2000_series_decodes_in_process_to_the_uncompressed_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small compressed series pays no worker processes and reads the very same values."""
+    from medlens.imaging import series as series_mod
+    from medlens.phantoms.dicom import generate_dataset
+
+    (raw,) = generate_dataset(tmp_path / "raw", 1, 7, small=True)
+    (j2k,) = generate_dataset(tmp_path / "j2k", 1, 7, compressed=True, small=True)
+    pools: list[int] = []
+    monkeypatch.setattr(series_mod, "_decode_in_processes", lambda fr, w: pools.append(w) or [])
+    files = sorted(j2k.dicom_dir.glob("*.dcm"))
+    assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"
+    assert series_mod._preferred_plugin(pydicom.dcmread(files[0])) == "pylibjpeg"
+    compressed = load_series(files)
+    native = load_series(sorted(raw.dicom_dir.glob("*.dcm")))
+    assert not pools
+    assert compressed.array.dtype == native.array.dtype == np.float32
+    assert np.array_equal(compressed.array, native.array) and compressed.same_grid(native)
+    # pydicom's own plugin choice (GDCM first) decodes to the same values.
+    ds = pydicom.dcmread(files[3])
+    ds.pixel_array_options(decoding_plugin="gdcm")
+    assert np.array_equal(
+        ds.pixel_array, series_mod._pixels(pydicom.dcmread(files[3]), None, "pylibjpeg")
+    )

@@ -22,8 +22,10 @@ Problems a reader meets in the wild are either handled and recorded in
   ``on_tilt="resample"``; it is never averaged away silently.
 
 Pixel data is decoded by pydicom's decoders (pylibjpeg-openjpeg, pylibjpeg-rle,
-pyjpegls, gdcm) in a thread pool, one task per frame, when the transfer syntax is
-compressed; native pixel data is cheaper to unpack on one thread than to share the GIL.
+pyjpegls, gdcm). The JPEG 2000 and JPEG-LS decoders hold the GIL, so threads do not
+help; a series with enough compressed pixels to pay for starting worker processes
+(:data:`PROCESS_DECODE_MIN_PIXELS`) is decoded in them, a smaller one on the calling
+thread, and native pixel data is always unpacked on one thread.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_GAP_STEPS",
     "MAX_VOXELS",
+    "PROCESS_DECODE_MIN_PIXELS",
     "GapPolicy",
     "TiltPolicy",
     "check_not_mosaic",
@@ -472,13 +475,40 @@ def _decode(frame: _Frame) -> npt.NDArray[Any]:
     return _decode_ds(frame.ds, frame.frame, frame.label, frame.rows, frame.columns, frame.samples)
 
 
+@functools.cache
+def _has_pylibjpeg_openjpeg() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("pylibjpeg", "openjpeg"))
+
+
+def _preferred_plugin(ds: Dataset) -> str:
+    """The decoding plugin to ask pydicom for ("" for pydicom's own choice)."""
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    return "pylibjpeg" if tsyntax in _J2K_LOSSLESS and _has_pylibjpeg_openjpeg() else ""
+
+
+def _pixels(ds: Dataset, index: int | None, plugin: str) -> npt.NDArray[Any]:
+    from pydicom.pixels.utils import pixel_array
+
+    if index is None:
+        ds.pixel_array_options(decoding_plugin=plugin)
+        return ds.pixel_array
+    return pixel_array(ds, index=index, decoding_plugin=plugin)
+
+
 def _decode_ds(
     ds: Dataset, index: int | None, label: str, rows: int, columns: int, samples: int
 ) -> npt.NDArray[Any]:
-    from pydicom.pixels.utils import pixel_array
-
+    plugin = _preferred_plugin(ds)
     try:
-        arr = ds.pixel_array if index is None else pixel_array(ds, index=index)
+        try:
+            arr = _pixels(ds, index, plugin)
+        except Exception:
+            if not plugin:
+                raise
+            arr = _pixels(ds, index, "")  # the preferred plugin failed: pydicom's own choice
     except Exception as e:  # decoders raise ValueError, RuntimeError, NotImplementedError...
         raise DicomError(
             f"cannot decode pixel data of {label!r}: {str(e).splitlines()[0][:200]}"
@@ -489,8 +519,25 @@ def _decode_ds(
     return arr.reshape(rows, columns, samples)
 
 
-#: Compressed frames from this many on are decoded in worker processes.
-_PROCESS_DECODE_MIN = 16
+#: Compressed pixels (all frames) from which worker processes decode a series: 96 slices
+#: of 512 x 512. Starting a pool (an interpreter, pydicom and the decoders per worker)
+#: costs about 15-20 JPEG 2000 frame decodes of 512 x 512 (30 ms each); below this a
+#: pool can lose, on a loaded machine, to decoding in the calling thread, which is what
+#: SimpleITK does (``benchmarks/bench_io_load.py --sizes``).
+PROCESS_DECODE_MIN_PIXELS = 96 * 512 * 512
+
+#: Lossless JPEG 2000 syntaxes (JPEG 2000 Lossless, HTJ2K Lossless and Lossless RPCL):
+#: pylibjpeg-openjpeg decodes them about 10 % faster than pydicom's default plugin (GDCM)
+#: and, being lossless, to the same values; other syntaxes keep pydicom's choice.
+_J2K_LOSSLESS = frozenset(
+    {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
+)
+
+
+def _use_processes(frames: Sequence[_Frame], workers: int) -> bool:
+    """Whether decoding ``frames`` (compressed) pays for a pool of worker processes."""
+    pixels = sum(f.rows * f.columns * f.samples for f in frames)
+    return workers > 1 and len(frames) > 1 and pixels >= PROCESS_DECODE_MIN_PIXELS
 
 
 def _decode_file_frame(job: tuple[str, int | None, str, int, int, int]) -> npt.NDArray[Any]:
@@ -627,7 +674,9 @@ def load_series(
             uniform grid with a warning; ``"error"`` refuses them.
         on_tilt: ``"error"`` (default) refuses gantry-tilted series;
             ``"resample"`` corrects the tilt by resampling onto an orthogonal grid.
-        max_workers: Threads reading and decoding (default: CPU count, at most 16).
+        max_workers: Worker processes decoding a compressed series of at least
+            :data:`PROCESS_DECODE_MIN_PIXELS` pixels (default: CPU count, at most 16;
+            1 decodes in the calling thread).
 
     Returns:
         ``Image`` of shape ``(C, i, j, k)`` (C = SamplesPerPixel), float32 when
@@ -642,11 +691,9 @@ def load_series(
     paths = [Path(p) for p in files]
     if not paths:
         raise DicomError("no DICOM files given")
-    # Parsing holds the GIL: threads only slow it down; decoding compressed frames
-    # (OpenJPEG, CharLS, RLE, GDCM) runs in C and is what the thread pool is for.
+    # Parsing holds the GIL: threads only slow it down.
     datasets = [read_dataset(p) for p in paths]
     compressed = any(_is_compressed(ds) for ds in datasets)
-    decode_workers = max_workers if compressed else 1
     warnings: list[str] = []
     from_meta = [c for c in (fill_sop_class(ds) for ds in datasets) if c is not None]
     if from_meta:
@@ -674,10 +721,12 @@ def load_series(
         or "RescaleSlope" in first.ds
         or str(first.ds.get("Modality", "")).upper() in ("CT", "PT")
     )
-    if compressed and _workers(max_workers) > 1 and len(frames) >= _PROCESS_DECODE_MIN:
+    if compressed and _use_processes(frames, _workers(max_workers)):
         decoded = _decode_in_processes(frames, _workers(max_workers))
     else:
-        decoded = _pmap(_decode, frames, decode_workers)
+        # The decoders hold the GIL: threads would only add switching (RLE excepted,
+        # which is fast enough either way).
+        decoded = [_decode(f) for f in frames]
     if rescale:
         dtype: np.dtype[Any] = np.dtype(np.float32)
     else:
