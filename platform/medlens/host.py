@@ -441,7 +441,9 @@ class Host:
             started_at=started,
             diagnostic_use=m.model_card.diagnostic_use,
         )
-        return Result(prediction=prediction, provenance=provenance, image=image, manifest=m)
+        return Result(
+            prediction=prediction, provenance=provenance, image=image, manifest=m, study=study
+        )
 
     def _check_validated(self, m: Manifest) -> None:
         """Refuse weights without a `validated` registry version (one line + audit line)."""

@@ -68,13 +68,10 @@ def test_laterality_from_file_name(name: str, side: str | None) -> None:
     assert study.laterality_from_name(name) == side
 
 
-def test_laterality_header_wins_and_keys_drop_side_tokens() -> None:
+def test_laterality_from_the_header() -> None:
     assert study.laterality_from_header({"ImageLaterality": "l"}) == "L"
     assert study.laterality_from_header({"Laterality": "R"}) == "R"
     assert study.laterality_from_header({"ImageLaterality": "B"}) is None
-    assert study.patient_key_from_name("Patient003_L.jpg") == "Patient003"
-    assert study.patient_key_from_name("Patient003_R.jpg") == "Patient003"
-    assert study.patient_key_from_name("anne-OD.png") == "anne"
 
 
 def test_missing_eyes() -> None:

@@ -70,10 +70,11 @@ class CaseOutcome:
     reason: str | None = None
     volume: str | None = None  # echo / temporal position of a multi-echo or 4-D series
     details: Result | None = None  # the result of an ``ok`` case (not serialised)
+    images: tuple[str, ...] | None = None  # a study's images (study plugins only)
 
     def to_json(self) -> str:
         """The case as one JSON line."""
-        doc = {
+        doc: dict[str, Any] = {
             "input": self.input,
             "case": self.case,
             "status": self.status,
@@ -82,6 +83,8 @@ class CaseOutcome:
             "reason": self.reason,
             "volume": self.volume,
         }
+        if self.images is not None:
+            doc["images"] = list(self.images)
         return json.dumps(doc, ensure_ascii=False)
 
 
@@ -222,6 +225,14 @@ def _echo_details(o: CaseOutcome) -> None:
     help="Gantry-tilted series: refuse them, or correct the tilt by resampling onto an "
     "orthogonal grid [the config's [tilt] table, else the plugin manifest's input.tilt].",
 )
+@click.option(
+    "--manifest",
+    "study_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Study plugins: CSV with columns file,patient_id[,eye] grouping image files "
+    "into patients (DICOM is grouped by its PatientID and study).",
+)
 @click.option("--no-explain", is_flag=True, help="Skip explanation heatmaps.")
 @click.option("--no-chain", is_flag=True, help="Do not run plugins chained after this one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per case on stdout.")
@@ -239,6 +250,7 @@ def run(
     device: str,
     mask: Path | None,
     tilt: str | None,
+    study_csv: Path | None,
     no_explain: bool,
     no_chain: bool,
     as_json: bool,
@@ -247,14 +259,15 @@ def run(
     """Run PLUGIN_ID on every case of INPUT... its rules accept, one folder each in --out.
 
     INPUT is a file (DICOM, NIfTI, PNG/JPEG/TIFF), a series folder, or a folder of many
-    series or images.
+    series or images. A study plugin (both eyes of a patient) runs once per patient's
+    study, grouped by DICOM PatientID and study, else --manifest, else the file names.
 
     Exit code: 0 when every accepted case succeeded (cases the rules refuse are skipped,
     not failed), 1 when a case failed, 3 when the plugin accepted no case at all, 4 when
     none failed but the plugin rejected a case as out of distribution (status
     ``rejected``: result.json written, no answer reported).
     """
-    from medlens.routing import find_cases
+    from medlens.routing import Study, find_cases, group_studies, read_study_csv
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -271,6 +284,15 @@ def run(
     runnable = [c for c in cases if c.kind != "error"]
     if mask is not None and len(runnable) > 1:
         raise click.UsageError(f"--mask needs exactly one case; the inputs hold {len(runnable)}")
+    studies: list[Study] | None = None
+    if manifest.study is not None:  # one run per patient's study
+        if mask is not None:
+            raise click.UsageError(f"{manifest.id!r} takes a study of images, not a --mask")
+        given = read_study_csv(study_csv) if study_csv is not None else None
+        studies = group_studies(cases, study_csv=given)
+        cases = [c for c in cases if c.kind == "error"]  # failed lines; the rest are studies
+    elif study_csv is not None:
+        raise click.UsageError(f"--manifest is for study plugins; {manifest.id!r} takes one image")
     out.mkdir(parents=True, exist_ok=True)
     run_kwargs: dict[str, Any] = {
         "device": device,
@@ -279,19 +301,25 @@ def run(
         "chain": not no_chain,
     }
     outcomes: list[CaseOutcome] = []
-    with progress_bar(len(cases), f"{manifest.id}") as step:
-        for case in cases:
-            step(case.name, False)
-            o = _run_case(host, plugin_id, case, out, run_kwargs, on_tilt)
+    units: list[Case | Study] = [*cases, *(studies or [])]
+    with progress_bar(len(units), f"{manifest.id}") as step:
+        for unit in units:
+            step(unit.name, False)
+            if isinstance(unit, Study):
+                from medlens.cli._studies import run_study_case
+
+                o = run_study_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
+            else:
+                o = _run_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
             outcomes.append(o)
-            step(case.name, True)
+            step(unit.name, True)
             if as_json:
                 click.echo(o.to_json())
             else:
                 tail = " ".join(x for x in (o.result, o.error, o.reason) if x)
                 where = f"{o.input} [{o.volume}]" if o.volume else o.input
                 click.echo(f"{o.status:<8}{o.case}  {where}  {tail}")
-                if o.details is not None and len(cases) == 1:
+                if o.details is not None and len(units) == 1:
                     _echo_details(o)
             if o.status == "failed":
                 log.warning("case %s failed: %s", o.case, o.error)

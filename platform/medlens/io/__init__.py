@@ -9,7 +9,9 @@ Output files in ``out_dir`` (keys of the returned mapping in brackets):
 
 * ``seg.dcm`` [``seg``]: DICOM Segmentation of the mask (needs a DICOM source).
 * ``sr.dcm`` [``sr``]: DICOM Comprehensive 3D SR, TID 1500, with the measurements
-  and findings of the result and of every chained result (needs a DICOM source).
+  and findings of the result and of every chained result (needs a DICOM source);
+  for a per-eye screening study (``retina-dr``) the per-eye and patient report of
+  :mod:`medlens.io.sr_retina`, with every DICOM photograph of the study as evidence.
 * ``heatmap.nii.gz`` [``heatmap``], ``heatmap-sc/`` [``heatmap_sc``: one RGB
   Secondary Capture per slice] and ``heatmap-pm.dcm`` [``heatmap_pm``: float
   Parametric Map]; the two DICOM forms need a DICOM source.
@@ -290,6 +292,13 @@ def _write_sr(
 ) -> None:
     from medlens.io._common import iter_results
 
+    if sources is not None and result.study is not None:
+        from medlens.io.sr_retina import is_eye_screening, study_source_headers, write_retina_sr
+
+        if is_eye_screening(result):  # per-eye report of a study (retina-dr)
+            path = out_dir / FILE_NAMES["sr"]
+            outputs["sr"] = write_retina_sr(result, study_source_headers(result), path)
+            return
     if sources is None:
         if dicom_source(result.image) or result.image.ndim != 2:
             notes.add("SR not written: the input has no DICOM source")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code as PdCode
 from pydicom.uid import generate_uid
@@ -41,7 +42,13 @@ from medlens.io._common import (
 from medlens.io.atomic import save_dataset
 from medlens.plugin_api._results import Result
 
-__all__ = ["RETINA_CODES", "build_retina_sr", "write_retina_sr"]
+__all__ = [
+    "RETINA_CODES",
+    "build_retina_sr",
+    "is_eye_screening",
+    "study_source_headers",
+    "write_retina_sr",
+]
 
 _PRIVATE = "99MEDLENS"
 
@@ -64,6 +71,35 @@ RETINA_CODES: dict[str, PdCode] = {
     "refer": PdCode("REFER", _PRIVATE, "Refer to eye care professional"),
     "no_referable_dr": PdCode("NORDR", _PRIVATE, "No referable DR, rescreen"),
 }
+
+
+def is_eye_screening(result: Result) -> bool:
+    """Whether ``result`` is a per-eye screening report (``extra``: ``decision``, ``eyes``)."""
+    extra = result.prediction.extra
+    return "decision" in extra and isinstance(extra.get("eyes"), list)
+
+
+def study_source_headers(result: Result) -> list[Dataset]:
+    """Headers (no pixels) of every DICOM photograph of the result's study, in order.
+
+    Photographs read from image files have no DICOM header and are left out.
+
+    Raises:
+        OutputError: A source file can no longer be read.
+    """
+    from medlens.io import dicom_source
+
+    images = [i.image for i in result.study.images] if result.study else [result.image]
+    out: list[Dataset] = []
+    for image in images:
+        if not dicom_source(image):
+            continue
+        for p in image.source:
+            try:
+                out.append(pydicom.dcmread(Path(p), stop_before_pixels=True))
+            except (OSError, pydicom.errors.InvalidDicomError) as e:
+                raise OutputError(f"cannot re-read source file {Path(p).name!r}: {e}") from e
+    return out
 
 
 def _placeholder_source() -> Dataset:

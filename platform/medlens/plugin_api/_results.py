@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import Manifest
+from medlens.plugin_api._study import StudyInput
 from medlens.plugin_api._vocab import ResultStatus, SanityVerdict
 
 __all__ = [
@@ -163,6 +164,8 @@ class Result:
     manifest: Manifest
     chained: list[Result] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
+    # The study it was run on (``Host.run_study``; API 1.1): its writers need every image.
+    study: StudyInput | None = None
 
     @property
     def mask(self) -> Image | None:

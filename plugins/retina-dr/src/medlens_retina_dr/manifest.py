@@ -63,7 +63,7 @@ MANIFEST = v1.Manifest(
         labels=[
             v1.Label(value=0, name=_LABEL, category=_FINDING, type=_DR, measure=False),
         ],
-        kinds=[v1.OutputKind.JSON],
+        kinds=[v1.OutputKind.SR, v1.OutputKind.HEATMAP, v1.OutputKind.JSON],
         postprocess=v1.PostprocessSpec(activation="sigmoid"),
         operating_points=[
             v1.OperatingPoint(

@@ -51,7 +51,19 @@ def image_rgb(image: v1.Image) -> npt.NDArray[np.uint8]:
 
 
 def _source(image: v1.Image) -> str:
+    """The eye's photograph: its SOP Instance UID (DICOM), else its file name."""
     uid = str(image.metadata.get("SOPInstanceUID") or "").strip()
+    if not uid and image.source and image.metadata.get("SOPClassUID"):
+        import pydicom
+
+        # The host's metadata allowlist holds no SOP Instance UID: read that one tag.
+        try:
+            ds = pydicom.dcmread(
+                image.source[0], stop_before_pixels=True, specific_tags=["SOPInstanceUID"]
+            )
+            uid = str(ds.get("SOPInstanceUID") or "").strip()
+        except (OSError, pydicom.errors.InvalidDicomError):
+            uid = ""
     if uid:
         return uid
     # The file name only: directories can name patients.
@@ -65,12 +77,12 @@ def _laterality(item: Any) -> tuple[str | None, str]:
     header = study.laterality_from_header(image.metadata)
     if header is not None:
         return header, "dicom"
+    name = study.laterality_from_name(image.source[0].name) if image.source else None
     if given in ("R", "L"):
-        return str(given), "given"
-    if image.source:
-        name = study.laterality_from_name(image.source[0].name)
-        if name is not None:
-            return name, "file name"
+        # The host gives the file name's side too (medlens run); a study CSV may overrule it.
+        return str(given), "file name" if given == name else "given"
+    if name is not None:
+        return name, "file name"
     return None, "unknown"
 
 

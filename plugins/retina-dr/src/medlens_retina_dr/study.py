@@ -1,14 +1,15 @@
-"""Patients and eyes: laterality, grouping photographs into patients, the patient decision.
+"""Eyes and patients: laterality and the patient decision.
 
-Light (no torch): used by the plugin, the screening command and tests.
+Light (no torch): used by the plugin and tests.
 
 * **Laterality** comes from DICOM (``ImageLaterality``, else ``Laterality``),
-  else from the file name (``_L``/``_R``, ``OD`` = right / ``OS`` = left as
-  separate tokens), else it is unknown: the eye is still graded and flagged.
-* **Grouping** of a folder of photographs into patients: DICOM ``PatientID``
-  when present, else a ``--manifest`` CSV (``file, patient_id[, laterality]``),
-  else the file-name stem with its laterality token removed
-  (``Patient003_L.jpg`` → ``Patient003``).
+  else as given by the caller (``medlens run``: the study CSV's ``eye``), else
+  from the file name (``_L``/``_R``, ``OD`` = right / ``OS`` = left as separate
+  tokens, the convention :func:`medlens.routing.laterality_from_name` groups by),
+  else it is unknown: the eye is still graded and flagged.
+* **Grouping** of a folder into patients is the host's (``medlens run retina-dr
+  FOLDER``, :func:`medlens.routing.group_studies`): the plugin gets one patient's
+  study per run.
 * **Decision** per patient (:func:`decide`): ``refer`` if any gradable eye is
   referable at the operating point; else ``ungradable`` (re-image) if any eye
   is ungradable; else ``no_referable_dr`` (rescreen in 12 months). An
@@ -30,7 +31,6 @@ __all__ = [
     "laterality_from_header",
     "laterality_from_name",
     "missing_eyes",
-    "patient_key_from_name",
 ]
 
 Decision = Literal["refer", "no_referable_dr", "ungradable"]
@@ -78,14 +78,6 @@ def laterality_from_name(name: str) -> str | None:
     stem = stem.rsplit(".", 1)[0] if "." in stem else stem
     sides = {_NAME_SIDE[t.upper()] for t in _TOKEN_SPLIT.split(stem) if t.upper() in _NAME_SIDE}
     return sides.pop() if len(sides) == 1 else None
-
-
-def patient_key_from_name(name: str) -> str:
-    """The file-name stem without its laterality tokens: the grouping key of a patient."""
-    stem = name.rsplit("/", 1)[-1]
-    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
-    tokens = [t for t in _TOKEN_SPLIT.split(stem) if t and t.upper() not in _NAME_SIDE]
-    return "_".join(tokens) or stem
 
 
 def missing_eyes(lateralities: Sequence[str | None]) -> list[str]:

@@ -1,0 +1,87 @@
+"""``medlens run`` for a study plugin: one run, one result folder per patient's study.
+
+The cases of the inputs are grouped into studies by the host's one grouping
+(:func:`medlens.routing.group_studies`: DICOM patient and study, else the study CSV,
+else the file-name convention), each image is routed by :func:`medlens.routing.read_study`
+and every study runs once through ``Host.run_study``. Its files are written as a set
+into ``OUT/PATIENT-<hash>/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medlens.errors import RoutingError
+from medlens.plugin_api.v1 import ResultStatus
+
+if TYPE_CHECKING:
+    from medlens.cli.run import CaseOutcome
+    from medlens.host import Host
+    from medlens.imaging.series import TiltPolicy
+    from medlens.routing import Study
+
+__all__ = ["run_study_case"]
+
+log = logging.getLogger("medlens.cli.run")
+
+
+def _input_of(study: Study) -> str:
+    paths = [str(c.path) for c in study.cases]
+    return paths[0] if len(paths) == 1 else os.path.commonpath(paths)
+
+
+def run_study_case(
+    host: Host,
+    plugin_id: str,
+    study: Study,
+    out: Path,
+    run_kwargs: dict[str, Any],
+    on_tilt: TiltPolicy = "error",
+) -> CaseOutcome:
+    """Route, run and write one study; its outcome line (never raises for the study).
+
+    Images the plugin's routing refuses are left out of the study (their reasons go
+    to the result's warnings); a study with no accepted image is ``skipped``.
+    """
+    from medlens.cli.run import CaseOutcome, _case_dir, _one_line, _write_as_set
+    from medlens.routing import read_study
+
+    manifest = host.get(plugin_id).manifest
+    base = CaseOutcome(
+        input=_input_of(study),
+        case=study.name,
+        status="failed",
+        images=tuple(c.source_path for c in study.cases),
+    )
+    try:
+        images, refused = read_study(manifest, study, on_tilt=on_tilt)
+        if not images:
+            return replace(base, status="skipped", reason=" | ".join(refused))
+        result = host.run_study(
+            plugin_id, images, device=run_kwargs["device"], options=run_kwargs["options"]
+        )
+        result.prediction.warnings.extend(
+            f"image left out of the study, refused by routing: {r}" for r in refused
+        )
+        roots = {c.root if c.root.is_dir() else c.root.parent for c in study.cases}
+        root = roots.pop() if len(roots) == 1 else Path(_input_of(study))
+        folder = _write_as_set(result, _case_dir(out, study.name), root)
+    except RoutingError as e:
+        return replace(base, status="skipped", reason=str(e))
+    except Exception as e:  # one study must not stop the batch: its reason is on record
+        log.debug("study %s failed", study.name, exc_info=True)
+        return replace(base, error=_one_line(e))
+    written = folder / "result.json"
+    p = result.prediction
+    rejected = p.status != ResultStatus.OK
+    return replace(
+        base,
+        status="rejected" if rejected else "ok",
+        result=str(written if written.exists() else folder),
+        reason=f"{p.status}: {p.status_reason}" if rejected else None,
+        details=result,
+    )

@@ -1,0 +1,213 @@
+"""Cases → studies: the images of one patient's visit, for plugins that take a study.
+
+A study plugin (``Manifest.study``, API 1.1) runs once on several images (both eyes
+of a patient). :func:`group_studies` groups the cases :func:`find_cases` found, by
+the first of these that applies to each image:
+
+1. DICOM: the patient (``PatientID``/``PatientName``, as the index's non-identifying
+   :attr:`~medlens.imaging.dicom_index.DicomHeader.patient_key`) and
+   ``StudyInstanceUID``; laterality is read from the header later
+   (``ImageLaterality``/``Laterality``);
+2. a study CSV (``medlens run --manifest CSV``) with columns ``file,patient_id`` and
+   optionally ``eye`` (``R``/``L``, also ``OD``/``OS``; empty: the file name's side);
+   ``file`` is the path relative to the input folder, or the file name;
+3. the file-name convention: the stem without its laterality token
+   (``Patient003_L.jpg`` and ``Patient003_R.jpg`` are one patient; ``_L``/``_R``,
+   ``OD`` = right, ``OS`` = left, as separate tokens) gives the patient, the token the
+   side.
+
+A study's folder name is built from validated parts only, the same on every run:
+``PATIENT-<10 hex of sha256 of the grouping key>``; never an identifier, a name or a
+raw UID. Unreadable inputs (``error`` cases) are left to the caller.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from medlens.errors import InputError, RoutingError
+from medlens.imaging.series import TiltPolicy
+from medlens.plugin_api._manifest import Manifest
+from medlens.plugin_api._study import StudyImage
+from medlens.routing._cases import Case, read_case
+from medlens.routing._read import routed_image
+from medlens.routing._route import route
+
+__all__ = [
+    "GroupedBy",
+    "Study",
+    "group_studies",
+    "laterality_from_name",
+    "patient_key_from_name",
+    "read_study",
+    "read_study_csv",
+]
+
+GroupedBy = Literal["dicom", "csv", "file name"]
+
+_TOKEN_SPLIT = re.compile(r"[_\-\s.]+")
+_NAME_SIDE = {"L": "L", "R": "R", "OS": "L", "OD": "R", "LEFT": "L", "RIGHT": "R"}
+_CSV_SIDE = {"": None, "R": "R", "L": "L", "OD": "R", "OS": "L", "RIGHT": "R", "LEFT": "L"}
+
+
+@dataclass(frozen=True)
+class Study:
+    """The cases of one patient's study.
+
+    Attributes:
+        name: Folder name for its result (``PATIENT-<hash>``), validated parts only.
+        cases: Its images (``dicom`` or ``file`` cases), in input order.
+        lateralities: Per case, the side given by the study CSV or the file name
+            (``R``/``L``), or None (DICOM: read from the header; else unknown).
+        grouped_by: What put the images together (``dicom``, ``csv``, ``file name``).
+    """
+
+    name: str
+    cases: tuple[Case, ...]
+    lateralities: tuple[str | None, ...]
+    grouped_by: GroupedBy
+
+
+def _stem(name: str) -> str:
+    stem = name.rsplit("/", 1)[-1]
+    return stem.rsplit(".", 1)[0] if "." in stem else stem
+
+
+def laterality_from_name(name: str) -> str | None:
+    """``R``/``L`` from a file name's tokens (``_L``, ``_R``, ``OD``, ``OS``); else None.
+
+    Tokens are the parts of the stem split at ``_``, ``-``, ``.`` and spaces, so
+    ``Patient003_L.jpg`` is left and ``scan_OD_2.png`` right, while ``LOUIS.jpg`` says
+    nothing. Conflicting tokens give None.
+    """
+    sides = {
+        _NAME_SIDE[t.upper()] for t in _TOKEN_SPLIT.split(_stem(name)) if t.upper() in _NAME_SIDE
+    }
+    return sides.pop() if len(sides) == 1 else None
+
+
+def patient_key_from_name(name: str) -> str:
+    """The file-name stem without its laterality tokens: the patient's grouping key."""
+    stem = _stem(name)
+    tokens = [t for t in _TOKEN_SPLIT.split(stem) if t and t.upper() not in _NAME_SIDE]
+    return "_".join(tokens) or stem
+
+
+def read_study_csv(path: Path) -> dict[str, tuple[str, str | None]]:
+    """A study CSV (``file,patient_id[,eye]``) → file → (patient id, side or None).
+
+    Raises:
+        InputError: The file cannot be read, lacks a column, or has an unknown eye value
+            (the message names the row, never a value from it).
+    """
+    out: dict[str, tuple[str, str | None]] = {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            cols = {c.strip().lower() for c in reader.fieldnames or []}
+            if not {"file", "patient_id"} <= cols:
+                raise InputError(f"study CSV {path.name!r} needs the columns file,patient_id[,eye]")
+            for n, raw in enumerate(reader, start=2):
+                row = {str(k).strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+                side = row.get("eye", "").upper()
+                if side not in _CSV_SIDE:
+                    raise InputError(
+                        f"study CSV {path.name!r} line {n}: eye must be R, L, OD, OS or empty"
+                    )
+                if not row["file"] or not row["patient_id"]:
+                    raise InputError(f"study CSV {path.name!r} line {n}: file or patient_id empty")
+                out[row["file"]] = (row["patient_id"], _CSV_SIDE[side])
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read study CSV {path.name!r}: {type(e).__name__}") from e
+    return out
+
+
+def _name(kind: str, key: str) -> str:
+    digest = hashlib.sha256(f"{kind}\x00{key}".encode("utf-8", "surrogateescape")).hexdigest()
+    return f"PATIENT-{digest[:10]}"
+
+
+def _key(
+    case: Case, given: Mapping[str, tuple[str, str | None]]
+) -> tuple[str, str | None, GroupedBy]:
+    """(grouping key, side or None, how) of one case."""
+    if case.kind == "dicom":
+        h = case.headers[0]
+        return f"dicom\x00{h.patient_key}\x00{h.study_instance_uid}", None, "dicom"
+    path = case.paths[0]
+    rel = case.source_path
+    hit = given.get(rel) or given.get(path.name)
+    if hit is not None:
+        return f"csv\x00{hit[0]}", hit[1] or laterality_from_name(path.name), "csv"
+    return (
+        f"name\x00{patient_key_from_name(path.name)}",
+        laterality_from_name(path.name),
+        ("file name"),
+    )
+
+
+def group_studies(
+    cases: Iterable[Case], *, study_csv: Mapping[str, tuple[str, str | None]] | None = None
+) -> list[Study]:
+    """The ``dicom`` and ``file`` cases grouped into studies (see the module docstring).
+
+    Args:
+        cases: Cases from :func:`~medlens.routing.find_cases` (``error`` cases are left out).
+        study_csv: From :func:`read_study_csv`, for image files.
+
+    Returns:
+        The studies, sorted by name (stable across runs).
+    """
+    given = study_csv or {}
+    groups: dict[str, tuple[list[Case], list[str | None], GroupedBy]] = {}
+    for case in cases:
+        if case.kind == "error":
+            continue
+        key, side, how = _key(case, given)
+        members, sides, _ = groups.setdefault(key, ([], [], how))
+        members.append(case)
+        sides.append(side)
+    studies = [
+        Study(_name("study", key), tuple(members), tuple(sides), how)
+        for key, (members, sides, how) in groups.items()
+    ]
+    return sorted(studies, key=lambda s: s.name)
+
+
+def read_study(
+    manifest: Manifest, study: Study, *, on_tilt: TiltPolicy = "error"
+) -> tuple[list[StudyImage], list[str]]:
+    """Read a study's images that ``manifest``'s plugin accepts, routed one by one.
+
+    Each image goes through the one routing path: a DICOM image on its header before
+    any pixel is read, an image file on what it states (with the host's warning for
+    the checks it cannot carry). A refused image is left out of the study.
+
+    Returns:
+        The accepted images with their given laterality (a DICOM header's own
+        ``ImageLaterality`` wins), and one reason per refused image.
+
+    Raises:
+        InputError: An accepted image cannot be read.
+    """
+    images: list[StudyImage] = []
+    refused: list[str] = []
+    for case, side in zip(study.cases, study.lateralities, strict=True):
+        if case.facts is not None:
+            outcome = route(manifest, case.facts)
+            if not outcome.matched:
+                refused.append(f"{case.source_path}: {'; '.join(outcome.reasons)}")
+                continue
+        try:
+            image = routed_image(manifest, read_case(case, on_tilt=on_tilt))
+        except RoutingError as e:
+            refused.append(f"{case.source_path}: {e}")
+            continue
+        images.append(StudyImage.of(image, laterality=None if case.kind == "dicom" else side))
+    return images, refused

@@ -1,0 +1,274 @@
+"""``medlens run retina-dr FOLDER`` on the development photographs: one result per patient.
+
+What the issue accepts, through the host's one path (study grouping, routing, writers):
+patients grouped by DICOM PatientID, the file-name convention or a ``--manifest`` CSV;
+DICOM Ophthalmic Photography in, a dciodvfy-clean SR out; image files in, result.json
+and PNG overlays out; one-eye studies, unknown laterality and ungradable eyes.
+
+DICOM OP files are made at test time from the development JPEGs (never committed).
+Skipped, with the reason, where ``/work/shared/data/fundus-dr`` (``MEDLENS_FUNDUS_DIR``)
+is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from medlens_retina_dr import data, degrade, study
+from PIL import Image as PILImage
+
+from medlens.cli.main import cli
+
+ROOT = data.data_root()
+pytestmark = [
+    pytest.mark.skipif(
+        not (ROOT / "labels.csv").is_file(),
+        reason=f"fundus development data absent ({ROOT}); set MEDLENS_FUNDUS_DIR",
+    ),
+    pytest.mark.slow,
+]
+OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
+
+
+def _img(name: str) -> Path:
+    return ROOT / "images" / name
+
+
+def op_dicom(
+    src: Path | np.ndarray, path: Path, laterality: str | None, patient: str, study_uid: str
+) -> Path:
+    """An Ophthalmic Photography 8 Bit image (RGB) made from a development photograph."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    rgb = data.load_rgb(src) if isinstance(src, Path) else src
+    rgb = cv2.resize(rgb, (512, 342), interpolation=cv2.INTER_AREA)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = OP_8BIT
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = OP_8BIT
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OP"
+    ds.PatientID = patient
+    ds.PatientName = ""  # de-identified: Type 2 present, empty
+    if laterality is not None:
+        ds.ImageLaterality = laterality
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def medlens_run(*args: str) -> tuple[int, list[dict[str, Any]]]:
+    """``medlens run retina-dr ARGS --json --device cpu``: exit code and the JSON lines."""
+    res = CliRunner().invoke(cli, ["run", "retina-dr", *args, "--json", "--device", "cpu"])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    lines = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    return res.exit_code, lines
+
+
+def _by_images(lines: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, Any]]:
+    return {tuple(ln["images"]): ln for ln in lines}
+
+
+def _result(line: dict[str, Any]) -> dict[str, Any]:
+    assert line["status"] == "ok", line
+    doc: dict[str, Any] = json.loads(Path(line["result"]).read_text())
+    return doc
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.skip("dciodvfy not installed (scripts/install-system-deps)")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, check=False)
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("Error")]
+
+
+def test_folder_of_photographs_gives_one_result_per_patient(tmp_path: Path) -> None:
+    inp = tmp_path / "photos"
+    inp.mkdir()
+    for name in ("Patient003_L.jpg", "Patient003_R.jpg", "Patient006_R.jpg"):
+        shutil.copy(_img(name), inp / name)
+    shutil.copy(_img("Patient008_L.jpg"), inp / "fundus.jpg")  # no side in the name
+    # Patient 9: the left eye blurred past grading.
+    rgb = data.load_rgb(_img("Patient009_L.jpg"))
+    PILImage.fromarray(degrade.degrade(rgb, "blur", strong=True)).save(inp / "Patient009_L.png")
+    shutil.copy(_img("Patient009_R.jpg"), inp / "Patient009_R.jpg")
+    # Patient 10: both eyes under-exposed past grading.
+    for side in ("L", "R"):
+        dark = degrade.degrade(
+            data.load_rgb(_img(f"Patient010_{side}.jpg")), "underexposed", strong=True
+        )
+        PILImage.fromarray(dark).save(inp / f"Patient010_{side}.png")
+    out = tmp_path / "out"
+    code, lines = medlens_run(str(inp), "--out", str(out), "--no-explain")
+    assert code == 0, lines
+    by = _by_images(lines)
+    assert set(by) == {
+        ("Patient003_L.jpg", "Patient003_R.jpg"),
+        ("Patient006_R.jpg",),
+        ("fundus.jpg",),
+        ("Patient009_L.png", "Patient009_R.jpg"),
+        ("Patient010_L.png", "Patient010_R.png"),
+    }
+    # One folder per patient, named from a hash: no file name, no identifier in it.
+    folders = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert folders == sorted(ln["case"] for ln in lines)
+    assert all(f.startswith("PATIENT-") and "atient0" not in f for f in folders)
+    for line in lines:
+        assert sorted(p.name for p in Path(line["result"]).parent.iterdir()) == ["result.json"]
+
+    two = _result(by[("Patient003_L.jpg", "Patient003_R.jpg")])["extra"]
+    assert two["decision"] in study.DECISIONS and two["missing_eyes"] == []
+    assert [(e["laterality"], e["laterality_from"]) for e in two["eyes"]] == [
+        ("L", "file name"),
+        ("R", "file name"),
+    ]
+    # One eye: the result says which eye is missing.
+    one = _result(by[("Patient006_R.jpg",)])
+    assert one["extra"]["missing_eyes"] == ["L"]
+    assert any("missing from the study: L" in w for w in one["warnings"])
+    # Unknown laterality: graded, flagged.
+    anon = _result(by[("fundus.jpg",)])
+    (eye,) = anon["extra"]["eyes"]
+    assert eye["laterality"] is None and eye["laterality_from"] == "unknown"
+    assert eye["findings"] and eye["findings"][0]["label"] == "referable_dr"
+    assert any("laterality unknown" in w for w in anon["warnings"])
+    assert anon["extra"]["missing_eyes"] == ["unknown"]
+    # An ungradable eye is never cleared: re-image, or refer for the other eye.
+    p9 = _result(by[("Patient009_L.png", "Patient009_R.jpg")])
+    left, right = p9["extra"]["eyes"]
+    assert not left["quality"]["gradable"] and left["findings"] == []
+    assert any("blur" in r or "focus" in r for r in left["quality"]["reasons"]), left["quality"]
+    right_positive = right["findings"][0]["positive"]
+    assert p9["extra"]["decision"] == ("refer" if right_positive else "ungradable")
+    # Both eyes ungradable: 'ungradable', no patient-level finding at all.
+    p10 = _result(by[("Patient010_L.png", "Patient010_R.png")])
+    assert p10["extra"]["decision"] == "ungradable" and p10["findings"] == []
+    assert all(not e["quality"]["gradable"] for e in p10["extra"]["eyes"])
+
+
+def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path) -> None:
+    inp = tmp_path / "dicom"
+    # Patient A: two eyes in one study; file names say nothing, ImageLaterality does.
+    op_dicom(_img("Patient007_L.jpg"), inp / "x1.dcm", "L", "PID-7", "1.2.826.0.1.3680043.8.498.71")
+    op_dicom(_img("Patient007_R.jpg"), inp / "x2.dcm", "R", "PID-7", "1.2.826.0.1.3680043.8.498.71")
+    # Patient B: one eye, no ImageLaterality (unknown side).
+    op_dicom(
+        _img("Patient011_R.jpg"), inp / "x3.dcm", None, "PID-11", "1.2.826.0.1.3680043.8.498.72"
+    )
+    out = tmp_path / "out"
+    code, lines = medlens_run(str(inp), "--out", str(out))
+    assert code == 0, lines
+    assert sorted(len(ln["images"]) for ln in lines) == [1, 2]
+    for line in lines:
+        folder = Path(line["result"]).parent
+        assert "PID" not in folder.name and folder.name.startswith("PATIENT-")
+        names = sorted(p.name for p in folder.iterdir())
+        assert "sr.dcm" in names and "result.json" in names, names
+        doc = _result(line)
+        eyes = doc["extra"]["eyes"]
+        sources = {
+            str(pydicom.dcmread(inp / n, stop_before_pixels=True).SOPInstanceUID)
+            for n in line["images"]
+        }
+        assert {e["source"] for e in eyes} == sources  # each eye names its SOP instance
+        sr = pydicom.dcmread(folder / "sr.dcm")
+        assert "NOT FOR DIAGNOSTIC USE" in str(sr.SeriesDescription)
+        assert sr.PatientID == pydicom.dcmread(inp / line["images"][0]).PatientID
+        evidence = {
+            str(i.ReferencedSOPInstanceUID)
+            for s in sr.CurrentRequestedProcedureEvidenceSequence
+            for se in s.ReferencedSeriesSequence
+            for i in se.ReferencedSOPSequence
+        }
+        assert evidence == sources  # every photograph of the study, not just the first
+        codes = {(str(c.CodeValue), str(c.CodingSchemeDesignator)) for c in _codes(sr)}
+        assert ("4855003", "SCT") in codes  # diabetic retinopathy
+        decision = doc["extra"]["decision"]
+        assert (
+            {"refer": "REFER", "no_referable_dr": "NORDR", "ungradable": "UNGRADABLE"}[decision],
+            "99MEDLENS",
+        ) in codes
+        assert _dciodvfy_errors(folder / "sr.dcm") == []
+        if len(eyes) == 2:
+            assert [e["laterality_from"] for e in eyes] == ["dicom", "dicom"]
+            assert {("24028007", "SCT"), ("7771000", "SCT")} <= codes  # right, left
+        else:
+            assert eyes[0]["laterality"] is None and doc["extra"]["missing_eyes"] == ["unknown"]
+
+
+def _codes(ds: Any) -> list[Any]:
+    """Every coded item of an SR content tree."""
+    out: list[Any] = []
+    for item in ds.get("ContentSequence", []):
+        for key in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+            out.extend(item.get(key, []))
+        out.extend(_codes(item))
+    return out
+
+
+def test_study_csv_groups_opaque_file_names(tmp_path: Path) -> None:
+    inp = tmp_path / "photos"
+    inp.mkdir()
+    shutil.copy(_img("Patient015_L.jpg"), inp / "a.jpg")
+    shutil.copy(_img("Patient015_R.jpg"), inp / "b.jpg")
+    shutil.copy(_img("Patient013_R.jpg"), inp / "c.jpg")
+    table = tmp_path / "study.csv"
+    with table.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "patient_id", "eye"])
+        w.writerows([["a.jpg", "P12", "OS"], ["b.jpg", "P12", "OD"], ["c.jpg", "P13", ""]])
+    out = tmp_path / "out"
+    code, lines = medlens_run(str(inp), "--out", str(out), "--manifest", str(table), "--no-explain")
+    assert code == 0, lines
+    by = _by_images(lines)
+    assert set(by) == {("a.jpg", "b.jpg"), ("c.jpg",)}
+    eyes = _result(by[("a.jpg", "b.jpg")])["extra"]["eyes"]
+    assert [(e["laterality"], e["laterality_from"]) for e in eyes] == [
+        ("L", "given"),
+        ("R", "given"),
+    ]
+    c = _result(by[("c.jpg",)])["extra"]["eyes"][0]
+    assert c["laterality"] is None and c["laterality_from"] == "unknown"
+
+
+def test_explanations_on_image_files_are_png_overlays(tmp_path: Path) -> None:
+    inp = tmp_path / "photos"
+    inp.mkdir()
+    for side in ("L", "R"):
+        shutil.copy(_img(f"Patient016_{side}.jpg"), inp / f"Patient016_{side}.jpg")
+    out = tmp_path / "out"
+    code, (line,) = medlens_run(str(inp), "--out", str(out))
+    assert code == 0, line
+    folder = Path(line["result"]).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "result.json"]
+    doc = _result(line)
+    assert all(e["explanation"]["method"] == "gradcam" for e in doc["extra"]["eyes"])
+    overlay = np.asarray(PILImage.open(folder / "heatmap.png"))
+    assert overlay.shape[:2] == data.load_rgb(_img("Patient016_L.jpg")).shape[:2]
