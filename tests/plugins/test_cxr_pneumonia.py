@@ -39,6 +39,18 @@ def _grey(name: str) -> np.ndarray:
         return np.asarray(im.convert("L"))
 
 
+#: A white band along the top of the twins (a collimator edge, a burnt-in label area):
+#: outside a DICOM twin's window, so that a window that is not applied changes the film.
+BAND = 0.08
+
+
+def banded(grey: np.ndarray) -> np.ndarray:
+    """The 8-bit film with its top :data:`BAND` white, as the PNG twin and every DICOM shows."""
+    out = grey.copy()
+    out[: round(BAND * grey.shape[0])] = 255
+    return out
+
+
 def write_dicom(
     pixels8: np.ndarray,
     path: Path,
@@ -49,20 +61,42 @@ def write_dicom(
     view: str | None = "PA",
     body_part: str | None = "CHEST",
     upscale: int = 2,
+    voi: str = "none",
 ) -> Path:
-    """A DX/CR/CT twin of an 8-bit film: ``bits``-bit stored values, MONOCHROME1 or 2."""
+    """A DX/CR/SC/CT twin of an 8-bit film: ``bits``-bit stored values, MONOCHROME1 or 2.
+
+    ``voi`` says how the stored values become the film's grey levels, which the reader
+    must undo as a viewer would:
+
+    * ``none``: stored = grey scaled to the full ``bits`` range (no VOI attributes);
+    * ``window``: the film occupies the middle of the stored range, a linear
+      ``WindowCenter``/``WindowWidth`` maps it back, and the white band lies far above the
+      window (clipped to white only when the window is applied);
+    * ``lut``: stored = grey through a strongly non-linear curve (gamma 2.5), and a
+      ``VOILUTSequence`` table is its inverse.
+    """
     import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     sop_class = {
         "DX": "1.2.840.10008.5.1.4.1.1.1.1",
         "CR": "1.2.840.10008.5.1.4.1.1.1",
+        "SC": "1.2.840.10008.5.1.4.1.1.7",
         "CT": "1.2.840.10008.5.1.4.1.1.2",
     }[modality]
-    big = np.kron(pixels8.astype(np.float64), np.ones((upscale, upscale)))
+    g = np.kron(pixels8.astype(np.float64), np.ones((upscale, upscale))) / 255.0
+    band = np.zeros(g.shape, dtype=bool)
+    band[: round(BAND * g.shape[0])] = True
     top = (1 << bits) - 1
-    stored = np.round(big / 255.0 * top)
+    if voi == "window":
+        lo, width = 0.25 * top, 0.4 * top  # the film spans [lo, lo + width]
+        stored = np.where(band, top, lo + g * width)
+    elif voi == "lut":
+        stored = top * g**2.5
+    else:
+        stored = g * top
+    stored = np.round(stored)
     if monochrome1:
         stored = top - stored
     meta = FileMetaDataset()
@@ -72,18 +106,34 @@ def write_dicom(
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID, ds.PatientName = modality, "ANON", ""
+    ds.Modality = "OT" if modality == "SC" else modality
+    ds.PatientID, ds.PatientName = "ANON", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    if modality == "SC":
+        ds.ConversionType = "WSD"
     if view is not None:
         ds.ViewPosition = view
     if body_part is not None:
         ds.BodyPartExamined = body_part
-    ds.ImagerPixelSpacing = [0.143 * 1024 / big.shape[0]] * 2
-    ds.Rows, ds.Columns = big.shape
+    ds.ImagerPixelSpacing = [0.143 * 1024 / g.shape[0]] * 2
+    ds.Rows, ds.Columns = g.shape
     ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
     ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-    ds.WindowCenter, ds.WindowWidth = (top + 1) / 2, top + 1
+    if voi == "window":
+        centre = lo + width / 2 if not monochrome1 else top - (lo + width / 2)
+        ds.WindowCenter, ds.WindowWidth = round(centre, 1), round(width, 1)
+    elif voi == "lut":
+        levels = np.arange(top + 1, dtype=np.float64)
+        table = np.round(top * (levels / top) ** 0.4)
+        if monochrome1:  # the table of the inverted stored values, still dark-is-high
+            table = top - table[::-1]
+        item = Dataset()
+        item.LUTDescriptor = [top + 1 if top < 65535 else 0, 0, 16]
+        item.LUTExplanation = "gamma 0.4"
+        # OW: 65536 entries are more than an explicit-VR US element can hold.
+        item.add_new(0x00283006, "OW", table.astype("<u2").tobytes())
+        ds.VOILUTSequence = [item]
     ds.PixelData = stored.astype(np.uint16).tobytes()
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return path
@@ -108,19 +158,64 @@ def test_manifest_contract() -> None:
     assert triage is not None and triage.sensitivity >= 0.90
 
 
+#: DICOM twins: (modality, BitsStored, MONOCHROME1, VOI), each against the 8-bit PNG.
+TWINS = [
+    ("DX", 16, False, "none"),
+    ("DX", 16, True, "none"),
+    ("DX", 16, False, "window"),
+    ("DX", 16, True, "window"),
+    ("DX", 16, False, "lut"),
+    ("DX", 16, True, "lut"),
+    ("CR", 12, True, "window"),
+    ("CR", 10, False, "lut"),
+    ("SC", 12, False, "window"),
+]
+
+
 @pytest.mark.parametrize("name", FILMS)
 def test_dicom_twins_agree_with_png(host: Host, tmp_path: Path, name: str) -> None:
-    grey = _grey(name)
+    grey = banded(_grey(name))
     png = tmp_path / "film.png"
     PILImage.fromarray(grey).save(png)
     p_png = _probability(host, png)
-    p_m1 = _probability(host, write_dicom(grey, tmp_path / "m1.dcm", monochrome1=True))
-    p_m2 = _probability(host, write_dicom(grey, tmp_path / "m2.dcm", monochrome1=False))
-    p_cr = _probability(
-        host, write_dicom(grey, tmp_path / "cr.dcm", monochrome1=False, bits=12, modality="CR")
-    )
-    for p in (p_m1, p_m2, p_cr):
-        assert abs(p - p_png) <= 0.02, (p_png, p_m1, p_m2, p_cr)
+    got = {}
+    for modality, bits, m1, voi in TWINS:
+        f = tmp_path / f"{modality}-{bits}-{m1}-{voi}.dcm"
+        write_dicom(grey, f, monochrome1=m1, bits=bits, modality=modality, voi=voi)
+        got[f.stem] = _probability(host, f)
+    off = {k: round(p - p_png, 4) for k, p in got.items() if abs(p - p_png) > 0.02}
+    assert not off, (p_png, off)
+
+
+@pytest.mark.parametrize("voi", ["window", "lut"])
+def test_twins_depend_on_their_voi(tmp_path: Path, voi: str) -> None:
+    """The twins test has teeth: the stored values alone are another film."""
+    import pydicom
+    from medlens_cxr_pneumonia.plugin import grey_film
+    from medlens_cxr_pneumonia.preprocess import prepare
+
+    from medlens.imaging.read import read_image
+
+    grey = banded(_grey(FILMS[0]))
+    f = write_dicom(grey, tmp_path / "x.dcm", monochrome1=False, bits=12, voi=voi)
+    ref = prepare(grey.astype(np.float32))
+    shown = prepare(grey_film(read_image(f)))
+    stored = prepare(pydicom.dcmread(f).pixel_array.astype(np.float32))
+    assert float(np.abs(shown - ref).mean()) < 0.01
+    assert float(np.abs(stored - ref).mean()) > 0.1
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    """``medlens run`` in process, with the installed cxr-pneumonia plugin only."""
+    from unittest import mock
+
+    from click.testing import CliRunner
+
+    from medlens.cli.main import cli
+
+    with mock.patch("medlens.cli.run.Host", _host):
+        res = CliRunner().invoke(cli, ["run", "cxr-pneumonia", *args, "--device", "cpu"])
+    return res.exit_code, res.stdout, res.stderr
 
 
 @pytest.mark.parametrize(
@@ -141,6 +236,13 @@ def test_refusals_are_one_line(
         host.run("cxr-pneumonia", f)
     msg = str(e.value)
     assert why in msg and "\n" not in msg
+    # The same refusal through ``medlens run``: one --json line, skipped, with the reason.
+    code, out, err = _cli([str(f), "--out", str(tmp_path / "out"), "--json"])
+    (line,) = out.splitlines()
+    case = json.loads(line)
+    assert case["status"] == "skipped" and why in case["reason"], case
+    assert "\n" not in case["reason"]
+    assert code == 3, err  # nothing accepted
 
 
 def test_content_gate_refuses_a_fundus_photograph(host: Host) -> None:
@@ -153,22 +255,63 @@ def test_content_gate_refuses_a_fundus_photograph(host: Host) -> None:
     assert not r.prediction.findings
 
 
-def test_outputs_sr_is_dciodvfy_clean(host: Host, tmp_path: Path) -> None:
+def _dciodvfy_errors(path: Path) -> list[str]:
+    p = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]
+
+
+def _sr_texts(ds: object) -> list[str]:
+    out: list[str] = []
+    for item in getattr(ds, "ContentSequence", []):
+        if getattr(item, "ValueType", "") == "TEXT":
+            out.append(str(item.TextValue))
+        out += _sr_texts(item)
+    return out
+
+
+@pytest.mark.external
+@pytest.mark.parametrize(("modality", "bits"), [("DX", 16), ("CR", 12), ("SC", 8)])
+def test_outputs_are_dciodvfy_clean_and_say_not_for_diagnostic_use(
+    host: Host, tmp_path: Path, modality: str, bits: int
+) -> None:
+    import pydicom
+
+    from medlens.io._common import read_source_headers
+    from medlens.io.heatmap import overlay_rgb
+
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy not installed (scripts/install-system-deps)")
-    src = write_dicom(_grey(FILMS[0]), tmp_path / "in.dcm", monochrome1=True)
+    src = write_dicom(
+        _grey(FILMS[0]), tmp_path / "in.dcm", monochrome1=True, bits=bits, modality=modality
+    )
     out = tmp_path / "out"
     r = host.run("cxr-pneumonia", src, out=out, options={"explain": True})
     assert "sr" in r.outputs and "heatmap_sc" in r.outputs, r.outputs
-    # The Secondary Capture heatmap is written by medlens.io.heatmap (checked by its tests).
-    for key in ("sr",):
-        p = subprocess.run(["dciodvfy", str(r.outputs[key])], capture_output=True, text=True)
-        errors = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]
-        assert not errors, (key, errors)
+    sc_files = sorted(r.outputs["heatmap_sc"].glob("*.dcm"))  # the SC series is a folder
+    assert len(sc_files) == 1
+    for f in (r.outputs["sr"], *sc_files):
+        assert _dciodvfy_errors(f) == [], f.name
+    # "Not for diagnostic use" on every output: the SR ...
+    sr = pydicom.dcmread(r.outputs["sr"])
+    assert any("NOT FOR DIAGNOSTIC USE" in t for t in _sr_texts(sr))
+    # ... the SC, a burnt-in line on top of the overlay (nothing else differs) ...
+    sc = pydicom.dcmread(sc_files[0])
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.ConversionType == "WSD"
+    source = pydicom.dcmread(src, stop_before_pixels=True)
+    assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)  # on the film's own grid
+    plain = overlay_rgb(r.image, r.prediction.heatmap, read_source_headers(r.image))[0]
+    differs = np.any(sc.pixel_array != plain, axis=(1, 2))
+    assert differs[:14].any() and not differs[14:].any()
+    # ... result.json ...
     result = json.loads(r.outputs["json"].read_text())
+    assert result["diagnostic_use"] is False
+    assert "Not for diagnostic use." in result["warnings"]
     (f,) = result["findings"]
     assert set(f["decisions"]) == {"triage", "balanced"} and f["calibrated"] is True
-    assert "Not for diagnostic use." in result["warnings"]
+    # ... and the console of ``medlens run``.
+    code, stdout, err = _cli([str(src), "--out", str(tmp_path / "cli")])
+    assert code == 0, err
+    assert "NOT FOR DIAGNOSTIC USE" in stdout and "pneumonia: p=" in stdout
 
 
 def test_calibrated_probability_is_in_unit_interval_and_monotone() -> None:

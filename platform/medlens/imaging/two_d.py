@@ -3,8 +3,9 @@
 DICOM rows run along ``j`` and columns along ``i`` (the ``Image`` convention),
 so a ``(rows, columns[, samples])`` pixel array becomes ``(C, columns, rows)``.
 Colour is preserved as 3 channels (YCbCr is converted to RGB by pydicom).
-``MONOCHROME1`` pixels are inverted so that higher values are brighter everywhere,
-with a warning.
+Grey DICOM pixels become the values a viewer shows (Modality LUT, then the first
+VOI LUT or window, by pydicom); ``MONOCHROME1`` pixels are then inverted so that
+higher values are brighter everywhere, with a warning.
 """
 
 from __future__ import annotations
@@ -52,11 +53,39 @@ def _to_image_array(pixels: npt.NDArray[Any], samples: int) -> npt.NDArray[Any]:
     return pixels.transpose(2, 1, 0)
 
 
+def _presentation_values(
+    ds: Dataset, pixels: npt.NDArray[Any], label: str, warnings: list[str]
+) -> npt.NDArray[Any]:
+    """Grey stored values → the values a viewer shows: Modality LUT, then VOI LUT.
+
+    The Modality LUT (``RescaleSlope``/``RescaleIntercept`` or ``ModalityLUTSequence``)
+    and then the first VOI transformation (``VOILUTSequence``, else ``WindowCenter``/
+    ``WindowWidth`` with ``VOILUTFunction``) are applied with pydicom, as the Grayscale
+    Standard Display pipeline does (PS3.4 N.2.1). A projection film's stored values
+    (10-16 bit, often logarithmic detector values) mean little before its VOI: what a
+    radiologist and a model trained on displayed films see is the VOI output. A VOI
+    that cannot be applied is left out with a warning, never a refusal.
+    """
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+    out: npt.NDArray[Any] = pixels
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
+        out = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
+    if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        try:
+            out = np.asarray(apply_voi_lut(out, ds), dtype=np.float32)
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+            why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            warnings.append(f"VOI LUT / window of {label!r} not applied: {why}")
+    return out
+
+
 def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Image:
     """A single-frame DICOM image (DX, CR, MG, OP, SC, ...) as a 2-D :class:`Image`.
 
     Spacing comes from ``PixelSpacing``, else ``ImagerPixelSpacing``, else 1 mm with
-    a warning. ``RescaleSlope``/``RescaleIntercept`` are applied (float32 output).
+    a warning. Grey images get their Modality LUT and first VOI LUT / window applied
+    (float32 output, see :func:`_presentation_values`).
 
     Args:
         ds: The dataset (pixel data included).
@@ -65,7 +94,7 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     Raises:
         DicomError: No pixel data, several frames, or undecodable pixel data.
     """
-    from medlens.imaging.series import _metadata, _num
+    from medlens.imaging.series import _metadata
 
     label = Path(path).name if path else "dataset"
     if "PixelData" not in ds:
@@ -85,9 +114,7 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if samples == 1:
-        slope, icpt = _num(ds.get("RescaleSlope"), 1.0), _num(ds.get("RescaleIntercept"), 0.0)
-        if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-            pixels = pixels.astype(np.float32) * np.float32(slope) + np.float32(icpt)
+        pixels = _presentation_values(ds, pixels, label, warnings)
         if photometric == "MONOCHROME1":
             lo, hi = pixels.min(), pixels.max()
             pixels = (hi - pixels) + lo

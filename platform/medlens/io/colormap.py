@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["jet", "jet_lut"]
+__all__ = ["JET_LEVELS", "jet", "jet_lut", "jet_table"]
 
-_LEVELS = 1024
+#: Levels of the jet look-up table.
+JET_LEVELS = 1024
+_LEVELS = JET_LEVELS
 
 
 def jet(heat: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
@@ -30,3 +32,11 @@ def jet_lut(heat: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     """:func:`jet` through a table of 1024 levels (for images of millions of pixels)."""
     h = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
     return _TABLE[np.rint(h * (_LEVELS - 1)).astype(np.intp)]
+
+
+def jet_table() -> npt.NDArray[np.float64]:
+    """The ``(JET_LEVELS, 3)`` table behind :func:`jet_lut`, a copy.
+
+    Level ``k`` is the colour of heat ``k / (JET_LEVELS - 1)``.
+    """
+    return _TABLE.copy()

@@ -1,0 +1,105 @@
+"""2-D DICOM reader: grey films come out as a viewer shows them (Modality LUT, VOI, polarity)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from medlens.imaging.read import read_image
+
+BITS = 12
+TOP = (1 << BITS) - 1
+
+
+def _film(path: Path, stored: np.ndarray, *, monochrome1: bool = False, **attrs: object) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientID = "DX", "ANON"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, BITS, BITS - 1
+    ds.ImagerPixelSpacing = [0.2, 0.2]
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+def _ramp() -> np.ndarray:
+    return np.tile(np.arange(0, TOP + 1, 64, dtype=np.float64), (8, 1))
+
+
+def _grey(path: Path) -> np.ndarray:
+    image = read_image(path)
+    return np.asarray(image.array[0], dtype=np.float64).T  # (rows, columns)
+
+
+def test_window_is_applied_and_clips(tmp_path: Path) -> None:
+    stored = _ramp()
+    got = _grey(_film(tmp_path / "w.dcm", stored, WindowCenter=2048, WindowWidth=1024))
+    below, above = stored < 1536, stored >= 2560
+    assert np.all(got[below] == got.min()) and np.all(got[above] == got.max())
+    inside = ~below & ~above
+    assert np.all(np.diff(got[0][inside[0]]) > 0)  # linear and rising within the window
+
+
+def test_voi_lut_sequence_is_applied(tmp_path: Path) -> None:
+    stored = _ramp()
+    table = np.round(TOP * (np.arange(TOP + 1) / TOP) ** 0.5).astype("<u2")
+    item = Dataset()
+    item.LUTDescriptor = [TOP + 1, 0, 16]
+    item.add_new(0x00283006, "OW", table.tobytes())
+    got = _grey(_film(tmp_path / "l.dcm", stored, VOILUTSequence=[item]))
+    np.testing.assert_array_equal(got, table[stored.astype(np.intp)])
+
+
+def test_monochrome1_is_inverted_after_its_window(tmp_path: Path) -> None:
+    stored = _ramp()
+    m2 = _grey(_film(tmp_path / "m2.dcm", stored, WindowCenter=1500, WindowWidth=2000))
+    m1 = _grey(
+        _film(
+            tmp_path / "m1.dcm",
+            TOP - stored,
+            monochrome1=True,
+            WindowCenter=TOP - 1500,
+            WindowWidth=2000,
+        )
+    )
+    # PS3.3 C.11.2.1.2's window is not quite symmetric (c - 0.5, w - 1): a level or two.
+    np.testing.assert_allclose(m1 - m1.min(), m2 - m2.min(), atol=4.0)
+
+
+def test_rescale_then_window(tmp_path: Path) -> None:
+    stored = _ramp()
+    # Rescale maps stored 0..4095 to -1000..3095; the window is in rescaled units.
+    f = _film(
+        tmp_path / "r.dcm",
+        stored,
+        RescaleSlope=1,
+        RescaleIntercept=-1000,
+        WindowCenter=0,
+        WindowWidth=200,
+    )
+    got = _grey(f)
+    assert np.all(got[stored - 1000 < -100] == got.min())
+    assert np.all(got[stored - 1000 >= 100] == got.max())
+
+
+@pytest.mark.parametrize("width", [0, -5])
+def test_a_window_that_cannot_apply_is_a_warning(tmp_path: Path, width: int) -> None:
+    stored = _ramp()
+    image = read_image(_film(tmp_path / "bad.dcm", stored, WindowCenter=100, WindowWidth=width))
+    np.testing.assert_array_equal(np.asarray(image.array[0]).T, stored)
+    assert any("not applied" in w for w in image.warnings), image.warnings
