@@ -475,40 +475,15 @@ def _decode(frame: _Frame) -> npt.NDArray[Any]:
     return _decode_ds(frame.ds, frame.frame, frame.label, frame.rows, frame.columns, frame.samples)
 
 
-@functools.cache
-def _has_pylibjpeg_openjpeg() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("pylibjpeg", "openjpeg"))
-
-
-def _preferred_plugin(ds: Dataset) -> str:
-    """The decoding plugin to ask pydicom for ("" for pydicom's own choice)."""
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    return "pylibjpeg" if tsyntax in _J2K_LOSSLESS and _has_pylibjpeg_openjpeg() else ""
-
-
-def _pixels(ds: Dataset, index: int | None, plugin: str) -> npt.NDArray[Any]:
-    from pydicom.pixels.utils import pixel_array
-
-    if index is None:
-        ds.pixel_array_options(decoding_plugin=plugin)
-        return ds.pixel_array
-    return pixel_array(ds, index=index, decoding_plugin=plugin)
-
-
 def _decode_ds(
     ds: Dataset, index: int | None, label: str, rows: int, columns: int, samples: int
 ) -> npt.NDArray[Any]:
-    plugin = _preferred_plugin(ds)
+    from pydicom.pixels.utils import pixel_array
+
+    # pydicom's own plugin choice: GDCM first for JPEG 2000, whose OpenJPEG decodes one
+    # frame on all cores (as in SimpleITK); pylibjpeg-openjpeg decodes on one thread.
     try:
-        try:
-            arr = _pixels(ds, index, plugin)
-        except Exception:
-            if not plugin:
-                raise
-            arr = _pixels(ds, index, "")  # the preferred plugin failed: pydicom's own choice
+        arr = ds.pixel_array if index is None else pixel_array(ds, index=index)
     except Exception as e:  # decoders raise ValueError, RuntimeError, NotImplementedError...
         raise DicomError(
             f"cannot decode pixel data of {label!r}: {str(e).splitlines()[0][:200]}"
@@ -521,17 +496,10 @@ def _decode_ds(
 
 #: Compressed pixels (all frames) from which worker processes decode a series: 96 slices
 #: of 512 x 512. Starting a pool (an interpreter, pydicom and the decoders per worker)
-#: costs about 15-20 JPEG 2000 frame decodes of 512 x 512 (30 ms each); below this a
-#: pool can lose, on a loaded machine, to decoding in the calling thread, which is what
-#: SimpleITK does (``benchmarks/bench_io_load.py --sizes``).
+#: costs about 15-20 JPEG 2000 frame decodes of 512 x 512 (30 ms of CPU each); below
+#: this a pool loses to decoding in the calling thread, which is what SimpleITK does
+#: (``benchmarks/bench_io_load.py --sizes``).
 PROCESS_DECODE_MIN_PIXELS = 96 * 512 * 512
-
-#: Lossless JPEG 2000 syntaxes (JPEG 2000 Lossless, HTJ2K Lossless and Lossless RPCL):
-#: pylibjpeg-openjpeg decodes them about 10 % faster than pydicom's default plugin (GDCM)
-#: and, being lossless, to the same values; other syntaxes keep pydicom's choice.
-_J2K_LOSSLESS = frozenset(
-    {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
-)
 
 
 def _use_processes(frames: Sequence[_Frame], workers: int) -> bool:
