@@ -2,37 +2,43 @@
 
 Usage::
 
-    python benchmarks/bench_explain.py [--seed 0] [--input SERIES_DIR]
+    python benchmarks/bench_explain.py [--seed 7] [--repeats 2] [--input SERIES_DIR]
 
-Generates one abdomen CT phantom (``medlens phantom ct --cases 1 --seed S``; or reads
-``--input``), runs ``Host.run("ct-abdomen-seg", ...)`` on the CPU under cProfile and prints
-the plugin's stage timings (``inference_s``, ``explain_s``: both from the result's
-provenance), the explanation's share of inference, and where the explanation's time goes:
-the CAM (twice: trained and randomised network, the sanity check), the faithfulness score
-(three forward passes over the explained windows), the randomised copy, the layer pick and
-mapping the map back to the input grid.
+Generates one abdomen CT phantom (``medlens phantom ct --cases 1 --seed S``; seed 7 is
+the demo's CT, 512x512x55; or reads ``--input``), runs ``Host.run("ct-abdomen-seg", ...)``
+on the CPU once to load it (a warm host), then ``--repeats`` more times, the last under
+cProfile, and prints the plugin's stage timings (``inference_s``, ``explain_s``: both from
+the result's provenance), the explanation's share of inference (best of the repeats), and
+where the explanation's time goes: the CAM of the trained network (one forward pass, a
+backward pass through the layers after the target layer), the CAM of the randomised
+network (the sanity check: it replays the unchanged modules), the faithfulness score (the
+two deleted inputs in one batched pass), the randomised copy and mapping the map back to
+the input grid.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import tempfile
 from pathlib import Path
 
 _PARTS = {
-    ("cam.py", "compute_cam"): "CAM, trained + randomised network",
-    ("sanity.py", "faithfulness"): "faithfulness score (3 forward passes)",
+    ("cam.py", "run_cam"): "CAM, trained + randomised network",
+    ("sanity.py", "faithfulness"): "faithfulness score (1 batched forward pass)",
     ("sanity.py", "randomised_copy"): "randomised copy of the network",
-    ("cam.py", "pick_layer"): "target layer pick (1 forward pass)",
+    ("cam.py", "pick_layer"): "target layer pick (cached per network)",
     ("sanity.py", "rank_correlation"): "rank correlation",
+    ("geometry.py", "inverse"): "grid chain back to the input (heatmap; probabilities)",
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=7, help="Phantom seed (the demo's: 7).")
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--input", type=Path, default=None, help="A CT series folder.")
     args = ap.parse_args()
 
@@ -45,18 +51,26 @@ def main() -> None:
             generate_dataset(Path(tmp) / "ph", 1, args.seed)
             series = Path(tmp) / "ph" / "case-0000" / "dicom"
         host = Host()
+        host.run("ct-abdomen-seg", series, device="cpu", chain=False)  # load: a warm host
         prof = cProfile.Profile()
-        prof.enable()
-        result = host.run("ct-abdomen-seg", series, device="cpu", chain=False)
-        prof.disable()
+        shares = []
+        for n in range(args.repeats):
+            if n == args.repeats - 1:
+                prof.enable()
+            result = host.run("ct-abdomen-seg", series, device="cpu", chain=False)
+            prof.disable()
+            t = result.provenance.timings_s
+            inference, explain = float(t["inference_s"]), float(t.get("explain_s", 0.0))
+            shares.append(explain / inference)
+            print(f"run {n}: stage timings (s): {t}")
+            print(
+                f"  explain_s {explain:.2f} s / inference_s {inference:.2f} s = "
+                f"{100 * explain / inference:.0f} % of inference"
+            )
     shape = result.image.shape if result.image is not None else "?"
-    t = result.provenance.timings_s
-    inference, explain = float(t["inference_s"]), float(t.get("explain_s", 0.0))
-    print(f"input {shape}; stage timings (s): {t}")
-    print(
-        f"explain_s {explain:.2f} s / inference_s {inference:.2f} s = "
-        f"{100 * explain / inference:.0f} % of inference (goal <= 25 %)"
-    )
+    e = result.prediction.explanation
+    print(f"input {shape}, load average {os.getloadavg()[0]:.2f}; explanation: {e}")
+    print(f"best: {100 * min(shares):.0f} % of inference (goal <= 25 %)")
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     for (path, _line, fn), (_cc, ncalls, _tt, cum, _callers) in stats.items():
         name = _PARTS.get((Path(path).name, fn))

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from medlens.engine.api import EngineSpec, Reporter, Segmentation, prepare_input
 from medlens.errors import EngineError
 from medlens.explain import sanity
-from medlens.explain.cam import CamProblem, compute_cam, pick_layer, windows_over
+from medlens.explain.cam import CamProblem, pick_layer, run_cam, windows_over
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._results import Explanation
@@ -28,6 +29,10 @@ from medlens.plugin_api._vocab import SanityVerdict, Task
 
 if TYPE_CHECKING:
     import torch
+
+    from medlens.engine.geometry import GridChain
+
+Box = tuple[tuple[int, ...], tuple[int, ...]]
 
 __all__ = ["ExplainSpec", "explain"]
 
@@ -161,15 +166,22 @@ def explain(
         problem = CamProblem(x=x, target=int(target), region=region, windows=windows)
         first = x[(slice(None), *(slice(a, b) for a, b in zip(*windows[0], strict=True)))][None]
         layer = layer or pick_layer(network, first, segmentation=seg)
-        cam = compute_cam(network, problem, layer, method)
+        cascading = spec.randomisation != "full"
+        # A cascading randomisation keeps every module before the target layer: the
+        # randomised network replays their outputs from the trained network's pass.
+        trained = run_cam(network, problem, layer, method, record=spec.sanity and cascading)
+        cam, score = trained.cam, trained.score
         rho: float | None = None
         faith: float | None = None
         verdict = SanityVerdict.NOT_RUN
         if spec.sanity:
             seed = spec.seed
-            cascading = spec.randomisation != "full"
             rnd = sanity.randomised_copy(network, first, layer, cascading=cascading, seed=seed)
-            rho = sanity.rank_correlation(cam, compute_cam(rnd, problem, layer, method))
+            randomised = run_cam(
+                rnd, problem, layer, method, replay=trained.tapes, reference=network
+            )
+            del trained, rnd
+            rho = sanity.rank_correlation(cam, randomised.cam)
             verdict = sanity.verdict(rho, cam)
             faith = sanity.faithfulness(
                 network,
@@ -177,14 +189,11 @@ def explain(
                 cam,
                 fraction=spec.faithfulness_fraction,
                 seed=seed,
+                base_score=score,
             )
         # Drop the padding: the heatmap covers exactly the explained box.
         cam = cam[tuple(slice(b - a) for a, b in zip(*box, strict=True))]
-        full = torch.zeros((1, *prepared.chain.model_shape), dtype=torch.float32)
-        full[(slice(None), *(slice(a, b) for a, b in zip(*box, strict=True)))] = torch.from_numpy(
-            cam
-        )
-        back = prepared.chain.inverse(full, 0.0).clamp_(0.0, 1.0).numpy()
+        back = _back_to_input(prepared.chain, cam, box).clamp_(0.0, 1.0).numpy()
     heatmap = image.with_array(np.ascontiguousarray(back, dtype=np.float32), warnings=())
     explanation = Explanation(
         method=f"{method} ({layer})",
@@ -195,6 +204,49 @@ def explain(
         faithful=None if faith is None else sanity.is_faithful(faith),
     )
     return heatmap, explanation
+
+
+def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> torch.Tensor:
+    """``cam`` (the model-grid ``box``; zero elsewhere) on the input grid: ``(1, *shape)``.
+
+    What ``chain.inverse`` of the whole model grid gives, computed where it can differ
+    from zero only: when the last step is a resampling, only the input-grid samples whose
+    linear interpolation reaches into the box (one model voxel of margin) are
+    interpolated; every other sample interpolates between zeros and is zero. The steps
+    before it (reorientation, crop) are index moves and run as usual.
+    """
+    import torch
+
+    from medlens.engine.geometry import GridChain, Resample, resample_linear
+
+    steps = chain.steps
+    last = steps[-1] if steps else None
+    if not isinstance(last, Resample):
+        full = torch.zeros((1, *chain.model_shape), dtype=torch.float32)
+        full[(slice(None), *(slice(a, b) for a, b in zip(*box, strict=True)))] = torch.from_numpy(
+            cam
+        )
+        return chain.inverse(full, 0.0)
+    model = last.out_shape
+    lo = [max(a - 1, 0) for a in box[0]]
+    hi = [min(b + 1, n) for b, n in zip(box[1], model, strict=True)]
+    sub = np.zeros([h - a for a, h in zip(lo, hi, strict=True)], np.float32)
+    sub[tuple(slice(a - e, b - e) for a, b, e in zip(*box, lo, strict=True))] = cam
+    where: list[slice] = []
+    coords: list[npt.NDArray[np.float64]] = []
+    for n_old, r, n_new, a, h in zip(last.in_shape, last.ratio, model, lo, hi, strict=True):
+        # As Resample.inverse: model-grid position of every input-grid index, edge-clamped.
+        c = np.clip(np.arange(n_old) / r, 0.0, n_new - 1)
+        inside = np.nonzero((c >= a) & (c <= h - 1))[0]
+        if inside.size == 0:
+            return torch.zeros((1, *chain.original.shape), dtype=torch.float32)
+        i0, i1 = int(inside[0]), int(inside[-1]) + 1
+        where.append(slice(i0, i1))
+        coords.append(c[i0:i1] - a)
+    values = resample_linear(torch.from_numpy(sub)[None], coords)
+    out = torch.zeros((1, *last.in_shape), dtype=torch.float32)
+    out[(slice(None), *where)] = values
+    return GridChain(original=chain.original, steps=steps[:-1]).inverse(out, 0.0)
 
 
 def _box_around(

@@ -2,17 +2,33 @@
 
 * ``pytorch_grad_cam`` (the ``grad-cam`` package) computes Grad-CAM, Grad-CAM++
   and LayerCAM on 4-D inputs and Grad-CAM/LayerCAM on 5-D inputs for one window.
-* ``monai.visualize`` computes the 5-D cases ``pytorch_grad_cam`` gets wrong
-  (its Grad-CAM++ broadcasts weights as 2-D), and the raw, un-normalised maps
-  needed when a big region is explained window by window and stitched.
+* Over several windows (a big region explained window by window and stitched) the
+  raw, un-normalised Grad-CAM of each window is computed here (the same formula:
+  ReLU of the activations weighted by their mean gradients, upsampled to the window);
+  ``monai.visualize`` computes Grad-CAM++ there.
 * A segmentation target is "why is this region label *k*": the sum of class
   *k*'s logits over the predicted region (as ``SemanticSegmentationTarget``).
+
+What it costs (one forward pass per window, plus a backward pass through the layers
+after the target layer only):
+
+* Autograd records from the target layer's output on (parameters frozen, the
+  activation made a graph leaf): Grad-CAM needs no gradient before it.
+* A :class:`Tape` keeps the outputs of the modules that finish before the target
+  layer starts. A cascading randomisation leaves those modules untouched, so the
+  randomised network replays them (checked weight by weight) and runs only the
+  target layer and what follows it: exactly the computation it would redo.
+* The explained score (the CAM's own forward output) comes back with the map, so the
+  faithfulness test needs no extra pass for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import contextlib
+import itertools
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,13 +41,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CamProblem",
+    "CamRun",
+    "Tape",
     "compute_cam",
     "execution_order",
     "pick_layer",
+    "run_cam",
     "target_score",
+    "target_scores",
 ]
 
 METHODS = ("gradcam", "gradcam++", "layercam", "segmentation-gradcam")
+
+Box = tuple[tuple[int, ...], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -49,7 +71,35 @@ class CamProblem:
     x: torch.Tensor
     target: int
     region: torch.Tensor | None
-    windows: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+    windows: tuple[Box, ...]
+
+
+@dataclass
+class Tape:
+    """Outputs of the modules that finished before the target layer started, per call.
+
+    Keys are the names of the children of the target layer's ancestors (the largest
+    modules that do not contain it), each with its outputs in call order.
+    """
+
+    calls: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CamRun:
+    """A CAM with what its forward passes also gave.
+
+    Attributes:
+        cam: The map over ``p.x``'s spatial box, scaled to ``[0, 1]``.
+        score: The explained scalar on the unmodified input (sum over windows).
+        tapes: Per window, the pre-target outputs (when recorded), for a replay.
+        replayed: How many modules were replayed instead of run (0 without a replay).
+    """
+
+    cam: npt.NDArray[np.float32]
+    score: float
+    tapes: tuple[Tape, ...] = ()
+    replayed: int = 0
 
 
 class _RegionTarget:
@@ -92,10 +142,29 @@ def _tensor_out(out: Any) -> torch.Tensor:
     return out  # type: ignore[no-any-return]
 
 
+#: Per network: its execution order and picked layers (the structure never changes).
+_STRUCTURE: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+
+
+def _cache_of(net: torch.nn.Module) -> dict[tuple[Any, ...], Any]:
+    try:
+        return _STRUCTURE.setdefault(net, {})
+    except TypeError:  # not weak-referenceable: no cache
+        return {}
+
+
 def execution_order(net: torch.nn.Module, x: torch.Tensor) -> list[str]:
-    """Names of leaf modules with parameters, in the order a forward pass runs them."""
+    """Names of leaf modules with parameters, in the order a forward pass runs them.
+
+    One forward pass per network and input rank; the answer is kept for the network's
+    lifetime (a module's structure does not change between runs).
+    """
     import torch
 
+    cache = _cache_of(net)
+    key = ("order", x.ndim)
+    if key in cache:
+        return list(cache[key])
     order: list[str] = []
     handles = []
     for name, mod in net.named_modules():
@@ -111,6 +180,7 @@ def execution_order(net: torch.nn.Module, x: torch.Tensor) -> list[str]:
     finally:
         for h in handles:
             h.remove()
+    cache[key] = tuple(order)
     return order
 
 
@@ -140,29 +210,63 @@ def pick_layer(net: torch.nn.Module, x: torch.Tensor, segmentation: bool) -> str
     return convs[-1]
 
 
-def _sl(box: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[slice, ...]:
+def _sl(box: Box) -> tuple[slice, ...]:
     return tuple(slice(a, b) for a, b in zip(box[0], box[1], strict=True))
 
 
 def target_score(net: torch.nn.Module, p: CamProblem, x: torch.Tensor | None = None) -> float:
     """The explained scalar: class logit, or class-logit sum over the region (all windows)."""
+    return target_scores(net, p, [p.x if x is None else x])[0]
+
+
+def target_scores(net: torch.nn.Module, p: CamProblem, xs: Sequence[torch.Tensor]) -> list[float]:
+    """:func:`target_score` of several inputs like ``p.x``, one batched pass per window."""
     import torch
 
-    x = p.x if x is None else x
-    total = 0.0
-    with torch.no_grad():
+    totals = [0.0] * len(xs)
+    with torch.inference_mode():
         for box in p.windows:
-            xs = x[(slice(None), *_sl(box))].unsqueeze(0)
+            batch = torch.stack([x[(slice(None), *_sl(box))] for x in xs])
             reg = None if p.region is None else p.region[_sl(box)]
-            out = _tensor_out(net(xs))[0]
-            total += float(_RegionTarget(p.target, reg)(out))
-    return total
+            out = _tensor_out(net(batch))
+            for n in range(len(xs)):
+                totals[n] += float(_RegionTarget(p.target, reg)(out[n]))
+    return totals
 
 
 def compute_cam(
     net: torch.nn.Module, p: CamProblem, layer: str, method: str = "gradcam"
 ) -> npt.NDArray[np.float32]:
     """CAM over ``p.x``'s spatial box, scaled to ``[0, 1]``.
+
+    Raises:
+        EngineError: If the method is unknown or cannot run on this network.
+    """
+    return run_cam(net, p, layer, method).cam
+
+
+def run_cam(
+    net: torch.nn.Module,
+    p: CamProblem,
+    layer: str,
+    method: str = "gradcam",
+    *,
+    record: bool = False,
+    replay: Sequence[Tape] = (),
+    reference: torch.nn.Module | None = None,
+) -> CamRun:
+    """CAM over ``p.x``'s spatial box with its score; optionally recording or replaying.
+
+    Args:
+        net: Eager network.
+        p: What to explain.
+        layer: Target layer's dotted name.
+        method: One of :data:`METHODS`.
+        record: Keep, per window, the outputs of the modules finishing before ``layer``.
+        replay: Tapes recorded on ``reference`` for the same problem and layer: a module
+            whose weights and buffers equal ``reference``'s returns its recorded output
+            instead of running (same inputs, same weights: the same output).
+        reference: The network the tapes were recorded on (required with ``replay``).
 
     Raises:
         EngineError: If the method is unknown or cannot run on this network.
@@ -180,58 +284,221 @@ def compute_cam(
     five_d = p.x.ndim == 4
     one_pass = len(p.windows) == 1 and tuple(p.windows[0][1]) == tuple(p.x.shape[1:])
     net.eval()
+    tapes: list[Tape] = []
+    replayed = 0
+    score = 0.0
     with torch.enable_grad():
-        if one_pass and not (five_d and method == "gradcam++"):
-            cam = _grad_cam_package(net, p, layer, method)
+        if method == "gradcam++" and five_d:
+            cam, score = _monai_stitched(net, p, layer, method)
         else:
-            cam = _monai_stitched(net, p, layer, method)
+            acc = np.zeros(p.x.shape[1:], np.float64)
+            hits = np.zeros(p.x.shape[1:], np.float64)
+            raw: npt.NDArray[Any]
+            for n, box in enumerate(p.windows):
+                tape = Tape() if record else None
+                with contextlib.ExitStack() as stack:
+                    if replay:
+                        if reference is None:
+                            raise EngineError("a CAM replay needs the network it was recorded on")
+                        replayed += stack.enter_context(_replayed(net, reference, replay[n]))
+                    if tape is not None:
+                        stack.enter_context(_recording(net, layer, tape))
+                        tapes.append(tape)
+                    stack.enter_context(_graph_from(net, layer))
+                    if one_pass:
+                        raw, s = _grad_cam_package(net, p, layer, method)
+                    else:
+                        raw, s = _window_gradcam(net, p, box, layer, method)
+                acc[_sl(box)] += raw
+                hits[_sl(box)] += 1.0
+                score += s
+            cam = (acc / np.maximum(hits, 1.0)).astype(np.float32)
     cam = np.nan_to_num(cam, nan=0.0)
     cam = np.clip(cam, 0.0, None)
     top = float(cam.max())
-    return (cam / top if top > 0 else cam).astype(np.float32)
+    scaled = (cam / top if top > 0 else cam).astype(np.float32)
+    return CamRun(cam=scaled, score=score, tapes=tuple(tapes), replayed=replayed)
+
+
+@contextlib.contextmanager
+def _graph_from(net: torch.nn.Module, layer: str) -> Iterator[None]:
+    """Autograd records from ``layer``'s output on: nothing before it needs a gradient.
+
+    Parameters are frozen for the duration and the layer's output becomes a fresh graph
+    leaf (cloned, so in-place operations after it stay legal). Grad-CAM needs only
+    d(score)/d(activation), which the layers after the target layer determine.
+    """
+    import torch
+
+    params = [q for q in net.parameters() if q.requires_grad]
+    for q in params:
+        q.requires_grad_(False)
+
+    def leaf(_m: torch.nn.Module, _i: Any, out: Any) -> Any:
+        if isinstance(out, torch.Tensor):
+            return out.detach().requires_grad_(True).clone()
+        return None
+
+    handle = net.get_submodule(layer).register_forward_hook(leaf)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for q in params:
+            q.requires_grad_(True)
+
+
+def _outside_children(net: torch.nn.Module, layer: str) -> list[str]:
+    """Children of ``layer``'s ancestors that are neither an ancestor nor the layer."""
+    parts = layer.split(".")
+    ancestors = [".".join(parts[:i]) for i in range(len(parts))]
+    out = []
+    for anc in ancestors:
+        mod = net.get_submodule(anc) if anc else net
+        for name, _child in mod.named_children():
+            full = f"{anc}.{name}" if anc else name
+            if full != layer and full not in ancestors:
+                out.append(full)
+    return out
+
+
+@contextlib.contextmanager
+def _recording(net: torch.nn.Module, layer: str, tape: Tape) -> Iterator[None]:
+    """Record into ``tape`` the outputs of modules that finish before ``layer`` starts."""
+    started = [False]
+
+    def start(*_a: Any) -> None:
+        started[0] = True
+
+    handles = [net.get_submodule(layer).register_forward_pre_hook(start)]
+    for name in _outside_children(net, layer):
+
+        def keep(_m: Any, _i: Any, out: Any, n: str = name) -> None:
+            if not started[0]:
+                tape.calls.setdefault(n, []).append(out)
+
+        handles.append(net.get_submodule(name).register_forward_hook(keep))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class _Replay:
+    """A module's ``forward`` that returns recorded outputs, then runs the real one."""
+
+    def __init__(self, outputs: Iterator[Any], forward: Any) -> None:
+        self.outputs = outputs
+        self.forward = forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for out in self.outputs:
+            return out
+        return self.forward(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _replayed(net: torch.nn.Module, reference: torch.nn.Module, tape: Tape) -> Iterator[int]:
+    """Let unchanged modules of ``net`` return ``tape``'s outputs instead of running.
+
+    Yields how many modules replay. A module whose weights or buffers differ from
+    ``reference``'s runs as usual; after its recorded calls, a module runs as usual too.
+    """
+    patched: list[torch.nn.Module] = []
+    try:
+        for name, outs in tape.calls.items():
+            mod = net.get_submodule(name)
+            if "forward" in vars(mod) or not _same_state(mod, reference.get_submodule(name)):
+                continue
+            vars(mod)["forward"] = _Replay(iter(outs), mod.forward)
+            patched.append(mod)
+        yield len(patched)
+    finally:
+        for mod in patched:
+            del vars(mod)["forward"]
 
 
 def _grad_cam_package(
     net: torch.nn.Module, p: CamProblem, layer: str, method: str
-) -> npt.NDArray[np.float32]:
+) -> tuple[npt.NDArray[np.float32], float]:
     from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
 
     cls = {"gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}.get(method, GradCAM)
     x = p.x.unsqueeze(0).detach()
+    target = _RegionTarget(p.target, p.region)
     with cls(model=net, target_layers=[net.get_submodule(layer)]) as cam:
-        # Input gradients let parameter-free target layers (activations, scalings) work.
-        cam.compute_input_gradient = True
-        out = cam(input_tensor=x, targets=[_RegionTarget(p.target, p.region)])
-    return np.asarray(out[0], dtype=np.float32)
+        out = cam(input_tensor=x, targets=[target])
+        score = float(target(_tensor_out(cam.outputs)[0]).detach())
+    return np.asarray(out[0], dtype=np.float32), score
+
+
+def _window_gradcam(
+    net: torch.nn.Module, p: CamProblem, box: Box, layer: str, method: str
+) -> tuple[npt.NDArray[np.float64], float]:
+    """Raw (un-normalised) Grad-CAM/LayerCAM of one window, upsampled to the window."""
+    import torch
+    import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+
+    if method == "layercam":
+        raise EngineError("layercam over several 3-D windows is not supported: use gradcam")
+    sl = _sl(box)
+    region = None if p.region is None else p.region[sl]
+    seen: list[torch.Tensor] = []
+    handle = net.get_submodule(layer).register_forward_hook(lambda _m, _i, o: seen.append(o))
+    try:
+        out = _tensor_out(net(p.x[(slice(None), *sl)].unsqueeze(0).detach()))
+    finally:
+        handle.remove()
+    if not seen or not seen[0].requires_grad:
+        raise EngineError(f"target layer {layer!r} gave no differentiable tensor output")
+    act = seen[0]
+    score = _RegionTarget(p.target, region)(out[0])
+    (grad,) = torch.autograd.grad(score, act)
+    dims = tuple(range(2, act.ndim))
+    weights = grad.mean(dim=dims, keepdim=True)
+    cam = torch.relu((weights * act).sum(dim=1, keepdim=True)).detach()
+    size = tuple(b - a for a, b in zip(*box, strict=True))
+    if tuple(cam.shape[2:]) != size:
+        mode = "trilinear" if len(size) == 3 else "bilinear"
+        cam = F.interpolate(cam, size=size, mode=mode, align_corners=False)
+    return np.asarray(cam[0, 0].cpu().numpy(), np.float64), float(score.detach())
 
 
 def _monai_stitched(
     net: torch.nn.Module, p: CamProblem, layer: str, method: str
-) -> npt.NDArray[np.float32]:
-    """Raw (un-normalised) MONAI CAMs per window, averaged where windows overlap."""
+) -> tuple[npt.NDArray[np.float32], float]:
+    """Raw (un-normalised) MONAI Grad-CAM++ per window, averaged where windows overlap."""
     import torch
-    from monai.visualize.class_activation_maps import GradCAM, GradCAMpp
+    from monai.visualize.class_activation_maps import GradCAMpp
 
-    if method == "layercam":
-        raise EngineError("layercam over several 3-D windows is not supported: use gradcam")
     acc = np.zeros(p.x.shape[1:], np.float64)
     hits = np.zeros(p.x.shape[1:], np.float64)
+    score = 0.0
     for box in p.windows:
         sl = _sl(box)
         region = None if p.region is None else p.region[sl]
         wrapped = _region_score_module(net, region)
-        cls = GradCAMpp if method == "gradcam++" else GradCAM
-        cam = cls(nn_module=wrapped, target_layers=f"net.{layer}", postprocessing=lambda t: t)
+        cam = GradCAMpp(nn_module=wrapped, target_layers=f"net.{layer}", postprocessing=lambda t: t)
         xs = p.x[(slice(None), *sl)].unsqueeze(0).detach().requires_grad_(True)
         out = cam(xs, class_idx=p.target)
         acc[sl] += np.asarray(torch.as_tensor(out)[0, 0].detach().cpu().numpy(), np.float64)
         hits[sl] += 1.0
-    return (acc / np.maximum(hits, 1.0)).astype(np.float32)
+        with torch.no_grad():
+            score += float(wrapped(xs)[0, p.target])
+    return (acc / np.maximum(hits, 1.0)).astype(np.float32), score
 
 
 def windows_over(
     box_shape: Sequence[int], roi: Sequence[int], overlap: float = 0.25
-) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+) -> tuple[Box, ...]:
     """Window boxes of size ``roi`` covering ``box_shape`` (the last ones flush with the end)."""
     starts: list[list[int]] = []
     for n, r in zip(box_shape, roi, strict=True):
@@ -241,8 +508,6 @@ def windows_over(
         step = max(1, int(r * (1 - overlap)))
         s = [*range(0, n - r, step), n - r]
         starts.append(sorted(set(s)))
-    import itertools
-
     out = []
     for combo in itertools.product(*starts):
         lo = tuple(combo)
