@@ -169,6 +169,11 @@ class Host:
         self._report: DiscoveryReport | None = None
         self._handles: dict[str, PluginHandle] = {}
 
+    @property
+    def entry_points(self) -> Any | None:
+        """The entry points this host discovers from (None: the installed ones)."""
+        return self._entry_points
+
     def discover(self) -> DiscoveryReport:
         """(Re)discover plugins; never imports model code."""
         cfg = self.config.plugins

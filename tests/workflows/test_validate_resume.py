@@ -1,4 +1,8 @@
-"""Kill `medlens validate` with SIGKILL mid-run, resume: every case scored exactly once."""
+"""Kill `medlens validate` with SIGKILL mid-run, resume: every case scored exactly once.
+
+The cases are jobs of the jobs layer (``out/jobs.sqlite``): the witness is its
+``results`` table (one committed row per scored case) and each job's attempt count.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +44,20 @@ def _recorded(db: Path) -> int:
         return 0
     try:
         with sqlite3.connect(db) as c:
-            return int(c.execute("SELECT COUNT(*) FROM cases").fetchone()[0])
+            return int(c.execute("SELECT COUNT(*) FROM results").fetchone()[0])
     except sqlite3.OperationalError:  # tables not created yet
         return 0
+
+
+def _scored(db: Path) -> dict[str, tuple[int, int, float]]:
+    """Per case: (committed results, attempts, commit time)."""
+    with sqlite3.connect(db) as c:
+        rows = c.execute(
+            "SELECT s.series_uid, COUNT(r.id), j.attempts, MAX(r.created_at) FROM jobs j "
+            "JOIN series s ON s.id=j.series_id LEFT JOIN results r ON r.job_id=j.id "
+            "GROUP BY j.id"
+        ).fetchall()
+    return {str(r[0]): (int(r[1]), int(r[2]), float(r[3] or 0.0)) for r in rows}
 
 
 def _script(tmp: Path, proto: Path, out: Path, plugin: Path, resume: bool) -> list[str]:
@@ -75,7 +90,7 @@ def test_kill_mid_run_then_resume_scores_each_case_exactly_once(
     try:
         # case-0002 is held by the oracle: wait until the two cases before it are durable.
         deadline = time.monotonic() + 600
-        while _recorded(out / "cases.sqlite") < 2:
+        while _recorded(out / "jobs.sqlite") < 2:
             assert time.monotonic() < deadline, "cases were not recorded in time"
             with pytest.raises(subprocess.TimeoutExpired):  # still running, as it must be
                 proc.wait(timeout=0.5)
@@ -85,7 +100,8 @@ def test_kill_mid_run_then_resume_scores_each_case_exactly_once(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert _recorded(out / "cases.sqlite") == 2
+    assert _recorded(out / "jobs.sqlite") == 2
+    before = _scored(out / "jobs.sqlite")
     assert not (out / "report.json").exists()
     # Without --resume the half-done run is refused; with it, the rest is scored.
     again = subprocess.run(_script(tmp_path, proto, out, plugin, False), capture_output=True)
@@ -94,10 +110,11 @@ def test_kill_mid_run_then_resume_scores_each_case_exactly_once(
         _script(tmp_path, proto, out, plugin, True), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    with sqlite3.connect(out / "cases.sqlite") as c:
-        events = dict(
-            c.execute("SELECT case_id, COUNT(*) FROM events WHERE kind='scored' GROUP BY case_id")
-        )
-    assert events == {f"case-{i:04d}": 1 for i in range(N)}
+    after = _scored(out / "jobs.sqlite")
+    # One committed score and one counted attempt per case: the killed attempt of
+    # case-0002 was handed back, and the two cases scored before the kill never ran again.
+    assert {cid: v[:2] for cid, v in after.items()} == {f"case-{i:04d}": (1, 1) for i in range(N)}
+    for cid in ("case-0000", "case-0001"):
+        assert after[cid][2] == before[cid][2]
     report = json.loads((out / "report.json").read_text())
     assert report["n_cases"] == N and report["n_failed"] == 0

@@ -33,7 +33,7 @@ def _entry() -> Any:
     "out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Output folder: report.json, report.html, cases.csv, cases.sqlite.",
+    help="Output folder: report.json, report.html, cases.csv, jobs.sqlite.",
 )
 @click.option(
     "--tracking-uri", default=None, help="MLflow tracking/registry URI [sqlite:///OUT/mlflow.db]."

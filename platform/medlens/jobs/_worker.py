@@ -40,10 +40,16 @@ class PluginSource:
     Attributes:
         entry_points: ``(name, "module:attr")`` pairs overriding installed entry points.
         sys_path: Folders prepended to ``sys.path`` in the worker (test plugins).
+        service: Build the host as a service (validation gate on by default with a
+            registry).
+        config: The host configuration (``HostConfig``); None: ``$MEDLENS_CONFIG``.
     """
 
     entry_points: tuple[tuple[str, str], ...] | None = None
     sys_path: tuple[str, ...] = ()
+    # False outside the service: `medlens validate` is how weights earn the gate.
+    service: bool = True
+    config: Any = None  # the HostConfig to use; None: load_config() in the worker
 
     def host(self) -> Any:
         """A :class:`~medlens.host.Host` over these plugins."""
@@ -60,7 +66,7 @@ class PluginSource:
                 for n, v in self.entry_points
             ]
         # A service: the validation gate is on by default when a registry is configured.
-        return Host(entry_points=eps, service=True)
+        return Host(self.config, entry_points=eps, service=self.service)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,9 @@ class JobSpec:
     device: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     tilt: str | None = None  # refuse/resample gantry tilt; None: the host's default
+    # "module:function" called as function(host, spec) -> summary instead of run_job
+    # (e.g. validation scoring, which compares with a reference and writes no result set).
+    task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,7 +284,7 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
         if spec is None:
             return
         try:
-            summary = run_job(host, spec)
+            summary = _task(spec)(host, spec)
             conn.send(("ok", summary))
         except MedLensError as e:
             conn.send(("error", str(e), str(classify(e))))
@@ -283,6 +292,15 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
             tb = traceback.extract_tb(e.__traceback__)
             where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
             conn.send(("error", f"{type(e).__name__}: {e}{where}", str(classify(e))))
+
+
+def _task(spec: JobSpec) -> Any:
+    if spec.task is None:
+        return run_job
+    import importlib
+
+    module, _, name = spec.task.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def classify(e: BaseException) -> FailureKind:

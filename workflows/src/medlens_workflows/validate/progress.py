@@ -1,8 +1,14 @@
-"""A rich progress bar over the cases of a validation (only on a terminal)."""
+"""Progress of a validation on stderr: a rich bar on a terminal, else one line per case.
+
+A validation of real CT runs for tens of minutes; a log file (``nohup … 2> log``) gets
+one counter line per finished case, so progress is visible there too.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import time
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
@@ -12,12 +18,31 @@ __all__ = ["case_progress"]
 
 
 @contextlib.contextmanager
-def case_progress(total: int, done: int, *, enabled: bool) -> Iterator[Callable[[str, bool], None]]:
-    """Yield ``on_case(case_id, ok)``; draws a bar with failures counted when on a terminal."""
+def case_progress(
+    total: int, done: int, failed: int, *, enabled: bool
+) -> Iterator[Callable[[str, bool], None]]:
+    """Yield ``on_case(case_id, ok)``, counting cases (and failures) from ``done``/``failed``."""
     console = Console(stderr=True)
-    failed = 0
-    if not enabled or not console.is_terminal:
+    if not enabled:
         yield lambda _cid, _ok: None
+        return
+    if not console.is_terminal:
+        t0 = time.monotonic()
+        count = done
+
+        def line(_case_id: str, ok: bool) -> None:
+            # No case id: a researcher's ids may identify patients; logs must not.
+            nonlocal count, failed
+            count += 1
+            failed += 0 if ok else 1
+            print(
+                f"validating {count}/{total} ({failed} failed), last case "
+                f"{'scored' if ok else 'FAILED'}, {time.monotonic() - t0:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        yield line
         return
     columns = (
         TextColumn("validating"),
@@ -27,7 +52,7 @@ def case_progress(total: int, done: int, *, enabled: bool) -> Iterator[Callable[
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("cases", total=total, completed=done, failed=0)
+        task = bar.add_task("cases", total=total, completed=done, failed=failed)
 
         def on_case(_case_id: str, ok: bool) -> None:
             nonlocal failed

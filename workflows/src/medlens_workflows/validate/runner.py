@@ -5,10 +5,12 @@ Order of work, and why:
 1. Load the protocol (schema 2) and refuse, before anything runs, a plugin whose version
    or weights (the file's sha256, recomputed) differ from the lock, or a manifest whose
    sha256 differs.
-2. Score the cases one by one through :class:`medlens.host.Host`, each recorded durably
-   in ``DIR/cases.sqlite`` (:mod:`.store`) before the next starts; ``--resume`` scores only
-   the cases not yet recorded. A case that fails is recorded with its one-line reason and
-   counted, never dropped.
+2. Score the cases as jobs of the jobs layer (:mod:`.store`: ``DIR/jobs.sqlite``), each
+   in a supervised worker process (:class:`medlens.jobs.LocalExecutor`: time and memory
+   ceilings, a crash fails the case, not the run) that runs the plugin and compares its
+   output with the reference; a case is committed durably when it ends. ``--resume``
+   runs only the cases not committed, each case is scored exactly once. A case that
+   fails is recorded with its one-line reason and counted, never dropped.
 3. Compute the verdict from the records (:func:`medlens_validation.evaluation.evaluate`).
 4. Open the MLflow run, register the weights (alias ``validated`` only on a pass), then
    write ``report.json``, ``report.html`` and ``cases.csv`` and log them as artifacts.
@@ -17,23 +19,25 @@ Order of work, and why:
 from __future__ import annotations
 
 import datetime as dt
-import time
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medlens import __version__
-from medlens.errors import InputError, MedLensError
+from medlens.errors import InputError
+from medlens.jobs import Executor, Job, LocalExecutor
 from medlens_validation.errors import ValidationPackageError
 from medlens_validation.evaluation import CaseScore, evaluate
 from medlens_validation.protocol import load_protocol
 from medlens_validation.protocol_v2 import ProtocolV2
 from medlens_workflows.validate.dataset import DatasetCase, read_manifest
-from medlens_workflows.validate.store import CaseStore
+from medlens_workflows.validate.store import CaseQueue
 
 if TYPE_CHECKING:
     from medlens.host import Host
+    from medlens.jobs import PluginSource
 
 __all__ = ["Outcome", "ValidationRefused", "run_validation"]
 
@@ -85,28 +89,79 @@ def load_locked(protocol_path: Path, host: Host) -> tuple[ProtocolV2, Path, str,
     return protocol, manifest, dataset_sha, weights
 
 
-def _score_all(
-    host: Host,
+#: Per-case ceilings of the worker (a 512^3 CT on CPU stays well inside both).
+CASE_TIMEOUT_S = 3600.0
+CASE_MEMORY_MB = 32768
+
+
+def _source(host: Host) -> PluginSource:
+    """What a spawned worker needs to build the same host (plugins, config, imports)."""
+    from medlens.jobs import PluginSource
+
+    eps = host.entry_points
+    pairs = None if eps is None else tuple((str(e.name), str(e.value)) for e in eps)
+    # sys.path travels so plugins importable here (a researcher's module) are there too.
+    return PluginSource(pairs, tuple(sys.path), service=False, config=host.config)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """A reason fit for a report cell (a state-dict error runs to many kilobytes)."""
+    line = (text.strip().splitlines() or ["failed"])[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _run_cases(
+    queue: CaseQueue,
+    executor: Executor,
     protocol: ProtocolV2,
-    todo: list[DatasetCase],
-    store: CaseStore,
+    cases: dict[str, DatasetCase],
     device: str,
     on_case: Callable[[str, bool], None],
 ) -> None:
-    from medlens_workflows.validate.scoring import score_case
+    from medlens.jobs import JobSpec
+    from medlens_workflows.validate.scoring import TASK
 
-    for case in todo:
-        t0 = time.perf_counter()
-        try:
-            scores, ok, reason = score_case(host, protocol, case, device=device), True, None
-        except MedLensError as e:
-            scores, ok, reason = {}, False, str(e)
-        except Exception as e:  # no case may stop the run; it is counted as failed
-            scores, ok, reason = {}, False, f"{type(e).__name__}: {e}".splitlines()[0]
-        store.record(
-            case.case_id, ok=ok, reason=reason, scores=scores, seconds=time.perf_counter() - t0
-        )
-        on_case(case.case_id, ok)
+    spec_protocol = protocol.model_dump(mode="json")
+    running: dict[int, Job] = {}
+    try:
+        while True:
+            while executor.free_slots() > 0:
+                job = queue.next(set(running))
+                if job is None:
+                    break
+                case = cases[job.series_uid]
+                folder = queue.start(job)
+                options = {
+                    "protocol": spec_protocol,
+                    "case_id": case.case_id,
+                    "reference": case.reference,
+                }
+                spec = JobSpec(
+                    job.id,
+                    protocol.plugin.id,
+                    str(case.input),
+                    str(folder),
+                    device,
+                    options,
+                    task=TASK,
+                )
+                executor.submit(spec, timeout_s=CASE_TIMEOUT_S, memory_mb=CASE_MEMORY_MB)
+                running[job.id] = job
+            if not running:
+                return
+            for fin in executor.poll(wait_s=1.0):
+                job = running.pop(fin.job_id)
+                out = fin.outcome
+                if out.ok:
+                    queue.scored(job, out.summary["scores"], float(out.summary["seconds"]))
+                else:
+                    reason = _one_line(out.error or "failed")
+                    queue.failed(job, reason, out.kind)
+                on_case(job.series_uid, out.ok)
+    except BaseException:
+        # Interrupted here (Ctrl-C, an error): the attempts go back, uncounted.
+        queue.hand_back(executor.cancel_all())
+        raise
 
 
 def run_validation(
@@ -118,17 +173,20 @@ def run_validation(
     host: Host | None = None,
     device: str = "auto",
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> Outcome:
     """Run ``protocol_path`` and write its report into ``out_dir``.
 
     Args:
         protocol_path: Protocol file (TOML or JSON, schema 2).
-        out_dir: Output folder (``cases.sqlite``, reports, default MLflow store).
+        out_dir: Output folder (``jobs.sqlite``, ``cases/``, reports, default MLflow store).
         tracking_uri: MLflow tracking/registry URI (default ``sqlite:///out/mlflow.db``).
         resume: Continue an interrupted run in ``out_dir``.
         host: The host (default: ``medlens.Host()`` with the installed plugins).
         device: Inference device.
-        progress: Show a progress bar on a terminal.
+        progress: Show progress on stderr (a bar on a terminal, else a line per case).
+        executor: Where cases run (default: one local worker process over ``host``'s
+            plugins, configuration and ``sys.path``); it is closed at the end.
 
     Raises:
         ValidationRefused: The locks do not hold.
@@ -149,26 +207,31 @@ def run_validation(
         )
     out_dir = Path(out_dir)
     fp = protocol.fingerprint()
-    store = CaseStore(out_dir / "cases.sqlite", fp, resume=resume)
+    queue = CaseQueue(out_dir, fp, protocol.plugin.id, [c.case_id for c in cases], resume=resume)
     try:
-        done = store.done()
-        todo = [c for c in cases if c.case_id not in done]
-        with case_progress(len(cases), len(cases) - len(todo), enabled=progress) as on_case:
-            _score_all(host, protocol, todo, store, device, on_case)
-        rows = store.rows()
+        executor = executor or LocalExecutor(_source(host))
+        try:
+            done, failed = queue.counts()
+            by_id = {c.case_id: c for c in cases}
+            with case_progress(len(cases), done, failed, enabled=progress) as on_case:
+                _run_cases(queue, executor, protocol, by_id, device, on_case)
+        finally:
+            executor.close()
+        records = queue.records()
     finally:
-        store.close()
+        queue.close()
     scored = [
         CaseScore(
             c.case_id,
             c.patient_id,
             c.attributes,
-            rows[c.case_id][0],
-            rows[c.case_id][1],
-            rows[c.case_id][2],
+            records[c.case_id].ok,
+            records[c.case_id].reason,
+            records[c.case_id].scores,
         )
         for c in cases
     ]
+    rows = {cid: (r.ok, r.reason, r.scores, r.seconds) for cid, r in records.items()}
     verdict = evaluate(protocol, scored)
     report: dict[str, Any] = {
         "report_version": rep.REPORT_VERSION,

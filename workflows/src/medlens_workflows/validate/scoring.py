@@ -8,6 +8,7 @@ runs; the statistics are computed later from the records only.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,12 @@ from medlens_workflows.validate.dataset import DatasetCase
 
 if TYPE_CHECKING:
     from medlens.host import Host
+    from medlens.jobs import JobSpec
 
-__all__ = ["POSITIVE", "reference_value", "score_case"]
+__all__ = ["POSITIVE", "TASK", "reference_value", "score_case", "score_job"]
+
+#: The jobs-layer task (``JobSpec.task``) that scores one case in a worker process.
+TASK = "medlens_workflows.validate.scoring:score_job"
 
 #: Reference values read as "positive" besides the label's own name.
 POSITIVE = frozenset({"1", "true", "yes", "positive"})
@@ -58,6 +63,9 @@ def score_case(
     result = host.run(
         protocol.plugin.id, case.input, device=device, options={"explain": False}, chain=False
     )
+    if str(result.prediction.status) != "ok":  # refused as out of distribution: a failure
+        why = result.prediction.status_reason or str(result.prediction.status)
+        raise PluginError(protocol.plugin.id, f"refused the case: {why}")
     if protocol.task == "classification":
         found = {f.label: f.probability for f in result.prediction.findings}
         labels = sorted({c.label for c in protocol.metrics if c.label is not None})
@@ -124,3 +132,25 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
         ]
         out["fp"] = fp
     return out
+
+
+def score_job(host: Host, spec: JobSpec) -> dict[str, Any]:
+    """Score one case in a jobs-layer worker (the body of :data:`TASK`).
+
+    ``spec.input_dir`` is the case's input; ``spec.options`` carries the protocol
+    (``protocol``, as JSON), the case id and its ``reference``.
+
+    Returns:
+        ``{"scores": …, "seconds": …}``, sent back to the runner, which records it.
+    """
+    t0 = time.perf_counter()
+    protocol = ProtocolV2.model_validate(spec.options["protocol"])
+    case = DatasetCase(
+        case_id=str(spec.options["case_id"]),
+        patient_id="",
+        input=Path(spec.input_dir),
+        reference=str(spec.options["reference"]),
+        attributes={},
+    )
+    scores = score_case(host, protocol, case, device=spec.device)
+    return {"scores": scores, "seconds": time.perf_counter() - t0}
