@@ -29,20 +29,14 @@ def test_heatmap_dicom_is_valid_and_round_trips(tmp_path, make_result, dciodvfy)
 
     pm = pydicom.dcmread(paths["heatmap_pm"])
     assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
-    # 16-bit stored values with a real-world value mapping (half of float32's size)
+    # 16-bit stored levels with a real-world value mapping (half of float32's size)
     assert "FloatPixelData" not in pm and pm.BitsAllocated == 16
     mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
     slope = float(mapping.RealWorldValueSlope)
     assert slope == pytest.approx(1 / 65535)
-    pixels = pm.pixel_array.reshape(-1, *pm.pixel_array.shape[-2:]) * slope
-    heat = result.prediction.heatmap
-    frames = frames_of(heat.array)
-    by_uid = {ds.SOPInstanceUID: k for k, ds in enumerate(sources)}
-    assert len(pixels) == len(sources)
-    for n, frame in enumerate(pm.PerFrameFunctionalGroupsSequence):
-        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        np.testing.assert_allclose(pixels[n], frames[by_uid[uid]], atol=1 / 65535)
     assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "1"
+    heat = result.prediction.heatmap
+    _assert_lands_where_it_was(pm, heat.array[0], result.image)
 
     sc = pydicom.dcmread(sc_files[2])
     assert sc.PhotometricInterpretation == "RGB"
@@ -76,6 +70,21 @@ def test_sc_slices_reference_their_source_slice(make_result):
     assert build_parametric_map(result, sources).ContentLabel == "HEATMAP"
 
 
+def test_sc_slices_only_where_the_map_has_heat(make_result):
+    result = make_result()
+    heat = result.prediction.heatmap.array.copy()
+    heat[..., [0, 1, 4]] = 0.0  # slices 0, 1 and 4 of 6 carry no heat
+    result.prediction.heatmap = result.image.with_array(heat)
+    sources = read_source_headers(result.image)
+    slices = build_sc_slices(result, sources)
+    assert [int(s.InstanceNumber) for s in slices] == [3, 4, 6]
+    rgb = overlay_rgb(result.image, result.prediction.heatmap, sources, [2, 3, 5])
+    np.testing.assert_array_equal(slices[0].pixel_array[14:], rgb[0][14:])
+    np.testing.assert_array_equal(
+        rgb, overlay_rgb(result.image, result.prediction.heatmap, sources)[[2, 3, 5]]
+    )
+
+
 def test_heatmap_nifti_affine_and_values(tmp_path, make_result):
     result = make_result()
     heat = result.prediction.heatmap
@@ -84,3 +93,74 @@ def test_heatmap_nifti_affine_and_values(tmp_path, make_result):
     np.testing.assert_allclose(img.affine, result.image.ras_affine(), atol=1e-5)
     assert img.get_data_dtype() == np.float32
     np.testing.assert_array_equal(np.asarray(img.dataobj), heat.array[0])
+
+
+def _assert_lands_where_it_was(pm, heat: np.ndarray, image) -> None:  # type: ignore[no-untyped-def]
+    """Every stored value, placed by its frame's position, is the heat at that voxel."""
+    slope = float(
+        pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0].RealWorldValueSlope
+    )
+    pixels = pm.pixel_array.reshape(-1, int(pm.Rows), int(pm.Columns)).astype(np.float64) * slope
+    to_index = np.linalg.inv(image.affine)
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    orient = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
+    np.testing.assert_allclose(orient, [*image.direction[:, 0], *image.direction[:, 1]], atol=1e-6)
+    rows, cols = int(pm.Rows), int(pm.Columns)
+    seen = np.zeros(heat.shape, dtype=bool)
+    for n, frame in enumerate(pm.PerFrameFunctionalGroupsSequence):
+        pos = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        i0, j0, k = np.rint(to_index @ [*pos, 1.0])[:3].astype(int)
+        assert np.allclose(to_index @ [*pos, 1.0], [i0, j0, k, 1.0], atol=1e-4)
+        # DICOM rows run along j and columns along i.
+        want = heat[i0 : i0 + cols, j0 : j0 + rows, k].T
+        np.testing.assert_allclose(pixels[n], want, atol=0.5 / 65535 + 1e-6)
+        seen[i0 : i0 + cols, j0 : j0 + rows, k] = True
+    # Nothing the map shows was cropped away.
+    assert not (np.rint(np.clip(heat, 0, 1) * 65535)[~seen] > 0).any()
+
+
+def _rotation(deg: float) -> np.ndarray:
+    t = np.deg2rad(deg)
+    return np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1.0]])
+
+
+@pytest.mark.external
+def test_cropped_map_lands_at_the_right_patient_coordinates(tmp_path, kit, make_result, dciodvfy):
+    """On an oblique grid: the map is cropped to its non-zero box inside the body."""
+    image = kit.write_ct_series(
+        tmp_path / "ct", shape=(40, 36, 10), spacing=(0.8, 0.9, 2.5), direction=_rotation(25)
+    )
+    hu = np.full(image.array.shape, -1000.0, np.float32)  # air ...
+    hu[0, 6:34, 4:30, :] = 40.0  # ... around a body
+    image = image.with_array(hu)
+    result = make_result(image=image, chained=False)
+    heat = np.zeros(image.array.shape, np.float32)
+    ii, jj, kk = np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij")
+    blob = np.exp(-((ii - 12.0) ** 2 + (jj - 20.0) ** 2 + 16 * (kk - 5.0) ** 2) / 40.0)
+    heat[0] = np.where(blob > 0.05, blob, 0.0)
+    heat[0, 36:, :, :] = 0.3  # in the air beside the body: cropped away
+    result.prediction.heatmap = image.with_array(heat)
+    sources = read_source_headers(result.image)
+    pm_ds = build_parametric_map(result, sources)
+    path = tmp_path / "pm.dcm"
+    pm_ds.save_as(path, enforce_file_format=True)
+    errors, _ = dciodvfy(path)
+    assert errors == []
+    pm = pydicom.dcmread(path)
+    assert pm.BitsAllocated == 16
+    # The box: the blob's non-zero levels, not the air strip, not the whole grid.
+    levels = np.rint(heat[0] * 65535) > 0
+    in_body = (ii >= 6) & (ii < 34) & (jj >= 4) & (jj < 30)  # the body's box
+    inside = levels & in_body
+    want_k = np.flatnonzero(inside.any(axis=(0, 1)))
+    assert int(pm.NumberOfFrames) == len(want_k) < image.shape[2]
+    assert int(pm.Columns) == np.ptp(np.flatnonzero(inside.any(axis=(1, 2)))) + 1 < 40
+    assert int(pm.Rows) == np.ptp(np.flatnonzero(inside.any(axis=(0, 2)))) + 1 < 36
+    # What the map keeps: its values inside the body's box, where they were.
+    _assert_lands_where_it_was(pm, np.where(in_body, heat[0], 0.0), image)
+    refs = {
+        ref.ReferencedSOPInstanceUID
+        for series in pm.ReferencedSeriesSequence
+        for ref in series.ReferencedInstanceSequence
+    }
+    assert refs == {ds.SOPInstanceUID for ds in sources}

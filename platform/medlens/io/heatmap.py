@@ -6,10 +6,12 @@ Three forms, all of the same heatmap on the input's grid:
   heatmap blended over the windowed image with a jet colour map, for viewers
   that show nothing else. Series description says it is an explanation, not a
   finding.
-* Parametric Map (``ParametricMap``): the float32 values in [0, 1], one frame
-  per slice, placed by ``ImagePositionPatient`` and referencing the source
-  slices, with a Real World Value Mapping (unit UCUM ``1``).
-* NIfTI (see :mod:`medlens.io.nifti`): float32 with the image's RAS affine.
+* Parametric Map (``ParametricMap``): the values in [0, 1] stored as 16-bit levels
+  with a Real World Value Mapping (slope 1/65535, unit UCUM ``1``), cropped to the box
+  where the map is non-zero inside the body; one frame per plane of the box, each
+  placed by its own ``ImagePositionPatient``, referencing the source series.
+* NIfTI (see :mod:`medlens.io.nifti`): float32 on the input grid with the image's RAS
+  affine.
 
 Heatmaps explain the model; they do not localise disease.
 """
@@ -43,15 +45,22 @@ from medlens.io.colormap import JET_LEVELS, jet, jet_table
 from medlens.plugin_api._results import Result
 
 __all__ = [
+    "PM_LEVELS",
+    "body_box",
     "build_parametric_map",
     "build_sc_slices",
+    "heatmap_box",
     "jet",
     "overlay_rgb",
+    "quantised",
     "wants_parametric_map",
     "write_heatmap_dicom",
 ]
 
-_PM_MAX = 65535  # stored value of heat 1.0 in the Parametric Map
+#: Stored level of heat 1.0 in the Parametric Map (16-bit: the IOD allows 16 bits or float).
+PM_LEVELS = 65535
+#: HU above which a CT voxel is body rather than air (air -1000, lung about -850..-500).
+_BODY_HU = -500.0
 _ALPHA = 0.5  # overlay opacity at heat 1.0; heat 0 leaves the image untouched
 _PERCENTILE_SUBSAMPLE_ABOVE = 1 << 20  # pixels
 #: The jet table per channel, in 8-bit display levels.
@@ -78,7 +87,10 @@ def _window(image: Image, sources: Sequence[Dataset]) -> tuple[float, float]:
 
 
 def overlay_rgb(
-    image: Image, heatmap: Image, sources: Sequence[Dataset] = ()
+    image: Image,
+    heatmap: Image,
+    sources: Sequence[Dataset] = (),
+    planes: Sequence[int] | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Heatmap over the windowed first image channel, as DICOM RGB frames.
 
@@ -92,16 +104,18 @@ def overlay_rgb(
         sources: Source headers; for 3-D images their ``WindowCenter``/``WindowWidth``
             are used when present, else (and for 2-D images, which the reader has
             already windowed) the 1st–99th percentile range.
+        planes: The ``k`` planes to draw (3-D images); None draws all.
 
     Returns:
         ``(frames, rows, columns)`` + ``(3,)`` uint8.
     """
     lo, hi = _window(image, sources)
-    grey = frames_of(image.array[:1]).astype(np.float32)
+    pick = (slice(0, 1), ..., list(planes)) if planes is not None else (slice(0, 1),)
+    grey = frames_of(image.array[pick]).astype(np.float32)
     grey -= np.float32(lo)
     grey *= np.float32(255.0 / (hi - lo))
     np.clip(grey, 0.0, 255.0, out=grey)
-    heat = np.clip(frames_of(heatmap.array[:1]).astype(np.float32), 0.0, 1.0)
+    heat = np.clip(frames_of(heatmap.array[pick]).astype(np.float32), 0.0, 1.0)
     idx = np.rint(heat * np.float32(JET_LEVELS - 1)).astype(np.intp)
     alpha = heat * np.float32(_ALPHA)
     out = np.empty((*grey.shape, 3), dtype=np.uint8)
@@ -135,7 +149,11 @@ def _source_orientation(ds: Dataset) -> tuple[str, str] | None:
 
 
 def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImage]:
-    """One RGB Secondary Capture instance per slice (one series), heat over image.
+    """One RGB Secondary Capture instance per slice the heatmap covers (one series).
+
+    A slice where the map is zero everywhere would only repeat the source image, so a
+    3-D heatmap gets instances for the slices with heat only; ``InstanceNumber`` is the
+    source slice's index + 1 and each instance references its source slice.
 
     Raises:
         OutputError: If there is no heatmap or the slice count differs from the source.
@@ -144,13 +162,17 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
     heat = result.prediction.heatmap
     if heat is None:
         raise OutputError(f"plugin {m.id!r} produced no heatmap")
-    rgb = overlay_rgb(result.image, heat, sources)
+    planes = list(range(heat.shape[2])) if heat.ndim == 3 else [0]
+    if heat.ndim == 3:
+        hot = np.flatnonzero(np.asarray(heat.array[0] > 0).any(axis=(0, 1)))
+        planes = [int(k) for k in hot] or planes
+    rgb = overlay_rgb(result.image, heat, sources, planes if heat.ndim == 3 else None)
     if not m.model_card.diagnostic_use:
         from medlens.io.png import NOT_FOR_DIAGNOSIS, burn_in
 
         # Every viewer shows pixels; not every viewer shows descriptions.
         rgb = np.stack([burn_in(frame, NOT_FOR_DIAGNOSIS) for frame in rgb])
-    refs = _refs_per_frame(result.image, sources, rgb.shape[0])
+    refs = _refs_per_frame(result.image, sources, heat.shape[2] if heat.ndim == 3 else 1)
     series_uid = hd.UID()
     d = np.asarray(result.image.direction)
     orient: Any = None
@@ -166,7 +188,7 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
     what = "unfaithful map, not an explanation" if e and e.faithful is False else "explanation"
     out = []
     try:
-        for k, frame in enumerate(rgb):
+        for k, frame in zip(planes, rgb, strict=True):
             sc = hd.sc.SCImage.from_ref_dataset(
                 ref_dataset=refs[k],
                 pixel_array=frame,
@@ -203,8 +225,60 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
     return out
 
 
+def quantised(heat: npt.NDArray[Any]) -> npt.NDArray[np.uint16]:
+    """Heat in [0, 1] as stored levels 0..:data:`PM_LEVELS` (heat = level / PM_LEVELS).
+
+    A step of 1.5e-5 is far below anything a heatmap can mean, at half float32's size.
+    """
+    h = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    h *= np.float32(PM_LEVELS)
+    return np.rint(h, out=h).astype(np.uint16)
+
+
+def body_box(image: Image, sources: Sequence[Dataset]) -> tuple[slice, ...]:
+    """Index box ``(i, j, k)`` of the body: voxels above :data:`_BODY_HU` on a CT, else all.
+
+    Only a CT's values say where air is; other modalities keep the whole grid.
+    """
+    whole = tuple(slice(0, n) for n in image.shape)
+    if not sources or str(sources[0].get("Modality", "")).upper() != "CT":
+        return whole
+    return _support(np.asarray(image.array[0]) > _BODY_HU) or whole
+
+
+def _support(mask: npt.NDArray[np.bool_]) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask``'s True voxels (None when there are none)."""
+    box = []
+    for ax in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def heatmap_box(
+    image: Image, levels: npt.NDArray[np.uint16], sources: Sequence[Dataset]
+) -> tuple[slice, ...]:
+    """Where the stored heatmap goes: its non-zero levels inside the body box.
+
+    Outside it every stored level is 0 (or lies in the air around a CT's body), so the
+    cropped map keeps everything a reader can see. An all-zero map keeps one voxel.
+    """
+    body = body_box(image, sources)
+    inner = np.zeros(levels.shape, dtype=bool)
+    inner[body] = levels[body] > 0
+    box = _support(inner)
+    return box if box is not None else tuple(slice(0, 1) for _ in levels.shape)
+
+
 def build_parametric_map(result: Result, sources: list[Dataset]) -> hd.pm.ParametricMap:
-    """The heatmap as a float32 Parametric Map on the source series' frames.
+    """The heatmap as a 16-bit Parametric Map, cropped to where it is non-zero in the body.
+
+    Stored level ``v`` is heat ``v / 65535`` (a Real World Value Mapping says so). A 3-D map
+    keeps only the box of :func:`heatmap_box`: its frames are the box's planes, placed by
+    their own ``ImagePositionPatient`` (the source slice's position moved to the box's
+    first column and row), so a viewer puts every value where it was on the input grid.
 
     Raises:
         OutputError: If there is no heatmap or highdicom refuses it.
@@ -213,26 +287,36 @@ def build_parametric_map(result: Result, sources: list[Dataset]) -> hd.pm.Parame
     heat = result.prediction.heatmap
     if heat is None:
         raise OutputError(f"plugin {m.id!r} produced no heatmap")
-    # 16-bit with a real-world value mapping: half the size of float32 and a step of
-    # 1.5e-5, far below anything a heatmap can mean.
-    frames = np.rint(np.clip(frames_of(heat.array[:1]), 0.0, 1.0) * _PM_MAX).astype(np.uint16)
-    method = result.prediction.explanation.method if result.prediction.explanation else "heatmap"
-    mapping = hd.pm.RealWorldValueMapping(
-        lut_label="HEATMAP",
-        lut_explanation=f"{method} explanation weight"[:64],
-        unit=PdCode("1", "UCUM", "no units"),
-        value_range=(0, _PM_MAX),
-        slope=1.0 / _PM_MAX,
-        intercept=0.0,
-    )
+    levels = quantised(heat.array[0])
     geometry: dict[str, object] = {}
     if heat.ndim == 3 and has_patient_geometry(sources):
-        measures, orientation, positions = plane_geometry(heat)
+        box = heatmap_box(result.image, levels, sources)
+        start = np.array([sl.start for sl in box], dtype=np.float64)
+        origin = heat.affine[:3, :3] @ start + heat.affine[:3, 3]
+        cropped = Image(
+            array=levels[box][None],
+            spacing=heat.spacing,
+            origin=tuple(float(v) for v in origin),
+            direction=heat.direction,
+        )
+        measures, orientation, positions = plane_geometry(cropped)
         geometry = {
             "pixel_measures": measures,
             "plane_orientation": orientation,
             "plane_positions": positions,
         }
+        frames = frames_of(cropped.array)
+    else:
+        frames = frames_of(levels[None])
+    method = result.prediction.explanation.method if result.prediction.explanation else "heatmap"
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="HEATMAP",
+        lut_explanation=f"{method} explanation weight"[:64],
+        unit=PdCode("1", "UCUM", "no units"),
+        value_range=(0, PM_LEVELS),
+        slope=1.0 / PM_LEVELS,
+        intercept=0.0,
+    )
     try:
         pm = hd.pm.ParametricMap(
             source_images=sources,
@@ -248,7 +332,7 @@ def build_parametric_map(result: Result, sources: list[Dataset]) -> hd.pm.Parame
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
             voi_lut_transformations=[
-                hd.VOILUTTransformation(window_center=_PM_MAX / 2, window_width=_PM_MAX)
+                hd.VOILUTTransformation(window_center=PM_LEVELS / 2, window_width=PM_LEVELS)
             ],
             content_label="HEATMAP",
             content_description=f"{method} explanation; not a finding"[:64],
