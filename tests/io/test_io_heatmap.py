@@ -91,8 +91,11 @@ def test_heatmap_nifti_affine_and_values(tmp_path, make_result):
     path = write_heatmap_nifti(heat, tmp_path / "heat.nii.gz")
     img = nib.load(path)
     np.testing.assert_allclose(img.affine, result.image.ras_affine(), atol=1e-5)
-    assert img.get_data_dtype() == np.float32
-    np.testing.assert_array_equal(np.asarray(img.dataobj), heat.array[0])
+    # 16-bit with a scale factor: values within one step, zero exactly zero.
+    assert img.get_data_dtype() == np.uint16
+    values = np.asarray(img.dataobj)
+    np.testing.assert_allclose(values, heat.array[0], rtol=0, atol=0.5 / 65535 + 1e-7)
+    assert (values[heat.array[0] == 0] == 0).all()
 
 
 def _assert_lands_where_it_was(pm, heat: np.ndarray, image) -> None:  # type: ignore[no-untyped-def]
