@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medlens_cxr_pneumonia import calibration, gate
+from medlens_cxr_pneumonia import calibration, faithfulness, gate
 from medlens_cxr_pneumonia.data import DEFAULT_CACHE, DEFAULT_DATA, Dataset, age_band, load
 from medlens_cxr_pneumonia.preprocess import SIZE, prepare
 from medlens_validation import classification as clf
@@ -248,6 +248,7 @@ def _card_json(cv: dict[str, Any], result: dict[str, Any], ds: Dataset) -> dict[
             for k, v in result["operating_points"].items()
         },
         "metrics": metrics,
+        "faithfulness": result.get("faithfulness"),
         "training_data": (
             "702 frontal chest radiographs of 477 patients (344 pneumonia, 358 'No Finding') "
             "from the NIH ChestX-ray8/14 release, 512 px JPEG copies; labels mined from reports. "
@@ -359,8 +360,8 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
     ]
     for k, v in result["gate"].items():
         lines.append(f"| {k.replace('_', ' ')} | {v['rejected']:.3f} | {v['n']} |")
+    lines += ["", *faithfulness.markdown(result.get("faithfulness"))]
     lines += [
-        "",
         "## Data, provenance and licence",
         "- 702 frontal chest radiographs of 477 patients (344 pneumonia, 358 'No Finding') from "
         "the NIH ChestX-ray8/14 release, downsized 512 px JPEG copies; view, age and sex per film. "
@@ -391,6 +392,19 @@ def main(argv: list[str] | None = None) -> int:
         keep = np.flatnonzero(np.isin([r.image for r in ds.records], cv["images"]))
         ds = ds.subset(keep)
     result = build(cv, ds)
+    # Heatmap faithfulness and sanity of the run's own weights (faithfulness.py).
+    weights = a.cv.parent / "model.safetensors"
+    result["faithfulness"] = None
+    if weights.is_file() and not cv.get("smoke"):
+        from safetensors.torch import load_file
+
+        from medlens_cxr_pneumonia.network import build_ensemble
+
+        net = build_ensemble()
+        net.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
+        result["faithfulness"] = faithfulness.measure(
+            net, ds.images, ds.groups, seed=int(cv["seed"])
+        )
     card = _card_json(cv, result, ds)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "card.json").write_text(json.dumps(card, indent=1))
@@ -404,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
             f"view_only={_fmt(r['view_only_auroc'])} ece={_fmt(r['ece'])}"
         )
     print(f"gate: {result['gate']}")
+    print(f"faithfulness: {result['faithfulness']}")
     if a.install:
         shutil.copy2(a.out / "card.json", PACKAGE_DIR / "card.json")
         shutil.copy2(a.out / "gate.json", PACKAGE_DIR / "gate.json")
