@@ -347,12 +347,19 @@ def test_compressed_frames_decode_in_processes_identically(
     from medlens.imaging import series as series_mod
     from medlens.phantoms.dicom import generate_dataset
 
-    (rec,) = generate_dataset(tmp_path / "ph", 1, 5, compressed=True, small=True)
-    files = sorted(rec.dicom_dir.glob("*.dcm"))
+    (rec,) = generate_dataset(tmp_path / "ph", 1, 5, small=True)
+    (tmp_path / "j2k").mkdir()
+    files = []
+    for f in sorted(rec.dicom_dir.glob("*.dcm"))[:16]:
+        ds = pydicom.dcmread(f)
+        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
+        ds.save_as(tmp_path / "j2k" / f.name, enforce_file_format=True)
+        files.append(tmp_path / "j2k" / f.name)
     # A small phantom is below the size that pays for processes: lower the bar to test them.
     frame = 160 * 128
     assert len(files) * frame < series_mod.PROCESS_DECODE_MIN_PIXELS
     monkeypatch.setattr(series_mod, "PROCESS_DECODE_MIN_PIXELS", frame * 4)
+    monkeypatch.setattr(series_mod, "_idle_cores", lambda: 1.5)
     started: list[int] = []
     real = series_mod._decode_in_processes
     monkeypatch.setattr(
@@ -362,6 +369,11 @@ def test_compressed_frames_decode_in_processes_identically(
     assert not started
     many = load_series(files, max_workers=2)  # worker processes
     assert started == [2]
+    # A machine without a spare core decodes in the calling process.
+    monkeypatch.setattr(series_mod, "_idle_cores", lambda: 0.4)
+    busy = load_series(files, max_workers=2)
+    assert started == [2]
+    assert np.array_equal(one.array, busy.array)
     assert np.array_equal(one.array, many.array) and one.same_grid(many)
     # A corrupt frame is still one typed error, raised across the process boundary.
     bad = tmp_path / "bad"
