@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -131,13 +131,29 @@ class HostRunContext:
 
         return EngineSpec.of(self.manifest, self.device, self.options)
 
-    def segment(self, network: torch.nn.Module, image: Image) -> tuple[Image, Image]:
+    @overload
+    def segment(
+        self, network: torch.nn.Module, image: Image, *, probabilities: Literal[True] = ...
+    ) -> tuple[Image, Image]: ...
+
+    @overload
+    def segment(
+        self, network: torch.nn.Module, image: Image, *, probabilities: Literal[False]
+    ) -> tuple[Image, None]: ...
+
+    def segment(
+        self, network: torch.nn.Module, image: Image, *, probabilities: bool = True
+    ) -> tuple[Image, Image | None]:
         """Run a segmentation network as the manifest says; outputs on ``image``'s grid."""
+        import dataclasses
+
         from medlens.engine.api import segment
 
-        seg = segment(network, image, self._engine_spec(), self)
-        # Model-grid tensors are kept only when an explanation will reuse them.
-        self._last = (network, image, seg) if self.explain_requested else None
+        seg = segment(network, image, self._engine_spec(), self, keep_probabilities=probabilities)
+        # Model-grid tensors are kept only when an explanation will reuse them (it needs
+        # no input-grid probabilities: the plugin holds those, if it asked for them).
+        keep = dataclasses.replace(seg, probabilities=None)
+        self._last = (network, image, keep) if self.explain_requested else None
         return seg.mask, seg.probabilities
 
     def classify(self, network: torch.nn.Module, image: Image) -> npt.NDArray[np.float32]:

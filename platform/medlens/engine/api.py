@@ -135,13 +135,14 @@ class Segmentation:
 
     Attributes:
         mask: uint8 ``(1, *shape)`` labels on the input's grid.
-        probabilities: float32 ``(C, *shape)`` probabilities on the input's grid.
+        probabilities: float32 ``(C, *shape)`` probabilities on the input's grid; None
+            when the caller did not ask for them (``keep_probabilities=False``).
         prepared: The model-grid input and the grid chain back to the input.
         model_labels: Labels on the model grid (before component clean-up).
     """
 
     mask: Image
-    probabilities: Image
+    probabilities: Image | None
     prepared: Prepared
     model_labels: npt.NDArray[np.uint8]
 
@@ -232,15 +233,27 @@ def _run(
 
 
 def segment(
-    network: torch.nn.Module, image: Image, spec: EngineSpec, reporter: Reporter
+    network: torch.nn.Module,
+    image: Image,
+    spec: EngineSpec,
+    reporter: Reporter,
+    *,
+    keep_probabilities: bool = True,
 ) -> Segmentation:
     """Segment ``image``; mask and probabilities come back on its own grid.
+
+    Probabilities are brought back to the input grid one channel at a time, and labels
+    taken from them as they come (a running maximum): the C float32 volumes on the
+    input grid are most of a large CT's memory (6 x 300 MiB for 512 x 512 x 300), so
+    they are only kept when ``keep_probabilities`` asks for them. The mask is the same
+    either way.
 
     Args:
         network: Segmentation network returning ``(1, C, *spatial)`` logits.
         image: The input as read.
         spec: What to follow.
         reporter: Timings, warnings, progress, cancellation.
+        keep_probabilities: Return the probabilities on the input grid too.
 
     Raises:
         EngineError: If the network cannot run (memory, shape).
@@ -266,21 +279,71 @@ def segment(
     values = list(spec.label_values)
     with reporter.timer("postprocess_s"):
         probs_model = post.activate(logits[0].to("cpu"), pp)
+        del logits
         labels_model = post.labels_from_probabilities(probs_model, pp, values)
+        probs: npt.NDArray[np.float32] | None
         if prepared.chain.steps:
             fill = _background_fill(probs_model.shape[0], pp.activation, pp.threshold)
-            probs = prepared.chain.inverse(probs_model, fill)
-            labels = post.labels_from_probabilities(probs, pp, values)
+            labels, probs = _back_to_input_grid(
+                prepared, probs_model, fill, pp, values, keep_probabilities
+            )
         else:  # already on the input grid
-            probs, labels = probs_model, labels_model.copy()
+            labels = labels_model.copy()
+            probs = np.ascontiguousarray(probs_model.numpy()) if keep_probabilities else None
         min_voxels = pp.min_component_ml / image.voxel_volume_ml()
         if pp.largest_component or min_voxels > 1:
             post.clean_components(labels, pp.largest_component, min_voxels)
     reporter.progress(1.0, "segmented")
     # Same grid, metadata and source files as the input (writers reference them).
     mask = image.with_array(labels[None], warnings=())
-    prob_img = image.with_array(np.ascontiguousarray(probs.numpy(), dtype=np.float32), warnings=())
+    prob_img = None if probs is None else image.with_array(probs, warnings=())
     return Segmentation(mask, prob_img, prepared, labels_model)
+
+
+def _back_to_input_grid(
+    prepared: Prepared,
+    probs_model: torch.Tensor,
+    fill: list[float],
+    pp: PostprocessSpec,
+    values: list[int],
+    keep: bool,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
+    """Labels (and, if ``keep``, probabilities) on the input grid, one channel at a time.
+
+    Every grid step acts on each channel alone, so a channel brought back by itself has
+    the values it has among all of them; the labels follow
+    :func:`~medlens.engine.postprocess.labels_from_probabilities` exactly (first
+    maximum wins; a threshold on the best probability for sigmoid outputs), from a
+    running maximum instead of a ``(C, *shape)`` stack.
+    """
+    import torch
+
+    chain = prepared.chain
+    n = probs_model.shape[0]
+    out: npt.NDArray[np.float32] | None = None
+    best: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+    for c in range(n):
+        p = chain.inverse(probs_model[c : c + 1], [fill[c]])[0]
+        if keep:
+            if out is None:
+                out = np.empty((n, *p.shape), dtype=np.float32)
+            out[c] = p.numpy()
+        if best is None or idx is None:
+            best = p.clone()  # updated in place: never an alias of the model-grid values
+            idx = torch.zeros(p.shape, dtype=torch.uint8 if n <= 255 else torch.int64)
+            continue
+        idx[p > best] = c
+        torch.maximum(best, p, out=best)
+        del p
+    assert best is not None
+    assert idx is not None
+    if pp.threshold is not None:
+        table = values if len(values) == n else list(range(n))
+        lut = torch.as_tensor(table, dtype=torch.int64)
+        labels = torch.where(best > pp.threshold, lut[idx.long()], torch.zeros_like(idx.long()))
+        return np.asarray(labels.to(torch.uint8).numpy()), out
+    return np.asarray(idx.to(torch.uint8).numpy()), out
 
 
 def _background_fill(channels: int, activation: str, threshold: float | None) -> list[float]:

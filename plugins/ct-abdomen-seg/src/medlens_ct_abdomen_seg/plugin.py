@@ -83,7 +83,8 @@ class CtAbdomenSeg:
         for w in verdict.warnings:
             ctx.warn(f"borderline input: {w}")
         # The engine times its own stages (preprocess/inference/postprocess/explain).
-        mask, _probs = ctx.segment(self.network, image)
+        # Only the mask is used: no class probabilities on the input grid (memory).
+        mask, _ = ctx.segment(self.network, image, probabilities=False)
         organs = {lab.name: lab.value for lab in self.manifest.outputs.labels}
         with ctx.timer("plausibility_s"):
             volumes = check_volumes(mask.array[0], mask.spacing, organs)

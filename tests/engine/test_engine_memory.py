@@ -1,0 +1,129 @@
+"""Labels come back to the input grid one channel at a time: the same mask, less memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from medlens.engine import api
+from medlens.engine import postprocess as post
+from medlens.engine.api import EngineSpec, SimpleReporter, segment
+from medlens.imaging.image import Image
+
+
+class _MultiClassNet(torch.nn.Module):
+    """A seeded 3x3x3 convolution: ``classes`` logit channels with busy, varied argmaxes."""
+
+    def __init__(self, classes: int, gain: float) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.conv = torch.nn.Conv3d(1, classes, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.mul_(gain)
+            self.conv.bias.mul_(gain)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _labels(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "value": v,
+            "name": f"organ{v}",
+            "category": {"value": "91723000", "scheme": "SCT", "meaning": "Anatomical Structure"},
+            "type": {"value": "10200004", "scheme": "SCT", "meaning": "Liver"},
+        }
+        for v in range(1, n + 1)
+    ]
+
+
+def _image(oblique: tuple[Image, np.ndarray, float]) -> Image:
+    image, _, _ = oblique
+    rng = np.random.default_rng(3)
+    noisy = image.array + rng.normal(0.0, 0.3, image.array.shape).astype(np.float32)
+    # Empty margins (the minimum value) so the foreground crop has something to cut.
+    noisy[:, :12] = noisy[:, -9:] = noisy[:, :, :7] = noisy.min()
+    return image.with_array(noisy.astype(np.float32))
+
+
+def _reference(
+    network: torch.nn.Module, image: Image, spec: EngineSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (C, *shape) way: every channel back to the input grid at once, then labels."""
+    reporter = SimpleReporter()
+    prepared = api.prepare_input(image, spec.input)
+    x = prepared.tensor.unsqueeze(0)
+    logits = api._run(network, x, "cpu", reporter, spec.inference, {}, 0)
+    pp = spec.postprocess
+    probs_model = post.activate(logits[0], pp)
+    fill = api._background_fill(probs_model.shape[0], pp.activation, pp.threshold)
+    probs = prepared.chain.inverse(probs_model, fill)
+    labels = post.labels_from_probabilities(probs, pp, list(spec.label_values))
+    min_voxels = pp.min_component_ml / image.voxel_volume_ml()
+    post.clean_components(labels, pp.largest_component, min_voxels)
+    return labels, probs.numpy()
+
+
+@pytest.mark.parametrize(
+    ("activation", "threshold", "classes", "gain"),
+    [("softmax", None, 5, 3.0), ("sigmoid", 0.5, 4, 60.0)],
+)
+def test_mask_equal_with_and_without_probabilities(  # type: ignore[no-untyped-def]
+    oblique_sphere, h, activation: str, threshold: float | None, classes: int, gain: float
+) -> None:
+    n_labels = classes - 1 if activation == "softmax" else classes
+    manifest = h.seg_manifest(
+        inference=None,  # one pass over the whole (small) model grid: no MONAI import
+        input={
+            "dims": 3,
+            "spacing": (1.5, 1.6, 2.2),
+            "orientation": "RAS",
+            "foreground_crop": True,
+            "intensity": {"mode": "none"},
+        },
+        outputs={
+            "labels": _labels(n_labels),
+            "kinds": ["seg"],
+            "postprocess": {
+                "activation": activation,
+                "threshold": threshold,
+                "largest_component": [1, 2],
+                "min_component_ml": 0.01,
+            },
+        },
+    )
+    image = _image(oblique_sphere)
+    spec = EngineSpec.of(manifest, "cpu")
+    net = _MultiClassNet(classes, gain).eval()
+    steps = api.prepare_input(image, spec.input).chain.steps
+    assert {type(s).__name__ for s in steps} >= {"Reorient", "Crop", "Resample"}
+
+    kept = segment(net, image, spec, SimpleReporter())
+    lean = segment(net, image, spec, SimpleReporter(), keep_probabilities=False)
+    ref_labels, ref_probs = _reference(net, image, spec)
+
+    assert lean.probabilities is None
+    assert kept.probabilities is not None
+    assert len(np.unique(ref_labels)) >= 3  # a busy mask, several labels
+    np.testing.assert_array_equal(kept.mask.array[0], ref_labels)
+    np.testing.assert_array_equal(lean.mask.array[0], ref_labels)
+    np.testing.assert_array_equal(kept.probabilities.array, ref_probs)
+    assert kept.probabilities.array.dtype == np.float32
+    assert kept.probabilities.same_grid(image) and lean.mask.same_grid(image)
+    if threshold is not None:  # saturated sigmoids tie: the first maximum must win
+        assert int((ref_probs == ref_probs.max(axis=0)).sum(axis=0).max()) > 1
+
+
+def test_run_context_segment_without_probabilities(oblique_sphere, run_ctx, h) -> None:  # type: ignore[no-untyped-def]
+    image, _, _ = oblique_sphere
+    ctx = run_ctx(h.seg_manifest(), explain=True)
+    mask, probs = ctx.segment(h.ThresholdNet(), image)
+    lean_mask, none = ctx.segment(h.ThresholdNet(), image, probabilities=False)
+    assert none is None and probs is not None
+    np.testing.assert_array_equal(mask.array, lean_mask.array)
+    # What an explanation reuses keeps no input-grid probabilities alive.
+    assert ctx._last is not None and ctx._last[2].probabilities is None
