@@ -115,3 +115,8 @@ def test_recipe_smoke_run(tmp_path: Path) -> None:
     assert rec["ensemble_size"] == 2 and len(rec["eyes"]) == 24
     assert (out / "mlflow.db").is_file() and (out / "model.safetensors").is_file()
     assert all(0.0 <= t <= 1.0 for t in rec["thresholds"].values())
+    # The locked validation patients (one in five, fixed seed) are never trained on.
+    locked = json.loads((out / "locked_split.json").read_text())["images"]
+    assert len(locked) > 0 and not set(locked) & {e["image"] for e in rec["eyes"]}
+    pid = {e["image"].rsplit("_", 1)[0] for e in rec["eyes"]}
+    assert not pid & {name.rsplit("_", 1)[0] for name in locked}

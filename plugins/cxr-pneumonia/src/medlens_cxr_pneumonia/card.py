@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from medlens_cxr_pneumonia import calibration, faithfulness, gate
 from medlens_cxr_pneumonia.data import DEFAULT_CACHE, DEFAULT_DATA, Dataset, age_band, load
+from medlens_cxr_pneumonia.network import LAYERS, WIDTHS
 from medlens_cxr_pneumonia.preprocess import SIZE, prepare
 from medlens_validation import classification as clf
 from medlens_validation.resampling import PatientSample, patient_bootstrap
@@ -197,8 +198,10 @@ def _fmt(v: float, nd: int = 3) -> str:
 def _card_json(cv: dict[str, Any], result: dict[str, Any], ds: Dataset) -> dict[str, Any]:
     folds = cv["folds"]
     dataset = (
-        f"NIH ChestX-ray14 development subset (702 films, 477 patients, sha256 "
-        f"{ds.sha256[:16]}), pooled out-of-fold predictions of patient-level {folds}-fold CV"
+        f"NIH ChestX-ray14 development subset ({len(ds.records)} films, "
+        f"{len(set(ds.groups.tolist()))} patients; the locked validation patients are not "
+        f"among them; sha256 {ds.sha256[:16]}), pooled out-of-fold predictions of "
+        f"patient-level {folds}-fold CV"
     )
     method = f"python -m medlens_cxr_pneumonia.recipe --seed {cv['seed']} --folds {folds}"
     metrics: list[dict[str, Any]] = []
@@ -236,12 +239,15 @@ def _card_json(cv: dict[str, Any], result: dict[str, Any], ds: Dataset) -> dict[
     return {
         "weights_sha256": cv["weights_sha256"],
         "dataset_sha256": ds.sha256,
-        "input_size": SIZE,
+        "input_size": int(cv.get("size", SIZE)),
         "temperature": round(result["temperature"], 5),
-        "calibration_fitted_on": f"pooled out-of-fold logits of patient-level {folds}-fold CV (702 films)",  # noqa: E501
+        "calibration_fitted_on": (
+            f"pooled out-of-fold logits of patient-level {folds}-fold CV "
+            f"({len(ds.records)} development films)"
+        ),
         "operating_points_chosen_on": (
             f"pooled out-of-fold calibrated probabilities, patient-level {folds}-fold CV, "
-            "NIH development subset (702 films)"
+            f"NIH development subset ({len(ds.records)} films)"
         ),
         "operating_points": {
             k: {kk: round(vv, 5) for kk, vv in v.items()}
@@ -250,8 +256,10 @@ def _card_json(cv: dict[str, Any], result: dict[str, Any], ds: Dataset) -> dict[
         "metrics": metrics,
         "faithfulness": result.get("faithfulness"),
         "training_data": (
-            "702 frontal chest radiographs of 477 patients (344 pneumonia, 358 'No Finding') "
-            "from the NIH ChestX-ray8/14 release, 512 px JPEG copies; labels mined from reports. "
+            f"{len(ds.records)} frontal chest radiographs of {len(set(ds.groups.tolist()))} "
+            f"patients ({int(ds.labels.sum())} pneumonia) of the 702 films / 477 patients of the "
+            "NIH ChestX-ray8/14 development subset (512 px JPEG copies; labels mined from "
+            "reports); one patient in five is locked away for the validation protocol. "
             f"{ATTRIBUTION} Licence of the data: NIH Clinical Center, no restriction on use, "
             "attribution required."
         ),
@@ -267,11 +275,11 @@ LIMITATIONS = [
     "are against noisy labels, and the model learnt from them.",
     "View is confounded with the label in the training data (PA films more often "
     "pneumonia); read the per-view figures and the view-only baseline beside them.",
-    "Trained on 702 films from one hospital at 96 x 96 pixels; other sites, paediatric "
+    "Trained on about 560 films from one hospital at low resolution; other sites, paediatric "
     "films, portable ICU films with many devices and subtle opacities are out of what it "
     "has seen. Its figures are cross-validated on the development set, not a test set.",
     "Probabilities are calibrated on the cross-validated predictions of single fold models; "
-    "the deployed ensemble averages their logits and is slightly less extreme.",
+    "the deployed ensemble averages their standardised logits and is slightly less extreme.",
     "Grad-CAM heatmaps explain the model, they do not localise disease.",
     "Not for diagnostic use.",
 ]
@@ -291,24 +299,34 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         "`python -m medlens_cxr_pneumonia.card --cv RUN/cv.json --out RUN` redoes the card alone).",
         "",
         "## Model",
-        f"- Ensemble of {cv['folds']} MONAI ResNets (basic blocks, layers 2-2-2-2, widths 16-32-64-128, "  # noqa: E501
-        "0.7 M parameters each), one per cross-validation fold, trained from scratch; output: the mean logit.",  # noqa: E501
-        f"- Input: the film resized (anti-aliased) to {SIZE} x {SIZE}, intensities stretched between "  # noqa: E501
+        f"- Ensemble of {cv['folds']} MONAI ResNets (basic blocks, layers "
+        f"{'-'.join(map(str, LAYERS))}, widths {'-'.join(map(str, WIDTHS))}), one per "
+        "cross-validation fold, trained from scratch; output: the mean of the members' "
+        "logits, each standardised by its mean/std on its own training films (label-free).",
+        f"- Input: the film resized (anti-aliased) to {cv.get('size', SIZE)} x "
+        f"{cv.get('size', SIZE)}, intensities stretched between "
         "the 0.5th and 99.5th percentiles (so 8-bit PNG and 16-bit DICOM of a film agree).",
         f"- Weights: fp16 safetensors, {cv['weights_bytes']} bytes, sha256 `{cv['weights_sha256']}`.",  # noqa: E501
         f"- Training time on the shared 2-core CPU machine ({cv['torch_threads']} torch thread): "
         f"{sum(cv['fold_seconds']) / 60:.1f} min for the {cv['folds']} folds; whole recipe "
-        f"{cv['total_seconds'] / 60:.1f} min. Best epochs per fold: {cv['best_epochs']}.",
+        f"{cv['total_seconds'] / 60:.1f} min; {cv['config']['max_epochs']} epochs per fold "
+        f"(devices: {', '.join(sorted(set(cv.get('fold_device', ['cpu']))))}).",
         "- Augmentation: rotation within 8 degrees, scale 0.9-1.1, shifts up to 6 %, gamma 0.7-1.5, "  # noqa: E501
         "brightness/contrast 8 %, faint noise. No horizontal flip: a flipped film is not a real "
         "film (heart and aortic knob on the wrong side, situs inversus aside), and flipping would "
         "teach the model to ignore the left/right anatomy radiologists rely on.",
         "- Class imbalance: positives weigh n_negative / n_positive in the loss.",
-        "- Early stopping: best AUROC on 15 % of each fold's training patients, held out again.",
+        "- Schedule: AdamW, one warm-up epoch then cosine decay; the last epoch's weights are "
+        "kept (no early stopping: 15 % of a fold's training patients, held out again, only "
+        "monitor it: about 60 films choose an epoch by chance).",
+        "- Locked validation split: one patient in five (fixed seed), never trained on, "
+        "calibrated on or used for a choice; `medlens validate "
+        "workflows/protocols/cxr-pneumonia.toml` runs the deployed model on it.",
         "",
         "## Evaluation: patient-level cross-validation",
         f"Pooled out-of-fold predictions of patient-level, label-stratified {cv['folds']}-fold CV on the "  # noqa: E501
-        "702 development films (each film predicted by the model that never saw its patient). "
+        f"{len(cv['images'])} development films (each film predicted by the model that never "
+        "saw its patient). "
         f"AUROC 95 % intervals: patient-level bootstrap ({BOOT_RESAMPLES} resamples of patients, "
         "percentile). Per-fold AUROC: " + ", ".join(_fmt(a) for a in cv["fold_auroc"]) + ".",
         "",
@@ -387,10 +405,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--install", action="store_true")
     a = p.parse_args(argv)
     cv = json.loads(a.cv.read_text())
-    ds = load(a.data, a.cache)
-    if cv.get("smoke"):
-        keep = np.flatnonzero(np.isin([r.image for r in ds.records], cv["images"]))
-        ds = ds.subset(keep)
+    ds = load(a.data, a.cache, int(cv.get("size", SIZE)))
+    # The CV ran on the development patients only (the locked split and, in smoke runs,
+    # all but a few patients are left out): the card judges exactly those films.
+    keep = np.flatnonzero(np.isin([r.image for r in ds.records], cv["images"]))
+    ds = ds.subset(keep)
     result = build(cv, ds)
     # Heatmap faithfulness and sanity of the run's own weights (faithfulness.py).
     weights = a.cv.parent / "model.safetensors"
@@ -398,10 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     if weights.is_file() and not cv.get("smoke"):
         from safetensors.torch import load_file
 
-        from medlens_cxr_pneumonia.network import build_ensemble
+        from medlens_cxr_pneumonia.network import ensemble_from_state
 
-        net = build_ensemble()
-        net.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
+        net = ensemble_from_state(load_file(str(weights)))
         result["faithfulness"] = faithfulness.measure(
             net, ds.images, ds.groups, seed=int(cv["seed"])
         )

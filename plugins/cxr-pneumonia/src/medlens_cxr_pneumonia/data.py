@@ -22,13 +22,22 @@ from medlens_cxr_pneumonia.preprocess import SIZE, prepare
 __all__ = [
     "DEFAULT_CACHE",
     "DEFAULT_DATA",
+    "LOCKED_FRACTION",
+    "LOCKED_SEED",
     "Dataset",
     "Record",
     "age_band",
     "dataset_sha256",
     "load",
+    "locked_split",
     "read_labels",
 ]
+
+#: Share of the patients locked away from training for ``medlens validate`` (one in five).
+LOCKED_FRACTION = 0.2
+#: Seed of the locked split: fixed for good, whatever seed a recipe run uses, so that no
+#: retraining ever sees the locked patients.
+LOCKED_SEED = 20261130
 
 #: Where the shared development data lives on the project machines.
 DEFAULT_DATA = Path(os.environ.get("MEDLENS_CXR_DATA", "/work/shared/data/cxr-nih"))
@@ -135,3 +144,17 @@ def load(root: Path = DEFAULT_DATA, cache: Path = DEFAULT_CACHE, size: int = SIZ
         os.replace(tmp, file)
         images = images.astype(np.float16).astype(np.float32)
     return Dataset(images, records, sha, root)
+
+
+def locked_split(ds: Dataset) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Indices (development, locked validation), split by patient and stratified by label.
+
+    The locked patients are never trained on, calibrated on or used to choose anything;
+    the ``cxr-pneumonia`` validation protocol runs the deployed model on them.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    k = round(1.0 / LOCKED_FRACTION)
+    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=LOCKED_SEED)
+    dev, locked = next(sgkf.split(np.zeros(len(ds.labels)), ds.labels, ds.groups))
+    return np.asarray(dev, dtype=np.int64), np.asarray(locked, dtype=np.int64)

@@ -28,7 +28,7 @@ from medlens.plugin_api.v1 import (
 )
 from medlens_cxr_pneumonia.gate import Gate
 from medlens_cxr_pneumonia.manifest import LABEL
-from medlens_cxr_pneumonia.network import LAYERS, build_ensemble
+from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
 from medlens_cxr_pneumonia.preprocess import prepare
 
 __all__ = ["NOT_FOR_DIAGNOSTIC_USE", "CxrPneumonia", "calibrated", "create", "grey_film"]
@@ -75,8 +75,7 @@ class CxrPneumonia:
     def __init__(self, ctx: LoadContext) -> None:
         m: Manifest = ctx.manifest
         state = ctx.load_state_dict()
-        self.net = build_ensemble()
-        self.net.load_state_dict({k: v.float() for k, v in state.items()})
+        self.net = ensemble_from_state(state)
         self.net.eval().to(ctx.device)
         self.device = ctx.device
         temperature = m.outputs.calibration.temperature

@@ -5,30 +5,37 @@ Usage::
     python -m medlens_cxr_pneumonia.recipe [--out DIR] [--seed 0] [--folds 5] [--install]
     python -m medlens_cxr_pneumonia.recipe --smoke --out DIR     # tiny subset, one epoch
 
-What it does, deterministically from ``--seed`` (CPU, one intra-op
-thread: see ``TrainConfig.threads``):
+What it does, deterministically from ``--seed`` (CPU with one intra-op thread, see
+``TrainConfig.threads``, or ``--device cuda``; the two differ only in round-off):
 
 1. Loads the development set (``/work/shared/data/cxr-nih``), hashes it (sha256 over
-   ``labels.csv`` and every image) and prepares every film once with
+   ``labels.csv`` and every image) and prepares every film once per input size with
    :func:`medlens_cxr_pneumonia.preprocess.prepare` into a cache outside the repository.
-2. Patient-level, label-stratified ``--folds``-fold (default 3) cross-validation
-   (``StratifiedGroupKFold``: a patient is never in two folds). In each fold, 15 % of the
-   training patients are held out again for early stopping (best validation AUROC,
-   patience); the outer fold is predicted only once, by the chosen weights. The pooled
-   out-of-fold logits are what the model card reports.
-3. Temperature scaling fitted on the pooled out-of-fold logits; operating points
+2. Locks one patient in five away (:func:`medlens_cxr_pneumonia.data.locked_split`, a
+   fixed seed): never trained on, calibrated on or used for any choice. ``--install``
+   writes their image names to ``locked_split.json`` for the validation protocol.
+3. Patient-level, label-stratified ``--folds``-fold cross-validation of the remaining
+   patients (``StratifiedGroupKFold``: a patient is never in two folds). In each fold 15 %
+   of the training patients are held out again (inner validation); the network trains a
+   fixed cosine schedule and its last weights are kept. Each member's logit is
+   standardised by its mean/std on its own training films (label-free), so that pooled
+   out-of-fold logits and the ensemble's mean share one scale.
+4. With several ``--sizes`` (input side in pixels), step 3 runs for each and the size of
+   the best mean *inner-validation* AUROC is kept: the outer folds judge, never choose.
+5. Temperature scaling fitted on the pooled out-of-fold logits; operating points
    ``triage`` (highest threshold with sensitivity >= 0.90) and ``balanced`` (Youden)
    chosen on the out-of-fold calibrated probabilities.
-4. The deployed model is the ensemble of the fold models (mean logit), saved as one fp16
-   safetensors file (``members.<k>.*``). Every film's card prediction comes from the member
-   that never saw its patient. An ensemble, rather than a refit on all films, because a
-   refit costs as much again on the shared 2-core machine and the card could not judge it.
-5. MLflow on SQLite (``<out>/mlflow.db``): parameters, per-epoch metrics of every fold,
-   the dataset sha256, the weights artifact.
-6. Writes ``<out>/cv.json`` (out-of-fold logits per film, folds, temperature, operating
+6. The deployed model is the ensemble of the fold models (mean standardised logit),
+   saved as one fp16 safetensors file (``members.<k>.*``, ``centre``, ``scale``). Every
+   film's card prediction comes from the member that never saw its patient.
+7. MLflow on SQLite (``<out>/mlflow.db``): parameters, per-epoch metrics of every fold,
+   the dataset sha256, the weights artifact. ``--no-tracking`` skips it (machines
+   without MLflow); a later run with the same ``--out`` resumes the finished folds and
+   logs their recorded histories.
+8. Writes ``<out>/cv.json`` (out-of-fold logits per film, folds, temperature, operating
    points, timings) and runs the model card (:mod:`medlens_cxr_pneumonia.card`) on it.
-   ``--install`` copies the weights and ``card.json`` into the package and the card into
-   ``docs/model-cards/cxr-pneumonia.md``.
+   ``--install`` copies the weights, ``locked_split.json`` and ``card.json`` into the
+   package and the card into ``docs/model-cards/cxr-pneumonia.md``.
 """
 
 from __future__ import annotations
@@ -47,10 +54,18 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens_cxr_pneumonia import calibration
-from medlens_cxr_pneumonia.data import DEFAULT_CACHE, DEFAULT_DATA, Dataset, load
+from medlens_cxr_pneumonia.data import (
+    DEFAULT_CACHE,
+    DEFAULT_DATA,
+    LOCKED_SEED,
+    Dataset,
+    load,
+    locked_split,
+)
+from medlens_cxr_pneumonia.preprocess import SIZE
 from medlens_cxr_pneumonia.train import FitResult, TrainConfig, fit, predict_logits, roc_auc
 
-__all__ = ["cross_validate", "main", "patient_folds", "save_weights"]
+__all__ = ["cross_validate", "main", "patient_folds", "save_weights", "select_size"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 #: Fraction of a fold's training patients held out for early stopping.
@@ -80,8 +95,8 @@ def _inner_split(
     return idx[tr], idx[va]
 
 
-def save_weights(state: dict[str, Any], path: Path) -> str:
-    """fp16 safetensors of ``state``; returns its sha256."""
+def save_weights(state: dict[str, Any], path: Path, size: int = SIZE) -> str:
+    """fp16 safetensors of ``state`` (metadata: the input side); returns its sha256."""
     import torch
     from safetensors.torch import save_file
 
@@ -91,8 +106,25 @@ def save_weights(state: dict[str, Any], path: Path) -> str:
         if isinstance(v, torch.Tensor)
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata={"format": "pt", "model": "cxr-pneumonia"})
+    save_file(
+        tensors,
+        str(path),
+        metadata={"format": "pt", "model": "cxr-pneumonia", "size": str(size)},
+    )
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class _NoTracking:
+    """Stands in for ``mlflow`` under ``--no-tracking``."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Ignored."""
+
+    def log_param(self, key: str, value: Any) -> None:
+        """Ignored."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Ignored."""
 
 
 def _log_history(mlflow: Any, prefix: str, history: list[dict[str, float]]) -> None:
@@ -111,13 +143,20 @@ def cross_validate(
     mlflow: Any,
     epochs: int | None = None,
     out: Path | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
-    """Patient-level CV; returns out-of-fold logits, fold ids and best epochs."""
+    """Patient-level CV; returns standardised out-of-fold logits, fold ids and the members.
+
+    A finished fold (``<out>/fold<k>.safetensors`` and ``.json``) is reused: a fold is
+    deterministic from the seed, and its recorded history is logged again.
+    """
+    from safetensors.torch import load_file
+
+    from medlens_cxr_pneumonia.network import build_network
+
     oof = np.full(len(ds.labels), np.nan)
     fold_of = np.full(len(ds.labels), -1, dtype=np.int64)
-    best_epochs: list[int] = []
-    fold_auc: list[float] = []
-    seconds: list[float] = []
+    metas: list[dict[str, Any]] = []
     states: list[dict[str, Any]] = []
     test_sets = patient_folds(ds, folds, cfg.seed)
     for k, test in enumerate(test_sets):
@@ -125,114 +164,178 @@ def cross_validate(
         tr, va = _inner_split(ds, train_idx, cfg.seed + k)
         assert not set(ds.groups[test]) & set(ds.groups[train_idx]), "patient leak"
         fold_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + 100 * (k + 1)})
-
         ckpt = out / f"fold{k}.safetensors" if out is not None else None
-        if ckpt is not None and ckpt.is_file():
-            # Resume: a fold is deterministic from the seed, so a finished one is reused.
-            from safetensors.torch import load_file
-
-            meta = json.loads((out / f"fold{k}.json").read_text())  # type: ignore[operator]
+        if ckpt is not None and ckpt.is_file() and ckpt.with_suffix(".json").is_file():
+            meta = json.loads(ckpt.with_suffix(".json").read_text())
             state = {
                 n: t.float() if t.is_floating_point() else t
                 for n, t in load_file(str(ckpt)).items()
             }
-            oof[test] = np.asarray(meta["logits"])
-            fold_of[test] = k
-            states.append(state)
-            best_epochs.append(int(meta["best_epoch"]))
-            fold_auc.append(float(meta["auroc"]))
-            seconds.append(float(meta["seconds"]))
-            print(f"[fold {k}] resumed from {ckpt.name}", flush=True)
-            continue
+            print(f"[{tag}fold {k}] resumed from {ckpt}", flush=True)
+        else:
 
-        def log(row: dict[str, float], k: int = k) -> None:
-            msg = " ".join(f"{key}={v:.4g}" for key, v in row.items())
-            print(f"[fold {k}] {msg}", flush=True)
+            def log(row: dict[str, float], k: int = k) -> None:
+                msg = " ".join(f"{key}={v:.4g}" for key, v in row.items())
+                print(f"[{tag}fold {k}] {msg}", flush=True)
 
-        res: FitResult = fit(
-            fold_cfg,
-            ds.images[tr],
-            ds.labels[tr],
-            ds.images[va],
-            ds.labels[va],
-            epochs=epochs,
-            on_epoch=log,
-        )
-        _log_history(mlflow, f"fold{k}_", res.history)
-        from medlens_cxr_pneumonia.network import build_network
-
-        net = build_network()
-        net.load_state_dict(res.state)
-        oof[test] = predict_logits(net, ds.images[test])
-        fold_of[test] = k
-        states.append(res.state)
-        best_epochs.append(res.best_epoch)
-        auc = roc_auc(ds.labels[test], oof[test])
-        fold_auc.append(auc)
-        seconds.append(res.seconds)
-        mlflow.log_metrics({f"fold{k}_test_auroc": auc, f"fold{k}_best_epoch": res.best_epoch})
-        if ckpt is not None:
-            save_weights(res.state, ckpt)
-            ckpt.with_suffix(".json").write_text(
-                json.dumps(
-                    {
-                        "logits": oof[test].tolist(),
-                        "best_epoch": res.best_epoch,
-                        "auroc": auc,
-                        "seconds": res.seconds,
-                    }
-                )
+            res: FitResult = fit(
+                fold_cfg,
+                ds.images[tr],
+                ds.labels[tr],
+                ds.images[va],
+                ds.labels[va],
+                epochs=epochs,
+                on_epoch=log,
             )
-        print(f"[fold {k}] best_epoch={res.best_epoch} test_auroc={auc:.4f} ({res.seconds:.0f}s)")
+            state = res.state
+            net = build_network()
+            net.load_state_dict(state)
+            raw = predict_logits(net, ds.images[test])
+            logits = (raw - res.centre) / res.scale
+            meta = {
+                "logits": logits.tolist(),
+                "best_epoch": res.best_epoch,
+                "auroc": roc_auc(ds.labels[test], logits),
+                "val_auroc": res.val_auroc,
+                "centre": res.centre,
+                "scale": res.scale,
+                "seconds": res.seconds,
+                "device": cfg.device,
+                "history": res.history,
+            }
+            if ckpt is not None:
+                save_weights(state, ckpt)
+                ckpt.with_suffix(".json").write_text(json.dumps(meta))
+        _log_history(mlflow, f"{tag}fold{k}_", meta["history"])
+        mlflow.log_metrics(
+            {
+                f"{tag}fold{k}_test_auroc": meta["auroc"],
+                f"{tag}fold{k}_inner_val_auroc": meta["val_auroc"],
+            }
+        )
+        oof[test] = np.asarray(meta["logits"])
+        fold_of[test] = k
+        states.append(state)
+        metas.append(meta)
+        print(
+            f"[{tag}fold {k}] test_auroc={meta['auroc']:.4f} "
+            f"inner_val_auroc={meta['val_auroc']:.4f} ({meta['seconds']:.0f}s)",
+            flush=True,
+        )
     return {
         "oof_logits": oof.tolist(),
         "fold": fold_of.tolist(),
-        "best_epochs": best_epochs,
-        "fold_auroc": fold_auc,
-        "fold_seconds": seconds,
+        "best_epochs": [m["best_epoch"] for m in metas],
+        "fold_auroc": [m["auroc"] for m in metas],
+        "fold_val_auroc": [m["val_auroc"] for m in metas],
+        "fold_seconds": [m["seconds"] for m in metas],
+        "fold_device": [m.get("device", "cpu") for m in metas],
+        "centres": [m["centre"] for m in metas],
+        "scales": [m["scale"] for m in metas],
         "states": states,
     }
 
 
+def select_size(inner: dict[int, list[float]]) -> int:
+    """The input size with the best mean inner-validation AUROC (ties: the smaller size)."""
+    return max(sorted(inner), key=lambda s: (float(np.nanmean(inner[s])), -s))
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=DEFAULT_CACHE / "run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument(
+        "--sizes",
+        default=str(SIZE),
+        help="comma-separated input sides in pixels; several: chosen by inner validation",
+    )
     p.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--smoke", action="store_true", help="tiny subset, one epoch, 2 folds")
     p.add_argument("--no-card", action="store_true", help="skip the model card")
+    p.add_argument("--no-tracking", action="store_true", help="no MLflow (resume logs it)")
     p.add_argument("--install", action="store_true", help="copy weights/card into the package")
     a = p.parse_args(argv)
 
-    import mlflow
     import torch
 
     t0 = time.perf_counter()
-    ds = load(a.data, a.cache)
-    cfg = TrainConfig(seed=a.seed, max_epochs=a.max_epochs)
+    sizes = [int(v) for v in str(a.sizes).split(",") if v.strip()]
+    cfg = TrainConfig(seed=a.seed, max_epochs=a.max_epochs, device=_device(a.device))
     torch.set_num_threads(cfg.threads)
+    if cfg.device == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     folds = a.folds
     epochs: int | None = None
+    keep: npt.NDArray[np.int64] | None = None
     if a.smoke:
-        rng = np.random.default_rng(a.seed)
-        patients = rng.permutation(sorted(set(ds.groups.tolist())))[:40]
-        ds = ds.subset(np.flatnonzero(np.isin(ds.groups, patients)))
-        cfg = TrainConfig(seed=a.seed, max_epochs=1, min_epochs=1, batch_size=8)
+        cfg = TrainConfig(seed=a.seed, max_epochs=1, min_epochs=1, batch_size=8, device=cfg.device)
         folds, epochs = 2, 1
     a.out.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(f"sqlite:///{(a.out / 'mlflow.db').resolve()}")
-    exp = "cxr-pneumonia-smoke" if a.smoke else "cxr-pneumonia"
-    if mlflow.get_experiment_by_name(exp) is None:
-        mlflow.create_experiment(exp, artifact_location=(a.out / "mlartifacts").resolve().as_uri())
-    mlflow.set_experiment(exp)
-    with mlflow.start_run(run_name=f"seed{a.seed}"):
-        mlflow.log_params({**asdict(cfg), "folds": folds, "dataset_sha256": ds.sha256})
-        mlflow.log_param("n_images", len(ds.labels))
-        cv = cross_validate(ds, cfg, folds, mlflow, epochs, a.out)
+    if a.no_tracking:
+        mlflow: Any = _NoTracking()
+        from contextlib import nullcontext
+
+        run_ctx: Any = nullcontext()
+    else:
+        import mlflow
+
+        mlflow.set_tracking_uri(f"sqlite:///{(a.out / 'mlflow.db').resolve()}")
+        exp = "cxr-pneumonia-smoke" if a.smoke else "cxr-pneumonia"
+        if mlflow.get_experiment_by_name(exp) is None:
+            mlflow.create_experiment(
+                exp, artifact_location=(a.out / "mlartifacts").resolve().as_uri()
+            )
+        mlflow.set_experiment(exp)
+        run_ctx = mlflow.start_run(run_name=f"seed{a.seed}")
+    with run_ctx:
+        runs: dict[int, dict[str, Any]] = {}
+        data: dict[int, Dataset] = {}
+        locked_images: list[str] = []
+        for size in sizes:
+            full = load(a.data, a.cache, size)
+            dev_idx, locked_idx = locked_split(full)
+            locked_images = [full.records[i].image for i in locked_idx]
+            ds = full.subset(dev_idx)
+            if a.smoke:
+                if keep is None:
+                    rng = np.random.default_rng(a.seed)
+                    patients = rng.permutation(sorted(set(ds.groups.tolist())))[:40]
+                    keep = np.flatnonzero(np.isin(ds.groups, patients))
+                ds = ds.subset(keep)
+            data[size] = ds
+            tag = f"size{size}_" if len(sizes) > 1 else ""
+            sub = a.out / f"size{size}"
+            sub.mkdir(parents=True, exist_ok=True)
+            runs[size] = cross_validate(ds, cfg, folds, mlflow, epochs, sub, tag)
+        inner = {s: r["fold_val_auroc"] for s, r in runs.items()}
+        size = select_size(inner) if len(sizes) > 1 else sizes[0]
+        cv, ds = runs[size], data[size]
+        mlflow.log_params(
+            {
+                **asdict(cfg),
+                "folds": folds,
+                "dataset_sha256": ds.sha256,
+                "sizes": ",".join(map(str, sizes)),
+                "size": size,
+                "n_images": len(ds.labels),
+                "n_locked": len(locked_images),
+            }
+        )
         oof = np.asarray(cv["oof_logits"])
         y = ds.labels
         temperature = calibration.fit_temperature(oof, y)
@@ -240,25 +343,30 @@ def main(argv: list[str] | None = None) -> int:
         triage = calibration.triage_point(y, probs, 0.90)
         balanced = calibration.balanced_point(y, probs)
         weights = a.out / "model.safetensors"
-        sha = save_weights(
-            {
-                f"members.{k}.{name}": t
-                for k, st in enumerate(cv["states"])
-                for name, t in st.items()
-            },
-            weights,
-        )
+        ensemble = {
+            f"members.{k}.{name}": t for k, st in enumerate(cv["states"]) for name, t in st.items()
+        }
+        ensemble["centre"] = torch.tensor(cv["centres"], dtype=torch.float32)
+        ensemble["scale"] = torch.tensor(cv["scales"], dtype=torch.float32)
+        sha = save_weights(ensemble, weights, size=size)
         cv_auc = roc_auc(y, oof)
         mlflow.log_metrics({"cv_auroc": cv_auc, "temperature": temperature})
         mlflow.log_param("weights_sha256", sha)
-        mlflow.log_artifact(str(weights))
         result = {
             "dataset_sha256": ds.sha256,
             "seed": a.seed,
             "smoke": a.smoke,
             "config": asdict(cfg),
             "folds": folds,
+            "size": size,
+            "sizes": sizes,
+            "size_selection_inner_val_auroc": {str(s): v for s, v in inner.items()},
+            "size_cv_auroc": {
+                str(s): roc_auc(data[s].labels, np.asarray(r["oof_logits"]))
+                for s, r in runs.items()
+            },
             "images": [r.image for r in ds.records],
+            "locked_images": locked_images,
             "labels": y.tolist(),
             **{k: v for k, v in cv.items() if k != "states"},
             "cv_auroc": cv_auc,
@@ -271,14 +379,22 @@ def main(argv: list[str] | None = None) -> int:
             "torch_threads": torch.get_num_threads(),
         }
         (a.out / "cv.json").write_text(json.dumps(result, indent=1))
-        mlflow.log_artifact(str(a.out / "cv.json"))
+        if not a.no_tracking:
+            mlflow.log_artifact(str(weights))
+            mlflow.log_artifact(str(a.out / "cv.json"))
     print(
-        f"cv_auroc={cv_auc:.4f} T={temperature:.3f} triage={triage} balanced={balanced} "
-        f"weights sha256={sha} total={time.perf_counter() - t0:.0f}s",
+        f"size={size} cv_auroc={cv_auc:.4f} T={temperature:.3f} triage={triage} "
+        f"balanced={balanced} weights sha256={sha} total={time.perf_counter() - t0:.0f}s",
         flush=True,
     )
     if a.install:
         shutil.copy2(weights, PACKAGE_DIR / "weights" / "model.safetensors")
+        split = {
+            "dataset_sha256": ds.sha256,
+            "seed": LOCKED_SEED,
+            "images": sorted(locked_images),
+        }
+        (PACKAGE_DIR / "locked_split.json").write_text(json.dumps(split, indent=1) + "\n")
     if not a.no_card:
         from medlens_cxr_pneumonia import card
 

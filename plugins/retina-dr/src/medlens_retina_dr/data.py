@@ -28,6 +28,7 @@ __all__ = [
     "cache_dir",
     "cached_crops",
     "data_root",
+    "dataset_sha256",
     "load_rgb",
     "patient_folds",
     "read_records",
@@ -126,3 +127,13 @@ def patient_folds(records: list[Record], k: int, seed: int) -> npt.NDArray[np.in
             fold_of[group[int(idx)]] = (j + offset) % k
         offset += len(group)
     return np.array([fold_of[r.patient_id] for r in records], dtype=np.int64)
+
+
+def dataset_sha256(root: Path | None = None) -> str:
+    """sha256 over ``labels.csv`` and every image's bytes, in label order."""
+    root = root or data_root()
+    h = hashlib.sha256((root / "labels.csv").read_bytes())
+    for r in read_records(root):
+        h.update(r.image.encode())
+        h.update(hashlib.sha256((root / "images" / r.image).read_bytes()).digest())
+    return h.hexdigest()

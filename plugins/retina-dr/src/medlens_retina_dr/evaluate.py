@@ -217,8 +217,14 @@ def card(res: dict[str, Any]) -> str:
             "zoom/shift, brightness/contrast/colour, blur)."
         ),
         f"- Input: field-of-view crop at {cfg['side']} px, Graham local-average subtraction "
-        f"{'on' if res['use_graham'] else 'off'}, chosen by cross-validation of both variants "
-        f"(out-of-fold AUROC {res['selection_oof_auroc']}).",
+        f"{'on' if res['use_graham'] else 'off'}, "
+        + (
+            f"chosen by cross-validation of both variants (out-of-fold AUROC "
+            f"{res['selection_oof_auroc']})."
+            if cfg.get("graham", "select") == "select"
+            else f"fixed by the recipe (`--graham {cfg['graham']}`): the field's standard "
+            "normalisation for lesion-level detail, not chosen on these folds."
+        ),
         f"- Resolution: {cfg['side']} px, not 512: the recipe had to run its 5 folds on 2 CPU "
         "cores shared with about 7 other jobs within ~30 minutes.",
         f"- Weights: {res['weights_mb']} MB safetensors, sha256 `{res['weights_sha256']}`; "
@@ -236,7 +242,10 @@ def card(res: dict[str, Any]) -> str:
         "for academic purposes with attribution. **The weights inherit that condition.**",
         f"- Patient-level {cfg['folds']}-fold cross-validation, stratified by referable "
         "patients; every "
-        "figure is out-of-fold. No locked test set here: the project holds it back.",
+        "figure is out-of-fold. One patient in five (fixed seed) is locked away before any "
+        "of this: never trained on, calibrated on or used for a choice; `medlens validate "
+        "workflows/protocols/retina-dr.toml` runs the deployed model on those eyes. The "
+        "project's own test set (other patients and cameras) is held back.",
         "",
         "## Performance (cross-validated, patient-level bootstrap 95 % CI)",
         "",

@@ -63,7 +63,7 @@ import numpy.typing as npt
 import torch
 
 from medlens_retina_dr import data, preprocess
-from medlens_retina_dr.augment import augment
+from medlens_retina_dr.augment import augment, augment_batch
 from medlens_retina_dr.network import build_network
 
 __all__ = ["RecipeConfig", "main", "run"]
@@ -95,6 +95,9 @@ class RecipeConfig:
     threads: int = 1
     limit: int = 0  # use only the first N patients (smoke runs); 0 = all
     screening_sensitivity: float = 0.87
+    #: ``cpu`` or ``cuda`` (``train`` mode): the recipe is the same on both, results
+    #: differ in round-off.
+    device: str = "cpu"
 
 
 def _auroc(y: Sequence[int] | npt.NDArray[Any], s: Sequence[float] | npt.NDArray[Any]) -> float:
@@ -130,12 +133,13 @@ def _predict(
 ) -> _F:
     """Logits with test-time augmentation (identity + horizontal flip, averaged)."""
     net.eval()
+    dev = next(net.parameters()).device
     out: list[float] = []
     with torch.no_grad():
         for i in range(0, len(crops), batch):
-            x = _prepare_batch(crops[i : i + batch], use_graham, None)
+            x = _prepare_batch(crops[i : i + batch], use_graham, None).to(dev)
             logit = (net(x) + net(torch.flip(x, dims=[3]))) / 2
-            out.extend(float(v) for v in logit[:, 0])
+            out.extend(float(v) for v in logit[:, 0].cpu())
     return np.asarray(out, dtype=np.float64)
 
 
@@ -150,31 +154,43 @@ def train_fold(
     seed: int,
     log: Callable[[str, float, int], None] | None = None,
 ) -> tuple[torch.nn.Module, _F]:
-    """Train one network on ``train_idx``; return it and its TTA logits on ``val_idx``."""
+    """Train one network on ``train_idx``; return it and its TTA logits on ``val_idx``.
+
+    The returned network's logit is standardised (its head rescaled) by the mean and
+    standard deviation of its logits on its own training crops, label-free, so that the
+    fold networks of the ensemble and the pooled out-of-fold logits share one scale.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = build_network()
+    gen = torch.Generator().manual_seed(seed)
+    dev = torch.device(cfg.device)
+    net = build_network().to(dev)
+    # The prepared crops live on the device once; augmentation runs there, batched.
+    images = torch.from_numpy(np.ascontiguousarray(crops[train_idx].transpose(0, 3, 1, 2)))
+    images = images.to(dev)
+    background = (128 if use_graham else 0) / 127.5 - 1.0
     y = labels[train_idx]
     pos = max(1, int(y.sum()))
     loss_fn = torch.nn.BCEWithLogitsLoss(
-        pos_weight=torch.tensor([(len(y) - pos) / pos], dtype=torch.float32)
+        pos_weight=torch.tensor([(len(y) - pos) / pos], dtype=torch.float32, device=dev)
     )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.15
     )
+    targets = torch.from_numpy(y.astype(np.float32))[:, None].to(dev)
     for epoch in range(cfg.epochs):
         net.train()
-        order = rng.permutation(train_idx)
+        order = rng.permutation(len(train_idx))
         total = 0.0
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             if len(idx) < 2:  # batch norm needs two samples
                 continue
-            x = _prepare_batch(crops[idx], use_graham, rng)
-            t = torch.from_numpy(labels[idx].astype(np.float32))[:, None]
-            loss = loss_fn(net(x), t)
+            sel = torch.from_numpy(idx).to(dev)
+            x = augment_batch(images[sel].float() / 127.5 - 1.0, gen, background, cfg.side)
+            loss = loss_fn(net(x), targets[sel])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -185,6 +201,15 @@ def train_fold(
             if len(val_idx) and (epoch == cfg.epochs - 1 or epoch % 4 == 3):
                 v = _predict(net, crops[val_idx], use_graham)
                 log("val_auroc", _auroc(labels[val_idx], v), epoch)
+    del images
+    own = _predict(net, crops[train_idx], use_graham)
+    centre, spread = float(own.mean()), float(max(own.std(), 1e-3))
+    with torch.no_grad():
+        head = net.head
+        assert isinstance(head, torch.nn.Linear)
+        head.weight.div_(spread)
+        head.bias.sub_(centre).div_(spread)
+    net = net.cpu()
     logits = _predict(net, crops[val_idx], use_graham) if len(val_idx) else np.zeros(0)
     return net, logits
 
@@ -204,8 +229,7 @@ def cross_validate(
 
     With ``only`` > 0 just the first ``only`` folds are run (the others' logits stay nan).
     """
-    import mlflow
-
+    mlflow = _TRACKER[0]
     oof = np.full(len(labels), np.nan, dtype=np.float64)
     nets: list[torch.nn.Module] = []
     for k in range(only or cfg.folds):
@@ -216,6 +240,7 @@ def cross_validate(
         def log(name: str, value: float, step: int, k: int = k) -> None:
             if math.isfinite(value):
                 mlflow.log_metric(f"{tag}.fold{k}.{name}", value, step=step)
+                _HISTORY.append({"key": f"{tag}.fold{k}.{name}", "value": value, "step": step})
 
         net, logits = train_fold(
             crops, labels, tr, va, cfg, use_graham=use_graham, seed=cfg.seed * 1000 + k, log=log
@@ -385,6 +410,60 @@ def _save_ensemble(nets: list[torch.nn.Module], path: Path, use_graham: bool, si
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+class _NoTracking:
+    """Stands in for ``mlflow`` under ``--no-tracking`` (machines without MLflow).
+
+    Everything the run would log is in ``recipe.json`` too; ``--track-only`` logs a
+    finished run's ``recipe.json`` and weights to MLflow afterwards.
+    """
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        """Ignored."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Ignored."""
+
+    def log_param(self, key: str, value: Any) -> None:
+        """Ignored."""
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Ignored."""
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """Ignored."""
+
+    def start_run(self, **kwargs: Any) -> Any:
+        """A context that does nothing."""
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+#: The tracker of the running recipe: ``mlflow`` or :class:`_NoTracking`.
+_TRACKER: list[Any] = [_NoTracking()]
+#: Every per-epoch metric of the running recipe, kept for ``recipe.json``.
+_HISTORY: list[dict[str, Any]] = []
+#: Share of patients locked away from training for ``medlens validate`` (one in five),
+#: and the fixed seed of that split (whatever seed a recipe run uses).
+LOCKED_FOLDS = 5
+LOCKED_SEED = 20261130
+
+
+def locked_mask(records: list[data.Record]) -> npt.NDArray[np.bool_]:
+    """Eyes of the locked validation patients (never trained on, nor used to choose)."""
+    return np.asarray(data.patient_folds(records, LOCKED_FOLDS, LOCKED_SEED) == 0)
+
+
+def write_locked_split(path: Path, images: Sequence[str]) -> None:
+    """``locked_split.json``: the locked validation images, for the validation protocol."""
+    split = {
+        "dataset_sha256": data.dataset_sha256(),
+        "seed": LOCKED_SEED,
+        "images": sorted(images),
+    }
+    path.write_text(json.dumps(split, indent=1) + "\n")
+
+
 def _mlflow_experiment(out: Path, name: str) -> str:
     import mlflow
 
@@ -397,14 +476,28 @@ def _mlflow_experiment(out: Path, name: str) -> str:
     )
 
 
-def run(cfg: RecipeConfig, out: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    cfg: RecipeConfig, out: Path, say: Callable[[str], None] = print, *, tracking: bool = True
+) -> dict[str, Any]:
     """Run the whole recipe into ``out``; returns what ``recipe.json`` holds."""
-    import mlflow
+    if tracking:
+        import mlflow as tracker
 
+        _TRACKER[0] = tracker
+    else:
+        _TRACKER[0] = _NoTracking()
+    mlflow: Any = _TRACKER[0]
     torch.set_num_threads(cfg.threads)
+    if cfg.device == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
     t_start = time.perf_counter()
+    _HISTORY.clear()
     out.mkdir(parents=True, exist_ok=True)
     records = data.read_records()
+    locked = locked_mask(records)
+    locked_images = [r.image for r, m in zip(records, locked, strict=True) if m]
+    records = [r for r, m in zip(records, locked, strict=True) if not m]
     if cfg.limit:
         keep = sorted({r.patient_id for r in records})[: cfg.limit]
         records = [r for r in records if r.patient_id in set(keep)]
@@ -414,7 +507,7 @@ def run(cfg: RecipeConfig, out: Path, say: Callable[[str], None] = print) -> dic
     crops = data.cached_crops(records, cfg.side)
     say(f"{len(records)} eyes of {len(set(patients))} patients, {int(labels.sum())} referable")
 
-    exp = _mlflow_experiment(out, "retina-dr")
+    exp = _mlflow_experiment(out, "retina-dr") if tracking else ""
     with mlflow.start_run(experiment_id=exp, run_name=f"recipe-seed{cfg.seed}"):
         mlflow.log_params(asdict(cfg))
         base = baseline_oof(crops, labels, folds)
@@ -424,13 +517,25 @@ def run(cfg: RecipeConfig, out: Path, say: Callable[[str], None] = print) -> dic
 
         selection: dict[str, float] = {}
         done_cv: dict[bool, tuple[_F, list[torch.nn.Module]]] = {}
-        if cfg.graham == "select" and cfg.mode == "random-features":
-            # Cheap enough to compare both variants at full size, on every fold.
+        if cfg.graham == "select" and (cfg.mode == "random-features" or cfg.device == "cuda"):
+            # Cheap enough (random features; or training on a GPU) to compare both
+            # variants at full size, on every fold.
             for variant in ("graham", "raw"):
                 g = variant == "graham"
-                done_cv[g] = random_feature_cv(
-                    _prepared(crops, g), labels, folds, cfg, use_graham=g, say=say
-                )
+                if cfg.mode == "random-features":
+                    done_cv[g] = random_feature_cv(
+                        _prepared(crops, g), labels, folds, cfg, use_graham=g, say=say
+                    )
+                else:
+                    done_cv[g] = cross_validate(
+                        _prepared(crops, g),
+                        labels,
+                        folds,
+                        cfg,
+                        use_graham=g,
+                        tag=f"select.{variant}",
+                        say=say,
+                    )
                 selection[variant] = _auroc(labels, done_cv[g][0])
                 mlflow.log_metric(f"select.{variant}.oof_auroc", selection[variant])
                 say(f"selection {variant}: out-of-fold AUROC {selection[variant]:.3f}")
@@ -505,6 +610,9 @@ def run(cfg: RecipeConfig, out: Path, say: Callable[[str], None] = print) -> dic
             "weights_mb": round(size_mb, 3),
             "ensemble_size": len(nets),
             "wall_s": round(wall, 1),
+            "device": cfg.device,
+            "locked_images": locked_images,
+            "history": list(_HISTORY),
             "eyes": [
                 {
                     "image": r.image,
@@ -520,12 +628,44 @@ def run(cfg: RecipeConfig, out: Path, say: Callable[[str], None] = print) -> dic
             ],
         }
         (out / "recipe.json").write_text(json.dumps(summary, indent=1) + "\n")
+        write_locked_split(out / "locked_split.json", locked_images)
         mlflow.log_artifact(str(out / "recipe.json"))
     say(f"weights {weights} ({size_mb:.1f} MB) sha256 {digest}; {wall:.0f} s")
     return summary
 
 
-def _parse(argv: Sequence[str] | None) -> tuple[RecipeConfig, Path]:
+def track_only(out: Path) -> str:
+    """Log a finished run (``recipe.json``, weights) to MLflow on SQLite in ``out``.
+
+    For runs made with ``--no-tracking`` on a machine without MLflow (the GPU machine):
+    the parameters, every per-epoch metric, the summary metrics and the weights are
+    logged as the run would have logged them. Returns the MLflow run id.
+    """
+    import mlflow
+
+    rec = json.loads((out / "recipe.json").read_text())
+    exp = _mlflow_experiment(out, "retina-dr")
+    with mlflow.start_run(experiment_id=exp, run_name=f"recipe-seed{rec['config']['seed']}") as r:
+        mlflow.log_params(rec["config"] | {"use_graham": rec["use_graham"], "logged_after": True})
+        for row in rec.get("history", []):
+            mlflow.log_metric(row["key"], row["value"], step=row["step"])
+        mlflow.log_metrics(
+            {
+                "baseline_lr32.oof_auroc": rec["baseline_oof_auroc"],
+                "cv.oof_auroc": rec["cv_oof_auroc"],
+                "temperature": rec["temperature"],
+                "wall_s": rec["wall_s"],
+            }
+            | {f"select.{k}.oof_auroc": v for k, v in rec["selection_oof_auroc"].items()}
+            | {f"threshold.{k}": v for k, v in rec["thresholds"].items()}
+        )
+        mlflow.log_param("weights_sha256", rec["weights_sha256"])
+        mlflow.log_artifact(str(out / "model.safetensors"), artifact_path="weights")
+        mlflow.log_artifact(str(out / "recipe.json"))
+        return str(r.info.run_id)
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[RecipeConfig, Path, argparse.Namespace]:
     d = RecipeConfig()
     p = argparse.ArgumentParser(
         prog="python -m medlens_retina_dr.recipe",
@@ -546,6 +686,11 @@ def _parse(argv: Sequence[str] | None) -> tuple[RecipeConfig, Path]:
     p.add_argument("--mode", choices=["random-features", "train"], default=d.mode)
     p.add_argument("--head-c", type=float, default=d.head_c)
     p.add_argument("--smoke", action="store_true", help="tiny run for tests (seconds)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (train mode)")
+    p.add_argument("--no-tracking", action="store_true", help="no MLflow (see --track-only)")
+    p.add_argument(
+        "--track-only", action="store_true", help="log the finished run in --out to MLflow"
+    )
     a = p.parse_args(argv)
     cfg = RecipeConfig(
         seed=a.seed,
@@ -561,6 +706,7 @@ def _parse(argv: Sequence[str] | None) -> tuple[RecipeConfig, Path]:
         threads=a.threads,
         mode=a.mode,
         head_c=a.head_c,
+        device=("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device,
     )
     if a.smoke:
         cfg = replace(
@@ -574,13 +720,16 @@ def _parse(argv: Sequence[str] | None) -> tuple[RecipeConfig, Path]:
             limit=12,
             batch_size=8,
         )
-    return cfg, a.out
+    return cfg, a.out, a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    cfg, out = _parse(argv)
-    run(cfg, out)
+    cfg, out, a = _parse(argv)
+    if a.track_only:
+        print(f"logged to MLflow run {track_only(out)}")
+        return 0
+    run(cfg, out, tracking=not a.no_tracking)
     return 0
 
 

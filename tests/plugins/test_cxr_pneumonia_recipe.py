@@ -1,0 +1,73 @@
+"""The cxr-pneumonia recipe's locked split and standardised ensemble."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from medlens_cxr_pneumonia.data import DEFAULT_DATA, Dataset, locked_split, read_labels
+from medlens_cxr_pneumonia.network import build_ensemble, build_network, ensemble_from_state
+from medlens_cxr_pneumonia.recipe import select_size
+
+
+def _records_only(root: Path) -> Dataset:
+    records = read_labels(root)
+    return Dataset(np.zeros((len(records), 1, 1), np.float32), records, "x", root)
+
+
+@pytest.mark.skipif(
+    not (DEFAULT_DATA / "labels.csv").is_file(),
+    reason=f"cxr development data absent ({DEFAULT_DATA}); see ../shared/data/README.md",
+)
+def test_locked_split_is_by_patient_fixed_and_one_in_five() -> None:
+    ds = _records_only(DEFAULT_DATA)
+    dev, locked = locked_split(ds)
+    again_dev, again_locked = locked_split(ds)
+    assert np.array_equal(locked, again_locked) and np.array_equal(dev, again_dev)
+    assert set(dev.tolist()) | set(locked.tolist()) == set(range(len(ds.records)))
+    assert not set(ds.groups[dev]) & set(ds.groups[locked]), "a patient on both sides"
+    share = len(set(ds.groups[locked])) / len(set(ds.groups))
+    assert 0.17 < share < 0.23
+    # Stratified: the locked films' pneumonia share is within 5 points of the whole set's.
+    assert abs(ds.labels[locked].mean() - ds.labels.mean()) < 0.05
+    shipped = Path(__file__).parents[2] / (
+        "plugins/cxr-pneumonia/src/medlens_cxr_pneumonia/locked_split.json"
+    )
+    if shipped.is_file():
+        names = json.loads(shipped.read_text())["images"]
+        assert sorted(names) == sorted(ds.records[i].image for i in locked)
+
+
+def test_ensemble_mean_of_standardised_member_logits() -> None:
+    torch.manual_seed(0)
+    members = [build_network((4, 4, 8, 8)) for _ in range(3)]
+    state = {
+        f"members.{k}.{n}": t for k, m in enumerate(members) for n, t in m.state_dict().items()
+    }
+    state["centre"] = torch.tensor([0.5, -1.0, 2.0])
+    state["scale"] = torch.tensor([2.0, 0.5, 1.0])
+    net = ensemble_from_state(state).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        want = torch.stack(
+            [
+                (m.eval()(x) - c) / s
+                for m, c, s in zip(members, [0.5, -1.0, 2.0], [2.0, 0.5, 1.0], strict=True)
+            ]
+        ).mean(0)
+        assert torch.allclose(net(x), want, atol=1e-5)
+    # Weights from before standardisation load with the identity.
+    old = {k: v for k, v in state.items() if k.startswith("members.")}
+    with torch.no_grad():
+        raw = torch.stack([m(x) for m in members]).mean(0)
+        assert torch.allclose(ensemble_from_state(old).eval()(x), raw, atol=1e-5)
+    assert len(build_ensemble(2, (4, 4, 8, 8)).get_buffer("centre")) == 2
+
+
+def test_size_is_chosen_on_inner_validation_only() -> None:
+    assert select_size({128: [0.80, 0.82], 160: [0.85, 0.84]}) == 160
+    assert select_size({128: [0.80, float("nan")], 160: [0.78, 0.79]}) == 128
+    assert select_size({128: [0.8], 160: [0.8]}) == 128  # a tie keeps the cheaper size
