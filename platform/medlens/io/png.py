@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +19,7 @@ import numpy.typing as npt
 from medlens.errors import OutputError
 from medlens.imaging.image import Image
 from medlens.io.atomic import write_bytes
-from medlens.io.colormap import jet_lut
+from medlens.io.colormap import JET_LEVELS, jet_table
 from medlens.plugin_api._manifest import Label
 
 __all__ = ["NOT_FOR_DIAGNOSIS", "burn_in", "write_heatmap_png", "write_mask_png"]
@@ -28,15 +29,21 @@ NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 
 _ALPHA = 0.45
 _PALETTE = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 200), (0, 200, 200))
+# Overlays of full-size photographs have ~10 M pixels: float32 (8-bit output), the window
+# from a strided sample of ~1 M values, and fast zlib (a derived picture, not an archive):
+# for a 3872 x 2592 fundus photograph this took the writing from ~5 s to ~1 s of CPU.
+_PERCENTILE_SAMPLE = 1_000_000
+_PNG_COMPRESS_LEVEL = 1
 
 
-def _base_rgb(image: Image) -> npt.NDArray[np.float64]:
+def _base_rgb(image: Image) -> npt.NDArray[np.float32]:
     """``(rows, columns, 3)`` in [0, 1]: the image as shown (grey windowed 1-99 %, or RGB)."""
-    a = np.asarray(image.array, dtype=np.float64)
+    a = np.asarray(image.array, dtype=np.float32)
     if a.ndim != 3:
         raise OutputError(f"PNG overlays are for 2-D images, got a {a.ndim - 1}-D image")
     planes = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
-    lo, hi = np.percentile(planes, [1.0, 99.0])
+    step = max(1, int(np.sqrt(planes.size / _PERCENTILE_SAMPLE)))  # a grid: no full copy
+    lo, hi = np.percentile(planes[:, ::step, ::step], [1.0, 99.0])
     rgb = np.clip((planes - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     return np.transpose(rgb, (2, 1, 0))  # (C, i = column, j = row) -> (row, column, C)
 
@@ -54,14 +61,16 @@ def burn_in(rgb: npt.NDArray[np.uint8], text: str) -> npt.NDArray[np.uint8]:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _save_png(rgb: npt.NDArray[np.float64], path: Path, label: str | None) -> Path:
+def _save_png(rgb: npt.NDArray[np.floating[Any]], path: Path, label: str | None) -> Path:
     from PIL import Image as PilImage
 
     pixels = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
     if label:
         pixels = burn_in(pixels, label)
     buf = io.BytesIO()
-    PilImage.fromarray(pixels, mode="RGB").save(buf, format="PNG")
+    PilImage.fromarray(pixels, mode="RGB").save(
+        buf, format="PNG", compress_level=_PNG_COMPRESS_LEVEL
+    )
     return write_bytes(path, buf.getvalue())
 
 
@@ -80,7 +89,7 @@ def write_mask_png(
     rgb = _base_rgb(image)
     values = np.transpose(np.asarray(mask.array)[0], (1, 0))
     for n, lab in enumerate(x for x in labels if x.value > 0):
-        colour = np.asarray(lab.color or _PALETTE[n % len(_PALETTE)], dtype=np.float64) / 255.0
+        colour = np.asarray(lab.color or _PALETTE[n % len(_PALETTE)], dtype=np.float32) / 255.0
         where = values == lab.value
         rgb[where] = (1.0 - _ALPHA) * rgb[where] + _ALPHA * colour
     return _save_png(rgb, path, label)
@@ -89,6 +98,7 @@ def write_mask_png(
 def write_heatmap_png(image: Image, heatmap: Image, path: Path, label: str | None = None) -> Path:
     """The heatmap (jet, opacity growing with heat) over the image, as a PNG."""
     rgb = _base_rgb(image)
-    heat = np.clip(np.transpose(np.asarray(heatmap.array, dtype=np.float64)[0], (1, 0)), 0, 1)
-    alpha = (_ALPHA * heat)[..., None]
-    return _save_png((1.0 - alpha) * rgb + alpha * jet_lut(heat), path, label)
+    heat = np.clip(np.transpose(np.asarray(heatmap.array, dtype=np.float32)[0], (1, 0)), 0, 1)
+    colours = jet_table().astype(np.float32)[np.rint(heat * (JET_LEVELS - 1)).astype(np.intp)]
+    alpha = (np.float32(_ALPHA) * heat)[..., None]
+    return _save_png((1.0 - alpha) * rgb + alpha * colours, path, label)

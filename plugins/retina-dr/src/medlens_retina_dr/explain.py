@@ -6,12 +6,21 @@ member's last residual stage, members' maps averaged. Sanity (Adebayo et al.
 (seeded); Spearman's rho between the two maps below 0.5 means the map depends
 on what the model learned (``model-sensitive``). A heatmap explains the
 model; it does not localise lesions.
+
+Cost: Grad-CAM needs the gradient of the logit only down to the target stage,
+so that stage's output is made a fresh leaf and no parameter asks for a
+gradient: the stages before it run without autograd and nothing is
+back-propagated through them. The randomised copies are drawn once per
+:class:`Explainer`, and a study's eyes go through in one batch.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,7 +30,7 @@ from medlens_retina_dr import preprocess
 from medlens_retina_dr.model import Ensemble
 from medlens_retina_dr.network import CAM_LAYER
 
-__all__ = ["RHO_MAX", "EyeCam", "grad_cam"]
+__all__ = ["RHO_MAX", "Explainer", "EyeCam", "grad_cam"]
 
 #: Spearman rho below which a CAM counts as model-sensitive (as the host's check).
 RHO_MAX = 0.5
@@ -48,18 +57,49 @@ class _Logit(torch.nn.Module):
         return out
 
 
-def _cam_of(nets: list[torch.nn.Module], x: torch.Tensor) -> npt.NDArray[np.float32]:
+def _leaf(_module: torch.nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+    # The target stage's output as a leaf: the gradient stops here (see the module doc).
+    return out.detach().requires_grad_(True)
+
+
+@contextmanager
+def _frozen(net: torch.nn.Module) -> Iterator[None]:
+    """No parameter of ``net`` asks for a gradient while inside (restored after)."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _cams(nets: Sequence[torch.nn.Module], x: torch.Tensor) -> npt.NDArray[np.float32]:
+    """Members' Grad-CAM maps of a batch ``(N, 3, S, S)``, averaged, each peak 1: ``(N, S, S)``."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     maps = []
     for net in nets:
         layer = net.get_submodule(CAM_LAYER)
-        with GradCAM(model=_Logit(net), target_layers=[layer]) as cam:
-            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(0)])[0])
-    out = np.asarray(np.mean(np.stack(maps), axis=0), dtype=np.float32)
-    peak = float(out.max())
-    return out / peak if peak > 0 else out
+        hook = layer.register_forward_hook(_leaf)  # before GradCAM's own hook: runs first
+        try:
+            with _frozen(net), GradCAM(model=_Logit(net), target_layers=[layer]) as cam:
+                targets = [ClassifierOutputTarget(0)] * len(x)
+                maps.append(np.asarray(cam(input_tensor=x, targets=targets), dtype=np.float32))
+        finally:
+            hook.remove()
+    out = np.mean(np.stack(maps), axis=0).astype(np.float32)
+    peaks = out.reshape(len(out), -1).max(axis=1)
+    scale = np.where(peaks > 0, peaks, 1.0).astype(np.float32)
+    return np.asarray(out / scale[:, None, None], dtype=np.float32)
+
+
+def _cam_of(nets: list[torch.nn.Module], x: torch.Tensor) -> npt.NDArray[np.float32]:
+    """The averaged, peak-normalised map of the first image of ``x`` (the phantom's use)."""
+    first: npt.NDArray[np.float32] = _cams(nets, x[:1])[0]
+    return first
 
 
 def _randomised(net: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -75,16 +115,38 @@ def _randomised(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return rnd
 
 
-def grad_cam(ensemble: Ensemble, prepared: npt.NDArray[np.uint8], seed: int = 0) -> EyeCam:
-    """Grad-CAM of the referable-DR logit on a prepared eye, with its sanity figures."""
+def _sanity(cam: npt.NDArray[np.float32], rnd: npt.NDArray[np.float32]) -> EyeCam:
     from scipy.stats import spearmanr
 
-    x = torch.from_numpy(preprocess.to_network_array(prepared))[None]
-    members = list(ensemble.members)
-    cam = _cam_of(members, x)
-    rnd = _cam_of([_randomised(m, seed + i) for i, m in enumerate(members)], x)
     if cam.std() == 0 or rnd.std() == 0:
         rho = 1.0 if cam.std() == rnd.std() else 0.0
     else:
         rho = float(spearmanr(cam.ravel(), rnd.ravel()).statistic)
     return EyeCam(cam=cam, rank_correlation=rho, model_sensitive=rho < RHO_MAX)
+
+
+class Explainer:
+    """Grad-CAM with its sanity check for one ensemble; randomised copies drawn once.
+
+    Args:
+        ensemble: The loaded ensemble.
+        seed: Seed of the randomised copies (member ``i`` uses ``seed + i``).
+    """
+
+    def __init__(self, ensemble: Ensemble, seed: int = 0) -> None:
+        self.members = list(ensemble.members)
+        self.randomised = [_randomised(m, seed + i) for i, m in enumerate(self.members)]
+
+    def __call__(self, prepared: Sequence[npt.NDArray[np.uint8]]) -> list[EyeCam]:
+        """Grad-CAM of the referable-DR logit on prepared eyes (one batch), with sanity."""
+        if not prepared:
+            return []
+        x = torch.from_numpy(np.stack([preprocess.to_network_array(p) for p in prepared]))
+        cams = _cams(self.members, x)
+        rnds = _cams(self.randomised, x)
+        return [_sanity(c, r) for c, r in zip(cams, rnds, strict=True)]
+
+
+def grad_cam(ensemble: Ensemble, prepared: npt.NDArray[np.uint8], seed: int = 0) -> EyeCam:
+    """Grad-CAM of the referable-DR logit on a prepared eye, with its sanity figures."""
+    return Explainer(ensemble, seed)([prepared])[0]

@@ -17,7 +17,7 @@ outcome (``ungradable``), never "no referable DR".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -26,7 +26,12 @@ import numpy.typing as npt
 from medlens.plugin_api import v1
 from medlens_retina_dr import preprocess, quality, study
 
+if TYPE_CHECKING:
+    from medlens_retina_dr.explain import Explainer, EyeCam
+
 __all__ = ["RetinaDR", "create", "image_rgb"]
+
+RGB = npt.NDArray[np.uint8]
 
 _LABEL = "referable_dr"
 
@@ -119,6 +124,7 @@ class RetinaDR:
         self.points = {
             op.name: op for op in ctx.manifest.outputs.operating_points if op.label == _LABEL
         }
+        self._cam: Explainer | None = None
 
     def _op(self, ctx: v1.RunContext) -> v1.OperatingPoint:
         name = str(
@@ -164,10 +170,12 @@ class RetinaDR:
             list(inputs.study.images) if inputs.study is not None else [inputs]
         )
         eyes: list[dict[str, Any]] = []
-        grades: list[study.EyeGrade] = []
         heatmap: v1.Image | None = None
         explanation: v1.Explanation | None = None
         warnings: list[str] = []
+        # Quality first, every eye; the gradable ones are then graded (and explained) in
+        # one batch: one pass of each network for the whole study.
+        graded: list[tuple[int, RGB, preprocess.FieldOfView, RGB]] = []
         for n, item in enumerate(items):
             image: v1.Image = item.image
             rgb = image_rgb(image)
@@ -187,25 +195,35 @@ class RetinaDR:
                     f"eye {n + 1} ({eye['source']}): laterality unknown (no DICOM "
                     "ImageLaterality, no _L/_R/OD/OS in the file name); graded, side not named"
                 )
-            referable: bool | None = None
             if q.gradable:
                 with ctx.timer("preprocess"):
                     crop = preprocess.crop_to_fov(rgb, fov, self.side)
                     prepared = preprocess.graham(crop) if self.use_graham else crop
-                with ctx.timer("inference"):
-                    logit = float(self.ensemble.logits([prepared])[0])
-                p = float(1.0 / (1.0 + np.exp(-logit / self.temperature)))
-                finding = self._finding(p, op)
-                referable = finding.positive
-                eye["findings"] = [finding.model_dump(mode="json")]
-                if ctx.explain_requested:
-                    with ctx.timer("explain"):
-                        cam_h, expl = self._explain(image, rgb, fov, prepared)
-                    eye["explanation"] = expl.model_dump(mode="json")
-                    if n == 0:  # result.image is the study's first image
-                        heatmap, explanation = cam_h, expl
-            grades.append(study.EyeGrade(lat, q.gradable, referable))
+                graded.append((n, prepared, fov, rgb))
             eyes.append(eye)
+        if graded:
+            with ctx.timer("inference"):
+                logits = self.ensemble.logits([g[1] for g in graded])
+            for (n, _, _, _), logit in zip(graded, logits, strict=True):
+                p = float(1.0 / (1.0 + np.exp(-float(logit) / self.temperature)))
+                eyes[n]["findings"] = [self._finding(p, op).model_dump(mode="json")]
+        if graded and ctx.explain_requested:
+            with ctx.timer("explain"):
+                cams = self._explainer()([g[1] for g in graded])
+                for (n, _, fov, rgb), ec in zip(graded, cams, strict=True):
+                    expl = _explanation(ec)
+                    eyes[n]["explanation"] = expl.model_dump(mode="json")
+                    if n == 0:  # result.image is the study's first image: its heatmap
+                        heatmap = _back_to_photo(items[0].image, rgb, fov, ec.cam)
+                        explanation = expl
+        grades = [
+            study.EyeGrade(
+                e["laterality"],
+                bool(e["quality"]["gradable"]),
+                bool(e["findings"][0]["positive"]) if e["findings"] else None,
+            )
+            for e in eyes
+        ]
         lats = [e["laterality"] for e in eyes]
         repeated = sorted({lat for lat in lats if lat is not None and lats.count(lat) > 1})
         if repeated:
@@ -221,7 +239,6 @@ class RetinaDR:
         missing = study.missing_eyes(lats)
         if missing:
             warnings.append(f"eye(s) missing from the study: {', '.join(missing)}")
-        graded = [g for g in grades if g.gradable]
         findings: list[v1.Finding] = []
         if graded and decision != "ungradable":
             p_max = max(float(e["findings"][0]["probability"]) for e in eyes if e["findings"])
@@ -240,36 +257,43 @@ class RetinaDR:
             },
         )
 
-    def _explain(
-        self,
-        image: v1.Image,
-        rgb: npt.NDArray[np.uint8],
-        fov: preprocess.FieldOfView,
-        prepared: npt.NDArray[np.uint8],
-    ) -> tuple[v1.Image, v1.Explanation]:
-        from medlens_retina_dr.explain import grad_cam
+    def _explainer(self) -> Explainer:
+        if self._cam is None:  # randomised copies for the sanity check: drawn once
+            from medlens_retina_dr.explain import Explainer
 
-        ec = grad_cam(self.ensemble, prepared)
-        side = prepared.shape[0]
-        h, w = rgb.shape[:2]
-        s = side / (2 * fov.radius)
-        m = np.array([[s, 0.0, side / 2 - s * fov.cx], [0.0, s, side / 2 - s * fov.cy]])
-        back = cv2.warpAffine(
-            ec.cam, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0.0
-        )
-        heat = image.with_array(np.ascontiguousarray(back.T[None], dtype=np.float32))
-        verdict = (
-            v1.SanityVerdict.MODEL_SENSITIVE
-            if ec.model_sensitive
-            else v1.SanityVerdict.NOT_MODEL_SENSITIVE
-        )
-        expl = v1.Explanation(
-            method="gradcam",
-            target="label referable_dr",
-            sanity=verdict,
-            rank_correlation=ec.rank_correlation,
-        )
-        return heat, expl
+            self._cam = Explainer(self.ensemble)
+        return self._cam
+
+
+def _explanation(ec: EyeCam) -> v1.Explanation:
+    verdict = (
+        v1.SanityVerdict.MODEL_SENSITIVE
+        if ec.model_sensitive
+        else v1.SanityVerdict.NOT_MODEL_SENSITIVE
+    )
+    return v1.Explanation(
+        method="gradcam",
+        target="label referable_dr",
+        sanity=verdict,
+        rank_correlation=ec.rank_correlation,
+    )
+
+
+def _back_to_photo(
+    image: v1.Image,
+    rgb: npt.NDArray[np.uint8],
+    fov: preprocess.FieldOfView,
+    cam: npt.NDArray[np.float32],
+) -> v1.Image:
+    """A map on the prepared (FOV-crop) grid mapped back onto the photograph's grid."""
+    side = cam.shape[0]
+    h, w = rgb.shape[:2]
+    s = side / (2 * fov.radius)
+    m = np.array([[s, 0.0, side / 2 - s * fov.cx], [0.0, s, side / 2 - s * fov.cy]])
+    back = cv2.warpAffine(
+        cam, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0.0
+    )
+    return image.with_array(np.ascontiguousarray(back.T[None], dtype=np.float32))
 
 
 def create(ctx: v1.LoadContext) -> RetinaDR:
