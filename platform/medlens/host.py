@@ -437,7 +437,7 @@ class Host:
             plugin_version=m.version,
             api_version=m.api_version,
             weights_sha256=m.weights.sha256 if m.weights else None,
-            input_sha256=image.content_sha256(),
+            input_sha256=run.sha256(image),
             device=dev,
             device_reason=reason,
             host_version=__version__,
@@ -470,6 +470,16 @@ class _Run:
     options: dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]]
     progress: ProgressCallback | None
     cancel: Callable[[], bool] | None
+    # Every plugin of a chain reads the same image: its hash is taken once.
+    _sha256: dict[int, tuple[Image, str]] = field(default_factory=dict)
+
+    def sha256(self, image: Image) -> str:
+        """``image.content_sha256()``, computed once per image and run."""
+        hit = self._sha256.get(id(image))
+        if hit is None or hit[0] is not image:
+            hit = (image, image.content_sha256())
+            self._sha256[id(image)] = hit
+        return hit[1]
 
 
 def _first(e: ValidationError) -> str:

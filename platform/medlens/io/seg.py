@@ -76,15 +76,21 @@ def build_seg(result: Result, sources: list[Dataset], notes: WriteNotes) -> hd.s
     labels = segment_labels(result)
     if not labels:
         raise OutputError(f"plugin {m.id!r} declares no label above 0 for DICOM SEG")
-    values = np.asarray(mask.array)
-    known = {lab.value for lab in labels}
-    unknown = sorted(int(v) for v in np.unique(values) if int(v) != 0 and int(v) not in known)
+    values = frames_of(np.asarray(mask.array))  # (k, rows, cols) label values
+    # A label map of segment numbers (highdicom's label-map style input): the same frames
+    # as one binary plane stack per segment, without building that stack (k x rows x
+    # cols x segments bytes) first.
+    lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
+    lut = np.zeros(max(hi, *(lab.value for lab in labels)) - lo + 1, dtype=np.uint8)
+    for n, lab in enumerate(labels, start=1):
+        lut[lab.value - lo] = n
+    numbers = lut[values - lo] if lo else lut[values]
+    unknown = sorted(int(v) for v in np.unique(values[(numbers == 0) & (values != 0)]))
     if unknown:
         notes.add(f"SEG: mask values {unknown} are not manifest labels and were left out")
-    frames = frames_of(values)  # (k, rows, cols)
-    stacked = np.stack([frames == lab.value for lab in labels], axis=-1).astype(np.uint8)
-    for lab, seg_frames in zip(labels, np.moveaxis(stacked, -1, 0), strict=True):
-        if not seg_frames.any():
+    voxels = np.bincount(numbers.ravel(), minlength=len(labels) + 1)
+    for n, lab in enumerate(labels, start=1):
+        if voxels[n] == 0:
             notes.add(f"SEG: label {lab.name!r} has no voxels; its segment is empty")
     algo = algorithm_sequence(m)
     descriptions = [
@@ -111,14 +117,14 @@ def build_seg(result: Result, sources: list[Dataset], notes: WriteNotes) -> hd.s
             "plane_orientation": orientation,
             "plane_positions": positions,
         }
-    elif len(sources) != stacked.shape[0]:
+    elif len(sources) != numbers.shape[0]:
         raise OutputError(
-            f"mask has {stacked.shape[0]} planes but the source has {len(sources)} images"
+            f"mask has {numbers.shape[0]} planes but the source has {len(sources)} images"
         )
     try:
         seg = hd.seg.Segmentation(
             source_images=sources,
-            pixel_array=stacked,
+            pixel_array=numbers,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
@@ -132,7 +138,7 @@ def build_seg(result: Result, sources: list[Dataset], notes: WriteNotes) -> hd.s
             content_description=_description(result),
             content_label="MEDLENS_SEG",
             series_description=f"{m.id} segmentation"[:64],
-            omit_empty_frames=bool(stacked.any()),
+            omit_empty_frames=bool(voxels[1:].any()),
             **geometry,  # type: ignore[arg-type]
         )
     except (ValueError, TypeError, AttributeError, KeyError) as e:
