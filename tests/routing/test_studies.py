@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata as md
+import json
+import uuid
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,3 +135,114 @@ def test_bad_study_csv_is_one_line_without_its_values(tmp_path: Path, text: str,
     with pytest.raises(InputError, match=why) as e:
         read_study_csv(table)
     assert "middle" not in str(e.value) and "P1" not in str(e.value)
+
+
+_STUDY_PLUGIN = """
+from medlens.plugin_api import v1
+
+MANIFEST = v1.Manifest.model_validate({manifest!r})
+
+
+class _Plugin:
+    def predict(self, inputs, ctx):
+        images = inputs.study.images
+        return v1.Prediction(extra={{
+            "images": len(images),
+            "lateralities": [i.laterality for i in images],
+        }})
+
+
+def create(ctx):
+    return _Plugin()
+"""
+
+
+def _study_plugin(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> md.EntryPoint:
+    """A tiny study plugin (both eyes, OP) that reports what study it was given."""
+    module = f"mlstudy_{uuid.uuid4().hex[:10]}"
+    manifest = {
+        "id": "study-plugin",
+        "version": "1.0.0",
+        "api_version": "1.1",
+        "title": "study grouping test plugin",
+        "task": "classification",
+        "modality": ["OP"],
+        "body_part": "EYE",
+        "input": {"dims": 2, "channels": 3},
+        "outputs": {"labels": [], "kinds": ["json"]},
+        "model_card": {
+            "intended_use": "tests",
+            "training_data": "none",
+            "license": "Apache-2.0",
+            "diagnostic_use": False,
+        },
+        "entry": f"{module}:create",
+        "study": {"min_images": 1, "max_images": 2},
+    }
+    (workdir / f"{module}.py").write_text(_STUDY_PLUGIN.format(manifest=manifest))
+    monkeypatch.syspath_prepend(str(workdir))
+    return md.EntryPoint(name="study-plugin", value=f"{module}:MANIFEST", group="medlens.plugins")
+
+
+def _cli(ep: md.EntryPoint, monkeypatch: pytest.MonkeyPatch, *args: str) -> list[dict[str, Any]]:
+    from click.testing import CliRunner
+
+    from medlens.cli.main import cli
+    from medlens.host import Host
+
+    monkeypatch.setattr("medlens.cli.run.Host", partial(Host, entry_points=[ep]))
+    res = CliRunner().invoke(cli, ["run", "study-plugin", *args, "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
+
+
+def _extra(line: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(Path(line["result"]).read_text())
+    return dict(doc["extra"])
+
+
+def test_cli_runs_each_patient_once_and_watch_agrees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ep = _study_plugin(tmp_path, monkeypatch)
+    study = generate_uid()
+    _op(tmp_path / "in" / "a.dcm", "PID-7", study, "L")
+    _op(tmp_path / "in" / "b.dcm", "PID-7", study, "R")
+    _op(tmp_path / "in" / "c.dcm", "PID-8", generate_uid(), None)
+    lines = _cli(ep, monkeypatch, str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    by = {tuple(ln["images"]): ln for ln in lines}
+    assert set(by) == {("a.dcm", "b.dcm"), ("c.dcm",)}
+    assert all(ln["status"] == "ok" and ln["case"].startswith("PATIENT-") for ln in lines)
+    both = _extra(by[("a.dcm", "b.dcm")])
+    assert both == {"images": 2, "lateralities": ["L", "R"]}
+    assert _extra(by[("c.dcm",)]) == {"images": 1, "lateralities": [None]}
+    # Watch: a job's series folder is one study, read by the same grouping and routing.
+    from medlens.host import Host
+    from medlens.jobs._worker import JobSpec, run_job
+
+    series = tmp_path / "job"
+    series.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        (series / name).write_bytes((tmp_path / "in" / name).read_bytes())
+    spec = JobSpec(1, "study-plugin", str(series), str(tmp_path / "job-out"), device="cpu")
+    summary = run_job(Host(entry_points=[ep]), spec)
+    assert summary["status"] == "ok"
+    watch = json.loads((tmp_path / "job-out" / summary["outputs"]["json"]).read_text())
+    assert watch["extra"] == both
+    # A job folder holding two patients is refused, never mixed into one study.
+    (series / "c.dcm").write_bytes((tmp_path / "in" / "c.dcm").read_bytes())
+    with pytest.raises(InputError, match="2 studies"):
+        run_job(Host(entry_points=[ep]), spec)
+
+
+def test_cli_study_csv_and_file_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = _study_plugin(tmp_path, monkeypatch)
+    for name in ("Patient003_L.png", "Patient003_R.png", "x.png", "y.png"):
+        _png(tmp_path / "in" / name)
+    table = tmp_path / "study.csv"
+    table.write_text("file,patient_id,eye\nx.png,P9,OD\ny.png,P9,OS\n")
+    args = [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--manifest", str(table)]
+    by = {tuple(ln["images"]): ln for ln in _cli(ep, monkeypatch, *args)}
+    assert set(by) == {("Patient003_L.png", "Patient003_R.png"), ("x.png", "y.png")}
+    assert _extra(by[("x.png", "y.png")])["lateralities"] == ["R", "L"]
+    assert _extra(by[("Patient003_L.png", "Patient003_R.png")])["lateralities"] == ["L", "R"]

@@ -344,9 +344,17 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     handle = host.get(spec.plugin)
-    image = _read(Path(spec.input_dir), handle.manifest, host.tilt_policy(spec.plugin, spec.tilt))
-    t1 = time.perf_counter()
-    result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
+    tilt = host.tilt_policy(spec.plugin, spec.tilt)
+    if handle.manifest.study is not None:  # every image of the series, as `medlens run` does
+        from medlens.routing import read_study_for
+
+        study = read_study_for(handle.manifest, Path(spec.input_dir), on_tilt=tilt)
+        t1 = time.perf_counter()
+        result = host.run_study(spec.plugin, study, device=spec.device, options=spec.options)
+    else:
+        image = _read(Path(spec.input_dir), handle.manifest, tilt)
+        t1 = time.perf_counter()
+        result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
     t2 = time.perf_counter()
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)

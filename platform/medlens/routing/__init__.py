@@ -24,6 +24,7 @@ from medlens.routing._studies import (
     patient_key_from_name,
     read_study,
     read_study_csv,
+    read_study_for,
 )
 from medlens.routing._tilt import TILT_CHOICES, TiltChoice, tilt_policy
 
@@ -45,6 +46,7 @@ __all__ = [
     "read_for",
     "read_study",
     "read_study_csv",
+    "read_study_for",
     "route",
     "routed_image",
     "tilt_policy",

@@ -35,7 +35,7 @@ from medlens.errors import InputError, RoutingError
 from medlens.imaging.series import TiltPolicy
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._study import StudyImage
-from medlens.routing._cases import Case, read_case
+from medlens.routing._cases import Case, find_cases, read_case
 from medlens.routing._read import routed_image
 from medlens.routing._route import route
 
@@ -47,6 +47,7 @@ __all__ = [
     "patient_key_from_name",
     "read_study",
     "read_study_csv",
+    "read_study_for",
 ]
 
 GroupedBy = Literal["dicom", "csv", "file name"]
@@ -62,7 +63,7 @@ class Study:
 
     Attributes:
         name: Folder name for its result (``PATIENT-<hash>``), validated parts only.
-        cases: Its images (``dicom`` or ``file`` cases), in input order.
+        cases: Its images (``dicom`` or ``file`` cases), in path order.
         lateralities: Per case, the side given by the study CSV or the file name
             (``R``/``L``), or None (DICOM: read from the header; else unknown).
         grouped_by: What put the images together (``dicom``, ``csv``, ``file name``).
@@ -173,10 +174,18 @@ def group_studies(
         members, sides, _ = groups.setdefault(key, ([], [], how))
         members.append(case)
         sides.append(side)
-    studies = [
-        Study(_name("study", key), tuple(members), tuple(sides), how)
-        for key, (members, sides, how) in groups.items()
-    ]
+    studies = []
+    for key, (members, sides, how) in groups.items():
+        # Images in path order: the same study reads the same on every run and route.
+        pairs = sorted(zip(members, sides, strict=True), key=lambda p: str(p[0].path))
+        studies.append(
+            Study(
+                _name("study", key),
+                tuple(c for c, _ in pairs),
+                tuple(s for _, s in pairs),
+                how,
+            )
+        )
     return sorted(studies, key=lambda s: s.name)
 
 
@@ -211,3 +220,30 @@ def read_study(
             continue
         images.append(StudyImage.of(image, laterality=None if case.kind == "dicom" else side))
     return images, refused
+
+
+def read_study_for(
+    manifest: Manifest, folder: Path, *, on_tilt: TiltPolicy = "error"
+) -> list[StudyImage]:
+    """The one study a folder holds (a watch job's series), read and routed for a plugin.
+
+    The folder's images are grouped as ``medlens run`` groups them; a folder holding the
+    images of more than one patient's study is refused rather than mixed into one.
+
+    Raises:
+        InputError: Nothing readable, or more than one study in the folder.
+        RoutingError: The plugin accepts none of the images (every reason given).
+    """
+    studies = group_studies(find_cases([folder]))
+    if not studies:
+        raise InputError(f"no image the study plugin {manifest.id!r} could read in the input")
+    if len(studies) > 1:
+        raise InputError(
+            f"the input holds {len(studies)} studies (patients); {manifest.id!r} takes one"
+        )
+    images, refused = read_study(manifest, studies[0], on_tilt=on_tilt)
+    if not images:
+        raise RoutingError(
+            f"plugin {manifest.id!r} accepts no image of the study: " + " | ".join(refused)
+        )
+    return images
