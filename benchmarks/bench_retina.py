@@ -8,6 +8,8 @@ reader pays. Prints
 * end to end as ``medlens run retina-dr FOLDER`` does it for one patient, on the warm
   host: grouping, routing, reading, the run with explanations, and writing the result
   set (result.json and the PNG overlay) (goal <= 2 s with explanations);
+* writing the result set alone (``medlens.io.write_result``: result.json and the
+  full-size PNG overlay of the first eye);
 * the plugin's own stage timings of that run (``provenance.timings_s``);
 
 with ratios to the baseline and the CPU time beside the wall time (on a shared
@@ -88,6 +90,11 @@ def main() -> None:
             a.repeat,
         )
         full = timed(lambda: host.run_study(PLUGIN, files, device="cpu"), a.repeat)
+        from medlens.io import write_result
+
+        result = host.run_study(PLUGIN, files, device="cpu")
+        n = iter(range(1000))
+        write = timed(lambda: write_result(result, Path(tmp) / f"w{next(n)}"), a.repeat)
         out = Path(tmp) / "out"
         e2e = timed(lambda: end_to_end(host, folder, out), a.repeat)
         outcome = end_to_end(host, folder, out)
@@ -105,6 +112,10 @@ def main() -> None:
     print(
         f"Host.run_study, Grad-CAM + sanity     {full[0]:.3f} s wall, {full[1]:.3f} s CPU "
         f"({full[0] / decode[0]:.1f}x decode)"
+    )
+    print(
+        f"writing the result set (write_result) {write[0]:.3f} s wall, {write[1]:.3f} s CPU "
+        "(result.json + full-size PNG overlay)"
     )
     print(
         f"end to end (medlens run, 1 patient)   {e2e[0]:.3f} s wall, {e2e[1]:.3f} s CPU "

@@ -30,22 +30,28 @@ NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 _ALPHA = 0.45
 _PALETTE = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 200), (0, 200, 200))
 # Overlays of full-size photographs have ~10 M pixels: float32 (8-bit output), the window
-# from a strided sample of ~1 M values, and fast zlib (a derived picture, not an archive):
-# for a 3872 x 2592 fundus photograph this took the writing from ~5 s to ~1 s of CPU.
+# from a strided sample of ~1 M values, 8-bit images windowed through a 256-entry table,
+# blending in place, and fast zlib (a derived picture, not an archive): for a 3872 x 2592
+# fundus photograph this took the heatmap overlay from ~5 s to ~1.7 s of CPU on the shared
+# machine under load, the same pixels within one 8-bit level.
 _PERCENTILE_SAMPLE = 1_000_000
 _PNG_COMPRESS_LEVEL = 1
 
 
 def _base_rgb(image: Image) -> npt.NDArray[np.float32]:
     """``(rows, columns, 3)`` in [0, 1]: the image as shown (grey windowed 1-99 %, or RGB)."""
-    a = np.asarray(image.array, dtype=np.float32)
+    a = np.asarray(image.array)
     if a.ndim != 3:
         raise OutputError(f"PNG overlays are for 2-D images, got a {a.ndim - 1}-D image")
     planes = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
     step = max(1, int(np.sqrt(planes.size / _PERCENTILE_SAMPLE)))  # a grid: no full copy
     lo, hi = np.percentile(planes[:, ::step, ::step], [1.0, 99.0])
-    rgb = np.clip((planes - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    return np.transpose(rgb, (2, 1, 0))  # (C, i = column, j = row) -> (row, column, C)
+    shown = np.transpose(planes, (2, 1, 0))  # (C, i = column, j = row) -> (row, column, C)
+    if a.dtype == np.uint8:  # photographs: the window as a table of the 256 values
+        table = np.clip((np.arange(256, dtype=np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+        return np.asarray(table.astype(np.float32)[shown], dtype=np.float32)
+    rgb = np.clip((shown.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    return np.asarray(rgb, dtype=np.float32)
 
 
 def burn_in(rgb: npt.NDArray[np.uint8], text: str) -> npt.NDArray[np.uint8]:
@@ -64,7 +70,7 @@ def burn_in(rgb: npt.NDArray[np.uint8], text: str) -> npt.NDArray[np.uint8]:
 def _save_png(rgb: npt.NDArray[np.floating[Any]], path: Path, label: str | None) -> Path:
     from PIL import Image as PilImage
 
-    pixels = np.round(np.clip(rgb, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels = np.rint(np.clip(rgb, 0.0, 1.0, out=rgb) * 255.0).astype(np.uint8)
     if label:
         pixels = burn_in(pixels, label)
     buf = io.BytesIO()
@@ -100,5 +106,8 @@ def write_heatmap_png(image: Image, heatmap: Image, path: Path, label: str | Non
     rgb = _base_rgb(image)
     heat = np.clip(np.transpose(np.asarray(heatmap.array, dtype=np.float32)[0], (1, 0)), 0, 1)
     colours = jet_table().astype(np.float32)[np.rint(heat * (JET_LEVELS - 1)).astype(np.intp)]
-    alpha = (np.float32(_ALPHA) * heat)[..., None]
-    return _save_png((1.0 - alpha) * rgb + alpha * colours, path, label)
+    # rgb + alpha * (colours - rgb), in place: no full-size temporaries.
+    colours -= rgb
+    colours *= (np.float32(_ALPHA) * heat)[..., None]
+    rgb += colours
+    return _save_png(rgb, path, label)
