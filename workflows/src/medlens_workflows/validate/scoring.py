@@ -71,7 +71,10 @@ def score_case(
         labels = sorted({c.label for c in protocol.metrics if c.label is not None})
         missing = [lab for lab in labels if lab not in found]
         if missing:
-            raise PluginError(protocol.plugin.id, f"no finding for {', '.join(missing)}")
+            # A screening plugin may decline to grade (e.g. "ungradable"): say so.
+            decision = (result.prediction.extra or {}).get("decision")
+            why = f" (its decision: {decision})" if isinstance(decision, str) else ""
+            raise PluginError(protocol.plugin.id, f"no finding for {', '.join(missing)}{why}")
         return {
             "score": {lab: float(found[lab]) for lab in labels},
             "truth": {lab: reference_value(case.reference, lab) for lab in labels},
