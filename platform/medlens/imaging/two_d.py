@@ -53,6 +53,10 @@ def _to_image_array(pixels: npt.NDArray[Any], samples: int) -> npt.NDArray[Any]:
     return pixels.transpose(2, 1, 0)
 
 
+#: Most distinct stored values whose display values are tabulated (16 bits).
+_TABLE_MAX = 1 << 16
+
+
 def _presentation_values(
     ds: Dataset, pixels: npt.NDArray[Any], label: str, warnings: list[str]
 ) -> npt.NDArray[Any]:
@@ -65,19 +69,46 @@ def _presentation_values(
     (10-16 bit, often logarithmic detector values) mean little before its VOI: what a
     radiologist and a model trained on displayed films see is the VOI output. A VOI
     that cannot be applied is left out with a warning, never a refusal.
+
+    Both transformations are functions of the stored value alone, so for integer pixels
+    they are evaluated once per value between the film's minimum and maximum (at most
+    65536) and each pixel is looked up: pydicom's float64 windowing of a 2048 x 2500 film
+    pixel by pixel took about 0.2 s, the table about a tenth of that.
     """
+    modality = any(k in ds for k in ("RescaleSlope", "RescaleIntercept", "ModalityLUTSequence"))
+    voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
+    if not (modality or voi):
+        return pixels
+    if pixels.dtype.kind in "iu" and pixels.size:
+        lo, hi = int(pixels.min()), int(pixels.max())
+        if hi - lo < _TABLE_MAX:
+            values = np.arange(lo, hi + 1, dtype=pixels.dtype)
+            table = _display(ds, values, modality, voi, label, warnings)
+            index = pixels if lo == 0 and pixels.dtype.kind == "u" else pixels.astype(np.int64) - lo
+            return np.asarray(table[index], dtype=np.float32)
+    return _display(ds, pixels, modality, voi, label, warnings)
+
+
+def _display(
+    ds: Dataset,
+    values: npt.NDArray[Any],
+    modality: bool,
+    voi: bool,
+    label: str,
+    warnings: list[str],
+) -> npt.NDArray[np.float32]:
     from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
-    out: npt.NDArray[Any] = pixels
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds:
-        out = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float32)
-    if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+    out: npt.NDArray[Any] = values  # integers stay integers: a VOI LUT indexes by them
+    if modality:
+        out = np.asarray(apply_modality_lut(values, ds), dtype=np.float32)
+    if voi:
         try:
-            out = np.asarray(apply_voi_lut(out, ds), dtype=np.float32)
+            out = apply_voi_lut(out, ds)
         except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
             why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             warnings.append(f"VOI LUT / window of {label!r} not applied: {why}")
-    return out
+    return np.asarray(out, dtype=np.float32)
 
 
 def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Image:
