@@ -119,6 +119,8 @@ def test_the_sanity_check_costs_two_passes_per_window(h) -> None:  # type: ignor
         handle.remove()
     # One pass of one input (the CAM) and one pass of a batch of two (faithfulness).
     assert calls == [1, 2]
+    # The passes ran on channels-last weights; the network is given back as it came.
+    assert all(q.is_contiguous() for q in net.parameters())
     assert e.rank_correlation is not None and e.faithfulness is not None
 
 

@@ -11,7 +11,8 @@ geometry exactly. The segmentation to explain is passed in (a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -166,31 +167,9 @@ def explain(
         problem = CamProblem(x=x, target=int(target), region=region, windows=windows)
         first = x[(slice(None), *(slice(a, b) for a, b in zip(*windows[0], strict=True)))][None]
         layer = layer or pick_layer(network, first, segmentation=seg)
-        cascading = spec.randomisation != "full"
-        # A cascading randomisation keeps every module before the target layer: the
-        # randomised network replays their outputs from the trained network's pass.
-        trained = run_cam(network, problem, layer, method, record=spec.sanity and cascading)
-        cam, score = trained.cam, trained.score
-        rho: float | None = None
-        faith: float | None = None
-        verdict = SanityVerdict.NOT_RUN
-        if spec.sanity:
-            seed = spec.seed
-            rnd = sanity.randomised_copy(network, first, layer, cascading=cascading, seed=seed)
-            randomised = run_cam(
-                rnd, problem, layer, method, replay=trained.tapes, reference=network
-            )
-            del trained, rnd
-            rho = sanity.rank_correlation(cam, randomised.cam)
-            verdict = sanity.verdict(rho, cam)
-            faith = sanity.faithfulness(
-                network,
-                problem,
-                cam,
-                fraction=spec.faithfulness_fraction,
-                seed=seed,
-                base_score=score,
-            )
+        channels_last = bool(engine.overrides.get("channels_last", device == "cpu"))
+        with _memory_format(network, first.ndim, channels_last):
+            cam, rho, faith, verdict = _cam_with_sanity(network, problem, first, layer, spec)
         # Drop the padding: the heatmap covers exactly the explained box.
         cam = cam[tuple(slice(b - a) for a, b in zip(*box, strict=True))]
         back = _back_to_input(prepared.chain, cam, box).clamp_(0.0, 1.0).numpy()
@@ -204,6 +183,52 @@ def explain(
         faithful=None if faith is None else sanity.is_faithful(faith),
     )
     return heatmap, explanation
+
+
+def _cam_with_sanity(
+    network: torch.nn.Module,
+    problem: CamProblem,
+    first: torch.Tensor,
+    layer: str,
+    spec: ExplainSpec,
+) -> tuple[npt.NDArray[np.float32], float | None, float | None, SanityVerdict]:
+    """The CAM, and (when ``spec.sanity``) its rank correlation, faithfulness and verdict."""
+    method = spec.method
+    cascading = spec.randomisation != "full"
+    # A cascading randomisation keeps every module before the target layer: the
+    # randomised network replays their outputs from the trained network's pass.
+    trained = run_cam(network, problem, layer, method, record=spec.sanity and cascading)
+    cam, score = trained.cam, trained.score
+    if not spec.sanity:
+        return cam, None, None, SanityVerdict.NOT_RUN
+    seed = spec.seed
+    rnd = sanity.randomised_copy(network, first, layer, cascading=cascading, seed=seed)
+    randomised = run_cam(rnd, problem, layer, method, replay=trained.tapes, reference=network)
+    del trained, rnd
+    rho = sanity.rank_correlation(cam, randomised.cam)
+    faith = sanity.faithfulness(
+        network, problem, cam, fraction=spec.faithfulness_fraction, seed=seed, base_score=score
+    )
+    return cam, rho, faith, sanity.verdict(rho, cam)
+
+
+@contextlib.contextmanager
+def _memory_format(network: torch.nn.Module, ndim: int, channels_last: bool) -> Iterator[None]:
+    """Channels-last weights for the explanation's passes, as the sliding window runs them.
+
+    Measured on the demo CT's 96 x 96 x 32 windows (2 cores): a pair of windows in one
+    channels-last batch costs about 0.54 s per window against 0.70 s contiguous.
+    """
+    import torch
+
+    if not channels_last or ndim != 5:  # 3-D volumes only (2-D classifiers as they were)
+        yield
+        return
+    network.to(memory_format=torch.channels_last_3d)
+    try:
+        yield
+    finally:
+        network.to(memory_format=torch.contiguous_format)
 
 
 def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> torch.Tensor:
