@@ -451,8 +451,14 @@ def test_small_jpeg2000_series_decodes_in_process_to_the_uncompressed_values(
         files.append(tmp_path / "j2k" / f.name)
     pools: list[int] = []
     monkeypatch.setattr(series_mod, "_decode_in_processes", lambda fr, w: pools.append(w) or [])
+    assert series_mod._preferred_plugin(pydicom.dcmread(files[0])) == "pylibjpeg"
     compressed = load_series(files)
     native = load_series(native_files)
     assert not pools
     assert compressed.array.dtype == native.array.dtype == np.float32
     assert np.array_equal(compressed.array, native.array) and compressed.same_grid(native)
+    # pydicom's own plugin choice (GDCM first) decodes to the same values.
+    ds = pydicom.dcmread(files[3])
+    ds.pixel_array_options(decoding_plugin="gdcm")
+    via_pylibjpeg = series_mod._pixels(pydicom.dcmread(files[3]), None, "pylibjpeg")
+    assert np.array_equal(ds.pixel_array, via_pylibjpeg)
