@@ -54,7 +54,7 @@ def run_once(series: Path, out: Path, explain: bool) -> tuple[float, float, int]
     """Run the command in a child; (peak RSS MiB, wall s, exit code)."""
     medlens = Path(sys.executable).with_name("medlens")
     cmd = [str(medlens), "run", "ct-abdomen-seg", str(series), "--out", str(out)]
-    cmd += ["--device", "cpu", "--no-chain"] + ([] if explain else ["--no-explain"])
+    cmd += ["--device", "cpu"] + ([] if explain else ["--no-explain"])
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -100,7 +100,6 @@ def where(series: Path, out: Path, explain: bool) -> None:
             series,
             out=out,
             device="cpu",
-            chain=False,
             options={"explain": explain},
         )
     finally:
@@ -112,6 +111,9 @@ def where(series: Path, out: Path, explain: bool) -> None:
     peak = max(r for r, _ in samples)
     print(f"in-process run {time.perf_counter() - t0:.1f} s; sampled peak RSS {peak:.0f} MiB")
     for at, rss in sorted(best.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {rss:6.0f} MiB  {at}")
+    print("timeline (every 1/25 of the run):")
+    for rss, at in samples[:: max(1, len(samples) // 25)]:
         print(f"  {rss:6.0f} MiB  {at}")
 
 

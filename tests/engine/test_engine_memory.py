@@ -70,7 +70,12 @@ def _reference(
 
 @pytest.mark.parametrize(
     ("activation", "threshold", "classes", "gain"),
-    [("softmax", None, 5, 3.0), ("sigmoid", 0.5, 4, 60.0)],
+    [
+        ("softmax", None, 5, 3.0),
+        ("sigmoid", 0.5, 4, 60.0),
+        # Raw scores, a threshold below the crop's fill: outside the crop is a label.
+        ("none", -0.5, 3, 1.0),
+    ],
 )
 def test_mask_equal_with_and_without_probabilities(  # type: ignore[no-untyped-def]
     oblique_sphere, h, activation: str, threshold: float | None, classes: int, gain: float
@@ -114,16 +119,56 @@ def test_mask_equal_with_and_without_probabilities(  # type: ignore[no-untyped-d
     np.testing.assert_array_equal(kept.probabilities.array, ref_probs)
     assert kept.probabilities.array.dtype == np.float32
     assert kept.probabilities.same_grid(image) and lean.mask.same_grid(image)
-    if threshold is not None:  # saturated sigmoids tie: the first maximum must win
+    if activation == "none":  # the empty margin, outside the crop, took the fill's label
+        assert ref_labels[0, 0, 0] == 1
+    if activation == "sigmoid":  # saturated sigmoids tie: the first maximum must win
         assert int((ref_probs == ref_probs.max(axis=0)).sum(axis=0).max()) > 1
 
 
 def test_run_context_segment_without_probabilities(oblique_sphere, run_ctx, h) -> None:  # type: ignore[no-untyped-def]
     image, _, _ = oblique_sphere
-    ctx = run_ctx(h.seg_manifest(), explain=True)
+    ctx = run_ctx(h.seg_manifest(inference=None), explain=True)
     mask, probs = ctx.segment(h.ThresholdNet(), image)
     lean_mask, none = ctx.segment(h.ThresholdNet(), image, probabilities=False)
     assert none is None and probs is not None
     np.testing.assert_array_equal(mask.array, lean_mask.array)
     # What an explanation reuses keeps no input-grid probabilities alive.
     assert ctx._last is not None and ctx._last[2].probabilities is None
+
+
+def _clean_whole_grid(mask: np.ndarray, largest: list[int], min_voxels: float) -> None:
+    """The reference: every label's components found on the whole grid."""
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    for v in [int(v) for v in np.unique(mask) if v != 0]:
+        if v not in largest and min_voxels <= 1:
+            continue
+        sel = mask == v
+        comp, n = ndimage.label(sel, structure=structure)
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        drop = np.zeros(n + 1, dtype=bool)
+        if v in largest and n > 1:
+            drop[:] = True
+            drop[int(sizes.argmax())] = False
+        drop |= sizes < min_voxels
+        drop[0] = False
+        mask[sel & drop[comp]] = 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_components_cleaned_in_label_boxes_as_on_the_whole_grid(seed: int) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    # Speckled labels with equal-sized twins (ties for the largest component).
+    noise = ndimage.gaussian_filter(rng.normal(size=(40, 36, 24)), 1.2)
+    mask = np.digitize(noise, np.quantile(noise, [0.55, 0.7, 0.8, 0.9])).astype(np.uint8)
+    mask[:3, :3, :3] = 6
+    mask[-3:, -3:, -3:] = 6
+    expected = mask.copy()
+    _clean_whole_grid(expected, [1, 2, 6], 5.0)
+    post.clean_components(mask, [1, 2, 6], 5.0)
+    np.testing.assert_array_equal(mask, expected)
+    assert int((expected == 6).sum()) == 27  # one of the tied twins kept, as before

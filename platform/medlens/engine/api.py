@@ -314,17 +314,33 @@ def _back_to_input_grid(
     the values it has among all of them; the labels follow
     :func:`~medlens.engine.postprocess.labels_from_probabilities` exactly (first
     maximum wins; a threshold on the best probability for sigmoid outputs), from a
-    running maximum instead of a ``(C, *shape)`` stack.
+    running maximum instead of a ``(C, *shape)`` stack. Without ``keep``, the leading
+    steps that only move voxels (reorientation, foreground crop) are undone on the
+    labels instead of on every channel: the labels are the same (argmax commutes with
+    moving voxels; outside a crop every channel is its fill value, whose label is
+    taken), and no float volume of the input grid is built except the running maximum.
     """
     import torch
 
-    chain = prepared.chain
+    from medlens.engine.geometry import Crop, Reorient, Resample, Resize
+
+    steps = list(prepared.chain.steps)
+    lossless = 0
+    if not keep:
+        while lossless < len(steps) and isinstance(steps[lossless], Reorient | Crop):
+            lossless += 1
     n = probs_model.shape[0]
     out: npt.NDArray[np.float32] | None = None
     best: torch.Tensor | None = None
     idx: torch.Tensor | None = None
     for c in range(n):
-        p = chain.inverse(probs_model[c : c + 1], [fill[c]])[0]
+        p = probs_model[c : c + 1]
+        for step in reversed(steps[lossless:]):
+            if isinstance(step, Resample | Resize):  # read only here: no contiguous copy
+                p = step.inverse(p, [fill[c]], contiguous=False)
+            else:
+                p = step.inverse(p, [fill[c]])
+        p = p[0]
         if keep:
             if out is None:
                 out = np.empty((n, *p.shape), dtype=np.float32)
@@ -338,12 +354,40 @@ def _back_to_input_grid(
         del p
     assert best is not None
     assert idx is not None
+    labels = _labels_of(best, idx, pp, values, n)
+    del best, idx
+    if lossless:
+        # The label of a voxel no channel reached: every channel at its fill value.
+        outside = int(_labels_of(*_fill_max(fill), pp, values, n)[0])
+        t = torch.from_numpy(labels)[None]
+        for step in reversed(steps[:lossless]):
+            t = step.inverse(t, outside)
+        labels = np.ascontiguousarray(t[0].numpy())
+    return labels, out
+
+
+def _fill_max(fill: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    f = torch.tensor(fill, dtype=torch.float32)
+    # First maximum wins, as in the running maximum.
+    i = int(np.argmax(np.asarray(fill, dtype=np.float32)))
+    return f[i : i + 1], torch.tensor([i], dtype=torch.uint8 if len(fill) <= 255 else torch.int64)
+
+
+def _labels_of(
+    best: torch.Tensor, idx: torch.Tensor, pp: PostprocessSpec, values: list[int], n: int
+) -> npt.NDArray[np.uint8]:
+    """Labels from the best probability and its channel, as ``labels_from_probabilities``."""
+    import torch
+
     if pp.threshold is not None:
         table = values if len(values) == n else list(range(n))
         lut = torch.as_tensor(table, dtype=torch.int64)
-        labels = torch.where(best > pp.threshold, lut[idx.long()], torch.zeros_like(idx.long()))
-        return np.asarray(labels.to(torch.uint8).numpy()), out
-    return np.asarray(idx.to(torch.uint8).numpy()), out
+        long = idx.long()
+        labels = torch.where(best > pp.threshold, lut[long], torch.zeros_like(long))
+        return np.asarray(labels.to(torch.uint8).numpy())
+    return np.asarray(idx.to(torch.uint8).numpy())
 
 
 def _background_fill(channels: int, activation: str, threshold: float | None) -> list[float]:

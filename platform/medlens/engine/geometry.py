@@ -102,7 +102,11 @@ def interp_axis(t: torch.Tensor, axis: int, coords: npt.NDArray[np.floating]) ->
 
 
 def resample_linear(
-    t: torch.Tensor, coords: Sequence[npt.NDArray[np.floating]], *, nearest: bool = False
+    t: torch.Tensor,
+    coords: Sequence[npt.NDArray[np.floating]],
+    *,
+    nearest: bool = False,
+    contiguous: bool = True,
 ) -> torch.Tensor:
     """Separable (bi/tri)linear resampling of a channel-first tensor on an axis-aligned grid.
 
@@ -110,6 +114,8 @@ def resample_linear(
         t: ``(C, *spatial)`` tensor.
         coords: Per spatial axis, the input-index position of every output sample.
         nearest: Nearest-neighbour instead of linear (label maps).
+        contiguous: Return a contiguous tensor; False may return a strided view of the
+            same values (one output-sized copy less, for callers that only read it).
     """
     import torch
 
@@ -128,7 +134,7 @@ def resample_linear(
             out = _interp_axis_matmul(out, ax + 1, c)
         else:
             out = interp_axis(out, ax + 1, c)
-    return out.contiguous()
+    return out.contiguous() if contiguous else out
 
 
 #: Largest (out x in) interpolation matrix used; beyond it, gathers are cheaper.
@@ -316,10 +322,12 @@ class Resample:
         coords = [np.arange(n) * r for n, r in zip(self.out_shape, self.ratio, strict=True)]
         return resample_linear(t, coords, nearest=nearest)
 
-    def inverse(self, t: torch.Tensor, fill: Sequence[float] | float = 0.0) -> torch.Tensor:
+    def inverse(
+        self, t: torch.Tensor, fill: Sequence[float] | float = 0.0, *, contiguous: bool = True
+    ) -> torch.Tensor:
         """New grid → old grid (linear; the last old voxels past the new grid are clamped)."""
         coords = [np.arange(n) / r for n, r in zip(self.in_shape, self.ratio, strict=True)]
-        return resample_linear(t, coords)
+        return resample_linear(t, coords, contiguous=contiguous)
 
 
 @dataclass(frozen=True)
@@ -349,11 +357,13 @@ class Resize:
         coords = [(np.arange(n) + 0.5) * v - 0.5 for n, v in zip(self.out_shape, s, strict=True)]
         return resample_linear(t, coords)
 
-    def inverse(self, t: torch.Tensor, fill: Sequence[float] | float = 0.0) -> torch.Tensor:
+    def inverse(
+        self, t: torch.Tensor, fill: Sequence[float] | float = 0.0, *, contiguous: bool = True
+    ) -> torch.Tensor:
         """New grid → old grid (linear)."""
         s = self._scale()
         coords = [(np.arange(n) + 0.5) / v - 0.5 for n, v in zip(self.in_shape, s, strict=True)]
-        return resample_linear(t, coords)
+        return resample_linear(t, coords, contiguous=contiguous)
 
 
 @dataclass(frozen=True)

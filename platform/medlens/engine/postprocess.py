@@ -96,16 +96,21 @@ def clean_components(
 ) -> None:
     """In place: keep the largest component of listed labels, drop small islands.
 
-    Each label is labelled once: components of labels in ``largest`` other than
-    the biggest, and components of any label under ``min_voxels``, become 0.
+    Each label is labelled once, in its own bounding box (a component never leaves
+    it, so the components are those of the whole grid; the int32 component map is box-
+    sized, not a whole 512 x 512 x 300 volume per label): components of labels in
+    ``largest`` other than the biggest, and components of any label under
+    ``min_voxels``, become 0.
     """
     from scipy import ndimage
 
-    values = [int(v) for v in np.unique(mask) if v != 0]
-    for v in values:
-        if v not in largest and min_voxels <= 1:
+    boxes = ndimage.find_objects(mask)  # index v - 1: label v's box, or None if absent
+    for v0, box in enumerate(boxes):
+        v = v0 + 1
+        if box is None or (v not in largest and min_voxels <= 1):
             continue
-        sel = mask == v
+        sub = mask[box]  # a view: changes land in ``mask``
+        sel = sub == v
         comp, n = ndimage.label(sel, structure=_structure(mask.ndim))
         if n == 0:
             continue
@@ -118,7 +123,7 @@ def clean_components(
         drop |= sizes < min_voxels
         drop[0] = False
         if drop.any():
-            mask[sel & drop[comp]] = 0
+            sub[sel & drop[comp]] = 0
 
 
 def keep_largest_component(mask: npt.NDArray[np.uint8], labels: Sequence[int]) -> None:

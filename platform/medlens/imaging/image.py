@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,13 +171,30 @@ class Image:
     def content_sha256(self) -> str:
         """sha256 over pixels and geometry: the input hash recorded in provenance."""
         h = hashlib.sha256()
-        arr = np.ascontiguousarray(self.array)
+        arr = self.array
         h.update(str(arr.dtype).encode())
         h.update(repr(arr.shape).encode())
-        h.update(arr.tobytes())
+        for block in _c_order_blocks(arr):
+            h.update(block)
         h.update(np.asarray(self.spacing + self.origin, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(self.direction).tobytes())
         return h.hexdigest()
+
+
+def _c_order_blocks(arr: npt.NDArray[Any], max_bytes: int = 16 * 2**20) -> Iterator[memoryview]:
+    """The array's bytes in C order, as contiguous blocks of at most about ``max_bytes``.
+
+    The same bytes as ``np.ascontiguousarray(arr).tobytes()``, without the two copies
+    of the whole array (600 MiB for a 512 x 512 x 300 float32 CT read as a view).
+    """
+    if arr.flags.c_contiguous:
+        yield arr.reshape(-1).view(np.uint8).data
+        return
+    lead = 0
+    while lead < arr.ndim and int(np.prod(arr.shape[lead:])) * arr.itemsize > max_bytes:
+        lead += 1
+    for index in np.ndindex(*arr.shape[:lead]):
+        yield np.ascontiguousarray(arr[index]).reshape(-1).view(np.uint8).data
 
 
 def lps_to_ras(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
