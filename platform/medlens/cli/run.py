@@ -318,6 +318,8 @@ def run(
             else:
                 tail = " ".join(x for x in (o.result, o.error, o.reason) if x)
                 where = f"{o.input} [{o.volume}]" if o.volume else o.input
+                if o.images:  # a study: its images
+                    where = f"{o.input} [{', '.join(o.images)}]"
                 click.echo(f"{o.status:<8}{o.case}  {where}  {tail}")
                 if o.details is not None and len(units) == 1:
                     _echo_details(o)
