@@ -223,6 +223,62 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
             assert eyes[0]["laterality"] is None and doc["extra"]["missing_eyes"] == ["unknown"]
 
 
+def op_dicom_jpeg(src: Path, path: Path, laterality: str, patient: str, study_uid: str) -> Path:
+    """An OP image as cameras store it: the photograph's own JPEG (baseline), encapsulated."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    with PILImage.open(src) as im:
+        width, height = im.size
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = OP_8BIT
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = OP_8BIT
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.Modality = "OP"
+    ds.PatientID, ds.PatientName = patient, ""
+    ds.ImageLaterality = laterality
+    ds.Rows, ds.Columns = height, width
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.LossyImageCompression = "01"
+    ds.PixelData = encapsulate([src.read_bytes()])
+    ds["PixelData"].is_undefined_length = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_jpeg_compressed_op_as_cameras_store_it(tmp_path: Path) -> None:
+    inp = tmp_path / "dicom"
+    uid = "1.2.826.0.1.3680043.8.498.73"
+    op_dicom_jpeg(_img("Patient017_L.jpg"), inp / "l.dcm", "L", "PID-17", uid)
+    op_dicom_jpeg(_img("Patient017_R.jpg"), inp / "r.dcm", "R", "PID-17", uid)
+    out = tmp_path / "out"
+    code, (line,) = medlens_run(str(inp), "--out", str(out), "--no-explain")
+    assert code == 0, line
+    doc = _result(line)
+    eyes = doc["extra"]["eyes"]
+    assert [(e["laterality"], e["quality"]["gradable"]) for e in eyes] == [("L", True), ("R", True)]
+    # The same pixels as the JPEG file read directly: the decoded colour is right.
+    direct = _result(
+        medlens_run(str(_img("Patient017_L.jpg")), "--out", str(tmp_path / "o2"), "--no-explain")[
+            1
+        ][0]
+    )
+    p_dicom = eyes[0]["findings"][0]["probability"]
+    p_file = direct["extra"]["eyes"][0]["findings"][0]["probability"]
+    assert abs(p_dicom - p_file) < 0.02, (p_dicom, p_file)
+    assert _dciodvfy_errors(Path(line["result"]).parent / "sr.dcm") == []
+
+
 def _codes(ds: Any) -> list[Any]:
     """Every coded item of an SR content tree."""
     out: list[Any] = []
