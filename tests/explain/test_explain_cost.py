@@ -153,3 +153,50 @@ def test_box_map_back_to_the_input_equals_the_whole_grid_inverse(h, edge: bool) 
     assert got.shape == want.shape == (1, *image.shape)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert (got > 0).sum() == (want > 0).sum() > 0
+
+
+class NormedSeg(torch.nn.Module):
+    """conv -> instance norm -> PReLU -> head: Grad-CAM weights at ``block.conv`` vanish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.stem = torch.nn.Conv3d(1, 4, 3, padding=1)
+        self.block = torch.nn.Sequential()
+        self.block.add_module("conv", torch.nn.Conv3d(4, 4, 3, padding=1))
+        self.block.add_module("norm", torch.nn.InstanceNorm3d(4))
+        self.block.add_module("act", torch.nn.PReLU())
+        self.head = torch.nn.Conv3d(4, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(torch.relu(self.stem(x))))
+
+
+def test_instance_normalised_layer_is_rounding_noise_and_not_picked(h) -> None:  # type: ignore[no-untyped-def]
+    from medlens.engine.api import EngineSpec, SimpleReporter, segment
+    from medlens.explain.api import ExplainSpec, explain
+    from medlens.imaging.image import Image
+    from medlens.plugin_api._vocab import SanityVerdict
+
+    net = NormedSeg().eval()
+    p = _problem(stitched=False)
+    # The raw convolution's mean gradients are 0 up to rounding: its map is noise.
+    noise = run_cam(net, p, "block.conv")
+    assert noise.rounding_noise and noise.weight_signal < 1e-4
+    # The automatic pick takes the normalised, activated block instead, with real weights.
+    assert pick_layer(net, p.x[None], segmentation=True) == "block"
+    assert not run_cam(net, p, "block").rounding_noise
+    # Asked for the noisy layer, the explanation says uninformative, with no sanity figures.
+    m = h.manifest("segmentation", 3, inference={"roi_size": (32, 24, 16)})
+    arr = np.zeros((1, 32, 24, 16), np.float32)
+    arr[0, 8:24, 6:18, 4:12] = 1.0
+    image = Image(arr, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    engine, reporter = EngineSpec.of(m, "cpu"), SimpleReporter()
+    seg = segment(net, image, engine, reporter)
+    label = int(np.flatnonzero(np.bincount(seg.model_labels.ravel(), minlength=2)[1:])[0]) + 1
+    kw = {"target": label, "spec": ExplainSpec.of(m, {}), "engine": engine, "reporter": reporter}
+    _, e = explain(net, image, segmentation=seg, layer="block.conv", **kw)
+    assert e.sanity is SanityVerdict.UNINFORMATIVE
+    assert e.rank_correlation is None and e.faithfulness is None
+    _, e = explain(net, image, segmentation=seg, **kw)
+    assert e.method == "gradcam (block)" and e.sanity is not SanityVerdict.UNINFORMATIVE

@@ -199,6 +199,10 @@ def _cam_with_sanity(
     # randomised network replays their outputs from the trained network's pass.
     trained = run_cam(network, problem, layer, method, record=spec.sanity and cascading)
     cam, score = trained.cam, trained.score
+    if trained.rounding_noise:
+        # Vanishing Grad-CAM weights: the map is float noise, whatever a randomised
+        # network's map correlates with it. Not evidence, so no sanity figures either.
+        return cam, None, None, SanityVerdict.UNINFORMATIVE
     if not spec.sanity:
         return cam, None, None, SanityVerdict.NOT_RUN
     seed = spec.seed

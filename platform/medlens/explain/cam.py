@@ -94,12 +94,20 @@ class CamRun:
         score: The explained scalar on the unmodified input (sum over windows).
         tapes: Per window, the pre-target outputs (when recorded), for a replay.
         replayed: How many modules were replayed instead of run (0 without a replay).
+        weight_signal: Grad-CAM only: the largest |mean gradient| of a channel over the
+            mean |gradient| (NaN for other methods); see :attr:`rounding_noise`.
     """
 
     cam: npt.NDArray[np.float32]
     score: float
     tapes: tuple[Tape, ...] = ()
     replayed: int = 0
+    weight_signal: float = float("nan")
+
+    @property
+    def rounding_noise(self) -> bool:
+        """Whether the Grad-CAM weights vanish: the map carries no evidence."""
+        return bool(np.isfinite(self.weight_signal)) and self.weight_signal < WEIGHT_SIGNAL_MIN
 
 
 class _RegionTarget:
@@ -205,9 +213,61 @@ def pick_layer(net: torch.nn.Module, x: torch.Tensor, segmentation: bool) -> str
     ]
     if not convs:
         raise EngineError("no convolution found for Grad-CAM: name the target layer")
-    if segmentation and len(convs) > 1:
-        return convs[-2]
-    return convs[-1]
+    name = convs[-2] if segmentation and len(convs) > 1 else convs[-1]
+    return _past_normalisation(net, x, name, set(convs))
+
+
+#: Normalisations over the spatial axes of each sample: the gradient reaching their input
+#: has zero spatial mean per channel, so Grad-CAM's weights (mean gradients) vanish there.
+_SPATIAL_NORMS = (
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "GroupNorm",
+    "LayerNorm",
+)
+
+
+def _past_normalisation(net: torch.nn.Module, x: torch.Tensor, conv: str, convs: set[str]) -> str:
+    """``conv``, or the block that ends with the normalisation right after it.
+
+    A convolution followed by an instance (group, layer) normalisation has Grad-CAM
+    weights of exactly zero (the normalisation removes each channel's spatial mean, so
+    the mean gradient at its input is 0) and a map of rounding noise. The block holding
+    both (MONAI's ``Convolution``: conv, then norm and activation) gives the normalised,
+    activated features instead, where the weights carry the model's evidence.
+    """
+    import torch
+
+    cache = _cache_of(net)
+    key = ("leaves", x.ndim)
+    if key not in cache:
+        calls: list[str] = []
+        handles = [
+            mod.register_forward_hook(lambda *_a, n=name: calls.append(n))
+            for name, mod in net.named_modules()
+            if name and not list(mod.children())
+        ]
+        try:
+            with torch.no_grad():
+                net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        cache[key] = tuple(calls)
+    calls = list(cache[key])
+    if conv not in calls:
+        return conv
+    after = calls[calls.index(conv) + 1 : calls.index(conv) + 2]
+    if not after or type(net.get_submodule(after[0])).__name__ not in _SPATIAL_NORMS:
+        return conv
+    parts = conv.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        block = ".".join(parts[:depth])
+        inside = {c for c in convs if c.startswith(block + ".")}
+        if after[0].startswith(block + ".") and inside == {conv}:
+            return block
+    return conv
 
 
 def _sl(box: Box) -> tuple[slice, ...]:
@@ -287,6 +347,7 @@ def run_cam(
     tapes: list[Tape] = []
     replayed = 0
     score = 0.0
+    signal = 0.0 if method in ("gradcam", "segmentation-gradcam") else float("nan")
     with torch.enable_grad():
         if method == "gradcam++" and five_d:
             cam, score = _monai_stitched(net, p, layer, method)
@@ -304,11 +365,13 @@ def run_cam(
                     if tape is not None:
                         stack.enter_context(_recording(net, layer, tape))
                         tapes.append(tape)
-                    stack.enter_context(_graph_from(net, layer))
+                    grads = stack.enter_context(_graph_from(net, layer))
                     if one_pass:
                         raw, s = _grad_cam_package(net, p, layer, method)
                     else:
                         raw, s = _window_gradcam(net, p, box, layer, method)
+                    if grads:
+                        signal = max(signal, _weight_signal(grads[-1]))
                 acc[_sl(box)] += raw
                 hits[_sl(box)] += 1.0
                 score += s
@@ -317,31 +380,54 @@ def run_cam(
     cam = np.clip(cam, 0.0, None)
     top = float(cam.max())
     scaled = (cam / top if top > 0 else cam).astype(np.float32)
-    return CamRun(cam=scaled, score=score, tapes=tuple(tapes), replayed=replayed)
+    return CamRun(
+        cam=scaled, score=score, tapes=tuple(tapes), replayed=replayed, weight_signal=signal
+    )
+
+
+#: Below this weight signal (see :func:`_weight_signal`) a Grad-CAM is rounding noise.
+WEIGHT_SIGNAL_MIN = 1e-3
+
+
+def _weight_signal(grad: torch.Tensor) -> float:
+    """How far Grad-CAM's weights stand above rounding: max |mean gradient| / mean |gradient|.
+
+    Grad-CAM weighs each channel by its mean gradient. When every mean is ~0 relative to
+    the gradients themselves (a layer followed by an instance normalisation: exactly 0),
+    the map is the noise of float rounding, whatever it looks like.
+    """
+    g = grad.detach().double()
+    means = g.mean(dim=tuple(range(2, g.ndim)))
+    scale = float(g.abs().mean())
+    return float(means.abs().max()) / scale if scale > 0 else 0.0
 
 
 @contextlib.contextmanager
-def _graph_from(net: torch.nn.Module, layer: str) -> Iterator[None]:
+def _graph_from(net: torch.nn.Module, layer: str) -> Iterator[list[torch.Tensor]]:
     """Autograd records from ``layer``'s output on: nothing before it needs a gradient.
 
     Parameters are frozen for the duration and the layer's output becomes a fresh graph
     leaf (cloned, so in-place operations after it stay legal). Grad-CAM needs only
-    d(score)/d(activation), which the layers after the target layer determine.
+    d(score)/d(activation), which the layers after the target layer determine. Yields the
+    list the gradients at the layer's output are collected in.
     """
     import torch
 
+    grads: list[torch.Tensor] = []
     params = [q for q in net.parameters() if q.requires_grad]
     for q in params:
         q.requires_grad_(False)
 
     def leaf(_m: torch.nn.Module, _i: Any, out: Any) -> Any:
         if isinstance(out, torch.Tensor):
-            return out.detach().requires_grad_(True).clone()
+            t = out.detach().requires_grad_(True).clone()
+            t.register_hook(grads.append)  # type: ignore[no-untyped-call]
+            return t
         return None
 
     handle = net.get_submodule(layer).register_forward_hook(leaf)
     try:
-        yield
+        yield grads
     finally:
         handle.remove()
         for q in params:

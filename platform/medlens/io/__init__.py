@@ -251,8 +251,8 @@ def _review_explanation(r: Result, heat: Image, notes: WriteNotes) -> Image | No
     assert e is not None
     if e.sanity == SanityVerdict.UNINFORMATIVE:
         notes.add(
-            f"heatmap of {pid!r} not written: the map is constant (uninformative), "
-            "so it is no evidence of anything"
+            f"heatmap of {pid!r} not written: the map is constant or rounding noise "
+            "(uninformative), so it is no evidence of anything"
         )
         return None
     if e.faithful is False:
