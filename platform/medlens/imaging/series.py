@@ -536,24 +536,16 @@ _J2K_LOSSLESS = frozenset(
 )
 
 
-def _idle_cores() -> float:
-    """Cores not busy with other work now (CPU count minus the 1-minute load average)."""
-    try:
-        return (os.cpu_count() or 1) - os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this platform: assume idle
-        return float(os.cpu_count() or 1)
-
-
 def _use_processes(frames: Sequence[_Frame], workers: int) -> bool:
     """Whether decoding ``frames`` (compressed) pays for a pool of worker processes.
 
-    Only a large series, and only with a core to spare: on a busy machine worker
-    processes add their start-up and compete for the same cores (measured: 1.4x slower
-    than one process at 100 slices under a load of 15 on 2 cores).
+    Only a large series: the decoders hold the GIL, so processes are the only way onto
+    a second core, but their start-up is worth about 20 frames' decoding. (A gate on
+    the load average was tried and dropped: under a load of 10 on 2 cores one process
+    lost to SimpleITK's two threads by as much as the pool did.)
     """
     pixels = sum(f.rows * f.columns * f.samples for f in frames)
-    big = workers > 1 and len(frames) > 1 and pixels >= PROCESS_DECODE_MIN_PIXELS
-    return big and _idle_cores() >= 1.0
+    return workers > 1 and len(frames) > 1 and pixels >= PROCESS_DECODE_MIN_PIXELS
 
 
 def _decode_file_frame(job: tuple[str, int | None, str, int, int, int]) -> npt.NDArray[Any]:
@@ -751,7 +743,10 @@ def load_series(
 
     def fill(k: int) -> None:
         f, a = frames[k], decoded[k]
-        if rescale:
+        if rescale and f.slope == 1.0:
+            # One pass (the usual CT case): the same float32 sums as the two below.
+            np.add(a, np.float32(f.intercept), out=buf[k], dtype=np.float32, casting="unsafe")
+        elif rescale:
             np.multiply(a, np.float32(f.slope), out=buf[k], casting="unsafe")
             if f.intercept:
                 buf[k] += np.float32(f.intercept)
