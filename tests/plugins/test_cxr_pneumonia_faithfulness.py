@@ -47,6 +47,10 @@ def test_a_map_of_the_evidence_beats_random_and_its_complement_does_not() -> Non
     assert good["better_than_random"] == {"deletion": 1.0, "insertion": 1.0}
     assert good["p_value"]["deletion"] < 0.05
     assert bad["gain"]["deletion"] < -0.1 and bad["gain"]["insertion"] < -0.1, bad
+    for r in (good, bad):  # what measure() adds to evaluate()'s figures
+        r.update(layer="region", sanity={"model-sensitive": 6})
+    assert "deletion the Grad-CAM maps are better than random" in "\n".join(fa.markdown(good))
+    assert "insertion they are no better than random" in " ".join(fa.markdown(bad))
     assert good["films"] == 6 and good["deletion_auc"]["random"] == pytest.approx(
         bad["deletion_auc"]["random"]
     )  # the same seeded random orders judge both maps

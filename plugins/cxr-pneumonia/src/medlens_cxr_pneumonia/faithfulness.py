@@ -34,6 +34,7 @@ __all__ = [
     "BLUR_SIGMA_FRACTION",
     "CARD_FILMS",
     "RANDOM_MAPS",
+    "SIGNIFICANCE",
     "STEPS",
     "area",
     "curves",
@@ -49,6 +50,8 @@ STEPS = 16
 RANDOM_MAPS = 3
 #: Gaussian blur of the stand-in film, as a fraction of the film's side.
 BLUR_SIGMA_FRACTION = 1.0 / 16.0
+#: One-sided p-value under which the card calls a map better than random.
+SIGNIFICANCE = 0.05
 
 #: ``score(films (B, S, S)) -> (B,)`` probabilities.
 Score = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]
@@ -266,8 +269,19 @@ def markdown(result: dict[str, Any] | None) -> list[str]:
         f"| {result['gain']['insertion']:+.4f} | {result['better_than_random']['insertion']:.2f} "
         f"| {result['p_value']['insertion']:.3g} |",
         "",
-        "The films were trained on by most ensemble members: this judges the heatmaps, not "
-        "the model's accuracy. A small gain means the map only loosely ranks what the "
-        "model uses; each result also carries the host's per-film faithfulness flag.",
+        f"Verdict: on deletion the Grad-CAM maps are {_verdict(result, 'deletion')}; on "
+        f"insertion they are {_verdict(result, 'insertion')}. The films were trained on by "
+        "most ensemble members: this judges the heatmaps, not the model's accuracy. Each "
+        "result also carries the host's per-film faithfulness flag.",
         "",
     ]
+
+
+def _verdict(result: dict[str, Any], curve: str) -> str:
+    """How the maps compare with random maps on one curve (one-sided test at 5 %)."""
+    gain, p = result["gain"][curve], result["p_value"][curve]
+    if gain > 0 and p < SIGNIFICANCE:
+        return "better than random maps"
+    if gain < 0:
+        return "no better than random maps (worse on average)"
+    return "not distinguishable from random maps"
