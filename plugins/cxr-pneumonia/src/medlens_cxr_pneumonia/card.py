@@ -308,8 +308,10 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         "the 0.5th and 99.5th percentiles (so 8-bit PNG and 16-bit DICOM of a film agree).",
         f"- Weights: fp16 safetensors, {cv['weights_bytes']} bytes, sha256 `{cv['weights_sha256']}`.",  # noqa: E501
         f"- Training time on the shared 2-core CPU machine ({cv['torch_threads']} torch thread): "
-        f"{sum(cv['fold_seconds']) / 60:.1f} min for the {cv['folds']} folds; whole recipe "
-        f"{cv['total_seconds'] / 60:.1f} min; {cv['config']['max_epochs']} epochs per fold "
+        f"{sum(cv['fold_seconds']) / 60:.1f} min of training for the {cv['folds']} folds "
+        "(each fold's own wall time, recorded when it ran; a run that resumes finished folds "
+        f"adds only its final steps: {cv['total_seconds'] / 60:.1f} min in the run that "
+        f"wrote this card); {cv['config']['max_epochs']} epochs per fold "
         f"(devices: {', '.join(sorted(set(cv.get('fold_device', ['cpu']))))}).",
         "- Augmentation: rotation within 8 degrees, scale 0.9-1.1, shifts up to 6 %, gamma 0.7-1.5, "  # noqa: E501
         "brightness/contrast 8 %, faint noise. No horizontal flip: a flipped film is not a real "

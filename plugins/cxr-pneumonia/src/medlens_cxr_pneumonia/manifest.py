@@ -18,7 +18,7 @@ from medlens.plugin_api import v1
 __all__ = ["CARD", "LABEL", "MANIFEST", "WEIGHTS_SHA256"]
 
 #: sha256 of ``weights/model.safetensors`` (checked before every load).
-WEIGHTS_SHA256 = "2ea1caa099120c6b1ba92c961ad1e1d8de2c40e80631840234bf13289f22166e"
+WEIGHTS_SHA256 = "4a4fa4d5e50428f2dcde5e074da0d6be5d12da6a3226fdcc340c665e830c396e"
 #: The one output label.
 LABEL = "pneumonia"
 

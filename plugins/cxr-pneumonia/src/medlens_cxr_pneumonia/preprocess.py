@@ -21,7 +21,7 @@ from torch.nn import functional as tnf
 __all__ = ["HIGH_PERCENTILE", "LOW_PERCENTILE", "SIZE", "prepare", "resize", "stretch"]
 
 #: Side of the square network input, in pixels.
-SIZE = 96
+SIZE = 128
 #: Percentiles mapped to 0 and 1.
 LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
