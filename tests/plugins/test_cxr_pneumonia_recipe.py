@@ -71,3 +71,18 @@ def test_size_is_chosen_on_inner_validation_only() -> None:
     assert select_size({128: [0.80, 0.82], 160: [0.85, 0.84]}) == 160
     assert select_size({128: [0.80, float("nan")], 160: [0.78, 0.79]}) == 128
     assert select_size({128: [0.8], 160: [0.8]}) == 128  # a tie keeps the cheaper size
+
+
+def test_colour_photographs_are_refused_and_grey_rgb_films_are_not() -> None:
+    from medlens_cxr_pneumonia.gate import colour_reason
+
+    rng = np.random.default_rng(0)
+    grey = rng.random((1, 64, 64)).astype(np.float32) * 255
+    assert colour_reason(np.repeat(grey, 3, axis=0)) is None  # a film saved as RGB
+    assert colour_reason(grey) is None  # one channel: nothing to judge
+    fundus_like = np.stack([grey[0], 0.5 * grey[0], 0.1 * grey[0]])  # red-orange
+    reason = colour_reason(fundus_like)
+    assert reason is not None and "colour photograph" in reason and "\n" not in reason
+    # JPEG colour noise of a grey film (a level or two) stays accepted.
+    noisy = np.repeat(grey, 3, axis=0) + rng.integers(-2, 3, (3, 64, 64)).astype(np.float32)
+    assert colour_reason(noisy) is None

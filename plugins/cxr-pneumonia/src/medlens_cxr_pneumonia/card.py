@@ -86,12 +86,21 @@ def _gate_rates(ds: Dataset, folds: npt.NDArray[np.int64], seed: int) -> dict[st
 
     fundus = sorted((ds.root.parent / "fundus-dr" / "images").glob("*.jpg"))
     fundus_prep = []
+    fundus_colour = []  # refused by the colour check before the grey statistics
     for p in fundus:
         with PILImage.open(p) as im:
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+            fundus_colour.append(gate.colour_reason(np.moveaxis(rgb, -1, 0)) is not None)
             fundus_prep.append(prepare(np.asarray(im.convert("L"), dtype=np.float32)))
     rng = np.random.default_rng(seed)
     noise = [prepare(rng.random((256, 256)).astype(np.float32)) for _ in range(50)]
-    rej = {"chest_held_out": [], "upside_down": [], "fundus": [], "noise": []}  # type: dict[str, list[bool]]
+    rej: dict[str, list[bool]] = {
+        "chest_held_out": [],
+        "upside_down": [],
+        "fundus": [],
+        "fundus_grey_statistics_only": [],
+        "noise": [],
+    }
     for f in np.unique(folds):
         te = folds == f
         g = gate.fit(ds.images[~te])
@@ -99,7 +108,10 @@ def _gate_rates(ds: Dataset, folds: npt.NDArray[np.int64], seed: int) -> dict[st
         rej["upside_down"] += [
             g.check(np.ascontiguousarray(p[::-1])) is not None for p in ds.images[te]
         ]
-        rej["fundus"] += [g.check(p) is not None for p in fundus_prep]
+        rej["fundus"] += [
+            c or g.check(p) is not None for c, p in zip(fundus_colour, fundus_prep, strict=True)
+        ]
+        rej["fundus_grey_statistics_only"] += [g.check(p) is not None for p in fundus_prep]
         rej["noise"] += [g.check(p) is not None for p in noise]
     return {
         k: {
@@ -369,6 +381,8 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         "- Routing: Modality DX, CR or OT (Secondary Capture); BodyPartExamined, when present, "
         "must name the chest; ViewPosition, when present, must be PA or AP (lateral, decubitus "
         "and oblique films are refused with a one-line reason).",
+        "- Colour check (every three-channel input): mean chroma above 4 % of the intensity "
+        "range is a colour photograph, refused (fundus row: both checks).",
         "- Content gate (every input, DICOM or PNG/JPEG): statistics of the prepared film "
         "(16 x 16 thumbnail, 16-bin histogram, row/column texture), standardised and modelled by "
         "24 principal components of the training films; refused beyond 1.15 x the 99.5th "

@@ -8,7 +8,10 @@ them. A film is accepted when both its distance inside the principal subspace
 a margin of the 99.5th percentile of the training films. Chest films share one layout
 (lungs dark either side of a bright mediastinum, diaphragm below) and one histogram shape,
 so fundus photographs, noise and upside-down films fall outside (rates in the model card).
-Numpy only; the model is ``gate.json`` (package data), fitted by :func:`fit`.
+Before it, :func:`colour_reason` refuses colour photographs outright: a radiograph stored
+as RGB is grey in all three channels, and the grey statistics alone let about one fundus
+photograph in eight through. Numpy only; the model is ``gate.json`` (package data),
+fitted by :func:`fit`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["THUMB", "Gate", "features", "fit", "thumbnail"]
+__all__ = ["MAX_CHROMA", "THUMB", "Gate", "colour_reason", "features", "fit", "thumbnail"]
 
 #: Thumbnail side (pixels).
 THUMB = 16
@@ -32,6 +35,27 @@ MARGIN = 1.15
 #: Percentile of the training films' scores the margin applies to.
 PERCENTILE = 99.5
 _BINS = 16
+#: Largest mean chroma (max - min channel, as a share of the image's intensity range) of
+#: an image still taken for a grey radiograph: JPEG colour noise of grey films stays
+#: below 1 %, fundus photographs are red-orange well above 10 %.
+MAX_CHROMA = 0.04
+
+
+def colour_reason(channels: npt.NDArray[np.float32]) -> str | None:
+    """``None`` for a grey image ``(3, ...)`` (or one channel), else a one-line reason."""
+    if channels.shape[0] != 3:
+        return None
+    a = np.asarray(channels, dtype=np.float32)
+    span = float(a.max() - a.min())
+    if span <= 0:
+        return None
+    chroma = float((a.max(axis=0) - a.min(axis=0)).mean()) / span
+    if chroma > MAX_CHROMA:
+        return (
+            f"content gate: a colour photograph (mean chroma {chroma:.1%} of the intensity "
+            f"range, a radiograph is grey: at most {MAX_CHROMA:.0%}), not a chest radiograph"
+        )
+    return None
 
 
 def thumbnail(prepared: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:

@@ -26,7 +26,7 @@ from medlens.plugin_api.v1 import (
     ResultStatus,
     RunContext,
 )
-from medlens_cxr_pneumonia.gate import Gate
+from medlens_cxr_pneumonia.gate import Gate, colour_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
 from medlens_cxr_pneumonia.preprocess import prepare
@@ -99,8 +99,9 @@ class CxrPneumonia:
         """Pneumonia finding (calibrated probability and decisions) and Grad-CAM heatmap."""
         image = inputs.image
         with ctx.timer("preprocess_s"):
+            reason = colour_reason(np.asarray(image.array)) if image.ndim == 2 else None
             prepared = prepare(grey_film(image))
-        reason = self.gate.check(prepared)
+        reason = reason or self.gate.check(prepared)
         if reason is not None:
             return Prediction(
                 status=ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
