@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medlens.errors import RoutingError
-from medlens.plugin_api.v1 import ResultStatus
 
 if TYPE_CHECKING:
     from medlens.cli.run import CaseOutcome
@@ -47,7 +46,7 @@ def run_study_case(
     Images the plugin's routing refuses are left out of the study (their reasons go
     to the result's warnings); a study with no accepted image is ``skipped``.
     """
-    from medlens.cli.run import CaseOutcome, _case_dir, _one_line, _write_as_set
+    from medlens.cli.run import CaseOutcome, _case_dir, _finished, _one_line, _write_as_set
     from medlens.routing import read_study
 
     manifest = host.get(plugin_id).manifest
@@ -75,13 +74,4 @@ def run_study_case(
     except Exception as e:  # one study must not stop the batch: its reason is on record
         log.debug("study %s failed", study.name, exc_info=True)
         return replace(base, error=_one_line(e))
-    written = folder / "result.json"
-    p = result.prediction
-    rejected = p.status != ResultStatus.OK
-    return replace(
-        base,
-        status="rejected" if rejected else "ok",
-        result=str(written if written.exists() else folder),
-        reason=f"{p.status}: {p.status_reason}" if rejected else None,
-        details=result,
-    )
+    return _finished(base, result, folder)

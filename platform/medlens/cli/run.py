@@ -119,6 +119,20 @@ def _write_as_set(result: Result, final: Path, source_root: Path) -> Path:
     return final
 
 
+def _finished(base: CaseOutcome, result: Result, folder: Path) -> CaseOutcome:
+    """The outcome line of a case or study whose result set was written to ``folder``."""
+    written = folder / "result.json"
+    p = result.prediction
+    rejected = p.status != ResultStatus.OK
+    return _replace(
+        base,
+        status="rejected" if rejected else "ok",
+        result=str(written if written.exists() else folder),
+        reason=f"{p.status}: {p.status_reason}" if rejected else None,
+        details=result,
+    )
+
+
 def _one_line(e: BaseException) -> str:
     if isinstance(e, MedLensError):
         return str(e)
@@ -160,16 +174,7 @@ def _run_case(
     except Exception as e:  # one case must not stop the batch: its reason is on record
         log.debug("case %s failed", case.name, exc_info=True)
         return _replace(base, error=_one_line(e))
-    written = folder / "result.json"
-    p = result.prediction
-    rejected = p.status != ResultStatus.OK
-    return _replace(
-        base,
-        status="rejected" if rejected else "ok",
-        result=str(written if written.exists() else folder),
-        reason=f"{p.status}: {p.status_reason}" if rejected else None,
-        details=result,
-    )
+    return _finished(base, result, folder)
 
 
 def _echo_details(o: CaseOutcome) -> None:
