@@ -85,11 +85,6 @@ def test_not_a_fundus_photograph_is_refused(host: Host, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,  # the day the model meets it, this must be noticed (and the marker dropped)
-    reason="known gap (issue 13): the shipped random-feature model does not respond to pasted "
-    "lesions (model card: mean probability 0.420 at 0 and at 30 lesions)",
-)
 def test_lesion_phantom_raises_the_probability() -> None:
     from medlens_retina_dr.phantom import LOADS, evaluate
 
