@@ -228,13 +228,16 @@ def cross_validate(
     use_graham: bool,
     tag: str,
     say: Callable[[str], None],
+    tracker: Any,
+    history: list[dict[str, Any]],
     only: int = 0,
 ) -> tuple[_F, list[torch.nn.Module]]:
     """Out-of-fold logits of every eye and the per-fold networks.
 
-    With ``only`` > 0 just the first ``only`` folds are run (the others' logits stay nan).
+    Per-epoch metrics go to ``tracker`` (``mlflow`` or :class:`_NoTracking`) and are
+    appended to ``history`` (kept in ``recipe.json``). With ``only`` > 0 just the first
+    ``only`` folds are run (the others' logits stay nan).
     """
-    mlflow = _TRACKER[0]
     oof = np.full(len(labels), np.nan, dtype=np.float64)
     nets: list[torch.nn.Module] = []
     for k in range(only or cfg.folds):
@@ -244,8 +247,8 @@ def cross_validate(
 
         def log(name: str, value: float, step: int, k: int = k) -> None:
             if math.isfinite(value):
-                mlflow.log_metric(f"{tag}.fold{k}.{name}", value, step=step)
-                _HISTORY.append({"key": f"{tag}.fold{k}.{name}", "value": value, "step": step})
+                tracker.log_metric(f"{tag}.fold{k}.{name}", value, step=step)
+                history.append({"key": f"{tag}.fold{k}.{name}", "value": value, "step": step})
 
         net, logits = train_fold(
             crops, labels, tr, va, cfg, use_graham=use_graham, seed=cfg.seed * 1000 + k, log=log
@@ -444,10 +447,6 @@ class _NoTracking:
         return nullcontext()
 
 
-#: The tracker of the running recipe: ``mlflow`` or :class:`_NoTracking`.
-_TRACKER: list[Any] = [_NoTracking()]
-#: Every per-epoch metric of the running recipe, kept for ``recipe.json``.
-_HISTORY: list[dict[str, Any]] = []
 #: Share of patients locked away from training for ``medlens validate`` (one in five),
 #: and the fixed seed of that split (whatever seed a recipe run uses).
 LOCKED_FOLDS = 5
@@ -485,19 +484,15 @@ def run(
     cfg: RecipeConfig, out: Path, say: Callable[[str], None] = print, *, tracking: bool = True
 ) -> dict[str, Any]:
     """Run the whole recipe into ``out``; returns what ``recipe.json`` holds."""
+    mlflow: Any = _NoTracking()
     if tracking:
-        import mlflow as tracker
-
-        _TRACKER[0] = tracker
-    else:
-        _TRACKER[0] = _NoTracking()
-    mlflow: Any = _TRACKER[0]
+        import mlflow
+    history: list[dict[str, Any]] = []
     torch.set_num_threads(cfg.threads)
     if cfg.device == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     t_start = time.perf_counter()
-    _HISTORY.clear()
     out.mkdir(parents=True, exist_ok=True)
     records = data.read_records()
     locked = locked_mask(records)
@@ -540,6 +535,8 @@ def run(
                         use_graham=g,
                         tag=f"select.{variant}",
                         say=say,
+                        tracker=mlflow,
+                        history=history,
                     )
                 selection[variant] = _auroc(labels, done_cv[g][0])
                 mlflow.log_metric(f"select.{variant}.oof_auroc", selection[variant])
@@ -559,6 +556,8 @@ def run(
                     use_graham=variant == "graham",
                     tag=f"select.{variant}",
                     say=say,
+                    tracker=mlflow,
+                    history=history,
                     only=cfg.select_folds,
                 )
                 done = np.isfinite(oof_s)
@@ -585,6 +584,8 @@ def run(
                 use_graham=use_graham,
                 tag="cv",
                 say=say,
+                tracker=mlflow,
+                history=history,
             )
         cv_auc = _auroc(labels, oof)
         temperature = fit_temperature(oof, labels)
@@ -617,7 +618,7 @@ def run(
             "wall_s": round(wall, 1),
             "device": cfg.device,
             "locked_images": locked_images,
-            "history": list(_HISTORY),
+            "history": history,
             "eyes": [
                 {
                     "image": r.image,
