@@ -125,6 +125,57 @@ def test_mask_equal_with_and_without_probabilities(  # type: ignore[no-untyped-d
         assert int((ref_probs == ref_probs.max(axis=0)).sum(axis=0).max()) > 1
 
 
+class _CompactNet(torch.nn.Module):
+    """Softmax logits whose foreground channels win only on (and near) bright voxels.
+
+    Channel 0 is a constant; channel ``c`` rises with the intensity, each with its own
+    slope and offset, so the sphere is split into shells of different labels and the
+    rest of the grid is background: a small contested box.
+    """
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.slopes = torch.linspace(6.0, 12.0, classes - 1)
+        self.offsets = torch.linspace(-3.0, -8.5, classes - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = x * self.slopes.view(1, -1, 1, 1, 1) + self.offsets.view(1, -1, 1, 1, 1)
+        return torch.cat([torch.zeros_like(x), fg], dim=1)
+
+
+@pytest.mark.parametrize("at_edge", [False, True])
+def test_contested_box_gives_the_whole_grid_labels(  # type: ignore[no-untyped-def]
+    oblique_sphere, h, monkeypatch, at_edge: bool
+) -> None:
+    image, _, _ = oblique_sphere
+    if at_edge:  # the sphere cut by the grid's edge: clamped interpolation at the border
+        image = image.with_array(np.ascontiguousarray(image.array[:, 30:, :, 8:]))
+    manifest = h.seg_manifest(
+        inference=None,
+        input={"dims": 3, "spacing": (1.5, 1.6, 2.2), "orientation": "RAS"},
+        outputs={
+            "labels": _labels(3),
+            "kinds": ["seg"],
+            "postprocess": {"activation": "softmax", "threshold": None},
+        },
+    )
+    spec = EngineSpec.of(manifest, "cpu")
+    net = _CompactNet(4).eval()
+    boxes: list[Any] = []
+    contested = api._contested_box
+
+    def spy(*a: Any) -> Any:
+        boxes.append(contested(*a))
+        return boxes[-1]
+
+    monkeypatch.setattr(api, "_contested_box", spy)
+    lean = segment(net, image, spec, SimpleReporter(), keep_probabilities=False)
+    ref_labels, _ = _reference(net, image, spec)
+    assert boxes and boxes[0] is not None  # the box path ran
+    assert len(np.unique(ref_labels)) >= 3 and ref_labels[0, 0, 0] == 0
+    np.testing.assert_array_equal(lean.mask.array[0], ref_labels)
+
+
 def test_run_context_segment_without_probabilities(oblique_sphere, run_ctx, h) -> None:  # type: ignore[no-untyped-def]
     image, _, _ = oblique_sphere
     ctx = run_ctx(h.seg_manifest(inference=None), explain=True)

@@ -52,3 +52,27 @@ def test_review_settles_the_verdict_on_the_heatmap_written() -> None:
     good = claimed.model_copy(update={"faithfulness": 0.4})
     assert sanity.review(good, varying).faithful is True
     assert sanity.review(good, varying).sanity is SanityVerdict.MODEL_SENSITIVE
+
+
+def test_rank_correlation_of_a_big_map_matches_the_full_spearman() -> None:
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(5)
+    a = rng.random((96, 96, 32)).astype(np.float32)  # 295 k voxels: sampled
+    b = np.where(rng.random(a.shape) < 0.5, a, rng.random(a.shape)).astype(np.float32)
+    b[b < 0.2] = 0.0  # ties, as after a ReLU
+    full = float(spearmanr(a.ravel(), b.ravel()).statistic)
+    assert a.size > sanity.RANK_SAMPLE
+    assert abs(sanity.rank_correlation(a, b) - full) < 0.02
+    small = a[:10, :10, :10]
+    assert sanity.rank_correlation(small, b[:10, :10, :10]) == pytest.approx(
+        float(spearmanr(small.ravel(), b[:10, :10, :10].ravel()).statistic)
+    )
+
+
+def test_rank_correlation_never_samples_a_varying_map_into_a_constant() -> None:
+    a = np.zeros((96, 96, 32), np.float32)
+    a[1, 1, 1] = 1.0  # one voxel the systematic sample skips
+    b = np.zeros_like(a)
+    b[1, 1, 1] = 0.5
+    assert sanity.rank_correlation(a, b) == pytest.approx(1.0)

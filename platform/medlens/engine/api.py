@@ -330,6 +330,12 @@ def _back_to_input_grid(
         while lossless < len(steps) and isinstance(steps[lossless], Reorient | Crop):
             lossless += 1
     n = probs_model.shape[0]
+    contested = None
+    if not keep and len(steps) == lossless + 1 and isinstance(steps[-1], Resample):
+        contested = _contested_box(probs_model, pp, fill)
+    if contested is not None:
+        labels = _labels_in_box(probs_model, steps[-1], contested, pp, values)
+        return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), None
     out: npt.NDArray[np.float32] | None = None
     best: torch.Tensor | None = None
     idx: torch.Tensor | None = None
@@ -356,14 +362,115 @@ def _back_to_input_grid(
     assert idx is not None
     labels = _labels_of(best, idx, pp, values, n)
     del best, idx
-    if lossless:
-        # The label of a voxel no channel reached: every channel at its fill value.
-        outside = int(_labels_of(*_fill_max(fill), pp, values, n)[0])
-        t = torch.from_numpy(labels)[None]
-        for step in reversed(steps[:lossless]):
-            t = step.inverse(t, outside)
-        labels = np.ascontiguousarray(t[0].numpy())
-    return labels, out
+    return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), out
+
+
+def _undo_lossless(
+    labels: npt.NDArray[np.uint8],
+    steps: Sequence[Any],
+    pp: PostprocessSpec,
+    values: list[int],
+    fill: list[float],
+    n: int,
+) -> npt.NDArray[np.uint8]:
+    """Labels through the inverse of the voxel-moving ``steps`` (reorientation, crop)."""
+    import torch
+
+    if not steps:
+        return labels
+    # The label of a voxel no channel reached: every channel at its fill value.
+    outside = int(_labels_of(*_fill_max(fill), pp, values, n)[0])
+    t = torch.from_numpy(labels)[None]
+    for step in reversed(steps):
+        t = step.inverse(t, outside)
+    return np.ascontiguousarray(t[0].numpy())
+
+
+#: Margin under 1/C that still counts a softmax channel as contesting a voxel.
+_CONTEST_MARGIN = 1e-4
+#: Above this share of the model grid, the contested box saves too little to bother.
+_CONTEST_MAX_SHARE = 0.6
+
+
+def _contested_box(
+    probs: torch.Tensor, pp: PostprocessSpec, fill: list[float]
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Model-grid box outside which every input-grid voxel is background, or None.
+
+    For softmax outputs (channels sum to 1) linear interpolation keeps the sum, so the
+    winning channel of an interpolated voxel is at least 1/C there. A foreground channel
+    below 1/C (less a rounding margin) at every model-grid neighbour of a voxel cannot
+    win it, and if no foreground channel can, background does (it is then above 1/C,
+    every other channel below). Only the box of the voxels where some foreground channel
+    reaches 1/C, one voxel wider for the interpolation's neighbours, needs resampling.
+    None when this does not apply (not a plain softmax) or saves little.
+    """
+    import torch
+
+    c = probs.shape[0]
+    if pp.activation != "softmax" or pp.threshold is not None or c < 2:
+        return None
+    if fill[0] != 1.0 or any(f != 0.0 for f in fill[1:]):
+        return None
+    fg = (probs[1:] >= 1.0 / c - _CONTEST_MARGIN).any(dim=0)
+    if not bool(fg.any()):
+        return (0,) * fg.ndim, (0,) * fg.ndim
+    lo, hi = [], []
+    for ax in range(fg.ndim):
+        other = tuple(d for d in range(fg.ndim) if d != ax)
+        idx = torch.nonzero(fg.any(dim=other)).flatten()
+        lo.append(max(int(idx[0]) - 1, 0))
+        hi.append(min(int(idx[-1]) + 2, fg.shape[ax]))
+    share = float(np.prod([b - a for a, b in zip(lo, hi, strict=True)])) / fg.numel()
+    return (tuple(lo), tuple(hi)) if share <= _CONTEST_MAX_SHARE else None
+
+
+def _labels_in_box(
+    probs: torch.Tensor,
+    step: Any,
+    box: tuple[tuple[int, ...], tuple[int, ...]],
+    pp: PostprocessSpec,
+    values: list[int],
+) -> npt.NDArray[np.uint8]:
+    """Labels on ``step``'s input grid, resampling the channels only inside ``box``.
+
+    Input-grid samples whose model-grid position (as :meth:`Resample.inverse` computes
+    it, edge-clamped) falls inside ``box`` are interpolated from the box and labelled by
+    the running maximum; every other sample is background (see :func:`_contested_box`).
+    """
+    import torch
+
+    from medlens.engine.geometry import resample_linear
+
+    labels = np.zeros(step.in_shape, dtype=np.uint8)
+    where: list[slice] = []
+    coords: list[npt.NDArray[np.float64]] = []
+    for n_old, r, n_new, a, b in zip(step.in_shape, step.ratio, step.out_shape, *box, strict=True):
+        if b <= a:
+            return labels
+        cc = np.clip(np.arange(n_old) / r, 0.0, n_new - 1)
+        inside = np.nonzero((cc >= a) & (cc <= b - 1))[0]
+        if inside.size == 0:
+            return labels
+        i0, i1 = int(inside[0]), int(inside[-1]) + 1
+        where.append(slice(i0, i1))
+        coords.append(cc[i0:i1] - a)
+    sub = probs[(slice(None), *(slice(a, b) for a, b in zip(*box, strict=True)))]
+    n = sub.shape[0]
+    best: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+    for c in range(n):
+        p = resample_linear(sub[c : c + 1].contiguous(), coords, contiguous=False)[0]
+        if best is None or idx is None:
+            best = p.clone()
+            idx = torch.zeros(p.shape, dtype=torch.uint8 if n <= 255 else torch.int64)
+            continue
+        idx[p > best] = c
+        torch.maximum(best, p, out=best)
+    assert best is not None
+    assert idx is not None
+    labels[tuple(where)] = _labels_of(best, idx, pp, values, n)
+    return labels
 
 
 def _fill_max(fill: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

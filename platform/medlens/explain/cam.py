@@ -286,7 +286,7 @@ def target_scores(net: torch.nn.Module, p: CamProblem, xs: Sequence[torch.Tensor
     totals = [0.0] * len(xs)
     with torch.inference_mode():
         for box in p.windows:
-            batch = torch.stack([x[(slice(None), *_sl(box))] for x in xs])
+            batch = _as_weights(net, torch.stack([x[(slice(None), *_sl(box))] for x in xs]))
             reg = None if p.region is None else p.region[_sl(box)]
             out = _tensor_out(net(batch))
             for n in range(len(xs)):
@@ -366,7 +366,7 @@ def run_cam(
                         stack.enter_context(_recording(net, layer, tape))
                         tapes.append(tape)
                     grads = stack.enter_context(_graph_from(net, layer))
-                    if one_pass:
+                    if one_pass and not (five_d and method != "layercam"):
                         raw, s = _grad_cam_package(net, p, layer, method)
                     else:
                         raw, s = _window_gradcam(net, p, box, layer, method)
@@ -540,7 +540,7 @@ def _window_gradcam(
     seen: list[torch.Tensor] = []
     handle = net.get_submodule(layer).register_forward_hook(lambda _m, _i, o: seen.append(o))
     try:
-        out = _tensor_out(net(p.x[(slice(None), *sl)].unsqueeze(0).detach()))
+        out = _tensor_out(net(_as_weights(net, p.x[(slice(None), *sl)].unsqueeze(0).detach())))
     finally:
         handle.remove()
     if not seen or not seen[0].requires_grad:
@@ -556,6 +556,24 @@ def _window_gradcam(
         mode = "trilinear" if len(size) == 3 else "bilinear"
         cam = F.interpolate(cam, size=size, mode=mode, align_corners=False)
     return np.asarray(cam[0, 0].cpu().numpy(), np.float64), float(score.detach())
+
+
+def _as_weights(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the memory format of ``net``'s convolution weights (channels-last or not).
+
+    A channels-last network fed a contiguous input converts it at every layer; the
+    sliding window hands it channels-last windows, so the explanation does too.
+    """
+    import torch
+
+    if x.ndim != 5:
+        return x
+    for q in net.parameters():
+        if q.ndim == 5:
+            if q.is_contiguous(memory_format=torch.channels_last_3d) and not q.is_contiguous():
+                return x.contiguous(memory_format=torch.channels_last_3d)
+            break
+    return x
 
 
 def _monai_stitched(

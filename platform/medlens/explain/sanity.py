@@ -114,15 +114,29 @@ def _first_after(net: torch.nn.Module, x: torch.Tensor, layer: str, order: list[
     return order.index(after[0]) if after else 0
 
 
+#: Voxels Spearman's rho is computed on at most: a systematic sample of bigger maps.
+RANK_SAMPLE = 1 << 16
+
+
 def rank_correlation(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
-    """Spearman's rho of two maps (1.0 when both are constant, 0.0 when only one is)."""
+    """Spearman's rho of two maps (1.0 when both are constant, 0.0 when only one is).
+
+    Maps of more than :data:`RANK_SAMPLE` voxels are compared on every k-th voxel (the
+    same voxels in both): ranking 300 000 voxels twice cost more than the randomised
+    network's CAM, and a systematic sample of 65 536 pairs estimates rho to about
+    +-0.01 (its standard error is about 1/sqrt(n)), far inside the verdict's margin.
+    """
     from scipy.stats import spearmanr
 
-    fa, fb = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    ca, cb = fa.std() == 0, fb.std() == 0
+    fa, fb = np.ravel(a), np.ravel(b)
+    ca, cb = bool(fa.min() == fa.max()), bool(fb.min() == fb.max())
     if ca or cb:
         return 1.0 if (ca and cb) else 0.0
-    return float(spearmanr(fa, fb).statistic)
+    step = -(-fa.size // RANK_SAMPLE)
+    sa, sb = fa[::step].astype(np.float64), fb[::step].astype(np.float64)
+    if sa.min() == sa.max() or sb.min() == sb.max():  # the sample missed what varies
+        sa, sb = fa.astype(np.float64), fb.astype(np.float64)
+    return float(spearmanr(sa, sb).statistic)
 
 
 def is_uninformative(cam: npt.ArrayLike | None) -> bool:
