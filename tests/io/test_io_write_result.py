@@ -129,6 +129,25 @@ def test_failure_midway_leaves_nothing_of_the_set(tmp_path, make_result, monkeyp
     assert _no_temporaries(out)
 
 
+@pytest.mark.parametrize("broken_writer", ["write_heatmap_nifti", "write_mask_nifti"])
+def test_a_failing_nifti_thread_fails_the_whole_set(
+    tmp_path, make_result, monkeypatch, broken_writer
+):
+    # The NIfTI files are written on a second thread beside the DICOM objects: its
+    # failure must reach the caller and take every other file of the set with it.
+    import medlens.io.nifti as nifti_mod
+
+    def broken(*_a, **_k):
+        raise OutputError("NIfTI encoder exploded")
+
+    monkeypatch.setattr(nifti_mod, broken_writer, broken)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="exploded"):
+        write_result(make_result(), out)
+    assert list(out.iterdir()) == []
+    assert _no_temporaries(out)
+
+
 def test_a_second_run_replaces_the_set(tmp_path, make_result):
     out = tmp_path / "out"
     first = write_result(make_result(), out)

@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -180,16 +181,63 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
 def _write_files(
     r: Result, folder: Path, sources: list[Dataset] | None, notes: WriteNotes
 ) -> tuple[dict[str, Path], Dataset | None]:
-    """SEG, NIfTI mask and heatmaps of one result."""
-    kinds = set(r.manifest.outputs.kinds)
-    pid = r.manifest.id
-    out: dict[str, Path] = {}
-    seg_ds: Dataset | None = None
+    """SEG, NIfTI mask and heatmaps of one result.
+
+    The NIfTI files (numpy and zlib work, which release the GIL) are written on a second
+    thread while this one builds the DICOM objects (mostly Python): on two cores that
+    hides most of their cost. Any failure of either still fails the set.
+    """
     mask, heat = r.prediction.mask, r.prediction.heatmap
     if heat is not None:
         heat = _review_explanation(r, heat, notes)
     if r.image.ndim == 2 and not dicom_source(r.image):
         return _write_pngs(r, folder, heat), None
+    from medlens.io._common import WriteNotes
+
+    nifti_notes = WriteNotes()  # merged after the DICOM notes: a fixed order
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlens-nifti") as pool:
+        niftis = pool.submit(_write_niftis, r, folder, mask, heat, nifti_notes)
+        out, seg_ds = _write_dicoms(r, folder, sources, mask, heat, notes)
+        out.update(niftis.result())
+    for note in nifti_notes.notes:
+        notes.add(note)
+    return out, seg_ds
+
+
+def _write_niftis(
+    r: Result, folder: Path, mask: Image | None, heat: Image | None, notes: WriteNotes
+) -> dict[str, Path]:
+    """The NIfTI mask and heatmap of one result, as its manifest asks."""
+    kinds = set(r.manifest.outputs.kinds)
+    pid = r.manifest.id
+    out: dict[str, Path] = {}
+    if OutputKind.NIFTI in kinds:
+        if mask is None:
+            notes.add(f"NIfTI mask of {pid!r} not written: the plugin produced no mask")
+        else:
+            from medlens.io.nifti import write_mask_nifti
+
+            out["nifti"] = write_mask_nifti(mask, folder / FILE_NAMES["nifti"])
+    if OutputKind.HEATMAP in kinds and heat is not None:
+        from medlens.io.nifti import write_heatmap_nifti
+
+        out["heatmap"] = write_heatmap_nifti(heat, folder / FILE_NAMES["heatmap"])
+    return out
+
+
+def _write_dicoms(
+    r: Result,
+    folder: Path,
+    sources: list[Dataset] | None,
+    mask: Image | None,
+    heat: Image | None,
+    notes: WriteNotes,
+) -> tuple[dict[str, Path], Dataset | None]:
+    """SEG and DICOM heatmaps of one result, as its manifest asks."""
+    kinds = set(r.manifest.outputs.kinds)
+    pid = r.manifest.id
+    out: dict[str, Path] = {}
+    seg_ds: Dataset | None = None
     if OutputKind.SEG in kinds:
         if mask is None:
             notes.add(f"SEG of {pid!r} not written: the plugin produced no mask")
@@ -201,20 +249,10 @@ def _write_files(
 
             seg_ds = build_seg(r, sources, notes)
             out["seg"] = save_dataset(seg_ds, folder / FILE_NAMES["seg"])
-    if OutputKind.NIFTI in kinds:
-        if mask is None:
-            notes.add(f"NIfTI mask of {pid!r} not written: the plugin produced no mask")
-        else:
-            from medlens.io.nifti import write_mask_nifti
-
-            out["nifti"] = write_mask_nifti(mask, folder / FILE_NAMES["nifti"])
     if OutputKind.HEATMAP in kinds:
         if r.prediction.heatmap is None:
             notes.add(f"heatmap of {pid!r} not written: the plugin produced none")
         elif heat is not None:
-            from medlens.io.nifti import write_heatmap_nifti
-
-            out["heatmap"] = write_heatmap_nifti(heat, folder / FILE_NAMES["heatmap"])
             if sources is None:
                 notes.add(f"DICOM heatmaps of {pid!r} not written: the input has no DICOM source")
             else:
