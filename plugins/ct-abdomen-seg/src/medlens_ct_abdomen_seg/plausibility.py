@@ -269,7 +269,11 @@ def check_volumes(
     """
     verdict = GateVerdict()
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(mask.ravel(), minlength=max(labels.values()) + 1)
+    # One pass per judged label: bincount would first widen every voxel to 64 bits
+    # (0.1 s on the demo CT's 14 M voxels, 1 s on a 512 x 512 x 300 one).
+    counts = np.zeros(max(labels.values()) + 1, dtype=np.int64)
+    for name in ranges:
+        counts[labels[name]] = np.count_nonzero(mask == labels[name])
     edge = np.zeros(counts.shape, dtype=bool)
     for axis in range(mask.ndim):
         for index in (0, mask.shape[axis] - 1):
