@@ -341,28 +341,31 @@ def test_empty_file_list() -> None:
         load_series([])
 
 
-def test_compressed_frames_decode_in_processes_identically(
+def test_gil_bound_compressed_frames_decode_in_processes_identically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medlens.imaging import series as series_mod
+    """RLE (its decoder holds the GIL) goes to worker processes: the same values."""
+    from medlens.imaging import decode as decode_mod
     from medlens.phantoms.dicom import generate_dataset
 
     (rec,) = generate_dataset(tmp_path / "ph", 1, 5, small=True)
-    (tmp_path / "j2k").mkdir()
+    (tmp_path / "rle").mkdir()
     files = []
     for f in sorted(rec.dicom_dir.glob("*.dcm"))[:16]:
         ds = pydicom.dcmread(f)
-        ds.compress(JPEG2000Lossless, generate_instance_uid=False)
-        ds.save_as(tmp_path / "j2k" / f.name, enforce_file_format=True)
-        files.append(tmp_path / "j2k" / f.name)
+        ds.compress(RLELossless, generate_instance_uid=False)
+        ds.save_as(tmp_path / "rle" / f.name, enforce_file_format=True)
+        files.append(tmp_path / "rle" / f.name)
     # A small phantom is below the size that pays for processes: lower the bar to test them.
     frame = 160 * 128
-    assert len(files) * frame < series_mod.PROCESS_DECODE_MIN_PIXELS
-    monkeypatch.setattr(series_mod, "PROCESS_DECODE_MIN_PIXELS", frame * 4)
+    assert len(files) * frame < decode_mod.PROCESS_DECODE_MIN_PIXELS
+    monkeypatch.setattr(decode_mod, "PROCESS_DECODE_MIN_PIXELS", frame * 4)
     started: list[int] = []
-    real = series_mod._decode_in_processes
+    real = decode_mod._decode_in_processes
     monkeypatch.setattr(
-        series_mod, "_decode_in_processes", lambda fr, w: started.append(w) or real(fr, w)
+        decode_mod,
+        "_decode_in_processes",
+        lambda fr, w, notes: started.append(w) or real(fr, w, notes),
     )
     one = load_series(files, max_workers=1)
     assert not started
@@ -427,11 +430,12 @@ def test_siemens_mosaic_is_refused_never_tiled(
         load_series(files)
 
 
-def test_small_jpeg2000_series_decodes_in_process_to_the_uncompressed_values(
+def test_small_jpeg2000_series_decodes_in_threads_to_the_uncompressed_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A small compressed series pays no worker processes and reads the very same values."""
-    from medlens.imaging import series as series_mod
+    """A JPEG 2000 series is decoded on threads (no worker processes) to the same values."""
+    from medlens.imaging import codec_plugin
+    from medlens.imaging import decode as decode_mod
     from medlens.phantoms.dicom import generate_dataset
 
     (raw,) = generate_dataset(tmp_path / "raw", 1, 7, small=True)
@@ -444,15 +448,17 @@ def test_small_jpeg2000_series_decodes_in_process_to_the_uncompressed_values(
         ds.save_as(tmp_path / "j2k" / f.name, enforce_file_format=True)
         files.append(tmp_path / "j2k" / f.name)
     pools: list[int] = []
-    monkeypatch.setattr(series_mod, "_decode_in_processes", lambda fr, w: pools.append(w) or [])
-    assert series_mod._preferred_plugin(pydicom.dcmread(files[0])) == "pylibjpeg"
-    compressed = load_series(files)
+    monkeypatch.setattr(decode_mod, "_decode_in_processes", lambda fr, w, n: pools.append(w) or [])
+    assert decode_mod.preferred_plugin(pydicom.dcmread(files[0])) == codec_plugin.PLUGIN
+    compressed = load_series(files, max_workers=2)
     native = load_series(native_files)
     assert not pools
     assert compressed.array.dtype == native.array.dtype == np.float32
     assert np.array_equal(compressed.array, native.array) and compressed.same_grid(native)
-    # pydicom's own plugin choice (GDCM first) decodes to the same values.
-    ds = pydicom.dcmread(files[3])
-    ds.pixel_array_options(decoding_plugin="gdcm")
-    via_pylibjpeg = series_mod._pixels(pydicom.dcmread(files[3]), None, "pylibjpeg")
-    assert np.array_equal(ds.pixel_array, via_pylibjpeg)
+    assert not compressed.warnings
+    # Without imagecodecs: pylibjpeg-openjpeg on the calling thread, the same values.
+    monkeypatch.setattr(codec_plugin, "register", lambda: False)
+    assert decode_mod.preferred_plugin(pydicom.dcmread(files[0])) == "pylibjpeg"
+    without = load_series(files, max_workers=2)
+    assert not pools  # 20 small frames: below the size that pays for processes
+    assert np.array_equal(without.array, native.array)

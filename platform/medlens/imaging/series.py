@@ -21,11 +21,9 @@ Problems a reader meets in the wild are either handled and recorded in
   by default, or corrected by resampling onto an orthogonal grid with
   ``on_tilt="resample"``; it is never averaged away silently.
 
-Pixel data is decoded by pydicom's decoders (pylibjpeg-openjpeg, pylibjpeg-rle,
-pyjpegls, gdcm). The JPEG 2000 and JPEG-LS decoders hold the GIL, so threads do not
-help; a series with enough compressed pixels to pay for starting worker processes
-(:data:`PROCESS_DECODE_MIN_PIXELS`) is decoded in them, a smaller one on the calling
-thread, and native pixel data is always unpacked on one thread.
+Pixel data is decoded by :mod:`medlens.imaging.decode`: JPEG 2000 and JPEG-LS on a
+thread pool through a decoder that releases the GIL, other compressed syntaxes in worker
+processes when the series is large enough to pay for them, native data on one thread.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -44,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.errors import DicomError, GeometryError, NotDicomError
+from medlens.imaging.decode import PROCESS_DECODE_MIN_PIXELS, decode_frames
 from medlens.imaging.image import Image
 
 if TYPE_CHECKING:
@@ -74,7 +72,6 @@ _MAX_EDGE = 65535
 MAX_GAP_STEPS = 5
 
 _T = TypeVar("_T")
-_R = TypeVar("_R")
 
 # SOP classes whose pixels are not a slice of the patient (never part of a volume).
 _NON_VOLUME_CLASSES = {
@@ -84,18 +81,6 @@ _NON_VOLUME_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture",
     "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture",
 }
-
-
-def _workers(max_workers: int | None) -> int:
-    return max(1, max_workers or min(16, os.cpu_count() or 1))
-
-
-def _pmap(fn: Callable[[_T], _R], items: Sequence[_T], max_workers: int | None) -> list[_R]:
-    n = _workers(max_workers)
-    if n == 1 or len(items) < 2:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(fn, items))
 
 
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
@@ -389,12 +374,6 @@ def _frames_of(ds: Dataset, path: Path) -> list[_Frame]:
     return out
 
 
-def _is_compressed(ds: Dataset) -> bool:
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    return bool(tsyntax is not None and tsyntax.is_compressed)
-
-
 def _orientation_key(o: npt.NDArray[np.float64]) -> tuple[int, ...]:
     return tuple(round(float(v) * 1000) for v in o)
 
@@ -468,119 +447,6 @@ def _axes(o: npt.NDArray[np.float64], label: str) -> npt.NDArray[np.float64]:
     c = c - (r @ c) * r
     c /= np.linalg.norm(c)
     return np.stack([r, c, np.cross(r, c)], axis=1)
-
-
-def _decode(frame: _Frame) -> npt.NDArray[Any]:
-    """Decode one frame to (rows, columns, samples), native dtype."""
-    return _decode_ds(frame.ds, frame.frame, frame.label, frame.rows, frame.columns, frame.samples)
-
-
-@functools.cache
-def _has_pylibjpeg_openjpeg() -> bool:
-    import importlib.util
-
-    return all(importlib.util.find_spec(m) is not None for m in ("pylibjpeg", "openjpeg"))
-
-
-def _preferred_plugin(ds: Dataset) -> str:
-    """The decoding plugin to ask pydicom for ("" for pydicom's own choice)."""
-    meta = getattr(ds, "file_meta", None)
-    tsyntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    return "pylibjpeg" if tsyntax in _J2K_LOSSLESS and _has_pylibjpeg_openjpeg() else ""
-
-
-def _pixels(ds: Dataset, index: int | None, plugin: str) -> npt.NDArray[Any]:
-    from pydicom.pixels.utils import pixel_array
-
-    if index is None:
-        ds.pixel_array_options(decoding_plugin=plugin)
-        return ds.pixel_array
-    return pixel_array(ds, index=index, decoding_plugin=plugin)
-
-
-def _decode_ds(
-    ds: Dataset, index: int | None, label: str, rows: int, columns: int, samples: int
-) -> npt.NDArray[Any]:
-    plugin = _preferred_plugin(ds)
-    try:
-        try:
-            arr = _pixels(ds, index, plugin)
-        except Exception:
-            if not plugin:
-                raise
-            arr = _pixels(ds, index, "")  # the preferred plugin failed: pydicom's own choice
-    except Exception as e:  # decoders raise ValueError, RuntimeError, NotImplementedError...
-        raise DicomError(
-            f"cannot decode pixel data of {label!r}: {str(e).splitlines()[0][:200]}"
-        ) from e
-    expected = (rows, columns) + ((samples,) if samples > 1 else ())
-    if arr.shape != expected:
-        raise DicomError(f"pixel data of {label!r} has shape {arr.shape}, header says {expected}")
-    return arr.reshape(rows, columns, samples)
-
-
-#: Compressed pixels (all frames) from which worker processes decode a series: 96 slices
-#: of 512 x 512. Starting a pool (an interpreter, pydicom and the decoders per worker)
-#: costs about 15-20 JPEG 2000 frame decodes of 512 x 512 (30 ms of CPU each); below
-#: this a pool loses to decoding in the calling thread, which is what SimpleITK does
-#: (``benchmarks/bench_io_load.py --sizes``).
-PROCESS_DECODE_MIN_PIXELS = 96 * 512 * 512
-
-#: Lossless JPEG 2000 syntaxes (JPEG 2000 Lossless, HTJ2K Lossless and Lossless RPCL):
-#: decoded by pylibjpeg-openjpeg, which takes 5-10 % less CPU per frame than pydicom's
-#: default plugin for them (GDCM, whose binding also copies each frame through a str);
-#: lossless, so the same values. Neither decodes on more than one thread or releases
-#: the GIL. Other syntaxes keep pydicom's choice.
-_J2K_LOSSLESS = frozenset(
-    {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202"}
-)
-
-
-def _use_processes(frames: Sequence[_Frame], workers: int) -> bool:
-    """Whether decoding ``frames`` (compressed) pays for a pool of worker processes.
-
-    Only a large series: the decoders hold the GIL, so processes are the only way onto
-    a second core, but their start-up is worth about 20 frames' decoding. (A gate on
-    the load average was tried and dropped: under a load of 10 on 2 cores one process
-    lost to SimpleITK's two threads by as much as the pool did.)
-    """
-    pixels = sum(f.rows * f.columns * f.samples for f in frames)
-    return workers > 1 and len(frames) > 1 and pixels >= PROCESS_DECODE_MIN_PIXELS
-
-
-def _decode_file_frame(job: tuple[str, int | None, str, int, int, int]) -> npt.NDArray[Any]:
-    """Worker-process body: read one file and decode one frame (pickles only paths/arrays)."""
-    import pydicom
-
-    path, frame, label, rows, columns, samples = job
-    return _decode_ds(pydicom.dcmread(path), frame, label, rows, columns, samples)
-
-
-def _decode_in_processes(frames: Sequence[_Frame], workers: int) -> list[npt.NDArray[Any]]:
-    """Decode compressed frames on all cores.
-
-    The JPEG 2000 / JPEG-LS decoders hold the GIL, so threads decode one frame at a time;
-    worker processes (forkserver: no inherited threads or torch state) re-read each file
-    by path and return the decoded array.
-    """
-    import multiprocessing as mp
-    import sys
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not main_file or not Path(main_file).is_file():
-        # Interactive or stdin sessions cannot be re-imported by worker processes.
-        return _pmap(_decode, frames, workers)
-    jobs = [(str(f.path), f.frame, f.label, f.rows, f.columns, f.samples) for f in frames]
-    chunk = max(1, len(jobs) // (workers * 4))
-    try:
-        with ProcessPoolExecutor(
-            max_workers=workers, mp_context=mp.get_context("forkserver")
-        ) as pool:
-            return list(pool.map(_decode_file_frame, jobs, chunksize=chunk))
-    except (BrokenProcessPool, OSError):  # no processes to be had here: decode in threads
-        return _pmap(_decode, frames, workers)
 
 
 def _positions_uniform(t: npt.NDArray[np.float64]) -> tuple[bool, float]:
@@ -682,9 +548,10 @@ def load_series(
             uniform grid with a warning; ``"error"`` refuses them.
         on_tilt: ``"error"`` (default) refuses gantry-tilted series;
             ``"resample"`` corrects the tilt by resampling onto an orthogonal grid.
-        max_workers: Worker processes decoding a compressed series of at least
-            :data:`PROCESS_DECODE_MIN_PIXELS` pixels (default: CPU count, at most 16;
-            1 decodes in the calling thread).
+        max_workers: Threads (JPEG 2000, JPEG-LS) or worker processes (other compressed
+            syntaxes, from :data:`PROCESS_DECODE_MIN_PIXELS` pixels on) decoding a
+            compressed series (default: CPU count, at most 16; 1 decodes in the calling
+            thread).
 
     Returns:
         ``Image`` of shape ``(C, i, j, k)`` (C = SamplesPerPixel), float32 when
@@ -701,7 +568,6 @@ def load_series(
         raise DicomError("no DICOM files given")
     # Parsing holds the GIL: threads only slow it down.
     datasets = [read_dataset(p) for p in paths]
-    compressed = any(_is_compressed(ds) for ds in datasets)
     warnings: list[str] = []
     from_meta = [c for c in (fill_sop_class(ds) for ds in datasets) if c is not None]
     if from_meta:
@@ -729,12 +595,11 @@ def load_series(
         or "RescaleSlope" in first.ds
         or str(first.ds.get("Modality", "")).upper() in ("CT", "PT")
     )
-    if compressed and _use_processes(frames, _workers(max_workers)):
-        decoded = _decode_in_processes(frames, _workers(max_workers))
-    else:
-        # The decoders hold the GIL: threads would only add switching (RLE excepted,
-        # which is fast enough either way).
-        decoded = [_decode(f) for f in frames]
+    fallbacks: list[str] = []
+    decoded = decode_frames(frames, max_workers, fallbacks)
+    if fallbacks:
+        more = f" (and {len(fallbacks) - 1} more)" if len(fallbacks) > 1 else ""
+        warnings.append(f"{fallbacks[0]}{more}")
     if rescale:
         dtype: np.dtype[Any] = np.dtype(np.float32)
     else:
