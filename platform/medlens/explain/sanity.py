@@ -143,10 +143,15 @@ def is_uninformative(cam: npt.ArrayLike | None) -> bool:
     """Whether a map is constant (all-zero included) or not finite: it ranks nothing."""
     if cam is None:
         return False
-    a = np.asarray(cam, dtype=np.float64)
-    if a.size == 0 or not np.all(np.isfinite(a)):
+    a = np.asarray(cam)
+    if a.size == 0:
         return True
-    return float(a.max() - a.min()) < _CONSTANT_RANGE
+    # min/max propagate NaN and reach +-inf: no float64 or boolean copy of the map
+    # (a 512 x 512 x 300 heatmap in float64 would be 600 MiB).
+    lo, hi = float(np.min(a)), float(np.max(a))
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return True
+    return hi - lo < _CONSTANT_RANGE
 
 
 def verdict(rho: float, cam: npt.ArrayLike | None = None) -> SanityVerdict:
