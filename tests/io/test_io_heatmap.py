@@ -167,3 +167,18 @@ def test_cropped_map_lands_at_the_right_patient_coordinates(tmp_path, kit, make_
         for ref in series.ReferencedInstanceSequence
     }
     assert refs == {ds.SOPInstanceUID for ds in sources}
+
+
+def test_overlay_in_chunks_of_planes_equals_all_at_once(make_result, monkeypatch):
+    import medlens.io.heatmap as heatmap_mod
+
+    r = make_result()
+    src = read_source_headers(r.image)
+    planes = [0, 2, 3] if r.image.shape[2] > 3 else list(range(r.image.shape[2]))
+    monkeypatch.setattr(heatmap_mod, "_PLANES_PER_CHUNK", 1)
+    chunked = overlay_rgb(r.image, r.prediction.heatmap, src, planes)
+    monkeypatch.setattr(heatmap_mod, "_PLANES_PER_CHUNK", 10_000)
+    whole = overlay_rgb(r.image, r.prediction.heatmap, src, planes)
+    assert chunked.shape == (len(planes), r.image.shape[1], r.image.shape[0], 3)
+    np.testing.assert_array_equal(chunked, whole)
+    assert len(np.unique(whole)) > 10  # a real blend, not an empty picture
