@@ -182,3 +182,12 @@ def test_overlay_in_chunks_of_planes_equals_all_at_once(make_result, monkeypatch
     assert chunked.shape == (len(planes), r.image.shape[1], r.image.shape[0], 3)
     np.testing.assert_array_equal(chunked, whole)
     assert len(np.unique(whole)) > 10  # a real blend, not an empty picture
+
+
+@pytest.mark.parametrize("shape", [(1, 70, 33, 9), (1, 5, 40, 1), (1, 6, 7), (1, 3, 100, 2)])
+def test_frames_of_is_the_transposed_volume_in_c_order(shape):
+    a = np.random.default_rng(0).random(shape).astype(np.float32)
+    ref = a[0].T[None] if a.ndim == 3 else np.transpose(a[0], (2, 1, 0))
+    frames = frames_of(a)
+    assert frames.flags.c_contiguous
+    np.testing.assert_array_equal(frames, ref)
