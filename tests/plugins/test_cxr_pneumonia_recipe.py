@@ -86,3 +86,27 @@ def test_colour_photographs_are_refused_and_grey_rgb_films_are_not() -> None:
     # JPEG colour noise of a grey film (a level or two) stays accepted.
     noisy = np.repeat(grey, 3, axis=0) + rng.integers(-2, 3, (3, 64, 64)).astype(np.float32)
     assert colour_reason(noisy) is None
+
+
+def test_folds_in_parallel_give_the_same_result_as_one_after_the_other() -> None:
+    from medlens_cxr_pneumonia.data import Record
+    from medlens_cxr_pneumonia.recipe import _NoTracking, cross_validate
+    from medlens_cxr_pneumonia.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    n = 40
+    labels = np.arange(n) % 2
+    # Films with a faint label-dependent bright patch, so the folds learn something.
+    images = rng.random((n, 32, 32)).astype(np.float32) * 0.5
+    images[labels == 1, 8:16, 8:16] += 0.4
+    records = tuple(
+        Record(f"{i}.png", f"p{i // 2}", int(labels[i]), "PA", 50, "F") for i in range(n)
+    )
+    ds = Dataset(images, records, "synthetic", Path("."))
+    cfg = TrainConfig(max_epochs=1, min_epochs=1, batch_size=8)
+    serial = cross_validate(ds, cfg, 2, _NoTracking(), epochs=1, jobs=1)
+    parallel = cross_validate(ds, cfg, 2, _NoTracking(), epochs=1, jobs=2)
+    assert np.array_equal(serial["oof_logits"], parallel["oof_logits"])
+    assert serial["fold"] == parallel["fold"] and -1 not in serial["fold"]
+    for a, b in zip(serial["states"], parallel["states"], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)

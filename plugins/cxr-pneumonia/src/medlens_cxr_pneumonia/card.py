@@ -319,7 +319,8 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         f"{cv.get('size', SIZE)}, intensities stretched between "
         "the 0.5th and 99.5th percentiles (so 8-bit PNG and 16-bit DICOM of a film agree).",
         f"- Weights: fp16 safetensors, {cv['weights_bytes']} bytes, sha256 `{cv['weights_sha256']}`.",  # noqa: E501
-        f"- Training time on the shared 2-core CPU machine ({cv['torch_threads']} torch thread): "
+        f"- Training time on the shared 2-core CPU machine ({cv['torch_threads']} torch thread "
+        f"per fold, {cv.get('jobs', 1)} fold(s) trained at once): "
         f"{sum(cv['fold_seconds']) / 60:.1f} min of training for the {cv['folds']} folds "
         "(each fold's own wall time, recorded when it ran; a run that resumes finished folds "
         f"adds only its final steps: {cv['total_seconds'] / 60:.1f} min in the run that "

@@ -136,6 +136,47 @@ def _log_history(mlflow: Any, prefix: str, history: list[dict[str, float]]) -> N
         )
 
 
+def _train_fold(
+    cfg: TrainConfig,
+    data: tuple[npt.NDArray[np.float32], ...],
+    labels: tuple[npt.NDArray[np.int64], ...],
+    epochs: int | None,
+    prefix: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train one fold's member; returns its state and its record (standardised test logits).
+
+    A module-level function so that a process pool can run it (``--jobs``).
+    """
+    import torch
+
+    from medlens_cxr_pneumonia.network import build_network
+
+    torch.set_num_threads(cfg.threads)
+    tr_x, va_x, test_x = data
+    tr_y, va_y, test_y = labels
+
+    def log(row: dict[str, float]) -> None:
+        msg = " ".join(f"{key}={v:.4g}" for key, v in row.items())
+        print(f"{prefix} {msg}", flush=True)
+
+    res: FitResult = fit(cfg, tr_x, tr_y, va_x, va_y, epochs=epochs, on_epoch=log)
+    net = build_network()
+    net.load_state_dict(res.state)
+    logits = (predict_logits(net, test_x) - res.centre) / res.scale
+    meta = {
+        "logits": logits.tolist(),
+        "best_epoch": res.best_epoch,
+        "auroc": roc_auc(test_y, logits),
+        "val_auroc": res.val_auroc,
+        "centre": res.centre,
+        "scale": res.scale,
+        "seconds": res.seconds,
+        "device": cfg.device,
+        "history": res.history,
+    }
+    return res.state, meta
+
+
 def cross_validate(
     ds: Dataset,
     cfg: TrainConfig,
@@ -144,21 +185,27 @@ def cross_validate(
     epochs: int | None = None,
     out: Path | None = None,
     tag: str = "",
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Patient-level CV; returns standardised out-of-fold logits, fold ids and the members.
 
     A finished fold (``<out>/fold<k>.safetensors`` and ``.json``) is reused: a fold is
-    deterministic from the seed, and its recorded history is logged again.
+    deterministic from the seed, and its recorded history is logged again. With
+    ``jobs`` > 1 the folds still to train run in that many processes, each with
+    ``cfg.threads`` intra-op threads: a fold depends only on its own seed, so the
+    results are the same as one after the other.
     """
-    from safetensors.torch import load_file
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from multiprocessing import get_context
 
-    from medlens_cxr_pneumonia.network import build_network
+    from safetensors.torch import load_file
 
     oof = np.full(len(ds.labels), np.nan)
     fold_of = np.full(len(ds.labels), -1, dtype=np.int64)
-    metas: list[dict[str, Any]] = []
-    states: list[dict[str, Any]] = []
+    metas: dict[int, dict[str, Any]] = {}
+    states: dict[int, dict[str, Any]] = {}
     test_sets = patient_folds(ds, folds, cfg.seed)
+    todo: dict[int, tuple[Any, ...]] = {}
     for k, test in enumerate(test_sets):
         train_idx = np.setdiff1d(np.arange(len(ds.labels)), test)
         tr, va = _inner_split(ds, train_idx, cfg.seed + k)
@@ -166,46 +213,41 @@ def cross_validate(
         fold_cfg = TrainConfig(**{**asdict(cfg), "seed": cfg.seed + 100 * (k + 1)})
         ckpt = out / f"fold{k}.safetensors" if out is not None else None
         if ckpt is not None and ckpt.is_file() and ckpt.with_suffix(".json").is_file():
-            meta = json.loads(ckpt.with_suffix(".json").read_text())
-            state = {
+            metas[k] = json.loads(ckpt.with_suffix(".json").read_text())
+            states[k] = {
                 n: t.float() if t.is_floating_point() else t
                 for n, t in load_file(str(ckpt)).items()
             }
             print(f"[{tag}fold {k}] resumed from {ckpt}", flush=True)
         else:
-
-            def log(row: dict[str, float], k: int = k) -> None:
-                msg = " ".join(f"{key}={v:.4g}" for key, v in row.items())
-                print(f"[{tag}fold {k}] {msg}", flush=True)
-
-            res: FitResult = fit(
+            todo[k] = (
                 fold_cfg,
-                ds.images[tr],
-                ds.labels[tr],
-                ds.images[va],
-                ds.labels[va],
-                epochs=epochs,
-                on_epoch=log,
+                (ds.images[tr], ds.images[va], ds.images[test]),
+                (ds.labels[tr], ds.labels[va], ds.labels[test]),
+                epochs,
+                f"[{tag}fold {k}]",
             )
-            state = res.state
-            net = build_network()
-            net.load_state_dict(state)
-            raw = predict_logits(net, ds.images[test])
-            logits = (raw - res.centre) / res.scale
-            meta = {
-                "logits": logits.tolist(),
-                "best_epoch": res.best_epoch,
-                "auroc": roc_auc(ds.labels[test], logits),
-                "val_auroc": res.val_auroc,
-                "centre": res.centre,
-                "scale": res.scale,
-                "seconds": res.seconds,
-                "device": cfg.device,
-                "history": res.history,
+
+    def finish(k: int, state: dict[str, Any], meta: dict[str, Any]) -> None:
+        states[k], metas[k] = state, meta
+        ckpt = out / f"fold{k}.safetensors" if out is not None else None
+        if ckpt is not None:
+            save_weights(state, ckpt)
+            ckpt.with_suffix(".json").write_text(json.dumps(meta))
+
+    if jobs > 1 and len(todo) > 1:
+        # spawn, not fork: a forked child inherits the parent's OpenMP state.
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=get_context("spawn")) as pool:
+            running: dict[int, Future[tuple[dict[str, Any], dict[str, Any]]]] = {
+                k: pool.submit(_train_fold, *args) for k, args in todo.items()
             }
-            if ckpt is not None:
-                save_weights(state, ckpt)
-                ckpt.with_suffix(".json").write_text(json.dumps(meta))
+            for k, fut in running.items():
+                finish(k, *fut.result())
+    else:
+        for k, args in todo.items():
+            finish(k, *_train_fold(*args))
+    for k, test in enumerate(test_sets):
+        meta = metas[k]
         _log_history(mlflow, f"{tag}fold{k}_", meta["history"])
         mlflow.log_metrics(
             {
@@ -215,24 +257,23 @@ def cross_validate(
         )
         oof[test] = np.asarray(meta["logits"])
         fold_of[test] = k
-        states.append(state)
-        metas.append(meta)
         print(
             f"[{tag}fold {k}] test_auroc={meta['auroc']:.4f} "
             f"inner_val_auroc={meta['val_auroc']:.4f} ({meta['seconds']:.0f}s)",
             flush=True,
         )
+    ordered = [metas[k] for k in range(len(test_sets))]
     return {
         "oof_logits": oof.tolist(),
         "fold": fold_of.tolist(),
-        "best_epochs": [m["best_epoch"] for m in metas],
-        "fold_auroc": [m["auroc"] for m in metas],
-        "fold_val_auroc": [m["val_auroc"] for m in metas],
-        "fold_seconds": [m["seconds"] for m in metas],
-        "fold_device": [m.get("device", "cpu") for m in metas],
-        "centres": [m["centre"] for m in metas],
-        "scales": [m["scale"] for m in metas],
-        "states": states,
+        "best_epochs": [m["best_epoch"] for m in ordered],
+        "fold_auroc": [m["auroc"] for m in ordered],
+        "fold_val_auroc": [m["val_auroc"] for m in ordered],
+        "fold_seconds": [m["seconds"] for m in ordered],
+        "fold_device": [m.get("device", "cpu") for m in ordered],
+        "centres": [m["centre"] for m in ordered],
+        "scales": [m["scale"] for m in ordered],
+        "states": [states[k] for k in range(len(test_sets))],
     }
 
 
@@ -264,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--jobs", type=int, default=1, help="folds trained at once (processes; CPU)")
     p.add_argument("--smoke", action="store_true", help="tiny subset, one epoch, 2 folds")
     p.add_argument("--no-card", action="store_true", help="skip the model card")
     p.add_argument("--no-tracking", action="store_true", help="no MLflow (resume logs it)")
@@ -321,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"size{size}_" if len(sizes) > 1 else ""
             sub = a.out / f"size{size}"
             sub.mkdir(parents=True, exist_ok=True)
-            runs[size] = cross_validate(ds, cfg, folds, mlflow, epochs, sub, tag)
+            runs[size] = cross_validate(ds, cfg, folds, mlflow, epochs, sub, tag, a.jobs)
         inner = {s: r["fold_val_auroc"] for s, r in runs.items()}
         size = select_size(inner) if len(sizes) > 1 else sizes[0]
         cv, ds = runs[size], data[size]
@@ -334,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                 "size": size,
                 "n_images": len(ds.labels),
                 "n_locked": len(locked_images),
+                "jobs": a.jobs,
             }
         )
         oof = np.asarray(cv["oof_logits"])
@@ -377,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             "weights_bytes": weights.stat().st_size,
             "total_seconds": time.perf_counter() - t0,
             "torch_threads": torch.get_num_threads(),
+            "jobs": a.jobs,
         }
         (a.out / "cv.json").write_text(json.dumps(result, indent=1))
         if not a.no_tracking:
