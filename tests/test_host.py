@@ -302,3 +302,22 @@ def test_plugin_options_are_typed_by_the_plugins_model() -> None:
         model.model_validate({"connectivity": 18})
     with pytest.raises(ValueError, match="extra"):
         model.model_validate({"conectivity": 6})
+
+
+def test_hashing_thread_works_in_a_child_forked_after_it_started() -> None:
+    # The input is hashed on a host thread; a process forked after that thread started
+    # (a worker pool, a service) must get its own thread, not wait forever on the dead one.
+    import os
+
+    from medlens import host
+
+    assert host._hasher().submit(lambda: 1).result(timeout=30) == 1
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the hash thread answers
+        try:
+            ok = host._hasher().submit(lambda: 2).result(timeout=30) == 2
+        except Exception:
+            ok = False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
