@@ -131,9 +131,11 @@ def test_threaded_series_decode_equals_native(
     real = getattr(imagecodecs, name)
     barrier = threading.Barrier(2, timeout=30)
     calls: list[int] = []
+    threads: set[Any] = set()
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         calls.append(threading.get_ident())
+        threads.add(kwargs.get("numthreads"))
         if len(calls) <= 2:
             barrier.wait()
         return real(*args, **kwargs)
@@ -141,12 +143,14 @@ def test_threaded_series_decode_equals_native(
     monkeypatch.setattr(imagecodecs, name, spy)
     image = load_series(files, max_workers=2)
     assert len(calls) == len(files) and len(set(calls)) == 2
+    # JPEG 2000 frames are also decoded on OpenJPEG's own threads (CharLS has none).
+    assert threads == ({2} if syntax == JPEG2000Lossless else {None})
     assert image.warnings == ()  # no frame fell back to another decoder
     assert image.array.dtype == ref.array.dtype
     np.testing.assert_array_equal(image.array, ref.array)
     monkeypatch.setattr(imagecodecs, name, real)
     np.testing.assert_array_equal(load_series(files, max_workers=1).array, ref.array)
-    # One slice: OpenJPEG's own threads decode it, the same values.
+    # One slice: OpenJPEG's (or CharLS's) decoder on its own, the same values.
     one = load_series(files[2:3], max_workers=2)
     np.testing.assert_array_equal(one.array[..., 0], ref.array[..., 2])
 

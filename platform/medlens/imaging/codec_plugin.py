@@ -26,8 +26,7 @@ __all__ = ["PLUGIN", "SYNTAXES", "THREADS_OPTION", "register"]
 #: The label of the plugin in pydicom's decoder registry.
 PLUGIN = "medlens-imagecodecs"
 
-#: Decoding option: OpenJPEG threads decoding one frame's code-blocks (default 1). Only
-#: worth more than 1 when there are fewer frames than cores (a single slice).
+#: Decoding option: OpenJPEG threads decoding one frame's code-blocks (default 1).
 THREADS_OPTION = "medlens_j2k_threads"
 
 _J2K = (
