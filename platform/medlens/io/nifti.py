@@ -115,9 +115,24 @@ def _fortran_slabs(
             if stored is not None:
                 assert slope is not None
                 info = np.iinfo(cast(Any, stored))
-                q = np.rint(np.asarray(plane, dtype=np.float64) / slope)
-                plane = np.clip(q, info.min, info.max).astype(stored)
-            yield np.ascontiguousarray(plane.T).tobytes()
+                # float32 in place: a full-size film's plane is 5 M values.
+                q = np.multiply(plane, np.float32(1.0 / slope), dtype=np.float32)
+                np.rint(q, out=q)
+                np.clip(q, info.min, info.max, out=q)
+                plane = q.astype(stored)
+            yield _transposed(plane).tobytes()
+
+
+def _transposed(plane: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``plane.T`` in C order, copied in blocks of rows that stay in cache.
+
+    One strided copy of a 2048 x 2500 plane reads across all of it for every output row;
+    blocks of 64 rows take about a third of the time.
+    """
+    out = np.empty(plane.shape[::-1], dtype=plane.dtype)
+    for i in range(0, plane.shape[0], 64):
+        out[:, i : i + 64] = plane[i : i + 64].T
+    return out
 
 
 def write_mask_nifti(mask: Image, path: Path) -> Path:
