@@ -341,48 +341,39 @@ def test_empty_file_list() -> None:
         load_series([])
 
 
-def test_gil_bound_compressed_frames_decode_in_processes_identically(
+def test_gil_bound_compressed_frames_decode_on_the_calling_thread_identically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """RLE (its decoder holds the GIL) goes to worker processes: the same values."""
-    from medlens.imaging import decode as decode_mod
+    """RLE (its decoder holds the GIL) is decoded on the calling thread: the same values."""
+    import concurrent.futures
+
     from medlens.phantoms.dicom import generate_dataset
 
     (rec,) = generate_dataset(tmp_path / "ph", 1, 5, small=True)
+    native = sorted(rec.dicom_dir.glob("*.dcm"))[:16]
     (tmp_path / "rle").mkdir()
     files = []
-    for f in sorted(rec.dicom_dir.glob("*.dcm"))[:16]:
+    for f in native:
         ds = pydicom.dcmread(f)
         ds.compress(RLELossless, generate_instance_uid=False)
         ds.save_as(tmp_path / "rle" / f.name, enforce_file_format=True)
         files.append(tmp_path / "rle" / f.name)
-    # A small phantom is below the size that pays for processes: lower the bar to test them.
-    frame = 160 * 128
-    assert len(files) * frame < decode_mod.PROCESS_DECODE_MIN_PIXELS
-    monkeypatch.setattr(decode_mod, "PROCESS_DECODE_MIN_PIXELS", frame * 4)
-    started: list[int] = []
-    real = decode_mod._decode_in_processes
-    monkeypatch.setattr(
-        decode_mod,
-        "_decode_in_processes",
-        lambda fr, w, notes: started.append(w) or real(fr, w, notes),
-    )
-    one = load_series(files, max_workers=1)
-    assert not started
-    many = load_series(files, max_workers=2)  # worker processes
-    assert started == [2]
-    assert np.array_equal(one.array, many.array) and one.same_grid(many)
-    # A corrupt frame is still one typed error, raised across the process boundary.
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    for f in files:
-        (bad / f.name).write_bytes(f.read_bytes())
-    victim = bad / files[len(files) // 2].name
+
+    def no_pool(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a GIL-bound decoder got a pool")
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_pool)
+    monkeypatch.setattr("medlens.imaging.decode.ThreadPoolExecutor", no_pool)
+    image = load_series(files, max_workers=2)
+    ref = load_series(native)
+    assert np.array_equal(image.array, ref.array) and image.same_grid(ref)
+    # A corrupt frame is one typed error.
+    victim = files[len(files) // 2]
     ds = pydicom.dcmread(victim)
     ds.PixelData = ds.PixelData[:40] + b"\x00" * 64 + ds.PixelData[-40:]
     ds.save_as(victim)
     with pytest.raises(DicomError, match="cannot decode"):
-        load_series(sorted(bad.glob("*.dcm")), max_workers=2)
+        load_series(files, max_workers=2)
 
 
 def test_empty_sop_class_taken_from_file_meta_with_a_warning(
@@ -433,7 +424,7 @@ def test_siemens_mosaic_is_refused_never_tiled(
 def test_small_jpeg2000_series_decodes_in_threads_to_the_uncompressed_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A JPEG 2000 series is decoded on threads (no worker processes) to the same values."""
+    """A JPEG 2000 series decoded on threads reads the uncompressed series' very values."""
     from medlens.imaging import codec_plugin
     from medlens.imaging import decode as decode_mod
     from medlens.phantoms.dicom import generate_dataset
@@ -447,12 +438,9 @@ def test_small_jpeg2000_series_decodes_in_threads_to_the_uncompressed_values(
         ds.compress(JPEG2000Lossless, generate_instance_uid=False)
         ds.save_as(tmp_path / "j2k" / f.name, enforce_file_format=True)
         files.append(tmp_path / "j2k" / f.name)
-    pools: list[int] = []
-    monkeypatch.setattr(decode_mod, "_decode_in_processes", lambda fr, w, n: pools.append(w) or [])
     assert decode_mod.preferred_plugin(pydicom.dcmread(files[0])) == codec_plugin.PLUGIN
     compressed = load_series(files, max_workers=2)
     native = load_series(native_files)
-    assert not pools
     assert compressed.array.dtype == native.array.dtype == np.float32
     assert np.array_equal(compressed.array, native.array) and compressed.same_grid(native)
     assert not compressed.warnings
@@ -460,5 +448,4 @@ def test_small_jpeg2000_series_decodes_in_threads_to_the_uncompressed_values(
     monkeypatch.setattr(codec_plugin, "register", lambda: False)
     assert decode_mod.preferred_plugin(pydicom.dcmread(files[0])) == "pylibjpeg"
     without = load_series(files, max_workers=2)
-    assert not pools  # 20 small frames: below the size that pays for processes
     assert np.array_equal(without.array, native.array)

@@ -1,15 +1,14 @@
 """Decode the pixel data of a series' frames, on as many cores as pays.
 
-Which way a series is decoded depends on its transfer syntax and size:
+Which way a series is decoded depends on its transfer syntax:
 
 * JPEG 2000, HTJ2K and JPEG-LS frames go through imagecodecs
   (:mod:`medlens.imaging.codec_plugin`), which releases the GIL while it decodes: a
   thread pool decodes frames on every core with no start-up cost, and OpenJPEG decodes
   each JPEG 2000 frame on as many threads again (a single slice uses every core too).
 * Other compressed syntaxes (JPEG baseline/lossless through GDCM, RLE) are decoded by
-  plugins that hold the GIL: worker processes from :data:`PROCESS_DECODE_MIN_PIXELS`
-  compressed pixels on (the pool's start-up costs about 20 frames' decoding), on the
-  calling thread below that.
+  plugins that hold the GIL, on the calling thread: they are fast enough that worker
+  processes cost more to start than they save (measured; see ``decode_frames``).
 * Native pixel data is unpacked on the calling thread (a copy, not worth a pool).
 
 A frame the preferred plugin cannot decode is decoded by pydicom's own choice of plugin,
@@ -23,7 +22,6 @@ import functools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy.typing as npt
@@ -34,13 +32,7 @@ from medlens.imaging import codec_plugin
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["PROCESS_DECODE_MIN_PIXELS", "FrameSource", "decode_frames", "workers"]
-
-#: Compressed pixels (all frames) from which worker processes decode a series whose
-#: decoder holds the GIL: 96 slices of 512 x 512. Starting a pool (an interpreter,
-#: pydicom and the decoders per worker) costs about 15-20 frame decodes of 512 x 512
-#: (30 ms of CPU each); below this a pool loses to decoding in the calling thread.
-PROCESS_DECODE_MIN_PIXELS = 96 * 512 * 512
+__all__ = ["FrameSource", "decode_frames", "preferred_plugin", "workers"]
 
 #: Lossless JPEG 2000 syntaxes decoded by pylibjpeg-openjpeg when imagecodecs is absent:
 #: 5-10 % less CPU per frame than pydicom's default plugin for them (GDCM, whose binding
@@ -55,8 +47,6 @@ class FrameSource(Protocol):
 
     @property
     def ds(self) -> Dataset: ...  # noqa: D102
-    @property
-    def path(self) -> Path: ...  # noqa: D102
     @property
     def frame(self) -> int | None: ...  # noqa: D102 - index in a multi-frame file
     @property
@@ -167,16 +157,6 @@ def _gil_free(frames: Sequence[FrameSource]) -> bool:
     return all(preferred_plugin(f.ds) == codec_plugin.PLUGIN for f in frames)
 
 
-def _use_processes(frames: Sequence[FrameSource], n: int) -> bool:
-    """Whether decoding ``frames`` (compressed, GIL-bound) pays for worker processes.
-
-    Only a large series: processes are the only way onto a second core for decoders
-    that hold the GIL, but their start-up is worth about 20 frames' decoding.
-    """
-    pixels = sum(f.rows * f.columns * f.samples for f in frames)
-    return n > 1 and len(frames) > 1 and pixels >= PROCESS_DECODE_MIN_PIXELS
-
-
 def decode_frames(
     frames: Sequence[FrameSource], max_workers: int | None, notes: list[str]
 ) -> list[npt.NDArray[Any]]:
@@ -184,64 +164,22 @@ def decode_frames(
 
     Args:
         frames: The frames, in the order wanted back.
-        max_workers: Threads or processes to decode with (default: CPU count, at most
-            16; 1 decodes on the calling thread).
+        max_workers: Threads to decode JPEG 2000 / JPEG-LS with (default: CPU count, at
+            most 16; 1 decodes on the calling thread).
         notes: Receives one line per frame whose preferred decoder failed.
 
     Raises:
         DicomError: A frame cannot be decoded (the first such frame's reason).
     """
     n = workers(max_workers)
-    if n == 1 or not any(_is_compressed(f.ds) for f in frames):
-        return [_decode(f, notes) for f in frames]
-    if _gil_free(frames):
-        if len(frames) == 1:
-            return [_decode(frames[0], notes, j2k_threads=n)]
-        # OpenJPEG's own threads inside each frame as well: they fill the cores while the
-        # last frames finish and when other processes share them (bench_io_load.py on the
-        # loaded 2-core machine, best of 5: 20 slices 1.10 -> 0.81 s, 100: 4.65 -> 4.03 s).
+    if n > 1 and any(_is_compressed(f.ds) for f in frames) and _gil_free(frames):
+        # OpenJPEG's own threads inside each frame as well: a single slice uses every
+        # core, and they fill the cores while the last frames finish and when other
+        # processes share them (bench_io_load.py on the loaded 2-core machine, best of 5:
+        # 20 slices 1.10 -> 0.81 s, 100: 4.65 -> 4.03 s).
         with ThreadPoolExecutor(max_workers=min(n, len(frames))) as pool:
             return list(pool.map(lambda f: _decode(f, notes, n), frames))
-    if _use_processes(frames, n):
-        return _decode_in_processes(frames, n, notes)
+    # Native data, and decoders that hold the GIL (GDCM, RLE): the calling thread. Worker
+    # processes were dropped: on 100 JPEG-lossless slices of 512 x 512 (GDCM) a pool took
+    # 1.5-2.4 s against 0.55-1.07 s on one thread, and JPEG 2000 no longer needs them.
     return [_decode(f, notes) for f in frames]
-
-
-def _decode_file_frame(
-    job: tuple[str, int | None, str, tuple[int, int, int]],
-) -> tuple[npt.NDArray[Any], list[str]]:
-    """Worker-process body: read one file and decode one frame (pickles only paths/arrays)."""
-    import pydicom
-
-    path, frame, label, shape = job
-    notes: list[str] = []
-    return decode_one(pydicom.dcmread(path), frame, label, shape, notes), notes
-
-
-def _decode_in_processes(
-    frames: Sequence[FrameSource], n: int, notes: list[str]
-) -> list[npt.NDArray[Any]]:
-    """Decode compressed frames in worker processes.
-
-    Worker processes (forkserver: no inherited threads or torch state) re-read each
-    file by path and return the decoded array.
-    """
-    import multiprocessing as mp
-    import sys
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not main_file or not Path(main_file).is_file():
-        # Interactive or stdin sessions cannot be re-imported by worker processes.
-        return [_decode(f, notes) for f in frames]
-    jobs = [(str(f.path), f.frame, f.label, (f.rows, f.columns, f.samples)) for f in frames]
-    chunk = max(1, len(jobs) // (n * 4))
-    try:
-        with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("forkserver")) as pool:
-            results = list(pool.map(_decode_file_frame, jobs, chunksize=chunk))
-    except (BrokenProcessPool, OSError):  # no processes to be had here: this thread
-        return [_decode(f, notes) for f in frames]
-    for _, more in results:
-        notes.extend(more)
-    return [arr for arr, _ in results]

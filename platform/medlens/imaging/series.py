@@ -22,8 +22,8 @@ Problems a reader meets in the wild are either handled and recorded in
   ``on_tilt="resample"``; it is never averaged away silently.
 
 Pixel data is decoded by :mod:`medlens.imaging.decode`: JPEG 2000 and JPEG-LS on a
-thread pool through a decoder that releases the GIL, other compressed syntaxes in worker
-processes when the series is large enough to pay for them, native data on one thread.
+thread pool through a decoder that releases the GIL, everything else on the calling
+thread.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.errors import DicomError, GeometryError, NotDicomError
-from medlens.imaging.decode import PROCESS_DECODE_MIN_PIXELS, decode_frames
+from medlens.imaging.decode import decode_frames
 from medlens.imaging.image import Image
 
 if TYPE_CHECKING:
@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_GAP_STEPS",
     "MAX_VOXELS",
-    "PROCESS_DECODE_MIN_PIXELS",
     "GapPolicy",
     "TiltPolicy",
     "check_not_mosaic",
@@ -548,10 +547,8 @@ def load_series(
             uniform grid with a warning; ``"error"`` refuses them.
         on_tilt: ``"error"`` (default) refuses gantry-tilted series;
             ``"resample"`` corrects the tilt by resampling onto an orthogonal grid.
-        max_workers: Threads (JPEG 2000, JPEG-LS) or worker processes (other compressed
-            syntaxes, from :data:`PROCESS_DECODE_MIN_PIXELS` pixels on) decoding a
-            compressed series (default: CPU count, at most 16; 1 decodes in the calling
-            thread).
+        max_workers: Threads decoding a JPEG 2000 or JPEG-LS series (default: CPU
+            count, at most 16; 1 decodes in the calling thread).
 
     Returns:
         ``Image`` of shape ``(C, i, j, k)`` (C = SamplesPerPixel), float32 when
