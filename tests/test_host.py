@@ -321,3 +321,46 @@ def test_hashing_thread_works_in_a_child_forked_after_it_started() -> None:
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_study_heatmaps_must_name_a_further_image_on_its_grid(ct_image: Image) -> None:
+    from medlens.host import _check_prediction
+    from medlens.plugin_api.v1 import (
+        Explanation,
+        PluginError,
+        Prediction,
+        ResultStatus,
+        SanityVerdict,
+        StudyHeatmap,
+        StudyImage,
+        StudyInput,
+    )
+
+    class _M:  # the check reads the manifest's id only
+        id = "probe"
+
+    other = ct_image.with_array(ct_image.array[:, :-1].copy())  # a second image, other grid
+    study = StudyInput(images=(StudyImage(ct_image), StudyImage(other)))
+    e = Explanation(method="gradcam", target="class 1", sanity=SanityVerdict.MODEL_SENSITIVE)
+
+    def heat(img: Image) -> Image:
+        return img.with_array(np.zeros_like(img.array, dtype=np.float32))
+
+    ok = Prediction(study_heatmaps=[StudyHeatmap(1, heat(other), e)])
+    _check_prediction(_M(), ct_image, ok, study)  # type: ignore[arg-type]
+    bad = [
+        [StudyHeatmap(0, heat(ct_image), e)],  # the first image's goes in `heatmap`
+        [StudyHeatmap(2, heat(other), e)],  # no third image
+        [StudyHeatmap(1, heat(ct_image), e)],  # not on image 1's grid
+        [StudyHeatmap(1, heat(other), e), StudyHeatmap(1, heat(other), e)],  # twice
+    ]
+    for maps in bad:
+        with pytest.raises(PluginError):
+            _check_prediction(_M(), ct_image, Prediction(study_heatmaps=maps), study)  # type: ignore[arg-type]
+    refused = Prediction(
+        status=ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+        status_reason="not a study it was made for",
+        study_heatmaps=[StudyHeatmap(1, heat(other), e)],
+    )
+    with pytest.raises(PluginError, match="carries results"):
+        _check_prediction(_M(), ct_image, refused, study)  # type: ignore[arg-type]

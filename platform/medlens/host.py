@@ -425,7 +425,7 @@ class Host:
             raise
         except Exception as e:  # a plugin bug must not crash the host
             raise PluginError(m.id, f"predict failed: {type(e).__name__}: {e}") from e
-        _check_prediction(m, image, prediction)
+        _check_prediction(m, image, prediction, study)
         prediction.warnings[:0] = [*image.warnings, *ctx.warnings]
         if prediction.status != ResultStatus.OK:
             # An audit line (no identifying values: plugin id, status and the plugin's reason).
@@ -592,18 +592,37 @@ def _check_study(m: Manifest, study: StudyInput) -> None:
             )
 
 
-def _check_prediction(m: Manifest, image: Image, p: Prediction) -> None:
+def _check_prediction(
+    m: Manifest, image: Image, p: Prediction, study: StudyInput | None = None
+) -> None:
     if not isinstance(p, Prediction):
         raise PluginError(m.id, f"predict returned {type(p).__name__}, not a Prediction")
     for name in ("mask", "heatmap"):
         img = getattr(p, name)
         if img is not None and not img.same_grid(image):
             raise PluginError(m.id, f"{name} is not on the input's grid")
+    seen: set[int] = set()
+    for sh in p.study_heatmaps:
+        n = len(study.images) if study is not None else 1
+        if not 1 <= sh.index < n or sh.index in seen:
+            raise PluginError(
+                m.id, f"study heatmap of image {sh.index}: no such further image of the study"
+            )
+        assert study is not None
+        if not sh.heatmap.same_grid(study.images[sh.index].image):
+            raise PluginError(m.id, f"study heatmap {sh.index} is not on its image's grid")
+        seen.add(sh.index)
     if p.status != ResultStatus.OK:
         # A refusal must not smuggle out a half answer.
         if not p.status_reason:
             raise PluginError(m.id, f"status {p.status} without a reason")
-        if p.mask is not None or p.heatmap is not None or p.measurements or p.findings:
+        if (
+            p.mask is not None
+            or p.heatmap is not None
+            or p.study_heatmaps
+            or p.measurements
+            or p.findings
+        ):
             raise PluginError(m.id, f"status {p.status} but the prediction carries results")
 
 

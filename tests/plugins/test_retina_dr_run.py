@@ -216,9 +216,25 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
             "99MEDLENS",
         ) in codes
         assert _dciodvfy_errors(folder / "sr.dcm") == []
+        # Every eye's Grad-CAM as a Secondary Capture series, each over its own photograph.
+        by_uid = {
+            str(pydicom.dcmread(inp / n, stop_before_pixels=True).SOPInstanceUID): inp / n
+            for n in line["images"]
+        }
+        sc_dirs = [folder / "heatmap-sc", folder / "image-2" / "heatmap-sc"]
+        for n, sc_dir in enumerate(sc_dirs[: len(eyes)]):
+            (sc_file,) = sorted(sc_dir.iterdir())
+            sc = pydicom.dcmread(sc_file)
+            photo = pydicom.dcmread(by_uid[eyes[n]["source"]], stop_before_pixels=True)
+            assert (sc.Rows, sc.Columns) == (photo.Rows, photo.Columns)
+            assert sc.StudyInstanceUID == photo.StudyInstanceUID
+            assert _dciodvfy_errors(sc_file) == []
         if len(eyes) == 2:
             assert [e["laterality_from"] for e in eyes] == ["dicom", "dicom"]
             assert {("24028007", "SCT"), ("7771000", "SCT")} <= codes  # right, left
+            assert "image-2/heatmap_sc" in str(doc["outputs"]) or any(
+                k.startswith("image-2/") for k in doc["outputs"]
+            )
         else:
             assert eyes[0]["laterality"] is None and doc["extra"]["missing_eyes"] == ["unknown"]
 
@@ -323,8 +339,13 @@ def test_explanations_on_image_files_are_png_overlays(tmp_path: Path) -> None:
     code, (line,) = medlens_run(str(inp), "--out", str(out))
     assert code == 0, line
     folder = Path(line["result"]).parent
-    assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "result.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "image-2", "result.json"]
+    assert [p.name for p in (folder / "image-2").iterdir()] == ["heatmap.png"]
     doc = _result(line)
     assert all(e["explanation"]["method"] == "gradcam" for e in doc["extra"]["eyes"])
-    overlay = np.asarray(PILImage.open(folder / "heatmap.png"))
-    assert overlay.shape[:2] == data.load_rgb(_img("Patient016_L.jpg")).shape[:2]
+    assert sorted(doc["outputs"]) == ["heatmap_png", "image-2/heatmap_png", "json"]
+    # Each eye's overlay is drawn over its own photograph.
+    for n, overlay_path in enumerate([folder / "heatmap.png", folder / "image-2/heatmap.png"]):
+        overlay = np.asarray(PILImage.open(overlay_path))
+        photo = data.load_rgb(_img(f"Patient016_{line['images'][n][-5]}.jpg"))
+        assert overlay.shape[:2] == photo.shape[:2]

@@ -165,6 +165,8 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
         outputs.update({prefix + k: v for k, v in written.items()})
         if is_root:
             root_seg = seg
+    if result.prediction.study_heatmaps and result.study is not None:
+        outputs.update(_write_study_heatmaps(result, out_dir, notes))
     if wants[OutputKind.SR]:
         _write_sr(result, out_dir, sources, root_seg, notes, outputs)
     for note in notes.notes:
@@ -269,6 +271,46 @@ def _write_dicoms(
                     write_heatmap_dicom(r, sources, folder / FILE_NAMES["heatmap_sc"], pm_path)
                 )
     return out, seg_ds
+
+
+def _write_study_heatmaps(result: Result, out_dir: Path, notes: WriteNotes) -> dict[str, Path]:
+    """The heatmaps of a study's further images, each in ``image-<n>/`` (n from 1).
+
+    Each is written as the first image's heatmap is (PNG overlay for an image file, SC and
+    NIfTI for DICOM), on its own image and with its own explanation's verdict; its notes
+    name the image.
+    """
+    import dataclasses
+
+    from medlens.io._common import WriteNotes, read_source_headers
+    from medlens.plugin_api._results import Prediction
+
+    assert result.study is not None
+    m = result.manifest
+    # Only the heatmap kinds: the mask, SR and result.json are the study's, written once.
+    only_heat = m.model_copy(
+        update={"outputs": m.outputs.model_copy(update={"kinds": [OutputKind.HEATMAP]})}
+    )
+    out: dict[str, Path] = {}
+    for sh in result.prediction.study_heatmaps:
+        image = result.study.images[sh.index].image
+        one = dataclasses.replace(
+            result,
+            prediction=Prediction(heatmap=sh.heatmap, explanation=sh.explanation),
+            image=image,
+            manifest=only_heat,
+            chained=[],
+            outputs={},
+            study=None,
+        )
+        name = f"image-{sh.index + 1}"
+        own = WriteNotes()
+        sources = read_source_headers(image) if dicom_source(image) else None
+        written, _ = _write_files(one, out_dir / name, sources, own)
+        out.update({f"{name}/{k}": v for k, v in written.items()})
+        for note in own.notes:
+            notes.add(f"image {sh.index + 1} of the study: {note}")
+    return out
 
 
 def _review_explanation(r: Result, heat: Image, notes: WriteNotes) -> Image | None:

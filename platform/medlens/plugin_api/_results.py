@@ -25,6 +25,7 @@ __all__ = [
     "Prediction",
     "Provenance",
     "Result",
+    "StudyHeatmap",
 ]
 
 
@@ -125,6 +126,24 @@ class Provenance(_Model):
     diagnostic_use: bool
 
 
+@dataclass(frozen=True)
+class StudyHeatmap:
+    """The explanation heatmap of one further image of a study (API 1.1).
+
+    ``Prediction.heatmap`` is the first study image's (``result.image``); a plugin that
+    explains every image of a study (both eyes of a screening) returns the others here.
+
+    Attributes:
+        index: Position of the image in ``inputs.study.images`` (1 or more).
+        heatmap: Heatmap on that image's grid, values in [0, 1].
+        explanation: How it was made and its sanity verdict.
+    """
+
+    index: int
+    heatmap: Image
+    explanation: Explanation
+
+
 @dataclass
 class Prediction:
     """What a plugin's ``predict`` returns.
@@ -141,6 +160,8 @@ class Prediction:
             was trained on); a refused prediction carries no mask, heatmap, measurements
             or findings.
         status_reason: One-line reason when ``status`` is not ``ok``.
+        study_heatmaps: Heatmaps of the study's further images (API 1.1; see
+            :class:`StudyHeatmap`), written beside the first image's.
     """
 
     mask: Image | None = None
@@ -152,6 +173,7 @@ class Prediction:
     extra: dict[str, Any] = field(default_factory=dict)
     status: ResultStatus = ResultStatus.OK
     status_reason: str | None = None
+    study_heatmaps: list[StudyHeatmap] = field(default_factory=list)
 
 
 @dataclass

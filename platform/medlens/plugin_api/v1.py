@@ -49,6 +49,7 @@ from medlens.plugin_api._results import (
     Prediction,
     Provenance,
     Result,
+    StudyHeatmap,
 )
 from medlens.plugin_api._study import Laterality, StudyImage, StudyInput
 from medlens.plugin_api._vocab import (
@@ -128,6 +129,7 @@ __all__ = [
     "RunContext",
     "SanityVerdict",
     "SeriesFacts",
+    "StudyHeatmap",
     "StudyImage",
     "StudyInput",
     "StudySpec",

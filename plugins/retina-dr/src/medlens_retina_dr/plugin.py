@@ -172,6 +172,7 @@ class RetinaDR:
         eyes: list[dict[str, Any]] = []
         heatmap: v1.Image | None = None
         explanation: v1.Explanation | None = None
+        others: list[v1.StudyHeatmap] = []
         warnings: list[str] = []
         # Quality first, every eye; the gradable ones are then graded (and explained) in
         # one batch: one pass of each network for the whole study.
@@ -213,9 +214,11 @@ class RetinaDR:
                 for (n, _, fov, rgb), ec in zip(graded, cams, strict=True):
                     expl = _explanation(ec)
                     eyes[n]["explanation"] = expl.model_dump(mode="json")
+                    eye_map = _back_to_photo(items[n].image, rgb, fov, ec.cam)
                     if n == 0:  # result.image is the study's first image: its heatmap
-                        heatmap = _back_to_photo(items[0].image, rgb, fov, ec.cam)
-                        explanation = expl
+                        heatmap, explanation = eye_map, expl
+                    else:  # every other eye's beside it (API 1.1)
+                        others.append(v1.StudyHeatmap(index=n, heatmap=eye_map, explanation=expl))
         grades = [
             study.EyeGrade(
                 e["laterality"],
@@ -246,6 +249,7 @@ class RetinaDR:
         return v1.Prediction(
             heatmap=heatmap,
             explanation=explanation,
+            study_heatmaps=others,
             findings=findings,
             warnings=[*warnings, study.NOTICE],
             extra={
