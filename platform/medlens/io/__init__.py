@@ -157,16 +157,27 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
             "(mask and heatmap written as PNG overlays)"
         )
     root_seg: Dataset | None = None
-    for r in tree:
-        is_root = r is result
-        folder = out_dir if is_root else out_dir / r.manifest.id
-        prefix = "" if is_root else f"{r.manifest.id}/"
-        written, seg = _write_files(r, folder, sources, notes)
-        outputs.update({prefix + k: v for k, v in written.items()})
-        if is_root:
-            root_seg = seg
-    if result.prediction.study_heatmaps and result.study is not None:
-        outputs.update(_write_study_heatmaps(result, out_dir, notes))
+    study_notes = WriteNotes()  # merged after the root's notes: a fixed order
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlens-study") as pool:
+        # A study's further heatmaps (full-size overlays: mostly zlib, which releases the
+        # GIL) are written beside the first image's outputs.
+        others = (
+            pool.submit(_write_study_heatmaps, result, out_dir, study_notes)
+            if result.prediction.study_heatmaps and result.study is not None
+            else None
+        )
+        for r in tree:
+            is_root = r is result
+            folder = out_dir if is_root else out_dir / r.manifest.id
+            prefix = "" if is_root else f"{r.manifest.id}/"
+            written, seg = _write_files(r, folder, sources, notes)
+            outputs.update({prefix + k: v for k, v in written.items()})
+            if is_root:
+                root_seg = seg
+        if others is not None:
+            outputs.update(others.result())
+    for note in study_notes.notes:
+        notes.add(note)
     if wants[OutputKind.SR]:
         _write_sr(result, out_dir, sources, root_seg, notes, outputs)
     for note in notes.notes:
