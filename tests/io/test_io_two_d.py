@@ -90,3 +90,27 @@ def test_image_file_failure_leaves_nothing(
     with pytest.raises(OutputError, match="exploded"):
         write_result(_result(_film(tmp_path / "f.png", "PNG"), kit), out)
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_8bit_heatmap_overlay_by_tables_matches_the_float_blend(channels: int, tmp_path) -> None:
+    from medlens.imaging.image import Image
+    from medlens.io import png
+    from medlens.io.colormap import JET_LEVELS, jet_table
+
+    rng = np.random.default_rng(4)
+    arr = rng.integers(20, 230, (channels, 120, 90)).astype(np.uint8)
+    image = Image(arr, (0.5, 0.5), (0.0, 0.0), np.eye(2))
+    heat = np.clip(rng.normal(0.5, 0.4, (1, 120, 90)), 0, 1).astype(np.float32)
+    # The float computation the tables replace: window, jet, blend, round.
+    rgb = png._base_rgb(image)
+    h = heat[0].T
+    colours = jet_table().astype(np.float32)[np.rint(h * (JET_LEVELS - 1)).astype(np.intp)]
+    rgb += (colours - rgb) * (np.float32(png._ALPHA) * h)[..., None]
+    expected = np.rint(np.clip(rgb, 0, 1) * 255).astype(np.int16)
+    got = png._heat_over_8bit(image, image.with_array(heat)).astype(np.int16)
+    assert got.shape == (90, 120, 3)
+    assert int(np.abs(got - expected).max()) <= 1
+    assert float((got != expected).mean()) < 0.5
+    path = png.write_heatmap_png(image, image.with_array(heat), tmp_path / "h.png")
+    np.testing.assert_array_equal(np.asarray(PilImage.open(path)), got.astype(np.uint8))

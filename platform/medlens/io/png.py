@@ -33,7 +33,8 @@ _PALETTE = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 200
 # from a strided sample of ~1 M values, 8-bit images windowed through a 256-entry table,
 # blending in place, and fast zlib (a derived picture, not an archive): for a 3872 x 2592
 # fundus photograph this took the heatmap overlay from ~5 s to ~1.7 s of CPU on the shared
-# machine under load, the same pixels within one 8-bit level.
+# machine under load, the same pixels within one 8-bit level. 8-bit images now blend through
+# (heat level, stored value) tables instead (3.4 s -> 0.5 s under load, within one level).
 _PERCENTILE_SAMPLE = 1_000_000
 _PNG_COMPRESS_LEVEL = 1
 
@@ -68,11 +69,15 @@ def burn_in(rgb: npt.NDArray[np.uint8], text: str) -> npt.NDArray[np.uint8]:
 
 
 def _save_png(rgb: npt.NDArray[np.floating[Any]], path: Path, label: str | None) -> Path:
-    from PIL import Image as PilImage
-
     pixels = np.rint(np.clip(rgb, 0.0, 1.0, out=rgb) * 255.0).astype(np.uint8)
     if label:
         pixels = burn_in(pixels, label)
+    return _write_png(pixels, path)
+
+
+def _write_png(pixels: npt.NDArray[np.uint8], path: Path) -> Path:
+    from PIL import Image as PilImage
+
     buf = io.BytesIO()
     PilImage.fromarray(pixels, mode="RGB").save(
         buf, format="PNG", compress_level=_PNG_COMPRESS_LEVEL
@@ -103,6 +108,11 @@ def write_mask_png(
 
 def write_heatmap_png(image: Image, heatmap: Image, path: Path, label: str | None = None) -> Path:
     """The heatmap (jet, opacity growing with heat) over the image, as a PNG."""
+    if np.asarray(image.array).dtype == np.uint8:
+        pixels = _heat_over_8bit(image, heatmap)
+        if label:
+            pixels = burn_in(pixels, label)
+        return _write_png(pixels, path)
     rgb = _base_rgb(image)
     heat = np.clip(np.transpose(np.asarray(heatmap.array, dtype=np.float32)[0], (1, 0)), 0, 1)
     colours = jet_table().astype(np.float32)[np.rint(heat * (JET_LEVELS - 1)).astype(np.intp)]
@@ -111,3 +121,35 @@ def write_heatmap_png(image: Image, heatmap: Image, path: Path, label: str | Non
     colours *= (np.float32(_ALPHA) * heat)[..., None]
     rgb += colours
     return _save_png(rgb, path, label)
+
+
+def _heat_over_8bit(image: Image, heatmap: Image) -> npt.NDArray[np.uint8]:
+    """:func:`write_heatmap_png`'s blend for 8-bit images, through 8-bit tables.
+
+    The windowed image is an 8-bit level per channel (a 256-entry table) and the heat one
+    of the jet table's levels, so every output level is a lookup in a (heat level, image
+    level) table per channel: a full-size photograph's 10 M pixels cost three gathers
+    instead of float32 passes over 30 M values. The same pixels within one 8-bit level.
+    """
+    a = np.asarray(image.array)
+    planes = a[:3] if a.shape[0] >= 3 else a[:1]
+    step = max(1, int(np.sqrt(3 * planes[0].size / _PERCENTILE_SAMPLE)))
+    lo, hi = np.percentile(planes[:, ::step, ::step], [1.0, 99.0])
+    shown = np.rint(
+        np.clip((np.arange(256, dtype=np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255.0
+    )
+    heat = np.clip(np.asarray(heatmap.array, dtype=np.float32)[0].T, 0.0, 1.0)
+    level = np.rint(heat * np.float32(JET_LEVELS - 1)).astype(np.int32)
+    level *= 256
+    alpha = (np.float32(_ALPHA) * np.arange(JET_LEVELS, dtype=np.float32) / (JET_LEVELS - 1))[
+        :, None
+    ]
+    jet = jet_table().astype(np.float32) * 255.0
+    out = np.empty((*level.shape, 3), dtype=np.uint8)
+    base = shown.astype(np.float32)[None, :]  # (1, 256): each stored value as shown
+    for c in range(3):
+        # table[heat level, stored value] = the blended output level of channel c
+        table = np.rint(base + alpha * (jet[:, c : c + 1] - base)).astype(np.uint8).ravel()
+        stored = planes[min(c, planes.shape[0] - 1)].T  # (rows, columns)
+        out[..., c] = table[level + stored]
+    return out
