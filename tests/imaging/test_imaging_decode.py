@@ -188,8 +188,17 @@ def test_undecodable_frame_is_one_typed_error(tmp_path: Path) -> None:
         load_series(files, max_workers=2)
 
 
-def test_plugin_absent_without_imagecodecs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plugin_comes_after_pydicoms_own_and_is_absent_without_imagecodecs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydicom.pixels.decoders.base import get_decoder
+
     ds = _real("MR_small_jpeg_ls_lossless.dcm")
     assert decode_mod.preferred_plugin(ds) == codec_plugin.PLUGIN
+    for uid in codec_plugin.SYNTAXES:
+        # pydicom tries plugins in the order they were added (``available_plugins`` is
+        # sorted): code leaving the choice to pydicom keeps its own plugins first.
+        order = list(get_decoder(uid)._available)
+        assert order.count(codec_plugin.PLUGIN) == 1 and order[-1] == codec_plugin.PLUGIN
     monkeypatch.setattr(codec_plugin, "register", lambda: False)
     assert decode_mod.preferred_plugin(ds) == ""  # pydicom's own choice, as before

@@ -47,6 +47,7 @@ SYNTAXES = frozenset(_J2K + _JLS)
 DECODER_DEPENDENCIES = {uid: ("numpy", "imagecodecs>=2024.1") for uid in SYNTAXES}
 
 _lock = threading.Lock()
+_registered: list[bool] = []  # non-empty once registered (no global statement needed)
 
 
 @functools.cache
@@ -99,11 +100,16 @@ def _decode_frame(src: bytes, runner: DecodeRunner) -> bytes:
 def register() -> bool:
     """Add the plugin to pydicom's decoders of :data:`SYNTAXES` (once).
 
+    It is added after pydicom's own plugins, so code that leaves the choice to pydicom
+    keeps them first; MedLens asks for it by name.
+
     Returns:
         Whether the plugin is available (imagecodecs installed with both codecs).
     """
     if not _available():
         return False
+    if _registered:
+        return True
     from pydicom.pixels.decoders.base import get_decoder
 
     with _lock:
@@ -111,4 +117,5 @@ def register() -> bool:
             decoder = get_decoder(uid)
             if PLUGIN not in decoder.available_plugins:
                 decoder.add_plugin(PLUGIN, (__name__, "_decode_frame"))
+        _registered.append(True)
     return True
