@@ -199,7 +199,9 @@ def test_recipe_trains_logs_to_mlflow_and_saves_loadable_weights(tmp_path: Path)
     # Windowed like the engine: liver (~55-65 HU) lands near (60 + 200) / 500.
     assert 0.45 < float(prepared.image[0][liver].mean()) < 0.58
 
-    cfg = RecipeConfig(cases=1, val_cases=0, epochs=1, iters_per_epoch=1, patch=(32, 32, 16))
+    cfg = RecipeConfig(
+        cases=1, val_cases=0, epochs=1, iters_per_epoch=1, patch=(32, 32, 16), init_sha256=""
+    )
     weights, digest = train(cfg, tmp_path, log=lambda _line: None)
     assert len(digest) == 64 and weights.is_file()
     build_network().load_state_dict(load_file(str(weights)), strict=True)
@@ -212,6 +214,19 @@ def test_recipe_trains_logs_to_mlflow_and_saves_loadable_weights(tmp_path: Path)
     assert {"loss", "lr", "elapsed_s", "wall_s"} <= set(run.data.metrics)
     artifacts = mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="weights")
     assert [Path(a.path).name for a in artifacts] == ["model.safetensors"]
+
+
+def test_recipe_refuses_starting_weights_of_another_sha256(tmp_path: Path) -> None:
+    from medlens_ct_abdomen_seg.network import build_network
+    from medlens_ct_abdomen_seg.recipe import INIT_SHA256, RecipeConfig, _load_init
+
+    assert RecipeConfig().init_sha256 == INIT_SHA256
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"not the 0.1.0 weights")
+    with pytest.raises(SystemExit, match="sha256"):
+        _load_init(build_network(), other, INIT_SHA256)
+    with pytest.raises(SystemExit, match="--init"):
+        _load_init(build_network(), None, INIT_SHA256)
 
 
 # --------------------------------------------------------------------------- plausibility gate
@@ -432,7 +447,7 @@ def test_volume_check_only_warns_on_a_small_fragment_of_another_organ() -> None:
     mask[20:30, 20:30, 10:24] = 2  # a 14 mL "spleen" fragment
     verdict = _gate().check_volumes(mask, (1.0, 1.0, 10.0), _organs())
     assert verdict.rejected is None
-    assert verdict.warnings == ["borderline: spleen 14 mL (training range 119-306 mL)"]
+    assert verdict.warnings == ["borderline: spleen 14 mL (training range 115-306 mL)"]
 
 
 def test_cli_run_says_refused_and_not_for_diagnostic_use(tmp_path: Path) -> None:
