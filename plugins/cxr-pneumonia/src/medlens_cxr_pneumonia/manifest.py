@@ -18,7 +18,7 @@ from medlens.plugin_api import v1
 __all__ = ["CARD", "LABEL", "MANIFEST", "WEIGHTS_SHA256"]
 
 #: sha256 of ``weights/model.safetensors`` (checked before every load).
-WEIGHTS_SHA256 = "4a4fa4d5e50428f2dcde5e074da0d6be5d12da6a3226fdcc340c665e830c396e"
+WEIGHTS_SHA256 = "a1e35cca769e032ead88c590684f9f355fca988c364bec046e77bd39dfb55b4d"
 #: The one output label.
 LABEL = "pneumonia"
 

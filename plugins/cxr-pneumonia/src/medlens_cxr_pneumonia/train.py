@@ -23,8 +23,10 @@ class TrainConfig:
     """Every knob of one training run (all logged to MLflow as parameters)."""
 
     seed: int = 0
-    #: 24: what five folds cost in about an hour on the shared 2-core machine.
-    max_epochs: int = 24
+    #: 40: with mixup the network fits the training films more slowly. Five folds of 40
+    #: epochs at 128 px took 16.3 min with two folds at once (``--jobs 2``) on the shared
+    #: 2-core machine.
+    max_epochs: int = 40
     #: Early stopping on the inner validation split: 0 = off, the weights of the last
     #: epoch of the cosine schedule are kept. Off by default: ~60 validation films choose
     #: an epoch by chance (fold AUROCs swung by 0.05 between neighbouring epochs).
@@ -43,6 +45,12 @@ class TrainConfig:
     gamma: tuple[float, float] = (0.7, 1.5)
     intensity_jitter: float = 0.08
     noise_std: float = 0.02
+    #: Mixup: Beta(alpha, alpha) weight of a pair of films and of their labels; 0 = off.
+    #: Report-mined labels are ~90 % right, and mixup keeps the network from fitting the
+    #: wrong ones with full confidence. In the 5-fold CV (seed 0, 128 px), 0.4 with 40
+    #: epochs against 0 with 24: pooled out-of-fold AUROC 0.882 vs 0.861, AP films 0.816 vs
+    #: 0.758, inner-validation AUROC higher in all five folds (0.4 with 24 epochs: 0.867).
+    mixup: float = 0.4
     #: Intra-op threads. One, not two: on the shared 2-core machine (load ~10-20) two
     #: OpenMP threads spin-wait on each other and a step took 6x longer than with one.
     threads: int = 1
@@ -191,6 +199,11 @@ def fit(
                 continue
             x = aug(films[torch.from_numpy(idx).to(dev)][:, None])
             y = torch.from_numpy(train_y[idx].astype(np.float32)).to(dev)
+            if cfg.mixup > 0:
+                lam = float(rng.beta(cfg.mixup, cfg.mixup))
+                perm = torch.from_numpy(rng.permutation(len(idx))).to(dev)
+                x = lam * x + (1.0 - lam) * x[perm]
+                y = lam * y + (1.0 - lam) * y[perm]
             loss = tnf.binary_cross_entropy_with_logits(net(x)[:, 0], y, pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
