@@ -51,6 +51,7 @@ from medlens.plugin_api._results import (
     Result,
     StudyHeatmap,
 )
+from medlens.plugin_api._safetensors import canonical_safetensors
 from medlens.plugin_api._study import Laterality, StudyImage, StudyInput
 from medlens.plugin_api._vocab import (
     Artifact,
@@ -137,6 +138,7 @@ __all__ = [
     "WeightsError",
     "WeightsFormat",
     "WeightsSpec",
+    "canonical_safetensors",
     "evaluate",
     "findings_at_operating_points",
 ]

@@ -287,10 +287,13 @@ def _sha256(path: Path) -> str:
 def _save_weights(net: torch.nn.Module, path: Path, cfg: RecipeConfig) -> str:
     from safetensors.torch import save_file
 
+    from medlens.plugin_api.v1 import canonical_safetensors
+
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     meta = {"recipe": "medlens_ct_abdomen_seg.recipe", "config": json.dumps(asdict(cfg))}
     save_file(state, str(tmp), metadata=meta)
+    canonical_safetensors(tmp)  # same tensors and metadata, same bytes
     os.chmod(tmp, 0o644)  # package data: readable by everyone who installs it
     os.replace(tmp, path)
     return _sha256(path)

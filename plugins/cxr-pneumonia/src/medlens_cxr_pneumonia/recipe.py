@@ -100,6 +100,8 @@ def save_weights(state: dict[str, Any], path: Path, size: int = SIZE) -> str:
     import torch
     from safetensors.torch import save_file
 
+    from medlens.plugin_api.v1 import canonical_safetensors
+
     tensors = {
         k: (v.half() if v.is_floating_point() else v).contiguous()
         for k, v in state.items()
@@ -111,6 +113,7 @@ def save_weights(state: dict[str, Any], path: Path, size: int = SIZE) -> str:
         str(path),
         metadata={"format": "pt", "model": "cxr-pneumonia", "size": str(size)},
     )
+    canonical_safetensors(path)  # same tensors and metadata, same bytes
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

@@ -405,6 +405,8 @@ def operating_points(
 def _save_ensemble(nets: list[torch.nn.Module], path: Path, use_graham: bool, side: int) -> str:
     from safetensors.torch import save_file
 
+    from medlens.plugin_api.v1 import canonical_safetensors
+
     state = {
         f"m{i}.{k}": v.detach().cpu().contiguous()
         for i, net in enumerate(nets)
@@ -414,6 +416,7 @@ def _save_ensemble(nets: list[torch.nn.Module], path: Path, use_graham: bool, si
     tmp = path.with_suffix(".tmp")
     # The weights carry the pre-processing they were fitted on; the plugin reads it.
     save_file(state, str(tmp), metadata={"use_graham": str(use_graham).lower(), "side": str(side)})
+    canonical_safetensors(tmp)  # same tensors and metadata, same bytes
     os.replace(tmp, path)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
