@@ -73,6 +73,8 @@ def _check_prediction(m: Manifest, image: Image, p: object) -> list[str]:
             )
         if set(f.decisions) - ops:
             bad.append(f"finding {f.label!r} has decisions at undeclared operating points")
+    if p.study_heatmaps:  # the kit passes a single image: there is no further image
+        bad.append("study heatmaps returned for an input that is not a study")
     if p.status != ResultStatus.OK and (p.mask is not None or p.findings or p.measurements):
         bad.append(f"status {p.status} but the prediction carries results")
     bad.extend(f"warning is not one line: {w!r}" for w in p.warnings if "\n" in w)
