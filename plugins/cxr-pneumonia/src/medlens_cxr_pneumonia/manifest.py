@@ -18,7 +18,7 @@ from medlens.plugin_api import v1
 __all__ = ["CARD", "LABEL", "MANIFEST", "WEIGHTS_SHA256"]
 
 #: sha256 of ``weights/model.safetensors`` (checked before every load).
-WEIGHTS_SHA256 = "a1e35cca769e032ead88c590684f9f355fca988c364bec046e77bd39dfb55b4d"
+WEIGHTS_SHA256 = "2c3728af27d4fcb01a302b2b7a3824f2a7a1eb8a748f5f13a2924d859b910278"
 #: The one output label.
 LABEL = "pneumonia"
 
