@@ -42,7 +42,7 @@ _METRICS: list[tuple[str, float, int]] = [
     ("flag_rate_strong_degradations", 1.0000, 40),
     ("phantom_pointing_game", 0.6000, 10),
 ]
-_SHA256 = "f494d2ca34fdf4ecd494e6bdbc9a5129f7d55b61a645a6a3e4d3d536e22b914b"
+_SHA256 = "20cee0de57a726082aa87242fd9b14fe04d74d2da8359d274babda04d1aca8dd"
 # ---------------------------------------------------------------------------
 
 MANIFEST = v1.Manifest(
