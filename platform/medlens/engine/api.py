@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,6 +29,8 @@ from medlens.plugin_api._manifest import InferenceSpec, InputSpec, Manifest, Pos
 
 if TYPE_CHECKING:
     import torch
+
+    from medlens.engine.geometry import Resample
 
 __all__ = [
     "EngineSpec",
@@ -320,8 +322,6 @@ def _back_to_input_grid(
     moving voxels; outside a crop every channel is its fill value, whose label is
     taken), and no float volume of the input grid is built except the running maximum.
     """
-    import torch
-
     from medlens.engine.geometry import Crop, Reorient, Resample, Resize
 
     steps = list(prepared.chain.steps)
@@ -330,39 +330,57 @@ def _back_to_input_grid(
         while lossless < len(steps) and isinstance(steps[lossless], Reorient | Crop):
             lossless += 1
     n = probs_model.shape[0]
-    contested = None
-    if not keep and len(steps) == lossless + 1 and isinstance(steps[-1], Resample):
+    last = steps[-1] if steps else None
+    if not keep and len(steps) == lossless + 1 and isinstance(last, Resample):
         contested = _contested_box(probs_model, pp, fill)
-    if contested is not None:
-        labels = _labels_in_box(probs_model, steps[-1], contested, pp, values)
-        return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), None
-    out: npt.NDArray[np.float32] | None = None
+        if contested is not None:
+            labels = _labels_in_box(probs_model, last, contested, pp, values)
+            return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), None
+    kept: list[npt.NDArray[np.float32]] = []  # one (n, *shape) array, made at channel 0
+
+    def channels() -> Iterator[torch.Tensor]:
+        for c in range(n):
+            p = probs_model[c : c + 1]
+            for step in reversed(steps[lossless:]):
+                if isinstance(step, Resample | Resize):  # read only here: no contiguous copy
+                    p = step.inverse(p, [fill[c]], contiguous=False)
+                else:
+                    p = step.inverse(p, [fill[c]])
+            p = p[0]
+            if keep:
+                if not kept:
+                    kept.append(np.empty((n, *p.shape), dtype=np.float32))
+                kept[0][c] = p.numpy()
+            yield p
+            del p
+
+    best, idx = _running_argmax(channels(), n)
+    labels = _labels_of(best, idx, pp, values, n)
+    del best, idx
+    out = kept[0] if kept else None
+    return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), out
+
+
+def _running_argmax(channels: Iterable[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest value and its channel index over ``n`` channels given one at a time.
+
+    The first maximum wins, as ``argmax``; no ``(n, *shape)`` stack is ever built.
+    """
+    import torch
+
     best: torch.Tensor | None = None
     idx: torch.Tensor | None = None
-    for c in range(n):
-        p = probs_model[c : c + 1]
-        for step in reversed(steps[lossless:]):
-            if isinstance(step, Resample | Resize):  # read only here: no contiguous copy
-                p = step.inverse(p, [fill[c]], contiguous=False)
-            else:
-                p = step.inverse(p, [fill[c]])
-        p = p[0]
-        if keep:
-            if out is None:
-                out = np.empty((n, *p.shape), dtype=np.float32)
-            out[c] = p.numpy()
+    for c, p in enumerate(channels):
         if best is None or idx is None:
-            best = p.clone()  # updated in place: never an alias of the model-grid values
+            best = p.clone()  # updated in place: never an alias of the channel's values
             idx = torch.zeros(p.shape, dtype=torch.uint8 if n <= 255 else torch.int64)
-            continue
-        idx[p > best] = c
-        torch.maximum(best, p, out=best)
+        else:
+            idx[p > best] = c
+            torch.maximum(best, p, out=best)
         del p
     assert best is not None
     assert idx is not None
-    labels = _labels_of(best, idx, pp, values, n)
-    del best, idx
-    return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), out
+    return best, idx
 
 
 def _undo_lossless(
@@ -427,7 +445,7 @@ def _contested_box(
 
 def _labels_in_box(
     probs: torch.Tensor,
-    step: Any,
+    step: Resample,
     box: tuple[tuple[int, ...], tuple[int, ...]],
     pp: PostprocessSpec,
     values: list[int],
@@ -438,38 +456,20 @@ def _labels_in_box(
     it, edge-clamped) falls inside ``box`` are interpolated from the box and labelled by
     the running maximum; every other sample is background (see :func:`_contested_box`).
     """
-    import torch
-
     from medlens.engine.geometry import resample_linear
 
     labels = np.zeros(step.in_shape, dtype=np.uint8)
-    where: list[slice] = []
-    coords: list[npt.NDArray[np.float64]] = []
-    for n_old, r, n_new, a, b in zip(step.in_shape, step.ratio, step.out_shape, *box, strict=True):
-        if b <= a:
-            return labels
-        cc = np.clip(np.arange(n_old) / r, 0.0, n_new - 1)
-        inside = np.nonzero((cc >= a) & (cc <= b - 1))[0]
-        if inside.size == 0:
-            return labels
-        i0, i1 = int(inside[0]), int(inside[-1]) + 1
-        where.append(slice(i0, i1))
-        coords.append(cc[i0:i1] - a)
+    window = step.inverse_window(box)
+    if window is None:
+        return labels
+    where, coords = window
     sub = probs[(slice(None), *(slice(a, b) for a, b in zip(*box, strict=True)))]
     n = sub.shape[0]
-    best: torch.Tensor | None = None
-    idx: torch.Tensor | None = None
-    for c in range(n):
-        p = resample_linear(sub[c : c + 1].contiguous(), coords, contiguous=False)[0]
-        if best is None or idx is None:
-            best = p.clone()
-            idx = torch.zeros(p.shape, dtype=torch.uint8 if n <= 255 else torch.int64)
-            continue
-        idx[p > best] = c
-        torch.maximum(best, p, out=best)
-    assert best is not None
-    assert idx is not None
-    labels[tuple(where)] = _labels_of(best, idx, pp, values, n)
+    channels = (
+        resample_linear(sub[c : c + 1].contiguous(), coords, contiguous=False)[0] for c in range(n)
+    )
+    best, idx = _running_argmax(channels, n)
+    labels[where] = _labels_of(best, idx, pp, values, n)
     return labels
 
 

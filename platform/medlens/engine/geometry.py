@@ -329,6 +329,34 @@ class Resample:
         coords = [np.arange(n) / r for n, r in zip(self.in_shape, self.ratio, strict=True)]
         return resample_linear(t, coords, contiguous=contiguous)
 
+    def inverse_window(
+        self, box: tuple[Sequence[int], Sequence[int]]
+    ) -> tuple[tuple[slice, ...], list[npt.NDArray[np.float64]]] | None:
+        """Where :meth:`inverse` reads only from ``box`` of the new grid, and how.
+
+        Args:
+            box: ``(lo, hi)`` on the new grid (``hi`` exclusive).
+
+        Returns:
+            The old-grid slices whose samples (new-grid positions as :meth:`inverse`
+            computes them, edge-clamped) fall inside ``box``, and per axis those samples'
+            positions relative to ``lo``: ``resample_linear(t[box], coords)`` equals
+            ``inverse(t)[slices]``. None when no sample falls inside.
+        """
+        where: list[slice] = []
+        coords: list[npt.NDArray[np.float64]] = []
+        for n_old, r, n_new, a, b in zip(
+            self.in_shape, self.ratio, self.out_shape, *box, strict=True
+        ):
+            c = np.clip(np.arange(n_old) / r, 0.0, n_new - 1)
+            inside = np.nonzero((c >= a) & (c <= b - 1))[0]
+            if b <= a or inside.size == 0:
+                return None
+            i0, i1 = int(inside[0]), int(inside[-1]) + 1
+            where.append(slice(i0, i1))
+            coords.append(c[i0:i1] - a)
+        return tuple(where), coords
+
 
 @dataclass(frozen=True)
 class Resize:

@@ -259,19 +259,12 @@ def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> 
     model = last.out_shape
     lo = [max(a - 1, 0) for a in box[0]]
     hi = [min(b + 1, n) for b, n in zip(box[1], model, strict=True)]
+    window = last.inverse_window((lo, hi))
+    if window is None:
+        return torch.zeros((1, *chain.original.shape), dtype=torch.float32)
+    where, coords = window
     sub = np.zeros([h - a for a, h in zip(lo, hi, strict=True)], np.float32)
     sub[tuple(slice(a - e, b - e) for a, b, e in zip(*box, lo, strict=True))] = cam
-    where: list[slice] = []
-    coords: list[npt.NDArray[np.float64]] = []
-    for n_old, r, n_new, a, h in zip(last.in_shape, last.ratio, model, lo, hi, strict=True):
-        # As Resample.inverse: model-grid position of every input-grid index, edge-clamped.
-        c = np.clip(np.arange(n_old) / r, 0.0, n_new - 1)
-        inside = np.nonzero((c >= a) & (c <= h - 1))[0]
-        if inside.size == 0:
-            return torch.zeros((1, *chain.original.shape), dtype=torch.float32)
-        i0, i1 = int(inside[0]), int(inside[-1]) + 1
-        where.append(slice(i0, i1))
-        coords.append(c[i0:i1] - a)
     values = resample_linear(torch.from_numpy(sub)[None], coords)
     out = torch.zeros((1, *last.in_shape), dtype=torch.float32)
     out[(slice(None), *where)] = values
