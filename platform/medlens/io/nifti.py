@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from medlens.errors import OutputError
 from medlens.imaging.image import Image
+from medlens.io._layout import reversed_axes
 from medlens.io.atomic import atomic_path
 
 __all__ = ["nifti_affine", "write_heatmap_nifti", "write_mask_nifti", "write_nifti"]
@@ -120,19 +121,7 @@ def _fortran_slabs(
                 np.rint(q, out=q)
                 np.clip(q, info.min, info.max, out=q)
                 plane = q.astype(stored)
-            yield _transposed(plane).tobytes()
-
-
-def _transposed(plane: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """``plane.T`` in C order, copied in blocks of rows that stay in cache.
-
-    One strided copy of a 2048 x 2500 plane reads across all of it for every output row;
-    blocks of 64 rows take about a third of the time.
-    """
-    out = np.empty(plane.shape[::-1], dtype=plane.dtype)
-    for i in range(0, plane.shape[0], 64):
-        out[:, i : i + 64] = plane[i : i + 64].T
-    return out
+            yield reversed_axes(plane).tobytes()
 
 
 def write_mask_nifti(mask: Image, path: Path) -> Path:
