@@ -76,3 +76,23 @@ def test_rank_correlation_never_samples_a_varying_map_into_a_constant() -> None:
     b = np.zeros_like(a)
     b[1, 1, 1] = 0.5
     assert sanity.rank_correlation(a, b) == pytest.approx(1.0)
+
+
+def test_cascading_randomisation_from_a_parameter_free_layer_starts_after_it() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.LazyLinear(2),
+    )
+    x = torch.randn(1, 1, 12, 12)
+    net(x)
+    rnd = sanity.randomised_copy(net, x, "1", cascading=True, seed=3)  # the first ReLU
+    assert torch.equal(rnd[0].weight, net[0].weight)  # before the layer: kept
+    assert not torch.equal(rnd[2].weight, net[2].weight)  # after it: re-drawn
+    assert not torch.equal(rnd[5].weight, net[5].weight)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "Tape",
     "compute_cam",
     "execution_order",
+    "forward_calls",
     "pick_layer",
     "run_cam",
     "target_score",
@@ -167,29 +168,40 @@ def execution_order(net: torch.nn.Module, x: torch.Tensor) -> list[str]:
     One forward pass per network and input rank; the answer is kept for the network's
     lifetime (a module's structure does not change between runs).
     """
-    import torch
-
     cache = _cache_of(net)
     key = ("order", x.ndim)
     if key in cache:
         return list(cache[key])
-    order: list[str] = []
-    handles = []
-    for name, mod in net.named_modules():
-        if name and not list(mod.children()) and any(True for _ in mod.parameters(recurse=False)):
-            handles.append(
-                mod.register_forward_hook(
-                    lambda *_a, n=name: order.append(n) if n not in order else None
-                )
-            )
+    with_params = {
+        name
+        for name, mod in net.named_modules()
+        if name and not list(mod.children()) and any(True for _ in mod.parameters(recurse=False))
+    }
+    order = list(dict.fromkeys(forward_calls(net, x, with_params)))  # first call of each
+    cache[key] = tuple(order)
+    return order
+
+
+def forward_calls(net: torch.nn.Module, x: torch.Tensor, names: Collection[str]) -> list[str]:
+    """The named modules' names in the order one no-grad pass of ``x`` finishes them.
+
+    A module called several times appears once per call.
+    """
+    import torch
+
+    calls: list[str] = []
+    handles = [
+        mod.register_forward_hook(lambda *_a, n=name: calls.append(n))
+        for name, mod in net.named_modules()
+        if name in names
+    ]
     try:
         with torch.no_grad():
             net(x)
     finally:
         for h in handles:
             h.remove()
-    cache[key] = tuple(order)
-    return order
+    return calls
 
 
 def pick_layer(net: torch.nn.Module, x: torch.Tensor, segmentation: bool) -> str:
@@ -237,24 +249,11 @@ def _past_normalisation(net: torch.nn.Module, x: torch.Tensor, conv: str, convs:
     both (MONAI's ``Convolution``: conv, then norm and activation) gives the normalised,
     activated features instead, where the weights carry the model's evidence.
     """
-    import torch
-
     cache = _cache_of(net)
     key = ("leaves", x.ndim)
     if key not in cache:
-        calls: list[str] = []
-        handles = [
-            mod.register_forward_hook(lambda *_a, n=name: calls.append(n))
-            for name, mod in net.named_modules()
-            if name and not list(mod.children())
-        ]
-        try:
-            with torch.no_grad():
-                net(x)
-        finally:
-            for h in handles:
-                h.remove()
-        cache[key] = tuple(calls)
+        leaves = {name for name, mod in net.named_modules() if name and not list(mod.children())}
+        cache[key] = tuple(forward_calls(net, x, leaves))
     calls = list(cache[key])
     if conv not in calls:
         return conv

@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from medlens.explain.cam import CamProblem, execution_order, target_score, target_scores
+from medlens.explain.cam import (
+    CamProblem,
+    execution_order,
+    forward_calls,
+    target_score,
+    target_scores,
+)
 from medlens.plugin_api._results import Explanation
 from medlens.plugin_api._vocab import SanityVerdict
 
@@ -95,22 +101,9 @@ def randomised_copy(
 
 
 def _first_after(net: torch.nn.Module, x: torch.Tensor, layer: str, order: list[str]) -> int:
-    import torch
-
-    seen: list[str] = []
-    target = net.get_submodule(layer)
-    names = set(order)
-    handles = [target.register_forward_hook(lambda *_: seen.append("\0target"))]
-    for name, mod in net.named_modules():
-        if name in names:
-            handles.append(mod.register_forward_hook(lambda *_a, n=name: seen.append(n)))
-    try:
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in handles:
-            h.remove()
-    after = seen[seen.index("\0target") + 1 :] if "\0target" in seen else []
+    # Only called for a parameter-free layer, which is not in ``order`` itself.
+    seen = forward_calls(net, x, {*order, layer})
+    after = [n for n in seen[seen.index(layer) + 1 :] if n != layer] if layer in seen else []
     return order.index(after[0]) if after else 0
 
 
