@@ -44,20 +44,18 @@ def _img(name: str) -> Path:
     return ROOT / "images" / name
 
 
-def op_dicom(
-    src: Path | np.ndarray, path: Path, laterality: str | None, patient: str, study_uid: str
-) -> Path:
-    """An Ophthalmic Photography 8 Bit image (RGB) made from a development photograph."""
+def _op_dataset(
+    transfer_syntax: str, laterality: str | None, patient: str, study_uid: str, shape: Any
+) -> Any:
+    """An Ophthalmic Photography 8 Bit header (RGB, 8 bits) without its pixels."""
     from pydicom import Dataset
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    rgb = data.load_rgb(src) if isinstance(src, Path) else src
-    rgb = cv2.resize(rgb, (512, 342), interpolation=cv2.INTER_AREA)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = OP_8BIT
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = OP_8BIT
@@ -69,13 +67,25 @@ def op_dicom(
     ds.PatientName = ""  # de-identified: Type 2 present, empty
     if laterality is not None:
         ds.ImageLaterality = laterality
-    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.Rows, ds.Columns = shape[:2]
     ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
     ds.PlanarConfiguration = 0
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
+    return ds
+
+
+def op_dicom(
+    src: Path | np.ndarray, path: Path, laterality: str | None, patient: str, study_uid: str
+) -> Path:
+    """An Ophthalmic Photography 8 Bit image (RGB) made from a development photograph."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    rgb = data.load_rgb(src) if isinstance(src, Path) else src
+    rgb = cv2.resize(rgb, (512, 342), interpolation=cv2.INTER_AREA)
+    ds = _op_dataset(ExplicitVRLittleEndian, laterality, patient, study_uid, rgb.shape)
+    ds.PhotometricInterpretation = "RGB"
     ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
@@ -241,29 +251,13 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
 
 def op_dicom_jpeg(src: Path, path: Path, laterality: str, patient: str, study_uid: str) -> Path:
     """An OP image as cameras store it: the photograph's own JPEG (baseline), encapsulated."""
-    from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
     from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import JPEGBaseline8Bit
 
     with PILImage.open(src) as im:
         width, height = im.size
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = OP_8BIT
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = OP_8BIT
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
-    ds.Modality = "OP"
-    ds.PatientID, ds.PatientName = patient, ""
-    ds.ImageLaterality = laterality
-    ds.Rows, ds.Columns = height, width
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds = _op_dataset(JPEGBaseline8Bit, laterality, patient, study_uid, (height, width))
+    ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.LossyImageCompression = "01"
     ds.PixelData = encapsulate([src.read_bytes()])
     ds["PixelData"].is_undefined_length = True
