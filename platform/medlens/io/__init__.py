@@ -34,9 +34,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from medlens.plugin_api._vocab import OutputKind, ResultStatus
 
@@ -156,16 +157,9 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
             "no DICOM output: the input is an image file, not DICOM "
             "(mask and heatmap written as PNG overlays)"
         )
-    root_seg: Dataset | None = None
-    study_notes = WriteNotes()  # merged after the root's notes: a fixed order
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlens-study") as pool:
-        # A study's further heatmaps (full-size overlays: mostly zlib, which releases the
-        # GIL) are written beside the first image's outputs.
-        others = (
-            pool.submit(_write_study_heatmaps, result, out_dir, study_notes)
-            if result.prediction.study_heatmaps and result.study is not None
-            else None
-        )
+
+    def tree_files() -> Dataset | None:
+        root_seg: Dataset | None = None
         for r in tree:
             is_root = r is result
             folder = out_dir if is_root else out_dir / r.manifest.id
@@ -174,10 +168,17 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
             outputs.update({prefix + k: v for k, v in written.items()})
             if is_root:
                 root_seg = seg
-        if others is not None:
-            outputs.update(others.result())
-    for note in study_notes.notes:
-        notes.add(note)
+        return root_seg
+
+    if result.prediction.study_heatmaps and result.study is not None:
+        # A study's further heatmaps (full-size overlays: mostly zlib, which releases the
+        # GIL) are written beside the first image's outputs.
+        others, root_seg = _beside(
+            lambda own: _write_study_heatmaps(result, out_dir, own), tree_files, notes
+        )
+        outputs.update(others)
+    else:
+        root_seg = tree_files()
     if wants[OutputKind.SR]:
         _write_sr(result, out_dir, sources, root_seg, notes, outputs)
     for note in notes.notes:
@@ -205,16 +206,38 @@ def _write_files(
         heat = _review_explanation(r, heat, notes)
     if r.image.ndim == 2 and not dicom_source(r.image):
         return _write_pngs(r, folder, heat), None
+    niftis, (out, seg_ds) = _beside(
+        lambda own: _write_niftis(r, folder, mask, heat, own),
+        lambda: _write_dicoms(r, folder, sources, mask, heat, notes),
+        notes,
+    )
+    out.update(niftis)
+    return out, seg_ds
+
+
+_S = TypeVar("_S")
+_M = TypeVar("_M")
+
+
+def _beside(
+    side: Callable[[WriteNotes], _S], main: Callable[[], _M], notes: WriteNotes
+) -> tuple[_S, _M]:
+    """``side`` on a second thread while ``main`` runs on this one; both results.
+
+    ``side`` writes its notes into its own list, added to ``notes`` after ``main``'s: a
+    fixed order whichever finishes first. A failure of either is raised here (after both
+    have stopped), so it fails the whole set.
+    """
     from medlens.io._common import WriteNotes
 
-    nifti_notes = WriteNotes()  # merged after the DICOM notes: a fixed order
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlens-nifti") as pool:
-        niftis = pool.submit(_write_niftis, r, folder, mask, heat, nifti_notes)
-        out, seg_ds = _write_dicoms(r, folder, sources, mask, heat, notes)
-        out.update(niftis.result())
-    for note in nifti_notes.notes:
+    own = WriteNotes()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlens-write") as pool:
+        pending = pool.submit(side, own)
+        main_result = main()
+        side_result = pending.result()
+    for note in own.notes:
         notes.add(note)
-    return out, seg_ds
+    return side_result, main_result
 
 
 def _write_niftis(
