@@ -601,15 +601,14 @@ def _check_prediction(
         img = getattr(p, name)
         if img is not None and not img.same_grid(image):
             raise PluginError(m.id, f"{name} is not on the input's grid")
+    images = study.images if study is not None else ()
     seen: set[int] = set()
     for sh in p.study_heatmaps:
-        n = len(study.images) if study is not None else 1
-        if not 1 <= sh.index < n or sh.index in seen:
+        if not 1 <= sh.index < len(images) or sh.index in seen:
             raise PluginError(
                 m.id, f"study heatmap of image {sh.index}: no such further image of the study"
             )
-        assert study is not None
-        if not sh.heatmap.same_grid(study.images[sh.index].image):
+        if not sh.heatmap.same_grid(images[sh.index].image):
             raise PluginError(m.id, f"study heatmap {sh.index} is not on its image's grid")
         seen.add(sh.index)
     if p.status != ResultStatus.OK:
