@@ -5,6 +5,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from medlens.imaging.image import Image
 from medlens.io._common import frames_of, read_source_headers
 from medlens.io.heatmap import (
     build_parametric_map,
@@ -191,3 +192,20 @@ def test_frames_of_is_the_transposed_volume_in_c_order(shape):
     frames = frames_of(a)
     assert frames.flags.c_contiguous
     np.testing.assert_array_equal(frames, ref)
+
+
+def test_overlay_tables_within_one_level_of_the_float_blend():
+    # The exact blend: jet over the windowed grey at opacity 0.5 * heat, in float64.
+    rng = np.random.default_rng(3)
+    hu = rng.uniform(-1200.0, 1500.0, size=(1, 40, 30, 4)).astype(np.float32)
+    heat = rng.uniform(-0.1, 1.1, size=(1, 40, 30, 4)).astype(np.float32)
+    heat[..., 0] = 0.0
+    img = Image(hu, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    rgb = overlay_rgb(img, img.with_array(heat), [])
+    lo, hi = np.percentile(hu[0], [1.0, 99.0])
+    grey = np.clip((frames_of(hu) - lo) / (hi - lo), 0.0, 1.0) * 255.0
+    h = np.clip(frames_of(heat), 0.0, 1.0)
+    exact = grey[..., None] + (0.5 * h)[..., None] * (jet(h) * 255.0 - grey[..., None])
+    assert np.abs(rgb.astype(np.float64) - exact).max() <= 1.0
+    # No heat: the image's display level itself, all three channels.
+    np.testing.assert_array_equal(rgb[0], np.repeat(np.rint(grey[0])[..., None], 3, -1))

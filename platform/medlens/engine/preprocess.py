@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from medlens.engine.geometry import Crop, GridChain, Reorient, Resample, Resize, Step
 from medlens.errors import EngineError, GeometryError
@@ -115,7 +116,10 @@ def prepare(image: Image, spec: InputSpec, device: str = "cpu") -> Prepared:
     arr: Any = image.array
     if arr.dtype.kind not in "fiub":
         raise EngineError(f"image dtype {arr.dtype} is not numeric")
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    # The reader's layout as it is (often column-major planes): the first grid step that
+    # moves voxels works in memory order, and a C-order copy first cost as much as it did.
+    base = torch.from_numpy(_writable(np.asarray(arr, dtype=np.float32)))
+    t = base
     steps: list[Step] = []
     shape = image.shape
     if spec.orientation is not None:
@@ -136,7 +140,7 @@ def prepare(image: Image, spec: InputSpec, device: str = "cpu") -> Prepared:
         rs = Resample(in_shape=shape, in_spacing=spacing, out_spacing=tuple(spec.spacing))
         if not rs.identity:
             steps.append(rs)
-            t = rs.forward(t.contiguous())
+            t = rs.forward(t)
             shape = rs.out_shape
     if spec.size is not None and tuple(spec.size) != shape:
         rz = Resize(in_shape=shape, out_shape=tuple(spec.size))
@@ -144,7 +148,15 @@ def prepare(image: Image, spec: InputSpec, device: str = "cpu") -> Prepared:
         t = rz.forward(t.contiguous())
     t = _match_channels(t, spec.channels)
     t = apply_intensity(t, spec.intensity)
-    return Prepared(tensor=t.contiguous().to(device), chain=GridChain(image, tuple(steps)))
+    t = t.contiguous()
+    if t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr():
+        t = t.clone()  # never the image's own memory: callers may write into the input
+    return Prepared(tensor=t.to(device), chain=GridChain(image, tuple(steps)))
+
+
+def _writable(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    # torch.from_numpy warns on a read-only array: a plain copy in the same layout then.
+    return a if a.flags.writeable else np.array(a, dtype=np.float32, order="K")
 
 
 def _current_spacing(image: Image, steps: list[Step]) -> tuple[float, ...]:

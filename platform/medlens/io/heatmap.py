@@ -94,9 +94,9 @@ def overlay_rgb(
 ) -> npt.NDArray[np.uint8]:
     """Heatmap over the windowed first image channel, as DICOM RGB frames.
 
-    Computed in float32, one colour channel at a time, through the jet table
-    (:func:`medlens.io.colormap.jet_lut`'s levels): a 2048 x 2500 film took about 1.8 s
-    in float64 at once, 0.3 s this way, with at most one 8-bit level of difference.
+    Blended through 8-bit tables of the jet table's levels (:func:`_overlay_frames`): a
+    2048 x 2500 film took about 1.8 s in float64 at once; at most one 8-bit level from the
+    exact float blend.
 
     Args:
         image: The input image (first channel is shown).
@@ -130,22 +130,49 @@ _PLANES_PER_CHUNK = 16
 def _overlay_frames(
     image: npt.NDArray[Any], heatmap: npt.NDArray[Any], lo: float, hi: float
 ) -> npt.NDArray[np.uint8]:
-    """``(1, i, j[, k])`` image and heatmap blended as RGB frames ``(k, rows, cols, 3)``."""
+    """``(1, i, j[, k])`` image and heatmap blended as RGB frames ``(k, rows, cols, 3)``.
+
+    The windowed image is first an 8-bit display level and the heat one of the jet
+    table's levels, so each output value is one lookup in a (heat level, display level)
+    table per channel (:func:`_blend_tables`): three gathers instead of float passes per
+    channel (demo CT, 20 planes: 0.17 s before). Where the heat is 0 the image's display
+    level is kept exactly; elsewhere within one 8-bit level of the float blend.
+    """
     grey = frames_of(image).astype(np.float32)
     grey -= np.float32(lo)
     grey *= np.float32(255.0 / (hi - lo))
     np.clip(grey, 0.0, 255.0, out=grey)
-    heat = np.clip(frames_of(heatmap).astype(np.float32), 0.0, 1.0)
-    idx = np.rint(heat * np.float32(JET_LEVELS - 1)).astype(np.intp)
-    alpha = heat * np.float32(_ALPHA)
-    out = np.empty((*grey.shape, 3), dtype=np.uint8)
-    for c in range(3):
-        v = _JET_255[c][idx]
-        v -= grey
-        v *= alpha
-        v += grey
-        out[..., c] = np.rint(v)
-    return out
+    index = np.rint(grey).astype(np.int32)
+    heat = frames_of(heatmap).astype(np.float32)
+    np.clip(heat, 0.0, 1.0, out=heat)
+    heat *= np.float32(JET_LEVELS - 1)
+    index += np.rint(heat).astype(np.int32) * 256
+    # One gather of 4-byte RGB0 words (a gather per channel into interleaved bytes was 9x
+    # slower), then the three colour bytes.
+    words = np.take(_blend_table(), index)
+    return np.ascontiguousarray(words.view(np.uint8).reshape(*index.shape, 4)[..., :3])
+
+
+_TABLE: list[npt.NDArray[np.uint32]] = []
+
+
+def _blend_table() -> npt.NDArray[np.uint32]:
+    """``table[level * 256 + shown]``: the jet level blended over the display level.
+
+    Opacity ``_ALPHA * heat``; each entry the R, G, B bytes (then a zero byte) of one
+    little-endian word, so a word array viewed as bytes is RGB0 on any machine. Built
+    once (1 MiB).
+    """
+    if not _TABLE:
+        heat = np.arange(JET_LEVELS, dtype=np.float32)[:, None] / np.float32(JET_LEVELS - 1)
+        alpha = np.float32(_ALPHA) * heat
+        shown = np.arange(256, dtype=np.float32)[None, :]
+        word = np.zeros(JET_LEVELS * 256, dtype="<u4")
+        for c in range(3):
+            blend = np.rint(shown + alpha * (_JET_255[c][:, None] - shown)).astype("<u4")
+            word |= blend.ravel() << np.uint32(8 * c)
+        _TABLE.append(word)
+    return _TABLE[0]
 
 
 def _orientation_letters(vec: npt.NDArray[np.float64]) -> str:
