@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from medlens.io._process import Beside, beside_process
 from medlens.plugin_api._vocab import OutputKind, ResultStatus
 
 if TYPE_CHECKING:
@@ -158,29 +159,43 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
             "(mask and heatmap written as PNG overlays)"
         )
 
-    def tree_files() -> Dataset | None:
+    pending: list[tuple[str, Beside[dict[str, Path]]]] = []
+
+    def tree_files(fork: bool) -> Dataset | None:
         root_seg: Dataset | None = None
         for r in tree:
             is_root = r is result
             folder = out_dir if is_root else out_dir / r.manifest.id
             prefix = "" if is_root else f"{r.manifest.id}/"
-            written, seg = _write_files(r, folder, sources, notes)
+            written, seg, heat = _write_files(r, folder, sources, notes, fork=fork)
             outputs.update({prefix + k: v for k, v in written.items()})
+            if heat is not None:
+                pending.append((prefix, heat))
             if is_root:
                 root_seg = seg
         return root_seg
 
-    if result.prediction.study_heatmaps and result.study is not None:
-        # A study's further heatmaps (full-size overlays: mostly zlib, which releases the
-        # GIL) are written beside the first image's outputs.
-        others, root_seg = _beside(
-            lambda own: _write_study_heatmaps(result, out_dir, own), tree_files, notes
-        )
-        outputs.update(others)
-    else:
-        root_seg = tree_files()
-    if wants[OutputKind.SR]:
-        _write_sr(result, out_dir, sources, root_seg, notes, outputs)
+    try:
+        if result.prediction.study_heatmaps and result.study is not None:
+            # A study's further heatmaps (full-size overlays: mostly zlib, which releases
+            # the GIL) are written beside the first image's outputs. No fork here: a
+            # thread is running.
+            others, root_seg = _beside(
+                lambda own: _write_study_heatmaps(result, out_dir, own),
+                lambda: tree_files(fork=False),
+                notes,
+            )
+            outputs.update(others)
+        else:
+            root_seg = tree_files(fork=True)
+        if wants[OutputKind.SR]:
+            _write_sr(result, out_dir, sources, root_seg, notes, outputs)
+        while pending:
+            prefix, heat = pending.pop(0)
+            outputs.update({prefix + k: v for k, v in heat.result().items()})
+    finally:
+        for _, heat in pending:  # the set failed: stop the writers still running
+            heat.cancel()
     for note in notes.notes:
         log.warning("%s: %s", result.manifest.id, note)
         if note not in result.prediction.warnings:
@@ -193,26 +208,37 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
 
 
 def _write_files(
-    r: Result, folder: Path, sources: list[Dataset] | None, notes: WriteNotes
-) -> tuple[dict[str, Path], Dataset | None]:
+    r: Result, folder: Path, sources: list[Dataset] | None, notes: WriteNotes, *, fork: bool
+) -> tuple[dict[str, Path], Dataset | None, Beside[dict[str, Path]] | None]:
     """SEG, NIfTI mask and heatmaps of one result.
 
-    The NIfTI files (numpy and zlib work, which release the GIL) are written on a second
-    thread while this one builds the DICOM objects (mostly Python): on two cores that
-    hides most of their cost. Any failure of either still fails the set.
+    The heatmap files (Secondary Capture slices, Parametric Map, NIfTI) are written by a
+    forked process when ``fork`` (see :mod:`medlens.io._process`), returned unfinished as
+    the third value; the NIfTI mask (numpy and zlib, which release the GIL) on a second
+    thread while this one builds the SEG. Any failure of any of them fails the set.
     """
     mask, heat = r.prediction.mask, r.prediction.heatmap
     if heat is not None:
         heat = _review_explanation(r, heat, notes)
     if r.image.ndim == 2 and not dicom_source(r.image):
-        return _write_pngs(r, folder, heat), None
+        return _write_pngs(r, folder, heat), None, None
+    from medlens.io._common import WriteNotes
+
+    heat_notes = WriteNotes()
+    task = _heatmap_task(r, folder, sources, heat, heat_notes)
+    # Forked before the mask's thread starts: no thread of this write runs at fork time.
+    writer = beside_process(task) if task is not None and fork else None
     niftis, (out, seg_ds) = _beside(
-        lambda own: _write_niftis(r, folder, mask, heat, own),
-        lambda: _write_dicoms(r, folder, sources, mask, heat, notes),
+        lambda own: _write_mask_nifti(r, folder, mask, own),
+        lambda: _write_seg(r, folder, sources, mask, notes),
         notes,
     )
     out.update(niftis)
-    return out, seg_ds
+    for note in heat_notes.notes:
+        notes.add(note)
+    if task is not None and writer is None:
+        out.update(task())
+    return out, seg_ds, writer
 
 
 _S = TypeVar("_S")
@@ -240,71 +266,85 @@ def _beside(
     return side_result, main_result
 
 
-def _write_niftis(
-    r: Result, folder: Path, mask: Image | None, heat: Image | None, notes: WriteNotes
+def _write_mask_nifti(
+    r: Result, folder: Path, mask: Image | None, notes: WriteNotes
 ) -> dict[str, Path]:
-    """The NIfTI mask and heatmap of one result, as its manifest asks."""
-    kinds = set(r.manifest.outputs.kinds)
+    """The NIfTI mask of one result, when its manifest asks for one."""
+    if OutputKind.NIFTI not in r.manifest.outputs.kinds:
+        return {}
+    if mask is None:
+        notes.add(f"NIfTI mask of {r.manifest.id!r} not written: the plugin produced no mask")
+        return {}
+    from medlens.io.nifti import write_mask_nifti
+
+    return {"nifti": write_mask_nifti(mask, folder / FILE_NAMES["nifti"])}
+
+
+def _write_seg(
+    r: Result, folder: Path, sources: list[Dataset] | None, mask: Image | None, notes: WriteNotes
+) -> tuple[dict[str, Path], Dataset | None]:
+    """The SEG of one result, when its manifest asks for one."""
     pid = r.manifest.id
-    out: dict[str, Path] = {}
-    if OutputKind.NIFTI in kinds:
-        if mask is None:
-            notes.add(f"NIfTI mask of {pid!r} not written: the plugin produced no mask")
-        else:
-            from medlens.io.nifti import write_mask_nifti
+    if OutputKind.SEG not in r.manifest.outputs.kinds:
+        return {}, None
+    if mask is None:
+        notes.add(f"SEG of {pid!r} not written: the plugin produced no mask")
+        return {}, None
+    if sources is None:
+        notes.add(f"SEG of {pid!r} not written: the input has no DICOM source")
+        return {}, None
+    from medlens.io.atomic import save_dataset
+    from medlens.io.seg import build_seg
 
-            out["nifti"] = write_mask_nifti(mask, folder / FILE_NAMES["nifti"])
-    if OutputKind.HEATMAP in kinds and heat is not None:
-        from medlens.io.nifti import write_heatmap_nifti
-
-        out["heatmap"] = write_heatmap_nifti(heat, folder / FILE_NAMES["heatmap"])
-    return out
+    seg_ds = build_seg(r, sources, notes)
+    return {"seg": save_dataset(seg_ds, folder / FILE_NAMES["seg"])}, seg_ds
 
 
-def _write_dicoms(
+def _heatmap_task(
     r: Result,
     folder: Path,
     sources: list[Dataset] | None,
-    mask: Image | None,
     heat: Image | None,
     notes: WriteNotes,
-) -> tuple[dict[str, Path], Dataset | None]:
-    """SEG and DICOM heatmaps of one result, as its manifest asks."""
-    kinds = set(r.manifest.outputs.kinds)
+) -> Callable[[], dict[str, Path]] | None:
+    """What writes one result's heatmap files (NIfTI, SC, Parametric Map), or None.
+
+    The notes on what is not written are added here, in this process; the task only
+    writes files (it may run in a forked child) and returns their paths by key.
+    """
     pid = r.manifest.id
-    out: dict[str, Path] = {}
-    seg_ds: Dataset | None = None
-    if OutputKind.SEG in kinds:
-        if mask is None:
-            notes.add(f"SEG of {pid!r} not written: the plugin produced no mask")
-        elif sources is None:
-            notes.add(f"SEG of {pid!r} not written: the input has no DICOM source")
-        else:
-            from medlens.io.atomic import save_dataset
-            from medlens.io.seg import build_seg
+    if OutputKind.HEATMAP not in r.manifest.outputs.kinds:
+        return None
+    if r.prediction.heatmap is None:
+        notes.add(f"heatmap of {pid!r} not written: the plugin produced none")
+        return None
+    if heat is None:  # reviewed as no evidence; the note is already there
+        return None
+    pm_path: Path | None = None
+    if sources is None:
+        notes.add(f"DICOM heatmaps of {pid!r} not written: the input has no DICOM source")
+    else:
+        from medlens.io.heatmap import wants_parametric_map
 
-            seg_ds = build_seg(r, sources, notes)
-            out["seg"] = save_dataset(seg_ds, folder / FILE_NAMES["seg"])
-    if OutputKind.HEATMAP in kinds:
-        if r.prediction.heatmap is None:
-            notes.add(f"heatmap of {pid!r} not written: the plugin produced none")
-        elif heat is not None:
-            if sources is None:
-                notes.add(f"DICOM heatmaps of {pid!r} not written: the input has no DICOM source")
-            else:
-                from medlens.io.heatmap import wants_parametric_map, write_heatmap_dicom
+        pm_path = folder / FILE_NAMES["heatmap_pm"]
+        if not wants_parametric_map(r, sources):
+            pm_path = None
+            notes.add(
+                f"heatmap Parametric Map of {pid!r} not written: a 2-D input gets "
+                "the Secondary Capture only"
+            )
 
-                pm_path: Path | None = folder / FILE_NAMES["heatmap_pm"]
-                if not wants_parametric_map(r, sources):
-                    pm_path = None
-                    notes.add(
-                        f"heatmap Parametric Map of {pid!r} not written: a 2-D input gets "
-                        "the Secondary Capture only"
-                    )
-                out.update(
-                    write_heatmap_dicom(r, sources, folder / FILE_NAMES["heatmap_sc"], pm_path)
-                )
-    return out, seg_ds
+    def write() -> dict[str, Path]:
+        from medlens.io.nifti import write_heatmap_nifti
+
+        out = {"heatmap": write_heatmap_nifti(heat, folder / FILE_NAMES["heatmap"])}
+        if sources is not None:
+            from medlens.io.heatmap import write_heatmap_dicom
+
+            out.update(write_heatmap_dicom(r, sources, folder / FILE_NAMES["heatmap_sc"], pm_path))
+        return out
+
+    return write
 
 
 def _write_study_heatmaps(result: Result, out_dir: Path, notes: WriteNotes) -> dict[str, Path]:
@@ -340,7 +380,7 @@ def _write_study_heatmaps(result: Result, out_dir: Path, notes: WriteNotes) -> d
         name = f"image-{sh.index + 1}"
         own = WriteNotes()
         sources = read_source_headers(image) if dicom_source(image) else None
-        written, _ = _write_files(one, out_dir / name, sources, own)
+        written, _, _ = _write_files(one, out_dir / name, sources, own, fork=False)
         out.update({f"{name}/{k}": v for k, v in written.items()})
         for note in own.notes:
             notes.add(f"image {sh.index + 1} of the study: {note}")

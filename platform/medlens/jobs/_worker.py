@@ -101,7 +101,13 @@ class JobOutcome:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory (MiB) of ``pid`` and its descendants, from ``/proc``; 0 if gone."""
+    """Resident memory (MiB) of ``pid`` and its descendants, from ``/proc``; 0 if gone.
+
+    Each process counts its proportional share of resident pages (``Pss`` of
+    ``smaps_rollup``): a forked writer shares the worker's pages copy-on-write, and
+    counting them whole in both (``VmRSS``) would report memory that does not exist.
+    ``VmRSS`` where the kernel has no ``smaps_rollup`` (before Linux 4.14).
+    """
     total_kb = 0
     todo = [pid]
     seen: set[int] = set()
@@ -111,16 +117,24 @@ def rss_mb(pid: int) -> float:
             continue
         seen.add(p)
         try:
-            with open(f"/proc/{p}/status", encoding="ascii", errors="replace") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
-                        break
+            total_kb += _resident_kb(p)
             with open(f"/proc/{p}/task/{p}/children", encoding="ascii") as fh:
                 todo.extend(int(c) for c in fh.read().split())
         except (OSError, ValueError):
             continue
     return total_kb / 1024.0
+
+
+def _resident_kb(pid: int) -> int:
+    for name, key in (("smaps_rollup", "Pss:"), ("status", "VmRSS:")):
+        try:
+            with open(f"/proc/{pid}/{name}", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith(key):
+                        return int(line.split()[1])
+        except FileNotFoundError:
+            continue
+    return 0
 
 
 class Worker:
