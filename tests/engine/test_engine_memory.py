@@ -12,6 +12,7 @@ from medlens.engine import api
 from medlens.engine import postprocess as post
 from medlens.engine.api import EngineSpec, SimpleReporter, segment
 from medlens.imaging.image import Image
+from medlens.plugin_api._manifest import PostprocessSpec
 
 
 class _MultiClassNet(torch.nn.Module):
@@ -162,18 +163,50 @@ def test_contested_box_gives_the_whole_grid_labels(  # type: ignore[no-untyped-d
     spec = EngineSpec.of(manifest, "cpu")
     net = _CompactNet(4).eval()
     boxes: list[Any] = []
-    contested = api._contested_box
+    contested = api._contested_boxes
 
     def spy(*a: Any) -> Any:
         boxes.append(contested(*a))
         return boxes[-1]
 
-    monkeypatch.setattr(api, "_contested_box", spy)
+    monkeypatch.setattr(api, "_contested_boxes", spy)
     lean = segment(net, image, spec, SimpleReporter(), keep_probabilities=False)
     ref_labels, _ = _reference(net, image, spec)
     assert boxes and boxes[0] is not None  # the box path ran
+    union, *channel_boxes = boxes[0]
+    # Each shell's channel has a box of its own, smaller than the union (the brightest
+    # shell's): the per-channel path ran, not just the union's.
+    assert all(b is not None for b in channel_boxes)
+    assert any(_volume(b) < _volume(union) for b in channel_boxes)
     assert len(np.unique(ref_labels)) >= 3 and ref_labels[0, 0, 0] == 0
     np.testing.assert_array_equal(lean.mask.array[0], ref_labels)
+
+
+def _volume(box: tuple[tuple[int, ...], tuple[int, ...]]) -> int:
+    return int(np.prod([b - a for a, b in zip(*box, strict=True)]))
+
+
+def test_contested_boxes_skip_absent_channels_and_empty_foreground() -> None:
+    pp = PostprocessSpec(activation="softmax", threshold=None)
+    probs = torch.zeros((3, 10, 12, 8))
+    probs[0] = 1.0
+    fill = [1.0, 0.0, 0.0]
+    boxes = api._contested_boxes(probs, pp, fill)
+    assert boxes == [((0, 0, 0), (0, 0, 0)), None, None]  # nothing contested: all background
+    probs[0, 4:6, 5:7, 5:7], probs[2, 4:6, 5:7, 5:7] = 0.4, 0.6
+    boxes = api._contested_boxes(probs, pp, fill)
+    assert boxes is not None
+    assert boxes[1] is None  # channel 1 reaches 1/3 nowhere
+    assert boxes[2] == ((3, 4, 4), (7, 8, 8)) == boxes[0]  # one voxel wider, clipped at 8
+    # The labels equal those of the whole-grid inverse.
+    from medlens.engine.geometry import Resample
+
+    step = Resample(in_shape=(19, 23, 15), in_spacing=(1.0, 1.0, 1.0), out_spacing=(2.0, 2.0, 2.0))
+    assert step.out_shape == (10, 12, 8)
+    lean = api._labels_in_boxes(probs, step, boxes, pp, [1, 2])
+    full = post.labels_from_probabilities(step.inverse(probs), pp, [1, 2])
+    np.testing.assert_array_equal(lean, full)
+    assert int((full == 2).sum()) > 1
 
 
 def test_run_context_segment_without_probabilities(oblique_sphere, run_ctx, h) -> None:  # type: ignore[no-untyped-def]
@@ -208,8 +241,8 @@ def _clean_whole_grid(mask: np.ndarray, largest: list[int], min_voxels: float) -
         mask[sel & drop[comp]] = 0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_components_cleaned_in_label_boxes_as_on_the_whole_grid(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "margin"), [(0, 0), (1, 0), (2, 0), (0, 5), (1, 3)])
+def test_components_cleaned_in_label_boxes_as_on_the_whole_grid(seed: int, margin: int) -> None:
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
@@ -218,8 +251,32 @@ def test_components_cleaned_in_label_boxes_as_on_the_whole_grid(seed: int) -> No
     mask = np.digitize(noise, np.quantile(noise, [0.55, 0.7, 0.8, 0.9])).astype(np.uint8)
     mask[:3, :3, :3] = 6
     mask[-3:, -3:, -3:] = 6
+    # An empty margin: the labels' boxes lie inside the grid (the cropped path).
+    mask = np.pad(mask, [(margin, margin + 1), (margin + 2, margin), (margin, 0)])
     expected = mask.copy()
     _clean_whole_grid(expected, [1, 2, 6], 5.0)
     post.clean_components(mask, [1, 2, 6], 5.0)
     np.testing.assert_array_equal(mask, expected)
     assert int((expected == 6).sum()) == 27  # one of the tied twins kept, as before
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_nonzero_box_is_the_bounding_box_of_the_labels(order: str) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    for shape in [(9, 7, 5), (6, 11), (13,)]:
+        for _ in range(20):
+            a = np.zeros(shape, dtype=np.uint8, order=order)
+            k = int(rng.integers(1, 4))
+            idx = tuple(rng.integers(0, n, size=k) for n in shape)
+            a[idx] = rng.integers(1, 4, size=k)
+            (expected,) = ndimage.find_objects((a != 0).astype(np.uint8))
+            assert post.nonzero_box(a) == expected
+    assert post.nonzero_box(np.zeros((4, 5, 6), np.uint8)) is None
+    assert post.nonzero_box(np.zeros((0, 5), np.uint8)) is None
+    full = np.ones((3, 4, 5), bool)  # touching every face
+    assert post.nonzero_box(full) == (slice(0, 3), slice(0, 4), slice(0, 5))
+    clean = np.zeros((8, 8, 8), np.uint8)
+    post.clean_components(clean, [1], 3.0)  # nothing labelled: nothing to do
+    assert not clean.any()

@@ -332,9 +332,9 @@ def _back_to_input_grid(
     n = probs_model.shape[0]
     last = steps[-1] if steps else None
     if not keep and len(steps) == lossless + 1 and isinstance(last, Resample):
-        contested = _contested_box(probs_model, pp, fill)
+        contested = _contested_boxes(probs_model, pp, fill)
         if contested is not None:
-            labels = _labels_in_box(probs_model, last, contested, pp, values)
+            labels = _labels_in_boxes(probs_model, last, contested, pp, values)
             return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), None
     kept: list[npt.NDArray[np.float32]] = []  # one (n, *shape) array, made at channel 0
 
@@ -409,18 +409,22 @@ _CONTEST_MARGIN = 1e-4
 #: Above this share of the model grid, the contested box saves too little to bother.
 _CONTEST_MAX_SHARE = 0.6
 
+Box = tuple[tuple[int, ...], tuple[int, ...]]
 
-def _contested_box(
+
+def _contested_boxes(
     probs: torch.Tensor, pp: PostprocessSpec, fill: list[float]
-) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """Model-grid box outside which every input-grid voxel is background, or None.
+) -> list[Box | None] | None:
+    """Per channel, the model-grid box outside which it wins no input-grid voxel, or None.
 
     For softmax outputs (channels sum to 1) linear interpolation keeps the sum, so the
     winning channel of an interpolated voxel is at least 1/C there. A foreground channel
     below 1/C (less a rounding margin) at every model-grid neighbour of a voxel cannot
-    win it, and if no foreground channel can, background does (it is then above 1/C,
-    every other channel below). Only the box of the voxels where some foreground channel
-    reaches 1/C, one voxel wider for the interpolation's neighbours, needs resampling.
+    win it. Foreground channel ``c``'s box is that of the voxels where it reaches 1/C,
+    one voxel wider for the interpolation's neighbours (None if it reaches 1/C nowhere);
+    the background's (item 0) is the union of those: outside it no foreground channel
+    can win, so background does. Only these boxes need resampling (on the demo CT the
+    organs' boxes hold 2.6x fewer input-grid voxels than six channels of their union).
     None when this does not apply (not a plain softmax) or saves little.
     """
     import torch
@@ -430,45 +434,84 @@ def _contested_box(
         return None
     if fill[0] != 1.0 or any(f != 0.0 for f in fill[1:]):
         return None
-    fg = (probs[1:] >= 1.0 / c - _CONTEST_MARGIN).any(dim=0)
-    if not bool(fg.any()):
-        return (0,) * fg.ndim, (0,) * fg.ndim
-    lo, hi = [], []
-    for ax in range(fg.ndim):
-        other = tuple(d for d in range(fg.ndim) if d != ax)
-        idx = torch.nonzero(fg.any(dim=other)).flatten()
-        lo.append(max(int(idx[0]) - 1, 0))
-        hi.append(min(int(idx[-1]) + 2, fg.shape[ax]))
-    share = float(np.prod([b - a for a, b in zip(lo, hi, strict=True)])) / fg.numel()
-    return (tuple(lo), tuple(hi)) if share <= _CONTEST_MAX_SHARE else None
+    nd = probs.ndim - 1
+    boxes: list[Box | None] = [None] * c
+    for ch in range(1, c):
+        fg = probs[ch] >= 1.0 / c - _CONTEST_MARGIN
+        # Two streaming passes: the projection along the outermost axis gives the
+        # others' extents, the outermost axis's own comes from its rows.
+        rows = torch.nonzero(fg.reshape(fg.shape[0], -1).any(dim=1)).flatten()
+        if rows.numel() == 0:
+            continue
+        plane = fg.any(dim=0)
+        idx = [rows]
+        for ax in range(1, nd):
+            other = tuple(d for d in range(nd - 1) if d != ax - 1)
+            idx.append(torch.nonzero(plane.any(dim=other) if other else plane).flatten())
+        lo = tuple(max(int(i[0]) - 1, 0) for i in idx)
+        hi = tuple(min(int(i[-1]) + 2, fg.shape[ax]) for ax, i in enumerate(idx))
+        boxes[ch] = (lo, hi)
+    present = [b for b in boxes[1:] if b is not None]
+    if not present:
+        boxes[0] = ((0,) * nd, (0,) * nd)
+        return boxes
+    lo = tuple(min(b[0][ax] for b in present) for ax in range(nd))
+    hi = tuple(max(b[1][ax] for b in present) for ax in range(nd))
+    boxes[0] = (lo, hi)
+    share = float(np.prod([b - a for a, b in zip(lo, hi, strict=True)])) / probs[0].numel()
+    return boxes if share <= _CONTEST_MAX_SHARE else None
 
 
-def _labels_in_box(
+def _labels_in_boxes(
     probs: torch.Tensor,
     step: Resample,
-    box: tuple[tuple[int, ...], tuple[int, ...]],
+    boxes: Sequence[Box | None],
     pp: PostprocessSpec,
     values: list[int],
 ) -> npt.NDArray[np.uint8]:
-    """Labels on ``step``'s input grid, resampling the channels only inside ``box``.
+    """Labels on ``step``'s input grid, resampling each channel only inside its box.
 
     Input-grid samples whose model-grid position (as :meth:`Resample.inverse` computes
-    it, edge-clamped) falls inside ``box`` are interpolated from the box and labelled by
-    the running maximum; every other sample is background (see :func:`_contested_box`).
+    it, edge-clamped) falls inside the background's box (the union, ``boxes[0]``) are
+    labelled by a running maximum; every other sample is background. Foreground channel
+    ``c`` takes part only where its samples fall inside ``boxes[c]``: elsewhere it cannot
+    win (see :func:`_contested_boxes`), and leaving out a channel that does not win
+    changes no label (first maximum wins, so only the winner's comparison decides).
     """
+    import torch
+
     from medlens.engine.geometry import resample_linear
 
     labels = np.zeros(step.in_shape, dtype=np.uint8)
-    window = step.inverse_window(box)
+    union = boxes[0]
+    window = None if union is None else step.inverse_window(union)
     if window is None:
         return labels
-    where, coords = window
-    sub = probs[(slice(None), *(slice(a, b) for a, b in zip(*box, strict=True)))]
-    n = sub.shape[0]
-    channels = (
-        resample_linear(sub[c : c + 1].contiguous(), coords, contiguous=False)[0] for c in range(n)
-    )
-    best, idx = _running_argmax(channels, n)
+    where, _ = window
+    n = probs.shape[0]
+    best: torch.Tensor | None = None
+    idx: torch.Tensor | None = None
+    for c, box in enumerate(boxes):
+        sub_window = None if box is None else step.inverse_window(box)
+        if box is None or sub_window is None:
+            continue
+        at, coords = sub_window
+        sub = probs[(slice(c, c + 1), *(slice(a, b) for a, b in zip(*box, strict=True)))]
+        p = resample_linear(sub.contiguous(), coords, contiguous=False)[0]
+        if best is None or idx is None:  # channel 0: the union, where every sample starts
+            best = p.clone()  # updated in place: never an alias of the channel's values
+            idx = torch.zeros(p.shape, dtype=torch.uint8 if n <= 255 else torch.int64)
+            continue
+        # A box inside the union reads a sub-window of the union's samples.
+        rel = tuple(
+            slice(s.start - w.start, s.stop - w.start) for s, w in zip(at, where, strict=True)
+        )
+        b, i = best[rel], idx[rel]
+        i[p > b] = c
+        torch.maximum(b, p, out=b)
+        del p
+    assert best is not None
+    assert idx is not None
     labels[where] = _labels_of(best, idx, pp, values, n)
     return labels
 
