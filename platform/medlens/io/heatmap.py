@@ -118,7 +118,11 @@ def overlay_rgb(
     # planes (up to 23 bytes a pixel) were the peak memory of a 512 x 512 x 300 run.
     for a in range(0, len(ks), _PLANES_PER_CHUNK):
         chunk = ks[a : a + _PLANES_PER_CHUNK]
-        pick = (slice(0, 1), slice(None), slice(None), chunk)
+        # A run of planes as a slice: a view, where a list of planes copies them first
+        # (20 ms for 16 planes of a heatmap whose planes are not contiguous).
+        run = chunk == list(range(chunk[0], chunk[-1] + 1))
+        ksel: Any = slice(chunk[0], chunk[-1] + 1) if run else chunk
+        pick = (slice(0, 1), slice(None), slice(None), ksel)
         out[a : a + len(chunk)] = _overlay_frames(image.array[pick], heatmap.array[pick], lo, hi)
     return out
 
@@ -134,23 +138,39 @@ def _overlay_frames(
 
     The windowed image is first an 8-bit display level and the heat one of the jet
     table's levels, so each output value is one lookup in a (heat level, display level)
-    table per channel (:func:`_blend_tables`): three gathers instead of float passes per
-    channel (demo CT, 20 planes: 0.17 s before). Where the heat is 0 the image's display
-    level is kept exactly; elsewhere within one 8-bit level of the float blend.
+    table (:func:`_blend_table`) instead of float passes per channel. Only the in-plane
+    box where the heat is above 0 is blended; elsewhere the output is the display level
+    itself (what the table gives at heat 0). On the demo CT's 20 planes: 0.17 s before
+    the tables, 0.13 s with them over whole planes. Within one 8-bit level of the float
+    blend (tested).
     """
     grey = frames_of(image).astype(np.float32)
     grey -= np.float32(lo)
     grey *= np.float32(255.0 / (hi - lo))
     np.clip(grey, 0.0, 255.0, out=grey)
-    index = np.rint(grey).astype(np.int32)
-    heat = frames_of(heatmap).astype(np.float32)
-    np.clip(heat, 0.0, 1.0, out=heat)
-    heat *= np.float32(JET_LEVELS - 1)
-    index += np.rint(heat).astype(np.int32) * 256
+    shown = np.rint(grey).astype(np.uint8)
+    out = np.empty((*shown.shape, 3), dtype=np.uint8)
+    out[...] = shown[..., None]
+    heat = frames_of(heatmap)
+    hot = np.asarray(heat > 0)
+    rows, cols = np.flatnonzero(hot.any(axis=(0, 2))), np.flatnonzero(hot.any(axis=(0, 1)))
+    if rows.size == 0:
+        return out
+    box = (
+        slice(None),
+        slice(int(rows[0]), int(rows[-1]) + 1),
+        slice(int(cols[0]), int(cols[-1]) + 1),
+    )
+    level = np.clip(heat[box].astype(np.float32), 0.0, 1.0)
+    level *= np.float32(JET_LEVELS - 1)
+    index = np.rint(level).astype(np.int32)
+    index *= 256
+    index += shown[box]
     # One gather of 4-byte RGB0 words (a gather per channel into interleaved bytes was 9x
     # slower), then the three colour bytes.
     words = np.take(_blend_table(), index)
-    return np.ascontiguousarray(words.view(np.uint8).reshape(*index.shape, 4)[..., :3])
+    out[box] = words.view(np.uint8).reshape(*index.shape, 4)[..., :3]
+    return out
 
 
 _TABLE: list[npt.NDArray[np.uint32]] = []
