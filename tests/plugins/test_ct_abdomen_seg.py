@@ -402,6 +402,139 @@ def test_volume_check_rejects_a_head_sized_liver_and_warns_on_borderline() -> No
     assert gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs()).rejected is None
 
 
+def test_volume_check_does_not_judge_an_organ_on_any_face() -> None:
+    gate = _gate()
+    mask = np.zeros((60, 50, 40), np.uint8)
+    mask[20:40, 20:45, 10:31] = 1  # 105 mL at 10 mm^3 voxels: rejected when judged
+    assert gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs()).rejected is not None
+    for axis in range(3):
+        for end in (0, -1):
+            cut = mask.copy()
+            np.moveaxis(cut, axis, 0)[end][
+                np.moveaxis(cut, axis, 0)[end - 1 if end else 1] == 0
+            ] = 0
+            face = [slice(None)] * 3
+            face[axis] = slice(0, 1) if end == 0 else slice(-1, None)
+            cut[tuple(face)] = 1  # the liver (and only it) reaches this face
+            verdict = gate.check_volumes(cut, (1.0, 1.0, 10.0), _organs())
+            assert verdict.rejected is None, (axis, end)
+    assert gate.check_volumes(np.zeros((5, 5, 5), np.uint8), (1.0, 1.0, 1.0), _organs()) == (
+        gate.GateVerdict()
+    )
+
+
+def _sections_slice_by_slice(hu: np.ndarray, px_mm: tuple[float, float]) -> list[Any]:
+    """The gate's section figures as first written: one slice at a time."""
+    from scipy import ndimage
+
+    gate = _gate()
+    out: list[Any] = []
+    for s in hu:
+        inside = s > -500.0
+        if not inside.any():
+            out.append(None)
+            continue
+        lab, n = ndimage.label(inside)
+        if n > 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            inside = lab == int(np.argmax(sizes))
+        body = ndimage.binary_fill_holes(inside)
+        count = int(body.sum())
+        area = count * (px_mm[0] * px_mm[1])
+        if area < 2000.0:
+            out.append(None)
+            continue
+        rows = np.flatnonzero(body.any(axis=1))
+        cols = np.flatnonzero(body.any(axis=0))
+        width = max((rows[-1] - rows[0] + 1) * px_mm[0], (cols[-1] - cols[0] + 1) * px_mm[1])
+        border = np.concatenate([body[0], body[-1], body[:, 0], body[:, -1]])
+        out.append(
+            gate._Section(
+                area_mm2=area,
+                width_mm=float(width),
+                bone=float(np.sum(body & (s > 300.0)) / count),
+                air=float(np.sum(body & (s < -400.0)) / count),
+                truncated=float(border.mean()) > 0.05,
+            )
+        )
+    return out
+
+
+def _awkward_slices() -> np.ndarray:
+    """Slices with holes, islands, a tie of two unlike regions, gas, bone, an empty one."""
+    hu = np.full((7, 60, 70), -1000.0, np.float32)
+    hu[0, 5:50, 5:60] = 40.0
+    hu[0, 20:30, 20:30] = -1000.0  # a closed hole (filled)
+    hu[0, 30:35, 0:10] = -1000.0  # a bay open to the outside... through the body's edge
+    hu[1, 10:50, 10:60] = 40.0
+    hu[1, 12:14, 12:14] = 700.0  # bone
+    hu[1, 30:40, 30:40] = -800.0  # gas inside
+    hu[1, 52:56, 10:20] = 40.0  # an island, dropped
+    # A tie: 40 x 25 pixels of soft tissue first in raster order, 40 x 25 of bone
+    # first in the transposed slice's.
+    hu[2, 2:42, 35:60] = 40.0
+    hu[2, 15:55, 0:25] = 500.0
+    hu[3, :, :] = 30.0  # the whole field of view: truncated
+    hu[4, 5:8, 5:8] = 40.0  # too small a section
+    hu[6, 0:40, 0:35] = 40.0  # touching two edges
+    hu[6, 10:20, 10:20] = -1000.0
+    return hu
+
+
+@pytest.mark.parametrize("seed", [10000, 10004])
+def test_sections_equal_the_slice_by_slice_figures(seed: int) -> None:
+    gate = _gate()
+    case = synthesize(seed, small=True)
+    phantom = np.moveaxis(case.hu, 2, 0)[:, ::2, ::3]
+    for hu in (phantom, _awkward_slices()):
+        px = (1.7, 2.3)
+        expected = _sections_slice_by_slice(hu, px)
+        assert gate._sections(np.ascontiguousarray(hu), px) == expected
+        # Given transposed (a column-major CT's memory order), told so: the same figures.
+        swapped = np.ascontiguousarray(hu.transpose(0, 2, 1))
+        assert gate._sections(swapped, (px[1], px[0]), transposed=True) == expected
+    # The tie keeps the region met first in raster order: the bone-free one.
+    tie = _sections_slice_by_slice(_awkward_slices(), (1.7, 2.3))[2]
+    assert tie is not None and tie.bone == 0.0
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_gate_figures_do_not_depend_on_memory_order(order: str) -> None:
+    gate = _gate()
+    case = synthesize(10002, small=True)
+    image = case.image()
+    arr = np.asarray(image.array)
+    laid = Image(
+        array=np.asfortranarray(arr) if order == "F" else np.ascontiguousarray(arr),
+        spacing=image.spacing,
+        origin=image.origin,
+        direction=image.direction,
+        metadata=image.metadata,
+    )
+    assert gate.check_input(laid) == gate.check_input(image) == gate.GateVerdict()
+
+
+def test_median_range_decided_by_counting_only_when_certain() -> None:
+    gate = _gate()
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 4, 5, 10, 11, 200, 201]:
+        for _ in range(100):
+            v = rng.choice([-400.0, -250.0, -250.5, 0.0, 250.0, 250.5, 400.0], size=n)
+            v = v.astype(np.float32)
+            middle = np.sort(v)[[(n - 1) // 2, n // 2]]
+            within = gate._middle_within(v, -250.0, 250.0)
+            assert within == bool(middle.min() >= -250.0 and middle.max() <= 250.0)
+            if within:
+                assert -250.0 <= float(np.median(v)) <= 250.0
+    # A median inside the range whose middle values are not: the caller computes it.
+    both = np.array([-400.0, 300.0], np.float32)
+    assert not gate._middle_within(both, -250.0, 250.0)
+    verdict = gate.GateVerdict()
+    gate._hu_statistics(np.concatenate([np.full(10, -1000.0), both]).astype(np.float32), verdict)
+    assert verdict.rejected is None  # median -50 HU
+
+
 def test_host_refuses_a_head_ct_with_a_reason_and_no_results(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

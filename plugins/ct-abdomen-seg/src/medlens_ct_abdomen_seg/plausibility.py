@@ -106,11 +106,27 @@ def _hu_statistics(hu: npt.NDArray[np.floating], verdict: GateVerdict) -> None:
     if body.size == 0:
         verdict.rejected = "no voxel above -500 HU: there is no body in the image"
         return
+    if _middle_within(body, -250.0, 250.0):
+        return  # the median is within the range: no need to select it (7 ms)
     median = float(np.median(body))
     if not -250.0 <= median <= 250.0:
         verdict.rejected = (
             f"the body's median is {median:.0f} HU, outside fat/soft tissue (-250 to 250 HU)"
         )
+
+
+def _middle_within(values: npt.NDArray[np.floating], lo: float, hi: float) -> bool:
+    """Whether the middle value(s) of ``values`` lie in ``[lo, hi]``, by counting.
+
+    Then the median (one of them, or the mean of both) does too. False does not say
+    that it is outside: the caller then takes the median itself.
+    """
+    n = values.size
+    below = int(np.count_nonzero(values < lo))
+    above = int(np.count_nonzero(values > hi))
+    # Sorted, the middle values are at n // 2 and, for even n, n // 2 - 1.
+    first = (n - 1) // 2
+    return below <= first and above <= n - 1 - n // 2
 
 
 @dataclass(frozen=True)
@@ -122,42 +138,82 @@ class _Section:
     truncated: bool
 
 
-def _sections(hu: npt.NDArray[np.floating], px_mm: tuple[float, float]) -> list[_Section | None]:
-    """Body cross-section figures of each axial slice (``hu`` is ``(slices, a, b)``)."""
+def _sections(
+    hu: npt.NDArray[np.floating], px_mm: tuple[float, float], *, transposed: bool = False
+) -> list[_Section | None]:
+    """Body cross-section figures of each axial slice (``hu`` is ``(slices, a, b)``).
+
+    A slice's body is its largest 4-connected region above -500 HU (the first in the
+    slice's raster order on a tie) with its holes filled. The holes are filled for all
+    slices at once, as ``ndimage.binary_fill_holes`` fills them slice by slice (the
+    background not 4-connected to the slice's border): one labelling of the stack with
+    an in-plane structure, which keeps the slices apart, instead of 55 iterated
+    dilations (0.08 -> 0.03 s on the demo CT).
+
+    Args:
+        hu: Slices, values in HU.
+        px_mm: Pixel size along ``a`` and ``b``.
+        transposed: ``hu``'s slices are the transposes of the image's (its raster order,
+            which breaks ties, runs along ``a`` first).
+    """
     from scipy import ndimage
 
-    out: list[_Section | None] = []
+    n_slices, na, nb = hu.shape
     px_area = px_mm[0] * px_mm[1]
-    for s in hu:
-        inside = s > _BODY_HU
-        if not inside.any():
-            out.append(None)
-            continue
-        lab, n = ndimage.label(inside)
+    inside = hu > _BODY_HU
+    for sl in inside:  # views: each slice keeps only its largest region
+        lab, n = ndimage.label(sl)
         if n > 1:
             sizes = np.bincount(lab.ravel())
             sizes[0] = 0
-            inside = lab == int(np.argmax(sizes))
-        body = ndimage.binary_fill_holes(inside)
-        count = int(body.sum())
-        area = count * px_area
-        if area < _MIN_BODY_MM2:
+            sl[...] = lab == _first_largest(lab.T if transposed else lab, sizes)
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    outside, n_out = ndimage.label(~inside, structure=in_plane)
+    edge = np.zeros(n_out + 1, dtype=bool)
+    for face in (outside[:, 0], outside[:, -1], outside[:, :, 0], outside[:, :, -1]):
+        edge[face] = True
+    edge[0] = False  # the region itself
+    body = ~edge[outside]
+    del outside
+    count = body.sum(axis=(1, 2))
+    bone = np.logical_and(body, hu > _BONE_HU).sum(axis=(1, 2))
+    air = np.logical_and(body, hu < _AIR_IN_BODY_HU).sum(axis=(1, 2))
+    rows_hit, cols_hit = body.any(axis=2), body.any(axis=1)
+    border = (
+        body[:, 0].sum(axis=1)
+        + body[:, -1].sum(axis=1)
+        + body[:, :, 0].sum(axis=1)
+        + body[:, :, -1].sum(axis=1)
+    )
+    out: list[_Section | None] = []
+    for i in range(n_slices):
+        c = int(count[i])
+        area = c * px_area
+        if c == 0 or area < _MIN_BODY_MM2:
             out.append(None)
             continue
-        rows = np.flatnonzero(body.any(axis=1))
-        cols = np.flatnonzero(body.any(axis=0))
+        rows, cols = np.flatnonzero(rows_hit[i]), np.flatnonzero(cols_hit[i])
         width = max((rows[-1] - rows[0] + 1) * px_mm[0], (cols[-1] - cols[0] + 1) * px_mm[1])
-        border = np.concatenate([body[0], body[-1], body[:, 0], body[:, -1]])
         out.append(
             _Section(
                 area_mm2=area,
                 width_mm=float(width),
-                bone=float(np.sum(body & (s > _BONE_HU)) / count),
-                air=float(np.sum(body & (s < _AIR_IN_BODY_HU)) / count),
-                truncated=float(border.mean()) > _TRUNCATED_EDGE,
+                bone=int(bone[i]) / c,
+                air=int(air[i]) / c,
+                # The mean over the four edges (corners twice), as a concatenation's.
+                truncated=int(border[i]) / (2 * (na + nb)) > _TRUNCATED_EDGE,
             )
         )
     return out
+
+
+def _first_largest(lab: npt.NDArray[np.integer], sizes: npt.NDArray[np.intp]) -> int:
+    """The largest region's label; on a tie, the region met first in ``lab``'s raster order."""
+    tied = np.flatnonzero(sizes == sizes.max())
+    if tied.size == 1:
+        return int(tied[0])
+    return int(min(tied, key=lambda v: int(np.argmax(lab == v))))
 
 
 def _kind(sec: _Section) -> str:
@@ -185,11 +241,16 @@ def _content_checks(image: v1.Image, verdict: GateVerdict) -> None:
     # About 3 mm pixels are plenty for body outlines and keep the check to ~0.1 s.
     step = [max(1, int(3.0 // p)) for p in plane]
     small = hu[:, :: step[0], :: step[1]]
-    _hu_statistics(small.ravel(), verdict)
+    # One compact copy, its in-plane axes in memory order (a column-major CT's slices
+    # transposed): every pass below then streams through 6 MB instead of gathering
+    # from the whole volume (the statistics ignore the order, the sections are told).
+    swap = abs(small.strides[1]) < abs(small.strides[2])
+    compact = np.ascontiguousarray(small.transpose(0, 2, 1) if swap else small)
+    _hu_statistics(compact.ravel(), verdict)
     if verdict.rejected:
         return
     px = (plane[0] * step[0], plane[1] * step[1])
-    sections = _sections(small, px)
+    sections = _sections(compact, (px[1], px[0]) if swap else px, transposed=swap)
     present = [s for s in sections if s is not None]
     if not present:
         verdict.rejected = "no slice shows a body cross-section of at least 20 cm^2"
@@ -269,16 +330,22 @@ def check_volumes(
     """
     verdict = GateVerdict()
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    # One pass per judged label: bincount would first widen every voxel to 64 bits
-    # (0.1 s on the demo CT's 14 M voxels, 1 s on a 512 x 512 x 300 one).
+    # Organs are counted in the box of the labelled voxels (a fifth of the demo CT's
+    # grid; outside it every voxel is 0), one pass per judged label: bincount would
+    # first widen every voxel to 64 bits (0.1 s on the demo CT's 14 M voxels).
+    box = _nonzero_box(mask)
+    judged = [labels[name] for name in ranges]
+    inner = mask[box] if box is not None and 0 not in judged else mask
     counts = np.zeros(max(labels.values()) + 1, dtype=np.int64)
-    for name in ranges:
-        counts[labels[name]] = np.count_nonzero(mask == labels[name])
+    for value in judged:
+        counts[value] = np.count_nonzero(inner == value)
     edge = np.zeros(counts.shape, dtype=bool)
     for axis in range(mask.ndim):
         for index in (0, mask.shape[axis] - 1):
-            face = np.take(mask, index, axis=axis)
-            edge[np.unique(face)] = True
+            if box is not None and box[axis].start <= index < box[axis].stop:
+                edge[np.unique(np.take(mask, index, axis=axis))] = True
+            else:  # a face the labelled box does not reach holds only 0
+                edge[0] = True
     far: list[str] = []
     for name, (lo, hi) in ranges.items():
         value = labels[name]
@@ -293,6 +360,25 @@ def check_volumes(
     if far:
         verdict.rejected = "implausible organ volumes: " + "; ".join(far)
     return verdict
+
+
+def _nonzero_box(a: npt.NDArray[np.generic]) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero entries of ``a``, or None if there are none.
+
+    The engine's ``postprocess.nonzero_box`` (a plugin imports only the plugin API):
+    two reductions that stream through memory (1.5 ms on the demo CT's mask).
+    """
+    if a.size == 0:
+        return None
+    first = np.flatnonzero(np.any(a, axis=tuple(range(1, a.ndim))))
+    if first.size == 0:
+        return None
+    out = [slice(int(first[0]), int(first[-1]) + 1)]
+    plane = np.any(a, axis=0)
+    for ax in range(plane.ndim):
+        hit = np.flatnonzero(np.any(plane, axis=tuple(d for d in range(plane.ndim) if d != ax)))
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)
 
 
 def training_volume_ranges(seeds: Sequence[int] = TRAINING_SEEDS) -> dict[str, list[float]]:
