@@ -16,6 +16,7 @@ from medlens_volume_measure.manifest import MANIFEST
 from medlens_volume_measure.plugin import (
     LabelSpec,
     VolumeMeasure,
+    label_boxes,
     longest_axis,
     max_chord,
     measure,
@@ -437,6 +438,54 @@ def test_small_components_follow_the_same_conventions() -> None:
         les = m.lesions[0]
         assert les.recist_diameter_mm == pytest.approx(recist_diameter(one, spacing))
         assert les.longest_axis_mm == pytest.approx(longest_axis(one, spacing))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_label_boxes_equal_find_objects_of_the_whole_grid(order: str) -> None:
+    rng = np.random.default_rng(5)
+    for shape in [(20, 17, 9), (6, 5, 4)]:
+        for _ in range(15):
+            lab = np.zeros(shape, np.uint8, order=order)
+            k = int(rng.integers(1, 6))
+            idx = tuple(rng.integers(0, n, size=k) for n in shape)
+            lab[idx] = rng.integers(1, 5, size=k)
+            expected = {
+                v + 1: box for v, box in enumerate(ndimage.find_objects(lab)) if box is not None
+            }
+            assert label_boxes(lab) == expected
+    edge = np.zeros((4, 5, 6), np.uint8)
+    edge[0, 0, 0] = edge[-1, -1, -1] = 3  # the labelled box is the whole grid
+    assert label_boxes(edge) == {3: (slice(0, 4), slice(0, 5), slice(0, 6))}
+    assert label_boxes(np.zeros((3, 3, 3), np.uint8)) == {}
+
+
+def test_a_lesion_measures_the_same_alone_and_beside_another() -> None:
+    """One component (counted without a pass over the labels) and two: same figures."""
+    rng = np.random.default_rng(8)
+    sp, direction, origin = (0.8, 0.9, 2.5), np.eye(3), (1.0, 2.0, 3.0)
+    blob = ndimage.gaussian_filter(rng.normal(size=(30, 26, 12)), 2.0) > 0.05
+    comp, _ = ndimage.label(blob)
+    big = comp == 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))  # its largest part
+    alone = np.zeros((40, 36, 16), np.uint8)
+    alone[4:34, 6:32, 2:14] = big
+    beside = alone.copy()
+    beside[0, 0, 0] = 1  # a one-voxel second lesion far away
+    (m1,) = measure(alone, sp, direction, origin, [LabelSpec(1, "a")])
+    (m2,) = measure(beside, sp, direction, origin, [LabelSpec(1, "a")])
+    assert m1.lesion_count == 1 and m2.lesion_count == 2
+    assert m1.lesions[0] == m2.lesions[0]
+
+
+def test_longest_axis_equals_the_hull_of_the_unique_line_ends() -> None:
+    from medlens_volume_measure.plugin import _corrected, _line_extremes
+
+    rng = np.random.default_rng(9)
+    sp = np.array([0.7, 0.9, 2.0])
+    for _ in range(10):
+        obj = ndimage.gaussian_filter(rng.normal(size=(25, 18, 9)), 1.5) > 0.1
+        axis = int(np.argmax(obj.shape))
+        pts = np.unique(_line_extremes(obj, axis), axis=0).astype(np.float64) * sp
+        assert longest_axis(obj, sp) == _corrected(*max_chord(pts), sp)
 
 
 def test_large_label_values() -> None:
