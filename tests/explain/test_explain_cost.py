@@ -124,22 +124,46 @@ def test_the_sanity_check_costs_two_passes_per_window(h) -> None:  # type: ignor
     assert e.rank_correlation is not None and e.faithfulness is not None
 
 
-@pytest.mark.parametrize("edge", [False, True], ids=["inner-box", "box-at-the-edge"])
-def test_box_map_back_to_the_input_equals_the_whole_grid_inverse(h, edge: bool) -> None:  # type: ignore[no-untyped-def]
+#: Axes permuted and flipped (columns are the array axes' directions in LPS).
+_PERMUTED = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+@pytest.mark.parametrize(
+    ("edge", "permuted", "crop"),
+    [(False, False, False), (True, False, False), (False, True, True), (True, True, True)],
+    ids=["inner-box", "box-at-the-edge", "permuted-cropped", "permuted-cropped-edge"],
+)
+def test_box_map_back_to_the_input_equals_the_whole_grid_inverse(  # type: ignore[no-untyped-def]
+    h, edge: bool, permuted: bool, crop: bool
+) -> None:
     from medlens.engine.api import prepare_input
-    from medlens.explain.api import _back_to_input
+    from medlens.explain.api import _back_to_input, _moved_back
     from medlens.imaging.image import Image
 
     m = h.manifest(
-        "segmentation", 3, input={"dims": 3, "spacing": (2.5, 2.5, 3.0), "orientation": "RAS"}
+        "segmentation",
+        3,
+        input={
+            "dims": 3,
+            "spacing": (2.5, 2.5, 3.0),
+            "orientation": "RAS",
+            "foreground_crop": crop,
+            "intensity": {"mode": "none"},
+        },
     )
-    image = Image(
-        np.zeros((1, 61, 57, 13), np.float32), (0.8, 0.75, 5.0), (3.0, -2.0, 7.0), np.eye(3)
-    )
+    arr = np.zeros((1, 61, 57, 13), np.float32)
+    arr[0, 9:50, 4:51, 2:12] = 1.0  # a foreground for the crop
+    direction = _PERMUTED if permuted else np.eye(3)
+    image = Image(arr, (0.8, 0.75, 5.0), (3.0, -2.0, 7.0), direction)
     chain = prepare_input(image, m.input).chain
+    kinds = [type(s).__name__ for s in chain.steps]
+    assert kinds == (["Reorient", "Crop", "Resample"] if crop else ["Reorient", "Resample"])
+    # Only voxel moves before the resampling: the block is moved, not the whole grid.
+    block = torch.ones((1, 2, 3, 4))
+    assert _moved_back(block, (slice(0, 2), slice(1, 4), slice(0, 4)), chain.steps[:-1])
     shape = chain.model_shape
-    lo = (0, 0, 0) if edge else (3, 4, 5)
-    hi = shape if edge else (12, 13, 15)
+    lo = (0, 0, 0) if edge else tuple(n // 5 for n in shape)
+    hi = shape if edge else tuple(n - n // 4 for n in shape)
     box = (tuple(lo), tuple(hi))
     cam = (
         np.random.default_rng(4)

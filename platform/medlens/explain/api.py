@@ -12,7 +12,7 @@ geometry exactly. The segmentation to explain is passed in (a
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -266,9 +266,45 @@ def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> 
     sub = np.zeros([h - a for a, h in zip(lo, hi, strict=True)], np.float32)
     sub[tuple(slice(a - e, b - e) for a, b, e in zip(*box, lo, strict=True))] = cam
     values = resample_linear(torch.from_numpy(sub)[None], coords)
+    placed = _moved_back(values, where, steps[:-1])
+    if placed is not None:
+        block, at = placed
+        out = torch.zeros((1, *chain.original.shape), dtype=torch.float32)
+        out[(slice(None), *at)] = block
+        return out
     out = torch.zeros((1, *last.in_shape), dtype=torch.float32)
     out[(slice(None), *where)] = values
     return GridChain(original=chain.original, steps=steps[:-1]).inverse(out, 0.0)
+
+
+def _moved_back(
+    block: torch.Tensor, where: tuple[slice, ...], steps: Sequence[Any]
+) -> tuple[torch.Tensor, tuple[slice, ...]] | None:
+    """``block`` (at ``where`` after ``steps``) and where it lies before them, or None.
+
+    Reorientations and crops only move voxels: the inverse of a grid that is zero
+    outside ``where`` is zero outside the moved block, so only the block is moved (not
+    two whole float volumes of the input grid: 0.03 s on the demo CT). None when a
+    step is not such a move.
+    """
+    from medlens.engine.geometry import Crop, Reorient
+
+    for step in reversed(steps):
+        if isinstance(step, Crop):
+            where = tuple(
+                slice(w.start + a, w.stop + a) for w, a in zip(where, step.lo, strict=True)
+            )
+        elif isinstance(step, Reorient):
+            block = step.inverse(block)
+            n_new = step.out_shape
+            moved = []
+            for old, (new, flip) in enumerate(step.ornt):
+                w, n = where[int(new)], n_new[int(new)]
+                moved.append(slice(n - w.stop, n - w.start) if flip == -1 else w)
+            where = tuple(moved)
+        else:
+            return None
+    return block, where
 
 
 def _box_around(
@@ -278,10 +314,16 @@ def _box_around(
     import torch
 
     shape = tuple(region.shape)
+    # Two streaming passes (the first axis's rows; the projection along it for the
+    # others) instead of one reduction over the whole grid per axis.
+    plane = region.any(dim=0)
+    hits = [region.reshape(shape[0], -1).any(dim=1)]
+    for ax in range(1, region.ndim):
+        other = tuple(d for d in range(region.ndim - 1) if d != ax - 1)
+        hits.append(plane.any(dim=other) if other else plane)
     lo, hi = [], []
     for ax in range(region.ndim):
-        other = tuple(d for d in range(region.ndim) if d != ax)
-        idx = torch.nonzero(region.any(dim=other)).flatten()
+        idx = torch.nonzero(hits[ax]).flatten()
         a, b = int(idx[0]), int(idx[-1]) + 1
         want = max(b - a, min(roi[ax], shape[ax]))
         centre = (a + b) // 2
