@@ -186,6 +186,43 @@ def _volume(box: tuple[tuple[int, ...], tuple[int, ...]]) -> int:
     return int(np.prod([b - a for a, b in zip(*box, strict=True)]))
 
 
+def _boxes_by_any(probs: torch.Tensor) -> list[Any]:
+    """Per foreground channel, the box of the voxels reaching 1/C (margin), one voxel wider."""
+    c = probs.shape[0]
+    out: list[Any] = []
+    for ch in range(1, c):
+        fg = probs[ch] >= 1.0 / c - 1e-4
+        if not bool(fg.any()):
+            out.append(None)
+            continue
+        lo, hi = [], []
+        for ax in range(fg.ndim):
+            other = tuple(d for d in range(fg.ndim) if d != ax)
+            idx = torch.nonzero(fg.any(dim=other)).flatten()
+            lo.append(max(int(idx[0]) - 1, 0))
+            hi.append(min(int(idx[-1]) + 2, fg.shape[ax]))
+        out.append((tuple(lo), tuple(hi)))
+    return out
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_contested_boxes_are_those_of_the_voxels_reaching_1_over_c(nan: bool) -> None:
+    pp = PostprocessSpec(activation="softmax", threshold=None)
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn((4, 30, 26, 20), generator=gen) * 0.3
+    logits[0] += 3.0  # background, but for three blobs
+    logits[1, 5:9, 4:10, 3:6] += 6.0
+    logits[2, 10:14, 8:12, 5:9] += 6.0
+    logits[3, 6:8, 12:15, 8:10] += 6.0
+    probs = torch.softmax(logits, dim=0)
+    if nan:  # in channel 2's first row, away from it: a maximum would hide the row
+        probs[2, 10, 0, 0] = float("nan")
+    boxes = api._contested_boxes(probs, pp, [1.0, 0.0, 0.0, 0.0])
+    assert boxes is not None
+    assert boxes[1:] == _boxes_by_any(probs)
+    assert boxes[2] == ((9, 7, 4), (15, 13, 10))
+
+
 def test_contested_boxes_skip_absent_channels_and_empty_foreground() -> None:
     pp = PostprocessSpec(activation="softmax", threshold=None)
     probs = torch.zeros((3, 10, 12, 8))
@@ -258,6 +295,18 @@ def test_components_cleaned_in_label_boxes_as_on_the_whole_grid(seed: int, margi
     post.clean_components(mask, [1, 2, 6], 5.0)
     np.testing.assert_array_equal(mask, expected)
     assert int((expected == 6).sum()) == 27  # one of the tied twins kept, as before
+
+
+def test_a_label_of_one_component_is_kept_or_dropped_by_its_size() -> None:
+    mask = np.zeros((20, 18, 9), np.uint8)
+    mask[2:6, 2:6, 2:4] = 1  # 32 voxels, one component
+    mask[10:12, 10:12, 5:7] = 2  # 8 voxels, one component
+    mask[14:17, 3:5, 1:2] = 3  # 6 voxels, not in ``largest``
+    expected = mask.copy()
+    _clean_whole_grid(expected, [1, 2], 10.0)
+    post.clean_components(mask, [1, 2], 10.0)
+    np.testing.assert_array_equal(mask, expected)
+    assert sorted(np.unique(mask).tolist()) == [0, 1]
 
 
 @pytest.mark.parametrize("order", ["C", "F"])

@@ -436,20 +436,28 @@ def _contested_boxes(
         return None
     nd = probs.ndim - 1
     boxes: list[Box | None] = [None] * c
+    floor = 1.0 / c - _CONTEST_MARGIN
     for ch in range(1, c):
-        fg = probs[ch] >= 1.0 / c - _CONTEST_MARGIN
-        # Two streaming passes: the projection along the outermost axis gives the
-        # others' extents, the outermost axis's own comes from its rows.
-        rows = torch.nonzero(fg.reshape(fg.shape[0], -1).any(dim=1)).flatten()
+        p = probs[ch]
+        # Two streaming maxima: along the outermost axis for the others' extents, over
+        # each of its rows for its own (reaching the floor somewhere is the maximum
+        # reaching it; 0.5 ms a channel against 2 ms for a boolean volume and two
+        # reductions of it). A NaN, which a maximum spreads, takes the boolean way.
+        row_max = torch.amax(p.reshape(p.shape[0], -1), dim=1)
+        if bool(torch.isnan(row_max).any()):
+            fg = p >= floor
+            row_hit, plane = fg.reshape(fg.shape[0], -1).any(dim=1), fg.any(dim=0)
+        else:
+            row_hit, plane = row_max >= floor, torch.amax(p, dim=0) >= floor
+        rows = torch.nonzero(row_hit).flatten()
         if rows.numel() == 0:
             continue
-        plane = fg.any(dim=0)
         idx = [rows]
         for ax in range(1, nd):
             other = tuple(d for d in range(nd - 1) if d != ax - 1)
             idx.append(torch.nonzero(plane.any(dim=other) if other else plane).flatten())
         lo = tuple(max(int(i[0]) - 1, 0) for i in idx)
-        hi = tuple(min(int(i[-1]) + 2, fg.shape[ax]) for ax, i in enumerate(idx))
+        hi = tuple(min(int(i[-1]) + 2, p.shape[ax]) for ax, i in enumerate(idx))
         boxes[ch] = (lo, hi)
     present = [b for b in boxes[1:] if b is not None]
     if not present:

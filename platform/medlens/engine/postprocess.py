@@ -121,6 +121,10 @@ def clean_components(
         comp, n = ndimage.label(sel, structure=_structure(mask.ndim))
         if n == 0:
             continue
+        if n == 1:  # one component (an organ, usually): only its size can drop it
+            if np.count_nonzero(sel) < min_voxels:
+                sub[sel] = 0
+            continue
         sizes = np.bincount(comp.ravel())
         sizes[0] = 0
         drop = np.zeros(n + 1, dtype=bool)
