@@ -132,7 +132,18 @@ def test_a_failing_heatmap_writer_fails_the_whole_set(tmp_path, make_result, mon
 
 
 def test_forked_and_in_process_writes_give_the_same_files(tmp_path, make_result, monkeypatch):
+    import medlens.io as io_mod
+
+    started = []
+
+    def spy(task):
+        pending = beside_process(task)
+        started.append(pending.forked)
+        return pending
+
+    monkeypatch.setattr(io_mod, "beside_process", spy)
     forked = write_result(make_result(), tmp_path / "forked")
+    assert started == [True]  # the volume's heatmap files came from a child
     monkeypatch.setenv("MEDLENS_WRITE_FORK", "0")
     inline = write_result(make_result(), tmp_path / "inline")
     assert set(forked) == set(inline)

@@ -227,7 +227,9 @@ def _write_files(
     heat_notes = WriteNotes()
     task = _heatmap_task(r, folder, sources, heat, heat_notes)
     # Forked before the mask's thread starts: no thread of this write runs at fork time.
-    writer = beside_process(task) if task is not None and fork else None
+    # Only a volume's heatmap is worth a process: a film's or photograph's is written in
+    # less time than a fork of a process holding torch takes.
+    writer = beside_process(task) if task is not None and fork and r.image.ndim == 3 else None
     niftis, (out, seg_ds) = _beside(
         lambda own: _write_mask_nifti(r, folder, mask, own),
         lambda: _write_seg(r, folder, sources, mask, notes),
