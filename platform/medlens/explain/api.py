@@ -298,7 +298,7 @@ def _moved_back(
             block = step.inverse(block)
             n_new = step.out_shape
             moved = []
-            for old, (new, flip) in enumerate(step.ornt):
+            for new, flip in step.ornt:
                 w, n = where[int(new)], n_new[int(new)]
                 moved.append(slice(n - w.stop, n - w.start) if flip == -1 else w)
             where = tuple(moved)
