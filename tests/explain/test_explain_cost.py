@@ -224,3 +224,40 @@ def test_instance_normalised_layer_is_rounding_noise_and_not_picked(h) -> None: 
     assert e.rank_correlation is None and e.faithfulness is None
     _, e = explain(net, image, segmentation=seg, **kw)
     assert e.method == "gradcam (block)" and e.sanity is not SanityVerdict.UNINFORMATIVE
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[k], sb[k]) and sa[k].stride() == sb[k].stride() for k in sa
+    )
+
+
+def test_randomised_copy_is_reused_only_while_what_it_was_made_from_holds() -> None:
+    net = _unet().eval()
+    x = _problem(stitched=False).x[None]
+    layer = pick_layer(net, x, segmentation=True)
+    first = sanity.reused_randomised_copy(net, x, layer, seed=0)
+    assert _same_state(first, sanity.randomised_copy(net, x, layer, seed=0))
+    assert not _same_state(first, net)  # really randomised
+    assert sanity.reused_randomised_copy(net, x, layer, seed=0) is first
+    # Another seed or mode: another copy.
+    other = sanity.reused_randomised_copy(net, x, layer, seed=1)
+    assert other is not first
+    assert _same_state(other, sanity.randomised_copy(net, x, layer, seed=1))
+    full = sanity.reused_randomised_copy(net, x, layer, cascading=False, seed=1)
+    assert _same_state(full, sanity.randomised_copy(net, x, layer, cascading=False, seed=1))
+    # A kept weight of the network changed: a new copy, which keeps the new weight.
+    again = sanity.reused_randomised_copy(net, x, layer, seed=0)
+    kept = next(iter(net.parameters()))
+    with torch.no_grad():
+        kept.add_(0.5)
+    changed = sanity.reused_randomised_copy(net, x, layer, seed=0)
+    assert changed is not again
+    assert _same_state(changed, sanity.randomised_copy(net, x, layer, seed=0))
+    # The network in channels-last layout (as the explanation runs it): a copy laid out so.
+    net.to(memory_format=torch.channels_last_3d)
+    laid = sanity.reused_randomised_copy(net, x, layer, seed=0)
+    assert laid is not changed
+    assert _same_state(laid, sanity.randomised_copy(net, x, layer, seed=0))
+    assert sanity.reused_randomised_copy(net, x, layer, seed=0) is laid

@@ -206,7 +206,7 @@ def _cam_with_sanity(
     if not spec.sanity:
         return cam, None, None, SanityVerdict.NOT_RUN
     seed = spec.seed
-    rnd = sanity.randomised_copy(network, first, layer, cascading=cascading, seed=seed)
+    rnd = sanity.reused_randomised_copy(network, first, layer, cascading=cascading, seed=seed)
     randomised = run_cam(rnd, problem, layer, method, replay=trained.tapes, reference=network)
     del trained, rnd
     rho = sanity.rank_correlation(cam, randomised.cam)
