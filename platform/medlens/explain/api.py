@@ -172,7 +172,7 @@ def explain(
             cam, rho, faith, verdict = _cam_with_sanity(network, problem, first, layer, spec)
         # Drop the padding: the heatmap covers exactly the explained box.
         cam = cam[tuple(slice(b - a) for a, b in zip(*box, strict=True))]
-        back = _back_to_input(prepared.chain, cam, box).clamp_(0.0, 1.0).numpy()
+        back = _back_to_input(prepared.chain, cam, box).numpy()
     heatmap = image.with_array(np.ascontiguousarray(back, dtype=np.float32), warnings=())
     explanation = Explanation(
         method=f"{method} ({layer})",
@@ -236,13 +236,18 @@ def _memory_format(network: torch.nn.Module, ndim: int, channels_last: bool) -> 
 
 
 def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> torch.Tensor:
-    """``cam`` (the model-grid ``box``; zero elsewhere) on the input grid: ``(1, *shape)``.
+    """``cam`` (the model-grid ``box``; zero elsewhere) on the input grid, clamped to [0, 1].
 
     What ``chain.inverse`` of the whole model grid gives, computed where it can differ
     from zero only: when the last step is a resampling, only the input-grid samples whose
     linear interpolation reaches into the box (one model voxel of margin) are
     interpolated; every other sample interpolates between zeros and is zero. The steps
-    before it (reorientation, crop) are index moves and run as usual.
+    before it (reorientation, crop) are index moves, made on that block alone when they
+    can be. Only the block is clamped (interpolation may round past 1): the zeros around
+    it are the operating system's zero pages, neither filled nor clamped here.
+
+    Returns:
+        ``(1, *shape)`` float32 on the input grid.
     """
     import torch
 
@@ -255,13 +260,14 @@ def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> 
         full[(slice(None), *(slice(a, b) for a, b in zip(*box, strict=True)))] = torch.from_numpy(
             cam
         )
-        return chain.inverse(full, 0.0)
+        return chain.inverse(full, 0.0).clamp_(0.0, 1.0)
     model = last.out_shape
     lo = [max(a - 1, 0) for a in box[0]]
     hi = [min(b + 1, n) for b, n in zip(box[1], model, strict=True)]
     window = last.inverse_window((lo, hi))
+    zeros = torch.from_numpy(np.zeros((1, *chain.original.shape), np.float32))  # calloc'd
     if window is None:
-        return torch.zeros((1, *chain.original.shape), dtype=torch.float32)
+        return zeros
     where, coords = window
     sub = np.zeros([h - a for a, h in zip(lo, hi, strict=True)], np.float32)
     sub[tuple(slice(a - e, b - e) for a, b, e in zip(*box, lo, strict=True))] = cam
@@ -269,12 +275,11 @@ def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> 
     placed = _moved_back(values, where, steps[:-1])
     if placed is not None:
         block, at = placed
-        out = torch.zeros((1, *chain.original.shape), dtype=torch.float32)
-        out[(slice(None), *at)] = block
-        return out
+        zeros[(slice(None), *at)] = block.clamp_(0.0, 1.0)
+        return zeros
     out = torch.zeros((1, *last.in_shape), dtype=torch.float32)
     out[(slice(None), *where)] = values
-    return GridChain(original=chain.original, steps=steps[:-1]).inverse(out, 0.0)
+    return GridChain(original=chain.original, steps=steps[:-1]).inverse(out, 0.0).clamp_(0.0, 1.0)
 
 
 def _moved_back(
