@@ -28,7 +28,7 @@ from pathlib import Path
 _PARTS = {
     ("cam.py", "run_cam"): "CAM, trained + randomised network",
     ("sanity.py", "faithfulness"): "faithfulness score (1 batched forward pass)",
-    ("sanity.py", "randomised_copy"): "randomised copy of the network",
+    ("sanity.py", "reused_randomised_copy"): "randomised copy of the network (reused)",
     ("cam.py", "pick_layer"): "target layer pick (cached per network)",
     ("sanity.py", "rank_correlation"): "rank correlation",
     ("geometry.py", "inverse"): "grid chain back to the input (heatmap; probabilities)",
