@@ -180,6 +180,20 @@ def test_contested_box_gives_the_whole_grid_labels(  # type: ignore[no-untyped-d
     assert any(_volume(b) < _volume(union) for b in channel_boxes)
     assert len(np.unique(ref_labels)) >= 3 and ref_labels[0, 0, 0] == 0
     np.testing.assert_array_equal(lean.mask.array[0], ref_labels)
+    # The model-grid labels (the explanation's region), taken in the union box only.
+    ref_model = _model_labels(net, image, spec)
+    assert 0 < int((ref_model > 0).sum()) < ref_model.size // 4
+    np.testing.assert_array_equal(lean.model_labels, ref_model)
+    kept = segment(net, image, spec, SimpleReporter())
+    np.testing.assert_array_equal(kept.model_labels, ref_model)
+
+
+def _model_labels(network: torch.nn.Module, image: Image, spec: EngineSpec) -> np.ndarray:
+    """The model-grid labels of the whole grid."""
+    prepared = api.prepare_input(image, spec.input)
+    logits = api._run(network, prepared.tensor.unsqueeze(0), "cpu", SimpleReporter(), None, {}, 0)
+    probs = post.activate(logits[0], spec.postprocess)
+    return post.labels_from_probabilities(probs, spec.postprocess, list(spec.label_values))
 
 
 def _volume(box: tuple[tuple[int, ...], tuple[int, ...]]) -> int:

