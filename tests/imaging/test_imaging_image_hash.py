@@ -12,12 +12,13 @@ from medlens.imaging.image import Image
 
 
 def _copying_digest(img: Image) -> str:
-    """The digest as it was computed with two whole-array copies (the reference)."""
+    """The digest computed with whole-array copies (the reference): column-major pixels."""
     h = hashlib.sha256()
-    arr = np.ascontiguousarray(img.array)
+    arr = img.array
     h.update(str(arr.dtype).encode())
     h.update(repr(arr.shape).encode())
-    h.update(arr.tobytes())
+    h.update(b"F")
+    h.update(arr.tobytes(order="F"))
     h.update(np.asarray(img.spacing + img.origin, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(img.direction).tobytes())
     return h.hexdigest()
@@ -36,7 +37,7 @@ _RNG = np.random.default_rng(0)
         _RNG.normal(size=(3, 20, 10))[:, ::-1, 1:],
     ],
 )
-def test_content_sha256_is_the_digest_of_the_c_order_bytes(
+def test_content_sha256_is_the_digest_of_the_column_major_bytes(
     array: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nd = array.ndim - 1
@@ -46,3 +47,17 @@ def test_content_sha256_is_the_digest_of_the_c_order_bytes(
     blocks = image_mod._c_order_blocks
     monkeypatch.setattr(image_mod, "_c_order_blocks", lambda a: blocks(a, max_bytes=64))
     assert img.content_sha256() == _copying_digest(img)
+
+
+def test_content_sha256_does_not_depend_on_the_memory_layout() -> None:
+    a = _RNG.normal(size=(1, 30, 20, 10)).astype(np.float32)
+    geometry = ((0.5,) * 3, (1.0,) * 3, np.eye(3))
+    digests = {
+        Image(np.ascontiguousarray(a), *geometry).content_sha256(),
+        Image(np.asfortranarray(a), *geometry).content_sha256(),
+        Image(a.transpose(0, 3, 2, 1).copy().transpose(0, 3, 2, 1), *geometry).content_sha256(),
+    }
+    assert len(digests) == 1
+    changed = a.copy()
+    changed[0, 3, 4, 5] += 1.0
+    assert Image(changed, *geometry).content_sha256() not in digests

@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.errors import GeometryError
+from medlens.imaging._layout import reversed_axes
 
 __all__ = ["AUDIT_ATTRIBUTES", "Image", "lps_to_ras", "ras_to_lps"]
 
@@ -169,12 +170,20 @@ class Image:
         return dataclasses.replace(self, array=array, **changes)
 
     def content_sha256(self) -> str:
-        """sha256 over pixels and geometry: the input hash recorded in provenance."""
+        """sha256 over pixels and geometry: the input hash recorded in provenance.
+
+        Hashed: the dtype, the shape, the pixels in column-major order (the first axis
+        fastest: the order in which the readers lay out a series, so a CT as read is hashed
+        without a reordered copy; 0.14 s for the demo CT in row-major order, on a thread
+        beside inference), then spacing, origin and direction. The digest depends on the
+        values only, never on how the array lies in memory.
+        """
         h = hashlib.sha256()
         arr = self.array
         h.update(str(arr.dtype).encode())
         h.update(repr(arr.shape).encode())
-        for block in _c_order_blocks(arr):
+        h.update(b"F")  # column-major pixels (digests before 2026-11-30 hashed row-major)
+        for block in _c_order_blocks(arr.T):  # row-major bytes of arr.T = column-major of arr
             h.update(block)
         h.update(np.asarray(self.spacing + self.origin, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(self.direction).tobytes())
@@ -185,16 +194,26 @@ def _c_order_blocks(arr: npt.NDArray[Any], max_bytes: int = 16 * 2**20) -> Itera
     """The array's bytes in C order, as contiguous blocks of at most about ``max_bytes``.
 
     The same bytes as ``np.ascontiguousarray(arr).tobytes()``, without the two copies
-    of the whole array (600 MiB for a 512 x 512 x 300 float32 CT read as a view).
+    of the whole array (600 MiB for a 512 x 512 x 300 float32 CT read as a view). Blocks
+    are runs along the first axis that does not fit whole, each reordered by the blocked
+    transposition of :func:`~medlens.imaging._layout.reversed_axes`: a column-major CT's
+    single rows had been copied one by one, reading every cache line of the volume many
+    times (demo CT: 0.14 s for the digest before, on the thread beside inference).
     """
     if arr.flags.c_contiguous:
         yield arr.reshape(-1).view(np.uint8).data
         return
     lead = 0
-    while lead < arr.ndim and int(np.prod(arr.shape[lead:])) * arr.itemsize > max_bytes:
+    while lead < arr.ndim - 1 and int(np.prod(arr.shape[lead + 1 :])) * arr.itemsize > max_bytes:
         lead += 1
+    row = int(np.prod(arr.shape[lead + 1 :])) * arr.itemsize
+    run = max(1, max_bytes // max(row, 1))
     for index in np.ndindex(*arr.shape[:lead]):
-        yield np.ascontiguousarray(arr[index]).reshape(-1).view(np.uint8).data
+        sub = arr[index]
+        for a in range(0, sub.shape[0], run):
+            piece = sub[a : a + run]
+            block = reversed_axes(piece.T) if piece.ndim >= 2 else np.ascontiguousarray(piece)
+            yield block.reshape(-1).view(np.uint8).data
 
 
 def lps_to_ras(affine: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:

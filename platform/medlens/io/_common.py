@@ -20,8 +20,8 @@ from pydicom.sr.codedict import codes
 
 from medlens import __version__
 from medlens.errors import DicomError
+from medlens.imaging._layout import reversed_axes
 from medlens.imaging.image import Image
-from medlens.io._layout import reversed_axes
 from medlens.plugin_api._manifest import Code, Label, Manifest
 from medlens.plugin_api._results import Result
 

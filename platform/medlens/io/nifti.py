@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.errors import OutputError
+from medlens.imaging._layout import reversed_axes
 from medlens.imaging.image import Image
-from medlens.io._layout import reversed_axes
 from medlens.io.atomic import atomic_path
 
 __all__ = ["nifti_affine", "write_heatmap_nifti", "write_mask_nifti", "write_nifti"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medlens.io._layout import reversed_axes
+from medlens.imaging._layout import reversed_axes
 
 
 @pytest.mark.parametrize(

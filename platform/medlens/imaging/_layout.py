@@ -1,4 +1,4 @@
-"""Array layout for writers: the transposed copies DICOM frames and NIfTI files need."""
+"""Array layout: the transposed copies DICOM frames, NIfTI files and the input hash need."""
 
 from __future__ import annotations
 
