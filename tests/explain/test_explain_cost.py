@@ -261,3 +261,13 @@ def test_randomised_copy_is_reused_only_while_what_it_was_made_from_holds() -> N
     assert laid is not changed
     assert _same_state(laid, sanity.randomised_copy(net, x, layer, seed=0))
     assert sanity.reused_randomised_copy(net, x, layer, seed=0) is laid
+
+
+def test_randomised_copy_of_a_big_network_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _unet().eval()
+    x = _problem(stitched=False).x[None]
+    layer = pick_layer(net, x, segmentation=True)
+    monkeypatch.setattr(sanity, "REUSE_MAX_BYTES", 1024)  # the test network is ~100 kB
+    first = sanity.reused_randomised_copy(net, x, layer, seed=0)
+    again = sanity.reused_randomised_copy(net, x, layer, seed=0)
+    assert again is not first and _same_state(again, first)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAITHFULNESS_MIN",
+    "REUSE_MAX_BYTES",
     "RHO_MAX",
     "faithfulness",
     "is_faithful",
@@ -109,6 +110,10 @@ def _redrawn(
     return order[start:]
 
 
+#: Networks whose weights and buffers take more than this are copied anew each time:
+#: keeping their copy between runs would hold that much memory for the host's lifetime.
+REUSE_MAX_BYTES = 64 * 1024**2
+
 #: Per trained network: its last randomised copy and what it was made for.
 _COPIES: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
 
@@ -128,13 +133,16 @@ def reused_randomised_copy(
     depends on the layer, the mode, the seed, the execution order (the input's rank),
     the weights it keeps and, for the re-drawn ones, only on their shapes, memory
     layout and device. So it is reused while each kept tensor equals ``net``'s and
-    every tensor has ``net``'s layout, type and device; else it is made anew.
+    every tensor has ``net``'s layout, type and device; else it is made anew. A network
+    over :data:`REUSE_MAX_BYTES` is copied each time (its copy is not kept between runs).
     Callers must not change it (the CAM passes change nothing they do not restore).
     """
     key = (layer, cascading, seed, x.ndim)
     try:
         kept = _COPIES.get(net)
     except TypeError:  # not weak-referenceable: no reuse
+        return randomised_copy(net, x, layer, cascading=cascading, seed=seed)
+    if _tensor_bytes(net) > REUSE_MAX_BYTES:  # not worth its memory between runs
         return randomised_copy(net, x, layer, cascading=cascading, seed=seed)
     if kept is not None and kept[0] == key:
         rnd, redrawn = kept[1]
@@ -145,6 +153,10 @@ def reused_randomised_copy(
     rnd = randomised_copy(net, x, layer, cascading=cascading, seed=seed, order=order)
     _COPIES[net] = (key, (rnd, redrawn))
     return rnd
+
+
+def _tensor_bytes(net: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*net.parameters(), *net.buffers()))
 
 
 def _same_but_redrawn(net: torch.nn.Module, rnd: torch.nn.Module, redrawn: set[str]) -> bool:
