@@ -299,13 +299,33 @@ def _finding_group(
 def _referenced_segment(
     root: Result, label: str, seg: Dataset | None
 ) -> hd.sr.ReferencedSegment | None:
-    """The SEG segment of ``label``; ``None`` without a SEG or for an empty segment."""
+    """The SEG segment of ``label``; ``None`` without a SEG or for an empty segment.
+
+    The segment's source is referenced as its series (TID 1411 "Source series for
+    segmentation"), not image by image: the SEG itself says which image each frame came
+    from, and listing every source image again under every measurement group made the
+    demo CT's report a tree of 284 items that highdicom copies, walks and writes (about
+    0.2 s of each run).
+    """
     if seg is None:
         return None
     for n, lab in enumerate(segment_labels(root), start=1):
         if lab.name == label:
-            try:
-                return hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=n)
-            except (ValueError, AttributeError):
+            if n not in _segments_with_frames(seg):
                 return None  # an empty segment has no frames to reference
+            return hd.sr.ReferencedSegment(
+                sop_class_uid=seg.SOPClassUID,
+                sop_instance_uid=seg.SOPInstanceUID,
+                segment_number=n,
+                source_series=hd.sr.SourceSeriesForSegmentation(
+                    seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+                ),
+            )
     return None
+
+
+def _segments_with_frames(seg: Dataset) -> set[int]:
+    return {
+        int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        for f in seg.get("PerFrameFunctionalGroupsSequence", [])
+    }
