@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._manifest import PostprocessSpec
 
 if TYPE_CHECKING:
@@ -135,26 +136,6 @@ def clean_components(
         drop[0] = False
         if drop.any():
             sub[sel & drop[comp]] = 0
-
-
-def nonzero_box(a: npt.NDArray[np.generic]) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero entries of ``a``, or None if there are none.
-
-    Two reductions of the whole array (over its first axis, and over all the others)
-    stream through memory in about 1.5 ms for 512 x 512 x 55 voxels, where
-    ``ndimage.find_objects`` visits each voxel in turn (30 ms).
-    """
-    if a.size == 0:
-        return None
-    first = np.flatnonzero(np.any(a, axis=tuple(range(1, a.ndim))))
-    if first.size == 0:
-        return None
-    out = [slice(int(first[0]), int(first[-1]) + 1)]
-    plane = np.any(a, axis=0)
-    for ax in range(plane.ndim):
-        hit = np.flatnonzero(np.any(plane, axis=tuple(d for d in range(plane.ndim) if d != ax)))
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)
 
 
 def keep_largest_component(mask: npt.NDArray[np.uint8], labels: Sequence[int]) -> None:

@@ -20,6 +20,7 @@ from medlens.errors import (
     WeightsError,
 )
 from medlens.imaging.image import Image
+from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._context import LoadContext, RunContext
 from medlens.plugin_api._decisions import findings_at_operating_points
 from medlens.plugin_api._manifest import (
@@ -141,4 +142,5 @@ __all__ = [
     "canonical_safetensors",
     "evaluate",
     "findings_at_operating_points",
+    "nonzero_box",
 ]
