@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["JET_LEVELS", "jet", "jet_lut", "jet_table"]
+__all__ = ["JET_LEVELS", "blend_tables", "jet", "jet_lut", "jet_table"]
 
 #: Levels of the jet look-up table.
 JET_LEVELS = 1024
@@ -40,3 +40,27 @@ def jet_table() -> npt.NDArray[np.float64]:
     Level ``k`` is the colour of heat ``k / (JET_LEVELS - 1)``.
     """
     return _TABLE.copy()
+
+
+_BLENDS: dict[float, npt.NDArray[np.uint8]] = {}
+
+
+def blend_tables(alpha: float) -> npt.NDArray[np.uint8]:
+    """8-bit blends of each jet level over each display level, ``(3, JET_LEVELS, 256)``.
+
+    ``[c, level, shown]`` is channel ``c`` of jet level ``level`` laid over display level
+    ``shown`` at opacity ``alpha * heat``. Overlays look every pixel up here instead of
+    blending in float per pixel; heat level 0 keeps the display level exactly. Built once
+    per opacity (768 KiB), read-only.
+    """
+    if alpha not in _BLENDS:
+        levels = np.arange(_LEVELS, dtype=np.float32)
+        opacity = (np.float32(alpha) * levels / (_LEVELS - 1))[:, None]
+        jet = _TABLE.astype(np.float32) * 255.0
+        shown = np.arange(256, dtype=np.float32)[None, :]
+        out = np.stack(
+            [np.rint(shown + opacity * (jet[:, c : c + 1] - shown)) for c in range(3)]
+        ).astype(np.uint8)
+        out.setflags(write=False)
+        _BLENDS[alpha] = out
+    return _BLENDS[alpha]

@@ -41,7 +41,7 @@ from medlens.io._common import (
     software_versions,
 )
 from medlens.io.atomic import atomic_dir, save_dataset
-from medlens.io.colormap import JET_LEVELS, jet, jet_table
+from medlens.io.colormap import JET_LEVELS, blend_tables, jet
 from medlens.plugin_api._results import Result
 
 __all__ = [
@@ -63,8 +63,6 @@ PM_LEVELS = 65535
 _BODY_HU = -500.0
 _ALPHA = 0.5  # overlay opacity at heat 1.0; heat 0 leaves the image untouched
 _PERCENTILE_SUBSAMPLE_ABOVE = 1 << 20  # pixels
-#: The jet table per channel, in 8-bit display levels.
-_JET_255 = [np.ascontiguousarray(jet_table()[:, c] * 255.0, dtype=np.float32) for c in range(3)]
 
 
 def _window(image: Image, sources: Sequence[Dataset]) -> tuple[float, float]:
@@ -179,19 +177,13 @@ _TABLE: list[npt.NDArray[np.uint32]] = []
 def _blend_table() -> npt.NDArray[np.uint32]:
     """``table[level * 256 + shown]``: the jet level blended over the display level.
 
-    Opacity ``_ALPHA * heat``; each entry the R, G, B bytes (then a zero byte) of one
-    little-endian word, so a word array viewed as bytes is RGB0 on any machine. Built
-    once (1 MiB).
+    :func:`~medlens.io.colormap.blend_tables` at opacity ``_ALPHA * heat``, packed: each
+    entry the R, G, B bytes (then a zero byte) of one little-endian word, so a word array
+    viewed as bytes is RGB0 on any machine. Built once (1 MiB).
     """
     if not _TABLE:
-        heat = np.arange(JET_LEVELS, dtype=np.float32)[:, None] / np.float32(JET_LEVELS - 1)
-        alpha = np.float32(_ALPHA) * heat
-        shown = np.arange(256, dtype=np.float32)[None, :]
-        word = np.zeros(JET_LEVELS * 256, dtype="<u4")
-        for c in range(3):
-            blend = np.rint(shown + alpha * (_JET_255[c][:, None] - shown)).astype("<u4")
-            word |= blend.ravel() << np.uint32(8 * c)
-        _TABLE.append(word)
+        tables = blend_tables(_ALPHA).reshape(3, -1).astype("<u4")
+        _TABLE.append(tables[0] | (tables[1] << np.uint32(8)) | (tables[2] << np.uint32(16)))
     return _TABLE[0]
 
 

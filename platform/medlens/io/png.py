@@ -19,7 +19,7 @@ import numpy.typing as npt
 from medlens.errors import OutputError
 from medlens.imaging.image import Image
 from medlens.io.atomic import write_bytes
-from medlens.io.colormap import JET_LEVELS, jet_table
+from medlens.io.colormap import JET_LEVELS, blend_tables, jet_table
 from medlens.plugin_api._manifest import Label
 
 __all__ = ["NOT_FOR_DIAGNOSIS", "burn_in", "write_heatmap_png", "write_mask_png"]
@@ -137,19 +137,14 @@ def _heat_over_8bit(image: Image, heatmap: Image) -> npt.NDArray[np.uint8]:
     lo, hi = np.percentile(planes[:, ::step, ::step], [1.0, 99.0])
     shown = np.rint(
         np.clip((np.arange(256, dtype=np.float32) - lo) / max(hi - lo, 1e-6), 0, 1) * 255.0
-    )
+    ).astype(np.intp)
     heat = np.clip(np.asarray(heatmap.array, dtype=np.float32)[0].T, 0.0, 1.0)
     level = np.rint(heat * np.float32(JET_LEVELS - 1)).astype(np.int32)
     level *= 256
-    alpha = (np.float32(_ALPHA) * np.arange(JET_LEVELS, dtype=np.float32) / (JET_LEVELS - 1))[
-        :, None
-    ]
-    jet = jet_table().astype(np.float32) * 255.0
+    # tables[c, heat level, stored value]: the blend over each stored value as shown.
+    tables = blend_tables(_ALPHA)[:, :, shown]
     out = np.empty((*level.shape, 3), dtype=np.uint8)
-    base = shown.astype(np.float32)[None, :]  # (1, 256): each stored value as shown
     for c in range(3):
-        # table[heat level, stored value] = the blended output level of channel c
-        table = np.rint(base + alpha * (jet[:, c : c + 1] - base)).astype(np.uint8).ravel()
         stored = planes[min(c, planes.shape[0] - 1)].T  # (rows, columns)
-        out[..., c] = table[level + stored]
+        out[..., c] = tables[c].ravel()[level + stored]
     return out
