@@ -89,6 +89,8 @@ def build_sr(
         OutputError: If nothing can be reported or highdicom refuses the content.
     """
     groups: list[_Group] = []
+    # Segments with frames, read once from the SEG (an empty one is not referenced).
+    filled = _segments_with_frames(seg) if seg is not None else set()
     try:
         for r in iter_results(result):
             algo = hd.sr.AlgorithmIdentification(
@@ -101,7 +103,7 @@ def build_sr(
                 ),
             )
             for meas in r.prediction.measurements:
-                groups.extend(_measurement_groups(r, result, meas, algo, sources, seg))
+                groups.extend(_measurement_groups(r, result, meas, algo, sources, seg, filled))
             for f in r.prediction.findings:
                 groups.append(_finding_group(r, result, f, algo, sources))
         if not groups:
@@ -215,6 +217,7 @@ def _measurement_groups(
     algo: hd.sr.AlgorithmIdentification,
     sources: list[Dataset],
     seg: Dataset | None,
+    filled: set[int],
 ) -> list[_Group]:
     lab = label_for(r, root, meas.label)
     finding_type, category = _codes_of(lab)
@@ -223,7 +226,7 @@ def _measurement_groups(
         _num("lesion_count", meas.lesion_count, "unit_lesions", algo),
     ]
     ident = _tracking(f"{r.manifest.id} {meas.label}")
-    segment = _referenced_segment(root, meas.label, seg)
+    segment = _referenced_segment(root, meas.label, seg, filled)
     groups: list[_Group] = []
     if segment is not None:
         groups.append(
@@ -297,7 +300,7 @@ def _finding_group(
 
 
 def _referenced_segment(
-    root: Result, label: str, seg: Dataset | None
+    root: Result, label: str, seg: Dataset | None, filled: set[int]
 ) -> hd.sr.ReferencedSegment | None:
     """The SEG segment of ``label``; ``None`` without a SEG or for an empty segment.
 
@@ -311,7 +314,7 @@ def _referenced_segment(
         return None
     for n, lab in enumerate(segment_labels(root), start=1):
         if lab.name == label:
-            if n not in _segments_with_frames(seg):
+            if n not in filled:
                 return None  # an empty segment has no frames to reference
             return hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID,
