@@ -140,7 +140,7 @@ def resample_linear(
     dense = t.is_floating_point() and _all_finite(t)
     for ax in order:
         c = coords[ax]
-        if dense and len(c) * t.shape[ax + 1] <= _MAX_DENSE and _matrix_view(out, ax + 1):
+        if dense and len(c) * t.shape[ax + 1] <= _MAX_DENSE and _product_pays(out, ax + 1):
             out = _interp_axis_matmul(out, ax + 1, c)
         else:
             out = interp_axis(out, ax + 1, c)
@@ -165,7 +165,7 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
-def _matrix_view(t: torch.Tensor, axis: int) -> bool:
+def _product_pays(t: torch.Tensor, axis: int) -> bool:
     """Whether ``axis`` is ``t``'s innermost (unit-stride) axis, where a product pays.
 
     There the product reads ``t`` as it lies (a 512 -> 163 shrink of the demo CT: 19 ms
