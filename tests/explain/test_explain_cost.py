@@ -196,7 +196,9 @@ class NormedSeg(torch.nn.Module):
         return self.head(self.block(torch.relu(self.stem(x))))
 
 
-def test_instance_normalised_layer_is_rounding_noise_and_not_picked(h) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_instance_normalised_layer_is_rounding_noise_and_not_picked(h, precision: str) -> None:  # type: ignore[no-untyped-def]
+    """Also with bfloat16 before the layer: gradients (and this verdict) stay float32."""
     from medlens.engine.api import EngineSpec, SimpleReporter, segment
     from medlens.explain.api import ExplainSpec, explain
     from medlens.imaging.image import Image
@@ -218,12 +220,14 @@ def test_instance_normalised_layer_is_rounding_noise_and_not_picked(h) -> None: 
     engine, reporter = EngineSpec.of(m, "cpu"), SimpleReporter()
     seg = segment(net, image, engine, reporter)
     label = int(np.flatnonzero(np.bincount(seg.model_labels.ravel(), minlength=2)[1:])[0]) + 1
-    kw = {"target": label, "spec": ExplainSpec.of(m, {}), "engine": engine, "reporter": reporter}
+    spec = ExplainSpec.of(m, {"explain_precision": precision})
+    kw = {"target": label, "spec": spec, "engine": engine, "reporter": reporter}
     _, e = explain(net, image, segmentation=seg, layer="block.conv", **kw)
     assert e.sanity is SanityVerdict.UNINFORMATIVE
     assert e.rank_correlation is None and e.faithfulness is None
     _, e = explain(net, image, segmentation=seg, **kw)
-    assert e.method == "gradcam (block)" and e.sanity is not SanityVerdict.UNINFORMATIVE
+    named = "gradcam (block)" if precision == "float32" else "gradcam (block, bf16)"
+    assert e.method == named and e.sanity is not SanityVerdict.UNINFORMATIVE
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +23,8 @@ from medlens.engine.api import EngineSpec, Reporter, Segmentation, prepare_input
 from medlens.errors import EngineError
 from medlens.explain import sanity
 from medlens.explain.cam import CamProblem, pick_layer, run_cam, windows_over
+from medlens.explain.precision import Precision, autocast, autocast_before
+from medlens.explain.precision import resolve as resolve_precision
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._results import Explanation
@@ -50,6 +52,8 @@ class ExplainSpec:
         randomisation: ``cascading`` or ``full`` weight randomisation.
         seed: Seed of the randomisation and of the faithfulness baseline.
         faithfulness_fraction: Fraction of the input deleted by the faithfulness score.
+        precision: ``auto``, ``float32`` or ``bfloat16`` for the passes before the
+            target layer and the faithfulness passes (see :mod:`medlens.explain.precision`).
     """
 
     method: str
@@ -59,13 +63,14 @@ class ExplainSpec:
     randomisation: str = "cascading"
     seed: int = 0
     faithfulness_fraction: float = 0.1
+    precision: str = "auto"
 
     @classmethod
     def of(cls, manifest: Manifest, options: Mapping[str, Any]) -> ExplainSpec:
         """The spec of ``manifest`` with its run options.
 
         Options read: ``explain_method``, ``explain_sanity``, ``explain_randomisation``,
-        ``explain_seed``, ``faithfulness_fraction``.
+        ``explain_seed``, ``faithfulness_fraction``, ``explain_precision``.
         """
         seg = manifest.task is Task.SEGMENTATION or (
             manifest.task is Task.MEASUREMENT and manifest.inference is not None
@@ -87,6 +92,7 @@ class ExplainSpec:
             randomisation=str(options.get("explain_randomisation", "cascading")),
             seed=int(options.get("explain_seed", 0)),
             faithfulness_fraction=float(options.get("faithfulness_fraction", 0.1)),
+            precision=str(options.get("explain_precision", "auto")),
         )
 
 
@@ -168,14 +174,20 @@ def explain(
         first = x[(slice(None), *(slice(a, b) for a, b in zip(*windows[0], strict=True)))][None]
         layer = layer or pick_layer(network, first, segmentation=seg)
         channels_last = bool(engine.overrides.get("channels_last", device == "cpu"))
+        precision = resolve_precision(spec.precision, device)
         with _memory_format(network, first.ndim, channels_last):
-            cam, rho, faith, verdict = _cam_with_sanity(network, problem, first, layer, spec)
+            cam, rho, faith, verdict = _cam_with_sanity(
+                network, problem, first, layer, spec, device, precision
+            )
         # Drop the padding: the heatmap covers exactly the explained box.
         cam = cam[tuple(slice(b - a) for a, b in zip(*box, strict=True))]
-        back = _back_to_input(prepared.chain, cam, box).numpy()
-    heatmap = image.with_array(np.ascontiguousarray(back, dtype=np.float32), warnings=())
+        column_major = image.array.flags.f_contiguous and not image.array.flags.c_contiguous
+        back = _back_to_input(prepared.chain, cam, box, column_major=column_major).numpy()
+    # In the image's own memory layout (no copy here; the writers read it as they read it).
+    heatmap = image.with_array(np.asarray(back, dtype=np.float32), warnings=())
     explanation = Explanation(
-        method=f"{method} ({layer})",
+        # Named when not float32: the map is (very nearly, not bit for bit) the float32 one.
+        method=f"{method} ({layer})" if precision == "float32" else f"{method} ({layer}, bf16)",
         target=target_name,
         sanity=verdict,
         rank_correlation=None if rho is None else round(rho, 4),
@@ -191,13 +203,16 @@ def _cam_with_sanity(
     first: torch.Tensor,
     layer: str,
     spec: ExplainSpec,
+    device: str,
+    precision: Precision,
 ) -> tuple[npt.NDArray[np.float32], float | None, float | None, SanityVerdict]:
     """The CAM, and (when ``spec.sanity``) its rank correlation, faithfulness and verdict."""
     method = spec.method
     cascading = spec.randomisation != "full"
     # A cascading randomisation keeps every module before the target layer: the
     # randomised network replays their outputs from the trained network's pass.
-    trained = run_cam(network, problem, layer, method, record=spec.sanity and cascading)
+    with autocast_before(network, layer, device, precision):
+        trained = run_cam(network, problem, layer, method, record=spec.sanity and cascading)
     cam, score = trained.cam, trained.score
     if trained.rounding_noise:
         # Vanishing Grad-CAM weights: the map is float noise, whatever a randomised
@@ -207,12 +222,14 @@ def _cam_with_sanity(
         return cam, None, None, SanityVerdict.NOT_RUN
     seed = spec.seed
     rnd = sanity.reused_randomised_copy(network, first, layer, cascading=cascading, seed=seed)
-    randomised = run_cam(rnd, problem, layer, method, replay=trained.tapes, reference=network)
+    with autocast_before(rnd, layer, device, precision):
+        randomised = run_cam(rnd, problem, layer, method, replay=trained.tapes, reference=network)
     del trained, rnd
     rho = sanity.rank_correlation(cam, randomised.cam)
-    faith = sanity.faithfulness(
-        network, problem, cam, fraction=spec.faithfulness_fraction, seed=seed, base_score=score
-    )
+    with autocast(device, precision):
+        faith = sanity.faithfulness(
+            network, problem, cam, fraction=spec.faithfulness_fraction, seed=seed, base_score=score
+        )
     return cam, rho, faith, sanity.verdict(rho, cam)
 
 
@@ -235,7 +252,9 @@ def _memory_format(network: torch.nn.Module, ndim: int, channels_last: bool) -> 
         network.to(memory_format=torch.contiguous_format)
 
 
-def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> torch.Tensor:
+def _back_to_input(
+    chain: GridChain, cam: npt.NDArray[np.float32], box: Box, *, column_major: bool = False
+) -> torch.Tensor:
     """``cam`` (the model-grid ``box``; zero elsewhere) on the input grid, clamped to [0, 1].
 
     What ``chain.inverse`` of the whole model grid gives, computed where it can differ
@@ -244,7 +263,10 @@ def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> 
     interpolated; every other sample interpolates between zeros and is zero. The steps
     before it (reorientation, crop) are index moves, made on that block alone when they
     can be. Only the block is clamped (interpolation may round past 1): the zeros around
-    it are the operating system's zero pages, neither filled nor clamped here.
+    it are the operating system's zero pages, neither filled nor clamped here. With
+    ``column_major`` the volume is laid out like a series as read (slice by slice): the
+    block then touches the pages of its own slices only, about half the fresh memory
+    of a row-major volume's (where it spans every row of its first axis).
 
     Returns:
         ``(1, *shape)`` float32 on the input grid.
@@ -265,7 +287,8 @@ def _back_to_input(chain: GridChain, cam: npt.NDArray[np.float32], box: Box) -> 
     lo = [max(a - 1, 0) for a in box[0]]
     hi = [min(b + 1, n) for b, n in zip(box[1], model, strict=True)]
     window = last.inverse_window((lo, hi))
-    zeros = torch.from_numpy(np.zeros((1, *chain.original.shape), np.float32))  # calloc'd
+    order: Literal["C", "F"] = "F" if column_major else "C"
+    zeros = torch.from_numpy(np.zeros((1, *chain.original.shape), np.float32, order=order))
     if window is None:
         return zeros
     where, coords = window

@@ -32,6 +32,11 @@ class HostOptions(BaseModel):
         default="cascading", description="Weight randomisation of the sanity check."
     )
     explain_seed: int = Field(default=0, description="Seed of the sanity check.")
+    explain_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Precision of the explanation's passes before the target layer "
+        "[auto: bfloat16 where the processor has it natively].",
+    )
     faithfulness_fraction: float = Field(
         default=0.1, gt=0.0, lt=1.0, description="Fraction deleted by the faithfulness score."
     )
