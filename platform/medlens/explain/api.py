@@ -264,9 +264,8 @@ def _back_to_input(
     before it (reorientation, crop) are index moves, made on that block alone when they
     can be. Only the block is clamped (interpolation may round past 1): the zeros around
     it are the operating system's zero pages, neither filled nor clamped here. With
-    ``column_major`` the volume is laid out like a series as read (slice by slice): the
-    block then touches the pages of its own slices only, about half the fresh memory
-    of a row-major volume's (where it spans every row of its first axis).
+    ``column_major`` the volume is laid out like a series as read, so each slice's
+    frame is contiguous for the writers, as the source's are.
 
     Returns:
         ``(1, *shape)`` float32 on the input grid.
