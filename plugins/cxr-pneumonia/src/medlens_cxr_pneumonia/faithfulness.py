@@ -217,7 +217,9 @@ def measure(
     from medlens_cxr_pneumonia.plugin import CAM_LAYER
 
     net.eval()
-    ctx = run_context(MANIFEST, options={"explain": True})
+    # float32 whatever the processor: the card's figures regenerate alike on every machine
+    # (the deployed plugin's maps may be bfloat16 before the layer, within ~0.01 of these).
+    ctx = run_context(MANIFEST, options={"explain": True, "explain_precision": "float32"})
     verdicts: list[str] = []
 
     @torch.no_grad()
