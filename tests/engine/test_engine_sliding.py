@@ -145,3 +145,49 @@ def test_channel_argmax_equals_torch_argmax_including_ties() -> None:
     assert got.dtype == torch.uint8
     assert torch.equal(got.long(), p.argmax(0))
     assert int(got[0, 0, 0]) == 0 and int(got[1, 1, 1]) == 1
+
+
+def test_cpu_amp_only_when_asked_for_and_native(h, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import medlens.engine.sliding as sliding
+
+    spec = h.seg_manifest().inference  # the manifest's amp (default on) is the GPU's
+    monkeypatch.setattr(sliding, "native_bfloat16", lambda _d: True)
+    assert not plan_from(spec, {}, "cpu", 10).amp
+    assert plan_from(spec, {"amp": True}, "cpu", 10).amp
+    assert sliding.cpu_amp_refusal({"amp": True}, "cpu") is None
+    monkeypatch.setattr(sliding, "native_bfloat16", lambda _d: False)
+    assert not plan_from(spec, {"amp": True}, "cpu", 10).amp
+    refusal = sliding.cpu_amp_refusal({"amp": True}, "cpu")
+    assert refusal is not None and "float32" in refusal
+    assert sliding.cpu_amp_refusal({}, "cpu") is None
+
+
+def test_cpu_amp_runs_the_windows_in_bfloat16_and_returns_float32() -> None:
+    net = _unet()
+    seen: list[torch.dtype] = []
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    handle = conv.register_forward_hook(lambda _m, _i, o: seen.append(o.dtype))
+    x = torch.rand(1, 1, 20, 20, 12)
+    try:
+        ref = run_network(net, x, _plan(), lambda _: None)
+        out = run_network(net, x, _plan(amp=True), lambda _: None)
+    finally:
+        handle.remove()
+    assert set(seen[: len(seen) // 2]) == {torch.float32}
+    assert set(seen[len(seen) // 2 :]) == {torch.bfloat16}
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    # bfloat16 keeps 8 bits of mantissa: close to float32, not equal.
+    assert 0 < float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())
+
+
+def test_cpu_amp_is_said_in_the_result(run_ctx, h, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import medlens.engine.sliding as sliding
+
+    arr = np.random.default_rng(2).normal(size=(1, 24, 24, 16)).astype(np.float32)
+    img = Image(arr, (1.5, 1.5, 1.5), (0, 0, 0), np.diag([-1.0, -1.0, 1.0]))
+    m = h.seg_manifest(inference={"roi_size": (16, 16, 16), "sw_batch_size": 2})
+    for native, said in ((True, "ran in bfloat16"), (False, "amp ignored")):
+        monkeypatch.setattr(sliding, "native_bfloat16", lambda _d, n=native: n)
+        ctx = run_ctx(m, amp=True)
+        ctx.segment(_unet(), img)
+        assert any(said in w for w in ctx.warnings), ctx.warnings

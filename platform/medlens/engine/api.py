@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from medlens.engine import postprocess as post
 from medlens.engine.preprocess import Prepared, prepare
-from medlens.engine.sliding import plan_from, run_network
+from medlens.engine.sliding import cpu_amp_refusal, plan_from, run_network
 from medlens.errors import EngineError, RunCancelledError
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import InferenceSpec, InputSpec, Manifest, PostprocessSpec
@@ -225,6 +225,12 @@ def _run(
     n_out: int,
 ) -> torch.Tensor:
     plan = plan_from(inference, dict(overrides), device, n_out)
+    refusal = cpu_amp_refusal(dict(overrides), device)
+    if refusal is not None:
+        reporter.warn(refusal)
+    elif plan.amp and device == "cpu":
+        # Not the default: said in the result, as the labels may differ at region edges.
+        reporter.warn("amp: the network ran in bfloat16 on the CPU (asked for by the run)")
     with reporter.timer("inference_s"):
         try:
             return run_network(network, x, plan, reporter.warn)

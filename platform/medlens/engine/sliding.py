@@ -6,7 +6,8 @@ fp16) and big volumes are stitched on the CPU (``sw_device=cuda``,
 ``sw_batch_size`` down to 1, then by stitching on the CPU; each fallback is
 recorded as a warning for the result. On CPU, windows run in
 ``torch.inference_mode`` with channels-last memory when that was measured to
-help (``benchmarks/bench_engine.py``).
+help (``benchmarks/bench_engine.py``), in float32 unless the run asks for ``amp``
+on a processor with native bfloat16 (then bfloat16 autocast, noted in the result).
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from medlens.engine.device import native_bfloat16
 from medlens.errors import EngineError
 from medlens.plugin_api._manifest import InferenceSpec
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["WindowPlan", "fallback_plans", "plan_from", "run_network", "stitch_on_cpu_threshold"]
+__all__ = [
+    "WindowPlan",
+    "cpu_amp_refusal",
+    "fallback_plans",
+    "plan_from",
+    "run_network",
+    "stitch_on_cpu_threshold",
+]
 
 #: Output voxels (all channels) above which a CUDA run stitches on the CPU from the start.
 stitch_on_cpu_threshold = 64 * 1024**2
@@ -41,7 +50,7 @@ class WindowPlan:
         sw_batch_size: Windows per forward pass.
         device: Where windows run.
         stitch_device: Where the stitched output lives.
-        amp: Autocast on CUDA.
+        amp: Autocast: float16/bfloat16 on CUDA; bfloat16 on a CPU that has it natively.
         channels_last: Run convolutions in channels-last memory format.
     """
 
@@ -65,6 +74,11 @@ def plan_from(
 
     Options read: ``roi_size``, ``overlap``, ``blend``, ``sw_batch_size``, ``amp``,
     ``channels_last``, ``stitch_device``.
+
+    ``amp`` on CUDA follows the manifest unless the run says otherwise. On the CPU it is
+    off unless the run asks for it (``amp=true``): bfloat16 changes labels at region
+    edges, so a CPU result stays float32 unless someone chose otherwise, and it is taken
+    only where the processor has bfloat16 natively (:func:`cpu_amp_refusal`).
     """
     roi: tuple[int, ...] | None = tuple(spec.roi_size) if spec is not None else None
     if options.get("roi_size") is not None:
@@ -80,9 +94,17 @@ def plan_from(
         sw_batch_size=max(1, int(options.get("sw_batch_size", spec.sw_batch_size if spec else 1))),
         device=device,
         stitch_device=stitch,
-        amp=cuda and bool(options.get("amp", spec.amp if spec else True)),
+        amp=(cuda and bool(options.get("amp", spec.amp if spec else True)))
+        or (device == "cpu" and options.get("amp") is True and native_bfloat16("cpu")),
         channels_last=bool(options.get("channels_last", device == "cpu")),
     )
+
+
+def cpu_amp_refusal(options: dict[str, Any], device: str) -> str | None:
+    """The one-line reason a CPU run that asked for ``amp`` runs in float32, else None."""
+    if device != "cpu" or options.get("amp") is not True or native_bfloat16("cpu"):
+        return None
+    return "amp ignored: this CPU has no native bfloat16 (AMX/AVX512-BF16); ran in float32"
 
 
 def fallback_plans(plan: WindowPlan) -> Iterator[tuple[WindowPlan, str | None]]:
@@ -114,6 +136,8 @@ def _autocast(plan: WindowPlan) -> contextlib.AbstractContextManager[Any]:
 
     if not plan.amp:
         return contextlib.nullcontext()
+    if plan.device == "cpu":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
 

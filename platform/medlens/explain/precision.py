@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from medlens.engine.device import native_bfloat16
 from medlens.errors import EngineError
 
 if TYPE_CHECKING:
@@ -30,20 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["Precision", "autocast", "autocast_before", "native_bfloat16", "resolve"]
 
 Precision = Literal["float32", "bfloat16"]
-
-
-def native_bfloat16(device: str) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively (not emulated)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device != "cpu":
-        return False
-    cpu = getattr(torch, "cpu", None)
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    native = any(bool(getattr(cpu, name, lambda: False)()) for name in probes)
-    return native and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def resolve(requested: str, device: str) -> Precision:

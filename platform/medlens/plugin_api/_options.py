@@ -48,7 +48,11 @@ class HostOptions(BaseModel):
         default=None, description="Window blending override."
     )
     sw_batch_size: int | None = Field(default=None, ge=1, description="Windows per pass.")
-    amp: bool | None = Field(default=None, description="Autocast on GPU override.")
+    amp: bool | None = Field(
+        default=None,
+        description="Autocast: on GPU [the manifest's], or bfloat16 on a CPU with native "
+        "bfloat16 [off].",
+    )
     channels_last: bool | None = Field(default=None, description="channels_last memory format.")
     stitch_device: str | None = Field(default=None, description="Device that stitches windows.")
     operating_point: str | None = Field(
