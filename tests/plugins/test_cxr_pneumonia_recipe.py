@@ -11,6 +11,7 @@ import torch
 from medlens_cxr_pneumonia.data import DEFAULT_DATA, Dataset, locked_split, read_labels
 from medlens_cxr_pneumonia.network import build_ensemble, build_network, ensemble_from_state
 from medlens_cxr_pneumonia.recipe import select_size
+from medlens_cxr_pneumonia.train import native_bfloat16
 
 
 def _records_only(root: Path) -> Dataset:
@@ -110,3 +111,49 @@ def test_folds_in_parallel_give_the_same_result_as_one_after_the_other() -> None
     assert serial["fold"] == parallel["fold"] and -1 not in serial["fold"]
     for a, b in zip(serial["states"], parallel["states"], strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _patch_films(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Films with a faint bright patch where the label is 1 (learnable in a few epochs)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 2
+    images = rng.random((n, 32, 32)).astype(np.float32) * 0.5
+    images[labels == 1, 8:16, 8:16] += 0.4
+    return images, labels
+
+
+def test_precision_auto_is_bfloat16_only_where_native_and_unknown_is_refused() -> None:
+    from medlens_cxr_pneumonia.recipe import _precision
+    from medlens_cxr_pneumonia.train import TrainConfig, fit
+
+    assert _precision("float32", "cpu") == "float32"
+    assert _precision("bfloat16", "cpu") == "bfloat16"
+    assert _precision("auto", "cpu") == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    assert not native_bfloat16("meta")
+    images, labels = _patch_films()
+    with pytest.raises(ValueError, match="precision 'float16'"):
+        fit(TrainConfig(precision="float16"), images, labels, None, None, epochs=1)
+
+
+@pytest.mark.skipif(
+    not native_bfloat16("cpu"),
+    reason="this CPU has no native bfloat16 (AMX/AVX512-BF16): it would be emulated",
+)
+def test_bfloat16_training_learns_what_float32_learns() -> None:
+    from medlens_cxr_pneumonia.train import TrainConfig, fit, predict_logits, roc_auc
+
+    images, labels = _patch_films()
+    logits = []
+    states = []
+    for precision in ("float32", "bfloat16"):
+        cfg = TrainConfig(max_epochs=6, batch_size=8, precision=precision)
+        res = fit(cfg, images, labels, None, None)
+        net = build_network()
+        net.load_state_dict(res.state)
+        logits.append(predict_logits(net, images))
+        states.append(res.state)
+    # bfloat16 was really used (other round-off, other weights) ...
+    assert not all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    # ... and the network learnt the same thing: both separate the films, in one order.
+    assert roc_auc(labels, logits[0]) > 0.95 and roc_auc(labels, logits[1]) > 0.95
+    assert np.corrcoef(logits[0], logits[1])[0, 1] > 0.8

@@ -4,6 +4,13 @@ Usage::
 
     python -m medlens_cxr_pneumonia.recipe [--out DIR] [--seed 0] [--folds 5] [--install]
     python -m medlens_cxr_pneumonia.recipe --smoke --out DIR     # tiny subset, one epoch
+    python -m medlens_cxr_pneumonia.recipe --precision auto ...  # bfloat16 where native
+
+``--precision`` (default ``float32``, the committed weights' arithmetic): ``bfloat16``
+autocasts the training passes (:class:`medlens_cxr_pneumonia.train.TrainConfig`); ``auto``
+chooses it only where the processor multiplies bfloat16 natively (Intel AMX or
+AVX512-BF16, or the GPU), where it trains a 192 px step ~3.6x faster than float32 on one
+core. Its weights differ from float32's in round-off and the seeds' trajectories part.
 
 What it does, deterministically from ``--seed`` (CPU with one intra-op thread, see
 ``TrainConfig.threads``, or ``--device cuda``; the two differ only in round-off):
@@ -63,7 +70,14 @@ from medlens_cxr_pneumonia.data import (
     locked_split,
 )
 from medlens_cxr_pneumonia.preprocess import SIZE
-from medlens_cxr_pneumonia.train import FitResult, TrainConfig, fit, predict_logits, roc_auc
+from medlens_cxr_pneumonia.train import (
+    FitResult,
+    TrainConfig,
+    fit,
+    native_bfloat16,
+    predict_logits,
+    roc_auc,
+)
 
 __all__ = ["cross_validate", "main", "patient_folds", "save_weights", "select_size"]
 
@@ -293,6 +307,13 @@ def _device(name: str) -> str:
     return name
 
 
+def _precision(name: str, device: str) -> str:
+    """``auto``: bfloat16 where the processor has it natively, else float32."""
+    if name == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point."""
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -309,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-epochs", type=int, default=TrainConfig.max_epochs)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--jobs", type=int, default=1, help="folds trained at once (processes; CPU)")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "bfloat16", "auto"),
+        help="training passes: float32, bfloat16 autocast, or auto (bfloat16 where native)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny subset, one epoch, 2 folds")
     p.add_argument("--no-card", action="store_true", help="skip the model card")
     p.add_argument("--no-tracking", action="store_true", help="no MLflow (resume logs it)")
@@ -319,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     sizes = [int(v) for v in str(a.sizes).split(",") if v.strip()]
-    cfg = TrainConfig(seed=a.seed, max_epochs=a.max_epochs, device=_device(a.device))
+    device = _device(a.device)
+    precision = _precision(a.precision, device)
+    cfg = TrainConfig(seed=a.seed, max_epochs=a.max_epochs, device=device, precision=precision)
     torch.set_num_threads(cfg.threads)
     if cfg.device == "cuda":
         torch.backends.cudnn.benchmark = False
@@ -328,7 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     epochs: int | None = None
     keep: npt.NDArray[np.int64] | None = None
     if a.smoke:
-        cfg = TrainConfig(seed=a.seed, max_epochs=1, min_epochs=1, batch_size=8, device=cfg.device)
+        cfg = TrainConfig(
+            seed=a.seed,
+            max_epochs=1,
+            min_epochs=1,
+            batch_size=8,
+            device=cfg.device,
+            precision=precision,
+        )
         folds, epochs = 2, 1
     a.out.mkdir(parents=True, exist_ok=True)
     if a.no_tracking:

@@ -15,7 +15,28 @@ from torch.nn import functional as tnf
 
 from medlens_cxr_pneumonia.network import build_network
 
-__all__ = ["FitResult", "TrainConfig", "augmenter", "fit", "predict_logits", "roc_auc"]
+__all__ = [
+    "FitResult",
+    "TrainConfig",
+    "augmenter",
+    "fit",
+    "native_bfloat16",
+    "predict_logits",
+    "roc_auc",
+]
+
+
+def native_bfloat16(device: str) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively (Intel AMX/AVX512-BF16, or the GPU).
+
+    The same probe as the host's explanation precision; duplicated because a plugin
+    imports nothing of the host but ``medlens.plugin_api.v1``.
+    """
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    cpu = getattr(torch, "cpu", None)
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return device == "cpu" and any(bool(getattr(cpu, n, lambda: False)()) for n in probes)
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,11 @@ class TrainConfig:
     threads: int = 1
     #: ``cpu`` or ``cuda``: the recipe is the same on both (results differ in round-off).
     device: str = "cpu"
+    #: Arithmetic of the training step's forward and backward passes: ``float32``, or
+    #: ``bfloat16`` autocast (weights, optimiser state and loss stay float32). Only where
+    #: the processor has bfloat16 natively (:func:`native_bfloat16`); elsewhere it is
+    #: emulated and slower. Evaluation passes always run float32, like the plugin.
+    precision: str = "float32"
 
 
 @dataclass
@@ -162,11 +188,18 @@ def fit(
     ``epochs`` epochs (the final fit, epoch count chosen by cross-validation) on the
     same learning-rate schedule.
     """
+    if cfg.precision not in ("float32", "bfloat16"):
+        raise ValueError(f"precision {cfg.precision!r}: use float32 or bfloat16")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     dev = torch.device(cfg.device)
+    bf16 = cfg.precision == "bfloat16"
+    # oneDNN's bfloat16 convolutions are fastest on channels-last tensors (a 192 px
+    # training step on one AMX core: 0.53 s against 0.78 s in NCHW, 1.9 s in float32).
+    # float32 keeps NCHW: the default recipe's weights stay byte-reproducible.
+    layout = torch.channels_last if bf16 else torch.contiguous_format
     rng = np.random.default_rng(cfg.seed)
-    net = build_network().to(dev)
+    net = build_network().to(dev).to(memory_format=layout)
     aug = augmenter(cfg, cfg.seed)
     films = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32)).to(dev)
     n_pos = max(int(train_y.sum()), 1)
@@ -204,7 +237,9 @@ def fit(
                 perm = torch.from_numpy(rng.permutation(len(idx))).to(dev)
                 x = lam * x + (1.0 - lam) * x[perm]
                 y = lam * y + (1.0 - lam) * y[perm]
-            loss = tnf.binary_cross_entropy_with_logits(net(x)[:, 0], y, pos_weight=pos_weight)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                z = net(x.contiguous(memory_format=layout))[:, 0]
+            loss = tnf.binary_cross_entropy_with_logits(z.float(), y, pos_weight=pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
