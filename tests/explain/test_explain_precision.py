@@ -59,16 +59,28 @@ def test_only_the_modules_before_the_layer_run_in_bfloat16() -> None:
         for n in ("stem", "block", "head")
     ]
     x = torch.rand(1, 1, 8, 8, 8)
-    try:
-        with precision.autocast_before(net, "block", "cpu", "bfloat16"):
-            for _ in range(2):  # every pass starts in bfloat16 again
-                net(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with precision.autocast_before(net, "block", "cpu", "bfloat16"):
+        for _ in range(2):  # every pass starts in bfloat16 again
+            net(x)
     per_pass = [("stem", torch.bfloat16), ("block", torch.float32), ("head", torch.float32)]
     assert seen == per_pass * 2
     assert not torch.is_autocast_enabled("cpu")
+    # The randomised network's variant: all in bfloat16, the layer's output handed on
+    # (to CAM hooks and the next module) in float32.
+    seen.clear()
+    handed: list[torch.dtype] = []
+    with precision.autocast_before(net, "block", "cpu", "bfloat16", float32_from_layer=False):
+        after = net.block.register_forward_hook(lambda _m, _i, o: handed.append(o.dtype))
+        try:
+            net(x)
+        finally:
+            after.remove()
+    for h in hooks:
+        h.remove()
+    # Every module computes in bfloat16 (hooks registered before the context's see that);
+    # what the layer hands on is float32.
+    assert [d for _, d in seen] == [torch.bfloat16] * 3
+    assert handed == [torch.float32]
     # float32 is a no-op; an unknown layer is an engine error, as for the CAM itself.
     with precision.autocast_before(net, "block", "cpu", "float32"):
         assert net(x).dtype == torch.float32 and not torch.is_autocast_enabled("cpu")

@@ -222,7 +222,9 @@ def _cam_with_sanity(
         return cam, None, None, SanityVerdict.NOT_RUN
     seed = spec.seed
     rnd = sanity.reused_randomised_copy(network, first, layer, cascading=cascading, seed=seed)
-    with autocast_before(rnd, layer, device, precision):
+    # Wholly in ``precision``: only its ranks are compared, to the trained map (rounding
+    # moves rho by ~0.001, the verdict's margin is RHO_MAX); no weight test is made on it.
+    with autocast_before(rnd, layer, device, precision, float32_from_layer=False):
         randomised = run_cam(rnd, problem, layer, method, replay=trained.tapes, reference=network)
     del trained, rnd
     rho = sanity.rank_correlation(cam, randomised.cam)

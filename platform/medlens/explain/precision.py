@@ -64,7 +64,12 @@ def autocast(device: str, precision: Precision) -> Iterator[None]:
 
 @contextlib.contextmanager
 def autocast_before(
-    net: torch.nn.Module, layer: str, device: str, precision: Precision
+    net: torch.nn.Module,
+    layer: str,
+    device: str,
+    precision: Precision,
+    *,
+    float32_from_layer: bool = True,
 ) -> Iterator[None]:
     """Passes inside run in ``precision`` up to ``layer``, and in float32 from it on.
 
@@ -72,6 +77,10 @@ def autocast_before(
     starts; it stays off for the rest of the pass (the modules after the layer), is
     switched on again when the next pass of ``net`` starts (several windows), and is
     restored when the context exits.
+
+    With ``float32_from_layer=False`` the whole pass runs in ``precision`` and only the
+    layer's output is handed on in float32 (what CAM hooks read and the gradient is
+    taken at), for a map whose ranks alone are used (the randomised network's).
 
     Raises:
         EngineError: If ``net`` has no module ``layer``.
@@ -92,14 +101,18 @@ def autocast_before(
     def reduced(_m: torch.nn.Module, _args: tuple[Any, ...]) -> None:
         torch.set_autocast_enabled(kind, True)
 
+    def output_float32(_m: torch.nn.Module, _args: tuple[Any, ...], out: Any) -> Any:
+        return out.float() if isinstance(out, torch.Tensor) else out
+
     try:
         target = net.get_submodule(layer)
     except AttributeError as e:
         raise EngineError(f"target layer {layer!r} not found in the network") from e
-    handles = [
-        net.register_forward_pre_hook(reduced),
-        target.register_forward_pre_hook(to_float32),
-    ]
+    handles = (
+        [net.register_forward_pre_hook(reduced), target.register_forward_pre_hook(to_float32)]
+        if float32_from_layer
+        else [target.register_forward_hook(output_float32)]
+    )
     try:
         with torch.autocast(device_type=kind, dtype=torch.bfloat16):
             yield
