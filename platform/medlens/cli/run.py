@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from medlens.cli._options import parse_options
 from medlens.cli._progress import progress_bar
 from medlens.errors import MedLensError, OutputError, RoutingError
 from medlens.host import Host
@@ -238,6 +239,14 @@ def _echo_details(o: CaseOutcome) -> None:
     help="Study plugins: CSV with columns file,patient_id[,eye] grouping image files "
     "into patients (DICOM is grouped by its PatientID and study).",
 )
+@click.option(
+    "--option",
+    "option_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A run option (repeatable), e.g. amp=true, explain_precision=float32, "
+    "overlap=0.5, operating_point=triage: the host's (docs/plugin-api.md) or the plugin's.",
+)
 @click.option("--no-explain", is_flag=True, help="Skip explanation heatmaps.")
 @click.option("--no-chain", is_flag=True, help="Do not run plugins chained after this one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per case on stdout.")
@@ -256,6 +265,7 @@ def run(
     mask: Path | None,
     tilt: str | None,
     study_csv: Path | None,
+    option_pairs: tuple[str, ...],
     no_explain: bool,
     no_chain: bool,
     as_json: bool,
@@ -274,6 +284,7 @@ def run(
     """
     from medlens.routing import Study, find_cases, group_studies, read_study_csv
 
+    options = parse_options(option_pairs)  # a malformed pair is a usage error, before any work
     logging.basicConfig(
         level=log_level.upper(),
         stream=sys.stderr,
@@ -302,7 +313,7 @@ def run(
     run_kwargs: dict[str, Any] = {
         "device": device,
         "mask": mask,
-        "options": {"explain": False} if no_explain else {},
+        "options": {**options, "explain": False} if no_explain else options,
         "chain": not no_chain,
     }
     outcomes: list[CaseOutcome] = []
