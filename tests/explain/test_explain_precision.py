@@ -42,6 +42,9 @@ def test_auto_takes_bfloat16_only_where_the_processor_has_it(
     assert precision.resolve("auto", "cpu") == "bfloat16"
     with pytest.raises(ValueError, match="float16"):
         precision.resolve("float16", "cpu")
+    # Only CPU and CUDA autocast here: elsewhere float32, whatever was asked.
+    assert precision.resolve("bfloat16", "mps") == "float32"
+    assert precision.resolve("auto", "mps") == "float32"
 
 
 def test_host_option_is_validated() -> None:

@@ -36,14 +36,20 @@ Precision = Literal["float32", "bfloat16"]
 def resolve(requested: str, device: str) -> Precision:
     """The precision to run: ``requested``, with ``auto`` decided by :func:`native_bfloat16`.
 
+    bfloat16 is run on the CPU and on CUDA only (the autocast this module uses); on any
+    other device (MPS) the passes run in float32 whatever was asked, and the
+    explanation's method then does not claim bfloat16.
+
     Raises:
         ValueError: If ``requested`` is not ``auto``, ``float32`` or ``bfloat16``.
     """
+    if requested not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"explain precision {requested!r}: use auto, float32 or bfloat16")
+    if requested == "float32" or not (device == "cpu" or device.startswith("cuda")):
+        return "float32"
     if requested == "auto":
         return "bfloat16" if native_bfloat16(device) else "float32"
-    if requested in ("float32", "bfloat16"):
-        return "bfloat16" if requested == "bfloat16" else "float32"
-    raise ValueError(f"explain precision {requested!r}: use auto, float32 or bfloat16")
+    return "bfloat16"
 
 
 def _device_type(device: str) -> str:
