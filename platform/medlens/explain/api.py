@@ -26,6 +26,7 @@ from medlens.explain.cam import CamProblem, pick_layer, run_cam, windows_over
 from medlens.explain.precision import Precision, autocast, autocast_before
 from medlens.explain.precision import resolve as resolve_precision
 from medlens.imaging.image import Image
+from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._results import Explanation
 from medlens.plugin_api._vocab import SanityVerdict, Task
@@ -141,16 +142,16 @@ def explain(
         if seg:
             assert segmentation is not None
             prepared = segmentation.prepared
-            region_full = torch.from_numpy(segmentation.model_labels == int(target))
-            if not bool(region_full.any()):
+            region_full = segmentation.model_labels == int(target)
+            roi = tuple(inference.roi_size) if inference else prepared.chain.model_shape
+            box = _box_around(region_full, roi)
+            if box is None:
                 raise EngineError(
                     f"label {target} is absent from the prediction: nothing to explain"
                 )
-            roi = tuple(inference.roi_size) if inference else prepared.chain.model_shape
-            box = _box_around(region_full, roi)
             sl = tuple(slice(a, b) for a, b in zip(*box, strict=True))
             x = prepared.tensor[(slice(None), *sl)].to(device)
-            region = region_full[sl].to(device=device, dtype=x.dtype)
+            region = torch.from_numpy(region_full[sl]).to(device=device, dtype=x.dtype)
             # A volume smaller than the window is padded as the sliding window pads it
             # (constant 0, after the box) so the network sees the shape it was built for.
             pad = [max(0, r - n) for n, r in zip(x.shape[1:], roi, strict=True)]
@@ -336,24 +337,19 @@ def _moved_back(
     return block, where
 
 
-def _box_around(
-    region: torch.Tensor, roi: tuple[int, ...]
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Box covering the region, at least ``roi`` large where the volume allows, centred on it."""
-    import torch
+def _box_around(region: npt.NDArray[np.bool_], roi: tuple[int, ...]) -> Box | None:
+    """Box covering the region, at least ``roi`` large where the volume allows, centred on it.
 
+    None when the region is empty.
+    """
     shape = tuple(region.shape)
-    # Two streaming passes (the first axis's rows; the projection along it for the
-    # others) instead of one reduction over the whole grid per axis.
-    plane = region.any(dim=0)
-    hits = [region.reshape(shape[0], -1).any(dim=1)]
-    for ax in range(1, region.ndim):
-        other = tuple(d for d in range(region.ndim - 1) if d != ax - 1)
-        hits.append(plane.any(dim=other) if other else plane)
-    lo, hi = [], []
-    for ax in range(region.ndim):
-        idx = torch.nonzero(hits[ax]).flatten()
-        a, b = int(idx[0]), int(idx[-1]) + 1
+    extent = nonzero_box(region)
+    if extent is None:
+        return None
+    lo: list[int] = []
+    hi: list[int] = []
+    for ax, span in enumerate(extent):
+        a, b = span.start, span.stop
         want = max(b - a, min(roi[ax], shape[ax]))
         centre = (a + b) // 2
         a = min(max(centre - want // 2, 0), shape[ax] - want)
