@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from medlens.engine import postprocess as post
 from medlens.engine.preprocess import Prepared, prepare
-from medlens.engine.sliding import cpu_amp_refusal, plan_from, run_network
+from medlens.engine.sliding import CPU_AMP_RAN, CPU_AMP_REFUSED, plan_from, run_network
 from medlens.errors import EngineError, RunCancelledError
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import InferenceSpec, InputSpec, Manifest, PostprocessSpec
@@ -225,12 +225,9 @@ def _run(
     n_out: int,
 ) -> torch.Tensor:
     plan = plan_from(inference, dict(overrides), device, n_out)
-    refusal = cpu_amp_refusal(dict(overrides), device)
-    if refusal is not None:
-        reporter.warn(refusal)
-    elif plan.amp and device == "cpu":
+    if device == "cpu" and overrides.get("amp") is True:
         # Not the default: said in the result, as the labels may differ at region edges.
-        reporter.warn("amp: the network ran in bfloat16 on the CPU (asked for by the run)")
+        reporter.warn(CPU_AMP_RAN if plan.amp else CPU_AMP_REFUSED)
     with reporter.timer("inference_s"):
         try:
             return run_network(network, x, plan, reporter.warn)
@@ -510,7 +507,7 @@ def _labels_in_boxes(
     best: torch.Tensor | None = None
     idx: torch.Tensor | None = None
     for c, box in enumerate(boxes):
-        sub_window = None if box is None else step.inverse_window(box)
+        sub_window = window if c == 0 else None if box is None else step.inverse_window(box)
         if box is None or sub_window is None:
             continue
         at, coords = sub_window

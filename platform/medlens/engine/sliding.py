@@ -25,13 +25,18 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "CPU_AMP_RAN",
+    "CPU_AMP_REFUSED",
     "WindowPlan",
-    "cpu_amp_refusal",
     "fallback_plans",
     "plan_from",
     "run_network",
     "stitch_on_cpu_threshold",
 ]
+
+#: The result's note on a CPU run that asked for ``amp``: it ran in bfloat16, or why not.
+CPU_AMP_RAN = "amp: the network ran in bfloat16 on the CPU (asked for by the run)"
+CPU_AMP_REFUSED = "amp ignored: this CPU has no native bfloat16 (AMX/AVX512-BF16); ran in float32"
 
 #: Output voxels (all channels) above which a CUDA run stitches on the CPU from the start.
 stitch_on_cpu_threshold = 64 * 1024**2
@@ -78,7 +83,8 @@ def plan_from(
     ``amp`` on CUDA follows the manifest unless the run says otherwise. On the CPU it is
     off unless the run asks for it (``amp=true``): bfloat16 changes labels at region
     edges, so a CPU result stays float32 unless someone chose otherwise, and it is taken
-    only where the processor has bfloat16 natively (:func:`cpu_amp_refusal`).
+    only where the processor has bfloat16 natively; the run's warnings say which
+    (:data:`CPU_AMP_RAN`, :data:`CPU_AMP_REFUSED`).
     """
     roi: tuple[int, ...] | None = tuple(spec.roi_size) if spec is not None else None
     if options.get("roi_size") is not None:
@@ -98,13 +104,6 @@ def plan_from(
         or (device == "cpu" and options.get("amp") is True and native_bfloat16("cpu")),
         channels_last=bool(options.get("channels_last", device == "cpu")),
     )
-
-
-def cpu_amp_refusal(options: dict[str, Any], device: str) -> str | None:
-    """The one-line reason a CPU run that asked for ``amp`` runs in float32, else None."""
-    if device != "cpu" or options.get("amp") is not True or native_bfloat16("cpu"):
-        return None
-    return "amp ignored: this CPU has no native bfloat16 (AMX/AVX512-BF16); ran in float32"
 
 
 def fallback_plans(plan: WindowPlan) -> Iterator[tuple[WindowPlan, str | None]]:
