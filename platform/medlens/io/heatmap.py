@@ -42,6 +42,7 @@ from medlens.io._common import (
 )
 from medlens.io.atomic import atomic_dir, save_dataset
 from medlens.io.colormap import JET_LEVELS, blend_tables, jet
+from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._results import Result
 
 __all__ = [
@@ -150,15 +151,10 @@ def _overlay_frames(
     out = np.empty((*shown.shape, 3), dtype=np.uint8)
     out[...] = shown[..., None]
     heat = frames_of(heatmap)
-    hot = np.asarray(heat > 0)
-    rows, cols = np.flatnonzero(hot.any(axis=(0, 2))), np.flatnonzero(hot.any(axis=(0, 1)))
-    if rows.size == 0:
+    extent = nonzero_box(np.asarray(heat > 0))
+    if extent is None:
         return out
-    box = (
-        slice(None),
-        slice(int(rows[0]), int(rows[-1]) + 1),
-        slice(int(cols[0]), int(cols[-1]) + 1),
-    )
+    box = (slice(None), *extent[1:])  # every frame, the rows and columns with heat
     level = np.clip(heat[box].astype(np.float32), 0.0, 1.0)
     level *= np.float32(JET_LEVELS - 1)
     index = np.rint(level).astype(np.int32)
