@@ -66,7 +66,6 @@ def randomised_copy(
     *,
     cascading: bool = True,
     seed: int = 0,
-    order: list[str] | None = None,
 ) -> torch.nn.Module:
     """A deep copy of ``net`` with the weights of ``layer`` and all later layers re-drawn.
 
@@ -79,15 +78,18 @@ def randomised_copy(
         layer: Target layer's dotted name.
         cascading: Randomise from ``layer`` on; False randomises every layer.
         seed: Seed of the re-drawn weights.
-        order: ``net``'s execution order when known (the copy's is the same).
     """
+    return _copy_redrawn(net, _redrawn(net, x, layer, cascading, execution_order(net, x)), seed)
+
+
+def _copy_redrawn(net: torch.nn.Module, names: list[str], seed: int) -> torch.nn.Module:
+    """A deep copy of ``net`` with the modules ``names`` re-drawn, in that order."""
     import torch
 
-    order = execution_order(net, x) if order is None else order
     rnd = copy.deepcopy(net)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for name in _redrawn(net, x, layer, cascading, order):
+        for name in names:
             mod = rnd.get_submodule(name)
             reset = getattr(mod, "reset_parameters", None)
             if callable(reset):
@@ -148,10 +150,11 @@ def reused_randomised_copy(
         rnd, redrawn = kept[1]
         if _same_but_redrawn(net, rnd, redrawn):
             return rnd  # type: ignore[no-any-return]
-    order = execution_order(net, x)
-    redrawn = set(_redrawn(net, x, layer, cascading, order))
-    rnd = randomised_copy(net, x, layer, cascading=cascading, seed=seed, order=order)
-    _COPIES[net] = (key, (rnd, redrawn))
+    # What randomised_copy does, keeping the re-drawn names it works out (for a
+    # parameter-free target that takes a forward pass) for the reuse test.
+    names = _redrawn(net, x, layer, cascading, execution_order(net, x))
+    rnd = _copy_redrawn(net, names, seed)
+    _COPIES[net] = (key, (rnd, set(names)))
     return rnd
 
 
