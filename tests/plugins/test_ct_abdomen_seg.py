@@ -219,6 +219,57 @@ def test_recipe_trains_logs_to_mlflow_and_saves_loadable_weights(tmp_path: Path)
     assert [Path(a.path).name for a in artifacts] == ["model.safetensors"]
 
 
+@pytest.mark.slow
+def test_recipe_bfloat16_autocasts_the_training_step_and_logs_its_precision(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    import mlflow
+    import torch
+    from medlens_ct_abdomen_seg.recipe import RecipeConfig, train
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    states, configs = {}, {}
+    for precision in ("float32", "bfloat16"):
+        cfg = RecipeConfig(
+            cases=1,
+            val_cases=0,
+            epochs=1,
+            iters_per_epoch=2,
+            patch=(32, 32, 16),
+            init_sha256="",
+            precision=precision,
+        )
+        out = tmp_path / precision
+        weights, _digest = train(cfg, out, log=lambda _line: None)
+        states[precision] = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as fh:
+            configs[precision] = json.loads(fh.metadata()["config"])
+        mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
+        (run,) = mlflow.search_runs(experiment_names=["ct-abdomen-seg"], output_format="list")
+        assert run.data.params["precision"] == precision
+    # Same seed, same patches: only the arithmetic of the passes differs, and it shows.
+    assert all(v.dtype == torch.float32 for v in states["bfloat16"].values())
+    assert any(not torch.equal(states["float32"][k], v) for k, v in states["bfloat16"].items())
+    # float32 weights keep the metadata of before the option (their sha256 reproduces).
+    assert "precision" not in configs["float32"]
+    assert configs["bfloat16"]["precision"] == "bfloat16"
+
+
+def test_recipe_precision_auto_is_bfloat16_only_where_native(tmp_path: Path) -> None:
+    from medlens_ct_abdomen_seg.recipe import RecipeConfig, _parse, train
+
+    from medlens.engine.device import native_bfloat16
+
+    cfg, _out, _init = _parse(["--out", str(tmp_path), "--precision", "auto"])
+    assert cfg.precision == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    assert _parse(["--out", str(tmp_path)])[0].precision == "float32"
+    with pytest.raises(SystemExit, match="float16"):
+        train(RecipeConfig(precision="float16", init_sha256=""), tmp_path)
+
+
 def test_recipe_refuses_starting_weights_of_another_sha256(tmp_path: Path) -> None:
     from medlens_ct_abdomen_seg.network import build_network
     from medlens_ct_abdomen_seg.recipe import INIT_SHA256, RecipeConfig, _load_init
