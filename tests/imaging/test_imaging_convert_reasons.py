@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pydicom
 import pydicom.uid
+import pytest
 from click.testing import CliRunner
 
 from medlens.cli.main import cli
@@ -88,3 +89,30 @@ def test_convert_splits_a_multi_echo_series_into_one_volume_per_echo(
     assert [p.name.split("_")[-1] for p in niftis] == ["e1.nii.gz", "e2.nii.gz", "e3.nii.gz"]
     for nii, files in zip(niftis, groups, strict=True):
         np.testing.assert_array_equal(read_nifti(nii).array, load_series(files).array)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # pydicom's note on the bad value
+def test_a_malformed_frame_count_is_one_series_reason_not_a_crash(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    """pydicom's badVR.dcm (NumberOfFrames '1A') beside a good series: the good one converts."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from medlens.errors import DicomError
+    from medlens.imaging.read import read_image
+
+    dicom_builder.write_series(tmp_path / "d" / "good")
+    bad = tmp_path / "d" / "bad" / "badVR.dcm"
+    bad.parent.mkdir()
+    shutil.copy(get_testdata_file("badVR.dcm"), bad)
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "d"), str(tmp_path / "out")])
+    assert result.exception is None, result.output
+    assert result.exit_code == 0
+    assert "'badVR.dcm' has a malformed NumberOfFrames '1A'" in result.output
+    assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 1
+
+    # Read as one file (the run path), the same value is refused by the reader in one line.
+    with pytest.raises(DicomError, match="malformed NumberOfFrames"):
+        read_image(bad)

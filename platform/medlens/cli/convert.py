@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from medlens.errors import InputError, OutputError
+from medlens.errors import InputError, MedLensError, OutputError
 from medlens.imaging.dicom_index import SeriesEntry, index_folder
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import write_nifti
@@ -60,6 +60,14 @@ def _sidecar(s: SeriesEntry, image: Image) -> dict[str, Any]:
     }
 
 
+def _reason(e: Exception) -> str:
+    """One line for a failed series: a MedLens error as it reads, anything else typed."""
+    if isinstance(e, MedLensError):
+        return str(e)
+    first = (str(e).splitlines() or [""])[0][:200]
+    return f"unexpected {type(e).__name__} while reading: {first}"
+
+
 def convert_folder(
     folder: Path, out_dir: Path, *, on_tilt: str = "error", on_gaps: str = "resample"
 ) -> list[dict[str, Any]]:
@@ -79,8 +87,8 @@ def convert_folder(
             continue
         try:
             volumes = split_volumes(s.files)
-        except InputError as e:
-            rec["error"] = str(e)
+        except Exception as e:  # any failure of one series is its reason, never the batch's
+            rec["error"] = _reason(e)
             records.append(rec)
             continue
         for suffix, files in volumes:
@@ -91,8 +99,8 @@ def convert_folder(
                     on_tilt="resample" if on_tilt == "resample" else "error",
                     on_gaps="error" if on_gaps == "error" else "resample",
                 )
-            except InputError as e:
-                vrec["error"] = str(e)
+            except Exception as e:  # as above: a reader bug on one series stops only it
+                vrec["error"] = _reason(e)
                 records.append(vrec)
                 continue
             stem = _stem(s) + (f"_{suffix}" if suffix else "")

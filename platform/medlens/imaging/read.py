@@ -25,6 +25,7 @@ from medlens.imaging.series import (
     check_not_mosaic,
     fill_sop_class,
     load_series,
+    number_of_frames,
     read_dataset,
 )
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, read_2d_dicom, read_2d_file
@@ -145,7 +146,7 @@ def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Ima
     if sop_class == _SEG_SOP_CLASS:
         raise DicomError(f"{path.name!r} is a DICOM SEG; read it as a mask, not an image")
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    nframes = number_of_frames(ds, path.name)
     modality = str(ds.get("Modality", "")).upper()
     has_geometry = all(
         k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")

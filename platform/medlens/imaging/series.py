@@ -56,6 +56,7 @@ __all__ = [
     "fill_sop_class",
     "group_volumes",
     "load_series",
+    "number_of_frames",
     "read_dataset",
     "split_volumes",
 ]
@@ -130,7 +131,7 @@ def split_volumes(files: Sequence[Path]) -> list[tuple[str, list[Path]]]:
         except Exception as e:  # pydicom raises many kinds on corrupt files
             raise DicomError(f"{Path(path).name!r} is unreadable: {type(e).__name__}") from e
         key = tuple(str(ds.get(kw, "") or "").strip() for kw, _ in _VOLUME_KEYS)
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        if number_of_frames(ds, Path(path).name) > 1:
             key = ("",) * len(_VOLUME_KEYS)
         keyed.append((key, Path(path)))
     return [(s, [p for _, p in g]) for s, g in group_volumes(keyed, lambda kp: kp[0])]
@@ -163,6 +164,25 @@ def group_volumes(
         ("_".join(f"{_VOLUME_KEYS[i][1]}{k[i] or 'x'}" for i in varying), groups[k])
         for k in sorted(groups, key=order)
     ]
+
+
+def number_of_frames(ds: Dataset, label: str) -> int:
+    """``NumberOfFrames`` (1 when absent or empty), refused in one line when malformed.
+
+    pydicom keeps a malformed IS value (e.g. ``'1A'``) as text with only a warning; a bare
+    ``int()`` of it would escape as a ``ValueError`` instead of a reason.
+
+    Raises:
+        DicomError: If the value is not a positive integer.
+    """
+    value = ds.get("NumberOfFrames", 1)
+    try:
+        n = int(value or 1)
+    except (TypeError, ValueError):
+        raise DicomError(f"{label!r} has a malformed NumberOfFrames {str(value)[:16]!r}") from None
+    if n < 1:
+        raise DicomError(f"{label!r} has NumberOfFrames {n}")
+    return n
 
 
 def fill_sop_class(ds: Dataset) -> str | None:

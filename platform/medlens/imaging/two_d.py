@@ -125,12 +125,12 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     Raises:
         DicomError: No pixel data, several frames, or undecodable pixel data.
     """
-    from medlens.imaging.series import _metadata
+    from medlens.imaging.series import _metadata, number_of_frames
 
     label = Path(path).name if path else "dataset"
     if "PixelData" not in ds:
         raise DicomError(f"{label!r} has no pixel data")
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    nframes = number_of_frames(ds, label)
     if nframes != 1:
         raise DicomError(f"{label!r} has {nframes} frames; a 2-D image has one")
     if not str(ds.get("SOPClassUID", "") or "").strip():
