@@ -343,3 +343,54 @@ def test_explanations_on_image_files_are_png_overlays(tmp_path: Path) -> None:
         overlay = np.asarray(PILImage.open(overlay_path))
         photo = data.load_rgb(_img(f"Patient016_{line['images'][n][-5]}.jpg"))
         assert overlay.shape[:2] == photo.shape[:2]
+
+
+def _grey_op(src: Path, path: Path, laterality: str, patient: str, study_uid: str) -> Path:
+    """A red-free (grey, MONOCHROME2) OP photograph: the photograph's green channel."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    green = cv2.resize(data.load_rgb(src), (512, 342), interpolation=cv2.INTER_AREA)[..., 1]
+    ds = _op_dataset(ExplicitVRLittleEndian, laterality, patient, study_uid, green.shape)
+    ds.SamplesPerPixel = 1
+    del ds.PlanarConfiguration
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = np.ascontiguousarray(green, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_grey_photographs_are_ungradable_eyes_or_rejected_never_failed(tmp_path: Path) -> None:
+    """Red-free photographs were not in the training data: no grade, and no 'failed' case."""
+    inp = tmp_path / "dicom"
+    # Patient A: a red-free left eye beside a colour right eye.
+    _grey_op(
+        _img("Patient015_L.jpg"), inp / "a1.dcm", "L", "PID-12", "1.2.826.0.1.3680043.8.498.81"
+    )
+    op_dicom(
+        _img("Patient015_R.jpg"), inp / "a2.dcm", "R", "PID-12", "1.2.826.0.1.3680043.8.498.81"
+    )
+    # Patient B: both eyes red-free.
+    _grey_op(
+        _img("Patient013_L.jpg"), inp / "b1.dcm", "L", "PID-13", "1.2.826.0.1.3680043.8.498.82"
+    )
+    _grey_op(
+        _img("Patient013_R.jpg"), inp / "b2.dcm", "R", "PID-13", "1.2.826.0.1.3680043.8.498.82"
+    )
+    code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out"), "--no-explain")
+    assert code == 4, lines  # a rejected case, none failed
+    by = {ln["images"][0][0]: ln for ln in lines}  # a*.dcm: patient A, b*.dcm: patient B
+    mixed = _result(by["a"])
+    left, right = mixed["extra"]["eyes"]
+    assert not left["quality"]["gradable"] and left["findings"] == []
+    assert left["quality"]["reasons"] == ["not a colour photograph: a grey-level image (1 channel)"]
+    assert right["findings"], right  # the colour eye is still graded
+    assert mixed["extra"]["decision"] == (
+        "refer" if right["findings"][0]["positive"] else "ungradable"
+    )
+    assert _dciodvfy_errors(Path(by["a"]["result"]).parent / "sr.dcm") == []
+    grey = by["b"]
+    assert grey["status"] == "rejected", grey
+    doc = json.loads(Path(grey["result"]).read_text())
+    assert doc["status"] == "rejected_out_of_distribution" and doc["findings"] == []
+    assert "no colour photograph in the study" in doc["status_reason"]

@@ -310,6 +310,8 @@ def card(res: dict[str, Any]) -> str:
         "- Gradability was set from measurable properties and synthetic degradations, not "
         "from human gradability labels.",
         "- Grad-CAM explains the model; it does not localise lesions.",
+        "- Colour photographs only: a red-free (grey) photograph is an ungradable eye, and a "
+        "study without any colour photograph is rejected out of distribution.",
         "",
     ]
     return "\n".join(lines)

@@ -55,6 +55,15 @@ def image_rgb(image: v1.Image) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(arr.transpose(2, 1, 0))
 
 
+def _not_colour(image: v1.Image) -> str:
+    """Why ``image`` is no 2-D colour photograph (``""`` when it is one)."""
+    if image.ndim != 2:
+        return f"a {image.ndim}-D image"
+    if image.channels != 3:
+        return f"a grey-level image ({image.channels} channel)"
+    return ""
+
+
 def _source(image: v1.Image) -> str:
     """The eye's photograph: its SOP Instance UID (DICOM), else its file name."""
     uid = str(image.metadata.get("SOPInstanceUID") or "").strip()
@@ -177,20 +186,39 @@ class RetinaDR:
         # Quality first, every eye; the gradable ones are then graded (and explained) in
         # one batch: one pass of each network for the whole study.
         graded: list[tuple[int, RGB, preprocess.FieldOfView, RGB]] = []
+        kinds = [_not_colour(item.image) for item in items]
+        if all(kinds):
+            # Red-free and other grey photographs exist, but none was in the training
+            # data: no answer, and no "failed" either (nothing went wrong).
+            return v1.Prediction(
+                status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+                status_reason=f"no colour photograph in the study ({'; '.join(kinds)}): "
+                "retina-dr grades colour fundus photographs only",
+                warnings=[study.NOTICE],
+                extra={"notice": study.NOTICE},
+            )
         for n, item in enumerate(items):
             image: v1.Image = item.image
-            rgb = image_rgb(image)
             lat, lat_from = _laterality(item)
-            with ctx.timer("quality"):
-                measures, fov = quality.measure(rgb)
-                q = quality.verdict(measures)
             eye: dict[str, Any] = {
                 "source": _source(image),
                 "laterality": lat,
                 "laterality_from": lat_from,
-                "quality": {"gradable": q.gradable, "reasons": q.reasons, "measures": measures},
                 "findings": [],
             }
+            if kinds[n]:  # this eye is ungradable here; the colour eye(s) are still graded
+                eye["quality"] = {
+                    "gradable": False,
+                    "reasons": [f"not a colour photograph: {kinds[n]}"],
+                    "measures": {"fov_found": 0.0},
+                }
+                eyes.append(eye)
+                continue
+            rgb = image_rgb(image)
+            with ctx.timer("quality"):
+                measures, fov = quality.measure(rgb)
+                q = quality.verdict(measures)
+            eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": measures}
             if lat is None:
                 warnings.append(
                     f"eye {n + 1} ({eye['source']}): laterality unknown (no DICOM "
