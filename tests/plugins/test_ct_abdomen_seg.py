@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -265,9 +266,33 @@ def test_recipe_precision_auto_is_bfloat16_only_where_native(tmp_path: Path) -> 
 
     cfg, _out, _init = _parse(["--out", str(tmp_path), "--precision", "auto"])
     assert cfg.precision == ("bfloat16" if native_bfloat16("cpu") else "float32")
-    assert _parse(["--out", str(tmp_path)])[0].precision == "float32"
+    assert _parse(["--out", str(tmp_path), "--release", "0.2.0"])[0].precision == "float32"
     with pytest.raises(SystemExit, match="float16"):
         train(RecipeConfig(precision="float16", init_sha256=""), tmp_path)
+
+
+def test_recipe_releases_chain_each_from_the_weights_of_the_one_before(tmp_path: Path) -> None:
+    from medlens_ct_abdomen_seg.recipe import (
+        LATEST,
+        RELEASES,
+        WEIGHTS_COMMIT,
+        WEIGHTS_SHA256,
+        _parse,
+    )
+
+    # The shipped weights are the latest release's, and its recipe made them.
+    assert WEIGHTS_SHA256[LATEST] == _manifest().weights.sha256
+    assert LATEST in RELEASES and set(WEIGHTS_COMMIT) == set(WEIGHTS_SHA256)
+    versions = sorted(WEIGHTS_SHA256, key=lambda v: tuple(int(p) for p in v.split(".")))
+    assert versions[-1] == LATEST
+    for before, version in itertools.pairwise(versions):
+        if version in RELEASES:
+            assert RELEASES[version].init_sha256 == WEIGHTS_SHA256[before]
+    # No option: the latest release's settings; an option replaces just its field.
+    assert _parse(["--out", str(tmp_path)])[0] == RELEASES[LATEST]
+    cfg = _parse(["--out", str(tmp_path), "--release", "0.2.0", "--epochs", "3"])[0]
+    assert cfg.epochs == 3
+    assert cfg.lr == RELEASES["0.2.0"].lr and cfg.init_sha256 == WEIGHTS_SHA256["0.1.0"]
 
 
 def test_recipe_refuses_starting_weights_of_another_sha256(tmp_path: Path) -> None:

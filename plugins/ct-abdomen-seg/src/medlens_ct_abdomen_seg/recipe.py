@@ -1,14 +1,20 @@
 """Seeded training recipe of the ``ct-abdomen-seg`` demo weights, tracked in MLflow.
 
-Usage::
+Usage (``--release`` names a shipped version; its settings are :data:`RELEASES`)::
 
-    git show a62b247:plugins/ct-abdomen-seg/src/medlens_ct_abdomen_seg/weights/model.safetensors \
-        > init.safetensors   # the 0.1.0 weights (sha256 35e34521...), the starting point
-    python -m medlens_ct_abdomen_seg.recipe --out runs/ct-abdomen-seg --init init.safetensors
+    git show e98e28a:plugins/ct-abdomen-seg/src/medlens_ct_abdomen_seg/weights/model.safetensors \
+        > init.safetensors   # the weights of the release before (here 0.1.0)
+    python -m medlens_ct_abdomen_seg.recipe --release 0.2.0 --out DIR --init init.safetensors
 
-The shipped 0.2.0 weights are this command's output (about 26 min on a shared 2-core CPU).
-``--init-sha256 ''`` trains from a fresh initialisation instead (then raise ``--epochs``,
-``--iters`` and ``--lr``: 0.1.0 used 60 x 40 steps at 3e-3).
+The chain of releases, each a fine-tune of the one before (the starting weights are checked
+against :data:`WEIGHTS_SHA256` before loading; :data:`WEIGHTS_COMMIT` holds them in git):
+
+* 0.1.0 -- this recipe at commit a62b247, from scratch: 60 cases, 60 x 40 steps at 3e-3.
+* 0.2.0 -- fine-tune of 0.1.0: 160 cases, 8 x 50 steps at 5e-4, float32 (about 26 min on
+  the shared 2-core CPU).
+
+Options given on the command line replace the release's. ``--init-sha256 ''`` trains from a
+fresh initialisation instead (then raise ``--epochs``, ``--iters`` and ``--lr``).
 
 ``--precision`` (default ``float32``, the arithmetic of the shipped weights; a float32 run
 writes the same bytes as before the option existed): ``bfloat16`` autocasts the training
@@ -45,7 +51,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,15 +61,32 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["PreparedCase", "RecipeConfig", "main", "prepare_case", "train"]
+__all__ = [
+    "LATEST",
+    "RELEASES",
+    "WEIGHTS_COMMIT",
+    "WEIGHTS_SHA256",
+    "PreparedCase",
+    "RecipeConfig",
+    "main",
+    "prepare_case",
+    "train",
+]
 
 #: Offset of the validation seeds (training uses ``seed .. seed+cases-1``).
 VAL_SEED_OFFSET = 5000
 #: First held-out evaluation seed; training and validation seeds must stay below it.
 HELD_OUT_SEED = 10000
-#: The 0.1.0 weights (``git show a62b247:plugins/ct-abdomen-seg/src/medlens_ct_abdomen_seg/
-#: weights/model.safetensors``), the starting point of the 0.2.0 fine-tuning.
-INIT_SHA256 = "35e34521b45d60a2328f131dcd540b273d277a902c7bdaf97f40a7f8af7606b4"
+#: sha256 of each release's weights, the starting point of the next release.
+WEIGHTS_SHA256 = {
+    "0.1.0": "35e34521b45d60a2328f131dcd540b273d277a902c7bdaf97f40a7f8af7606b4",
+    "0.2.0": "6b0b3eabd03a81233efb504756191cca0be4d746a8ef59c7357184d50677d1dc",
+}
+#: The commit holding each release's weights: ``git show COMMIT:WEIGHTS_PATH``.
+WEIGHTS_COMMIT = {"0.1.0": "a62b247", "0.2.0": "e98e28a"}
+WEIGHTS_PATH = "plugins/ct-abdomen-seg/src/medlens_ct_abdomen_seg/weights/model.safetensors"
+#: The starting weights of :class:`RecipeConfig`'s defaults (the 0.2.0 run): 0.1.0's.
+INIT_SHA256 = WEIGHTS_SHA256["0.1.0"]
 
 
 def _label_names() -> tuple[str, ...]:
@@ -118,6 +141,14 @@ class RecipeConfig:
     #: threads: float32 0.30 s a step, bfloat16 0.16 s. The tensors stay in the default
     #: layout: channels-last-3d made the bfloat16 step slower (0.18 s), not faster.
     precision: str = "float32"
+
+
+#: The configuration of each release this recipe made (0.1.0 came from its commit a62b247).
+RELEASES: dict[str, RecipeConfig] = {
+    "0.2.0": RecipeConfig(),
+}
+#: The release ``--release`` defaults to: the shipped weights.
+LATEST = "0.2.0"
 
 
 @dataclass(frozen=True)
@@ -471,47 +502,51 @@ def _precision(name: str) -> str:
 
 
 def _parse(argv: Sequence[str] | None) -> tuple[RecipeConfig, Path, Path | None]:
-    d = RecipeConfig()
     p = argparse.ArgumentParser(
         prog="python -m medlens_ct_abdomen_seg.recipe",
         description="Train the ct-abdomen-seg demo weights on MedLens CT phantoms (seeded).",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of everything (default 0)")
-    p.add_argument("--cases", type=int, default=d.cases, help="training phantoms")
-    p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation phantoms")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--iters", type=int, default=d.iters_per_epoch, help="iterations per epoch")
-    p.add_argument("--val-every", type=int, default=d.val_every, help="epochs between validations")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument(
+        "--release",
+        default=LATEST,
+        choices=sorted(RELEASES),
+        help=f"the release whose settings to use (default {LATEST}); options below replace them",
+    )
+    # Each option's default is None: "the release's value".
+    p.add_argument("--seed", type=int, help="seed of everything")
+    p.add_argument("--cases", type=int, help="training phantoms")
+    p.add_argument("--val-cases", type=int, help="validation phantoms")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iters", type=int, help="iterations per epoch")
+    p.add_argument("--val-every", type=int, help="epochs between validations")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (one-cycle)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(
         "--precision",
-        default=d.precision,
         choices=("float32", "bfloat16", "auto"),
         help="training passes: float32, bfloat16 autocast, or auto (bfloat16 where native)",
     )
     p.add_argument("--init", type=Path, default=None, help="starting weights (safetensors)")
     p.add_argument(
-        "--init-sha256",
-        default=d.init_sha256,
-        help="sha256 the starting weights must have ('' trains from scratch)",
+        "--init-sha256", help="sha256 the starting weights must have ('' trains from scratch)"
     )
     a = p.parse_args(argv)
-    cfg = RecipeConfig(
-        seed=a.seed,
-        cases=a.cases,
-        val_cases=a.val_cases,
-        epochs=a.epochs,
-        iters_per_epoch=a.iters,
-        val_every=a.val_every,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        threads=a.threads,
-        init_sha256=a.init_sha256,
-        precision=_precision(a.precision),
-    )
+    given = {
+        "seed": a.seed,
+        "cases": a.cases,
+        "val_cases": a.val_cases,
+        "epochs": a.epochs,
+        "iters_per_epoch": a.iters,
+        "val_every": a.val_every,
+        "batch_size": a.batch_size,
+        "lr": a.lr,
+        "threads": a.threads,
+        "init_sha256": a.init_sha256,
+        "precision": None if a.precision is None else _precision(a.precision),
+    }
+    cfg = replace(RELEASES[a.release], **{k: v for k, v in given.items() if v is not None})
     return cfg, a.out, a.init
 
 
