@@ -46,7 +46,8 @@ def test_plugins_list_json_and_table(
     # No host configuration, so no registry: every plugin says so rather than "validated"
     # or "not validated" (tests/workflows/test_validate_cli.py covers a configured one).
     monkeypatch.delenv("MEDLENS_CONFIG", raising=False)
-    monkeypatch.setenv("COLUMNS", "200")  # so the table's cells are not wrapped
+    # Off a terminal, no COLUMNS: the table is not cut to rich's 80 columns (a pipe, a log).
+    monkeypatch.delenv("COLUMNS", raising=False)
     code, out, _ = _run(["plugins", "list", "--json"], capsys)
     data = json.loads(out)
     assert code == 0
@@ -65,6 +66,8 @@ def test_plugins_list_json_and_table(
     code, out, _ = _run(["plugins", "list"], capsys)
     assert code == 0 and "alpha" in out and "rejected" in out
     assert "validation" in out and "no registry configured" in out
+    row = next(line for line in out.splitlines() if "alpha" in line)
+    assert "1.2.3" in row and "no registry configured" in row and "Test plugin alpha" in row
 
 
 @pytest.mark.usefixtures("fake_host")

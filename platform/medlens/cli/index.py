@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from medlens.cli._console import table_console
 from medlens.imaging.dicom_index import index_folder
 
 __all__ = ["index"]
@@ -29,7 +29,7 @@ def index(folder: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(ix.to_dict(), indent=2))
         return
-    console = Console()
+    console = table_console()
     table = Table("patient", "study", "series", "#", "modality", "description", "files", "frames")
     for p in ix.patients:
         for st in p.studies:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from medlens.cli._console import table_console
 from medlens.host import Host
 from medlens.plugin_api._manifest import Manifest
 
@@ -79,7 +79,7 @@ def list_(as_json: bool) -> None:
             status[m.id],
             m.title,
         )
-    console = Console()
+    console = table_console()
     console.print(table)
     for e in errors:
         console.print(f"[red]rejected[/red] {e}", highlight=False)

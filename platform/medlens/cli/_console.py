@@ -1,0 +1,22 @@
+"""The console tables are printed on."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+
+__all__ = ["table_console"]
+
+#: Width when stdout is no terminal: wide enough that no table is wrapped. A table takes
+#: only the width its cells need; rich's own default off a terminal (80 columns) would
+#: cut UIDs, plugin ids and reasons into pieces or ellipses in a pipe or a log.
+_PIPE_WIDTH = 1000
+
+
+def table_console() -> Console:
+    """A stdout console: a terminal's width (or ``COLUMNS``), else never wrapping tables."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=_PIPE_WIDTH)
