@@ -146,6 +146,22 @@ def test_nifti_bad_inputs(tmp_path: Path) -> None:
         read_nifti(tmp_path / "s.nii")
 
 
+def test_nifti_header_sizes_are_checked_before_any_voxel_is_allocated(tmp_path: Path) -> None:
+    # A 1 kB file whose header declares 4000^3 floats (256 GB): refused, never allocated.
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((4000, 4000, 4000))
+    hdr.set_data_dtype(np.float32)
+    (tmp_path / "huge.nii").write_bytes(hdr.binaryblock + b"\0" * 1028)
+    with pytest.raises(InputError, match="declares 4000x4000x4000 voxels"):
+        read_nifti(tmp_path / "huge.nii")
+    # A truncated uncompressed file: refused by its size, with both figures.
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), np.eye(4)), tmp_path / "t.nii")
+    data = (tmp_path / "t.nii").read_bytes()
+    (tmp_path / "t.nii").write_bytes(data[: len(data) - 100])
+    with pytest.raises(InputError, match=r"truncated: its header needs 1376 bytes, it has 1276"):
+        read_nifti(tmp_path / "t.nii")
+
+
 def _ref_image() -> Image:
     return Image(
         array=np.zeros((1, 10, 12, 8), np.float32),

@@ -37,6 +37,30 @@ def _decompose(
     return tuple(spacing.tolist()), tuple(affine[:3, 3].tolist()), direction
 
 
+def _check_declared_size(img: Any, p: Path) -> None:
+    """Refuse a header whose dimensions are not a scan's, before any voxel is allocated.
+
+    nibabel allocates the whole declared array first: a corrupt or hostile header
+    (4000 x 4000 x 4000 floats in a 1 kB file) would ask for 256 GB, which a host with
+    memory overcommit grants and then dies of.
+    """
+    from medlens.imaging.series import MAX_VOXELS
+
+    shape = tuple(int(n) for n in img.shape)
+    voxels = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{p.name!r} declares {'x'.join(map(str, shape))} voxels: not a scan")
+    if not p.name.lower().endswith(".gz"):
+        # The proxy's offset: a loaded header's own ``vox_offset`` reads 0.
+        itemsize = np.dtype(img.header.get_data_dtype()).itemsize
+        need = int(getattr(img.dataobj, "offset", 0)) + voxels * itemsize
+        have = p.stat().st_size
+        if have < need:
+            raise InputError(
+                f"{p.name!r} is truncated: its header needs {need} bytes, it has {have}"
+            )
+
+
 def read_nifti(path: str | os.PathLike[str]) -> Image:
     """Read a 3-D (or 4-D, channels last) NIfTI file into an LPS :class:`Image`.
 
@@ -53,6 +77,7 @@ def read_nifti(path: str | os.PathLike[str]) -> Image:
         img: Any = nib.load(str(p))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"{p.name!r} is not a NIfTI image")
+        _check_declared_size(img, p)
         proxy = img.dataobj
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
         scaled = not (
