@@ -31,6 +31,7 @@ __all__ = [
     "WriteNotes",
     "algorithm_sequence",
     "coded",
+    "complete_charset",
     "complete_geometry",
     "complete_type2",
     "copy_deidentification",
@@ -125,7 +126,7 @@ def read_source_headers(image: Image) -> list[Dataset] | None:
             ds = pydicom.dcmread(Path(p), stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomError(f"cannot re-read source file {Path(p).name!r}: {e}") from e
-        out.append(complete_geometry(complete_type2(ds), image))
+        out.append(complete_charset(complete_geometry(complete_type2(ds), image)))
     return out
 
 
@@ -222,9 +223,33 @@ def complete_geometry(ds: Dataset, image: Image) -> Dataset:
     elif (
         "ImageOrientationPatient" in ds
         and len(spacing) == 3
-        and ds.get("SliceThickness") in (None, "")
+        and not _positive(ds.get("SliceThickness"))
     ):
+        # Empty (Type 2), or not a positive number ("NaN", 0): highdicom copies it into
+        # the derived object's pixel measures, where it cannot be encoded.
         ds.SliceThickness = spacing[2]
+    return ds
+
+
+def complete_charset(ds: Dataset) -> Dataset:
+    """Replace a ``SpecificCharacterSet`` that is no defined term with UTF-8 (``ISO_IR 192``).
+
+    Derived objects take the source's character set; highdicom refuses an unknown one
+    (``ISO_IR 999``), which would lose the result after inference. pydicom has already
+    decoded the text (with its default where the term was unknown), and UTF-8 encodes
+    any of it.
+    """
+    from highdicom import SpecificCharacterSetValues
+
+    value = ds.get("SpecificCharacterSet")
+    if value is None:
+        return ds
+    terms = [value] if isinstance(value, str) else list(value)
+    known = {v.value for v in SpecificCharacterSetValues}
+    # An empty first term (the default repertoire before code extensions) is valid DICOM
+    # but refused by highdicom too.
+    if any(str(t).strip() not in known for t in terms):
+        ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 
 
