@@ -1,8 +1,8 @@
 """Source headers that are valid DICOM, or common in the field, never lose a result.
 
 Found by running mutated phantom series through ``medlens run``: inference ran, then
-building the SEG failed and the case was lost. Each source here must get its SEG and SR
-written (dciodvfy clean) with the patient's text intact.
+building the SEG failed and the case was lost. Each source here must get its SEG, SR and
+heatmaps written (dciodvfy clean) with the patient's text intact.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from medlens.imaging.read import read_image
 from medlens.io import write_result
-from medlens.plugin_api.v1 import Prediction, Result
+from medlens.plugin_api.v1 import Explanation, Prediction, Result
 
 #: (SpecificCharacterSet, PatientName, SliceThickness) of each oddity.
 ODDITIES: dict[str, tuple[object, str, object]] = {
@@ -63,16 +63,20 @@ def test_seg_and_sr_are_written_for_an_odd_source_header(
     mask_image = image.with_array(mask)
     result = Result(
         prediction=Prediction(
-            mask=mask_image, measurements=kit.measure(mask_image, kit.labels[:1])
+            mask=mask_image,
+            measurements=kit.measure(mask_image, kit.labels[:1]),
+            heatmap=image.with_array(mask.astype(np.float32) * 0.8),
+            explanation=Explanation(method="gradcam", target="liver", sanity="model-sensitive"),
         ),
         provenance=kit.make_provenance(m, image),
         image=image,
         manifest=m,
     )
     outputs = write_result(result, tmp_path / "out")
-    assert {"seg", "sr", "json"} <= set(outputs), outputs
-    for key in ("seg", "sr"):
-        ds = pydicom.dcmread(outputs[key])
+    assert {"seg", "sr", "heatmap_pm", "heatmap_sc", "json"} <= set(outputs), outputs
+    for key in ("seg", "sr", "heatmap_pm", "heatmap_sc"):
+        path = outputs[key] if key != "heatmap_sc" else sorted(outputs[key].iterdir())[0]
+        ds = pydicom.dcmread(path)
         assert str(ds.PatientName) == name, (key, ds.PatientName)
-        errors, _ = dciodvfy(outputs[key])
+        errors, _ = dciodvfy(path)
         assert errors == [], (key, errors)
