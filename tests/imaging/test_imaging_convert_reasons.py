@@ -116,3 +116,24 @@ def test_a_malformed_frame_count_is_one_series_reason_not_a_crash(
     # Read as one file (the run path), the same value is refused by the reader in one line.
     with pytest.raises(DicomError, match="malformed NumberOfFrames"):
         read_image(bad)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on the hostile values
+def test_file_names_from_hostile_headers_stay_in_the_output_folder(
+    dicom_builder: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Series UID ending in ``/../../x`` named a file one folder above OUT_DIR."""
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+    files, _ = dicom_builder.write_series(tmp_path / "d")
+    for p in files:
+        ds = pydicom.dcmread(p)
+        ds.SeriesInstanceUID = "1.2/../../x"
+        ds.Modality = "CT/.."
+        ds.save_as(p)
+    out = tmp_path / "nest" / "out"
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "d"), str(out), "--json"])
+    assert result.exception is None, result.output
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    (nii,) = [p for p in written if p.name.endswith(".nii.gz")]
+    assert nii.parent == Path("nest/out") and "/" not in nii.name
+    assert not (tmp_path / "x.nii.gz").exists() and not (tmp_path / "nest" / "x.nii.gz").exists()

@@ -16,17 +16,28 @@ from medlens.imaging.dicom_index import SeriesEntry, index_folder
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import write_nifti
 from medlens.imaging.series import load_series, split_volumes
+from medlens.safepaths import under_root
 
 __all__ = ["convert", "convert_folder"]
 
 _NON_VOLUME = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "DOC"})
 
 
-def _stem(s: SeriesEntry) -> str:
+def _stem(s: SeriesEntry, suffix: str) -> str:
+    """``NNN_MODALITY_description_uidtail[_suffix]``, safe as a file name.
+
+    Every part comes from the header (a Series UID ending ``/../../x``, an EchoNumbers of
+    ``..``), so each is reduced to letters and digits; the joined path is still checked
+    to stay under the output folder.
+    """
     num = f"{s.series_number:03d}" if s.series_number is not None else "xxx"
-    desc = re.sub(r"[^A-Za-z0-9]+", "_", s.description).strip("_")[:40]
-    tail = s.series_instance_uid.rsplit(".", 1)[-1][-8:]
-    return "_".join(x for x in (num, s.modality or "OT", desc, tail) if x)
+
+    def clean(text: str, n: int) -> str:
+        return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:n]
+
+    tail = re.sub(r"[^0-9]", "", s.series_instance_uid.rsplit(".", 1)[-1])[-8:]
+    parts = (num, clean(s.modality, 16) or "OT", clean(s.description, 40), tail, clean(suffix, 32))
+    return "_".join(x for x in parts if x)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -103,10 +114,10 @@ def convert_folder(
                 vrec["error"] = _reason(e)
                 records.append(vrec)
                 continue
-            stem = _stem(s) + (f"_{suffix}" if suffix else "")
-            nii = write_nifti(image, out_dir / f"{stem}.nii.gz")
+            stem = _stem(s, suffix)
+            nii = write_nifti(image, under_root(out_dir, f"{stem}.nii.gz"))
             try:
-                _write_json(out_dir / f"{stem}.json", _sidecar(s, image))
+                _write_json(under_root(out_dir, f"{stem}.json"), _sidecar(s, image))
             except OSError as e:
                 raise OutputError(f"cannot write sidecar for {stem!r}: {e}") from e
             vrec.update(nifti=str(nii), warnings=list(image.warnings))
