@@ -272,6 +272,9 @@ def test_recipe_precision_auto_is_bfloat16_only_where_native(tmp_path: Path) -> 
 
 
 def test_recipe_releases_chain_each_from_the_weights_of_the_one_before(tmp_path: Path) -> None:
+    import json
+    from dataclasses import asdict
+
     from medlens_ct_abdomen_seg.recipe import (
         LATEST,
         RELEASES,
@@ -279,10 +282,17 @@ def test_recipe_releases_chain_each_from_the_weights_of_the_one_before(tmp_path:
         WEIGHTS_SHA256,
         _parse,
     )
+    from safetensors import safe_open
 
-    # The shipped weights are the latest release's, and its recipe made them.
+    # The shipped weights are the latest release's, made with its settings (their metadata).
     assert WEIGHTS_SHA256[LATEST] == _manifest().weights.sha256
-    assert LATEST in RELEASES and set(WEIGHTS_COMMIT) == set(WEIGHTS_SHA256)
+    assert LATEST in RELEASES and set(WEIGHTS_SHA256) - {LATEST} <= set(WEIGHTS_COMMIT)
+    with safe_open(str(resolve_weights(_manifest())), framework="pt") as fh:
+        made_with = json.loads(fh.metadata()["config"])
+    expected = json.loads(json.dumps(asdict(RELEASES[LATEST])))
+    if expected["precision"] == "float32":
+        del expected["precision"]  # float32 weights keep the metadata of before the option
+    assert made_with == expected
     versions = sorted(WEIGHTS_SHA256, key=lambda v: tuple(int(p) for p in v.split(".")))
     assert versions[-1] == LATEST
     for before, version in itertools.pairwise(versions):
