@@ -1,12 +1,17 @@
 """Source headers that are valid DICOM, or common in the field, never lose a result.
 
-Found by running mutated phantom series through ``medlens run``: inference ran, then
-building the SEG failed and the case was lost. Each source here must get its SEG, SR and
-heatmaps written (dciodvfy clean) with the patient's text intact.
+Found by running mutated phantom series and chest films through ``medlens run``: inference
+ran, then building the SEG or the heatmap Secondary Capture failed and the case was lost.
+Each source here must get its SEG, SR and heatmaps written (dciodvfy clean) with the
+patient's text intact; a copied value no writer can encode is written empty, and
+result.json names the attribute (never its value).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,48 +24,77 @@ from medlens.imaging.read import read_image
 from medlens.io import write_result
 from medlens.plugin_api.v1 import Explanation, Prediction, Result
 
-#: (SpecificCharacterSet, PatientName, SliceThickness) of each oddity.
-ODDITIES: dict[str, tuple[object, str, object]] = {
-    # The default repertoire plus ISO 2022 code extensions: how Japanese CTs are labelled;
-    # the empty first term is valid DICOM, refused by highdicom.
-    "japanese-code-extensions": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", None),
-    "korean-code-extensions": (["", "ISO 2022 IR 149"], "Hong^Gildong=洪^吉洞", None),
+_spec = importlib.util.spec_from_file_location(
+    "medlens_test_deid_oddities", Path(__file__).with_name("deid.py")
+)
+assert _spec is not None and _spec.loader is not None
+deid = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = deid
+_spec.loader.exec_module(deid)
+
+#: Attributes set on every source file, per oddity.
+ODDITIES: dict[str, dict[str, object]] = {
+    # The default repertoire plus ISO 2022 code extensions: how Japanese and Korean CTs
+    # are labelled; the empty first term is valid DICOM, refused by highdicom.
+    "japanese-code-extensions": {
+        "SpecificCharacterSet": ["", "ISO 2022 IR 87"],
+        "PatientName": "Yamada^Tarou=山田^太郎",
+    },
+    "korean-code-extensions": {
+        "SpecificCharacterSet": ["", "ISO 2022 IR 149"],
+        "PatientName": "Hong^Gildong=洪^吉洞",
+    },
     # Not a defined term, yet written by many devices for plain ASCII.
-    "iso-ir-6": ("ISO_IR 6", "DOE^JOHN", None),
-    "unknown-term": ("ISO_IR 999", "DOE^JOHN", None),
+    "iso-ir-6": {"SpecificCharacterSet": "ISO_IR 6"},
+    "unknown-term": {"SpecificCharacterSet": "ISO_IR 999"},
     # A SliceThickness that is no positive number.
-    "nan-thickness": (None, "DOE^JOHN", "NaN"),
-    "zero-thickness": (None, "DOE^JOHN", "0"),
+    "nan-thickness": {"SliceThickness": "NaN"},
+    "zero-thickness": {"SliceThickness": "0"},
+    # Values the writers cannot encode: emptied, named in the warnings.
+    "sex-u": {"PatientSex": "U"},
+    "dates": {"PatientBirthDate": "abc", "StudyDate": "20XX1301", "StudyTime": "25xx"},
+    "orientation": {"PatientOrientation": ["Q", "Z"]},
+}
+#: Attributes each oddity leaves empty in the outputs (and names in a warning).
+EMPTIED = {
+    "sex-u": ["PatientSex"],
+    "dates": ["PatientBirthDate", "StudyDate", "StudyTime"],
 }
 
 
-@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom on reading "NaN"
+def _source(kind: str, folder: Path, kit: SimpleNamespace) -> Path:
+    if kind == "ct":
+        kit.write_ct_series(folder)
+        return folder
+    folder.mkdir(parents=True)
+    return Path(deid.cr(folder))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on reading the values
 @pytest.mark.filterwarnings("ignore:Unknown encoding")  # pydicom on reading ISO_IR 999
+@pytest.mark.parametrize("kind", ["ct", "cr"])
 @pytest.mark.parametrize("oddity", sorted(ODDITIES))
-def test_seg_and_sr_are_written_for_an_odd_source_header(
+def test_every_output_is_written_for_an_odd_source_header(
     oddity: str,
+    kind: str,
     tmp_path: Path,
     kit: SimpleNamespace,
     dciodvfy: Callable[[Path], tuple[list[str], list[str]]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    charset, name, thickness = ODDITIES[oddity]
     monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
-    folder = tmp_path / "in"
-    kit.write_ct_series(folder)
-    for path in folder.iterdir():
+    source = _source(kind, tmp_path / "in", kit)
+    values = {"PatientName": "DOE^JOHN", **ODDITIES[oddity]}
+    for path in [source] if source.is_file() else sorted(source.iterdir()):
         ds = pydicom.dcmread(path)
-        if charset is not None:
-            ds.SpecificCharacterSet = charset
-        ds.PatientName = name
-        if thickness is not None:
-            ds.SliceThickness = thickness
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
         ds.save_as(path)
-    image = read_image(folder)
+    image = read_image(source)
     mask = np.zeros((1, *image.shape), np.uint8)
-    mask[0, 2:6, 2:6, 1:3] = 1
-    m = kit.make_manifest(labels=kit.labels)
+    mask[(0, *(slice(1, max(2, n // 2)) for n in image.shape))] = 1
     mask_image = image.with_array(mask)
+    m = kit.make_manifest(labels=kit.labels)
     result = Result(
         prediction=Prediction(
             mask=mask_image,
@@ -73,10 +107,19 @@ def test_seg_and_sr_are_written_for_an_odd_source_header(
         manifest=m,
     )
     outputs = write_result(result, tmp_path / "out")
-    assert {"seg", "sr", "heatmap_pm", "heatmap_sc", "json"} <= set(outputs), outputs
-    for key in ("seg", "sr", "heatmap_pm", "heatmap_sc"):
+    keys = ["seg", "sr", "heatmap_sc"] + (["heatmap_pm"] if kind == "ct" else [])
+    assert set(keys) <= set(outputs), outputs
+    for key in keys:
         path = outputs[key] if key != "heatmap_sc" else sorted(outputs[key].iterdir())[0]
         ds = pydicom.dcmread(path)
-        assert str(ds.PatientName) == name, (key, ds.PatientName)
+        assert str(ds.PatientName) == values["PatientName"], (key, ds.PatientName)
+        for keyword in EMPTIED.get(oddity, []):
+            assert str(ds.get(keyword, "")) == "", (key, keyword)
         errors, _ = dciodvfy(path)
         assert errors == [], (key, errors)
+    warnings = json.loads(outputs["json"].read_text())["warnings"]
+    for keyword in EMPTIED.get(oddity, []):
+        assert f"the source's {keyword} is not a valid value; written empty" in warnings
+        # The attribute is named, never its value (it may identify the patient).
+        value = str(ODDITIES[oddity][keyword])
+        assert len(value) < 3 or not any(value in w for w in warnings), warnings

@@ -152,7 +152,8 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
     tree = list(iter_results(result))
     wants = {kind: any(kind in r.manifest.outputs.kinds for r in tree) for kind in OutputKind}
     dicom_kinds = {OutputKind.SEG, OutputKind.SR, OutputKind.HEATMAP}
-    sources = read_source_headers(result.image) if any(wants[k] for k in dicom_kinds) else None
+    wants_dicom = any(wants[k] for k in dicom_kinds)
+    sources = read_source_headers(result.image, notes) if wants_dicom else None
     if not dicom_source(result.image) and result.image.ndim == 2:
         notes.add(
             "no DICOM output: the input is an image file, not DICOM "
@@ -381,7 +382,7 @@ def _write_study_heatmaps(result: Result, out_dir: Path, notes: WriteNotes) -> d
         )
         name = f"image-{sh.index + 1}"
         own = WriteNotes()
-        sources = read_source_headers(image) if dicom_source(image) else None
+        sources = read_source_headers(image, own) if dicom_source(image) else None
         written, _, _ = _write_files(one, out_dir / name, sources, own, fork=False)
         out.update({f"{name}/{k}": v for k, v in written.items()})
         for note in own.notes:

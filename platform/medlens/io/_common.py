@@ -6,6 +6,7 @@ Imports highdicom and pydicom, so it is imported only by the writers themselves.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ __all__ = [
     "plane_geometry",
     "read_source_headers",
     "software_versions",
+    "source_orientation",
 ]
 
 #: Manufacturer (0008,0070) of every object MedLens writes.
@@ -107,8 +109,12 @@ def label_for(result: Result, root: Result, name: str) -> Label | None:
     return None
 
 
-def read_source_headers(image: Image) -> list[Dataset] | None:
+def read_source_headers(image: Image, notes: WriteNotes | None = None) -> list[Dataset] | None:
     """Headers (no pixels) of the DICOM files an image was read from, in ``k`` order.
+
+    Args:
+        image: The image.
+        notes: Where a copied attribute that had to be emptied is noted (once per name).
 
     Returns:
         The datasets, or ``None`` when the image has no DICOM source.
@@ -126,7 +132,7 @@ def read_source_headers(image: Image) -> list[Dataset] | None:
             ds = pydicom.dcmread(Path(p), stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomError(f"cannot re-read source file {Path(p).name!r}: {e}") from e
-        out.append(complete_charset(complete_geometry(complete_type2(ds), image)))
+        out.append(complete_charset(complete_geometry(complete_type2(ds, notes), image)))
     return out
 
 
@@ -159,17 +165,47 @@ def device_observer(manifest: Manifest) -> hd.sr.ObserverContext:
     )
 
 
-def complete_type2(ds: Dataset) -> Dataset:
+def complete_type2(ds: Dataset, notes: WriteNotes | None = None) -> Dataset:
     """Give a source header the Type 2 attributes writers copy, empty where missing.
 
-    Only the in-memory header is changed (never the source file); values that exist are
+    Only the in-memory header is changed (never the source file). Values that exist are
     kept as they are, so outputs copy what the source has and say "unknown" (an empty
-    value, as the standard allows for Type 2) for what it lacks.
+    value, as the standard allows for Type 2) for what it lacks. A value the writers
+    cannot encode (a ``PatientSex`` of ``U``, a birth date ``abc``) would lose the whole
+    result set after inference; it is emptied too, and ``notes`` say which attribute
+    (never its value: it may identify the patient).
     """
     for keyword in TYPE2_COPIED:
         if keyword not in ds or ds[keyword].value is None:
             setattr(ds, keyword, "")
+        elif not _encodable(keyword, ds[keyword].value):
+            setattr(ds, keyword, "")
+            if notes is not None:
+                notes.add(f"the source's {keyword} is not a valid value; written empty")
     return ds
+
+
+#: Defined terms of PatientSex (PS3.3 C.7.1.1): M, F, O.
+_SEXES = frozenset({"M", "F", "O"})
+
+
+def _encodable(keyword: str, value: Any) -> bool:
+    """Whether a copied Patient/Study value is one the DICOM writers accept."""
+    from pydicom.valuerep import DA, TM
+
+    text = str(value).strip()
+    if not text:
+        return True
+    if keyword == "PatientSex":
+        return text in _SEXES
+    parse = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}.get(keyword)
+    if parse is None:
+        return True
+    try:
+        parse(text)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def _positive(value: Any) -> bool:
@@ -340,3 +376,16 @@ def copy_body_part(ds: Dataset, sources: Sequence[Dataset]) -> None:
         ds.Laterality = src.Laterality
     elif not src.get("BodyPartExamined"):
         ds.Laterality = ""
+
+
+def source_orientation(ds: Dataset) -> tuple[str, str] | None:
+    """A source's ``PatientOrientation`` as two biped letter strings, or ``None`` if unknown."""
+    value = ds.get("PatientOrientation")
+    if value is None or value == "":
+        return None
+    parts = [str(v).strip() for v in (value if not isinstance(value, str) else value.split("\\"))]
+    # Biped letters only (PS3.3 C.7.6.1.1.1); anything else ("Q", a quadruped code on a
+    # chest film) is unknown, written empty rather than failing the overlay.
+    if len(parts) != 2 or not all(re.fullmatch(r"[APRLHF]+", p) for p in parts):
+        return None
+    return (parts[0], parts[1])

@@ -39,6 +39,7 @@ from medlens.io._common import (
     has_patient_geometry,
     plane_geometry,
     software_versions,
+    source_orientation,
 )
 from medlens.io.atomic import atomic_dir, save_dataset
 from medlens.io.colormap import JET_LEVELS, blend_tables, jet
@@ -193,16 +194,6 @@ def _orientation_letters(vec: npt.NDArray[np.float64]) -> str:
     )
 
 
-def _source_orientation(ds: Dataset) -> tuple[str, str] | None:
-    value = ds.get("PatientOrientation")
-    if value is None or value == "":
-        return None
-    parts = [str(v).strip() for v in (value if not isinstance(value, str) else value.split("\\"))]
-    if len(parts) != 2 or not all(parts):
-        return None
-    return (parts[0], parts[1])
-
-
 def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImage]:
     """One RGB Secondary Capture instance per slice the heatmap covers (one series).
 
@@ -236,7 +227,7 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
     elif result.image.ndim == 2:
         # A projection radiograph or photograph: frames keep the source's rows and
         # columns, so its PatientOrientation holds for the overlay as it is.
-        orient = _source_orientation(sources[0]) if sources else None
+        orient = source_orientation(sources[0]) if sources else None
     si, sj = result.image.spacing[:2]
     e = result.prediction.explanation
     method = e.method if e else "heatmap"

@@ -40,6 +40,7 @@ from medlens.io._common import (
     has_patient_geometry,
     plane_geometry,
     software_versions,
+    source_orientation,
 )
 from medlens.io.atomic import save_dataset
 from medlens.plugin_api._manifest import Label
@@ -148,7 +149,8 @@ def build_seg(result: Result, sources: list[Dataset], notes: WriteNotes) -> hd.s
     copy_deidentification(seg, sources)
     if not has_patient_geometry(sources) and "PatientOrientation" not in seg:
         # Type 2C without patient geometry: the source's rows/columns are the SEG's.
-        seg.PatientOrientation = sources[0].get("PatientOrientation", "")
+        orient = source_orientation(sources[0])
+        seg.PatientOrientation = list(orient) if orient is not None else ""
     return seg
 
 
