@@ -11,11 +11,13 @@ slice files in ``k`` order.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -347,10 +349,23 @@ def dciodvfy() -> Callable[[Path], tuple[list[str], list[str]]]:
     return run_dciodvfy
 
 
+def _deid_module() -> ModuleType:
+    """``deid.py`` beside this file (test helpers are not importable by name here)."""
+    name = "medlens_test_deid"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("deid.py"))
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 @pytest.fixture
 def kit() -> SimpleNamespace:
     """The helpers above, for tests (conftest modules are not importable by name)."""
     return SimpleNamespace(
+        deid=_deid_module(),
         write_ct_series=write_ct_series,
         phantom_mask=phantom_mask,
         make_manifest=make_manifest,

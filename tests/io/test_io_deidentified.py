@@ -9,8 +9,6 @@ Every DICOM output must be written and pass dciodvfy with no error.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,34 +24,20 @@ from medlens.plugin_api.v1 import Explanation, Finding, Prediction, Result
 pytest.importorskip("pydicom.data")
 
 
-def _deid_module() -> object:
-    spec = importlib.util.spec_from_file_location(
-        "medlens_test_deid", Path(__file__).with_name("deid.py")
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-deid = _deid_module()
-
-
 def _ct(folder: Path, kit: SimpleNamespace) -> Path:
     kit.write_ct_series(folder)
     for path in folder.iterdir():
-        deid._save(deid.deidentify(pydicom.dcmread(path)), path)  # type: ignore[attr-defined]
+        kit.deid._save(kit.deid.deidentify(pydicom.dcmread(path)), path)
     return folder
 
 
 INPUTS: dict[str, Callable[[Path, SimpleNamespace], Path]] = {
     "ct": _ct,
-    "mr": lambda p, _k: deid.mr_series(p),  # type: ignore[attr-defined]
-    "enhanced-mr": lambda p, _k: deid.enhanced_mr(p),  # type: ignore[attr-defined]
-    "cr": lambda p, _k: deid.cr(p),  # type: ignore[attr-defined]
-    "sc": lambda p, _k: deid.sc(p),  # type: ignore[attr-defined]
-    "op": lambda p, _k: deid.op(p),  # type: ignore[attr-defined]
+    "mr": lambda p, k: k.deid.mr_series(p),
+    "enhanced-mr": lambda p, k: k.deid.enhanced_mr(p),
+    "cr": lambda p, k: k.deid.cr(p),
+    "sc": lambda p, k: k.deid.sc(p),
+    "op": lambda p, k: k.deid.op(p),
 }
 
 
@@ -109,7 +93,7 @@ def test_deidentified_input_gets_every_output_valid(
 def test_radiograph_heatmap_keeps_the_source_patient_orientation(
     tmp_path: Path, kit: SimpleNamespace
 ) -> None:
-    source = deid.cr(tmp_path / "in")  # type: ignore[attr-defined]
+    source = kit.deid.cr(tmp_path / "in")
     assert list(pydicom.dcmread(source).PatientOrientation) == ["L", "F"]
     outputs = write_result(_result(source, kit), tmp_path / "out")
     (sc,) = sorted(outputs["heatmap_sc"].iterdir())
@@ -125,9 +109,9 @@ def test_source_without_a_stated_method_still_gives_valid_outputs(
     folder = tmp_path / "in"
     kit.write_ct_series(folder)
     for path in folder.iterdir():
-        ds = deid.deidentify(pydicom.dcmread(path))  # type: ignore[attr-defined]
+        ds = kit.deid.deidentify(pydicom.dcmread(path))
         del ds.DeidentificationMethod, ds.DeidentificationMethodCodeSequence
-        deid._save(ds, path)  # type: ignore[attr-defined]
+        kit.deid._save(ds, path)
     outputs = write_result(_result(folder, kit), tmp_path / "out")
     errors, _ = dciodvfy(outputs["sr"])
     assert errors == []

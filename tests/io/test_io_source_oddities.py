@@ -9,9 +9,7 @@ result.json names the attribute (never its value).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,14 +21,6 @@ import pytest
 from medlens.imaging.read import read_image
 from medlens.io import write_result
 from medlens.plugin_api.v1 import Explanation, Prediction, Result
-
-_spec = importlib.util.spec_from_file_location(
-    "medlens_test_deid_oddities", Path(__file__).with_name("deid.py")
-)
-assert _spec is not None and _spec.loader is not None
-deid = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = deid
-_spec.loader.exec_module(deid)
 
 #: Attributes set on every source file, per oddity.
 ODDITIES: dict[str, dict[str, object]] = {
@@ -67,7 +57,7 @@ def _source(kind: str, folder: Path, kit: SimpleNamespace) -> Path:
         kit.write_ct_series(folder)
         return folder
     folder.mkdir(parents=True)
-    return Path(deid.cr(folder))
+    return Path(kit.deid.cr(folder))
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom on reading the values
