@@ -131,3 +131,17 @@ def test_locks_refuse_another_version_weights_or_manifest(tmp_path: Path) -> Non
     )
     assert locked.manifest_path(tmp_path / "p.toml") == tmp_path / "m.csv"
     assert locked.check_dataset(m) == locked.dataset.manifest_sha256
+
+
+def test_a_byte_order_mark_loads_and_other_encodings_are_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """Windows editors save UTF-8 with a BOM; cp1252 text was a UnicodeDecodeError."""
+    plain, bom = tmp_path / "p.json", tmp_path / "bom.json"
+    plain.write_text(json.dumps(_doc(title="Zürich")), encoding="utf-8")
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert load_protocol(bom) == load_protocol(plain)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(json.dumps(_doc(title="Zürich"), ensure_ascii=False).encode("cp1252"))
+    with pytest.raises(ProtocolError, match=r"'latin.json' is not UTF-8 text \(byte \d+\)"):
+        load_protocol(latin)

@@ -76,3 +76,16 @@ def test_lock_refuses_an_operating_point_the_plugin_lacks(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="not one of oracle-seg's"):
         lock_protocol(proto, host=oracle_host(plugin, module="oracle_seg_lock"))
     assert proto.read_bytes() == before  # nothing half-written
+
+
+def test_a_protocol_without_plugin_or_manifest_is_refused_in_one_line(tmp_path: Path) -> None:
+    proto = tmp_path / "p.toml"
+    proto.write_text('schema_version = "2"\nid = "x"\n')
+    with pytest.raises(InputError, match=r"names no plugin \(\[plugin\] id = \.\.\.\)"):
+        lock_protocol(proto)
+    proto.write_text('schema_version = "2"\n[plugin]\nid = "x"\n')
+    with pytest.raises(InputError, match="names no dataset manifest"):
+        lock_protocol(proto)
+    proto.write_bytes('[plugin]\nid = "Zürich"\n'.encode("cp1252"))
+    with pytest.raises(InputError, match="is not UTF-8 text"):
+        lock_protocol(proto)

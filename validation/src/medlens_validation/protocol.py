@@ -263,9 +263,14 @@ def load_protocol(path: Path) -> ValidationProtocol | ProtocolV2:
     from medlens_validation.protocol_v2 import ProtocolV2
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: editors on Windows save UTF-8 with a byte-order mark.
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ProtocolError(f"cannot read protocol {str(path)!r}") from e
+    except UnicodeDecodeError as e:
+        raise ProtocolError(
+            f"protocol {Path(path).name!r} is not UTF-8 text (byte {e.start}); save it as UTF-8"
+        ) from e
     try:
         data = tomllib.loads(text) if Path(path).suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:

@@ -78,6 +78,13 @@ def read_manifest(path: Path, *, reference_is_path: bool) -> list[DatasetCase]:
             rows = list(reader)
     except OSError as e:
         raise InputError(f"cannot read dataset manifest {str(path)!r}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        # Spreadsheets on Windows export CSV as cp1252 unless told otherwise.
+        raise InputError(
+            f"dataset manifest is not UTF-8 text (byte {e.start}); export it as CSV UTF-8"
+        ) from e
+    except csv.Error as e:
+        raise InputError(f"dataset manifest is not readable CSV: {e}") from e
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise InputError(f"dataset manifest lacks column(s) {', '.join(missing)}")

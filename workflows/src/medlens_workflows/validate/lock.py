@@ -75,15 +75,24 @@ def lock_protocol(path: Path, host: Host | None = None) -> dict[str, Any]:
     from medlens_workflows.validate.dataset import read_manifest
 
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8-sig")  # a Windows editor's byte-order mark
         doc = tomllib.loads(text)
+    except OSError as e:
+        raise InputError(f"cannot read {str(path)!r}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"{str(path)!r} is not UTF-8 text (byte {e.start})") from e
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{str(path)!r} is not TOML: {e}") from e
+    plugin, dataset = doc.get("plugin"), doc.get("dataset")
+    if not isinstance(plugin, dict) or "id" not in plugin:
+        raise InputError(f"{str(path)!r} names no plugin ([plugin] id = ...)")
+    if not isinstance(dataset, dict) or "manifest" not in dataset:
+        raise InputError(f"{str(path)!r} names no dataset manifest ([dataset] manifest = ...)")
     host = host if host is not None else _Host()
-    m = host.get(str(doc["plugin"]["id"])).manifest
+    m = host.get(str(plugin["id"])).manifest
     weights = file_sha256(resolve_weights(m)) if m.weights is not None else None
-    manifest = Path(str(doc["dataset"]["manifest"]))
+    manifest = Path(str(dataset["manifest"]))
     manifest = manifest if manifest.is_absolute() else path.resolve().parent / manifest
     try:
         manifest_sha = hashlib.sha256(manifest.read_bytes()).hexdigest()

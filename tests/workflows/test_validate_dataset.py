@@ -1,0 +1,35 @@
+"""A researcher's manifest as spreadsheets write it: accepted, or refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medlens.errors import InputError
+from medlens_workflows.validate.dataset import read_manifest
+
+
+def test_excel_csv_utf8_with_bom_and_crlf_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    text = "case_id,patient_id,input,reference,site\r\nc1,p1,a.png,1,Zürich\r\nc2,p2,b.png,0,\r\n"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    cases = read_manifest(path, reference_is_path=False)
+    assert [c.case_id for c in cases] == ["c1", "c2"]
+    assert cases[0].attributes["site"] == "Zürich"
+
+
+def test_a_cp1252_csv_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Excel's plain "CSV" export on Windows: cp1252, not UTF-8 (was a UnicodeDecodeError)."""
+    path = tmp_path / "m.csv"
+    text = "case_id,patient_id,input,reference,site\nc1,p1,a.png,1,Zürich\n"
+    path.write_bytes(text.encode("cp1252"))
+    with pytest.raises(InputError, match=r"not UTF-8 text \(byte \d+\); export it as CSV UTF-8"):
+        read_manifest(path, reference_is_path=False)
+
+
+def test_a_csv_the_csv_module_cannot_parse_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text('case_id,patient_id,input,reference\nc1,p1,"' + "x" * 200_000 + '",1\n')
+    with pytest.raises(InputError, match="not readable CSV: field larger than field limit"):
+        read_manifest(path, reference_is_path=False)
