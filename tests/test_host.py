@@ -154,6 +154,12 @@ def test_config_allow_block(plugin_factory: Make, tmp_path: Path) -> None:
     cfg.write_text("[plugins\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(cfg)
+    # Windows editors: a byte-order mark is read, cp1252 text refused in one line.
+    cfg.write_bytes(b"\xef\xbb\xbf[plugins]\nallow = []\n")
+    assert load_config(cfg).plugins.allow == []
+    cfg.write_bytes("# Zürich\n[plugins]\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte \d+\)"):
+        load_config(cfg)
     assert (
         Host(
             HostConfig(plugins=PluginsConfig(allow=[])), entry_points=[plugin_factory("c")]

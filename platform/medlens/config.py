@@ -111,9 +111,11 @@ def load_config(path: Path | None = None) -> HostConfig:
             return HostConfig()
         path = Path(env)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is harmless
     except OSError as e:
         raise ConfigError(f"cannot read configuration {str(path)!r}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"configuration {str(path)!r} is not UTF-8 text (byte {e.start})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"configuration {str(path)!r} is not valid TOML: {e}") from e
     for b in data.get("bundles", []) if isinstance(data.get("bundles"), list) else []:

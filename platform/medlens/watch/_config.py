@@ -235,9 +235,13 @@ def load_watch_config(path: Path | None, **overrides: object) -> WatchConfig:
     data: dict[str, object] = {}
     if path is not None:
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is harmless
         except OSError as e:
             raise ConfigError(f"cannot read watch configuration {str(path)!r}: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"watch configuration {str(path)!r} is not UTF-8 text (byte {e.start})"
+            ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"watch configuration {str(path)!r} is not TOML: {e}") from e
         table = raw.get("watch", raw)
