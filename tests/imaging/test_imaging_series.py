@@ -190,6 +190,27 @@ def test_orientation_mismatch_excluded_without_localizer_flag(
     assert any("ImageOrientationPatient differs" in w for w in image.warnings)
 
 
+def test_orientation_rounding_across_a_boundary_is_one_stack(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    """Cosines written 0.2345 on some slices and 0.234501 on others: one volume, no warning.
+
+    Orientations were keyed by rounding to 1e-3, which put such slices on two sides of
+    a boundary: the series split in two and the smaller half was dropped.
+    """
+    c, s = 0.2345, float(np.sqrt(1 - 0.2345**2))
+    spec = dicom_builder.SeriesSpec(orientation=(s, c, 0.0, 0.0, 0.0, -1.0), n=8)
+    files, values = dicom_builder.write_series(tmp_path / "s", spec)
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        if k % 2:
+            ds.ImageOrientationPatient = [f"{s:.6f}", "0.234501", "0", "0", "0", "-1"]
+        ds.save_as(path)
+    image = load_series(files)
+    assert image.shape == values.shape
+    assert not any("ImageOrientationPatient differs" in w for w in image.warnings)
+
+
 def test_enhanced_multiframe(dicom_builder: SimpleNamespace, tmp_path: Path) -> None:
     path = tmp_path / "mf.dcm"
     values = dicom_builder.write_enhanced_ct(path, n=6)

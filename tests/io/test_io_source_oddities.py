@@ -113,3 +113,34 @@ def test_every_output_is_written_for_an_odd_source_header(
         # The attribute is named, never its value (it may identify the patient).
         value = str(ODDITIES[oddity][keyword])
         assert len(value) < 3 or not any(value in w for w in warnings), warnings
+
+
+def test_slices_whose_orientation_differs_by_rounding_get_their_seg(
+    tmp_path: Path, kit: SimpleNamespace, dciodvfy: Callable[[Path], tuple[list[str], list[str]]]
+) -> None:
+    """highdicom wants one shared orientation; the reader accepts rounding differences."""
+    folder = tmp_path / "in"
+    kit.write_ct_series(folder)
+    for k, path in enumerate(sorted(folder.iterdir())):
+        ds = pydicom.dcmread(path)
+        if k % 2:
+            ds.ImageOrientationPatient = ["0.999999", "0.000001", "0", "0", "1", "0"]
+        ds.save_as(path)
+    image = read_image(folder)
+    mask = np.zeros((1, *image.shape), np.uint8)
+    mask[(0, *(slice(1, max(2, n // 2)) for n in image.shape))] = 1
+    mask_image = image.with_array(mask)
+    m = kit.make_manifest(labels=kit.labels)
+    result = Result(
+        prediction=Prediction(
+            mask=mask_image, measurements=kit.measure(mask_image, kit.labels[:1])
+        ),
+        provenance=kit.make_provenance(m, image),
+        image=image,
+        manifest=m,
+    )
+    outputs = write_result(result, tmp_path / "out")
+    assert {"seg", "sr"} <= set(outputs)
+    for key in ("seg", "sr"):
+        errors, _ = dciodvfy(outputs[key])
+        assert errors == [], (key, errors)

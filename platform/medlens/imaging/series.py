@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_GAP_STEPS",
     "MAX_VOXELS",
+    "ORIENTATION_TOLERANCE",
     "GapPolicy",
     "TiltPolicy",
     "check_not_mosaic",
@@ -393,8 +394,31 @@ def _frames_of(ds: Dataset, path: Path) -> list[_Frame]:
     return out
 
 
-def _orientation_key(o: npt.NDArray[np.float64]) -> tuple[int, ...]:
-    return tuple(round(float(v) * 1000) for v in o)
+#: Largest difference of direction cosines between slices of one orientation: what
+#: rounding of the written values gives (``0.999999`` beside ``1``), far below any
+#: localizer or reformat (about 0.06 degrees).
+ORIENTATION_TOLERANCE = 1e-3
+
+
+def _orientation_groups(frames: list[_Frame]) -> list[list[_Frame]]:
+    """Frames grouped by orientation, each within tolerance of its group's first frame.
+
+    Not by rounded values: a cosine near a rounding boundary (``0.2345`` written as
+    ``0.234499`` on one slice) would split one stack in two.
+    """
+    groups: list[list[_Frame]] = []
+    for f in frames:
+        o = f.orientation
+        assert o is not None
+        for g in groups:
+            ref = g[0].orientation
+            assert ref is not None
+            if float(np.abs(o - ref).max()) <= ORIENTATION_TOLERANCE:
+                g.append(f)
+                break
+        else:
+            groups.append([f])
+    return groups
 
 
 def _exclude(frames: list[_Frame], warnings: list[str]) -> list[_Frame]:
@@ -417,20 +441,19 @@ def _exclude(frames: list[_Frame], warnings: list[str]) -> list[_Frame]:
     if missing:
         what = "ImagePositionPatient" if missing[0].position is None else "ImageOrientationPatient"
         raise GeometryError(f"{missing[0].label!r} has no {what}; cannot place it in a volume")
-    groups = Counter(_orientation_key(f.orientation) for f in frames)  # type: ignore[arg-type]
+    groups = sorted(_orientation_groups(frames), key=len, reverse=True)
     if len(groups) > 1:
-        (best, n_best), (_, n_next) = groups.most_common(2)
-        if n_best == n_next:
+        if len(groups[0]) == len(groups[1]):
             raise GeometryError(
                 f"series mixes {len(groups)} slice orientations with no majority "
                 "(localizer or multi-planar series?)"
             )
-        dropped = [f for f in frames if _orientation_key(f.orientation) != best]  # type: ignore[arg-type]
         warnings.append(
-            f"excluded {len(dropped)} image(s) whose ImageOrientationPatient differs "
-            "from the series' (localizers or reformats)"
+            f"excluded {len(frames) - len(groups[0])} image(s) whose ImageOrientationPatient "
+            "differs from the series' (localizers or reformats)"
         )
-        frames = [f for f in frames if _orientation_key(f.orientation) == best]  # type: ignore[arg-type]
+        kept = {id(f) for f in groups[0]}
+        frames = [f for f in frames if id(f) in kept]
     return frames
 
 

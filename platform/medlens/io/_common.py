@@ -40,6 +40,7 @@ __all__ = [
     "iter_results",
     "plane_geometry",
     "read_source_headers",
+    "share_orientation",
     "software_versions",
     "source_orientation",
 ]
@@ -133,7 +134,33 @@ def read_source_headers(image: Image, notes: WriteNotes | None = None) -> list[D
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomError(f"cannot re-read source file {Path(p).name!r}: {e}") from e
         out.append(complete_charset(complete_geometry(complete_type2(ds, notes), image)))
+    share_orientation(out)
     return out
+
+
+def share_orientation(sources: Sequence[Dataset]) -> None:
+    """Give every source the first one's ``ImageOrientationPatient`` when they differ by rounding.
+
+    Scanners and reformatting software write each slice's direction cosines with their
+    own rounding (``0.999999`` beside ``1``); the reader accepts them as one volume, but
+    highdicom refuses sources without a shared orientation, which lost the SEG (and the
+    result) after inference. Only the in-memory headers change; sources whose
+    orientations really differ are left as they are.
+    """
+    iops = [ds.get("ImageOrientationPatient") for ds in sources]
+    if len(iops) < 2 or any(v is None or len(v) != 6 for v in iops):
+        return
+    try:
+        arr = np.asarray([[float(x) for x in v] for v in iops], dtype=np.float64)
+    except (TypeError, ValueError):
+        return
+    from medlens.imaging.series import ORIENTATION_TOLERANCE
+
+    spread = float(np.abs(arr - arr[0]).max())
+    if 0.0 < spread <= ORIENTATION_TOLERANCE:
+        first = list(sources[0].ImageOrientationPatient)
+        for ds in sources[1:]:
+            ds.ImageOrientationPatient = first
 
 
 #: Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1)
