@@ -3,8 +3,8 @@
 Usage (``--release`` names a shipped version; its settings are :data:`RELEASES`)::
 
     git show e98e28a:plugins/ct-abdomen-seg/src/medlens_ct_abdomen_seg/weights/model.safetensors \
-        > init.safetensors   # the weights of the release before (here 0.1.0)
-    python -m medlens_ct_abdomen_seg.recipe --release 0.2.0 --out DIR --init init.safetensors
+        > init.safetensors   # the weights of the release before (here 0.2.0)
+    python -m medlens_ct_abdomen_seg.recipe --release 0.3.0 --out DIR --init init.safetensors
 
 The chain of releases, each a fine-tune of the one before (the starting weights are checked
 against :data:`WEIGHTS_SHA256` before loading; :data:`WEIGHTS_COMMIT` holds them in git):
@@ -12,6 +12,9 @@ against :data:`WEIGHTS_SHA256` before loading; :data:`WEIGHTS_COMMIT` holds them
 * 0.1.0 -- this recipe at commit a62b247, from scratch: 60 cases, 60 x 40 steps at 3e-3.
 * 0.2.0 -- fine-tune of 0.1.0: 160 cases, 8 x 50 steps at 5e-4, float32 (about 26 min on
   the shared 2-core CPU).
+* 0.3.0 -- fine-tune of 0.2.0: the same cases and sampling, 60 x 80 steps at 1e-3, bfloat16
+  (25 min on the shared 2-core AMX CPU; elsewhere pass ``--precision float32``, whose
+  weights differ in round-off).
 
 Options given on the command line replace the release's. ``--init-sha256 ''`` trains from a
 fresh initialisation instead (then raise ``--epochs``, ``--iters`` and ``--lr``).
@@ -81,6 +84,7 @@ HELD_OUT_SEED = 10000
 WEIGHTS_SHA256 = {
     "0.1.0": "35e34521b45d60a2328f131dcd540b273d277a902c7bdaf97f40a7f8af7606b4",
     "0.2.0": "6b0b3eabd03a81233efb504756191cca0be4d746a8ef59c7357184d50677d1dc",
+    "0.3.0": "6d799e4c4d0492176954241cc093a8c7a3ac23b2975a67e4a5dee8b484ec19ed",
 }
 #: The commit holding each release's weights: ``git show COMMIT:WEIGHTS_PATH``.
 WEIGHTS_COMMIT = {"0.1.0": "a62b247", "0.2.0": "e98e28a"}
@@ -139,16 +143,28 @@ class RecipeConfig:
     #: (:func:`medlens.engine.device.native_bfloat16`, e.g. Intel AMX); elsewhere it is
     #: emulated and slower. Measured on the 2-core AMX Xeon, batch 2 of 96 x 96 x 32, two
     #: threads: float32 0.30 s a step, bfloat16 0.16 s. The tensors stay in the default
-    #: layout: channels-last-3d made the bfloat16 step slower (0.18 s), not faster.
+    #: layout: channels-last-3d made the bfloat16 step slower (0.18-0.19 s), not faster.
     precision: str = "float32"
 
 
 #: The configuration of each release this recipe made (0.1.0 came from its commit a62b247).
 RELEASES: dict[str, RecipeConfig] = {
     "0.2.0": RecipeConfig(),
+    # 12 times 0.2.0's steps at twice its peak rate, bfloat16 (about half a float32 step on
+    # this AMX CPU); 12 validation phantoms (0.2.0: 6); sampling and augmentation as 0.2.0.
+    "0.3.0": replace(
+        RecipeConfig(),
+        init_sha256=WEIGHTS_SHA256["0.2.0"],
+        epochs=60,
+        iters_per_epoch=80,
+        val_every=30,
+        val_cases=12,
+        lr=1e-3,
+        precision="bfloat16",
+    ),
 }
 #: The release ``--release`` defaults to: the shipped weights.
-LATEST = "0.2.0"
+LATEST = "0.3.0"
 
 
 @dataclass(frozen=True)
