@@ -87,7 +87,7 @@ WEIGHTS_SHA256 = {
     "0.3.0": "6d799e4c4d0492176954241cc093a8c7a3ac23b2975a67e4a5dee8b484ec19ed",
 }
 #: The commit holding each release's weights: ``git show COMMIT:WEIGHTS_PATH``.
-WEIGHTS_COMMIT = {"0.1.0": "a62b247", "0.2.0": "e98e28a"}
+WEIGHTS_COMMIT = {"0.1.0": "a62b247", "0.2.0": "e98e28a", "0.3.0": "d3adf25"}
 WEIGHTS_PATH = "plugins/ct-abdomen-seg/src/medlens_ct_abdomen_seg/weights/model.safetensors"
 #: The starting weights of :class:`RecipeConfig`'s defaults (the 0.2.0 run): 0.1.0's.
 INIT_SHA256 = WEIGHTS_SHA256["0.1.0"]
