@@ -104,6 +104,9 @@ def test_validation_passes_writes_reports_and_sets_validated(
     assert "dice.liver.ci_low" in run.data.metrics
     arts = {a.path for a in client.list_artifacts(ml["run_id"], "validation")}
     assert "validation/report.json" in arts
+    # Artifacts beside the SQLite store, never in the directory the command ran from.
+    store = Path(ml["tracking_uri"].removeprefix("sqlite:///")).parent
+    assert run.info.artifact_uri.startswith((store / "mlartifacts").resolve().as_uri())
     mv = client.get_model_version_by_alias(ml["model_name"], "validated")
     assert str(mv.version) == ml["model_version"] and ml["alias"] == "validated"
     assert mv.tags["weights_sha256"] == r["weights_sha256"]

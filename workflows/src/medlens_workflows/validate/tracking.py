@@ -18,7 +18,7 @@ from typing import Any
 
 from medlens.gating import VALIDATED_ALIAS, registered_model_name
 
-__all__ = ["EXPERIMENT", "default_tracking_uri", "open_run"]
+__all__ = ["EXPERIMENT", "artifact_location", "default_tracking_uri", "open_run"]
 
 #: Experiment holding validation runs.
 EXPERIMENT = "medlens-validation"
@@ -27,6 +27,20 @@ EXPERIMENT = "medlens-validation"
 def default_tracking_uri(out_dir: Path) -> str:
     """``sqlite:///<out>/mlflow.db`` (an absolute path)."""
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store, ``mlartifacts/``.
+
+    MLflow's default for a database store is ``./mlruns`` in the *current directory*:
+    a validation's report would land wherever the command was started (or fail there
+    if that is read-only), not with its ``--out``. A server (``http://``) decides itself.
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    db = Path(tracking_uri[len(prefix) :])
+    return (db.parent / "mlartifacts").resolve().as_uri()
 
 
 def _metric_name(row: dict[str, Any]) -> str:
@@ -44,7 +58,13 @@ class ValidationRun:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(EXPERIMENT)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
+        exp_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(
+                EXPERIMENT, artifact_location=artifact_location(tracking_uri)
+            )
+        )
         self.run = self.client.create_run(exp_id, run_name=run_name)
         self.run_id: str = self.run.info.run_id
         self._mlflow = mlflow
