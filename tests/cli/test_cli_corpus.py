@@ -67,3 +67,22 @@ def test_every_case_of_every_plugin_ends_with_a_reason_and_no_answer(
     for path in out.rglob("result.json"):
         doc = json.loads(path.read_text())
         assert doc["findings"] == [] and doc["measurements"] == [], (path, doc["status"])
+
+
+def test_a_file_name_with_a_newline_is_still_one_line_per_case(tmp_path: Path) -> None:
+    """Console lines escape control characters and keep 'rejected' apart from the case."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)
+    PILImage.fromarray(noise).save(inp / "DOE\nJOHN\x1b[2J.png")
+    result = CliRunner().invoke(
+        cli, ["run", "cxr-pneumonia", str(inp), "--out", str(tmp_path / "o")]
+    )
+    assert _escaped(result) is None, result.exception
+    line, *details = result.stdout.splitlines()  # one case: its line, then indented details
+    assert line.startswith("rejected FILE-"), line
+    assert all(d.startswith("  ") for d in details), details
+    assert "DOE\\nJOHN\\x1b[2J.png" in line

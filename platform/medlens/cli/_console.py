@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from rich.console import Console
 
-__all__ = ["table_console"]
+__all__ = ["one_line", "table_console"]
 
 #: Width when stdout is no terminal: wide enough that no table is wrapped. A table takes
 #: only the width its cells need; rich's own default off a terminal (80 columns) would
@@ -20,3 +21,15 @@ def table_console() -> Console:
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
         return Console()
     return Console(width=_PIPE_WIDTH)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with control characters escaped (``\n``, ``\x1b``): one case, one line.
+
+    A file name may hold a newline or a terminal escape; printed as is it would split a
+    case's line in two or rewrite the terminal.
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from medlens.cli._console import one_line
 from medlens.cli._options import parse_options
 from medlens.cli._progress import progress_bar
 from medlens.errors import MedLensError, OutputError, RoutingError
@@ -192,7 +193,7 @@ def _echo_details(o: CaseOutcome) -> None:
         state = "positive" if f.positive else "negative"
         click.echo(f"  {f.label}: p={f.probability:.3f} ({state})")
     for w in r.prediction.warnings:
-        click.echo(f"  warning: {w}")
+        click.echo(one_line(f"  warning: {w}"))
 
 
 @click.command()
@@ -336,7 +337,7 @@ def run(
                 where = f"{o.input} [{o.volume}]" if o.volume else o.input
                 if o.images:  # a study: its images
                     where = f"{o.input} [{', '.join(o.images)}]"
-                click.echo(f"{o.status:<8}{o.case}  {where}  {tail}")
+                click.echo(one_line(f"{o.status:<9}{o.case}  {where}  {tail}"))
                 if o.details is not None and len(units) == 1:
                     _echo_details(o)
             if o.status == "failed":
