@@ -90,7 +90,7 @@ WEIGHTS_SHA256 = {
     "0.4.0": "a53ac6a288337527843c9e5e0423be4f778ac4d21170ff245fb3bf34f8db3adf",
 }
 #: The commit holding each release's weights: ``git show COMMIT:WEIGHTS_PATH``.
-WEIGHTS_COMMIT = {"0.1.0": "a62b247", "0.2.0": "e98e28a", "0.3.0": "d3adf25"}
+WEIGHTS_COMMIT = {"0.1.0": "a62b247", "0.2.0": "e98e28a", "0.3.0": "d3adf25", "0.4.0": "5f93589"}
 WEIGHTS_PATH = "plugins/ct-abdomen-seg/src/medlens_ct_abdomen_seg/weights/model.safetensors"
 #: The starting weights of :class:`RecipeConfig`'s defaults (the 0.2.0 run): 0.1.0's.
 INIT_SHA256 = WEIGHTS_SHA256["0.1.0"]
