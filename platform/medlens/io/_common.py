@@ -18,6 +18,7 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DA, TM
 
 from medlens import __version__
 from medlens.errors import DicomError
@@ -212,20 +213,20 @@ def complete_type2(ds: Dataset, notes: WriteNotes | None = None) -> Dataset:
     return ds
 
 
+#: Copied attributes whose value must parse as its VR (pydicom's DA/TM raise if not).
+_PARSERS: dict[str, Any] = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
 #: Defined terms of PatientSex (PS3.3 C.7.1.1): M, F, O.
 _SEXES = frozenset({"M", "F", "O"})
 
 
 def _encodable(keyword: str, value: Any) -> bool:
     """Whether a copied Patient/Study value is one the DICOM writers accept."""
-    from pydicom.valuerep import DA, TM
-
     text = str(value).strip()
     if not text:
         return True
     if keyword == "PatientSex":
         return text in _SEXES
-    parse = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}.get(keyword)
+    parse = _PARSERS.get(keyword)
     if parse is None:
         return True
     try:
@@ -294,6 +295,10 @@ def complete_geometry(ds: Dataset, image: Image) -> Dataset:
     return ds
 
 
+#: The character set terms highdicom accepts.
+_CHARSETS = frozenset(v.value for v in hd.SpecificCharacterSetValues)
+
+
 def complete_charset(ds: Dataset) -> Dataset:
     """Replace a ``SpecificCharacterSet`` that is no defined term with UTF-8 (``ISO_IR 192``).
 
@@ -302,16 +307,13 @@ def complete_charset(ds: Dataset) -> Dataset:
     decoded the text (with its default where the term was unknown), and UTF-8 encodes
     any of it.
     """
-    from highdicom import SpecificCharacterSetValues
-
     value = ds.get("SpecificCharacterSet")
     if value is None:
         return ds
     terms = [value] if isinstance(value, str) else list(value)
-    known = {v.value for v in SpecificCharacterSetValues}
     # An empty first term (the default repertoire before code extensions) is valid DICOM
     # but refused by highdicom too.
-    if any(str(t).strip() not in known for t in terms):
+    if any(str(t).strip() not in _CHARSETS for t in terms):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 
