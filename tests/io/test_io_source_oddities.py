@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from medlens.imaging.image import Image
 from medlens.imaging.read import read_image
 from medlens.io import write_result
 from medlens.plugin_api.v1 import Explanation, Prediction, Result
@@ -52,6 +53,23 @@ EMPTIED = {
 }
 
 
+def _result(image: Image, kit: SimpleNamespace, *, heatmap: bool) -> Result:
+    """A result on ``image``: a box of liver, its measurement, and optionally a heatmap."""
+    mask = np.zeros((1, *image.shape), np.uint8)
+    mask[(0, *(slice(1, max(2, n // 2)) for n in image.shape))] = 1
+    mask_image = image.with_array(mask)
+    m = kit.make_manifest(labels=kit.labels)
+    prediction = Prediction(mask=mask_image, measurements=kit.measure(mask_image, kit.labels[:1]))
+    if heatmap:
+        prediction.heatmap = image.with_array(mask.astype(np.float32) * 0.8)
+        prediction.explanation = Explanation(
+            method="gradcam", target="liver", sanity="model-sensitive"
+        )
+    return Result(
+        prediction=prediction, provenance=kit.make_provenance(m, image), image=image, manifest=m
+    )
+
+
 def _source(kind: str, folder: Path, kit: SimpleNamespace) -> Path:
     if kind == "ct":
         kit.write_ct_series(folder)
@@ -80,23 +98,7 @@ def test_every_output_is_written_for_an_odd_source_header(
         for keyword, value in values.items():
             setattr(ds, keyword, value)
         ds.save_as(path)
-    image = read_image(source)
-    mask = np.zeros((1, *image.shape), np.uint8)
-    mask[(0, *(slice(1, max(2, n // 2)) for n in image.shape))] = 1
-    mask_image = image.with_array(mask)
-    m = kit.make_manifest(labels=kit.labels)
-    result = Result(
-        prediction=Prediction(
-            mask=mask_image,
-            measurements=kit.measure(mask_image, kit.labels[:1]),
-            heatmap=image.with_array(mask.astype(np.float32) * 0.8),
-            explanation=Explanation(method="gradcam", target="liver", sanity="model-sensitive"),
-        ),
-        provenance=kit.make_provenance(m, image),
-        image=image,
-        manifest=m,
-    )
-    outputs = write_result(result, tmp_path / "out")
+    outputs = write_result(_result(read_image(source), kit, heatmap=True), tmp_path / "out")
     keys = ["seg", "sr", "heatmap_sc"] + (["heatmap_pm"] if kind == "ct" else [])
     assert set(keys) <= set(outputs), outputs
     for key in keys:
@@ -126,20 +128,7 @@ def test_slices_whose_orientation_differs_by_rounding_get_their_seg(
         if k % 2:
             ds.ImageOrientationPatient = ["0.999999", "0.000001", "0", "0", "1", "0"]
         ds.save_as(path)
-    image = read_image(folder)
-    mask = np.zeros((1, *image.shape), np.uint8)
-    mask[(0, *(slice(1, max(2, n // 2)) for n in image.shape))] = 1
-    mask_image = image.with_array(mask)
-    m = kit.make_manifest(labels=kit.labels)
-    result = Result(
-        prediction=Prediction(
-            mask=mask_image, measurements=kit.measure(mask_image, kit.labels[:1])
-        ),
-        provenance=kit.make_provenance(m, image),
-        image=image,
-        manifest=m,
-    )
-    outputs = write_result(result, tmp_path / "out")
+    outputs = write_result(_result(read_image(folder), kit, heatmap=False), tmp_path / "out")
     assert {"seg", "sr"} <= set(outputs)
     for key in ("seg", "sr"):
         errors, _ = dciodvfy(outputs[key])
