@@ -394,3 +394,34 @@ def test_grey_photographs_are_ungradable_eyes_or_rejected_never_failed(tmp_path:
     doc = json.loads(Path(grey["result"]).read_text())
     assert doc["status"] == "rejected_out_of_distribution" and doc["findings"] == []
     assert "no colour photograph in the study" in doc["status_reason"]
+
+
+def test_study_sr_gets_the_completed_source_headers(tmp_path: Path) -> None:
+    """The study's SR reads its photographs' headers through the writers' one reader.
+
+    A Japanese character set (empty first term, as ISO 2022 code extensions are written)
+    lost the whole result at the SR; a PatientSex of "U" is written empty and named.
+    """
+    inp = tmp_path / "dicom"
+    for side, name in (("L", "j1"), ("R", "j2")):
+        path = op_dicom(
+            _img(f"Patient007_{side}.jpg"),
+            inp / f"{name}.dcm",
+            side,
+            "PID-7",
+            "1.2.826.0.1.3680043.8.498.91",
+        )
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = "Yamada^Tarou=山田^太郎"
+        ds.PatientSex = "U"
+        ds.save_as(path)
+    code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out"), "--no-explain")
+    assert code == 0, lines
+    (line,) = lines
+    doc = _result(line)
+    assert "the source's PatientSex is not a valid value; written empty" in doc["warnings"]
+    sr_path = Path(line["result"]).parent / "sr.dcm"
+    sr = pydicom.dcmread(sr_path)
+    assert str(sr.PatientName) == "Yamada^Tarou=山田^太郎" and sr.PatientSex == ""
+    assert _dciodvfy_errors(sr_path) == []

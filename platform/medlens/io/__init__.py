@@ -454,7 +454,7 @@ def _write_sr(
 
         if is_eye_screening(result):  # per-eye report of a study (retina-dr)
             path = out_dir / FILE_NAMES["sr"]
-            outputs["sr"] = write_retina_sr(result, study_source_headers(result), path)
+            outputs["sr"] = write_retina_sr(result, study_source_headers(result, notes), path)
             return
     if sources is None:
         if dicom_source(result.image) or result.image.ndim != 2:

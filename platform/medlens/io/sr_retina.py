@@ -21,13 +21,11 @@ records no evidence and says so in ``SeriesDescription``.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import highdicom as hd
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code as PdCode
 from pydicom.uid import generate_uid
@@ -35,9 +33,10 @@ from pydicom.uid import generate_uid
 from medlens.errors import OutputError
 from medlens.io._common import (
     MANUFACTURER,
-    complete_type2,
+    WriteNotes,
     copy_deidentification,
     device_observer,
+    read_source_headers,
 )
 from medlens.io.atomic import save_dataset
 from medlens.plugin_api._results import Result
@@ -79,26 +78,24 @@ def is_eye_screening(result: Result) -> bool:
     return "decision" in extra and isinstance(extra.get("eyes"), list)
 
 
-def study_source_headers(result: Result) -> list[Dataset]:
+def study_source_headers(result: Result, notes: WriteNotes | None = None) -> list[Dataset]:
     """Headers (no pixels) of every DICOM photograph of the result's study, in order.
 
-    Photographs read from image files have no DICOM header and are left out.
+    Each image's headers come from :func:`~medlens.io._common.read_source_headers`, so
+    they are completed as every writer's are (Type 2 attributes, values no writer can
+    encode, character set, geometry). Photographs read from image files have no DICOM
+    header and are left out.
 
     Raises:
-        OutputError: A source file can no longer be read.
+        DicomError: A source file can no longer be read.
     """
     from medlens.io import dicom_source
 
     images = [i.image for i in result.study.images] if result.study else [result.image]
     out: list[Dataset] = []
     for image in images:
-        if not dicom_source(image):
-            continue
-        for p in image.source:
-            try:
-                out.append(pydicom.dcmread(Path(p), stop_before_pixels=True))
-            except (OSError, pydicom.errors.InvalidDicomError) as e:
-                raise OutputError(f"cannot re-read source file {Path(p).name!r}: {e}") from e
+        if dicom_source(image):
+            out.extend(read_source_headers(image, notes) or [])
     return out
 
 
@@ -216,8 +213,9 @@ def build_retina_sr(result: Result, sources: Sequence[Dataset]) -> hd.sr.Compreh
             procedure_reported=_concept(RETINA_CODES["procedure"]),
             imaging_measurements=groups,
         )
-        # De-identified photographs often lack Type 2 attributes: copied in empty.
-        dicom = [complete_type2(copy.deepcopy(ds)) for ds in sources]
+        # The sources come completed (Type 2 attributes, character set) from
+        # study_source_headers; photographs without DICOM get a placeholder identity.
+        dicom = list(sources)
         evidence = dicom or [_placeholder_source()]
         description = "retina-dr screening NOT FOR DIAGNOSTIC USE"
         sr = hd.sr.Comprehensive3DSR(
