@@ -1,4 +1,4 @@
-"""The console tables are printed on."""
+"""How the CLI prints: tables, one line per case, one line per error."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 from rich.console import Console
 
-__all__ = ["one_line", "table_console"]
+__all__ = ["error_line", "one_line", "table_console"]
 
 #: Width when stdout is no terminal: wide enough that no table is wrapped. A table takes
 #: only the width its cells need; rich's own default off a terminal (80 columns) would
@@ -33,3 +33,16 @@ def one_line(text: str) -> str:
     case's line in two or rewrite the terminal.
     """
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def error_line(e: BaseException) -> str:
+    """One line for a failure of one case or series: a MedLens error as it reads, else typed.
+
+    A MedLens error is one line already; anything else (a library's own exception on a
+    file nobody foresaw) gets its type and its whitespace collapsed.
+    """
+    from medlens.errors import MedLensError
+
+    if isinstance(e, MedLensError):
+        return str(e)
+    return " ".join(f"{type(e).__name__}: {e}".split())[:300]

@@ -46,7 +46,8 @@ def run_study_case(
     Images the plugin's routing refuses are left out of the study (their reasons go
     to the result's warnings); a study with no accepted image is ``skipped``.
     """
-    from medlens.cli.run import CaseOutcome, _case_dir, _finished, _one_line, _write_as_set
+    from medlens.cli._console import error_line
+    from medlens.cli.run import CaseOutcome, _case_dir, _finished, _write_as_set
     from medlens.routing import read_study
 
     manifest = host.get(plugin_id).manifest
@@ -73,5 +74,5 @@ def run_study_case(
         return replace(base, status="skipped", reason=str(e))
     except Exception as e:  # one study must not stop the batch: its reason is on record
         log.debug("study %s failed", study.name, exc_info=True)
-        return replace(base, error=_one_line(e))
+        return replace(base, error=error_line(e))
     return _finished(base, result, folder)

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from medlens.errors import InputError, MedLensError, OutputError
+from medlens.cli._console import error_line
+from medlens.errors import InputError, OutputError
 from medlens.imaging.dicom_index import SeriesEntry, index_folder
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import write_nifti
@@ -71,14 +72,6 @@ def _sidecar(s: SeriesEntry, image: Image) -> dict[str, Any]:
     }
 
 
-def _reason(e: Exception) -> str:
-    """One line for a failed series: a MedLens error as it reads, anything else typed."""
-    if isinstance(e, MedLensError):
-        return str(e)
-    first = (str(e).splitlines() or [""])[0][:200]
-    return f"unexpected {type(e).__name__} while reading: {first}"
-
-
 def convert_folder(
     folder: Path, out_dir: Path, *, on_tilt: str = "error", on_gaps: str = "resample"
 ) -> list[dict[str, Any]]:
@@ -99,7 +92,7 @@ def convert_folder(
         try:
             volumes = split_volumes(s.files)
         except Exception as e:  # any failure of one series is its reason, never the batch's
-            rec["error"] = _reason(e)
+            rec["error"] = error_line(e)
             records.append(rec)
             continue
         for suffix, files in volumes:
@@ -111,7 +104,7 @@ def convert_folder(
                     on_gaps="error" if on_gaps == "error" else "resample",
                 )
             except Exception as e:  # as above: a reader bug on one series stops only it
-                vrec["error"] = _reason(e)
+                vrec["error"] = error_line(e)
                 records.append(vrec)
                 continue
             stem = _stem(s, suffix)

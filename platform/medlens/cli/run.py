@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from medlens.cli._console import one_line
+from medlens.cli._console import error_line, one_line
 from medlens.cli._options import parse_options
 from medlens.cli._progress import progress_bar
-from medlens.errors import MedLensError, OutputError, RoutingError
+from medlens.errors import OutputError, RoutingError
 from medlens.host import Host
 from medlens.plugin_api.v1 import ResultStatus
 
@@ -135,12 +135,6 @@ def _finished(base: CaseOutcome, result: Result, folder: Path) -> CaseOutcome:
     )
 
 
-def _one_line(e: BaseException) -> str:
-    if isinstance(e, MedLensError):
-        return str(e)
-    return " ".join(f"{type(e).__name__}: {e}".split())[:300]
-
-
 def _run_case(
     host: Host,
     plugin_id: str,
@@ -175,7 +169,7 @@ def _run_case(
         return _replace(base, status="skipped", reason=str(e))
     except Exception as e:  # one case must not stop the batch: its reason is on record
         log.debug("case %s failed", case.name, exc_info=True)
-        return _replace(base, error=_one_line(e))
+        return _replace(base, error=error_line(e))
     return _finished(base, result, folder)
 
 
