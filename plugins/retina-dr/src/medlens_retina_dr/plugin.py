@@ -42,11 +42,9 @@ def image_rgb(image: v1.Image) -> npt.NDArray[np.uint8]:
     Raises:
         InputError: If the image is not a 2-D 3-channel (colour) image.
     """
-    if image.ndim != 2 or image.channels != 3:
-        raise v1.InputError(
-            f"retina-dr needs a 2-D colour fundus photograph, got a {image.ndim}-D image "
-            f"with {image.channels} channel(s)"
-        )
+    why = _not_colour(image)
+    if why:
+        raise v1.InputError(f"retina-dr needs a 2-D colour fundus photograph, got {why}")
     arr = np.asarray(image.array)
     if arr.dtype != np.uint8:
         top = float(np.nanmax(arr)) if arr.size else 0.0
