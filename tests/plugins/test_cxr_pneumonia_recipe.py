@@ -11,7 +11,8 @@ import torch
 from medlens_cxr_pneumonia.data import DEFAULT_DATA, Dataset, locked_split, read_labels
 from medlens_cxr_pneumonia.network import build_ensemble, build_network, ensemble_from_state
 from medlens_cxr_pneumonia.recipe import select_size
-from medlens_cxr_pneumonia.train import native_bfloat16
+
+from medlens.engine.device import native_bfloat16
 
 
 def _records_only(root: Path) -> Dataset:

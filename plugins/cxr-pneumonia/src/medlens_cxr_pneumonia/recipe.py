@@ -74,7 +74,6 @@ from medlens_cxr_pneumonia.train import (
     FitResult,
     TrainConfig,
     fit,
-    native_bfloat16,
     predict_logits,
     roc_auc,
 )
@@ -309,6 +308,9 @@ def _device(name: str) -> str:
 
 def _precision(name: str, device: str) -> str:
     """``auto``: bfloat16 where the processor has it natively, else float32."""
+    # The host's probe, as the CT recipe uses it: a recipe trains, it is no plugin code.
+    from medlens.engine.device import native_bfloat16
+
     if name == "auto":
         return "bfloat16" if native_bfloat16(device) else "float32"
     return name

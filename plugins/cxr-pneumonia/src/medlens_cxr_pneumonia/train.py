@@ -20,23 +20,9 @@ __all__ = [
     "TrainConfig",
     "augmenter",
     "fit",
-    "native_bfloat16",
     "predict_logits",
     "roc_auc",
 ]
-
-
-def native_bfloat16(device: str) -> bool:
-    """Whether ``device`` multiplies bfloat16 natively (Intel AMX/AVX512-BF16, or the GPU).
-
-    The same probe as the host's explanation precision; duplicated because a plugin
-    imports nothing of the host but ``medlens.plugin_api.v1``.
-    """
-    if device.startswith("cuda"):
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    cpu = getattr(torch, "cpu", None)
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return device == "cpu" and any(bool(getattr(cpu, n, lambda: False)()) for n in probes)
 
 
 @dataclass(frozen=True)
@@ -79,8 +65,8 @@ class TrainConfig:
     device: str = "cpu"
     #: Arithmetic of the training step's forward and backward passes: ``float32``, or
     #: ``bfloat16`` autocast (weights, optimiser state and loss stay float32). Only where
-    #: the processor has bfloat16 natively (:func:`native_bfloat16`); elsewhere it is
-    #: emulated and slower. Evaluation passes always run float32, like the plugin.
+    #: the processor has bfloat16 natively (``medlens.engine.device.native_bfloat16``);
+    #: elsewhere it is emulated and slower. Evaluation passes always run float32, like the plugin.
     #: Measured (5-fold CV, seed 0, pooled out-of-fold AUROC / AP films): 128 px bfloat16
     #: 0.874 / 0.804 against float32 0.882 / 0.816 (round-off alone parts the runs by about
     #: that much); 192 px 0.888 / 0.829 (40 epochs), 0.892 / 0.829 (60); 256 px 0.871 /
