@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
-from medlens_retina_dr import data, degrade, quality, study
+from medlens_retina_dr import data, degrade, preprocess, quality, study
 from PIL import Image as PILImage
 
 from medlens.host import Host
@@ -69,11 +70,46 @@ def test_two_eyes_give_one_patient_decision(host: Host) -> None:
     assert finding.label == "referable_dr" and finding.calibrated
     assert finding.probability == pytest.approx(max(probs))
     assert (extra["decision"] == "refer") == finding.positive
+    # Each graded eye says what its logit is made of: the network's part and the lesion
+    # measures' parts (candidates counted on the photograph), calibrated as the manifest says.
+    temperature = host.get("retina-dr").manifest.outputs.calibration.temperature
+    for eye in extra["eyes"]:
+        les = eye["lesions"]
+        assert set(les["candidates"]) == {"bright", "dark"}
+        assert all(isinstance(v, int) and v >= 0 for v in les["candidates"].values())
+        parts = les["logit_parts"]
+        assert set(parts) == {"bias", "network", "bright_lesions", "dark_lesions", "texture"}
+        p = 1 / (1 + np.exp(-sum(parts.values()) / temperature))
+        assert eye["findings"][0]["probability"] == pytest.approx(p, abs=1e-3)
     # The balanced point is stricter or equal: never more referrals than screening.
     bal = _run(
         host, [_img("Patient003_L.jpg"), _img("Patient003_R.jpg")], operating_point="balanced"
     )
     assert bal.prediction.extra["operating_point"]["name"] == "balanced"
+
+
+def test_full_size_photographs_get_the_same_probability(host: Host) -> None:
+    # The held-back photographs are full size (3872 px wide), the development copies
+    # 1024 px: both the network crop and the lesion crop are resampled to fixed disc
+    # diameters, so an upscaled copy must be graded alike.
+    from medlens_retina_dr.plugin import RetinaDR
+
+    plugin = host.get("retina-dr").load("cpu")
+    assert isinstance(plugin, RetinaDR)
+    for name in ("Patient010_L.jpg", "Patient054_R.jpg", "Patient181_R.jpg"):
+        rgb = data.load_rgb(_img(name))
+        h, w = rgb.shape[:2]
+        big = np.asarray(
+            cv2.resize(rgb, (3872, round(h * 3872 / w)), interpolation=cv2.INTER_CUBIC),
+            dtype=np.uint8,
+        )
+        probs = []
+        for photo in (rgb, big):
+            fov = preprocess.find_fov(photo)
+            prepared = preprocess.prepare(photo, plugin.side, use_graham=plugin.use_graham)
+            ((parts, _),) = plugin.logit_parts([prepared], [(photo, fov)])
+            probs.append(plugin.probability(parts))
+        assert abs(probs[0] - probs[1]) < 0.1, (name, probs)
 
 
 def test_not_a_fundus_photograph_is_refused(host: Host, tmp_path: Path) -> None:

@@ -21,9 +21,14 @@ __all__ = ["Ensemble", "split_state"]
 
 
 def split_state(state: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """``m<i>.<key>`` tensors → one state dict per member, in member order."""
+    """``m<i>.<key>`` tensors → one state dict per member, in member order.
+
+    ``lesion.*`` tensors (the lesion model of :mod:`.lesions`) are skipped.
+    """
     members: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
+        if key.startswith("lesion."):  # the lesion model's (see .lesions)
+            continue
         head, _, rest = key.partition(".")
         if not (head.startswith("m") and head[1:].isdigit() and rest):
             raise KeyError(f"unexpected weight {key!r} (expected 'm<i>.<name>')")

@@ -110,7 +110,7 @@ def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
     from medlens_retina_dr.explain import _cam_of
 
     plugin = Host().get("retina-dr").load("cpu")  # sha256-verified, as the host runs it
-    ens, temp = plugin.ensemble, plugin.temperature  # type: ignore[attr-defined]
+    ens = plugin.ensemble  # type: ignore[attr-defined]
     side, use_graham = plugin.side, plugin.use_graham  # type: ignore[attr-defined]
     rng = np.random.default_rng(seed)
     records = [r for r in data.read_records() if r.grade == 1]
@@ -125,7 +125,8 @@ def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
             # The same cluster for every load: lesions are added, never moved.
             pasted = paste_lesions(rgb, n, np.random.default_rng(seed * 1000 + c), fov)
             prep = preprocess.prepare(pasted.rgb, side, use_graham=use_graham)
-            probs[c, j] = 1 / (1 + np.exp(-ens.logits([prep])[0] / temp))
+            parts, _ = plugin.logit_parts([prep], [(pasted.rgb, fov)])[0]  # type: ignore[attr-defined]
+            probs[c, j] = plugin.probability(parts)  # type: ignore[attr-defined]
         assert pasted is not None
         prep = preprocess.prepare(pasted.rgb, side, use_graham=use_graham)
         x = torch.from_numpy(preprocess.to_network_array(prep))[None]

@@ -3,8 +3,11 @@
 One call of :meth:`RetinaDR.predict` screens one patient: every photograph of
 the study (one or two eyes) gets a quality verdict (:mod:`.quality`); gradable
 eyes are graded by the ensemble (:mod:`.model`) on the pre-processed field of
-view (:mod:`.preprocess`), calibrated by the manifest's temperature and
-decided at its operating point; Grad-CAM with its sanity check explains each
+view (:mod:`.preprocess`) and by the lesion model stacked on it
+(:mod:`.lesions`: measured lesion candidates plus the ensemble's logit),
+calibrated by the manifest's temperature and decided at its operating point;
+each eye's ``lesions`` entry gives its candidate counts and the parts of its
+logit. Grad-CAM with its sanity check explains the network's part of each
 graded eye (:mod:`.explain`). The patient decision is :func:`.study.decide`.
 
 Per-eye results and the decision go into ``Prediction.extra`` (``decision``,
@@ -17,6 +20,8 @@ outcome (``ungradable``), never "no referable DR".
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -24,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.plugin_api import v1
-from medlens_retina_dr import preprocess, quality, study
+from medlens_retina_dr import lesions, preprocess, quality, study
 
 if TYPE_CHECKING:
     from medlens_retina_dr.explain import Explainer, EyeCam
@@ -113,7 +118,9 @@ class RetinaDR:
 
         self.manifest = ctx.manifest
         try:
-            self.ensemble = Ensemble.from_state(ctx.load_state_dict())
+            state = ctx.load_state_dict()
+            self.ensemble = Ensemble.from_state(state)
+            self.lesion_model = lesions.LesionModel.from_state(state)
         except (RuntimeError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise v1.WeightsError(
@@ -132,6 +139,33 @@ class RetinaDR:
             op.name: op for op in ctx.manifest.outputs.operating_points if op.label == _LABEL
         }
         self._cam: Explainer | None = None
+
+    def logit_parts(
+        self,
+        prepared: list[RGB],
+        photos: list[tuple[RGB, preprocess.FieldOfView]],
+        timer: Callable[[str], AbstractContextManager[object]] | None = None,
+    ) -> list[tuple[dict[str, float], lesions.LesionMeasures]]:
+        """Per gradable eye: the additive parts of its logit, and its lesion measures.
+
+        Args:
+            prepared: The network inputs (FOV crops, pre-processed as the weights say).
+            photos: The same eyes' photographs and fields of view (lesions are
+                measured at :data:`.lesions.SIDE` from the photograph).
+            timer: The run's stage timer, if any.
+        """
+        with timer("inference") if timer else nullcontext():
+            network = self.ensemble.logits(prepared)
+        with timer("lesions") if timer else nullcontext():
+            found = [lesions.measure(lesions.lesion_crop(rgb, fov)) for rgb, fov in photos]
+        return [
+            (self.lesion_model.parts(m.values, float(z)), m)
+            for z, m in zip(network, found, strict=True)
+        ]
+
+    def probability(self, parts: dict[str, float]) -> float:
+        """Calibrated probability of an eye's logit parts (:meth:`logit_parts`)."""
+        return float(1.0 / (1.0 + np.exp(-sum(parts.values()) / self.temperature)))
 
     def _op(self, ctx: v1.RunContext) -> v1.OperatingPoint:
         name = str(
@@ -229,11 +263,16 @@ class RetinaDR:
                 graded.append((n, prepared, fov, rgb))
             eyes.append(eye)
         if graded:
-            with ctx.timer("inference"):
-                logits = self.ensemble.logits([g[1] for g in graded])
-            for (n, _, _, _), logit in zip(graded, logits, strict=True):
-                p = float(1.0 / (1.0 + np.exp(-float(logit) / self.temperature)))
+            graded_parts = self.logit_parts(
+                [g[1] for g in graded], [(g[3], g[2]) for g in graded], ctx.timer
+            )
+            for (n, _, _, _), (parts, m) in zip(graded, graded_parts, strict=True):
+                p = self.probability(parts)
                 eyes[n]["findings"] = [self._finding(p, op).model_dump(mode="json")]
+                eyes[n]["lesions"] = {
+                    "candidates": m.counts(),
+                    "logit_parts": {k: round(v, 4) for k, v in parts.items()},
+                }
         if graded and ctx.explain_requested:
             with ctx.timer("explain"):
                 cams = self._explainer()([g[1] for g in graded])
@@ -303,7 +342,9 @@ def _explanation(ec: EyeCam) -> v1.Explanation:
     )
     return v1.Explanation(
         method="gradcam",
-        target="label referable_dr",
+        # The heatmap explains the network's part of the logit; the lesion model's part
+        # is in the eye's "lesions" entry.
+        target="label referable_dr (network part)",
         sanity=verdict,
         rank_correlation=ec.rank_correlation,
     )

@@ -173,7 +173,9 @@ def fov_from_small(small: RGB, scale: float) -> FieldOfView:
     )
 
 
-def crop_to_fov(rgb: RGB, fov: FieldOfView, side: int = NETWORK_SIDE) -> RGB:
+def crop_to_fov(
+    rgb: RGB, fov: FieldOfView, side: int = NETWORK_SIDE, *, oversample: float = 2.0
+) -> RGB:
     """Square crop around the FOV circle resized to ``side``, black outside the circle.
 
     Args:
@@ -181,6 +183,10 @@ def crop_to_fov(rgb: RGB, fov: FieldOfView, side: int = NETWORK_SIDE) -> RGB:
         fov: Its field of view (if not ``found``, the centred square of the
             shorter side is used so that the result is still defined).
         side: Output side in pixels.
+        oversample: A photograph larger than ``oversample`` times the output
+            scale is first area-averaged to that size, then warped (the
+            network's 2 keeps its training inputs; the lesion measures use 1,
+            so fine detail is averaged alike from any camera resolution).
     """
     h, w = rgb.shape[:2]
     if fov.found:
@@ -192,8 +198,8 @@ def crop_to_fov(rgb: RGB, fov: FieldOfView, side: int = NETWORK_SIDE) -> RGB:
     # comes from downsampling first when the scale is large).
     s = side / (2 * r)
     src = rgb
-    if s < 0.5:
-        factor = 1.0 / (2 * s)
+    if s * oversample < 1.0:
+        factor = 1.0 / (oversample * s)
         src = np.asarray(
             cv2.resize(
                 rgb,

@@ -31,16 +31,22 @@ What it does, deterministically from ``--seed`` (data: :mod:`.data`):
    Graham normalisation is on by default (``--graham on``); ``--graham
    select`` cross-validates both variants and keeps the better (recorded in
    ``recipe.json``; a choice made on the folds that then judge it).
-4. **Calibration and operating points** on the out-of-fold logits:
+4. **Lesion model** (:mod:`.lesion_fit`): classical lesion measures at
+   768 px (:mod:`.lesions`: bright and dark lesion candidates, their counts,
+   areas and macular share) and the network's out-of-fold logit go into an
+   L2 logistic regression, stacked on the network; its out-of-fold logits are
+   nested (``C`` chosen within each fold) and are what the rest judges.
+5. **Calibration and operating points** on the out-of-fold logits:
    temperature scaling (NLL, :func:`scipy.optimize.minimize_scalar`), then
    ``screening`` = the highest threshold whose patient-level sensitivity (a
    patient is positive if either eye is) is at least 0.87, and ``balanced`` =
    the threshold maximising patient-level Youden's J.
-5. **Export:** the fold networks form the shipped ensemble (logits averaged,
+6. **Export:** the fold networks form the shipped ensemble (logits averaged,
    horizontal-flip TTA); ``<out>/model.safetensors`` holds them (keys
-   ``m<i>.``; metadata: the pre-processing), with ``<out>/recipe.json``
-   (settings, choices, temperature, thresholds, every out-of-fold
-   prediction) and its sha256. MLflow tracking on SQLite (``<out>/mlflow.db``).
+   ``m<i>.``; metadata: the pre-processing) and the lesion model
+   (``lesion.*``), with ``<out>/recipe.json`` (settings, choices,
+   temperature, thresholds, every out-of-fold prediction) and its sha256.
+   MLflow tracking on SQLite (``<out>/mlflow.db``).
 
 The model card figures come from ``python -m medlens_retina_dr.evaluate``,
 which reads ``recipe.json``.
@@ -64,7 +70,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from medlens_retina_dr import data, preprocess
+from medlens_retina_dr import data, lesion_fit, lesions, preprocess
 from medlens_retina_dr.augment import augment, augment_batch
 from medlens_retina_dr.network import build_network
 
@@ -402,7 +408,13 @@ def operating_points(
     return {"screening": screening, "balanced": balanced}
 
 
-def _save_ensemble(nets: list[torch.nn.Module], path: Path, use_graham: bool, side: int) -> str:
+def _save_ensemble(
+    nets: list[torch.nn.Module],
+    path: Path,
+    use_graham: bool,
+    side: int,
+    lesion_model: lesions.LesionModel,
+) -> str:
     from safetensors.torch import save_file
 
     from medlens.plugin_api.v1 import canonical_safetensors
@@ -412,6 +424,7 @@ def _save_ensemble(nets: list[torch.nn.Module], path: Path, use_graham: bool, si
         for i, net in enumerate(nets)
         for k, v in net.state_dict().items()
     }
+    state |= {k: torch.from_numpy(v.copy()) for k, v in lesion_model.to_state().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     # The weights carry the pre-processing they were fitted on; the plugin reads it.
@@ -590,6 +603,18 @@ def run(
                 tracker=mlflow,
                 history=history,
             )
+        network_auc = _auroc(labels, oof)
+        mlflow.log_metric("cv.network_oof_auroc", network_auc)
+        say(f"network: cross-validated per-eye AUROC {network_auc:.3f}")
+        measures = lesion_fit.cached_measures(records)
+        stage = lesion_fit.fit(measures, oof, labels, folds, _auroc)
+        network_oof, oof = oof, stage.oof_logits
+        lesion_auc = _auroc(labels, stage.oof_lesion_only)
+        mlflow.log_metrics({"cv.lesion_only_oof_auroc": lesion_auc, "lesion.c": stage.c})
+        say(
+            f"lesion measures alone: AUROC {lesion_auc:.3f}; lesion model on the network "
+            f"(C per fold {stage.fold_c}, shipped C {stage.c})"
+        )
         cv_auc = _auroc(labels, oof)
         temperature = fit_temperature(oof, labels)
         probs = sigmoid(oof / temperature)
@@ -601,7 +626,7 @@ def run(
         say(f"cross-validated per-eye AUROC {cv_auc:.3f}; temperature {temperature:.3f}; {ops}")
 
         weights = out / "model.safetensors"
-        digest = _save_ensemble(nets, weights, use_graham, cfg.side)
+        digest = _save_ensemble(nets, weights, use_graham, cfg.side, stage.model)
         size_mb = weights.stat().st_size / 1e6
         mlflow.log_artifact(str(weights), artifact_path="weights")
         mlflow.log_param("weights_sha256", digest)
@@ -613,6 +638,10 @@ def run(
             "selection_oof_auroc": selection,
             "baseline_oof_auroc": base_auc,
             "cv_oof_auroc": cv_auc,
+            "network_oof_auroc": network_auc,
+            "lesion_only_oof_auroc": lesion_auc,
+            "lesion_c": stage.c,
+            "lesion_fold_c": stage.fold_c,
             "temperature": temperature,
             "thresholds": ops,
             "weights_sha256": digest,
@@ -631,9 +660,10 @@ def run(
                     "referable": r.referable,
                     "fold": int(f),
                     "oof_logit": float(z),
+                    "network_oof_logit": float(zn),
                     "baseline_score": float(b),
                 }
-                for r, f, z, b in zip(records, folds, oof, base, strict=True)
+                for r, f, z, zn, b in zip(records, folds, oof, network_oof, base, strict=True)
             ],
         }
         (out / "recipe.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -662,6 +692,9 @@ def track_only(out: Path) -> str:
             {
                 "baseline_lr32.oof_auroc": rec["baseline_oof_auroc"],
                 "cv.oof_auroc": rec["cv_oof_auroc"],
+                "cv.network_oof_auroc": rec["network_oof_auroc"],
+                "cv.lesion_only_oof_auroc": rec["lesion_only_oof_auroc"],
+                "lesion.c": rec["lesion_c"],
                 "temperature": rec["temperature"],
                 "wall_s": rec["wall_s"],
             }
