@@ -20,7 +20,9 @@ outcome (``ungradable``), never "no referable DR".
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +159,7 @@ class RetinaDR:
         with timer("inference") if timer else nullcontext():
             network = self.ensemble.logits(prepared)
         with timer("lesions") if timer else nullcontext():
-            found = [lesions.measure(lesions.lesion_crop(rgb, fov)) for rgb, fov in photos]
+            found = _measure_all(photos)
         return [
             (self.lesion_model.parts(m.values, float(z)), m)
             for z, m in zip(network, found, strict=True)
@@ -332,6 +334,25 @@ class RetinaDR:
 
             self._cam = Explainer(self.ensemble)
         return self._cam
+
+
+def _measure_all(
+    photos: list[tuple[RGB, preprocess.FieldOfView]],
+) -> list[lesions.LesionMeasures]:
+    """Lesion measures of each eye; the two eyes of a study on two threads.
+
+    OpenCV and numpy release the GIL in the filters that dominate (about 0.15 s
+    per eye), so two eyes take the time of one on two cores; values are the same.
+    """
+
+    def one(photo: tuple[RGB, preprocess.FieldOfView]) -> lesions.LesionMeasures:
+        return lesions.measure(lesions.lesion_crop(*photo))
+
+    workers = min(len(photos), os.cpu_count() or 1)
+    if workers < 2:
+        return [one(p) for p in photos]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, photos))
 
 
 def _explanation(ec: EyeCam) -> v1.Explanation:
