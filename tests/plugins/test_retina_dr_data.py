@@ -107,8 +107,8 @@ def test_full_size_photographs_get_the_same_probability(host: Host) -> None:
         for photo in (rgb, big):
             fov = preprocess.find_fov(photo)
             prepared = preprocess.prepare(photo, plugin.side, use_graham=plugin.use_graham)
-            ((parts, _),) = plugin.logit_parts([prepared], [(photo, fov)])
-            probs.append(plugin.probability(parts))
+            (score,) = plugin.logit_parts([prepared], [(photo, fov)])
+            probs.append(plugin.probability(score.parts))
         assert abs(probs[0] - probs[1]) < 0.1, (name, probs)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from medlens_retina_dr import lesion_fit, lesions, preprocess
+from medlens_retina_dr import evidence, lesion_fit, lesions, preprocess
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
@@ -171,3 +171,68 @@ def test_out_of_fold_never_sees_the_held_out_fold() -> None:
     folds = np.arange(n) % 5
     oof, _ = lesion_fit.out_of_fold(x, y, folds, _auroc)
     assert abs(_auroc(y, oof) - 0.5) < 0.15
+
+
+def _measures_with(
+    bright_at: tuple[int, int] | None, dark_at: tuple[int, int] | None
+) -> lesions.LesionMeasures:
+    side = lesions.SIDE
+    bright = np.zeros((side, side), bool)
+    dark = np.zeros((side, side), bool)
+    if bright_at:
+        bright[bright_at[0] : bright_at[0] + 6, bright_at[1] : bright_at[1] + 6] = True
+    if dark_at:
+        dark[dark_at[0] : dark_at[0] + 6, dark_at[1] : dark_at[1] + 6] = True
+    return lesions.LesionMeasures(np.zeros(len(lesions.FEATURES)), bright, dark)
+
+
+def test_evidence_map_peaks_where_the_positive_part_lies() -> None:
+    side = 96
+    cam = np.zeros((side, side), np.float32)
+    cam[10:20, 10:20] = 1.0  # the network looks at the top left
+    m = _measures_with(bright_at=(600, 600), dark_at=None)  # a bright cluster bottom right
+    maps = {
+        "network": cam,
+        "bright_lesions": evidence.candidate_density(m.bright, side),
+        "dark_lesions": evidence.candidate_density(m.dark, side),
+    }
+    # The bright lesions carry most of the logit: the peak is at them (600/768 * 96 = 75).
+    out = evidence.combine(maps, {"network": 0.2, "bright_lesions": 2.0, "dark_lesions": -1.0})
+    py, px = np.unravel_index(int(np.argmax(out)), out.shape)
+    assert abs(py - 75) <= 2 and abs(px - 75) <= 2 and out.max() == pytest.approx(1.0)
+    # A negative part is no evidence for referable DR: nothing of it is drawn.
+    only_network = evidence.combine(maps, {"network": 1.0, "bright_lesions": -2.0})
+    assert float(only_network[70:80, 70:80].max()) == 0.0
+    # No positive part: an all-zero map.
+    none = evidence.combine(maps, {"network": -1.0, "bright_lesions": -1.0})
+    assert float(none.max()) == 0.0
+
+
+def test_evidence_verdicts_uninformative_sensitive_and_not() -> None:
+    side = 96
+    rng = np.random.default_rng(0)
+    n = len(lesions.FEATURES)
+    model = lesions.LesionModel(np.zeros(n), np.ones(n), np.zeros(n), 0.0, 1.0)
+    cam = np.asarray(rng.random((side, side)), np.float32)
+    other = np.asarray(rng.random((side, side)), np.float32)
+    m = _measures_with(None, None)
+    # Only the network speaks (logit 2): randomised copies' unrelated map -> sensitive.
+    rnd_model = lesions.LesionModel(np.zeros(n), np.ones(n), np.zeros(n), 0.0, 1.0)
+    ev = evidence.evidence(cam, other, m, 2.0, model, rnd_model, 0.5)
+    assert not ev.uninformative and ev.model_sensitive and abs(ev.rank_correlation or 0) < 0.2
+    # The same map whatever was learned -> not model-sensitive.
+    ev = evidence.evidence(cam, cam, m, 2.0, model, rnd_model, 0.5)
+    assert not ev.model_sensitive and ev.rank_correlation == pytest.approx(1.0)
+    # Nothing positive -> uninformative, no correlation reported.
+    ev = evidence.evidence(cam, other, m, -2.0, model, rnd_model, 0.5)
+    assert ev.uninformative and ev.rank_correlation is None and float(ev.map.max()) == 0.0
+
+
+def test_randomised_lesion_model_redraws_the_learned_weights_only() -> None:
+    model = _model()
+    rnd = evidence.randomised_model(model, seed=0)
+    assert np.array_equal(rnd.mean, model.mean) and np.array_equal(rnd.scale, model.scale)
+    assert not np.allclose(rnd.coef, model.coef)
+    assert rnd.coef.std() == pytest.approx(model.coef.std(), rel=0.5)
+    again = evidence.randomised_model(model, seed=0)
+    assert np.array_equal(again.coef, rnd.coef)  # seeded

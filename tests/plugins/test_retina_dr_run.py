@@ -336,7 +336,14 @@ def test_explanations_on_image_files_are_png_overlays(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "image-2", "result.json"]
     assert [p.name for p in (folder / "image-2").iterdir()] == ["heatmap.png"]
     doc = _result(line)
-    assert all(e["explanation"]["method"] == "gradcam" for e in doc["extra"]["eyes"])
+    for eye in doc["extra"]["eyes"]:
+        # The map of the whole model: Grad-CAM and lesion candidates (.evidence).
+        assert eye["explanation"]["method"] == "gradcam+lesion-candidates"
+        assert eye["explanation"]["sanity"] in {
+            "model-sensitive",
+            "not model-sensitive",
+            "uninformative",
+        }
     assert sorted(doc["outputs"]) == ["heatmap_png", "image-2/heatmap_png", "json"]
     # Each eye's overlay is drawn over its own photograph.
     for n, overlay_path in enumerate([folder / "heatmap.png", folder / "image-2/heatmap.png"]):

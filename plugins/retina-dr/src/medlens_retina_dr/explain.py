@@ -43,6 +43,8 @@ class EyeCam:
     cam: npt.NDArray[np.float32]
     rank_correlation: float
     model_sensitive: bool
+    #: The randomised copies' map of the same eye (for checks of maps built on this one).
+    random_cam: npt.NDArray[np.float32] | None = None
 
 
 class _Logit(torch.nn.Module):
@@ -122,7 +124,7 @@ def _sanity(cam: npt.NDArray[np.float32], rnd: npt.NDArray[np.float32]) -> EyeCa
         rho = 1.0 if cam.std() == rnd.std() else 0.0
     else:
         rho = float(spearmanr(cam.ravel(), rnd.ravel()).statistic)
-    return EyeCam(cam=cam, rank_correlation=rho, model_sensitive=rho < RHO_MAX)
+    return EyeCam(cam=cam, rank_correlation=rho, model_sensitive=rho < RHO_MAX, random_cam=rnd)
 
 
 class Explainer:

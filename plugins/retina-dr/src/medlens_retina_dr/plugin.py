@@ -7,8 +7,9 @@ view (:mod:`.preprocess`) and by the lesion model stacked on it
 (:mod:`.lesions`: measured lesion candidates plus the ensemble's logit),
 calibrated by the manifest's temperature and decided at its operating point;
 each eye's ``lesions`` entry gives its candidate counts and the parts of its
-logit. Grad-CAM with its sanity check explains the network's part of each
-graded eye (:mod:`.explain`). The patient decision is :func:`.study.decide`.
+logit. Each graded eye's heatmap spreads the positive parts over the
+network's Grad-CAM and the lesion candidates, with a sanity check
+(:mod:`.evidence`, :mod:`.explain`). The patient decision is :func:`.study.decide`.
 
 Per-eye results and the decision go into ``Prediction.extra`` (``decision``,
 ``operating_point``, ``eyes``, ``missing_eyes``, ``notice``) and so into
@@ -24,6 +25,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -34,9 +36,10 @@ from medlens.plugin_api import v1
 from medlens_retina_dr import lesions, preprocess, quality, study
 
 if TYPE_CHECKING:
-    from medlens_retina_dr.explain import Explainer, EyeCam
+    from medlens_retina_dr.evidence import EyeEvidence
+    from medlens_retina_dr.explain import Explainer
 
-__all__ = ["RetinaDR", "create", "image_rgb"]
+__all__ = ["EyeScore", "RetinaDR", "create", "image_rgb"]
 
 RGB = npt.NDArray[np.uint8]
 
@@ -105,6 +108,15 @@ def _laterality(item: Any) -> tuple[str | None, str]:
     return None, "unknown"
 
 
+@dataclass(frozen=True)
+class EyeScore:
+    """One graded eye's logit parts, lesion measures and the ensemble's own logit."""
+
+    parts: dict[str, float]
+    measures: lesions.LesionMeasures
+    network_logit: float
+
+
 class RetinaDR:
     """The loaded plugin: the verified ensemble, calibration and operating points.
 
@@ -141,14 +153,15 @@ class RetinaDR:
             op.name: op for op in ctx.manifest.outputs.operating_points if op.label == _LABEL
         }
         self._cam: Explainer | None = None
+        self._random_lesion: lesions.LesionModel | None = None
 
     def logit_parts(
         self,
         prepared: list[RGB],
         photos: list[tuple[RGB, preprocess.FieldOfView]],
         timer: Callable[[str], AbstractContextManager[object]] | None = None,
-    ) -> list[tuple[dict[str, float], lesions.LesionMeasures]]:
-        """Per gradable eye: the additive parts of its logit, and its lesion measures.
+    ) -> list[EyeScore]:
+        """Per gradable eye: the additive parts of its logit, and what they came from.
 
         Args:
             prepared: The network inputs (FOV crops, pre-processed as the weights say).
@@ -161,9 +174,35 @@ class RetinaDR:
         with timer("lesions") if timer else nullcontext():
             found = _measure_all(photos)
         return [
-            (self.lesion_model.parts(m.values, float(z)), m)
+            EyeScore(self.lesion_model.parts(m.values, float(z)), m, float(z))
             for z, m in zip(network, found, strict=True)
         ]
+
+    def evidence(self, prepared: list[RGB], scores: list[EyeScore]) -> list[EyeEvidence]:
+        """Each eye's map of the whole model's evidence, sanity-checked (:mod:`.evidence`)."""
+        from medlens_retina_dr.evidence import evidence
+        from medlens_retina_dr.explain import RHO_MAX
+
+        cams = self._explainer()(prepared)
+        if self._random_lesion is None:
+            from medlens_retina_dr.evidence import randomised_model
+
+            self._random_lesion = randomised_model(self.lesion_model)
+        out = []
+        for ec, sc in zip(cams, scores, strict=True):
+            assert ec.random_cam is not None
+            out.append(
+                evidence(
+                    ec.cam,
+                    ec.random_cam,
+                    sc.measures,
+                    sc.network_logit,
+                    self.lesion_model,
+                    self._random_lesion,
+                    RHO_MAX,
+                )
+            )
+        return out
 
     def probability(self, parts: dict[str, float]) -> float:
         """Calibrated probability of an eye's logit parts (:meth:`logit_parts`)."""
@@ -268,7 +307,8 @@ class RetinaDR:
             graded_parts = self.logit_parts(
                 [g[1] for g in graded], [(g[3], g[2]) for g in graded], ctx.timer
             )
-            for (n, _, _, _), (parts, m) in zip(graded, graded_parts, strict=True):
+            for (n, _, _, _), score in zip(graded, graded_parts, strict=True):
+                parts, m = score.parts, score.measures
                 p = self.probability(parts)
                 eyes[n]["findings"] = [self._finding(p, op).model_dump(mode="json")]
                 eyes[n]["lesions"] = {
@@ -277,11 +317,11 @@ class RetinaDR:
                 }
         if graded and ctx.explain_requested:
             with ctx.timer("explain"):
-                cams = self._explainer()([g[1] for g in graded])
-                for (n, _, fov, rgb), ec in zip(graded, cams, strict=True):
-                    expl = _explanation(ec)
+                maps = self.evidence([g[1] for g in graded], graded_parts)
+                for (n, _, fov, rgb), ev in zip(graded, maps, strict=True):
+                    expl = _explanation(ev)
                     eyes[n]["explanation"] = expl.model_dump(mode="json")
-                    eye_map = _back_to_photo(items[n].image, rgb, fov, ec.cam)
+                    eye_map = _back_to_photo(items[n].image, rgb, fov, ev.map)
                     if n == 0:  # result.image is the study's first image: its heatmap
                         heatmap, explanation = eye_map, expl
                     else:  # every other eye's beside it (API 1.1)
@@ -355,19 +395,20 @@ def _measure_all(
         return list(pool.map(one, photos))
 
 
-def _explanation(ec: EyeCam) -> v1.Explanation:
-    verdict = (
-        v1.SanityVerdict.MODEL_SENSITIVE
-        if ec.model_sensitive
-        else v1.SanityVerdict.NOT_MODEL_SENSITIVE
-    )
+def _explanation(ev: EyeEvidence) -> v1.Explanation:
+    if ev.uninformative:
+        verdict = v1.SanityVerdict.UNINFORMATIVE
+    elif ev.model_sensitive:
+        verdict = v1.SanityVerdict.MODEL_SENSITIVE
+    else:
+        verdict = v1.SanityVerdict.NOT_MODEL_SENSITIVE
     return v1.Explanation(
-        method="gradcam",
-        # The heatmap explains the network's part of the logit; the lesion model's part
-        # is in the eye's "lesions" entry.
-        target="label referable_dr (network part)",
+        # The network's Grad-CAM and the lesion candidates, each weighted by its positive
+        # part of the logit (.evidence); the texture part has no map.
+        method="gradcam+lesion-candidates",
+        target="label referable_dr",
         sanity=verdict,
-        rank_correlation=ec.rank_correlation,
+        rank_correlation=ev.rank_correlation,
     )
 
 
