@@ -98,12 +98,10 @@ def sanity_rates(every: int) -> dict[str, Any]:
     Runs the installed plugin (sha256-verified) as it explains an eye: the map of
     :mod:`.evidence` and its randomisation check.
     """
-    from medlens.host import Host
     from medlens_retina_dr import data, preprocess
-    from medlens_retina_dr.plugin import RetinaDR
+    from medlens_retina_dr.phantom import shipped_plugin
 
-    plugin = Host().get("retina-dr").load("cpu")
-    assert isinstance(plugin, RetinaDR)
+    plugin = shipped_plugin()
     counts = {"model-sensitive": 0, "not model-sensitive": 0, "uninformative": 0}
     records = data.read_records()[::every]
     for r in records:

@@ -20,7 +20,7 @@ highest load (and, for comparison, the peak of the network's Grad-CAM alone).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -28,7 +28,10 @@ import numpy.typing as npt
 
 from medlens_retina_dr import preprocess
 
-__all__ = ["DISC_RADIUS", "LOADS", "Pasted", "evaluate", "paste_lesions"]
+if TYPE_CHECKING:
+    from medlens_retina_dr.plugin import RetinaDR
+
+__all__ = ["DISC_RADIUS", "LOADS", "Pasted", "evaluate", "paste_lesions", "shipped_plugin"]
 
 #: Lesion counts of the phantom series.
 LOADS = (0, 4, 12, 30)
@@ -98,6 +101,16 @@ def paste_lesions(
     return Pasted(np.clip(img, 0, 255).astype(np.uint8), centres, kinds)
 
 
+def shipped_plugin() -> RetinaDR:
+    """The installed plugin loaded through the host (sha256-verified), as it runs."""
+    from medlens.host import Host
+    from medlens_retina_dr.plugin import RetinaDR
+
+    plugin = Host().get("retina-dr").load("cpu")
+    assert isinstance(plugin, RetinaDR)
+    return plugin
+
+
 def _hit(m: npt.NDArray[np.float32], at: list[tuple[float, float]], limit: float) -> bool:
     """Whether the peak of ``m`` lies within ``limit`` pixels of a point of ``at``."""
     py, px = np.unravel_index(int(np.argmax(m)), m.shape)
@@ -112,13 +125,10 @@ def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
     """
     import torch
 
-    from medlens.host import Host
     from medlens_retina_dr import data
     from medlens_retina_dr.explain import _cam_of
-    from medlens_retina_dr.plugin import RetinaDR
 
-    plugin = Host().get("retina-dr").load("cpu")  # sha256-verified, as the host runs it
-    assert isinstance(plugin, RetinaDR)
+    plugin = shipped_plugin()
     side, use_graham = plugin.side, plugin.use_graham
     rng = np.random.default_rng(seed)
     records = [r for r in data.read_records() if r.grade == 1]
