@@ -18,7 +18,7 @@ from medlens.plugin_api import v1
 __all__ = ["CARD", "LABEL", "MANIFEST", "WEIGHTS_SHA256"]
 
 #: sha256 of ``weights/model.safetensors`` (checked before every load).
-WEIGHTS_SHA256 = "2c3728af27d4fcb01a302b2b7a3824f2a7a1eb8a748f5f13a2924d859b910278"
+WEIGHTS_SHA256 = "dfd9d5883c1332a8bef5017c764dc860467c6cd38a4ceab4578f92d86e43b633"
 #: The one output label.
 LABEL = "pneumonia"
 
@@ -50,14 +50,15 @@ _OPERATING_POINTS = [
 
 MANIFEST = v1.Manifest(
     id="cxr-pneumonia",
-    version="0.1.0",
+    version="0.2.0",
     api_version="1.1",
     title="Pneumonia on frontal chest radiographs",
     description=(
         "Calibrated probability of pneumonia on a frontal (PA/AP) chest radiograph, with "
         "decisions at the 'triage' and 'balanced' operating points and a Grad-CAM heatmap. "
-        "An ensemble of small MONAI ResNets trained from scratch on 702 NIH ChestX-ray14 "
-        "films. Research use only: not for diagnostic use."
+        "An ensemble of small MONAI ResNets trained from scratch on NIH ChestX-ray14 "
+        "films, averaged with a logistic model of zone intensity and texture statistics. "
+        "Research use only: not for diagnostic use."
     ),
     task=v1.Task.CLASSIFICATION,
     # SC (Secondary Capture) films carry Modality OT, or the modality they were made from.

@@ -78,7 +78,8 @@ def build_ensemble(members: int = MEMBERS, widths: tuple[int, ...] = WIDTHS) -> 
 def ensemble_from_state(state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     """The ensemble for a weights file, loaded strictly, in float32.
 
-    The member count and stage widths are read from the tensors (``members.<k>.*``);
+    The member count and stage widths are read from the tensors (``members.<k>.*``;
+    the zone model's ``zones.*`` are not the network's and are skipped);
     weights written before the members were standardised carry no ``centre``/``scale``
     and get the identity.
     """
@@ -86,7 +87,7 @@ def ensemble_from_state(state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
 
     members = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("members."))
     widths = tuple(int(state[f"members.0.layer{i}.0.conv1.weight"].shape[0]) for i in range(1, 5))
-    full = {k: v.float() for k, v in state.items()}
+    full = {k: v.float() for k, v in state.items() if not k.startswith("zones.")}
     full.setdefault("centre", torch.zeros(members))
     full.setdefault("scale", torch.ones(members))
     net = build_ensemble(members, widths)

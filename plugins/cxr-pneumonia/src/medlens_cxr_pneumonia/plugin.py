@@ -1,5 +1,9 @@
 """``cxr-pneumonia`` plugin: calibrated pneumonia probability, decisions, Grad-CAM.
 
+The logit is the mean of the network ensemble's and the zone model's
+(:mod:`medlens_cxr_pneumonia.zones`) standardised logits; result.json's
+``extra.logit_parts`` gives both halves. Grad-CAM explains the network's half.
+
 Heavy module (torch, MONAI), imported by the host only when the plugin is used.
 """
 
@@ -25,11 +29,15 @@ from medlens.plugin_api.v1 import (
     Prediction,
     ResultStatus,
     RunContext,
+    WeightsError,
 )
 from medlens_cxr_pneumonia.gate import Gate, colour_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
 from medlens_cxr_pneumonia.preprocess import prepare
+from medlens_cxr_pneumonia.zones import SIZE as ZONE_SIZE
+from medlens_cxr_pneumonia.zones import ZoneModel
+from medlens_cxr_pneumonia.zones import features as zones_features
 
 __all__ = ["NOT_FOR_DIAGNOSTIC_USE", "CxrPneumonia", "calibrated", "create", "grey_film"]
 
@@ -78,6 +86,10 @@ class CxrPneumonia:
         m: Manifest = ctx.manifest
         state = ctx.load_state_dict()
         self.net = ensemble_from_state(state)
+        try:
+            self.zones = ZoneModel.from_state({k: v.numpy() for k, v in state.items()})
+        except KeyError as e:
+            raise WeightsError(m.id, f"weights lack the zone model: {e}") from e
         self.net.eval().to(ctx.device)
         self.device = ctx.device
         temperature = m.outputs.calibration.temperature
@@ -90,17 +102,32 @@ class CxrPneumonia:
         self.gate = Gate.load(Path(str(gate_file)))
 
     @torch.no_grad()
-    def logit(self, prepared: npt.NDArray[np.float32]) -> float:
-        """Ensemble logit of one prepared film."""
+    def network_logit(self, prepared: npt.NDArray[np.float32]) -> float:
+        """Network ensemble's (standardised) logit of one prepared film."""
         x = torch.from_numpy(prepared)[None, None].to(self.device)
         return float(self.net(x)[0, 0])
+
+    def logit_parts(self, film: npt.NDArray[np.float32]) -> dict[str, float]:
+        """The two halves of the logit of a grey film: network and zone model.
+
+        Args:
+            film: The film as ``(rows, columns)`` grey values (:func:`grey_film`).
+        """
+        network = self.network_logit(prepare(film))
+        zone = self.zones.logit(zones_features(prepare(film, ZONE_SIZE)))
+        return {"network": network / 2, "zones": zone / 2}
+
+    def logit(self, film: npt.NDArray[np.float32]) -> float:
+        """The plugin's logit of a grey film: the mean of network and zone logits."""
+        return sum(self.logit_parts(film).values())
 
     def predict(self, inputs: PluginInputs, ctx: RunContext) -> Prediction:
         """Pneumonia finding (calibrated probability and decisions) and Grad-CAM heatmap."""
         image = inputs.image
         with ctx.timer("preprocess_s"):
             reason = colour_reason(np.asarray(image.array)) if image.ndim == 2 else None
-            prepared = prepare(grey_film(image))
+            film = grey_film(image)
+            prepared = prepare(film)
         reason = reason or self.gate.check(prepared)
         if reason is not None:
             return Prediction(
@@ -109,7 +136,11 @@ class CxrPneumonia:
                 warnings=[NOT_FOR_DIAGNOSTIC_USE],
             )
         with ctx.timer("inference_s"):
-            z = self.logit(prepared)
+            parts = {"network": self.network_logit(prepared) / 2}
+        with ctx.timer("zones_s"):
+            stats = zones_features(prepare(film, ZONE_SIZE))
+            parts["zones"] = self.zones.logit(stats) / 2
+        z = parts["network"] + parts["zones"]
         p = calibrated(z, self.temperature)
         decisions = {op.name: p >= op.threshold for op in self.operating_points}
         op = next(o for o in self.operating_points if o.name == self.default)
@@ -124,6 +155,8 @@ class CxrPneumonia:
         )
         extra: dict[str, Any] = {
             "logit": z,
+            # Half the network ensemble's standardised logit and half the zone model's.
+            "logit_parts": parts,
             "temperature": self.temperature,
             "operating_points": {
                 o.name: {"threshold": o.threshold, "positive": decisions[o.name]}

@@ -29,17 +29,23 @@ What it does, deterministically from ``--seed`` (CPU with one intra-op thread, s
    out-of-fold logits and the ensemble's mean share one scale.
 4. With several ``--sizes`` (input side in pixels), step 3 runs for each and the size of
    the best mean *inner-validation* AUROC is kept: the outer folds judge, never choose.
-5. Temperature scaling fitted on the pooled out-of-fold logits; operating points
+5. The zone model (:mod:`medlens_cxr_pneumonia.zones`: intensity and texture statistics of
+   a 6 x 6 grid of zones of the film at 256 px, their left-right asymmetry, the histogram;
+   L2 logistic regression, ``C`` chosen by nested CV within each fold) is fitted on the
+   same folds; the logit judged from here on is the mean of the network's and the zone
+   model's standardised out-of-fold logits.
+6. Temperature scaling fitted on the pooled out-of-fold logits; operating points
    ``triage`` (highest threshold with sensitivity >= 0.90) and ``balanced`` (Youden)
    chosen on the out-of-fold calibrated probabilities.
-6. The deployed model is the ensemble of the fold models (mean standardised logit),
-   saved as one fp16 safetensors file (``members.<k>.*``, ``centre``, ``scale``). Every
+7. The deployed model is the ensemble of the fold models (mean standardised logit)
+   averaged with the zone model fitted on every development film, saved as one
+   safetensors file (``members.<k>.*``, ``centre``, ``scale`` in fp16; ``zones.*``). Every
    film's card prediction comes from the member that never saw its patient.
-7. MLflow on SQLite (``<out>/mlflow.db``): parameters, per-epoch metrics of every fold,
+8. MLflow on SQLite (``<out>/mlflow.db``): parameters, per-epoch metrics of every fold,
    the dataset sha256, the weights artifact. ``--no-tracking`` skips it (machines
    without MLflow); a later run with the same ``--out`` resumes the finished folds and
    logs their recorded histories.
-8. Writes ``<out>/cv.json`` (out-of-fold logits per film, folds, temperature, operating
+9. Writes ``<out>/cv.json`` (out-of-fold logits per film, folds, temperature, operating
    points, timings) and runs the model card (:mod:`medlens_cxr_pneumonia.card`) on it.
    ``--install`` copies the weights, ``locked_split.json`` and ``card.json`` into the
    package and the card into ``docs/model-cards/cxr-pneumonia.md``.
@@ -60,7 +66,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medlens_cxr_pneumonia import calibration
+from medlens_cxr_pneumonia import calibration, zone_fit
 from medlens_cxr_pneumonia.data import (
     DEFAULT_CACHE,
     DEFAULT_DATA,
@@ -109,14 +115,15 @@ def _inner_split(
 
 
 def save_weights(state: dict[str, Any], path: Path, size: int = SIZE) -> str:
-    """fp16 safetensors of ``state`` (metadata: the input side); returns its sha256."""
+    """fp16 safetensors of ``state`` (``zones.*`` float32; metadata: the input side); its sha256."""
     import torch
     from safetensors.torch import save_file
 
     from medlens.plugin_api.v1 import canonical_safetensors
 
+    # The zone model's few thousand parameters stay float32 (it standardises raw statistics).
     tensors = {
-        k: (v.half() if v.is_floating_point() else v).contiguous()
+        k: (v.half() if v.is_floating_point() and not k.startswith("zones.") else v).contiguous()
         for k, v in state.items()
         if isinstance(v, torch.Tensor)
     }
@@ -420,8 +427,22 @@ def main(argv: list[str] | None = None) -> int:
                 "jobs": a.jobs,
             }
         )
-        oof = np.asarray(cv["oof_logits"])
         y = ds.labels
+        network_oof = np.asarray(cv["oof_logits"])
+        # The zone model (zones.py) on the same folds; the deployed logit is the mean of
+        # the network ensemble's and the zone model's standardised logits.
+        stats = zone_fit.cached_features(a.data, [r.image for r in ds.records], ds.sha256, a.cache)
+        zf = zone_fit.fit(stats, y, np.asarray(cv["fold"], dtype=np.int64))
+        oof = (network_oof + zf.oof_logits) / 2
+        network_auc, zones_auc = roc_auc(y, network_oof), roc_auc(y, zf.oof_logits)
+        mlflow.log_metrics(
+            {"network_cv_auroc": network_auc, "zones_cv_auroc": zones_auc, "zones_c": zf.c}
+        )
+        print(
+            f"network cv_auroc={network_auc:.4f} zones cv_auroc={zones_auc:.4f} "
+            f"(C per fold {zf.fold_c}, shipped C {zf.c})",
+            flush=True,
+        )
         temperature = calibration.fit_temperature(oof, y)
         probs = calibration.apply_temperature(oof, temperature)
         triage = calibration.triage_point(y, probs, 0.90)
@@ -432,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         ensemble["centre"] = torch.tensor(cv["centres"], dtype=torch.float32)
         ensemble["scale"] = torch.tensor(cv["scales"], dtype=torch.float32)
+        ensemble |= {k: torch.from_numpy(v.copy()) for k, v in zf.model.to_state().items()}
         sha = save_weights(ensemble, weights, size=size)
         cv_auc = roc_auc(y, oof)
         mlflow.log_metrics({"cv_auroc": cv_auc, "temperature": temperature})
@@ -453,6 +475,13 @@ def main(argv: list[str] | None = None) -> int:
             "locked_images": locked_images,
             "labels": y.tolist(),
             **{k: v for k, v in cv.items() if k != "states"},
+            "oof_logits": oof.tolist(),
+            "network_oof_logits": network_oof.tolist(),
+            "zones_oof_logits": zf.oof_logits.tolist(),
+            "network_cv_auroc": network_auc,
+            "zones_cv_auroc": zones_auc,
+            "zones_c": zf.c,
+            "zones_fold_c": zf.fold_c,
             "cv_auroc": cv_auc,
             "temperature": temperature,
             "triage": asdict(triage),
