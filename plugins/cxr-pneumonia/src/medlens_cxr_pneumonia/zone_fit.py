@@ -95,22 +95,15 @@ def _logits(model: zones.ZoneModel, x: F64) -> F64:
 
 
 def _choose_c(x: F64, y: I64, folds: I64) -> float:
+    """``C`` of best mean held-out AUROC over ``folds`` (default where it cannot be told)."""
     from sklearn.metrics import roc_auc_score
 
-    ids = np.unique(folds)
-    if len(ids) < 2:
-        return DEFAULT_C
-    best, best_c = -np.inf, DEFAULT_C
-    for c in C_GRID:
-        scores = []
-        for k in ids:
-            tr, te = folds != k, folds == k
-            if len(np.unique(y[tr])) < 2 or len(np.unique(y[te])) < 2:
-                return DEFAULT_C
-            scores.append(float(roc_auc_score(y[te], _logits(_fit(x[tr], y[tr], c), x[te]))))
-        if float(np.mean(scores)) > best:
-            best, best_c = float(np.mean(scores)), c
-    return best_c
+    from medlens_validation.selection import choose_by_cv
+
+    def score(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> float:
+        return float(roc_auc_score(y[te], _logits(_fit(x[tr], y[tr], c), x[te])))
+
+    return choose_by_cv(C_GRID, folds, y, score, DEFAULT_C)
 
 
 def fit(x: F64, y: I64, folds: I64) -> ZoneFit:

@@ -102,20 +102,12 @@ def _apply(params: tuple[F64, F64, F64, float], x: F64) -> F64:
 
 def _choose_c(x: F64, y: I64, folds: I64, auroc: Callable[[I64, F64], float]) -> float:
     """``C`` of best mean held-out AUROC over ``folds`` (default where it cannot be told)."""
-    ids = np.unique(folds)
-    if len(ids) < 2:
-        return DEFAULT_C
-    best, best_c = -np.inf, DEFAULT_C
-    for c in C_GRID:
-        scores = []
-        for k in ids:
-            tr, te = folds != k, folds == k
-            if len(np.unique(y[tr])) < 2 or len(np.unique(y[te])) < 2:
-                return DEFAULT_C
-            scores.append(auroc(y[te], _apply(_fit_lr(x[tr], y[tr], c), x[te])))
-        if float(np.mean(scores)) > best:
-            best, best_c = float(np.mean(scores)), c
-    return best_c
+    from medlens_validation.selection import choose_by_cv
+
+    def score(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> float:
+        return auroc(y[te], _apply(_fit_lr(x[tr], y[tr], c), x[te]))
+
+    return choose_by_cv(C_GRID, folds, y, score, DEFAULT_C)
 
 
 def out_of_fold(
