@@ -110,3 +110,19 @@ def test_manifest_is_light_and_valid() -> None:
     assert MANIFEST.model_card.diagnostic_use is False
     assert "academic" in MANIFEST.model_card.license
     assert MANIFEST.outputs.labels[0].type.value == "4855003"
+
+
+def test_robustness_changes_keep_a_photograph_a_photograph() -> None:
+    from medlens_retina_dr.robustness import CHANGES
+
+    rgb = _disc()
+    rng = np.random.default_rng(0)
+    for name, change in CHANGES.items():
+        out = change(rgb, rng)
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3, name
+        if name.startswith("upscaled"):
+            assert out.shape[1] == 3872 and abs(out.shape[0] / out.shape[1] - 600 / 900) < 1e-3
+        else:
+            assert out.shape == rgb.shape and not np.array_equal(out, rgb), name
+    darker = CHANGES["exposure x0.85"](rgb, rng).astype(int)
+    assert darker.sum() < rgb.astype(int).sum()

@@ -112,6 +112,16 @@ def test_full_size_photographs_get_the_same_probability(host: Host) -> None:
         assert abs(probs[0] - probs[1]) < 0.1, (name, probs)
 
 
+@pytest.mark.slow
+def test_robustness_figures_are_probability_changes() -> None:
+    from medlens_retina_dr.robustness import CHANGES, evaluate
+
+    res = evaluate(2, seed=3)
+    assert res["n_cases"] == 2 and set(res["changes"]) == set(CHANGES)
+    for v in res["changes"].values():
+        assert 0.0 <= v["mean_abs_change"] <= v["max_abs_change"] <= 1.0
+
+
 def test_not_a_fundus_photograph_is_refused(host: Host, tmp_path: Path) -> None:
     grey = tmp_path / "chest_L.png"
     PILImage.fromarray(np.full((256, 256, 3), 3, np.uint8)).save(grey)
