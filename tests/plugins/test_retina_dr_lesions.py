@@ -68,10 +68,10 @@ def test_dark_spots_are_counted_and_vessels_are_not() -> None:
     clean = _measures(_fundus())
     # Eight vessels cover about 3 % of the disc; what of them survives the linear
     # openings is rasterisation fringe, and none of it is deep.
-    assert clean["dark8_n"] == 0 and clean["dark5_area"] < 0.001, clean
+    assert clean["dark17.5_n"] == 0 and clean["dark11_area"] < 0.001, clean
     spotted = _measures(_fundus(dots=25))
-    assert spotted["dark8_n"] >= 20 and spotted["dark5_small"] >= 20, spotted
-    assert spotted["dark5_area"] > 5 * clean["dark5_area"]
+    assert spotted["dark17.5_n"] >= 20 and spotted["dark17.5_small"] >= 20, spotted
+    assert spotted["dark11_area"] > 5 * clean["dark11_area"]
 
 
 def test_bright_spots_are_counted_and_the_optic_disc_is_not() -> None:
@@ -89,9 +89,9 @@ def test_measures_barely_change_with_camera_resolution() -> None:
     large = _measures(_fundus(4.0, dots=20, exudates=10, seed=3))
     # (Shallow dark counts differ more: they hold the fringe of the drawn vessels,
     # rasterised differently at each size.)
-    for name in ("dark8_n", "dark12_n", "bright0.2_n", "bright0.3_n"):
+    for name in ("dark17.5_n", "dark26_n", "bright0.2_n", "bright0.3_n"):
         assert abs(small[name] - large[name]) <= 3, (name, small[name], large[name])
-    for name in ("dark8_area", "bright0.2_area", "dark5_area"):
+    for name in ("dark17.5_area", "bright0.2_area", "dark11_area"):
         assert large[name] == pytest.approx(small[name], rel=0.35), name
 
 

@@ -11,10 +11,11 @@ classical operators of the DR literature (Walter et al. 2002; Spencer et al.
   margin, outside the optic disc (the brightest large blob); counted, their
   area, their largest and their share of the macula;
 * **dark lesions** (microaneurysms, dot and blot haemorrhages): the
-  inverted green minus its supremum of openings with line segments in 12
-  directions. A vessel contains a segment in its own direction and
-  survives the opening, so it cancels; a round spot smaller than the
-  segment does not, so it stays. Counted by size, area and macular share;
+  inverted green (lightly smoothed) minus its supremum of openings with line
+  segments in 12 directions, relative to the local background. A vessel
+  contains a segment in its own direction and survives the opening, so it
+  cancels; a round spot smaller than the segment does not, so it stays.
+  Counted by size, area and macular share;
 * **large dark areas** (flame and blot haemorrhages) below the background,
   and spread statistics of both maps.
 
@@ -55,7 +56,12 @@ __all__ = [
 #: Disc diameter (pixels) of the crop the lesions are measured on.
 SIDE = 768
 _BRIGHT = (0.12, 0.2, 0.3, 0.45)  # relative excess over the local background
-_DARK = (3, 5, 8, 12)  # top-hat depth, grey levels per 100 of background
+#: Top-hat depth in per cent of the local background (+8 grey levels, as ``rel``): relative,
+#: so exposure changes it little.
+_DARK = (6.5, 11, 17.5, 26)
+#: Gaussian sigma (pixels) of the inverted green before the openings: tames sensor noise
+#: and JPEG blocking, which otherwise make shallow "dots".
+_DARK_SMOOTH = 1.5
 _DARK_REL = (0.15, 0.25)  # relative deficit below the local background
 _ANGLES = range(0, 180, 15)
 _SMALL_DARK = 40  # pixels: below this a dark spot is "small" (microaneurysm size)
@@ -90,7 +96,7 @@ class LesionMeasures:
     Attributes:
         values: Raw measures in :data:`FEATURES` order.
         bright: Bright-lesion candidates (relative excess above 0.2).
-        dark: Dark-lesion candidates (top-hat depth above 5).
+        dark: Dark-lesion candidates (top-hat depth above 11 % of the background).
     """
 
     values: F64
@@ -100,7 +106,7 @@ class LesionMeasures:
     def counts(self) -> dict[str, int]:
         """Candidate counts at the mid thresholds (for result.json)."""
         named = dict(zip(FEATURES, self.values, strict=True))
-        return {"bright": int(named["bright0.2_n"]), "dark": int(named["dark5_n"])}
+        return {"bright": int(named["bright0.2_n"]), "dark": int(named[f"dark{_DARK[1]}_n"])}
 
 
 def lesion_crop(rgb: npt.NDArray[np.uint8], fov: preprocess.FieldOfView) -> npt.NDArray[np.uint8]:
@@ -173,9 +179,9 @@ def measure(crop: npt.NDArray[np.uint8]) -> LesionMeasures:
             bright_mid = m
     raw_inv = 255 - crop[..., 1]
     raw_inv[~_INSIDE] = 0
-    inv = np.asarray(cv2.GaussianBlur(raw_inv, (0, 0), 1.0), dtype=np.uint8)
+    inv = np.asarray(cv2.GaussianBlur(raw_inv, (0, 0), _DARK_SMOOTH), dtype=np.uint8)
     vessels = np.max([cv2.morphologyEx(inv, cv2.MORPH_OPEN, k) for k in _KERNELS], axis=0)
-    tophat = (inv.astype(np.float32) - vessels.astype(np.float32)) / (bg / 100 + 1)
+    tophat = (inv.astype(np.float32) - vessels.astype(np.float32)) / (bg + 8.0) * 100.0
     inner = _INNER & ~disc
     n_inner = max(1, int(inner.sum()))
     dark_mid = np.zeros_like(inner)
@@ -189,7 +195,7 @@ def measure(crop: npt.NDArray[np.uint8]) -> LesionMeasures:
             m.sum() / n_inner,
             (m & macula).sum() / max(1, int((macula & inner).sum())),
         ]
-        if d == 5:
+        if d == _DARK[1]:
             dark_mid = m
     values += [((rel < -t) & inner).sum() / n_inner for t in _DARK_REL]
     rv = rel[valid]

@@ -25,25 +25,25 @@ _EVAL_METHOD = "python -m medlens_retina_dr.evaluate --recipe-json RUN/recipe.js
 _EVAL_DATA = "fundus-dr development set (SRahimDR DR-image-dataset), out-of-fold predictions"
 
 # ---- figures printed by the evaluate command (see the module docstring) ----
-_TEMPERATURE = 1.1940
-_SCREENING = (0.3416, 0.8750, 0.5875)  # threshold, patient-level sensitivity, specificity
-_BALANCED = (0.5377, 0.7500, 0.8625)
+_TEMPERATURE = 1.1305
+_SCREENING = (0.3555, 0.8750, 0.6375)  # threshold, patient-level sensitivity, specificity
+_BALANCED = (0.5151, 0.7500, 0.8375)
 _METRICS: list[tuple[str, float, int]] = [
-    ("auroc_eye", 0.8538, 288),
-    ("auroc_eye_ci_low", 0.7886, 288),
-    ("auroc_eye_ci_high", 0.9006, 288),
+    ("auroc_eye", 0.8646, 288),
+    ("auroc_eye_ci_low", 0.7972, 288),
+    ("auroc_eye_ci_high", 0.9077, 288),
     ("auroc_eye_baseline_lr32", 0.6475, 288),
     ("auroc_eye_network_only", 0.7512, 288),
-    ("auroc_patient", 0.8373, 144),
+    ("auroc_patient", 0.8553, 144),
     ("patient_sensitivity@screening", 0.8750, 144),
-    ("patient_specificity@screening", 0.5875, 144),
+    ("patient_specificity@screening", 0.6375, 144),
     ("patient_sensitivity@balanced", 0.7500, 144),
-    ("patient_specificity@balanced", 0.8625, 144),
+    ("patient_specificity@balanced", 0.8375, 144),
     ("gradable_rate_development", 1.0000, 40),
     ("flag_rate_strong_degradations", 1.0000, 40),
     ("phantom_pointing_game", 1.0000, 10),
 ]
-_SHA256 = "34c4738e8d6ab07bc001aa96a61152dfef5f226a61ccf0688a55411b18424b14"
+_SHA256 = "a224fc7bacfd6fc7013b5d23318da8787e0e735ef8f7c23021fc40bb91656ae0"
 # ---------------------------------------------------------------------------
 
 MANIFEST = v1.Manifest(
