@@ -236,3 +236,24 @@ def test_randomised_lesion_model_redraws_the_learned_weights_only() -> None:
     assert rnd.coef.std() == pytest.approx(model.coef.std(), rel=0.5)
     again = evidence.randomised_model(model, seed=0)
     assert np.array_equal(again.coef, rnd.coef)  # seeded
+
+
+def test_weights_without_the_lesion_model_are_refused_with_a_reason() -> None:
+    # 0.1.0-style weights (network only) under a manifest that expects the lesion model.
+    from dataclasses import dataclass
+
+    import torch
+    from medlens_retina_dr.manifest import MANIFEST
+    from medlens_retina_dr.plugin import RetinaDR
+
+    from medlens.host_context import HostLoadContext
+    from medlens.plugin_api import v1
+
+    @dataclass(frozen=True)
+    class NetworkOnly(HostLoadContext):
+        def load_state_dict(self) -> dict[str, torch.Tensor]:
+            state = super().load_state_dict()
+            return {k: v for k, v in state.items() if not k.startswith("lesion.")}
+
+    with pytest.raises(v1.WeightsError, match="lack the lesion model"):
+        RetinaDR(NetworkOnly(manifest=MANIFEST, device="cpu"))

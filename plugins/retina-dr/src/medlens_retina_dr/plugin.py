@@ -134,12 +134,15 @@ class RetinaDR:
         try:
             state = ctx.load_state_dict()
             self.ensemble = Ensemble.from_state(state)
-            self.lesion_model = lesions.LesionModel.from_state(state)
         except (RuntimeError, KeyError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise v1.WeightsError(
                 ctx.manifest.id, f"weights do not fit the network: {first}"
             ) from e
+        try:
+            self.lesion_model = lesions.LesionModel.from_state(state)
+        except KeyError as e:  # network-only weights (0.1.0) or a damaged lesion model
+            raise v1.WeightsError(ctx.manifest.id, f"weights lack the lesion model: {e}") from e
         from safetensors import safe_open
 
         # The recipe records in the (verified) weights which pre-processing they expect.
