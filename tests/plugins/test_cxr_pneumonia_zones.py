@@ -112,21 +112,12 @@ def test_out_of_fold_zone_logits_never_see_their_fold() -> None:
 
 
 def test_weights_without_the_zone_model_are_refused_with_a_reason() -> None:
-    # 0.1.0-style weights (network only) under a manifest that expects the zone model.
-    from dataclasses import dataclass
-
-    import torch
+    # Network-only weights (as 0.1.0 shipped) under a manifest that expects more.
     from medlens_cxr_pneumonia.manifest import MANIFEST
     from medlens_cxr_pneumonia.plugin import CxrPneumonia
+    from weightskit import without
 
-    from medlens.host_context import HostLoadContext
     from medlens.plugin_api import v1
 
-    @dataclass(frozen=True)
-    class NetworkOnly(HostLoadContext):
-        def load_state_dict(self) -> dict[str, torch.Tensor]:
-            state = super().load_state_dict()
-            return {k: v for k, v in state.items() if not k.startswith("zones.")}
-
     with pytest.raises(v1.WeightsError, match="zone model"):
-        CxrPneumonia(NetworkOnly(manifest=MANIFEST, device="cpu"))
+        CxrPneumonia(without(MANIFEST, "zones."))

@@ -239,21 +239,12 @@ def test_randomised_lesion_model_redraws_the_learned_weights_only() -> None:
 
 
 def test_weights_without_the_lesion_model_are_refused_with_a_reason() -> None:
-    # 0.1.0-style weights (network only) under a manifest that expects the lesion model.
-    from dataclasses import dataclass
-
-    import torch
+    # Network-only weights (as 0.1.0 shipped) under a manifest that expects more.
     from medlens_retina_dr.manifest import MANIFEST
     from medlens_retina_dr.plugin import RetinaDR
+    from weightskit import without
 
-    from medlens.host_context import HostLoadContext
     from medlens.plugin_api import v1
 
-    @dataclass(frozen=True)
-    class NetworkOnly(HostLoadContext):
-        def load_state_dict(self) -> dict[str, torch.Tensor]:
-            state = super().load_state_dict()
-            return {k: v for k, v in state.items() if not k.startswith("lesion.")}
-
     with pytest.raises(v1.WeightsError, match="lack the lesion model"):
-        RetinaDR(NetworkOnly(manifest=MANIFEST, device="cpu"))
+        RetinaDR(without(MANIFEST, "lesion."))
