@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from medlens_retina_dr import data, degrade, preprocess, quality, study
+from medlens_retina_dr import data, degrade, quality, study
 from PIL import Image as PILImage
 
 from medlens.host import Host
@@ -103,12 +103,7 @@ def test_full_size_photographs_get_the_same_probability(host: Host) -> None:
             cv2.resize(rgb, (3872, round(h * 3872 / w)), interpolation=cv2.INTER_CUBIC),
             dtype=np.uint8,
         )
-        probs = []
-        for photo in (rgb, big):
-            fov = preprocess.find_fov(photo)
-            prepared = preprocess.prepare(photo, plugin.side, use_graham=plugin.use_graham)
-            (score,) = plugin.logit_parts([prepared], [(photo, fov)])
-            probs.append(plugin.probability(score.parts))
+        probs = [plugin.probability(plugin.score_photo(photo)[1].parts) for photo in (rgb, big)]
         assert abs(probs[0] - probs[1]) < 0.1, (name, probs)
 
 

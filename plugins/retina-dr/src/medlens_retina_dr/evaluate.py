@@ -102,7 +102,7 @@ def sanity_rates(every: int) -> dict[str, Any]:
     Runs the installed plugin (sha256-verified) as it explains an eye: the map of
     :mod:`.evidence` and its randomisation check.
     """
-    from medlens_retina_dr import data, preprocess
+    from medlens_retina_dr import data
     from medlens_retina_dr.phantom import shipped_plugin
 
     plugin = shipped_plugin()
@@ -110,9 +110,7 @@ def sanity_rates(every: int) -> dict[str, Any]:
     records = data.read_records()[::every]
     for r in records:
         rgb = data.load_rgb(data.data_root() / "images" / r.image)
-        fov = preprocess.find_fov(rgb)
-        prep = preprocess.prepare(rgb, plugin.side, use_graham=plugin.use_graham)
-        (score,) = plugin.logit_parts([prep], [(rgb, fov)])
+        prep, score = plugin.score_photo(rgb)
         (ev,) = plugin.evidence([prep], [score])
         key = (
             "uninformative"

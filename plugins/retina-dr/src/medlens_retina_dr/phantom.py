@@ -129,7 +129,7 @@ def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
     from medlens_retina_dr.explain import _cam_of
 
     plugin = shipped_plugin()
-    side, use_graham = plugin.side, plugin.use_graham
+    side = plugin.side
     rng = np.random.default_rng(seed)
     records = [r for r in data.read_records() if r.grade == 1]
     chosen = [records[int(i)] for i in rng.choice(len(records), size=cases, replace=False)]
@@ -142,8 +142,7 @@ def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
         for j, n in enumerate(LOADS):
             # The same cluster for every load: lesions are added, never moved.
             pasted = paste_lesions(rgb, n, np.random.default_rng(seed * 1000 + c), fov)
-            prep = preprocess.prepare(pasted.rgb, side, use_graham=use_graham)
-            (score,) = plugin.logit_parts([prep], [(pasted.rgb, fov)])
+            prep, score = plugin.score_photo(pasted.rgb)
             probs[c, j] = plugin.probability(score.parts)
         assert pasted is not None
         # At the highest load: the map the plugin outputs, and the network's Grad-CAM alone.

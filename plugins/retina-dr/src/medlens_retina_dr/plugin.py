@@ -181,6 +181,23 @@ class RetinaDR:
             for z, m in zip(network, found, strict=True)
         ]
 
+    def network_input(self, rgb: RGB, fov: preprocess.FieldOfView) -> RGB:
+        """The FOV crop at the network's side, Graham-normalised if the weights say so."""
+        crop = preprocess.crop_to_fov(rgb, fov, self.side)
+        return preprocess.graham(crop) if self.use_graham else crop
+
+    def score_photo(self, rgb: RGB) -> tuple[RGB, EyeScore]:
+        """One photograph graded as :meth:`predict` grades a gradable eye (quality aside).
+
+        Returns:
+            The network input and the eye's score, for :meth:`probability` and
+            :meth:`evidence` (the evaluation tools' single entry).
+        """
+        fov = preprocess.find_fov(rgb)
+        prepared = self.network_input(rgb, fov)
+        (score,) = self.logit_parts([prepared], [(rgb, fov)])
+        return prepared, score
+
     def evidence(self, prepared: list[RGB], scores: list[EyeScore]) -> list[EyeEvidence]:
         """Each eye's map of the whole model's evidence, sanity-checked (:mod:`.evidence`)."""
         from medlens_retina_dr.evidence import evidence
@@ -302,8 +319,7 @@ class RetinaDR:
                 )
             if q.gradable:
                 with ctx.timer("preprocess"):
-                    crop = preprocess.crop_to_fov(rgb, fov, self.side)
-                    prepared = preprocess.graham(crop) if self.use_graham else crop
+                    prepared = self.network_input(rgb, fov)
                 graded.append((n, prepared, fov, rgb))
             eyes.append(eye)
         if graded:

@@ -65,7 +65,7 @@ CHANGES: dict[str, Callable[[RGB, np.random.Generator], RGB]] = {
 
 def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
     """Mean and largest probability change per change, on ``cases`` development photographs."""
-    from medlens_retina_dr import data, preprocess
+    from medlens_retina_dr import data
     from medlens_retina_dr.phantom import shipped_plugin
 
     plugin = shipped_plugin()
@@ -74,10 +74,7 @@ def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
     chosen = [records[int(i)] for i in rng.choice(len(records), size=cases, replace=False)]
 
     def probability(rgb: RGB) -> float:
-        fov = preprocess.find_fov(rgb)
-        prepared = preprocess.prepare(rgb, plugin.side, use_graham=plugin.use_graham)
-        (score,) = plugin.logit_parts([prepared], [(rgb, fov)])
-        return plugin.probability(score.parts)
+        return plugin.probability(plugin.score_photo(rgb)[1].parts)
 
     deltas: dict[str, list[float]] = {name: [] for name in CHANGES}
     bases: list[float] = []
