@@ -107,19 +107,22 @@ class CxrPneumonia:
         x = torch.from_numpy(prepared)[None, None].to(self.device)
         return float(self.net(x)[0, 0])
 
-    def logit_parts(self, film: npt.NDArray[np.float32]) -> dict[str, float]:
-        """The two halves of the logit of a grey film: network and zone model.
+    def logit_parts(
+        self, prepared: npt.NDArray[np.float32], film: npt.NDArray[np.float32], ctx: RunContext
+    ) -> dict[str, float]:
+        """The two halves of the plugin's logit: network and zone model (each half its logit).
 
         Args:
-            film: The film as ``(rows, columns)`` grey values (:func:`grey_film`).
+            prepared: The network input (:func:`prepare` of ``film``).
+            film: The film as ``(rows, columns)`` grey values (:func:`grey_film`); the
+                zone statistics prepare it at their own size.
+            ctx: The run context (stage timers).
         """
-        network = self.network_logit(prepare(film))
-        zone = self.zones.logit(zones_features(prepare(film, ZONE_SIZE)))
+        with ctx.timer("inference_s"):
+            network = self.network_logit(prepared)
+        with ctx.timer("zones_s"):
+            zone = self.zones.logit(zones_features(prepare(film, ZONE_SIZE)))
         return {"network": network / 2, "zones": zone / 2}
-
-    def logit(self, film: npt.NDArray[np.float32]) -> float:
-        """The plugin's logit of a grey film: the mean of network and zone logits."""
-        return sum(self.logit_parts(film).values())
 
     def predict(self, inputs: PluginInputs, ctx: RunContext) -> Prediction:
         """Pneumonia finding (calibrated probability and decisions) and Grad-CAM heatmap."""
@@ -135,11 +138,7 @@ class CxrPneumonia:
                 status_reason=reason,
                 warnings=[NOT_FOR_DIAGNOSTIC_USE],
             )
-        with ctx.timer("inference_s"):
-            parts = {"network": self.network_logit(prepared) / 2}
-        with ctx.timer("zones_s"):
-            stats = zones_features(prepare(film, ZONE_SIZE))
-            parts["zones"] = self.zones.logit(stats) / 2
+        parts = self.logit_parts(prepared, film, ctx)
         z = parts["network"] + parts["zones"]
         p = calibrated(z, self.temperature)
         decisions = {op.name: p >= op.threshold for op in self.operating_points}
