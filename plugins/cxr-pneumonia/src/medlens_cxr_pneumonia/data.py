@@ -30,6 +30,7 @@ __all__ = [
     "dataset_sha256",
     "load",
     "locked_split",
+    "read_jpeg",
     "read_labels",
 ]
 
@@ -118,7 +119,8 @@ def dataset_sha256(root: Path, records: tuple[Record, ...]) -> str:
     return h.hexdigest()
 
 
-def _read_jpeg(path: Path) -> npt.NDArray[np.float32]:
+def read_jpeg(path: Path) -> npt.NDArray[np.float32]:
+    """A development film (8-bit grey JPEG) as ``(rows, columns)`` float32 grey values."""
     from PIL import Image as PILImage
 
     with PILImage.open(path) as im:
@@ -137,7 +139,7 @@ def load(root: Path = DEFAULT_DATA, cache: Path = DEFAULT_CACHE, size: int = SIZ
     if file.is_file():
         images = np.load(file).astype(np.float32)
     else:
-        images = np.stack([prepare(_read_jpeg(root / "images" / r.image), size) for r in records])
+        images = np.stack([prepare(read_jpeg(root / "images" / r.image), size) for r in records])
         cache.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(f".tmp{os.getpid()}.npy")
         np.save(tmp, images.astype(np.float16))

@@ -40,7 +40,7 @@ I64 = npt.NDArray[np.int64]
 
 def cached_features(root: Path, images: Sequence[str], sha256: str, cache: Path) -> F64:
     """Zone statistics ``(N, n_features)`` of ``root/images/<name>``, cached."""
-    from medlens_cxr_pneumonia.data import _read_jpeg
+    from medlens_cxr_pneumonia.data import read_jpeg
 
     code = hashlib.sha256(inspect.getsource(zones).encode()).hexdigest()[:12]
     key = hashlib.sha256(("|".join(images) + f"|{sha256}|{code}").encode()).hexdigest()[:16]
@@ -50,7 +50,7 @@ def cached_features(root: Path, images: Sequence[str], sha256: str, cache: Path)
         if arr.shape == (len(images), zones.n_features()):
             return np.asarray(arr, dtype=np.float64)
     out = np.stack(
-        [zones.features(prepare(_read_jpeg(root / "images" / n), zones.SIZE)) for n in images]
+        [zones.features(prepare(read_jpeg(root / "images" / n), zones.SIZE)) for n in images]
     )
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
