@@ -4,6 +4,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from displaykit import BAND_ROWS, assert_jpeg_close
 
 from medlens.imaging.image import Image
 from medlens.io._common import frames_of, read_source_headers
@@ -40,12 +41,16 @@ def test_heatmap_dicom_is_valid_and_round_trips(tmp_path, make_result, dciodvfy)
     _assert_lands_where_it_was(pm, heat.array[0], result.image)
 
     sc = pydicom.dcmread(sc_files[2])
-    assert sc.PhotometricInterpretation == "RGB"
+    # A display rendering: JPEG baseline, marked lossy with its ratio and method.
+    assert sc.PhotometricInterpretation == "YBR_FULL_422"
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    assert sc.LossyImageCompression == "01" and sc.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(sc.LossyImageCompressionRatio) > 1  # tiny test frames; the demo CT: ~11
     assert sc.StudyInstanceUID == sources[2].StudyInstanceUID
     rgb = overlay_rgb(result.image, heat, sources)
     # A demo plugin's overlay carries a burnt-in "not for diagnostic use" band on top.
     assert result.manifest.model_card.diagnostic_use is False
-    np.testing.assert_array_equal(sc.pixel_array[14:], rgb[2][14:])
+    assert_jpeg_close(sc.pixel_array[BAND_ROWS:], rgb[2][BAND_ROWS:])
 
 
 def test_overlay_keeps_image_where_heat_is_zero(make_result):
@@ -80,7 +85,7 @@ def test_sc_slices_only_where_the_map_has_heat(make_result):
     slices = build_sc_slices(result, sources)
     assert [int(s.InstanceNumber) for s in slices] == [3, 4, 6]
     rgb = overlay_rgb(result.image, result.prediction.heatmap, sources, [2, 3, 5])
-    np.testing.assert_array_equal(slices[0].pixel_array[14:], rgb[0][14:])
+    assert_jpeg_close(slices[0].pixel_array[BAND_ROWS:], rgb[0][BAND_ROWS:])
     np.testing.assert_array_equal(
         rgb, overlay_rgb(result.image, result.prediction.heatmap, sources)[[2, 3, 5]]
     )

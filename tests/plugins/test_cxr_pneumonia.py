@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from displaykit import BAND_ROWS, assert_jpeg_close
 from PIL import Image as PILImage
 
 from medlens.host import Host
@@ -300,8 +301,10 @@ def test_outputs_are_dciodvfy_clean_and_say_not_for_diagnostic_use(
     source = pydicom.dcmread(src, stop_before_pixels=True)
     assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)  # on the film's own grid
     plain = overlay_rgb(r.image, r.prediction.heatmap, read_source_headers(r.image))[0]
-    differs = np.any(sc.pixel_array != plain, axis=(1, 2))
-    assert differs[:14].any() and not differs[14:].any()
+    # (JPEG baseline: the band differs outright, the rest only by the coding's loss)
+    band = np.abs(sc.pixel_array[:14].astype(int) - plain[:14].astype(int))
+    assert band.max() > 100
+    assert_jpeg_close(sc.pixel_array[BAND_ROWS:], plain[BAND_ROWS:])
     # ... result.json ...
     result = json.loads(r.outputs["json"].read_text())
     assert result["diagnostic_use"] is False
