@@ -2,9 +2,9 @@
 
 A setting (a regularisation strength, a size) chosen on the folds that then judge it
 makes the judged figure optimistic. In nested cross-validation each outer fold's
-setting is chosen by :func:`choose_by_cv` over the *other* folds only, and the shipped
-model's setting by the same function over all folds; recipes call it with their own
-fit-and-score function. numpy only.
+setting is chosen by :func:`choose_by_cv` over the *other* folds only
+(:func:`nested_out_of_fold`), and the shipped model's setting by the same function over
+all folds; recipes call them with their own fit-and-predict function. numpy only.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["choose_by_cv"]
+__all__ = ["choose_by_cv", "fold_scorer", "nested_out_of_fold"]
 
 T = TypeVar("T")
 Mask = npt.NDArray[np.bool_]
+F64 = npt.NDArray[np.float64]
+#: ``(option, train, test) -> scores of the test cases``, fitted on the train cases only.
+FitPredict = Callable[[T, Mask, Mask], F64]
 
 
 def choose_by_cv(
@@ -52,3 +55,77 @@ def choose_by_cv(
         if score > best:
             best, chosen = score, option
     return chosen
+
+
+def fold_scorer(
+    fit_predict: FitPredict[T],
+    labels: npt.ArrayLike,
+    metric: Callable[[npt.NDArray[np.int64], F64], float],
+) -> Callable[[T, Mask, Mask], float]:
+    """The ``held_out_score`` of :func:`choose_by_cv` from a fit-and-predict function.
+
+    Args:
+        fit_predict: Fits with an option on the train cases, scores the test cases.
+        labels: Binary label per case.
+        metric: ``(labels, scores) -> figure`` of the held-out cases (higher is better).
+    """
+    y = np.asarray(labels, dtype=np.int64)
+
+    def score(option: T, train: Mask, test: Mask) -> float:
+        return float(metric(y[test], fit_predict(option, train, test)))
+
+    return score
+
+
+def nested_out_of_fold(
+    options: Sequence[T],
+    folds: npt.ArrayLike,
+    labels: npt.ArrayLike,
+    fit_predict: FitPredict[T],
+    metric: Callable[[npt.NDArray[np.int64], F64], float],
+    default: T,
+) -> tuple[F64, list[T]]:
+    """Out-of-fold scores where each fold's option was chosen without that fold.
+
+    For each outer fold, :func:`choose_by_cv` picks an option over the other folds
+    (their own fold ids, so whole patients stay together), and ``fit_predict`` fits
+    with it on those folds and scores the held-out one.
+
+    Args:
+        options: Settings to try, in order of preference on ties.
+        folds: Fold id per case (whole patients per fold).
+        labels: Binary label per case.
+        fit_predict: ``(option, train, test) -> scores of the test cases`` (masks over
+            all cases).
+        metric: The figure an option is chosen by (e.g. AUROC).
+        default: The option where the inner choice cannot be told (see
+            :func:`choose_by_cv`).
+
+    Returns:
+        The out-of-fold scores (one per case) and the option chosen in each fold, in
+        order of the sorted fold ids.
+    """
+    f = np.asarray(folds)
+    y = np.asarray(labels, dtype=np.int64)
+    oof = np.zeros(len(y), dtype=np.float64)
+    chosen: list[T] = []
+    for k in np.unique(f):
+        train, test = f != k, f == k
+        rows = np.flatnonzero(train)
+
+        def inner(option: T, tr: Mask, te: Mask, rows: npt.NDArray[np.intp] = rows) -> F64:
+            # Masks over the training folds' cases, as masks over all cases.
+            return fit_predict(option, _mask(len(y), rows[tr]), _mask(len(y), rows[te]))
+
+        option = choose_by_cv(
+            options, f[train], y[train], fold_scorer(inner, y[train], metric), default
+        )
+        chosen.append(option)
+        oof[test] = fit_predict(option, train, test)
+    return oof, chosen
+
+
+def _mask(n: int, rows: npt.NDArray[np.intp]) -> Mask:
+    out = np.zeros(n, dtype=np.bool_)
+    out[rows] = True
+    return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,16 +94,19 @@ def _logits(model: zones.ZoneModel, x: F64) -> F64:
     return np.array([model.logit(row) for row in x], dtype=np.float64)
 
 
-def _choose_c(x: F64, y: I64, folds: I64) -> float:
-    """``C`` of best mean held-out AUROC over ``folds`` (default where it cannot be told)."""
+def _fit_predict(
+    x: F64, y: I64
+) -> Callable[[float, npt.NDArray[np.bool_], npt.NDArray[np.bool_]], F64]:
+    def fit_predict(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> F64:
+        return _logits(_fit(x[tr], y[tr], c), x[te])
+
+    return fit_predict
+
+
+def _auroc(y: I64, s: F64) -> float:
     from sklearn.metrics import roc_auc_score
 
-    from medlens_validation.selection import choose_by_cv
-
-    def score(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> float:
-        return float(roc_auc_score(y[te], _logits(_fit(x[tr], y[tr], c), x[te])))
-
-    return choose_by_cv(C_GRID, folds, y, score, DEFAULT_C)
+    return float(roc_auc_score(y, s))
 
 
 def fit(x: F64, y: I64, folds: I64) -> ZoneFit:
@@ -114,12 +117,9 @@ def fit(x: F64, y: I64, folds: I64) -> ZoneFit:
         y: Labels (1 = pneumonia).
         folds: Patient-level fold per film (the network's).
     """
-    oof = np.zeros(len(y))
-    fold_c: list[float] = []
-    for k in np.unique(folds):
-        tr, te = folds != k, folds == k
-        c = _choose_c(x[tr], y[tr], folds[tr])
-        fold_c.append(c)
-        oof[te] = _logits(_fit(x[tr], y[tr], c), x[te])
-    c = _choose_c(x, y, folds)
+    from medlens_validation.selection import choose_by_cv, fold_scorer, nested_out_of_fold
+
+    fit_predict = _fit_predict(x, y)
+    oof, fold_c = nested_out_of_fold(C_GRID, folds, y, fit_predict, _auroc, DEFAULT_C)
+    c = choose_by_cv(C_GRID, folds, y, fold_scorer(fit_predict, y, _auroc), DEFAULT_C)
     return ZoneFit(oof, fold_c, c, _fit(x, y, c))

@@ -100,28 +100,29 @@ def _apply(params: tuple[F64, F64, F64, float], x: F64) -> F64:
     return np.asarray(((x - mean) / scale) @ coef + bias, dtype=np.float64)
 
 
+def _fit_predict(
+    x: F64, y: I64
+) -> Callable[[float, npt.NDArray[np.bool_], npt.NDArray[np.bool_]], F64]:
+    def fit_predict(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> F64:
+        return _apply(_fit_lr(x[tr], y[tr], c), x[te])
+
+    return fit_predict
+
+
 def _choose_c(x: F64, y: I64, folds: I64, auroc: Callable[[I64, F64], float]) -> float:
     """``C`` of best mean held-out AUROC over ``folds`` (default where it cannot be told)."""
-    from medlens_validation.selection import choose_by_cv
+    from medlens_validation.selection import choose_by_cv, fold_scorer
 
-    def score(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> float:
-        return auroc(y[te], _apply(_fit_lr(x[tr], y[tr], c), x[te]))
-
-    return choose_by_cv(C_GRID, folds, y, score, DEFAULT_C)
+    return choose_by_cv(C_GRID, folds, y, fold_scorer(_fit_predict(x, y), y, auroc), DEFAULT_C)
 
 
 def out_of_fold(
     x: F64, y: I64, folds: I64, auroc: Callable[[I64, F64], float]
 ) -> tuple[F64, list[float]]:
     """Nested out-of-fold logits of an L2 logistic regression on ``x``."""
-    oof = np.zeros(len(y))
-    chosen: list[float] = []
-    for k in np.unique(folds):
-        tr, te = folds != k, folds == k
-        c = _choose_c(x[tr], y[tr], folds[tr], auroc)
-        chosen.append(c)
-        oof[te] = _apply(_fit_lr(x[tr], y[tr], c), x[te])
-    return oof, chosen
+    from medlens_validation.selection import nested_out_of_fold
+
+    return nested_out_of_fold(C_GRID, folds, y, _fit_predict(x, y), auroc, DEFAULT_C)
 
 
 def fit(
