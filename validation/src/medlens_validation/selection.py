@@ -15,9 +15,10 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["choose_by_cv", "fold_scorer", "nested_out_of_fold"]
+__all__ = ["choose_by_cv", "fit_predict_on", "fold_scorer", "nested_out_of_fold"]
 
 T = TypeVar("T")
+M = TypeVar("M")
 Mask = npt.NDArray[np.bool_]
 F64 = npt.NDArray[np.float64]
 #: ``(option, train, test) -> scores of the test cases``, fitted on the train cases only.
@@ -55,6 +56,21 @@ def choose_by_cv(
         if score > best:
             best, chosen = score, option
     return chosen
+
+
+def fit_predict_on(
+    x: npt.NDArray[np.float64],
+    y: npt.ArrayLike,
+    fit: Callable[[npt.NDArray[np.float64], npt.NDArray[np.int64], T], M],
+    predict: Callable[[M, npt.NDArray[np.float64]], F64],
+) -> FitPredict[T]:
+    """``fit_predict`` of a model on rows of ``x``: ``fit(x, y, option)``, ``predict(model, x)``."""
+    labels = np.asarray(y, dtype=np.int64)
+
+    def fit_predict(option: T, train: Mask, test: Mask) -> F64:
+        return predict(fit(x[train], labels[train], option), x[test])
+
+    return fit_predict
 
 
 def fold_scorer(

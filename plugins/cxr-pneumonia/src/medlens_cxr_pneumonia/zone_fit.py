@@ -97,10 +97,9 @@ def _logits(model: zones.ZoneModel, x: F64) -> F64:
 def _fit_predict(
     x: F64, y: I64
 ) -> Callable[[float, npt.NDArray[np.bool_], npt.NDArray[np.bool_]], F64]:
-    def fit_predict(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> F64:
-        return _logits(_fit(x[tr], y[tr], c), x[te])
+    from medlens_validation.selection import fit_predict_on
 
-    return fit_predict
+    return fit_predict_on(x, y, _fit, _logits)
 
 
 def _auroc(y: I64, s: F64) -> float:

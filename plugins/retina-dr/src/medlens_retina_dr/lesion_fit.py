@@ -103,10 +103,9 @@ def _apply(params: tuple[F64, F64, F64, float], x: F64) -> F64:
 def _fit_predict(
     x: F64, y: I64
 ) -> Callable[[float, npt.NDArray[np.bool_], npt.NDArray[np.bool_]], F64]:
-    def fit_predict(c: float, tr: npt.NDArray[np.bool_], te: npt.NDArray[np.bool_]) -> F64:
-        return _apply(_fit_lr(x[tr], y[tr], c), x[te])
+    from medlens_validation.selection import fit_predict_on
 
-    return fit_predict
+    return fit_predict_on(x, y, _fit_lr, _apply)
 
 
 def _choose_c(x: F64, y: I64, folds: I64, auroc: Callable[[I64, F64], float]) -> float:
