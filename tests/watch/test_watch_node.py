@@ -7,7 +7,6 @@ import socket
 import ssl
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +129,11 @@ def test_tls_node_accepts_tls_and_refuses_plain(tmp_path: Path) -> None:
         scp.stop()
 
 
+# pydicom warns about the planted values. A filter for the whole test, not a
+# catch_warnings block: that swaps the process's filters while the service's thread
+# parses, which could turn the warning into an error there (pytest's "error" filter)
+# and change the quarantine reason.
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_path_traversal_over_c_store_is_quarantined(tmp_path: Path) -> None:
     """Finding 2 over the network: '..' UIDs never become folders outside OUT/STATE."""
     with socket.socket() as probe:
@@ -149,13 +153,11 @@ def test_path_traversal_over_c_store_is_quarantined(tmp_path: Path) -> None:
         wk.wait_for(lambda: svc.scp is not None, timeout=60, what="the SCP")
         assoc = _associate(scp_port)
         assert assoc.is_established
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns about the planted values
-            bad = wk.make_series(2)
-            bad[0].StudyInstanceUID = ".."
-            bad[1].SeriesInstanceUID = "../../../escaped"
-            for ds in bad:
-                assert assoc.send_c_store(ds).Status == 0  # stored to spool, then judged
+        bad = wk.make_series(2)
+        bad[0].StudyInstanceUID = ".."
+        bad[1].SeriesInstanceUID = "../../../escaped"
+        for ds in bad:
+            assert assoc.send_c_store(ds).Status == 0  # stored to spool, then judged
         assoc.release()
         wk.wait_for(
             lambda: len(wk.query(world / "state", "SELECT id FROM quarantine")) == 2,
@@ -182,3 +184,120 @@ def test_node_settings_are_validated(bad: dict[str, Any]) -> None:
 
     with pytest.raises(ValidationError):
         NodeSettings(**bad)
+
+
+def test_the_node_takes_compressed_series_a_pacs_cannot_transcode(tmp_path: Path) -> None:
+    # A PACS forwarding stored JPEG-LS (or JPEG 2000) images offers only that syntax.
+    import pydicom
+    from pydicom.uid import JPEGLSLossless
+    from pynetdicom import AE
+
+    scp = _scp(tmp_path)
+    try:
+        ds = wk.make_series(1)[0]
+        ds.compress(JPEGLSLossless)
+        ae = AE(ae_title="PACS")
+        ae.add_requested_context(CT, [JPEGLSLossless])
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="MEDLENS")
+        assert assoc.is_established and assoc.accepted_contexts, "JPEG-LS CT was refused"
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+    finally:
+        scp.stop()
+    (spooled,) = (tmp_path / "spool").glob("*.dcm")
+    back = pydicom.dcmread(spooled)
+    assert back.file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert (back.pixel_array == wk.make_series(1)[0].pixel_array).all()
+
+
+def _jpeg_scs(n: int, out: Path) -> list[Path]:
+    import highdicom as hd
+    import numpy as np
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ref = wk.make_series(1)[0]
+    frame = np.zeros((32, 32, 3), np.uint8)
+    frame[:, :, 0] = np.arange(32, dtype=np.uint8)[None, :] * 8  # a red ramp
+    paths = []
+    for k in range(n):
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=ref,
+            pixel_array=frame,
+            photometric_interpretation=hd.PhotometricInterpretationValues.YBR_FULL_422,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=hd.UID(),
+            series_number=99,
+            sop_instance_uid=hd.UID(),
+            instance_number=k + 1,
+            manufacturer="MedLens",
+            pixel_spacing=(1.0, 1.0),
+            patient_orientation=("L", "P"),
+            transfer_syntax_uid=JPEGBaseline8Bit,
+        )
+        paths.append(out / f"{k:04d}.dcm")
+        sc.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+def test_results_go_out_uncompressed_to_a_peer_that_takes_only_that(tmp_path: Path) -> None:
+    # 150 heatmap slices of one SOP class: one presentation context, not 150 (an
+    # association holds 128); the peer takes Secondary Capture uncompressed only.
+    import numpy as np
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
+    from medlens.watch._config import PacsTarget
+    from medlens.watch._netnode import send_files
+
+    sc_class = "1.2.840.10008.5.1.4.1.1.7"
+    received: list[Any] = []
+
+    def on_store(event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0
+
+    peer = AE(ae_title="PEER")
+    peer.add_supported_context(sc_class, [ExplicitVRLittleEndian])
+    server = peer.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        (tmp_path / "out").mkdir()
+        files = _jpeg_scs(150, tmp_path / "out")
+        target = PacsTarget(host="127.0.0.1", port=server.server_address[1], ae_title="PEER")
+        assert send_files(files, target, ae_title="MEDLENS") == 150
+    finally:
+        server.shutdown()
+    assert len(received) == 150
+    first = received[0]
+    assert first.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert first.PhotometricInterpretation == "RGB"
+    ramp = first.pixel_array[..., 0].astype(int)
+    assert np.abs(ramp - np.arange(32)[None, :] * 8).mean() < 4  # the red ramp, decoded
+
+
+def test_a_peer_that_takes_no_form_of_a_class_is_a_one_line_output_error(tmp_path: Path) -> None:
+    from pynetdicom import AE, evt
+
+    from medlens.errors import OutputError
+    from medlens.watch._config import PacsTarget
+    from medlens.watch._netnode import send_files
+
+    peer = AE(ae_title="PEER")
+    peer.add_supported_context(CT)  # CT only: no Secondary Capture at all
+    server = peer.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0)]
+    )
+    try:
+        (tmp_path / "out").mkdir()
+        ct = wk.make_series(1)[0]
+        ct.save_as(tmp_path / "out" / "ct.dcm", enforce_file_format=True)
+        files = [tmp_path / "out" / "ct.dcm", *_jpeg_scs(2, tmp_path / "out")]
+        target = PacsTarget(host="127.0.0.1", port=server.server_address[1], ae_title="PEER")
+        with pytest.raises(OutputError, match="accepts no context for Secondary Capture"):
+            send_files(files, target, ae_title="MEDLENS")
+    finally:
+        server.shutdown()

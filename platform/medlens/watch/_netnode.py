@@ -27,7 +27,7 @@ from medlens.errors import ConfigError, OutputError
 from medlens.watch._config import NodeSettings, PacsTarget
 from medlens.watch._ingest import write_atomic
 
-__all__ = ["StoreSCP", "send_files"]
+__all__ = ["StoreSCP", "decodable_transfer_syntaxes", "send_files"]
 
 _log = logging.getLogger("medlens.watch")
 
@@ -74,7 +74,12 @@ class StoreSCP:
         node = self.node
         self.spool.mkdir(parents=True, exist_ok=True)
         ae = _NodeAE(ae_title=self.ae_title)
-        ae.supported_contexts = AllStoragePresentationContexts
+        # Every storage SOP class in every transfer syntax MedLens can decode here: a PACS
+        # forwarding stored JPEG 2000 or JPEG-LS images cannot transcode them, and pynetdicom's
+        # default (uncompressed only) would refuse the association's contexts.
+        syntaxes = decodable_transfer_syntaxes()
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, syntaxes)
         ae.add_supported_context("1.2.840.10008.1.1")  # Verification (C-ECHO)
         ae.maximum_pdu_size = node.max_pdu_bytes
         ae.maximum_associations = node.max_associations
@@ -176,13 +181,47 @@ def _reachable(target: PacsTarget) -> None:
         ) from e
 
 
+def decodable_transfer_syntaxes() -> list[str]:
+    """The uncompressed transfer syntaxes and the compressed ones pydicom can decode here."""
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+    from pynetdicom import ALL_TRANSFER_SYNTAXES
+
+    out: list[str] = [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+    ]
+    for uid in map(str, ALL_TRANSFER_SYNTAXES):
+        if uid in out:
+            continue
+        try:
+            if get_decoder(uid).is_available:
+                out.append(uid)
+        except NotImplementedError:  # no decoder at all for this syntax
+            continue
+    return out
+
+
 def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> int:
     """C-STORE ``files`` to ``target`` over one association; returns how many were stored.
+
+    One presentation context per (SOP class, transfer syntax), however many files share it
+    (an association has at most 128). A compressed instance (the heatmap Secondary
+    Captures are JPEG baseline) also offers its SOP class uncompressed, and is sent
+    decompressed when the peer accepts only that.
 
     Raises:
         OutputError: If the association fails or any instance is refused.
     """
     import pydicom
+    from pydicom.uid import UID, ExplicitVRLittleEndian
     from pynetdicom import AE
 
     datasets = [pydicom.dcmread(p) for p in files]
@@ -195,14 +234,41 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
     ae.dimse_timeout = 60
     ae.network_timeout = 30
     ae.connection_timeout = 5
+    wanted: dict[str, set[str]] = {}
     for ds in datasets:
-        ts = ds.file_meta.TransferSyntaxUID
-        ae.add_requested_context(ds.SOPClassUID, [ts])
+        ts = UID(str(ds.file_meta.TransferSyntaxUID))
+        wanted.setdefault(str(ds.SOPClassUID), set()).add(ts)
+        if ts.is_compressed:
+            wanted[str(ds.SOPClassUID)].add(ExplicitVRLittleEndian)
+    pairs = sorted((sop, ts) for sop, tss in wanted.items() for ts in tss)
+    if len(pairs) > 128:
+        raise OutputError(
+            f"{len(pairs)} SOP class/transfer syntax pairs to send; one association takes 128"
+        )
+    for sop, syntax in pairs:
+        ae.add_requested_context(sop, [syntax])
     assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
     if not assoc.is_established:
         raise OutputError(f"no association with {target.ae_title}@{target.host}:{target.port}")
     try:
+        accepted = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
+        }
         for ds in datasets:
+            sop, ts = str(ds.SOPClassUID), UID(str(ds.file_meta.TransferSyntaxUID))
+            if (sop, ts) not in accepted:
+                if not (ts.is_compressed and (sop, ExplicitVRLittleEndian) in accepted):
+                    raise OutputError(
+                        f"{target.ae_title} accepts no context for {ds.SOPClassUID.name} "
+                        f"in {ts.name}"
+                    )
+                try:
+                    ds.decompress()  # the peer takes this SOP class uncompressed only
+                except Exception as e:  # a decoder's own error types: one line, typed
+                    raise OutputError(
+                        f"cannot decompress {ds.SOPClassUID.name} for {target.ae_title}, "
+                        f"which accepts it uncompressed only: {e}"
+                    ) from e
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code is None or code not in (0x0000, 0xB000, 0xB006, 0xB007):
