@@ -22,6 +22,10 @@ Example ``medlens.toml``::
     # Gantry-tilted CT: correct by resampling instead of refusing (per plugin id, or "*").
     [tilt]
     ct-abdomen-seg = "resample"
+
+    # Heatmap Secondary Captures: JPEG baseline (default, marked lossy) or uncompressed.
+    [outputs]
+    heatmap_sc = "uncompressed"
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medlens.errors import ConfigError
 
-__all__ = ["BundleConfig", "HostConfig", "PluginsConfig", "ValidationConfig", "load_config"]
+__all__ = [
+    "BundleConfig",
+    "HostConfig",
+    "OutputsConfig",
+    "PluginsConfig",
+    "ValidationConfig",
+    "load_config",
+]
 
 #: Environment variable naming a configuration file.
 CONFIG_ENV = "MEDLENS_CONFIG"
@@ -86,6 +97,20 @@ class ValidationConfig(BaseModel):
         return service and self.registry_uri is not None
 
 
+class OutputsConfig(BaseModel):
+    """How results are written."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    heatmap_sc: Literal["jpeg-baseline", "uncompressed"] = Field(
+        default="jpeg-baseline",
+        description=(
+            "Heatmap Secondary Captures: JPEG baseline (quality 95, marked lossy; a display "
+            "rendering, about a tenth of the size) or uncompressed RGB, for archives that take "
+            "no lossy objects. The heat values are lossless in the Parametric Map either way."
+        ),
+    )
+
+
 class HostConfig(BaseModel):
     """Everything configurable about the host."""
 
@@ -97,6 +122,7 @@ class HostConfig(BaseModel):
         default_factory=dict,
         description="Gantry-tilt policy per plugin id ('*': every plugin), over the manifest's.",
     )
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
 
 
 def load_config(path: Path | None = None) -> HostConfig:

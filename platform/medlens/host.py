@@ -396,7 +396,8 @@ class Host:
         if out is not None:
             from medlens.io import write_result
 
-            result.outputs.update(write_result(result, Path(out)))
+            enc = self.config.outputs.heatmap_sc
+            result.outputs.update(write_result(result, Path(out), sc_encoding=enc))
         return result
 
     def _run_one(

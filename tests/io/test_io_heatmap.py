@@ -6,6 +6,7 @@ import pydicom
 import pytest
 from displaykit import BAND_ROWS, assert_jpeg_close
 
+from medlens.errors import ConfigError
 from medlens.imaging.image import Image
 from medlens.io._common import frames_of, read_source_headers
 from medlens.io.heatmap import (
@@ -214,3 +215,29 @@ def test_overlay_tables_within_one_level_of_the_float_blend():
     assert np.abs(rgb.astype(np.float64) - exact).max() <= 1.0
     # No heat: the image's display level itself, all three channels.
     np.testing.assert_array_equal(rgb[0], np.repeat(np.rint(grey[0])[..., None], 3, -1))
+
+
+@pytest.mark.external
+def test_uncompressed_sc_for_archives_that_take_no_lossy_objects(tmp_path, make_result, dciodvfy):
+    from medlens.config import load_config
+    from medlens.io import write_result
+
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text('[outputs]\nheatmap_sc = "uncompressed"\n')
+    encoding = load_config(cfg).outputs.heatmap_sc
+    assert encoding == "uncompressed"
+    result = make_result()
+    paths = write_result(result, tmp_path / "out", sc_encoding=encoding)
+    sc_files = sorted(paths["heatmap_sc"].iterdir())
+    errors, _ = dciodvfy(sc_files[0])
+    assert errors == []
+    sc = pydicom.dcmread(sc_files[2])
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # Explicit VR LE
+    assert sc.PhotometricInterpretation == "RGB"
+    assert sc.get("LossyImageCompression", "00") == "00"
+    rgb = overlay_rgb(result.image, result.prediction.heatmap, read_source_headers(result.image))
+    np.testing.assert_array_equal(sc.pixel_array[14:], rgb[2][14:])  # bit for bit
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[outputs]\nheatmap_sc = "jpeg-2000"\n')
+    with pytest.raises(ConfigError, match="heatmap_sc"):
+        load_config(bad)

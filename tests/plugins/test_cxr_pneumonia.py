@@ -317,6 +317,22 @@ def test_outputs_are_dciodvfy_clean_and_say_not_for_diagnostic_use(
     assert "NOT FOR DIAGNOSTIC USE" in stdout and "pneumonia: p=" in stdout
 
 
+def test_a_host_set_to_uncompressed_writes_the_sc_losslessly(tmp_path: Path) -> None:
+    # [outputs] heatmap_sc = "uncompressed": the host's writes honour it.
+    import pydicom
+
+    from medlens.config import HostConfig, OutputsConfig
+
+    (ep,) = [e for e in md.entry_points(group="medlens.plugins") if e.name == "cxr-pneumonia"]
+    host = Host(HostConfig(outputs=OutputsConfig(heatmap_sc="uncompressed")), entry_points=[ep])
+    src = write_dicom(_grey(FILMS[0]), tmp_path / "in.dcm", monochrome1=False, bits=16)
+    r = host.run("cxr-pneumonia", src, out=tmp_path / "out", options={"explain": True})
+    (sc_file,) = sorted(r.outputs["heatmap_sc"].glob("*.dcm"))
+    sc = pydicom.dcmread(sc_file)
+    assert sc.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert sc.PhotometricInterpretation == "RGB" and sc.get("LossyImageCompression") != "01"
+
+
 def test_calibrated_probability_is_in_unit_interval_and_monotone() -> None:
     from medlens_cxr_pneumonia.manifest import MANIFEST
     from medlens_cxr_pneumonia.plugin import calibrated

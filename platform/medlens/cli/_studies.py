@@ -69,7 +69,8 @@ def run_study_case(
         )
         roots = {c.root if c.root.is_dir() else c.root.parent for c in study.cases}
         root = roots.pop() if len(roots) == 1 else Path(_input_of(study))
-        folder = _write_as_set(result, _case_dir(out, study.name), root)
+        enc = host.config.outputs.heatmap_sc
+        folder = _write_as_set(result, _case_dir(out, study.name), root, enc)
     except RoutingError as e:
         return replace(base, status="skipped", reason=str(e))
     except Exception as e:  # one study must not stop the batch: its reason is on record

@@ -37,10 +37,15 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from medlens.io._process import Beside, beside_process
 from medlens.plugin_api._vocab import OutputKind, ResultStatus
+
+#: How heatmap Secondary Captures are stored: JPEG baseline (quality 95, marked lossy; the
+#: default: a display rendering, about a tenth of the size) or uncompressed (sites whose
+#: archive takes no lossy objects). The heat values are lossless in the Parametric Map.
+ScEncoding = Literal["jpeg-baseline", "uncompressed"]
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -80,7 +85,11 @@ FILE_NAMES: dict[str, str] = {
 
 
 def write_result(
-    result: Result, out_dir: Path, *, source_root: Path | None = None
+    result: Result,
+    out_dir: Path,
+    *,
+    source_root: Path | None = None,
+    sc_encoding: ScEncoding = "jpeg-baseline",
 ) -> dict[str, Path]:
     """Write a result (and its chained results) as its manifests ask.
 
@@ -89,6 +98,8 @@ def write_result(
         out_dir: Folder to write into (created if missing).
         source_root: Input root that result.json gives a non-DICOM input's path
             relative to (default: the file name only).
+        sc_encoding: How the heatmap Secondary Captures are stored (the host's
+            ``[outputs] heatmap_sc``; see :mod:`medlens.io.heatmap`).
 
     Returns:
         Paths written, by output key (see the module docstring).
@@ -103,7 +114,7 @@ def write_result(
     # last. On any failure the staging folder goes and nothing of the set stays.
     stage = Path(tempfile.mkdtemp(prefix=".medlens-partial-", dir=out_dir))
     try:
-        staged = _write_set(result, stage, source_root)
+        staged = _write_set(result, stage, source_root, sc_encoding)
         return _publish(stage, out_dir, staged)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -134,7 +145,9 @@ def _publish(stage: Path, out_dir: Path, staged: dict[str, Path]) -> dict[str, P
     return {k: out_dir / p.relative_to(stage) for k, p in staged.items()}
 
 
-def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[str, Path]:
+def _write_set(
+    result: Result, out_dir: Path, source_root: Path | None, sc_encoding: ScEncoding
+) -> dict[str, Path]:
     from medlens.io._common import WriteNotes, iter_results, read_source_headers
 
     notes = WriteNotes()
@@ -168,7 +181,7 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
             is_root = r is result
             folder = out_dir if is_root else out_dir / r.manifest.id
             prefix = "" if is_root else f"{r.manifest.id}/"
-            written, seg, heat = _write_files(r, folder, sources, notes, fork=fork)
+            written, seg, heat = _write_files(r, folder, sources, notes, sc_encoding, fork=fork)
             outputs.update({prefix + k: v for k, v in written.items()})
             if heat is not None:
                 pending.append((prefix, heat))
@@ -182,7 +195,7 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
             # the GIL) are written beside the first image's outputs. No fork here: a
             # thread is running.
             others, root_seg = _beside(
-                lambda own: _write_study_heatmaps(result, out_dir, own),
+                lambda own: _write_study_heatmaps(result, out_dir, own, sc_encoding),
                 lambda: tree_files(fork=False),
                 notes,
             )
@@ -209,7 +222,13 @@ def _write_set(result: Result, out_dir: Path, source_root: Path | None) -> dict[
 
 
 def _write_files(
-    r: Result, folder: Path, sources: list[Dataset] | None, notes: WriteNotes, *, fork: bool
+    r: Result,
+    folder: Path,
+    sources: list[Dataset] | None,
+    notes: WriteNotes,
+    sc_encoding: ScEncoding,
+    *,
+    fork: bool,
 ) -> tuple[dict[str, Path], Dataset | None, Beside[dict[str, Path]] | None]:
     """SEG, NIfTI mask and heatmaps of one result.
 
@@ -226,7 +245,7 @@ def _write_files(
     from medlens.io._common import WriteNotes
 
     heat_notes = WriteNotes()
-    task = _heatmap_task(r, folder, sources, heat, heat_notes)
+    task = _heatmap_task(r, folder, sources, heat, heat_notes, sc_encoding)
     # Forked before the mask's thread starts: no thread of this write runs at fork time.
     # Only a volume's heatmap is worth a process: a film's or photograph's is written in
     # less time than a fork of a process holding torch takes.
@@ -309,6 +328,7 @@ def _heatmap_task(
     sources: list[Dataset] | None,
     heat: Image | None,
     notes: WriteNotes,
+    sc_encoding: ScEncoding,
 ) -> Callable[[], dict[str, Path]] | None:
     """What writes one result's heatmap files (NIfTI, SC, Parametric Map), or None.
 
@@ -344,13 +364,16 @@ def _heatmap_task(
         if sources is not None:
             from medlens.io.heatmap import write_heatmap_dicom
 
-            out.update(write_heatmap_dicom(r, sources, folder / FILE_NAMES["heatmap_sc"], pm_path))
+            sc_dir = folder / FILE_NAMES["heatmap_sc"]
+            out.update(write_heatmap_dicom(r, sources, sc_dir, pm_path, sc_encoding))
         return out
 
     return write
 
 
-def _write_study_heatmaps(result: Result, out_dir: Path, notes: WriteNotes) -> dict[str, Path]:
+def _write_study_heatmaps(
+    result: Result, out_dir: Path, notes: WriteNotes, sc_encoding: ScEncoding
+) -> dict[str, Path]:
     """The heatmaps of a study's further images, each in ``image-<n>/`` (n from 1).
 
     Each is written as the first image's heatmap is (PNG overlay for an image file, SC and
@@ -383,7 +406,7 @@ def _write_study_heatmaps(result: Result, out_dir: Path, notes: WriteNotes) -> d
         name = f"image-{sh.index + 1}"
         own = WriteNotes()
         sources = read_source_headers(image, own) if dicom_source(image) else None
-        written, _, _ = _write_files(one, out_dir / name, sources, own, fork=False)
+        written, _, _ = _write_files(one, out_dir / name, sources, own, sc_encoding, fork=False)
         out.update({f"{name}/{k}": v for k, v in written.items()})
         for note in own.notes:
             notes.add(f"image {sh.index + 1} of the study: {note}")

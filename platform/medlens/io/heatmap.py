@@ -5,11 +5,12 @@ Three forms, all of the same heatmap on the input's grid:
 * Secondary Capture (``SCImage``, one colour instance per slice, one series): the
   heatmap blended over the windowed image with a jet colour map, for viewers
   that show nothing else. Series description says it is an explanation, not a
-  finding. A display rendering, so its frames are JPEG baseline (quality 95,
+  finding. A display rendering, so by default its frames are JPEG baseline (quality 95,
   ``LossyImageCompression`` "01" with its ratio and method): about a tenth of the
   uncompressed RGB size (the demo CT's 20 slices 15.8 MB -> about 1.4 MB), which keeps all
   heatmap forms within a quarter of the source series; the heat values themselves
-  are stored losslessly in the Parametric Map and the NIfTI.
+  are stored losslessly in the Parametric Map and the NIfTI. A site whose archive takes
+  no lossy objects sets ``[outputs] heatmap_sc = "uncompressed"`` (:mod:`medlens.config`).
 * Parametric Map (``ParametricMap``): the values in [0, 1] stored as 16-bit levels
   with a Real World Value Mapping (slope 1/65535, unit UCUM ``1``), cropped to the box
   where the map is non-zero inside the body; one frame per plane of the box, each
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import highdicom as hd
 import numpy as np
@@ -32,7 +33,7 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sr.coding import Code as PdCode
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from medlens.errors import OutputError
 from medlens.imaging.image import Image
@@ -51,6 +52,9 @@ from medlens.io.atomic import atomic_dir, save_dataset
 from medlens.io.colormap import JET_LEVELS, blend_tables, jet
 from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._results import Result
+
+if TYPE_CHECKING:
+    from medlens.io import ScEncoding
 
 __all__ = [
     "PM_LEVELS",
@@ -200,8 +204,12 @@ def _orientation_letters(vec: npt.NDArray[np.float64]) -> str:
     )
 
 
-def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImage]:
-    """One RGB Secondary Capture instance per slice the heatmap covers (one series).
+def build_sc_slices(
+    result: Result, sources: list[Dataset], encoding: ScEncoding = "jpeg-baseline"
+) -> list[hd.sc.SCImage]:
+    """One colour Secondary Capture instance per slice the heatmap covers (one series).
+
+    ``encoding``: JPEG baseline (``YBR_FULL_422``, marked lossy) or uncompressed RGB.
 
     A slice where the map is zero everywhere would only repeat the source image, so a
     3-D heatmap gets instances for the slices with heat only; ``InstanceNumber`` is the
@@ -238,14 +246,21 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
     e = result.prediction.explanation
     method = e.method if e else "heatmap"
     what = "unfaithful map, not an explanation" if e and e.faithful is False else "explanation"
+    jpeg = encoding == "jpeg-baseline"
+    photometric = (
+        hd.PhotometricInterpretationValues.YBR_FULL_422
+        if jpeg
+        else hd.PhotometricInterpretationValues.RGB
+    )
+    syntax = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
     out = []
     try:
         for k, frame in zip(planes, rgb, strict=True):
             sc = hd.sc.SCImage.from_ref_dataset(
                 ref_dataset=refs[k],
                 pixel_array=frame,
-                photometric_interpretation=hd.PhotometricInterpretationValues.YBR_FULL_422,
-                transfer_syntax_uid=JPEGBaseline8Bit,
+                photometric_interpretation=photometric,
+                transfer_syntax_uid=syntax,
                 bits_allocated=8,
                 coordinate_system=hd.CoordinateSystemNames.PATIENT,
                 series_instance_uid=series_uid,
@@ -261,7 +276,8 @@ def build_sc_slices(result: Result, sources: list[Dataset]) -> list[hd.sc.SCImag
             )
             sc.SoftwareVersions = software_versions(m)
             sc.BurnedInAnnotation = "NO"
-            _mark_lossy(sc, frame.nbytes)
+            if jpeg:
+                _mark_lossy(sc, frame.nbytes)
             # Made by software from the source image, not digitised from an interface
             # (highdicom's default "DI"): a workstation image (PS3.3 C.8.6.1).
             sc.ConversionType = "WSD"
@@ -435,14 +451,18 @@ def wants_parametric_map(result: Result, sources: Sequence[Dataset]) -> bool:
 
 
 def write_heatmap_dicom(
-    result: Result, sources: list[Dataset], sc_dir: Path, pm_path: Path | None
+    result: Result,
+    sources: list[Dataset],
+    sc_dir: Path,
+    pm_path: Path | None,
+    sc_encoding: ScEncoding = "jpeg-baseline",
 ) -> dict[str, Path]:
     """Write the SC series (a folder, atomically) and, given ``pm_path``, the Parametric Map.
 
     Returns:
         ``{"heatmap_sc": folder, "heatmap_pm": file}`` (no ``heatmap_pm`` without a path).
     """
-    slices = build_sc_slices(result, sources)
+    slices = build_sc_slices(result, sources, sc_encoding)
     pm = build_parametric_map(result, sources) if pm_path is not None else None
     with atomic_dir(sc_dir) as tmp:
         for sc in slices:
