@@ -241,3 +241,17 @@ def test_uncompressed_sc_for_archives_that_take_no_lossy_objects(tmp_path, make_
     bad.write_text('[outputs]\nheatmap_sc = "jpeg-2000"\n')
     with pytest.raises(ConfigError, match="heatmap_sc"):
         load_config(bad)
+
+
+def test_a_lossy_source_keeps_its_compression_steps_before_the_sc_s_own(make_result):
+    result = make_result()
+    sources = read_source_headers(result.image)
+    for ds in sources:  # e.g. a CT archived as lossy JPEG 2000 at 10:1
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = "10"
+        ds.LossyImageCompressionMethod = "ISO_15444_1"
+    sc = build_sc_slices(result, sources)[0]
+    assert sc.LossyImageCompression == "01"
+    assert list(sc.LossyImageCompressionMethod) == ["ISO_15444_1", "ISO_10918_1"]
+    ratios = [float(r) for r in sc.LossyImageCompressionRatio]
+    assert ratios[0] == 10.0 and ratios[1] > 1.0

@@ -277,7 +277,7 @@ def build_sc_slices(
             sc.SoftwareVersions = software_versions(m)
             sc.BurnedInAnnotation = "NO"
             if jpeg:
-                _mark_lossy(sc, frame.nbytes)
+                _mark_lossy(sc, frame.nbytes, refs[k])
             # Made by software from the source image, not digitised from an interface
             # (highdicom's default "DI"): a workstation image (PS3.3 C.8.6.1).
             sc.ConversionType = "WSD"
@@ -295,16 +295,16 @@ def build_sc_slices(
     return out
 
 
-def _mark_lossy(sc: Dataset, raw_bytes: int) -> None:
+def _mark_lossy(sc: Dataset, raw_bytes: int, source: Dataset) -> None:
     """Record the JPEG baseline compression of ``sc``'s frame (General Image, C.7.6.1.1.5).
 
-    A source that was itself lossy compressed (highdicom copies its attributes) keeps its
-    steps; this one is appended, as the attributes list every step in order.
+    A source image that was itself lossy compressed keeps its steps first: the attributes
+    list every lossy step the pixels went through, in order.
     """
     steps: list[tuple[str, str]] = []
-    if sc.get("LossyImageCompression") == "01":
-        ratios = _values(sc.get("LossyImageCompressionRatio"))
-        methods = _values(sc.get("LossyImageCompressionMethod"))
+    if source.get("LossyImageCompression") == "01":
+        ratios = _values(source.get("LossyImageCompressionRatio"))
+        methods = _values(source.get("LossyImageCompressionMethod"))
         if len(ratios) == len(methods):
             steps = list(zip(ratios, methods, strict=True))
     steps.append((f"{raw_bytes / max(len(sc.PixelData), 1):.2f}", "ISO_10918_1"))
