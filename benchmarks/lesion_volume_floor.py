@@ -69,7 +69,7 @@ def main() -> None:
 
     from medlens.host import Host
     from medlens.imaging.read import read_mask
-    from medlens_validation.metrics import lesion_overlaps, reference_lesions
+    from medlens_validation.metrics import reference_lesion_overlaps
     from medlens_workflows.validate.phantoms import build_phantom_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,16 +86,8 @@ def main() -> None:
             ref = np.asarray(read_mask(root / case["reference"], reference=r.image).array[0])
             pred = np.asarray(r.prediction.mask.array[0])
             hu = np.asarray(r.image.array[0])
-            lesions = reference_lesions(
-                ref, label=TUMOUR, spacing=spacing, min_volume_ml=1.0, connectivity=26
-            )
-            overlaps, _ = lesion_overlaps(
-                pred,
-                lesions,
-                label=TUMOUR,
-                spacing=spacing,
-                truth_any=ref == TUMOUR,
-                connectivity=26,
+            lesions, overlaps, _ = reference_lesion_overlaps(
+                pred, ref, label=TUMOUR, spacing=spacing, min_volume_ml=1.0, connectivity=26
             )
             for lesion, o in zip(lesions, overlaps, strict=True):
                 rows.append((o.ref_ml, o.pred_ml, oracle_ml(hu, ref, lesion, spacing)))

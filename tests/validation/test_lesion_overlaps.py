@@ -7,7 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from medlens_validation.metrics import lesion_overlaps, reference_lesions
+from medlens_validation.metrics import (
+    lesion_overlaps,
+    reference_lesion_overlaps,
+    reference_lesions,
+)
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray]:
@@ -48,3 +52,14 @@ def test_no_lesions_no_overlaps() -> None:
     assert math.isnan(
         lesion_overlaps(empty, [np.zeros((4, 4, 4), bool)], label=5, spacing=(1, 1, 1))[0][0].dice
     )
+
+
+def test_reference_lesion_overlaps_is_the_two_steps_with_the_truth_as_any_lesion() -> None:
+    truth, pred = _grid()
+    pred[10:12, 10:12, 10:12] = 5  # hits the small lesion, left out by the minimum
+    lesions, overlaps, fp = reference_lesion_overlaps(
+        pred, truth, label=5, spacing=(1.0, 1.0, 1.0), min_volume_ml=0.01
+    )
+    assert [int(m.sum()) for m in lesions] == [64]
+    assert [o.pred_ml for o in overlaps] == [pytest.approx(0.032)]
+    assert fp == 1  # the far component only: the small lesion's hit is no false positive

@@ -43,6 +43,7 @@ __all__ = [
     "label_volume_ml",
     "lesion_overlaps",
     "match_lesions",
+    "reference_lesion_overlaps",
     "reference_lesions",
     "summarize_detection",
     "volume_error",
@@ -410,3 +411,36 @@ def lesion_overlaps(
     touched = np.unique(comp[truth_any])
     false_positives = n - int((touched != 0).sum())
     return out, false_positives
+
+
+def reference_lesion_overlaps(
+    pred: npt.ArrayLike,
+    truth: npt.ArrayLike,
+    *,
+    label: int,
+    spacing: Sequence[float],
+    min_volume_ml: float = 0.0,
+    connectivity: int | None = None,
+) -> tuple[list[npt.NDArray[np.bool_]], list[LesionOverlap], int]:
+    """The reference lesions of ``label`` in ``truth`` and what ``pred`` drew on each.
+
+    :func:`reference_lesions` then :func:`lesion_overlaps` (any voxel of ``label`` in
+    ``truth`` keeps a predicted component from counting as a false positive).
+
+    Returns:
+        The reference lesions' masks, their overlaps (same order) and the number of
+        false-positive predicted components.
+    """
+    t = np.asarray(truth)
+    lesions = reference_lesions(
+        t, label=label, spacing=spacing, min_volume_ml=min_volume_ml, connectivity=connectivity
+    )
+    overlaps, fp = lesion_overlaps(
+        pred,
+        lesions,
+        label=label,
+        spacing=spacing,
+        truth_any=t == label,
+        connectivity=connectivity,
+    )
+    return lesions, overlaps, fp

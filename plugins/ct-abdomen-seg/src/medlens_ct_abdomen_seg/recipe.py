@@ -329,16 +329,13 @@ def _validate(
 def _lesion_volume_errors(pred: npt.NDArray[Any], truth: npt.NDArray[Any]) -> list[float]:
     """``|pred - ref| / ref`` of each reference tumour >= 1 mL (model grid, 26-connected)."""
     from medlens_ct_abdomen_seg.manifest import MANIFEST
-    from medlens_validation.metrics import lesion_overlaps, reference_lesions
+    from medlens_validation.metrics import reference_lesion_overlaps
 
     assert MANIFEST.input.spacing is not None
     spacing = tuple(float(s) for s in MANIFEST.input.spacing)
     value = MANIFEST.label("liver_tumor").value
-    lesions = reference_lesions(
-        truth, label=value, spacing=spacing, min_volume_ml=1.0, connectivity=26
-    )
-    overlaps, _fp = lesion_overlaps(
-        pred, lesions, label=value, spacing=spacing, truth_any=truth == value, connectivity=26
+    _, overlaps, _fp = reference_lesion_overlaps(
+        pred, truth, label=value, spacing=spacing, min_volume_ml=1.0, connectivity=26
     )
     return [abs(o.pred_ml - o.ref_ml) / o.ref_ml for o in overlaps]
 

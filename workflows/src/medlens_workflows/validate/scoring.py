@@ -15,12 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medlens.errors import InputError, PluginError
-from medlens_validation.metrics import (
-    dice,
-    label_volume_ml,
-    lesion_overlaps,
-    reference_lesions,
-)
+from medlens_validation.metrics import dice, label_volume_ml, reference_lesion_overlaps
 from medlens_validation.protocol_v2 import ProtocolV2
 from medlens_workflows.validate.dataset import DatasetCase
 
@@ -114,19 +109,12 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
         if det.label not in names:
             raise InputError(f"detection label {det.label!r} is not a label of the plugin")
         value = names[det.label]
-        lesions = reference_lesions(
+        _, overlaps, fp = reference_lesion_overlaps(
+            pred,
             ref,
             label=value,
             spacing=spacing,
             min_volume_ml=det.min_volume_ml,
-            connectivity=det.connectivity,
-        )
-        overlaps, fp = lesion_overlaps(
-            pred,
-            lesions,
-            label=value,
-            spacing=spacing,
-            truth_any=ref == value,
             connectivity=det.connectivity,
         )
         out["lesions"] = [
