@@ -234,13 +234,11 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
     ae.dimse_timeout = 60
     ae.network_timeout = 30
     ae.connection_timeout = 5
-    wanted: dict[str, set[str]] = {}
-    for ds in datasets:
-        ts = UID(str(ds.file_meta.TransferSyntaxUID))
-        wanted.setdefault(str(ds.SOPClassUID), set()).add(ts)
-        if ts.is_compressed:
-            wanted[str(ds.SOPClassUID)].add(ExplicitVRLittleEndian)
-    pairs = sorted((sop, ts) for sop, tss in wanted.items() for ts in tss)
+    forms = [(str(ds.SOPClassUID), UID(str(ds.file_meta.TransferSyntaxUID))) for ds in datasets]
+    pairs = sorted(
+        {(sop, ts) for sop, ts in forms}
+        | {(sop, ExplicitVRLittleEndian) for sop, ts in forms if ts.is_compressed}
+    )
     if len(pairs) > 128:
         raise OutputError(
             f"{len(pairs)} SOP class/transfer syntax pairs to send; one association takes 128"
@@ -254,8 +252,7 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
         accepted = {
             (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         }
-        for ds in datasets:
-            sop, ts = str(ds.SOPClassUID), UID(str(ds.file_meta.TransferSyntaxUID))
+        for ds, (sop, ts) in zip(datasets, forms, strict=True):
             if (sop, ts) not in accepted:
                 if not (ts.is_compressed and (sop, ExplicitVRLittleEndian) in accepted):
                     raise OutputError(
