@@ -394,11 +394,21 @@ class Host:
         if cancel is not None and cancel():
             raise RunCancelledError(f"plugin {handle.id!r}: cancelled; nothing was written")
         if out is not None:
-            from medlens.io import write_result
-
-            enc = self.config.outputs.heatmap_sc
-            result.outputs.update(write_result(result, Path(out), sc_encoding=enc))
+            result.outputs.update(self.write(result, Path(out)))
         return result
+
+    def write(
+        self, result: Result, out: str | Path, *, source_root: Path | None = None
+    ) -> dict[str, Path]:
+        """Write ``result``'s outputs into ``out`` as one set, as this host is configured.
+
+        :func:`medlens.io.write_result` with the configuration's ``[outputs]`` choices (the
+        heatmap Secondary Captures' encoding); ``source_root`` as there.
+        """
+        from medlens.io import write_result
+
+        enc = self.config.outputs.heatmap_sc
+        return write_result(result, Path(out), source_root=source_root, sc_encoding=enc)
 
     def _run_one(
         self,

@@ -69,8 +69,7 @@ def run_study_case(
         )
         roots = {c.root if c.root.is_dir() else c.root.parent for c in study.cases}
         root = roots.pop() if len(roots) == 1 else Path(_input_of(study))
-        enc = host.config.outputs.heatmap_sc
-        folder = _write_as_set(result, _case_dir(out, study.name), root, enc)
+        folder = _write_as_set(host, result, _case_dir(out, study.name), root)
     except RoutingError as e:
         return replace(base, status="skipped", reason=str(e))
     except Exception as e:  # one study must not stop the batch: its reason is on record

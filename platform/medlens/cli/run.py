@@ -43,7 +43,6 @@ from medlens.plugin_api.v1 import ResultStatus
 
 if TYPE_CHECKING:
     from medlens.imaging.series import TiltPolicy
-    from medlens.io import ScEncoding
     from medlens.plugin_api.v1 import Result
     from medlens.routing import Case
 
@@ -102,15 +101,11 @@ def _case_dir(out: Path, name: str) -> Path:
     return path
 
 
-def _write_as_set(
-    result: Result, final: Path, source_root: Path, sc_encoding: ScEncoding = "jpeg-baseline"
-) -> Path:
+def _write_as_set(host: Host, result: Result, final: Path, source_root: Path) -> Path:
     """Write every file of a result into a fresh folder, then move it into place at once."""
-    from medlens.io import write_result
-
     staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
-        write_result(result, staging, source_root=source_root, sc_encoding=sc_encoding)
+        host.write(result, staging, source_root=source_root)
         if final.exists():
             old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
             os.replace(final, old)
@@ -167,8 +162,7 @@ def _run_case(
                 return _replace(base, status="skipped", reason="; ".join(outcome.reasons))
         result = host.run(plugin_id, image, **run_kwargs)
         root = case.root if case.root.is_dir() else case.root.parent
-        enc = host.config.outputs.heatmap_sc
-        folder = _write_as_set(result, _case_dir(out, case.name), root, enc)
+        folder = _write_as_set(host, result, _case_dir(out, case.name), root)
     except RoutingError as e:
         return _replace(base, status="skipped", reason=str(e))
     except Exception as e:  # one case must not stop the batch: its reason is on record

@@ -372,9 +372,7 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
     t2 = time.perf_counter()
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from medlens.io import write_result
-
-    outputs = dict(write_result(result, out, sc_encoding=host.config.outputs.heatmap_sc))
+    outputs = dict(host.write(result, out))
     t3 = time.perf_counter()
     chained = [c.provenance.model_dump(mode="json") for c in result.chained]
     compute = float(result.provenance.timings_s.get("predict_s", 0.0)) + float(
