@@ -90,14 +90,6 @@ def randomised_model(model: lesions.LesionModel, seed: int = 0) -> lesions.Lesio
     )
 
 
-def _rho(a: F32, b: F32) -> float:
-    from scipy.stats import spearmanr
-
-    if a.std() == 0 or b.std() == 0:
-        return 1.0 if a.std() == b.std() else 0.0
-    return float(spearmanr(a.ravel(), b.ravel()).statistic)
-
-
 def evidence(
     cam: F32,
     random_cam: F32,
@@ -127,5 +119,7 @@ def evidence(
     rnd = combine({"network": random_cam, **dens}, random.parts(measures.values, network_logit))
     if float(trained.max()) <= 0:
         return EyeEvidence(trained, None, False, True)
-    rho = _rho(trained, rnd)
+    from medlens_retina_dr.explain import rank_correlation
+
+    rho = rank_correlation(trained, rnd)
     return EyeEvidence(trained, rho, rho < rho_max, False)

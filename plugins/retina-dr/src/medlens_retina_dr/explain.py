@@ -30,7 +30,7 @@ from medlens_retina_dr import preprocess
 from medlens_retina_dr.model import Ensemble
 from medlens_retina_dr.network import CAM_LAYER
 
-__all__ = ["RHO_MAX", "Explainer", "EyeCam", "grad_cam"]
+__all__ = ["RHO_MAX", "Explainer", "EyeCam", "grad_cam", "rank_correlation"]
 
 #: Spearman rho below which a CAM counts as model-sensitive (as the host's check).
 RHO_MAX = 0.5
@@ -117,13 +117,17 @@ def _randomised(net: torch.nn.Module, seed: int) -> torch.nn.Module:
     return rnd
 
 
-def _sanity(cam: npt.NDArray[np.float32], rnd: npt.NDArray[np.float32]) -> EyeCam:
+def rank_correlation(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
+    """Spearman's rho of two maps (1.0 when both are constant, 0.0 when only one is)."""
     from scipy.stats import spearmanr
 
-    if cam.std() == 0 or rnd.std() == 0:
-        rho = 1.0 if cam.std() == rnd.std() else 0.0
-    else:
-        rho = float(spearmanr(cam.ravel(), rnd.ravel()).statistic)
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if a.std() == b.std() else 0.0
+    return float(spearmanr(a.ravel(), b.ravel()).statistic)
+
+
+def _sanity(cam: npt.NDArray[np.float32], rnd: npt.NDArray[np.float32]) -> EyeCam:
+    rho = rank_correlation(cam, rnd)
     return EyeCam(cam=cam, rank_correlation=rho, model_sensitive=rho < RHO_MAX, random_cam=rnd)
 
 
