@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from medlens.plugin_api import v1
 from medlens_retina_dr import lesions
 
 __all__ = [
@@ -55,6 +56,15 @@ class EyeEvidence:
     rank_correlation: float | None
     model_sensitive: bool
     uninformative: bool
+
+    @property
+    def verdict(self) -> v1.SanityVerdict:
+        """The sanity verdict these figures make."""
+        if self.uninformative:
+            return v1.SanityVerdict.UNINFORMATIVE
+        if self.model_sensitive:
+            return v1.SanityVerdict.MODEL_SENSITIVE
+        return v1.SanityVerdict.NOT_MODEL_SENSITIVE
 
 
 def candidate_density(mask: npt.NDArray[np.bool_], side: int) -> F32:

@@ -415,18 +415,12 @@ def _measure_all(
 
 
 def _explanation(ev: EyeEvidence) -> v1.Explanation:
-    if ev.uninformative:
-        verdict = v1.SanityVerdict.UNINFORMATIVE
-    elif ev.model_sensitive:
-        verdict = v1.SanityVerdict.MODEL_SENSITIVE
-    else:
-        verdict = v1.SanityVerdict.NOT_MODEL_SENSITIVE
     return v1.Explanation(
         # The network's Grad-CAM and the lesion candidates, each weighted by its positive
         # part of the logit (.evidence); the texture part has no map.
         method="gradcam+lesion-candidates",
         target="label referable_dr",
-        sanity=verdict,
+        sanity=ev.verdict,
         rank_correlation=ev.rank_correlation,
     )
 
