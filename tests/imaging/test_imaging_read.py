@@ -253,3 +253,41 @@ def test_read_mask_dicom_seg(dicom_builder: SimpleNamespace, tmp_path: Path) -> 
         read_image(tmp_path / "seg.dcm")
     with pytest.raises(InputError, match="neither NIfTI nor a DICOM SEG"):
         read_mask(files[0], ref)
+
+
+@pytest.mark.parametrize(
+    ("tag", "turn"), [(6, PILImage.Transpose.ROTATE_90), (8, PILImage.Transpose.ROTATE_270)]
+)
+def test_exif_orientation_is_applied(tmp_path: Path, tag: int, turn: PILImage.Transpose) -> None:
+    # A camera stores the frame sideways and names the turn that makes it upright.
+    upright = np.zeros((40, 60, 3), dtype=np.uint8)  # rows=40, columns=60
+    upright[:10, :, 0] = 255  # red band along the top edge
+    exif = PILImage.Exif()
+    exif[0x0112] = tag
+    PILImage.fromarray(upright).transpose(turn).save(tmp_path / "p.png", exif=exif)
+    with PILImage.open(tmp_path / "p.png") as stored:
+        assert stored.size == (40, 60)  # sideways on disk
+    image = read_image(tmp_path / "p.png")
+    assert image.shape == (60, 40)  # (columns, rows) of the upright frame
+    np.testing.assert_array_equal(image.array.transpose(2, 1, 0), upright)
+    assert any("EXIF orientation" in w for w in image.warnings)
+    # No tag: read as stored, no warning.
+    PILImage.fromarray(upright).save(tmp_path / "n.png")
+    assert not any("EXIF" in w for w in read_image(tmp_path / "n.png").warnings)
+
+
+def test_decompression_bomb_is_a_one_line_input_error(tmp_path: Path) -> None:
+    # A PNG header declaring 40000 x 40000 pixels (1.6 G) with almost no data behind it.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    (tmp_path / "bomb.png").write_bytes(png + chunk(b"IEND", b""))
+    with pytest.raises(InputError, match=r"refused.*decompression bomb") as e:
+        read_image(tmp_path / "bomb.png")
+    assert "\n" not in str(e.value)

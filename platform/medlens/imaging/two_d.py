@@ -169,18 +169,30 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     )
 
 
+def _orientation(im: Any) -> int:
+    """The EXIF/TIFF orientation tag (274) of an open Pillow image; 0 when absent or bad."""
+    try:
+        value = im.getexif().get(0x0112, 0)
+        return int(value) if 0 <= int(value) <= 8 else 0
+    except (AttributeError, OSError, SyntaxError, TypeError, ValueError):
+        return 0  # an unreadable EXIF block says nothing about orientation
+
+
 def read_2d_file(path: str | os.PathLike[str]) -> Image:
     """Read a PNG/JPEG/TIFF/BMP file with Pillow as a 2-D :class:`Image`.
 
     Grey stays one channel (8 or 16 bit), colour becomes RGB ``(3, i, j)``; an
     alpha channel is dropped and palette images expanded, each with a warning.
+    An EXIF/TIFF orientation tag is applied (cameras store photographs sideways
+    and name the turn in the tag; viewers show them upright), with a warning.
     Pixel spacing is unknown in these formats: 1 mm, with a warning.
 
     Raises:
-        InputError: The file cannot be read as an image.
+        InputError: The file cannot be read as an image, or its header declares
+            more pixels than Pillow's decompression-bomb limit.
     """
     from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     p = Path(path)
     warnings: list[str] = []
@@ -189,6 +201,10 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
             im: Any = opened
             if getattr(im, "n_frames", 1) > 1:
                 warnings.append(f"{im.n_frames} frames in the file; read the first")
+            turn = _orientation(im)
+            if turn not in (0, 1):
+                im = ImageOps.exif_transpose(im)
+                warnings.append(f"EXIF orientation {turn} applied: image turned upright")
             mode = im.mode
             if mode in ("P", "PA"):
                 im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
@@ -204,6 +220,8 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
             if mode == "1":
                 im = im.convert("L")
             pixels = np.asarray(im)
+    except PILImage.DecompressionBombError as e:
+        raise InputError(f"image {p.name!r} refused: {e}") from e
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise InputError(f"cannot read image {p.name!r}: {e}") from e
     if pixels.ndim == 2:
