@@ -78,6 +78,12 @@ def test_index_header_and_image_give_the_same_attributes(tmp_path: Path) -> None
         ({"body_part": "ANY"}, {"Modality": "CT", "BodyPartExamined": "HEAD"}, None),
         ({}, {"Modality": "CT", "BodyPartExamined": "ABDOMEN_PELVIS"}, None),
         ({}, {"Modality": "CT"}, None),  # de-identified: BodyPartExamined absent
+        ({}, {"Modality": "CT", "BodyPartExamined": ""}, None),  # Type 2, empty
+        ({"body_part": "CHEST"}, {"Modality": "CT", "BodyPartExamined": "THORAX"}, None),
+        ({"body_part": "CHEST"}, {"Modality": "CT", "BodyPartExamined": "Chest PA"}, None),
+        ({"body_part": "CHEST"}, {"Modality": "CT", "BodyPartExamined": "LUNG"}, None),
+        ({"body_part": "CHEST"}, {"Modality": "CT", "BodyPartExamined": "HAND"}, "'HAND'"),
+        ({}, {"Modality": "CT", "BodyPartExamined": "THORAX"}, "'THORAX' is not 'ABDOMEN'"),
         (
             {"selection": {"kind": "min_slices", "count": 5}},
             {"Modality": "CT"},

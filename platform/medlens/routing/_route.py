@@ -8,7 +8,8 @@ outcome everywhere. Checked in order, every failure named:
 1. spatial dimensions: a 3-D plugin does not run on a 2-D image, nor the reverse;
 2. ``Modality`` is one of the manifest's ``modality`` list;
 3. ``BodyPartExamined`` agrees with the manifest's ``body_part`` (one contains the
-   other, so ``ABDOMEN`` accepts ``ABDOMENPELVIS``; ``ANY``/``UNSPECIFIED``/``WHOLEBODY``
+   other, so ``ABDOMEN`` accepts ``ABDOMENPELVIS``; ``CHEST`` also accepts the names
+   scanners write for it, :data:`BODY_PART_SYNONYMS`; ``ANY``/``UNSPECIFIED``/``WHOLEBODY``
    accept everything);
 4. the manifest's selection rule.
 
@@ -39,19 +40,35 @@ from medlens.rules import (
     evaluate,
 )
 
-__all__ = ["ANY_BODY_PART", "check_routed", "route", "unchecked"]
+__all__ = ["ANY_BODY_PART", "BODY_PART_SYNONYMS", "check_routed", "route", "unchecked"]
 
 #: Manifest ``body_part`` values that accept every body part.
 ANY_BODY_PART = frozenset({"ANY", "UNSPECIFIED", "WHOLEBODY", "*", ""})
+
+
+#: Other names scanners write for a DICOM defined term (PS3.16 Annex L), normalised.
+#: Vendors and localised consoles write ``THORAX`` (Agfa, Philips, German sites) or
+#: ``TORAX``/``TORACE`` for ``CHEST``; a chest film labelled ``LUNG`` is still one.
+BODY_PART_SYNONYMS: dict[str, frozenset[str]] = {
+    "CHEST": frozenset({"THORAX", "TORAX", "TORACE", "LUNG", "LUNGS"}),
+}
 
 
 def _norm(text: str) -> str:
     return re.sub(r"[^A-Z0-9]", "", text.upper())
 
 
+def _names(term: str) -> frozenset[str]:
+    """``term`` normalised, with its synonyms (if it is a term with any)."""
+    t = _norm(term)
+    return frozenset({t}) | BODY_PART_SYNONYMS.get(t, frozenset())
+
+
 def _body_part_agrees(want: str, got: str) -> bool:
-    w, g = _norm(want), _norm(got)
-    return w in ANY_BODY_PART or w in g or g in w
+    if _norm(want) in ANY_BODY_PART:
+        return True
+    g = _norm(got)
+    return any(w in g or (g and g in w) for w in _names(want))
 
 
 def _known_part(rule: Rule, known: frozenset[str]) -> Rule | None:
