@@ -256,6 +256,23 @@ def test_content_gate_refuses_a_fundus_photograph(host: Host) -> None:
     assert not r.prediction.findings
 
 
+def test_a_thumbnail_is_refused_and_the_floor_size_is_read(host: Host, tmp_path: Path) -> None:
+    from medlens_cxr_pneumonia.gate import MIN_SIDE
+
+    film = PILImage.fromarray(_grey(FILMS[0]))
+    small = tmp_path / "thumb.png"
+    film.resize((MIN_SIDE - 1, MIN_SIDE + 40), PILImage.Resampling.LANCZOS).save(small)
+    r = host.run("cxr-pneumonia", small)
+    assert r.prediction.status == v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION
+    reason = r.prediction.status_reason or ""
+    assert f"{MIN_SIDE - 1} x {MIN_SIDE + 40} pixels is too small" in reason, reason
+    assert not r.prediction.findings and "\n" not in reason
+    floor = tmp_path / "floor.png"
+    film.resize((MIN_SIDE, MIN_SIDE), PILImage.Resampling.LANCZOS).save(floor)
+    ok = host.run("cxr-pneumonia", floor)
+    assert ok.prediction.status == v1.ResultStatus.OK and ok.prediction.findings
+
+
 def _dciodvfy_errors(path: Path) -> list[str]:
     p = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
     return [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]

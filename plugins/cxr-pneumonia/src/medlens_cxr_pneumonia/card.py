@@ -432,6 +432,8 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         "- Routing: Modality DX, CR or OT (Secondary Capture); BodyPartExamined, when present, "
         "must name the chest; ViewPosition, when present, must be PA or AP (lateral, decubitus "
         "and oblique films are refused with a one-line reason).",
+        f"- Size check: a film under {gate.MIN_SIDE} px on its shorter side is refused (a "
+        "thumbnail; below it the probability drifts, `benchmarks/film_resolution.py cxr`).",
         "- Colour check (every three-channel input): mean chroma above 4 % of the intensity "
         "range is a colour photograph, refused (fundus row: both checks).",
         "- Content gate (every input, DICOM or PNG/JPEG): statistics of the prepared film "

@@ -31,7 +31,7 @@ from medlens.plugin_api.v1 import (
     RunContext,
     WeightsError,
 )
-from medlens_cxr_pneumonia.gate import Gate, colour_reason
+from medlens_cxr_pneumonia.gate import Gate, colour_reason, size_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
 from medlens_cxr_pneumonia.preprocess import prepare
@@ -77,6 +77,15 @@ def grey_film(image: Image) -> npt.NDArray[np.float32]:
     if min(a.shape[1:]) < 32:
         raise InputError(f"image of {a.shape[1]} x {a.shape[2]} pixels is too small for a film")
     return np.ascontiguousarray(a[0].T)
+
+
+def _rejected(reason: str) -> Prediction:
+    """No answer: the input is not what the plugin was made for (``reason``)."""
+    return Prediction(
+        status=ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+        status_reason=reason,
+        warnings=[NOT_FOR_DIAGNOSTIC_USE],
+    )
 
 
 class CxrPneumonia:
@@ -128,16 +137,15 @@ class CxrPneumonia:
         """Pneumonia finding (calibrated probability and decisions) and Grad-CAM heatmap."""
         image = inputs.image
         with ctx.timer("preprocess_s"):
-            reason = colour_reason(np.asarray(image.array)) if image.ndim == 2 else None
+            if image.ndim == 2:  # before grey_film, whose own floor is only 32 px
+                early = size_reason(*image.shape) or colour_reason(np.asarray(image.array))
+                if early is not None:
+                    return _rejected(early)
             film = grey_film(image)
             prepared = prepare(film)
-        reason = reason or self.gate.check(prepared)
+        reason = self.gate.check(prepared)
         if reason is not None:
-            return Prediction(
-                status=ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
-                status_reason=reason,
-                warnings=[NOT_FOR_DIAGNOSTIC_USE],
-            )
+            return _rejected(reason)
         parts = self.logit_parts(prepared, film, ctx)
         z = parts["network"] + parts["zones"]
         p = calibrated(z, self.temperature)
