@@ -169,6 +169,11 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     )
 
 
+def _without_path(error: Exception, path: Path) -> str:
+    """Pillow's message with the file's path cut to its name (folders can name patients)."""
+    return str(error).replace(str(path), path.name).replace(str(path.resolve()), path.name)
+
+
 def _orientation(im: Any) -> int:
     """The EXIF/TIFF orientation tag (274) of an open Pillow image; 0 when absent or bad."""
     try:
@@ -221,9 +226,9 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
                 im = im.convert("L")
             pixels = np.asarray(im)
     except PILImage.DecompressionBombError as e:
-        raise InputError(f"image {p.name!r} refused: {e}") from e
+        raise InputError(f"image {p.name!r} refused: {_without_path(e, p)}") from e
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise InputError(f"cannot read image {p.name!r}: {e}") from e
+        raise InputError(f"cannot read image {p.name!r}: {_without_path(e, p)}") from e
     if pixels.ndim == 2:
         samples = 1
     elif pixels.ndim == 3 and pixels.shape[2] == 3:
