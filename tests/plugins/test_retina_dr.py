@@ -52,6 +52,36 @@ def test_quality_flags_black_and_blurred_synthetic_fundus() -> None:
     assert not q.gradable and any("underexposed" in r for r in q.reasons)
 
 
+def test_content_check_tells_a_colour_fundus_from_other_pictures() -> None:
+    fundus = _disc()
+    m, _ = quality.measure(fundus)
+    assert quality.content_reason(m) == "" and m["red_dominance"] == 1.0
+    grey = np.repeat(fundus[..., 1:2], 3, axis=2)  # a red-free photograph saved as RGB
+    mg, _ = quality.measure(grey)
+    assert quality.content_reason(mg).startswith("no colour in the field")
+    blue = np.ascontiguousarray(fundus[..., ::-1])  # blue strongest: not a fundus
+    mb, _ = quality.measure(blue)
+    assert quality.content_reason(mb).startswith("red is the strongest channel in only 0%")
+    q = quality.verdict(mb)
+    assert not q.gradable and q.reasons[0].startswith("not a colour fundus photograph: ")
+    # Colour cannot be read on a blown-out field: its exposure is what the verdict names.
+    white = np.where(fundus > 0, 255, 0).astype(np.uint8)
+    mw, _ = quality.measure(white)
+    assert mw["colour_saturation"] == -1.0 and quality.content_reason(mw) == ""
+    assert any("saturated" in r for r in quality.verdict(mw).reasons)
+
+
+def test_resolution_floor_is_on_the_field_of_view_diameter() -> None:
+    floor = quality.THRESHOLDS["min_fov_diameter"]
+    big = _disc(h=800, w=1200, cx=600, cy=400, r=0.55 * floor * 1.2)
+    small = _disc(h=400, w=600, cx=300, cy=200, r=0.45 * floor)
+    mb, _ = quality.measure(big)
+    ms, _ = quality.measure(small)
+    assert mb["fov_diameter"] >= floor > ms["fov_diameter"]
+    assert not any("resolution" in r for r in quality.verdict(mb).reasons)
+    assert any(r.startswith("resolution too low") for r in quality.verdict(ms).reasons)
+
+
 @pytest.mark.parametrize(
     ("name", "side"),
     [

@@ -125,6 +125,42 @@ def test_not_a_fundus_photograph_is_refused(host: Host, tmp_path: Path) -> None:
     assert res.prediction.findings == []
 
 
+def test_other_pictures_are_refused_and_another_cameras_fundus_is_graded(
+    host: Host, tmp_path: Path
+) -> None:
+    import skimage.data
+
+    green = data.load_rgb(_img("Patient004_L.jpg"))[..., 1]
+    pictures = {
+        # A red-free photograph (or a radiograph) saved as RGB: three equal channels.
+        "grey_L.jpg": np.repeat(green[..., None], 3, axis=2),
+        "astronaut_L.png": skimage.data.astronaut(),
+        "rocket_L.png": skimage.data.rocket(),
+    }
+    for name, rgb in pictures.items():
+        PILImage.fromarray(np.ascontiguousarray(rgb[..., :3])).save(tmp_path / name)
+        res = _run(host, [tmp_path / name])
+        assert str(res.prediction.status) == "rejected_out_of_distribution", name
+        reason = res.prediction.status_reason or ""
+        assert reason.startswith("not a colour fundus photograph: "), (name, reason)
+        assert res.prediction.findings == [] and "\n" not in reason
+    # A fundus from another camera and site (scikit-image's sample, 1411 px): graded.
+    PILImage.fromarray(skimage.data.retina()[..., :3]).save(tmp_path / "other_R.png")
+    res = _run(host, [tmp_path / "other_R.png"])
+    (eye,) = res.prediction.extra["eyes"]
+    assert res.prediction.status == "ok" and eye["quality"]["gradable"], eye["quality"]
+    assert eye["findings"] and res.prediction.extra["decision"] in ("refer", "no_referable_dr")
+
+
+def test_a_down_scaled_export_is_ungradable_not_graded(host: Host, tmp_path: Path) -> None:
+    small = degrade.degrade(data.load_rgb(_img("Patient010_L.jpg")), "low_resolution")
+    PILImage.fromarray(small).save(tmp_path / "Patient010_L.png")
+    res = _run(host, [tmp_path / "Patient010_L.png"])
+    (eye,) = res.prediction.extra["eyes"]
+    assert res.prediction.extra["decision"] == "ungradable" and eye["findings"] == []
+    assert any(r.startswith("resolution too low") for r in eye["quality"]["reasons"]), eye
+
+
 @pytest.mark.slow
 def test_lesion_phantom_raises_the_probability() -> None:
     from medlens_retina_dr.phantom import LOADS, evaluate

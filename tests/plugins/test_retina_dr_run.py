@@ -82,8 +82,8 @@ def op_dicom(
     """An Ophthalmic Photography 8 Bit image (RGB) made from a development photograph."""
     from pydicom.uid import ExplicitVRLittleEndian
 
+    # Full size: a down-scaled export (field of view under 640 px) would be ungradable.
     rgb = data.load_rgb(src) if isinstance(src, Path) else src
-    rgb = cv2.resize(rgb, (512, 342), interpolation=cv2.INTER_AREA)
     ds = _op_dataset(ExplicitVRLittleEndian, laterality, patient, study_uid, rgb.shape)
     ds.PhotometricInterpretation = "RGB"
     ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()

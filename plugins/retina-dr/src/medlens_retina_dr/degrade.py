@@ -45,6 +45,18 @@ def _partial(rgb: RGB, fraction: float) -> RGB:
     return out
 
 
+def _low_resolution(rgb: RGB, diameter: float) -> RGB:
+    """Area-averaged down to a field of view ``diameter`` px across (a down-scaled export).
+
+    Never enlarged. The one level in absolute pixels: resolution is what it degrades.
+    """
+    fov = preprocess.find_fov(rgb)
+    f = min(1.0, diameter / (2 * max(fov.radius, min(rgb.shape[:2]) / 2)))
+    h, w = rgb.shape[:2]
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.ascontiguousarray(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+
+
 #: name → (function of (rgb, level), strong level, mild level).
 DEGRADATIONS: dict[str, tuple[Callable[[RGB, float], RGB], float, float]] = {
     "blur": (_blur, 0.012, 0.004),
@@ -52,6 +64,7 @@ DEGRADATIONS: dict[str, tuple[Callable[[RGB, float], RGB], float, float]] = {
     "overexposed": (_exposure, 3.5, 1.5),
     "off_centre": (_shift, 0.3, 0.1),
     "partial_field": (_partial, 0.45, 0.15),
+    "low_resolution": (_low_resolution, 320.0, 720.0),
 }
 
 

@@ -250,6 +250,8 @@ def _ci(d: dict[str, Any]) -> str:
 
 def card(res: dict[str, Any]) -> str:
     """The model card (Markdown) of the figures ``res``."""
+    from medlens_retina_dr import quality
+
     cfg = res["config"]
     lines = [
         "# Model card: retina-dr (referable diabetic retinopathy screening)",
@@ -431,6 +433,16 @@ def card(res: dict[str, Any]) -> str:
         "result.json (`lesions`).",
         "- Colour photographs only: a red-free (grey) photograph is an ungradable eye, and a "
         "study without any colour photograph is rejected out of distribution.",
+        "- Not a fundus at all: a picture whose field has no colour (grey stored as RGB) or "
+        "in which red is not the strongest channel almost everywhere is refused as not a "
+        "colour fundus photograph. A bright, reddish, round picture (a cup of coffee) passes "
+        "that check; the quality check is then all that stands between it and a grade.",
+        "- Resolution: a field of view under "
+        f"{quality.THRESHOLDS['min_fov_diameter']:.0f} px across is ungradable (re-image "
+        "from the camera's original; `python benchmarks/film_resolution.py retina` shows "
+        "the probability drifting down below it). An image enlarged after it was shrunk "
+        "still has its pixels but not its detail, and is not caught unless it fails the "
+        "focus check.",
         "",
     ]
     return "\n".join(lines)

@@ -280,6 +280,8 @@ class RetinaDR:
         # one batch: one pass of each network for the whole study.
         graded: list[tuple[int, RGB, preprocess.FieldOfView, RGB]] = []
         kinds = [_not_colour(item.image) for item in items]
+        # Why each picture is no colour fundus photograph at all ("" when it is one).
+        not_fundus = list(kinds)
         if all(kinds):
             # Red-free and other grey photographs exist, but none was in the training
             # data: no answer, and no "failed" either (nothing went wrong).
@@ -311,6 +313,10 @@ class RetinaDR:
             with ctx.timer("quality"):
                 measures, fov = quality.measure(rgb)
                 q = quality.verdict(measures)
+            if not measures["fov_found"]:
+                not_fundus[n] = "no fundus field of view"
+            else:
+                not_fundus[n] = quality.content_reason(measures)
             eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": measures}
             if lat is None:
                 warnings.append(
@@ -357,10 +363,12 @@ class RetinaDR:
         repeated = sorted({lat for lat in lats if lat is not None and lats.count(lat) > 1})
         if repeated:
             warnings.append(f"more than one photograph of eye(s) {', '.join(repeated)}")
-        if all(not e["quality"]["measures"]["fov_found"] for e in eyes):
+        if all(not_fundus):
+            # Nothing here is what the model was made for: no answer, not "re-image".
             return v1.Prediction(
                 status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
-                status_reason="no fundus field of view in any image: not a fundus photograph",
+                status_reason="not a colour fundus photograph: "
+                + "; ".join(dict.fromkeys(not_fundus)),
                 warnings=[*warnings, study.NOTICE],
                 extra={"notice": study.NOTICE},
             )

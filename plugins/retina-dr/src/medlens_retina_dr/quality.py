@@ -22,7 +22,17 @@ Checks (each failure is one line in :attr:`Quality.reasons`):
   defocus removes the fine band first, and the ratio does not depend on
   exposure or on how many vessels an eye shows;
 * **artefacts**: large dark or saturated blotches inside the disc (lashes,
-  reflections, dust) measured as the dark and saturated fractions above.
+  reflections, dust) measured as the dark and saturated fractions above;
+* **resolution**: the field of view is at least ``min_fov_diameter`` pixels across
+  in the file. Below it the lesion measures and the network read an upsampled
+  picture and the probability drifts down (``python benchmarks/film_resolution.py
+  retina``): a down-scaled export is re-imaged from the camera's original.
+
+Before any of these, :func:`content_reason` asks whether the picture is a colour
+fundus photograph at all: red is the strongest channel almost everywhere in a
+fundus (every development photograph: in all of its field; a grey picture saved as
+RGB, a chest film, everyday photographs: not). A picture that is not one is refused
+as out of distribution by the plugin, not called "ungradable, re-image".
 
 An eye whose verdict is not gradable is never graded: the plugin reports it
 as ungradable, never as "no referable DR".
@@ -39,7 +49,7 @@ import numpy.typing as npt
 
 from medlens_retina_dr import preprocess
 
-__all__ = ["QUALITY_SIDE", "THRESHOLDS", "Quality", "assess", "measure"]
+__all__ = ["QUALITY_SIDE", "THRESHOLDS", "Quality", "assess", "content_reason", "measure"]
 
 #: Longest side of the copy the checks run on.
 QUALITY_SIDE = 512
@@ -62,7 +72,19 @@ THRESHOLDS: dict[str, float] = {
     "max_clipped_fraction": 0.25,
     # development: focus >= 0.61; strong blur <= 0.41
     "min_focus": 0.50,
+    # development: 731-894 px. Area-averaged down, 22 of 23 positive eyes stay positive
+    # at 640 px (mean change -0.013), 18 of 23 at 512 px (-0.038)
+    # (python benchmarks/film_resolution.py retina)
+    "min_fov_diameter": 640.0,
+    # content (not a fundus): development saturation >= 0.38 and red strongest in 100 %
+    # of the field; a grey picture 0, astronaut 0.49 / 92 %, a rocket 0.44 / 18 %
+    "min_colour_saturation": 0.15,
+    "min_red_dominance": 0.95,
 }
+#: Pixels whose strongest channel is below this or at/above ``_CLIP`` say nothing
+#: about colour (black surround, shadow, saturated glare).
+_DIM = 20
+_CLIP = 250
 
 
 @dataclass(frozen=True)
@@ -96,10 +118,13 @@ def measure(rgb: npt.NDArray[np.uint8]) -> tuple[dict[str, float], preprocess.Fi
     }
     if not fov.found:
         return m | {
+            "fov_diameter": 0.0,
             "brightness": 0.0,
             "dark_fraction": 1.0,
             "clipped_fraction": 0.0,
             "focus": 0.0,
+            "colour_saturation": 0.0,
+            "red_dominance": 0.0,
         }, fov
     small_fov = preprocess.FieldOfView(
         True,
@@ -138,19 +163,65 @@ def measure(rgb: npt.NDArray[np.uint8]) -> tuple[dict[str, float], preprocess.Fi
     coarse = float((b2 - b4)[inner].std()) if inner.any() else 0.0
     focus = float((b1 - b2)[inner].std()) / coarse if coarse > 1e-3 else 0.0
     return m | {
+        "fov_diameter": 2.0 * fov.radius,
         "brightness": brightness,
         "dark_fraction": dark,
         "clipped_fraction": clipped,
         "focus": focus,
+        **_colour(crop[framed]),
     }, fov
+
+
+def _colour(pixels: npt.NDArray[np.uint8]) -> dict[str, float]:
+    """Median saturation and red dominance of the field's ``(n, 3)`` RGB pixels.
+
+    Only pixels that can show colour count: not near black, no channel clipped. A
+    field with too few of them (black, or blown out) gets -1 for both: colour not
+    measurable, and its exposure, not its colour, is what the verdict names.
+    """
+    px = pixels.astype(np.float32)
+    top = px.max(axis=1)
+    usable = (top >= _DIM) & (top < _CLIP) & (px.min(axis=1) < _CLIP)
+    if usable.sum() < max(100, 0.05 * len(px)):
+        return {"colour_saturation": -1.0, "red_dominance": -1.0}
+    px, top = px[usable], top[usable]
+    saturation = float(np.median((top - px.min(axis=1)) / top))
+    red = float(((px[:, 0] >= px[:, 1]) & (px[:, 0] >= px[:, 2])).mean())
+    return {"colour_saturation": saturation, "red_dominance": red}
+
+
+def content_reason(m: dict[str, float], thresholds: dict[str, float] | None = None) -> str:
+    """Why measured properties ``m`` are not those of a colour fundus photograph.
+
+    ``""`` when they are, or when no field of view was found (the quality verdict
+    names that). Measured on the field of view, so the black surround of any
+    picture with a bright round middle does not count.
+    """
+    t = THRESHOLDS if thresholds is None else thresholds
+    if not m["fov_found"] or m["colour_saturation"] < 0:  # no field, or colour not measurable
+        return ""
+    if m["colour_saturation"] < t["min_colour_saturation"]:
+        return (
+            f"no colour in the field (median saturation {m['colour_saturation']:.2f}): "
+            "a grey-level picture (red-free photograph, radiograph) stored as RGB"
+        )
+    if m["red_dominance"] < t["min_red_dominance"]:
+        return (
+            f"red is the strongest channel in only {m['red_dominance']:.0%} of the field "
+            f"(a fundus: at least {t['min_red_dominance']:.0%})"
+        )
+    return ""
 
 
 def verdict(m: dict[str, float], thresholds: dict[str, float] | None = None) -> Quality:
     """The verdict for measured properties ``m`` under ``thresholds``."""
     t = THRESHOLDS if thresholds is None else thresholds
     reasons: list[str] = []
+    content = content_reason(m, t)
     if not m["fov_found"]:
         reasons.append("no circular field of view found (not a fundus photograph, or blank)")
+    elif content:
+        reasons.append(f"not a colour fundus photograph: {content}")
     else:
         if m["fill_fraction"] < t["min_fill_fraction"]:
             reasons.append(
@@ -176,6 +247,11 @@ def verdict(m: dict[str, float], thresholds: dict[str, float] | None = None) -> 
             )
         if m["focus"] < t["min_focus"]:
             reasons.append(f"out of focus (sharpness {m['focus']:.3f} < {t['min_focus']:.3f})")
+        if m["fov_diameter"] < t["min_fov_diameter"]:
+            reasons.append(
+                f"resolution too low: the field of view is {m['fov_diameter']:.0f} px across "
+                f"(at least {t['min_fov_diameter']:.0f}); send the camera's original"
+            )
     return Quality(gradable=not reasons, reasons=reasons, measures=dict(m))
 
 
