@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,6 +64,7 @@ def write_dicom(
     body_part: str | None = "CHEST",
     upscale: int = 2,
     voi: str = "none",
+    patient_orientation: str | None = None,
 ) -> Path:
     """A DX/CR/SC/CT twin of an 8-bit film: ``bits``-bit stored values, MONOCHROME1 or 2.
 
@@ -116,6 +118,8 @@ def write_dicom(
         ds.ViewPosition = view
     if body_part is not None:
         ds.BodyPartExamined = body_part
+    if patient_orientation is not None:
+        ds.PatientOrientation = patient_orientation.split("\\")
     ds.ImagerPixelSpacing = [0.143 * 1024 / g.shape[0]] * 2
     ds.Rows, ds.Columns = g.shape
     ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
@@ -204,6 +208,54 @@ def test_twins_depend_on_their_voi(tmp_path: Path, voi: str) -> None:
     stored = prepare(pydicom.dcmread(f).pixel_array.astype(np.float32))
     assert float(np.abs(shown - ref).mean()) < 0.01
     assert float(np.abs(stored - ref).mean()) > 0.1
+
+
+@pytest.mark.parametrize(
+    ("stored", "orientation"),
+    [
+        (lambda g: g[:, ::-1], "R\\F"),  # mirrored left-right
+        (lambda g: g[::-1, :], "L\\H"),  # upside down
+        (lambda g: g.T, "F\\L"),  # sideways
+        (lambda g: g.T[::-1, :], "F\\R"),  # sideways and mirrored
+    ],
+)
+def test_a_film_stored_turned_is_read_as_its_standard_twin(
+    host: Host, tmp_path: Path, stored: Any, orientation: str
+) -> None:
+    grey = _grey(FILMS[1])
+    std = write_dicom(grey, tmp_path / "std.dcm", monochrome1=False, patient_orientation="L\\F")
+    turned_grey = np.ascontiguousarray(stored(grey))
+    turned = write_dicom(
+        turned_grey, tmp_path / "t.dcm", monochrome1=False, patient_orientation=orientation
+    )
+    blind = write_dicom(turned_grey, tmp_path / "b.dcm", monochrome1=False)  # no orientation
+    a = host.run("cxr-pneumonia", std, options={"explain": True})
+    b = host.run("cxr-pneumonia", turned, options={"explain": True})
+    p_std, p_turned = (r.prediction.findings[0].probability for r in (a, b))
+    assert abs(p_std - p_turned) < 1e-4, (p_std, p_turned)
+    assert any(orientation in w for w in b.prediction.warnings)
+    # The check has teeth: read as stored, the same pixels give another probability,
+    # or (upside down, sideways) no answer at all from the content gate.
+    c = host.run("cxr-pneumonia", blind).prediction
+    assert c.status != v1.ResultStatus.OK or abs(c.findings[0].probability - p_std) > 0.01
+    # The heatmap lies on the film as stored: the standard map turned the same way.
+    assert a.prediction.heatmap is not None and b.prediction.heatmap is not None
+    std_map = a.prediction.heatmap.array[0].T  # (rows, columns)
+    turned_map = b.prediction.heatmap.array[0].T
+    np.testing.assert_allclose(turned_map, stored(std_map), atol=0.02)
+
+
+def test_a_lateral_patient_orientation_is_refused(host: Host, tmp_path: Path) -> None:
+    f = write_dicom(
+        _grey(FILMS[0]),
+        tmp_path / "x.dcm",
+        monochrome1=False,
+        view=None,
+        patient_orientation="P\\F",
+    )
+    r = host.run("cxr-pneumonia", f)
+    assert r.prediction.status == v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION
+    assert "lateral or oblique projection" in (r.prediction.status_reason or "")
 
 
 def _cli(args: list[str]) -> tuple[int, str, str]:

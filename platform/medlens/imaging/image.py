@@ -58,6 +58,7 @@ AUDIT_ATTRIBUTES: tuple[str, ...] = (
     "PhotometricInterpretation",
     "Laterality",
     "ViewPosition",
+    "PatientOrientation",
 )
 
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])

@@ -432,6 +432,10 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         "- Routing: Modality DX, CR or OT (Secondary Capture); BodyPartExamined, when present, "
         "must name the chest; ViewPosition, when present, must be PA or AP (lateral, decubitus "
         "and oblique films are refused with a one-line reason).",
+        "- Orientation: a film whose PatientOrientation says it is stored mirrored, upside "
+        "down or sideways is turned to the standard frontal display (L\\F) before it is read "
+        "(the model never saw flipped films; the heatmap stays on the film as stored); one "
+        "whose rows or columns run anterior-posterior (a lateral or oblique) is refused.",
         f"- Size check: a film under {gate.MIN_SIDE} px on its shorter side is refused (a "
         "thumbnail; below it the probability drifts, `benchmarks/film_resolution.py cxr`).",
         "- Colour check (every three-channel input): mean chroma above 4 % of the intensity "

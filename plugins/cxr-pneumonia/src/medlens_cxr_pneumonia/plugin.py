@@ -31,6 +31,7 @@ from medlens.plugin_api.v1 import (
     RunContext,
     WeightsError,
 )
+from medlens_cxr_pneumonia import orientation
 from medlens_cxr_pneumonia.gate import Gate, colour_reason, size_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
@@ -141,7 +142,14 @@ class CxrPneumonia:
                 early = size_reason(*image.shape) or colour_reason(np.asarray(image.array))
                 if early is not None:
                     return _rejected(early)
+            turn = orientation.plan(image.metadata.get("PatientOrientation"))
+            if isinstance(turn, str):
+                return _rejected(turn)
             film = grey_film(image)
+            notes: list[str] = []
+            if turn is not None and not turn.identity:
+                film = turn.apply(film)
+                notes.append(turn.describe())
             prepared = prepare(film)
         reason = self.gate.check(prepared)
         if reason is not None:
@@ -171,13 +179,19 @@ class CxrPneumonia:
             },
             "disclaimer": NOT_FOR_DIAGNOSTIC_USE,
         }
-        pred = Prediction(findings=[finding], extra=extra, warnings=[NOT_FOR_DIAGNOSTIC_USE])
+        pred = Prediction(
+            findings=[finding], extra=extra, warnings=[*notes, NOT_FOR_DIAGNOSTIC_USE]
+        )
         if ctx.explain_requested:
-            pred.heatmap, pred.explanation = self._explain(image, prepared, ctx)
+            pred.heatmap, pred.explanation = self._explain(image, prepared, ctx, turn)
         return pred
 
     def _explain(
-        self, image: Image, prepared: npt.NDArray[np.float32], ctx: RunContext
+        self,
+        image: Image,
+        prepared: npt.NDArray[np.float32],
+        ctx: RunContext,
+        turn: orientation.Turn | None = None,
     ) -> tuple[Image, Any]:
         # The model-grid image holds (rows, columns) as the network was trained, so the
         # map comes back in that order and is transposed once, here, onto the input grid.
@@ -193,7 +207,10 @@ class CxrPneumonia:
         # input grid ``(columns, rows)``: bilinear interpolation is separable, so this is
         # the same map as interpolating first, without transposing millions of pixels.
         cols, rows = image.shape
-        small = np.ascontiguousarray(heat.array[0].T, dtype=np.float32)
+        shown = heat.array[0]  # (rows, columns) of the film as read
+        if turn is not None:  # back onto the film as stored
+            shown = turn.undo(shown)
+        small = np.ascontiguousarray(shown.T, dtype=np.float32)
         assert small.shape == (s, s)
         t = torch.from_numpy(small)[None, None]
         full = tnf.interpolate(t, size=(cols, rows), mode="bilinear", align_corners=False)[0]
