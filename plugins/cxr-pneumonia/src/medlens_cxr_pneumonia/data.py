@@ -120,11 +120,16 @@ def dataset_sha256(root: Path, records: tuple[Record, ...]) -> str:
 
 
 def read_jpeg(path: Path) -> npt.NDArray[np.float32]:
-    """A development film (8-bit grey JPEG) as ``(rows, columns)`` float32 grey values."""
+    """A development film (8-bit grey JPEG) as ``(rows, columns)`` float32 grey values.
+
+    Upright by its EXIF orientation tag, as the host reads films (no development film
+    carries a turn; a researcher's own may).
+    """
     from PIL import Image as PILImage
+    from PIL import ImageOps
 
     with PILImage.open(path) as im:
-        return np.asarray(im.convert("L"), dtype=np.float32)
+        return np.asarray(ImageOps.exif_transpose(im).convert("L"), dtype=np.float32)
 
 
 def load(root: Path = DEFAULT_DATA, cache: Path = DEFAULT_CACHE, size: int = SIZE) -> Dataset:

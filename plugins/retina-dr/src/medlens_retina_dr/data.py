@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 from medlens_retina_dr import preprocess
 
@@ -77,9 +78,13 @@ def read_records(root: Path | None = None) -> list[Record]:
 
 
 def load_rgb(path: Path) -> npt.NDArray[np.uint8]:
-    """A photograph file (JPEG/PNG/TIFF) as ``(H, W, 3)`` uint8 RGB."""
+    """A photograph file (JPEG/PNG/TIFF) as ``(H, W, 3)`` uint8 RGB, upright.
+
+    Upright by its EXIF orientation tag, as the host reads photographs (no
+    development photograph carries a turn; a researcher's own may).
+    """
     with PILImage.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
 
 
 def cached_crops(
