@@ -103,3 +103,25 @@ def test_a_window_that_cannot_apply_is_a_warning(tmp_path: Path, width: int) -> 
     image = read_image(_film(tmp_path / "bad.dcm", stored, WindowCenter=100, WindowWidth=width))
     np.testing.assert_array_equal(np.asarray(image.array[0]).T, stored)
     assert any("not applied" in w for w in image.warnings), image.warnings
+
+
+@pytest.mark.parametrize(
+    ("monochrome1", "shape", "inverted"),
+    [
+        (False, "IDENTITY", False),
+        (False, "INVERSE", True),  # shown inverted, as pydicom's and highdicom's LUTs read it
+        (True, "INVERSE", True),  # DX's pairing: one inversion, not two
+        (True, "IDENTITY", True),  # "identity other than the photometric interpretation"
+    ],
+)
+def test_presentation_lut_shape(
+    tmp_path: Path, monochrome1: bool, shape: str, inverted: bool
+) -> None:
+    stored = _ramp()
+    image = read_image(
+        _film(tmp_path / "p.dcm", stored, monochrome1=monochrome1, PresentationLUTShape=shape)
+    )
+    got = np.asarray(image.array[0], dtype=np.float64).T
+    expected = (stored.max() - stored + stored.min()) if inverted else stored
+    np.testing.assert_allclose(got, expected)
+    assert any("inverted" in w for w in image.warnings) is inverted

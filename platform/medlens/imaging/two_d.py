@@ -146,10 +146,15 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if samples == 1:
         pixels = _presentation_values(ds, pixels, label, warnings)
-        if photometric == "MONOCHROME1":
+        shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+        # MONOCHROME1 is inverted once, whatever the shape says (DX pairs it with
+        # INVERSE, the same inversion); MONOCHROME2 with INVERSE is displayed inverted,
+        # as pydicom's and highdicom's presentation LUTs read it.
+        if photometric == "MONOCHROME1" or shape == "INVERSE":
             lo, hi = pixels.min(), pixels.max()
             pixels = (hi - pixels) + lo
-            warnings.append("MONOCHROME1 pixels inverted so that higher values are brighter")
+            why = photometric if photometric == "MONOCHROME1" else "PresentationLUTShape INVERSE"
+            warnings.append(f"{why}: pixels inverted so that higher values are brighter")
     spacing_raw = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     try:
         row_sp, col_sp = (float(v) for v in spacing_raw) if spacing_raw else (0.0, 0.0)
