@@ -141,11 +141,42 @@ def test_a_failing_nifti_thread_fails_the_whole_set(
         raise OutputError("NIfTI encoder exploded")
 
     monkeypatch.setattr(nifti_mod, broken_writer, broken)
+    # Every heatmap writer process started is stopped or waited for, never left running
+    # to write into the staging folder after it is gone (that left a .medlens-partial-*).
+    import medlens.io._process as proc
+
+    started: list[proc.Beside[object]] = []
+    finished: list[proc.Beside[object]] = []
+    real_start, real_cancel, real_result = (
+        proc.beside_process,
+        proc.Beside.cancel,
+        proc.Beside.result,
+    )
+
+    def start(task):
+        b = real_start(task)
+        started.append(b)
+        return b
+
+    def cancel(self):
+        finished.append(self)
+        real_cancel(self)
+
+    def result(self, *a, **k):
+        finished.append(self)
+        return real_result(self, *a, **k)
+
+    import medlens.io as io_mod
+
+    monkeypatch.setattr(io_mod, "beside_process", start)
+    monkeypatch.setattr(proc.Beside, "cancel", cancel)
+    monkeypatch.setattr(proc.Beside, "result", result)
     out = tmp_path / "out"
     with pytest.raises(OutputError, match="exploded"):
         write_result(make_result(), out)
     assert list(out.iterdir()) == []
     assert _no_temporaries(out)
+    assert started and all(b in finished for b in started)
 
 
 def test_a_second_run_replaces_the_set(tmp_path, make_result):

@@ -250,11 +250,18 @@ def _write_files(
     # Only a volume's heatmap is worth a process: a film's or photograph's is written in
     # less time than a fork of a process holding torch takes.
     writer = beside_process(task) if task is not None and fork and r.image.ndim == 3 else None
-    niftis, (out, seg_ds) = _beside(
-        lambda own: _write_mask_nifti(r, folder, mask, own),
-        lambda: _write_seg(r, folder, sources, mask, notes),
-        notes,
-    )
+    try:
+        niftis, (out, seg_ds) = _beside(
+            lambda own: _write_mask_nifti(r, folder, mask, own),
+            lambda: _write_seg(r, folder, sources, mask, notes),
+            notes,
+        )
+    except BaseException:
+        # The set failed before the writer was handed back: stop it here, or it goes on
+        # writing into the staging folder while the caller removes it.
+        if writer is not None:
+            writer.cancel()
+        raise
     out.update(niftis)
     for note in heat_notes.notes:
         notes.add(note)
