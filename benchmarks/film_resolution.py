@@ -83,8 +83,7 @@ def _cxr(cases: int, seed: int) -> None:
 
 
 def _retina(cases: int, seed: int) -> None:
-    import cv2
-    from medlens_retina_dr import data, preprocess
+    from medlens_retina_dr import data, degrade, preprocess
     from medlens_retina_dr.phantom import shipped_plugin
 
     plugin = shipped_plugin()
@@ -93,6 +92,8 @@ def _retina(cases: int, seed: int) -> None:
     ].threshold
     records = data.read_records()
     chosen = np.random.default_rng(seed).choice(len(records), cases, replace=False)
+    # The quality validation's own degradation: area-averaged to a field-of-view diameter.
+    low_resolution = degrade.DEGRADATIONS["low_resolution"][0]
 
     def p_of(rgb: np.ndarray) -> float:
         return plugin.probability(plugin.score_photo(rgb)[1].parts)
@@ -103,14 +104,10 @@ def _retina(cases: int, seed: int) -> None:
     diameters: list[float] = []
     for i in chosen:
         rgb = data.load_rgb(data.data_root() / "images" / records[int(i)].image)
-        d = 2 * preprocess.find_fov(rgb).radius
-        diameters.append(d)
+        diameters.append(2 * preprocess.find_fov(rgb).radius)
         base.append(p_of(rgb))
-        h, w = rgb.shape[:2]
         for s in sizes:
-            f = s / d
-            size = (round(w * f), round(h * f))
-            by[s].append(p_of(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)))
+            by[s].append(p_of(low_resolution(rgb, float(s))))
     print(
         f"retina-dr: photographs with a field of view {min(diameters):.0f}-"
         f"{max(diameters):.0f} px across (development), area-averaged to the diameters below"

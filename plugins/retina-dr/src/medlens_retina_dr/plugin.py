@@ -313,10 +313,7 @@ class RetinaDR:
             with ctx.timer("quality"):
                 measures, fov = quality.measure(rgb)
                 q = quality.verdict(measures)
-            if not measures["fov_found"]:
-                not_fundus[n] = "no fundus field of view"
-            else:
-                not_fundus[n] = quality.content_reason(measures)
+            not_fundus[n] = q.not_fundus
             eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": measures}
             if lat is None:
                 warnings.append(

@@ -95,11 +95,14 @@ class Quality:
         gradable: Whether every check passed.
         reasons: One line per failed check (empty when gradable).
         measures: The measured properties the verdict came from.
+        not_fundus: Why the picture is no colour fundus photograph at all (no field
+            of view, or :func:`content_reason`); ``""`` when it is one.
     """
 
     gradable: bool
     reasons: list[str] = field(default_factory=list)
     measures: dict[str, float] = field(default_factory=dict)
+    not_fundus: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -252,7 +255,8 @@ def verdict(m: dict[str, float], thresholds: dict[str, float] | None = None) -> 
                 f"resolution too low: the field of view is {m['fov_diameter']:.0f} px across "
                 f"(at least {t['min_fov_diameter']:.0f}); send the camera's original"
             )
-    return Quality(gradable=not reasons, reasons=reasons, measures=dict(m))
+    not_fundus = content if m["fov_found"] else "no fundus field of view"
+    return Quality(not reasons, reasons, dict(m), not_fundus)
 
 
 def assess(rgb: npt.NDArray[np.uint8]) -> Quality:
