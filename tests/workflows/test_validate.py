@@ -188,6 +188,46 @@ def test_failed_case_is_counted_never_dropped(
     assert rows["case-0003"]["ok"] == "False" and rows["case-0003"]["reason"]
 
 
+def test_unreadable_or_foreign_references_fail_their_cases_in_one_line(
+    tmp_path: Path, dataset: Path, plugin_dir: Path, tracking: str
+) -> None:
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.parent, copy)
+    # A FIFO blocked its reader until the case's one-hour time-out.
+    os.mkfifo(copy / "fifo.dcm")
+    # Another tool's numbering: a value the plugin has no label for.
+    ref2 = copy / "case-0002" / "truth" / "labels.nii.gz"
+    img = nib.load(ref2)
+    labels = np.asarray(img.dataobj).copy()
+    labels[labels == 5] = 99
+    nib.save(nib.Nifti1Image(labels, img.affine), copy / "foreign.nii.gz")
+    manifest = copy / dataset.name
+    rows = list(csv.DictReader(manifest.read_text().splitlines()))
+    rows[1]["reference"] = "fifo.dcm"
+    rows[2]["reference"] = "foreign.nii.gz"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    proto = tmp_path / "p.toml"
+    proto.write_text(protocol_toml(manifest, plugin_dir / "oracle.safetensors", n_cases=N))
+    outcome = run_validation(
+        proto, tmp_path / "out", host=oracle_host(plugin_dir), tracking_uri=tracking, progress=False
+    )
+    reasons = {f["case_id"]: f["reason"] for f in outcome.report["failures"]}
+    assert reasons == {
+        "case-0001": "mask 'fifo.dcm' is not a regular file (a FIFO)",
+        "case-0002": "reference mask 'foreign.nii.gz' has value(s) 99 that are no label of "
+        "the plugin: give the mask's numbering in the protocol's reference_labels",
+    }
+    assert outcome.report["n_failed"] == 2 and not outcome.report["passed"]
+
+
 def test_gated_host_runs_validated_weights_and_refuses_others(
     validated: tuple[Outcome, Path, Path], dataset: Path
 ) -> None:

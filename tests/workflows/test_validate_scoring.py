@@ -98,3 +98,35 @@ def test_a_declined_case_fails_with_the_plugins_decision(tmp_path: Path) -> None
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("decliner_plugin", None)
+
+
+@pytest.mark.parametrize(
+    ("cell", "truth"),
+    [
+        ("pneumonia", 1),
+        (" Pneumonia ", 1),
+        ("Pneumonia|Effusion", 1),  # NIH ChestX-ray14's Finding Labels
+        ("Effusion|Pneumonia", 1),
+        ("1", 1),
+        ("1.0", 1),
+        ("yes", 1),
+        ("No Finding", 0),
+        ("Effusion|Infiltration", 0),
+        ("0", 0),
+        ("0.0", 0),
+        ("false", 0),
+    ],
+)
+def test_reference_cells_read_as_truth(cell: str, truth: int) -> None:
+    from medlens_workflows.validate.scoring import reference_value
+
+    assert reference_value(cell, "pneumonia") == truth
+
+
+@pytest.mark.parametrize("cell", ["", "  ", "-1", "2", "nan", "?", "uncertain", "N/A"])
+def test_uncertain_or_numeric_references_fail_never_negative(cell: str) -> None:
+    from medlens.errors import InputError
+    from medlens_workflows.validate.scoring import reference_value
+
+    with pytest.raises(InputError, match="reference"):
+        reference_value(cell, "pneumonia")

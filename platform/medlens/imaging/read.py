@@ -19,6 +19,7 @@ from medlens.imaging.dicom_index import DicomIndex, SeriesEntry, index_folder, r
 from medlens.imaging.facts import facts_of_series
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti, read_nifti
+from medlens.imaging.regular import check_regular_file
 from medlens.imaging.series import (
     GapPolicy,
     TiltPolicy,
@@ -211,11 +212,12 @@ def read_image(
     """
     p = Path(path)
     if not p.exists():
-        raise InputError(f"no such file or folder: {str(p)!r}")
+        raise InputError(f"no such file or folder: {p.name!r}")  # folders can name patients
     if p.is_dir():
         index = index_folder(p)
         series, warnings = choose_series(index, selection=selection, series_uid=series_uid)
         return _add_warnings(read_series(series, on_gaps=on_gaps, on_tilt=on_tilt), warnings)
+    check_regular_file(p)
     if is_nifti(p):
         return read_nifti(p)
     if is_2d_image_file(p):
@@ -333,8 +335,7 @@ def read_mask(path: Path, reference: Image, labels: Sequence[LabelLike] | None =
         GeometryError: The mask does not overlap the reference, or a 2-D shape differs.
     """
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such mask file: {str(p)!r}")
+    check_regular_file(p, "mask")  # before opening: a FIFO would block the reader for ever
     if is_nifti(p):
         mask = read_nifti(p)
     else:

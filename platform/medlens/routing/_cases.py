@@ -32,6 +32,7 @@ from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, index_folder
 from medlens.imaging.facts import Facts, facts_of_headers
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti
+from medlens.imaging.regular import check_regular_file
 from medlens.imaging.series import TiltPolicy, group_volumes
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file
 
@@ -195,7 +196,13 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
     for raw in inputs:
         root = Path(raw)
         if not root.exists():
-            raise InputError(f"no such file or folder: {str(root)!r}")
+            raise InputError(f"no such file or folder: {root.name!r}")
+        if not root.is_dir():
+            try:
+                check_regular_file(root)
+            except InputError as e:  # a FIFO would block its reader: a case's one line
+                out.append(Case(namer("ERROR", root.name), "error", root, (root,), error=str(e)))
+                continue
         if root.is_file() and (is_nifti(root) or is_2d_image_file(root)):
             out.append(Case(namer("FILE", root.name), "file", root, (root,)))
             continue

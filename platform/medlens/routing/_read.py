@@ -58,8 +58,11 @@ def read_for(
     runnable = [c for c in cases if c.kind != "error"]
     if not runnable:
         errors = "; ".join(c.error or "" for c in cases if c.error)
+        if not path.is_dir() and len(cases) == 1 and errors:
+            raise InputError(errors)  # one file: its own reason says it all
         detail = f": {errors}" if errors else ""
-        raise InputError(f"no DICOM image series, NIfTI or image file in {str(path)!r}{detail}")
+        # The name, not the path: folders can name patients.
+        raise InputError(f"no DICOM image series, NIfTI or image file in {path.name!r}{detail}")
     files = [c for c in runnable if c.kind == "file"]
     dicom = [c for c in runnable if c.kind == "dicom"]
     if len(runnable) == 1 and files:

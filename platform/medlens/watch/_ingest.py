@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import DicomError, UnsafePathError
+from medlens.imaging.regular import file_kind
 from medlens.jobs import JobStore as StateDB
 from medlens.jobs import SeriesRow
 from medlens.safepaths import opaque_name, under_root
@@ -109,20 +110,6 @@ class _Reject(Exception):
     """A file refused before parsing (kind, size, link); ``args[0]`` is the reason."""
 
 
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISLNK, "a symbolic link"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result, str]:
     """Read a regular file without following links or blocking, hashing as it streams.
 
@@ -152,7 +139,7 @@ def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result, str]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _Reject(f"not a regular file ({_kind(st.st_mode)})")
+            raise _Reject(f"not a regular file ({file_kind(st.st_mode)})")
         if st.st_size > limit:
             raise _Reject(f"file of {st.st_size} bytes exceeds the limit of {limit} bytes")
         digest = hashlib.sha256()

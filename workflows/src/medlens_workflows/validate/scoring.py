@@ -29,18 +29,45 @@ __all__ = ["POSITIVE", "TASK", "reference_value", "score_case", "score_job"]
 TASK = "medlens_workflows.validate.scoring:score_job"
 
 #: Reference values read as "positive" besides the label's own name.
-POSITIVE = frozenset({"1", "true", "yes", "positive"})
-_NEGATIVE = frozenset({"0", "false", "no", "negative"})
+POSITIVE = frozenset({"1", "1.0", "true", "yes", "positive"})
+_NEGATIVE = frozenset({"0", "0.0", "false", "no", "negative"})
+#: Cells that say the truth is not known: a failed case, not a negative one.
+_UNCERTAIN = frozenset({"nan", "na", "n/a", "?", "unknown", "uncertain"})
 
 
 def reference_value(reference: str, label: str) -> int:
-    """0/1 truth of ``label`` from a manifest ``reference`` cell (class name or 0/1)."""
+    """0/1 truth of ``label`` from a manifest ``reference`` cell.
+
+    The cell is the class name (``pneumonia``; any other name, e.g. ``No Finding``, is
+    negative), 0/1 (or true/false, yes/no, positive/negative), or a ``|``-separated list
+    of findings as NIH ChestX-ray14's ``Finding Labels`` (``Pneumonia|Effusion``).
+
+    Raises:
+        InputError: An empty cell, or one that reads as uncertain or as a number other
+            than 0/1 (CheXpert's ``-1``, ``nan``, ``?``): never silently negative.
+    """
     v = reference.strip().casefold()
-    if v == label.casefold() or v in POSITIVE:
+    parts = [x.strip() for x in v.split("|")]
+    if label.casefold() in parts or v in POSITIVE:
         return 1
-    if v in _NEGATIVE or v:
+    if v in _NEGATIVE:
         return 0
-    raise InputError(f"empty reference for label {label!r}")
+    if not v:
+        raise InputError(f"empty reference for label {label!r}")
+    if v in _UNCERTAIN or _is_number(v):
+        raise InputError(
+            f"reference {reference.strip()!r} for label {label!r} is neither 0/1 nor a class "
+            "name (uncertain labels must be resolved before validation)"
+        )
+    return 0
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
 
 
 def _num(v: float) -> float | None:
@@ -55,6 +82,10 @@ def score_case(
     Raises:
         MedLensError: One line, whatever made the case fail (input, plugin, reference).
     """
+    labels = sorted({c.label for c in protocol.metrics if c.label is not None})
+    truth: dict[str, int] = {}
+    if protocol.task == "classification":  # a bad reference fails before inference
+        truth = {lab: reference_value(case.reference, lab) for lab in labels}
     result = host.run(
         protocol.plugin.id, case.input, device=device, options={"explain": False}, chain=False
     )
@@ -63,7 +94,6 @@ def score_case(
         raise PluginError(protocol.plugin.id, f"refused the case: {why}")
     if protocol.task == "classification":
         found = {f.label: f.probability for f in result.prediction.findings}
-        labels = sorted({c.label for c in protocol.metrics if c.label is not None})
         missing = [lab for lab in labels if lab not in found]
         if missing:
             # A screening plugin may decline to grade (e.g. "ungradable"): say so.
@@ -72,7 +102,7 @@ def score_case(
             raise PluginError(protocol.plugin.id, f"no finding for {', '.join(missing)}{why}")
         return {
             "score": {lab: float(found[lab]) for lab in labels},
-            "truth": {lab: reference_value(case.reference, lab) for lab in labels},
+            "truth": truth,
         }
     return _score_segmentation(result, protocol, Path(case.reference))
 
@@ -95,6 +125,16 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
                 raise InputError(f"reference label {name!r} is not a label of the plugin")
             remapped[ref == value] = names[name]
         ref = remapped
+    elif is_nifti(reference):
+        # Another tool's numbering (LiTS: 1 liver, 2 tumour) would be scored silently as
+        # the plugin's labels of those values; a value the plugin lacks shows it.
+        unknown = sorted(set(np.unique(ref).tolist()) - {0, *names.values()})
+        if unknown:
+            shown = ", ".join(str(v) for v in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise InputError(
+                f"reference mask {reference.name!r} has value(s) {shown} that are no label "
+                "of the plugin: give the mask's numbering in the protocol's reference_labels"
+            )
     spacing = tuple(float(s) for s in result.image.spacing)
     d = dice(pred, ref, labels=list(names.values()))
     out: dict[str, Any] = {
