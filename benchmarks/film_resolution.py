@@ -52,7 +52,7 @@ def _report(
 
 def _cxr(cases: int, seed: int) -> None:
     from medlens_cxr_pneumonia.plugin import CxrPneumonia, calibrated
-    from medlens_cxr_pneumonia.preprocess import prepare
+    from medlens_cxr_pneumonia.preprocess import frame_box, prepare
     from PIL import Image as PILImage
 
     from medlens.host import Host
@@ -65,7 +65,8 @@ def _cxr(cases: int, seed: int) -> None:
 
     def p_of(film: np.ndarray) -> float:
         f = film.astype(np.float32)
-        parts = plugin.logit_parts(prepare(f), f, _Ctx())  # type: ignore[arg-type]
+        f = f[frame_box(f)]  # as the plugin reads a film: margins cut once
+        parts = plugin.logit_parts(prepare(f, trim=False), f, _Ctx())  # type: ignore[arg-type]
         return calibrated(parts["network"] + parts["zones"], plugin.temperature)
 
     sizes = [256, 192, 128, 96, 64]

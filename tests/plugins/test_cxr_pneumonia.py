@@ -203,11 +203,34 @@ def test_twins_depend_on_their_voi(tmp_path: Path, voi: str) -> None:
 
     grey = banded(_grey(FILMS[0]))
     f = write_dicom(grey, tmp_path / "x.dcm", monochrome1=False, bits=12, voi=voi)
-    ref = prepare(grey.astype(np.float32))
-    shown = prepare(grey_film(read_image(f)))
-    stored = prepare(pydicom.dcmread(f).pixel_array.astype(np.float32))
+    # Margins uncut: the white band is what a window that is not applied gets wrong (the
+    # plugin cuts such a uniform band, after which a linear window changes nothing).
+    ref = prepare(grey.astype(np.float32), trim=False)
+    shown = prepare(grey_film(read_image(f)), trim=False)
+    stored = prepare(pydicom.dcmread(f).pixel_array.astype(np.float32), trim=False)
     assert float(np.abs(shown - ref).mean()) < 0.01
     assert float(np.abs(stored - ref).mean()) > 0.1
+
+
+def test_margins_around_a_film_are_cut_before_it_is_read(host: Host, tmp_path: Path) -> None:
+    """Padding (a console's, a shutter's) neither moves the answer nor gets a heatmap."""
+    grey = _grey(FILMS[1])
+    pad = round(0.10 * grey.shape[0])
+    padded = np.zeros((grey.shape[0] + 2 * pad, grey.shape[1] + 2 * pad), np.uint8)
+    padded[pad:-pad, pad:-pad] = grey
+    PILImage.fromarray(grey).save(tmp_path / "film.png")
+    PILImage.fromarray(padded).save(tmp_path / "padded.png")
+    a = host.run("cxr-pneumonia", tmp_path / "film.png", options={"explain": True}).prediction
+    b = host.run("cxr-pneumonia", tmp_path / "padded.png", options={"explain": True}).prediction
+    p, q = a.findings[0].probability, b.findings[0].probability
+    assert abs(p - q) < 0.03, (p, q)
+    assert any(w.startswith("uniform margins cut: ") for w in b.warnings)
+    assert not any(w.startswith("uniform margins cut") for w in a.warnings)
+    assert b.heatmap is not None
+    heat = b.heatmap.array[0]  # (columns, rows) of the padded film
+    assert heat.shape == padded.shape[::-1]
+    assert float(heat[: pad - 4].max()) == 0.0 and float(heat[:, -(pad - 4) :].max()) == 0.0
+    assert float(heat[pad + 4 : -pad - 4, pad + 4 : -pad - 4].max()) > 0.0
 
 
 @pytest.mark.parametrize(
@@ -234,15 +257,19 @@ def test_a_film_stored_turned_is_read_as_its_standard_twin(
     p_std, p_turned = (r.prediction.findings[0].probability for r in (a, b))
     assert abs(p_std - p_turned) < 1e-4, (p_std, p_turned)
     assert any(orientation in w for w in b.prediction.warnings)
-    # The check has teeth: read as stored, the same pixels give another probability,
-    # or (upside down, sideways) no answer at all from the content gate.
-    c = host.run("cxr-pneumonia", blind).prediction
-    assert c.status != v1.ResultStatus.OK or abs(c.findings[0].probability - p_std) > 0.01
     # The heatmap lies on the film as stored: the standard map turned the same way.
     assert a.prediction.heatmap is not None and b.prediction.heatmap is not None
     std_map = a.prediction.heatmap.array[0].T  # (rows, columns)
     turned_map = b.prediction.heatmap.array[0].T
     np.testing.assert_allclose(turned_map, stored(std_map), atol=0.02)
+    # The check has teeth: read as stored, the same pixels give no answer at all from
+    # the content gate (upside down, sideways), another probability, or (a mirrored film
+    # of a nearly symmetric reading) another map.
+    c = host.run("cxr-pneumonia", blind, options={"explain": True}).prediction
+    if c.status == v1.ResultStatus.OK and abs(c.findings[0].probability - p_std) <= 0.01:
+        assert c.heatmap is not None
+        blind_map = c.heatmap.array[0].T
+        assert float(np.abs(blind_map - stored(std_map)).max()) > 0.1
 
 
 def test_a_lateral_patient_orientation_is_refused(host: Host, tmp_path: Path) -> None:

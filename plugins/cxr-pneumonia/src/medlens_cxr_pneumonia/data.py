@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medlens_cxr_pneumonia import preprocess
 from medlens_cxr_pneumonia.preprocess import SIZE, prepare
 
 __all__ = [
@@ -140,7 +142,9 @@ def load(root: Path = DEFAULT_DATA, cache: Path = DEFAULT_CACHE, size: int = SIZ
     """
     records = read_labels(root)
     sha = dataset_sha256(root, records)
-    file = cache / f"{sha[:16]}_{size}.npy"
+    # The preparation's own code is part of the key: a changed step never reads old films.
+    code = hashlib.sha256(inspect.getsource(preprocess).encode()).hexdigest()[:8]
+    file = cache / f"{sha[:16]}_{size}_{code}.npy"
     if file.is_file():
         images = np.load(file).astype(np.float32)
     else:

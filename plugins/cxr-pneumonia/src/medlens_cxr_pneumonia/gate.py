@@ -52,9 +52,9 @@ MAX_CHROMA = 0.04
 
 
 #: Shortest film side read (pixels). The zone statistics are measured at 256 px; below
-#: that the film is upsampled and the probability drifts down: mean change +0.02 at
-#: 256 px, -0.03 at 192, -0.08 at 128, -0.15 at 96 (44 of 59 positives kept), -0.26 at 64
-#: on 120 development films (``python benchmarks/film_resolution.py cxr``). Real films
+#: that the film is upsampled and the probability drifts down (0.3.0): mean change
+#: -0.004 at 256 px, -0.04 at 192, -0.08 at 128, -0.14 at 96 (42 of 60 positives kept),
+#: -0.23 at 64 on 120 development films (``python benchmarks/film_resolution.py cxr``). Real films
 #: have 2000-4300 px.
 MIN_SIDE = 256
 

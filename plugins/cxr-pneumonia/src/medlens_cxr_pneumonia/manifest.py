@@ -18,7 +18,7 @@ from medlens.plugin_api import v1
 __all__ = ["CARD", "LABEL", "MANIFEST", "WEIGHTS_SHA256"]
 
 #: sha256 of ``weights/model.safetensors`` (checked before every load).
-WEIGHTS_SHA256 = "dfd9d5883c1332a8bef5017c764dc860467c6cd38a4ceab4578f92d86e43b633"
+WEIGHTS_SHA256 = "a804fbcdf64e3e254203c24196f76796dfc4ff72e2dbac04529416a79b0025bd"
 #: The one output label.
 LABEL = "pneumonia"
 
@@ -50,7 +50,7 @@ _OPERATING_POINTS = [
 
 MANIFEST = v1.Manifest(
     id="cxr-pneumonia",
-    version="0.2.0",
+    version="0.3.0",
     api_version="1.1",
     title="Pneumonia on frontal chest radiographs",
     description=(

@@ -35,7 +35,7 @@ from medlens_cxr_pneumonia import orientation
 from medlens_cxr_pneumonia.gate import Gate, colour_reason, size_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
-from medlens_cxr_pneumonia.preprocess import prepare
+from medlens_cxr_pneumonia.preprocess import frame_box, prepare
 from medlens_cxr_pneumonia.zones import SIZE as ZONE_SIZE
 from medlens_cxr_pneumonia.zones import ZoneModel
 from medlens_cxr_pneumonia.zones import features as zones_features
@@ -124,14 +124,14 @@ class CxrPneumonia:
 
         Args:
             prepared: The network input (:func:`prepare` of ``film``).
-            film: The film as ``(rows, columns)`` grey values (:func:`grey_film`); the
-                zone statistics prepare it at their own size.
+            film: The film as ``(rows, columns)`` grey values (:func:`grey_film`), cut to
+                its :func:`frame_box`; the zone statistics prepare it at their own size.
             ctx: The run context (stage timers).
         """
         with ctx.timer("inference_s"):
             network = self.network_logit(prepared)
         with ctx.timer("zones_s"):
-            zone = self.zones.logit(zones_features(prepare(film, ZONE_SIZE)))
+            zone = self.zones.logit(zones_features(prepare(film, ZONE_SIZE, trim=False)))
         return {"network": network / 2, "zones": zone / 2}
 
     def predict(self, inputs: PluginInputs, ctx: RunContext) -> Prediction:
@@ -150,11 +150,20 @@ class CxrPneumonia:
             if turn is not None and not turn.identity:
                 film = turn.apply(film)
                 notes.append(turn.describe())
-            prepared = prepare(film)
+            # Cut once; the network and the zone model read the same framed film, as in
+            # the recipe (whose ``prepare`` cuts each film to the same box).
+            box = frame_box(film)
+            framed = film[box]
+            if framed.shape != film.shape:
+                notes.append(
+                    f"uniform margins cut: {film.shape[0] - framed.shape[0]} rows, "
+                    f"{film.shape[1] - framed.shape[1]} columns"
+                )
+            prepared = prepare(framed, trim=False)
         reason = self.gate.check(prepared)
         if reason is not None:
             return _rejected(reason)
-        parts = self.logit_parts(prepared, film, ctx)
+        parts = self.logit_parts(prepared, framed, ctx)
         z = parts["network"] + parts["zones"]
         p = calibrated(z, self.temperature)
         decisions = {op.name: p >= op.threshold for op in self.operating_points}
@@ -183,7 +192,7 @@ class CxrPneumonia:
             findings=[finding], extra=extra, warnings=[*notes, NOT_FOR_DIAGNOSTIC_USE]
         )
         if ctx.explain_requested:
-            pred.heatmap, pred.explanation = self._explain(image, prepared, ctx, turn)
+            pred.heatmap, pred.explanation = self._explain(image, prepared, ctx, turn, box)
         return pred
 
     def _explain(
@@ -192,6 +201,7 @@ class CxrPneumonia:
         prepared: npt.NDArray[np.float32],
         ctx: RunContext,
         turn: orientation.Turn | None = None,
+        box: tuple[slice, slice] | None = None,
     ) -> tuple[Image, Any]:
         # The model-grid image holds (rows, columns) as the network was trained, so the
         # map comes back in that order and is transposed once, here, onto the input grid.
@@ -208,6 +218,10 @@ class CxrPneumonia:
         # the same map as interpolating first, without transposing millions of pixels.
         cols, rows = image.shape
         shown = heat.array[0]  # (rows, columns) of the film as read
+        turned = _turned_shape(rows, cols, turn)
+        if box is not None and (box[0].stop - box[0].start, box[1].stop - box[1].start) != turned:
+            # Margins were cut: the map covers the framed film only, nothing outside it.
+            return self._framed_heatmap(image, shown, box, turned, turn), explanation
         if turn is not None:  # back onto the film as stored
             shown = turn.undo(shown)
         small = np.ascontiguousarray(shown.T, dtype=np.float32)
@@ -216,6 +230,29 @@ class CxrPneumonia:
         full = tnf.interpolate(t, size=(cols, rows), mode="bilinear", align_corners=False)[0]
         arr = full.clamp_(0.0, 1.0).numpy()
         return image.with_array(arr, warnings=()), explanation
+
+    @staticmethod
+    def _framed_heatmap(
+        image: Image,
+        shown: npt.NDArray[np.float32],
+        box: tuple[slice, slice],
+        turned: tuple[int, int],
+        turn: orientation.Turn | None,
+    ) -> Image:
+        """The model-grid map onto the framed part of the (turned) film, 0 in its margins."""
+        h, w = box[0].stop - box[0].start, box[1].stop - box[1].start
+        t = torch.from_numpy(np.ascontiguousarray(shown, dtype=np.float32))[None, None]
+        inner = tnf.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        full = np.zeros(turned, dtype=np.float32)
+        full[box] = inner.clamp_(0.0, 1.0).numpy()
+        if turn is not None:
+            full = turn.undo(full)
+        return image.with_array(np.ascontiguousarray(full.T)[None], warnings=())
+
+
+def _turned_shape(rows: int, cols: int, turn: orientation.Turn | None) -> tuple[int, int]:
+    """``(rows, columns)`` of the film as the model reads it (after ``turn``)."""
+    return (cols, rows) if turn is not None and turn.transpose else (rows, cols)
 
 
 def create(ctx: LoadContext) -> CxrPneumonia:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from medlens_cxr_pneumonia import zones
+from medlens_cxr_pneumonia import preprocess, zones
 from medlens_cxr_pneumonia.preprocess import prepare
 
 __all__ = ["C_GRID", "ZoneFit", "cached_features", "fit"]
@@ -42,7 +42,8 @@ def cached_features(root: Path, images: Sequence[str], sha256: str, cache: Path)
     """Zone statistics ``(N, n_features)`` of ``root/images/<name>``, cached."""
     from medlens_cxr_pneumonia.data import read_jpeg
 
-    code = hashlib.sha256(inspect.getsource(zones).encode()).hexdigest()[:12]
+    source = inspect.getsource(zones) + inspect.getsource(preprocess)
+    code = hashlib.sha256(source.encode()).hexdigest()[:12]
     key = hashlib.sha256(("|".join(images) + f"|{sha256}|{code}").encode()).hexdigest()[:16]
     path = cache / f"zones-{key}.npy"
     if path.is_file():
