@@ -102,6 +102,26 @@ def test_fit_is_nested_and_its_logits_are_standardised() -> None:
     assert z.mean() == pytest.approx(0.0, abs=1e-9) and z.std() == pytest.approx(1.0)
 
 
+def test_augmented_copies_teach_the_model_what_does_not_carry_the_label() -> None:
+    """A statistic that follows the label in the films but not in their changed copies
+    (as grey levels follow a site's exposure) loses its weight; a robust one keeps it."""
+    rng = np.random.default_rng(3)
+    n = 200
+    y = (rng.random(n) < 0.5).astype(np.int64)
+    x = rng.normal(size=(n, zones.n_features()))
+    x[:, 0] += 1.0 * y  # robust: the copies keep it
+    x[:, 1] += 1.5 * y  # fragile: the copies scramble it
+    copies = np.repeat(x[None], 3, axis=0)
+    copies[:, :, 1] = rng.normal(size=(3, n)) + 1.5 * rng.permutation(y)
+    folds = np.arange(n) % 5
+    plain = zone_fit.fit(x, y, folds).model
+    taught = zone_fit.fit(x, y, folds, copies).model
+    assert abs(plain.coef[1]) > abs(plain.coef[0])
+    assert abs(taught.coef[1]) < abs(taught.coef[0])
+    # Held-out films are scored as they are: one out-of-fold logit per film.
+    assert zone_fit.fit(x, y, folds, copies).oof_logits.shape == (n,)
+
+
 def test_out_of_fold_zone_logits_never_see_their_fold() -> None:
     rng = np.random.default_rng(2)
     n = 150

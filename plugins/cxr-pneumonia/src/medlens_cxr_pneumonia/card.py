@@ -354,7 +354,11 @@ def _zone_lines(cv: dict[str, Any]) -> list[str]:
         "16-bin histogram), standardised; its logit standardised on its own training films "
         f"(label-free). C chosen by cross-validation within each fold ({cv['zones_fold_c']}), "
         f"so its out-of-fold figures are nested; shipped C = {cv['zones_c']}, fitted on every "
-        "development film. Why: opacity is brighter, less textured lung, which zone "
+        "development film. Each fit also sees "
+        f"{cv.get('zones_copies', 0)} copies of each of its training films changed by the "
+        "network's augmentation (held-out films scored as they are), so that statistics "
+        "moved by exposure and framing weigh less. Why: opacity is brighter, less textured "
+        "lung, which zone "
         "statistics measure directly; the network trained on 2 CPU cores at 128 px sees it "
         "no better, and the two err on different films.",
     ]

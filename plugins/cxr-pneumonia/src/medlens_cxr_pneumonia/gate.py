@@ -53,8 +53,8 @@ MAX_CHROMA = 0.04
 
 #: Shortest film side read (pixels). The zone statistics are measured at 256 px; below
 #: that the film is upsampled and the probability drifts down (0.3.0): mean change
-#: -0.004 at 256 px, -0.04 at 192, -0.08 at 128, -0.14 at 96 (42 of 60 positives kept),
-#: -0.23 at 64 on 120 development films (``python benchmarks/film_resolution.py cxr``). Real films
+#: -0.02 at 256 px, -0.02 at 192, -0.06 at 128, -0.12 at 96 (53 of 66 positives kept),
+#: -0.21 at 64 on 120 development films (``python benchmarks/film_resolution.py cxr``). Real films
 #: have 2000-4300 px.
 MIN_SIDE = 256
 

@@ -18,7 +18,7 @@ from medlens.plugin_api import v1
 __all__ = ["CARD", "LABEL", "MANIFEST", "WEIGHTS_SHA256"]
 
 #: sha256 of ``weights/model.safetensors`` (checked before every load).
-WEIGHTS_SHA256 = "a804fbcdf64e3e254203c24196f76796dfc4ff72e2dbac04529416a79b0025bd"
+WEIGHTS_SHA256 = "a2288b2d8cfbc3ff95d358f3b2b1688d9007f872ce90bfa065360da9f7e0393d"
 #: The one output label.
 LABEL = "pneumonia"
 

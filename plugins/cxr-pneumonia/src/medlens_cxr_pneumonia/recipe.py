@@ -431,8 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         network_oof = np.asarray(cv["oof_logits"])
         # The zone model (zones.py) on the same folds; the deployed logit is the mean of
         # the network ensemble's and the zone model's standardised logits.
-        stats = zone_fit.cached_features(a.data, [r.image for r in ds.records], ds.sha256, a.cache)
-        zf = zone_fit.fit(stats, y, np.asarray(cv["fold"], dtype=np.int64))
+        names = [r.image for r in ds.records]
+        stats = zone_fit.cached_features(a.data, names, ds.sha256, a.cache)
+        # Copies under the network's augmentation (smoke runs: one copy, for speed).
+        copies = zone_fit.augmented_features(
+            a.data, names, ds.sha256, a.cache, a.seed + 1, 1 if a.smoke else zone_fit.COPIES
+        )
+        zf = zone_fit.fit(stats, y, np.asarray(cv["fold"], dtype=np.int64), copies)
         oof = (network_oof + zf.oof_logits) / 2
         network_auc, zones_auc = roc_auc(y, network_oof), roc_auc(y, zf.oof_logits)
         mlflow.log_metrics(
@@ -482,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             "zones_cv_auroc": zones_auc,
             "zones_c": zf.c,
             "zones_fold_c": zf.fold_c,
+            "zones_copies": len(copies),
             "cv_auroc": cv_auc,
             "temperature": temperature,
             "triage": asdict(triage),
