@@ -18,7 +18,7 @@ from medlens.plugin_api import v1
 __all__ = ["CARD", "LABEL", "MANIFEST", "WEIGHTS_SHA256"]
 
 #: sha256 of ``weights/model.safetensors`` (checked before every load).
-WEIGHTS_SHA256 = "a2288b2d8cfbc3ff95d358f3b2b1688d9007f872ce90bfa065360da9f7e0393d"
+WEIGHTS_SHA256 = "bc1c9acd050d9865ece2f4f7d0537614b1af3429cf8ceea82b0b4f70600a92bf"
 #: The one output label.
 LABEL = "pneumonia"
 

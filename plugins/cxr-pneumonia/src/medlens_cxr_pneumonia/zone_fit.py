@@ -131,6 +131,15 @@ class ZoneFit:
 
 
 def _fit(x: F64, y: I64, c: float) -> zones.ZoneModel:
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: the sums' order, and so the weights' last bits, must not depend on
+    # the machine's core count (the shipped weights are reproduced byte for byte).
+    with threadpool_limits(limits=1):
+        return _fit_one_thread(x, y, c)
+
+
+def _fit_one_thread(x: F64, y: I64, c: float) -> zones.ZoneModel:
     from sklearn.linear_model import LogisticRegression
 
     mean = x.mean(axis=0)
