@@ -431,11 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         network_oof = np.asarray(cv["oof_logits"])
         # The zone model (zones.py) on the same folds; the deployed logit is the mean of
         # the network ensemble's and the zone model's standardised logits.
-        names = [r.image for r in ds.records]
-        stats = zone_fit.cached_features(a.data, names, ds.sha256, a.cache)
-        # Copies under the network's augmentation (smoke runs: one copy, for speed).
-        copies = zone_fit.augmented_features(
-            a.data, names, ds.sha256, a.cache, a.seed + 1, 1 if a.smoke else zone_fit.COPIES
+        # The films' statistics, and their copies under the network's augmentation (smoke
+        # runs: one copy, for speed).
+        stats, copies = zone_fit.statistics(
+            a.data,
+            [r.image for r in ds.records],
+            ds.sha256,
+            a.cache,
+            a.seed + 1,
+            1 if a.smoke else zone_fit.COPIES,
         )
         zf = zone_fit.fit(stats, y, np.asarray(cv["fold"], dtype=np.int64), copies)
         oof = (network_oof + zf.oof_logits) / 2

@@ -36,7 +36,7 @@ import numpy.typing as npt
 from medlens_cxr_pneumonia import preprocess, zones
 from medlens_cxr_pneumonia.preprocess import prepare
 
-__all__ = ["COPIES", "C_GRID", "ZoneFit", "augmented_features", "cached_features", "fit"]
+__all__ = ["COPIES", "C_GRID", "ZoneFit", "fit", "statistics"]
 
 #: Augmented copies of each training film the zone model is also fitted on.
 COPIES = 3
@@ -74,43 +74,46 @@ def _prepared(root: Path, images: Sequence[str]) -> npt.NDArray[np.float32]:
     return np.stack([prepare(read_jpeg(root / "images" / n), zones.SIZE) for n in images])
 
 
-def cached_features(root: Path, images: Sequence[str], sha256: str, cache: Path) -> F64:
-    """Zone statistics ``(N, n_features)`` of ``root/images/<name>``, cached."""
-    path = cache / f"zones-{_key(images, sha256)}.npy"
-
-    def make() -> F64:
-        return np.stack([zones.features(p) for p in _prepared(root, images)])
-
-    return _cached(path, (len(images), zones.n_features()), make)
-
-
-def augmented_features(
+def statistics(
     root: Path, images: Sequence[str], sha256: str, cache: Path, seed: int, copies: int = COPIES
-) -> F64:
-    """Zone statistics ``(copies, N, n_features)`` of augmented copies of the films, cached.
+) -> tuple[F64, F64]:
+    """Zone statistics of the films and of augmented copies of them, each cached.
 
-    Each copy is the film prepared as the plugin prepares it, then changed by the
-    network's augmentation (:func:`.train.augmenter`, seeded by ``seed``).
+    Returns:
+        ``(N, n_features)`` of ``root/images/<name>`` prepared as the plugin prepares a
+        film, and ``(copies, N, n_features)`` of those films changed by the network's
+        augmentation (:func:`.train.augmenter`, seeded by ``seed``). The films are read
+        and prepared at most once, and only for what the cache lacks.
     """
     import torch
 
     from medlens_cxr_pneumonia import train
 
-    extra = inspect.getsource(train.augmenter) + repr(train.TrainConfig()) + f"|{seed}|{copies}"
-    path = cache / f"zones-aug-{_key(images, sha256, extra)}.npy"
+    films: list[npt.NDArray[np.float32]] = []  # prepared on first need, then shared
 
-    def make() -> F64:
-        prepared = _prepared(root, images)
+    def prepared() -> npt.NDArray[np.float32]:
+        if not films:
+            films.append(_prepared(root, images))
+        return films[0]
+
+    def plain() -> F64:
+        return np.stack([zones.features(f) for f in prepared()])
+
+    def augmented() -> F64:
         augment = train.augmenter(train.TrainConfig(), seed)
         out = np.empty((copies, len(images), zones.n_features()))
         for k in range(copies):
-            for i in range(0, len(prepared), 64):
-                batch = augment(torch.from_numpy(prepared[i : i + 64])[:, None])[:, 0]
+            for i in range(0, len(images), 64):
+                batch = augment(torch.from_numpy(prepared()[i : i + 64])[:, None])[:, 0]
                 for j, film in enumerate(batch.numpy()):
                     out[k, i + j] = zones.features(film)
         return out
 
-    return _cached(path, (copies, len(images), zones.n_features()), make)
+    n = (len(images), zones.n_features())
+    x = _cached(cache / f"zones-{_key(images, sha256)}.npy", n, plain)
+    extra = inspect.getsource(train.augmenter) + repr(train.TrainConfig()) + f"|{seed}|{copies}"
+    path = cache / f"zones-aug-{_key(images, sha256, extra)}.npy"
+    return x, _cached(path, (copies, *n), augmented)
 
 
 @dataclass(frozen=True)
@@ -161,14 +164,19 @@ def _fit_predict(
     x: F64, y: I64, copies: F64 | None
 ) -> Callable[[float, npt.NDArray[np.bool_], npt.NDArray[np.bool_]], F64]:
     """Fit on the training films (and their augmented copies), score held-out films as is."""
-    extra = copies if copies is not None else np.empty((0, *x.shape))
 
     def fit_predict(c: float, train: npt.NDArray[np.bool_], test: npt.NDArray[np.bool_]) -> F64:
-        xt = np.concatenate([x[train], *(k[train] for k in extra)])
-        yt = np.concatenate([y[train]] * (1 + len(extra)))
-        return _logits(_fit(xt, yt, c), x[test])
+        return _logits(_fit(*_with_copies(x, y, copies, train), c), x[test])
 
     return fit_predict
+
+
+def _with_copies(
+    x: F64, y: I64, copies: F64 | None, rows: npt.NDArray[np.bool_]
+) -> tuple[F64, I64]:
+    """The films ``rows`` of ``x``, their augmented copies after them, and their labels."""
+    extra = [] if copies is None else [k[rows] for k in copies]
+    return np.concatenate([x[rows], *extra]), np.concatenate([y[rows]] * (1 + len(extra)))
 
 
 def _auroc(y: I64, s: F64) -> float:
@@ -181,17 +189,16 @@ def fit(x: F64, y: I64, folds: I64, copies: F64 | None = None) -> ZoneFit:
     """The zone stage: nested out-of-fold logits and the shipped model.
 
     Args:
-        x: Zone statistics per film (:func:`cached_features`).
+        x: Zone statistics per film (:func:`statistics`).
         y: Labels (1 = pneumonia).
         folds: Patient-level fold per film (the network's).
         copies: Statistics of augmented copies ``(k, N, n_features)``
-            (:func:`augmented_features`), fitted on beside their films; None: none.
+            (:func:`statistics`), fitted on beside their films; None: none.
     """
     from medlens_validation.selection import choose_by_cv, fold_scorer, nested_out_of_fold
 
     fit_predict = _fit_predict(x, y, copies)
     oof, fold_c = nested_out_of_fold(C_GRID, folds, y, fit_predict, _auroc, DEFAULT_C)
     c = choose_by_cv(C_GRID, folds, y, fold_scorer(fit_predict, y, _auroc), DEFAULT_C)
-    extra = copies if copies is not None else np.empty((0, *x.shape))
-    model = _fit(np.concatenate([x, *extra]), np.concatenate([y] * (1 + len(extra))), c)
-    return ZoneFit(oof, fold_c, c, model)
+    everyone = np.ones(len(y), dtype=bool)
+    return ZoneFit(oof, fold_c, c, _fit(*_with_copies(x, y, copies, everyone), c))
