@@ -22,10 +22,9 @@ calibrated probability. The figures go in docs/performance.md.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +32,6 @@ import numpy.typing as npt
 
 DATA = Path("/work/shared/data/cxr-nih")
 F32 = npt.NDArray[np.float32]
-
-
-class _Ctx:
-    """The one thing ``logit_parts`` asks of a run context: stage timers."""
-
-    @contextlib.contextmanager
-    def timer(self, _name: str) -> Iterator[None]:
-        yield
 
 
 def _gamma(x: F32, g: float) -> F32:
@@ -92,8 +83,7 @@ CHANGES: dict[str, Callable[[F32], F32]] = {
 
 def main() -> None:
     from medlens_cxr_pneumonia.data import read_jpeg
-    from medlens_cxr_pneumonia.plugin import CxrPneumonia, calibrated
-    from medlens_cxr_pneumonia.preprocess import frame_box, prepare
+    from medlens_cxr_pneumonia.plugin import CxrPneumonia
     from sklearn.metrics import roc_auc_score
 
     from medlens.host import Host
@@ -110,11 +100,8 @@ def main() -> None:
     truth = np.array([int(rows[n]["pneumonia"]) for n in names])
 
     def read(film: F32) -> tuple[float, bool]:
-        framed = film[frame_box(film)]  # as the plugin reads a film
-        prepared = prepare(framed, trim=False)
-        parts = plugin.logit_parts(prepared, framed, _Ctx())  # type: ignore[arg-type]
-        p = calibrated(parts["network"] + parts["zones"], plugin.temperature)
-        return p, plugin.gate.check(prepared) is not None
+        p, refusal = plugin.score_film(film)  # as the plugin reads a film
+        return p, refusal is not None
 
     print(f"cxr-pneumonia {handle.manifest.version}: {len(films)} locked validation films")
     print(f"{'change':28s} refused  AUROC  mean |dp|  largest |dp|")

@@ -18,22 +18,13 @@ sample includes training images, so only the changes mean anything, not the leve
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 DATA = Path("/work/shared/data")
-
-
-class _Ctx:
-    """The one thing ``logit_parts`` asks of a run context: stage timers."""
-
-    @contextlib.contextmanager
-    def timer(self, _name: str) -> Iterator[None]:
-        yield
 
 
 def _report(
@@ -51,8 +42,7 @@ def _report(
 
 
 def _cxr(cases: int, seed: int) -> None:
-    from medlens_cxr_pneumonia.plugin import CxrPneumonia, calibrated
-    from medlens_cxr_pneumonia.preprocess import frame_box, prepare
+    from medlens_cxr_pneumonia.plugin import CxrPneumonia
     from PIL import Image as PILImage
 
     from medlens.host import Host
@@ -64,10 +54,7 @@ def _cxr(cases: int, seed: int) -> None:
     chosen = np.random.default_rng(seed).choice(len(rows), cases, replace=False)
 
     def p_of(film: np.ndarray) -> float:
-        f = film.astype(np.float32)
-        f = f[frame_box(f)]  # as the plugin reads a film: margins cut once
-        parts = plugin.logit_parts(prepare(f, trim=False), f, _Ctx())  # type: ignore[arg-type]
-        return calibrated(parts["network"] + parts["zones"], plugin.temperature)
+        return plugin.score_film(film.astype(np.float32))[0]
 
     sizes = [256, 192, 128, 96, 64]
     base: list[float] = []

@@ -9,6 +9,7 @@ Heavy module (torch, MONAI), imported by the host only when the plugin is used.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from importlib import resources
 from pathlib import Path
@@ -118,7 +119,10 @@ class CxrPneumonia:
         return float(self.net(x)[0, 0])
 
     def logit_parts(
-        self, prepared: npt.NDArray[np.float32], film: npt.NDArray[np.float32], ctx: RunContext
+        self,
+        prepared: npt.NDArray[np.float32],
+        film: npt.NDArray[np.float32],
+        ctx: RunContext | None = None,
     ) -> dict[str, float]:
         """The two halves of the plugin's logit: network and zone model (each half its logit).
 
@@ -126,13 +130,25 @@ class CxrPneumonia:
             prepared: The network input (:func:`prepare` of ``film``).
             film: The film as ``(rows, columns)`` grey values (:func:`grey_film`), cut to
                 its :func:`frame_box`; the zone statistics prepare it at their own size.
-            ctx: The run context (stage timers).
+            ctx: The run context (stage timers); None: untimed.
         """
-        with ctx.timer("inference_s"):
+        with ctx.timer("inference_s") if ctx else contextlib.nullcontext():
             network = self.network_logit(prepared)
-        with ctx.timer("zones_s"):
+        with ctx.timer("zones_s") if ctx else contextlib.nullcontext():
             zone = self.zones.logit(zones_features(prepare(film, ZONE_SIZE, trim=False)))
         return {"network": network / 2, "zones": zone / 2}
+
+    def score_film(self, film: npt.NDArray[np.float32]) -> tuple[float, str | None]:
+        """Calibrated probability and content-gate verdict of one upright grey film.
+
+        The one way the evaluation tools read a film, as :meth:`predict` reads it (cut to
+        its frame, prepared, gated, both halves); the probability is given even where
+        the gate's verdict (a reason, else None) would refuse the film.
+        """
+        framed, _, prepared = _framed(film)
+        parts = self.logit_parts(prepared, framed)
+        z = parts["network"] + parts["zones"]
+        return calibrated(z, self.temperature), self.gate.check(prepared)
 
     def predict(self, inputs: PluginInputs, ctx: RunContext) -> Prediction:
         """Pneumonia finding (calibrated probability and decisions) and Grad-CAM heatmap."""
@@ -150,16 +166,12 @@ class CxrPneumonia:
             if turn is not None and not turn.identity:
                 film = turn.apply(film)
                 notes.append(turn.describe())
-            # Cut once; the network and the zone model read the same framed film, as in
-            # the recipe (whose ``prepare`` cuts each film to the same box).
-            box = frame_box(film)
-            framed = film[box]
+            framed, box, prepared = _framed(film)
             if framed.shape != film.shape:
                 notes.append(
                     f"uniform margins cut: {film.shape[0] - framed.shape[0]} rows, "
                     f"{film.shape[1] - framed.shape[1]} columns"
                 )
-            prepared = prepare(framed, trim=False)
         reason = self.gate.check(prepared)
         if reason is not None:
             return _rejected(reason)
@@ -248,6 +260,19 @@ class CxrPneumonia:
         if turn is not None:
             full = turn.undo(full)
         return image.with_array(np.ascontiguousarray(full.T)[None], warnings=())
+
+
+def _framed(
+    film: npt.NDArray[np.float32],
+) -> tuple[npt.NDArray[np.float32], tuple[slice, slice], npt.NDArray[np.float32]]:
+    """``film`` cut to its frame, the box, and the network input prepared from it.
+
+    Cut once; the network and the zone model read the same framed film, as in the recipe
+    (whose ``prepare`` cuts each film to the same box).
+    """
+    box = frame_box(film)
+    framed = film[box]
+    return framed, box, prepare(framed, trim=False)
 
 
 def _turned_shape(rows: int, cols: int, turn: orientation.Turn | None) -> tuple[int, int]:
