@@ -249,6 +249,54 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
             assert eyes[0]["laterality"] is None and doc["extra"]["missing_eyes"] == ["unknown"]
 
 
+def test_stereo_pair_op_grades_each_frame_as_a_photograph_of_its_eye(tmp_path: Path) -> None:
+    """A fundus camera's stereo pair (one OP instance, two frames) is two photographs.
+
+    Before, the pair was read as a 3-D image and left out of the study; the result said
+    the left eye was missing and decided on the right eye alone.
+    """
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    inp = tmp_path / "dicom"
+    study_uid = "1.2.826.0.1.3680043.8.498.73"
+    left = data.load_rgb(_img("Patient007_L.jpg"))
+    pair = np.stack([left, np.roll(left, 24, axis=1)])  # the second view, shifted
+    ds = _op_dataset(ExplicitVRLittleEndian, "L", "PID-7", study_uid, left.shape)
+    ds.PhotometricInterpretation = "RGB"
+    ds.NumberOfFrames = 2
+    ds.PixelData = np.ascontiguousarray(pair, dtype=np.uint8).tobytes()
+    inp.mkdir(parents=True)
+    ds.save_as(inp / "pair.dcm", enforce_file_format=True)
+    op_dicom(_img("Patient007_R.jpg"), inp / "right.dcm", "R", "PID-7", study_uid)
+    code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out"))
+    assert code == 0, lines
+    (line,) = lines
+    doc = _result(line)
+    eyes = doc["extra"]["eyes"]
+    pair_uid = str(ds.SOPInstanceUID)
+    right_uid = str(pydicom.dcmread(inp / "right.dcm", stop_before_pixels=True).SOPInstanceUID)
+    assert [e["source"] for e in eyes] == [f"{pair_uid} frame 1", f"{pair_uid} frame 2", right_uid]
+    assert [e["laterality"] for e in eyes] == ["L", "L", "R"]
+    assert all(e["quality"]["gradable"] and e["findings"] for e in eyes)
+    assert doc["extra"]["missing_eyes"] == []
+    assert not any("left out" in w for w in doc["warnings"])
+    assert "more than one photograph of eye(s) L" in doc["warnings"]
+    folder = Path(line["result"]).parent
+    sr = pydicom.dcmread(folder / "sr.dcm")
+    evidence = [
+        str(i.ReferencedSOPInstanceUID)
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for i in se.ReferencedSOPSequence
+    ]
+    assert sorted(evidence) == sorted([pair_uid, right_uid])  # the pair's instance once
+    assert _dciodvfy_errors(folder / "sr.dcm") == []
+    for sc_dir in (folder / "heatmap-sc", folder / "image-2" / "heatmap-sc"):
+        (sc_file,) = sorted(sc_dir.iterdir())
+        assert pydicom.dcmread(sc_file).Rows == left.shape[0]
+        assert _dciodvfy_errors(sc_file) == []
+
+
 def op_dicom_jpeg(src: Path, path: Path, laterality: str, patient: str, study_uid: str) -> Path:
     """An OP image as cameras store it: the photograph's own JPEG (baseline), encapsulated."""
     from pydicom.encaps import encapsulate

@@ -34,7 +34,7 @@ def _png(path: Path) -> Path:
     return path
 
 
-def _op(path: Path, patient: str, study: str, laterality: str | None) -> Path:
+def _op(path: Path, patient: str, study: str, laterality: str | None, frames: int = 1) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = OP_8BIT
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -52,7 +52,10 @@ def _op(path: Path, patient: str, study: str, laterality: str | None) -> Path:
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = np.full((16, 24, 3), 90, np.uint8).tobytes()
+    if frames > 1:  # a stereo pair: frames told apart by their values
+        ds.NumberOfFrames = frames
+    pixels = np.stack([np.full((16, 24, 3), 90 + 10 * k, np.uint8) for k in range(frames)])
+    ds.PixelData = pixels.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
@@ -149,6 +152,8 @@ class _Plugin:
         return v1.Prediction(extra={{
             "images": len(images),
             "lateralities": [i.laterality for i in images],
+            "frames": [i.image.metadata.get("FrameNumber") for i in images],
+            "values": [int(i.image.array[0, 0, 0]) for i in images],
         }})
 
 
@@ -157,7 +162,9 @@ def create(ctx):
 """
 
 
-def _study_plugin(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> md.EntryPoint:
+def _study_plugin(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, max_images: int = 2
+) -> md.EntryPoint:
     """A tiny study plugin (both eyes, OP) that reports what study it was given."""
     module = f"mlstudy_{uuid.uuid4().hex[:10]}"
     manifest = {
@@ -177,7 +184,7 @@ def _study_plugin(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> md.EntryPoi
             "diagnostic_use": False,
         },
         "entry": f"{module}:create",
-        "study": {"min_images": 1, "max_images": 2},
+        "study": {"min_images": 1, "max_images": max_images},
     }
     (workdir / f"{module}.py").write_text(_STUDY_PLUGIN.format(manifest=manifest))
     monkeypatch.syspath_prepend(str(workdir))
@@ -214,8 +221,13 @@ def test_cli_runs_each_patient_once_and_watch_agrees(
     assert set(by) == {("a.dcm", "b.dcm"), ("c.dcm",)}
     assert all(ln["status"] == "ok" and ln["case"].startswith("PATIENT-") for ln in lines)
     both = _extra(by[("a.dcm", "b.dcm")])
-    assert both == {"images": 2, "lateralities": ["L", "R"]}
-    assert _extra(by[("c.dcm",)]) == {"images": 1, "lateralities": [None]}
+    assert both == {
+        "images": 2,
+        "lateralities": ["L", "R"],
+        "frames": [None, None],
+        "values": [90, 90],
+    }
+    assert _extra(by[("c.dcm",)])["lateralities"] == [None]
     # Watch: a job's series folder is one study, read by the same grouping and routing.
     from medlens.host import Host
     from medlens.jobs._worker import JobSpec, run_job
@@ -246,3 +258,27 @@ def test_cli_study_csv_and_file_names(tmp_path: Path, monkeypatch: pytest.Monkey
     assert set(by) == {("Patient003_L.png", "Patient003_R.png"), ("x.png", "y.png")}
     assert _extra(by[("x.png", "y.png")])["lateralities"] == ["R", "L"]
     assert _extra(by[("Patient003_L.png", "Patient003_R.png")])["lateralities"] == ["L", "R"]
+
+
+def test_a_stereo_pair_is_two_photographs_of_its_eye(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multi-frame OP (a fundus camera's stereo pair) gives the study a photograph per frame.
+
+    Read as a volume it was refused ("needs 2-D input"), and the eye went missing from
+    the patient's result although it had been photographed.
+    """
+    ep = _study_plugin(tmp_path, monkeypatch, max_images=4)
+    study = generate_uid()
+    _op(tmp_path / "in" / "left.dcm", "PID-7", study, "L", frames=2)
+    _op(tmp_path / "in" / "right.dcm", "PID-7", study, "R")
+    (line,) = _cli(ep, monkeypatch, str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert line["status"] == "ok", line
+    assert _extra(line) == {
+        "images": 3,
+        "lateralities": ["L", "L", "R"],
+        "frames": [1, 2, None],
+        "values": [90, 100, 90],
+    }
+    doc = json.loads(Path(line["result"]).read_text())
+    assert not any("left out" in w for w in doc["warnings"])

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, _plain
 from medlens.imaging.image import AUDIT_ATTRIBUTES, Image
-from medlens.imaging.two_d import TWO_D_MODALITIES
+from medlens.imaging.two_d import TWO_D_MODALITIES, is_photo_frames
 from medlens.rules import SeriesFacts
 
 __all__ = [
@@ -104,7 +104,10 @@ class Facts:
         modality = self.modality or "?"
         desc = self.attributes.get("SeriesDescription")
         text = f" {str(desc)!r}" if desc else ""
-        size = f"{self.slice_count} images" if self.dims == 3 else "2-D image"
+        if self.dims == 3:
+            size = f"{self.slice_count} images"
+        else:
+            size = "2-D image" if self.slice_count <= 1 else f"{self.slice_count} 2-D frames"
         return f"{modality}{text}, {size}"
 
 
@@ -116,9 +119,12 @@ def _upper(value: Any) -> str | None:
 def _dims_of_headers(headers: Iterable[DicomHeader], modality: str) -> int:
     hs = list(headers)
     # The same decision the reader takes (imaging.read): single-frame projection
-    # modalities, and images without patient geometry, read as 2-D.
-    single_frame = all(h.number_of_frames == 1 for h in hs)
+    # modalities, and images without patient geometry, read as 2-D; so do the frames
+    # of one multi-frame photograph (a stereo pair), each a 2-D image of its own.
     no_geometry = all(h.image_position is None for h in hs)
+    if len(hs) == 1 and is_photo_frames(modality, hs[0].number_of_frames, not no_geometry):
+        return 2
+    single_frame = all(h.number_of_frames == 1 for h in hs)
     two_d = modality.upper() in TWO_D_MODALITIES or no_geometry
     return 2 if single_frame and two_d and len(hs) == 1 else 3
 

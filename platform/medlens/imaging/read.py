@@ -29,10 +29,25 @@ from medlens.imaging.series import (
     number_of_frames,
     read_dataset,
 )
-from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, read_2d_dicom, read_2d_file
+from medlens.imaging.two_d import (
+    TWO_D_MODALITIES,
+    is_2d_image_file,
+    is_photo_frames,
+    read_2d_dicom,
+    read_2d_file,
+    read_2d_frames,
+)
 from medlens.rules.grammar import Rule, evaluate
 
-__all__ = ["CodeLike", "LabelLike", "choose_series", "read_image", "read_mask", "read_series"]
+__all__ = [
+    "CodeLike",
+    "LabelLike",
+    "choose_series",
+    "read_image",
+    "read_mask",
+    "read_photo_frames",
+    "read_series",
+]
 
 
 class CodeLike(Protocol):
@@ -155,6 +170,12 @@ def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Ima
     if not enhanced and nframes == 1 and (modality in TWO_D_MODALITIES or not has_geometry):
         note = f"SOPClassUID was empty; used the file meta header's {from_meta}"
         return _add_warnings(read_2d_dicom(ds, path), [note] if from_meta else [])
+    if not enhanced and is_photo_frames(modality, nframes, has_geometry):
+        # Not a volume: photographs side by side (a study plugin reads each frame).
+        raise DicomError(
+            f"{path.name!r} holds {nframes} photographs (frames); an input of one 2-D "
+            "image is one of them (a study plugin reads every frame)"
+        )
     # load_series reads the file again and says itself where the class came from.
     return load_series([path], on_gaps=on_gaps, on_tilt=on_tilt)
 
@@ -223,6 +244,23 @@ def read_image(
     if is_2d_image_file(p):
         return read_2d_file(p)
     return _read_dicom_file(p, on_gaps, on_tilt)
+
+
+def read_photo_frames(path: Path) -> list[Image]:
+    """Each frame of a multi-frame DICOM photograph (a stereo pair) as a 2-D image.
+
+    The frames are numbered in their metadata's ``FrameNumber`` (1-based); a
+    single-frame photograph gives one image.
+
+    Raises:
+        InputError: Not a regular file, or not a readable DICOM photograph.
+    """
+    p = Path(path)
+    check_regular_file(p)
+    ds = read_dataset(p)
+    from_meta = fill_sop_class(ds)
+    note = [f"SOPClassUID was empty; used the file meta header's {from_meta}"] if from_meta else []
+    return [_add_warnings(im, note) for im in read_2d_frames(ds, p)]
 
 
 def _segment_values(

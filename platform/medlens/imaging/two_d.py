@@ -6,6 +6,11 @@ Colour is preserved as 3 channels (YCbCr is converted to RGB by pydicom).
 Grey DICOM pixels become the values a viewer shows (Modality LUT, then the first
 VOI LUT or window, by pydicom); ``MONOCHROME1`` pixels are then inverted so that
 higher values are brighter everywhere, with a warning.
+
+A multi-frame instance of a photographic modality (:data:`PHOTO_FRAME_MODALITIES`,
+without patient geometry) holds photographs of their own, such as a fundus camera's
+stereo pair: :func:`read_2d_frames` reads each frame as a 2-D image, numbered in its
+metadata's ``FrameNumber``.
 """
 
 from __future__ import annotations
@@ -25,10 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PHOTO_FRAMES",
+    "PHOTO_FRAME_MODALITIES",
     "TWO_D_MODALITIES",
     "is_2d_image_file",
+    "is_photo_frames",
     "read_2d_dicom",
     "read_2d_file",
+    "read_2d_frames",
 ]
 
 #: File suffixes read through Pillow.
@@ -37,6 +46,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TWO_D_MODALITIES = frozenset(
     {"DX", "CR", "MG", "OP", "XC", "IO", "PX", "RG", "XA", "RF", "ES", "GM", "SM", "OT", "US"}
 )
+#: Modalities whose multi-frame instances hold separate photographs (a fundus camera's
+#: stereo pair, several fields of one eye, endoscopy stills), not a volume or a cine
+#: loop (XA, RF and US frames are a loop; CT, MR and PT frames a volume).
+PHOTO_FRAME_MODALITIES = frozenset({"OP", "XC", "ES", "GM"})
+#: Most frames of one such instance that are read: each is a whole photograph in memory.
+MAX_PHOTO_FRAMES = 16
+
+
+def is_photo_frames(modality: str, frames: int, has_geometry: bool) -> bool:
+    """Whether a DICOM instance is several photographs in one: read frame by frame."""
+    return frames > 1 and not has_geometry and modality.upper() in PHOTO_FRAME_MODALITIES
 
 
 def is_2d_image_file(path: str | os.PathLike[str]) -> bool:
@@ -125,23 +145,69 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     Raises:
         DicomError: No pixel data, several frames, or undecodable pixel data.
     """
-    from medlens.imaging.series import _metadata, number_of_frames
+    from medlens.imaging.series import number_of_frames
 
     label = Path(path).name if path else "dataset"
-    if "PixelData" not in ds:
-        raise DicomError(f"{label!r} has no pixel data")
+    _check_pixels(ds, label)
     nframes = number_of_frames(ds, label)
     if nframes != 1:
         raise DicomError(f"{label!r} has {nframes} frames; a 2-D image has one")
+    return _image(ds, _decode(ds, label), label, path, None)
+
+
+def read_2d_frames(ds: Dataset, path: str | os.PathLike[str] | None = None) -> list[Image]:
+    """Each frame of a DICOM photograph as a 2-D :class:`Image` (one for a single frame).
+
+    As :func:`read_2d_dicom` reads one frame; each image's metadata also holds its
+    1-based ``FrameNumber`` when the instance has several.
+
+    Raises:
+        DicomError: No pixel data, more than :data:`MAX_PHOTO_FRAMES` frames, or
+            undecodable pixel data.
+    """
+    from medlens.imaging.series import number_of_frames
+
+    label = Path(path).name if path else "dataset"
+    _check_pixels(ds, label)
+    nframes = number_of_frames(ds, label)
+    if nframes > MAX_PHOTO_FRAMES:
+        raise DicomError(
+            f"{label!r} holds {nframes} frames; at most {MAX_PHOTO_FRAMES} photographs "
+            "of one instance are read"
+        )
+    pixels = _decode(ds, label)
+    if nframes == 1:
+        return [_image(ds, pixels, label, path, None)]
+    return [_image(ds, pixels[k], label, path, k + 1) for k in range(nframes)]
+
+
+def _check_pixels(ds: Dataset, label: str) -> None:
+    if "PixelData" not in ds:
+        raise DicomError(f"{label!r} has no pixel data")
     if not str(ds.get("SOPClassUID", "") or "").strip():
         raise DicomError(f"{label!r} has an empty or missing SOPClassUID")
-    warnings: list[str] = []
+
+
+def _decode(ds: Dataset, label: str) -> npt.NDArray[Any]:
     try:
-        pixels = ds.pixel_array
+        return np.asarray(ds.pixel_array)
     except Exception as e:  # decoders raise ValueError, RuntimeError, NotImplementedError...
         raise DicomError(
             f"cannot decode pixel data of {label!r}: {str(e).splitlines()[0][:200]}"
         ) from e
+
+
+def _image(
+    ds: Dataset,
+    pixels: npt.NDArray[Any],
+    label: str,
+    path: str | os.PathLike[str] | None,
+    frame: int | None,
+) -> Image:
+    """One frame's decoded pixels ``(rows, cols[, samples])`` as the 2-D image a viewer shows."""
+    from medlens.imaging.series import _metadata
+
+    warnings: list[str] = []
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if samples == 1:
@@ -163,12 +229,15 @@ def read_2d_dicom(ds: Dataset, path: str | os.PathLike[str] | None = None) -> Im
     if not (row_sp > 0 and col_sp > 0):
         row_sp = col_sp = 1.0
         warnings.append("no PixelSpacing or ImagerPixelSpacing; pixel spacing set to 1 mm")
+    metadata = _metadata(ds)
+    if frame is not None:
+        metadata["FrameNumber"] = frame
     return Image(
         array=_to_image_array(pixels, samples),
         spacing=(col_sp, row_sp),
         origin=(0.0, 0.0),
         direction=np.eye(2),
-        metadata=_metadata(ds),
+        metadata=metadata,
         source=(Path(path),) if path else (),
         warnings=tuple(warnings),
     )

@@ -93,8 +93,13 @@ def study_source_headers(result: Result, notes: WriteNotes | None = None) -> lis
 
     images = [i.image for i in result.study.images] if result.study else [result.image]
     out: list[Dataset] = []
+    seen: set[tuple[str, ...]] = set()
     for image in images:
-        if dicom_source(image):
+        key = tuple(str(p) for p in image.source)
+        # The frames of one multi-frame photograph (a stereo pair) share one instance:
+        # it is evidence once.
+        if dicom_source(image) and key not in seen:
+            seen.add(key)
             out.extend(read_source_headers(image, notes) or [])
     return out
 

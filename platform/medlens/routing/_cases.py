@@ -12,10 +12,12 @@ A folder that holds DICOM image instances is read as DICOM: NIfTI and image file
 beside them (the truth label maps of a phantom dataset, for instance) are not cases.
 A folder without DICOM images offers its NIfTI and image files as cases. A DICOM
 series of separate single-frame 2-D images (radiographs, photographs) gives one case
-per image. A multi-echo or 4-D (dynamic) series gives one case per echo / temporal
-position (``EchoNumbers``, ``TemporalPositionIdentifier``), as ``convert`` splits it and
-dcm2niix does: read whole, its volumes would collide slice by slice. Unreadable DICOM
-files become failed cases with their one-line reason.
+per image; so does a series of multi-frame photographs (a fundus camera's stereo pairs),
+whose frames a study reads one by one (:func:`read_case_images`). A multi-echo or 4-D
+(dynamic) series gives one case per echo / temporal position (``EchoNumbers``,
+``TemporalPositionIdentifier``), as ``convert`` splits it and dcm2niix does: read whole,
+its volumes would collide slice by slice. Unreadable DICOM files become failed cases with
+their one-line reason.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti
 from medlens.imaging.regular import check_regular_file
 from medlens.imaging.series import TiltPolicy, group_volumes
-from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file
+from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, is_photo_frames
 
-__all__ = ["Case", "CaseKind", "find_cases", "read_case"]
+__all__ = ["Case", "CaseKind", "find_cases", "read_case", "read_case_images"]
 
 CaseKind = Literal["dicom", "file", "error"]
 
@@ -108,6 +110,10 @@ def _split(s: SeriesEntry) -> list[tuple[str, tuple[DicomHeader, ...]]]:
     no_geometry = all(h.image_position is None for h in hs)
     two_d = s.modality.upper() in TWO_D_MODALITIES or no_geometry
     if len(hs) > 1 and two_d and all(h.number_of_frames == 1 for h in hs):
+        return [("", (h,)) for h in hs]
+    if len(hs) > 1 and all(
+        is_photo_frames(s.modality, h.number_of_frames, h.image_position is not None) for h in hs
+    ):  # multi-frame photographs (stereo pairs): a case each, like single photographs
         return [("", (h,)) for h in hs]
 
     def key(h: DicomHeader) -> tuple[str, ...]:
@@ -250,3 +256,21 @@ def read_case(case: Case, *, on_tilt: TiltPolicy = "error") -> Image:
         headers=case.headers,
     )
     return read_series(entry, on_tilt=on_tilt)
+
+
+def read_case_images(case: Case, *, on_tilt: TiltPolicy = "error") -> list[Image]:
+    """A case's images: one, or each frame of a multi-frame photograph (a stereo pair).
+
+    A study reads through this; a plugin of one image reads :func:`read_case`, which
+    refuses a multi-frame photograph in one line.
+
+    Raises:
+        InputError: The case is an ``error`` case or cannot be read.
+    """
+    facts = case.facts
+    frames = facts is not None and facts.dims == 2 and facts.slice_count > 1
+    if case.kind == "dicom" and len(case.paths) == 1 and frames:
+        from medlens.imaging.read import read_photo_frames
+
+        return read_photo_frames(case.paths[0])
+    return [read_case(case, on_tilt=on_tilt)]

@@ -35,7 +35,7 @@ from medlens.errors import InputError, RoutingError
 from medlens.imaging.series import TiltPolicy
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._study import StudyImage
-from medlens.routing._cases import Case, find_cases, read_case
+from medlens.routing._cases import Case, find_cases, read_case_images
 from medlens.routing._read import routed_image
 from medlens.routing._route import route
 
@@ -213,12 +213,13 @@ def read_study(
             if not outcome.matched:
                 refused.append(f"{case.source_path}: {'; '.join(outcome.reasons)}")
                 continue
-        try:
-            image = routed_image(manifest, read_case(case, on_tilt=on_tilt))
+        try:  # a multi-frame photograph (a stereo pair) is an image per frame
+            read = [routed_image(manifest, im) for im in read_case_images(case, on_tilt=on_tilt)]
         except RoutingError as e:
             refused.append(f"{case.source_path}: {e}")
             continue
-        images.append(StudyImage.of(image, laterality=None if case.kind == "dicom" else side))
+        lat = None if case.kind == "dicom" else side
+        images.extend(StudyImage.of(image, laterality=lat) for image in read)
     return images, refused
 
 

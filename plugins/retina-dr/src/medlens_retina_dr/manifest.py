@@ -140,5 +140,7 @@ MANIFEST = v1.Manifest(
     ),
     entry="medlens_retina_dr.plugin:create",
     options="medlens_retina_dr.options:RetinaOptions",
-    study=v1.StudySpec(min_images=1, max_images=2),
+    # A screening visit: up to two fields per eye, each possibly a stereo pair (the
+    # frames of one multi-frame photograph); every photograph is graded.
+    study=v1.StudySpec(min_images=1, max_images=8),
 )

@@ -73,7 +73,16 @@ def _not_colour(image: v1.Image) -> str:
 
 
 def _source(image: v1.Image) -> str:
-    """The eye's photograph: its SOP Instance UID (DICOM), else its file name."""
+    """The eye's photograph: its SOP Instance UID (DICOM), else its file name.
+
+    A frame of a multi-frame photograph (a stereo pair) is named with its number.
+    """
+    frame = image.metadata.get("FrameNumber")
+    uid = _instance(image)
+    return f"{uid} frame {frame}" if frame is not None else uid
+
+
+def _instance(image: v1.Image) -> str:
     uid = str(image.metadata.get("SOPInstanceUID") or "").strip()
     if not uid and image.source and image.metadata.get("SOPClassUID"):
         import pydicom
