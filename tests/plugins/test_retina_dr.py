@@ -122,6 +122,20 @@ def test_decision_never_calls_an_ungradable_patient_clear() -> None:
     assert u([]) == "ungradable"
 
 
+def test_an_eye_is_graded_on_its_gradable_photographs() -> None:
+    """A blurred shot and its retake, or a stereo pair: the eye is its best photograph."""
+    g, u = study.EyeGrade, study.decide
+    retake = [g("L", False, None), g("L", True, False), g("R", True, False)]
+    assert u(retake) == "no_referable_dr"
+    assert u([g("L", False, None), g("L", True, True), g("R", True, False)]) == "refer"
+    assert u([g("L", True, False), g("L", True, True), g("R", True, False)]) == "refer"
+    # No gradable photograph of an eye: still never clear.
+    assert u([g("L", False, None), g("L", False, None), g("R", True, False)]) == "ungradable"
+    # A photograph of unknown side cannot stand in for an eye: its own eye.
+    assert u([g(None, False, None), g("L", True, False), g("R", True, False)]) == "ungradable"
+    assert study.eyes_of(retake) == [g("R", True, False), g("L", True, False)]
+
+
 def test_manifest_is_light_and_valid() -> None:
     import subprocess
 

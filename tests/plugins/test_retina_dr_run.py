@@ -297,6 +297,33 @@ def test_stereo_pair_op_grades_each_frame_as_a_photograph_of_its_eye(tmp_path: P
         assert _dciodvfy_errors(sc_file) == []
 
 
+def test_a_blurred_shot_beside_its_retake_does_not_make_the_patient_ungradable(
+    tmp_path: Path,
+) -> None:
+    """Screening photographers retake a blurred shot: the eye is graded on the retake.
+
+    Before, any ungradable photograph made the patient "ungradable" (re-image), even
+    with a gradable photograph of the same eye beside it.
+    """
+    inp = tmp_path / "dicom"
+    study_uid = "1.2.826.0.1.3680043.8.498.74"
+    left = data.load_rgb(_img("Patient003_L.jpg"))
+    op_dicom(degrade.degrade(left, "blur", strong=True), inp / "a.dcm", "L", "P3", study_uid)
+    op_dicom(left, inp / "b.dcm", "L", "P3", study_uid)
+    op_dicom(_img("Patient003_R.jpg"), inp / "c.dcm", "R", "P3", study_uid)
+    code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out"))
+    assert code == 0, lines
+    (line,) = lines
+    doc = _result(line)
+    eyes = doc["extra"]["eyes"]
+    assert [e["quality"]["gradable"] for e in eyes] == [False, True, True]
+    assert not any(e["findings"] and e["findings"][0]["positive"] for e in eyes)
+    assert doc["extra"]["decision"] == "no_referable_dr"
+    note = "eye L: 1 of its 2 photographs ungradable; the eye is graded on the others"
+    assert note in doc["warnings"]
+    assert _dciodvfy_errors(Path(line["result"]).parent / "sr.dcm") == []
+
+
 def op_dicom_jpeg(src: Path, path: Path, laterality: str, patient: str, study_uid: str) -> Path:
     """An OP image as cameras store it: the photograph's own JPEG (baseline), encapsulated."""
     from pydicom.encaps import encapsulate

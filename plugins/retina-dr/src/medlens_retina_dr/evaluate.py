@@ -431,8 +431,11 @@ def card(res: dict[str, Any]) -> str:
         "- The heatmap shows where the model's evidence lies (Grad-CAM and lesion "
         "candidates), not a grader's lesion map; candidate counts and logit parts are in "
         "result.json (`lesions`).",
-        "- Colour photographs only: a red-free (grey) photograph is an ungradable eye, and a "
-        "study without any colour photograph is rejected out of distribution.",
+        "- Colour photographs only: a red-free (grey) photograph is ungradable, and a study "
+        "without any colour photograph is rejected out of distribution. An eye is graded on "
+        "its gradable photographs: one ungradable shot beside a gradable one of the same "
+        "side (a retake, a red-free view, a stereo pair's frame) leaves the eye gradable; a "
+        "photograph of unknown side counts as an eye of its own.",
         "- Not a fundus at all: a picture whose field has no colour (grey stored as RGB) or "
         "in which red is not the strongest channel almost everywhere is refused as not a "
         "colour fundus photograph. A bright, reddish, round picture (a cup of coffee) passes "

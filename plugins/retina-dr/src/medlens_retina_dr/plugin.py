@@ -369,6 +369,14 @@ class RetinaDR:
         repeated = sorted({lat for lat in lats if lat is not None and lats.count(lat) > 1})
         if repeated:
             warnings.append(f"more than one photograph of eye(s) {', '.join(repeated)}")
+        for side in repeated:
+            own = [g for g in grades if g.laterality == side]
+            bad = sum(not g.gradable for g in own)
+            if 0 < bad < len(own):  # the eye is graded on its gradable photograph(s)
+                warnings.append(
+                    f"eye {side}: {bad} of its {len(own)} photographs ungradable; the eye is "
+                    "graded on the others"
+                )
         if all(not_fundus):
             # Nothing here is what the model was made for: no answer, not "re-image".
             return v1.Prediction(

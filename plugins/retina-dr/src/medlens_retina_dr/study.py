@@ -13,7 +13,11 @@ Light (no torch): used by the plugin and tests.
 * **Decision** per patient (:func:`decide`): ``refer`` if any gradable eye is
   referable at the operating point; else ``ungradable`` (re-image) if any eye
   is ungradable; else ``no_referable_dr`` (rescreen in 12 months). An
-  ungradable eye therefore never contributes "no referable DR".
+  ungradable eye therefore never contributes "no referable DR". An eye is its
+  photographs of one side: it is gradable when one of them is (a retake after a
+  blurred shot, the frames of a stereo pair, a second field), as screening
+  programmes grade an eye on its best photograph; a photograph of unknown side is
+  an eye of its own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ __all__ = [
     "NOTICE",
     "EyeGrade",
     "decide",
+    "eyes_of",
     "laterality_from_header",
     "laterality_from_name",
     "missing_eyes",
@@ -96,8 +101,26 @@ def missing_eyes(lateralities: Sequence[str | None]) -> list[str]:
     return missing
 
 
-def decide(eyes: Sequence[EyeGrade]) -> Decision:
-    """The patient decision from the eyes' grades (see the module docstring)."""
+def eyes_of(photos: Sequence[EyeGrade]) -> list[EyeGrade]:
+    """Photographs → eyes: one per known side, and each photograph of unknown side as is.
+
+    An eye of a known side is gradable if any of its photographs is, and referable
+    if any gradable one is.
+    """
+    eyes = [p for p in photos if p.laterality not in ("R", "L")]
+    for side in ("R", "L"):
+        own = [p for p in photos if p.laterality == side]
+        graded = [p for p in own if p.gradable]
+        if graded:
+            eyes.append(EyeGrade(side, True, any(bool(p.referable) for p in graded)))
+        elif own:
+            eyes.append(EyeGrade(side, False, None))
+    return eyes
+
+
+def decide(photos: Sequence[EyeGrade]) -> Decision:
+    """The patient decision from the photographs' grades (see the module docstring)."""
+    eyes = eyes_of(photos)
     if not eyes:
         return "ungradable"
     if any(e.gradable and e.referable for e in eyes):
