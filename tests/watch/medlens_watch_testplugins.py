@@ -56,6 +56,37 @@ MR_ONLY = _manifest(
 )
 
 
+EYES = v1.Manifest(
+    id="eyes",
+    version="1.0.0",
+    api_version="1.1",
+    title="Watch test study plugin (both eyes)",
+    task=v1.Task.CLASSIFICATION,
+    modality=[v1.Modality("OP")],
+    body_part="EYE",
+    input=v1.InputSpec(dims=2, channels=3),
+    outputs=v1.OutputSpec(labels=[], kinds=[v1.OutputKind.JSON]),
+    model_card=v1.ModelCard(
+        intended_use="tests only", training_data="none", license="Apache-2.0", diagnostic_use=False
+    ),
+    entry="medlens_watch_testplugins:Eyes",
+    study=v1.StudySpec(min_images=1, max_images=4),
+)
+
+
+class Eyes:
+    """Says which photographs of the study it was given."""
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        pass
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        assert inputs.study is not None
+        return v1.Prediction(
+            extra={"lateralities": sorted(str(i.laterality) for i in inputs.study.images)}
+        )
+
+
 class BodyMask:
     """Everything above -500 HU is body (label 1)."""
 

@@ -248,3 +248,58 @@ def test_misbehaving_plugins_fail_their_jobs_only(tmp_path: Path) -> None:
         assert by[p]["status"] == "failed" and by[p]["attempts"] == n, dict(by[p])
     failed = [e for e in wk.audit(r.state) if e["event"] == "job_failed"]
     assert sorted(e["plugin"] for e in failed) == ["crash", "hang", "leak", "raises"]
+
+
+def _photo(study: str, laterality: str) -> Any:
+    """One colour OP photograph, its own series (as many cameras store each eye)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+    ds.Modality, ds.ImageLaterality = "OP", laterality
+    ds.PatientName, ds.PatientID = wk.PHANTOM_NAME, wk.PHANTOM_ID
+    ds.Rows, ds.Columns = 16, 24
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.full((16, 24, 3), 90, np.uint8).tobytes()
+    return ds
+
+
+def test_a_study_plugin_reads_the_eyes_of_every_series_of_the_study(tmp_path: Path) -> None:
+    """Eyes stored in a series each: the series that completes the study gets both.
+
+    Before, each series was a study of its own, and each result named the other eye
+    missing: the patient was never seen whole.
+    """
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    left, right = _photo(study, "L"), _photo(study, "R")
+    with Running(tmp_path, ("eyes",)) as r:
+        wk.write_files([left], r.inp / "left")
+        r.done(1)
+        wk.write_files([right], r.inp / "right")
+        r.done(2)
+
+        def seen(photo: Any) -> tuple[list[str], int]:
+            pdir = r.out / photo.StudyInstanceUID / photo.SeriesInstanceUID / "eyes" / "current"
+            wk.wait_for((pdir / "resultset.json").is_file, what="the current result set")
+            rs = json.loads((pdir / "resultset.json").read_text())
+            (result,) = pdir.glob("**/result.json")
+            return json.loads(result.read_text())["extra"]["lateralities"], rs["input"]["instances"]
+
+        # The left eye's series ran alone; the right eye's series saw the whole study.
+        assert seen(left) == (["L"], 1)
+        assert seen(right) == (["L", "R"], 2)
+        # Another patient's study is never mixed in.
+        other = _photo(generate_uid(), "L")
+        wk.write_files([other], r.inp / "other")
+        r.done(3)
+        assert seen(other) == (["L"], 1)

@@ -35,6 +35,7 @@ def source(*ids: str) -> PluginSource:
         "barrier": "BARRIER",
         "flaky": "FLAKY",
         "refuses": "REFUSES",
+        "eyes": "EYES",
     }
     return PluginSource(
         entry_points=tuple((i, f"medlens_watch_testplugins:{names[i]}") for i in ids),

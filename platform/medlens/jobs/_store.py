@@ -376,6 +376,24 @@ class JobStore:
             )
         ]
 
+    def study_companions(self, series_id: int, plugin: str) -> list[int]:
+        """The other series of this series' study whose current generation ``plugin`` accepted.
+
+        A study plugin (both eyes of a patient) reads them with the series: eyes are
+        often stored in a series each.
+        """
+        return [
+            r["id"]
+            for r in self.all(
+                "SELECT s.id FROM series s JOIN series t ON s.study_uid = t.study_uid "
+                "JOIN routing r ON r.series_id = s.id AND r.generation = s.generation "
+                "WHERE t.id = ? AND s.id != t.id AND r.plugin = ? AND r.matched = 1 "
+                "ORDER BY s.series_uid",
+                series_id,
+                plugin,
+            )
+        ]
+
     def record_routing(
         self,
         series: SeriesRow,

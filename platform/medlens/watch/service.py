@@ -432,6 +432,11 @@ class WatchService:
 
     def _begin(self, job: Job, now: float) -> None:
         instances = self.db.series_instances(job.series_id)
+        if any(m.id == job.plugin and m.study is not None for m in self._plugins):
+            # A study plugin reads the study's other accepted series too (eyes are often a
+            # series each): the series that completes a study gets the whole patient.
+            for other in self.db.study_companions(job.series_id, job.plugin):
+                instances += self.db.series_instances(other)
         version = self.db.start(job, now)
         attempt = job.attempts + 1
         input_dir = self.jobs_dir / str(job.id)

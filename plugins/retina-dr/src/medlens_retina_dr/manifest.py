@@ -140,7 +140,7 @@ MANIFEST = v1.Manifest(
     ),
     entry="medlens_retina_dr.plugin:create",
     options="medlens_retina_dr.options:RetinaOptions",
-    # A screening visit: up to two fields per eye, each possibly a stereo pair (the
-    # frames of one multi-frame photograph); every photograph is graded.
-    study=v1.StudySpec(min_images=1, max_images=8),
+    # A visit: from one field per eye up to ETDRS seven-field stereo photography (28
+    # photographs; the frames of a multi-frame photograph each count); every one is graded.
+    study=v1.StudySpec(min_images=1, max_images=32),
 )
