@@ -83,12 +83,13 @@ def test_a_cine_loop_stays_one_image(tmp_path: Path) -> None:
     assert facts_of_headers(series.headers).dims == 3
 
 
-def test_a_series_of_stereo_pairs_gives_a_case_per_pair(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frames_of_b", [2, 1])
+def test_a_series_of_stereo_pairs_gives_a_case_per_pair(tmp_path: Path, frames_of_b: int) -> None:
     a = _multi_frame(tmp_path / "a.dcm", 2)
-    b = _multi_frame(tmp_path / "b.dcm", 2)
+    b = _multi_frame(tmp_path / "b.dcm", frames_of_b)
     import pydicom
 
-    # Both pairs in one series, as some cameras store a visit.
+    # Both in one series, as some cameras store a visit (a pair beside a single shot too).
     ds = pydicom.dcmread(b)
     ds.SeriesInstanceUID = pydicom.dcmread(a, stop_before_pixels=True).SeriesInstanceUID
     ds.save_as(b, enforce_file_format=True)

@@ -150,6 +150,11 @@ def _add_warnings(image: Image, warnings: list[str]) -> Image:
     return image.with_array(image.array, warnings=(*warnings, *image.warnings))
 
 
+def _sop_class_note(from_meta: str | None) -> list[str]:
+    """The warning for a SOPClassUID taken from the file meta header (none if not)."""
+    return [f"SOPClassUID was empty; used the file meta header's {from_meta}"] if from_meta else []
+
+
 def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Image:
     ds = read_dataset(path)
     from_meta = fill_sop_class(ds)
@@ -168,8 +173,7 @@ def _read_dicom_file(path: Path, on_gaps: GapPolicy, on_tilt: TiltPolicy) -> Ima
         k in ds for k in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
     )
     if not enhanced and nframes == 1 and (modality in TWO_D_MODALITIES or not has_geometry):
-        note = f"SOPClassUID was empty; used the file meta header's {from_meta}"
-        return _add_warnings(read_2d_dicom(ds, path), [note] if from_meta else [])
+        return _add_warnings(read_2d_dicom(ds, path), _sop_class_note(from_meta))
     if not enhanced and is_photo_frames(modality, nframes, has_geometry):
         # Not a volume: photographs side by side (a study plugin reads each frame).
         raise DicomError(
@@ -258,8 +262,7 @@ def read_photo_frames(path: Path) -> list[Image]:
     p = Path(path)
     check_regular_file(p)
     ds = read_dataset(p)
-    from_meta = fill_sop_class(ds)
-    note = [f"SOPClassUID was empty; used the file meta header's {from_meta}"] if from_meta else []
+    note = _sop_class_note(fill_sop_class(ds))
     return [_add_warnings(im, note) for im in read_2d_frames(ds, p)]
 
 

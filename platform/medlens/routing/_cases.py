@@ -109,11 +109,14 @@ def _split(s: SeriesEntry) -> list[tuple[str, tuple[DicomHeader, ...]]]:
     hs = s.headers
     no_geometry = all(h.image_position is None for h in hs)
     two_d = s.modality.upper() in TWO_D_MODALITIES or no_geometry
-    if len(hs) > 1 and two_d and all(h.number_of_frames == 1 for h in hs):
-        return [("", (h,)) for h in hs]
-    if len(hs) > 1 and all(
-        is_photo_frames(s.modality, h.number_of_frames, h.image_position is not None) for h in hs
-    ):  # multi-frame photographs (stereo pairs): a case each, like single photographs
+
+    def alone(h: DicomHeader) -> bool:  # a 2-D image, or a multi-frame photograph (stereo pair)
+        frames = h.number_of_frames
+        return (two_d and frames == 1) or is_photo_frames(
+            s.modality, frames, h.image_position is not None
+        )
+
+    if len(hs) > 1 and all(alone(h) for h in hs):
         return [("", (h,)) for h in hs]
 
     def key(h: DicomHeader) -> tuple[str, ...]:
