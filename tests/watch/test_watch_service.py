@@ -273,7 +273,7 @@ def _photo(study: str, laterality: str) -> Any:
 
 
 def test_a_study_plugin_reads_the_eyes_of_every_series_of_the_study(tmp_path: Path) -> None:
-    """Eyes stored in a series each: the series that completes the study gets both.
+    """Eyes stored in a series each: every series' result sees the whole study.
 
     Before, each series was a study of its own, and each result named the other eye
     missing: the patient was never seen whole.
@@ -283,23 +283,54 @@ def test_a_study_plugin_reads_the_eyes_of_every_series_of_the_study(tmp_path: Pa
     study = generate_uid()
     left, right = _photo(study, "L"), _photo(study, "R")
     with Running(tmp_path, ("eyes",)) as r:
-        wk.write_files([left], r.inp / "left")
-        r.done(1)
-        wk.write_files([right], r.inp / "right")
-        r.done(2)
 
-        def seen(photo: Any) -> tuple[list[str], int]:
-            pdir = r.out / photo.StudyInstanceUID / photo.SeriesInstanceUID / "eyes" / "current"
-            wk.wait_for((pdir / "resultset.json").is_file, what="the current result set")
+        def seen(photo: Any, version: str = "current") -> tuple[list[str], int]:
+            pdir = r.out / photo.StudyInstanceUID / photo.SeriesInstanceUID / "eyes" / version
+            wk.wait_for((pdir / "resultset.json").is_file, what=f"result set {version}")
             rs = json.loads((pdir / "resultset.json").read_text())
             (result,) = pdir.glob("**/result.json")
-            return json.loads(result.read_text())["extra"]["lateralities"], rs["input"]["instances"]
+            n = rs["input"]["instances"] + len(rs["input"].get("with_series", []))
+            return json.loads(result.read_text())["extra"]["lateralities"], n
 
-        # The left eye's series ran alone; the right eye's series saw the whole study.
-        assert seen(left) == (["L"], 1)
+        wk.write_files([left], r.inp / "left")
+        r.done(1)
+        assert seen(left) == (["L"], 1)  # alone so far
+        wk.write_files([right], r.inp / "right")
+        r.done(3)  # the right eye's series, and the left eye's refreshed
         assert seen(right) == (["L", "R"], 2)
-        # Another patient's study is never mixed in.
+        assert seen(left, "v2") == (["L", "R"], 2)
+        left_dir = r.out / study / left.SeriesInstanceUID / "eyes"
+        wk.wait_for(lambda: os.readlink(left_dir / "current") == "v2", what="left eye's v2")
+        # Another patient's study is never mixed in, and nothing refreshes for ever: the
+        # refreshed left series did not refresh the right one again.
         other = _photo(generate_uid(), "L")
         wk.write_files([other], r.inp / "other")
-        r.done(3)
+        r.done(4)
         assert seen(other) == (["L"], 1)
+        assert len(r.jobs()) == 4
+        gens = {
+            row["series_uid"]: (row["generation"], row["refreshed"])
+            for row in wk.query(r.state, "SELECT series_uid, generation, refreshed FROM series")
+        }
+        assert gens[right.SeriesInstanceUID] == (1, 0)
+        assert gens[left.SeriesInstanceUID] == (2, 1)
+
+
+def test_eyes_arriving_together_each_end_with_the_whole_study(tmp_path: Path) -> None:
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    left, right = _photo(study, "L"), _photo(study, "R")
+    with Running(tmp_path, ("eyes",)) as r:
+        wk.write_files([left, right], r.inp / "both")
+
+        def whole(photo: Any) -> bool:
+            pdir = r.out / study / photo.SeriesInstanceUID / "eyes" / "current"
+            found = list(pdir.glob("**/result.json")) if pdir.is_dir() else []
+            return bool(found) and json.loads(found[0].read_text())["extra"]["lateralities"] == [
+                "L",
+                "R",
+            ]
+
+        wk.wait_for(lambda: whole(left) and whole(right), what="both eyes' results whole")
+        wk.check_results(r.state, r.out, ["eyes"])

@@ -128,6 +128,9 @@ class SeriesRow:
     status: str
     rows: int = 0
     columns: int = 0
+    #: This generation was started by another series of the study (a study plugin's
+    #: result refreshed), not by a new instance of its own.
+    refreshed: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ _MIGRATIONS = [
     ("sends", "last_try", "REAL"),
     ("jobs", "failure_kind", "TEXT"),
     ("series", "partial", "INTEGER NOT NULL DEFAULT 0"),
+    ("series", "refreshed", "INTEGER NOT NULL DEFAULT 0"),
 ]
 
 
@@ -266,7 +270,7 @@ class JobStore:
         """The series gained or changed an instance: a new generation, routed again."""
         c.execute(
             "UPDATE series SET generation=generation+1, last_change=?, last_seen=?, "
-            "status='collecting' WHERE id=?",
+            "status='collecting', refreshed=0 WHERE id=?",
             (now, now, series_id),
         )
 
@@ -376,19 +380,23 @@ class JobStore:
             )
         ]
 
-    def study_companions(self, series_id: int, plugin: str) -> list[int]:
-        """The other series of this series' study whose current generation ``plugin`` accepted.
+    def study_companions(self, series_id: int, plugin: str) -> list[tuple[int, str]]:
+        """``(id, Series Instance UID)`` of the study's other series ``plugin`` last accepted.
 
         A study plugin (both eyes of a patient) reads them with the series: eyes are
-        often stored in a series each.
+        often stored in a series each. A series whose newest generation is not routed
+        yet (a refresh, a late instance) counts by its last routing.
         """
         return [
-            r["id"]
+            (int(r["id"]), str(r["series_uid"]))
             for r in self.all(
-                "SELECT s.id FROM series s JOIN series t ON s.study_uid = t.study_uid "
-                "JOIN routing r ON r.series_id = s.id AND r.generation = s.generation "
-                "WHERE t.id = ? AND s.id != t.id AND r.plugin = ? AND r.matched = 1 "
+                "SELECT s.id, s.series_uid FROM series s "
+                "JOIN series t ON s.study_uid = t.study_uid "
+                "JOIN routing r ON r.series_id = s.id AND r.plugin = ? "
+                "WHERE t.id = ? AND s.id != t.id AND r.matched = 1 AND r.generation = "
+                "(SELECT MAX(generation) FROM routing WHERE series_id = s.id AND plugin = ?) "
                 "ORDER BY s.series_uid",
+                plugin,
                 series_id,
                 plugin,
             )
@@ -399,13 +407,29 @@ class JobStore:
         series: SeriesRow,
         decisions: list[tuple[str, bool, str, float]],
         now: float,
+        study_plugins: frozenset[str] = frozenset(),
     ) -> None:
         """Store ``(plugin, matched, reasons, stable_at)`` decisions; queue matched jobs.
 
         A queued job of an older generation of the same series and plugin is superseded
-        (a newer instance arrived before it ran).
+        (a newer instance arrived before it ran). When one of ``study_plugins`` accepts
+        a generation that new instances started, the study's other series it accepted
+        get a new generation (``refreshed``), in the same transaction: their results
+        are computed again with this series' photographs (a refreshed generation
+        refreshes nobody, so two series never refresh each other for ever).
         """
+        refresh: list[int] = []
+        if not series.refreshed:
+            for plugin, matched, _reasons, _stable in decisions:
+                if matched and plugin in study_plugins:
+                    refresh += [i for i, _uid in self.study_companions(series.id, plugin)]
         with self.tx() as c:
+            for other in sorted(set(refresh)):
+                c.execute(
+                    "UPDATE series SET generation=generation+1, last_change=?, "
+                    "status='collecting', refreshed=1 WHERE id=? AND status != 'collecting'",
+                    (now, other),
+                )
             for plugin, matched, reasons, stable_at in decisions:
                 c.execute(
                     "INSERT OR IGNORE INTO routing VALUES (?,?,?,?,?,?)",
@@ -858,6 +882,9 @@ def _series(row: sqlite3.Row) -> SeriesRow:
         status=row["status"],
         rows=int(row["rows"]),
         columns=int(row["columns"]),
+        # A read-only look at an older state (``medlens jobs``) has no such column yet;
+        # ``in row`` would search a Row's values, not its column names.
+        refreshed="refreshed" in row.keys() and bool(row["refreshed"]),  # noqa: SIM118
     )
 
 

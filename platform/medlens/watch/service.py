@@ -67,6 +67,8 @@ class _Running:
     final: Path
     input_sha256: str
     instances: int
+    #: The study's other series a study plugin read with this one (Series Instance UIDs).
+    with_series: tuple[str, ...] = ()
 
 
 class WatchService:
@@ -394,6 +396,7 @@ class WatchService:
                 for d in decisions
             ],
             now,
+            study_plugins=frozenset(m.id for m in self._plugins if m.study is not None),
         )
         for d in decisions:
             if d.matched:
@@ -431,12 +434,15 @@ class WatchService:
             self._begin(job, now)
 
     def _begin(self, job: Job, now: float) -> None:
-        instances = self.db.series_instances(job.series_id)
+        own = self.db.series_instances(job.series_id)
+        instances = list(own)
+        with_series: list[str] = []
         if any(m.id == job.plugin and m.study is not None for m in self._plugins):
             # A study plugin reads the study's other accepted series too (eyes are often a
-            # series each): the series that completes a study gets the whole patient.
-            for other in self.db.study_companions(job.series_id, job.plugin):
-                instances += self.db.series_instances(other)
+            # series each), so every series' result sees the whole patient.
+            for other_id, other_uid in self.db.study_companions(job.series_id, job.plugin):
+                instances += self.db.series_instances(other_id)
+                with_series.append(other_uid)
         version = self.db.start(job, now)
         attempt = job.attempts + 1
         input_dir = self.jobs_dir / str(job.id)
@@ -462,7 +468,8 @@ class WatchService:
             staging=staging,
             final=pdir / f"v{version}",
             input_sha256=digest.hexdigest(),
-            instances=len(instances),
+            instances=len(own),
+            with_series=tuple(with_series),
         )
         spec = JobSpec(
             job_id=job.id,
@@ -549,7 +556,9 @@ class WatchService:
             "study_uid": job.study_uid,
             "series_uid": job.series_uid,
             "generation": job.generation,
-            "input": {"instances": run.instances, "sha256": run.input_sha256},
+            # sha256 over every instance read (the study's other series' too, in order).
+            "input": {"instances": run.instances, "sha256": run.input_sha256}
+            | ({"with_series": list(run.with_series)} if run.with_series else {}),
             # Set only when the policy published a series with missing slices anyway.
             "partial": self.db.partial_of(job.series_id),
             "summary": summary,
