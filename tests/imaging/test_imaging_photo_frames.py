@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import opkit
 import pytest
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medlens.errors import DicomError
 from medlens.imaging.dicom_index import index_folder
@@ -17,33 +16,24 @@ from medlens.imaging.read import read_image, read_photo_frames
 from medlens.imaging.two_d import MAX_PHOTO_FRAMES
 from medlens.routing import find_cases
 
-OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+OP_8BIT = opkit.OP_8BIT
 XA = "1.2.840.10008.5.1.4.1.1.12.1"
 
 
 def _multi_frame(path: Path, frames: int, modality: str = "OP", sop_class: str = OP_8BIT) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID, ds.PatientName = modality, "P1", ""
-    ds.ImageLaterality = "L"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 12, 20, frames
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
     pixels = np.zeros((frames, 12, 20, 3), np.uint8)
     for k in range(frames):
         pixels[k, :, :, 0] = 10 * (k + 1)  # frame k is told by its red value
         pixels[k, 3, 5, 1] = 200  # one green dot, at row 3, column 5
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    ds = opkit.op_dataset(
+        pixels,
+        laterality="L",
+        patient="P1",
+        study_uid=generate_uid(),
+        modality=modality,
+        sop_class=sop_class,
+    )
+    return opkit.save(ds, path)
 
 
 def test_each_frame_of_a_stereo_pair_is_a_photograph(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import opkit
 import pydicom
 import pytest
 from click.testing import CliRunner
@@ -37,59 +38,22 @@ pytestmark = [
     ),
     pytest.mark.slow,
 ]
-OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"  # Ophthalmic Photography 8 Bit Image Storage
+OP_8BIT = opkit.OP_8BIT
 
 
 def _img(name: str) -> Path:
     return ROOT / "images" / name
 
 
-def _op_dataset(
-    transfer_syntax: str, laterality: str | None, patient: str, study_uid: str, shape: Any
-) -> Any:
-    """An Ophthalmic Photography 8 Bit header (RGB, 8 bits) without its pixels."""
-    from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = OP_8BIT
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = OP_8BIT
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "OP"
-    ds.PatientID = patient
-    ds.PatientName = ""  # de-identified: Type 2 present, empty
-    if laterality is not None:
-        ds.ImageLaterality = laterality
-    ds.Rows, ds.Columns = shape[:2]
-    ds.SamplesPerPixel = 3
-    ds.PlanarConfiguration = 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    return ds
-
-
 def op_dicom(
     src: Path | np.ndarray, path: Path, laterality: str | None, patient: str, study_uid: str
 ) -> Path:
     """An Ophthalmic Photography 8 Bit image (RGB) made from a development photograph."""
-    from pydicom.uid import ExplicitVRLittleEndian
 
     # Full size: a down-scaled export (field of view under 640 px) would be ungradable.
     rgb = data.load_rgb(src) if isinstance(src, Path) else src
-    ds = _op_dataset(ExplicitVRLittleEndian, laterality, patient, study_uid, rgb.shape)
-    ds.PhotometricInterpretation = "RGB"
-    ds.PixelData = np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    ds = opkit.op_dataset(rgb, laterality=laterality, patient=patient, study_uid=study_uid)
+    return opkit.save(ds, path)
 
 
 def medlens_run(*args: str) -> tuple[int, list[dict[str, Any]]]:
@@ -99,6 +63,14 @@ def medlens_run(*args: str) -> tuple[int, list[dict[str, Any]]]:
         raise res.exception
     lines = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     return res.exit_code, lines
+
+
+def _one_patient(inp: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``medlens run`` on a folder of one patient's photographs: its line and result."""
+    code, lines = medlens_run(str(inp), "--out", str(out))
+    assert code == 0, lines
+    (line,) = lines
+    return line, _result(line)
 
 
 def _by_images(lines: list[dict[str, Any]]) -> dict[tuple[str, ...], dict[str, Any]]:
@@ -255,23 +227,14 @@ def test_stereo_pair_op_grades_each_frame_as_a_photograph_of_its_eye(tmp_path: P
     Before, the pair was read as a 3-D image and left out of the study; the result said
     the left eye was missing and decided on the right eye alone.
     """
-    from pydicom.uid import ExplicitVRLittleEndian
-
     inp = tmp_path / "dicom"
     study_uid = "1.2.826.0.1.3680043.8.498.73"
     left = data.load_rgb(_img("Patient007_L.jpg"))
     pair = np.stack([left, np.roll(left, 24, axis=1)])  # the second view, shifted
-    ds = _op_dataset(ExplicitVRLittleEndian, "L", "PID-7", study_uid, left.shape)
-    ds.PhotometricInterpretation = "RGB"
-    ds.NumberOfFrames = 2
-    ds.PixelData = np.ascontiguousarray(pair, dtype=np.uint8).tobytes()
-    inp.mkdir(parents=True)
-    ds.save_as(inp / "pair.dcm", enforce_file_format=True)
+    ds = opkit.op_dataset(pair, laterality="L", patient="PID-7", study_uid=study_uid)
+    opkit.save(ds, inp / "pair.dcm")
     op_dicom(_img("Patient007_R.jpg"), inp / "right.dcm", "R", "PID-7", study_uid)
-    code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out"))
-    assert code == 0, lines
-    (line,) = lines
-    doc = _result(line)
+    line, doc = _one_patient(inp, tmp_path / "out")
     eyes = doc["extra"]["eyes"]
     pair_uid = str(ds.SOPInstanceUID)
     right_uid = str(pydicom.dcmread(inp / "right.dcm", stop_before_pixels=True).SOPInstanceUID)
@@ -311,10 +274,7 @@ def test_a_blurred_shot_beside_its_retake_does_not_make_the_patient_ungradable(
     op_dicom(degrade.degrade(left, "blur", strong=True), inp / "a.dcm", "L", "P3", study_uid)
     op_dicom(left, inp / "b.dcm", "L", "P3", study_uid)
     op_dicom(_img("Patient003_R.jpg"), inp / "c.dcm", "R", "P3", study_uid)
-    code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out"))
-    assert code == 0, lines
-    (line,) = lines
-    doc = _result(line)
+    line, doc = _one_patient(inp, tmp_path / "out")
     eyes = doc["extra"]["eyes"]
     assert [e["quality"]["gradable"] for e in eyes] == [False, True, True]
     assert not any(e["findings"] and e["findings"][0]["positive"] for e in eyes)
@@ -331,7 +291,13 @@ def op_dicom_jpeg(src: Path, path: Path, laterality: str, patient: str, study_ui
 
     with PILImage.open(src) as im:
         width, height = im.size
-    ds = _op_dataset(JPEGBaseline8Bit, laterality, patient, study_uid, (height, width))
+    ds = opkit.op_header(
+        (height, width),
+        laterality=laterality,
+        patient=patient,
+        study_uid=study_uid,
+        transfer_syntax=JPEGBaseline8Bit,
+    )
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.LossyImageCompression = "01"
     ds.PixelData = encapsulate([src.read_bytes()])
@@ -429,10 +395,9 @@ def test_explanations_on_image_files_are_png_overlays(tmp_path: Path) -> None:
 
 def _grey_op(src: Path, path: Path, laterality: str, patient: str, study_uid: str) -> Path:
     """A red-free (grey, MONOCHROME2) OP photograph: the photograph's green channel."""
-    from pydicom.uid import ExplicitVRLittleEndian
 
     green = cv2.resize(data.load_rgb(src), (512, 342), interpolation=cv2.INTER_AREA)[..., 1]
-    ds = _op_dataset(ExplicitVRLittleEndian, laterality, patient, study_uid, green.shape)
+    ds = opkit.op_header(green.shape, laterality=laterality, patient=patient, study_uid=study_uid)
     ds.SamplesPerPixel = 1
     del ds.PlanarConfiguration
     ds.PhotometricInterpretation = "MONOCHROME2"

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import opkit
 import pytest
 from PIL import Image as PILImage
-from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from medlens.errors import InputError
 from medlens.routing import (
@@ -25,8 +24,6 @@ from medlens.routing import (
     read_study_csv,
 )
 
-OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
-
 
 def _png(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,30 +32,12 @@ def _png(path: Path) -> Path:
 
 
 def _op(path: Path, patient: str, study: str, laterality: str | None, frames: int = 1) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = OP_8BIT
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = OP_8BIT
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
-    ds.Modality = "OP"
-    ds.PatientID, ds.PatientName = patient, ""
-    if laterality:
-        ds.ImageLaterality = laterality
-    ds.Rows, ds.Columns = 16, 24
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    if frames > 1:  # a stereo pair: frames told apart by their values
-        ds.NumberOfFrames = frames
+    # A stereo pair's frames are told apart by their values.
     pixels = np.stack([np.full((16, 24, 3), 90 + 10 * k, np.uint8) for k in range(frames)])
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    ds = opkit.op_dataset(
+        pixels if frames > 1 else pixels[0], laterality=laterality, patient=patient, study_uid=study
+    )
+    return opkit.save(ds, path)
 
 
 @pytest.mark.parametrize(

@@ -253,22 +253,11 @@ def test_misbehaving_plugins_fail_their_jobs_only(tmp_path: Path) -> None:
 def _photo(study: str, laterality: str) -> Any:
     """One colour OP photograph, its own series (as many cameras store each eye)."""
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    import opkit
 
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
-    ds.Modality, ds.ImageLaterality = "OP", laterality
-    ds.PatientName, ds.PatientID = wk.PHANTOM_NAME, wk.PHANTOM_ID
-    ds.Rows, ds.Columns = 16, 24
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = np.full((16, 24, 3), 90, np.uint8).tobytes()
+    pixels = np.full((16, 24, 3), 90, np.uint8)
+    ds = opkit.op_dataset(pixels, laterality=laterality, patient=wk.PHANTOM_ID, study_uid=study)
+    ds.PatientName = wk.PHANTOM_NAME
     return ds
 
 
