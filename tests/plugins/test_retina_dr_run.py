@@ -253,6 +253,17 @@ def test_stereo_pair_op_grades_each_frame_as_a_photograph_of_its_eye(tmp_path: P
         for i in se.ReferencedSOPSequence
     ]
     assert sorted(evidence) == sorted([pair_uid, right_uid])  # the pair's instance once
+    groups = [
+        str(item.TextValue)
+        for item in _items(sr)
+        if item.get("ValueType") == "TEXT"
+        and str(item.ConceptNameCodeSequence[0].CodeValue) == "112039"  # Tracking Identifier
+    ]
+    assert groups[:3] == [
+        "photograph 1 (left eye)",
+        "photograph 2 (left eye)",
+        "photograph 3 (right eye)",
+    ]
     assert _dciodvfy_errors(folder / "sr.dcm") == []
     for sc_dir in (folder / "heatmap-sc", folder / "image-2" / "heatmap-sc"):
         (sc_file,) = sorted(sc_dir.iterdir())
@@ -328,6 +339,15 @@ def test_jpeg_compressed_op_as_cameras_store_it(tmp_path: Path) -> None:
     p_file = direct["extra"]["eyes"][0]["findings"][0]["probability"]
     assert abs(p_dicom - p_file) < 0.02, (p_dicom, p_file)
     assert _dciodvfy_errors(Path(line["result"]).parent / "sr.dcm") == []
+
+
+def _items(ds: Any) -> list[Any]:
+    """Every content item of an SR content tree, depth first."""
+    out: list[Any] = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out.extend(_items(item))
+    return out
 
 
 def _codes(ds: Any) -> list[Any]:

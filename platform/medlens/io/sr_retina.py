@@ -163,9 +163,10 @@ def _eye_group(
             )
         )
     side = {"R": "right", "L": "left"}.get(str(lat), "unknown")
+    # A group per photograph: an eye can have several (a retake, a stereo pair's frames).
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=hd.UID(), identifier=f"eye {n + 1} ({side})"
+            uid=hd.UID(), identifier=f"photograph {n + 1} ({side} eye)"
         ),
         finding_type=_concept(RETINA_CODES["dr"]),
         finding_sites=[site],
