@@ -253,17 +253,28 @@ def test_stereo_pair_op_grades_each_frame_as_a_photograph_of_its_eye(tmp_path: P
         for i in se.ReferencedSOPSequence
     ]
     assert sorted(evidence) == sorted([pair_uid, right_uid])  # the pair's instance once
+    # Each photograph's measurement group names it, and references its instance and frame.
     groups = [
-        str(item.TextValue)
+        item
         for item in _items(sr)
-        if item.get("ValueType") == "TEXT"
-        and str(item.ConceptNameCodeSequence[0].CodeValue) == "112039"  # Tracking Identifier
+        if item.get("ValueType") == "CONTAINER"
+        and str(item.ConceptNameCodeSequence[0].CodeValue) == "125007"  # Measurement Group
     ]
-    assert groups[:3] == [
+    names, refs = [], []
+    for group in groups[:3]:
+        for item in group.ContentSequence:
+            code = str(item.ConceptNameCodeSequence[0].CodeValue)
+            if code == "112039":  # Tracking Identifier
+                names.append(str(item.TextValue))
+            if item.ValueType == "IMAGE":  # Source image for measurement group
+                ref = item.ReferencedSOPSequence[0]
+                refs.append((str(ref.ReferencedSOPInstanceUID), ref.get("ReferencedFrameNumber")))
+    assert names == [
         "photograph 1 (left eye)",
         "photograph 2 (left eye)",
         "photograph 3 (right eye)",
     ]
+    assert refs == [(pair_uid, 1), (pair_uid, 2), (right_uid, None)]
     assert _dciodvfy_errors(folder / "sr.dcm") == []
     for sc_dir in (folder / "heatmap-sc", folder / "image-2" / "heatmap-sc"):
         (sc_file,) = sorted(sc_dir.iterdir())

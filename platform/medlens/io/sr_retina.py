@@ -129,8 +129,26 @@ def _concept(code: PdCode) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
+def _source_image(
+    eye: Mapping[str, Any], classes: Mapping[str, str]
+) -> list[hd.sr.SourceImageForMeasurementGroup] | None:
+    """The DICOM photograph (and frame) a group was measured on; None for image files.
+
+    The plugin names a DICOM photograph by its SOP Instance UID, and a frame of a
+    multi-frame one as ``<uid> frame <n>`` (UIDs hold only digits and dots).
+    """
+    uid, _, frame = str(eye.get("source") or "").partition(" frame ")
+    if uid not in classes:
+        return None
+    frames = [int(frame)] if frame.isdigit() else None
+    return [hd.sr.SourceImageForMeasurementGroup(classes[uid], uid, frames)]
+
+
 def _eye_group(
-    n: int, eye: Mapping[str, Any], algo: hd.sr.AlgorithmIdentification
+    n: int,
+    eye: Mapping[str, Any],
+    algo: hd.sr.AlgorithmIdentification,
+    classes: Mapping[str, str],
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     lat = eye.get("laterality")
     site = hd.sr.FindingSite(
@@ -173,6 +191,7 @@ def _eye_group(
         algorithm_id=algo,
         measurements=measurements or None,
         qualitative_evaluations=evaluations,
+        source_images=_source_image(eye, classes),
     )
 
 
@@ -199,7 +218,8 @@ def build_retina_sr(result: Result, sources: Sequence[Dataset]) -> hd.sr.Compreh
                 else None
             ),
         )
-        groups = [_eye_group(n, eye, algo) for n, eye in enumerate(extra["eyes"])]
+        classes = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in sources}
+        groups = [_eye_group(n, eye, algo, classes) for n, eye in enumerate(extra["eyes"])]
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="patient"),
