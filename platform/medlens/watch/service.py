@@ -142,6 +142,8 @@ class WatchService:
         self._next_rescan = 0.0
         self._next_beat = 0.0
         self._plugins: list[Manifest] = []
+        #: Those of ``_plugins`` that take a whole study (both eyes of a patient).
+        self._study_plugins: frozenset[str] = frozenset()
         self._started = False
 
     # --- life cycle -------------------------------------------------------------------
@@ -159,6 +161,7 @@ class WatchService:
             and Artifact.MASK not in m.consumes
             and self.config.for_plugin(m.id).enabled
         ]
+        self._study_plugins = frozenset(m.id for m in self._plugins if m.study is not None)
         now = self.clock.time()
         crashed = self.db.service_started(os.getpid(), now)
         requeued = self.db.requeue_running()
@@ -396,7 +399,7 @@ class WatchService:
                 for d in decisions
             ],
             now,
-            study_plugins=frozenset(m.id for m in self._plugins if m.study is not None),
+            study_plugins=self._study_plugins,
         )
         for d in decisions:
             if d.matched:
@@ -437,7 +440,7 @@ class WatchService:
         own = self.db.series_instances(job.series_id)
         instances = list(own)
         with_series: list[str] = []
-        if any(m.id == job.plugin and m.study is not None for m in self._plugins):
+        if job.plugin in self._study_plugins:
             # A study plugin reads the study's other accepted series too (eyes are often a
             # series each), so every series' result sees the whole patient.
             for other_id, other_uid in self.db.study_companions(job.series_id, job.plugin):
