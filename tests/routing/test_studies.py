@@ -75,6 +75,40 @@ def test_file_names_group_patients_with_their_sides(tmp_path: Path) -> None:
     assert all(s.name.startswith("PATIENT-") and "atient" not in s.name[1:] for s in studies)
 
 
+def test_same_file_names_in_two_folders_are_two_patients(tmp_path: Path) -> None:
+    # A folder per patient with the camera's own names: merging them would let one
+    # patient's photographs decide for the other.
+    for folder in ("p1", "p2"):
+        for side in "LR":
+            _png(tmp_path / folder / f"fundus_{side}.png")
+    one_input = group_studies(find_cases([tmp_path]))
+    two_inputs = group_studies(find_cases([tmp_path / "p1", tmp_path / "p2"]))
+    files = group_studies(find_cases(sorted((tmp_path / "p1").iterdir())))
+    for studies in (one_input, two_inputs):
+        got = sorted(tuple(c.source_path for c in s.cases) for s in studies)
+        assert len(studies) == 2, got
+        assert all(s.lateralities == ("L", "R") for s in studies)
+        assert all(
+            {c.path.parent for c in s.cases} in ({tmp_path / "p1"}, {tmp_path / "p2"})
+            for s in studies
+        )
+    # Files given one by one still make their folder's patient.
+    assert [len(s.cases) for s in files] == [2]
+    assert "p1" not in one_input[0].name and "fundus" not in one_input[0].name
+
+
+def test_study_csv_bare_name_shared_by_two_files_is_refused(tmp_path: Path) -> None:
+    for folder in ("p1", "p2"):
+        _png(tmp_path / "in" / folder / "eye.png")
+    table = tmp_path / "study.csv"
+    table.write_text("file,patient_id,eye\neye.png,P1,OD\n")
+    with pytest.raises(InputError, match="2 input files are called: give its path"):
+        group_studies(find_cases([tmp_path / "in"]), study_csv=read_study_csv(table))
+    table.write_text("file,patient_id,eye\np1/eye.png,P1,OD\np2/eye.png,P2,OS\n")
+    studies = group_studies(find_cases([tmp_path / "in"]), study_csv=read_study_csv(table))
+    assert sorted(s.lateralities for s in studies) == [("L",), ("R",)]
+
+
 def test_dicom_groups_by_patient_and_study_and_never_names_them(tmp_path: Path) -> None:
     s1, s2 = generate_uid(), generate_uid()
     _op(tmp_path / "a.dcm", "PID-7", s1, "L")

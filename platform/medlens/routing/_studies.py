@@ -14,7 +14,12 @@ the first of these that applies to each image:
 3. the file-name convention: the stem without its laterality token
    (``Patient003_L.jpg`` and ``Patient003_R.jpg`` are one patient; ``_L``/``_R``,
    ``OD`` = right, ``OS`` = left, as separate tokens) gives the patient, the token the
-   side.
+   side, *within one folder*: ``p1/fundus_L.jpg`` and ``p2/fundus_L.jpg`` are two
+   patients, since a folder per patient with the camera's own file names is common and
+   merging two patients would let one's photographs decide for the other.
+
+A CSV row naming a bare file name matches that file only when one input file has
+the name; otherwise its path relative to the input folder is needed.
 
 A study's folder name is built from validated parts only, the same on every run:
 ``PATIENT-<10 hex of sha256 of the grouping key>``; never an identifier, a name or a
@@ -142,15 +147,31 @@ def _key(
         h = case.headers[0]
         return f"dicom\x00{h.patient_key}\x00{h.study_instance_uid}", None, "dicom"
     path = case.paths[0]
-    rel = case.source_path
-    hit = given.get(rel) or given.get(path.name)
+    hit = given.get(case.source_path) or given.get(path.name)
     if hit is not None:
         return f"csv\x00{hit[0]}", hit[1] or laterality_from_name(path.name), "csv"
+    # The folder is part of the patient: hashed into the study's name, never shown.
+    folder = str(path.parent.resolve())
     return (
-        f"name\x00{patient_key_from_name(path.name)}",
+        f"name\x00{folder}\x00{patient_key_from_name(path.name)}",
         laterality_from_name(path.name),
-        ("file name"),
+        "file name",
     )
+
+
+def _ambiguous_names(cases: list[Case], given: Mapping[str, tuple[str, str | None]]) -> None:
+    """Refuse a CSV row naming a bare file name that several input files share."""
+    count: dict[str, int] = {}
+    for c in cases:
+        if c.kind == "file":
+            count[c.paths[0].name] = count.get(c.paths[0].name, 0) + 1
+    for c in cases:
+        name = c.paths[0].name
+        if c.kind == "file" and c.source_path not in given and name in given and count[name] > 1:
+            raise InputError(
+                f"the study CSV names the file {name!r}, which {count[name]} input files are "
+                "called: give its path relative to the input folder"
+            )
 
 
 def group_studies(
@@ -164,8 +185,13 @@ def group_studies(
 
     Returns:
         The studies, sorted by name (stable across runs).
+
+    Raises:
+        InputError: The CSV names a bare file name that several input files share.
     """
     given = study_csv or {}
+    cases = list(cases)
+    _ambiguous_names(cases, given)
     groups: dict[str, tuple[list[Case], list[str | None], GroupedBy]] = {}
     for case in cases:
         if case.kind == "error":
