@@ -86,8 +86,10 @@ def test_batch_runs_every_accepted_case_and_reports_each(
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00")
     ep = rule_plugin(tmp_path, monkeypatch)
     out = tmp_path / "out"
-    code, lines, _ = _invoke(monkeypatch, [ep], ["rule-plugin", str(src), "--out", str(out)])
+    code, lines, err = _invoke(monkeypatch, [ep], ["rule-plugin", str(src), "--out", str(out)])
     assert code == EXIT_FAILED  # the broken file is a failed case, the rest still ran
+    # The text file is no case, but it is counted, not silently dropped.
+    assert "; 1 file(s) not read, neither DICOM nor an image file of their own" in err
     by_status: dict[str, list[dict[str, Any]]] = {}
     for x in lines:
         by_status.setdefault(x["status"], []).append(x)

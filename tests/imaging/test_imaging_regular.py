@@ -54,3 +54,26 @@ def test_host_run_on_a_fifo_is_one_line_naming_only_the_file(fifo: Path) -> None
         Host().run("cxr-pneumonia", fifo, options={"explain": False}, chain=False)
     assert str(e.value) == "file 'IM0001.dcm' is not a regular file (a FIFO)"
     assert "patient-folder" not in str(e.value)
+
+
+def test_a_folder_with_a_link_loop_a_fifo_and_a_huge_file_still_gives_its_good_case(
+    tmp_path: Path,
+) -> None:
+    from routingkit import write_series
+
+    write_series(tmp_path / "series", n=3)
+    os.symlink(tmp_path / "loop1.dcm", tmp_path / "loop2.dcm")
+    os.symlink(tmp_path / "loop2.dcm", tmp_path / "loop1.dcm")  # the index used to raise here
+    os.mkfifo(tmp_path / "pipe.dcm")  # the index used to block on it for ever
+    huge = tmp_path / "huge.dcm"
+    with huge.open("wb") as fh:  # sparse: 2 GiB + 1 byte without the disk space
+        fh.truncate(2 * 1024**3 + 1)
+    cases = find_cases([tmp_path])
+    by_kind = {k: sorted(c.error or "" for c in cases if c.kind == k) for k in ("skipped", "error")}
+    assert [c.kind for c in cases].count("dicom") == 1
+    assert by_kind["skipped"] == [
+        "file 'loop1.dcm' cannot be read: Too many levels of symbolic links",
+        "file 'loop2.dcm' cannot be read: Too many levels of symbolic links",
+        "file 'pipe.dcm' is not a regular file (a FIFO)",
+    ]
+    assert by_kind["error"] == ["file 'huge.dcm' is too large to read (2.0 GiB; at most 2.0 GiB)"]

@@ -144,9 +144,16 @@ def test_cases_of_a_folder(tmp_path: Path) -> None:
     assert sorted((c.kind, c.name.split("-")[0]) for c in cases) == [
         ("dicom", "CT"),
         ("dicom", "MR"),
+        ("skipped", "SKIPPED"),  # not run, but said: the user may have meant it
     ]
-    assert all(c.facts is not None for c in cases)
-    assert len({c.name for c in cases}) == 2
+    dicom = [c for c in cases if c.kind == "dicom"]
+    assert all(c.facts is not None for c in dicom)
+    assert len({c.name for c in cases}) == 3
+    (skipped,) = (c for c in cases if c.kind == "skipped")
+    assert skipped.error == (
+        "'labels.nii.gz' is an image file in a folder of DICOM series: not read "
+        "(give it as an input of its own)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -289,8 +289,17 @@ def run(
     on_tilt = host.tilt_policy(plugin_id, tilt)
     # Results of an earlier run inside an input folder are not inputs.
     out_root = out.resolve()
-    cases = [c for c in find_cases(inputs) if not c.path.resolve().is_relative_to(out_root)]
-    runnable = [c for c in cases if c.kind != "error"]
+    # realpath, not Path.resolve: a link loop among the inputs must not raise here.
+    cases = [
+        c for c in find_cases(inputs) if not Path(os.path.realpath(c.path)).is_relative_to(out_root)
+    ]
+    # Files no plugin reads (text, a link loop, an image beside DICOM): counted and listed
+    # at info level, not case lines: a folder's truth files would drown the cases.
+    not_read = [c for c in cases if c.kind == "skipped"]
+    cases = [c for c in cases if c.kind != "skipped"]
+    for c in not_read:
+        log.info("not read: %s", c.error)
+    runnable = [c for c in cases if c.kind in ("dicom", "file")]
     if mask is not None and len(runnable) > 1:
         raise click.UsageError(f"--mask needs exactly one case; the inputs hold {len(runnable)}")
     studies: list[Study] | None = None
@@ -341,6 +350,11 @@ def run(
     statuses = ("ok", "rejected", "skipped", "failed")
     counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    if not_read:
+        summary += (
+            f"; {len(not_read)} file(s) not read, neither DICOM nor an image file of their "
+            "own (--log-level info lists them)"
+        )
     click.echo(f"{manifest.id}: {len(outcomes)} case(s): {summary}; results in {out}", err=True)
     accepted = counts["ok"] + counts["rejected"] + counts["failed"]
     if accepted == 0:

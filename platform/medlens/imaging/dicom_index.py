@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import DicomError, NotDicomError, SelectionError
+from medlens.errors import DicomError, InputError, NotDicomError, SelectionError
 from medlens.imaging.image import AUDIT_ATTRIBUTES
+from medlens.imaging.regular import check_file_size, check_regular_file
 
 __all__ = [
     "DicomHeader",
@@ -468,13 +469,25 @@ def _walk(root: Path) -> Iterator[Path]:
         except OSError:
             continue
         for e in entries:
-            if e.is_dir(follow_symlinks=False):
+            try:
+                real_dir = e.is_dir(follow_symlinks=False)
+            except OSError:  # vanished or unreadable entry: its reason comes from the check
+                real_dir = False
+            if real_dir:
                 stack.append(Path(e.path))
-            elif e.is_file():
+            else:  # links, FIFOs and the like too: _try_header says why they are not read
                 yield Path(e.path)
 
 
 def _try_header(path: Path) -> DicomHeader | SkippedFile:
+    try:  # before anything opens it: a FIFO would block, a link loop raise
+        st = check_regular_file(path)
+    except InputError as e:  # no instance at all: skipped, like any other non-DICOM file
+        return SkippedFile(path, str(e), not_dicom=True)
+    try:
+        check_file_size(path, st)
+    except InputError as e:
+        return SkippedFile(path, str(e))
     try:
         return read_header(path)
     except NotDicomError as e:

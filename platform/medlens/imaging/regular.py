@@ -13,7 +13,11 @@ from pathlib import Path
 
 from medlens.errors import InputError
 
-__all__ = ["check_regular_file", "file_kind"]
+__all__ = ["MAX_FILE_BYTES", "check_file_size", "check_regular_file", "file_kind"]
+
+#: Largest file read as an input (the watch service's default ``max_file_bytes``): a
+#: whole enhanced CT of 2 000 frames is about 1 GiB.
+MAX_FILE_BYTES = 2 * 1024**3
 
 
 def file_kind(mode: int) -> str:
@@ -54,3 +58,18 @@ def check_regular_file(path: str | os.PathLike[str], what: str = "file") -> os.s
     if st.st_size == 0:
         raise InputError(f"{what} {p.name!r} is empty (0 bytes)")
     return st
+
+
+def check_file_size(
+    path: str | os.PathLike[str], st: os.stat_result, limit: int = MAX_FILE_BYTES
+) -> None:
+    """Refuse a file larger than ``limit`` before it is read.
+
+    Raises:
+        InputError: One line naming the file and its size.
+    """
+    if st.st_size > limit:
+        raise InputError(
+            f"file {Path(path).name!r} is too large to read ({st.st_size / 1024**3:.1f} GiB; "
+            f"at most {limit / 1024**3:.1f} GiB)"
+        )

@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from medlens.errors import DicomError, GeometryError, NotDicomError
+from medlens.errors import DicomError, GeometryError, InputError, NotDicomError
 from medlens.imaging.decode import decode_frames
 from medlens.imaging.image import Image
+from medlens.imaging.regular import check_file_size, check_regular_file
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -95,6 +96,10 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     from pydicom.errors import InvalidDicomError
 
     p = Path(path)
+    try:  # a FIFO would block the reader, a huge file fill the memory
+        check_file_size(p, check_regular_file(p))
+    except InputError as e:
+        raise DicomError(str(e)) from e
     try:
         return pydicom.dcmread(p)
     except InvalidDicomError as e:

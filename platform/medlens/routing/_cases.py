@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from medlens.errors import InputError
-from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, index_folder
+from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, SkippedFile, index_folder
 from medlens.imaging.facts import Facts, facts_of_headers
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti
@@ -40,7 +40,7 @@ from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, is_photo_f
 
 __all__ = ["Case", "CaseKind", "find_cases", "read_case", "read_case_images"]
 
-CaseKind = Literal["dicom", "file", "error"]
+CaseKind = Literal["dicom", "file", "error", "skipped"]
 
 _NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "DOC"})
 _SAFE = re.compile(r"[^A-Za-z0-9]+")
@@ -54,12 +54,14 @@ class Case:
         name: Folder name for its results, the same on every run: validated parts only
             (modality code, hash of the series UID or of the file's relative path).
         kind: ``dicom`` (a series or single DICOM file), ``file`` (NIfTI or 2-D image
-            file) or ``error`` (unreadable DICOM: ``error`` says why).
+            file), ``error`` (unreadable DICOM: ``error`` says why) or ``skipped`` (a
+            file no plugin reads, such as a text file or a link loop: ``error`` says why;
+            reported, never run, never a failure).
         root: The input (file or folder) the case was found in.
         paths: Its files.
         headers: DICOM headers of ``dicom`` cases (one per file).
         facts: Routing facts of ``dicom`` cases (``None`` for files, known after reading).
-        error: One-line reason of ``error`` cases.
+        error: One-line reason of ``error`` and ``skipped`` cases.
         volume: Which volume of a multi-echo / 4-D series (``e2``, ``e1_t3``), else "".
     """
 
@@ -163,29 +165,34 @@ def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
             )
     has_dicom = bool(cases)
     for sk in index.skipped:
-        if sk.not_dicom:
-            if not has_dicom and (is_nifti(sk.path) or is_2d_image_file(sk.path)):
-                rel = sk.path.relative_to(root) if root.is_dir() else Path(sk.path.name)
-                cases.append(
-                    Case(
-                        name=namer("FILE", rel.as_posix()),
-                        kind="file",
-                        root=root,
-                        paths=(sk.path,),
-                    )
-                )
-            continue
         rel = sk.path.relative_to(root) if root.is_dir() else Path(sk.path.name)
-        cases.append(
-            Case(
-                name=namer("ERROR", rel.as_posix()),
-                kind="error",
-                root=root,
-                paths=(sk.path,),
-                error=sk.reason,
+        if not sk.not_dicom:
+            cases.append(
+                Case(namer("ERROR", rel.as_posix()), "error", root, (sk.path,), error=sk.reason)
             )
-        )
+            continue
+        # By its name, and a regular file (a link loop named .png is no image).
+        readable = (is_nifti(sk.path) or is_2d_image_file(sk.path)) and sk.path.is_file()
+        if readable and not has_dicom:
+            cases.append(Case(namer("FILE", rel.as_posix()), "file", root, (sk.path,)))
+        elif root.is_dir() and not _expected_beside(sk):
+            # Said, not dropped: a file the user meant as input must not vanish unnoticed.
+            why = (
+                f"{sk.path.name!r} is an image file in a folder of DICOM series: not read "
+                "(give it as an input of its own)"
+                if readable
+                else sk.reason
+            )
+            cases.append(
+                Case(namer("SKIPPED", rel.as_posix()), "skipped", root, (sk.path,), error=why)
+            )
     return cases, has_dicom
+
+
+def _expected_beside(sk: SkippedFile) -> bool:
+    """A DICOMDIR or an OS's hidden file: expected beside DICOM, not worth a line."""
+    name = sk.path.name
+    return name.upper() == "DICOMDIR" or name.startswith(".") or name.lower() == "thumbs.db"
 
 
 def find_cases(inputs: Iterable[Path]) -> list[Case]:
@@ -242,7 +249,7 @@ def read_case(case: Case, *, on_tilt: TiltPolicy = "error") -> Image:
     """
     from medlens.imaging.read import read_image, read_series
 
-    if case.kind == "error":
+    if case.kind in ("error", "skipped"):
         raise InputError(case.error or "unreadable input")
     if case.kind == "file":
         return read_image(case.paths[0])

@@ -55,9 +55,11 @@ def read_for(
     tilt = on_tilt if on_tilt is not None else tilt_policy(manifest)
     path = Path(input)
     cases = find_cases([path])
-    runnable = [c for c in cases if c.kind != "error"]
+    runnable = [c for c in cases if c.kind in ("dicom", "file")]
     if not runnable:
-        errors = "; ".join(c.error or "" for c in cases if c.error)
+        reasons = [c.error for c in cases if c.error]
+        more = f"; and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+        errors = "; ".join(reasons[:5]) + more
         if not path.is_dir() and len(cases) == 1 and errors:
             raise InputError(errors)  # one file: its own reason says it all
         detail = f": {errors}" if errors else ""

@@ -180,7 +180,8 @@ def group_studies(
     """The ``dicom`` and ``file`` cases grouped into studies (see the module docstring).
 
     Args:
-        cases: Cases from :func:`~medlens.routing.find_cases` (``error`` cases are left out).
+        cases: Cases from :func:`~medlens.routing.find_cases` (``error`` and ``skipped``
+            cases are left out).
         study_csv: From :func:`read_study_csv`, for image files.
 
     Returns:
@@ -194,7 +195,7 @@ def group_studies(
     _ambiguous_names(cases, given)
     groups: dict[str, tuple[list[Case], list[str | None], GroupedBy]] = {}
     for case in cases:
-        if case.kind == "error":
+        if case.kind not in ("dicom", "file"):
             continue
         key, side, how = _key(case, given)
         members, sides, _ = groups.setdefault(key, ([], [], how))
