@@ -148,6 +148,10 @@ def test_malformed_inputs_are_quarantined(tmp_path: Path) -> None:
     small = wk.make_series(1, size=16)[0]
     small.SeriesInstanceUID = good[0].SeriesInstanceUID
     small.StudyInstanceUID = good[0].StudyInstanceUID
+    # The series' UIDs with another patient's (reused UIDs): never joined to it.
+    stranger = wk.make_series(1, series_uid=good[0].SeriesInstanceUID, seed=5)[0]
+    stranger.StudyInstanceUID = good[0].StudyInstanceUID
+    stranger.PatientID, stranger.PatientName = "OTHER-4711", "Other^Person"
     bad = {
         "empty.dcm": b"",
         "random.dcm": os.urandom(4000),
@@ -158,6 +162,7 @@ def test_malformed_inputs_are_quarantined(tmp_path: Path) -> None:
         "huge.dcm": wk.encode(huge),
         "liar.dcm": wk.encode(liar),
         "inconsistent.dcm": wk.encode(small),
+        "stranger.dcm": wk.encode(stranger),
     }
     expect = {
         "empty.dcm": "empty file",
@@ -169,6 +174,7 @@ def test_malformed_inputs_are_quarantined(tmp_path: Path) -> None:
         "huge.dcm": "exceed the limit",
         "liar.dcm": "truncated or wrong dimensions",
         "inconsistent.dcm": "inconsistent with its series: rows 16",
+        "stranger.dcm": "inconsistent with its series: another patient (PatientID / PatientName)",
     }
     with Running(tmp_path, ("body-mask",), poll=True) as r:
         wk.write_files(good[:2], r.inp)
@@ -205,6 +211,7 @@ def test_malformed_inputs_are_quarantined(tmp_path: Path) -> None:
     assert set(reasons) == set(bad)
     for name, want in expect.items():
         assert want in reasons[name], (name, reasons[name])
+        assert "OTHER-4711" not in reasons[name] and "Other" not in reasons[name]
     rows = wk.query(r.state, "SELECT COUNT(*) FROM instances")
     assert rows[0][0] == 4
     assert (

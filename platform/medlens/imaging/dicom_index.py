@@ -39,6 +39,7 @@ __all__ = [
     "build_index",
     "fast_value",
     "index_folder",
+    "patient_key_of",
     "read_header",
 ]
 
@@ -225,6 +226,15 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n else None
 
 
+def patient_key_of(patient_id: object, patient_name: object) -> str:
+    """The non-identifying key of a patient: 16 hex of sha256 of PatientID and PatientName.
+
+    Only compared and grouped on, never shown: equal keys are the same patient's.
+    """
+    pid, pname = str(patient_id or ""), str(patient_name or "")
+    return hashlib.sha256(f"{pid}\x00{pname}".encode()).hexdigest()[:16]
+
+
 def read_header(path: str | os.PathLike[str]) -> DicomHeader:
     """Read one file's header without its pixel data.
 
@@ -280,9 +290,7 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
         if not text:
             raise DicomError(f"{p.name!r} has an empty or missing {kw}")
         uids[kw] = text
-    pid = str(values["PatientID"] or "")
-    pname = str(values["PatientName"] or "")
-    patient_key = hashlib.sha256(f"{pid}\x00{pname}".encode()).hexdigest()[:16]
+    patient_key = patient_key_of(values["PatientID"], values["PatientName"])
     attributes = {
         kw: _plain(values[kw])
         for kw in AUDIT_ATTRIBUTES

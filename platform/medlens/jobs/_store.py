@@ -253,6 +253,13 @@ class JobStore:
         )
         return int(cur.lastrowid or 0)
 
+    def first_instance_path(self, c: sqlite3.Connection, series_id: int) -> str | None:
+        """The store path (relative to STATE) of a series' first stored instance."""
+        row = c.execute(
+            "SELECT path FROM instances WHERE series_id=? ORDER BY id LIMIT 1", (series_id,)
+        ).fetchone()
+        return None if row is None else str(row["path"])
+
     def instance_by_sop(self, c: sqlite3.Connection, sop_uid: str) -> InstanceRow | None:
         """The stored instance with this SOP Instance UID, if any."""
         row = c.execute(

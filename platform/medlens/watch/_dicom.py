@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medlens.errors import DicomError, UnsafePathError
+from medlens.imaging.dicom_index import patient_key_of
 from medlens.safepaths import check_uid, is_uid
 from medlens.watch._phi import captured_warnings, scrub
 
@@ -38,6 +39,9 @@ class InstanceInfo:
     columns: int
     sha256: str
     size: int
+    #: :func:`~medlens.imaging.dicom_index.patient_key_of` the instance's patient: held in
+    #: memory to compare an instance with its series, never stored.
+    patient_key: str = ""
 
 
 def _uid(ds: Any, keyword: str) -> str:
@@ -192,6 +196,7 @@ def _parse(data: bytes, max_declared_bytes: int, sha256: str | None) -> Instance
         columns=cols,
         sha256=sha256 or hashlib.sha256(data).hexdigest(),
         size=len(data),
+        patient_key=patient_key_of(ds.get("PatientID"), ds.get("PatientName")),
     )
 
 

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sqlite3
 import stat
 import threading
 import time
@@ -398,6 +399,19 @@ class Ingestor:
             return
         self._stuck[path] = (st.st_size, st.st_mtime_ns)
 
+    def _series_patient(self, c: sqlite3.Connection, series_id: int) -> str | None:
+        """The patient key of a stored series (read from its first instance), if readable."""
+        from medlens.imaging.dicom_index import read_header
+
+        rel = self.db.first_instance_path(c, series_id)
+        if rel is None:
+            return None
+        try:
+            return read_header(self.state_dir / rel).patient_key
+        except Exception:  # a store file gone or damaged: the other checks still apply
+            _log.debug("series %d: first instance unreadable for the patient check", series_id)
+            return None
+
     def _commit(self, ready: list[_Ready]) -> list[int]:
         now = time.time()
         changed: set[int] = set()
@@ -407,12 +421,15 @@ class Ingestor:
         events: list[tuple[str, dict[str, object]]] = []
         dirs: set[Path] = set()
         stored: list[Path] = []
+        patients: dict[int, str | None] = {}  # series id → its patient key, this batch
         with self.db.tx() as c:
             for r in ready:
                 info = r.info
                 srow = self.db.series_by_uid(c, info.series_uid)
                 if srow is not None:
-                    why = _inconsistent(srow, info)
+                    if srow.id not in patients:
+                        patients[srow.id] = self._series_patient(c, srow.id)
+                    why = _inconsistent(srow, info, patients[srow.id])
                     if why:
                         mismatched.append((r, why))
                         continue
@@ -595,7 +612,7 @@ class Ingestor:
         return fixed
 
 
-def _inconsistent(series: SeriesRow, info: InstanceInfo) -> str:
+def _inconsistent(series: SeriesRow, info: InstanceInfo, patient_key: str | None = None) -> str:
     for key, ref, value in (
         ("modality", series.modality, info.modality),
         ("rows", series.rows, info.rows),
@@ -605,6 +622,9 @@ def _inconsistent(series: SeriesRow, info: InstanceInfo) -> str:
             return f"inconsistent with its series: {key} {value!r} where the series has {ref!r}"
     if series.study_uid != info.study_uid:
         return "inconsistent with its series: another StudyInstanceUID"
+    if patient_key is not None and info.patient_key != patient_key:
+        # Reused or colliding UIDs: joined, one patient's result would show another's images.
+        return "inconsistent with its series: another patient (PatientID / PatientName)"
     return ""
 
 
