@@ -98,3 +98,32 @@ def test_index_speed_on_many_small_files(tmp_path: Path, dicom_builder: SimpleNa
     assert ix.file_count == n
     # target ≥1000 files/s; assert a loose floor so a busy CI machine does not flake
     assert rate > 300, f"{rate:.0f} files/s"
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("SOPInstanceUID", "../x0/.."),
+        ("StudyInstanceUID", "../../evil"),
+        ("SeriesInstanceUID", "1." + "2" * 200),  # longer than 64
+    ],
+)
+def test_a_header_whose_uid_is_no_uid_is_refused_in_one_line(
+    tmp_path: Path, keyword: str, value: str
+) -> None:
+    # Copied into the SEG and SR written for the series, such values made them invalid
+    # (dciodvfy: "Illegal root for UID") and are unsafe wherever they name anything.
+    from routingkit import write_series
+
+    write_series(tmp_path / "s", n=2)
+    path = sorted((tmp_path / "s").iterdir())[0]
+    ds = pydicom.dcmread(path)
+    with pydicom.config.disable_value_validation():
+        setattr(ds, keyword, value)
+        ds.save_as(path)
+    with pytest.raises(DicomError) as e:
+        read_header(path)
+    assert (
+        str(e.value) == f"{path.name!r}: {keyword} is not a valid UID (digits and dots, at most 64)"
+    )
+    assert value not in str(e.value)

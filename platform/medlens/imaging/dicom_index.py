@@ -28,6 +28,7 @@ from typing import Any
 from medlens.errors import DicomError, InputError, NotDicomError, SelectionError
 from medlens.imaging.image import AUDIT_ATTRIBUTES
 from medlens.imaging.regular import check_file_size, check_regular_file
+from medlens.safepaths import is_uid
 
 __all__ = [
     "DicomHeader",
@@ -289,7 +290,11 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
             log.debug("%r: %s", p.name, warnings[-1])
         if not text:
             raise DicomError(f"{p.name!r} has an empty or missing {kw}")
-        uids[kw] = text
+        if not is_uid(text.rstrip("\x00")):
+            # Copied into the SEG/SR written for it and used to match instances: a value
+            # that is no UID ("../x", 300 characters) would make those invalid or unsafe.
+            raise DicomError(f"{p.name!r}: {kw} is not a valid UID (digits and dots, at most 64)")
+        uids[kw] = text.rstrip("\x00")
     patient_key = patient_key_of(values["PatientID"], values["PatientName"])
     attributes = {
         kw: _plain(values[kw])
