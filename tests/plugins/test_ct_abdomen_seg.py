@@ -485,17 +485,25 @@ def test_volume_check_rejects_a_head_sized_liver_and_warns_on_borderline() -> No
     verdict = gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs())
     assert verdict.rejected is None
     assert any(w.startswith("borderline: liver 648 mL") for w in verdict.warnings)
-    # Touching the image's edge, the organ may be cut: not judged.
+    # Touching the image's edge, the liver may be cut: never reported.
     mask[:] = 0
     mask[0:40, 20:45, 10:31] = 1
-    assert gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs()).rejected is None
+    assert "liver reaches the image's edge" in str(
+        gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs()).rejected
+    )
 
 
-def test_volume_check_does_not_judge_an_organ_on_any_face() -> None:
+def test_volume_check_rejects_a_liver_on_any_face_and_leaves_other_organs_to_measure() -> None:
+    # A scan that stops inside the liver (the probe: 55 % of the slices) gave "liver
+    # 417 mL, spleen 0.8 mL, status ok": a cut organ's volume, and no word of it.
     gate = _gate()
+    organs = _organs()
     mask = np.zeros((60, 50, 40), np.uint8)
     mask[20:40, 20:45, 10:31] = 1  # 105 mL at 10 mm^3 voxels: rejected when judged
-    assert gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs()).rejected is not None
+    assert "liver 105 mL" in str(gate.check_volumes(mask, (1.0, 1.0, 10.0), organs).rejected)
+    spleen = mask * 0
+    spleen[0:10, 5:15, 0:20] = organs["spleen"]  # cut: not judged here, not measured later
+    assert gate.check_volumes(spleen, (1.0, 1.0, 10.0), organs) == gate.GateVerdict()
     for axis in range(3):
         for end in (0, -1):
             cut = mask.copy()
@@ -505,8 +513,8 @@ def test_volume_check_does_not_judge_an_organ_on_any_face() -> None:
             face = [slice(None)] * 3
             face[axis] = slice(0, 1) if end == 0 else slice(-1, None)
             cut[tuple(face)] = 1  # the liver (and only it) reaches this face
-            verdict = gate.check_volumes(cut, (1.0, 1.0, 10.0), _organs())
-            assert verdict.rejected is None, (axis, end)
+            verdict = gate.check_volumes(cut, (1.0, 1.0, 10.0), organs)
+            assert "liver reaches the image's edge" in str(verdict.rejected), (axis, end)
     assert gate.check_volumes(np.zeros((5, 5, 5), np.uint8), (1.0, 1.0, 1.0), _organs()) == (
         gate.GateVerdict()
     )

@@ -360,9 +360,29 @@ def test_bad_masks_raise_typed_errors() -> None:
         plugin.predict(PluginInputs(image), RunContext(manifest=MANIFEST, device="cpu"))
     # Float masks holding integer labels are accepted.
     ok = image.with_array(
-        np.pad(np.ones((1, 2, 2, 2), np.float32), ((0, 0), (0, 6), (0, 6), (0, 2)))
+        np.pad(np.ones((1, 2, 2, 2), np.float32), ((0, 0), (1, 5), (1, 5), (1, 1)))
     )
     assert _predict(image, ok)[0].volume_ml == pytest.approx(0.008)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_label_the_image_cuts_is_not_measured_and_says_why(axis: int) -> None:
+    # A structure reaching the grid's face is only partly in the image (a scan range or
+    # field of view that cuts it): its volume would be a confident wrong figure.
+    image = Image(np.zeros((1, 8, 8, 6), np.float32), (1.0, 1.0, 1.0), (0, 0, 0), np.eye(3))
+    arr = np.zeros((1, 8, 8, 6), np.uint8)
+    arr[0, 2:4, 2:4, 2:4] = 1  # inside
+    box = [slice(5, 7), slice(5, 7), slice(3, 5)]
+    box[axis] = slice(0, 2)  # label 2 reaches face 0 of this axis
+    arr[(0, *box)] = 2
+    plugin = VolumeMeasure(MANIFEST)
+    ctx = RunContext(manifest=MANIFEST, device="cpu")
+    pred = plugin.predict(PluginInputs(image, image.with_array(arr)), ctx)
+    assert [m.label for m in pred.measurements] == ["label-1"]
+    assert ctx.warnings == [
+        "label-2 reaches the image's edge (the scan range or the field of view cuts it): only "
+        "part of it is in the image, so its volume and lesions are not reported"
+    ]
 
 
 # ---------------------------------------------------------------- through the host

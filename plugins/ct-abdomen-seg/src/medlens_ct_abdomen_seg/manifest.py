@@ -214,6 +214,9 @@ MANIFEST = v1.Manifest(
             "volumes just outside it are reported with a warning. Training range (mL): "
             + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in TRAINING_VOLUME_ML.items())
             + " (python -m medlens_ct_abdomen_seg.plausibility).",
+            "A liver that reaches the image's edge (a scan range or field of view that cuts "
+            "it) is refused: its volume would be of the covered part and tumours outside "
+            "the scan unseen. Other organs the image cuts are segmented but not measured.",
         ],
         training_data=(
             "160 MedLens CT phantoms (medlens.phantoms.ct.synthesize, small mode), seeds 0-159, "

@@ -320,10 +320,12 @@ def check_volumes(
 ) -> GateVerdict:
     """Produced organ volumes against the training range.
 
-    An organ touching the image's boundary may be cut by it and is not judged. A liver
-    (the organ whose tumours the model reports) beyond twice its range or under half of it
-    rejects the case; any other organ out of range, or a liver just outside it, is a
-    warning (a small spurious fragment of another organ does not void the liver's result).
+    An organ touching the image's boundary may be cut by it and is not judged (the
+    chained volume-measure reports no volume for it); a liver touching it rejects the
+    case, since the model reports the liver's tumours. A liver beyond twice its range or
+    under half of it rejects the case; any other organ out of range, or a liver just
+    outside it, is a warning (a small spurious fragment of another organ does not void
+    the liver's result).
 
     Args:
         mask: Label map ``(i, j, k)``.
@@ -349,6 +351,14 @@ def check_volumes(
                 edge[np.unique(np.take(mask, index, axis=axis))] = True
             else:  # a face the labelled box does not reach holds only 0
                 edge[0] = True
+    if _DECISIVE in labels and edge[labels[_DECISIVE]]:
+        # A cut liver: its volume is of the covered part, and tumours outside the scan
+        # are unseen, so "no tumour" would be a confident wrong answer.
+        verdict.rejected = (
+            "the liver reaches the image's edge: the scan range or field of view cuts it, so "
+            "neither its volume nor its tumours can be reported (scan the whole liver)"
+        )
+        return verdict
     far: list[str] = []
     for name, (lo, hi) in ranges.items():
         value = labels[name]

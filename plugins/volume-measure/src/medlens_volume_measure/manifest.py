@@ -51,6 +51,8 @@ MANIFEST = Manifest(
             "oblique or reformatted series give diameters in their own slice plane.",
             "Lesions touching at an edge or corner count as one (26-connectivity); pass "
             "option connectivity=6 for face-only connectivity.",
+            "A label that reaches a face of the image's grid may be cut by the scan range "
+            "or field of view: it is not measured, and a warning says so.",
         ],
         training_data="None: no learned model.",
         license="Apache-2.0",

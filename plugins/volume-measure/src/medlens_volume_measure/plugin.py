@@ -61,6 +61,7 @@ __all__ = [
     "VolumeMeasure",
     "VolumeMeasureOptions",
     "create",
+    "cut_by_edge",
     "label_boxes",
     "labels_to_measure",
     "max_chord",
@@ -147,7 +148,17 @@ class VolumeMeasure:
         boxes = label_boxes(labels_arr)
         present = sorted(boxes)
         specs = labels_to_measure(inputs, present)
+        cut = cut_by_edge(boxes, labels_arr.shape)
+        for spec in specs:
+            if spec.value in cut:
+                # A volume of the part the image holds is no measurement of the structure.
+                ctx.warn(
+                    f"{spec.name} reaches the image's edge (the scan range or the field of "
+                    "view cuts it): only part of it is in the image, so its volume and "
+                    "lesions are not reported"
+                )
         declared = {s.value for s in specs}
+        specs = [s for s in specs if s.value not in cut]
         undeclared = sorted(v for v in present if v not in declared)
         if inputs.upstream is not None and undeclared:
             ctx.warn(f"mask values {undeclared} are not measured labels of the upstream plugin")
@@ -171,6 +182,20 @@ class VolumeMeasure:
                 }
             },
         )
+
+
+def cut_by_edge(boxes: dict[int, tuple[slice, ...]], shape: Sequence[int]) -> set[int]:
+    """Labels whose bounding box reaches a face of the grid: the image may cut them.
+
+    Args:
+        boxes: Bounding box (slices) per label value, from :func:`label_boxes`.
+        shape: The label map's shape.
+    """
+    return {
+        value
+        for value, box in boxes.items()
+        if any(sl.start == 0 or sl.stop == n for sl, n in zip(box, shape, strict=True))
+    }
 
 
 def labels_to_measure(inputs: PluginInputs, present: Sequence[int]) -> list[LabelSpec]:
