@@ -125,3 +125,22 @@ def test_presentation_lut_shape(
     expected = (stored.max() - stored + stored.min()) if inverted else stored
     np.testing.assert_allclose(got, expected)
     assert any("inverted" in w for w in image.warnings) is inverted
+
+
+def test_a_2d_image_of_too_many_pixels_is_refused_from_its_header(tmp_path: Path) -> None:
+    # A 1.6 MB PNG of 13 000 x 13 000 took 5.3 GB to read and prepare: refused before
+    # a pixel is decoded, as a file and as DICOM.
+    from PIL import Image as PILImage
+
+    from medlens.errors import InputError
+
+    big = tmp_path / "big.png"
+    PILImage.new("L", (8000, 7000)).save(big)  # 56 megapixels, compresses to ~60 kB
+    with pytest.raises(InputError) as e:
+        read_image(big)
+    assert str(e.value) == (
+        "'big.png' is 8000 x 7000 pixels (56 megapixels): at most 50 are read (a "
+        "radiograph has up to about 19, a fundus photograph up to about 24)"
+    )
+    PILImage.new("L", (7000, 7000)).save(big)  # 49 megapixels: read
+    assert read_image(big).shape[-2:] == (7000, 7000)

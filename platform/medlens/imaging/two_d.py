@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_2D_PIXELS",
     "MAX_PHOTO_FRAMES",
     "PHOTO_FRAME_MODALITIES",
     "TWO_D_MODALITIES",
@@ -38,6 +39,7 @@ __all__ = [
     "read_2d_dicom",
     "read_2d_file",
     "read_2d_frames",
+    "size_reason",
 ]
 
 #: File suffixes read through Pillow.
@@ -52,6 +54,10 @@ TWO_D_MODALITIES = frozenset(
 PHOTO_FRAME_MODALITIES = frozenset({"OP", "XC", "ES", "GM"})
 #: Most frames of one such instance that are read: each is a whole photograph in memory.
 MAX_PHOTO_FRAMES = 16
+#: Most pixels of a 2-D image (file or DICOM frame) that are read: real films and
+#: photographs have up to about 24 megapixels, and each read one is held in memory in
+#: several float copies while it is prepared.
+MAX_2D_PIXELS = 50_000_000
 
 
 def is_photo_frames(modality: str, frames: int, has_geometry: bool) -> bool:
@@ -186,6 +192,28 @@ def _check_pixels(ds: Dataset, label: str) -> None:
         raise DicomError(f"{label!r} has no pixel data")
     if not str(ds.get("SOPClassUID", "") or "").strip():
         raise DicomError(f"{label!r} has an empty or missing SOPClassUID")
+    try:
+        columns, rows = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
+    except (TypeError, ValueError):
+        return  # the decoder names what is wrong with the pixel description
+    reason = size_reason(label, columns, rows)
+    if reason:
+        raise DicomError(reason)
+
+
+def size_reason(label: str, columns: int, rows: int) -> str:
+    """Why a 2-D image of ``columns x rows`` is not read (``""`` when it is).
+
+    Checked on the header, before any pixel is decoded: a 13 000 x 13 000 PNG of
+    1.6 MB took 5.3 GB to read and prepare.
+    """
+    if columns * rows <= MAX_2D_PIXELS:
+        return ""
+    return (
+        f"{label!r} is {columns} x {rows} pixels ({columns * rows / 1e6:.0f} megapixels): at "
+        f"most {MAX_2D_PIXELS / 1e6:.0f} are read (a radiograph has up to about 19, a fundus "
+        "photograph up to about 24)"
+    )
 
 
 def _decode(ds: Dataset, label: str) -> npt.NDArray[Any]:
@@ -278,6 +306,9 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
     try:
         with PILImage.open(p) as opened:
             im: Any = opened
+            too_big = size_reason(p.name, *im.size)
+            if too_big:
+                raise InputError(too_big)
             if getattr(im, "n_frames", 1) > 1:
                 warnings.append(f"{im.n_frames} frames in the file; read the first")
             turn = _orientation(im)
