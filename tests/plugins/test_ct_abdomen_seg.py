@@ -474,6 +474,19 @@ def test_gate_rejects_a_brain_body_part() -> None:
     assert verdict.rejected is not None and "BRAIN" in verdict.rejected
 
 
+@pytest.mark.parametrize(("unit", "refused"), [("US", True), ("MGML", True), ("HU", False)])
+def test_gate_reads_the_rescale_type(unit: str, refused: bool) -> None:
+    # A CT whose header says its values are not HU (RescaleType US) was measured as HU.
+    case = synthesize(10000, small=True)
+    image = case.image()
+    image.metadata["RescaleType"] = unit
+    verdict = _gate().check_input(image)
+    if refused:
+        assert verdict.rejected == f"RescaleType is {unit}: the values are not Hounsfield units"
+    else:
+        assert verdict.rejected is None
+
+
 def test_volume_check_rejects_a_head_sized_liver_and_warns_on_borderline() -> None:
     gate = _gate()
     mask = np.zeros((100, 100, 40), np.uint8)

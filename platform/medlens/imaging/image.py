@@ -59,6 +59,7 @@ AUDIT_ATTRIBUTES: tuple[str, ...] = (
     "Laterality",
     "ViewPosition",
     "PatientOrientation",
+    "RescaleType",
 )
 
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])

@@ -4,7 +4,8 @@ The network was trained on abdominal CT phantoms only; on a head, a chest or an 
 still paints organs (a 105 mL "liver" in a head CT). So before it reports, the plugin
 checks, in order:
 
-1. the header: ``Modality`` CT and ``BodyPartExamined`` (when present) an abdominal region;
+1. the header: ``Modality`` CT, ``RescaleType`` (when present) HU and ``BodyPartExamined``
+   (when present) an abdominal region;
 2. the image content: z-extent, Hounsfield statistics (fat or air below -50 HU, soft tissue
    in the body) and, slice by slice, what the body's cross-section looks like (a skull-sized
    section with a bone ring is a head, a section whose body is mostly air is a chest);
@@ -68,6 +69,11 @@ def _header_checks(metadata: Mapping[str, object], verdict: GateVerdict) -> None
     modality = str(metadata.get("Modality") or "").strip().upper()
     if modality and modality != "CT":
         verdict.rejected = f"Modality is {modality}, the model reads only CT"
+        return
+    unit = str(metadata.get("RescaleType") or "").strip().upper()
+    if unit and unit != "HU":
+        # CT's rescaled values are HU unless the header says otherwise (C.11.1.1.2).
+        verdict.rejected = f"RescaleType is {unit}: the values are not Hounsfield units"
         return
     part = str(metadata.get("BodyPartExamined") or "").strip().upper()
     if not part:
