@@ -182,3 +182,30 @@ def test_transient_cause_makes_a_plugin_error_transient() -> None:
     with pytest.raises(PluginError) as info:
         fail()
     assert is_transient(info.value)
+
+
+def _acquisitions(folder: Path, numbers: list[int], offsets: list[float]) -> None:
+    """Rewrite a series' slices with these AcquisitionNumbers and z positions."""
+    import pydicom
+
+    for path, number, z in zip(sorted(folder.iterdir()), numbers, offsets, strict=True):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionNumber = number
+        ds.ImagePositionPatient = [0.0, 0.0, z]
+        ds.save_as(path)
+
+
+def test_two_passes_over_the_same_place_in_one_series_are_two_volumes(tmp_path: Path) -> None:
+    # A contrast phase and a repeat under one SeriesInstanceUID interleaved into one grid
+    # of half the spacing: a patient who never existed (a probe's 276 mL "tumour").
+    write_series(tmp_path / "two", n=8)
+    _acquisitions(tmp_path / "two", [1] * 4 + [2] * 4, [0, 5, 10, 15, 2.5, 7.5, 12.5, 17.5])
+    cases = find_cases([tmp_path / "two"])
+    assert sorted(c.volume for c in cases) == ["a1", "a2"]
+    assert [len(c.paths) for c in cases] == [4, 4]
+    assert len({c.name for c in cases}) == 2
+    # Sequential (step-and-shoot) CT: a number per rotation, slabs side by side: one volume.
+    write_series(tmp_path / "seq", n=9)
+    _acquisitions(tmp_path / "seq", [1, 1, 1, 2, 2, 2, 3, 3, 3], [2.0 * k for k in range(9)])
+    (case,) = find_cases([tmp_path / "seq"])
+    assert case.volume == "" and len(case.paths) == 9

@@ -63,6 +63,7 @@ _HEADER_KEYWORDS: tuple[str, ...] = (
     "NumberOfFrames",
     "EchoNumbers",
     "TemporalPositionIdentifier",
+    "AcquisitionNumber",
     *AUDIT_ATTRIBUTES,
 )
 _LAST_GROUP = 0x0028FFFF  # everything needed lives at or below group 0028
@@ -169,6 +170,8 @@ class DicomHeader:
         image_orientation: ``ImageOrientationPatient`` or ``None``.
         volume_key: (``EchoNumbers``, ``TemporalPositionIdentifier``) as text ("" when
             absent): tells the volumes of a multi-echo or 4-D series apart.
+        acquisition_number: ``AcquisitionNumber`` or ``None``: two passes over the same
+            place in one series are two volumes (see the routing's cases).
         attributes: The :data:`AUDIT_ATTRIBUTES` present, as plain values.
         warnings: What was taken on trust reading the header (e.g. the SOP class from
             the file meta header when the dataset's is empty); no identifying values.
@@ -191,6 +194,7 @@ class DicomHeader:
     image_position: tuple[float, float, float] | None = None
     image_orientation: tuple[float, ...] | None = None
     volume_key: tuple[str, str] = ("", "")
+    acquisition_number: int | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
@@ -323,6 +327,7 @@ def read_header(path: str | os.PathLike[str]) -> DicomHeader:
         image_position=None if pos is None else (pos[0], pos[1], pos[2]),
         image_orientation=_floats(values["ImageOrientationPatient"], 6),
         volume_key=(_text(values["EchoNumbers"]), _text(values["TemporalPositionIdentifier"])),
+        acquisition_number=_int_or_none(values["AcquisitionNumber"]),
         attributes=attributes,
         warnings=tuple(warnings),
     )
