@@ -113,6 +113,10 @@ MANIFEST = v1.Manifest(
             "artefacts (reflections, dust) can imitate; see the model card.",
             "The quality check was set from measurable properties and synthetic "
             "degradations, not from human gradability labels.",
+            "A content gate refuses pictures unlike the development photographs "
+            "(natural photographs in a black circle, photographs of a screen) as not a "
+            "fundus; fitted on one camera's photographs, it may refuse another camera's "
+            "(rates in the model card).",
             "Heatmaps show where the model's evidence lies (the network's Grad-CAM and "
             "the lesion candidates, each weighted by its part of the logit), not a "
             "grader's lesion map.",

@@ -14,9 +14,10 @@ network's Grad-CAM and the lesion candidates, with a sanity check
 Per-eye results and the decision go into ``Prediction.extra`` (``decision``,
 ``operating_point``, ``eyes``, ``missing_eyes``, ``notice``) and so into
 result.json; the patient-level ``referable_dr`` finding is the prediction's
-finding. Only photographs without any fundus disc are refused (out of
-distribution); a fundus photograph of poor quality is a valid screening
-outcome (``ungradable``), never "no referable DR".
+finding. A picture that is no colour fundus photograph (no field of view, no
+fundus colour, or refused by the content gate, :mod:`.gate`) is not graded, and a
+study of nothing else is refused (out of distribution); a fundus photograph of
+poor quality is a valid screening outcome (``ungradable``), never "no referable DR".
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.plugin_api import v1
-from medlens_retina_dr import lesions, preprocess, quality, study
+from medlens_retina_dr import gate, lesions, preprocess, quality, study
 
 if TYPE_CHECKING:
     from medlens_retina_dr.evidence import EyeEvidence
@@ -164,6 +165,8 @@ class RetinaDR:
         self.points = {
             op.name: op for op in ctx.manifest.outputs.operating_points if op.label == _LABEL
         }
+        # Package data beside the code (not the verified weights): what a fundus looks like.
+        self.gate = gate.default_gate()
         self._cam: Explainer | None = None
         self._random_lesion: lesions.LesionModel | None = None
 
@@ -321,9 +324,9 @@ class RetinaDR:
             rgb = image_rgb(image)
             with ctx.timer("quality"):
                 measures, fov = quality.measure(rgb)
-                q = quality.verdict(measures)
+                q = gate.verdict(quality.verdict(measures), rgb, fov, self.gate)
             not_fundus[n] = q.not_fundus
-            eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": measures}
+            eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": q.measures}
             if lat is None:
                 warnings.append(
                     f"eye {n + 1} ({eye['source']}): laterality unknown (no DICOM "
