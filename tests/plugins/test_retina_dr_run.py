@@ -503,3 +503,20 @@ def test_study_sr_gets_the_completed_source_headers(tmp_path: Path) -> None:
     sr = pydicom.dcmread(sr_path)
     assert str(sr.PatientName) == "Yamada^Tarou=山田^太郎" and sr.PatientSex == ""
     assert _dciodvfy_errors(sr_path) == []
+
+
+def test_a_header_side_that_contradicts_the_file_name_or_names_no_eye_is_said(
+    tmp_path: Path,
+) -> None:
+    # eye_L.dcm with ImageLaterality R was graded as the right eye without a word, and
+    # ImageLaterality B was reported as "no DICOM ImageLaterality".
+    inp = tmp_path / "dicom"
+    study_uid = "1.2.826.0.1.3680043.8.498.75"
+    op_dicom(_img("Patient003_L.jpg"), inp / "eye_L.dcm", "R", "P3", study_uid)
+    op_dicom(_img("Patient003_R.jpg"), inp / "both.dcm", "B", "P3", study_uid)
+    _, doc = _one_patient(inp, tmp_path / "out")
+    eyes = {e["source"].rsplit(".", 1)[-1]: e for e in doc["extra"]["eyes"]}
+    assert sorted(e["laterality"] or "-" for e in eyes.values()) == ["-", "R"]
+    text = " | ".join(doc["warnings"])
+    assert "the DICOM header says R, the file name L: the header's side is used" in text
+    assert "the DICOM header's laterality is 'B', which names no one eye" in text

@@ -102,20 +102,45 @@ def _instance(image: v1.Image) -> str:
     return image.source[0].name if image.source else "image"
 
 
-def _laterality(item: Any) -> tuple[str | None, str]:
-    """Laterality of a study image and where it came from."""
+def _laterality(item: Any) -> tuple[str | None, str, str]:
+    """Laterality of a study image, where it came from, and a note when sources disagree.
+
+    The DICOM header wins over the file name and the study CSV; a disagreement is said
+    (a mislabelled eye is graded as the other one's), and so is an ``ImageLaterality``
+    that names no one eye (``B``: both eyes).
+    """
     image: v1.Image = item.image
     given = getattr(item, "laterality", None)
     header = study.laterality_from_header(image.metadata)
-    if header is not None:
-        return header, "dicom"
     name = study.laterality_from_name(image.source[0].name) if image.source else None
+    if header is not None:
+        # ``given`` is the header's own side for DICOM (medlens run), or a study CSV's.
+        clash = [
+            f"the {where} {side}"
+            for where, side in (("file name", name), ("study CSV", given))
+            if side in ("R", "L") and side != header
+        ]
+        note = (
+            f"the DICOM header says {header}, {' and '.join(clash)}: the header's side is used"
+            if clash
+            else ""
+        )
+        return header, "dicom", note
+    raw = next(
+        (
+            str(image.metadata.get(k) or "").strip().upper()
+            for k in ("ImageLaterality", "Laterality")
+            if str(image.metadata.get(k) or "").strip()
+        ),
+        "",
+    )
+    note = f"the DICOM header's laterality is {raw!r}, which names no one eye" if raw else ""
     if given in ("R", "L"):
         # The host gives the file name's side too (medlens run); a study CSV may overrule it.
-        return str(given), "file name" if given == name else "given"
+        return str(given), "file name" if given == name else "given", note
     if name is not None:
-        return name, "file name"
-    return None, "unknown"
+        return name, "file name", note
+    return None, "unknown", note
 
 
 @dataclass(frozen=True)
@@ -306,7 +331,7 @@ class RetinaDR:
             )
         for n, item in enumerate(items):
             image: v1.Image = item.image
-            lat, lat_from = _laterality(item)
+            lat, lat_from, lat_note = _laterality(item)
             eye: dict[str, Any] = {
                 "source": _source(image),
                 "laterality": lat,
@@ -327,10 +352,13 @@ class RetinaDR:
                 q = gate.verdict(quality.verdict(measures), rgb, fov, self.gate)
             not_fundus[n] = q.not_fundus
             eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": q.measures}
+            if lat_note:
+                warnings.append(f"eye {n + 1} ({eye['source']}): {lat_note}")
             if lat is None:
                 warnings.append(
                     f"eye {n + 1} ({eye['source']}): laterality unknown (no DICOM "
-                    "ImageLaterality, no _L/_R/OD/OS in the file name); graded, side not named"
+                    "ImageLaterality R or L, no _L/_R/OD/OS in the file name); graded, side "
+                    "not named"
                 )
             if q.gradable:
                 with ctx.timer("preprocess"):
