@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medlens_cxr_pneumonia import calibration, faithfulness, gate
+from medlens_cxr_pneumonia import calibration, cutout, faithfulness, gate
 from medlens_cxr_pneumonia.data import (
     DEFAULT_CACHE,
     DEFAULT_DATA,
@@ -336,7 +336,9 @@ LIMITATIONS = [
     "The model reads a film's layout and grey levels: framing (a tighter crop) and console "
     "processing (strong range compression and edge enhancement) of other sites still move "
     "its probability; uniform margins are cut first. Measured by "
-    "benchmarks/cxr_site_shift.py (figures in docs/performance.md).",
+    "benchmarks/cxr_site_shift.py (figures in docs/performance.md). A piece of a film (a "
+    "strip, a corner) is refused by the cut-out check, but a third of centre cut-outs are "
+    "still read.",
     "Grad-CAM heatmaps explain the network's half of the logit (the zone model's half is "
     "in result.json's logit_parts); they do not localise disease.",
     "Not for diagnostic use.",
@@ -497,6 +499,8 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
     ]
     for k, v in result["gate"].items():
         lines.append(f"| {k.replace('_', ' ')} | {v['rejected']:.3f} | {v['n']} |")
+    if result.get("cutout"):
+        lines += ["", *cutout.markdown(result["cutout"])]
     lines += ["", *faithfulness.markdown(result.get("faithfulness"))]
     lines += [
         "## Data, provenance and licence",
@@ -542,10 +546,13 @@ def main(argv: list[str] | None = None) -> int:
         result["faithfulness"] = faithfulness.measure(
             net, ds.images, ds.groups, seed=int(cv["seed"])
         )
+    # The cut-out check is fitted on every development film, locked patients aside.
+    result["cutout"], cutout_model = cutout.evaluate(say=lambda _line: None)
     card = _card_json(cv, result, ds)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "card.json").write_text(json.dumps(card, indent=1))
     (a.out / "gate.json").write_text(json.dumps(gate.fit(ds.images).to_json()))
+    (a.out / "cutout.json").write_text(json.dumps(cutout_model.to_json()) + "\n")
     _plot(result, a.out / "cxr-pneumonia-reliability.png")
     (a.out / "cxr-pneumonia.md").write_text(_markdown(cv, card, result))
     for r in result["rows"]:
@@ -560,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.install:
         shutil.copy2(a.out / "card.json", PACKAGE_DIR / "card.json")
         shutil.copy2(a.out / "gate.json", PACKAGE_DIR / "gate.json")
+        shutil.copy2(a.out / "cutout.json", PACKAGE_DIR / "cutout.json")
         REPO_DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy2(a.out / "cxr-pneumonia.md", REPO_DOCS / "cxr-pneumonia.md")
         shutil.copy2(

@@ -32,7 +32,7 @@ from medlens.plugin_api.v1 import (
     RunContext,
     WeightsError,
 )
-from medlens_cxr_pneumonia import orientation
+from medlens_cxr_pneumonia import cutout, orientation
 from medlens_cxr_pneumonia.gate import Gate, colour_reason, size_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
@@ -111,6 +111,8 @@ class CxrPneumonia:
         self.default = m.outputs.default_operating_point or "balanced"
         gate_file = resources.files("medlens_cxr_pneumonia").joinpath("gate.json")
         self.gate = Gate.load(Path(str(gate_file)))
+        # A piece of a film (its centre, one side) reads as a whole one stretched to a square.
+        self.cutout = cutout.default_model()
 
     @torch.no_grad()
     def network_logit(self, prepared: npt.NDArray[np.float32]) -> float:
@@ -172,7 +174,7 @@ class CxrPneumonia:
                     f"uniform margins cut: {film.shape[0] - framed.shape[0]} rows, "
                     f"{film.shape[1] - framed.shape[1]} columns"
                 )
-        reason = self.gate.check(prepared)
+        reason = self.gate.check(prepared) or self.cutout.check(prepared, *framed.shape)
         if reason is not None:
             return _rejected(reason)
         parts = self.logit_parts(prepared, framed, ctx)
