@@ -301,3 +301,67 @@ def test_a_peer_that_takes_no_form_of_a_class_is_a_one_line_output_error(tmp_pat
             send_files(files, target, ae_title="MEDLENS")
     finally:
         server.shutdown()
+
+
+def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Path) -> None:
+    """A C-STORE association aborted halfway: the half series is held, never run.
+
+    The probe sent 26 of 53 slices and aborted; the missing half was the top of the stack
+    (no gap to see), and the series ran: liver 260 mL "ok". A resend in a released
+    association ends the hold and the whole series runs once.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        scp_port = probe.getsockname()[1]
+    world = tmp_path / "world"
+    svc = WatchService(
+        world / "in",
+        world / "out",
+        world / "state",
+        WatchConfig(settle_seconds=0.1, quiet_seconds=0.3, tick_seconds=0.05, scp_port=scp_port),
+        source=wk.source("body-mask"),
+    )
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    state = world / "state"
+    series = wk.make_series(6)
+    uid = series[0].SeriesInstanceUID
+    try:
+        wk.wait_for(lambda: svc.scp is not None, timeout=60, what="the SCP")
+        assoc = _associate(scp_port)
+        for ds in series[:3]:
+            assert assoc.send_c_store(ds).Status == 0
+        assoc.abort()
+        wk.wait_for(
+            lambda: (
+                [tuple(r) for r in wk.query(state, "SELECT status FROM series")]
+                == [("incomplete",)]
+            ),
+            timeout=60,
+            what="the cut-off series held as incomplete",
+        )
+        # Held by the router after its quiet period: no job was made for the half series.
+        assert wk.query(state, "SELECT id FROM jobs") == []
+        (held,) = wk.query(state, "SELECT reason FROM held_series WHERE series_uid=?", uid)
+        assert held[0] == "the association sending it was cut off"
+        resend = _associate(scp_port)
+        for ds in series:
+            assert resend.send_c_store(ds).Status == 0
+        resend.release()
+        wk.wait_for(
+            lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
+            timeout=120,
+            what="the whole series' job",
+        )
+    finally:
+        svc.request_stop()
+        t.join(30)
+    assert wk.query(state, "SELECT series_uid FROM held_series") == []
+    (job,) = wk.query(state, "SELECT status FROM jobs")
+    assert job[0] == "done"
+    (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
+    import json
+
+    assert json.loads(resultset.read_text())["input"]["instances"] == 6
+    events = [e["event"] for e in wk.audit(state)]
+    assert "series_held" in events and "series_released" in events

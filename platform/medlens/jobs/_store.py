@@ -36,6 +36,11 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS held_series (
+    series_uid TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS series (
     id INTEGER PRIMARY KEY,
     study_uid TEXT NOT NULL,
@@ -476,6 +481,38 @@ class JobStore:
                 "UPDATE series SET status=?, note=? WHERE id=? AND generation=?",
                 (status, json.dumps(note) if note else None, series_id, generation),
             )
+
+    def hold_series(self, series_uid: str, reason: str, now: float) -> None:
+        """Hold a series as possibly incomplete (its sender's association was cut off)."""
+        with self.tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO held_series VALUES (?, ?, ?)", (series_uid, reason, now)
+            )
+
+    def release_series(self, series_uid: str) -> bool:
+        """End a hold (a later association delivered the series): True if one ended.
+
+        A series settled as incomplete under the hold is collecting again, so it is routed
+        (a resend of instances already stored changes nothing else).
+        """
+        with self.tx() as c:
+            ended = c.execute("DELETE FROM held_series WHERE series_uid=?", (series_uid,))
+            if not ended.rowcount:
+                return False
+            c.execute(
+                "UPDATE series SET status='collecting', note=NULL "
+                "WHERE series_uid=? AND status='incomplete'",
+                (series_uid,),
+            )
+            return True
+
+    def held_reason(self, series_uid: str) -> str | None:
+        """Why a series is held, if it is."""
+        with self.tx() as c:
+            row = c.execute(
+                "SELECT reason FROM held_series WHERE series_uid=?", (series_uid,)
+            ).fetchone()
+        return None if row is None else str(row["reason"])
 
     def set_partial(self, series_id: int, gaps: dict[str, Any] | None) -> None:
         """Record whether the series' current generation is missing slices (and where)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -41,6 +42,9 @@ class StoreSCP:
         host: Listen address.
         port: Listen port (0: any free port; see :attr:`port` after :meth:`start`).
         on_file: Called with each written path (to wake the ingest loop).
+        on_closed: Called when an association that stored instances ends, with the
+            Series Instance UIDs it stored and whether it ended cut off (aborted, or the
+            connection closed without a release): its series may be incomplete.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class StoreSCP:
         port: int,
         on_file: Callable[[Path], None] | None = None,
         node: NodeSettings | None = None,
+        on_closed: Callable[[set[str], bool], None] | None = None,
     ) -> None:
         self.node = node or NodeSettings()
         self.spool = spool
@@ -62,6 +67,11 @@ class StoreSCP:
         self._server: Any = None
         self.received = 0
         self.rejected = 0
+        self.on_closed = on_closed
+        # Per association (by id): the series it stored, and whether it was released.
+        self._series: dict[int, set[str]] = {}
+        self._released: set[int] = set()
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         """Start listening (in pynetdicom's threads).
@@ -98,6 +108,8 @@ class StoreSCP:
                 evt_handlers=[
                     (evt.EVT_C_STORE, self._on_store),
                     (evt.EVT_REJECTED, self._on_rejected),
+                    (evt.EVT_RELEASED, self._on_released),
+                    (evt.EVT_CONN_CLOSE, self._on_conn_close),
                 ],
                 ssl_context=_tls_context(node),
             )
@@ -114,9 +126,33 @@ class StoreSCP:
             _log.error("C-STORE could not be stored: %s", type(e).__name__)
             return 0xA700  # Out of resources
         self.received += 1
+        series = _series_uid(data)
+        if series:
+            with self._lock:
+                self._series.setdefault(id(event.assoc), set()).add(series)
         if self.on_file is not None:
             self.on_file(self.spool / name)
         return 0x0000
+
+    def _on_released(self, event: Any) -> None:
+        with self._lock:
+            self._released.add(id(event.assoc))
+
+    def _on_conn_close(self, event: Any) -> None:
+        key = id(event.assoc)
+        with self._lock:
+            series = self._series.pop(key, set())
+            released = key in self._released
+            self._released.discard(key)
+        if series and self.on_closed is not None:
+            if not released:
+                _log.warning(
+                    "association from %s ended without a release after storing %d series: "
+                    "they are held as possibly incomplete",
+                    event.assoc.requestor.address,
+                    len(series),
+                )
+            self.on_closed(series, not released)
 
     def _on_rejected(self, event: Any) -> None:
         self.rejected += 1
@@ -127,6 +163,21 @@ class StoreSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+
+
+def _series_uid(data: bytes) -> str:
+    """The Series Instance UID of a received instance's bytes ("" when unreadable)."""
+    import io
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            io.BytesIO(data), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]
+        )
+        return str(ds.get("SeriesInstanceUID", "") or "").strip()
+    except Exception:  # ingest judges the file and says why; here it only goes untracked
+        return ""
 
 
 def _node_ae_class() -> Any:

@@ -11,6 +11,7 @@ outputs are removed, orphan store files are registered, pointers are rebuilt.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -139,6 +140,8 @@ class WatchService:
         self._wake = threading.Event()
         self._running: dict[int, _Running] = {}
         self._rescan_dirs: set[Path] = set()
+        #: Ends of associations that stored series (SCP thread → loop): (UIDs, cut off).
+        self._association_ends: collections.deque[tuple[set[str], bool]] = collections.deque()
         self._next_rescan = 0.0
         self._next_beat = 0.0
         self._plugins: list[Manifest] = []
@@ -205,6 +208,7 @@ class WatchService:
                 port=self.config.scp_port,
                 on_file=self._on_spool_file,
                 node=self.config.node,
+                on_closed=self._on_association_end,
             )
             scp.start()
             self.scp = scp  # published once it listens
@@ -214,6 +218,28 @@ class WatchService:
     def _on_spool_file(self, path: Path) -> None:
         self.ingestor.note(path, trusted=True)
         self._wake.set()
+
+    def _on_association_end(self, series: set[str], cut_off: bool) -> None:
+        self._association_ends.append((series, cut_off))
+        self._wake.set()
+
+    def _apply_association_ends(self) -> None:
+        """Hold the series of a cut-off association; a released one ends their holds.
+
+        A C-STORE association aborted halfway (a network drop, a PACS stopped) leaves a
+        series of which only the first part arrived; the top or bottom of a stack missing
+        shows no gap, and a quiet series would be run as if whole. It waits, as a series
+        with missing slices does, until a later association delivers it (PACSs resend).
+        """
+        now = self.clock.time()
+        while self._association_ends:
+            series, cut_off = self._association_ends.popleft()
+            for uid in sorted(series):
+                if cut_off:
+                    self.db.hold_series(uid, "the association sending it was cut off", now)
+                    self.audit.write("series_held", series_uid=uid, reason="association cut off")
+                elif self.db.release_series(uid):
+                    self.audit.write("series_released", series_uid=uid)
 
     def _start_observer(self) -> None:
         from watchdog.events import FileSystemEventHandler
@@ -346,6 +372,7 @@ class WatchService:
             if not ready:
                 break
             self.ingestor.ingest(ready)
+        self._apply_association_ends()
         self._route(self.clock.time())
         self._drive(self.clock.time())
         self.outbound.step()
@@ -373,6 +400,15 @@ class WatchService:
         stored = [self.state_dir / rel for _sop, _sha, rel in self.db.series_instances(s.id)]
         n = len(stored)
         headers = series_headers(stored)
+        held = self.db.held_reason(s.series_uid)
+        if held is not None and self.config.partial_series == "hold":
+            held_note = {"incomplete": {"held": held}}
+            self.db.settle_series(s.id, s.generation, "incomplete", held_note)
+            self.audit.write(
+                "series_incomplete", series_uid=s.series_uid, generation=s.generation, **held_note
+            )
+            _log.warning("series %s held as incomplete: %s", s.series_uid, held)
+            return False
         g = gaps(headers)
         partial = g is not None and g.partial(self.config.gap_tolerance)
         if partial and g is not None and self.config.partial_series == "hold":
@@ -390,7 +426,10 @@ class WatchService:
                 g.nominal_mm,
             )
             return False
-        self.db.set_partial(s.id, g.as_dict() if partial and g is not None else None)
+        if held is not None:  # published under the policy, marked as possibly incomplete
+            self.db.set_partial(s.id, {"held": held, **(g.as_dict() if g is not None else {})})
+        else:
+            self.db.set_partial(s.id, g.as_dict() if partial and g is not None else None)
         decisions = decide(plugins, facts_of_headers(headers) if headers else None)
         self.db.record_routing(
             s,
