@@ -52,3 +52,26 @@ def test_convert_writes_nifti_and_sidecar(dicom_builder: SimpleNamespace, tmp_pa
     )
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "o2").glob("*.nii.gz"))) == 2
+
+
+def test_convert_splits_two_acquisitions_over_the_same_place(tmp_path: Path) -> None:
+    # As the routing's cases do: two passes under one Series UID are two volumes.
+    import pydicom
+    from routingkit import write_series
+
+    write_series(tmp_path / "d", n=8)
+    offsets = [0, 5, 10, 15, 2.5, 7.5, 12.5, 17.5]
+    for k, path in enumerate(sorted((tmp_path / "d").iterdir())):
+        ds = pydicom.dcmread(path)
+        ds.AcquisitionNumber = 1 if k < 4 else 2
+        ds.ImagePositionPatient = [0.0, 0.0, offsets[k]]
+        ds.save_as(path)
+    result = CliRunner().invoke(
+        cli, ["convert", str(tmp_path / "d"), str(tmp_path / "out"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.output)
+    assert sorted(r["volume"] for r in records) == ["a1", "a2"]
+    for r in records:
+        image = read_nifti(Path(r["nifti"]))
+        assert image.shape[-1] == 4 and image.spacing[2] == pytest.approx(5.0)

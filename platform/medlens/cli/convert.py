@@ -16,7 +16,7 @@ from medlens.errors import InputError, OutputError
 from medlens.imaging.dicom_index import SeriesEntry, index_folder
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import write_nifti
-from medlens.imaging.series import load_series, split_volumes
+from medlens.imaging.series import load_series, split_acquisitions, split_volumes
 from medlens.safepaths import under_root
 
 __all__ = ["convert", "convert_folder"]
@@ -90,7 +90,13 @@ def convert_folder(
             records.append(rec)
             continue
         try:
-            volumes = split_volumes(s.files)
+            header = {h.path: h for h in s.headers}
+            # Per echo / temporal position, then per acquisition where two overlap.
+            volumes = [
+                ("_".join(p for p in (suffix, part) if p), [h.path for h in hs])
+                for suffix, files in split_volumes(s.files)
+                for part, hs in split_acquisitions([header[Path(f)] for f in files])
+            ]
         except Exception as e:  # any failure of one series is its reason, never the batch's
             rec["error"] = error_line(e)
             records.append(rec)

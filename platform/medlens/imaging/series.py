@@ -48,6 +48,8 @@ from medlens.imaging.regular import check_file_size, check_regular_file
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from medlens.imaging.dicom_index import DicomHeader
+
 __all__ = [
     "MAX_GAP_STEPS",
     "MAX_VOXELS",
@@ -60,6 +62,7 @@ __all__ = [
     "load_series",
     "number_of_frames",
     "read_dataset",
+    "split_acquisitions",
     "split_volumes",
 ]
 
@@ -170,6 +173,40 @@ def group_volumes(
         ("_".join(f"{_VOLUME_KEYS[i][1]}{k[i] or 'x'}" for i in varying), groups[k])
         for k in sorted(groups, key=order)
     ]
+
+
+def split_acquisitions(hs: Sequence[DicomHeader]) -> list[tuple[str, Sequence[DicomHeader]]]:
+    """Acquisitions of one volume that cover the same place: a volume each (``a<n>``).
+
+    Two passes over the same anatomy in one series (a contrast phase and a repeat joined
+    under one SeriesInstanceUID by a PACS or an anonymiser) interleave into one grid of
+    half the spacing: a patient who never existed (a 276 mL "tumour"). Sequential
+    (step-and-shoot) CT gives every rotation its own ``AcquisitionNumber`` over its own
+    slab, so acquisitions are split only when two slabs of at least 3 slices overlap by
+    more than half the shorter one. Shared by the routing's cases and ``medlens convert``.
+    """
+    by: dict[int, list[DicomHeader]] = {}
+    for h in hs:
+        if h.acquisition_number is None or h.image_position is None or h.number_of_frames != 1:
+            return [("", hs)]
+        by.setdefault(h.acquisition_number, []).append(h)
+    orient = hs[0].image_orientation
+    if len(by) < 2 or orient is None or len(orient) != 6:
+        return [("", hs)]
+    normal = np.cross(np.asarray(orient[:3], float), np.asarray(orient[3:], float))
+    spans: list[tuple[float, float]] = []  # (first, last) slice position of each slab
+    for g in by.values():
+        if len(g) >= 3:
+            z = [float(np.dot(h.image_position or (0.0, 0.0, 0.0), normal)) for h in g]
+            spans.append((min(z), max(z)))
+
+    def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        shorter = min(a[1] - a[0], b[1] - b[0])
+        return shorter > 0 and min(a[1], b[1]) - max(a[0], b[0]) > 0.5 * shorter
+
+    if not any(overlap(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :]):
+        return [("", hs)]
+    return [(f"a{n}", tuple(g)) for n, g in sorted(by.items())]
 
 
 def number_of_frames(ds: Dataset, label: str) -> int:

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-import numpy as np
 
 from medlens.errors import InputError
 from medlens.imaging.dicom_index import DicomHeader, SeriesEntry, SkippedFile, index_folder
@@ -37,7 +35,7 @@ from medlens.imaging.facts import Facts, facts_of_headers
 from medlens.imaging.image import Image
 from medlens.imaging.nifti import is_nifti
 from medlens.imaging.regular import check_regular_file
-from medlens.imaging.series import TiltPolicy, group_volumes
+from medlens.imaging.series import TiltPolicy, group_volumes, split_acquisitions
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, is_photo_frames
 
 __all__ = ["Case", "CaseKind", "find_cases", "read_case", "read_case_images"]
@@ -129,42 +127,8 @@ def _split(s: SeriesEntry) -> list[tuple[str, tuple[DicomHeader, ...]]]:
     return [
         ("_".join(p for p in (suffix, part) if p), tuple(a))
         for suffix, g in group_volumes(hs, key)
-        for part, a in _split_acquisitions(g)
+        for part, a in split_acquisitions(g)
     ]
-
-
-def _split_acquisitions(hs: Sequence[DicomHeader]) -> list[tuple[str, Sequence[DicomHeader]]]:
-    """Acquisitions of one volume that cover the same place: a volume each (``a<n>``).
-
-    Two passes over the same anatomy in one series (a contrast phase and a repeat joined
-    under one SeriesInstanceUID by a PACS or an anonymiser) interleave into one grid of
-    half the spacing: a patient who never existed (a 276 mL "tumour"). Sequential
-    (step-and-shoot) CT gives every rotation its own ``AcquisitionNumber`` over its own
-    slab, so acquisitions are split only when two slabs of at least 3 slices overlap by
-    more than half the shorter one.
-    """
-    by: dict[int, list[DicomHeader]] = {}
-    for h in hs:
-        if h.acquisition_number is None or h.image_position is None or h.number_of_frames != 1:
-            return [("", hs)]
-        by.setdefault(h.acquisition_number, []).append(h)
-    orient = hs[0].image_orientation
-    if len(by) < 2 or orient is None or len(orient) != 6:
-        return [("", hs)]
-    normal = np.cross(np.asarray(orient[:3], float), np.asarray(orient[3:], float))
-    spans: list[tuple[float, float]] = []  # (first, last) slice position of each slab
-    for g in by.values():
-        if len(g) >= 3:
-            z = [float(np.dot(h.image_position or (0.0, 0.0, 0.0), normal)) for h in g]
-            spans.append((min(z), max(z)))
-
-    def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-        shorter = min(a[1] - a[0], b[1] - b[0])
-        return shorter > 0 and min(a[1], b[1]) - max(a[0], b[0]) > 0.5 * shorter
-
-    if not any(overlap(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :]):
-        return [("", hs)]
-    return [(f"a{n}", tuple(g)) for n, g in sorted(by.items())]
 
 
 class _Namer:
