@@ -62,9 +62,9 @@ def test_gate_json_round_trips_and_is_package_data() -> None:
     g = gate.default_gate()
     again = gate.Gate.from_json(json.loads(json.dumps(g.to_json())))
     f = gate.photo_features(_probe("coffee"))
-    assert f is not None and f.shape == g.center.shape
+    assert f is not None and f.shape == g.pca.center.shape
     assert again.scores(f) == g.scores(f) and again.reason(f) == g.reason(f)
-    assert g.n_fitted > 200 and g.components.shape == (gate.COMPONENTS, f.size)
+    assert g.n_fitted > 200 and g.pca.components.shape == (gate.COMPONENTS, f.size)
     stale = g.to_json() | {"side": gate.SIDE // 2}
     with pytest.raises(ValueError, match="refit"):
         gate.Gate.from_json(stale)

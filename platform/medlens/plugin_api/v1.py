@@ -41,6 +41,7 @@ from medlens.plugin_api._manifest import (
     WeightsSpec,
 )
 from medlens.plugin_api._options import HostOptions
+from medlens.plugin_api._pca_gate import PcaGate
 from medlens.plugin_api._protocol import Plugin, PluginFactory, PluginInputs
 from medlens.plugin_api._results import (
     Explanation,
@@ -114,6 +115,7 @@ __all__ = [
     "OperatingPoint",
     "OutputKind",
     "OutputSpec",
+    "PcaGate",
     "Plugin",
     "PluginError",
     "PluginFactory",

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medlens.plugin_api import v1
+
 __all__ = [
     "MAX_CHROMA",
     "MIN_SIDE",
@@ -104,60 +106,34 @@ def features(prepared: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
 
 @dataclass(frozen=True)
 class Gate:
-    """The fitted gate."""
+    """The fitted gate: the plugin API's PCA gate on :func:`features` of the prepared film."""
 
-    center: npt.NDArray[np.float64]  # per-feature mean
-    spread: npt.NDArray[np.float64]  # per-feature standard deviation
-    mean: npt.NDArray[np.float64]
-    components: npt.NDArray[np.float64]  # (COMPONENTS, THUMB*THUMB)
-    scales: npt.NDArray[np.float64]  # std of each component's coefficient
-    max_mahalanobis: float  # PERCENTILE of the training films
-    max_residual: float
+    pca: v1.PcaGate
 
     def scores(self, prepared: npt.NDArray[np.float32]) -> tuple[float, float]:
         """(Mahalanobis distance per component, residual norm) of one prepared film."""
-        x = (features(prepared) - self.center) / self.spread - self.mean
-        c = self.components @ x
-        maha = float(np.sqrt(np.mean((c / self.scales) ** 2)))
-        resid = float(np.linalg.norm(x - self.components.T @ c))
-        return maha, resid
+        return self.pca.scores(features(prepared))
 
     def check(self, prepared: npt.NDArray[np.float32]) -> str | None:
         """``None`` when accepted, else a one-line reason."""
-        maha, resid = self.scores(prepared)
-        if maha > MARGIN * self.max_mahalanobis or resid > MARGIN * self.max_residual:
-            return (
-                "content gate: the image does not look like a frontal chest radiograph "
-                f"(layout distance {maha:.2f} / residual {resid:.2f}; accepted up to "
-                f"{MARGIN * self.max_mahalanobis:.2f} / {MARGIN * self.max_residual:.2f})"
-            )
-        return None
+        f = features(prepared)
+        if self.pca.within(f, MARGIN):
+            return None
+        maha, resid = self.pca.scores(f)
+        return (
+            "content gate: the image does not look like a frontal chest radiograph "
+            f"(layout distance {maha:.2f} / residual {resid:.2f}; accepted up to "
+            f"{MARGIN * self.pca.max_mahalanobis:.2f} / {MARGIN * self.pca.max_residual:.2f})"
+        )
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable form."""
-        return {
-            "thumb": THUMB,
-            "center": self.center.tolist(),
-            "spread": self.spread.tolist(),
-            "mean": self.mean.tolist(),
-            "components": self.components.tolist(),
-            "scales": self.scales.tolist(),
-            "max_mahalanobis": self.max_mahalanobis,
-            "max_residual": self.max_residual,
-        }
+        return {"thumb": THUMB, **self.pca.to_json()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Gate:
         """Inverse of :meth:`to_json`."""
-        return cls(
-            np.asarray(d["center"], dtype=np.float64),
-            np.asarray(d["spread"], dtype=np.float64),
-            np.asarray(d["mean"], dtype=np.float64),
-            np.asarray(d["components"], dtype=np.float64),
-            np.asarray(d["scales"], dtype=np.float64),
-            float(d["max_mahalanobis"]),
-            float(d["max_residual"]),
-        )
+        return cls(v1.PcaGate.from_json(d))
 
     @classmethod
     def load(cls, path: Path) -> Gate:
@@ -168,13 +144,4 @@ class Gate:
 def fit(prepared: npt.NDArray[np.float32]) -> Gate:
     """Fit the gate on prepared training films ``(N, S, S)``."""
     f = np.stack([features(p) for p in prepared])
-    center, spread = f.mean(axis=0), f.std(axis=0) + 1e-6
-    z = (f - center) / spread
-    mean = z.mean(axis=0)
-    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
-    comps = vt[:COMPONENTS]
-    scales = s[:COMPONENTS] / np.sqrt(max(1, len(z) - 1))
-    g = Gate(center, spread, mean, comps, scales, 1.0, 1.0)
-    sc = np.array([g.scores(p) for p in prepared])
-    lim = np.percentile(sc, PERCENTILE, axis=0)
-    return Gate(center, spread, mean, comps, scales, float(lim[0]), float(lim[1]))
+    return Gate(v1.PcaGate.fit(f, COMPONENTS, PERCENTILE))

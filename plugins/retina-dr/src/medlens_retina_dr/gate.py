@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from medlens.plugin_api import v1
 from medlens_retina_dr import preprocess, quality
 
 __all__ = [
@@ -227,41 +228,28 @@ def photo_features(rgb: RGB, fov: preprocess.FieldOfView | None = None) -> F64 |
 
 @dataclass(frozen=True)
 class Gate:
-    """The fitted gate."""
+    """The fitted gate: the plugin API's PCA gate on :func:`features` of the field."""
 
-    center: F64  # per-feature mean
-    spread: F64  # per-feature standard deviation
-    mean: F64
-    components: F64  # (COMPONENTS, n_features)
-    scales: F64  # std of each component's coefficient
-    max_mahalanobis: float  # PERCENTILE of the development photographs
-    max_residual: float
+    pca: v1.PcaGate
     n_fitted: int = 0
 
     def scores(self, f: F64) -> tuple[float, float]:
         """(Mahalanobis distance per component, residual norm) of one feature vector."""
-        x = (f - self.center) / self.spread - self.mean
-        c = self.components @ x
-        maha = float(np.sqrt(np.mean((c / self.scales) ** 2)))
-        resid = float(np.linalg.norm(x - self.components.T @ c))
-        return maha, resid
+        return self.pca.scores(f)
 
     def accepts(self, f: F64) -> bool:
         """Whether a feature vector lies within the margin."""
-        maha, resid = self.scores(f)
-        return maha <= MARGIN * self.max_mahalanobis and resid <= MARGIN * self.max_residual
+        return self.pca.within(f, MARGIN)
 
     def reason(self, f: F64 | None) -> str:
         """``""`` when accepted (or not measurable), else a one-line reason."""
-        if f is None:
+        if f is None or self.accepts(f):
             return ""
         maha, resid = self.scores(f)
-        if maha <= MARGIN * self.max_mahalanobis and resid <= MARGIN * self.max_residual:
-            return ""
         return (
             "content gate: the field of view is unlike the development photographs' "
             f"(layout/colour/texture distance {maha:.2f}, residual {resid:.2f}; accepted up "
-            f"to {MARGIN * self.max_mahalanobis:.2f} / {MARGIN * self.max_residual:.2f})"
+            f"to {MARGIN * self.pca.max_mahalanobis:.2f} / {MARGIN * self.pca.max_residual:.2f})"
         )
 
     def check(self, rgb: RGB, fov: preprocess.FieldOfView) -> str:
@@ -273,15 +261,9 @@ class Gate:
         return {
             "side": SIDE,
             "grid": GRID,
-            "n_features": int(self.center.size),
+            "n_features": int(self.pca.center.size),
             "n_fitted": self.n_fitted,
-            "center": self.center.tolist(),
-            "spread": self.spread.tolist(),
-            "mean": self.mean.tolist(),
-            "components": self.components.tolist(),
-            "scales": self.scales.tolist(),
-            "max_mahalanobis": self.max_mahalanobis,
-            "max_residual": self.max_residual,
+            **self.pca.to_json(),
         }
 
     @classmethod
@@ -297,16 +279,7 @@ class Gate:
                 f"the features are at {SIDE} / {GRID}: refit "
                 "(python -m medlens_retina_dr.gate_eval --fit)"
             )
-        return cls(
-            np.asarray(d["center"], dtype=np.float64),
-            np.asarray(d["spread"], dtype=np.float64),
-            np.asarray(d["mean"], dtype=np.float64),
-            np.asarray(d["components"], dtype=np.float64),
-            np.asarray(d["scales"], dtype=np.float64),
-            float(d["max_mahalanobis"]),
-            float(d["max_residual"]),
-            int(d.get("n_fitted", 0)),
-        )
+        return cls(v1.PcaGate.from_json(d), int(d.get("n_fitted", 0)))
 
     @classmethod
     def load(cls, path: Path) -> Gate:
@@ -351,17 +324,9 @@ def fit(f: F64) -> Gate:
     """Fit the gate on the feature vectors ``(N, n_features)`` of fundus photographs."""
     # The floor keeps a measure that barely varies on the development photographs (a
     # histogram bin no fundus reaches) from refusing a photograph for a speck in it.
-    center, spread = f.mean(axis=0), np.hypot(f.std(axis=0), SPREAD_FLOOR)
+    spread = np.hypot(f.std(axis=0), SPREAD_FLOOR)
     if _GROUP_WEIGHTS:
         # Each group weighs alike: 44 thumbnail cells would otherwise drown 15 texture
         # measures, which tell a fundus from a red-tinted photograph best.
         spread = spread * np.sqrt(np.repeat(np.asarray(GROUPS, np.float64), GROUPS))
-    z = (f - center) / spread
-    mean = z.mean(axis=0)
-    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
-    comps = vt[:COMPONENTS]
-    scales = s[:COMPONENTS] / np.sqrt(max(1, len(z) - 1))
-    g = Gate(center, spread, mean, comps, scales, 1.0, 1.0, len(f))
-    sc = np.array([g.scores(v) for v in f])
-    lim = np.percentile(sc, PERCENTILE, axis=0)
-    return dataclasses.replace(g, max_mahalanobis=float(lim[0]), max_residual=float(lim[1]))
+    return Gate(v1.PcaGate.fit(f, COMPONENTS, PERCENTILE, spread), len(f))
