@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from medlens import __version__
@@ -40,10 +41,11 @@ from medlens.errors import (
 from medlens.host_context import HostLoadContext, HostRunContext, ProgressCallback
 from medlens.imaging.image import Image
 from medlens.imaging.series import TiltPolicy
+from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._options import HostOptions
 from medlens.plugin_api._protocol import Plugin, PluginInputs
-from medlens.plugin_api._results import Prediction, Provenance, Result
+from medlens.plugin_api._results import Finding, Measurement, Prediction, Provenance, Result
 from medlens.plugin_api._study import StudyImage, StudyInput
 from medlens.plugin_api._vocab import Artifact, ResultStatus
 
@@ -103,7 +105,7 @@ class PluginHandle:
                 obj = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 raise PluginLoadError(m.id, f"cannot import options {m.options!r}: {e}") from e
         else:
             obj = getattr(self.load(device), "Options", None)
@@ -135,13 +137,13 @@ class PluginHandle:
                 obj: Any = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 raise PluginLoadError(m.id, f"cannot import entry {m.entry!r}: {e}") from e
             try:
                 plugin = obj(HostLoadContext(manifest=m, device=device))
             except MedLensError:
                 raise
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 raise PluginLoadError(m.id, f"building the plugin failed: {e}") from e
             if not isinstance(plugin, Plugin):
                 raise PluginLoadError(m.id, f"entry {m.entry!r} did not return a Plugin")
@@ -449,7 +451,7 @@ class Host:
             prediction = plugin.predict(PluginInputs(image, mask, upstream, study), ctx)
         except MedLensError:
             raise
-        except Exception as e:  # a plugin bug must not crash the host
+        except (Exception, SystemExit) as e:  # a plugin bug must not crash the host (nor exit it)
             raise PluginError(m.id, f"predict failed: {type(e).__name__}: {e}") from e
         _check_prediction(m, image, prediction, study)
         prediction.warnings[:0] = [*image.warnings, *ctx.warnings]
@@ -623,10 +625,19 @@ def _check_prediction(
 ) -> None:
     if not isinstance(p, Prediction):
         raise PluginError(m.id, f"predict returned {type(p).__name__}, not a Prediction")
+    for name, kind in (("findings", Finding), ("measurements", Measurement)):
+        wrong = [type(x).__name__ for x in getattr(p, name) if not isinstance(x, kind)]
+        if wrong:
+            raise PluginError(m.id, f"{name} holds a {wrong[0]}, not a {kind.__name__}")
     for name in ("mask", "heatmap"):
         img = getattr(p, name)
         if img is not None and not img.same_grid(image):
             raise PluginError(m.id, f"{name} is not on the input's grid")
+    if p.mask is not None:
+        _check_mask(m, p.mask)
+    for heat in (p.heatmap, *(sh.heatmap for sh in p.study_heatmaps)):
+        if heat is not None:
+            _check_heatmap(m, heat)
     images = study.images if study is not None else ()
     seen: set[int] = set()
     for sh in p.study_heatmaps:
@@ -649,6 +660,49 @@ def _check_prediction(
             or p.findings
         ):
             raise PluginError(m.id, f"status {p.status} but the prediction carries results")
+
+
+def _check_mask(m: Manifest, mask: Image) -> None:
+    """A label map: one channel of finite, whole, non-negative values the manifest names.
+
+    A float mask of 0.6 was written as all zeros, a NaN cast to an arbitrary label and a
+    value the manifest has no label for written as a label: each a wrong result on record.
+    """
+    if mask.channels != 1:
+        raise PluginError(m.id, f"mask has {mask.channels} channels; a label map has one")
+    arr = mask.array
+    box = nonzero_box(arr)
+    if box is None:
+        return
+    inner = arr[box]
+    if arr.dtype.kind == "f":
+        if not np.isfinite(inner).all():
+            raise PluginError(m.id, "mask holds NaN or infinite values")
+        if not np.array_equal(inner, np.round(inner)):
+            raise PluginError(m.id, "mask holds fractional values; a label map holds labels")
+    elif arr.dtype.kind not in "biu":
+        raise PluginError(m.id, f"mask of dtype {arr.dtype}; a label map holds integers")
+    values = {int(v) for v in np.unique(inner)} - {0}
+    if any(v < 0 for v in values):
+        raise PluginError(m.id, "mask holds negative values")
+    declared = {lab.value for lab in m.outputs.labels}
+    unknown = sorted(values - declared) if declared else []
+    if unknown:
+        raise PluginError(
+            m.id, f"mask holds values {unknown[:5]} that are no label of the manifest"
+        )
+
+
+def _check_heatmap(m: Manifest, heat: Image) -> None:
+    """Finite heatmap values lie in [0, 1] (non-finite ones are the explanation check's)."""
+    arr = np.asarray(heat.array)
+    finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+    if finite.size and (float(finite.min()) < -1e-6 or float(finite.max()) > 1.0 + 1e-6):
+        raise PluginError(
+            m.id,
+            f"heatmap values run from {float(finite.min()):.3g} to {float(finite.max()):.3g}; "
+            "a heatmap is in [0, 1]",
+        )
 
 
 def _read_input(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,29 @@ def _associate(port: int, calling: str = "GOODSCU", called: str = "MEDLENS", **k
     ae.add_requested_context(VERIFICATION)
     ae.add_requested_context(CT, ["1.2.840.10008.1.2.1"])
     return ae.associate("127.0.0.1", port, ae_title=called, **kw)
+
+
+@contextlib.contextmanager
+def _service_with_node(world: Path, *plugins: str) -> Iterator[int]:
+    """A running watch service on ``world/{in,out,state}`` with its DICOM node: its port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        scp_port = probe.getsockname()[1]
+    svc = WatchService(
+        world / "in",
+        world / "out",
+        world / "state",
+        WatchConfig(settle_seconds=0.1, quiet_seconds=0.3, tick_seconds=0.05, scp_port=scp_port),
+        source=wk.source(*plugins),
+    )
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    try:
+        wk.wait_for(lambda: svc.scp is not None, timeout=60, what="the SCP")
+        yield scp_port
+    finally:
+        svc.request_stop()
+        t.join(30)
 
 
 def test_calling_and_called_ae_titles_are_checked(tmp_path: Path) -> None:
@@ -136,21 +162,8 @@ def test_tls_node_accepts_tls_and_refuses_plain(tmp_path: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_path_traversal_over_c_store_is_quarantined(tmp_path: Path) -> None:
     """Finding 2 over the network: '..' UIDs never become folders outside OUT/STATE."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        scp_port = probe.getsockname()[1]
     world = tmp_path / "world"
-    svc = WatchService(
-        world / "in",
-        world / "out",
-        world / "state",
-        WatchConfig(settle_seconds=0.1, quiet_seconds=0.3, tick_seconds=0.05, scp_port=scp_port),
-        source=wk.source(),
-    )
-    t = threading.Thread(target=svc.run, daemon=True)
-    t.start()
-    try:
-        wk.wait_for(lambda: svc.scp is not None, timeout=60, what="the SCP")
+    with _service_with_node(world) as scp_port:
         assoc = _associate(scp_port)
         assert assoc.is_established
         bad = wk.make_series(2)
@@ -164,9 +177,6 @@ def test_path_traversal_over_c_store_is_quarantined(tmp_path: Path) -> None:
             timeout=60,
             what="both quarantined",
         )
-    finally:
-        svc.request_stop()
-        t.join(30)
     reasons = sorted(r[0] for r in wk.query(world / "state", "SELECT reason FROM quarantine"))
     assert reasons == [
         "SeriesInstanceUID is not a valid UID",
@@ -310,24 +320,11 @@ def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Pat
     (no gap to see), and the series ran: liver 260 mL "ok". A resend in a released
     association ends the hold and the whole series runs once.
     """
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        scp_port = probe.getsockname()[1]
     world = tmp_path / "world"
-    svc = WatchService(
-        world / "in",
-        world / "out",
-        world / "state",
-        WatchConfig(settle_seconds=0.1, quiet_seconds=0.3, tick_seconds=0.05, scp_port=scp_port),
-        source=wk.source("body-mask"),
-    )
-    t = threading.Thread(target=svc.run, daemon=True)
-    t.start()
     state = world / "state"
     series = wk.make_series(6)
     uid = series[0].SeriesInstanceUID
-    try:
-        wk.wait_for(lambda: svc.scp is not None, timeout=60, what="the SCP")
+    with _service_with_node(world, "body-mask") as scp_port:
         assoc = _associate(scp_port)
         for ds in series[:3]:
             assert assoc.send_c_store(ds).Status == 0
@@ -353,15 +350,10 @@ def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Pat
             timeout=120,
             what="the whole series' job",
         )
-    finally:
-        svc.request_stop()
-        t.join(30)
     assert wk.query(state, "SELECT series_uid FROM held_series") == []
     (job,) = wk.query(state, "SELECT status FROM jobs")
     assert job[0] == "done"
     (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
-    import json
-
     assert json.loads(resultset.read_text())["input"]["instances"] == 6
     events = [e["event"] for e in wk.audit(state)]
     assert "series_held" in events and "series_released" in events

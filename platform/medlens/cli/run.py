@@ -20,6 +20,7 @@ rejected at least one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -323,12 +324,14 @@ def run(
     with progress_bar(len(units), f"{manifest.id}") as step:
         for unit in units:
             step(unit.name, False)
-            if isinstance(unit, Study):
-                from medlens.cli._studies import run_study_case
+            # A plugin's print goes to stderr: on stdout it would forge or break --json lines.
+            with contextlib.redirect_stdout(sys.stderr):
+                if isinstance(unit, Study):
+                    from medlens.cli._studies import run_study_case
 
-                o = run_study_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
-            else:
-                o = _run_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
+                    o = run_study_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
+                else:
+                    o = _run_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
             outcomes.append(o)
             step(unit.name, True)
             if as_json:

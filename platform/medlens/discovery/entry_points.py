@@ -64,15 +64,19 @@ class DiscoveryReport:
 def _load_manifest(ep: md.EntryPoint) -> Manifest:
     try:
         obj = ep.load()
-    except Exception as e:  # any import failure in a third party's module
-        raise PluginLoadError(ep.name, f"cannot import entry point {ep.value!r}: {e}") from e
+    except (Exception, SystemExit) as e:  # any import failure in a third party's module
+        raise PluginLoadError(
+            ep.name, f"cannot import entry point {ep.value!r}: {type(e).__name__}: {e}"
+        ) from e
     if callable(obj) and not isinstance(obj, Manifest):
         try:
             obj = obj()
         except ValidationError as e:
             raise PluginValidationError(ep.name, _first_error(e)) from e
-        except Exception as e:
-            raise PluginLoadError(ep.name, f"manifest factory {ep.value!r} failed: {e}") from e
+        except (Exception, SystemExit) as e:
+            raise PluginLoadError(
+                ep.name, f"manifest factory {ep.value!r} failed: {type(e).__name__}: {e}"
+            ) from e
     if isinstance(obj, dict):
         try:
             obj = Manifest.model_validate(obj)
@@ -82,7 +86,12 @@ def _load_manifest(ep: md.EntryPoint) -> Manifest:
         raise PluginValidationError(
             ep.name, f"entry point {ep.value!r} is a {type(obj).__name__}, not a Manifest"
         )
-    return obj
+    # An instance may have skipped validation (``model_construct``, ``model_copy(update=)``):
+    # its id names folders and its labels name files, so it is validated again here.
+    try:
+        return Manifest.model_validate(obj.model_dump())
+    except ValidationError as e:
+        raise PluginValidationError(ep.name, _first_error(e)) from e
 
 
 def bundle_record(cfg: BundleConfig, accept: Callable[[str], bool] | None = None) -> PluginRecord:
@@ -205,6 +214,9 @@ def discover(
             _check_api(manifest)
         except PluginError as e:
             report.errors.append(e)
+            continue
+        except Exception as e:  # a bug of one plugin's, never the whole discovery's
+            report.errors.append(PluginLoadError(ep.name, f"{type(e).__name__}: {e}"))
             continue
         dist = ep.dist
         found.append(

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from medlens.io._process import Beside, beside_process
 from medlens.plugin_api._vocab import OutputKind, ResultStatus
+from medlens.safepaths import check_component
 
 #: How heatmap Secondary Captures are stored: JPEG baseline (quality 95, marked lossy; the
 #: default: a display rendering, about a tenth of the size) or uncompressed (sites whose
@@ -179,7 +180,8 @@ def _write_set(
         root_seg: Dataset | None = None
         for r in tree:
             is_root = r is result
-            folder = out_dir if is_root else out_dir / r.manifest.id
+            # A chained plugin's folder: its id, checked to be one safe name.
+            folder = out_dir if is_root else out_dir / check_component(r.manifest.id, "plugin id")
             prefix = "" if is_root else f"{r.manifest.id}/"
             written, seg, heat = _write_files(r, folder, sources, notes, sc_encoding, fork=fork)
             outputs.update({prefix + k: v for k, v in written.items()})
@@ -435,7 +437,12 @@ def _review_explanation(r: Result, heat: Image, notes: WriteNotes) -> Image | No
             method="heatmap", target="unknown", sanity=SanityVerdict.UNINFORMATIVE
         )
     e = p.explanation
-    assert e is not None
+    if e is None:  # every heatmap written carries its verdict: none given, none written
+        notes.add(
+            f"heatmap of {pid!r} not written: the plugin gave no explanation (method and "
+            "sanity verdict) with it"
+        )
+        return None
     if e.sanity == SanityVerdict.UNINFORMATIVE:
         notes.add(
             f"heatmap of {pid!r} not written: the map is constant or rounding noise "

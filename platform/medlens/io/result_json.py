@@ -181,16 +181,29 @@ def write_result_json(
         text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise OutputError(f"result.json is not serialisable: {e}") from e
+    if len(text) > MAX_BYTES:
+        raise OutputError(
+            f"result.json would be {len(text) / 1024**2:.0f} MB (at most "
+            f"{MAX_BYTES // 1024**2} MB): a plugin's extra is a summary, not a data dump"
+        )
     return write_text(path, text + "\n")
 
 
-def _check_finite(obj: Any, where: str) -> None:
+#: Deepest nesting of result.json accepted (the schema's own is under ten levels).
+MAX_DEPTH = 32
+#: Largest result.json written: a plugin's ``extra`` is a summary, not a data dump.
+MAX_BYTES = 16 * 1024**2
+
+
+def _check_finite(obj: Any, where: str, depth: int = 0) -> None:
     # JSON has no NaN/inf; say where one is instead of writing a non-standard file.
+    if depth > MAX_DEPTH:
+        raise OutputError(f"result.json nests deeper than {MAX_DEPTH} levels at {where[:200]}")
     if isinstance(obj, float) and not math.isfinite(obj):
         raise OutputError(f"result.json has a non-finite number at {where or '(root)'}")
     if isinstance(obj, Mapping):
         for k, v in obj.items():
-            _check_finite(v, f"{where}/{k}")
+            _check_finite(v, f"{where}/{k}", depth + 1)
     elif isinstance(obj, list | tuple):
         for i, v in enumerate(obj):
-            _check_finite(v, f"{where}/{i}")
+            _check_finite(v, f"{where}/{i}", depth + 1)

@@ -328,7 +328,15 @@ def _referenced_segment(
 
 
 def _segments_with_frames(seg: Dataset) -> set[int]:
-    return {
-        int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        for f in seg.get("PerFrameFunctionalGroupsSequence", [])
-    }
+    """Segment numbers that have frames in ``seg``.
+
+    With one segment, highdicom puts its identification in the shared functional group,
+    not per frame (a single-label plugin's SEG).
+    """
+    out: set[int] = set()
+    frames = seg.get("PerFrameFunctionalGroupsSequence", [])
+    for group in (*frames, *seg.get("SharedFunctionalGroupsSequence", [])):
+        ident = group.get("SegmentIdentificationSequence")
+        if ident:
+            out.add(int(ident[0].ReferencedSegmentNumber))
+    return out

@@ -59,9 +59,7 @@ class PcaGate:
         return maha <= margin * self.max_mahalanobis and resid <= margin * self.max_residual
 
     @classmethod
-    def fit(
-        cls, f: F64, components: int, percentile: float, spread: F64 | None = None
-    ) -> PcaGate:
+    def fit(cls, f: F64, components: int, percentile: float, spread: F64 | None = None) -> PcaGate:
         """Fit on training feature vectors ``(N, n_features)``.
 
         Args:

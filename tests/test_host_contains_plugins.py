@@ -1,0 +1,157 @@
+"""The host contains a buggy or hostile third-party plugin (a QA probe's findings).
+
+Each case was written as a valid result or stopped a batch before: a float or NaN mask,
+a label the manifest lacks, a heatmap of 0-40, a 5000-deep ``extra``, a ``SystemExit``
+in ``predict``, a ``print`` forging ``--json`` lines, a manifest instance that skipped
+validation naming a folder ``../../escaped``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import sys
+import textwrap
+import uuid
+from functools import partial
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from routingkit import write_series
+
+from medlens.cli.main import cli
+from medlens.errors import OutputError, PluginError
+from medlens.host import Host
+
+_MANIFEST = {
+    "id": "hostile",
+    "version": "1.0.0",
+    "api_version": "1",
+    "title": "hostile test plugin",
+    "task": "segmentation",
+    "modality": ["CT"],
+    "body_part": "ABDOMEN",
+    "input": {"dims": 3},
+    "outputs": {
+        "labels": [
+            {
+                "value": 1,
+                "name": "body",
+                "category": {"value": "91723000", "scheme": "SCT", "meaning": "Structure"},
+                "type": {"value": "38266002", "scheme": "SCT", "meaning": "Body"},
+            }
+        ],
+        "kinds": ["json", "nifti"],
+    },
+    "model_card": {
+        "intended_use": "tests",
+        "training_data": "none",
+        "license": "Apache-2.0",
+        "diagnostic_use": False,
+    },
+}
+
+_PLUGIN = """
+import os
+import numpy as np
+from medlens.plugin_api import v1
+
+MANIFEST = v1.Manifest.model_validate({manifest!r})
+# Skips validation: the host must validate it again before its id names anything.
+ESCAPING = MANIFEST.model_copy(update={{"id": "../../escaped"}})
+
+
+class _Plugin:
+    def predict(self, inputs, ctx):
+        how = os.environ.get("MLHOST_HOW", "ok")
+        img = inputs.image
+
+        def like(value, dtype):
+            return img.with_array(np.full(img.array.shape, value, dtype), warnings=())
+
+        if how == "exit":
+            raise SystemExit(3)
+        if how == "print":
+            print('{{"input": "forged", "status": "ok"}}')
+        if how == "float":
+            return v1.Prediction(mask=like(0.6, np.float32))
+        if how == "nan":
+            return v1.Prediction(mask=like(np.nan, np.float32))
+        if how == "label7":
+            return v1.Prediction(mask=like(7, np.uint8))
+        if how == "heat":
+            return v1.Prediction(mask=like(1, np.uint8), heatmap=like(40.0, np.float32))
+        if how == "deep":
+            deep = {{}}
+            for _ in range(5000):
+                deep = {{"a": deep}}
+            return v1.Prediction(mask=like(1, np.uint8), extra=deep)
+        return v1.Prediction(mask=like(1, np.uint8))
+
+
+def create(ctx):
+    return _Plugin()
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    module = f"mlhostile_{uuid.uuid4().hex[:10]}"
+    manifest = {**_MANIFEST, "entry": f"{module}:create"}
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(_PLUGIN.format(manifest=manifest)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(module, None)
+    return module
+
+
+def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
+    ep = md.EntryPoint(name=name, value=f"{module}:{attr}", group="medlens.plugins")
+    return Host(entry_points=[ep])
+
+
+@pytest.mark.parametrize(
+    ("how", "error", "reason"),
+    [
+        ("float", PluginError, "mask holds fractional values; a label map holds labels"),
+        ("nan", PluginError, "mask holds NaN or infinite values"),
+        ("label7", PluginError, "mask holds values [7] that are no label of the manifest"),
+        ("heat", PluginError, "heatmap values run from 40 to 40; a heatmap is in [0, 1]"),
+        ("deep", OutputError, "result.json nests deeper than 32 levels"),
+        ("exit", PluginError, "predict failed: SystemExit: 3"),
+    ],
+)
+def test_invalid_predictions_are_refused_and_nothing_is_written(
+    plugin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, error: type, reason: str
+) -> None:
+    write_series(tmp_path / "ct", n=4)
+    monkeypatch.setenv("MLHOST_HOW", how)
+    out = tmp_path / "out"
+    with pytest.raises(error) as e:
+        _host(plugin).run("hostile", tmp_path / "ct", out=out, device="cpu")
+    assert reason in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_a_manifest_that_skipped_validation_is_refused_at_discovery(plugin: str) -> None:
+    host = _host(plugin, name="../../escaped", attr="ESCAPING")
+    report = host.discover()
+    assert not report.plugins
+    (err,) = report.errors
+    assert "id" in str(err) and "\n" not in str(err)
+
+
+@pytest.mark.parametrize("how", ["exit", "print"])
+def test_a_batch_survives_a_plugin_that_exits_or_prints(
+    plugin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    for k in range(2):
+        write_series(tmp_path / "in" / f"s{k}", n=4)
+    monkeypatch.setenv("MLHOST_HOW", how)
+    monkeypatch.setattr("medlens.cli.run.Host", partial(_host, plugin))
+    args = ["run", "hostile", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--json"]
+    res = CliRunner().invoke(cli, [*args, "--device", "cpu"])
+    lines = [json.loads(x) for x in res.stdout.splitlines()]  # every stdout line is a case's
+    assert len(lines) == 2 and all(x["input"] != "forged" for x in lines)
+    want = "failed" if how == "exit" else "ok"
+    assert [x["status"] for x in lines] == [want, want]
