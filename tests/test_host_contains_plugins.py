@@ -70,6 +70,11 @@ class _Plugin:
         def like(value, dtype):
             return img.with_array(np.full(img.array.shape, value, dtype), warnings=())
 
+        def inner():  # a body inside the image (one the image cuts would not be measured)
+            arr = np.zeros(img.array.shape, np.uint8)
+            arr[0, 2:-2, 2:-2, 1:-1] = 1
+            return img.with_array(arr, warnings=())
+
         if how == "exit":
             raise SystemExit(3)
         if how == "print":
@@ -81,13 +86,13 @@ class _Plugin:
         if how == "label7":
             return v1.Prediction(mask=like(7, np.uint8))
         if how == "heat":
-            return v1.Prediction(mask=like(1, np.uint8), heatmap=like(40.0, np.float32))
+            return v1.Prediction(mask=inner(), heatmap=like(40.0, np.float32))
         if how == "deep":
             deep = {{}}
             for _ in range(5000):
                 deep = {{"a": deep}}
-            return v1.Prediction(mask=like(1, np.uint8), extra=deep)
-        return v1.Prediction(mask=like(1, np.uint8))
+            return v1.Prediction(mask=inner(), extra=deep)
+        return v1.Prediction(mask=inner())
 
 
 def create(ctx):
@@ -155,3 +160,22 @@ def test_a_batch_survives_a_plugin_that_exits_or_prints(
     assert len(lines) == 2 and all(x["input"] != "forged" for x in lines)
     want = "failed" if how == "exit" else "ok"
     assert [x["status"] for x in lines] == [want, want]
+
+
+def test_a_one_label_plugin_gets_its_seg_and_sr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # highdicom puts a single segment's identification in the shared functional group;
+    # the SR writer read it per frame only and failed: AttributeError, every case.
+    module = f"mlhostile_{uuid.uuid4().hex[:10]}"
+    outputs = {**_MANIFEST["outputs"], "kinds": ["json", "seg", "sr"]}  # type: ignore[dict-item]
+    manifest = {**_MANIFEST, "outputs": outputs, "entry": f"{module}:create"}
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(_PLUGIN.format(manifest=manifest)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    write_series(tmp_path / "ct", n=4)
+    ep = md.EntryPoint(name="hostile", value=f"{module}:MANIFEST", group="medlens.plugins")
+    (measure,) = [e for e in md.entry_points(group="medlens.plugins") if e.name == "volume-measure"]
+    host = Host(entry_points=[ep, measure])  # its volumes go into the SR
+    result = host.run("hostile", tmp_path / "ct", out=tmp_path / "out", device="cpu")
+    assert result.prediction.status == "ok", result.prediction.warnings
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"seg.dcm", "sr.dcm", "result.json"}
