@@ -62,9 +62,9 @@ def validation_status(
         from mlflow.exceptions import MlflowException
     except ImportError:  # pragma: no cover - mlflow is a host dependency
         return ValidationStatus(False, "unknown (mlflow not installed)")
-    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
     name = registered_model_name(plugin_id)
     try:
+        client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
         mv = client.get_model_version_by_alias(name, VALIDATED_ALIAS)
     except MlflowException:
         mv = None

@@ -101,3 +101,16 @@ def test_subgroup_of_bins_and_unknown() -> None:
     assert subgroup_of(spec, "70") == ">=65"
     assert subgroup_of(spec, None) == UNKNOWN
     assert subgroup_of(spec, "n/a") == UNKNOWN
+
+
+def test_a_non_finite_numeric_attribute_is_unknown() -> None:
+    # float("NaN") parses and fails every comparison: 7 cases of age NaN were '>=200'.
+    spec = SubgroupSpec(attribute="age", bins=[0, 50, 200])
+    assert [subgroup_of(spec, v) for v in ("NaN", "inf", "-inf", "45", "045Y", "250")] == [
+        UNKNOWN,
+        UNKNOWN,
+        UNKNOWN,
+        "0-50",
+        "0-50",
+        ">=200",
+    ]

@@ -145,3 +145,61 @@ def test_a_byte_order_mark_loads_and_other_encodings_are_refused_in_one_line(
     latin.write_bytes(json.dumps(_doc(title="Zürich"), ensure_ascii=False).encode("cp1252"))
     with pytest.raises(ProtocolError, match=r"'latin.json' is not UTF-8 text \(byte \d+\)"):
         load_protocol(latin)
+
+
+@pytest.mark.parametrize(
+    ("toml", "match"),
+    [
+        # Scored every case, then crashed writing the report (and -inf left the gate open).
+        ("threshold = nan", "finite"),
+        ("threshold = -inf", "finite"),
+        ("bins = [0, nan, 200]", "bins must be finite"),
+        # 10**12 resamples asked numpy for 43.7 TiB after every case was scored.
+        ("n_resamples = 1000000000000", "less than or equal to 100000"),
+    ],
+)
+def test_non_finite_or_unbounded_settings_are_refused_at_load(
+    tmp_path: Path, toml: str, match: str
+) -> None:
+    key = toml.split(" = ")[0]
+    where = {"threshold": "metrics", "bins": "subgroups", "n_resamples": "bootstrap"}[key]
+    lines = [
+        'schema_version = "2"',
+        'id = "x"',
+        'title = "x"',
+        'task = "classification"',
+        "seed = 1",
+        "[plugin]",
+        'id = "demo"',
+        'version = "1.0.0"',
+        "[dataset]",
+        'name = "d"',
+        'manifest = "m.csv"',
+        f'manifest_sha256 = "{SHA}"',
+        "n_cases = 4",
+    ]
+    metric = [
+        "[[metrics]]",
+        'metric = "auroc"',
+        'label = "pneumonia"',
+        'statistic = "ci_low"',
+        'comparator = ">="',
+    ]
+    metric.append(toml if where == "metrics" else "threshold = 0.8")
+    lines += metric
+    if where == "subgroups":
+        lines += ["[[subgroups]]", 'attribute = "age"', toml]
+    if where == "bootstrap":
+        lines += ["[bootstrap]", toml]
+    f = tmp_path / "p.toml"
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProtocolError, match=match) as e:
+        load_protocol(f)
+    assert "\n" not in str(e.value)
+
+
+def test_a_deeply_nested_protocol_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "p.json"
+    f.write_text("[" * 50_000 + "]" * 50_000)
+    with pytest.raises(ProtocolError, match="nests too deeply"):
+        load_protocol(f)

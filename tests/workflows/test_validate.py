@@ -6,6 +6,7 @@ import csv
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def validated(
 
 
 def test_validation_passes_writes_reports_and_sets_validated(
-    validated: tuple[Outcome, Path, Path],
+    validated: tuple[Outcome, Path, Path], tracking: str
 ) -> None:
     from mlflow import MlflowClient
 
@@ -97,7 +98,9 @@ def test_validation_passes_writes_reports_and_sets_validated(
     assert html.count("data:image/png;base64,") >= 3 and "PASSED" in html
     # MLflow: the run, the registered version of these weights, the alias.
     ml = r["mlflow"]
-    client = MlflowClient(tracking_uri=ml["tracking_uri"], registry_uri=ml["tracking_uri"])
+    # The report names the store without its absolute path (a folder can name a patient).
+    assert ml["tracking_uri"] == "sqlite:///…/mlflow.db"
+    client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     run = client.get_run(ml["run_id"])
     assert run.data.params["protocol_fingerprint"] == r["protocol_fingerprint"]
     assert run.data.params["weights_sha256"] == r["weights_sha256"]
@@ -105,7 +108,7 @@ def test_validation_passes_writes_reports_and_sets_validated(
     arts = {a.path for a in client.list_artifacts(ml["run_id"], "validation")}
     assert "validation/report.json" in arts
     # Artifacts beside the SQLite store, never in the directory the command ran from.
-    store = Path(ml["tracking_uri"].removeprefix("sqlite:///")).parent
+    store = Path(tracking.removeprefix("sqlite:///")).parent
     assert run.info.artifact_uri.startswith((store / "mlartifacts").resolve().as_uri())
     mv = client.get_model_version_by_alias(ml["model_name"], "validated")
     assert str(mv.version) == ml["model_version"] and ml["alias"] == "validated"
@@ -165,8 +168,10 @@ def test_one_byte_of_weights_or_manifest_makes_validate_refuse(
 
 
 def test_failed_case_is_counted_never_dropped(
-    tmp_path: Path, dataset: Path, plugin_dir: Path, tracking: str
+    tmp_path: Path, dataset: Path, plugin_dir: Path, mlflow_store: Callable[[Path], str]
 ) -> None:
+    # A registry of its own: these weights failing here must not close the module's gate.
+    tracking = mlflow_store(tmp_path / "registry")
     copy = tmp_path / "data"
     shutil.copytree(dataset.parent, copy)
     for f in (copy / "case-0003" / "dicom").iterdir():
@@ -189,8 +194,10 @@ def test_failed_case_is_counted_never_dropped(
 
 
 def test_unreadable_or_foreign_references_fail_their_cases_in_one_line(
-    tmp_path: Path, dataset: Path, plugin_dir: Path, tracking: str
+    tmp_path: Path, dataset: Path, plugin_dir: Path, mlflow_store: Callable[[Path], str]
 ) -> None:
+    # A registry of its own: these weights failing here must not close the module's gate.
+    tracking = mlflow_store(tmp_path / "registry")
     import os
 
     import nibabel as nib
@@ -229,13 +236,13 @@ def test_unreadable_or_foreign_references_fail_their_cases_in_one_line(
 
 
 def test_gated_host_runs_validated_weights_and_refuses_others(
-    validated: tuple[Outcome, Path, Path], dataset: Path
+    validated: tuple[Outcome, Path, Path], dataset: Path, tracking: str
 ) -> None:
     from medlens.config import HostConfig, ValidationConfig
     from medlens.gating import NotValidatedError
 
-    outcome, _, plugin = validated
-    uri = outcome.report["mlflow"]["tracking_uri"]
+    _, _, plugin = validated
+    uri = tracking
     case = dataset.parent / "case-0000" / "dicom"
     gated = HostConfig(validation=ValidationConfig(require_validated=True, registry_uri=uri))
     host = oracle_host(plugin, module="oracle_seg_validated", config=gated)

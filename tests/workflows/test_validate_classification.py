@@ -9,12 +9,14 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from medlens.errors import OutputError
 from medlens.host import Host
 from medlens_workflows.validate.runner import run_validation
 
@@ -53,14 +55,18 @@ def create(ctx):
 """
 
 
-def test_classification_protocol(tmp_path: Path, mlflow_store: Callable[[Path], str]) -> None:
+def _grey(
+    tmp_path: Path, auroc_low: float = 0.6, config: Any = None
+) -> tuple[Host, Path, list[int], list[float]]:
+    """The grey classifier, its 24-film dataset and protocol (AUROC CI low >= auroc_low)."""
     (tmp_path / "grey_classifier_plugin.py").write_text(textwrap.dedent(CLASSIFIER))
     sys.path.insert(0, str(tmp_path))
     sys.modules.pop("grey_classifier_plugin", None)
     host = Host(
+        config=config,
         entry_points=[
             md.EntryPoint("grey-classifier", "grey_classifier_plugin:MANIFEST", "medlens.plugins")
-        ]
+        ],
     )
     rng = np.random.default_rng(1)
     data = tmp_path / "data"
@@ -107,7 +113,7 @@ def test_classification_protocol(tmp_path: Path, mlflow_store: Callable[[Path], 
             label = "pneumonia"
             statistic = "ci_low"
             comparator = ">="
-            threshold = 0.6
+            threshold = {auroc_low}
             [[metrics]]
             metric = "sensitivity"
             label = "pneumonia"
@@ -127,6 +133,11 @@ def test_classification_protocol(tmp_path: Path, mlflow_store: Callable[[Path], 
             """
         )
     )
+    return host, proto, truth, scores
+
+
+def test_classification_protocol(tmp_path: Path, mlflow_store: Callable[[Path], str]) -> None:
+    host, proto, truth, scores = _grey(tmp_path)
     outcome = run_validation(
         proto, tmp_path / "out", host=host, tracking_uri=mlflow_store(tmp_path), progress=False
     )
@@ -140,3 +151,47 @@ def test_classification_protocol(tmp_path: Path, mlflow_store: Callable[[Path], 
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3  # ROC, calibration, forest
     assert {g["value"] for g in r["subgroups"]} == {"AP", "PA"}
+
+
+def test_the_gate_opens_last_and_closes_when_the_same_weights_fail(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    # A probe's findings: the alias was set before the report was written (a validation
+    # that then crashed left the gate open) and stayed when the same weights later failed.
+    from medlens.gating import validation_status
+
+    uri = mlflow_store(tmp_path / "registry")
+    host, proto, _, _ = _grey(tmp_path)
+    (tmp_path / "crash" / "report.html").mkdir(parents=True)  # the report cannot be written
+    with pytest.raises(OutputError, match="cannot write the validation report"):
+        run_validation(proto, tmp_path / "crash", host=host, tracking_uri=uri, progress=False)
+    assert not validation_status("grey-classifier", None, uri).validated
+    assert run_validation(
+        proto, tmp_path / "ok", host=host, tracking_uri=uri, progress=False
+    ).passed
+    assert validation_status("grey-classifier", None, uri).validated
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    _, proto2, _, _ = _grey(strict, auroc_low=0.999)
+    failed = run_validation(proto2, strict / "out", host=host, tracking_uri=uri, progress=False)
+    sys.modules.pop("grey_classifier_plugin", None)
+    assert not failed.passed and failed.report["mlflow"]["alias"] is None
+    assert not validation_status("grey-classifier", None, uri).validated
+    # The report names the store without an absolute path.
+    assert "/" + tmp_path.name not in failed.report["mlflow"]["tracking_uri"]
+
+
+def test_a_gated_host_can_validate_new_weights(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    # With require_validated on (as the docs recommend), every case failed "not validated".
+    from medlens.config import HostConfig
+
+    uri = mlflow_store(tmp_path / "registry")
+    config = HostConfig.model_validate(
+        {"validation": {"require_validated": True, "registry_uri": uri}}
+    )
+    host, proto, _, _ = _grey(tmp_path, config=config)
+    outcome = run_validation(proto, tmp_path / "out", host=host, tracking_uri=uri, progress=False)
+    sys.modules.pop("grey_classifier_plugin", None)
+    assert outcome.report["n_failed"] == 0 and outcome.passed

@@ -33,3 +33,20 @@ def test_a_csv_the_csv_module_cannot_parse_is_refused_in_one_line(tmp_path: Path
     path.write_text('case_id,patient_id,input,reference\nc1,p1,"' + "x" * 200_000 + '",1\n')
     with pytest.raises(InputError, match="not readable CSV: field larger than field limit"):
         read_manifest(path, reference_is_path=False)
+
+
+def test_cases_csv_cells_that_a_spreadsheet_would_run_are_quoted() -> None:
+    from medlens_workflows.validate.report import _csv
+
+    text = _csv([{"case_id": "=cmd|' /C calc'!A0", "site": "@SUM(A1)", "age": "-5", "x": "ok"}])
+    row = text.splitlines()[1]
+    assert row.startswith("'=cmd") and ",'@SUM(A1),-5,ok" in row
+
+
+def test_an_unreadable_registry_is_a_status_not_a_crash(tmp_path: Path) -> None:
+    from medlens.gating import validation_status
+
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(b"\x13not a database" * 2000)
+    status = validation_status("demo", "a" * 64, f"sqlite:///{db}")
+    assert not status.validated and status.summary.startswith("unknown (registry:")

@@ -136,6 +136,8 @@ def subgroup_of(spec: SubgroupSpec, value: str | None) -> str:
         x = float(raw.rstrip("YMWDymwd"))  # DICOM ages like '045Y'
     except ValueError:
         return UNKNOWN
+    if not math.isfinite(x):  # 'NaN' parses and fails every comparison: the top bin
+        return UNKNOWN
     edges = spec.bins
     if x < edges[0]:
         return f"<{edges[0]:g}"

@@ -275,6 +275,8 @@ def load_protocol(path: Path) -> ValidationProtocol | ProtocolV2:
         data = tomllib.loads(text) if Path(path).suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
         raise ProtocolError(f"protocol {Path(path).name!r} is not valid TOML/JSON: {e}") from e
+    except RecursionError as e:  # 50 000 nested '[': the parsers recurse
+        raise ProtocolError(f"protocol {Path(path).name!r} nests too deeply") from e
     if not isinstance(data, dict):
         raise ProtocolError(f"protocol {Path(path).name!r} is not a table/object")
     version = str(data.get("schema_version", "1"))

@@ -80,15 +80,25 @@ def case_table(
     return table
 
 
+def _cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (``=cmd|...``), quoted with ``'``."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(value)  # a negative number is a number, not a formula
+        except ValueError:
+            return "'" + value
+    return value
+
+
 def _csv(table: list[dict[str, Any]]) -> str:
     cols: list[str] = []
     for r in table:
         cols += [k for k in r if k not in cols]
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=[_cell(c) for c in cols], lineterminator="\n")
     w.writeheader()
     for r in table:
-        w.writerow({k: r.get(k, "") for k in cols})
+        w.writerow({_cell(k): _cell(r.get(k, "")) for k in cols})
     return buf.getvalue()
 
 

@@ -19,6 +19,8 @@ Order of work, and why:
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,7 +103,40 @@ def _source(host: Host) -> PluginSource:
     eps = host.entry_points
     pairs = None if eps is None else tuple((str(e.name), str(e.value)) for e in eps)
     # sys.path travels so plugins importable here (a researcher's module) are there too.
-    return PluginSource(pairs, tuple(sys.path), service=False, config=host.config)
+    # The validation is what earns a plugin the registry's ``validated``: its own runs are
+    # not gated by it (a gated host could otherwise never validate new weights).
+    ungated = host.config.validation.model_copy(update={"require_validated": False})
+    config = host.config.model_copy(update={"validation": ungated})
+    return PluginSource(pairs, tuple(sys.path), service=False, config=config)
+
+
+def _check_store(uri: str) -> None:
+    """Refuse a SQLite tracking store whose folder is missing or not writable, in one line."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return  # a server is asked when the run opens
+    folder = Path(uri[len(prefix) :]).parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValidationRefused(
+            f"cannot use the tracking store {shown_uri(uri, folder)}: its folder is missing "
+            "or not writable"
+        )
+
+
+def shown_uri(uri: str, out_dir: Path) -> str:
+    """The tracking URI as a report may show it: no credentials, no absolute paths.
+
+    A SQLite store inside ``out_dir`` is named relative to it; another file store by its
+    file name; a server without its ``user:password@``.
+    """
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        path = Path(uri[len(prefix) :])
+        root = Path(out_dir).resolve()
+        if path.resolve().is_relative_to(root):
+            return f"{prefix}{path.resolve().relative_to(root).as_posix()} (in --out)"
+        return f"{prefix}…/{path.name}"
+    return re.sub(r"//[^/@]*@", "//", uri)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -206,6 +241,8 @@ def run_validation(
             f"{protocol.dataset.n_cases}"
         )
     out_dir = Path(out_dir)
+    if tracking_uri is not None:
+        _check_store(tracking_uri)  # before hours of scoring, not after
     fp = protocol.fingerprint()
     queue = CaseQueue(out_dir, fp, protocol.plugin.id, [c.case_id for c in cases], resume=resume)
     try:
@@ -268,9 +305,10 @@ def run_validation(
             verdict["metrics"],
         )
         reg = run.register(protocol.plugin.id, weights, protocol.id, fp, verdict["passed"])
-        report["mlflow"] = {"tracking_uri": uri, "run_id": run.run_id, **reg}
+        report["mlflow"] = {"tracking_uri": shown_uri(uri, out_dir), "run_id": run.run_id, **reg}
         files = rep.write_outputs(report, scored, rows, out_dir)
         run.finish(files, verdict["passed"])
+        run.set_alias()  # last: only a finished, written validation opens the gate
     except BaseException:
         run.fail()
         raise

@@ -18,6 +18,9 @@ from typing import Any
 
 from medlens.gating import VALIDATED_ALIAS, registered_model_name
 
+#: Version tag naming the protocol whose pass set ``validated`` (its failure takes it back).
+VALIDATED_BY = "validated_by"
+
 __all__ = ["EXPERIMENT", "artifact_location", "default_tracking_uri", "open_run"]
 
 #: Experiment holding validation runs.
@@ -68,6 +71,9 @@ class ValidationRun:
         self.run = self.client.create_run(exp_id, run_name=run_name)
         self.run_id: str = self.run.info.run_id
         self._mlflow = mlflow
+        self._pending: tuple[str, str] | None = None  # (model, version) to alias if passed
+        self._set: tuple[str, str] | None = None  # the alias this run set
+        self._protocol_id = ""
 
     def log(self, params: dict[str, str], metrics: list[dict[str, Any]]) -> None:
         """Log parameters and each criterion's value and CI bounds."""
@@ -109,11 +115,42 @@ class ValidationRun:
         self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}", outcome)
         self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}.fp", fp)
         self.client.set_model_version_tag(name, version, "last_validation_run", self.run_id)
-        alias = None
-        if passed:
+        if not passed:
+            # These weights now fail the protocol that validated them: the gate closes.
+            # (Another protocol failing, an exploratory one, does not revoke it.)
+            self._drop_alias(name, version, protocol_id)
+        self._pending = (name, version) if passed else None
+        self._protocol_id = protocol_id
+        return {
+            "model_name": name,
+            "model_version": version,
+            "alias": VALIDATED_ALIAS if passed else None,
+        }
+
+    def set_alias(self) -> None:
+        """Point ``validated`` at the version :meth:`register` found, if it passed.
+
+        The last step of a validation, after its report is written: a run that fails
+        before it never opens the gate.
+        """
+        if self._pending is not None:
+            name, version = self._pending
+            self.client.set_model_version_tag(name, version, VALIDATED_BY, self._protocol_id)
             self.client.set_registered_model_alias(name, VALIDATED_ALIAS, version)
-            alias = VALIDATED_ALIAS
-        return {"model_name": name, "model_version": version, "alias": alias}
+            self._set = self._pending
+
+    def _drop_alias(self, name: str, version: str, protocol_id: str | None = None) -> None:
+        """Take ``validated`` off ``version`` (only if ``protocol_id`` set it, when given)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            current = self.client.get_model_version_by_alias(name, VALIDATED_ALIAS)
+        except MlflowException:
+            return
+        if str(current.version) != version:
+            return
+        if protocol_id is None or (current.tags or {}).get(VALIDATED_BY) == protocol_id:
+            self.client.delete_registered_model_alias(name, VALIDATED_ALIAS)
 
     def finish(self, files: list[Path], passed: bool) -> None:
         """Log the report files as artifacts and end the run."""
@@ -123,7 +160,12 @@ class ValidationRun:
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self) -> None:
-        """End the run as failed (an exception interrupted the validation)."""
+        """End the run as failed (an exception interrupted the validation).
+
+        An alias this run set is taken back: a validation that did not finish opens no gate.
+        """
+        if self._set is not None:
+            self._drop_alias(*self._set)
         self.client.set_terminated(self.run_id, "FAILED")
 
 
