@@ -50,3 +50,17 @@ def test_an_unreadable_registry_is_a_status_not_a_crash(tmp_path: Path) -> None:
     db.write_bytes(b"\x13not a database" * 2000)
     status = validation_status("demo", "a" * 64, f"sqlite:///{db}")
     assert not status.validated and status.summary.startswith("unknown (registry:")
+
+
+def test_a_folder_with_a_live_validation_is_refused_even_with_resume(tmp_path: Path) -> None:
+    # A --resume beside a live run requeued its running case and scored it twice.
+    from medlens.errors import InputError
+    from medlens_workflows.validate.store import CaseQueue
+
+    live = CaseQueue(tmp_path / "out", "f" * 16, "demo", ["c1", "c2"], resume=False)
+    try:
+        with pytest.raises(InputError, match="a validation is running in 'out'"):
+            CaseQueue(tmp_path / "out", "f" * 16, "demo", ["c1", "c2"], resume=True)
+    finally:
+        live.close()
+    CaseQueue(tmp_path / "out", "f" * 16, "demo", ["c1", "c2"], resume=True).close()

@@ -17,6 +17,7 @@ creation and a resume under another protocol is refused.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -65,6 +66,18 @@ class CaseQueue:
     ) -> None:
         self.out_dir = Path(out_dir)
         self.plugin = plugin
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # One validation per folder at a time: a --resume beside a live run requeued its
+        # running case and scored it twice.
+        self._lock = (self.out_dir / ".validate.lock").open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            self._lock.close()
+            raise InputError(
+                f"a validation is running in {self.out_dir.name!r}; wait for it or use another "
+                "--out"
+            ) from e
         self.store = JobStore(self.out_dir / "jobs.sqlite")
         known = self.store.meta().get(_FINGERPRINT)
         if known is not None and not resume:
@@ -163,8 +176,11 @@ class CaseQueue:
         return out
 
     def close(self) -> None:
-        """Close the job store."""
+        """Close the job store and let another validation use the folder."""
         self.store.close()
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
 
 def _write_atomic(path: Path, text: str) -> None:
