@@ -342,8 +342,11 @@ def test_study_heatmaps_must_name_a_further_image_on_its_grid(ct_image: Image) -
         StudyInput,
     )
 
-    class _M:  # the check reads the manifest's id only
+    class _M:  # the check reads the manifest's id and its labels only
         id = "probe"
+
+        class outputs:  # noqa: N801 - stands in for the manifest's OutputSpec
+            labels: tuple[object, ...] = ()
 
     other = ct_image.with_array(ct_image.array[:, :-1].copy())  # a second image, other grid
     study = StudyInput(images=(StudyImage(ct_image), StudyImage(other)))

@@ -87,6 +87,9 @@ class _Plugin:
             return v1.Prediction(mask=like(7, np.uint8))
         if how == "heat":
             return v1.Prediction(mask=inner(), heatmap=like(40.0, np.float32))
+        if how == "finding":
+            f = v1.Finding(label="cancer", probability=0.9, positive=True)
+            return v1.Prediction(mask=inner(), findings=[f])
         if how == "deep":
             deep = {{}}
             for _ in range(5000):
@@ -123,6 +126,7 @@ def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
         ("label7", PluginError, "mask holds values [7] that are no label of the manifest"),
         ("heat", PluginError, "heatmap values run from 40 to 40; a heatmap is in [0, 1]"),
         ("deep", OutputError, "result.json nests deeper than 32 levels"),
+        ("finding", PluginError, "finding 'cancer' is no label of the manifest"),
         ("exit", PluginError, "predict failed: SystemExit: 3"),
     ],
 )

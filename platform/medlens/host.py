@@ -629,6 +629,10 @@ def _check_prediction(
         wrong = [type(x).__name__ for x in getattr(p, name) if not isinstance(x, kind)]
         if wrong:
             raise PluginError(m.id, f"{name} holds a {wrong[0]}, not a {kind.__name__}")
+    declared = {lab.name for lab in m.outputs.labels}
+    unknown = sorted({f.label for f in p.findings} - declared) if declared else []
+    if unknown:  # a finding the manifest (and so its model card and protocols) never named
+        raise PluginError(m.id, f"finding {unknown[0]!r} is no label of the manifest")
     for name in ("mask", "heatmap"):
         img = getattr(p, name)
         if img is not None and not img.same_grid(image):
