@@ -44,7 +44,7 @@ def _associate(port: int, calling: str = "GOODSCU", called: str = "MEDLENS", **k
 
 
 @contextlib.contextmanager
-def _service_with_node(world: Path, *plugins: str) -> Iterator[int]:
+def _service_with_node(world: Path, *plugins: str, quiet: float = 0.3) -> Iterator[int]:
     """A running watch service on ``world/{in,out,state}`` with its DICOM node: its port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -53,7 +53,7 @@ def _service_with_node(world: Path, *plugins: str) -> Iterator[int]:
         world / "in",
         world / "out",
         world / "state",
-        WatchConfig(settle_seconds=0.1, quiet_seconds=0.3, tick_seconds=0.05, scp_port=scp_port),
+        WatchConfig(settle_seconds=0.1, quiet_seconds=quiet, tick_seconds=0.05, scp_port=scp_port),
         source=wk.source(*plugins),
     )
     t = threading.Thread(target=svc.run, daemon=True)
@@ -324,7 +324,8 @@ def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Pat
     state = world / "state"
     series = wk.make_series(6)
     uid = series[0].SeriesInstanceUID
-    with _service_with_node(world, "body-mask") as scp_port:
+    # A quiet period of seconds, as in service: the association's end is known before it.
+    with _service_with_node(world, "body-mask", quiet=2.0) as scp_port:
         assoc = _associate(scp_port)
         for ds in series[:3]:
             assert assoc.send_c_store(ds).Status == 0
@@ -357,3 +358,33 @@ def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Pat
     assert json.loads(resultset.read_text())["input"]["instances"] == 6
     events = [e["event"] for e in wk.audit(state)]
     assert "series_held" in events and "series_released" in events
+
+
+def test_a_held_series_completed_through_the_inbox_runs(tmp_path: Path) -> None:
+    # An operator who copies the missing slices into the inbox ends the hold too.
+    world = tmp_path / "world"
+    state = world / "state"
+    series = wk.make_series(6)
+    # A quiet period of seconds, as in service: the association's end is known before it.
+    with _service_with_node(world, "body-mask", quiet=2.0) as scp_port:
+        assoc = _associate(scp_port)
+        for ds in series[:3]:
+            assert assoc.send_c_store(ds).Status == 0
+        assoc.abort()
+        wk.wait_for(
+            lambda: (
+                [tuple(r) for r in wk.query(state, "SELECT status FROM series")]
+                == [("incomplete",)]
+            ),
+            timeout=60,
+            what="the cut-off series held as incomplete",
+        )
+        wk.write_files(series[3:], world / "in")
+        wk.wait_for(
+            lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
+            timeout=120,
+            what="the completed series' job",
+        )
+    assert wk.query(state, "SELECT series_uid FROM held_series") == []
+    (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
+    assert json.loads(resultset.read_text())["input"]["instances"] == 6

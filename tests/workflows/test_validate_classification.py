@@ -165,6 +165,9 @@ def test_the_gate_opens_last_and_closes_when_the_same_weights_fail(
     (tmp_path / "crash" / "report.html").mkdir(parents=True)  # the report cannot be written
     with pytest.raises(OutputError, match="cannot write the validation report"):
         run_validation(proto, tmp_path / "crash", host=host, tracking_uri=uri, progress=False)
+    # Written as a set: none of the three, not two of them.
+    assert not (tmp_path / "crash" / "report.json").exists()
+    assert not (tmp_path / "crash" / "cases.csv").exists()
     assert not validation_status("grey-classifier", None, uri).validated
     assert run_validation(
         proto, tmp_path / "ok", host=host, tracking_uri=uri, progress=False

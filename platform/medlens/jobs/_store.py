@@ -507,12 +507,26 @@ class JobStore:
             return True
 
     def held_reason(self, series_uid: str) -> str | None:
-        """Why a series is held, if it is."""
+        """Why a series is held, if it is.
+
+        An instance of it dropped into the inbox after the hold began (an operator's
+        resend by hand) ends the hold, as a later released association does.
+        """
         with self.tx() as c:
             row = c.execute(
-                "SELECT reason FROM held_series WHERE series_uid=?", (series_uid,)
+                "SELECT reason, since FROM held_series WHERE series_uid=?", (series_uid,)
             ).fetchone()
-        return None if row is None else str(row["reason"])
+            if row is None:
+                return None
+            resent = c.execute(
+                "SELECT 1 FROM instances i JOIN series s ON i.series_id = s.id "
+                "WHERE s.series_uid=? AND i.source='folder' AND i.ingested_at > ? LIMIT 1",
+                (series_uid, float(row["since"])),
+            ).fetchone()
+            if resent is not None:
+                c.execute("DELETE FROM held_series WHERE series_uid=?", (series_uid,))
+                return None
+        return str(row["reason"])
 
     def set_partial(self, series_id: int, gaps: dict[str, Any] | None) -> None:
         """Record whether the series' current generation is missing slices (and where)."""

@@ -135,6 +135,11 @@ def write_outputs(
                 fh.flush()
                 os.fsync(fh.fileno())
             tmps.append((tmp, final))
+        # Every target checked before the first rename: a folder named report.html failed
+        # the third rename after two had replaced last run's files (half a set).
+        blocked = [f.name for _, f in tmps if f.exists() and not f.is_file()]
+        if blocked:
+            raise IsADirectoryError(21, "Is a directory", blocked[0])
         for tmp, final in tmps:
             os.replace(tmp, final)
     except OSError as e:
