@@ -313,6 +313,21 @@ def test_a_peer_that_takes_no_form_of_a_class_is_a_one_line_output_error(tmp_pat
         server.shutdown()
 
 
+def _send_half_then_abort(scp_port: int, series: list[Any], state: Path) -> None:
+    """Send the first half of ``series`` and abort: wait until it is held as incomplete."""
+    assoc = _associate(scp_port)
+    for ds in series[: len(series) // 2]:
+        assert assoc.send_c_store(ds).Status == 0
+    assoc.abort()
+    wk.wait_for(
+        lambda: (
+            [tuple(r) for r in wk.query(state, "SELECT status FROM series")] == [("incomplete",)]
+        ),
+        timeout=60,
+        what="the cut-off series held as incomplete",
+    )
+
+
 def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Path) -> None:
     """A C-STORE association aborted halfway: the half series is held, never run.
 
@@ -326,18 +341,7 @@ def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Pat
     uid = series[0].SeriesInstanceUID
     # A quiet period of seconds, as in service: the association's end is known before it.
     with _service_with_node(world, "body-mask", quiet=2.0) as scp_port:
-        assoc = _associate(scp_port)
-        for ds in series[:3]:
-            assert assoc.send_c_store(ds).Status == 0
-        assoc.abort()
-        wk.wait_for(
-            lambda: (
-                [tuple(r) for r in wk.query(state, "SELECT status FROM series")]
-                == [("incomplete",)]
-            ),
-            timeout=60,
-            what="the cut-off series held as incomplete",
-        )
+        _send_half_then_abort(scp_port, series, state)
         # Held by the router after its quiet period: no job was made for the half series.
         assert wk.query(state, "SELECT id FROM jobs") == []
         (held,) = wk.query(state, "SELECT reason FROM held_series WHERE series_uid=?", uid)
@@ -367,18 +371,7 @@ def test_a_held_series_completed_through_the_inbox_runs(tmp_path: Path) -> None:
     series = wk.make_series(6)
     # A quiet period of seconds, as in service: the association's end is known before it.
     with _service_with_node(world, "body-mask", quiet=2.0) as scp_port:
-        assoc = _associate(scp_port)
-        for ds in series[:3]:
-            assert assoc.send_c_store(ds).Status == 0
-        assoc.abort()
-        wk.wait_for(
-            lambda: (
-                [tuple(r) for r in wk.query(state, "SELECT status FROM series")]
-                == [("incomplete",)]
-            ),
-            timeout=60,
-            what="the cut-off series held as incomplete",
-        )
+        _send_half_then_abort(scp_port, series, state)
         wk.write_files(series[3:], world / "in")
         wk.wait_for(
             lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
