@@ -3,7 +3,7 @@
 Each case was written as a valid result or stopped a batch before: a float or NaN mask,
 a label the manifest lacks, a heatmap of 0-40, a 5000-deep ``extra``, a ``SystemExit``
 in ``predict``, a ``print`` forging ``--json`` lines, a manifest instance that skipped
-validation naming a folder ``../../escaped``.
+validation naming a folder ``../../escaped``, a normalisation written into the host's image.
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ class _Plugin:
 
         if how == "exit":
             raise SystemExit(3)
+        if how == "inplace-numpy":
+            img.array -= img.array.mean()  # a normalisation written into the host's image
+        if how == "inplace-torch":
+            import torch
+
+            torch.from_numpy(img.array).clamp_(-100, 100)  # the flag does not stop torch
         if how == "print":
             print('{{"input": "forged", "status": "ok"}}')
         if how == "float":
@@ -128,6 +134,8 @@ def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
         ("deep", OutputError, "result.json nests deeper than 32 levels"),
         ("finding", PluginError, "finding 'cancer' is no label of the manifest"),
         ("exit", PluginError, "predict failed: SystemExit: 3"),
+        ("inplace-numpy", PluginError, "read-only (its inputs are read-only: copy an array"),
+        ("inplace-torch", PluginError, "changed its input in place"),
     ],
 )
 def test_invalid_predictions_are_refused_and_nothing_is_written(

@@ -9,14 +9,17 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
 import importlib
 import importlib.metadata as md
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +50,7 @@ from medlens.plugin_api._options import HostOptions
 from medlens.plugin_api._protocol import Plugin, PluginInputs
 from medlens.plugin_api._results import Finding, Measurement, Prediction, Provenance, Result
 from medlens.plugin_api._study import StudyImage, StudyInput
-from medlens.plugin_api._vocab import Artifact, ResultStatus
+from medlens.plugin_api._vocab import Artifact, ExplanationMethod, ResultStatus
 
 __all__ = ["Host", "PluginHandle"]
 
@@ -203,6 +206,9 @@ class Host:
             bundles=self.config.bundles,
         )
         self._handles = {pid: PluginHandle(rec) for pid, rec in self._report.plugins.items()}
+        for pid, rec in sorted(self._report.plugins.items()):
+            for note in rec.notes:
+                log.warning("plugin %s: %s", pid, note)
         return self._report
 
     @property
@@ -303,13 +309,14 @@ class Host:
                 plugin_id,
                 f"takes a study of at least {study.min_images} images: use run_study",
             )
+        typed = self._checked_options(handle, device, options, chain)  # before any reading
         image = _read_input(input, handle.manifest, self.tilt_policy(plugin_id, tilt))
         inputs = StudyInput((StudyImage.of(image),)) if study is not None else None
         if inputs is not None:
             _check_study(handle.manifest, inputs)
         mask_image = None if mask is None else _read_mask(mask, image, handle.manifest)
         return self._run_chain(
-            handle, image, mask_image, inputs, out, device, options, chain, progress, cancel
+            handle, image, mask_image, inputs, out, device, typed, chain, progress, cancel
         )
 
     def run_study(
@@ -346,6 +353,7 @@ class Host:
         m = handle.manifest
         if m.study is None:
             raise PluginError(plugin_id, "takes one image, not a study: use run")
+        typed = self._checked_options(handle, device, options, False)
         study = StudyInput(
             tuple(
                 i
@@ -362,7 +370,7 @@ class Host:
             study,
             out,
             device,
-            options,
+            typed,
             False,
             progress,
             cancel,
@@ -376,16 +384,12 @@ class Host:
         study: StudyInput | None,
         out: str | Path | None,
         device: str,
-        options: Mapping[str, Any] | None,
+        typed: _TypedOptions,
         chain: bool,
         progress: ProgressCallback | None,
         cancel: Callable[[], bool] | None,
     ) -> Result:
-        from medlens.engine.device import select_device
-
-        dev, _ = select_device(device)
         consumers = [self.get(c.id) for c in self.consumers_of(handle.manifest)] if chain else []
-        typed = _typed_options([handle, *consumers], dev, dict(options or {}))
         run = _Run(device, typed, progress, cancel)
         result = self._run_one(handle, image, mask, None, run, study)
         if chain and result.prediction.mask is not None:
@@ -398,6 +402,38 @@ class Host:
         if out is not None:
             result.outputs.update(self.write(result, Path(out)))
         return result
+
+    def check_options(
+        self,
+        plugin_id: str,
+        options: Mapping[str, Any] | None,
+        *,
+        device: str = "auto",
+        chain: bool = True,
+    ) -> None:
+        """Refuse run options before any case is read, as :meth:`run` would.
+
+        A batch calls this once, so a typo or an impossible value is one line, not a
+        failed case per input.
+
+        Raises:
+            MedLensError: For an unknown plugin, device or option, or a value the host,
+                the plugin's manifest or its options model refuses (one line).
+        """
+        self._checked_options(self.get(plugin_id), device, options, chain)
+
+    def _checked_options(
+        self,
+        handle: PluginHandle,
+        device: str,
+        options: Mapping[str, Any] | None,
+        chain: bool,
+    ) -> _TypedOptions:
+        from medlens.engine.device import select_device
+
+        dev, _ = select_device(device)
+        consumers = [self.get(c.id) for c in self.consumers_of(handle.manifest)] if chain else []
+        return _typed_options([handle, *consumers], dev, dict(options or {}))
 
     def write(
         self, result: Result, out: str | Path, *, source_root: Path | None = None
@@ -448,11 +484,14 @@ class Host:
         run.start_sha256(image)
         t1 = time.perf_counter()
         try:
-            prediction = plugin.predict(PluginInputs(image, mask, upstream, study), ctx)
+            with _read_only(m.id, image, mask, study):
+                prediction = plugin.predict(PluginInputs(image, mask, upstream, study), ctx)
         except MedLensError:
             raise
         except (Exception, SystemExit) as e:  # a plugin bug must not crash the host (nor exit it)
-            raise PluginError(m.id, f"predict failed: {type(e).__name__}: {e}") from e
+            hint = " (its inputs are read-only: copy an array before changing it)"
+            hint = hint if "read-only" in str(e) else ""
+            raise PluginError(m.id, f"predict failed: {type(e).__name__}: {e}{hint}") from e
         _check_prediction(m, image, prediction, study)
         prediction.warnings[:0] = [*image.warnings, *ctx.warnings]
         if prediction.status != ResultStatus.OK:
@@ -493,12 +532,68 @@ class Host:
             raise e from None
 
 
+#: Values a fingerprint of an input array samples (evenly spaced; about 8 MB of float64).
+_FINGERPRINT_SAMPLES = 1 << 20
+
+
+def _fingerprint(a: np.ndarray[Any, Any]) -> bytes:
+    """A hash of evenly spaced values of ``a``.
+
+    Any global change (a normalisation, a clip, a cast written back) alters it; a change
+    to a few voxels may not.
+    """
+    step = max(1, a.size // _FINGERPRINT_SAMPLES)
+    sample = np.ascontiguousarray(a.flat[np.arange(0, a.size, step)])
+    return hashlib.blake2b(sample.tobytes(), digest_size=16).digest()
+
+
+@contextlib.contextmanager
+def _read_only(
+    plugin_id: str, image: Image, mask: Image | None, study: StudyInput | None
+) -> Iterator[None]:
+    """The arrays a plugin is given are read-only while it predicts, and checked after.
+
+    The host and the plugins after it in a chain read the same arrays (hash, outputs,
+    overlays, measurements): a plugin that normalised its input in place changed what
+    every one of them saw. NumPy writes fail on the read-only flag; a tensor made with
+    ``torch.from_numpy`` ignores it (torch warns once, silenced here), so a sampled
+    fingerprint taken before and after names the plugin that wrote. Flags are restored.
+
+    Raises:
+        PluginError: If an input array changed during the plugin's predict.
+    """
+    arrays = [image.array, *([mask.array] if mask is not None else [])]
+    if study is not None:
+        arrays += [i.image.array for i in study.images]
+    saved: list[tuple[np.ndarray[Any, Any], bool, bytes]] = []
+    for a in arrays:
+        if isinstance(a, np.ndarray) and not any(a is b for b, _, _ in saved):
+            saved.append((a, bool(a.flags.writeable), _fingerprint(a)))
+            a.flags.writeable = False
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message="The given NumPy array is not writable", category=UserWarning
+            )
+            yield
+    finally:
+        for a, writeable, _ in saved:
+            if writeable:
+                a.flags.writeable = True
+    if any(_fingerprint(a) != before for a, _, before in saved):
+        raise PluginError(
+            plugin_id,
+            "changed its input in place (the host and the plugins after it read the same "
+            "arrays): copy an array before changing it",
+        )
+
+
 @dataclass(frozen=True)
 class _Run:
     """What every plugin of one run (a chain) shares."""
 
     device: str
-    options: dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]]
+    options: _TypedOptions
     progress: ProgressCallback | None
     cancel: Callable[[], bool] | None
     # Every plugin of a chain reads the same image: its hash is taken once, on a second
@@ -541,9 +636,52 @@ def _first(e: ValidationError) -> str:
     return f"{where}: {err.get('msg')}"
 
 
+_TypedOptions = dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]]
+
+
+def _check_host_options(handles: Sequence[PluginHandle], host: HostOptions) -> None:
+    """Refuse host options the run's manifests make impossible (before any work).
+
+    Raises:
+        ConfigError: For a window of the wrong rank, an explanation method the plugin
+            does not declare, an operating point no plugin of the run declares, or a
+            stitching device this machine lacks.
+    """
+    from medlens.engine.device import select_device
+
+    first = handles[0].manifest
+    if host.roi_size is not None and len(host.roi_size) != first.input.dims:
+        raise ConfigError(
+            f"run option roi_size: {len(host.roi_size)} values for {first.id}'s "
+            f"{first.input.dims}-D input"
+        )
+    method = host.explain_method
+    declared = set(first.explanations)
+    if ExplanationMethod.SEGMENTATION_GRADCAM in declared:  # the same passes as gradcam
+        declared.add(ExplanationMethod.GRADCAM)
+    if method is not None and first.explanations and method not in declared:
+        raise ConfigError(
+            f"run option explain_method: {method.value!r} is not declared by {first.id} "
+            f"(declared: {', '.join(m.value for m in first.explanations)})"
+        )
+    if host.operating_point is not None:
+        names = {op.name for h in handles for op in h.manifest.outputs.operating_points}
+        if host.operating_point not in names:
+            raise ConfigError(
+                f"run option operating_point: {host.operating_point!r} is not declared by "
+                f"{', '.join(h.id for h in handles)} "
+                f"(declared: {', '.join(sorted(names)) or 'none'})"
+            )
+    if host.stitch_device is not None:
+        try:
+            select_device(host.stitch_device)
+        except MedLensError as e:
+            raise ConfigError(f"run option stitch_device: {e}") from e
+
+
 def _typed_options(
     handles: Sequence[PluginHandle], device: str, raw: dict[str, Any]
-) -> dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]]:
+) -> _TypedOptions:
     """Validate run options: host keys by :class:`HostOptions`, others by each plugin's model.
 
     Returns:
@@ -558,7 +696,8 @@ def _typed_options(
         host = HostOptions.model_validate({k: v for k, v in raw.items() if k in host_keys})
     except ValidationError as e:
         raise ConfigError(f"run option {_first(e)}") from e
-    host_given = host.model_dump(exclude_unset=True)
+    _check_host_options(handles, host)
+    host_given = host.model_dump(mode="json", exclude_unset=True)
     rest = {k: v for k, v in raw.items() if k not in host_keys}
     out: dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]] = {}
     claimed: set[str] = set()

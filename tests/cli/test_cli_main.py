@@ -60,6 +60,7 @@ def test_plugins_list_json_and_table(
             "modality": ["CT"],
             "diagnostic_use": False,
             "validation": "no registry configured",
+            "notes": [],
         }
     ]
     assert data["errors"][0]["plugin"] == "beta"

@@ -47,7 +47,7 @@ def test_values_are_typed_as_toml_else_text() -> None:
 
 
 @pytest.mark.slow
-def test_options_reach_the_run_and_unknown_ones_fail_the_case_in_one_line(
+def test_options_reach_the_run_and_bad_ones_are_refused_before_any_case(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from medlens.phantoms.dicom import generate_dataset
@@ -68,8 +68,15 @@ def test_options_reach_the_run_and_unknown_ones_fail_the_case_in_one_line(
     doc = json.loads(Path(str(lines[0]["result"])).read_text())
     # Either it ran in bfloat16 or it says why not: the option reached the engine.
     assert any("amp" in w for w in doc["warnings"]), doc["warnings"]
-    code, lines = invoke("nope", "no_such_option=1")
-    assert code != 0 and [x["status"] for x in lines] == ["failed"]
-    assert "no_such_option" in str(lines[0]["error"]) and "\n" not in str(lines[0]["error"])
+    # Refused once, before any case is read: a usage line, no case line, no output folder.
+    for out, opt, word in (
+        ("nope", "no_such_option=1", "no_such_option"),
+        ("neg", "roi_size=[-5, 0, 3]", "roi_size"),
+        ("rank", "roi_size=[16, 16]", "3-D input"),
+        ("op", "operating_point=triage", "not declared by ct-abdomen-seg"),
+    ):
+        res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / out), "--option", opt])
+        assert res.exit_code == 2 and word in res.output and not res.stdout.strip(), res.output
+        assert not (tmp_path / out).exists()
     res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--option", "amp"])
     assert res.exit_code == 2 and "KEY=VALUE" in res.output

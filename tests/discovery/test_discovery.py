@@ -106,6 +106,35 @@ def test_discovery_of_installed_plugins_imports_no_torch() -> None:
     listing = json.loads(out.stdout)
     for entry in listing["plugins"]:
         assert {"id", "version", "task", "diagnostic_use"} <= set(entry)
+        assert not any("imports" in n for n in entry["notes"]), entry
+
+
+def test_a_manifest_module_that_imports_torch_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A third party's manifest module that imports torch slows every MedLens start by
+    # seconds; the plugin still works, so it is a note in `plugins list`, not a refusal.
+    (tmp_path / "mlt_heavy_probe.py").write_text(
+        "import torch  # noqa: F401\nfrom medlens_volume_measure.manifest import MANIFEST\n"
+    )
+    code = (
+        "import importlib.metadata as md, json, functools\n"
+        "from medlens.cli import plugins\n"
+        "from medlens.cli.main import main\n"
+        "from medlens.host import Host\n"
+        "ep = md.EntryPoint('volume-measure', 'mlt_heavy_probe:MANIFEST', 'medlens.plugins')\n"
+        "plugins.Host = functools.partial(Host, entry_points=[ep])\n"
+        "main(['plugins', 'list', '--json'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr
+    (entry,) = json.loads(out.stdout)["plugins"]
+    assert entry["id"] == "volume-measure"
+    assert entry["notes"][0].startswith("its manifest module imports torch at discovery")
+    assert "plugin volume-measure: its manifest module imports torch" in out.stderr
 
 
 def test_a_blocked_plugin_module_is_never_imported(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -56,7 +56,7 @@ def list_(as_json: bool) -> None:
             json.dumps(
                 {
                     "plugins": [
-                        {**_summary(m), "validation": s}
+                        {**_summary(m), "validation": s, "notes": list(host.get(m.id).record.notes)}
                         for m, s in zip(
                             manifests, _validation(host, manifests).values(), strict=True
                         )
@@ -81,6 +81,9 @@ def list_(as_json: bool) -> None:
         )
     console = table_console()
     console.print(table)
+    for m in manifests:
+        for note in host.get(m.id).record.notes:
+            console.print(f"[yellow]note[/yellow] {m.id}: {note}", highlight=False)
     for e in errors:
         console.print(f"[red]rejected[/red] {e}", highlight=False)
 

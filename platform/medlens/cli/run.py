@@ -38,7 +38,7 @@ import click
 from medlens.cli._console import error_line, one_line
 from medlens.cli._options import parse_options
 from medlens.cli._progress import progress_bar
-from medlens.errors import OutputError, RoutingError
+from medlens.errors import MedLensError, OutputError, RoutingError
 from medlens.host import Host
 from medlens.plugin_api.v1 import ResultStatus
 
@@ -312,13 +312,19 @@ def run(
         cases = [c for c in cases if c.kind == "error"]  # failed lines; the rest are studies
     elif study_csv is not None:
         raise click.UsageError(f"--manifest is for study plugins; {manifest.id!r} takes one image")
-    out.mkdir(parents=True, exist_ok=True)
     run_kwargs: dict[str, Any] = {
         "device": device,
         "mask": mask,
         "options": {**options, "explain": False} if no_explain else options,
         "chain": not no_chain,
     }
+    try:  # once, before any case: a bad option is one usage line, not a failure per case
+        host.check_options(
+            plugin_id, run_kwargs["options"], device=device, chain=run_kwargs["chain"]
+        )
+    except MedLensError as e:
+        raise click.BadParameter(str(e), param_hint="--option/--device") from e
+    out.mkdir(parents=True, exist_ok=True)
     outcomes: list[CaseOutcome] = []
     units: list[Case | Study] = [*cases, *(studies or [])]
     with progress_bar(len(units), f"{manifest.id}") as step:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from medlens.discovery.entry_points import (
     ENTRY_POINT_GROUP,
+    HEAVY_MODULES,
     DiscoveryReport,
     PluginRecord,
     check_api,
     discover,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "DiscoveryReport", "PluginRecord", "check_api", "discover"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "HEAVY_MODULES",
+    "DiscoveryReport",
+    "PluginRecord",
+    "check_api",
+    "discover",
+]

@@ -9,6 +9,8 @@ plugin is reported, never fatal (napari npe2, pluggy).
 from __future__ import annotations
 
 import importlib.metadata as md
+import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "HEAVY_MODULES",
     "DiscoveryReport",
     "PluginRecord",
     "bundle_record",
@@ -41,6 +44,23 @@ __all__ = [
 #: The entry-point group every plugin, first- or third-party, registers in.
 ENTRY_POINT_GROUP = "medlens.plugins"
 
+#: Modules a manifest module must not import: each costs seconds on every start of
+#: every MedLens command, for every user, whether or not the plugin runs.
+HEAVY_MODULES: tuple[str, ...] = (
+    "torch",
+    "monai",
+    "tensorflow",
+    "jax",
+    "onnxruntime",
+    "pytorch_grad_cam",
+    "mlflow",
+    "SimpleITK",
+    "highdicom",
+)
+
+#: A manifest import slower than this is noted (seconds).
+SLOW_IMPORT_S = 3.0
+
 
 @dataclass(frozen=True)
 class PluginRecord:
@@ -50,6 +70,8 @@ class PluginRecord:
     entry_point: str
     distribution: str | None
     distribution_version: str | None
+    notes: tuple[str, ...] = ()
+    """What discovery noticed but does not refuse (a heavy or slow manifest import)."""
 
 
 @dataclass
@@ -61,7 +83,28 @@ class DiscoveryReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _load_manifest(ep: md.EntryPoint) -> Manifest:
+def _import_notes(before: set[str], seconds: float) -> tuple[str, ...]:
+    """Notes on a manifest import that brought in heavy modules or took long."""
+    heavy = [m for m in HEAVY_MODULES if m in sys.modules and m not in before]
+    notes = []
+    if heavy:
+        notes.append(
+            f"its manifest module imports {', '.join(heavy)} at discovery: every MedLens "
+            "start pays for it; import model code only in the plugin's entry"
+        )
+    if seconds > SLOW_IMPORT_S:
+        notes.append(f"its manifest took {seconds:.1f} s to import at discovery")
+    return tuple(notes)
+
+
+def _load_manifest(ep: md.EntryPoint) -> tuple[Manifest, tuple[str, ...]]:
+    before = set(sys.modules)
+    start = time.perf_counter()
+    manifest = _manifest_of(ep)
+    return manifest, _import_notes(before, time.perf_counter() - start)
+
+
+def _manifest_of(ep: md.EntryPoint) -> Manifest:
     try:
         obj = ep.load()
     except (Exception, SystemExit) as e:  # any import failure in a third party's module
@@ -204,7 +247,7 @@ def discover(
             report.skipped[ep.name] = "not in the allowlist"
             continue
         try:
-            manifest = _load_manifest(ep)
+            manifest, notes = _load_manifest(ep)
             if manifest.id != ep.name:
                 raise PluginValidationError(
                     ep.name,
@@ -225,6 +268,7 @@ def discover(
                 entry_point=f"{ep.name} = {ep.value}",
                 distribution=dist.name if dist is not None else None,
                 distribution_version=dist.version if dist is not None else None,
+                notes=notes,
             )
         )
     for b in bundles:

@@ -9,11 +9,17 @@ knows is an error naming it: a typo never passes silently.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from medlens.plugin_api._vocab import ExplanationMethod
 
 __all__ = ["HostOptions"]
+
+# Where windows are stitched: a torch device the engine knows (whether it exists here is
+# checked by the host before the run).
+_DEVICE = r"^(cpu|cuda(:[0-9]+)?|mps)$"
 
 
 class HostOptions(BaseModel):
@@ -21,17 +27,26 @@ class HostOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Refuse ``true``/``false`` for a number: pydantic would read them as 1 and 0."""
+        field = cls.model_fields[str(info.field_name)]
+        if isinstance(value, bool) and "bool" not in str(field.annotation):
+            raise ValueError("a boolean is not a value of this option")
+        return value
+
     explain: bool | None = Field(
         default=None, description="Compute an explanation [yes if the plugin supports one]."
     )
-    explain_method: str | None = Field(
+    explain_method: ExplanationMethod | None = Field(
         default=None, description="gradcam, gradcam++ or layercam [the manifest's first]."
     )
     explain_sanity: bool = Field(default=True, description="Run the randomisation check.")
     explain_randomisation: Literal["cascading", "full"] = Field(
         default="cascading", description="Weight randomisation of the sanity check."
     )
-    explain_seed: int = Field(default=0, description="Seed of the sanity check.")
+    explain_seed: int = Field(default=0, ge=0, description="Seed of the sanity check.")
     explain_precision: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto",
         description="Precision of the explanation's passes before the target layer "
@@ -40,7 +55,9 @@ class HostOptions(BaseModel):
     faithfulness_fraction: float = Field(
         default=0.1, gt=0.0, lt=1.0, description="Fraction deleted by the faithfulness score."
     )
-    roi_size: tuple[int, ...] | None = Field(default=None, description="Window size override.")
+    roi_size: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
+        default=None, min_length=1, description="Window size override (voxels, each >= 1)."
+    )
     overlap: float | None = Field(
         default=None, ge=0.0, lt=1.0, description="Window overlap override."
     )
@@ -54,7 +71,13 @@ class HostOptions(BaseModel):
         "bfloat16 [off].",
     )
     channels_last: bool | None = Field(default=None, description="channels_last memory format.")
-    stitch_device: str | None = Field(default=None, description="Device that stitches windows.")
+    stitch_device: str | None = Field(
+        default=None,
+        pattern=_DEVICE,
+        description="Device that stitches windows (cpu, cuda[:N], mps).",
+    )
     operating_point: str | None = Field(
-        default=None, description="Operating point deciding findings [the manifest's default]."
+        default=None,
+        min_length=1,
+        description="Operating point deciding findings [the manifest's default].",
     )
