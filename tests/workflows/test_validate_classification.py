@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.metadata as md
+import socket
 import sys
 import textwrap
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from medlens.errors import OutputError
 from medlens.host import Host
-from medlens_workflows.validate.runner import run_validation
+from medlens_workflows.validate.runner import ValidationRefused, run_validation
 
 pytestmark = pytest.mark.slow
 
@@ -198,3 +199,23 @@ def test_a_gated_host_can_validate_new_weights(
     outcome = run_validation(proto, tmp_path / "out", host=host, tracking_uri=uri, progress=False)
     sys.modules.pop("grey_classifier_plugin", None)
     assert outcome.report["n_failed"] == 0 and outcome.passed
+
+
+def test_a_store_the_report_cannot_reach_is_refused_before_any_case(tmp_path: Path) -> None:
+    # Found late it cost the whole scoring: the report was refused after the last case.
+    host, proto, _, _ = _grey(tmp_path)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    missing = tmp_path / "no-such-folder" / "mlflow.db"
+    for uri, why in (
+        (f"http://alice:s3cret@127.0.0.1:{port}", f"http://127.0.0.1:{port}: MlflowException"),
+        (f"sqlite:///{missing}", "its folder is missing or not writable"),
+    ):
+        out = tmp_path / f"out-{len(why)}"
+        with pytest.raises(ValidationRefused) as e:
+            run_validation(proto, out, host=host, tracking_uri=uri, progress=False)
+        text = str(e.value)
+        assert why in text and "s3cret" not in text and "\n" not in text, text
+        assert not (out / "jobs.sqlite").exists()  # nothing was scored
+    sys.modules.pop("grey_classifier_plugin", None)

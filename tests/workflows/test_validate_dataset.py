@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,23 @@ def test_cases_csv_cells_that_a_spreadsheet_would_run_are_quoted() -> None:
     text = _csv([{"case_id": "=cmd|' /C calc'!A0", "site": "@SUM(A1)", "age": "-5", "x": "ok"}])
     row = text.splitlines()[1]
     assert row.startswith("'=cmd") and ",'@SUM(A1),-5,ok" in row
+
+
+def test_cases_csv_numbers_patients_instead_of_copying_their_ids() -> None:
+    # A site's patient_id may be a record number; cases.csv is an MLflow artifact.
+    from medlens_validation.evaluation import CaseScore
+    from medlens_workflows.validate.report import _csv, case_table
+
+    scored = [
+        CaseScore("c1", "MRN-0042", {"sex": "F"}, True, None, {}),
+        CaseScore("c2", "MRN-0007", {"sex": "M"}, True, None, {}),
+        CaseScore("c3", "MRN-0042", {"sex": "F"}, False, "failed", {}),
+    ]
+    rows = {c.case_id: (c.ok, c.reason, {}, 1.0) for c in scored}
+    text = _csv(case_table(scored, rows))
+    assert "MRN" not in text and "patient_id" not in text
+    got = [(r["case_id"], r["patient"]) for r in csv.DictReader(text.splitlines())]
+    assert got == [("c1", "1"), ("c2", "2"), ("c3", "1")]
 
 
 def test_an_unreadable_registry_is_a_status_not_a_crash(tmp_path: Path) -> None:

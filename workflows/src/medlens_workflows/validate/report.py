@@ -64,12 +64,18 @@ def _flat(prefix: str, v: Any, out: dict[str, Any]) -> None:
 def case_table(
     scored: list[CaseScore], rows: dict[str, tuple[bool, str | None, dict[str, Any], float]]
 ) -> list[dict[str, Any]]:
-    """One flat row per case: ids, outcome, attributes and scores."""
+    """One flat row per case: ids, outcome, attributes and scores.
+
+    The patient is a number in order of first appearance (``patient`` 1, 2, ...), never
+    the manifest's ``patient_id``: the table is an MLflow artifact, and a site's patient
+    ids may be record numbers. The number still shows which cases were resampled together.
+    """
     table = []
+    ordinal: dict[str, int] = {}
     for c in scored:
         row: dict[str, Any] = {
             "case_id": c.case_id,
-            "patient_id": c.patient_id,
+            "patient": ordinal.setdefault(c.patient_id, len(ordinal) + 1),
             "ok": c.ok,
             "reason": c.reason or "",
             "seconds": round(rows[c.case_id][3], 3),

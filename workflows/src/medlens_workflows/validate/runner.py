@@ -111,16 +111,44 @@ def _source(host: Host) -> PluginSource:
 
 
 def _check_store(uri: str) -> None:
-    """Refuse a SQLite tracking store whose folder is missing or not writable, in one line."""
+    """Refuse a tracking store the report could not reach, in one line, before scoring.
+
+    A SQLite store's folder must exist and be writable; any other store (a server) must
+    answer one query, asked with one retry and a short timeout: MLflow's defaults retry
+    for minutes, and only after the last case would the validation learn of it.
+    """
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
-        return  # a server is asked when the run opens
+        _ask_server(uri)
+        return
     folder = Path(uri[len(prefix) :]).parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ValidationRefused(
             f"cannot use the tracking store {shown_uri(uri, folder)}: its folder is missing "
             "or not writable"
         )
+
+
+def _ask_server(uri: str) -> None:
+    """One query to a tracking server (see :func:`_check_store`)."""
+    from mlflow import MlflowClient
+
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    saved = {k: os.environ.get(k) for k in quick}
+    # Only where the researcher did not choose: their settings are kept.
+    os.environ.update({k: v for k, v in quick.items() if saved[k] is None})
+    try:
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+    except Exception as e:  # any failure of the store is the same refusal
+        # MLflow's message repeats the URI: its user:password@ must not reach a log.
+        why = re.sub(r"//[^/@\s]*@", "//", f"{type(e).__name__}: {e}")
+        raise ValidationRefused(
+            f"cannot use the tracking store {shown_uri(uri, Path('.'))}: {_one_line(why, 200)}"
+        ) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 def shown_uri(uri: str, out_dir: Path) -> str:
