@@ -364,6 +364,56 @@ def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Pat
     assert "series_held" in events and "series_released" in events
 
 
+@pytest.mark.parametrize("end", ["abort", "release"])
+def test_a_series_waits_while_its_association_is_open(tmp_path: Path, end: str) -> None:
+    """A sender that pauses longer than the quiet period, then ends its association.
+
+    Before, the quiet period decided alone: half a series, silent for a few seconds on an
+    open association, was run; the abort that came after was too late to hold it. Now
+    the series waits for its association: cut off, it is held; released, it runs.
+    """
+    world = tmp_path / "world"
+    state = world / "state"
+    series = wk.make_series(6)
+    with _service_with_node(world, "body-mask", quiet=0.3) as scp_port:
+        assoc = _associate(scp_port)
+        for ds in series[:3]:
+            assert assoc.send_c_store(ds).Status == 0
+        # The router saw the series quiet, and left it: its association is open.
+        wk.wait_for(
+            lambda: "series_in_transit" in [e["event"] for e in wk.audit(state)],
+            timeout=60,
+            what="the quiet series seen in transit",
+        )
+        assert wk.query(state, "SELECT id FROM jobs") == []
+        if end == "abort":
+            assoc.abort()
+            wk.wait_for(
+                lambda: wk.query(state, "SELECT series_uid FROM held_series"),
+                timeout=60,
+                what="the cut-off series held",
+            )
+            wk.wait_for(
+                lambda: (
+                    [tuple(r) for r in wk.query(state, "SELECT status FROM series")]
+                    == [("incomplete",)]
+                ),
+                timeout=60,
+                what="the held series settled as incomplete",
+            )
+            assert wk.query(state, "SELECT id FROM jobs") == []
+            return
+        assoc.release()  # whatever it sent is what the sender meant: it runs
+        wk.wait_for(
+            lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
+            timeout=120,
+            what="the released series' job",
+        )
+    assert wk.query(state, "SELECT series_uid FROM held_series") == []
+    (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
+    assert json.loads(resultset.read_text())["input"]["instances"] == 3
+
+
 def test_a_held_series_completed_through_the_inbox_runs(tmp_path: Path) -> None:
     # An operator who copies the missing slices into the inbox ends the hold too.
     world = tmp_path / "world"

@@ -76,6 +76,13 @@ class NodeSettings(_Frozen):
     max_pdu_bytes: int = Field(
         default=1024 * 1024, ge=4096, description="Largest PDU we accept (0 is not allowed)."
     )
+    open_association_wait_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="A series whose association is still open is not run before the "
+        "association ends (released: it runs; cut off: it is held), or until this long "
+        "after its last instance (a sender that keeps one association open for hours).",
+    )
     tls_cert: Path | None = Field(default=None, description="Server certificate (PEM): TLS on.")
     tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
     tls_ca: Path | None = Field(

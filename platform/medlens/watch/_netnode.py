@@ -138,21 +138,32 @@ class StoreSCP:
         with self._lock:
             self._released.add(id(event.assoc))
 
+    def in_transit(self) -> frozenset[str]:
+        """Series stored by an association that is still open: more of them may come."""
+        with self._lock:
+            return frozenset(uid for series in self._series.values() for uid in series)
+
     def _on_conn_close(self, event: Any) -> None:
         key = id(event.assoc)
         with self._lock:
-            series = self._series.pop(key, set())
+            series = set(self._series.get(key, set()))
             released = key in self._released
-            self._released.discard(key)
-        if series and self.on_closed is not None:
-            if not released:
-                _log.warning(
-                    "association from %s ended without a release after storing %d series: "
-                    "they are held as possibly incomplete",
-                    event.assoc.requestor.address,
-                    len(series),
-                )
-            self.on_closed(series, not released)
+        try:
+            if series and self.on_closed is not None:
+                if not released:
+                    _log.warning(
+                        "association from %s ended without a release after storing %d "
+                        "series: they are held as possibly incomplete",
+                        event.assoc.requestor.address,
+                        len(series),
+                    )
+                self.on_closed(series, not released)
+        finally:
+            # Only now out of transit: the service reads in_transit() before it applies
+            # the ends it was told of, so a series never looks both ended and unheld.
+            with self._lock:
+                self._series.pop(key, None)
+                self._released.discard(key)
 
     def _on_rejected(self, event: Any) -> None:
         self.rejected += 1

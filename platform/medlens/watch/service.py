@@ -142,6 +142,7 @@ class WatchService:
         self._rescan_dirs: set[Path] = set()
         #: Ends of associations that stored series (SCP thread → loop): (UIDs, cut off).
         self._association_ends: collections.deque[tuple[set[str], bool]] = collections.deque()
+        self._noted_in_transit: set[tuple[int, int]] = set()  # (series id, generation)
         self._next_rescan = 0.0
         self._next_beat = 0.0
         self._plugins: list[Manifest] = []
@@ -372,15 +373,27 @@ class WatchService:
             if not ready:
                 break
             self.ingestor.ingest(ready)
+        # In this order: a series that left transit had its end queued before it left.
+        in_transit = self.scp.in_transit() if self.scp is not None else frozenset()
         self._apply_association_ends()
-        self._route(self.clock.time())
+        self._route(self.clock.time(), in_transit)
         self._drive(self.clock.time())
         self.outbound.step()
 
     # --- routing ----------------------------------------------------------------------
 
-    def _route(self, now: float) -> None:
+    def _route(self, now: float, in_transit: frozenset[str] = frozenset()) -> None:
+        wait = self.config.node.open_association_wait_seconds
         for s in self.db.collecting_series():
+            if s.series_uid in in_transit and now - s.last_change < wait:
+                # Quiet, but its association is open: a sender that paused longer than
+                # the quiet period, then was cut off, had its first half run.
+                if (s.id, s.generation) not in self._noted_in_transit:
+                    self._noted_in_transit.add((s.id, s.generation))
+                    self.audit.write(
+                        "series_in_transit", series_uid=s.series_uid, generation=s.generation
+                    )
+                continue
             decided = self.db.decided_plugins(s.id, s.generation)
             todo = [
                 m
