@@ -712,6 +712,46 @@ def test_volume_check_only_warns_on_a_small_fragment_of_another_organ() -> None:
     assert verdict.warnings == ["borderline: spleen 14 mL (training range 115-306 mL)"]
 
 
+def test_a_liver_tumour_away_from_the_liver_is_left_out_with_a_warning() -> None:
+    gate = _gate()
+    organs = _organs()
+    t = organs["liver_tumor"]
+    mask = np.zeros((100, 100, 40), np.uint8)
+    mask[20:60, 20:60, 5:30] = organs["liver"]
+    mask[30:35, 30:35, 10:15] = t  # inside the liver
+    mask[60:64, 30:34, 10:14] = t  # grows out of it: touches its face
+    assert gate.tumours_outside_liver(mask, (1.0, 1.0, 10.0), organs) == (mask, [])
+    mask[70:80, 70:80, 10:20] = organs["kidney_right"]
+    mask[72:75, 72:76, 12:14] = t  # in the kidney, 12 voxels of 10 mm^3 from any liver
+    kept, warnings = gate.tumours_outside_liver(mask, (1.0, 1.0, 10.0), organs)
+    assert warnings == [
+        "a 0.2 mL region marked liver tumour touches no liver: left out (not a liver "
+        "tumour; the model was not trained to label other lesions)"
+    ]
+    assert kept is not mask and np.count_nonzero(mask == t) == 125 + 64 + 24
+    assert np.count_nonzero(kept == t) == 125 + 64
+    assert kept[73, 73, 12] == 0 and kept[61, 31, 11] == t
+
+
+def test_a_tumour_burden_beyond_the_training_range_is_flagged_then_refused() -> None:
+    gate = _gate()
+    organs = _organs()
+    mask = np.zeros((100, 100, 40), np.uint8)
+    mask[10:90, 10:90, 10:30] = organs["liver"]  # 1280 mL at 10 mm^3 voxels
+    mask[30:50, 30:50, 12:20] = organs["liver_tumor"]  # 32 mL: 2.5 %
+    assert gate.check_volumes(mask, (1.0, 1.0, 10.0), organs) == gate.GateVerdict()
+    mask[30:60, 30:60, 12:22] = organs["liver_tumor"]  # 90 mL: 7.0 %, above 6.97 %
+    verdict = gate.check_volumes(mask, (1.0, 1.0, 10.0), organs)
+    assert verdict.rejected is None
+    assert verdict.warnings == [
+        "borderline: tumour burden 7.0 % of the liver (training range 0-6.97 %)"
+    ]
+    mask[20:70, 20:70, 12:28] = organs["liver_tumor"]  # 400 mL: 31 %
+    assert "implausible organ volumes: tumour burden 31.2 %" in str(
+        gate.check_volumes(mask, (1.0, 1.0, 10.0), organs).rejected
+    )
+
+
 def test_cli_run_says_refused_and_not_for_diagnostic_use(tmp_path: Path) -> None:
     import json
 

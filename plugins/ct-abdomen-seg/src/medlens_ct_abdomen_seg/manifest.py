@@ -14,6 +14,7 @@ __all__ = [
     "MANIFEST",
     "REFUSED_BODY_PARTS",
     "TRAINING_SEEDS",
+    "TRAINING_TUMOUR_BURDEN_PERCENT",
     "TRAINING_VOLUME_ML",
 ]
 
@@ -71,6 +72,10 @@ TRAINING_VOLUME_ML: dict[str, tuple[float, float]] = {
     "kidney_right": (72.1, 196.1),
     "kidney_left": (72.8, 195.2),
 }
+
+#: Liver tumours' share (percent) of liver and tumours in the training phantoms (min, max),
+#: printed by the same command as ``tumour_burden_percent``.
+TRAINING_TUMOUR_BURDEN_PERCENT: tuple[float, float] = (0.0, 6.97)
 
 #: Body parts (``BodyPartExamined``, PS3.16 CID 4031 style) that include the upper abdomen.
 ACCEPTED_BODY_PARTS = frozenset(
@@ -217,6 +222,11 @@ MANIFEST = v1.Manifest(
             "A liver that reaches the image's edge (a scan range or field of view that cuts "
             "it) is refused: its volume would be of the covered part and tumours outside "
             "the scan unseen. Other organs the image cuts are segmented but not measured.",
+            "A region labelled liver tumour that touches no liver is left out, with a "
+            "warning. A tumour burden above the training range "
+            f"({TRAINING_TUMOUR_BURDEN_PERCENT[0]:g}-{TRAINING_TUMOUR_BURDEN_PERCENT[1]:g} % "
+            "of liver and tumours) is a warning; beyond twice its maximum the case is "
+            "refused.",
         ],
         training_data=(
             "160 MedLens CT phantoms (medlens.phantoms.ct.synthesize, small mode), seeds 0-159, "

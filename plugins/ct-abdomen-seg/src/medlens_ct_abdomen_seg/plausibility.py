@@ -32,6 +32,7 @@ from medlens_ct_abdomen_seg.manifest import (
     ACCEPTED_BODY_PARTS,
     REFUSED_BODY_PARTS,
     TRAINING_SEEDS,
+    TRAINING_TUMOUR_BURDEN_PERCENT,
     TRAINING_VOLUME_ML,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "check_input",
     "check_volumes",
     "training_volume_ranges",
+    "tumours_outside_liver",
 ]
 
 _MIN_Z_MM = 30.0  # below this the case holds too little of the abdomen to segment organs
@@ -54,6 +56,7 @@ _MIN_BODY_MM2 = 2000.0  # sections smaller than 20 cm^2 are table, noise or a cu
 _TRUNCATED_EDGE = 0.05  # body on more than 5 % of the border: the field of view cuts it
 _FAR_FACTOR = 2.0  # a liver volume beyond 2x the training range is implausible
 _DECISIVE = "liver"
+_TUMOUR = "liver_tumor"
 _HU_SAMPLE = 2_000_000  # HU statistics read every k-th voxel of bigger samples
 
 
@@ -318,11 +321,57 @@ def check_input(image: v1.Image) -> GateVerdict:
     return verdict
 
 
+def tumours_outside_liver(
+    mask: npt.NDArray[np.integer], spacing: Sequence[float], labels: Mapping[str, int]
+) -> tuple[npt.NDArray[np.integer], list[str]]:
+    """Liver-tumour components that touch no liver voxel: removed, with a warning each.
+
+    A liver tumour lies in the liver or grows out of it, touching it. A component the
+    network labelled ``liver_tumor`` away from every liver voxel (in a kidney, in bowel)
+    is not one, and counting it as a lesion would be a confident wrong answer.
+
+    Args:
+        mask: Label map ``(i, j, k)``.
+        spacing: Voxel size (mm).
+        labels: Label value by name.
+
+    Returns:
+        The label map (the input itself when nothing was removed) and the warnings.
+    """
+    from scipy import ndimage
+
+    tumour, liver = labels[_TUMOUR], labels[_DECISIVE]
+    box = v1.nonzero_box(mask == tumour)
+    if box is None:
+        return mask, []
+    # One voxel of margin, so a liver voxel beside the tumours' box is seen.
+    grown = tuple(
+        slice(max(0, b.start - 1), min(n, b.stop + 1)) for b, n in zip(box, mask.shape, strict=True)
+    )
+    sub = mask[grown]
+    parts, n = ndimage.label(sub == tumour, structure=np.ones((3, 3, 3), bool))
+    near_liver = ndimage.binary_dilation(sub == liver, structure=np.ones((3, 3, 3), bool))
+    kept = set(np.unique(parts[near_liver & (parts > 0)]).tolist())
+    away = [k for k in range(1, n + 1) if k not in kept]
+    if not away:
+        return mask, []
+    out = mask.copy()
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    sizes = ndimage.sum_labels(np.ones_like(parts), parts, away)
+    out[grown][np.isin(parts, away)] = 0
+    return out, [
+        f"a {float(size) * voxel_ml:.1f} mL region marked liver tumour touches no liver: "
+        "left out (not a liver tumour; the model was not trained to label other lesions)"
+        for size in sizes
+    ]
+
+
 def check_volumes(
     mask: npt.NDArray[np.integer],
     spacing: Sequence[float],
     labels: Mapping[str, int],
     ranges: Mapping[str, tuple[float, float]] = TRAINING_VOLUME_ML,
+    burden: tuple[float, float] = TRAINING_TUMOUR_BURDEN_PERCENT,
 ) -> GateVerdict:
     """Produced organ volumes against the training range.
 
@@ -331,13 +380,16 @@ def check_volumes(
     case, since the model reports the liver's tumours. A liver beyond twice its range or
     under half of it rejects the case; any other organ out of range, or a liver just
     outside it, is a warning (a small spurious fragment of another organ does not void
-    the liver's result).
+    the liver's result). A tumour burden (tumours' share of liver and tumours) above the
+    training range is a warning, and beyond twice its maximum rejects the case: the model
+    never saw a liver that replaced, and its volumes would be extrapolation.
 
     Args:
         mask: Label map ``(i, j, k)``.
         spacing: Voxel size (mm).
         labels: Label value by organ name.
         ranges: Training range (mL) by organ name.
+        burden: Training range of the tumour burden (percent).
     """
     verdict = GateVerdict()
     voxel_ml = float(np.prod(spacing)) / 1000.0
@@ -346,6 +398,8 @@ def check_volumes(
     # first widen every voxel to 64 bits (0.1 s on the demo CT's 14 M voxels).
     box = v1.nonzero_box(mask)
     judged = [labels[name] for name in ranges]
+    if _TUMOUR in labels:
+        judged.append(labels[_TUMOUR])
     inner = mask[box] if box is not None and 0 not in judged else mask
     counts = np.zeros(max(labels.values()) + 1, dtype=np.int64)
     for value in judged:
@@ -376,21 +430,39 @@ def check_volumes(
             far.append(text)
         elif not lo <= ml <= hi:
             verdict.warnings.append(f"borderline: {text}")
+    if _TUMOUR in labels and counts[labels[_TUMOUR]] > 0 and counts[labels[_DECISIVE]] > 0:
+        t, liv = int(counts[labels[_TUMOUR]]), int(counts[labels[_DECISIVE]])
+        pct = 100.0 * t / (t + liv)
+        text = (
+            f"tumour burden {pct:.1f} % of the liver (training range {burden[0]:g}-{burden[1]:g} %)"
+        )
+        if pct > burden[1] * _FAR_FACTOR:
+            far.append(text)
+        elif pct > burden[1]:
+            verdict.warnings.append(f"borderline: {text}")
     if far:
         verdict.rejected = "implausible organ volumes: " + "; ".join(far)
     return verdict
 
 
 def training_volume_ranges(seeds: Sequence[int] = TRAINING_SEEDS) -> dict[str, list[float]]:
-    """Min and max analytic organ volume (mL) of the training phantoms."""
+    """Min and max analytic organ volume (mL) of the training phantoms, and tumour burden.
+
+    ``tumour_burden_percent``: the liver tumours' share of liver and tumours together.
+    """
     from medlens.phantoms.ct import synthesize
 
     values: dict[str, list[float]] = {name: [] for name in TRAINING_VOLUME_ML}
+    burden: list[float] = []
     for seed in seeds:
         truth = synthesize(seed, small=True).truth.volumes_ml
         for name in values:
             values[name].append(float(truth[name]))
-    return {name: [round(min(v), 1), round(max(v), 1)] for name, v in values.items()}
+        tumour = float(truth.get(_TUMOUR, 0.0))
+        burden.append(100.0 * tumour / (tumour + float(truth[_DECISIVE])))
+    out = {name: [round(min(v), 1), round(max(v), 1)] for name, v in values.items()}
+    out["tumour_burden_percent"] = [round(min(burden), 2), round(max(burden), 2)]
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medlens.plugin_api import v1
-from medlens_ct_abdomen_seg.plausibility import check_input, check_volumes
+from medlens_ct_abdomen_seg.plausibility import check_input, check_volumes, tumours_outside_liver
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +87,12 @@ class CtAbdomenSeg:
         mask, _ = ctx.segment(self.network, image, probabilities=False)
         organs = {lab.name: lab.value for lab in self.manifest.outputs.labels}
         with ctx.timer("plausibility_s"):
+            kept, away = tumours_outside_liver(mask.array[0], mask.spacing, organs)
+            if away:
+                mask = mask.with_array(kept[None])
             volumes = check_volumes(mask.array[0], mask.spacing, organs)
+        for w in away:
+            ctx.warn(w)
         if volumes.rejected is not None:
             return _refused(volumes.rejected, volumes.warnings)
         for w in volumes.warnings:
