@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -109,26 +110,33 @@ def test_discovery_of_installed_plugins_imports_no_torch() -> None:
         assert not any("imports" in n for n in entry["notes"]), entry
 
 
+def _python_beside_module(
+    folder: Path, module: str, source: str, code: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that can import ``module`` (written to ``folder``)."""
+    (folder / f"{module}.py").write_text(source)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+    )
+
+
 def test_a_manifest_module_that_imports_torch_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # A third party's manifest module that imports torch slows every MedLens start by
     # seconds; the plugin still works, so it is a note in `plugins list`, not a refusal.
-    (tmp_path / "mlt_heavy_probe.py").write_text(
-        "import torch  # noqa: F401\nfrom medlens_volume_measure.manifest import MANIFEST\n"
-    )
-    code = (
+    out = _python_beside_module(
+        tmp_path,
+        "mlt_heavy_probe",
+        "import torch  # noqa: F401\nfrom medlens_volume_measure.manifest import MANIFEST\n",
         "import importlib.metadata as md, json, functools\n"
         "from medlens.cli import plugins\n"
         "from medlens.cli.main import main\n"
         "from medlens.host import Host\n"
         "ep = md.EntryPoint('volume-measure', 'mlt_heavy_probe:MANIFEST', 'medlens.plugins')\n"
         "plugins.Host = functools.partial(Host, entry_points=[ep])\n"
-        "main(['plugins', 'list', '--json'])\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        "main(['plugins', 'list', '--json'])\n",
     )
     assert out.returncode == 0, out.stderr
     (entry,) = json.loads(out.stdout)["plugins"]
@@ -139,25 +147,20 @@ def test_a_manifest_module_that_imports_torch_is_named(tmp_path) -> None:  # typ
 
 def test_a_blocked_plugin_module_is_never_imported(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # The manifest module of the blocked plugin would record its import; it must not run.
-    (tmp_path / "mlt_blocked_probe.py").write_text(
-        "import sys\nsys.modules['__probe_imported__'] = sys\nMANIFEST = None\n"
-    )
-    code = (
+    proc = _python_beside_module(
+        tmp_path,
+        "mlt_blocked_probe",
+        "import sys\nsys.modules['__probe_imported__'] = sys\nMANIFEST = None\n",
         "import importlib.metadata as md, sys\n"
         "from medlens.discovery import discover\n"
         "eps = [md.EntryPoint('blocked', 'mlt_blocked_probe:MANIFEST', 'medlens.plugins'),\n"
         "       md.EntryPoint('other', 'mlt_blocked_probe:MANIFEST', 'medlens.plugins')]\n"
         "r = discover(entry_points=eps, block=['blocked'], allow=['blocked', 'x'])\n"
         "print(sorted(r.skipped.items()), r.plugins, r.errors,\n"
-        "      'mlt_blocked_probe' in sys.modules, '__probe_imported__' in sys.modules)\n"
+        "      'mlt_blocked_probe' in sys.modules, '__probe_imported__' in sys.modules)\n",
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-    ).stdout.strip()
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.strip()
     assert out == (
         "[('blocked', 'blocked by configuration'), ('other', 'not in the allowlist')] {} [] "
         "False False"

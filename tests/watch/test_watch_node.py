@@ -313,6 +313,20 @@ def test_a_peer_that_takes_no_form_of_a_class_is_a_one_line_output_error(tmp_pat
         server.shutdown()
 
 
+def _wait_for_done(state: Path, what: str) -> None:
+    wk.wait_for(
+        lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
+        timeout=120,
+        what=what,
+    )
+
+
+def _result_instances(world: Path) -> int:
+    """Instances the one body-mask result was made from."""
+    (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
+    return int(json.loads(resultset.read_text())["input"]["instances"])
+
+
 def _send_half_then_abort(scp_port: int, series: list[Any], state: Path) -> None:
     """Send the first half of ``series`` and abort: wait until it is held as incomplete."""
     assoc = _associate(scp_port)
@@ -350,16 +364,11 @@ def test_a_series_whose_association_was_cut_off_waits_for_a_resend(tmp_path: Pat
         for ds in series:
             assert resend.send_c_store(ds).Status == 0
         resend.release()
-        wk.wait_for(
-            lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
-            timeout=120,
-            what="the whole series' job",
-        )
+        _wait_for_done(state, "the whole series' job")
     assert wk.query(state, "SELECT series_uid FROM held_series") == []
     (job,) = wk.query(state, "SELECT status FROM jobs")
     assert job[0] == "done"
-    (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
-    assert json.loads(resultset.read_text())["input"]["instances"] == 6
+    assert _result_instances(world) == 6
     events = [e["event"] for e in wk.audit(state)]
     assert "series_held" in events and "series_released" in events
 
@@ -404,14 +413,9 @@ def test_a_series_waits_while_its_association_is_open(tmp_path: Path, end: str) 
             assert wk.query(state, "SELECT id FROM jobs") == []
             return
         assoc.release()  # whatever it sent is what the sender meant: it runs
-        wk.wait_for(
-            lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
-            timeout=120,
-            what="the released series' job",
-        )
+        _wait_for_done(state, "the released series' job")
     assert wk.query(state, "SELECT series_uid FROM held_series") == []
-    (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
-    assert json.loads(resultset.read_text())["input"]["instances"] == 3
+    assert _result_instances(world) == 3
 
 
 def test_a_held_series_completed_through_the_inbox_runs(tmp_path: Path) -> None:
@@ -423,11 +427,6 @@ def test_a_held_series_completed_through_the_inbox_runs(tmp_path: Path) -> None:
     with _service_with_node(world, "body-mask", quiet=2.0) as scp_port:
         _send_half_then_abort(scp_port, series, state)
         wk.write_files(series[3:], world / "in")
-        wk.wait_for(
-            lambda: wk.query(state, "SELECT status FROM jobs WHERE status='done'"),
-            timeout=120,
-            what="the completed series' job",
-        )
+        _wait_for_done(state, "the completed series' job")
     assert wk.query(state, "SELECT series_uid FROM held_series") == []
-    (resultset,) = (world / "out").glob("*/*/body-mask/current/resultset.json")
-    assert json.loads(resultset.read_text())["input"]["instances"] == 6
+    assert _result_instances(world) == 6
