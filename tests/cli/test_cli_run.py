@@ -166,3 +166,31 @@ def test_results_inside_an_input_folder_are_not_inputs_on_a_rerun(
         code, lines, _ = _invoke(monkeypatch, [ep], args)
         assert code == 0 and [Path(x["input"]).name for x in lines] == ["v.nii.gz"]
     assert len(list((src / "out").rglob("mask.nii.gz"))) == 1
+
+
+@pytest.mark.slow
+def test_a_library_warning_quoting_the_patient_s_name_is_scrubbed(tmp_path: Path) -> None:
+    # highdicom warns about a one-component PN ("DOE JOHNATHAN") quoting it: `medlens
+    # run` printed the name on stderr; the watch service already scrubbed such text.
+    import subprocess
+    import sys
+
+    import pydicom
+
+    from medlens.phantoms.dicom import generate_dataset
+
+    generate_dataset(tmp_path / "ph", 1, 0, small=True)
+    series = tmp_path / "ph" / "case-0000" / "dicom"
+    for path in series.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "DOE JOHNATHAN"
+        ds.save_as(path)
+    args = ["--out", str(tmp_path / "out"), "--no-explain", "--device", "cpu", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "medlens.cli", "run", "ct-abdomen-seg", str(series), *args],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "unlikely to represent the intended person name" in proc.stderr  # it was shown
+    assert "JOHNATHAN" not in proc.stderr + proc.stdout

@@ -12,6 +12,7 @@ import click
 from medlens import __version__
 from medlens.cli._lazy import LazyGroup
 from medlens.errors import MedLensError
+from medlens.phi import install as install_scrubbing
 
 __all__ = ["cli", "main"]
 
@@ -38,6 +39,9 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI, turning every MedLens error into one line and exit code 1."""
+    # Library warnings quote header values (a patient's name): shown scrubbed, as in
+    # the watch service.
+    install_scrubbing("medlens.cli")
     try:
         cli.main(args=argv, prog_name="medlens", standalone_mode=False)
     except MedLensError as e:

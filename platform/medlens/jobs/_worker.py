@@ -282,7 +282,7 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
-    from medlens.watch._phi import install
+    from medlens.phi import install
 
     install()  # library warnings in the worker's log are scrubbed of header values too
     host = source.host()

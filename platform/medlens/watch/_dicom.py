@@ -19,8 +19,8 @@ from typing import Any
 
 from medlens.errors import DicomError, UnsafePathError
 from medlens.imaging.dicom_index import patient_key_of
+from medlens.phi import captured_warnings, scrub
 from medlens.safepaths import check_uid, is_uid
-from medlens.watch._phi import captured_warnings, scrub
 
 __all__ = ["InstanceInfo", "parse_instance"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from medlens.imaging.facts import Facts
+from medlens.phi import captured_warnings
 from medlens.plugin_api._manifest import Manifest
-from medlens.watch._phi import captured_warnings
 
 __all__ = ["Decision", "decide", "route_folder", "series_facts", "series_headers"]
 

@@ -41,6 +41,7 @@ from medlens.jobs import (
     SeriesRow,
     SystemClock,
 )
+from medlens.phi import install as install_scrubbing
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._vocab import Artifact
 from medlens.watch._audit import AuditLog
@@ -50,7 +51,6 @@ from medlens.watch._layout import check_layout
 from medlens.watch._netnode import StoreSCP
 from medlens.watch._outbound import Outbound
 from medlens.watch._partial import gaps
-from medlens.watch._phi import install as install_scrubbing
 from medlens.watch._resultset import plugin_dir, promote, reconcile, staging_dir, update_pointers
 from medlens.watch._router import decide, series_headers
 

@@ -1,11 +1,12 @@
 """Keep header values out of logs: scrub library messages before they are written.
 
 pydicom's warnings and some of its exception texts quote raw element values
-(``Invalid value for VR PN: 'DOE^JOHN'``). The service runs unattended and its log is
-read by operators, so every library text is passed through :func:`scrub` first:
-quoted values, person-name-like tokens and long digit runs (dates, ids) are replaced.
-:func:`install` routes Python warnings and the ``pydicom`` logger through it, in the
-service and in its worker processes.
+(``Invalid value for VR PN: 'DOE^JOHN'``), and so do highdicom's (``The string "DOE
+JOHN" is unlikely to represent the intended person name``). Logs are read by operators
+and kept, so every library text is passed through :func:`scrub` first: quoted values,
+person-name-like tokens and long digit runs (dates, ids) are replaced. :func:`install`
+routes Python warnings and the ``pydicom`` logger through it: in the watch service, its
+worker processes and every ``medlens`` command.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 __all__ = ["captured_warnings", "install", "scrub"]
 
-_log = logging.getLogger("medlens.watch")
+_log = logging.getLogger("medlens.watch")  # the logger of shown warnings (see install)
 
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
 _PN_LIKE = re.compile(r"\S*\^\S*")  # PN values use ^ between name parts
@@ -54,8 +55,14 @@ def _showwarning(
     _log.warning("%s: %s", category.__name__, scrub(message))
 
 
-def install() -> None:
-    """Scrub the ``pydicom`` logger and show Python warnings scrubbed, in this process."""
+def install(logger: str = "medlens.watch") -> None:
+    """Scrub the ``pydicom`` logger and show Python warnings scrubbed, in this process.
+
+    Args:
+        logger: The logger that shows warnings (``medlens.cli`` for a command).
+    """
+    global _log
+    _log = logging.getLogger(logger)
     lg = logging.getLogger("pydicom")
     if not any(isinstance(f, _ScrubFilter) for f in lg.filters):
         lg.addFilter(_ScrubFilter())
