@@ -74,7 +74,27 @@ def test_sc_slices_reference_their_source_slice(make_result):
     slices = build_sc_slices(result, sources)
     assert [int(s.InstanceNumber) for s in slices] == list(range(1, len(sources) + 1))
     assert len({s.SeriesInstanceUID for s in slices}) == 1
+    assert [s.SourceImageSequence[0].ReferencedSOPInstanceUID for s in slices] == [
+        src.SOPInstanceUID for src in sources
+    ]
     assert build_parametric_map(result, sources).ContentLabel == "HEATMAP"
+
+
+def test_sc_slices_take_the_instance_number_of_the_image_they_show(make_result):
+    # A series numbered head to foot (slice k = image n - k): image N of the overlay
+    # showed another image N of the series, and nothing said which (the probe's finding).
+    result = make_result()
+    sources = read_source_headers(result.image)
+    n = len(sources)
+    for k, src in enumerate(sources):
+        src.InstanceNumber = n - k
+    slices = build_sc_slices(result, sources)
+    assert [int(s.InstanceNumber) for s in slices] == [n - k for k in range(n)]
+    for sc, src in zip(slices, sources, strict=True):
+        (ref,) = sc.SourceImageSequence
+        assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert ref.ReferencedSOPClassUID == src.SOPClassUID
+        assert "ReferencedFrameNumber" not in ref
 
 
 def test_sc_slices_only_where_the_map_has_heat(make_result):

@@ -45,6 +45,17 @@ ODDITIES: dict[str, dict[str, object]] = {
     "sex-u": {"PatientSex": "U"},
     "dates": {"PatientBirthDate": "abc", "StudyDate": "20XX1301", "StudyTime": "25xx"},
     "orientation": {"PatientOrientation": ["Q", "Z"]},
+    # The retired ACR-NEMA forms migrated archives send: rewritten, not copied (invalid
+    # DA/TM in a new object) and not emptied (the value is known).
+    "acr-nema": {
+        "PatientBirthDate": "1960.03.04",
+        "StudyDate": "2017.12.17",
+        "StudyTime": "18:56:08",
+    },
+}
+#: Attributes each oddity rewrites, with the value written.
+REWRITTEN = {
+    "acr-nema": {"PatientBirthDate": "19600304", "StudyDate": "20171217", "StudyTime": "185608"},
 }
 #: Attributes each oddity leaves empty in the outputs (and names in a warning).
 EMPTIED = {
@@ -107,9 +118,13 @@ def test_every_output_is_written_for_an_odd_source_header(
         assert str(ds.PatientName) == values["PatientName"], (key, ds.PatientName)
         for keyword in EMPTIED.get(oddity, []):
             assert str(ds.get(keyword, "")) == "", (key, keyword)
+        for keyword, value in REWRITTEN.get(oddity, {}).items():
+            assert str(ds.get(keyword, "")) == value, (key, keyword)
         errors, _ = dciodvfy(path)
         assert errors == [], (key, errors)
     warnings = json.loads(outputs["json"].read_text())["warnings"]
+    for keyword in REWRITTEN.get(oddity, {}):
+        assert f"the source's {keyword} is in the retired ACR-NEMA form; rewritten" in warnings
     for keyword in EMPTIED.get(oddity, []):
         assert f"the source's {keyword} is not a valid value; written empty" in warnings
         # The attribute is named, never its value (it may identify the patient).
@@ -133,3 +148,47 @@ def test_slices_whose_orientation_differs_by_rounding_get_their_seg(
     for key in ("seg", "sr"):
         errors, _ = dciodvfy(outputs[key])
         assert errors == [], (key, errors)
+
+
+@pytest.mark.parametrize("degrees", [0.1, 12.0])
+def test_an_oblique_series_gets_every_output_with_an_oblique_patient_orientation(
+    degrees: float,
+    tmp_path: Path,
+    kit: SimpleNamespace,
+    dciodvfy: Callable[[Path], tuple[list[str], list[str]]],
+) -> None:
+    # The probe: 2 degrees off axis lost the whole set ("'PH' is not a valid
+    # PatientOrientationValuesBiped"): highdicom takes one letter per value, DICOM several.
+    a = np.radians(degrees)
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    folder = tmp_path / "in"
+    kit.write_ct_series(folder, direction=tilt)
+    outputs = write_result(_result(read_image(folder), kit, heatmap=True), tmp_path / "out")
+    assert {"seg", "sr", "heatmap_sc", "heatmap_pm"} <= set(outputs), outputs
+    sc = pydicom.dcmread(sorted(outputs["heatmap_sc"].iterdir())[0])
+    assert list(sc.PatientOrientation) == ["L", "PH"]  # rows along L; columns P, then H
+    for path in (outputs["seg"], outputs["sr"], outputs["heatmap_pm"], sc.filename):
+        errors, _ = dciodvfy(Path(path))
+        assert errors == [], (path, errors)
+
+
+@pytest.mark.parametrize("spacing", ["none", "imager", "pixel"])
+def test_a_film_s_sc_states_a_pixel_spacing_only_where_the_source_does(
+    spacing: str, tmp_path: Path, kit: SimpleNamespace
+) -> None:
+    # A CR without PixelSpacing got an SC saying 1 mm: a viewer's calipers read
+    # millimetres that do not exist. A detector's ImagerPixelSpacing is no patient spacing.
+    path = kit.deid.cr(tmp_path / "in")
+    ds = pydicom.dcmread(path)
+    del ds.PixelSpacing
+    if spacing == "imager":
+        ds.ImagerPixelSpacing = [0.8, 0.8]
+    if spacing == "pixel":
+        ds.PixelSpacing = [0.7, 0.7]
+    ds.save_as(path)
+    outputs = write_result(_result(read_image(path), kit, heatmap=True), tmp_path / "out")
+    sc = pydicom.dcmread(sorted(outputs["heatmap_sc"].iterdir())[0])
+    if spacing == "pixel":
+        assert [float(v) for v in sc.PixelSpacing] == [0.7, 0.7]
+    else:
+        assert "PixelSpacing" not in sc

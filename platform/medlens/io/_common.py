@@ -206,6 +206,14 @@ def complete_type2(ds: Dataset, notes: WriteNotes | None = None) -> Dataset:
     for keyword in TYPE2_COPIED:
         if keyword not in ds or ds[keyword].value is None:
             setattr(ds, keyword, "")
+            continue
+        legacy = _acr_nema_form(keyword, ds[keyword].value)
+        if legacy is not None:
+            # YYYY.MM.DD / HH:MM:SS: retired forms pydicom reads but PS3.5 forbids in a
+            # new object (a strict PACS refuses it); the same value in today's form.
+            setattr(ds, keyword, legacy)
+            if notes is not None:
+                notes.add(f"the source's {keyword} is in the retired ACR-NEMA form; rewritten")
         elif not _encodable(keyword, ds[keyword].value):
             setattr(ds, keyword, "")
             if notes is not None:
@@ -217,6 +225,20 @@ def complete_type2(ds: Dataset, notes: WriteNotes | None = None) -> Dataset:
 _PARSERS: dict[str, Any] = {"PatientBirthDate": DA, "StudyDate": DA, "StudyTime": TM}
 #: Defined terms of PatientSex (PS3.3 C.7.1.1): M, F, O.
 _SEXES = frozenset({"M", "F", "O"})
+
+
+_ACR_NEMA = {
+    "PatientBirthDate": re.compile(r"(\d{4})\.(\d{2})\.(\d{2})"),
+    "StudyDate": re.compile(r"(\d{4})\.(\d{2})\.(\d{2})"),
+    "StudyTime": re.compile(r"(\d{2}):(\d{2})(?::(\d{2}(?:\.\d{1,6})?))?"),
+}
+
+
+def _acr_nema_form(keyword: str, value: Any) -> str | None:
+    """``value`` in today's DA/TM form if it is in the retired ACR-NEMA one, else None."""
+    pattern = _ACR_NEMA.get(keyword)
+    match = pattern.fullmatch(str(value).strip()) if pattern is not None else None
+    return None if match is None else "".join(g for g in match.groups() if g)
 
 
 def _encodable(keyword: str, value: Any) -> bool:

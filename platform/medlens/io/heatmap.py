@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import highdicom as hd
 import numpy as np
@@ -212,8 +212,13 @@ def build_sc_slices(
     ``encoding``: JPEG baseline (``YBR_FULL_422``, marked lossy) or uncompressed RGB.
 
     A slice where the map is zero everywhere would only repeat the source image, so a
-    3-D heatmap gets instances for the slices with heat only; ``InstanceNumber`` is the
-    source slice's index + 1 and each instance references its source slice.
+    3-D heatmap gets instances for the slices with heat only. Each instance references
+    the source image it shows (``SourceImageSequence``, with the frame of a multi-frame
+    source) and takes its ``InstanceNumber`` (else the slice's index + 1), so image N of
+    the overlay is image N of the series. ``PatientOrientation`` may be oblique ("PH"):
+    highdicom takes single letters only, so it is set after construction. A 2-D image
+    carries ``PixelSpacing`` only when its source does: a film's detector spacing
+    (``ImagerPixelSpacing``) or the reader's 1 mm default is no distance in the patient.
 
     Raises:
         OutputError: If there is no heatmap or the slice count differs from the source.
@@ -232,7 +237,8 @@ def build_sc_slices(
 
         # Every viewer shows pixels; not every viewer shows descriptions.
         rgb = np.stack([burn_in(frame, NOT_FOR_DIAGNOSIS) for frame in rgb])
-    refs = _refs_per_frame(result.image, sources, heat.shape[2] if heat.ndim == 3 else 1)
+    n_planes = heat.shape[2] if heat.ndim == 3 else 1
+    refs = _refs_per_frame(result.image, sources, n_planes)
     series_uid = hd.UID()
     d = np.asarray(result.image.direction)
     orient: Any = None
@@ -243,6 +249,9 @@ def build_sc_slices(
         # columns, so its PatientOrientation holds for the overlay as it is.
         orient = source_orientation(sources[0]) if sources else None
     si, sj = result.image.spacing[:2]
+    spacing: Any = (float(sj), float(si))
+    if result.image.ndim == 2 and not (sources and _positive_pair(sources[0].get("PixelSpacing"))):
+        spacing = None
     e = result.prediction.explanation
     method = e.method if e else "heatmap"
     what = "unfaithful map, not an explanation" if e and e.faithful is False else "explanation"
@@ -266,14 +275,18 @@ def build_sc_slices(
                 series_instance_uid=series_uid,
                 series_number=SeriesNumbers.HEATMAP_SC,
                 sop_instance_uid=hd.UID(),
-                instance_number=k + 1,
+                instance_number=_instance_number(refs[k], k),
                 manufacturer=MANUFACTURER,
-                pixel_spacing=cast(Any, (float(sj), float(si))),  # stub says int; mm are floats
-                # highdicom wants some orientation for PATIENT; an unknown one is
-                # emptied right after (PatientOrientation is Type 2C).
-                patient_orientation=orient if orient is not None else ("A", "F"),
-                series_description=f"{m.id} {method} ({what}, not a finding)"[:64],
+                pixel_spacing=spacing,
+                # highdicom wants some orientation for PATIENT, as single letters: the
+                # real one (oblique: several letters; unknown: empty) is set below.
+                patient_orientation=("A", "F"),
+                series_description=_sc_description(m.id, method, what),
             )
+            sc.PatientOrientation = list(orient) if orient is not None else []
+            source_item = _source_reference(refs[k], k, len(sources), n_planes)
+            if source_item is not None:
+                sc.SourceImageSequence = [source_item]
             sc.SoftwareVersions = software_versions(m)
             sc.BurnedInAnnotation = "NO"
             if jpeg:
@@ -283,9 +296,6 @@ def build_sc_slices(
             sc.ConversionType = "WSD"
             copy_body_part(sc, [refs[k]])
             copy_deidentification(sc, [refs[k]])
-            if orient is None:
-                # No known orientation: Type 2C present and empty, never a guessed one.
-                sc.PatientOrientation = []
             sc.ImageComments = (
                 "Model explanation heatmap blended over the image; not a localisation of disease."
             )
@@ -293,6 +303,47 @@ def build_sc_slices(
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise OutputError(f"cannot build heatmap Secondary Capture for {m.id!r}: {e}") from e
     return out
+
+
+def _positive_pair(value: Any) -> bool:
+    try:
+        return value is not None and len(value) == 2 and all(float(v) > 0 for v in value)
+    except (TypeError, ValueError):
+        return False
+
+
+def _instance_number(source: Dataset, k: int) -> int:
+    """The source image's InstanceNumber when it has a usable one, else ``k + 1``."""
+    try:
+        n = int(source.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        return k + 1
+    return n if n >= 0 else k + 1
+
+
+def _source_reference(source: Dataset, k: int, n_sources: int, n_planes: int) -> Dataset | None:
+    """A ``SourceImageSequence`` item for the source image of plane ``k``, if it is known.
+
+    One source per plane: that file; one multi-frame source: its frame ``k + 1``; a
+    resampled volume (sources and planes differ): none, rather than a wrong image.
+    """
+    frames = int(source.get("NumberOfFrames") or 1)
+    if "SOPInstanceUID" not in source or "SOPClassUID" not in source:
+        return None
+    if n_sources != n_planes and not (n_sources == 1 and frames == n_planes > 1):
+        return None
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frames == n_planes > 1:  # which frame of another multi-frame source: unknown here
+        item.ReferencedFrameNumber = k + 1
+    return item
+
+
+def _sc_description(plugin_id: str, method: str, what: str) -> str:
+    """SeriesDescription (LO, 64): "not a finding" is never the part that is cut."""
+    tail = f" ({what}, not a finding)"
+    return f"{plugin_id} {method}"[: 64 - len(tail)] + tail
 
 
 def _mark_lossy(sc: Dataset, raw_bytes: int, source: Dataset) -> None:
@@ -465,8 +516,8 @@ def write_heatmap_dicom(
     slices = build_sc_slices(result, sources, sc_encoding)
     pm = build_parametric_map(result, sources) if pm_path is not None else None
     with atomic_dir(sc_dir) as tmp:
-        for sc in slices:
-            sc.save_as(tmp / f"{int(sc.InstanceNumber):04d}.dcm", enforce_file_format=True)
+        for n, sc in enumerate(slices, start=1):  # not by InstanceNumber: it may repeat
+            sc.save_as(tmp / f"{n:04d}.dcm", enforce_file_format=True)
     out = {"heatmap_sc": sc_dir}
     if pm is not None and pm_path is not None:
         out["heatmap_pm"] = save_dataset(pm, pm_path)
