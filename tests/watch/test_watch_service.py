@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import watchkit as wk
 from click.testing import CliRunner
 
@@ -330,3 +331,121 @@ def test_eyes_arriving_together_each_end_with_the_whole_study(tmp_path: Path) ->
 
         wk.wait_for(lambda: whole(left) and whole(right), what="both eyes' results whole")
         wk.check_results(r.state, r.out, ["eyes"])
+
+
+def test_a_result_of_a_generation_that_changed_while_it_ran_is_never_current(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The probe: the copy stalled, a job started on 45 of 53 slices, the rest arrived
+    # while it ran; its result became current and went to the PACS 22 s after the whole
+    # series was known. Now it is superseded unwritten; the whole series' job reports.
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    monkeypatch.setenv("MEDLENS_TEST_BARRIER", str(barrier))
+    monkeypatch.setenv("MEDLENS_TEST_BARRIER_N", "2")
+    with Running(tmp_path, ("barrier",)) as r:
+        ct = wk.make_series(6)
+        wk.write_files(ct[:4], r.inp / "a")
+        wk.wait_for(lambda: list(barrier.iterdir()), what="the first job inside its plugin")
+        ((running,),) = wk.query(r.state, "SELECT generation FROM jobs")
+        wk.write_files(ct[4:], r.inp / "late")
+        wk.wait_for(
+            lambda: wk.query(r.state, "SELECT id FROM series WHERE generation>?", running),
+            what="a newer generation of the series",
+        )
+        (barrier / "release").touch()  # the first job may finish now
+        r.done(1)
+        first, second = r.jobs()
+        assert (first["status"], first["error"]) == (
+            "superseded",
+            "a newer instance arrived while it ran",
+        )
+        assert second["status"] == "done"
+        pdir = r.out / ct[0].StudyInstanceUID / ct[0].SeriesInstanceUID / "barrier"
+        current = pdir / os.readlink(pdir / "current")
+        assert json.loads((current / "resultset.json").read_text())["input"]["instances"] == 6
+        assert [p.name for p in pdir.glob("v*")] == [current.name]
+    events = [e["event"] for e in wk.audit(r.state)]
+    assert events.count("job_superseded") == 1 and events.count("job_done") == 1
+
+
+def test_an_output_folder_that_cannot_be_written_fails_the_attempt_visibly(
+    tmp_path: Path,
+) -> None:
+    # The probe: OUT read-only when a job began left it "running" for good, no result,
+    # and `medlens status` green. Now the attempt fails, is retried, and succeeds once
+    # the folder can be written. (A file where the study's folder goes: what root, who
+    # writes into read-only folders, cannot write through either.)
+    with Running(tmp_path, ("body-mask",), max_attempts=5) as r:
+        ct = wk.make_series(4)
+        blocker = r.out / ct[0].StudyInstanceUID
+        blocker.write_bytes(b"")
+        wk.write_files(ct, r.inp / "a")
+        retry = wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "job_retry"],
+            what="a failed attempt",
+        )
+        assert (
+            retry[0]["error"] == "cannot prepare its folders: NotADirectoryError: Not a directory"
+        )
+        assert r.jobs()[0]["status"] == "queued"  # not "running" with nothing running
+        blocker.unlink()
+        r.done(1)
+    (job,) = r.jobs()
+    assert job["status"] == "done" and job["attempts"] >= 2
+
+
+def test_after_a_restart_a_series_waits_for_the_rest_of_its_copy(tmp_path: Path) -> None:
+    # The probe: stopped while a series was being copied, the service ran it 0.37 s after
+    # its restart on the slices it had stored, the rest still waiting in the inbox:
+    # downtime counted as quiet time.
+    ct = wk.make_series(6)
+    with Running(tmp_path, ("body-mask",), quiet_seconds=120.0) as r:
+        wk.write_files(ct[:4], r.inp / "a")
+        wk.wait_for(
+            lambda: len(wk.query(r.state, "SELECT id FROM instances")) == 4,
+            what="the first part stored",
+        )
+    wk.write_files(ct[4:], r.inp / "b")
+    with Running(tmp_path, ("body-mask",)) as r:
+        r.done(1)
+    ((path,),) = wk.query(r.state, "SELECT path FROM results")
+    assert json.loads((r.out / path / "resultset.json").read_text())["input"]["instances"] == 6
+
+
+def test_unreadable_inbox_folders_and_files_it_cannot_remove_are_said_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The probe (as a service account without the right): a folder it could not read
+    # was skipped without a word; files it could read but not delete were re-read as
+    # duplicates on every rescan, 780 audit lines in 50 s. Faults injected: root reads all.
+    import pathlib
+
+    real_scandir, real_unlink = os.scandir, pathlib.Path.unlink
+    private, kept = tmp_path / "in" / "private", tmp_path / "in" / "kept"
+
+    def scandir(path: Any = ".") -> Any:
+        if os.fsdecode(path) == str(private):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.parent == kept:
+            raise PermissionError(13, "Permission denied")
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    with Running(tmp_path, ("body-mask",), rescan_seconds=0.3) as r:
+        private.mkdir(parents=True)
+        wk.write_files(wk.make_series(3, seed=1), private)
+        wk.write_files(wk.make_series(3, seed=2), kept)
+        r.done(1)  # the kept files' series
+        # A later series' whole path (settle, quiet, job) spans several rescans.
+        wk.write_files(wk.make_series(3, seed=3), r.inp / "later")
+        r.done(2)
+    events = [e["event"] for e in wk.audit(r.state)]
+    assert events.count("folder_unreadable") == 1
+    assert events.count("inbox_file_kept") == 3
+    assert events.count("duplicate_ignored") == 0  # the kept files were not read again
+    assert len(list(kept.iterdir())) == 3 and len(list(private.iterdir())) == 3

@@ -590,13 +590,14 @@ class JobStore:
         row = self.one("SELECT generation FROM series WHERE id=?", job.series_id)
         return row is not None and int(row["generation"]) == job.generation
 
-    def supersede(self, job_id: int, now: float) -> None:
-        """The job's series changed before it ran: it will never run."""
+    def supersede(
+        self, job_id: int, now: float, why: str = "a newer instance arrived before it ran"
+    ) -> None:
+        """The job's series changed before it ran (or while): its result will never count."""
         with self.tx() as c:
             c.execute(
-                "UPDATE jobs SET status=?, finished_at=?, "
-                "error='a newer instance arrived before it ran' WHERE id=?",
-                (JobStatus.SUPERSEDED, now, job_id),
+                "UPDATE jobs SET status=?, finished_at=?, error=? WHERE id=?",
+                (JobStatus.SUPERSEDED, now, why, job_id),
             )
 
     def start(self, job: Job, now: float) -> int:

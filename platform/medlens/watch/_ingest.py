@@ -221,6 +221,7 @@ class Ingestor:
         # elsewhere (a symlinked sub-folder) is never read.
         self.roots = tuple(r.resolve() for r in roots)
         self._stuck: dict[Path, tuple[int, int]] = {}
+        self._unreadable: set[Path] = set()  # folders warned about once, while unreadable
         self.audit = audit
         self.state_dir = state_dir
         self.store = state_dir / "store"
@@ -260,9 +261,26 @@ class Ingestor:
                         else:  # files, and links, FIFOs, devices: quarantined with a reason
                             self.note(Path(e.path), trusted=trusted)
                             n += 1
-            except OSError:
-                continue  # folder vanished or unreadable: next scan sees it again
+            except FileNotFoundError:
+                continue  # vanished since it was listed
+            except OSError as e:
+                self._folder_unreadable(d, e)  # said once; the next scan tries it again
+                continue
+            self._unreadable.discard(d)
         return n
+
+    def _folder_unreadable(self, folder: Path, e: OSError) -> None:
+        """One warning and audit line per unreadable inbox folder (named by a hash)."""
+        if folder in self._unreadable:
+            return
+        self._unreadable.add(folder)
+        folder_id = self._rel_id(folder)
+        why = errno.errorcode.get(e.errno or 0, type(e).__name__)
+        # A PACS export running as another account (umask 077) would never get results.
+        _log.warning(
+            "inbox folder %s cannot be read (%s): its files wait until it can", folder_id, why
+        )
+        self.audit.write("folder_unreadable", folder=folder_id, error=why)
 
     def pending(self) -> int:
         """Files seen but not yet stable."""
@@ -392,6 +410,18 @@ class Ingestor:
                 continue
         return name_id(str(path))
 
+    def _cannot_remove(self, r: _Ready) -> bool:
+        """An ingested file the inbox keeps (no right to delete it): not read again.
+
+        Every rescan re-read and re-hashed it as a duplicate, forever; it is remembered
+        until it changes. Returns whether it is newly remembered.
+        """
+        if r.path in self._stuck:
+            return False
+        self._remember_stuck(r.path)
+        self.audit.write("inbox_file_kept", file=self._rel_id(r.path))
+        return True
+
     def _remember_stuck(self, path: Path) -> None:
         try:
             st = os.lstat(path)
@@ -499,8 +529,13 @@ class Ingestor:
                     fsync_dir(d)
         for name, fields in events:
             self.audit.write(name, **fields)
-        for r in unlink:
-            _unlink_if_unchanged(r)
+        kept = sum(self._cannot_remove(r) for r in unlink if not _unlink_if_unchanged(r))
+        if kept:
+            _log.warning(
+                "%d inbox file(s) stored but not removable (permission): left in place, not "
+                "read again until they change (audit inbox_file_kept names them by hash)",
+                kept,
+            )
         for p in drop_store:
             p.unlink(missing_ok=True)
         for r, why in mismatched:
@@ -639,12 +674,16 @@ def _ev(info: InstanceInfo, source: str) -> dict[str, object]:
     }
 
 
-def _unlink_if_unchanged(r: _Ready) -> None:
+def _unlink_if_unchanged(r: _Ready) -> bool:
+    """Remove an ingested inbox file unless it changed; False if it could not be removed."""
     if r.source == "recovered":
-        return
+        return True
     try:
         st = r.path.stat()
         if (st.st_size, st.st_mtime_ns) == (r.size, r.mtime_ns):
             r.path.unlink()
-    except OSError:
+    except FileNotFoundError:
         pass  # already gone
+    except OSError:
+        return False
+    return True

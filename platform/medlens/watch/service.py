@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -22,7 +23,7 @@ import signal
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ class WatchService:
         #: Ends of associations that stored series (SCP thread → loop): (UIDs, cut off).
         self._association_ends: collections.deque[tuple[set[str], bool]] = collections.deque()
         self._noted_in_transit: set[tuple[int, int]] = set()  # (series id, generation)
+        self._quiet_from = 0.0  # no series is quiet before this (set at start)
         self._next_rescan = 0.0
         self._next_beat = 0.0
         self._plugins: list[Manifest] = []
@@ -167,6 +169,10 @@ class WatchService:
         ]
         self._study_plugins = frozenset(m.id for m in self._plugins if m.study is not None)
         now = self.clock.time()
+        # Time the service was down is not quiet time: a series stopped halfway through
+        # its copy ran on its first part at once, the rest still waiting in the inbox.
+        # Quiet periods count again from when the inbox's files can first be ingested.
+        self._quiet_from = now + self.config.settle_seconds
         crashed = self.db.service_started(os.getpid(), now)
         requeued = self.db.requeue_running()
         recovered = self.ingestor.reconcile_store()
@@ -385,6 +391,7 @@ class WatchService:
     def _route(self, now: float, in_transit: frozenset[str] = frozenset()) -> None:
         wait = self.config.node.open_association_wait_seconds
         for s in self.db.collecting_series():
+            s = replace(s, last_change=max(s.last_change, self._quiet_from))
             if s.series_uid in in_transit and now - s.last_change < wait:
                 # Quiet, but its association is open: a sender that paused longer than
                 # the quiet period, then was cut off, had its first half run.
@@ -501,21 +508,31 @@ class WatchService:
         version = self.db.start(job, now)
         attempt = job.attempts + 1
         input_dir = self.jobs_dir / str(job.id)
-        shutil.rmtree(input_dir, ignore_errors=True)
-        input_dir.mkdir(parents=True)
-        digest = hashlib.sha256()
-        for _sop, sha, rel in instances:
-            src = self.state_dir / rel
-            dst = input_dir / Path(rel).name
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copy2(src, dst)
-            digest.update(sha.encode())
         pdir = plugin_dir(self.out_dir, job.study_uid, job.series_uid, job.plugin)
         staging = staging_dir(pdir, job.id, attempt)
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        digest = hashlib.sha256()
+        try:
+            shutil.rmtree(input_dir, ignore_errors=True)
+            input_dir.mkdir(parents=True)
+            for _sop, sha, rel in instances:
+                src = self.state_dir / rel
+                dst = input_dir / Path(rel).name
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+                digest.update(sha.encode())
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        except OSError as e:
+            # An output share gone read-only, a full disk: the attempt fails where all
+            # can see it and is retried; before, the job stayed "running" for good.
+            shutil.rmtree(input_dir, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            self._attempt_failed(
+                job, attempt, FailureKind.TRANSIENT, f"cannot prepare its folders: {_os_reason(e)}"
+            )
+            return
         self._running[job.id] = _Running(
             job=job,
             attempt=attempt,
@@ -557,47 +574,79 @@ class WatchService:
             return
         outcome = fin.outcome
         job = run.job
-        if outcome.ok:
+        if outcome.kind != FailureKind.INTERRUPTED and not self.db.is_current(job):
+            # Instances arrived while it ran: its result is of a series that no longer
+            # exists. Made current it would reach the PACS, which cannot take it back;
+            # the newer generation's job reports instead.
+            shutil.rmtree(run.staging, ignore_errors=True)
+            self.db.supersede(job.id, self.clock.time(), "a newer instance arrived while it ran")
+            self.audit.write(
+                "job_superseded", job_id=job.id, plugin=job.plugin, series_uid=job.series_uid
+            )
+            _log.info("job %d: %s superseded while it ran: not written", job.id, job.plugin)
+        elif outcome.ok:
             self._commit(run, outcome.summary, fin.peak_rss_mb)
         elif outcome.kind == FailureKind.INTERRUPTED:
             self._hand_back(run, outcome.error or "interrupted")
         else:
             shutil.rmtree(run.staging, ignore_errors=True)
-            limit = self.config.attempts_for(job.plugin)
-            final = not outcome.retryable or run.attempt >= limit
-            now = self.clock.time()
-            self.db.fail(
+            self._attempt_failed(
                 job,
-                error=outcome.error or "failed",
-                kind=outcome.kind,
-                final=final,
-                not_before=now + self.config.retry_delay_seconds * run.attempt,
-                now=now,
-            )
-            self.audit.write(
-                "job_failed" if final else "job_retry",
-                job_id=job.id,
-                plugin=job.plugin,
-                series_uid=job.series_uid,
-                attempt=run.attempt,
-                max_attempts=limit,
-                failure_kind=str(outcome.kind),
-                error=outcome.error,
-                input_sha256=run.input_sha256,
-                peak_rss_mb=round(fin.peak_rss_mb, 1),
-            )
-            log = _log.error if final else _log.warning
-            log(
-                "job %d: %s attempt %d/%d failed (%s): %s",
-                job.id,
-                job.plugin,
                 run.attempt,
-                limit,
                 outcome.kind,
-                outcome.error,
+                outcome.error or "failed",
+                retryable=outcome.retryable,
+                input_sha256=run.input_sha256,
+                peak_rss_mb=fin.peak_rss_mb,
             )
         shutil.rmtree(self.jobs_dir / str(job.id), ignore_errors=True)
         self.executor.prewarm()  # replace a killed worker while the loop does other work
+
+    def _attempt_failed(
+        self,
+        job: Job,
+        attempt: int,
+        kind: FailureKind,
+        error: str,
+        *,
+        retryable: bool = True,
+        input_sha256: str | None = None,
+        peak_rss_mb: float = 0.0,
+    ) -> None:
+        """Record a failed attempt: retried after a delay, or final (audit and log)."""
+        limit = self.config.attempts_for(job.plugin)
+        final = not retryable or attempt >= limit
+        now = self.clock.time()
+        self.db.fail(
+            job,
+            error=error,
+            kind=kind,
+            final=final,
+            not_before=now + self.config.retry_delay_seconds * attempt,
+            now=now,
+        )
+        self.audit.write(
+            "job_failed" if final else "job_retry",
+            job_id=job.id,
+            plugin=job.plugin,
+            series_uid=job.series_uid,
+            attempt=attempt,
+            max_attempts=limit,
+            failure_kind=str(kind),
+            error=error,
+            input_sha256=input_sha256,
+            peak_rss_mb=round(peak_rss_mb, 1),
+        )
+        log = _log.error if final else _log.warning
+        log(
+            "job %d: %s attempt %d/%d failed (%s): %s",
+            job.id,
+            job.plugin,
+            attempt,
+            limit,
+            kind,
+            error,
+        )
 
     def _commit(self, run: _Running, summary: dict[str, Any], peak_rss_mb: float) -> None:
         job = run.job
@@ -618,7 +667,19 @@ class WatchService:
             "partial": self.db.partial_of(job.series_id),
             "summary": summary,
         }
-        promote(run.staging, run.final, record)
+        try:
+            promote(run.staging, run.final, record)
+        except OSError as e:
+            # Nothing is recorded yet: the attempt fails visibly and is retried.
+            shutil.rmtree(run.staging, ignore_errors=True)
+            self._attempt_failed(
+                job,
+                run.attempt,
+                FailureKind.TRANSIENT,
+                f"cannot write its result set: {_os_reason(e)}",
+                input_sha256=run.input_sha256,
+            )
+            return
         now = self.clock.time()
         rel = str(run.final.relative_to(self.out_dir))
         status = str(summary.get("status", "ok"))
@@ -691,3 +752,8 @@ class WatchService:
         # Not the plugin's fault: the attempt is given back.
         self.db.hand_back(run.job.id)
         self.audit.write("job_requeued", job_id=run.job.id, plugin=run.job.plugin, reason=why)
+
+
+def _os_reason(e: OSError) -> str:
+    """An OS error without its file name (a folder name may be a patient's)."""
+    return f"{type(e).__name__}: {e.strerror or errno.errorcode.get(e.errno or 0, 'error')}"
