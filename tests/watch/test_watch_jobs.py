@@ -30,10 +30,7 @@ FAST = {
 def test_two_workers_run_two_series_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    monkeypatch.setenv("MEDLENS_TEST_BARRIER", str(barrier))
-    monkeypatch.setenv("MEDLENS_TEST_BARRIER_N", "2")
+    wk.barrier(tmp_path / "barrier", monkeypatch)
     svc = WatchService(
         tmp_path / "in",
         tmp_path / "out",

@@ -339,10 +339,7 @@ def test_a_result_of_a_generation_that_changed_while_it_ran_is_never_current(
     # The probe: the copy stalled, a job started on 45 of 53 slices, the rest arrived
     # while it ran; its result became current and went to the PACS 22 s after the whole
     # series was known. Now it is superseded unwritten; the whole series' job reports.
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    monkeypatch.setenv("MEDLENS_TEST_BARRIER", str(barrier))
-    monkeypatch.setenv("MEDLENS_TEST_BARRIER_N", "2")
+    barrier = wk.barrier(tmp_path / "barrier", monkeypatch)
     with Running(tmp_path, ("barrier",)) as r:
         ct = wk.make_series(6)
         wk.write_files(ct[:4], r.inp / "a")

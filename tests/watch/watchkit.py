@@ -43,6 +43,14 @@ def source(*ids: str) -> PluginSource:
     )
 
 
+def barrier(folder: Path, monkeypatch: Any, n: int = 2) -> Path:
+    """Arm the ``barrier`` test plugin: a job finishes once ``n`` files are in ``folder``."""
+    folder.mkdir(parents=True)
+    monkeypatch.setenv("MEDLENS_TEST_BARRIER", str(folder))
+    monkeypatch.setenv("MEDLENS_TEST_BARRIER_N", str(n))
+    return folder
+
+
 def make_series(
     n: int = 10,
     size: int = 32,
