@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from bundlekit import INFERENCE, UNET, inference_with, make_bundle
+from bundlekit import INFERENCE, META, UNET, inference_with, make_bundle
 from click.testing import CliRunner
 
 from medlens.cli.plugins import plugins
@@ -159,3 +159,90 @@ def test_blocked_bundle_is_skipped_and_none_of_its_code_runs(tmp_path: Path) -> 
     # The same bundle, not blocked, is built (its code runs) and accepted.
     again = Host(load_config(_config(tmp_path, b, file_sha256(b), id="spleen-ct")), entry_points=[])
     assert again.errors() == [] and marker.exists()
+
+
+def _refused(tmp_path: Path, b: Path, reason: str) -> None:
+    """Refused by pin-bundle and by discovery, in one line naming ``reason``."""
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    assert out.exit_code != 0 and "[[bundles]]" not in out.output, out.output
+    assert reason in out.output and out.output.count("\n") == 1, out.output
+    host = Host(load_config(_config(tmp_path, b, file_sha256(b), id="spleen-ct")), entry_points=[])
+    assert host.plugins() == []
+    (err,) = host.errors()
+    assert reason in str(err) and "\n" not in str(err), str(err)
+
+
+@pytest.mark.parametrize("linked", ["models", "configs/inference.json"])
+def test_a_bundle_holding_a_link_is_refused(tmp_path: Path, linked: str) -> None:
+    # The probe: `models -> ../weights_store` pinned, then the weights were swapped for
+    # zeros: the sha256 skipped the linked folder (MONAI follows it) and the run was "ok".
+    b = make_bundle(tmp_path)
+    target = tmp_path / "elsewhere" / Path(linked).name
+    target.parent.mkdir()
+    (b / linked).rename(target)
+    (b / linked).symlink_to(target)
+    _refused(tmp_path, b, f"the bundle holds a link ('{linked}')")
+
+
+def test_a_config_reading_another_file_through_a_macro_is_refused(tmp_path: Path) -> None:
+    # The probe: "inferer": "%/site/common.json#inferer", pinned, then code added there.
+    site = tmp_path / "site.json"
+    site.write_text('{"inferer": {"_target_": "SimpleInferer"}}')
+    b = make_bundle(tmp_path, inference=inference_with(inferer=f"%{site}#inferer"))
+    _refused(tmp_path, b, "inference.json reads another file through a macro")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("num_channels", "one"), ("channel_def", {"bg": "background"}), ("authors", 3)],
+)
+def test_a_wrong_typed_metadata_field_refuses_that_bundle_only(
+    tmp_path: Path, field: str, value: Any
+) -> None:
+    # The probe: ValueError/TypeError out of the mapping stopped discovery of every plugin.
+    import importlib.metadata as md
+
+    meta = copy.deepcopy(META)
+    fmt = meta["network_data_format"]
+    if field == "authors":
+        meta["authors"] = value
+    elif field == "num_channels":
+        fmt["inputs"]["image"][field] = value
+    else:
+        fmt["outputs"]["pred"][field] = value
+    b = make_bundle(tmp_path, metadata=meta)
+    cfg = load_config(_config(tmp_path, b, file_sha256(b), id="spleen-ct"))
+    ep = md.EntryPoint(
+        "volume-measure", "medlens_volume_measure.manifest:MANIFEST", "medlens.plugins"
+    )
+    host = Host(cfg, entry_points=[ep])
+    assert [m.id for m in host.plugins()] == ["volume-measure"]
+    (err,) = host.errors()
+    assert err.plugin_id == "spleen-ct" and "\n" not in str(err), str(err)
+    assert "cannot map the bundle's metadata.json" in str(err) or "metadata" in str(err)
+
+
+def test_a_model_ts_that_is_not_torchscript_is_refused_before_any_case(tmp_path: Path) -> None:
+    b = make_bundle(tmp_path)
+    (b / "models" / "model.pt").unlink()
+    (b / "models" / "model.ts").write_bytes(b"not a TorchScript archive")
+    _refused(tmp_path, b, "'model.ts' is not a TorchScript model")
+
+
+def test_a_network_that_gives_nan_fails_the_case_instead_of_an_empty_mask(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from bundlekit import bundle_net
+
+    from medlens.errors import EngineError
+
+    net = bundle_net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(float("nan"))
+    b = make_bundle(tmp_path, network=net)
+    host = Host(load_config(_config(tmp_path, b, file_sha256(b), id="spleen-ct")), entry_points=[])
+    image = Image(np.zeros((1, 24, 20, 12), np.float32), (2.0, 2.0, 3.0), (0.0,) * 3, np.eye(3))
+    with pytest.raises(EngineError, match="NaN or infinite values"):
+        host.run("spleen-ct", image)

@@ -79,3 +79,32 @@ def test_classifier_bundle_computes_no_heatmap(tmp_path: Path, explain: bool) ->
     assert result.prediction.heatmap is None and "explain_s" not in result.provenance.timings_s
     noted = any("no explanation was computed" in w for w in result.prediction.warnings)
     assert noted is explain
+
+
+def test_a_network_with_more_classes_than_its_metadata_fails_the_case(tmp_path: Path) -> None:
+    # The probe: 4 outputs against a channel_def of 3; the undeclared class won the
+    # argmax and the case was "ok" with every declared class negative.
+    import torch
+    from bundlekit import CLASSIFIER_META, CLASSIFIER_NET, classifier_inference, make_bundle
+    from monai.networks.nets.classifier import Classifier
+
+    from medlens.errors import EngineError
+
+    four = {**CLASSIFIER_NET, "classes": 4}
+    inference = classifier_inference(
+        [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True, "to_onehot": 4},
+        ]
+    )
+    inference["network_def"] = four
+    torch.manual_seed(3)
+    net = Classifier(**{k: v for k, v in four.items() if k != "_target_"})
+    b = make_bundle(
+        tmp_path, name="four", inference=inference, metadata=CLASSIFIER_META, network=net
+    )
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text(f'[[bundles]]\npath = "{b}"\nsha256 = "{file_sha256(b)}"\nid = "four"\n')
+    host = Host(load_config(cfg), entry_points=[])
+    with pytest.raises(EngineError, match="gives 4 probabilities; its metadata declares 3"):
+        host.run("four", _image())

@@ -191,3 +191,15 @@ def test_cpu_amp_is_said_in_the_result(run_ctx, h, monkeypatch: pytest.MonkeyPat
         quiet = run_ctx(m)
         quiet.segment(_unet(), img)
         assert not any("amp" in w for w in quiet.warnings), quiet.warnings
+
+
+def test_a_network_that_gives_nan_fails_instead_of_an_empty_mask(run_ctx, h) -> None:  # type: ignore[no-untyped-def]
+    # NaN logits argmax to background: a confident "nothing here" from broken weights.
+    from medlens.errors import EngineError
+
+    net = h.ThresholdNet()
+    with torch.no_grad():
+        net.conv.bias.fill_(float("nan"))
+    img = Image(np.ones((1, 12, 12, 12), np.float32), (1.5, 1.5, 1.5), (0.0,) * 3, np.eye(3))
+    with pytest.raises(EngineError, match="NaN or infinite values"):
+        run_ctx(h.seg_manifest()).segment(net, img)

@@ -280,6 +280,10 @@ def discover(
             )
         except PluginError as e:
             report.errors.append(e)
+        except Exception as e:  # one bundle's bug, never the whole discovery's
+            label = b.id or b.path.name
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            report.errors.append(PluginLoadError(label, f"{type(e).__name__}: {first}"))
     for rec in found:
         pid = rec.manifest.id
         if pid in block:

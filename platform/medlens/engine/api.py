@@ -224,17 +224,26 @@ def _run(
     overrides: Mapping[str, Any],
     n_out: int,
 ) -> torch.Tensor:
+    import torch
+
     plan = plan_from(inference, dict(overrides), device, n_out)
     if device == "cpu" and overrides.get("amp") is True:
         # Not the default: said in the result, as the labels may differ at region edges.
         reporter.warn(CPU_AMP_RAN if plan.amp else CPU_AMP_REFUSED)
     with reporter.timer("inference_s"):
         try:
-            return run_network(network, x, plan, reporter.warn)
+            out = run_network(network, x, plan, reporter.warn)
         except EngineError:
             raise
         except RuntimeError as e:
             raise EngineError(f"the network failed on a {tuple(x.shape)} input: {e}") from e
+    if not bool(torch.isfinite(out).all()):
+        # NaN logits argmax to background and softmax to NaN: never a result.
+        raise EngineError(
+            "the network gave NaN or infinite values: its weights or the input are broken; "
+            "no result"
+        )
+    return out
 
 
 def segment(

@@ -18,7 +18,9 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,16 +85,84 @@ def manifest_from_bundle(path: Path, *, plugin_id: str | None = None, **override
         false unless ``metadata.json`` states ``"diagnostic_use": true``.
 
     Raises:
-        PluginValidationError: If the bundle's files are missing or cannot be mapped.
+        PluginValidationError: If the bundle's files are missing or cannot be mapped,
+            it holds a link, or a config reads another file through a macro.
     """
+    path = Path(path).resolve()
+    pid = plugin_id or _slug(path.name)
+    _check_self_contained(path, pid)
+    meta = _read_json(path / "configs" / "metadata.json", pid)
+    infer = _read_json(path / "configs" / "inference.json", pid)
+    try:
+        return _manifest_of(path, meta, infer, plugin_id, overrides)
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
+        # A wrong-typed field of a hospital's metadata.json: this bundle's one-line
+        # refusal, never a traceback that stops discovery of every plugin.
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise PluginValidationError(
+            plugin_id or pid, f"cannot map the bundle's metadata.json: {type(e).__name__}: {first}"
+        ) from e
+
+
+def _check_self_contained(path: Path, pid: str) -> None:
+    """Refuse a bundle whose pin would not cover what runs.
+
+    The pin hashes the bundle folder's files. A link (to a folder of shared scripts or
+    weights) is not followed by the hash but is by MONAI, and a ``%file.json#id`` macro
+    reads a file from wherever the path leads: either could change after pinning.
+
+    Raises:
+        PluginValidationError: Naming the first link or file macro.
+    """
+    for root, dirs, files in os.walk(path, followlinks=False):
+        for name in sorted([*dirs, *files]):
+            entry = Path(root) / name
+            if entry.is_symlink():
+                rel = entry.relative_to(path).as_posix()
+                raise PluginValidationError(
+                    pid,
+                    f"the bundle holds a link ({rel!r}): a pin covers the bundle's own files "
+                    "only; copy what it points to into the bundle",
+                )
+    for config in sorted((path / "configs").glob("*.json")):
+        try:
+            doc = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable configs are refused where they are read
+        macro = next(_file_macros(doc), None)
+        if macro is not None:
+            raise PluginValidationError(
+                pid,
+                f"{config.name} reads another file through a macro ({macro[:60]!r}): its "
+                "content is outside the pin; copy it into this config",
+            )
+
+
+def _file_macros(value: Any) -> Iterator[str]:
+    """``%path#id`` macros (MONAI ConfigParser) that name a file, anywhere in ``value``."""
+    if isinstance(value, str):
+        if value.startswith("%") and not value.startswith("%#") and value[1:].split("#")[0]:
+            yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _file_macros(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _file_macros(v)
+
+
+def _manifest_of(
+    path: Path,
+    meta: dict[str, Any],
+    infer: dict[str, Any],
+    plugin_id: str | None,
+    overrides: dict[str, Any],
+) -> Manifest:
+    """The manifest of a bundle whose files were read (see :func:`manifest_from_bundle`)."""
     from medlens.engine.models import bundle_model_file
     from medlens.errors import WeightsError
     from medlens.weights import file_sha256
 
-    path = Path(path).resolve()
-    pid = plugin_id or _slug(path.name)
-    meta = _read_json(path / "configs" / "metadata.json", pid)
-    infer = _read_json(path / "configs" / "inference.json", pid)
     pid = plugin_id or _slug(str(meta.get("name") or path.name))
     try:
         bundle_model_file(path)
@@ -321,6 +391,13 @@ def _findings(out: BundleOutput, m: Manifest, pipe: BundlePipeline) -> tuple[lis
     probs = out.probabilities.reshape(out.probabilities.shape[0], -1)[:, 0]
     dec = out.pred.reshape(out.pred.shape[0], -1)[:, 0]
     n = probs.shape[0]
+    declared = max(lab.value for lab in m.outputs.labels) + 1
+    if n != declared and not (n == 1 and declared == 1):
+        # An undeclared class that wins would leave every declared one "negative".
+        raise EngineError(
+            f"the bundle's network gives {n} probabilities; its metadata declares "
+            f"{declared} class(es)"
+        )
     if dec.shape[0] == 1 and n > 1:  # argmax without one-hot: the winning index
         positive = np.arange(n) == int(dec[0])
     elif dec.shape[0] == n:

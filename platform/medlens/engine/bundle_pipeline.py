@@ -253,7 +253,15 @@ def _check_weights(bundle: Path, network: torch.nn.Module, plugin_id: str) -> No
     except WeightsError as e:
         raise PluginValidationError(plugin_id, e.reason) from e
     if model_file.suffix == ".ts":
-        return  # TorchScript carries its own architecture
+        # It carries its own architecture; that it is TorchScript at all is checked here,
+        # not at the first case.
+        try:
+            torch.jit.load(str(model_file), map_location="cpu")  # type: ignore[no-untyped-call]
+        except Exception as e:
+            raise PluginValidationError(
+                plugin_id, f"{model_file.name!r} is not a TorchScript model: {_reason(e)}"
+            ) from e
+        return
     try:
         if model_file.suffix == ".safetensors":
             from safetensors import safe_open
@@ -451,6 +459,14 @@ def run_pipeline(
                     pred = pipe.inferer(inputs, network)
             else:
                 pred = pipe.inferer(inputs, network)
+        if not bool(torch.isfinite(pred).all()):
+            from medlens.errors import EngineError
+
+            # NaN logits argmax to background: "no finding", said with confidence.
+            raise EngineError(
+                "the bundle's network gave NaN or infinite values: its weights or the "
+                "input are broken; no result"
+            )
         at("bundle post-processing", 0.8)
         with timed("postprocess_s"):
             output = {IMAGE_KEY: inputs, "label": None, PRED_KEY: pred}
