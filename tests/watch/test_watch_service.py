@@ -446,3 +446,14 @@ def test_unreadable_inbox_folders_and_files_it_cannot_remove_are_said_once(
     assert events.count("inbox_file_kept") == 3
     assert events.count("duplicate_ignored") == 0  # the kept files were not read again
     assert len(list(kept.iterdir())) == 3 and len(list(private.iterdir())) == 3
+
+
+def test_status_counts_every_standing_failure(tmp_path: Path) -> None:
+    with Running(tmp_path, ("raises",), max_attempts=1) as r:
+        for k in range(3):
+            wk.write_files(wk.make_series(3, seed=k), r.inp / f"s{k}")
+        wk.wait_for(lambda: len(r.jobs("status='failed'")) == 3, timeout=120, what="3 failures")
+    from medlens.cli.main import cli
+
+    out = CliRunner().invoke(cli, ["status", "--state", str(r.state)]).output
+    assert json.loads(out)["failed"] == 3

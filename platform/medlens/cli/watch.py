@@ -189,6 +189,10 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
         click.echo("failed:")
         for j in s["failed"]:
             click.echo(f"  #{j['id']} {j['plugin']} on {j['series_uid']}: {j['error']}")
+    if s["undelivered"]:
+        click.echo("never reached the PACS (expired):")
+        for u in s["undelivered"]:
+            click.echo(f"  {u['result']} (tries {u['attempts']}): {u['error']}")
     if s["unrouted"]:
         click.echo("unrouted series:")
         for u in s["unrouted"]:
@@ -212,6 +216,7 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
 )
 def status(state: Path, stale_seconds: float) -> None:
     """Exit 0 if the watch service is alive, 1 if not; print one JSON line (monitoring)."""
+    from medlens.jobs import SendStatus
     from medlens.watch import StateDB
 
     db = StateDB(state / "state.db", readonly=True)
@@ -224,8 +229,9 @@ def status(state: Path, stale_seconds: float) -> None:
         **live,
         "queued": s["jobs"].get("queued", 0),
         "running": s["jobs"].get("running", 0),
-        "failed": len(s["failed"]),
+        "failed": s["failed_count"],  # every standing failure, not the recent ones shown
         "pending_sends": len(s["pending_sends"]),
+        "undelivered": s["sends"].get(str(SendStatus.EXPIRED), 0),
         "quarantined": s["quarantined"],
     }
     click.echo(json.dumps(line))

@@ -852,6 +852,22 @@ class JobStore:
                 recent,
             )
         ]
+        standing = self.one(
+            "SELECT COUNT(*) FROM jobs j WHERE j.status='failed' AND NOT EXISTS "
+            "(SELECT 1 FROM jobs k WHERE k.series_id=j.series_id AND k.plugin=j.plugin "
+            "AND k.id>j.id)"
+        )
+        # Results that will never reach the PACS (expired): each named, not only counted.
+        undelivered = [
+            dict(r)
+            for r in self.all(
+                "SELECT r.path AS result, s.attempts, s.error FROM sends s "
+                "JOIN results r ON r.id=s.result_id WHERE s.status=? "
+                "ORDER BY s.result_id DESC LIMIT ?",
+                SendStatus.EXPIRED,
+                recent,
+            )
+        ]
         unrouted = [
             {"series_uid": r["series_uid"], "note": json.loads(r["note"] or "{}")}
             for r in self.all(
@@ -896,6 +912,8 @@ class JobStore:
             "recent_results": results,
             "latest_series": series,
             "failed": failed,
+            "failed_count": int(standing[0]) if standing is not None else 0,
+            "undelivered": undelivered,
             "unrouted": unrouted,
             "at": time.time() if now is None else now,
         }

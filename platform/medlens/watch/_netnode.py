@@ -285,6 +285,7 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
     import pydicom
     from pydicom.uid import UID, ExplicitVRLittleEndian
     from pynetdicom import AE
+    from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
     datasets = [pydicom.dcmread(p) for p in files]
     if not datasets:
@@ -330,7 +331,13 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
                     ) from e
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
-            if code is None or code not in (0x0000, 0xB000, 0xB006, 0xB007):
+            # Success and every warning status (0x0001, 0x0107, 0x0116, 0xB0xx: PS3.7
+            # Annex C) mean the instance was stored; treated as refusals, a PACS that
+            # answers a warning got the same result again and again.
+            if code is None or code_to_category(int(code)) not in (
+                STATUS_SUCCESS,
+                STATUS_WARNING,
+            ):
                 raise OutputError(
                     f"{target.ae_title} refused {ds.SOPClassUID.name} "
                     f"(status {'none' if code is None else hex(code)})"
