@@ -373,3 +373,24 @@ def test_study_heatmaps_must_name_a_further_image_on_its_grid(ct_image: Image) -
     )
     with pytest.raises(PluginError, match="carries results"):
         _check_prediction(_M(), ct_image, refused, study)  # type: ignore[arg-type]
+
+
+def test_a_mask_resampled_onto_the_image_grid_says_so_in_the_result(tmp_path: Path) -> None:
+    # The probe: a mask 100 mm off the image was resampled without a word in result.json.
+    import nibabel as nib
+
+    ep = md.EntryPoint(
+        "volume-measure", "medlens_volume_measure.manifest:MANIFEST", "medlens.plugins"
+    )
+    image = Image(np.zeros((1, 20, 20, 10), np.float32), (2.0, 2.0, 3.0), (0.0,) * 3, np.eye(3))
+    labels = np.zeros((20, 20, 10), np.uint8)
+    labels[5:15, 5:15, 3:7] = 1
+    affine = np.diag([-2.0, -2.0, 3.0, 1.0])  # LPS image axes in RAS terms
+    affine[2, 3] = 6.0  # two slices above the image: another grid
+    nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / "mask.nii.gz"))
+    result = Host(entry_points=[ep]).run(
+        "volume-measure", image, mask=tmp_path / "mask.nii.gz", device="cpu"
+    )
+    assert any("resampled onto the image grid" in w for w in result.prediction.warnings), (
+        result.prediction.warnings
+    )

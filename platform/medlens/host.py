@@ -493,7 +493,9 @@ class Host:
             hint = hint if "read-only" in str(e) else ""
             raise PluginError(m.id, f"predict failed: {type(e).__name__}: {e}{hint}") from e
         _check_prediction(m, image, prediction, study)
-        prediction.warnings[:0] = [*image.warnings, *ctx.warnings]
+        # The mask's own notes too (resampled onto the image grid): a user must see them.
+        mask_notes = mask.warnings if mask is not None and upstream is None else ()
+        prediction.warnings[:0] = [*image.warnings, *mask_notes, *ctx.warnings]
         if prediction.status != ResultStatus.OK:
             # An audit line (no identifying values: plugin id, status and the plugin's reason).
             log.warning("%s: %s: %s", m.id, prediction.status, prediction.status_reason)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -78,6 +79,8 @@ def read_nifti(path: str | os.PathLike[str]) -> Image:
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"{p.name!r} is not a NIfTI image")
         _check_declared_size(img, p)
+        if p.name.lower().endswith(".gz"):
+            _check_gzip(p)
         proxy = img.dataobj
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
         scaled = not (
@@ -85,8 +88,8 @@ def read_nifti(path: str | os.PathLike[str]) -> Image:
             and (inter is None or np.isnan(inter) or inter == 0.0)
         )
         data = np.asarray(img.get_fdata(dtype=np.float32)) if scaled else np.asarray(proxy)
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except InputError:
+        affine, notes = _world_affine(img, p)
+    except (InputError, GeometryError):
         raise
     except Exception as e:  # nibabel raises ImageFileError, EOFError, zlib errors...
         raise InputError(f"cannot read NIfTI {p.name!r}: {type(e).__name__}: {e}") from e
@@ -107,7 +110,86 @@ def read_nifti(path: str | os.PathLike[str]) -> Image:
         origin=origin,
         direction=direction,
         source=(p,),
+        warnings=tuple(notes),
     )
+
+
+#: Millimetres per unit of NIfTI's ``xyzt_units`` space codes ("unknown": mm, as written
+#: by most tools that leave the field 0).
+_MM_PER_UNIT = {"unknown": 1.0, "mm": 1.0, "meter": 1000.0, "micron": 0.001}
+
+
+def _raw_header(img: Any, path: Path) -> Any:
+    """The header as the file holds it, before nibabel's checks change any field."""
+    import gzip
+
+    size = int(img.header.sizeof_hdr)
+    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        raw = fh.read(size)
+    return type(img.header).from_fileobj(io.BytesIO(raw), check=False)
+
+
+def _world_affine(img: Any, path: Path) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """The file's RAS affine in millimetres, and notes on how it was chosen.
+
+    Raises:
+        GeometryError: If the transform the file uses has a voxel size of zero (nibabel
+            silently makes it 1 mm), or its qform and sform disagree on left and right.
+    """
+    header = img.header
+    notes: list[str] = []
+    sform_code = int(header["sform_code"])
+    qform_code = int(header["qform_code"])
+    if sform_code == 0:
+        # The qform and the fallback are built from pixdim: a 0 there is no voxel size.
+        # nibabel "fixes" a loaded header's 0 to 1, so the file's own bytes are read.
+        pixdim = np.asarray(_raw_header(img, path)["pixdim"][1:4], dtype=np.float64)
+        used = np.asarray(header["dim"][1:4]) > 1  # a single slice's thickness is moot
+        if not np.all(np.isfinite(pixdim[used])) or np.any(pixdim[used] == 0):
+            raise GeometryError(
+                f"{path.name!r}: NIfTI pixdim {pixdim.tolist()} gives no voxel size"
+            )
+    if sform_code > 0 and qform_code > 0:
+        s_aff, q_aff = header.get_sform(), header.get_qform()
+        if np.sign(np.linalg.det(s_aff[:3, :3])) != np.sign(np.linalg.det(q_aff[:3, :3])):
+            raise GeometryError(
+                f"{path.name!r}: its sform and qform disagree on left and right; which is the "
+                "patient's cannot be known"
+            )
+        gap = float(np.abs(s_aff - q_aff).max())
+        if gap > 1e-2:
+            notes.append(
+                f"NIfTI sform and qform differ (up to {gap:.3g}); the sform was used, as the "
+                "NIfTI standard says"
+            )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    unit = str(header.get_xyzt_units()[0])
+    scale = _MM_PER_UNIT.get(unit)
+    if scale is None:
+        raise GeometryError(f"{path.name!r}: NIfTI spatial unit {unit!r} is not a length")
+    if scale != 1.0:
+        affine = affine.copy()
+        affine[:3, :] *= scale  # lengths and position; the homogeneous row stays
+        notes.append(f"NIfTI spatial unit {unit}: converted to millimetres")
+    return affine, notes
+
+
+def _check_gzip(p: Path) -> None:
+    """Read a ``.nii.gz`` to its end: only there does gzip check its CRC.
+
+    nibabel reads the bytes it needs and stops, so a corrupted stream was read as
+    garbage voxels and segmented, status ok.
+    """
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(p, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"cannot read NIfTI {p.name!r}: corrupt gzip ({e})") from e
 
 
 def write_nifti(image: Image, path: str | os.PathLike[str]) -> Path:
