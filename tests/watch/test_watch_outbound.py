@@ -16,7 +16,7 @@ import watchkit as wk
 from click.testing import CliRunner
 
 from medlens.cli.main import cli
-from medlens.watch import PacsTarget, WatchConfig, WatchService
+from medlens.watch import WatchService
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 
@@ -80,23 +80,7 @@ class _Orthanc:
 
 
 def _service(tmp: Path, orthanc: _Orthanc) -> tuple[WatchService, threading.Thread]:
-    svc = WatchService(
-        tmp / "in",
-        tmp / "out",
-        tmp / "state",
-        WatchConfig(
-            settle_seconds=0.1,
-            quiet_seconds=0.5,
-            tick_seconds=0.05,
-            send_backoff_seconds=0.5,
-            send_backoff_max_seconds=2.0,
-            send_to=PacsTarget(host="127.0.0.1", port=orthanc.dicom, ae_title="ORTHANC"),
-        ),
-        source=wk.source("body-mask"),
-    )
-    t = threading.Thread(target=svc.run, daemon=True)
-    t.start()
-    return svc, t
+    return wk.outbound_service(tmp, orthanc.dicom, "ORTHANC")
 
 
 @pytest.mark.external

@@ -18,7 +18,7 @@ import watchkit as wk
 from click.testing import CliRunner
 
 from medlens.cli.main import cli
-from medlens.watch import PacsTarget, WatchConfig, WatchService
+from medlens.watch import WatchService
 
 
 class _Pacs:
@@ -60,23 +60,7 @@ class _Pacs:
 
 @contextmanager
 def _service(tmp: Path, pacs: _Pacs, **cfg: Any) -> Iterator[WatchService]:
-    svc = WatchService(
-        tmp / "in",
-        tmp / "out",
-        tmp / "state",
-        WatchConfig(
-            settle_seconds=0.1,
-            quiet_seconds=0.5,
-            tick_seconds=0.05,
-            send_backoff_seconds=0.5,
-            send_backoff_max_seconds=2.0,
-            send_to=PacsTarget(host="127.0.0.1", port=pacs.port, ae_title="FAKEPACS"),
-            **cfg,
-        ),
-        source=wk.source("body-mask"),
-    )
-    t = threading.Thread(target=svc.run, daemon=True)
-    t.start()
+    svc, t = wk.outbound_service(tmp, pacs.port, "FAKEPACS", **cfg)
     try:
         yield svc
     finally:

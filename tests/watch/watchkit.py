@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from medlens.watch import PluginSource
+from medlens.watch import PacsTarget, PluginSource, WatchConfig, WatchService
 
 HERE = Path(__file__).resolve().parent
 PHANTOM_NAME = "Doe^Phantom"
@@ -41,6 +42,30 @@ def source(*ids: str) -> PluginSource:
         entry_points=tuple((i, f"medlens_watch_testplugins:{names[i]}") for i in ids),
         sys_path=(str(HERE),),
     )
+
+
+def outbound_service(
+    tmp: Path, port: int, ae_title: str, **cfg: Any
+) -> tuple[WatchService, threading.Thread]:
+    """A running body-mask watch on ``tmp/{in,out,state}`` sending to a PACS at ``port``."""
+    svc = WatchService(
+        tmp / "in",
+        tmp / "out",
+        tmp / "state",
+        WatchConfig(
+            settle_seconds=0.1,
+            quiet_seconds=0.5,
+            tick_seconds=0.05,
+            send_backoff_seconds=0.5,
+            send_backoff_max_seconds=2.0,
+            send_to=PacsTarget(host="127.0.0.1", port=port, ae_title=ae_title),
+            **cfg,
+        ),
+        source=source("body-mask"),
+    )
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    return svc, t
 
 
 def barrier(folder: Path, monkeypatch: Any, n: int = 2) -> Path:
