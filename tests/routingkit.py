@@ -83,6 +83,14 @@ def write_series(
     return files
 
 
+#: The one label of the test plugins' manifests (a body mask).
+BODY_LABEL: dict[str, Any] = {
+    "value": 1,
+    "name": "body",
+    "category": {"value": "91723000", "scheme": "SCT", "meaning": "Structure"},
+    "type": {"value": "38266002", "scheme": "SCT", "meaning": "Body"},
+}
+
 _PLUGIN = """
 from medlens.plugin_api import v1
 
@@ -136,14 +144,7 @@ def rule_plugin(
         "input": {"dims": dims, **({"tilt": tilt} if tilt else {})},
         "selection": selection,
         "outputs": {
-            "labels": [
-                {
-                    "value": 1,
-                    "name": "body",
-                    "category": {"value": "91723000", "scheme": "SCT", "meaning": "Structure"},
-                    "type": {"value": "38266002", "scheme": "SCT", "meaning": "Body"},
-                }
-            ],
+            "labels": [BODY_LABEL],
             "kinds": list(kinds),
         },
         "model_card": {

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from routingkit import write_series
+from routingkit import BODY_LABEL, write_series
 
 from medlens.cli.main import cli
 from medlens.errors import OutputError, PluginError
@@ -34,14 +34,7 @@ _MANIFEST = {
     "body_part": "ABDOMEN",
     "input": {"dims": 3},
     "outputs": {
-        "labels": [
-            {
-                "value": 1,
-                "name": "body",
-                "category": {"value": "91723000", "scheme": "SCT", "meaning": "Structure"},
-                "type": {"value": "38266002", "scheme": "SCT", "meaning": "Body"},
-            }
-        ],
+        "labels": [BODY_LABEL],
         "kinds": ["json", "nifti"],
     },
     "model_card": {

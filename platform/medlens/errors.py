@@ -30,6 +30,7 @@ __all__ = [
     "WeightsError",
     "WeightsIntegrityError",
     "is_transient",
+    "reason_of",
 ]
 
 
@@ -169,3 +170,18 @@ def is_transient(exc: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__
     return False
+
+
+def reason_of(e: BaseException) -> str:
+    """The root cause of an exception (a library may wrap it) as one typed line, ≤ 200 chars."""
+    seen = {id(e)}
+    while True:
+        nxt = e.__cause__ or e.__context__
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        e = nxt
+    text = " ".join(str(e).split()) or type(e).__name__
+    if len(text) > 200:
+        text = text[:197] + "…"
+    return f"{type(e).__name__}: {text}"

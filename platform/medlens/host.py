@@ -701,7 +701,7 @@ def _typed_options(
     _check_host_options(handles, host)
     host_given = host.model_dump(mode="json", exclude_unset=True)
     rest = {k: v for k, v in raw.items() if k not in host_keys}
-    out: dict[str, tuple[dict[str, Any], BaseModel | None, list[str]]] = {}
+    out: _TypedOptions = {}
     claimed: set[str] = set()
     legacy: list[PluginHandle] = []
     for h in handles:

@@ -25,6 +25,7 @@ from medlens.errors import (
     PluginLoadError,
     PluginValidationError,
     WeightsIntegrityError,
+    reason_of,
 )
 from medlens.plugin_api._manifest import API_VERSION, Manifest
 
@@ -281,9 +282,7 @@ def discover(
         except PluginError as e:
             report.errors.append(e)
         except Exception as e:  # one bundle's bug, never the whole discovery's
-            label = b.id or b.path.name
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            report.errors.append(PluginLoadError(label, f"{type(e).__name__}: {first}"))
+            report.errors.append(PluginLoadError(b.id or b.path.name, reason_of(e)))
     for rec in found:
         pid = rec.manifest.id
         if pid in block:

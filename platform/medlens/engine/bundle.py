@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from medlens.errors import PluginValidationError
+from medlens.errors import PluginValidationError, reason_of
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._protocol import PluginInputs
 from medlens.plugin_api._results import Finding, Prediction
@@ -98,9 +98,8 @@ def manifest_from_bundle(path: Path, *, plugin_id: str | None = None, **override
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:
         # A wrong-typed field of a hospital's metadata.json: this bundle's one-line
         # refusal, never a traceback that stops discovery of every plugin.
-        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise PluginValidationError(
-            plugin_id or pid, f"cannot map the bundle's metadata.json: {type(e).__name__}: {first}"
+            plugin_id or pid, f"cannot map the bundle's metadata.json: {reason_of(e)}"
         ) from e
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from medlens.errors import EngineError, MedLensError, PluginValidationError
+from medlens.errors import EngineError, MedLensError, PluginValidationError, reason_of
 from medlens.imaging.image import Image, lps_to_ras
 
 if TYPE_CHECKING:
@@ -88,21 +88,6 @@ class BundleOutput:
     pred: npt.NDArray[Any]
     affine: npt.NDArray[np.float64]
     probabilities: npt.NDArray[np.float32] | None
-
-
-def _reason(e: BaseException) -> str:
-    """The root cause of a (MONAI-wrapped) exception as one line."""
-    seen = {id(e)}
-    while True:
-        nxt = e.__cause__ or e.__context__
-        if nxt is None or id(nxt) in seen:
-            break
-        seen.add(id(nxt))
-        e = nxt
-    text = " ".join(str(e).split()) or type(e).__name__
-    if len(text) > 200:
-        text = text[:197] + "…"
-    return f"{type(e).__name__}: {text}"
 
 
 @contextlib.contextmanager
@@ -185,7 +170,7 @@ def load_pipeline(bundle: Path, plugin_id: str, device: str = "cpu") -> BundlePi
             parser = _parser(bundle, device)
         except Exception as e:
             raise PluginValidationError(
-                plugin_id, f"cannot read the bundle's inference.json: {_reason(e)}"
+                plugin_id, f"cannot read the bundle's inference.json: {reason_of(e)}"
             ) from e
         for key in SECTIONS:
             if key not in parser:
@@ -196,7 +181,7 @@ def load_pipeline(bundle: Path, plugin_id: str, device: str = "cpu") -> BundlePi
                 parts[key] = parser.get_parsed_content(key, instantiate=True)
             except Exception as e:
                 raise PluginValidationError(
-                    plugin_id, f"cannot build the bundle's {key!r}: {_reason(e)}"
+                    plugin_id, f"cannot build the bundle's {key!r}: {reason_of(e)}"
                 ) from e
         amp = False
         if "evaluator#amp" in parser:
@@ -259,7 +244,7 @@ def _check_weights(bundle: Path, network: torch.nn.Module, plugin_id: str) -> No
             torch.jit.load(str(model_file), map_location="cpu")  # type: ignore[no-untyped-call]
         except Exception as e:
             raise PluginValidationError(
-                plugin_id, f"{model_file.name!r} is not a TorchScript model: {_reason(e)}"
+                plugin_id, f"{model_file.name!r} is not a TorchScript model: {reason_of(e)}"
             ) from e
         return
     try:
@@ -279,7 +264,7 @@ def _check_weights(bundle: Path, network: torch.nn.Module, plugin_id: str) -> No
         raise
     except Exception as e:
         raise PluginValidationError(
-            plugin_id, f"cannot read weights {model_file.name!r}: {_reason(e)}"
+            plugin_id, f"cannot read weights {model_file.name!r}: {reason_of(e)}"
         ) from e
     want = {k: tuple(v.shape) for k, v in network.state_dict().items()}
     missing = sorted(set(want) - set(shapes))
@@ -317,7 +302,7 @@ def _meta_network(bundle: Path, plugin_id: str) -> torch.nn.Module:
                 net = _parser(bundle, "cpu").get_parsed_content(key, instantiate=True)
             except Exception as e:
                 raise PluginValidationError(
-                    plugin_id, f"cannot build the bundle's {key!r}: {_reason(e)}"
+                    plugin_id, f"cannot build the bundle's {key!r}: {reason_of(e)}"
                 ) from e
     if not isinstance(net, torch.nn.Module):
         raise PluginValidationError(
@@ -486,9 +471,9 @@ def run_pipeline(
     except MedLensError:  # our own (cancellation, one-line reasons) pass unchanged
         raise
     except torch.cuda.OutOfMemoryError as e:
-        raise EngineError(f"the bundle ran out of device memory: {_reason(e)}") from e
+        raise EngineError(f"the bundle ran out of device memory: {reason_of(e)}") from e
     except Exception as e:
-        raise EngineError(f"the bundle's pipeline failed: {_reason(e)}") from e
+        raise EngineError(f"the bundle's pipeline failed: {reason_of(e)}") from e
     affine = getattr(result, "affine", None)
     aff = np.asarray(affine.cpu().numpy() if affine is not None else np.eye(image.ndim + 1))
     return BundleOutput(pred=_numpy(result), affine=aff.astype(np.float64), probabilities=probs)

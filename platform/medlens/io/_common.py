@@ -40,6 +40,7 @@ __all__ = [
     "frames_of",
     "iter_results",
     "plane_geometry",
+    "positive_pair",
     "read_source_headers",
     "share_orientation",
     "software_versions",
@@ -258,6 +259,14 @@ def _encodable(keyword: str, value: Any) -> bool:
     return True
 
 
+def positive_pair(value: Any) -> bool:
+    """Whether ``value`` is two positive numbers (a usable ``PixelSpacing``)."""
+    try:
+        return value is not None and len(value) == 2 and all(_positive(v) for v in value)
+    except TypeError:
+        return False
+
+
 def _positive(value: Any) -> bool:
     try:
         return float(value) > 0
@@ -280,7 +289,7 @@ def complete_geometry(ds: Dataset, image: Image) -> Dataset:
     """
     spacing = tuple(float(v) for v in image.spacing)
     ps = ds.get("PixelSpacing")
-    if ps is not None and (len(ps) != 2 or not all(_positive(v) for v in ps)):
+    if ps is not None and not positive_pair(ps):
         del ds.PixelSpacing  # "0\\0" (seen on CR): no spacing rather than an invalid one
     if image.ndim == 2 and "NumberOfFrames" in ds and "SharedFunctionalGroupsSequence" not in ds:
         # A single-frame photograph of a multi-frame IOD (OP, XC): highdicom reads its

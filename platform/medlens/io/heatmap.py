@@ -45,6 +45,7 @@ from medlens.io._common import (
     frames_of,
     has_patient_geometry,
     plane_geometry,
+    positive_pair,
     software_versions,
     source_orientation,
 )
@@ -250,7 +251,7 @@ def build_sc_slices(
         orient = source_orientation(sources[0]) if sources else None
     si, sj = result.image.spacing[:2]
     spacing: Any = (float(sj), float(si))
-    if result.image.ndim == 2 and not (sources and _positive_pair(sources[0].get("PixelSpacing"))):
+    if result.image.ndim == 2 and not (sources and positive_pair(sources[0].get("PixelSpacing"))):
         spacing = None
     e = result.prediction.explanation
     method = e.method if e else "heatmap"
@@ -303,13 +304,6 @@ def build_sc_slices(
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise OutputError(f"cannot build heatmap Secondary Capture for {m.id!r}: {e}") from e
     return out
-
-
-def _positive_pair(value: Any) -> bool:
-    try:
-        return value is not None and len(value) == 2 and all(float(v) > 0 for v in value)
-    except (TypeError, ValueError):
-        return False
 
 
 def _instance_number(source: Dataset, k: int) -> int:
