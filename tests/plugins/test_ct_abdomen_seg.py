@@ -516,7 +516,10 @@ def test_volume_check_rejects_a_liver_on_any_face_and_leaves_other_organs_to_mea
     assert "liver 105 mL" in str(gate.check_volumes(mask, (1.0, 1.0, 10.0), organs).rejected)
     spleen = mask * 0
     spleen[0:10, 5:15, 0:20] = organs["spleen"]  # cut: not judged here, not measured later
-    assert gate.check_volumes(spleen, (1.0, 1.0, 10.0), organs) == gate.GateVerdict()
+    spleen[10:50, 5:45, 5:35] = organs["liver"]  # 480 mL at 10 mm^3 voxels: borderline
+    verdict = gate.check_volumes(spleen, (1.0, 1.0, 10.0), organs)
+    assert verdict.rejected is None
+    assert not [w for w in verdict.warnings if "spleen" in w]
     for axis in range(3):
         for end in (0, -1):
             cut = mask.copy()
@@ -528,9 +531,16 @@ def test_volume_check_rejects_a_liver_on_any_face_and_leaves_other_organs_to_mea
             cut[tuple(face)] = 1  # the liver (and only it) reaches this face
             verdict = gate.check_volumes(cut, (1.0, 1.0, 10.0), organs)
             assert "liver reaches the image's edge" in str(verdict.rejected), (axis, end)
-    assert gate.check_volumes(np.zeros((5, 5, 5), np.uint8), (1.0, 1.0, 1.0), _organs()) == (
-        gate.GateVerdict()
-    )
+
+
+def test_volume_check_rejects_a_case_without_liver() -> None:
+    # An empty mask gave status ok with "liver_tumor 0 mL": no tumour, said of a scan in
+    # which the model found no liver at all, while a 300 mL liver was rejected.
+    gate = _gate()
+    organs = _organs()
+    for mask in (np.zeros((5, 5, 5), np.uint8), np.pad(np.full((9, 9, 9), 2, np.uint8), 3)):
+        verdict = gate.check_volumes(mask, (10.0, 10.0, 10.0), organs)
+        assert str(verdict.rejected).startswith("no liver was found"), verdict
 
 
 def _sections_slice_by_slice(hu: np.ndarray, px_mm: tuple[float, float]) -> list[Any]:
@@ -707,6 +717,9 @@ def test_host_refuses_a_plugin_that_rejects_but_returns_results() -> None:
 def test_volume_check_only_warns_on_a_small_fragment_of_another_organ() -> None:
     mask = np.zeros((100, 100, 40), np.uint8)
     mask[20:30, 20:30, 10:24] = 2  # a 14 mL "spleen" fragment
+    mask[40:90, 40:90, 5:35] = 1  # a 750 mL liver
+    mask[40:60, 10:30, 5:25] = 3
+    mask[65:85, 10:30, 5:25] = 4  # kidneys of 80 mL
     verdict = _gate().check_volumes(mask, (1.0, 1.0, 10.0), _organs())
     assert verdict.rejected is None
     assert verdict.warnings == ["borderline: spleen 14 mL (training range 115-306 mL)"]
@@ -739,9 +752,10 @@ def test_a_tumour_burden_beyond_the_training_range_is_flagged_then_refused() -> 
     mask = np.zeros((100, 100, 40), np.uint8)
     mask[10:90, 10:90, 10:30] = organs["liver"]  # 1280 mL at 10 mm^3 voxels
     mask[30:50, 30:50, 12:20] = organs["liver_tumor"]  # 32 mL: 2.5 %
-    assert gate.check_volumes(mask, (1.0, 1.0, 10.0), organs) == gate.GateVerdict()
+    liver_only = {"liver": gate.TRAINING_VOLUME_ML["liver"]}  # no other organ in the mask
+    assert gate.check_volumes(mask, (1.0, 1.0, 10.0), organs, liver_only) == gate.GateVerdict()
     mask[30:60, 30:60, 12:22] = organs["liver_tumor"]  # 90 mL: 7.0 %, above 6.97 %
-    verdict = gate.check_volumes(mask, (1.0, 1.0, 10.0), organs)
+    verdict = gate.check_volumes(mask, (1.0, 1.0, 10.0), organs, liver_only)
     assert verdict.rejected is None
     assert verdict.warnings == [
         "borderline: tumour burden 7.0 % of the liver (training range 0-6.97 %)"

@@ -531,3 +531,36 @@ def test_upstream_labels_named_and_undeclared_values_warned(
     )
     assert [m.label for m in pred.measurements] == ["bright"]
     assert ctx.warnings == ["mask values [7] are not measured labels of the upstream plugin"]
+
+
+def test_an_absent_organ_is_said_to_be_not_found_and_an_absent_lesion_label_measures_0_ml(
+    plugin_factory: Make, ct_image: Image
+) -> None:
+    # A spleen the model did not find was reported as "spleen 0.00 mL", status ok: a
+    # measurement of nothing, whether the spleen was removed, outside the scan or missed.
+    from dataclasses import replace
+
+    from medlens.plugin_api import v1
+
+    host = Host(HostConfig(), entry_points=[plugin_factory("seg", threshold=0.0)])
+    upstream = host.run("seg", ct_image, device="cpu", chain=False)
+    assert upstream.mask is not None
+    organ = v1.Code(value="113343008", scheme="SCT", meaning="Organ")
+    body = upstream.manifest.outputs.labels[0]
+    labels = [
+        body.model_copy(update={"name": "liver", "category": organ}),
+        body.model_copy(update={"value": 2, "name": "spleen", "category": organ}),
+        body.model_copy(update={"value": 3, "name": "liver_tumor"}),  # not an organ
+    ]
+    outputs = upstream.manifest.outputs.model_copy(update={"labels": labels})
+    upstream = replace(upstream, manifest=upstream.manifest.model_copy(update={"outputs": outputs}))
+    ctx = RunContext(manifest=MANIFEST, device="cpu")
+    pred = VolumeMeasure(MANIFEST).predict(PluginInputs(ct_image, upstream.mask, upstream), ctx)
+    assert [(m.label, m.volume_ml > 0, m.lesion_count) for m in pred.measurements] == [
+        ("liver", True, 1),
+        ("liver_tumor", False, 0),
+    ]
+    assert ctx.warnings == [
+        "no spleen was found in the image: it was removed, lies outside the scan range, or "
+        "the model missed it, so no volume is reported"
+    ]

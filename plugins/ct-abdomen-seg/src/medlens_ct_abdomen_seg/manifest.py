@@ -221,7 +221,9 @@ MANIFEST = v1.Manifest(
             + " (python -m medlens_ct_abdomen_seg.plausibility).",
             "A liver that reaches the image's edge (a scan range or field of view that cuts "
             "it) is refused: its volume would be of the covered part and tumours outside "
-            "the scan unseen. Other organs the image cuts are segmented but not measured.",
+            "the scan unseen. Other organs the image cuts are segmented but not measured. "
+            'A case in which no liver is found is refused ("no tumour" would be unfounded); '
+            "another organ not found is not measured, and a warning says so.",
             "A region labelled liver tumour that touches no liver is left out, with a "
             "warning. A tumour burden above the training range "
             f"({TRAINING_TUMOUR_BURDEN_PERCENT[0]:g}-{TRAINING_TUMOUR_BURDEN_PERCENT[1]:g} % "

@@ -380,9 +380,11 @@ def check_volumes(
     case, since the model reports the liver's tumours. A liver beyond twice its range or
     under half of it rejects the case; any other organ out of range, or a liver just
     outside it, is a warning (a small spurious fragment of another organ does not void
-    the liver's result). A tumour burden (tumours' share of liver and tumours) above the
-    training range is a warning, and beyond twice its maximum rejects the case: the model
-    never saw a liver that replaced, and its volumes would be extrapolation.
+    the liver's result). No liver at all rejects the case; another organ may have been
+    removed (volume-measure reports it as not found). A tumour burden (tumours' share of
+    liver and tumours) above the training range is a warning, and beyond twice its
+    maximum rejects the case: the model never saw a liver that replaced, and its volumes
+    would be extrapolation.
 
     Args:
         mask: Label map ``(i, j, k)``.
@@ -419,10 +421,17 @@ def check_volumes(
             "neither its volume nor its tumours can be reported (scan the whole liver)"
         )
         return verdict
+    if _DECISIVE in labels and counts[labels[_DECISIVE]] == 0:
+        # 0 mL is not a liver volume, and "no tumour" without a liver is unfounded.
+        verdict.rejected = (
+            "no liver was found: the scan may not cover it, or the model missed it, so "
+            "neither its volume nor its tumours can be reported"
+        )
+        return verdict
     far: list[str] = []
     for name, (lo, hi) in ranges.items():
         value = labels[name]
-        if counts[value] == 0 or edge[value]:
+        if counts[value] == 0 or edge[value]:  # absent (volume-measure says so) or cut
             continue
         ml = float(counts[value]) * voxel_ml
         text = f"{name} {ml:.0f} mL (training range {lo:.0f}-{hi:.0f} mL)"

@@ -53,6 +53,9 @@ MANIFEST = Manifest(
             "option connectivity=6 for face-only connectivity.",
             "A label that reaches a face of the image's grid may be cut by the scan range "
             "or field of view: it is not measured, and a warning says so.",
+            "An organ (category SNOMED CT 'Organ') of the upstream plugin that is absent "
+            "from the mask is not reported as 0 mL: a warning says it was not found. "
+            "Other absent labels (lesions) measure 0 mL and 0 lesions.",
         ],
         training_data="None: no learned model.",
         license="Apache-2.0",

@@ -57,6 +57,7 @@ from medlens.plugin_api.v1 import (
 )
 
 __all__ = [
+    "ORGAN_CATEGORY",
     "LabelSpec",
     "VolumeMeasure",
     "VolumeMeasureOptions",
@@ -80,12 +81,24 @@ _FIND_OBJECTS_MAX = 65535
 _F64 = npt.NDArray[np.float64]
 
 
+#: SegmentedPropertyCategory of an organ (SNOMED CT "Organ"): one absent from the mask was
+#: removed, lies outside the scan, or was missed, and "0 mL" would state none of these.
+ORGAN_CATEGORY = ("SCT", "113343008")
+
+
 @dataclass(frozen=True)
 class LabelSpec:
-    """A label to measure: its value in the mask and the name reported."""
+    """A label to measure: its value in the mask and the name reported.
+
+    Attributes:
+        value: Label value in the mask.
+        name: Name reported.
+        organ: The upstream declares it an organ: absent, it is not measured as 0 mL.
+    """
 
     value: int
     name: str
+    organ: bool = False
 
 
 def create(ctx: LoadContext) -> VolumeMeasure:
@@ -157,8 +170,14 @@ class VolumeMeasure:
                     "view cuts it): only part of it is in the image, so its volume and "
                     "lesions are not reported"
                 )
+        for spec in specs:
+            if spec.organ and spec.value not in boxes:
+                ctx.warn(
+                    f"no {spec.name} was found in the image: it was removed, lies outside the "
+                    "scan range, or the model missed it, so no volume is reported"
+                )
         declared = {s.value for s in specs}
-        specs = [s for s in specs if s.value not in cut]
+        specs = [s for s in specs if s.value not in cut and (s.value in boxes or not s.organ)]
         undeclared = sorted(v for v in present if v not in declared)
         if inputs.upstream is not None and undeclared:
             ctx.warn(f"mask values {undeclared} are not measured labels of the upstream plugin")
@@ -207,12 +226,18 @@ def labels_to_measure(inputs: PluginInputs, present: Sequence[int]) -> list[Labe
 
     Returns:
         Label specs in increasing value order. An upstream label absent from the
-        mask is kept (it measures 0 mL); an upstream that declares no measurable
-        labels falls back to the values present.
+        mask is kept (it measures 0 mL, unless it is an organ); an upstream that
+        declares no measurable labels falls back to the values present.
     """
     if inputs.upstream is not None:
         labs = inputs.upstream.manifest.outputs.labels
-        declared = [LabelSpec(lab.value, lab.name) for lab in labs if lab.measure and lab.value]
+        declared = [
+            LabelSpec(
+                lab.value, lab.name, (lab.category.scheme, lab.category.value) == ORGAN_CATEGORY
+            )
+            for lab in labs
+            if lab.measure and lab.value
+        ]
         if declared:
             return sorted(declared, key=lambda s: s.value)
     return [LabelSpec(int(v), f"label-{int(v)}") for v in sorted(present)]
