@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from medlens.imaging.series import TiltPolicy
     from medlens.routing import Study
 
-__all__ = ["run_study_case"]
+__all__ = ["run_study_case", "study_input"]
 
 log = logging.getLogger("medlens.cli.run")
 
 
-def _input_of(study: Study) -> str:
+def study_input(study: Study) -> str:
+    """The input a study was found in: its one file, else its files' common folder."""
     paths = [str(c.path) for c in study.cases]
     return paths[0] if len(paths) == 1 else os.path.commonpath(paths)
 
@@ -52,7 +53,7 @@ def run_study_case(
 
     manifest = host.get(plugin_id).manifest
     base = CaseOutcome(
-        input=_input_of(study),
+        input=study_input(study),
         case=study.name,
         status="failed",
         images=tuple(c.source_path for c in study.cases),
@@ -68,7 +69,7 @@ def run_study_case(
             f"image left out of the study, refused by routing: {r}" for r in refused
         )
         roots = {c.root if c.root.is_dir() else c.root.parent for c in study.cases}
-        root = roots.pop() if len(roots) == 1 else Path(_input_of(study))
+        root = roots.pop() if len(roots) == 1 else Path(study_input(study))
         folder = _write_as_set(host, result, _case_dir(out, study.name), root)
     except RoutingError as e:
         return replace(base, status="skipped", reason=str(e))

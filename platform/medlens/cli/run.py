@@ -45,9 +45,17 @@ from medlens.plugin_api.v1 import ResultStatus
 if TYPE_CHECKING:
     from medlens.imaging.series import TiltPolicy
     from medlens.plugin_api.v1 import Result
-    from medlens.routing import Case
+    from medlens.routing import Case, Study
 
-__all__ = ["EXIT_FAILED", "EXIT_NOTHING_ACCEPTED", "EXIT_REJECTED", "CaseOutcome", "run"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_NOTHING_ACCEPTED",
+    "EXIT_REJECTED",
+    "CaseOutcome",
+    "recover_case_dir",
+    "run",
+    "run_case",
+]
 
 #: Exit code when at least one accepted case failed.
 EXIT_FAILED = 1
@@ -72,8 +80,8 @@ class CaseOutcome:
     error: str | None = None
     reason: str | None = None
     volume: str | None = None  # echo / temporal position of a multi-echo or 4-D series
-    details: Result | None = None  # the result of an ``ok`` case (not serialised)
     images: tuple[str, ...] | None = None  # a study's images (study plugins only)
+    notes: tuple[str, ...] = ()  # what the result says, printed for a single case (not JSON)
 
     def to_json(self) -> str:
         """The case as one JSON line."""
@@ -102,8 +110,27 @@ def _case_dir(out: Path, name: str) -> Path:
     return path
 
 
+def recover_case_dir(out: Path, name: str) -> None:
+    """Undo what a run killed while writing case ``name`` left in ``out``.
+
+    A half-written set (``.NAME.*.partial``) is removed; a previous result set moved
+    aside (``.NAME.*.old``) goes back into place if no new one took it, else is removed.
+    """
+    if not _CASE_NAME.fullmatch(name):
+        return
+    final = out / name
+    for leftover in sorted(out.glob(f".{name}.*.partial")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in sorted(out.glob(f".{name}.*.old")):
+        if not final.exists():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _write_as_set(host: Host, result: Result, final: Path, source_root: Path) -> Path:
     """Write every file of a result into a fresh folder, then move it into place at once."""
+    recover_case_dir(final.parent, final.name)  # a run killed while writing this case
     staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         host.write(result, staging, source_root=source_root)
@@ -130,11 +157,11 @@ def _finished(base: CaseOutcome, result: Result, folder: Path) -> CaseOutcome:
         status="rejected" if rejected else "ok",
         result=str(written if written.exists() else folder),
         reason=f"{p.status}: {p.status_reason}" if rejected else None,
-        details=result,
+        notes=tuple(_detail_lines(result)),
     )
 
 
-def _run_case(
+def run_case(
     host: Host,
     plugin_id: str,
     case: Case,
@@ -142,6 +169,7 @@ def _run_case(
     run_kwargs: dict[str, Any],
     on_tilt: TiltPolicy = "error",
 ) -> CaseOutcome:
+    """Route, run and write one case; its outcome line (never raises for the case)."""
     from medlens.imaging.facts import facts_of_image
     from medlens.routing import read_case, route
 
@@ -172,21 +200,37 @@ def _run_case(
     return _finished(base, result, folder)
 
 
-def _echo_details(o: CaseOutcome) -> None:
-    r = o.details
-    if r is None:
-        return
+def _detail_lines(r: Result) -> list[str]:
     p = r.provenance
-    click.echo(f"  {p.plugin} {p.plugin_version} on {p.device} ({p.device_reason})")
+    lines = [f"  {p.plugin} {p.plugin_version} on {p.device} ({p.device_reason})"]
     if not p.diagnostic_use:
-        click.echo("  NOT FOR DIAGNOSTIC USE (model card: diagnostic_use false)")
+        lines.append("  NOT FOR DIAGNOSTIC USE (model card: diagnostic_use false)")
     for m in r.measurements:
-        click.echo(f"  {m.label}: {m.volume_ml:.2f} mL, {m.lesion_count} lesion(s)")
+        lines.append(f"  {m.label}: {m.volume_ml:.2f} mL, {m.lesion_count} lesion(s)")
     for f in r.prediction.findings:
         state = "positive" if f.positive else "negative"
-        click.echo(f"  {f.label}: p={f.probability:.3f} ({state})")
-    for w in r.prediction.warnings:
-        click.echo(one_line(f"  warning: {w}"))
+        lines.append(f"  {f.label}: p={f.probability:.3f} ({state})")
+    lines.extend(one_line(f"  warning: {w}") for w in r.prediction.warnings)
+    return lines
+
+
+def _run_unit(
+    host: Host,
+    plugin_id: str,
+    unit: Case | Study,
+    out: Path,
+    run_kwargs: dict[str, Any],
+    on_tilt: TiltPolicy,
+) -> CaseOutcome:
+    from medlens.routing import Study
+
+    # A plugin's print goes to stderr: on stdout it would forge or break --json lines.
+    with contextlib.redirect_stdout(sys.stderr):
+        if isinstance(unit, Study):
+            from medlens.cli._studies import run_study_case
+
+            return run_study_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
+        return run_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
 
 
 @click.command()
@@ -241,6 +285,22 @@ def _echo_details(o: CaseOutcome) -> None:
     help="A run option (repeatable), e.g. amp=true, explain_precision=float32, "
     "overlap=0.5, operating_point=triage: the host's (docs/plugin-api.md) or the plugin's.",
 )
+@click.option(
+    "--case-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Run each case in a worker process and stop one that runs longer: it is reported "
+    "failed and the batch goes on (default: in this process, no deadline).",
+)
+@click.option(
+    "--case-memory-mb",
+    type=click.IntRange(min=64),
+    default=None,
+    metavar="MIB",
+    help="Run each case in a worker process and stop one whose memory passes this "
+    "ceiling: it is reported failed and the batch goes on.",
+)
 @click.option("--no-explain", is_flag=True, help="Skip explanation heatmaps.")
 @click.option("--no-chain", is_flag=True, help="Do not run plugins chained after this one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line per case on stdout.")
@@ -260,6 +320,8 @@ def run(
     tilt: str | None,
     study_csv: Path | None,
     option_pairs: tuple[str, ...],
+    case_timeout: float | None,
+    case_memory_mb: int | None,
     no_explain: bool,
     no_chain: bool,
     as_json: bool,
@@ -327,17 +389,28 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     outcomes: list[CaseOutcome] = []
     units: list[Case | Study] = [*cases, *(studies or [])]
-    with progress_bar(len(units), f"{manifest.id}") as step:
+    with contextlib.ExitStack() as stack:
+        isolated = None
+        if case_timeout is not None or case_memory_mb is not None:
+            from medlens.cli._isolated import IsolatedCases
+
+            isolated = stack.enter_context(
+                IsolatedCases(
+                    host,
+                    out,
+                    run_kwargs,
+                    on_tilt,
+                    timeout_s=case_timeout,
+                    memory_mb=case_memory_mb,
+                )
+            )
+        step = stack.enter_context(progress_bar(len(units), f"{manifest.id}"))
         for unit in units:
             step(unit.name, False)
-            # A plugin's print goes to stderr: on stdout it would forge or break --json lines.
-            with contextlib.redirect_stdout(sys.stderr):
-                if isinstance(unit, Study):
-                    from medlens.cli._studies import run_study_case
-
-                    o = run_study_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
-                else:
-                    o = _run_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
+            if isolated is not None and (isinstance(unit, Study) or unit.kind != "error"):
+                o = isolated.run(plugin_id, unit)
+            else:
+                o = _run_unit(host, plugin_id, unit, out, run_kwargs, on_tilt)
             outcomes.append(o)
             step(unit.name, True)
             if as_json:
@@ -348,8 +421,9 @@ def run(
                 if o.images:  # a study: its images
                     where = f"{o.input} [{', '.join(o.images)}]"
                 click.echo(one_line(f"{o.status:<9}{o.case}  {where}  {tail}"))
-                if o.details is not None and len(units) == 1:
-                    _echo_details(o)
+                if len(units) == 1:
+                    for line in o.notes:
+                        click.echo(line)
             if o.status == "failed":
                 log.warning("case %s failed: %s", o.case, o.error)
             elif o.status == "rejected":

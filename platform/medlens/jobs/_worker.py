@@ -83,6 +83,8 @@ class JobSpec:
     # "module:function" called as function(host, spec) -> summary instead of run_job
     # (e.g. validation scoring, which compares with a reference and writes no result set).
     task: str | None = None
+    # What ``task`` needs beyond the fields above (picklable), e.g. a routed case.
+    payload: Any = None
 
 
 @dataclass(frozen=True)
