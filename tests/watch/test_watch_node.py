@@ -430,3 +430,53 @@ def test_a_held_series_completed_through_the_inbox_runs(tmp_path: Path) -> None:
         _wait_for_done(state, "the completed series' job")
     assert wk.query(state, "SELECT series_uid FROM held_series") == []
     assert _result_instances(world) == 6
+
+
+def test_results_go_to_a_tls_pacs_and_an_untrusted_one_is_a_one_line_reason(
+    tmp_path: Path,
+) -> None:
+    # Results left the service in the clear only: a hospital whose PACS takes DICOM over
+    # TLS (PS3.15 B.1) could not receive them at all.
+    from medlens.errors import ConfigError, OutputError
+    from medlens.watch._config import PacsTarget
+    from medlens.watch._netnode import client_tls_context, send_files
+
+    cert, key = _self_signed(tmp_path)
+    scp = _scp(tmp_path, tls_cert=cert, tls_key=key, acse_timeout_seconds=3)
+    try:
+        ct = wk.make_series(1)[0]
+        (tmp_path / "out").mkdir()
+        ct.save_as(tmp_path / "out" / "ct.dcm", enforce_file_format=True)
+        files = [tmp_path / "out" / "ct.dcm"]
+        pacs = {"host": "127.0.0.1", "port": scp.port, "ae_title": "MEDLENS"}
+        trusted = PacsTarget(**pacs, tls=True, tls_ca=cert, tls_server_name="localhost")
+        assert send_files(files, trusted, ae_title="GOODSCU") == 1
+        assert len(list((tmp_path / "spool").glob("*.dcm"))) == 1
+        with pytest.raises(OutputError, match=r"TLS handshake failed: CERTIFICATE_VERIFY_FAILED"):
+            send_files(files, PacsTarget(**pacs, tls=True), ae_title="GOODSCU")  # system CAs
+        wrong_name = PacsTarget(**pacs, tls=True, tls_ca=cert, tls_server_name="pacs.example")
+        with pytest.raises(OutputError, match="TLS handshake failed"):
+            send_files(files, wrong_name, ae_title="GOODSCU")
+        with pytest.raises(OutputError, match="no association"):
+            send_files(files, PacsTarget(**pacs), ae_title="GOODSCU")  # plain to a TLS node
+    finally:
+        scp.stop()
+    with pytest.raises(ConfigError, match="TLS to MEDLENS"):
+        client_tls_context(PacsTarget(**pacs, tls=True, tls_ca=tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="without tls = true"):
+        PacsTarget(**pacs, tls_ca=cert)
+
+
+def test_send_to_on_the_command_line_does_not_drop_the_configs_tls(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from medlens.cli.main import cli
+
+    cfg = tmp_path / "watch.toml"
+    cfg.write_text('[send_to]\nhost = "pacs"\nport = 2762\nae_title = "PACS"\ntls = true\n')
+    (tmp_path / "in").mkdir()
+    args = ["watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--config", str(cfg)]
+    res = CliRunner().invoke(cli, [*args, "--send-to", "pacs:104:PACS"])
+    assert res.exit_code == 2
+    assert "--send-to would replace the config file's [send_to], which uses TLS" in res.output
+    assert not (tmp_path / "out").exists()

@@ -101,6 +101,13 @@ def watch(
     )
     for noisy in ("pynetdicom", "watchdog", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if send_to and config_file is not None:
+        given = load_watch_config(config_file).send_to
+        if given is not None and given.tls:
+            raise click.UsageError(
+                "--send-to would replace the config file's [send_to], which uses TLS: "
+                "change the PACS in the config file"
+            )
     cfg = load_watch_config(
         config_file,
         quiet_seconds=quiet_seconds,

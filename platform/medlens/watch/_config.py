@@ -50,11 +50,42 @@ class PluginOverrides(_Frozen):
 
 
 class PacsTarget(_Frozen):
-    """A DICOM node results are sent to by C-STORE."""
+    """A DICOM node results are sent to by C-STORE (over TLS with ``tls = true``).
+
+    Example (``watch.toml``)::
+
+        [send_to]
+        host = "pacs.hospital.org"
+        port = 2762
+        ae_title = "PACS"
+        tls = true
+        tls_ca = "/etc/medlens/hospital-ca.pem"   # else the system's CAs
+        tls_cert = "/etc/medlens/medlens.pem"     # a client certificate, if the PACS asks
+        tls_key = "/etc/medlens/medlens.key"
+    """
 
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
     ae_title: str = Field(min_length=1, max_length=16)
+    tls: bool = Field(default=False, description="DICOM over TLS (PS3.15 Annex B.1).")
+    tls_ca: Path | None = Field(
+        default=None,
+        description="CA bundle the PACS's certificate is checked against (None: the system's).",
+    )
+    tls_cert: Path | None = Field(default=None, description="Client certificate (PEM).")
+    tls_key: Path | None = Field(default=None, description="Its private key (PEM).")
+    tls_server_name: str | None = Field(
+        default=None, description="Name on the PACS's certificate (None: host)."
+    )
+
+    @model_validator(mode="after")
+    def _tls(self) -> PacsTarget:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        given = [k for k in ("tls_ca", "tls_cert", "tls_server_name") if getattr(self, k)]
+        if given and not self.tls:
+            raise ValueError(f"{', '.join(given)} given without tls = true")
+        return self
 
 
 class NodeSettings(_Frozen):

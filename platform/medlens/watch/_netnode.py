@@ -28,7 +28,7 @@ from medlens.errors import ConfigError, OutputError
 from medlens.watch._config import NodeSettings, PacsTarget
 from medlens.watch._ingest import write_atomic
 
-__all__ = ["StoreSCP", "decodable_transfer_syntaxes", "send_files"]
+__all__ = ["StoreSCP", "client_tls_context", "decodable_transfer_syntaxes", "send_files"]
 
 _log = logging.getLogger("medlens.watch")
 
@@ -228,19 +228,44 @@ def _tls_context(node: NodeSettings) -> ssl.SSLContext | None:
     return ctx
 
 
-def _reachable(target: PacsTarget) -> None:
+def client_tls_context(target: PacsTarget) -> ssl.SSLContext | None:
+    """The TLS context of sending to ``target`` (None without ``tls``).
+
+    Raises:
+        ConfigError: If a certificate, key or CA file cannot be loaded.
+    """
+    if not target.tls:
+        return None
+    try:
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH,
+            cafile=None if target.tls_ca is None else str(target.tls_ca),
+        )
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if target.tls_cert is not None and target.tls_key is not None:
+            ctx.load_cert_chain(str(target.tls_cert), str(target.tls_key))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"TLS to {target.ae_title}: {e}") from e
+    return ctx
+
+
+def _reachable(target: PacsTarget, tls: ssl.SSLContext | None) -> None:
     # Probe the port first: pynetdicom drops (without closing) the socket of a refused
-    # connection, and an outage means a refused connection on every try.
+    # connection, and an outage means a refused connection on every try. With TLS the
+    # probe shakes hands too: pynetdicom only logs why a handshake failed.
     import socket
 
+    where = f"{target.ae_title}@{target.host}:{target.port}"
     try:
-        with socket.create_connection((target.host, target.port), timeout=5):
-            pass
+        with socket.create_connection((target.host, target.port), timeout=5) as sock:
+            if tls is not None:
+                name = target.tls_server_name or target.host
+                with tls.wrap_socket(sock, server_hostname=name):
+                    pass
+    except ssl.SSLError as e:
+        raise OutputError(f"{where}: TLS handshake failed: {e.reason or type(e).__name__}") from e
     except OSError as e:
-        raise OutputError(
-            f"{target.ae_title}@{target.host}:{target.port} unreachable: "
-            f"{e.strerror or type(e).__name__}"
-        ) from e
+        raise OutputError(f"{where} unreachable: {e.strerror or type(e).__name__}") from e
 
 
 def decodable_transfer_syntaxes() -> list[str]:
@@ -290,7 +315,8 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
     datasets = [pydicom.dcmread(p) for p in files]
     if not datasets:
         return 0
-    _reachable(target)
+    tls = client_tls_context(target)
+    _reachable(target, tls)
     ae = AE(ae_title=ae_title)
     # A PACS that is down or silent must not hold the service's loop for long.
     ae.acse_timeout = 10
@@ -308,8 +334,13 @@ def send_files(files: Iterable[Path], target: PacsTarget, *, ae_title: str) -> i
         )
     for sop, syntax in pairs:
         ae.add_requested_context(sop, [syntax])
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    tls_args = None if tls is None else (tls, target.tls_server_name or target.host)
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title, tls_args=tls_args)
     if not assoc.is_established:
+        # pynetdicom leaves a refused requestor's socket open: one per retry would leak.
+        sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            sock.close()
         raise OutputError(f"no association with {target.ae_title}@{target.host}:{target.port}")
     try:
         accepted = {

@@ -49,7 +49,7 @@ from medlens.watch._audit import AuditLog
 from medlens.watch._config import WatchConfig
 from medlens.watch._ingest import Ingestor
 from medlens.watch._layout import check_layout
-from medlens.watch._netnode import StoreSCP
+from medlens.watch._netnode import StoreSCP, client_tls_context
 from medlens.watch._outbound import Outbound
 from medlens.watch._partial import gaps
 from medlens.watch._resultset import plugin_dir, promote, reconcile, staging_dir, update_pointers
@@ -157,6 +157,10 @@ class WatchService:
     def start(self) -> None:
         """Recover from any earlier crash, discover plugins, start observers and the SCP."""
         install_scrubbing()
+        if self.config.send_to is not None:
+            # A PACS certificate or key that cannot be loaded is a start-up error, not
+            # a delivery retried for ever.
+            client_tls_context(self.config.send_to)
         host = self.source.host()
         for err in host.errors():
             _log.warning("plugin rejected: %s", err)
