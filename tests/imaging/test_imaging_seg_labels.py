@@ -105,3 +105,49 @@ def test_unmatched_segments_are_left_out_with_a_warning_or_refused(
     assert any("9846003" in w and "matches no label" in w for w in mask.warnings)
     with pytest.raises(InputError, match="no segment's SegmentedPropertyTypeCodeSequence"):
         read_mask(tmp_path / "s.dcm", ref, labels=[_label(1, "spleen", *SPLEEN)])
+
+
+def test_a_segment_coded_otherwise_is_matched_by_its_name_and_strict_refuses_the_rest(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    # Another tool codes a liver tumour "Neoplasm of liver" (126851005) where the plugin
+    # says "Neoplasm": the segment was left out, and a validation scored the model's
+    # correct tumour as a false positive on a reference with "no tumour".
+    import pydicom
+
+    dicom_builder.write_series(tmp_path / "ct", n=6)
+    ref = read_image(tmp_path / "ct")
+    sources = [pydicom.dcmread(p) for p in ref.source]
+    tumour = ("126851005", "Neoplasm of liver")
+    truth = _write_seg(
+        tmp_path / "s.dcm", sources, [(1, "liver", *LIVER), (2, "Liver_Tumor", *tumour)]
+    )
+    labels = [_label(1, "liver", *LIVER), _label(5, "liver_tumor", "108369006", "Neoplasm")]
+    mask = read_mask(tmp_path / "s.dcm", ref, labels=labels, strict=True)
+    np.testing.assert_array_equal(mask.array[0], np.select([truth == 1, truth == 2], [1, 5], 0))
+    assert not [w for w in mask.warnings if "matches no label" in w]
+    _write_seg(tmp_path / "k.dcm", sources, [(1, "liver", *LIVER), (2, "kid", *KIDNEY)])
+    assert read_mask(tmp_path / "k.dcm", ref, labels=labels).warnings  # warned, left out
+    with pytest.raises(InputError, match=r"segment 2 \(SCT 9846003 'Right kidney'\) matches no"):
+        read_mask(tmp_path / "k.dcm", ref, labels=labels, strict=True)
+
+
+def test_strict_refuses_a_nifti_reference_that_covers_part_of_the_image(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    # A reference cropped to the upper half of the scan was zero-filled: kidneys below
+    # it scored Dice 0, status ok, no word of it.
+    from medlens.errors import GeometryError
+    from medlens.imaging.nifti import write_nifti
+
+    dicom_builder.write_series(tmp_path / "ct", n=6)
+    ref = read_image(tmp_path / "ct")
+    labels = np.zeros(ref.shape, np.uint8)
+    labels[2:5, 2:5, :] = 1
+    write_nifti(ref.with_array(labels[None]), tmp_path / "whole.nii.gz")
+    half = ref.with_array(labels[None, :, :, :3])  # the first three slices, same origin
+    write_nifti(half, tmp_path / "half.nii.gz")
+    assert read_mask(tmp_path / "whole.nii.gz", ref, strict=True).array.sum() == labels.sum()
+    assert read_mask(tmp_path / "half.nii.gz", ref).array.sum() == labels[:, :, :3].sum()
+    with pytest.raises(GeometryError, match="covers 50% of the image"):
+        read_mask(tmp_path / "half.nii.gz", ref, strict=True)

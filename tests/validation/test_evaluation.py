@@ -114,3 +114,10 @@ def test_a_non_finite_numeric_attribute_is_unknown() -> None:
         "0-50",
         ">=200",
     ]
+
+
+def test_dicom_ages_in_months_weeks_and_days_are_converted_to_years() -> None:
+    # '018M' (a year and a half) was binned as 18 years, '010W' as 10 years.
+    spec = SubgroupSpec(attribute="age", bins=[1, 18, 65])
+    got = [subgroup_of(spec, v) for v in ("006M", "018M", "010W", "003D", "017Y", "216M")]
+    assert got == ["<1", "1-18", "<1", "<1", "1-18", "18-65"]

@@ -203,3 +203,25 @@ def test_a_deeply_nested_protocol_is_one_line(tmp_path: Path) -> None:
     f.write_text("[" * 50_000 + "]" * 50_000)
     with pytest.raises(ProtocolError, match="nests too deeply"):
         load_protocol(f)
+
+
+@pytest.mark.parametrize(
+    ("metric", "statistic", "comparator", "threshold", "match"),
+    [
+        ("lesion_volume_rel_error", "ci_high", "<=", 10, r"fraction from 0 to 1.*write 10 % as"),
+        ("dice", "ci_low", ">=", 90, "fraction from 0 to 1"),
+        ("auroc", "ci_low", ">=", -0.1, "fraction from 0 to 1"),
+        ("fp_per_case", "ci_high", "<=", -1, "never negative"),
+    ],
+)
+def test_a_threshold_outside_its_metrics_range_is_refused(
+    metric: str, statistic: str, comparator: str, threshold: float, match: str
+) -> None:
+    # "10" meant as 10 % passed a 30 % error and set validated.
+    doc = _doc()
+    row = {"metric": metric, "statistic": statistic, "comparator": comparator}
+    doc["metrics"] = [{**row, "label": "x", "threshold": threshold}]
+    doc["task"] = "segmentation"
+    doc.pop("operating_points", None)
+    with pytest.raises(ValueError, match=match):
+        ProtocolV2.model_validate(doc)

@@ -127,11 +127,12 @@ def test_unreachable_threshold_fails_exits_non_zero_and_sets_no_alias(
     # Weights of their own: the registry version judged here is this test's alone.
     (plugin / "oracle.safetensors").write_bytes(b"weights never validated\n")
     install_oracle(plugin)
-    proto = _protocol(tmp_path, dataset, plugin, dice_threshold=1.01)
+    # The oracle misses case-0001's tumours: a sensitivity of 1 cannot be reached.
+    proto = _protocol(tmp_path, dataset, plugin, sensitivity_threshold=1.0)
     out = tmp_path / "out"
     code = validate(proto, out, tracking_uri=tracking, host=oracle_host(plugin))
     assert code == 1
-    assert "FAIL  dice liver" in capsys.readouterr().out
+    assert "FAIL  lesion_sensitivity" in capsys.readouterr().out
     r = json.loads((out / "report.json").read_text())
     assert not r["passed"] and r["mlflow"]["alias"] is None
     client = MlflowClient(tracking_uri=tracking, registry_uri=tracking)

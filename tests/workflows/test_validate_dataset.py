@@ -82,3 +82,54 @@ def test_a_folder_with_a_live_validation_is_refused_even_with_resume(tmp_path: P
     finally:
         live.close()
     CaseQueue(tmp_path / "out", "f" * 16, "demo", ["c1", "c2"], resume=True).close()
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        # An unquoted comma shifted the row's cells: manufacturer 'GE', thickness 'Inc'.
+        ("c1,p1,a.png,1,GE, Inc,3\n", r"line 2 has 7 cells, the header 6 \(quote a cell"),
+        ("c1,p1,a.png,1,GE\n", "line 2 has 5 cells, the header 6"),
+    ],
+)
+def test_a_row_with_more_or_fewer_cells_than_the_header_is_refused(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("case_id,patient_id,input,reference,manufacturer,slice_mm\n" + text)
+    with pytest.raises(InputError, match=match):
+        read_manifest(path, reference_is_path=False)
+
+
+def test_a_column_twice_or_an_image_under_two_cases_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("case_id,patient_id,input,reference,sex,sex\nc1,p1,a.png,1,F,M\n")
+    with pytest.raises(InputError, match=r"has column\(s\) sex twice"):
+        read_manifest(path, reference_is_path=False)
+    path.write_text("case_id,patient_id,input,reference\nc1,p1,a.png,1\nc2,p2,./a.png,0\n")
+    with pytest.raises(InputError, match="case 'c2' has the same input as 'c1'"):
+        read_manifest(path, reference_is_path=False)
+
+
+def test_a_bad_rows_line_number_is_the_files_after_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("case_id,patient_id,input,reference\nc1,p1,a.png,1\n\n\nc2,,b.png,0\n")
+    with pytest.raises(InputError, match="line 5: case_id and patient_id are required"):
+        read_manifest(path, reference_is_path=False)
+
+
+def test_a_new_sqlite_store_is_created_whole_or_not_at_all(tmp_path: Path) -> None:
+    # kill -9 while MLflow built a new mlflow.db left half a schema: every --resume then
+    # failed ("table secrets already exists").
+    from medlens_workflows.validate.tracking import ensure_store
+
+    (tmp_path / ".mlflow.db.dead0000.creating").write_bytes(b"half a schema")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ensure_store(uri)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+    before = (tmp_path / "mlflow.db").stat().st_mtime_ns
+    ensure_store(uri)  # an existing store is left as it is
+    assert (tmp_path / "mlflow.db").stat().st_mtime_ns == before
+    from mlflow import MlflowClient
+
+    assert MlflowClient(tracking_uri=uri).search_experiments()  # the Default experiment

@@ -130,3 +130,31 @@ def test_uncertain_or_numeric_references_fail_never_negative(cell: str) -> None:
 
     with pytest.raises(InputError, match="reference"):
         reference_value(cell, "pneumonia")
+
+
+@pytest.mark.parametrize(
+    ("cell", "truth"),
+    [
+        ("Pneumonia, Effusion", 1),
+        ("Pneumonia;Effusion", 1),
+        ("Y", 1),
+        ("pos", 1),
+        ("+", 1),
+        ("n", 0),
+        ("neg", 0),
+        ("-", 0),
+    ],
+)
+def test_spreadsheet_spellings_of_a_reference_are_read(cell: str, truth: int) -> None:
+    # Each of these was read as negative: a positive case scored against the model.
+    from medlens_workflows.validate.scoring import reference_value
+
+    assert reference_value(cell, "pneumonia") == truth
+
+
+def test_a_questioned_finding_fails_never_negative() -> None:
+    from medlens.errors import InputError
+    from medlens_workflows.validate.scoring import reference_value
+
+    with pytest.raises(InputError, match="uncertain labels must be resolved"):
+        reference_value("pneumonia?", "pneumonia")

@@ -85,6 +85,7 @@ def protocol_toml(
     *,
     n_cases: int,
     dice_threshold: float = 0.9,
+    sensitivity_threshold: float = 0.5,
     manifest_rel: str | None = None,
     extra: str = "",
 ) -> str:
@@ -122,7 +123,7 @@ def protocol_toml(
         metric = "lesion_sensitivity"
         statistic = "value"
         comparator = ">="
-        threshold = 0.5
+        threshold = {sensitivity_threshold}
         [[metrics]]
         metric = "lesion_volume_rel_error"
         statistic = "value"

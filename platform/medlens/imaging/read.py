@@ -267,26 +267,40 @@ def read_photo_frames(path: Path) -> list[Image]:
 
 
 def _segment_values(
-    seg: Any, numbers: list[int], labels: Sequence[LabelLike], name: str
+    seg: Any, numbers: list[int], labels: Sequence[LabelLike], name: str, *, strict: bool = False
 ) -> tuple[dict[int, int], list[str]]:
-    """Segment number → label value, matched by ``SegmentedPropertyTypeCodeSequence``.
+    """Segment number → label value, by ``SegmentedPropertyTypeCodeSequence``, else by name.
 
-    Returns the mapping and a warning per segment whose code is no label's.
+    A segment whose type code is no label's takes the label whose name its
+    ``SegmentLabel`` is (case-insensitive): another tool may code a liver tumour
+    "Neoplasm of liver" where the plugin says "Neoplasm".
+
+    Returns the mapping and a warning per segment that matches no label.
 
     Raises:
-        InputError: No segment's code is a label's code.
+        InputError: No segment matches a label; with ``strict``, any segment that matches
+            none (a reference losing a structure would score its finding as false).
     """
     by_code = {(lab.type.scheme.upper(), lab.type.value): lab.value for lab in labels}
+    by_name = {lab.name.casefold(): lab.value for lab in labels}
     mapping: dict[int, int] = {}
     unmatched: list[str] = []
     for n in numbers:
         d = seg.get_segment_description(n)
         code = d.segmented_property_type
         key = (str(code.scheme_designator).upper(), str(code.value))
+        label = str(getattr(d, "SegmentLabel", "") or "").strip().casefold()
         if key in by_code:
             mapping[n] = by_code[key]
+        elif label in by_name:
+            mapping[n] = by_name[label]
         else:
             unmatched.append(f"segment {n} ({key[0]} {key[1]} {str(code.meaning)!r})")
+    if strict and unmatched:
+        known = ", ".join(f"{lab.name} ({lab.type.scheme} {lab.type.value})" for lab in labels)
+        raise InputError(
+            f"DICOM SEG {name!r}: {unmatched[0]} matches no label by code or name (labels: {known})"
+        )
     if not mapping:
         known = ", ".join(f"{lab.name} ({lab.type.scheme} {lab.type.value})" for lab in labels)
         raise InputError(
@@ -297,7 +311,7 @@ def _segment_values(
     return mapping, warnings
 
 
-def _read_seg(path: Path, labels: Sequence[LabelLike] | None) -> Image:
+def _read_seg(path: Path, labels: Sequence[LabelLike] | None, *, strict: bool = False) -> Image:
     """A DICOM SEG as a label map.
 
     With ``labels``, each segment takes the value of the label whose type code
@@ -314,7 +328,7 @@ def _read_seg(path: Path, labels: Sequence[LabelLike] | None) -> Image:
     mapping: dict[int, int] | None = None
     warnings: list[str] = []
     if labels:
-        mapping, warnings = _segment_values(seg, numbers, labels, path.name)
+        mapping, warnings = _segment_values(seg, numbers, labels, path.name, strict=strict)
     try:
         vol = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
     except Exception as e:
@@ -355,7 +369,13 @@ def _as_labels(mask: Image, label: str) -> npt.NDArray[Any]:
     return np.asarray(arr, dtype=dtype)
 
 
-def read_mask(path: Path, reference: Image, labels: Sequence[LabelLike] | None = None) -> Image:
+def read_mask(
+    path: Path,
+    reference: Image,
+    labels: Sequence[LabelLike] | None = None,
+    *,
+    strict: bool = False,
+) -> Image:
     """Read a label map (NIfTI or DICOM SEG) onto ``reference``'s voxel grid.
 
     A mask on another grid is resampled by nearest neighbour (labels stay labels);
@@ -365,8 +385,13 @@ def read_mask(path: Path, reference: Image, labels: Sequence[LabelLike] | None =
         path: ``.nii``/``.nii.gz`` or a DICOM SEG file.
         reference: The image the mask belongs to.
         labels: The labels a DICOM SEG's segments map to, by their type code
-            (``SegmentedPropertyTypeCodeSequence``), never by segment number; ``None``
-            keeps the SEG's segment numbers. NIfTI label maps carry values only.
+            (``SegmentedPropertyTypeCodeSequence``) or else their ``SegmentLabel``,
+            never by segment number; ``None`` keeps the SEG's segment numbers. NIfTI
+            label maps carry values only.
+        strict: A reference truth (validation): a SEG segment that matches no label,
+            or a NIfTI mask that does not cover the whole image (outside it, 0 would be
+            scored as "no structure here"), is refused instead of warned about. A
+            SEG's extent may be shorter: frames without segments are left out of SEGs.
 
     Returns:
         One-channel integer image on ``reference``'s grid.
@@ -383,7 +408,7 @@ def read_mask(path: Path, reference: Image, labels: Sequence[LabelLike] | None =
         header = read_header(p)
         if header.sop_class_uid != _SEG_SOP_CLASS:
             raise InputError(f"{p.name!r} is neither NIfTI nor a DICOM SEG")
-        mask = _read_seg(p, labels)
+        mask = _read_seg(p, labels, strict=strict)
     values = _as_labels(mask, p.name)
     if reference.ndim == 2:
         squeezed = values[:, :, 0] if values.ndim == 3 and values.shape[2] == 1 else values
@@ -413,6 +438,11 @@ def read_mask(path: Path, reference: Image, labels: Sequence[LabelLike] | None =
     )
     if not inside.any():
         raise GeometryError(f"mask {p.name!r} does not overlap the image")
+    if strict and is_nifti(p) and not inside.all():
+        raise GeometryError(
+            f"mask {p.name!r} covers {inside.mean():.0%} of the image: outside it, 0 would "
+            "be scored as no structure"
+        )
     out = ndimage.affine_transform(
         values,
         m[:3, :3],

@@ -125,6 +125,21 @@ def metric_arrays(
     return [num, den], _ratio
 
 
+#: Years per unit of a DICOM age string (AS: ``nnnD``, ``nnnW``, ``nnnM``, ``nnnY``).
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _number(raw: str) -> float | None:
+    """A number, or a DICOM age (``045Y``, ``006M``) in years; None if neither."""
+    unit = raw[-1:].upper()
+    scale = _AGE_UNIT_YEARS.get(unit)
+    try:
+        x = float(raw[:-1] if scale is not None else raw) * (scale or 1.0)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
 def subgroup_of(spec: SubgroupSpec, value: str | None) -> str:
     """The subgroup a case falls in: its value, its numeric bin, or ``unknown``."""
     raw = (value or "").strip()
@@ -132,11 +147,8 @@ def subgroup_of(spec: SubgroupSpec, value: str | None) -> str:
         return UNKNOWN
     if spec.bins is None:
         return raw
-    try:
-        x = float(raw.rstrip("YMWDymwd"))  # DICOM ages like '045Y'
-    except ValueError:
-        return UNKNOWN
-    if not math.isfinite(x):  # 'NaN' parses and fails every comparison: the top bin
+    x = _number(raw)
+    if x is None:
         return UNKNOWN
     edges = spec.bins
     if x < edges[0]:

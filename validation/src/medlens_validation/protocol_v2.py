@@ -51,6 +51,7 @@ from medlens_validation.errors import ProtocolError
 from medlens_validation.protocol import DetectionSpec, canonical_json, check_manifest_sha256
 
 __all__ = [
+    "FRACTIONS",
     "HIGHER_IS_BETTER",
     "BootstrapV2",
     "Criterion",
@@ -103,6 +104,21 @@ _SEGMENTATION = frozenset(
     }
 )
 _DETECTION = frozenset({"lesion_sensitivity", "fp_per_case", "lesion_volume_rel_error"})
+#: Metrics that are fractions: "10 %" is 0.10, and a threshold of 10 passes anything.
+FRACTIONS = frozenset(
+    {
+        "dice",
+        "volume_rel_error",
+        "lesion_sensitivity",
+        "lesion_volume_rel_error",
+        "auroc",
+        "sensitivity",
+        "specificity",
+        "ppv",
+        "npv",
+        "ece",
+    }
+)
 _ID = re.compile(r"^[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*$")
 _SHA = r"^[0-9a-f]{64}$"
 
@@ -176,6 +192,13 @@ class Criterion(_Frozen):
 
     @model_validator(mode="after")
     def _coherent(self) -> Criterion:
+        if self.metric in FRACTIONS and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(
+                f"{self.metric} is a fraction from 0 to 1; threshold {self.threshold:g} is "
+                "outside it (write 10 % as 0.10)"
+            )
+        if self.threshold < 0:
+            raise ValueError(f"{self.metric} is never negative; threshold {self.threshold:g}")
         want = ">=" if HIGHER_IS_BETTER[self.metric] else "<="
         if self.comparator != want:
             raise ValueError(f"{self.metric} must be compared with {want!r}")

@@ -75,7 +75,8 @@ def read_manifest(path: Path, *, reference_is_path: bool) -> list[DatasetCase]:
         with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = list(reader.fieldnames or [])
-            rows = list(reader)
+            # The file's own line of each row (blank lines are skipped, not counted).
+            rows = [(reader.line_num, row) for row in reader]
     except OSError as e:
         raise InputError(f"cannot read dataset manifest {str(path)!r}: {e.strerror}") from e
     except UnicodeDecodeError as e:
@@ -88,12 +89,23 @@ def read_manifest(path: Path, *, reference_is_path: bool) -> list[DatasetCase]:
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise InputError(f"dataset manifest lacks column(s) {', '.join(missing)}")
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # csv keeps the last of two same-named columns, silently
+        raise InputError(f"dataset manifest has column(s) {', '.join(twice)} twice")
     if not rows:
         raise InputError("dataset manifest lists no cases")
     attrs = [c for c in header if c not in REQUIRED]
     seen: set[str] = set()
+    inputs: dict[Path, str] = {}
     out: list[DatasetCase] = []
-    for n, row in enumerate(rows, start=2):
+    for n, row in rows:
+        if None in row or None in row.values():
+            # An unquoted comma ("GE, Inc") shifts every later cell of the row.
+            cells = len(header) + len(row.get(None) or []) - list(row.values()).count(None)
+            raise InputError(
+                f"dataset manifest line {n} has {cells} cells, the header {len(header)} "
+                "(quote a cell that holds a comma)"
+            )
         cid = (row.get("case_id") or "").strip()
         pid = (row.get("patient_id") or "").strip()
         if not cid or not pid:
@@ -106,11 +118,15 @@ def read_manifest(path: Path, *, reference_is_path: bool) -> list[DatasetCase]:
             ref = str(_inside(root, ref, "reference", cid))
         elif not ref:
             raise InputError(f"case {cid!r}: reference is empty")
+        source = _inside(root, (row.get("input") or "").strip(), "input", cid)
+        first = inputs.setdefault(source.resolve(), cid)
+        if first != cid:  # one image counted twice, or under two patients
+            raise InputError(f"dataset manifest: case {cid!r} has the same input as {first!r}")
         out.append(
             DatasetCase(
                 case_id=cid,
                 patient_id=pid,
-                input=_inside(root, (row.get("input") or "").strip(), "input", cid),
+                input=source,
                 reference=ref,
                 attributes={a: (row.get(a) or "").strip() for a in attrs},
             )

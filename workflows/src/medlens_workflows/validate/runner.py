@@ -18,14 +18,15 @@ Order of work, and why:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from medlens import __version__
 from medlens.errors import InputError
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
     from medlens.host import Host
     from medlens.jobs import PluginSource
 
-__all__ = ["Outcome", "ValidationRefused", "run_validation"]
+__all__ = ["Outcome", "ValidationRefused", "check_names", "run_validation"]
+
+_T = TypeVar("_T")
 
 
 class ValidationRefused(InputError):
@@ -91,6 +94,35 @@ def load_locked(protocol_path: Path, host: Host) -> tuple[ProtocolV2, Path, str,
     return protocol, manifest, dataset_sha, weights
 
 
+def check_names(protocol: ProtocolV2, host: Host, cases: list[DatasetCase]) -> None:
+    """Refuse, before any case runs, a label or subgroup attribute that names nothing.
+
+    A typo (``livr``, ``Sex`` for the column ``sex``) otherwise scored every case, then
+    reported "n/a" or put every case in the ``unknown`` group.
+
+    Raises:
+        ValidationRefused: One line naming the first unknown name.
+    """
+    plugin = [lab.name for lab in host.get(protocol.plugin.id).manifest.outputs.labels]
+    scored = list(protocol.reference_labels or plugin)
+    wanted = [(c.label, f"{c.metric} criterion") for c in protocol.metrics if c.label]
+    if protocol.detection is not None:
+        wanted.append((protocol.detection.label, "detection"))
+    for label, what in wanted:
+        if label not in scored:
+            where = "reference_labels" if protocol.reference_labels else "the plugin's labels"
+            raise ValidationRefused(
+                f"{what}: label {label!r} is not one of {where} ({', '.join(scored)})"
+            )
+    columns = set(cases[0].attributes) if cases else set()
+    for g in protocol.subgroups:
+        if g.attribute not in columns:
+            raise ValidationRefused(
+                f"subgroup attribute {g.attribute!r} is not a column of the dataset manifest "
+                f"({', '.join(sorted(columns)) or 'it has no attribute columns'})"
+            )
+
+
 #: Per-case ceilings of the worker (a 512^3 CT on CPU stays well inside both).
 CASE_TIMEOUT_S = 3600.0
 CASE_MEMORY_MB = 32768
@@ -110,7 +142,7 @@ def _source(host: Host) -> PluginSource:
     return PluginSource(pairs, tuple(sys.path), service=False, config=config)
 
 
-def _check_store(uri: str) -> None:
+def _check_store(uri: str, out_dir: Path) -> None:
     """Refuse a tracking store the report could not reach, in one line, before scoring.
 
     A SQLite store's folder must exist and be writable; any other store (a server) must
@@ -119,17 +151,17 @@ def _check_store(uri: str) -> None:
     """
     prefix = "sqlite:///"
     if not uri.startswith(prefix):
-        _ask_server(uri)
+        _ask_server(uri, out_dir)
         return
     folder = Path(uri[len(prefix) :]).parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ValidationRefused(
-            f"cannot use the tracking store {shown_uri(uri, folder)}: its folder is missing "
+            f"cannot use the tracking store {shown_uri(uri, out_dir)}: its folder is missing "
             "or not writable"
         )
 
 
-def _ask_server(uri: str) -> None:
+def _ask_server(uri: str, out_dir: Path) -> None:
     """One query to a tracking server (see :func:`_check_store`)."""
     from mlflow import MlflowClient
 
@@ -143,7 +175,7 @@ def _ask_server(uri: str) -> None:
         # MLflow's message repeats the URI: its user:password@ must not reach a log.
         why = re.sub(r"//[^/@\s]*@", "//", f"{type(e).__name__}: {e}")
         raise ValidationRefused(
-            f"cannot use the tracking store {shown_uri(uri, Path('.'))}: {_one_line(why, 200)}"
+            f"cannot use the tracking store {shown_uri(uri, out_dir)}: {_one_line(why, 200)}"
         ) from None
     finally:
         for k, v in saved.items():
@@ -256,9 +288,8 @@ def run_validation(
         MedLensError: The dataset manifest is unusable or the outputs cannot be written.
     """
     from medlens.host import Host as _Host
-    from medlens_workflows.validate import report as rep
     from medlens_workflows.validate.progress import case_progress
-    from medlens_workflows.validate.tracking import default_tracking_uri, open_run
+    from medlens_workflows.validate.tracking import default_tracking_uri, ensure_store
 
     host = host if host is not None else _Host()
     protocol, manifest, dataset_sha, weights = load_locked(protocol_path, host)
@@ -268,12 +299,24 @@ def run_validation(
             f"the manifest lists {len(cases)} cases; the protocol was locked for "
             f"{protocol.dataset.n_cases}"
         )
+    check_names(protocol, host, cases)
+    # Only the audited attributes travel on (cases.csv, report, MLflow): another column
+    # of a hospital's manifest may be a record number.
+    audited = {g.attribute for g in protocol.subgroups}
+    cases = [
+        replace(c, attributes={k: v for k, v in c.attributes.items() if k in audited})
+        for c in cases
+    ]
     out_dir = Path(out_dir)
     if tracking_uri is not None:
-        _check_store(tracking_uri)  # before hours of scoring, not after
+        _check_store(tracking_uri, out_dir)  # before hours of scoring, not after
     fp = protocol.fingerprint()
     queue = CaseQueue(out_dir, fp, protocol.plugin.id, [c.case_id for c in cases], resume=resume)
+    # The folder stays locked until the report is written: two runs on one --out
+    # both reported and registered.
     try:
+        uri = tracking_uri or default_tracking_uri(out_dir)
+        _tracking(ensure_store, uri, out_dir)  # before scoring, whole or not at all
         executor = executor or LocalExecutor(_source(host))
         try:
             done, failed = queue.counts()
@@ -283,8 +326,40 @@ def run_validation(
         finally:
             executor.close()
         records = queue.records()
+        return _report(protocol, cases, records, fp, dataset_sha, weights, uri, out_dir)
     finally:
         queue.close()
+
+
+def _tracking(step: Callable[..., _T], uri: str, out_dir: Path, *args: Any) -> _T:
+    """``step(uri, *args)``, any failure of the MLflow store one line naming the store."""
+    from medlens.errors import MedLensError, OutputError, reason_of
+
+    try:
+        return step(uri, *args)
+    except MedLensError:
+        raise
+    except Exception as e:  # SQLAlchemy, MLflow, OS errors: the store is unusable
+        why = re.sub(r"//[^/@\s]*@", "//", reason_of(e))
+        raise OutputError(
+            f"tracking store {shown_uri(uri, out_dir)}: {_one_line(why, 200)}"
+        ) from None
+
+
+def _report(
+    protocol: ProtocolV2,
+    cases: list[DatasetCase],
+    records: dict[str, Any],
+    fp: str,
+    dataset_sha: str,
+    weights: str | None,
+    uri: str,
+    out_dir: Path,
+) -> Outcome:
+    """The verdict from the records; the MLflow run and registry; the report files."""
+    from medlens_workflows.validate import report as rep
+    from medlens_workflows.validate.tracking import open_run
+
     scored = [
         CaseScore(
             c.case_id,
@@ -315,29 +390,51 @@ def run_validation(
         **verdict,
         "mlflow": None,
     }
-    uri = tracking_uri or default_tracking_uri(out_dir)
-    run = open_run(uri, f"{protocol.id} {protocol.plugin.id}-{protocol.plugin.version}")
+    name = f"{protocol.id} {protocol.plugin.id}-{protocol.plugin.version}"
+    run = _tracking(open_run, uri, out_dir, name)
     try:
-        run.log(
-            {
-                "protocol_id": protocol.id,
-                "protocol_fingerprint": fp,
-                "plugin": protocol.plugin.id,
-                "plugin_version": protocol.plugin.version,
-                "weights_sha256": weights or "none",
-                "dataset_sha256": dataset_sha,
-                "medlens_version": __version__,
-                "n_cases": str(verdict["n_cases"]),
-                "n_failed": str(verdict["n_failed"]),
-            },
-            verdict["metrics"],
-        )
-        reg = run.register(protocol.plugin.id, weights, protocol.id, fp, verdict["passed"])
-        report["mlflow"] = {"tracking_uri": shown_uri(uri, out_dir), "run_id": run.run_id, **reg}
+        shown = shown_uri(uri, out_dir)
+        args = (run, protocol, fp, weights, dataset_sha, verdict, report, shown)
+        _tracking(_record, uri, out_dir, *args)
         files = rep.write_outputs(report, scored, rows, out_dir)
-        run.finish(files, verdict["passed"])
-        run.set_alias()  # last: only a finished, written validation opens the gate
+        _tracking(_close, uri, out_dir, run, files, bool(verdict["passed"]))
     except BaseException:
-        run.fail()
+        with contextlib.suppress(Exception):  # the store may be what failed
+            run.fail()
         raise
     return Outcome(bool(verdict["passed"]), report, out_dir)
+
+
+def _record(
+    uri: str,
+    run: Any,
+    protocol: ProtocolV2,
+    fp: str,
+    weights: str | None,
+    dataset_sha: str,
+    verdict: dict[str, Any],
+    report: dict[str, Any],
+    shown: str,
+) -> None:
+    """Log the run's params and metrics; register the weights (into ``report``)."""
+    run.log(
+        {
+            "protocol_id": protocol.id,
+            "protocol_fingerprint": fp,
+            "plugin": protocol.plugin.id,
+            "plugin_version": protocol.plugin.version,
+            "weights_sha256": weights or "none",
+            "dataset_sha256": dataset_sha,
+            "medlens_version": __version__,
+            "n_cases": str(verdict["n_cases"]),
+            "n_failed": str(verdict["n_failed"]),
+        },
+        verdict["metrics"],
+    )
+    reg = run.register(protocol.plugin.id, weights, protocol.id, fp, verdict["passed"])
+    report["mlflow"] = {"tracking_uri": shown, "run_id": run.run_id, **reg}
+
+
+def _close(uri: str, run: Any, files: list[Path], passed: bool) -> None:
+    run.finish(files, passed)
+    run.set_alias()  # last: only a finished, written validation opens the gate

@@ -8,6 +8,7 @@ runs; the statistics are computed later from the records only.
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,8 @@ __all__ = ["POSITIVE", "TASK", "reference_value", "score_case", "score_job"]
 TASK = "medlens_workflows.validate.scoring:score_job"
 
 #: Reference values read as "positive" besides the label's own name.
-POSITIVE = frozenset({"1", "1.0", "true", "yes", "positive"})
-_NEGATIVE = frozenset({"0", "0.0", "false", "no", "negative"})
+POSITIVE = frozenset({"1", "1.0", "true", "yes", "y", "positive", "pos", "+"})
+_NEGATIVE = frozenset({"0", "0.0", "false", "no", "n", "negative", "neg", "-"})
 #: Cells that say the truth is not known: a failed case, not a negative one.
 _UNCERTAIN = frozenset({"nan", "na", "n/a", "?", "unknown", "uncertain"})
 
@@ -39,22 +40,25 @@ def reference_value(reference: str, label: str) -> int:
     """0/1 truth of ``label`` from a manifest ``reference`` cell.
 
     The cell is the class name (``pneumonia``; any other name, e.g. ``No Finding``, is
-    negative), 0/1 (or true/false, yes/no, positive/negative), or a ``|``-separated list
-    of findings as NIH ChestX-ray14's ``Finding Labels`` (``Pneumonia|Effusion``).
+    negative), 0/1 (or true/false, yes/no, y/n, positive/negative, pos/neg, +/-), or a
+    list of findings separated by ``|`` as NIH ChestX-ray14's ``Finding Labels``
+    (``Pneumonia|Effusion``), ``,`` or ``;``.
 
     Raises:
         InputError: An empty cell, or one that reads as uncertain or as a number other
-            than 0/1 (CheXpert's ``-1``, ``nan``, ``?``): never silently negative.
+            than 0/1 (CheXpert's ``-1``, ``nan``, ``?``, ``pneumonia?``): never silently
+            negative.
     """
     v = reference.strip().casefold()
-    parts = [x.strip() for x in v.split("|")]
+    # NIH's "A|B"; spreadsheets also write "A, B" or "A; B".
+    parts = [x.strip() for x in re.split(r"[|,;]", v)]
     if label.casefold() in parts or v in POSITIVE:
         return 1
     if v in _NEGATIVE:
         return 0
     if not v:
         raise InputError(f"empty reference for label {label!r}")
-    if v in _UNCERTAIN or _is_number(v):
+    if v in _UNCERTAIN or _is_number(v) or "?" in v:
         raise InputError(
             f"reference {reference.strip()!r} for label {label!r} is neither 0/1 nor a class "
             "name (uncertain labels must be resolved before validation)"
@@ -117,14 +121,25 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
     pred = np.asarray(result.mask.array[0])
     # A DICOM SEG's segments take the plugin's label values by their type code.
     labels = result.manifest.outputs.labels
-    ref = np.asarray(read_mask(reference, reference=result.image, labels=labels).array[0])
+    mask = read_mask(reference, reference=result.image, labels=labels, strict=True)
+    ref = np.asarray(mask.array[0])
     if protocol.reference_labels and is_nifti(reference):  # NIfTI carries values only
         remapped = np.zeros_like(ref)
         for name, value in protocol.reference_labels.items():
             if name not in names:
                 raise InputError(f"reference label {name!r} is not a label of the plugin")
             remapped[ref == value] = names[name]
+        # A value the map leaves out would become background: its structure scored as
+        # the model's false positive, and labels the map does not name as Dice 0.
+        unmapped = sorted(set(np.unique(ref).tolist()) - {0, *protocol.reference_labels.values()})
+        if unmapped:
+            raise InputError(
+                f"reference mask {reference.name!r} has value(s) "
+                f"{', '.join(map(str, unmapped[:5]))} that the protocol's reference_labels "
+                "do not name"
+            )
         ref = remapped
+        names = {n: v for n, v in names.items() if n in protocol.reference_labels}
     elif is_nifti(reference):
         # Another tool's numbering (LiTS: 1 liver, 2 tumour) would be scored silently as
         # the plugin's labels of those values; a value the plugin lacks shows it.

@@ -66,7 +66,10 @@ class CaseQueue:
     ) -> None:
         self.out_dir = Path(out_dir)
         self.plugin = plugin
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output folder: {e.strerror}") from e
         # One validation per folder at a time: a --resume beside a live run requeued its
         # running case and scored it twice.
         self._lock = (self.out_dir / ".validate.lock").open("a")

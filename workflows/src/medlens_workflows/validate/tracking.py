@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,13 @@ from medlens.gating import VALIDATED_ALIAS, registered_model_name
 #: Version tag naming the protocol whose pass set ``validated`` (its failure takes it back).
 VALIDATED_BY = "validated_by"
 
-__all__ = ["EXPERIMENT", "artifact_location", "default_tracking_uri", "open_run"]
+__all__ = [
+    "EXPERIMENT",
+    "artifact_location",
+    "default_tracking_uri",
+    "ensure_store",
+    "open_run",
+]
 
 #: Experiment holding validation runs.
 EXPERIMENT = "medlens-validation"
@@ -30,6 +37,37 @@ EXPERIMENT = "medlens-validation"
 def default_tracking_uri(out_dir: Path) -> str:
     """``sqlite:///<out>/mlflow.db`` (an absolute path)."""
     return f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Create a new SQLite store whole, or not at all.
+
+    MLflow builds a new database's schema in many steps (about 9 s here); a validation
+    killed in the middle left a half-built ``mlflow.db`` that every ``--resume`` then
+    failed on ("table ... already exists"). The schema is built in a side file, renamed
+    into place once complete; side files of a killed creation are removed.
+    """
+    import uuid
+
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return
+    db = Path(tracking_uri[len(prefix) :])
+    for stale in db.parent.glob(f".{db.name}.*.creating"):
+        stale.unlink(missing_ok=True)
+    if db.exists():
+        return
+    side = db.with_name(f".{db.name}.{uuid.uuid4().hex[:8]}.creating")
+    try:
+        from mlflow import MlflowClient
+
+        uri = f"{prefix}{side}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # the tracking schema
+        client.search_registered_models(max_results=1)  # and the registry's
+        os.replace(side, db)
+    finally:
+        side.unlink(missing_ok=True)
 
 
 def artifact_location(tracking_uri: str) -> str | None:
