@@ -96,3 +96,16 @@ def test_cascading_randomisation_from_a_parameter_free_layer_starts_after_it() -
     assert torch.equal(rnd[0].weight, net[0].weight)  # before the layer: kept
     assert not torch.equal(rnd[2].weight, net[2].weight)  # after it: re-drawn
     assert not torch.equal(rnd[5].weight, net[5].weight)
+
+
+def test_a_map_anti_correlated_with_the_randomised_models_fails_and_a_claim_is_corrected() -> None:
+    # rho -1: the randomised model's map inverted, the input's doing, not the model's;
+    # it was reported "model-sensitive".
+    cam = np.random.default_rng(3).random((8, 8)).astype(np.float32)
+    assert sanity.verdict(-0.95, cam) is SanityVerdict.NOT_MODEL_SENSITIVE
+    assert sanity.verdict(-0.2, cam) is SanityVerdict.MODEL_SENSITIVE
+    assert sanity.verdict(float("nan"), cam) is SanityVerdict.NOT_MODEL_SENSITIVE
+    claimed = Explanation(
+        method="gradcam", target="referable_dr", sanity="model-sensitive", rank_correlation=-0.9
+    )
+    assert sanity.review(claimed, cam[None]).sanity is SanityVerdict.NOT_MODEL_SENSITIVE

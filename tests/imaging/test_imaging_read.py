@@ -292,3 +292,21 @@ def test_decompression_bomb_is_a_one_line_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"refused.*decompression bomb") as e:
         read_image(tmp_path / "bomb.png")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("suffix", ["png", "tif"])
+def test_16_bit_colour_is_read_whole_not_cut_to_its_high_byte(tmp_path: Path, suffix: str) -> None:
+    # Pillow opens 48-bit PNG and TIFF as 8-bit RGB from the high bytes: a photograph
+    # stored in 16 bits came out half as bright (retina-dr: refer -> no referable DR).
+    import cv2
+    import tifffile
+
+    rgb = (np.random.default_rng(4).random((20, 30, 3)) * 65535).astype(np.uint16)
+    path = tmp_path / f"deep.{suffix}"
+    if suffix == "png":
+        cv2.imwrite(str(path), rgb[..., ::-1])  # OpenCV writes BGR
+    else:
+        tifffile.imwrite(path, rgb, photometric="rgb")
+    image = read_image(path)
+    assert image.array.dtype == np.uint16
+    np.testing.assert_array_equal(np.moveaxis(np.asarray(image.array), 0, -1).swapaxes(0, 1), rgb)

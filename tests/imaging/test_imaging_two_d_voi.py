@@ -144,3 +144,36 @@ def test_a_2d_image_of_too_many_pixels_is_refused_from_its_header(tmp_path: Path
     )
     PILImage.new("L", (7000, 7000)).save(big)  # 49 megapixels: read
     assert read_image(big).shape[-2:] == (7000, 7000)
+
+
+def test_a_voi_lut_shorter_than_its_descriptor_is_a_warning(tmp_path: Path) -> None:
+    # pydicom's struct.error on short LUT data failed the case instead.
+    from pydicom.dataset import Dataset
+
+    stored = _ramp()
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 12]
+    lut.LUTData = bytes(20)
+    image = read_image(_film(tmp_path / "short.dcm", stored, VOILUTSequence=[lut]))
+    np.testing.assert_array_equal(np.asarray(image.array[0]).T, stored)
+    assert any("not applied" in w for w in image.warnings), image.warnings
+
+
+@pytest.mark.parametrize("monochrome1", [False, True])
+def test_padding_pixels_are_shown_black_not_as_their_stored_grey(
+    tmp_path: Path, monochrome1: bool
+) -> None:
+    # Padding corners (PixelPaddingValue) were read as image: 4095 corners as the
+    # brightest bone of a MONOCHROME2 film, and the content gate refused a valid film.
+    stored = np.tile(np.linspace(200, 3800, 64), (64, 1)).round()
+    stored[:10, :10] = TOP  # padding, outside the stored range of the film
+    stored[-10:, -10:] = TOP
+    f = _film(tmp_path / "pad.dcm", stored, monochrome1=monochrome1, PixelPaddingValue=TOP)
+    image = read_image(f)
+    got = np.asarray(image.array[0], dtype=np.float64).T
+    body = got[20:40, :]
+    assert np.all(got[:10, :10] == body.min()) and np.all(got[-10:, -10:] == body.min())
+    assert any("padding (PixelPaddingValue): shown black" in w for w in image.warnings)
+    plain = _grey(_film(tmp_path / "plain.dcm", stored, monochrome1=monochrome1))
+    # The film itself unchanged (MONOCHROME1's inversion may shift it by a constant).
+    np.testing.assert_array_equal(got[20:40] - body.min(), plain[20:40] - plain[20:40].min())

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+import pytest
 from displaykit import BAND_ROWS
 
 from medlens.io import write_result
@@ -110,3 +111,24 @@ def test_borderline_input_warning_reaches_the_sr(tmp_path: Path, make_result: An
     result.prediction.warnings.append("borderline: liver 650 mL (training range 683-1582 mL)")
     paths = write_result(result, tmp_path / "out")
     assert any("borderline: liver 650 mL" in t for t in _texts(paths["sr"]))
+
+
+@pytest.mark.parametrize("rho", [0.9, -0.9])
+def test_a_heatmap_that_fails_its_sanity_check_is_labelled_so_everywhere(
+    tmp_path: Path, make_result: Any, rho: float
+) -> None:
+    # retina-dr wrote such maps (rho 1.0, and -1 read as "model-sensitive") as ordinary
+    # explanations: SeriesDescription "explanation", no warning in result.json or SR.
+    result = make_result()
+    assert result.prediction.explanation is not None
+    result.prediction.explanation = result.prediction.explanation.model_copy(
+        update={"sanity": "model-sensitive", "rank_correlation": rho}
+    )
+    paths = write_result(result, tmp_path / "out")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["explanation"]["sanity"] == "not model-sensitive"
+    assert any("failed its sanity check" in w for w in doc["warnings"])
+    assert any("failed its sanity check" in t for t in _texts(paths["sr"]))
+    first = sorted(paths["heatmap_sc"].iterdir())[0]
+    description = pydicom.dcmread(first).SeriesDescription
+    assert description.endswith("(failed sanity check, not a finding)")

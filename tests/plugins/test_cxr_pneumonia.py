@@ -469,3 +469,48 @@ def test_recipe_smoke(tmp_path: Path) -> None:
     assert cv["smoke"] is True and len(cv["oof_logits"]) == len(cv["labels"])
     assert np.isfinite(cv["oof_logits"]).all()
     assert (out / "model.safetensors").is_file() and (out / "mlflow.db").is_file()
+
+
+def test_training_age_range_is_the_development_sets() -> None:
+    import csv
+
+    from medlens_cxr_pneumonia.scope import TRAINING_AGE_YEARS
+
+    with (DATA / "labels.csv").open(newline="") as fh:
+        ages = [int(r["patient_age"]) for r in csv.DictReader(fh)]
+    assert (min(ages), max(ages)) == TRAINING_AGE_YEARS
+
+
+def test_an_infants_film_and_raw_detector_data_are_refused(host: Host, tmp_path: Path) -> None:
+    # A 2-year-old's and a 6-month-old's film got p=0.94, positive, no warning; so did a
+    # DX "FOR PROCESSING" (raw detector data), and the model card says neither is in scope.
+    import pydicom
+
+    from medlens.errors import MedLensError
+
+    base = write_dicom(_grey(FILMS[0]), tmp_path / "x.dcm", monochrome1=False)
+
+    def variant(name: str, **attrs: str) -> Path:
+        ds = pydicom.dcmread(base)
+        for k, v in attrs.items():
+            setattr(ds, k, v)
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        return tmp_path / name
+
+    off = {"explain": False}
+    for age in ("002Y", "006M", "010D"):
+        r = host.run("cxr-pneumonia", variant(f"{age}.dcm", PatientAge=age), options=off)
+        assert r.prediction.status == "rejected_out_of_distribution"
+        assert r.prediction.status_reason.startswith(f"PatientAge {age}: the model was developed")
+        assert r.prediction.findings == []
+    adult = host.run("cxr-pneumonia", variant("40.dcm", PatientAge="040Y"), options=off)
+    assert adult.prediction.status == "ok"
+    assert not [w for w in adult.prediction.warnings if "PatientAge" in w]
+    old = host.run("cxr-pneumonia", variant("95.dcm", PatientAge="095Y"), options=off)
+    assert old.prediction.status == "ok"
+    assert "borderline: PatientAge 095Y is above the development set's 5-85 years" in (
+        old.prediction.warnings
+    )
+    raw = variant("raw.dcm", PresentationIntentType="FOR PROCESSING")
+    with pytest.raises(MedLensError, match="PresentationIntentType"):
+        host.run("cxr-pneumonia", raw, options=off)

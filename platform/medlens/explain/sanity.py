@@ -3,8 +3,9 @@
 A saliency method that gives the same map for a trained network and for the
 same network with its weights randomised explains the input, not the model.
 We randomise the target layer and every layer after it (cascading, seeded), or
-all layers (full), recompute the CAM and take Spearman's rank correlation:
-below :data:`RHO_MAX` the map is model-sensitive.
+all layers (full), recompute the CAM and take Spearman's rank correlation: its size
+below :data:`RHO_MAX` makes the map model-sensitive (an inverted map is no less the
+input's than an identical one).
 
 Faithfulness is a deletion test: replace the top ``fraction`` of voxels by CAM
 with the input's mean and compare the drop of the explained score with the drop
@@ -40,6 +41,7 @@ __all__ = [
     "RHO_MAX",
     "faithfulness",
     "is_faithful",
+    "is_model_sensitive",
     "is_uninformative",
     "randomised_copy",
     "rank_correlation",
@@ -226,14 +228,22 @@ def is_uninformative(cam: npt.ArrayLike | None) -> bool:
 
 
 def verdict(rho: float, cam: npt.ArrayLike | None = None) -> SanityVerdict:
-    """Uninformative for a constant ``cam``; else model-sensitive when ``rho`` < :data:`RHO_MAX`.
+    """Uninformative for a constant ``cam``; else model-sensitive when ``|rho|`` < :data:`RHO_MAX`.
 
     A constant map has no ranks: its "rank correlation" with anything is not evidence of
-    model sensitivity (it used to be reported as model-sensitive with rho 0.0).
+    model sensitivity (it used to be reported as model-sensitive with rho 0.0). A map
+    that is the randomised model's map inverted (rho -1) is as much the input's and not
+    the model's as an identical one: the size of rho decides, not its sign.
     """
     if is_uninformative(cam):
         return SanityVerdict.UNINFORMATIVE
-    return SanityVerdict.MODEL_SENSITIVE if rho < RHO_MAX else SanityVerdict.NOT_MODEL_SENSITIVE
+    sensitive = is_model_sensitive(rho)
+    return SanityVerdict.MODEL_SENSITIVE if sensitive else SanityVerdict.NOT_MODEL_SENSITIVE
+
+
+def is_model_sensitive(rho: float, rho_max: float = RHO_MAX) -> bool:
+    """Whether a map whose rank correlation with the randomised model's is ``rho`` passes."""
+    return bool(np.isfinite(rho)) and abs(rho) < rho_max
 
 
 def is_faithful(score: float) -> bool:
@@ -245,13 +255,20 @@ def review(explanation: Explanation, heatmap: npt.ArrayLike | None) -> Explanati
     """The explanation as it may be presented, given the heatmap actually produced.
 
     A constant heatmap makes the verdict ``uninformative`` (and faithfulness unknown);
-    a measured faithfulness sets ``faithful``. Writers call this before presenting a
-    heatmap, whoever made the explanation.
+    a rank correlation gives the verdict by :func:`verdict` (a plugin that judged by
+    rho's sign is corrected); a measured faithfulness sets ``faithful``. Writers call
+    this before presenting a heatmap, whoever made the explanation.
     """
     update: dict[str, object] = {}
     if is_uninformative(heatmap) and explanation.sanity is not SanityVerdict.UNINFORMATIVE:
         update.update(sanity=SanityVerdict.UNINFORMATIVE, rank_correlation=None, faithful=None)
-    elif explanation.faithfulness is not None and explanation.faithful is None:
+        return explanation.model_copy(update=update)
+    rho = explanation.rank_correlation
+    if rho is not None and explanation.sanity is not SanityVerdict.UNINFORMATIVE:
+        settled = verdict(rho)  # the host's rule, whatever the plugin concluded from rho
+        if settled is not explanation.sanity:
+            update["sanity"] = settled
+    if explanation.faithfulness is not None and explanation.faithful is None:
         update["faithful"] = is_faithful(explanation.faithfulness)
     return explanation.model_copy(update=update) if update else explanation
 

@@ -58,6 +58,7 @@ AUDIT_ATTRIBUTES: tuple[str, ...] = (
     "PhotometricInterpretation",
     "Laterality",
     "ViewPosition",
+    "PresentationIntentType",
     "PatientOrientation",
     "RescaleType",
 )

@@ -131,7 +131,7 @@ def _display(
     if voi:
         try:
             out = apply_voi_lut(out, ds)
-        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+        except Exception as e:  # any malformed VOI (short LUT data: struct.error) is left out
             why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             warnings.append(f"VOI LUT / window of {label!r} not applied: {why}")
     return np.asarray(out, dtype=np.float32)
@@ -239,12 +239,22 @@ def _image(
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if samples == 1:
+        padding = _padding(ds, pixels)
         pixels = _presentation_values(ds, pixels, label, warnings)
         shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+        inverse = photometric == "MONOCHROME1" or shape == "INVERSE"
+        if padding is not None and padding.any() and not padding.all():
+            # Padding is no image: shown black, as a viewer shows it, not as the stored
+            # value's grey (a 65535 corner read as bone, a 0 corner as air of the film).
+            body = pixels[~padding]
+            pixels = np.where(padding, body.max() if inverse else body.min(), pixels)
+            warnings.append(
+                f"{padding.mean():.1%} of {label!r} is padding (PixelPaddingValue): shown black"
+            )
         # MONOCHROME1 is inverted once, whatever the shape says (DX pairs it with
         # INVERSE, the same inversion); MONOCHROME2 with INVERSE is displayed inverted,
         # as pydicom's and highdicom's presentation LUTs read it.
-        if photometric == "MONOCHROME1" or shape == "INVERSE":
+        if inverse:
             lo, hi = pixels.min(), pixels.max()
             pixels = (hi - pixels) + lo
             why = photometric if photometric == "MONOCHROME1" else "PresentationLUTShape INVERSE"
@@ -271,6 +281,19 @@ def _image(
     )
 
 
+def _padding(ds: Dataset, pixels: npt.NDArray[Any]) -> npt.NDArray[np.bool_] | None:
+    """Stored pixels that are padding (``PixelPaddingValue`` [to ``...RangeLimit``])."""
+    try:
+        value = ds.get("PixelPaddingValue")
+        if value is None or pixels.dtype.kind not in "iu":
+            return None
+        limit = ds.get("PixelPaddingRangeLimit")
+        lo, hi = (int(value), int(value)) if limit is None else sorted((int(value), int(limit)))
+    except (TypeError, ValueError):
+        return None  # a malformed padding value pads nothing
+    return np.asarray((pixels >= lo) & (pixels <= hi))
+
+
 def _without_path(error: Exception, path: Path) -> str:
     """Pillow's message with the file's path cut to its name (folders can name patients)."""
     return str(error).replace(str(path), path.name).replace(str(path.resolve()), path.name)
@@ -283,6 +306,38 @@ def _orientation(im: Any) -> int:
         return int(value) if 0 <= int(value) <= 8 else 0
     except (AttributeError, OSError, SyntaxError, TypeError, ValueError):
         return 0  # an unreadable EXIF block says nothing about orientation
+
+
+def _deep_colour(im: Any) -> bool:
+    """Whether an opened Pillow image is 16-bit-per-sample colour (48/64-bit PNG, TIFF)."""
+    if im.mode not in ("RGB", "RGBA"):
+        return False
+    return any(";16" in str(getattr(t, "args", t[-1])) for t in (getattr(im, "tile", None) or []))
+
+
+def _read_deep_colour(path: Path, turn: int) -> npt.NDArray[Any]:
+    """16-bit colour pixels ``(rows, cols, 3)`` with SimpleITK, EXIF turn applied."""
+    import SimpleITK as sitk  # noqa: N813 - the library's own convention
+
+    try:
+        a = np.asarray(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    except RuntimeError as e:
+        raise InputError(f"cannot read 16-bit colour image {path.name!r}") from e
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise InputError(f"{path.name!r}: unsupported 16-bit colour layout {a.shape}")
+    a = a[..., :3]  # an alpha channel is dropped (said by the caller)
+    # EXIF orientation as Pillow's exif_transpose: 2 mirror, 3 180°, 4 flip, 5 transpose,
+    # 6 90° clockwise, 7 transverse, 8 90° counter-clockwise.
+    ops = {
+        2: lambda x: x[:, ::-1],
+        3: lambda x: x[::-1, ::-1],
+        4: lambda x: x[::-1],
+        5: lambda x: x.swapaxes(0, 1),
+        6: lambda x: np.rot90(x, -1),
+        7: lambda x: x[::-1, ::-1].swapaxes(0, 1),
+        8: lambda x: np.rot90(x, 1),
+    }
+    return np.ascontiguousarray(ops[turn](a) if turn in ops else a)
 
 
 def read_2d_file(path: str | os.PathLike[str]) -> Image:
@@ -303,6 +358,7 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
 
     p = Path(path)
     warnings: list[str] = []
+    deep: npt.NDArray[Any] | None = None
     try:
         with PILImage.open(p) as opened:
             im: Any = opened
@@ -311,7 +367,11 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
                 raise InputError(too_big)
             if getattr(im, "n_frames", 1) > 1:
                 warnings.append(f"{im.n_frames} frames in the file; read the first")
+            wide = _deep_colour(im)  # before anything loads the image (its tiles go)
             turn = _orientation(im)
+            if wide:
+                # Pillow keeps only the high byte of 16-bit colour: read it whole.
+                deep = _read_deep_colour(p, turn)
             if turn not in (0, 1):
                 im = ImageOps.exif_transpose(im)
                 warnings.append(f"EXIF orientation {turn} applied: image turned upright")
@@ -329,7 +389,7 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
                 mode = "RGB"
             if mode == "1":
                 im = im.convert("L")
-            pixels = np.asarray(im)
+            pixels = np.asarray(im) if deep is None else deep
     except PILImage.DecompressionBombError as e:
         raise InputError(f"image {p.name!r} refused: {_without_path(e, p)}") from e
     except (OSError, UnidentifiedImageError, ValueError) as e:

@@ -449,6 +449,13 @@ def _review_explanation(r: Result, heat: Image, notes: WriteNotes) -> Image | No
             "(uninformative), so it is no evidence of anything"
         )
         return None
+    if e.sanity == SanityVerdict.NOT_MODEL_SENSITIVE:
+        rho = "" if e.rank_correlation is None else f" (rank correlation {e.rank_correlation:.2f})"
+        notes.add(
+            f"heatmap of {pid!r} failed its sanity check: it hardly changes when the model's "
+            f"weights are randomised{rho}, so it shows the image, not what the model "
+            "learned; it is not an explanation of the result"
+        )
     if e.faithful is False:
         notes.add(
             f"heatmap of {pid!r} is no better than a random map (faithfulness "

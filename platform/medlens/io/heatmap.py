@@ -53,6 +53,7 @@ from medlens.io.atomic import atomic_dir, save_dataset
 from medlens.io.colormap import JET_LEVELS, blend_tables, jet
 from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._results import Result
+from medlens.plugin_api._vocab import SanityVerdict
 
 if TYPE_CHECKING:
     from medlens.io import ScEncoding
@@ -255,7 +256,11 @@ def build_sc_slices(
         spacing = None
     e = result.prediction.explanation
     method = e.method if e else "heatmap"
-    what = "unfaithful map, not an explanation" if e and e.faithful is False else "explanation"
+    what = "explanation"
+    if e and e.sanity == SanityVerdict.NOT_MODEL_SENSITIVE:
+        what = "failed sanity check"
+    elif e and e.faithful is False:
+        what = "unfaithful map, not an explanation"
     jpeg = encoding == "jpeg-baseline"
     photometric = (
         hd.PhotometricInterpretationValues.YBR_FULL_422

@@ -164,6 +164,11 @@ def report_comments(result: Result) -> list[str]:
             continue
         if e.sanity == SanityVerdict.UNINFORMATIVE:
             out.append(f"{pid}: the explanation heatmap is uninformative (a constant map)")
+        elif e.sanity == SanityVerdict.NOT_MODEL_SENSITIVE:
+            out.append(
+                f"{pid}: the explanation heatmap failed its sanity check (it hardly changes "
+                "when the model's weights are randomised); it is not an explanation"
+            )
         elif e.faithful is False:
             out.append(
                 f"{pid}: the explanation heatmap is no better than a random map "

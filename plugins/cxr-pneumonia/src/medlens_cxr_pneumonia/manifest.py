@@ -64,10 +64,17 @@ MANIFEST = v1.Manifest(
     # SC (Secondary Capture) films carry Modality OT, or the modality they were made from.
     modality=[v1.Modality.DX, v1.Modality.CR, v1.Modality.OT],
     body_part="CHEST",
-    selection=v1.Not(
-        # Lateral, decubitus and oblique films are refused; a film without ViewPosition
-        # (Type 3 in DX) is left to the content gate of the plugin.
-        rule=v1.Regex(attribute="ViewPosition", pattern=r"^(?!\s*(AP|PA)\s*$)\s*\S")
+    selection=v1.AllOf(
+        rules=[
+            # Lateral, decubitus and oblique films are refused; a film without
+            # ViewPosition (Type 3 in DX) is left to the content gate of the plugin.
+            v1.Not(rule=v1.Regex(attribute="ViewPosition", pattern=r"^(?!\s*(AP|PA)\s*$)\s*\S")),
+            # Raw detector data (DX "FOR PROCESSING") is not the processed film the
+            # model was developed on.
+            v1.Not(
+                rule=v1.Regex(attribute="PresentationIntentType", pattern=r"^\s*FOR PROCESSING")
+            ),
+        ]
     ),
     input=v1.InputSpec(
         dims=2,

@@ -32,7 +32,7 @@ from medlens.plugin_api.v1 import (
     RunContext,
     WeightsError,
 )
-from medlens_cxr_pneumonia import cutout, orientation
+from medlens_cxr_pneumonia import cutout, orientation, scope
 from medlens_cxr_pneumonia.gate import Gate, colour_reason, size_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
@@ -160,11 +160,15 @@ class CxrPneumonia:
                 early = size_reason(*image.shape) or colour_reason(np.asarray(image.array))
                 if early is not None:
                     return _rejected(early)
+            age = image.metadata.get("PatientAge")
+            too_young = scope.age_reason(age)
+            if too_young is not None:
+                return _rejected(too_young)
             turn = orientation.plan(image.metadata.get("PatientOrientation"))
             if isinstance(turn, str):
                 return _rejected(turn)
             film = grey_film(image)
-            notes: list[str] = []
+            notes: list[str] = [w for w in (scope.age_warning(age),) if w]
             if turn is not None and not turn.identity:
                 film = turn.apply(film)
                 notes.append(turn.describe())

@@ -17,8 +17,8 @@ with no positive part has an all-zero map, which the host reports as
 
 Sanity (Adebayo et al. 2018, cascading randomisation of what was learned):
 the same map from the randomised network copies' Grad-CAM and a lesion
-model whose weights are re-drawn (seeded, same spread); Spearman's rho below
-:data:`.explain.RHO_MAX` means the map depends on what the model learned.
+model whose weights are re-drawn (seeded, same spread); Spearman's rho of size
+below :data:`.explain.RHO_MAX` means the map depends on what the model learned.
 The candidate densities themselves are measurements, not learned: a map
 made mostly of them can fail this check, and then says so.
 """
@@ -132,4 +132,5 @@ def evidence(
     from medlens_retina_dr.explain import rank_correlation
 
     rho = rank_correlation(trained, rnd)
-    return EyeEvidence(trained, rho, rho < rho_max, False)
+    # The size of rho: an inverted copy of the randomised map is no more the model's.
+    return EyeEvidence(trained, rho, bool(abs(rho) < rho_max), False)

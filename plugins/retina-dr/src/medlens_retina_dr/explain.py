@@ -3,7 +3,7 @@
 Grad-CAM (``pytorch_grad_cam``) of the referable-DR logit on each ensemble
 member's last residual stage, members' maps averaged. Sanity (Adebayo et al.
 2018): the same map from copies whose target stage and head are re-drawn
-(seeded); Spearman's rho between the two maps below 0.5 means the map depends
+(seeded); Spearman's rho between the two maps of size below 0.5 means the map depends
 on what the model learned (``model-sensitive``). A heatmap explains the
 model; it does not localise lesions.
 
@@ -128,7 +128,9 @@ def rank_correlation(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> 
 
 def _sanity(cam: npt.NDArray[np.float32], rnd: npt.NDArray[np.float32]) -> EyeCam:
     rho = rank_correlation(cam, rnd)
-    return EyeCam(cam=cam, rank_correlation=rho, model_sensitive=rho < RHO_MAX, random_cam=rnd)
+    # The size of rho: an inverted copy of the randomised map is no more the model's.
+    sensitive = bool(abs(rho) < RHO_MAX)
+    return EyeCam(cam=cam, rank_correlation=rho, model_sensitive=sensitive, random_cam=rnd)
 
 
 class Explainer:
