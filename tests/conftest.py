@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
+import os
 import sys
+import tempfile
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +18,10 @@ import pytest
 from medlens.imaging.image import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests' own pseudonym secret (processes they start inherit it), not the user's.
+os.environ.setdefault(
+    "MEDLENS_SECRET_FILE", str(Path(tempfile.gettempdir()) / f"medlens-test-{os.getpid()}.key")
+)
 # Shared test helpers (bundlekit, ...) are plain modules beside this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

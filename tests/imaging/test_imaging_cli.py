@@ -75,3 +75,38 @@ def test_convert_splits_two_acquisitions_over_the_same_place(tmp_path: Path) -> 
     for r in records:
         image = read_nifti(Path(r["nifti"]))
         assert image.shape[-1] == 4 and image.spacing[2] == pytest.approx(5.0)
+
+
+def test_convert_names_carry_no_free_text_and_never_collide(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    # Two series whose UIDs end alike (…1.1, …2.1) took one name: the second overwrote
+    # the first, both "written". A SeriesDescription "DOE JOHN 19600101" became a name.
+    root = "1.2.826.0.1.3680043.8.498.77"
+    a = dicom_builder.SeriesSpec(n=3, series_uid=f"{root}.1.1")
+    b = dicom_builder.SeriesSpec(n=3, series_uid=f"{root}.2.1", study_uid=a.study_uid)
+    dicom_builder.write_series(tmp_path / "d" / "a", a)
+    dicom_builder.write_series(tmp_path / "d" / "b", b)
+    import pydicom
+
+    for f in (tmp_path / "d" / "a").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription = "DOE JOHN 19600101"
+        ds.save_as(f)
+    res = CliRunner().invoke(cli, ["convert", str(tmp_path / "d"), str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (tmp_path / "o").glob("*.nii.gz"))
+    assert len(names) == 2
+    assert "DOE" not in res.output and not [n for n in names if "DOE" in n or "1960" in n]
+
+
+def test_index_prints_header_text_without_terminal_escapes(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    # A SeriesDescription with ESC[2J cleared the screen; a newline forged a table line.
+    spec = dicom_builder.SeriesSpec(n=2, description="desc\x1b[2Jcleared\nfake [red]line[/red]")
+    dicom_builder.write_series(tmp_path / "d", spec)
+    result = CliRunner().invoke(cli, ["index", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output
+    assert "\\x1b[2Jcleared\\nfake [red]line[/red]" in result.output.replace("\n", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,19 +26,22 @@ _NON_VOLUME = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "
 
 
 def _stem(s: SeriesEntry, suffix: str) -> str:
-    """``NNN_MODALITY_description_uidtail[_suffix]``, safe as a file name.
+    """``NNN_MODALITY_<10 hex of the series UID's sha256>[_suffix]``, safe as a file name.
 
-    Every part comes from the header (a Series UID ending ``/../../x``, an EchoNumbers of
-    ``..``), so each is reduced to letters and digits; the joined path is still checked
-    to stay under the output folder.
+    No free text: a SeriesDescription can hold a patient's name and birth date (PS3.15
+    removes it in de-identification), so it stays in the sidecar, never in a file name or
+    a printed line. The hash, not a tail of the UID: two series whose UIDs end alike
+    (``….1.1``, ``….2.1``) took one name, the second overwriting the first. Modality and
+    suffix are reduced to letters and digits; the path is still checked to stay under
+    the output folder.
     """
     num = f"{s.series_number:03d}" if s.series_number is not None else "xxx"
 
     def clean(text: str, n: int) -> str:
         return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:n]
 
-    tail = re.sub(r"[^0-9]", "", s.series_instance_uid.rsplit(".", 1)[-1])[-8:]
-    parts = (num, clean(s.modality, 16) or "OT", clean(s.description, 40), tail, clean(suffix, 32))
+    uid = hashlib.sha256(s.series_instance_uid.encode("utf-8", "surrogateescape")).hexdigest()
+    parts = (num, clean(s.modality, 16) or "OT", uid[:10], clean(suffix, 32))
     return "_".join(x for x in parts if x)
 
 
@@ -81,7 +85,10 @@ def convert_folder(
     raised, so one bad series does not stop the rest.
     """
     ix = index_folder(folder)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder: {e.strerror or e}") from e
     records: list[dict[str, Any]] = []
     for s in ix.all_series():
         rec: dict[str, Any] = {"SeriesInstanceUID": s.series_instance_uid, "Modality": s.modality}

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
-from medlens.cli._console import table_console
+from medlens.cli._console import one_line, table_console
 from medlens.imaging.dicom_index import index_folder
 
 __all__ = ["index"]
@@ -34,7 +35,7 @@ def index(folder: Path, as_json: bool) -> None:
     for p in ix.patients:
         for st in p.studies:
             for s in st.series:
-                table.add_row(
+                cells = (
                     p.patient_key,
                     st.study_instance_uid,
                     s.series_instance_uid,
@@ -44,6 +45,8 @@ def index(folder: Path, as_json: bool) -> None:
                     str(s.instance_count),
                     str(s.frame_count),
                 )
+                # Header text as plain text: no terminal escapes, newlines or rich markup.
+                table.add_row(*(Text(one_line(str(c))) for c in cells))
     console.print(table)
     n_series = len(ix.all_series())
     console.print(
@@ -52,4 +55,5 @@ def index(folder: Path, as_json: bool) -> None:
         highlight=False,
     )
     for sk in ix.skipped:
-        console.print(f"[yellow]skipped[/yellow] {sk.path}: {sk.reason}", highlight=False)
+        line = Text.assemble(("skipped", "yellow"), f" {one_line(f'{sk.path}: {sk.reason}')}")
+        console.print(line, highlight=False)

@@ -21,13 +21,18 @@ rejected at least one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
+import math
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import replace as _replace
 from pathlib import Path
@@ -66,6 +71,10 @@ EXIT_NOTHING_ACCEPTED = 3
 EXIT_REJECTED = 4
 
 _CASE_NAME = re.compile(r"[A-Z0-9]{1,16}-[0-9a-f]{10}(?:-[0-9]{1,6})?")
+#: What a killed run leaves: ``.CASE.<8 hex>.partial`` (a set being written) or ``.old``.
+_LEFTOVER = re.compile(
+    r"\.([A-Z0-9]{1,16}-[0-9a-f]{10}(?:-[0-9]{1,6})?)\.[0-9a-f]{8}\.(?:partial|old)"
+)
 log = logging.getLogger("medlens.cli.run")
 
 
@@ -128,9 +137,60 @@ def recover_case_dir(out: Path, name: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def recover_all(out: Path) -> None:
+    """:func:`recover_case_dir` for every case a killed run left half written in ``out``."""
+    names = set()
+    with contextlib.suppress(OSError):
+        for entry in out.iterdir():
+            m = _LEFTOVER.fullmatch(entry.name)
+            if m is not None and entry.is_dir() and not entry.is_symlink():
+                names.add(m.group(1))
+    for name in sorted(names):
+        recover_case_dir(out, name)
+
+
+@contextlib.contextmanager
+def _output_lock(out: Path) -> Iterator[None]:
+    """One ``medlens run`` at a time writes into ``out``; a second is refused.
+
+    The lock is on the folder itself (``flock`` of its descriptor): no file is left in it.
+    """
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise OutputError(f"cannot open the output folder: {e.strerror or e}") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            raise OutputError(
+                "another medlens run is writing into this output folder; wait for it or use "
+                "another --out"
+            ) from e
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does: staging folders removed, workers stopped."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread (a test's runner thread)
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _write_as_set(host: Host, result: Result, final: Path, source_root: Path) -> Path:
     """Write every file of a result into a fresh folder, then move it into place at once."""
-    recover_case_dir(final.parent, final.name)  # a run killed while writing this case
     staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         host.write(result, staging, source_root=source_root)
@@ -233,6 +293,12 @@ def _run_unit(
         return run_case(host, plugin_id, unit, out, run_kwargs, on_tilt)
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):  # FloatRange lets nan through
+        raise click.BadParameter(f"{value} is not a number of seconds")
+    return value
+
+
 @click.command()
 @click.argument("plugin_id")
 @click.argument(
@@ -287,6 +353,7 @@ def _run_unit(
 )
 @click.option(
     "--case-timeout",
+    callback=_finite,
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
@@ -353,9 +420,9 @@ def run(
     # Results of an earlier run inside an input folder are not inputs.
     out_root = out.resolve()
     # realpath, not Path.resolve: a link loop among the inputs must not raise here.
-    cases = [
-        c for c in find_cases(inputs) if not Path(os.path.realpath(c.path)).is_relative_to(out_root)
-    ]
+    found = find_cases(inputs)
+    cases = [c for c in found if not Path(os.path.realpath(c.path)).is_relative_to(out_root)]
+    in_out = len(found) - len(cases)  # said on the summary line, never dropped unsaid
     # Files no plugin reads (text, a link loop, an image beside DICOM): counted and listed
     # at info level, not case lines: a folder's truth files would drown the cases.
     not_read = [c for c in cases if c.kind == "skipped"]
@@ -386,10 +453,17 @@ def run(
         )
     except MedLensError as e:
         raise click.BadParameter(str(e), param_hint="--option/--device") from e
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the output folder: {e.strerror or e}") from e
     outcomes: list[CaseOutcome] = []
     units: list[Case | Study] = [*cases, *(studies or [])]
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_output_lock(out))
+        recover_all(out)  # sets a killed run left half written
+        stack.callback(recover_all, out)  # on the way out too: Ctrl-C, SIGTERM (after workers)
+        stack.enter_context(_terminate_as_exit())
         isolated = None
         if case_timeout is not None or case_memory_mb is not None:
             from medlens.cli._isolated import IsolatedCases
@@ -411,6 +485,11 @@ def run(
                 o = isolated.run(plugin_id, unit)
             else:
                 o = _run_unit(host, plugin_id, unit, out, run_kwargs, on_tilt)
+            if o.status in ("failed", "skipped") and (out / o.case).is_dir():
+                earlier = f"; {o.case}/ holds the result of an earlier run, not of this one"
+                o = _replace(
+                    o, error=o.error and o.error + earlier, reason=o.reason and o.reason + earlier
+                )
             outcomes.append(o)
             step(unit.name, True)
             if as_json:
@@ -438,6 +517,8 @@ def run(
             f"; {len(not_read)} file(s) not read, neither DICOM nor an image file of their "
             "own (--log-level info lists them)"
         )
+    if in_out:
+        summary += f"; {in_out} input(s) inside --out not read (results are not inputs)"
     click.echo(f"{manifest.id}: {len(outcomes)} case(s): {summary}; results in {out}", err=True)
     accepted = counts["ok"] + counts["rejected"] + counts["failed"]
     if accepted == 0:

@@ -16,7 +16,6 @@ holding identifying values.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -157,7 +156,7 @@ class DicomHeader:
         sop_instance_uid: ``SOPInstanceUID``.
         study_instance_uid: ``StudyInstanceUID``.
         series_instance_uid: ``SeriesInstanceUID``.
-        patient_key: 16 hex digits of sha256 over ``PatientID`` and ``PatientName``.
+        patient_key: 16 hex digits of a keyed hash of ``PatientID`` and ``PatientName``.
         transfer_syntax_uid: ``TransferSyntaxUID`` of the file meta information.
         modality: ``Modality`` ("" if absent).
         series_description: ``SeriesDescription`` ("" if absent).
@@ -232,12 +231,14 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
 
 
 def patient_key_of(patient_id: object, patient_name: object) -> str:
-    """The non-identifying key of a patient: 16 hex of sha256 of PatientID and PatientName.
+    """The non-identifying key of a patient: 16 hex of a keyed hash of PatientID and name.
 
-    Only compared and grouped on, never shown: equal keys are the same patient's.
+    Equal keys are the same patient's. Keyed (:func:`medlens.pseudonym.pseudonym`): an
+    unkeyed hash of a six-digit record number is reversed in a second.
     """
-    pid, pname = str(patient_id or ""), str(patient_name or "")
-    return hashlib.sha256(f"{pid}\x00{pname}".encode()).hexdigest()[:16]
+    from medlens.pseudonym import pseudonym
+
+    return pseudonym(str(patient_id or ""), str(patient_name or ""))
 
 
 def read_header(path: str | os.PathLike[str]) -> DicomHeader:

@@ -55,11 +55,18 @@ class HostOptions(BaseModel):
     faithfulness_fraction: float = Field(
         default=0.1, gt=0.0, lt=1.0, description="Fraction deleted by the faithfulness score."
     )
-    roi_size: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(
-        default=None, min_length=1, description="Window size override (voxels, each >= 1)."
+    roi_size: tuple[Annotated[int, Field(ge=1, le=1024)], ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="Window size override (voxels, each 1-1024: 100000 asked the engine for "
+        "petabytes on every case).",
     )
     overlap: float | None = Field(
-        default=None, ge=0.0, lt=1.0, description="Window overlap override."
+        default=None,
+        ge=0.0,
+        le=0.9,
+        description="Window overlap override, at most 0.9 (0.999 makes a window per voxel: "
+        "a run of days).",
     )
     blend: Literal["gaussian", "constant"] | None = Field(
         default=None, description="Window blending override."

@@ -23,6 +23,7 @@ their one-line reason.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -90,6 +91,22 @@ class Case:
 
 def _hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+
+
+def _content_key(path: Path) -> str:
+    """A file case's identity: its bytes (sha256), not its name or where it was found.
+
+    Named by its relative path, ``siteA/film.jpg`` and ``siteB/film.jpg`` run into one
+    ``--out`` took one folder (the second patient's result replaced the first's).
+    """
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return "unreadable:" + path.as_posix()  # its reading fails, as a case, later
+    return "content:" + h.hexdigest()
 
 
 def _code(text: str) -> str:
@@ -178,7 +195,7 @@ def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
         # By its name, and a regular file (a link loop named .png is no image).
         readable = (is_nifti(sk.path) or is_2d_image_file(sk.path)) and sk.path.is_file()
         if readable and not has_dicom:
-            cases.append(Case(namer("FILE", rel.as_posix()), "file", root, (sk.path,)))
+            cases.append(Case(namer("FILE", _content_key(sk.path)), "file", root, (sk.path,)))
         elif root.is_dir() and not _expected_beside(sk):
             # Said, not dropped: a file the user meant as input must not vanish unnoticed.
             why = (
@@ -224,7 +241,7 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
                 out.append(Case(namer("ERROR", root.name), "error", root, (root,), error=str(e)))
                 continue
         if root.is_file() and (is_nifti(root) or is_2d_image_file(root)):
-            out.append(Case(namer("FILE", root.name), "file", root, (root,)))
+            out.append(Case(namer("FILE", _content_key(root)), "file", root, (root,)))
             continue
         cases, _ = _dicom_cases(root, namer)
         if root.is_file() and not cases:
@@ -238,6 +255,19 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
                 )
             )
         out.extend(cases)
+    return _once(out)
+
+
+def _once(cases: list[Case]) -> list[Case]:
+    """The cases without repeats: a file given twice (or in two given folders) runs once."""
+    seen: set[tuple[tuple[str, ...], str]] = set()
+    out: list[Case] = []
+    for c in cases:
+        key = (tuple(os.path.realpath(p) for p in c.paths), c.volume)
+        if c.kind in ("dicom", "file") and key in seen:
+            continue
+        seen.add(key)
+        out.append(c)
     return out
 
 

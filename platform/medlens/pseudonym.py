@@ -1,0 +1,68 @@
+"""Patient pseudonyms that cannot be reversed without this installation's secret.
+
+A plain hash of ``PatientID`` is no pseudonym: a hospital's record numbers are few
+(six digits: a million guesses, a second of sha256), so ``medlens index``'s patient key
+gave the MRN back. Keys are an HMAC-SHA256 under a 32-byte secret made once per
+installation (``$MEDLENS_SECRET_FILE``, else ``$XDG_DATA_HOME/medlens/pseudonym.key``,
+mode 0600): the same patient gets the same key on every run here, and nobody without the
+file can test a guess.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["pseudonym", "secret_path"]
+
+_log = logging.getLogger("medlens")
+_SIZE = 32
+
+
+def secret_path() -> Path:
+    """Where this installation's secret is kept."""
+    given = os.environ.get("MEDLENS_SECRET_FILE")
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "medlens" / "pseudonym.key"
+
+
+@functools.cache
+def _secret() -> bytes:
+    path = secret_path()
+    try:
+        data = path.read_bytes()
+        if len(data) == _SIZE:
+            return data
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        _log.warning("pseudonym secret unreadable (%s): keys of this run are not stable", e)
+        return secrets.token_bytes(_SIZE)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(_SIZE))
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    except OSError as e:
+        _log.warning("cannot keep a pseudonym secret (%s): keys of this run are not stable", e)
+        return secrets.token_bytes(_SIZE)
+    data = path.read_bytes()
+    if len(data) != _SIZE:  # a half-written file of a killed process
+        _log.warning("pseudonym secret %s is damaged: keys of this run are not stable", path)
+        return secrets.token_bytes(_SIZE)
+    return data
+
+
+def pseudonym(*parts: str, length: int = 16) -> str:
+    """``length`` hex digits of the HMAC of ``parts`` (joined by NUL) under the secret."""
+    message = "\x00".join(parts).encode("utf-8", "surrogateescape")
+    return hmac.new(_secret(), message, hashlib.sha256).hexdigest()[:length]
