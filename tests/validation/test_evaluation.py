@@ -121,3 +121,13 @@ def test_dicom_ages_in_months_weeks_and_days_are_converted_to_years() -> None:
     spec = SubgroupSpec(attribute="age", bins=[1, 18, 65])
     got = [subgroup_of(spec, v) for v in ("006M", "018M", "010W", "003D", "017Y", "216M")]
     assert got == ["<1", "1-18", "<1", "<1", "1-18", "18-65"]
+
+
+def test_too_few_patients_cannot_pass() -> None:
+    # One case with statistic "value" earned 'validated', and a gated host ran it.
+    cases = _cases(18)  # nine patients, every criterion met
+    report = evaluate(_protocol(0.8), cases)
+    assert report["n_patients"] == 9 and all(m["passed"] for m in report["metrics"])
+    assert not report["passed"]  # fewer than the default min_patients = 10
+    assert evaluate(_protocol(0.8, min_patients=9), cases)["passed"]
+    assert evaluate(_protocol(0.8), _cases(20))["passed"]

@@ -86,6 +86,7 @@ def protocol_toml(
     n_cases: int,
     dice_threshold: float = 0.9,
     sensitivity_threshold: float = 0.5,
+    min_patients: int = 1,
     manifest_rel: str | None = None,
     extra: str = "",
 ) -> str:
@@ -98,6 +99,7 @@ def protocol_toml(
         task = "segmentation"
         seed = 5
         max_failed_cases = 0
+        min_patients = {min_patients}
         [plugin]
         id = "oracle-seg"
         version = "0.0.1"

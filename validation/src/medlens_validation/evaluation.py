@@ -187,7 +187,8 @@ def evaluate(protocol: ProtocolV2, cases: Sequence[CaseScore]) -> dict[str, Any]
     """The verdict of ``protocol`` on ``cases`` (the report's statistical part).
 
     Returns:
-        ``{"n_cases", "n_failed", "passed", "metrics", "subgroups", "failures"}`` with
+        ``{"n_cases", "n_failed", "n_patients", "passed", "metrics", "subgroups",
+        "failures"}`` with
         the fields documented in ``docs/validation.md``; non-finite numbers are ``None``.
     """
     ok = [c for c in cases if c.ok]
@@ -226,10 +227,16 @@ def evaluate(protocol: ProtocolV2, cases: Sequence[CaseScore]) -> dict[str, Any]
             }
         )
     subgroups = _subgroups(protocol, ok, keys, samples) if ok else []
-    passed = all(m["passed"] for m in metrics) and len(failed) <= protocol.max_failed_cases
+    n_patients = len({c.patient_id for c in ok})
+    passed = (
+        all(m["passed"] for m in metrics)
+        and len(failed) <= protocol.max_failed_cases
+        and n_patients >= protocol.min_patients
+    )
     return {
         "n_cases": len(cases),
         "n_failed": len(failed),
+        "n_patients": n_patients,
         "passed": passed,
         "metrics": metrics,
         "subgroups": subgroups,

@@ -280,6 +280,12 @@ class ProtocolV2(_Frozen):
     max_failed_cases: int = Field(
         default=0, ge=0, description="More failed cases than this: the protocol fails."
     )
+    min_patients: int = Field(
+        default=10,
+        ge=1,
+        description="Fewer patients scored than this: the protocol cannot pass (a bound "
+        "from a handful of patients opens no gate; one case earned 'validated').",
+    )
     seed: int = Field(ge=0, description="Seed of every random step.")
 
     @field_validator("id")

@@ -46,7 +46,10 @@ def validate(
             f"{'PASS' if m['passed'] else 'FAIL'}  {what}: {m['statistic']} {shown} "
             f"{m['comparator']} {m['threshold']:g}  (value {m['value']}, n={m['n']})"
         )
-    print(f"cases: {r['n_cases']} ({r['n_failed']} failed)")
+    minimum = r["protocol"]["min_patients"]
+    if r["n_patients"] < minimum:
+        print(f"FAIL  patients scored: {r['n_patients']} < min_patients {minimum} (underpowered)")
+    print(f"cases: {r['n_cases']} ({r['n_failed']} failed, {r['n_patients']} patients scored)")
     ml = r["mlflow"] or {}
     print(
         f"mlflow: run {ml.get('run_id')}, {ml.get('model_name')} v{ml.get('model_version')}"
