@@ -52,6 +52,22 @@ def test_quality_passes_development_and_flags_strong_degradations() -> None:
             assert not q.gradable, (r.image, name, q.measures)
 
 
+def test_a_heavily_recompressed_photograph_is_ungradable() -> None:
+    # Patient082 (no DR) re-saved at JPEG quality 35 was graded 'refer', p 0.745.
+    import io
+
+    rgb = data.load_rgb(_img("Patient082_L.jpg"))
+    for q, gradable in ((75, True), (35, False), (20, False)):
+        buf = io.BytesIO()
+        PILImage.fromarray(rgb).save(buf, "JPEG", quality=q)
+        again = np.asarray(PILImage.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        verdict = quality.assess(again)
+        assert verdict.gradable is gradable, (q, verdict.measures["blockiness"])
+        if not gradable:
+            assert verdict.reasons[-1].startswith("heavy JPEG compression (blockiness")
+    assert quality.assess(rgb).measures["blockiness"] < 1.7
+
+
 def _run(host: Host, files: list[Path], **options: Any) -> Any:
     return host.run_study("retina-dr", files, options={**NO_EXPLAIN, **options})
 
