@@ -514,3 +514,23 @@ def test_an_infants_film_and_raw_detector_data_are_refused(host: Host, tmp_path:
     raw = variant("raw.dcm", PresentationIntentType="FOR PROCESSING")
     with pytest.raises(MedLensError, match="PresentationIntentType"):
         host.run("cxr-pneumonia", raw, options=off)
+
+
+def test_a_film_its_window_clips_is_refused(host: Host, tmp_path: Path) -> None:
+    # The same 12-bit pixels under WindowWidth 2000 read p 0.98 where the film as stored
+    # read 0.26: the window clipped its bright end, read as opacity.
+    import pydicom
+    from medlens_cxr_pneumonia.gate import clipping_reason
+
+    film = write_dicom(_grey(FILMS[0]), tmp_path / "x.dcm", monochrome1=False, bits=12)
+    ds = pydicom.dcmread(film)
+    ds.WindowCenter, ds.WindowWidth = 2048, 1200
+    ds.save_as(tmp_path / "narrow.dcm", enforce_file_format=True)
+    off = {"explain": False}
+    assert host.run("cxr-pneumonia", film, options=off).prediction.status == "ok"
+    narrow = host.run("cxr-pneumonia", tmp_path / "narrow.dcm", options=off).prediction
+    assert narrow.status == "rejected_out_of_distribution"
+    assert "clipped to white (its display window cuts the bright end)" in narrow.status_reason
+    ramp = np.tile(np.linspace(0.0, 1.0, 200, dtype=np.float32), (200, 1))
+    assert clipping_reason(ramp) is None
+    assert "clipped to black" in str(clipping_reason(np.clip(ramp, 0.3, 1.0)))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medlens_cxr_pneumonia import calibration, cutout, faithfulness, gate
+from medlens_cxr_pneumonia import calibration, cutout, faithfulness, gate, scope
 from medlens_cxr_pneumonia.data import (
     DEFAULT_CACHE,
     DEFAULT_DATA,
@@ -479,7 +479,11 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         "## Input checks",
         "- Routing: Modality DX, CR or OT (Secondary Capture); BodyPartExamined, when present, "
         "must name the chest; ViewPosition, when present, must be PA or AP (lateral, decubitus "
-        "and oblique films are refused with a one-line reason).",
+        "and oblique films are refused with a one-line reason); DX raw detector data "
+        "(PresentationIntentType FOR PROCESSING) is refused.",
+        f"- Age: a film of a patient younger than {scope.TRAINING_AGE_YEARS[0]} years "
+        "(PatientAge, when present) is refused, one older than "
+        f"{scope.TRAINING_AGE_YEARS[1]} gets a warning (the development set's range).",
         "- Orientation: a film whose PatientOrientation says it is stored mirrored, upside "
         "down or sideways is turned to the standard frontal display (L\\F) before it is read "
         "(the model never saw flipped films; the heatmap stays on the film as stored); one "
@@ -488,6 +492,11 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         "thumbnail; below it the probability drifts, `benchmarks/film_resolution.py cxr`).",
         "- Colour check (every three-channel input): mean chroma above 4 % of the intensity "
         "range is a colour photograph, refused (fundus row: both checks).",
+        f"- Clipping check: a film with more than {gate.MAX_WHITE_CLIPPED:.0%} of its inner "
+        f"90 % at its brightest grey level, or more than {gate.MAX_BLACK_CLIPPED:.0%} at its "
+        "darkest, is refused: its display window clips it (no development film is refused, "
+        "`benchmarks/cxr_clipping.py`). A window that clips less still moves the probability "
+        "(WindowWidth 3000 on a 12-bit film: 0.26 -> 0.47).",
         "- Content gate (every input, DICOM or PNG/JPEG): statistics of the prepared film "
         "(16 x 16 thumbnail, 16-bin histogram, row/column texture), standardised and modelled by "
         "24 principal components of the training films; refused beyond 1.15 x the 99.5th "

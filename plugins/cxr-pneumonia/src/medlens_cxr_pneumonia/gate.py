@@ -27,10 +27,14 @@ import numpy.typing as npt
 from medlens.plugin_api import v1
 
 __all__ = [
+    "MAX_BLACK_CLIPPED",
     "MAX_CHROMA",
+    "MAX_WHITE_CLIPPED",
     "MIN_SIDE",
     "THUMB",
     "Gate",
+    "clipped_fractions",
+    "clipping_reason",
     "colour_reason",
     "features",
     "fit",
@@ -51,6 +55,43 @@ _BINS = 16
 #: an image still taken for a grey radiograph: JPEG colour noise of grey films stays
 #: below 1 %, fundus photographs are red-orange well above 10 %.
 MAX_CHROMA = 0.04
+
+
+#: Largest share of a framed film (its inner 90 %) at its brightest grey level, and at its
+#: darkest. A display window narrower than the film clips it: WindowWidth 2000 on a 12-bit
+#: film clipped 8-29 % to white and the model read the flattened bright areas as opacity
+#: (p 0.26 -> 0.98). Development films, framed as the plugin frames them: white at most
+#: 0.11 %; black 99th percentile 5.6 %, at most 15 %; none refused
+#: (``python benchmarks/cxr_clipping.py``).
+MAX_WHITE_CLIPPED = 0.02
+MAX_BLACK_CLIPPED = 0.20
+
+
+def clipped_fractions(framed: npt.NDArray[Any]) -> tuple[float, float]:
+    """Shares of the film's inner 90 % at its darkest and at its brightest grey level."""
+    h, w = framed.shape
+    inner = np.asarray(framed[h // 20 : h - h // 20, w // 20 : w - w // 20], np.float32)
+    if inner.size == 0:
+        return 0.0, 0.0
+    lo, hi = float(inner.min()), float(inner.max())
+    tol = (hi - lo) / 255.0  # one grey level of an 8-bit film
+    return float(np.mean(inner <= lo + tol)), float(np.mean(inner >= hi - tol))
+
+
+def clipping_reason(framed: npt.NDArray[Any]) -> str | None:
+    """Why a film's grey levels are too clipped to read, or None."""
+    black, white = clipped_fractions(framed)
+    if white > MAX_WHITE_CLIPPED:
+        return (
+            f"{white:.0%} of the film is clipped to white (its display window cuts the bright "
+            "end): the model would read the flattened areas as opacity"
+        )
+    if black > MAX_BLACK_CLIPPED:
+        return (
+            f"{black:.0%} of the film is clipped to black (its display window cuts the dark "
+            "end): the lungs cannot be read"
+        )
+    return None
 
 
 #: Shortest film side read (pixels). The zone statistics are measured at 256 px; below

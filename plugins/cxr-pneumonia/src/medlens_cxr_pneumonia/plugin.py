@@ -33,7 +33,7 @@ from medlens.plugin_api.v1 import (
     WeightsError,
 )
 from medlens_cxr_pneumonia import cutout, orientation, scope
-from medlens_cxr_pneumonia.gate import Gate, colour_reason, size_reason
+from medlens_cxr_pneumonia.gate import Gate, clipping_reason, colour_reason, size_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
 from medlens_cxr_pneumonia.preprocess import frame_box, prepare
@@ -178,7 +178,11 @@ class CxrPneumonia:
                     f"uniform margins cut: {film.shape[0] - framed.shape[0]} rows, "
                     f"{film.shape[1] - framed.shape[1]} columns"
                 )
-        reason = self.gate.check(prepared) or self.cutout.check(prepared, *framed.shape)
+        reason = (
+            clipping_reason(framed)
+            or self.gate.check(prepared)
+            or self.cutout.check(prepared, *framed.shape)
+        )
         if reason is not None:
             return _rejected(reason)
         parts = self.logit_parts(prepared, framed, ctx)
