@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from routingkit import BODY_LABEL, write_series
 
 from medlens.cli.main import cli
-from medlens.errors import OutputError, PluginError
+from medlens.errors import InputError, OutputError, PluginError
 from medlens.host import Host
 
 _MANIFEST = {
@@ -89,6 +89,27 @@ class _Plugin:
         if how == "finding":
             f = v1.Finding(label="cancer", probability=0.9, positive=True)
             return v1.Prediction(mask=inner(), findings=[f])
+        if how == "contradict":  # built valid, then flipped: model_copy skips validators
+            f = v1.Finding(label="body", probability=0.9, positive=True)
+            flipped = f.model_copy(update={{"positive": False}})
+            return v1.Prediction(mask=inner(), findings=[flipped])
+        if how == "calibrated":
+            f = v1.Finding(label="body", probability=0.9, positive=True, calibrated=True)
+            return v1.Prediction(mask=inner(), findings=[f])
+        if how == "measure":
+            m = v1.Measurement(label="liver", label_value=9, volume_ml=1500.0, lesion_count=1)
+            return v1.Prediction(mask=inner(), measurements=[m])
+        if how == "phi":
+            raise RuntimeError("cannot segment patient Doe^John born 19600101")
+        if how == "other-id":
+            raise v1.PluginError("ct-abdomen-seg", "weights corrupted, reinstall MedLens")
+        if how == "input":
+            raise v1.InputError("series is unusable")
+        if how == "newline":
+            return v1.Prediction(
+                status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+                status_reason="not abdomen\\n2026-12-01 INFO medlens: forged line",
+            )
         if how == "deep":
             deep = {{}}
             for _ in range(5000):
@@ -129,6 +150,12 @@ def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
         ("exit", PluginError, "predict failed: SystemExit: 3"),
         ("inplace-numpy", PluginError, "read-only (its inputs are read-only: copy an array"),
         ("inplace-torch", PluginError, "changed its input in place"),
+        ("contradict", PluginError, "invalid finding: 1 validation error for Finding"),
+        ("calibrated", PluginError, "says calibrated, but the manifest declares no calibr"),
+        ("measure", PluginError, "measurement 'liver' is no label of the manifest"),
+        ("phi", PluginError, "predict failed: RuntimeError: cannot segment patient <value>"),
+        ("other-id", PluginError, "plugin 'hostile': weights corrupted, reinstall MedLens"),
+        ("input", InputError, "plugin 'hostile': series is unusable"),
     ],
 )
 def test_invalid_predictions_are_refused_and_nothing_is_written(
@@ -140,7 +167,20 @@ def test_invalid_predictions_are_refused_and_nothing_is_written(
     with pytest.raises(error) as e:
         _host(plugin).run("hostile", tmp_path / "ct", out=out, device="cpu")
     assert reason in str(e.value) and "\n" not in str(e.value)
+    assert "Doe" not in str(e.value) and "19600101" not in str(e.value)
+    assert "ct-abdomen-seg" not in str(e.value)
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_a_refusal_reason_is_one_line(
+    plugin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A newline in status_reason forged a log line of its own.
+    write_series(tmp_path / "ct", n=4)
+    monkeypatch.setenv("MLHOST_HOW", "newline")
+    p = _host(plugin).run("hostile", tmp_path / "ct", device="cpu").prediction
+    assert p.status_reason == "not abdomen\\n2026-12-01 INFO medlens: forged line"
+    assert all("\n" not in w for w in p.warnings)
 
 
 def test_a_manifest_that_skipped_validation_is_refused_at_discovery(plugin: str) -> None:
@@ -184,3 +224,103 @@ def test_a_one_label_plugin_gets_its_seg_and_sr(
     result = host.run("hostile", tmp_path / "ct", out=tmp_path / "out", device="cpu")
     assert result.prediction.status == "ok", result.prediction.warnings
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"seg.dcm", "sr.dcm", "result.json"}
+
+
+_CONSUMER = """
+import os
+from medlens.plugin_api import v1
+
+MANIFEST = v1.Manifest.model_validate({manifest!r})
+
+
+class _Plugin:
+    def predict(self, inputs, ctx):
+        up = inputs.upstream
+        up.prediction.warnings.clear()
+        up.prediction.warnings.append("tampered by the consumer")
+        up.prediction.extra["forged"] = True
+        if os.environ.get("MLCONSUMER_FAIL"):
+            raise RuntimeError("bug in a chained third-party plugin")
+        return v1.Prediction()
+
+
+def create(ctx):
+    return _Plugin()
+"""
+
+
+def test_a_chained_plugin_can_neither_rewrite_nor_sink_its_producers_result(
+    plugin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A consumer with chain_from ["*"] cleared the producer's measurements, and its
+    # exception failed every segmentation case, first-party ones included.
+    module = f"mlconsumer_{uuid.uuid4().hex[:10]}"
+    manifest = {
+        **_MANIFEST,
+        "id": "consumer",
+        "task": "measurement",
+        "consumes": ["image", "mask"],
+        "chain_from": ["hostile"],
+        "outputs": {"labels": [], "kinds": ["json"]},
+        "entry": f"{module}:create",
+    }
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(_CONSUMER.format(manifest=manifest)))
+    eps = [
+        md.EntryPoint(name="hostile", value=f"{plugin}:MANIFEST", group="medlens.plugins"),
+        md.EntryPoint(name="consumer", value=f"{module}:MANIFEST", group="medlens.plugins"),
+    ]
+    write_series(tmp_path / "ct", n=4)
+    result = Host(entry_points=eps).run("hostile", tmp_path / "ct", device="cpu")
+    assert [c.manifest.id for c in result.chained] == ["consumer"]
+    assert "tampered by the consumer" not in result.prediction.warnings
+    assert "forged" not in result.prediction.extra
+    monkeypatch.setenv("MLCONSUMER_FAIL", "1")
+    out = tmp_path / "out"
+    result = Host(entry_points=eps).run("hostile", tmp_path / "ct", device="cpu", out=out)
+    assert result.chained == [] and result.prediction.mask is not None
+    assert result.prediction.warnings[-1] == (
+        "chained plugin 'consumer' failed, its results are missing: plugin 'consumer': "
+        "predict failed: RuntimeError: bug in a chained third-party plugin"
+    )
+    assert json.loads((out / "result.json").read_text())["status"] == "ok"
+
+
+def test_a_manifest_module_that_prints_leaves_stdout_to_the_commands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its import-time print broke `plugins list --json` and put a stray line before
+    # every `run --json`.
+    module = f"mlnoisy_{uuid.uuid4().hex[:10]}"
+    manifest = {**_MANIFEST, "id": "noisy", "entry": f"{module}:create"}
+    source = "print('noisy manifest import')\n" + textwrap.dedent(_PLUGIN.format(manifest=manifest))
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = _host(module, name="noisy").discover()
+    assert list(report.plugins) == ["noisy"]
+    captured = capsys.readouterr()
+    assert captured.out == "" and "noisy manifest import" in captured.err
+
+
+def test_inputs_backed_by_a_foreign_buffer_are_watched_and_given_back() -> None:
+    # A heatmap from tensor.numpy() as the upstream's: its write flag cannot be set
+    # back, and the chained volume-measure failed ("cannot set WRITEABLE flag").
+    import numpy as np
+    import torch
+
+    from medlens.host import _read_only
+    from medlens.imaging.image import Image
+
+    owned = np.zeros((1, 4, 4, 2), np.float32)
+    foreign = torch.zeros((1, 4, 4, 2)).numpy()
+    image = Image(owned, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    mask = Image(foreign, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    with _read_only("p", image, mask, None):
+        assert not owned.flags.writeable  # numpy-owned: flipped
+    assert owned.flags.writeable and foreign.flags.writeable
+
+    def write() -> None:
+        with _read_only("p", image, mask, None):
+            foreign[0, 0, 0, 0] = 1.0
+
+    with pytest.raises(PluginError, match="changed its input in place"):  # still watched
+        write()

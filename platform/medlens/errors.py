@@ -7,6 +7,8 @@ many plugins can say which one failed.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "ApiVersionError",
     "ConfigError",
@@ -30,6 +32,7 @@ __all__ = [
     "WeightsError",
     "WeightsIntegrityError",
     "is_transient",
+    "one_line",
     "reason_of",
 ]
 
@@ -185,3 +188,16 @@ def reason_of(e: BaseException) -> str:
     if len(text) > 200:
         text = text[:197] + "…"
     return f"{type(e).__name__}: {text}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with control characters escaped (``\n``, ``\x1b``): one line.
+
+    A file name, a plugin's reason or a header value may hold a newline or a terminal
+    escape; printed or logged as is it would split a line in two (forging one) or
+    rewrite the terminal.
+    """
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import hashlib
 import importlib
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from dataclasses import replace as _dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +42,14 @@ from medlens.errors import (
     PluginLoadError,
     PluginNotFoundError,
     RunCancelledError,
+    is_transient,
+    one_line,
+    reason_of,
 )
 from medlens.host_context import HostLoadContext, HostRunContext, ProgressCallback
 from medlens.imaging.image import Image
 from medlens.imaging.series import TiltPolicy
+from medlens.phi import scrub
 from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._options import HostOptions
@@ -394,9 +400,23 @@ class Host:
         result = self._run_one(handle, image, mask, None, run, study)
         if chain and result.prediction.mask is not None:
             for consumer in consumers:
-                result.chained.append(
-                    self._run_one(consumer, image, result.prediction.mask, result, run, None)
-                )
+                try:
+                    # A copy of the upstream's result: a chained plugin that cleared its
+                    # measurements rewrote the producer's result.json.
+                    upstream = _upstream_view(result)
+                    result.chained.append(
+                        self._run_one(consumer, image, result.prediction.mask, upstream, run, None)
+                    )
+                except Exception as e:
+                    if isinstance(e, RunCancelledError) or is_transient(e):
+                        raise  # the case as a whole stops, or is tried again
+                    # A consumer's failure is its own: the producer's result stands (a
+                    # third party's bug with chain_from ["*"] failed every segmentation).
+                    why = one_line(str(e)) if isinstance(e, MedLensError) else reason_of(e)
+                    log.warning("chained plugin %s failed: %s", consumer.id, why)
+                    result.prediction.warnings.append(
+                        f"chained plugin {consumer.id!r} failed, its results are missing: {why}"
+                    )
         if cancel is not None and cancel():
             raise RunCancelledError(f"plugin {handle.id!r}: cancelled; nothing was written")
         if out is not None:
@@ -484,14 +504,16 @@ class Host:
         run.start_sha256(image)
         t1 = time.perf_counter()
         try:
-            with _read_only(m.id, image, mask, study):
+            with _read_only(m.id, image, mask, study, upstream):
                 prediction = plugin.predict(PluginInputs(image, mask, upstream, study), ctx)
-        except MedLensError:
-            raise
+        except MedLensError as e:
+            raise _attributed(m.id, e) from e
         except (Exception, SystemExit) as e:  # a plugin bug must not crash the host (nor exit it)
             hint = " (its inputs are read-only: copy an array before changing it)"
             hint = hint if "read-only" in str(e) else ""
-            raise PluginError(m.id, f"predict failed: {type(e).__name__}: {e}{hint}") from e
+            # Scrubbed: a plugin's exception text quoted a patient's name into the audit.
+            why = scrub(f"{type(e).__name__}: {e}")
+            raise PluginError(m.id, f"predict failed: {why}{hint}") from e
         _check_prediction(m, image, prediction, study)
         # The mask's own notes too (resampled onto the image grid): a user must see them.
         mask_notes = mask.warnings if mask is not None and upstream is None else ()
@@ -549,9 +571,51 @@ def _fingerprint(a: np.ndarray[Any, Any]) -> bytes:
     return hashlib.blake2b(sample.tobytes(), digest_size=16).digest()
 
 
+def _attributed(plugin_id: str, e: MedLensError) -> MedLensError:
+    """A MedLens error a plugin raised, as the host reports it: scrubbed, under its id.
+
+    A third party's ``PluginError("ct-abdomen-seg", ...)`` was reported as the first-party
+    plugin's failure, an ``InputError`` named no plugin, and either could quote a patient's
+    name. The type is kept (input errors are not retried).
+    """
+    prefix = f"plugin {plugin_id!r}: "
+    if isinstance(e, PluginError):
+        try:
+            return type(e)(plugin_id, scrub(e.reason))
+        except TypeError:  # a subclass with another constructor
+            return PluginError(plugin_id, scrub(e.reason))
+    text = str(e).removeprefix(prefix)
+    try:
+        return type(e)(prefix + scrub(text))
+    except TypeError:
+        return PluginError(plugin_id, scrub(text))
+
+
+def _upstream_view(result: Result) -> Result:
+    """``result`` for a chained plugin to read: its lists, extras and verdicts copied.
+
+    The arrays (mask, heatmap) are shared, and read-only while the plugin predicts.
+    """
+    p = result.prediction
+    view = _dc_replace(
+        p,
+        findings=copy.deepcopy(p.findings),
+        measurements=copy.deepcopy(p.measurements),
+        warnings=list(p.warnings),
+        extra=copy.deepcopy(p.extra),
+        explanation=copy.deepcopy(p.explanation),
+        study_heatmaps=list(p.study_heatmaps),
+    )
+    return _dc_replace(result, prediction=view, chained=[], outputs={})
+
+
 @contextlib.contextmanager
 def _read_only(
-    plugin_id: str, image: Image, mask: Image | None, study: StudyInput | None
+    plugin_id: str,
+    image: Image,
+    mask: Image | None,
+    study: StudyInput | None,
+    upstream: Result | None = None,
 ) -> Iterator[None]:
     """The arrays a plugin is given are read-only while it predicts, and checked after.
 
@@ -567,11 +631,20 @@ def _read_only(
     arrays = [image.array, *([mask.array] if mask is not None else [])]
     if study is not None:
         arrays += [i.image.array for i in study.images]
+    if upstream is not None and upstream.prediction.heatmap is not None:
+        arrays.append(upstream.prediction.heatmap.array)
     saved: list[tuple[np.ndarray[Any, Any], bool, bytes]] = []
     for a in arrays:
         if isinstance(a, np.ndarray) and not any(a is b for b, _, _ in saved):
-            saved.append((a, bool(a.flags.writeable), _fingerprint(a)))
-            a.flags.writeable = False
+            # NumPy cannot give back the write flag of a view of a foreign buffer (a
+            # heatmap from tensor.numpy()): such an array is watched by fingerprint only.
+            root = a
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            flip = bool(a.flags.writeable) and bool(root.flags.owndata)
+            saved.append((a, flip, _fingerprint(a)))
+            if flip:
+                a.flags.writeable = False
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings(
@@ -774,6 +847,16 @@ def _check_prediction(
     unknown = sorted({f.label for f in p.findings} - declared) if declared else []
     if unknown:  # a finding the manifest (and so its model card and protocols) never named
         raise PluginError(m.id, f"finding {unknown[0]!r} is no label of the manifest")
+    for f in p.findings:
+        _check_finding(m, f)
+    # A measurement of a label the manifest never named (a chained measurer names its
+    # upstream's labels, or label-<n>: it declares none itself).
+    unmeasured = sorted({x.label for x in p.measurements} - declared) if declared else []
+    if unmeasured:
+        raise PluginError(m.id, f"measurement {unmeasured[0]!r} is no label of the manifest")
+    # One line each: a newline in a reason forged a log line of its own.
+    p.status_reason = one_line(p.status_reason) if p.status_reason else p.status_reason
+    p.warnings[:] = [one_line(w) for w in p.warnings]
     for name in ("mask", "heatmap"):
         img = getattr(p, name)
         if img is not None and not img.same_grid(image):
@@ -805,6 +888,47 @@ def _check_prediction(
             or p.findings
         ):
             raise PluginError(m.id, f"status {p.status} but the prediction carries results")
+
+
+def _check_finding(m: Manifest, f: Finding) -> None:
+    """A finding as its manifest defines it, re-checked: ``model_copy`` skips validators.
+
+    A finding built valid and then copied with ``positive`` flipped was written as
+    "Absent" at p 0.9; one naming the operating point 'balanced' (0.5) at a threshold
+    of 0.2 as "Present" at p 0.3; ``calibrated`` true from a plugin whose manifest
+    declares no calibration.
+    """
+    try:
+        Finding.model_validate(f.model_dump())
+    except ValueError as e:
+        raise PluginError(m.id, f"invalid finding: {one_line(str(e))}") from e
+    if f.operating_point is not None:
+        ops = {o.name: o for o in m.outputs.operating_points if o.label == f.label}
+        op = ops.get(f.operating_point)
+        if op is None:
+            raise PluginError(
+                m.id,
+                f"finding {f.label!r} names operating point {f.operating_point!r}, "
+                "which its manifest does not declare",
+            )
+        if abs(op.threshold - f.threshold) > 1e-9:
+            raise PluginError(
+                m.id,
+                f"finding {f.label!r} at operating point {op.name!r} has threshold "
+                f"{f.threshold:g}; the manifest's is {op.threshold:g}",
+            )
+        for name, decision in f.decisions.items():
+            other = ops.get(name)
+            if other is not None and decision != (f.probability >= other.threshold):
+                raise PluginError(
+                    m.id,
+                    f"finding {f.label!r}: its decision at {name!r} contradicts "
+                    f"the manifest's threshold {other.threshold:g}",
+                )
+    if f.calibrated and m.outputs.calibration.method == "none":
+        raise PluginError(
+            m.id, f"finding {f.label!r} says calibrated, but the manifest declares no calibration"
+        )
 
 
 def _check_mask(m: Manifest, mask: Image) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import json
 import textwrap
+import time
 import uuid
 from functools import partial
 from pathlib import Path
@@ -30,8 +31,14 @@ MANIFEST = v1.Manifest.model_validate({manifest!r})
 class _Plugin:
     def predict(self, inputs, ctx):
         slices = inputs.image.shape[-1]
-        if slices == 5:  # a plugin stuck on this input
+        if slices == 5:  # a plugin stuck on this input, with a process of its own
+            import os, subprocess
+
+            child = subprocess.Popen(["sleep", "3333"])
+            with open(os.environ["MLSTUCK_CHILD"], "w") as fh:
+                fh.write(str(child.pid))
             time.sleep(3600)
+        print('{{"input": "forged by a print", "status": "ok"}}')  # stdout is the --json lines
         if slices == 6:  # a plugin that eats memory on this input
             hog = np.ones(2 * 2**30, np.uint8)
             time.sleep(3600)
@@ -82,6 +89,7 @@ def test_a_hung_case_and_a_greedy_case_fail_and_the_batch_goes_on(
         write_series(src / name, n=n)
     out = tmp_path / "out"
     monkeypatch.setattr("medlens.cli.run.Host", partial(Host, entry_points=[ep]))
+    monkeypatch.setenv("MLSTUCK_CHILD", str(tmp_path / "child.pid"))
     args = ["run", "stuck", str(src), "--out", str(out), "--json", "--device", "cpu"]
     res = CliRunner().invoke(cli, [*args, "--case-timeout", "15", "--case-memory-mb", "1024"])
     lines = {Path(x["input"]).name: x for x in map(json.loads, res.stdout.splitlines())}
@@ -96,6 +104,15 @@ def test_a_hung_case_and_a_greedy_case_fail_and_the_batch_goes_on(
     assert fine["status"] == "ok"
     assert json.loads(Path(fine["result"]).read_text())["status"] == "ok"
     assert sorted(p.name for p in out.iterdir()) == [fine["case"]]
+    assert len(lines) == 3  # the print went to stderr, not among the --json lines
+    # The stuck plugin's own process went with its worker (it ran on for good before).
+    pid = int((tmp_path / "child.pid").read_text())
+    stat = Path(f"/proc/{pid}/stat")
+    for _ in range(100):
+        if not stat.exists() or stat.read_text().split()[2] == "Z":
+            break
+        time.sleep(0.05)
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"
 
 
 def test_a_set_left_half_written_by_a_killed_run_is_undone(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from medlens.testing import check_plugin_contract, phantom_xray
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "docs" / "examples" / "chest-classifier" / "src"
-CODE = (SRC / "medlens_example_chest_classifier" / "__init__.py").read_text()
+PACKAGE = SRC / "medlens_example_chest_classifier"
+CODE = "".join((PACKAGE / name).read_text() for name in ("__init__.py", "model.py"))
 DOC = (ROOT / "docs" / "plugin-api.md").read_text()
 
 
@@ -29,6 +30,7 @@ def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
     )
     yield Host(entry_points=[ep])
     sys.modules.pop("medlens_example_chest_classifier", None)
+    sys.modules.pop("medlens_example_chest_classifier.model", None)
 
 
 def test_the_documented_example_is_the_tested_file() -> None:
@@ -96,3 +98,16 @@ def test_the_example_passes_the_contract_check(host: Host) -> None:
     report = check_plugin_contract(example.MANIFEST)
     assert report.ok, report.failures
     assert "cancellation stops with RunCancelledError" in report.passed
+
+
+def test_the_example_manifest_module_imports_no_torch() -> None:
+    # Its manifest module imported torch: discovery flagged it as heavy, against the
+    # docs' own rule that manifests stay light.
+    import subprocess
+
+    code = (
+        f"import sys; sys.path.insert(0, {str(SRC)!r}); import medlens_example_chest_classifier;"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

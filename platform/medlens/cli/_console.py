@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 
 from rich.console import Console
+
+from medlens.errors import one_line
 
 __all__ = ["error_line", "one_line", "table_console"]
 
@@ -21,18 +22,6 @@ def table_console() -> Console:
     if sys.stdout.isatty() or os.environ.get("COLUMNS"):
         return Console()
     return Console(width=_PIPE_WIDTH)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def one_line(text: str) -> str:
-    r"""``text`` with control characters escaped (``\n``, ``\x1b``): one case, one line.
-
-    A file name may hold a newline or a terminal escape; printed as is it would split a
-    case's line in two or rewrite the terminal.
-    """
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def error_line(e: BaseException) -> str:

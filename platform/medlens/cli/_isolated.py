@@ -11,8 +11,10 @@ fresh worker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -140,8 +142,10 @@ def run_unit(host: Host, spec: JobSpec) -> dict[str, Any]:
 
     unit, run_kwargs, on_tilt = spec.payload
     out = Path(spec.out_dir)
-    if isinstance(unit, Study):
-        o = run_study_case(host, spec.plugin, unit, out, run_kwargs, on_tilt)
-    else:
-        o = run_case(host, spec.plugin, unit, out, run_kwargs, on_tilt)
+    # A plugin's print goes to stderr: on stdout it would break the --json lines.
+    with contextlib.redirect_stdout(sys.stderr):
+        if isinstance(unit, Study):
+            o = run_study_case(host, spec.plugin, unit, out, run_kwargs, on_tilt)
+        else:
+            o = run_case(host, spec.plugin, unit, out, run_kwargs, on_tilt)
     return {"outcome": dataclasses.asdict(o)}

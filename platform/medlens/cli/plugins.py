@@ -111,6 +111,11 @@ def info(plugin_id: str, as_json: bool) -> None:
     click.echo(f"  outputs: {', '.join(k.value for k in m.outputs.kinds)}")
     click.echo(f"  diagnostic use: {'yes' if card.diagnostic_use else 'NO (demo weights)'}")
     click.echo(f"  intended use: {card.intended_use}")
+    # The data's licence and attribution travel with the weights (NIH, SRahimDR).
+    click.echo(f"  licence: {card.license}")
+    click.echo(f"  training data: {card.training_data}")
+    if card.authors:
+        click.echo(f"  authors: {', '.join(card.authors)}")
     for lim in card.limitations:
         click.echo(f"  limitation: {lim}")
     for met in card.metrics:

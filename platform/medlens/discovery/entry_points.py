@@ -8,6 +8,7 @@ plugin is reported, never fatal (napari npe2, pluggy).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import sys
 import time
@@ -101,7 +102,9 @@ def _import_notes(before: set[str], seconds: float) -> tuple[str, ...]:
 def _load_manifest(ep: md.EntryPoint) -> tuple[Manifest, tuple[str, ...]]:
     before = set(sys.modules)
     start = time.perf_counter()
-    manifest = _manifest_of(ep)
+    # A module that prints at import must not break `plugins list --json` or `run --json`.
+    with contextlib.redirect_stdout(sys.stderr):
+        manifest = _manifest_of(ep)
     return manifest, _import_notes(before, time.perf_counter() - start)
 
 

@@ -268,8 +268,10 @@ def review(explanation: Explanation, heatmap: npt.ArrayLike | None) -> Explanati
         settled = verdict(rho)  # the host's rule, whatever the plugin concluded from rho
         if settled is not explanation.sanity:
             update["sanity"] = settled
-    if explanation.faithfulness is not None and explanation.faithful is None:
-        update["faithful"] = is_faithful(explanation.faithfulness)
+    if explanation.faithfulness is not None:
+        settled_faithful = is_faithful(explanation.faithfulness)  # a claim of True at -0.3 too
+        if settled_faithful is not explanation.faithful:
+            update["faithful"] = settled_faithful
     return explanation.model_copy(update=update) if update else explanation
 
 

@@ -246,9 +246,13 @@ class Worker:
         return None
 
     def kill(self) -> None:
-        """Kill the worker (and whatever job it runs)."""
+        """Kill the worker, whatever job it runs, and every process that job started."""
         self._job = None
         if self._proc is not None and self._proc.is_alive():
+            # The worker leads its own process group: a plugin's child processes (a
+            # `sleep 3333` of a hung plugin) went on running after a time-out.
+            with contextlib.suppress(OSError):
+                os.killpg(int(self._proc.pid), signal.SIGKILL)
             self._proc.kill()
             self._proc.join(5)
         self._reap()
@@ -283,6 +287,8 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
     # The service handles SIGINT/SIGTERM; the worker dies with it (daemon) or is killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # a group of its own, killed whole (see Worker.kill)
     _die_with_parent()
     from medlens.phi import install
 

@@ -162,11 +162,27 @@ def check_plugin_contract(
     used_engine: list[bool] = []
 
     def predict() -> list[str]:
+        # As the host runs it: inputs read-only and fingerprinted, the host's own checks
+        # of the prediction after (a contradictory finding, a write through torch passed).
+        from medlens.host import _check_prediction as host_checks
+        from medlens.host import _read_only
+
         ctx = run_context(manifest, options=opts, device=device)
-        p = plugin.predict(inputs, ctx)
+        problems: list[str] = []
+        try:
+            with _read_only(manifest.id, image, mask, None):
+                p = plugin.predict(inputs, ctx)
+        except MedLensError as e:
+            if "changed its input in place" not in str(e):
+                raise
+            return [str(e)]
         used_engine.append(bool(ctx.events))
         problems = _check_prediction(manifest, image, p)
         if isinstance(p, Prediction):
+            try:
+                host_checks(manifest, image, p)
+            except MedLensError as e:
+                problems.append(str(e))
             results.append(p)
         return problems
 

@@ -3,14 +3,12 @@
 A teaching example, not a model: its "network" scores how dark the lung fields of a
 2-D chest radiograph are, with fixed weights, so it needs no weights file. Every part
 of the 1.1 contract a real classifier uses is here. ``tests/docs`` runs it through
-the host and through ``medlens.testing.check_plugin_contract``.
+the host and through ``medlens.testing.check_plugin_contract``. This module (manifest
+and options) imports no torch; the model is in :mod:`.model`, imported only to run.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from medlens.plugin_api import v1
@@ -58,7 +56,8 @@ MANIFEST = v1.Manifest(
         license="Apache-2.0",
         diagnostic_use=False,
     ),
-    entry="medlens_example_chest_classifier:create",
+    # The network lives in .model: discovery imports this module, and must stay light.
+    entry="medlens_example_chest_classifier.model:create",
     options="medlens_example_chest_classifier:Options",
 )
 
@@ -70,45 +69,3 @@ class Options(BaseModel):
     report_all_operating_points: bool = Field(
         default=True, description="Also list the decision at every operating point."
     )
-
-
-class _DarkLungs(torch.nn.Module):
-    """Logit of "opacity": brighter lung fields (columns 20-44 of 64) score higher."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lungs = x[:, :, 16:48, 12:52].mean(dim=(1, 2, 3))
-        return (2.0 * lungs - 0.5)[:, None]
-
-
-class ChestClassifier:
-    """The plugin object the factory returns."""
-
-    def __init__(self) -> None:
-        self.network = _DarkLungs()
-
-    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
-        """Score the radiograph and decide at the chosen operating point."""
-        image = inputs.image
-        if image.ndim != 2:
-            raise v1.InputError(f"a 2-D radiograph is needed, got a {image.ndim}-D image")
-        ctx.progress(0.0, "classifying")
-        probabilities = ctx.classify(self.network, image)
-        options = ctx.plugin_options
-        every = not isinstance(options, Options) or options.report_all_operating_points
-        findings = v1.findings_at_operating_points(
-            MANIFEST, [float(p) for p in probabilities], operating_point=_chosen(ctx.options)
-        )
-        if not every:
-            findings = [f.model_copy(update={"decisions": {}}) for f in findings]
-        ctx.progress(1.0, "done")
-        return v1.Prediction(findings=findings)
-
-
-def _chosen(options: Any) -> str | None:
-    value = options.get("operating_point")
-    return None if value is None else str(value)
-
-
-def create(ctx: v1.LoadContext) -> ChestClassifier:
-    """The factory ``entry`` names."""
-    return ChestClassifier()
