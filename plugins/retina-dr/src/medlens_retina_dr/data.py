@@ -25,11 +25,14 @@ from medlens_retina_dr import preprocess
 
 __all__ = [
     "CACHE_VERSION",
+    "LOCKED_FOLDS",
+    "LOCKED_SEED",
     "Record",
     "cache_dir",
     "cached_crops",
     "data_root",
     "dataset_sha256",
+    "development_records",
     "load_rgb",
     "patient_folds",
     "read_records",
@@ -132,6 +135,24 @@ def patient_folds(records: list[Record], k: int, seed: int) -> npt.NDArray[np.in
             fold_of[group[int(idx)]] = (j + offset) % k
         offset += len(group)
     return np.array([fold_of[r.patient_id] for r in records], dtype=np.int64)
+
+
+#: Share of patients locked away from training for ``medlens validate`` (one in five),
+#: and the fixed seed of that split (whatever seed a recipe run uses).
+LOCKED_FOLDS = 5
+LOCKED_SEED = 20261130
+
+
+def development_records(root: Path | None = None) -> list[Record]:
+    """The photographs of the patients not locked away for validation, in file order.
+
+    Every figure of the model card that says "development" is measured on these: the
+    gradability, sanity and sensitivity samples drew from all 360 before (9 of 40, 9 of
+    40 and 6 of 24 of them locked).
+    """
+    records = read_records(root)
+    locked = patient_folds(records, LOCKED_FOLDS, LOCKED_SEED) == 0
+    return [r for r, m in zip(records, locked, strict=True) if not m]
 
 
 def dataset_sha256(root: Path | None = None) -> str:

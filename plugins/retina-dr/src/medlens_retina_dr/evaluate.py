@@ -113,7 +113,7 @@ def sanity_rates(every: int) -> dict[str, Any]:
 
     plugin = shipped_plugin()
     counts = {"model-sensitive": 0, "not model-sensitive": 0, "uninformative": 0}
-    records = data.read_records()[::every]
+    records = data.development_records()[::every]
     for r in records:
         rgb = data.load_rgb(data.data_root() / "images" / r.image)
         prep, score = plugin.score_photo(rgb)

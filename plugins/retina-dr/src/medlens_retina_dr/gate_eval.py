@@ -183,10 +183,7 @@ def _rates(kinds: list[str]) -> dict[str, Any]:
 
 
 def _development() -> list[data.Record]:
-    from medlens_retina_dr.recipe import locked_mask
-
-    records = data.read_records()
-    return [r for r, m in zip(records, locked_mask(records), strict=True) if not m]
+    return data.development_records()
 
 
 def evaluate(

@@ -107,7 +107,7 @@ MANIFEST = v1.Manifest(
             "Trained and validated on 360 photographs of 180 patients from one source and "
             "one camera type; performance on other cameras and populations is unknown.",
             "Small n: confidence intervals are wide; thresholds chosen by cross-validation "
-            "on the same 180 patients (no independent test set here).",
+            "on the 144 development patients (36 more are locked away for validation).",
             "The CNNs see 384 px and were trained from scratch on 288 eyes (no "
             "pre-training); the lesion measures are classical operators that camera "
             "artefacts (reflections, dust) can imitate; see the model card.",

@@ -21,7 +21,7 @@ __all__ = ["evaluate", "main"]
 
 def evaluate(every: int = 1) -> dict[str, Any]:
     """Pass and flag rates on every ``every``-th development photograph."""
-    records = data.read_records()[::every]
+    records = data.development_records()[::every]
     passed = 0
     flagged: dict[str, int] = {}
     failures: list[str] = []

@@ -463,10 +463,9 @@ class _NoTracking:
         return nullcontext()
 
 
-#: Share of patients locked away from training for ``medlens validate`` (one in five),
-#: and the fixed seed of that split (whatever seed a recipe run uses).
-LOCKED_FOLDS = 5
-LOCKED_SEED = 20261130
+#: The locked split's folds and seed (defined beside the records, :mod:`.data`).
+LOCKED_FOLDS = data.LOCKED_FOLDS
+LOCKED_SEED = data.LOCKED_SEED
 
 
 def locked_mask(records: list[data.Record]) -> npt.NDArray[np.bool_]:

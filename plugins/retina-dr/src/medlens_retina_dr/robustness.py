@@ -70,7 +70,7 @@ def evaluate(cases: int, seed: int = 0) -> dict[str, Any]:
 
     plugin = shipped_plugin()
     rng = np.random.default_rng(seed)
-    records = data.read_records()
+    records = data.development_records()
     chosen = [records[int(i)] for i in rng.choice(len(records), size=cases, replace=False)]
 
     def probability(rgb: RGB) -> float:
