@@ -110,3 +110,11 @@ def test_index_prints_header_text_without_terminal_escapes(
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output
     assert "\\x1b[2Jcleared\\nfake [red]line[/red]" in result.output.replace("\n", "")
+
+
+def test_index_of_a_fifo_is_a_usage_error(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    result = CliRunner().invoke(cli, ["index", str(tmp_path / "fifo")])
+    assert result.exit_code == 2 and "is not a folder" in result.output

@@ -382,9 +382,14 @@ def test_study_csv_groups_opaque_file_names(tmp_path: Path) -> None:
         w = csv.writer(fh)
         w.writerow(["file", "patient_id", "eye"])
         w.writerows([["a.jpg", "P12", "OS"], ["b.jpg", "P12", "OD"], ["c.jpg", "P13", ""]])
+        w.writerow(["d.jpg", "P14", ""])  # names no input: said, not dropped unsaid
     out = tmp_path / "out"
-    code, lines = medlens_run(str(inp), "--out", str(out), "--manifest", str(table), "--no-explain")
+    args = [str(inp), "--out", str(out), "--manifest", str(table), "--no-explain"]
+    res = CliRunner().invoke(cli, ["run", "retina-dr", *args, "--json", "--device", "cpu"])
+    code = res.exit_code
+    lines = [json.loads(ln) for ln in res.stdout.splitlines() if ln.startswith("{")]
     assert code == 0, lines
+    assert "warning: 1 row(s) of --manifest name no input file" in res.stderr
     by = _by_images(lines)
     assert set(by) == {("a.jpg", "b.jpg"), ("c.jpg",)}
     eyes = _result(by[("a.jpg", "b.jpg")])["extra"]["eyes"]

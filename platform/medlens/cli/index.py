@@ -24,6 +24,8 @@ def index(folder: Path, as_json: bool) -> None:
 
     Patients are shown by a non-identifying key, never by name or id.
     """
+    if not folder.is_dir():  # a FIFO or a device passes click's "not a file" check
+        raise click.BadParameter(f"{one_line(str(folder))!r} is not a folder", param_hint="FOLDER")
     start = time.perf_counter()
     ix = index_folder(folder)
     elapsed = time.perf_counter() - start

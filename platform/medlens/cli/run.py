@@ -438,6 +438,12 @@ def run(
             raise click.UsageError(f"{manifest.id!r} takes a study of images, not a --mask")
         given = read_study_csv(study_csv) if study_csv is not None else None
         studies = group_studies(cases, study_csv=given)
+        if given:  # a row naming no input (a typo, a file left out) was dropped unsaid
+            files = [c for c in cases if c.kind == "file"]
+            known = {c.source_path for c in files} | {c.paths[0].name for c in files}
+            unused = sum(1 for name in given if name not in known)
+            if unused:
+                click.echo(f"warning: {unused} row(s) of --manifest name no input file", err=True)
         cases = [c for c in cases if c.kind == "error"]  # failed lines; the rest are studies
     elif study_csv is not None:
         raise click.UsageError(f"--manifest is for study plugins; {manifest.id!r} takes one image")
