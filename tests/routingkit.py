@@ -84,6 +84,14 @@ def write_series(
 
 
 #: The one label of the test plugins' manifests (a body mask).
+#: The model card of a test plugin (a demo: never for diagnosis).
+TEST_MODEL_CARD: dict[str, Any] = {
+    "intended_use": "tests",
+    "training_data": "none",
+    "license": "Apache-2.0",
+    "diagnostic_use": False,
+}
+
 BODY_LABEL: dict[str, Any] = {
     "value": 1,
     "name": "body",
@@ -147,12 +155,7 @@ def rule_plugin(
             "labels": [BODY_LABEL],
             "kinds": list(kinds),
         },
-        "model_card": {
-            "intended_use": "tests",
-            "training_data": "none",
-            "license": "Apache-2.0",
-            "diagnostic_use": False,
-        },
+        "model_card": TEST_MODEL_CARD,
         "entry": f"{module}:create",
     }
     (workdir / f"{module}.py").write_text(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from routingkit import BODY_LABEL, write_series
+from routingkit import BODY_LABEL, TEST_MODEL_CARD, write_series
 
 from medlens.cli.main import cli
 from medlens.cli.run import EXIT_FAILED, recover_case_dir
@@ -63,12 +63,7 @@ def _plugin(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> md.EntryPoint:
         "body_part": "ABDOMEN",
         "input": {"dims": 3},
         "outputs": {"labels": [BODY_LABEL], "kinds": ["json"]},
-        "model_card": {
-            "intended_use": "tests",
-            "training_data": "none",
-            "license": "Apache-2.0",
-            "diagnostic_use": False,
-        },
+        "model_card": TEST_MODEL_CARD,
         "entry": f"{module}:create",
     }
     (workdir / f"{module}.py").write_text(textwrap.dedent(_PLUGIN.format(manifest=manifest)))

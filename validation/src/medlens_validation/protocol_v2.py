@@ -105,20 +105,7 @@ _SEGMENTATION = frozenset(
 )
 _DETECTION = frozenset({"lesion_sensitivity", "fp_per_case", "lesion_volume_rel_error"})
 #: Metrics that are fractions: "10 %" is 0.10, and a threshold of 10 passes anything.
-FRACTIONS = frozenset(
-    {
-        "dice",
-        "volume_rel_error",
-        "lesion_sensitivity",
-        "lesion_volume_rel_error",
-        "auroc",
-        "sensitivity",
-        "specificity",
-        "ppv",
-        "npv",
-        "ece",
-    }
-)
+FRACTIONS = frozenset(HIGHER_IS_BETTER) - {"volume_abs_error_ml", "fp_per_case"}
 _ID = re.compile(r"^[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*$")
 _SHA = r"^[0-9a-f]{64}$"
 
