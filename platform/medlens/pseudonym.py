@@ -40,23 +40,37 @@ def _secret() -> bytes:
         data = path.read_bytes()
         if len(data) == _SIZE:
             return data
+        damaged = True  # empty or short: a process killed while writing it (older versions)
     except FileNotFoundError:
-        pass
+        damaged = False
     except OSError as e:
         _log.warning("pseudonym secret unreadable (%s): keys of this run are not stable", e)
         return secrets.token_bytes(_SIZE)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Whole or not at all: written aside, then linked into place (a second process
+        # that came first wins, and everyone reads its secret); a damaged one is replaced.
+        side = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(secrets.token_bytes(_SIZE))
-    except FileExistsError:
-        pass  # another process made it first: use theirs
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            if damaged:
+                _log.warning("pseudonym secret %s was damaged: replaced", path)
+                os.replace(side, path)
+            else:
+                os.link(side, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            side.unlink(missing_ok=True)
+        data = path.read_bytes()
     except OSError as e:
         _log.warning("cannot keep a pseudonym secret (%s): keys of this run are not stable", e)
         return secrets.token_bytes(_SIZE)
-    data = path.read_bytes()
-    if len(data) != _SIZE:  # a half-written file of a killed process
+    if len(data) != _SIZE:
         _log.warning("pseudonym secret %s is damaged: keys of this run are not stable", path)
         return secrets.token_bytes(_SIZE)
     return data

@@ -118,3 +118,16 @@ def test_index_of_a_fifo_is_a_usage_error(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     result = CliRunner().invoke(cli, ["index", str(tmp_path / "fifo")])
     assert result.exit_code == 2 and "is not a folder" in result.output
+
+
+def test_convert_keeps_two_studies_that_reuse_a_series_uid_apart(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    # An anonymiser that reuses Series UIDs across studies: one file for both, rc 0.
+    a = dicom_builder.SeriesSpec(n=3)
+    b = dicom_builder.SeriesSpec(n=4, series_uid=a.series_uid)
+    dicom_builder.write_series(tmp_path / "d" / "a", a)
+    dicom_builder.write_series(tmp_path / "d" / "b", b)
+    res = CliRunner().invoke(cli, ["convert", str(tmp_path / "d"), str(tmp_path / "o"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "o").glob("*.nii.gz"))) == 2

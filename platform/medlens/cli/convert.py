@@ -26,7 +26,7 @@ _NON_VOLUME = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "
 
 
 def _stem(s: SeriesEntry, suffix: str) -> str:
-    """``NNN_MODALITY_<10 hex of the series UID's sha256>[_suffix]``, safe as a file name.
+    """``NNN_MODALITY_<10 hex of a sha256 of study and series UID>[_suffix]``, a safe file name.
 
     No free text: a SeriesDescription can hold a patient's name and birth date (PS3.15
     removes it in de-identification), so it stays in the sidecar, never in a file name or
@@ -40,7 +40,9 @@ def _stem(s: SeriesEntry, suffix: str) -> str:
     def clean(text: str, n: int) -> str:
         return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:n]
 
-    uid = hashlib.sha256(s.series_instance_uid.encode("utf-8", "surrogateescape")).hexdigest()
+    # The study too: an anonymiser that reuses Series UIDs across studies made two names one.
+    key = f"{s.study_instance_uid}\x00{s.series_instance_uid}"
+    uid = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
     parts = (num, clean(s.modality, 16) or "OT", uid[:10], clean(suffix, 32))
     return "_".join(x for x in parts if x)
 
@@ -90,6 +92,7 @@ def convert_folder(
     except OSError as e:
         raise OutputError(f"cannot create the output folder: {e.strerror or e}") from e
     records: list[dict[str, Any]] = []
+    used: set[str] = set()
     for s in ix.all_series():
         rec: dict[str, Any] = {"SeriesInstanceUID": s.series_instance_uid, "Modality": s.modality}
         if s.modality.upper() in _NON_VOLUME or s.headers[0].rows is None:
@@ -121,6 +124,9 @@ def convert_folder(
                 records.append(vrec)
                 continue
             stem = _stem(s, suffix)
+            if stem in used:  # never one file for two volumes, whatever their headers say
+                stem = f"{stem}_{sum(1 for u in used if u.startswith(stem)) + 1}"
+            used.add(stem)
             nii = write_nifti(image, under_root(out_dir, f"{stem}.nii.gz"))
             try:
                 _write_json(under_root(out_dir, f"{stem}.json"), _sidecar(s, image))

@@ -289,6 +289,10 @@ def _worker_main(conn: Connection, source: PluginSource) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # a group of its own, killed whole (see Worker.kill)
+    with contextlib.suppress(OSError, ValueError):
+        # Results travel by the pipe; descriptor 1 is the service's or `run --json`'s:
+        # a plugin (or its C library, or a child) writing to it forged output lines.
+        os.dup2(sys.stderr.fileno(), 1)
     _die_with_parent()
     from medlens.phi import install
 

@@ -29,7 +29,6 @@ raw UID. Unreadable inputs (``error`` cases) are left to the caller.
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -135,8 +134,10 @@ def read_study_csv(path: Path) -> dict[str, tuple[str, str | None]]:
 
 
 def _name(kind: str, key: str) -> str:
-    digest = hashlib.sha256(f"{kind}\x00{key}".encode("utf-8", "surrogateescape")).hexdigest()
-    return f"PATIENT-{digest[:10]}"
+    # Keyed: an unkeyed hash of "csv\0<patient id>" gave a six-digit MRN back in a second.
+    from medlens.pseudonym import pseudonym
+
+    return f"PATIENT-{pseudonym(kind, key, length=10)}"
 
 
 def _key(
