@@ -11,10 +11,8 @@ fresh worker.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +81,7 @@ class IsolatedCases:
     def run(self, plugin_id: str, unit: Case | Study) -> CaseOutcome:
         """Run one case or study; a killed or dead worker gives a ``failed`` outcome."""
         from medlens.cli._studies import study_input
-        from medlens.cli.run import CaseOutcome, recover_case_dir
+        from medlens.cli.run import CaseOutcome, pending_outcome, recover_case_dir
         from medlens.jobs import JobSpec
         from medlens.routing import Study
 
@@ -109,43 +107,14 @@ class IsolatedCases:
         if error.startswith("timed out"):
             error += " (--case-timeout)"
         recover_case_dir(self._out, unit.name)
-        return _failed(unit, f"{error}: the case was stopped, nothing half-written was left")
-
-
-def _failed(unit: Case | Study, error: str) -> CaseOutcome:
-    from medlens.cli._studies import study_input
-    from medlens.cli.run import CaseOutcome
-    from medlens.routing import Study
-
-    if isinstance(unit, Study):
-        return CaseOutcome(
-            input=study_input(unit),
-            case=unit.name,
-            status="failed",
-            error=error,
-            images=tuple(c.source_path for c in unit.cases),
-        )
-    return CaseOutcome(
-        input=str(unit.path),
-        case=unit.name,
-        status="failed",
-        error=error,
-        volume=unit.volume or None,
-    )
+        stopped = f"{error}: the case was stopped, nothing half-written was left"
+        return dataclasses.replace(pending_outcome(unit), error=stopped)
 
 
 def run_unit(host: Host, spec: JobSpec) -> dict[str, Any]:
     """The worker's task: route, run and write one case or study (never raises for it)."""
-    from medlens.cli._studies import run_study_case
-    from medlens.cli.run import run_case
-    from medlens.routing import Study
+    from medlens.cli.run import _run_unit
 
     unit, run_kwargs, on_tilt = spec.payload
-    out = Path(spec.out_dir)
-    # A plugin's print goes to stderr: on stdout it would break the --json lines.
-    with contextlib.redirect_stdout(sys.stderr):
-        if isinstance(unit, Study):
-            o = run_study_case(host, spec.plugin, unit, out, run_kwargs, on_tilt)
-        else:
-            o = run_case(host, spec.plugin, unit, out, run_kwargs, on_tilt)
+    o = _run_unit(host, spec.plugin, unit, Path(spec.out_dir), run_kwargs, on_tilt)
     return {"outcome": dataclasses.asdict(o)}

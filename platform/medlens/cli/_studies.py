@@ -48,16 +48,11 @@ def run_study_case(
     to the result's warnings); a study with no accepted image is ``skipped``.
     """
     from medlens.cli._console import error_line
-    from medlens.cli.run import CaseOutcome, _case_dir, _finished, _write_as_set
+    from medlens.cli.run import _case_dir, _finished, _write_as_set, pending_outcome
     from medlens.routing import read_study
 
     manifest = host.get(plugin_id).manifest
-    base = CaseOutcome(
-        input=study_input(study),
-        case=study.name,
-        status="failed",
-        images=tuple(c.source_path for c in study.cases),
-    )
+    base = pending_outcome(study)
     try:
         images, refused = read_study(manifest, study, on_tilt=on_tilt)
         if not images:

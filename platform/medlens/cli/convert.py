@@ -125,7 +125,10 @@ def convert_folder(
                 continue
             stem = _stem(s, suffix)
             if stem in used:  # never one file for two volumes, whatever their headers say
-                stem = f"{stem}_{sum(1 for u in used if u.startswith(stem)) + 1}"
+                n = 2
+                while f"{stem}_{n}" in used:
+                    n += 1
+                stem = f"{stem}_{n}"
             used.add(stem)
             nii = write_nifti(image, under_root(out_dir, f"{stem}.nii.gz"))
             try:

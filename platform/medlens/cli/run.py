@@ -57,6 +57,7 @@ __all__ = [
     "EXIT_NOTHING_ACCEPTED",
     "EXIT_REJECTED",
     "CaseOutcome",
+    "pending_outcome",
     "recover_case_dir",
     "run",
     "run_case",
@@ -72,9 +73,7 @@ EXIT_REJECTED = 4
 
 _CASE_NAME = re.compile(r"[A-Z0-9]{1,16}-[0-9a-f]{10}(?:-[0-9]{1,6})?")
 #: What a killed run leaves: ``.CASE.<8 hex>.partial`` (a set being written) or ``.old``.
-_LEFTOVER = re.compile(
-    r"\.([A-Z0-9]{1,16}-[0-9a-f]{10}(?:-[0-9]{1,6})?)\.[0-9a-f]{8}\.(?:partial|old)"
-)
+_LEFTOVER = re.compile(rf"\.({_CASE_NAME.pattern})\.[0-9a-f]{{8}}\.(?:partial|old)")
 log = logging.getLogger("medlens.cli.run")
 
 
@@ -221,6 +220,18 @@ def _finished(base: CaseOutcome, result: Result, folder: Path) -> CaseOutcome:
     )
 
 
+def pending_outcome(unit: Case | Study) -> CaseOutcome:
+    """The outcome line of a case or study before it ends: ``failed``, no reason yet."""
+    from medlens.routing import Study
+
+    if isinstance(unit, Study):
+        from medlens.cli._studies import study_input
+
+        images = tuple(c.source_path for c in unit.cases)
+        return CaseOutcome(study_input(unit), unit.name, "failed", images=images)
+    return CaseOutcome(str(unit.path), unit.name, "failed", volume=unit.volume or None)
+
+
 def run_case(
     host: Host,
     plugin_id: str,
@@ -234,9 +245,7 @@ def run_case(
     from medlens.routing import read_case, route
 
     manifest = host.get(plugin_id).manifest
-    base = CaseOutcome(
-        input=str(case.path), case=case.name, status="failed", volume=case.volume or None
-    )
+    base = pending_outcome(case)
     if case.kind == "error":
         return _replace(base, error=case.error)
     try:

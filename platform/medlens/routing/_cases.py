@@ -99,14 +99,12 @@ def _content_key(path: Path) -> str:
     Named by its relative path, ``siteA/film.jpg`` and ``siteB/film.jpg`` run into one
     ``--out`` took one folder (the second patient's result replaced the first's).
     """
-    h = hashlib.sha256()
+    from medlens.weights import file_sha256
+
     try:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return "content:" + file_sha256(path)
     except OSError:
         return "unreadable:" + path.as_posix()  # its reading fails, as a case, later
-    return "content:" + h.hexdigest()
 
 
 def _code(text: str) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "dataset_sha256",
     "development_records",
     "load_rgb",
+    "locked_mask",
     "patient_folds",
     "read_records",
 ]
@@ -151,8 +152,12 @@ def development_records(root: Path | None = None) -> list[Record]:
     40 and 6 of 24 of them locked).
     """
     records = read_records(root)
-    locked = patient_folds(records, LOCKED_FOLDS, LOCKED_SEED) == 0
-    return [r for r, m in zip(records, locked, strict=True) if not m]
+    return [r for r, m in zip(records, locked_mask(records), strict=True) if not m]
+
+
+def locked_mask(records: list[Record]) -> npt.NDArray[np.bool_]:
+    """Eyes of the locked validation patients (never trained on, nor used to choose)."""
+    return np.asarray(patient_folds(records, LOCKED_FOLDS, LOCKED_SEED) == 0)
 
 
 def dataset_sha256(root: Path | None = None) -> str:

@@ -463,14 +463,10 @@ class _NoTracking:
         return nullcontext()
 
 
-#: The locked split's folds and seed (defined beside the records, :mod:`.data`).
+#: The locked split (defined beside the records, :mod:`.data`).
 LOCKED_FOLDS = data.LOCKED_FOLDS
 LOCKED_SEED = data.LOCKED_SEED
-
-
-def locked_mask(records: list[data.Record]) -> npt.NDArray[np.bool_]:
-    """Eyes of the locked validation patients (never trained on, nor used to choose)."""
-    return np.asarray(data.patient_folds(records, LOCKED_FOLDS, LOCKED_SEED) == 0)
+locked_mask = data.locked_mask
 
 
 def write_locked_split(path: Path, images: Sequence[str]) -> None:
