@@ -173,7 +173,7 @@ def _ask_server(uri: str, out_dir: Path) -> None:
         MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
     except Exception as e:  # any failure of the store is the same refusal
         # MLflow's message repeats the URI: its user:password@ must not reach a log.
-        why = re.sub(r"//[^/@\s]*@", "//", f"{type(e).__name__}: {e}")
+        why = _no_credentials(f"{type(e).__name__}: {e}")
         raise ValidationRefused(
             f"cannot use the tracking store {shown_uri(uri, out_dir)}: {_one_line(why, 200)}"
         ) from None
@@ -196,7 +196,12 @@ def shown_uri(uri: str, out_dir: Path) -> str:
         if path.resolve().is_relative_to(root):
             return f"{prefix}{path.resolve().relative_to(root).as_posix()} (in --out)"
         return f"{prefix}…/{path.name}"
-    return re.sub(r"//[^/@]*@", "//", uri)
+    return _no_credentials(uri)
+
+
+def _no_credentials(text: str) -> str:
+    """``text`` with every URI's ``user:password@`` taken out."""
+    return re.sub(r"//[^/@\s]*@", "//", text)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -340,7 +345,7 @@ def _tracking(step: Callable[..., _T], uri: str, out_dir: Path, *args: Any) -> _
     except MedLensError:
         raise
     except Exception as e:  # SQLAlchemy, MLflow, OS errors: the store is unusable
-        why = re.sub(r"//[^/@\s]*@", "//", reason_of(e))
+        why = _no_credentials(reason_of(e))
         raise OutputError(
             f"tracking store {shown_uri(uri, out_dir)}: {_one_line(why, 200)}"
         ) from None
