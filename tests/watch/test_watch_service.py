@@ -392,6 +392,23 @@ def test_an_output_folder_that_cannot_be_written_fails_the_attempt_visibly(
     assert job["status"] == "done" and job["attempts"] >= 2
 
 
+def test_a_dead_folder_observer_is_restarted_and_the_inbox_rescanned(tmp_path: Path) -> None:
+    # watchdog's inotify thread can die (a RuntimeWarning raised as an error, the watch
+    # limit): events were then missed until the next full rescan, here never.
+    with Running(tmp_path, ("body-mask",), rescan_seconds=3600.0) as r:
+        wk.wait_for(
+            lambda: r.service._observer is not None and r.service._observer.is_alive(),
+            what="the observer",
+        )
+        r.service._observer.stop()
+        r.service._observer.join(5)
+        wk.write_files(wk.make_series(4), r.inp / "a")
+        r.done(1)
+        events = [e["event"] for e in wk.audit(r.state)]
+        assert events.count("observer_restarted") == 1
+        assert r.service._observer.is_alive()
+
+
 def test_after_a_restart_a_series_waits_for_the_rest_of_its_copy(tmp_path: Path) -> None:
     # The probe: stopped while a series was being copied, the service ran it 0.37 s after
     # its restart on the slices it had stored, the rest still waiting in the inbox:

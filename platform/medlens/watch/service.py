@@ -371,6 +371,13 @@ class WatchService:
         if now >= self._next_beat:
             self.db.heartbeat(self.clock.time())
             self._next_beat = now + self.config.heartbeat_seconds
+        if self._observer is not None and not self._observer.is_alive():
+            # The event thread died (inotify watch limit, a library race): events would
+            # be missed until the next rescan, so restart it and rescan now.
+            _log.warning("folder observer stopped; restarting it and rescanning the inbox")
+            self.audit.write("observer_restarted")
+            self._start_observer()
+            self._next_rescan = now
         if now >= self._next_rescan:
             self.ingestor.scan(self.in_dir)
             self.ingestor.scan(self.spool, trusted=True)
