@@ -274,6 +274,40 @@ def test_oblique_direction_volume_diameters_and_centroid() -> None:
     assert np.allclose(mf.lesions[0].centroid_lps, les.centroid_lps, atol=0.5)
 
 
+@pytest.mark.parametrize("view", ["sagittal", "coronal"])
+def test_recist_is_axial_on_a_sagittal_or_coronal_reformat(view: str) -> None:
+    # The probe: a sagittal reformat's own planes gave a kidney "RECIST 1.1" diameter of
+    # 101 mm (its craniocaudal length) where the axial series gave 60 mm.
+    e = Ellipsoid(np.array([5.0, -8.0, 40.0]), np.eye(3), np.array([8.0, 11.0, 30.0]))
+    axial = voxelise(e, (1.0, 1.0, 1.5))
+    cols = {
+        "sagittal": [(0.0, 1.0, 0.0), (0.0, 0.0, -1.0), (1.0, 0.0, 0.0)],
+        "coronal": [(1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)],
+    }[view]
+    reformat = voxelise(e, (1.0, 1.5, 1.0), np.array(cols).T)
+    (ma,) = _predict(_on_grid(axial), axial)
+    plugin = VolumeMeasure(MANIFEST)
+    ctx = RunContext(manifest=MANIFEST, device="cpu", options={})
+    pred = plugin.predict(PluginInputs(_on_grid(reformat), reformat), ctx)
+    (mr,) = pred.measurements
+    assert ma.lesions[0].recist_diameter_mm == pytest.approx(22.0, abs=1.5)
+    assert mr.lesions[0].recist_diameter_mm == pytest.approx(22.0, abs=1.5)
+    assert mr.lesions[0].longest_axis_mm == pytest.approx(60.0, abs=2.0)
+    assert pred.extra["volume_measure"]["in_plane_axes"] == "i-k"
+    assert pred.extra["volume_measure"]["in_plane_tilt_deg"] == 0.0
+    assert not ctx.warnings
+
+
+def test_a_grid_far_from_axial_is_warned_of() -> None:
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    direction = np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    e = Ellipsoid(np.array([0.0, 0.0, 0.0]), np.eye(3), np.array([8.0, 8.0, 8.0]))
+    mask = voxelise(e, (1.0, 1.0, 1.0), direction)
+    ctx = RunContext(manifest=MANIFEST, device="cpu", options={})
+    VolumeMeasure(MANIFEST).predict(PluginInputs(_on_grid(mask), mask), ctx)
+    assert any("tilted 30 degrees from axial" in w for w in ctx.warnings), ctx.warnings
+
+
 # ---------------------------------------------------------------- lesions and labels
 
 

@@ -18,13 +18,14 @@ __all__ = ["MANIFEST"]
 
 MANIFEST = Manifest(
     id="volume-measure",
-    version="0.1.0",
+    version="0.2.0",
     api_version=API_VERSION,
     title="Volume and lesion measurement",
     description=(
         "Measures every label of a mask: volume (mL), number of lesions (3-D connected "
         "components, 26-connectivity), and per lesion its volume, longest in-plane "
-        "(RECIST-style) diameter in the image's i-j plane, longest 3-D axis and centroid "
+        "(RECIST-style) diameter in the grid planes nearest to axial, longest 3-D axis and "
+        "centroid "
         "(LPS mm). Runs after any segmentation plugin and measures the labels that plugin "
         "declares for measurement; given a mask alone it measures every non-zero value "
         "present, named 'label-<n>'. Its own label list is empty for that reason."
@@ -47,8 +48,10 @@ MANIFEST = Manifest(
             "(1–2 mL objects at 2.5×2.5×5 mm).",
             "Diameters are chord lengths between voxel centres plus half a voxel along the "
             "chord; single objects are within about ±1 voxel of the true diameter.",
-            "'In-plane' is the image's i-j plane: axial only for axial acquisitions; "
-            "oblique or reformatted series give diameters in their own slice plane.",
+            "'In-plane' is the grid plane nearest to axial (across the array axis most "
+            "aligned with the patient's S axis): axial for axial series and for sagittal or "
+            "coronal reformats; a grid tilted more than 15 degrees from axial gives "
+            "diameters in its tilted planes, with a warning.",
             "Lesions touching at an edge or corner count as one (26-connectivity); pass "
             "option connectivity=6 for face-only connectivity.",
             "A label that reaches a face of the image's grid may be cut by the scan range "

@@ -10,8 +10,13 @@ Conventions (documented in the manifest's model card too):
   (scipy and ITK default to faces); ``options={"connectivity": 6}`` selects
   face-only connectivity. Lesions are ordered by decreasing volume.
 * **RECIST diameter**: the longest distance between two points of the lesion within
-  one slice of the image's ``i``-``j`` plane (axial for an axial CT), maximised over
-  slices. It is computed on the in-plane convex hull of the slice's boundary voxels.
+  one axial slice, maximised over slices. The slices are the grid planes nearest to
+  axial: perpendicular to the array axis most aligned with the patient's S axis (``k``
+  for an axial CT, an in-plane axis of a sagittal or coronal reformat, whose own
+  planes would give a craniocaudal length, not RECIST's). A grid tilted more than
+  :data:`OBLIQUE_WARN_DEG` from axial gives diameters in its tilted planes, and a
+  warning says so. It is computed on the in-plane convex hull of the slice's boundary
+  voxels.
 * **Longest 3-D axis**: the maximum Feret diameter over the convex hull of the
   lesion's boundary voxels.
 * **Voxel-extent correction**: the longest chord between voxel *centres* falls short
@@ -76,6 +81,8 @@ CONNECTIVITIES = (6, 26)
 _BRUTE_MAX = 4096
 # Components up to this many voxels skip hulls: brute force is cheaper (speckle).
 _SMALL = 64
+#: A grid whose planes nearest to axial are tilted more than this (degrees) is warned of.
+OBLIQUE_WARN_DEG = 15.0
 # Label maps with values up to this use scipy's find_objects (a list that long).
 _FIND_OBJECTS_MAX = 65535
 _F64 = npt.NDArray[np.float64]
@@ -181,6 +188,12 @@ class VolumeMeasure:
         undeclared = sorted(v for v in present if v not in declared)
         if inputs.upstream is not None and undeclared:
             ctx.warn(f"mask values {undeclared} are not measured labels of the upstream plugin")
+        slice_axis, tilt = axial_axis(mask.direction)
+        if tilt > OBLIQUE_WARN_DEG:
+            ctx.warn(
+                f"the image's planes nearest to axial are tilted {tilt:.0f} degrees from "
+                "axial: diameters are measured in those planes, not in true axial ones"
+            )
         with ctx.timer("measure_s"):
             measurements = measure(
                 labels_arr,
@@ -196,11 +209,28 @@ class VolumeMeasure:
             extra={
                 "volume_measure": {
                     "connectivity": connectivity,
-                    "in_plane_axes": "i-j",
+                    "in_plane_axes": "-".join("ijk"[a] for a in range(3) if a != slice_axis),
+                    "in_plane_tilt_deg": round(tilt, 1),
                     "diameter_convention": "centre-to-centre chord + half the voxel size along it",
                 }
             },
         )
+
+
+def axial_axis(direction: npt.ArrayLike) -> tuple[int, float]:
+    """The array axis most aligned with the patient's S axis, and its angle to it.
+
+    Args:
+        direction: 3x3 direction cosines (columns are the axes' unit vectors, LPS).
+
+    Returns:
+        The axis (0-2) whose planes are nearest to axial, and the angle (degrees)
+        between those planes and true axial ones.
+    """
+    d = np.asarray(direction, dtype=np.float64)
+    z = np.abs(d[2, :]) / np.linalg.norm(d, axis=0)
+    axis = int(np.argmax(z))
+    return axis, float(np.degrees(np.arccos(min(1.0, float(z[axis])))))
 
 
 def cut_by_edge(boxes: dict[int, tuple[slice, ...]], shape: Sequence[int]) -> set[int]:
@@ -300,6 +330,7 @@ def measure(
     affine = np.asarray(direction, dtype=np.float64) * sp[None, :]
     org = np.asarray(origin, dtype=np.float64)
     voxel_ml = float(np.prod(sp)) / 1000.0
+    slice_axis, _ = axial_axis(affine)
     if boxes is None:
         boxes = label_boxes(labels)
     out: list[Measurement] = []
@@ -312,7 +343,7 @@ def measure(
             continue
         sub = labels[box] == spec.value
         offset = np.array([s.start for s in box], dtype=np.float64)
-        lesions = _lesions(sub, offset, sp, affine, org, structure, voxel_ml)
+        lesions = _lesions(sub, offset, sp, affine, org, structure, voxel_ml, slice_axis)
         out.append(
             Measurement(
                 label=spec.name,
@@ -370,8 +401,12 @@ def _lesions(
     origin: _F64,
     structure: npt.NDArray[np.bool_],
     voxel_ml: float,
+    slice_axis: int = 2,
 ) -> list[Lesion]:
     comp, n = ndimage.label(sub, structure=structure)
+    # RECIST reads axial slices: the axis across them goes last.
+    order3 = [a for a in range(3) if a != slice_axis] + [slice_axis]
+    sp_axial = sp[order3]
     if n == 0:
         return []
     objs: list[tuple[slice, ...] | None]
@@ -397,10 +432,11 @@ def _lesions(
             ]
         ) / float(count)
         centroid = origin + affine @ centre_idx
+        axial = np.moveaxis(cm, slice_axis, 2)
         if count <= _SMALL:
-            recist, axis = _small_diameters(cm, sp)
+            recist, axis = _small_diameters(axial, sp_axial)
         else:
-            recist, axis = recist_diameter(cm, sp), longest_axis(cm, sp)
+            recist, axis = recist_diameter(axial, sp_axial), longest_axis(cm, sp)
         lesions.append(
             Lesion(
                 index=rank,
