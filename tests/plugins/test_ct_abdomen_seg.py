@@ -714,15 +714,91 @@ def test_host_refuses_a_plugin_that_rejects_but_returns_results() -> None:
         )
 
 
-def test_volume_check_only_warns_on_a_small_fragment_of_another_organ() -> None:
+def test_a_fragment_of_another_organ_is_left_out_and_the_liver_stands() -> None:
+    # A 5 mL "spleen" was reported as a measurement, flagged only "borderline".
+    gate = _gate()
     mask = np.zeros((100, 100, 40), np.uint8)
-    mask[20:30, 20:30, 10:24] = 2  # a 14 mL "spleen" fragment
+    mask[20:30, 20:30, 10:24] = 2  # a 14 mL "spleen" fragment: under half of 115 mL
     mask[40:90, 40:90, 5:35] = 1  # a 750 mL liver
     mask[40:60, 10:30, 5:25] = 3
-    mask[65:85, 10:30, 5:25] = 4  # kidneys of 80 mL
-    verdict = _gate().check_volumes(mask, (1.0, 1.0, 10.0), _organs())
-    assert verdict.rejected is None
-    assert verdict.warnings == ["borderline: spleen 14 mL (training range 115-306 mL)"]
+    mask[65:85, 10:30, 5:25] = 4  # kidneys of 80 mL: in range
+    verdict = gate.check_volumes(mask, (1.0, 1.0, 10.0), _organs())
+    assert verdict == gate.GateVerdict()
+    kept, warnings = gate.far_organs(mask, (1.0, 1.0, 10.0), _organs())
+    assert warnings == [
+        "spleen: the model labelled 14 mL, far outside the training range (115-306 mL): left "
+        "out, not measured (a fragment of another structure, or an organ the model cannot read)"
+    ]
+    assert not np.any(kept == 2) and np.array_equal(kept[mask != 2], mask[mask != 2])
+    assert np.count_nonzero(mask == 2) == 1400, "the input is not changed"
+    mask[40:60, 10:30, 5:25] = 0
+    mask[40:60, 10:30, 5:24] = 3  # a 76 mL kidney: just outside, stays (a warning)
+    kept, warnings = gate.far_organs(mask, (1.0, 1.0, 10.0), _organs())
+    assert np.any(kept == 3) and not any("kidney" in w for w in warnings)
+    mask[0:10, 20:30, 10:24] = 2  # a cut organ is volume-measure's to report as cut
+    mask[20:30, 20:30, 10:24] = 2
+    assert gate.far_organs(mask, (1.0, 1.0, 10.0), _organs())[1] == []
+
+
+def _body(mask: np.ndarray, direction: np.ndarray | None = None) -> Image:
+    hu = np.where(mask > 0, 60.0, -1000.0).astype(np.float32)
+    hu[10:90, 10:90, :] = np.maximum(hu[10:90, 10:90, :], 20.0)  # the body around the organs
+    return Image(
+        array=hu[None],
+        spacing=(2.0, 2.0, 5.0),
+        origin=(-100.0, -100.0, 0.0),
+        direction=np.eye(3) if direction is None else direction,
+        metadata={"Modality": "CT"},
+    )
+
+
+def test_organs_on_the_unusual_sides_are_refused() -> None:
+    # The probe: a mirrored header (or situs inversus) gave status ok, the kidneys' sides
+    # swapped and a 5 mL "spleen". LPS: the patient's right is low x (low i here).
+    gate, organs = _gate(), _organs()
+    mask = np.zeros((100, 100, 40), np.uint8)
+    mask[15:45, 30:70, 5:30] = organs["liver"]  # the patient's right
+    mask[65:80, 30:50, 5:20] = organs["spleen"]  # the patient's left
+    mask[25:35, 60:75, 10:25] = organs["kidney_right"]
+    mask[65:75, 60:75, 10:25] = organs["kidney_left"]
+    assert gate.check_sides(_body(mask), mask, organs) is None
+    mirrored = mask[::-1].copy()
+    reason = gate.check_sides(_body(mirrored), mirrored, organs)
+    assert reason is not None and reason.startswith(
+        "the kidney labelled right lies to the patient's left of the one labelled left"
+    )
+    # The kidneys' labels follow their sides, the liver does not: mirrored anatomy.
+    swapped = mirrored.copy()
+    swapped[mirrored == organs["kidney_right"]] = organs["kidney_left"]
+    swapped[mirrored == organs["kidney_left"]] = organs["kidney_right"]
+    reason = gate.check_sides(_body(swapped), swapped, organs)
+    assert reason is not None and "liver lies to the patient's left of the spleen" in reason
+    swapped[swapped == organs["spleen"]] = 0
+    reason = gate.check_sides(_body(swapped), swapped, organs)
+    assert reason is not None and "left of the kidneys' midline" in reason
+    liver_only = np.where(swapped == organs["liver"], swapped, 0).astype(np.uint8)
+    reason = gate.check_sides(_body(liver_only), liver_only, organs)
+    assert reason is not None and "left of the body's midline" in reason
+    # The mirrored voxels under a header whose i axis runs to the patient's right: usual.
+    flip = np.diag([-1.0, 1.0, 1.0])
+    assert gate.check_sides(_body(mirrored, flip), mirrored, organs) is None
+
+
+def test_host_refuses_a_mirrored_phantom() -> None:
+    case = synthesize(10003, small=True)
+    d = np.asarray(case.direction, dtype=np.float64).copy()
+    d[:, 0] = -d[:, 0]  # the header says the rows run the other way; the pixels stay
+    image = Image(
+        array=np.ascontiguousarray(case.hu[None]),
+        spacing=case.spacing,
+        origin=tuple(float(o) for o in case.origin),
+        direction=d,
+        metadata=case.metadata(),
+    )
+    r = _host().run("ct-abdomen-seg", image, device="cpu", chain=False, options={"explain": False})
+    p = r.prediction
+    assert p.status == v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION, p.status_reason
+    assert "mirrored anatomy" in str(p.status_reason) and p.mask is None
 
 
 def test_a_liver_tumour_away_from_the_liver_is_left_out_with_a_warning() -> None:

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medlens.plugin_api import v1
-from medlens_ct_abdomen_seg.plausibility import check_input, check_volumes, tumours_outside_liver
+from medlens_ct_abdomen_seg.plausibility import (
+    check_input,
+    check_sides,
+    check_volumes,
+    far_organs,
+    tumours_outside_liver,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -88,13 +94,19 @@ class CtAbdomenSeg:
         organs = {lab.name: lab.value for lab in self.manifest.outputs.labels}
         with ctx.timer("plausibility_s"):
             kept, away = tumours_outside_liver(mask.array[0], mask.spacing, organs)
-            if away:
+            # An organ far out of its range is no measurement, nor a landmark of a side.
+            kept, far = far_organs(kept, mask.spacing, organs)
+            if away or far:
                 mask = mask.with_array(kept[None])
+            away += far
             volumes = check_volumes(mask.array[0], mask.spacing, organs)
+            sides = check_sides(image, mask.array[0], organs)
         for w in away:
             ctx.warn(w)
         if volumes.rejected is not None:
             return _refused(volumes.rejected, volumes.warnings)
+        if sides is not None:
+            return _refused(sides, volumes.warnings)
         for w in volumes.warnings:
             ctx.warn(w)
         # The values inside the labelled box (outside it every voxel is 0): np.unique over
