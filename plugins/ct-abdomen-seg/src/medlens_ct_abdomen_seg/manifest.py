@@ -211,12 +211,17 @@ MANIFEST = v1.Manifest(
             "artefacts) is out of distribution and results on it are meaningless.",
             "Model grid is 2.5 x 2.5 x 3 mm: tumours under about 1 mL (12 mm) are segmented "
             "poorly or missed; figures below hold for tumours of at least 1 mL.",
-            "Right/left kidney labels depend on correct patient orientation in the header.",
+            "Right/left kidney labels depend on correct patient orientation in the header. "
+            "Organs on the unusual sides (a liver left of the spleen or of the midline, the "
+            "kidney labelled right left of the other: situs inversus or a mirrored header) "
+            "are refused.",
             "Grad-CAM heatmaps explain the model, they do not localise disease.",
             "Input gate: non-CT, non-abdominal BodyPartExamined, under 30 mm of z-extent, "
-            "non-HU values, head- or chest-like sections, or organ volumes beyond twice the "
-            "training range are refused (status rejected_out_of_distribution, no results); "
-            "volumes just outside it are reported with a warning. Training range (mL): "
+            "non-HU values, head- or chest-like sections, or a liver under half or beyond "
+            "twice its training range are refused (status rejected_out_of_distribution, no "
+            "results); another organ that far outside its range is left out of the mask and "
+            "not measured, with a warning; volumes just outside it are reported with a "
+            "warning. Training range (mL): "
             + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in TRAINING_VOLUME_ML.items())
             + " (python -m medlens_ct_abdomen_seg.plausibility).",
             "A liver that reaches the image's edge (a scan range or field of view that cuts "
