@@ -104,6 +104,27 @@ def test_laterality_from_the_header() -> None:
     assert study.laterality_from_header({"ImageLaterality": "B"}) is None
 
 
+def test_a_header_whose_two_lateralities_disagree_names_no_side() -> None:
+    meta = {"ImageLaterality": "L", "Laterality": "R"}
+    assert study.laterality_from_header(meta) is None
+    assert study.header_clash(meta) == (
+        "the DICOM header's ImageLaterality says L and its Laterality R: the side is not named"
+    )
+    assert study.header_clash({"ImageLaterality": "L", "Laterality": "L"}) == ""
+    assert study.laterality_from_header({"ImageLaterality": "L", "Laterality": ""}) == "L"
+
+
+def test_a_missing_eye_is_never_called_clear() -> None:
+    # The probe: both photographs of the right eye, none of the left, gave "no referable
+    # DR" (rescreen in 12 months) for an eye nobody looked at.
+    g, u = study.EyeGrade, study.decide
+    both_right = [g("R", True, False), g("R", True, False)]
+    assert u(both_right, study.missing_eyes(["R", "R"])) == "ungradable"
+    assert u([g("R", True, True)], ["L"]) == "refer"
+    assert u([g(None, True, False)], study.missing_eyes([None])) == "ungradable"
+    assert u([g("L", True, False), g("R", True, False)], []) == "no_referable_dr"
+
+
 def test_missing_eyes() -> None:
     assert study.missing_eyes(["L", "R"]) == []
     assert study.missing_eyes(["L"]) == ["R"]

@@ -510,6 +510,59 @@ def test_study_sr_gets_the_completed_source_headers(tmp_path: Path) -> None:
     assert _dciodvfy_errors(sr_path) == []
 
 
+def test_a_grey_picture_of_no_named_eye_beside_the_eyes_is_left_out(tmp_path: Path) -> None:
+    # The probe: a chest film stored as OT in the patient's study made both eyes'
+    # "no referable DR" an "ungradable" (re-image) patient.
+    inp = tmp_path / "dicom"
+    uid = "1.2.826.0.1.3680043.8.498.76"
+    for side in ("L", "R"):
+        op_dicom(_img(f"Patient003_{side}.jpg"), inp / f"eye_{side}.dcm", side, "P3", uid)
+    _, alone = _one_patient(inp, tmp_path / "out1")
+    grey = data.load_rgb(_img("Patient003_L.jpg")).mean(axis=2).astype(np.uint8)
+    ds = opkit.op_header(
+        grey.shape,
+        laterality=None,
+        patient="P3",
+        study_uid=uid,
+        modality="OT",
+        sop_class="1.2.840.10008.5.1.4.1.1.7",
+    )
+    ds.SamplesPerPixel = 1
+    del ds.PlanarConfiguration
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.ConversionType = "WSD"
+    ds.PixelData = grey.tobytes()
+    opkit.save(ds, inp / "film.dcm")
+    _, doc = _one_patient(inp, tmp_path / "out2")
+    assert doc["extra"]["decision"] == alone["extra"]["decision"]
+    assert sorted(e["laterality"] for e in doc["extra"]["eyes"]) == ["L", "R"]
+    assert any(
+        "a grey-level image (1 channel) naming no eye: left out" in w for w in doc["warnings"]
+    ), doc["warnings"]
+    # The same grey picture naming its eye is a red-free photograph of it: an ungradable
+    # photograph of that eye, which is graded on its colour one.
+    ds.ImageLaterality = "L"
+    opkit.save(ds, inp / "film.dcm")
+    _, named = _one_patient(inp, tmp_path / "out3")
+    photos = named["extra"]["eyes"]
+    assert len(photos) == 3 and sum(not e["quality"]["gradable"] for e in photos) == 1
+    assert named["extra"]["decision"] == alone["extra"]["decision"]
+
+
+def test_a_header_whose_lateralities_disagree_names_no_side(tmp_path: Path) -> None:
+    inp = tmp_path / "dicom"
+    uid = "1.2.826.0.1.3680043.8.498.77"
+    path = op_dicom(_img("Patient003_L.jpg"), inp / "a.dcm", "L", "P3", uid)
+    ds = pydicom.dcmread(path)
+    ds.Laterality = "R"
+    ds.save_as(path)
+    op_dicom(_img("Patient003_R.jpg"), inp / "b.dcm", "R", "P3", uid)
+    _, doc = _one_patient(inp, tmp_path / "out")
+    sides = sorted(str(e["laterality"]) for e in doc["extra"]["eyes"])
+    assert sides == ["None", "R"]
+    assert any("ImageLaterality says L and its Laterality R" in w for w in doc["warnings"])
+
+
 def test_a_header_side_that_contradicts_the_file_name_or_names_no_eye_is_said(
     tmp_path: Path,
 ) -> None:

@@ -134,6 +134,9 @@ def _laterality(item: Any) -> tuple[str | None, str, str]:
         ),
         "",
     )
+    at_odds = study.header_clash(image.metadata)
+    if at_odds:  # neither the file name nor a CSV settles a header at odds with itself
+        return None, "conflicting", at_odds
     note = f"the DICOM header's laterality is {raw!r}, which names no one eye" if raw else ""
     if given in ("R", "L"):
         # The host gives the file name's side too (medlens run); a study CSV may overrule it.
@@ -329,9 +332,19 @@ class RetinaDR:
                 warnings=[study.NOTICE],
                 extra={"notice": study.NOTICE},
             )
+        eye_at: dict[int, dict[str, Any]] = {}  # by study image index (some are no eye)
         for n, item in enumerate(items):
             image: v1.Image = item.image
             lat, lat_from, lat_note = _laterality(item)
+            if kinds[n] and lat is None:
+                # A grey picture of no named eye (a radiograph stored as OT beside the
+                # eyes) is no eye of this patient: counted as one, it made the patient
+                # "ungradable". A fundus camera's red-free photograph names its eye.
+                warnings.append(
+                    f"picture {n + 1} ({_source(image)}): {kinds[n]} naming no eye: left out "
+                    "(not a colour fundus photograph)"
+                )
+                continue
             eye: dict[str, Any] = {
                 "source": _source(image),
                 "laterality": lat,
@@ -345,6 +358,7 @@ class RetinaDR:
                     "measures": {"fov_found": 0.0},
                 }
                 eyes.append(eye)
+                eye_at[n] = eye
                 continue
             rgb = image_rgb(image)
             with ctx.timer("quality"):
@@ -365,6 +379,7 @@ class RetinaDR:
                     prepared = self.network_input(rgb, fov)
                 graded.append((n, prepared, fov, rgb))
             eyes.append(eye)
+            eye_at[n] = eye
         if graded:
             graded_parts = self.logit_parts(
                 [g[1] for g in graded], [(g[3], g[2]) for g in graded], ctx.timer
@@ -372,8 +387,8 @@ class RetinaDR:
             for (n, _, _, _), score in zip(graded, graded_parts, strict=True):
                 parts, m = score.parts, score.measures
                 p = self.probability(parts)
-                eyes[n]["findings"] = [self._finding(p, op).model_dump(mode="json")]
-                eyes[n]["lesions"] = {
+                eye_at[n]["findings"] = [self._finding(p, op).model_dump(mode="json")]
+                eye_at[n]["lesions"] = {
                     "candidates": m.counts(),
                     "logit_parts": {k: round(v, 4) for k, v in parts.items()},
                 }
@@ -382,7 +397,7 @@ class RetinaDR:
                 maps = self.evidence([g[1] for g in graded], graded_parts)
                 for (n, _, fov, rgb), ev in zip(graded, maps, strict=True):
                     expl = _explanation(ev)
-                    eyes[n]["explanation"] = expl.model_dump(mode="json")
+                    eye_at[n]["explanation"] = expl.model_dump(mode="json")
                     eye_map = _back_to_photo(items[n].image, rgb, fov, ev.map)
                     if n == 0:  # result.image is the study's first image: its heatmap
                         heatmap, explanation = eye_map, expl
@@ -417,8 +432,8 @@ class RetinaDR:
                 warnings=[*warnings, study.NOTICE],
                 extra={"notice": study.NOTICE},
             )
-        decision = study.decide(grades)
         missing = study.missing_eyes(lats)
+        decision = study.decide(grades, missing)
         if missing:
             warnings.append(f"eye(s) missing from the study: {', '.join(missing)}")
         findings: list[v1.Finding] = []

@@ -12,8 +12,9 @@ Light (no torch): used by the plugin and tests.
   study per run.
 * **Decision** per patient (:func:`decide`): ``refer`` if any gradable eye is
   referable at the operating point; else ``ungradable`` (re-image) if any eye
-  is ungradable; else ``no_referable_dr`` (rescreen in 12 months). An
-  ungradable eye therefore never contributes "no referable DR". An eye is its
+  is ungradable or missing from the study; else ``no_referable_dr`` (rescreen in
+  12 months). An ungradable eye, or one never photographed, therefore never
+  contributes "no referable DR". An eye is its
   photographs of one side: it is gradable when one of them is (a retake after a
   blurred shot, the frames of a stereo pair, a second field), as screening
   programmes grade an eye on its best photograph; a photograph of unknown side is
@@ -33,6 +34,7 @@ __all__ = [
     "EyeGrade",
     "decide",
     "eyes_of",
+    "header_clash",
     "laterality_from_header",
     "laterality_from_name",
     "missing_eyes",
@@ -64,12 +66,31 @@ class EyeGrade:
 
 
 def laterality_from_header(meta: Mapping[str, Any]) -> str | None:
-    """``R``/``L`` from DICOM ``ImageLaterality`` or ``Laterality``; None otherwise."""
+    """``R``/``L`` from DICOM ``ImageLaterality`` or ``Laterality``; None otherwise.
+
+    None too when the two name different eyes (:func:`header_clash` says so): which one
+    is wrong cannot be told, and a mislabelled eye is graded as the other one's.
+    """
+    if header_clash(meta):
+        return None
     for key in ("ImageLaterality", "Laterality"):
         v = str(meta.get(key) or "").strip().upper()
         if v in ("R", "L"):
             return v
     return None
+
+
+def header_clash(meta: Mapping[str, Any]) -> str:
+    """A note when ``ImageLaterality`` and ``Laterality`` name different eyes, else ""."""
+    image, series = (
+        str(meta.get(k) or "").strip().upper() for k in ("ImageLaterality", "Laterality")
+    )
+    if image in ("R", "L") and series in ("R", "L") and image != series:
+        return (
+            f"the DICOM header's ImageLaterality says {image} and its Laterality {series}: "
+            "the side is not named"
+        )
+    return ""
 
 
 def laterality_from_name(name: str) -> str | None:
@@ -118,13 +139,19 @@ def eyes_of(photos: Sequence[EyeGrade]) -> list[EyeGrade]:
     return eyes
 
 
-def decide(photos: Sequence[EyeGrade]) -> Decision:
-    """The patient decision from the photographs' grades (see the module docstring)."""
+def decide(photos: Sequence[EyeGrade], missing: Sequence[str] = ()) -> Decision:
+    """The patient decision from the photographs' grades (see the module docstring).
+
+    Args:
+        photos: Each photograph's grade.
+        missing: The eyes without a photograph (:func:`missing_eyes`): "rescreen in
+            12 months" is never said of an eye nobody looked at.
+    """
     eyes = eyes_of(photos)
     if not eyes:
         return "ungradable"
     if any(e.gradable and e.referable for e in eyes):
         return "refer"
-    if any(not e.gradable for e in eyes):
+    if missing or any(not e.gradable for e in eyes):
         return "ungradable"
     return "no_referable_dr"
