@@ -165,7 +165,10 @@ def test_other_pictures_are_refused_and_another_cameras_fundus_is_graded(
     res = _run(host, [tmp_path / "other_R.png"])
     (eye,) = res.prediction.extra["eyes"]
     assert res.prediction.status == "ok" and eye["quality"]["gradable"], eye["quality"]
-    assert eye["findings"] and res.prediction.extra["decision"] in ("refer", "no_referable_dr")
+    assert eye["findings"] and res.prediction.findings  # graded
+    # One eye of the two: no patient is clear with the other never photographed.
+    assert res.prediction.extra["missing_eyes"] == ["L"]
+    assert res.prediction.extra["decision"] in ("refer", "ungradable")
 
 
 def test_a_down_scaled_export_is_ungradable_not_graded(host: Host, tmp_path: Path) -> None:

@@ -437,7 +437,9 @@ class RetinaDR:
         if missing:
             warnings.append(f"eye(s) missing from the study: {', '.join(missing)}")
         findings: list[v1.Finding] = []
-        if graded and decision != "ungradable":
+        # The photographed eyes' evidence stands when only an eye is missing (a protocol
+        # scoring photographs one by one reads it); the decision says re-image.
+        if graded and study.decide(grades) != "ungradable":
             p_max = max(float(e["findings"][0]["probability"]) for e in eyes if e["findings"])
             findings.append(self._finding(p_max, op))
         return v1.Prediction(
