@@ -101,9 +101,10 @@ def test_convert_names_carry_no_free_text_and_never_collide(
 
 
 def test_index_prints_header_text_without_terminal_escapes(
-    dicom_builder: SimpleNamespace, tmp_path: Path
+    dicom_builder: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A SeriesDescription with ESC[2J cleared the screen; a newline forged a table line.
+    monkeypatch.delenv("COLUMNS", raising=False)  # a narrow table would cut the text
     spec = dicom_builder.SeriesSpec(n=2, description="desc\x1b[2Jcleared\nfake [red]line[/red]")
     dicom_builder.write_series(tmp_path / "d", spec)
     result = CliRunner().invoke(cli, ["index", str(tmp_path / "d")])
