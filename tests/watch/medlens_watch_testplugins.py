@@ -74,6 +74,46 @@ EYES = v1.Manifest(
 )
 
 
+FILMS = v1.Manifest(
+    id="films",
+    version="1.0.0",
+    api_version="1.1",
+    title="Watch test 2-D plugin (frontal chest films)",
+    task=v1.Task.CLASSIFICATION,
+    modality=[v1.Modality("DX")],
+    body_part="CHEST",
+    input=v1.InputSpec(dims=2),
+    selection=v1.AnyOf(
+        rules=[
+            v1.Equals(attribute="ViewPosition", value="PA"),
+            v1.Equals(attribute="ViewPosition", value="AP"),
+        ]
+    ),
+    outputs=v1.OutputSpec(labels=[], kinds=[v1.OutputKind.JSON]),
+    model_card=v1.ModelCard(
+        intended_use="tests only", training_data="none", license="Apache-2.0", diagnostic_use=False
+    ),
+    entry="medlens_watch_testplugins:Films",
+)
+
+
+class Films:
+    """Says which film it read (its view and mean grey level)."""
+
+    def __init__(self, ctx: v1.LoadContext) -> None:
+        pass
+
+    def predict(self, inputs: v1.PluginInputs, ctx: v1.RunContext) -> v1.Prediction:
+        img = inputs.image
+        assert img.ndim == 2, img.shape
+        return v1.Prediction(
+            extra={
+                "view": str(img.metadata.get("ViewPosition")),
+                "mean": round(float(np.asarray(img.array).mean()), 3),
+            }
+        )
+
+
 class Eyes:
     """Says which photographs of the study it was given."""
 

@@ -333,6 +333,80 @@ def test_eyes_arriving_together_each_end_with_the_whole_study(tmp_path: Path) ->
         wk.check_results(r.state, r.out, ["eyes"])
 
 
+def test_both_eyes_in_one_series_are_read_as_one_study(tmp_path: Path) -> None:
+    # The probe: a series holding both photographs was "a 3-D image" to routing, so the
+    # study plugin never ran (unrouted), while `medlens run` graded the patient.
+    from pydicom.uid import generate_uid
+
+    left, right = _photo(generate_uid(), "L"), _photo("", "R")
+    right.StudyInstanceUID, right.SeriesInstanceUID = left.StudyInstanceUID, left.SeriesInstanceUID
+    with Running(tmp_path, ("eyes",)) as r:
+        wk.write_files([left, right], r.inp / "both")
+        r.done(1)
+        pdir = r.out / left.StudyInstanceUID / left.SeriesInstanceUID / "eyes" / "current"
+        (result,) = pdir.glob("**/result.json")
+        assert json.loads(result.read_text())["extra"]["lateralities"] == ["L", "R"]
+
+
+def _film(study: str, series: str, view: str, grey: int) -> Any:
+    """One DX film (2-D, no patient geometry) of a series."""
+    import numpy as np
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = wk.make_series(1, modality="CT")[0]
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "SliceThickness"):
+        if tag in ds:
+            delattr(ds, tag)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DX", view, "CHEST"
+    for tag in ("RescaleSlope", "RescaleIntercept", "FrameOfReferenceUID"):
+        if tag in ds:
+            delattr(ds, tag)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = "MONOCHROME2", 1
+    ds.Rows, ds.Columns = 24, 20
+    ds.PixelData = np.full((24, 20), grey, np.uint16).tobytes()
+    return ds
+
+
+def test_films_of_one_series_are_read_one_by_one(tmp_path: Path) -> None:
+    # The probe: a PA and a lateral film in one series were "a 3-D image" to routing: no
+    # result, while `medlens run` read the PA and refused the lateral.
+    from pydicom.uid import generate_uid
+
+    study, mixed, two = generate_uid(), generate_uid(), generate_uid()
+    with Running(tmp_path, ("films",)) as r:
+        wk.write_files(
+            [_film(study, mixed, "PA", 100), _film(study, mixed, "LL", 900)], r.inp / "a"
+        )
+        wk.write_files([_film(study, two, "PA", 200), _film(study, two, "AP", 300)], r.inp / "b")
+        r.done(2)
+        pdir = r.out / study / mixed / "films" / "current"
+        rs = json.loads((pdir / "resultset.json").read_text())
+        assert rs["summary"]["status"] == "ok"
+        (result,) = pdir.glob("**/result.json")
+        assert json.loads(result.read_text())["extra"] == {"view": "PA", "mean": 100.0}
+        assert any(
+            "another image of the series is not for films" in w for w in rs["summary"]["warnings"]
+        )
+        pdir = r.out / study / two / "films" / "current"
+        rs = json.loads((pdir / "resultset.json").read_text())
+        images = rs["summary"]["images"]
+        assert [i["status"] for i in images] == ["ok", "ok"]
+        seen = sorted(
+            json.loads(p.read_text())["extra"]["view"] for p in pdir.glob("*/result.json")
+        )
+        assert seen == ["AP", "PA"]
+        assert sorted(p.parent.name for p in pdir.glob("*/result.json")) == sorted(
+            i["case"] for i in images
+        )
+
+
 def test_a_result_of_a_generation_that_changed_while_it_ran_is_never_current(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -439,7 +513,8 @@ def test_unreadable_inbox_folders_and_files_it_cannot_remove_are_said_once(
     private, kept = tmp_path / "in" / "private", tmp_path / "in" / "kept"
 
     def scandir(path: Any = ".") -> Any:
-        if os.fsdecode(path) == str(private):
+        # shutil.rmtree scans by descriptor (an int): only paths name the folder.
+        if not isinstance(path, int) and os.fsdecode(path) == str(private):
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 

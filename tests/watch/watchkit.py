@@ -37,6 +37,7 @@ def source(*ids: str) -> PluginSource:
         "flaky": "FLAKY",
         "refuses": "REFUSES",
         "eyes": "EYES",
+        "films": "FILMS",
     }
     return PluginSource(
         entry_points=tuple((i, f"medlens_watch_testplugins:{names[i]}") for i in ids),

@@ -378,7 +378,18 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
         t1 = time.perf_counter()
         result = host.run_study(spec.plugin, study, device=spec.device, options=spec.options)
     else:
-        image = _read(Path(spec.input_dir), handle.manifest, tilt)
+        separate = _separate_images(handle.manifest, Path(spec.input_dir))
+        if separate is not None and len(separate[0]) > 1:
+            return _run_images(host, spec, separate, t0)
+        if separate is not None:
+            from medlens.routing import read_case, routed_image
+
+            (case,), refused = separate
+            image = routed_image(handle.manifest, read_case(case, on_tilt=tilt))
+            notes = [f"another image of the series is not for {spec.plugin}: {r}" for r in refused]
+            image = image.with_array(image.array, warnings=(*image.warnings, *notes))
+        else:
+            image = _read(Path(spec.input_dir), handle.manifest, tilt)
         t1 = time.perf_counter()
         result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
     t2 = time.perf_counter()
@@ -411,6 +422,92 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
         "measurements": [m.model_dump(mode="json") for m in result.measurements],
         "findings": [f.model_dump(mode="json") for f in result.prediction.findings],
         "warnings": list(result.prediction.warnings),
+        "worker_pid": os.getpid(),
+    }
+
+
+def _separate_images(manifest: Any, folder: Path) -> tuple[list[Any], list[str]] | None:
+    """A 2-D plugin's cases when the job's series holds separate 2-D images, else None.
+
+    A PA and a lateral film, or two films, in one series: each image is a case of its own
+    (as ``medlens run`` splits it); the accepted ones and the others' reasons.
+
+    Raises:
+        RoutingError: The plugin accepts none of the series' images.
+    """
+    from medlens.errors import RoutingError
+    from medlens.routing import accepted_cases
+
+    if manifest.input.dims != 2:
+        return None
+    try:
+        accepted, refused = accepted_cases(manifest, folder)
+    except InputError:
+        return None  # the usual reading says why
+    if len(accepted) + len(refused) < 2 or any(len(c.paths) != 1 for c in accepted):
+        return None
+    if not accepted:
+        raise RoutingError(
+            f"plugin {manifest.id!r} accepts no image of the series: " + " | ".join(refused)
+        )
+    return accepted, refused
+
+
+def _run_images(
+    host: Any, spec: JobSpec, separate: tuple[list[Any], list[str]], t0: float
+) -> dict[str, Any]:
+    """Run every accepted image of a series of separate 2-D images: a folder each.
+
+    The set's status is ``ok`` when one image's is; each image's own status, reason,
+    findings and outputs are in ``images`` (its folder is its case name: validated parts).
+    """
+    from medlens.routing import read_case, routed_image
+
+    accepted, refused = separate
+    handle = host.get(spec.plugin)
+    out = Path(spec.out_dir)
+    images: list[dict[str, Any]] = []
+    first: Any = None
+    read_s = run_s = write_s = 0.0
+    for case in accepted:
+        t1 = time.perf_counter()
+        image = routed_image(handle.manifest, read_case(case))
+        t2 = time.perf_counter()
+        result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
+        t3 = time.perf_counter()
+        folder = out / case.name
+        folder.mkdir(parents=True, exist_ok=True)
+        outputs = dict(host.write(result, folder))
+        t4 = time.perf_counter()
+        read_s, run_s, write_s = read_s + t2 - t1, run_s + t3 - t2, write_s + t4 - t3
+        first = first if first is not None and str(first.prediction.status) == "ok" else result
+        images.append(
+            {
+                "case": case.name,
+                "status": str(result.prediction.status),
+                "status_reason": result.prediction.status_reason,
+                "outputs": {k: _rel(Path(v), out) for k, v in outputs.items()},
+                "findings": [f.model_dump(mode="json") for f in result.prediction.findings],
+                "warnings": list(result.prediction.warnings),
+            }
+        )
+    ok = [i for i in images if i["status"] == "ok"]
+    return {
+        "status": "ok" if ok else images[0]["status"],
+        "status_reason": None if ok else images[0]["status_reason"],
+        "provenance": first.provenance.model_dump(mode="json"),
+        "chained": [],
+        "timings_s": {
+            "read_s": round(read_s, 4),
+            "run_s": round(run_s, 4),
+            "write_s": round(write_s, 4),
+            "total_s": round(time.perf_counter() - t0, 4),
+        },
+        "outputs": {},
+        "measurements": [],
+        "findings": [f for i in ok for f in i["findings"]],
+        "warnings": [f"another image of the series is not for {spec.plugin}: {r}" for r in refused],
+        "images": images,
         "worker_pid": os.getpid(),
     }
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from medlens.errors import RoutingError, is_transient
 from medlens.routing._cases import Case, CaseKind, find_cases, read_case
-from medlens.routing._read import read_for, routed_image
+from medlens.routing._read import accepted_cases, read_for, route_series, routed_image
 from medlens.routing._route import ANY_BODY_PART, check_routed, route, unchecked
 from medlens.routing._studies import (
     Study,
@@ -36,6 +36,7 @@ __all__ = [
     "RoutingError",
     "Study",
     "TiltChoice",
+    "accepted_cases",
     "check_routed",
     "find_cases",
     "group_studies",
@@ -48,6 +49,7 @@ __all__ = [
     "read_study_csv",
     "read_study_for",
     "route",
+    "route_series",
     "routed_image",
     "tilt_policy",
     "unchecked",

@@ -39,7 +39,7 @@ from medlens.imaging.regular import check_regular_file
 from medlens.imaging.series import TiltPolicy, group_volumes, split_acquisitions
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, is_photo_frames
 
-__all__ = ["Case", "CaseKind", "find_cases", "read_case", "read_case_images"]
+__all__ = ["Case", "CaseKind", "find_cases", "read_case", "read_case_images", "split_series"]
 
 CaseKind = Literal["dicom", "file", "error", "skipped"]
 
@@ -117,20 +117,26 @@ def _is_image_series(s: SeriesEntry) -> bool:
 
 
 def _split(s: SeriesEntry) -> list[tuple[str, tuple[DicomHeader, ...]]]:
-    """A series → (volume suffix, headers) per case.
+    return split_series(s.modality, s.headers)
+
+
+def split_series(
+    modality: str, headers: Iterable[DicomHeader]
+) -> list[tuple[str, tuple[DicomHeader, ...]]]:
+    """One series' headers → (volume suffix, headers) per case.
 
     Separate 2-D images give one case each; a multi-echo or 4-D series one per echo /
     temporal position (multi-frame files keep theirs in functional groups); anything
-    else is one case.
+    else is one case. The watch routes a series' cases by the same split.
     """
-    hs = s.headers
+    hs = tuple(headers)
     no_geometry = all(h.image_position is None for h in hs)
-    two_d = s.modality.upper() in TWO_D_MODALITIES or no_geometry
+    two_d = modality.upper() in TWO_D_MODALITIES or no_geometry
 
     def alone(h: DicomHeader) -> bool:  # a 2-D image, or a multi-frame photograph (stereo pair)
         frames = h.number_of_frames
         return (two_d and frames == 1) or is_photo_frames(
-            s.modality, frames, h.image_position is not None
+            modality, frames, h.image_position is not None
         )
 
     if len(hs) > 1 and all(alone(h) for h in hs):

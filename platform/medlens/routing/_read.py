@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from medlens.errors import InputError, RoutingError
-from medlens.imaging.facts import facts_of_image
+from medlens.imaging.dicom_index import DicomHeader
+from medlens.imaging.facts import facts_of_headers, facts_of_image
 from medlens.imaging.image import Image
 from medlens.imaging.series import TiltPolicy
 from medlens.plugin_api._manifest import Manifest
-from medlens.routing._cases import Case, find_cases, read_case
+from medlens.routing._cases import Case, find_cases, read_case, split_series
 from medlens.routing._route import check_routed, route, unchecked
 from medlens.routing._tilt import tilt_policy
+from medlens.rules import RuleOutcome
 
-__all__ = ["read_for", "routed_image"]
+__all__ = ["accepted_cases", "read_for", "route_series", "routed_image"]
 
 
 def routed_image(manifest: Manifest, image: Image) -> Image:
@@ -28,6 +30,50 @@ def routed_image(manifest: Manifest, image: Image) -> Image:
     if not notes:
         return image
     return image.with_array(image.array, warnings=(*image.warnings, *notes))
+
+
+def route_series(manifest: Manifest, headers: list[DicomHeader]) -> RuleOutcome:
+    """Whether ``manifest``'s plugin accepts a stored series: one of its cases will do.
+
+    A series splits into cases as ``medlens run`` splits it (:func:`split_series`): a
+    PA and a lateral film in one series are two 2-D cases, not a 3-D volume, and the
+    plugin that reads the PA accepts the series (the watch job runs what it accepts).
+
+    Args:
+        manifest: The plugin's manifest.
+        headers: The series' headers (at least one).
+
+    Returns:
+        The first accepting case's outcome, else a refusal with every distinct reason.
+    """
+    reasons: list[str] = []
+    for _volume, group in split_series(headers[0].modality, headers):
+        outcome = route(manifest, facts_of_headers(group))
+        if outcome.matched:
+            return outcome
+        reasons += [r for r in outcome.reasons if r not in reasons]
+    return RuleOutcome(False, tuple(reasons))
+
+
+def accepted_cases(manifest: Manifest, folder: Path) -> tuple[list[Case], list[str]]:
+    """The DICOM cases of ``folder`` ``manifest``'s plugin accepts, and the others' reasons.
+
+    Raises:
+        InputError: The folder holds no DICOM image case.
+    """
+    cases = [c for c in find_cases([folder]) if c.kind == "dicom"]
+    if not cases:
+        raise InputError(f"no DICOM image series in {folder.name!r}")
+    accepted: list[Case] = []
+    refused: list[str] = []
+    for c in cases:
+        assert c.facts is not None
+        outcome = route(manifest, c.facts)
+        if outcome.matched:
+            accepted.append(c)
+        else:
+            refused.append(f"{c.facts.describe()}: {'; '.join(outcome.reasons)}")
+    return accepted, refused
 
 
 def read_for(

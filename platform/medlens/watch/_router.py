@@ -1,8 +1,8 @@
 """Which plugins accept a series: the host's one routing decision, on stored instances.
 
 The watch service does not read headers or evaluate rules itself: it builds the
-series' :class:`~medlens.imaging.facts.Facts` from its stored instances with the
-imaging layer's one header reader and asks :func:`medlens.routing.route`, exactly as
+series' headers from its stored instances with the imaging layer's one header reader
+and asks :func:`medlens.routing.route_series`, which splits and routes them as
 ``Host.run`` and ``medlens run`` do. :func:`route_folder` gives watch's outcome for a
 folder of files, so tests can compare it with the CLI's and the host's.
 """
@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medlens.imaging.facts import Facts
 from medlens.phi import captured_warnings
 from medlens.plugin_api._manifest import Manifest
 
-__all__ = ["Decision", "decide", "route_folder", "series_facts", "series_headers"]
+__all__ = ["Decision", "decide", "route_folder", "series_headers"]
 
 
 @dataclass(frozen=True)
@@ -45,24 +44,20 @@ def series_headers(paths: Iterable[Path]) -> list[Any]:
     return headers
 
 
-def series_facts(paths: Iterable[Path]) -> Facts | None:
-    """Facts of the instances at ``paths`` (unreadable ones skipped; None if none read)."""
-    from medlens.imaging.facts import facts_of_headers
+def decide(plugins: Iterable[Manifest], headers: list[Any]) -> list[Decision]:
+    """Each plugin's verdict on a series' headers by :func:`medlens.routing.route_series`.
 
-    headers = series_headers(paths)
-    return facts_of_headers(headers) if headers else None
-
-
-def decide(plugins: Iterable[Manifest], facts: Facts | None) -> list[Decision]:
-    """Each plugin's verdict by :func:`medlens.routing.route`."""
-    from medlens.routing import route
+    A series of separate 2-D images is routed image by image (a PA and a lateral film
+    in one series were one "3-D image" that no 2-D plugin took).
+    """
+    from medlens.routing import route_series
 
     out = []
     for m in plugins:
-        if facts is None:
+        if not headers:
             out.append(Decision(m.id, False, "no stored instance of the series is readable"))
             continue
-        outcome = route(m, facts)
+        outcome = route_series(m, headers)
         out.append(Decision(m.id, outcome.matched, "; ".join(outcome.reasons)))
     return out
 
@@ -75,4 +70,4 @@ def route_folder(folder: Path, manifest: Manifest) -> Decision:
         manifest: The plugin to route to.
     """
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    return decide([manifest], series_facts(files))[0]
+    return decide([manifest], series_headers(files))[0]

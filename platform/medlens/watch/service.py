@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import ConfigError
-from medlens.imaging.facts import facts_of_headers
 from medlens.jobs import (
     Clock,
     Executor,
@@ -461,7 +460,7 @@ class WatchService:
             self.db.set_partial(s.id, {"held": held, **(g.as_dict() if g is not None else {})})
         else:
             self.db.set_partial(s.id, g.as_dict() if partial and g is not None else None)
-        decisions = decide(plugins, facts_of_headers(headers) if headers else None)
+        decisions = decide(plugins, headers)
         self.db.record_routing(
             s,
             [
