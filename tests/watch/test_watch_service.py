@@ -333,6 +333,41 @@ def test_eyes_arriving_together_each_end_with_the_whole_study(tmp_path: Path) ->
         wk.check_results(r.state, r.out, ["eyes"])
 
 
+def test_a_series_whose_instances_all_moved_away_has_its_result_withdrawn(
+    tmp_path: Path,
+) -> None:
+    # The probe: the same instances re-sent under a new Series Instance UID; the old
+    # series kept its result current (and sent it) beside the new series' own.
+    from pydicom.uid import generate_uid
+
+    with Running(tmp_path, ("body-mask",)) as r:
+        ct = wk.make_series(4)
+        old_uid = ct[0].SeriesInstanceUID
+        wk.write_files(ct, r.inp / "a")
+        r.done(1)
+        new_uid = generate_uid()
+        for ds in ct:
+            ds.SeriesInstanceUID = new_uid
+        wk.write_files(ct, r.inp / "b")
+        r.done(2)
+        wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "result_withdrawn"],
+            what="the old series' result withdrawn",
+        )
+        old = r.out / ct[0].StudyInstanceUID / old_uid / "body-mask"
+        assert not (old / "current").exists() and not (old / "current").is_symlink()
+        marker = json.loads((old / "v1" / "SUPERSEDED.json").read_text())
+        assert marker["superseded_by"] is None and "moved to another series" in marker["withdrawn"]
+        current = wk.query(
+            r.state,
+            "SELECT s.series_uid FROM results r JOIN series s ON s.id=r.series_id "
+            "WHERE r.superseded_by IS NULL",
+        )
+        assert [row["series_uid"] for row in current] == [new_uid]
+        new = r.out / ct[0].StudyInstanceUID / new_uid / "body-mask"
+        assert os.readlink(new / "current") == "v1"
+
+
 def test_both_eyes_in_one_series_are_read_as_one_study(tmp_path: Path) -> None:
     # The probe: a series holding both photographs was "a 3-D image" to routing, so the
     # study plugin never ran (unrouted), while `medlens run` graded the patient.

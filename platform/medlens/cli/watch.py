@@ -189,7 +189,13 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
         click.echo("recent results:")
         for r in s["recent_results"]:
             when = _dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
-            sup = " (superseded)" if r["superseded_by"] else ""
+            sup = (
+                " (withdrawn: its instances moved to another series)"
+                if r["superseded_by"] == r["id"]
+                else " (superseded)"
+                if r["superseded_by"]
+                else ""
+            )
             why = f" REJECTED: {r['error']}" if r["status"] == "rejected" else ""
             click.echo(f"  {when} {r['plugin']} v{r['version']} {r['path']}{sup}{why}")
     if s["failed"]:

@@ -600,6 +600,24 @@ class JobStore:
                 (JobStatus.SUPERSEDED, now, why, job_id),
             )
 
+    def withdraw_results(self, series_id: int) -> list[str]:
+        """Withdraw the current results of a series that lost every instance.
+
+        Its instances moved to another series, so its results stand for no image any
+        more. Each is marked superseded by itself (no successor): it is no longer
+        current, and an unsent delivery of it is skipped.
+
+        Returns:
+            The plugins whose current result was withdrawn.
+        """
+        with self.tx() as c:
+            rows = c.execute(
+                "SELECT id, plugin FROM results WHERE series_id=? AND superseded_by IS NULL",
+                (series_id,),
+            ).fetchall()
+            c.executemany("UPDATE results SET superseded_by=id WHERE id=?", [(r[0],) for r in rows])
+        return sorted({str(r[1]) for r in rows})
+
     def start(self, job: Job, now: float) -> int:
         """Mark ``job`` running (one more attempt); returns its result version.
 

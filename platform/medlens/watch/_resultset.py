@@ -93,18 +93,32 @@ def update_pointers(db: JobStore, out_root: Path, series_id: int, plugin: str) -
             if folder.is_dir():
                 _set_current(folder.parent, r.version)
             continue
+        withdrawn = r.superseded_by == r.id  # its series lost every instance
+        if withdrawn and not any(o.superseded_by is None for o in rows):
+            _clear_current(folder.parent, r.version)
         marker = folder / SUPERSEDED
         if folder.is_dir() and not marker.exists():
-            newer = by_id.get(r.superseded_by)
-            write_atomic(
-                marker,
-                json.dumps(
-                    {
-                        "superseded_by": f"v{newer.version}" if newer else None,
-                        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    }
-                ).encode(),
-            )
+            newer = None if withdrawn else by_id.get(r.superseded_by)
+            record: dict[str, Any] = {
+                "superseded_by": f"v{newer.version}" if newer else None,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            if withdrawn:
+                record["withdrawn"] = "the series' instances moved to another series"
+            write_atomic(marker, json.dumps(record).encode())
+
+
+def _clear_current(pdir: Path, version: int) -> None:
+    """Remove ``current`` when it names ``version`` (a withdrawn result)."""
+    link = pdir / CURRENT
+    named = (
+        os.readlink(link)
+        if link.is_symlink()
+        else (link.read_text().strip() if link.is_file() else None)
+    )
+    if named == f"v{version}":
+        link.unlink()
+        fsync_dir(pdir)
 
 
 def reconcile(db: JobStore, out_root: Path) -> dict[str, int]:

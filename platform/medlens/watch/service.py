@@ -490,6 +490,17 @@ class WatchService:
         )
         _log.warning("series %s: no plugin accepts it", s.series_uid)
         self.db.settle_series(s.id, s.generation, "unrouted", reasons)
+        if not self.db.series_instances(s.id):
+            # Every instance moved to another series: a result of it stands for no image
+            # (it stayed current, and went to the PACS beside the new series' one).
+            for plugin in self.db.withdraw_results(s.id):
+                update_pointers(self.db, self.out_dir, s.id, plugin)
+                self.audit.write(
+                    "result_withdrawn",
+                    series_uid=s.series_uid,
+                    plugin=plugin,
+                    reason="its instances moved to another series",
+                )
 
     # --- jobs -------------------------------------------------------------------------
 
