@@ -20,6 +20,7 @@ __all__ = [
     "MedLensError",
     "NeedsNewerHostError",
     "NotDicomError",
+    "OutputBusyError",
     "OutputError",
     "PluginError",
     "PluginLoadError",
@@ -39,6 +40,9 @@ __all__ = [
 
 class MedLensError(Exception):
     """Root of every MedLens error; ``str(err)`` is a one-line reason."""
+
+    #: The CLI's exit status for this error (1 unless a caller must tell it apart).
+    exit_code = 1
 
     def __str__(self) -> str:
         # One line, always: CLI and audit logs print it verbatim.
@@ -135,6 +139,12 @@ class EngineError(MedLensError):
 
 class OutputError(MedLensError):
     """A result could not be written."""
+
+
+class OutputBusyError(OutputError):
+    """Another process writes into the output folder: nothing was run (exit status 5)."""
+
+    exit_code = 5
 
 
 class RunCancelledError(MedLensError):

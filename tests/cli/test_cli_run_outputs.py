@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image as PILImage
 from routingkit import rule_plugin, write_series
 
-from medlens.cli.main import cli
+from medlens.cli.main import cli, main
 from medlens.cli.run import _terminate_as_exit
 from medlens.host import Host
 
@@ -69,6 +69,16 @@ def test_a_second_run_on_the_same_output_folder_is_refused(
     finally:
         os.close(fd)
     assert list(out.iterdir()) == []
+    # Its own exit status: a scheduler retries a busy folder, it does not page for a
+    # failed case (both were 1).
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as exited:
+            main(["run", "rule-plugin", str(tmp_path / "in"), "--out", str(out)])
+    finally:
+        os.close(fd)
+    assert exited.value.code == 5
 
 
 def test_image_cases_are_named_by_content_and_a_file_given_twice_runs_once(

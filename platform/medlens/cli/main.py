@@ -38,7 +38,10 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI, turning every MedLens error into one line and exit code 1."""
+    """Run the CLI, turning every MedLens error into one line and its exit code.
+
+    The code is 1, or the error's own (5: another run holds the output folder).
+    """
     # Library warnings quote header values (a patient's name): shown scrubbed, as in
     # the watch service.
     install_scrubbing("medlens.cli")
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="medlens", standalone_mode=False)
     except MedLensError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)
         sys.exit(130)

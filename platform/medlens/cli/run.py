@@ -43,7 +43,7 @@ import click
 from medlens.cli._console import error_line, one_line
 from medlens.cli._options import parse_options
 from medlens.cli._progress import progress_bar
-from medlens.errors import MedLensError, OutputError, RoutingError
+from medlens.errors import MedLensError, OutputBusyError, OutputError, RoutingError
 from medlens.host import Host
 from medlens.plugin_api.v1 import ResultStatus
 
@@ -162,7 +162,7 @@ def _output_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            raise OutputError(
+            raise OutputBusyError(
                 "another medlens run is writing into this output folder; wait for it or use "
                 "another --out"
             ) from e
