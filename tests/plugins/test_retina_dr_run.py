@@ -561,6 +561,11 @@ def test_a_header_whose_lateralities_disagree_names_no_side(tmp_path: Path) -> N
     sides = sorted(str(e["laterality"]) for e in doc["extra"]["eyes"])
     assert sides == ["None", "R"]
     assert any("ImageLaterality says L and its Laterality R" in w for w in doc["warnings"])
+    assert not any("laterality unknown" in w for w in doc["warnings"])
+    # It stands in for no eye: the left one is missing, so the patient is not clear
+    # (the probe: both photographs of one eye, one of them at odds, gave "no referable DR").
+    assert doc["extra"]["missing_eyes"] == ["L"]
+    assert doc["extra"]["decision"] in ("ungradable", "refer")
 
 
 def test_a_header_side_that_contradicts_the_file_name_or_names_no_eye_is_said(

@@ -458,8 +458,9 @@ def card(res: dict[str, Any]) -> str:
         "side (a retake, a red-free view, a stereo pair's frame) leaves the eye gradable; a "
         "photograph of unknown side counts as an eye of its own, and a grey picture naming "
         "no eye (a radiograph stored beside the eyes) is left out with a warning. An eye "
-        "missing from the study, or whose header names two sides, makes no patient clear: "
-        "the decision is ungradable (re-image) unless an eye is referable.",
+        "missing from the study makes no patient clear: the decision is ungradable "
+        "(re-image) unless an eye is referable; a photograph whose header names two sides "
+        "is graded but stands in for no missing eye.",
         "- Not a fundus at all: a picture whose field has no colour (grey stored as RGB) or "
         "in which red is not the strongest channel almost everywhere is refused as not a "
         "colour fundus photograph, and so is a gradable-looking one the content gate finds "

@@ -368,7 +368,7 @@ class RetinaDR:
             eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": q.measures}
             if lat_note:
                 warnings.append(f"eye {n + 1} ({eye['source']}): {lat_note}")
-            if lat is None:
+            if lat is None and lat_from != "conflicting":
                 warnings.append(
                     f"eye {n + 1} ({eye['source']}): laterality unknown (no DICOM "
                     "ImageLaterality R or L, no _L/_R/OD/OS in the file name); graded, side "
@@ -432,7 +432,9 @@ class RetinaDR:
                 warnings=[*warnings, study.NOTICE],
                 extra={"notice": study.NOTICE},
             )
-        missing = study.missing_eyes(lats)
+        # A photograph whose header names two eyes stands for neither: it fills no gap.
+        sided = [e["laterality"] for e in eyes if e["laterality_from"] != "conflicting"]
+        missing = study.missing_eyes(sided)
         decision = study.decide(grades, missing)
         if missing:
             warnings.append(f"eye(s) missing from the study: {', '.join(missing)}")
