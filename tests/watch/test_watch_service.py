@@ -256,6 +256,10 @@ def test_misbehaving_plugins_fail_their_jobs_only(tmp_path: Path) -> None:
         assert by[p]["status"] == "failed" and by[p]["attempts"] == n, dict(by[p])
     failed = [e for e in wk.audit(r.state) if e["event"] == "job_failed"]
     assert sorted(e["plugin"] for e in failed) == ["crash", "hang", "leak", "raises"]
+    # A failed job leaves no empty folder for a reader to wonder about.
+    (row,) = wk.query(r.state, "SELECT study_uid, series_uid FROM series WHERE id=1")
+    series = r.out / row["study_uid"] / row["series_uid"]
+    assert sorted(p.name for p in series.iterdir()) == ["body-mask"]
 
 
 def _photo(study: str, laterality: str) -> Any:
@@ -414,13 +418,23 @@ def test_films_of_one_series_are_read_one_by_one(tmp_path: Path) -> None:
     # result, while `medlens run` read the PA and refused the lateral.
     from pydicom.uid import generate_uid
 
-    study, mixed, two = generate_uid(), generate_uid(), generate_uid()
+    study, mixed, two, bad = generate_uid(), generate_uid(), generate_uid(), generate_uid()
     with Running(tmp_path, ("films",)) as r:
         wk.write_files(
             [_film(study, mixed, "PA", 100), _film(study, mixed, "LL", 900)], r.inp / "a"
         )
         wk.write_files([_film(study, two, "PA", 200), _film(study, two, "AP", 300)], r.inp / "b")
-        r.done(2)
+        # One film the plugin fails on does not cost the other its result (the probe: a
+        # film whose JPEG could not be decoded failed the job, the good film's result lost).
+        wk.write_files([_film(study, bad, "PA", 666), _film(study, bad, "PA", 400)], r.inp / "c")
+        r.done(3)
+        pdir = r.out / study / bad / "films" / "current"
+        images = json.loads((pdir / "resultset.json").read_text())["summary"]["images"]
+        assert sorted(i["status"] for i in images) == ["failed", "ok"]
+        (failed,) = [i for i in images if i["status"] == "failed"]
+        assert "a film this plugin chokes on" in failed["status_reason"]
+        (result,) = pdir.glob("*/result.json")
+        assert json.loads(result.read_text())["extra"]["mean"] == 400.0
         pdir = r.out / study / mixed / "films" / "current"
         rs = json.loads((pdir / "resultset.json").read_text())
         assert rs["summary"]["status"] == "ok"

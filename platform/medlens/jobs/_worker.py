@@ -460,6 +460,8 @@ def _run_images(
 
     The set's status is ``ok`` when one image's is; each image's own status, reason,
     findings and outputs are in ``images`` (its folder is its case name: validated parts).
+    An image that fails (its pixels cannot be decoded, the plugin raises) is ``failed``
+    there with its one-line reason; the job fails only when every image does.
     """
     from medlens.routing import read_case, routed_image
 
@@ -469,15 +471,27 @@ def _run_images(
     images: list[dict[str, Any]] = []
     first: Any = None
     read_s = run_s = write_s = 0.0
+    errors: list[MedLensError] = []
     for case in accepted:
         t1 = time.perf_counter()
-        image = routed_image(handle.manifest, read_case(case))
-        t2 = time.perf_counter()
-        result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
-        t3 = time.perf_counter()
         folder = out / case.name
-        folder.mkdir(parents=True, exist_ok=True)
-        outputs = dict(host.write(result, folder))
+        try:
+            image = routed_image(handle.manifest, read_case(case))
+            t2 = time.perf_counter()
+            result = host.run(spec.plugin, image, device=spec.device, options=spec.options)
+            t3 = time.perf_counter()
+            folder.mkdir(parents=True, exist_ok=True)
+            outputs = dict(host.write(result, folder))
+        except MedLensError as e:
+            if is_transient(e):
+                raise  # a full disk, memory: the whole attempt is retried
+            # One film that cannot be decoded does not cost the others their results.
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            errors.append(e)
+            images.append({"case": case.name, "status": "failed", "status_reason": str(e)})
+            continue
         t4 = time.perf_counter()
         read_s, run_s, write_s = read_s + t2 - t1, run_s + t3 - t2, write_s + t4 - t3
         first = first if first is not None and str(first.prediction.status) == "ok" else result
@@ -492,9 +506,12 @@ def _run_images(
             }
         )
     ok = [i for i in images if i["status"] == "ok"]
+    answered = [i for i in images if i["status"] != "failed"]
+    if not answered:
+        raise errors[0]  # every image failed: the job fails, with the first reason
     return {
-        "status": "ok" if ok else images[0]["status"],
-        "status_reason": None if ok else images[0]["status_reason"],
+        "status": "ok" if ok else answered[0]["status"],
+        "status_reason": None if ok else answered[0]["status_reason"],
         "provenance": first.provenance.model_dump(mode="json"),
         "chained": [],
         "timings_s": {

@@ -611,6 +611,7 @@ class WatchService:
             self._hand_back(run, outcome.error or "interrupted")
         else:
             shutil.rmtree(run.staging, ignore_errors=True)
+            self._prune_empty(run.staging.parent)
             self._attempt_failed(
                 job,
                 run.attempt,
@@ -622,6 +623,15 @@ class WatchService:
             )
         shutil.rmtree(self.jobs_dir / str(job.id), ignore_errors=True)
         self.executor.prewarm()  # replace a killed worker while the loop does other work
+
+    def _prune_empty(self, folder: Path) -> None:
+        """Remove a plugin's, series' and study's folders a failed job left empty."""
+        while folder != self.out_dir and folder.is_relative_to(self.out_dir):
+            try:
+                folder.rmdir()  # only an empty one
+            except OSError:
+                return
+            folder = folder.parent
 
     def _attempt_failed(
         self,
