@@ -740,9 +740,11 @@ def test_a_fragment_of_another_organ_is_left_out_and_the_liver_stands() -> None:
     assert gate.far_organs(mask, (1.0, 1.0, 10.0), _organs())[1] == []
 
 
-def _body(mask: np.ndarray, direction: np.ndarray | None = None) -> Image:
+def _body(mask: np.ndarray, direction: np.ndarray | None = None, cut: bool = False) -> Image:
     hu = np.where(mask > 0, 60.0, -1000.0).astype(np.float32)
     hu[10:90, 10:90, :] = np.maximum(hu[10:90, 10:90, :], 20.0)  # the body around the organs
+    if cut:  # a field of view that cuts the body on the patient's left
+        hu[90:, 10:90, :] = 20.0
     return Image(
         array=hu[None],
         spacing=(2.0, 2.0, 5.0),
@@ -779,6 +781,9 @@ def test_organs_on_the_unusual_sides_are_refused() -> None:
     liver_only = np.where(swapped == organs["liver"], swapped, 0).astype(np.uint8)
     reason = gate.check_sides(_body(liver_only), liver_only, organs)
     assert reason is not None and "left of the body's midline" in reason
+    # A body the field of view cuts has no midline to judge by (the probe: a crop just
+    # past the liver's inner edge was refused as mirrored anatomy).
+    assert gate.check_sides(_body(liver_only, cut=True), liver_only, organs) is None
     # The mirrored voxels under a header whose i axis runs to the patient's right: usual.
     flip = np.diag([-1.0, 1.0, 1.0])
     assert gate.check_sides(_body(mirrored, flip), mirrored, organs) is None

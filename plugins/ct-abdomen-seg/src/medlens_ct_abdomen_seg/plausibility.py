@@ -525,9 +525,10 @@ def check_sides(
     LPS x) of the spleen and of the midline, each kidney on its own side. A mirrored
     image (a wrong left-right direction in the header) or situs inversus gave a
     confident result with the kidneys' sides swapped and a 5 mL "spleen". The midline
-    is the kidneys' midpoint when both were found, else the body's centroid, which a
-    field of view cut around the liver moves: the liver must then lie more than
-    :data:`_SIDE_MARGIN_MM` to the left of it to be refused.
+    is the kidneys' midpoint when both were found, else the body's centroid, and the
+    liver must then lie more than :data:`_SIDE_MARGIN_MM` to the left of it to be
+    refused; a body the field of view cuts on the left or right (a crop around the
+    liver) has no midline to judge by, and is not judged.
 
     Args:
         image: The CT (HU) the mask is on.
@@ -570,8 +571,13 @@ def check_sides(
     elif right is not None and left is not None:
         where = "of the kidneys' midline" if liver > (right + left) / 2 else ""
     else:
+        hu = np.asarray(image.array[0])
+        # Left-right: the array axis most aligned with the patient's x. A body the field
+        # of view cuts on either side has no midline to judge by (a liver-centred crop).
+        lr = int(np.argmax(np.abs(np.asarray(image.direction, dtype=np.float64)[0, :])))
+        cut = any(np.any(np.take(hu, i, axis=lr) > _BODY_HU) for i in (0, hu.shape[lr] - 1))
         # The body's centroid from every 4th voxel along each axis (enough for it).
-        body = lps_x(np.asarray(image.array[0])[::4, ::4, ::4] > _BODY_HU, (0, 0, 0), step=4)
+        body = None if cut else lps_x(hu[::4, ::4, ::4] > _BODY_HU, (0, 0, 0), step=4)
         where = (
             "of the body's midline" if body is not None and liver > body + _SIDE_MARGIN_MM else ""
         )
