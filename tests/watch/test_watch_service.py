@@ -532,6 +532,39 @@ def test_a_dead_folder_observer_is_restarted_and_the_inbox_rescanned(tmp_path: P
         assert r.service._observer.is_alive()
 
 
+def test_an_observer_that_cannot_restart_is_said_once_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    # The probe: with the inbox gone when the observer died, every step raised at the
+    # restart (28 "BUG" lines in 15 s) and nothing else ran: no routing, jobs, sends.
+    with Running(tmp_path, ("body-mask",), rescan_seconds=0.5) as r:
+        wk.wait_for(
+            lambda: r.service._observer is not None and r.service._observer.is_alive(),
+            what="the observer",
+        )
+        away = tmp_path / "away"
+        r.inp.rename(away)
+        r.service._observer.stop()
+        r.service._observer.join(5)
+        wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "observer_restart_failed"],
+            what="the failed restart said",
+        )
+        beat = wk.query(r.state, "SELECT value FROM meta WHERE key='heartbeat_at'")[0][0]
+        wk.wait_for(
+            lambda: (
+                wk.query(r.state, "SELECT value FROM meta WHERE key='heartbeat_at'")[0][0] != beat
+            ),
+            what="the loop's next heartbeat",
+        )
+        away.rename(r.inp)
+        wk.write_files(wk.make_series(4), r.inp / "a")
+        r.done(1)
+    events = [e["event"] for e in wk.audit(r.state)]
+    assert events.count("observer_restart_failed") == 1
+    assert events.count("observer_restarted") >= 1
+
+
 def test_after_a_restart_a_series_waits_for_the_rest_of_its_copy(tmp_path: Path) -> None:
     # The probe: stopped while a series was being copied, the service ran it 0.37 s after
     # its restart on the slices it had stored, the rest still waiting in the inbox:

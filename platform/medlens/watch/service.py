@@ -136,6 +136,8 @@ class WatchService:
         self.outbound = Outbound(self.db, self.audit, self.out_dir, self.config, self.clock)
         self.scp: StoreSCP | None = None
         self._observer: Any = None
+        self._observer_retry_at = 0.0  # a failed restart is tried again from then
+        self._observer_down = False  # said once until a restart succeeds
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._running: dict[int, _Running] = {}
@@ -279,6 +281,27 @@ class WatchService:
         observer.start()
         self._observer = observer
 
+    def _restart_observer(self, now: float) -> None:
+        """Restart a dead event thread (inotify watch limit, a library race) and rescan.
+
+        Events would be missed until the next rescan. A restart that fails (the inbox
+        is gone for a while) is said once and tried again a rescan period later; the
+        loop goes on meanwhile (rescans, routing, jobs and deliveries).
+        """
+        try:
+            self._start_observer()
+        except OSError as e:
+            self._observer_retry_at = now + self.config.rescan_seconds
+            if not self._observer_down:
+                self._observer_down = True
+                _log.warning("folder observer stopped and cannot restart: %s", _os_reason(e))
+                self.audit.write("observer_restart_failed", error=_os_reason(e))
+            return
+        self._observer_down = False
+        _log.warning("folder observer stopped; restarted it, rescanning the inbox")
+        self.audit.write("observer_restarted")
+        self._next_rescan = now
+
     def request_stop(self) -> None:
         """Ask the loop to drain and stop (signal-safe)."""
         self._stop.set()
@@ -370,13 +393,12 @@ class WatchService:
         if now >= self._next_beat:
             self.db.heartbeat(self.clock.time())
             self._next_beat = now + self.config.heartbeat_seconds
-        if self._observer is not None and not self._observer.is_alive():
-            # The event thread died (inotify watch limit, a library race): events would
-            # be missed until the next rescan, so restart it and rescan now.
-            _log.warning("folder observer stopped; restarting it and rescanning the inbox")
-            self.audit.write("observer_restarted")
-            self._start_observer()
-            self._next_rescan = now
+        if (
+            self._observer is not None
+            and not self._observer.is_alive()
+            and now >= self._observer_retry_at
+        ):
+            self._restart_observer(now)
         if now >= self._next_rescan:
             self.ingestor.scan(self.in_dir)
             self.ingestor.scan(self.spool, trusted=True)
