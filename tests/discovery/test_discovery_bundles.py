@@ -5,6 +5,7 @@ line saying why."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,20 @@ def test_a_bundle_holding_a_link_is_refused(tmp_path: Path, linked: str) -> None
     (b / linked).rename(target)
     (b / linked).symlink_to(target)
     _refused(tmp_path, b, f"the bundle holds a link ('{linked}')")
+
+
+def test_a_bundle_holding_a_fifo_is_refused_without_opening_it(tmp_path: Path) -> None:
+    # The probe: a FIFO configs/extra.json hung `plugins list` and every host command at
+    # its read, and the pin (regular files only) did not change with it.
+    b = make_bundle(tmp_path)
+    os.mkfifo(b / "configs" / "extra.json")
+    _refused(tmp_path, b, "the bundle holds 'configs/extra.json', which is no regular file")
+
+
+def test_a_metadata_nested_too_deeply_is_one_line(tmp_path: Path) -> None:
+    b = make_bundle(tmp_path)
+    (b / "configs" / "metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+    _refused(tmp_path, b, "cannot read metadata.json: nested too deeply")
 
 
 def test_a_config_reading_another_file_through_a_macro_is_refused(tmp_path: Path) -> None:

@@ -123,10 +123,17 @@ def _check_self_contained(path: Path, pid: str) -> None:
                     f"the bundle holds a link ({rel!r}): a pin covers the bundle's own files "
                     "only; copy what it points to into the bundle",
                 )
+            if not (entry.is_dir() or entry.is_file()):
+                # A FIFO hung every host command at its read, and the pin (regular files
+                # only) did not change with it.
+                rel = entry.relative_to(path).as_posix()
+                raise PluginValidationError(
+                    pid, f"the bundle holds {rel!r}, which is no regular file or folder"
+                )
     for config in sorted((path / "configs").glob("*.json")):
         try:
             doc = json.loads(config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue  # unreadable configs are refused where they are read
         macro = next(_file_macros(doc), None)
         if macro is not None:
@@ -456,6 +463,8 @@ def _read_json(p: Path, pid: str) -> dict[str, Any]:
         raise PluginValidationError(pid, f"bundle has no {p.parent.name}/{p.name}") from e
     except (OSError, ValueError) as e:
         raise PluginValidationError(pid, f"cannot read {p.name}: {e}") from e
+    except RecursionError as e:  # nested deeper than the parser goes
+        raise PluginValidationError(pid, f"cannot read {p.name}: nested too deeply") from e
     if not isinstance(data, dict):
         raise PluginValidationError(pid, f"{p.name} is not a JSON object")
     return data
