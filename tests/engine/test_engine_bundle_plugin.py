@@ -70,6 +70,26 @@ def test_bundle_plugin_is_the_bundles_network_and_refuses_tampering(tmp_path: Pa
         handle.load("cuda:9")  # a fresh load verifies again
 
 
+def test_a_bundle_declaring_labels_its_network_cannot_give_is_refused(tmp_path: Path) -> None:
+    # The probe: channel_def named liver to tumour (1-4) on a 2-channel network; the run
+    # said "ok", spleen, kidney and tumour "0 mL, none found".
+    from bundlekit import META
+
+    from medlens.errors import PluginError
+
+    meta = copy.deepcopy(META)
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    pred["channel_def"] = {"0": "background", "1": "liver", "2": "spleen", "3": "kidney"}
+    pred["num_channels"] = 4
+    b = make_bundle(tmp_path, metadata=meta)  # the network still gives 2 channels
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text(f'[[bundles]]\npath = "{b}"\nsha256 = "{file_sha256(b)}"\n')
+    host = Host(load_config(cfg), entry_points=[])
+    image = Image(np.full((1, 20, 20, 10), 60.0, np.float32), (2.0, 2.0, 3.0), (0, 0, 0), np.eye(3))
+    with pytest.raises(PluginError, match=r"gives 2 output channel\(s\).*\(spleen, kidney\)"):
+        host.run("spleen-ct-segmentation", image)
+
+
 def _rotation(degrees: float) -> np.ndarray:
     t = np.deg2rad(degrees)
     c, s = np.cos(t), np.sin(t)

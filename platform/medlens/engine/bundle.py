@@ -337,6 +337,7 @@ class BundlePlugin:
         ctx.progress(1.0, "bundle done")
         pred = Prediction()
         if seg:
+            _check_channels(out.network_channels, m)
             on_grid, resampled = to_input_grid(out, image)
             if resampled:
                 ctx.warn(
@@ -348,6 +349,28 @@ class BundlePlugin:
             pred.findings, rule = _findings(out, m, self.pipeline)
             pred.extra["decision"] = rule
         return pred
+
+
+def _check_channels(channels: int, m: Manifest) -> None:
+    """Refuse a network whose output channels cannot hold the labels the bundle declares.
+
+    One channel (a thresholded probability) gives labels 0 and 1; ``C`` channels (argmax
+    or one-hot) give 0 to ``C - 1``. A bundle declaring liver to tumour (values 1-4) on a
+    2-channel network reported spleen, kidney and tumour as "0 mL, none found".
+
+    Raises:
+        PluginError: Naming the labels that could never be found.
+    """
+    from medlens.errors import PluginError
+
+    top = 1 if channels == 1 else channels - 1
+    never = [lab.name for lab in m.outputs.labels if lab.value > top]
+    if never:
+        raise PluginError(
+            m.id,
+            f"the bundle's network gives {channels} output channel(s), but its channel_def "
+            f"declares labels it can never produce ({', '.join(never)}): fix the bundle",
+        )
 
 
 def _label_map(pred: npt.NDArray[Any], m: Manifest) -> npt.NDArray[np.uint8]:

@@ -83,11 +83,13 @@ class BundleOutput:
         affine: Its index→RAS affine (``ndim+1`` square), from the ``MetaTensor``.
         probabilities: The prediction just before the bundle discretised it (flattened
             per channel for classifiers), when ``keep_probabilities`` was asked.
+        network_channels: The channels the network (through the inferer) gave.
     """
 
     pred: npt.NDArray[Any]
     affine: npt.NDArray[np.float64]
     probabilities: npt.NDArray[np.float32] | None
+    network_channels: int = 0
 
 
 @contextlib.contextmanager
@@ -476,7 +478,12 @@ def run_pipeline(
         raise EngineError(f"the bundle's pipeline failed: {reason_of(e)}") from e
     affine = getattr(result, "affine", None)
     aff = np.asarray(affine.cpu().numpy() if affine is not None else np.eye(image.ndim + 1))
-    return BundleOutput(pred=_numpy(result), affine=aff.astype(np.float64), probabilities=probs)
+    return BundleOutput(
+        pred=_numpy(result),
+        affine=aff.astype(np.float64),
+        probabilities=probs,
+        network_channels=int(pred.shape[1]) if pred.ndim > 1 else 1,
+    )
 
 
 def _numpy(x: Any) -> npt.NDArray[Any]:
