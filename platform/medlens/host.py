@@ -210,6 +210,7 @@ class Host:
             block=cfg.block,
             entry_points=self._entry_points,
             bundles=self.config.bundles,
+            build=self._validated if self.require_validated else None,
         )
         self._handles = {pid: PluginHandle(rec) for pid, rec in self._report.plugins.items()}
         for pid, rec in sorted(self._report.plugins.items()):
@@ -543,6 +544,14 @@ class Host:
         return Result(
             prediction=prediction, provenance=provenance, image=image, manifest=m, study=study
         )
+
+    def _validated(self, m: Manifest) -> bool:
+        """Whether the gate would let ``m`` run (a bundle's code is built only then)."""
+        from medlens.gating import validation_status
+
+        uri = self.config.validation.registry_uri
+        sha = m.weights.sha256 if m.weights else None
+        return bool(uri) and validation_status(m.id, sha, str(uri)).validated
 
     def _check_validated(self, m: Manifest) -> None:
         """Refuse weights without a `validated` registry version (one line + audit line)."""

@@ -162,6 +162,34 @@ def test_blocked_bundle_is_skipped_and_none_of_its_code_runs(tmp_path: Path) -> 
     assert again.errors() == [] and marker.exists()
 
 
+def test_a_gated_host_builds_no_unvalidated_bundle(tmp_path: Path) -> None:
+    # The probe: with require_validated on, an unvalidated bundle's config code ran at
+    # every host start (plugins list, a run of another, validated plugin); the gate only
+    # refused it at run time, after its code had run.
+    from medlens.gating import NotValidatedError
+
+    inf = inference_with(network_def={**UNET, "_target_": "scripts.tripwire.SpleenNet"})
+    b = make_bundle(tmp_path, inference=inf)
+    (b / "scripts").mkdir()
+    (b / "scripts" / "__init__.py").write_text("")
+    marker = tmp_path / "imported"
+    (b / "scripts" / "tripwire.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
+        "from monai.networks.nets import UNet as SpleenNet\n"
+    )
+    cfg = _config(tmp_path, b, file_sha256(b), id="spleen-ct")
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    cfg.write_text(
+        cfg.read_text() + f'\n[validation]\nrequire_validated = true\nregistry_uri = "{uri}"\n'
+    )
+    host = Host(load_config(cfg), entry_points=[])
+    assert [m.id for m in host.plugins()] == ["spleen-ct"] and host.errors() == []
+    image = Image(np.full((1, 16, 16, 8), 80, np.float32), (3.0, 3.0, 4.0), (0, 0, 0), np.eye(3))
+    with pytest.raises(NotValidatedError):
+        host.run("spleen-ct", image)
+    assert not marker.exists()
+
+
 def _refused(tmp_path: Path, b: Path, reason: str) -> None:
     """Refused by pin-bundle and by discovery, in one line naming ``reason``."""
     out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])

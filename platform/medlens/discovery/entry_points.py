@@ -141,13 +141,18 @@ def _manifest_of(ep: md.EntryPoint) -> Manifest:
         raise PluginValidationError(ep.name, _first_error(e)) from e
 
 
-def bundle_record(cfg: BundleConfig, accept: Callable[[str], bool] | None = None) -> PluginRecord:
+def bundle_record(
+    cfg: BundleConfig,
+    accept: Callable[[str], bool] | None = None,
+    build: Callable[[Manifest], bool] | None = None,
+) -> PluginRecord:
     """A configured MONAI bundle as a plugin record.
 
     The manifest comes from the bundle's JSON; once the files match their pin, the
     bundle's pipeline is built with MONAI (torch imported, no data run) so a bundle that
     cannot run as MONAI runs it is refused here, with its reason. A bundle whose id
-    ``accept`` refuses (blocked, not allowed) is not built: none of its code runs.
+    ``accept`` refuses (blocked, not allowed), or whose pinned manifest ``build`` refuses
+    (a gated host: weights not validated), is not built: none of its code runs.
 
     Raises:
         PluginError: If the bundle cannot be mapped to a manifest, its files' sha256
@@ -167,7 +172,7 @@ def bundle_record(cfg: BundleConfig, accept: Callable[[str], bool] | None = None
             f"bundle {cfg.path.name!r} sha256 {manifest.weights.sha256[:12]}… differs from "
             f"the configured pin {cfg.sha256[:12]}…; refusing to register it",
         )
-    if accept is None or accept(manifest.id):
+    if (accept is None or accept(manifest.id)) and (build is None or build(manifest)):
         check_bundle(cfg.path, manifest)
     return PluginRecord(
         manifest=manifest,
@@ -220,6 +225,7 @@ def discover(
     block: Sequence[str] = (),
     entry_points: Iterable[md.EntryPoint] | None = None,
     bundles: Sequence[BundleConfig] = (),
+    build: Callable[[Manifest], bool] | None = None,
 ) -> DiscoveryReport:
     """Find plugins in the ``medlens.plugins`` entry-point group and configured bundles.
 
@@ -228,6 +234,9 @@ def discover(
         block: Plugin ids never accepted.
         entry_points: Override the installed entry points (tests).
         bundles: MONAI bundle directories registered in the configuration.
+        build: Whether a pinned bundle's config may be built now (a gated host says no
+            for weights without a validated registry version: its code never runs, and
+            the gate refuses it at run time); default yes.
 
     Returns:
         The report; plugins whose id two distributions claim are both rejected.
@@ -279,7 +288,9 @@ def discover(
         try:
             found.append(
                 bundle_record(
-                    b, lambda pid: pid not in block and (allowed is None or pid in allowed)
+                    b,
+                    lambda pid: pid not in block and (allowed is None or pid in allowed),
+                    build,
                 )
             )
         except PluginError as e:
