@@ -350,7 +350,8 @@ class Host:
             cancel: Asked between stages; True stops the run.
 
         Returns:
-            The result; ``result.image`` is the first image of the study.
+            The result; ``result.image`` is the first image of the study, images with the
+            manifest's ``input.channels`` put first.
 
         Raises:
             MedLensError: If the plugin takes no studies, or the images do not make the
@@ -361,14 +362,17 @@ class Host:
         if m.study is None:
             raise PluginError(plugin_id, "takes one image, not a study: use run")
         typed = self._checked_options(handle, device, options, False)
-        study = StudyInput(
-            tuple(
-                i
-                if isinstance(i, StudyImage)
-                else StudyImage.of(_read_input(i, m, self.tilt_policy(plugin_id)))
-                for i in images
-            )
-        )
+        read = [
+            i
+            if isinstance(i, StudyImage)
+            else StudyImage.of(_read_input(i, m, self.tilt_policy(plugin_id)))
+            for i in images
+        ]
+        # The images of the kind the plugin reads first (stable): the result is named by
+        # the first one, and a grey picture a colour plugin leaves out (a radiograph in
+        # the patient's eye study) must not become the result's source and evidence.
+        read.sort(key=lambda i: i.image.channels != m.input.channels)
+        study = StudyInput(tuple(read))
         _check_study(m, study)
         return self._run_chain(
             handle,

@@ -464,7 +464,7 @@ def test_grey_photographs_are_ungradable_eyes_or_rejected_never_failed(tmp_path:
     assert code == 4, lines  # a rejected case, none failed
     by = {ln["images"][0][0]: ln for ln in lines}  # a*.dcm: patient A, b*.dcm: patient B
     mixed = _result(by["a"])
-    left, right = mixed["extra"]["eyes"]
+    left, right = sorted(mixed["extra"]["eyes"], key=lambda e: str(e["laterality"]))
     assert not left["quality"]["gradable"] and left["findings"] == []
     assert left["quality"]["reasons"] == ["not a colour photograph: a grey-level image (1 channel)"]
     assert right["findings"], right  # the colour eye is still graded
@@ -532,9 +532,12 @@ def test_a_grey_picture_of_no_named_eye_beside_the_eyes_is_left_out(tmp_path: Pa
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.ConversionType = "WSD"
     ds.PixelData = grey.tobytes()
-    opkit.save(ds, inp / "film.dcm")
+    opkit.save(ds, inp / "a_film.dcm")  # named to come first in the study
     _, doc = _one_patient(inp, tmp_path / "out2")
     assert doc["extra"]["decision"] == alone["extra"]["decision"]
+    # Nor is it the result's source (the probe: input and source named the radiograph).
+    assert doc["input"]["channels"] == 3
+    assert ds.SOPInstanceUID not in doc["source"]["sop_instance_uids"]
     assert sorted(e["laterality"] for e in doc["extra"]["eyes"]) == ["L", "R"]
     assert any(
         "a grey-level image (1 channel) naming no eye: left out" in w for w in doc["warnings"]
@@ -542,7 +545,7 @@ def test_a_grey_picture_of_no_named_eye_beside_the_eyes_is_left_out(tmp_path: Pa
     # The same grey picture naming its eye is a red-free photograph of it: an ungradable
     # photograph of that eye, which is graded on its colour one.
     ds.ImageLaterality = "L"
-    opkit.save(ds, inp / "film.dcm")
+    opkit.save(ds, inp / "a_film.dcm")
     _, named = _one_patient(inp, tmp_path / "out3")
     photos = named["extra"]["eyes"]
     assert len(photos) == 3 and sum(not e["quality"]["gradable"] for e in photos) == 1

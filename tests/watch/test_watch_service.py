@@ -607,9 +607,11 @@ def test_unreadable_inbox_folders_and_files_it_cannot_remove_are_said_once(
 
     monkeypatch.setattr(os, "scandir", scandir)
     monkeypatch.setattr(pathlib.Path, "unlink", unlink)
+    # The unreadable folder's files are there before the service starts: written while
+    # it runs, the observer's events named them, which a folder it cannot read never gives.
+    private.mkdir(parents=True)
+    wk.write_files(wk.make_series(3, seed=1), private)
     with Running(tmp_path, ("body-mask",), rescan_seconds=0.3) as r:
-        private.mkdir(parents=True)
-        wk.write_files(wk.make_series(3, seed=1), private)
         wk.write_files(wk.make_series(3, seed=2), kept)
         r.done(1)  # the kept files' series
         # A later series' whole path (settle, quiet, job) spans several rescans.
