@@ -122,3 +122,17 @@ def test_sr_refuses_when_nothing_to_report(make_result):
     sources = read_source_headers(result.image)
     with pytest.raises(OutputError, match="no measurements or findings"):
         build_sr(result, sources, None)
+
+
+def test_the_device_observer_is_one_device_across_reports() -> None:
+    # The probe: a new Device Observer UID per report made every report a new device.
+    from medlens_volume_measure.manifest import MANIFEST
+
+    from medlens.io._common import device_observer
+
+    def uid(manifest: object) -> str:
+        obs = device_observer(manifest)  # type: ignore[arg-type]
+        return str(obs.observer_identifying_attributes[0].UID)
+
+    assert uid(MANIFEST) == uid(MANIFEST)
+    assert uid(MANIFEST) != uid(MANIFEST.model_copy(update={"version": "9.9.9"}))

@@ -160,6 +160,9 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
     # Patient A: two eyes in one study; file names say nothing, ImageLaterality does.
     op_dicom(_img("Patient007_L.jpg"), inp / "x1.dcm", "L", "PID-7", "1.2.826.0.1.3680043.8.498.71")
     op_dicom(_img("Patient007_R.jpg"), inp / "x2.dcm", "R", "PID-7", "1.2.826.0.1.3680043.8.498.71")
+    burned = pydicom.dcmread(inp / "x1.dcm")
+    burned.BurnedInAnnotation = "YES"  # text in the pixels: the overlay shows it too
+    burned.save_as(inp / "x1.dcm")
     # Patient B: one eye, no ImageLaterality (unknown side).
     op_dicom(
         _img("Patient011_R.jpg"), inp / "x3.dcm", None, "PID-11", "1.2.826.0.1.3680043.8.498.72"
@@ -198,6 +201,11 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
             "99MEDLENS",
         ) in codes
         assert _dciodvfy_errors(folder / "sr.dcm") == []
+        # The probe: the SR shared the heatmaps' series number, and its content had no
+        # research-only statement (the CT and chest SRs have one).
+        assert sr.SeriesNumber == 9002
+        comments = [str(i.TextValue) for i in sr.ContentSequence if "TextValue" in i]
+        assert any(c.startswith("NOT FOR DIAGNOSTIC USE") for c in comments), comments
         # Every eye's Grad-CAM as a Secondary Capture series, each over its own photograph.
         by_uid = {
             str(pydicom.dcmread(inp / n, stop_before_pixels=True).SOPInstanceUID): inp / n
@@ -210,6 +218,9 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
             photo = pydicom.dcmread(by_uid[eyes[n]["source"]], stop_before_pixels=True)
             assert (sc.Rows, sc.Columns) == (photo.Rows, photo.Columns)
             assert sc.StudyInstanceUID == photo.StudyInstanceUID
+            # Which eye: both heatmap series looked alike to a viewer (Laterality empty).
+            assert sc.Laterality == str(photo.get("ImageLaterality") or "")
+            assert sc.BurnedInAnnotation == str(photo.get("BurnedInAnnotation") or "NO")
             assert _dciodvfy_errors(sc_file) == []
         if len(eyes) == 2:
             assert [e["laterality_from"] for e in eyes] == ["dicom", "dicom"]

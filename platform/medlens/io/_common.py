@@ -183,10 +183,18 @@ TYPE2_COPIED: tuple[str, ...] = (
 
 def device_observer(manifest: Manifest) -> hd.sr.ObserverContext:
     """The SR observer: MedLens as the device, the plugin as its model (TID 1004)."""
+    from pydicom.uid import generate_uid
+
     return hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(),
+            # The same device in every report of this plugin release: a new UID per
+            # report made every report a new device to whatever groups by it.
+            uid=hd.UID(
+                generate_uid(
+                    entropy_srcs=["medlens device observer", manifest.id, manifest.version]
+                )
+            ),
             name="MedLens",
             manufacturer_name=MANUFACTURER,
             model_name=manifest.id[:64],
@@ -425,15 +433,20 @@ def copy_body_part(ds: Dataset, sources: Sequence[Dataset]) -> None:
 
     ``Laterality`` is Type 2C (required for paired body parts); with the body
     part known a validator can tell, and with neither known we say "unknown"
-    with an empty value, as PS3.3 C.7.3.1 allows.
+    with an empty value, as PS3.3 C.7.3.1 allows. A source that states its side as
+    ``ImageLaterality`` only (an ophthalmic photograph, a mammogram) gives it too: the
+    heatmaps of both eyes were otherwise told apart only through their references.
     """
     src = sources[0] if sources else None
     if src is None:
         return
     if src.get("BodyPartExamined"):
         ds.BodyPartExamined = src.BodyPartExamined
+    image_side = str(src.get("ImageLaterality") or "").strip().upper()
     if src.get("Laterality"):
         ds.Laterality = src.Laterality
+    elif image_side in ("R", "L"):
+        ds.Laterality = image_side
     elif not src.get("BodyPartExamined"):
         ds.Laterality = ""
 

@@ -294,7 +294,9 @@ def build_sc_slices(
             if source_item is not None:
                 sc.SourceImageSequence = [source_item]
             sc.SoftwareVersions = software_versions(m)
-            sc.BurnedInAnnotation = "NO"
+            # The overlay shows the source's pixels: text burned into them is in it too.
+            burned = str(refs[k].get("BurnedInAnnotation") or "").strip().upper()
+            sc.BurnedInAnnotation = "YES" if burned == "YES" else "NO"
             if jpeg:
                 _mark_lossy(sc, frame.nbytes, refs[k])
             # Made by software from the source image, not digitised from an interface

@@ -27,18 +27,21 @@ from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PdCode
 from pydicom.uid import generate_uid
 
 from medlens.errors import OutputError
 from medlens.io._common import (
     MANUFACTURER,
+    SeriesNumbers,
     WriteNotes,
     copy_deidentification,
     device_observer,
     read_source_headers,
 )
 from medlens.io.atomic import save_dataset
+from medlens.io.sr import report_comments
 from medlens.plugin_api._results import Result
 
 __all__ = [
@@ -248,7 +251,7 @@ def build_retina_sr(result: Result, sources: Sequence[Dataset]) -> hd.sr.Compreh
             evidence=evidence,
             content=report,
             series_instance_uid=hd.UID(),
-            series_number=9003,
+            series_number=SeriesNumbers.SR,
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer=MANUFACTURER,
@@ -263,6 +266,14 @@ def build_retina_sr(result: Result, sources: Sequence[Dataset]) -> hd.sr.Compreh
     scheme.CodingSchemeName = "MedLens private concepts"
     scheme.CodingSchemeResponsibleOrganization = "MedLens contributors"
     sr.CodingSchemeIdentificationSequence = [scheme]
+    for text in report_comments(result):  # "NOT FOR DIAGNOSTIC USE" in the content too
+        sr.ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.DCM.Comment,
+                value=text,
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
     if dicom:
         copy_deidentification(sr, dicom)
     return sr
