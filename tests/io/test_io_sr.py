@@ -60,18 +60,30 @@ def test_sr_carries_volumes_lesions_findings(tmp_path, make_result, dciodvfy, wi
     assert sr.StudyInstanceUID == result.image.metadata["StudyInstanceUID"]
     report = sr.content
     volumetric = report.get_volumetric_roi_measurement_groups()
+    tumours = next(m for m in result.chained[0].prediction.measurements if m.label == "liver_tumor")
     if with_seg:
+        # Each lesion reaches its label's segment too (the probe: lesion groups referenced
+        # nothing); organs have no lesion groups (they had "liver lesion 1", RECIST).
+        lesions = [f"ct-lesion-measure liver_tumor lesion {les.index}" for les in tumours.lesions]
         assert [g.tracking_identifier for g in volumetric] == [
             "ct-lesion-measure liver",
             "ct-lesion-measure spleen",
             "ct-lesion-measure liver_tumor",
+            *lesions,
         ]
         refs = [g.referenced_segment for g in volumetric]
-        assert [r.referenced_segment_numbers for r in refs] == [[1], [2], [3]]
+        assert [r.referenced_segment_numbers for r in refs] == [
+            [1],
+            [2],
+            [3],
+            *[[3]] * len(lesions),
+        ]
         for g in volumetric:
             assert g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
     else:
         assert volumetric == []
+    groups = {g for g, *_ in _walk(sr.ContentSequence) if g is not None}
+    assert not [g for g in groups if " liver lesion" in g or " spleen lesion" in g], groups
 
     chained = result.chained[0].prediction.measurements
     values = list(_walk(sr.ContentSequence))

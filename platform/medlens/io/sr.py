@@ -8,7 +8,9 @@ Content (PS3.16 TID 1500):
   was written, else TID 1501 (image-level). It holds Volume (SCT 118565006, UCUM
   ``ml``) and Number of lesions (SCT 246206008, UCUM ``{lesions}``), with finding
   type/category from the label's codes.
-* Per lesion, one TID 1501 group tracked as ``"<plugin> <label> lesion <n>"``:
+* Per lesion of a label that is no organ (category SCT 113343008), one group tracked
+  as ``"<plugin> <label> lesion <n>"`` (TID 1411 referencing the label's SEG segment
+  when there is one, else TID 1501 referencing the source):
   Volume (``ml``), Diameter (SCT 81827009, method RECIST 1.1, ``mm``: the longest
   in-plane diameter) and Long axis (SCT 103339001, ``mm``: the longest 3-D extent).
 * Per classification finding, one TID 1501 group: Probability (DCM 122157,
@@ -201,6 +203,10 @@ def _num(
     )
 
 
+#: SNOMED CT "Organ", the category of a whole organ's label (not a lesion).
+_ORGAN = ("SCT", "113343008")
+
+
 def _codes_of(lab: Label | None) -> tuple[hd.sr.CodedConcept | PdCode, hd.sr.CodedConcept | None]:
     if lab is None:
         return SR_CODES["lesion"], None
@@ -255,26 +261,42 @@ def _measurement_groups(
                 measurements=numbers,
             )
         )
+    organ = lab is not None and (lab.category.scheme, lab.category.value) == _ORGAN
+    if organ:
+        # An organ is no lesion: no "lesion 1" group and no RECIST diameter (the
+        # probe: liver, spleen and kidneys each had one); its volume is above.
+        return groups
     for les in meas.lesions:
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(f"{r.manifest.id} {meas.label} lesion {les.index}"),
-                finding_type=finding_type,
-                finding_category=category,
-                algorithm_id=algo,
-                measurements=[
-                    _num("volume", les.volume_ml, "unit_ml", algo),
-                    _num(
-                        "diameter",
-                        les.recist_diameter_mm,
-                        "unit_mm",
-                        algo,
-                        method=SR_CODES["recist"],
-                    ),
-                    _num("long_axis", les.longest_axis_mm, "unit_mm", algo),
-                ],
+        numbers = [
+            _num("volume", les.volume_ml, "unit_ml", algo),
+            _num("diameter", les.recist_diameter_mm, "unit_mm", algo, method=SR_CODES["recist"]),
+            _num("long_axis", les.longest_axis_mm, "unit_mm", algo),
+        ]
+        tracking = _tracking(f"{r.manifest.id} {meas.label} lesion {les.index}")
+        if segment is not None:
+            # A viewer reaches the lesion through its label's segment (the lesion's index
+            # and centroid are in result.json); without it the group referenced nothing.
+            groups.append(
+                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    referenced_segment=segment,
+                    finding_type=finding_type,
+                    finding_category=category,
+                    algorithm_id=algo,
+                    measurements=numbers,
+                )
             )
-        )
+        else:
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    source_images=_image_refs(sources[:1]),
+                    finding_type=finding_type,
+                    finding_category=category,
+                    algorithm_id=algo,
+                    measurements=numbers,
+                )
+            )
     return groups
 
 
