@@ -236,36 +236,43 @@ def _measurement_groups(
         _num("volume", meas.volume_ml, "unit_ml", algo),
         _num("lesion_count", meas.lesion_count, "unit_lesions", algo),
     ]
-    ident = _tracking(f"{r.manifest.id} {meas.label}")
     segment = _referenced_segment(root, meas.label, seg, filled)
-    groups: list[_Group] = []
-    if segment is not None:
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=ident,
+
+    def group(tracking: str, numbers: list[hd.sr.Measurement]) -> _Group:
+        # TID 1411 on the label's SEG segment where there is one, else TID 1501.
+        if segment is not None:
+            return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(tracking),
                 referenced_segment=segment,
                 finding_type=finding_type,
                 finding_category=category,
                 algorithm_id=algo,
                 measurements=numbers,
             )
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(tracking),
+            source_images=_image_refs(sources[:1]),
+            finding_type=finding_type,
+            finding_category=category,
+            algorithm_id=algo,
+            measurements=numbers,
         )
-    else:
-        groups.append(
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=ident,
-                source_images=_image_refs(sources[:1]),
-                finding_type=finding_type,
-                finding_category=category,
-                algorithm_id=algo,
-                measurements=numbers,
-            )
-        )
-    organ = lab is not None and (lab.category.scheme, lab.category.value) == _ORGAN
-    if organ:
+
+    groups = [group(f"{r.manifest.id} {meas.label}", numbers)]
+    if lab is not None and (lab.category.scheme, lab.category.value) == _ORGAN:
         # An organ is no lesion: no "lesion 1" group and no RECIST diameter (the
         # probe: liver, spleen and kidneys each had one); its volume is above.
         return groups
+    # A viewer reaches each lesion through its label's segment (its index and centroid
+    # are in result.json); without it, lesion groups referenced nothing.
+    for les in meas.lesions:
+        numbers = [
+            _num("volume", les.volume_ml, "unit_ml", algo),
+            _num("diameter", les.recist_diameter_mm, "unit_mm", algo, method=SR_CODES["recist"]),
+            _num("long_axis", les.longest_axis_mm, "unit_mm", algo),
+        ]
+        groups.append(group(f"{r.manifest.id} {meas.label} lesion {les.index}", numbers))
+    return groups
     for les in meas.lesions:
         numbers = [
             _num("volume", les.volume_ml, "unit_ml", algo),

@@ -64,6 +64,11 @@ def accepted_cases(manifest: Manifest, folder: Path) -> tuple[list[Case], list[s
     cases = [c for c in find_cases([folder]) if c.kind == "dicom"]
     if not cases:
         raise InputError(f"no DICOM image series in {folder.name!r}")
+    return _route_cases(manifest, cases)
+
+
+def _route_cases(manifest: Manifest, cases: list[Case]) -> tuple[list[Case], list[str]]:
+    """DICOM cases the plugin accepts, and each other's one-line refusal."""
     accepted: list[Case] = []
     refused: list[str] = []
     for c in cases:
@@ -115,15 +120,7 @@ def read_for(
     dicom = [c for c in runnable if c.kind == "dicom"]
     if len(runnable) == 1 and files:
         return routed_image(manifest, read_case(files[0]))
-    accepted: list[Case] = []
-    refusals: list[str] = []
-    for c in dicom:
-        assert c.facts is not None
-        outcome = route(manifest, c.facts)
-        if outcome.matched:
-            accepted.append(c)
-        else:
-            refusals.append(f"{c.facts.describe()}: {'; '.join(outcome.reasons)}")
+    accepted, refusals = _route_cases(manifest, dicom)
     if not accepted:
         if files:  # a folder of NIfTI/image files: the first the plugin accepts
             for c in files:
