@@ -544,7 +544,15 @@ def test_a_grey_picture_of_no_named_eye_beside_the_eyes_is_left_out(tmp_path: Pa
     ds.ConversionType = "WSD"
     ds.PixelData = grey.tobytes()
     opkit.save(ds, inp / "a_film.dcm")  # named to come first in the study
-    _, doc = _one_patient(inp, tmp_path / "out2")
+    line, doc = _one_patient(inp, tmp_path / "out2")
+    # The line lists the images as the study ran, so "image n" is images[n - 1] (the
+    # probe: with the grey picture moved last, the numbers named other files).
+    assert line["images"][-1] == "a_film.dcm"
+    uids = [
+        str(pydicom.dcmread(inp / n, stop_before_pixels=True).SOPInstanceUID)
+        for n in line["images"]
+    ]
+    assert [e["source"] for e in doc["extra"]["eyes"]] == uids[:2]
     assert doc["extra"]["decision"] == alone["extra"]["decision"]
     # Nor is it the result's source (the probe: input and source named the radiograph).
     assert doc["input"]["channels"] == 3

@@ -66,9 +66,23 @@ def run_study_case(
         roots = {c.root if c.root.is_dir() else c.root.parent for c in study.cases}
         root = roots.pop() if len(roots) == 1 else Path(study_input(study))
         folder = _write_as_set(host, result, _case_dir(out, study.name), root)
+        # The images as the study ran (the host puts the kind the plugin reads first, a
+        # stereo pair is two, a refused image none): "image n" and image-<n>/ count them.
+        if result.study is not None:
+            base = replace(
+                base, images=tuple(_relative(i.image, root) for i in result.study.images)
+            )
     except RoutingError as e:
         return replace(base, status="skipped", reason=str(e))
     except Exception as e:  # one study must not stop the batch: its reason is on record
         log.debug("study %s failed", study.name, exc_info=True)
         return replace(base, error=error_line(e))
     return _finished(base, result, folder)
+
+
+def _relative(image: Any, root: Path) -> str:
+    """An image's file relative to the study's input root (its name when outside it)."""
+    if not image.source:
+        return "(in memory)"
+    p = Path(image.source[0])
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else p.name
