@@ -235,6 +235,16 @@ def make_provenance(m: Manifest, image: Image) -> Provenance:
 def measure(mask: Image, labels: list[Label]) -> list[Measurement]:
     """Simple, independent volume figures for the phantom mask (lesions by hand)."""
     vox = mask.voxel_volume_ml()
+    affine = np.asarray(mask.direction) * np.asarray(mask.spacing)[None, :]
+
+    def at(i: float, j: float, k: float) -> tuple[float, float, float]:
+        # A centroid inside the image (in the mask's LPS frame), as volume-measure gives.
+        if mask.ndim != 3:
+            return (1.0, 2.0, 3.0)
+        p = np.asarray(mask.origin) + affine @ np.array([i, j, k])
+        return (float(p[0]), float(p[1]), float(p[2]))
+
+    ni, nj, nk = (*mask.shape, 1, 1)[:3]
     out = []
     for lab in labels:
         n = int((mask.array == lab.value).sum())
@@ -246,14 +256,14 @@ def measure(mask: Image, labels: list[Label]) -> list[Measurement]:
                     volume_ml=18 * vox,
                     recist_diameter_mm=4.2,
                     longest_axis_mm=5.9,
-                    centroid_lps=(1.0, 2.0, 3.0),
+                    centroid_lps=at(ni / 2, nj / 2, nk / 3),
                 ),
                 Lesion(
                     index=2,
                     volume_ml=vox,
                     recist_diameter_mm=0.8,
                     longest_axis_mm=0.9,
-                    centroid_lps=(4.0, 5.0, 6.0),
+                    centroid_lps=at(ni / 3, nj / 2, 2 * nk / 3),
                 ),
             ]
         out.append(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import highdicom as hd
+import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
@@ -62,26 +63,33 @@ def test_sr_carries_volumes_lesions_findings(tmp_path, make_result, dciodvfy, wi
     volumetric = report.get_volumetric_roi_measurement_groups()
     tumours = next(m for m in result.chained[0].prediction.measurements if m.label == "liver_tumor")
     if with_seg:
-        # Each lesion reaches its label's segment too (the probe: lesion groups referenced
-        # nothing); organs have no lesion groups (they had "liver lesion 1", RECIST).
-        lesions = [f"ct-lesion-measure liver_tumor lesion {les.index}" for les in tumours.lesions]
         assert [g.tracking_identifier for g in volumetric] == [
             "ct-lesion-measure liver",
             "ct-lesion-measure spleen",
             "ct-lesion-measure liver_tumor",
-            *lesions,
         ]
         refs = [g.referenced_segment for g in volumetric]
-        assert [r.referenced_segment_numbers for r in refs] == [
-            [1],
-            [2],
-            [3],
-            *[[3]] * len(lesions),
-        ]
+        assert [r.referenced_segment_numbers for r in refs] == [[1], [2], [3]]
         for g in volumetric:
             assert g.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
     else:
         assert volumetric == []
+    # Each lesion's group references the source image through its centre (the probe:
+    # they referenced nothing; the label's segment holds every lesion, so not that).
+    by_uid = {str(ds.SOPInstanceUID): k for k, ds in enumerate(sources)}
+    image = result.image
+    affine = np.asarray(image.direction) * np.asarray(image.spacing)[None, :]
+    lesion_groups = {
+        str(g.tracking_identifier): g
+        for g in report.get_planar_roi_measurement_groups() + report.get_image_measurement_groups()
+        if " lesion " in str(g.tracking_identifier)
+    }
+    assert len(lesion_groups) == len(tumours.lesions) > 0
+    for les in tumours.lesions:
+        g = lesion_groups[f"ct-lesion-measure liver_tumor lesion {les.index}"]
+        (ref,) = g.source_images
+        k = np.linalg.solve(affine, np.asarray(les.centroid_lps) - np.asarray(image.origin))[2]
+        assert by_uid[ref.referenced_sop_instance_uid] == round(float(k))
     groups = {g for g, *_ in _walk(sr.ContentSequence) if g is not None}
     assert not [g for g in groups if " liver lesion" in g or " spleen lesion" in g], groups
 

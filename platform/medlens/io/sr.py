@@ -8,9 +8,9 @@ Content (PS3.16 TID 1500):
   was written, else TID 1501 (image-level). It holds Volume (SCT 118565006, UCUM
   ``ml``) and Number of lesions (SCT 246206008, UCUM ``{lesions}``), with finding
   type/category from the label's codes.
-* Per lesion of a label that is no organ (category SCT 113343008), one group tracked
-  as ``"<plugin> <label> lesion <n>"`` (TID 1411 referencing the label's SEG segment
-  when there is one, else TID 1501 referencing the source):
+* Per lesion of a label that is no organ (category SCT 113343008), one TID 1501 group
+  tracked as ``"<plugin> <label> lesion <n>"``, referencing the source image through the
+  lesion's centroid (the label's segment holds every lesion: it is no lesion's region):
   Volume (``ml``), Diameter (SCT 81827009, method RECIST 1.1, ``mm``: the longest
   in-plane diameter) and Long axis (SCT 103339001, ``mm``: the longest 3-D extent).
 * Per classification finding, one TID 1501 group: Probability (DCM 122157,
@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PdCode
@@ -263,48 +264,44 @@ def _measurement_groups(
         # An organ is no lesion: no "lesion 1" group and no RECIST diameter (the
         # probe: liver, spleen and kidneys each had one); its volume is above.
         return groups
-    # A viewer reaches each lesion through its label's segment (its index and centroid
-    # are in result.json); without it, lesion groups referenced nothing.
     for les in meas.lesions:
-        numbers = [
-            _num("volume", les.volume_ml, "unit_ml", algo),
-            _num("diameter", les.recist_diameter_mm, "unit_mm", algo, method=SR_CODES["recist"]),
-            _num("long_axis", les.longest_axis_mm, "unit_mm", algo),
-        ]
-        groups.append(group(f"{r.manifest.id} {meas.label} lesion {les.index}", numbers))
-    return groups
-    for les in meas.lesions:
-        numbers = [
-            _num("volume", les.volume_ml, "unit_ml", algo),
-            _num("diameter", les.recist_diameter_mm, "unit_mm", algo, method=SR_CODES["recist"]),
-            _num("long_axis", les.longest_axis_mm, "unit_mm", algo),
-        ]
-        tracking = _tracking(f"{r.manifest.id} {meas.label} lesion {les.index}")
-        if segment is not None:
-            # A viewer reaches the lesion through its label's segment (the lesion's index
-            # and centroid are in result.json); without it the group referenced nothing.
-            groups.append(
-                hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=tracking,
-                    referenced_segment=segment,
-                    finding_type=finding_type,
-                    finding_category=category,
-                    algorithm_id=algo,
-                    measurements=numbers,
-                )
+        # TID 1501, referencing the source image through the lesion's centre: the
+        # label's segment holds every lesion, so it cannot be this one's region (TID
+        # 1411), and without a reference a viewer could not reach the lesion.
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(f"{r.manifest.id} {meas.label} lesion {les.index}"),
+                source_images=_image_refs(_through(root, les.centroid_lps, sources)),
+                finding_type=finding_type,
+                finding_category=category,
+                algorithm_id=algo,
+                measurements=[
+                    _num("volume", les.volume_ml, "unit_ml", algo),
+                    _num(
+                        "diameter",
+                        les.recist_diameter_mm,
+                        "unit_mm",
+                        algo,
+                        method=SR_CODES["recist"],
+                    ),
+                    _num("long_axis", les.longest_axis_mm, "unit_mm", algo),
+                ],
             )
-        else:
-            groups.append(
-                hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=tracking,
-                    source_images=_image_refs(sources[:1]),
-                    finding_type=finding_type,
-                    finding_category=category,
-                    algorithm_id=algo,
-                    measurements=numbers,
-                )
-            )
+        )
     return groups
+
+
+def _through(
+    root: Result, centroid: tuple[float, float, float], sources: list[Dataset]
+) -> list[Dataset]:
+    """The source image whose plane holds ``centroid`` (a series' images in ``k`` order)."""
+    image = root.image
+    if image.ndim != 3 or len(sources) != image.shape[2]:
+        return sources[:1]
+    affine = np.asarray(image.direction, dtype=np.float64) * np.asarray(image.spacing)[None, :]
+    index = np.linalg.solve(affine, np.asarray(centroid) - np.asarray(image.origin))
+    k = round(float(index[2]))
+    return [sources[k]] if 0 <= k < len(sources) else sources[:1]
 
 
 def _finding_group(
