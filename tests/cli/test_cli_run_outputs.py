@@ -79,6 +79,16 @@ def test_a_second_run_on_the_same_output_folder_is_refused(
     finally:
         os.close(fd)
     assert exited.value.code == 5
+    # A filesystem that cannot lock at all is no busy folder: retrying would not help.
+    import errno
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr("medlens.cli.run.fcntl.flock", no_locks)
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "rule-plugin", str(tmp_path / "in"), "--out", str(out)])
+    assert exited.value.code == 1
 
 
 def test_image_cases_are_named_by_content_and_a_file_given_twice_runs_once(

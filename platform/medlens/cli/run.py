@@ -161,10 +161,14 @@ def _output_lock(out: Path) -> Iterator[None]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
+        except BlockingIOError as e:  # EWOULDBLOCK: another run holds it (exit 5: retry)
             raise OutputBusyError(
                 "another medlens run is writing into this output folder; wait for it or use "
                 "another --out"
+            ) from e
+        except OSError as e:  # a filesystem that cannot lock (ENOLCK): retrying is no use
+            raise OutputError(
+                f"cannot lock the output folder: {e.strerror or e}; use a local --out"
             ) from e
         yield
     finally:

@@ -8,7 +8,8 @@ Content (PS3.16 TID 1500):
   was written, else TID 1501 (image-level). It holds Volume (SCT 118565006, UCUM
   ``ml``) and Number of lesions (SCT 246206008, UCUM ``{lesions}``), with finding
   type/category from the label's codes.
-* Per lesion of a label that is no organ (category SCT 113343008), one TID 1501 group
+* Per lesion of a label that is no organ (category SCT 113343008 Organ or 91723000
+  Anatomical Structure), one TID 1501 group
   tracked as ``"<plugin> <label> lesion <n>"``, referencing the source image through the
   lesion's centroid (the label's segment holds every lesion: it is no lesion's region):
   Volume (``ml``), Diameter (SCT 81827009, method RECIST 1.1, ``mm``: the longest
@@ -204,8 +205,9 @@ def _num(
     )
 
 
-#: SNOMED CT "Organ", the category of a whole organ's label (not a lesion).
-_ORGAN = ("SCT", "113343008")
+#: SNOMED CT "Organ" and "Anatomical Structure" (a bundle's organs): normal anatomy, no
+#: lesions.
+_ANATOMY = {("SCT", "113343008"), ("SCT", "91723000")}
 
 
 def _codes_of(lab: Label | None) -> tuple[hd.sr.CodedConcept | PdCode, hd.sr.CodedConcept | None]:
@@ -260,7 +262,7 @@ def _measurement_groups(
         )
 
     groups = [group(f"{r.manifest.id} {meas.label}", numbers)]
-    if lab is not None and (lab.category.scheme, lab.category.value) == _ORGAN:
+    if lab is not None and (lab.category.scheme, lab.category.value) in _ANATOMY:
         # An organ is no lesion: no "lesion 1" group and no RECIST diameter (the
         # probe: liver, spleen and kidneys each had one); its volume is above.
         return groups
