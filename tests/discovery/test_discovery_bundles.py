@@ -141,7 +141,8 @@ def test_bundle_network_from_its_scripts_folder_runs_and_keeps_its_pin(tmp_path:
     assert file_sha256(b) == pin  # no __pycache__ written into the pinned tree
 
 
-def test_blocked_bundle_is_skipped_and_none_of_its_code_runs(tmp_path: Path) -> None:
+def _tripwire_bundle(tmp_path: Path) -> tuple[Path, Path]:
+    """A bundle whose network code writes a marker file when it is imported."""
     inf = inference_with(network_def={**UNET, "_target_": "scripts.tripwire.SpleenNet"})
     b = make_bundle(tmp_path, inference=inf)
     (b / "scripts").mkdir()
@@ -151,6 +152,11 @@ def test_blocked_bundle_is_skipped_and_none_of_its_code_runs(tmp_path: Path) -> 
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
         "from monai.networks.nets import UNet as SpleenNet\n"
     )
+    return b, marker
+
+
+def test_blocked_bundle_is_skipped_and_none_of_its_code_runs(tmp_path: Path) -> None:
+    b, marker = _tripwire_bundle(tmp_path)
     cfg = _config(tmp_path, b, file_sha256(b), id="spleen-ct")
     cfg.write_text('[plugins]\nblock = ["spleen-ct"]\n\n' + cfg.read_text())
     host = Host(load_config(cfg), entry_points=[])
@@ -168,15 +174,7 @@ def test_a_gated_host_builds_no_unvalidated_bundle(tmp_path: Path) -> None:
     # refused it at run time, after its code had run.
     from medlens.gating import NotValidatedError
 
-    inf = inference_with(network_def={**UNET, "_target_": "scripts.tripwire.SpleenNet"})
-    b = make_bundle(tmp_path, inference=inf)
-    (b / "scripts").mkdir()
-    (b / "scripts" / "__init__.py").write_text("")
-    marker = tmp_path / "imported"
-    (b / "scripts" / "tripwire.py").write_text(
-        f"from pathlib import Path\nPath({str(marker)!r}).write_text('x')\n"
-        "from monai.networks.nets import UNet as SpleenNet\n"
-    )
+    b, marker = _tripwire_bundle(tmp_path)
     cfg = _config(tmp_path, b, file_sha256(b), id="spleen-ct")
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     cfg.write_text(
