@@ -391,6 +391,14 @@ def test_outputs_are_dciodvfy_clean_and_say_not_for_diagnostic_use(
     # "Not for diagnostic use" on every output: the SR ...
     sr = pydicom.dcmread(r.outputs["sr"])
     assert any("NOT FOR DIAGNOSTIC USE" in t for t in _sr_texts(sr))
+    # The decision names its threshold and operating point (the probe: only result.json).
+    (f,) = r.prediction.findings
+    decided = [t for t in _sr_texts(sr) if "at probability threshold" in t]
+    assert decided == [
+        f"cxr-pneumonia: pneumonia {'present' if f.positive else 'absent'} at probability "
+        f"threshold {f.threshold:g} (operating point {f.operating_point}); probability "
+        f"{f.probability:.3f}"
+    ]
     # ... the SC, a burnt-in line on top of the overlay (nothing else differs) ...
     sc = pydicom.dcmread(sc_files[0])
     assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.ConversionType == "WSD"

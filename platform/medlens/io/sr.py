@@ -151,6 +151,7 @@ def report_comments(result: Result) -> list[str]:
 
     * "NOT FOR DIAGNOSTIC USE" when any plugin of the chain says ``diagnostic_use: false``;
     * borderline-input warnings of the plugins (the input gate's);
+    * each finding's decision with the threshold and operating point that made it;
     * explanation flags: an uninformative heatmap, or one no better than a random map.
     """
     out: list[str] = []
@@ -163,6 +164,13 @@ def report_comments(result: Result) -> list[str]:
     for r in iter_results(result):
         pid = r.manifest.id
         out.extend(f"{pid}: {w}" for w in r.prediction.warnings if w.startswith("borderline"))
+        for f in r.prediction.findings:
+            # Present/Absent is a decision at a threshold: the report says which.
+            at = f" (operating point {f.operating_point})" if f.operating_point else ""
+            out.append(
+                f"{pid}: {f.label} {'present' if f.positive else 'absent'} at probability "
+                f"threshold {f.threshold:g}{at}; probability {f.probability:.3f}"
+            )
         e = r.prediction.explanation
         if e is None:
             continue
