@@ -308,8 +308,7 @@ def _through(
     image = root.image
     if image.ndim != 3 or len(sources) != image.shape[2]:
         return sources[:1]
-    affine = np.asarray(image.direction, dtype=np.float64) * np.asarray(image.spacing)[None, :]
-    index = np.linalg.solve(affine, np.asarray(centroid) - np.asarray(image.origin))
+    index = np.linalg.solve(image.affine, np.array([*centroid, 1.0]))
     k = round(float(index[2]))
     return [sources[k]] if 0 <= k < len(sources) else sources[:1]
 

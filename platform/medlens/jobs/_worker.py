@@ -386,7 +386,7 @@ def run_job(host: Any, spec: JobSpec) -> dict[str, Any]:
 
             (case,), refused = separate
             image = routed_image(handle.manifest, read_case(case, on_tilt=tilt))
-            notes = [f"another image of the series is not for {spec.plugin}: {r}" for r in refused]
+            notes = _not_for(spec.plugin, refused)
             image = image.with_array(image.array, warnings=(*image.warnings, *notes))
         else:
             image = _read(Path(spec.input_dir), handle.manifest, tilt)
@@ -469,9 +469,9 @@ def _run_images(
     handle = host.get(spec.plugin)
     out = Path(spec.out_dir)
     images: list[dict[str, Any]] = []
-    first: Any = None
+    results: list[Any] = []  # of the images that were answered
     read_s = run_s = write_s = 0.0
-    errors: list[MedLensError] = []
+    failure: MedLensError | None = None
     for case in accepted:
         t1 = time.perf_counter()
         folder = out / case.name
@@ -489,12 +489,12 @@ def _run_images(
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
-            errors.append(e)
+            failure = failure or e
             images.append({"case": case.name, "status": "failed", "status_reason": str(e)})
             continue
         t4 = time.perf_counter()
         read_s, run_s, write_s = read_s + t2 - t1, run_s + t3 - t2, write_s + t4 - t3
-        first = first if first is not None and str(first.prediction.status) == "ok" else result
+        results.append(result)
         images.append(
             {
                 "case": case.name,
@@ -505,14 +505,16 @@ def _run_images(
                 "warnings": list(result.prediction.warnings),
             }
         )
+    if not results:
+        assert failure is not None
+        raise failure  # every image failed: the job fails, with the first reason
     ok = [i for i in images if i["status"] == "ok"]
     answered = [i for i in images if i["status"] != "failed"]
-    if not answered:
-        raise errors[0]  # every image failed: the job fails, with the first reason
+    named = next((r for r in results if str(r.prediction.status) == "ok"), results[0])
     return {
         "status": "ok" if ok else answered[0]["status"],
         "status_reason": None if ok else answered[0]["status_reason"],
-        "provenance": first.provenance.model_dump(mode="json"),
+        "provenance": named.provenance.model_dump(mode="json"),
         "chained": [],
         "timings_s": {
             "read_s": round(read_s, 4),
@@ -523,10 +525,15 @@ def _run_images(
         "outputs": {},
         "measurements": [],
         "findings": [f for i in ok for f in i["findings"]],
-        "warnings": [f"another image of the series is not for {spec.plugin}: {r}" for r in refused],
+        "warnings": _not_for(spec.plugin, refused),
         "images": images,
         "worker_pid": os.getpid(),
     }
+
+
+def _not_for(plugin: str, refused: list[str]) -> list[str]:
+    """A warning per other image of the series, with why the plugin does not read it."""
+    return [f"another image of the series is not for {plugin}: {r}" for r in refused]
 
 
 def _rel(path: Path, root: Path) -> str:

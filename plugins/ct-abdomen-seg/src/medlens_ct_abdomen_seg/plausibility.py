@@ -535,7 +535,7 @@ def check_sides(
         mask: Label map ``(i, j, k)`` on ``image``'s grid.
         labels: Label value by name.
     """
-    affine = np.asarray(image.direction, dtype=np.float64) * np.asarray(image.spacing)[None, :]
+    to_x = image.affine[0]  # index (homogeneous) → LPS x
 
     def lps_x(where: npt.NDArray[np.bool_], start: Sequence[int], step: int = 1) -> float | None:
         n = np.count_nonzero(where)
@@ -546,7 +546,7 @@ def check_sides(
             start[ax] + step * float(np.dot(where.sum(axis=others), np.arange(where.shape[ax]))) / n
             for ax, others in ((0, (1, 2)), (1, (0, 2)), (2, (0, 1)))
         ]
-        return float(image.origin[0] + affine[0] @ np.asarray(centre))
+        return float(to_x @ np.array([*centre, 1.0]))
 
     box = v1.nonzero_box(mask)
     if box is None:
