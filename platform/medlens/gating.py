@@ -9,6 +9,10 @@ configuration (``[validation]`` table), the host refuses a plugin unless the reg
 
 The registry is read on each check (it is small and a decision must see the latest
 alias); MLflow is imported only when a check runs, never at start-up.
+
+A plugin without weights (a measurement's deterministic code) is validated by version: its
+registry version is keyed ``no-weights@<version>`` (:func:`registry_key`), so a validation
+of one release never opens the gate for the next.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ __all__ = [
     "ValidationStatus",
     "check_validated",
     "registered_model_name",
+    "registry_key",
     "validation_status",
 ]
 
@@ -39,6 +44,15 @@ def registered_model_name(plugin_id: str) -> str:
     return f"medlens-{plugin_id}"
 
 
+def registry_key(weights_sha256: str | None, plugin_version: str) -> str:
+    """What a registry version is found by: the weights' sha256, else the plugin version.
+
+    Without weights the code is the model: keying by version alone keeps a validation of
+    0.2.0 from validating 0.3.0 (a bare ``none`` key validated every release at once).
+    """
+    return weights_sha256 or f"no-weights@{plugin_version}"
+
+
 @dataclass(frozen=True)
 class ValidationStatus:
     """What the registry says about one plugin's weights.
@@ -53,10 +67,10 @@ class ValidationStatus:
 
 
 def validation_status(
-    plugin_id: str, weights_sha256: str | None, registry_uri: str
+    plugin_id: str, weights_sha256: str | None, registry_uri: str, *, version: str
 ) -> ValidationStatus:
-    """Look the weights up in the registry at ``registry_uri`` (never raises)."""
-    sha = weights_sha256 or "none"
+    """Look the weights (or, without weights, the version) up in the registry (never raises)."""
+    sha = registry_key(weights_sha256, version)
     try:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
@@ -77,8 +91,10 @@ def validation_status(
     return ValidationStatus(False, "not validated")
 
 
-def check_validated(plugin_id: str, weights_sha256: str | None, registry_uri: str | None) -> None:
-    """Refuse weights without a ``validated`` registry version.
+def check_validated(
+    plugin_id: str, weights_sha256: str | None, registry_uri: str | None, *, version: str
+) -> None:
+    """Refuse weights (or a weightless version) without a ``validated`` registry version.
 
     Raises:
         NotValidatedError: One line saying why (no registry, not validated, other weights).
@@ -87,9 +103,7 @@ def check_validated(plugin_id: str, weights_sha256: str | None, registry_uri: st
         raise NotValidatedError(
             plugin_id, "require_validated is on but no registry_uri is configured"
         )
-    status = validation_status(plugin_id, weights_sha256, registry_uri)
+    status = validation_status(plugin_id, weights_sha256, registry_uri, version=version)
     if not status.validated:
-        sha = (weights_sha256 or "none")[:12]
-        raise NotValidatedError(
-            plugin_id, f"weights {sha}… are {status.summary}; run `medlens validate` first"
-        )
+        what = f"weights {weights_sha256[:12]}… are" if weights_sha256 else f"version {version} is"
+        raise NotValidatedError(plugin_id, f"{what} {status.summary}; run `medlens validate` first")

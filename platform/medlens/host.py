@@ -555,7 +555,7 @@ class Host:
 
         uri = self.config.validation.registry_uri
         sha = m.weights.sha256 if m.weights else None
-        return bool(uri) and validation_status(m.id, sha, str(uri)).validated
+        return bool(uri) and validation_status(m.id, sha, str(uri), version=m.version).validated
 
     def _check_validated(self, m: Manifest) -> None:
         """Refuse weights without a `validated` registry version (one line + audit line)."""
@@ -563,7 +563,7 @@ class Host:
 
         sha = m.weights.sha256 if m.weights else None
         try:
-            check_validated(m.id, sha, self.config.validation.registry_uri)
+            check_validated(m.id, sha, self.config.validation.registry_uri, version=m.version)
         except NotValidatedError as e:
             _AUDIT.warning("plugin_refused plugin=%s weights=%s reason=not_validated", m.id, sha)
             raise e from None

@@ -169,18 +169,20 @@ def test_the_gate_opens_last_and_closes_when_the_same_weights_fail(
     # Written as a set: none of the three, not two of them.
     assert not (tmp_path / "crash" / "report.json").exists()
     assert not (tmp_path / "crash" / "cases.csv").exists()
-    assert not validation_status("grey-classifier", None, uri).validated
+    assert not validation_status("grey-classifier", None, uri, version="1.0.0").validated
     assert run_validation(
         proto, tmp_path / "ok", host=host, tracking_uri=uri, progress=False
     ).passed
-    assert validation_status("grey-classifier", None, uri).validated
+    assert validation_status("grey-classifier", None, uri, version="1.0.0").validated
+    # Without weights the version is what was validated: the next release is not.
+    assert not validation_status("grey-classifier", None, uri, version="1.0.1").validated
     strict = tmp_path / "strict"
     strict.mkdir()
     _, proto2, _, _ = _grey(strict, auroc_low=0.999)
     failed = run_validation(proto2, strict / "out", host=host, tracking_uri=uri, progress=False)
     sys.modules.pop("grey_classifier_plugin", None)
     assert not failed.passed and failed.report["mlflow"]["alias"] is None
-    assert not validation_status("grey-classifier", None, uri).validated
+    assert not validation_status("grey-classifier", None, uri, version="1.0.0").validated
     # The report names the store without an absolute path.
     assert "/" + tmp_path.name not in failed.report["mlflow"]["tracking_uri"]
 

@@ -66,7 +66,7 @@ def test_an_unreadable_registry_is_a_status_not_a_crash(tmp_path: Path) -> None:
 
     db = tmp_path / "corrupt.db"
     db.write_bytes(b"\x13not a database" * 2000)
-    status = validation_status("demo", "a" * 64, f"sqlite:///{db}")
+    status = validation_status("demo", "a" * 64, f"sqlite:///{db}", version="1.0.0")
     assert not status.validated and status.summary.startswith("unknown (registry:")
 
 

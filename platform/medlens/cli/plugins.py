@@ -34,7 +34,9 @@ def _validation(host: Host, manifests: list[Manifest]) -> dict[str, str]:
     from medlens.gating import validation_status
 
     return {
-        m.id: validation_status(m.id, m.weights.sha256 if m.weights else None, uri).summary
+        m.id: validation_status(
+            m.id, m.weights.sha256 if m.weights else None, uri, version=m.version
+        ).summary
         for m in manifests
     }
 

@@ -7,6 +7,10 @@ A protocol is written and frozen *before* any result is seen. Schema 2 adds to s
 * the dataset **manifest** (a CSV, path relative to the protocol file) and its sha256;
 * classification metrics (``auroc``, ``sensitivity``/``specificity``/``ppv``/``npv`` at a
   named **operating point**, ``ece``) beside the segmentation ones;
+* ``task = "measurement"`` for a plugin that measures a given mask (volume-measure): it is
+  run on each case's reference mask, and its reported volumes and lesions are compared with
+  the same figures computed here, independently, from that mask (volume and lesion metrics;
+  ``reference_labels`` names the mask's values);
 * per criterion the **statistic compared**: a bootstrap bound (``ci_low``/``ci_high``),
   which is what acceptance should use, or the point ``value``;
 * subgroups by attribute (categorical, or numeric ``bins``), each with an n-minimum;
@@ -104,6 +108,14 @@ _SEGMENTATION = frozenset(
     }
 )
 _DETECTION = frozenset({"lesion_sensitivity", "fp_per_case", "lesion_volume_rel_error"})
+#: What a measurement plugin is judged on: its figures of a given mask (no Dice: it draws none).
+_MEASUREMENT = _SEGMENTATION - {"dice"}
+#: Metrics each task can be judged on.
+_TASK_METRICS: dict[str, frozenset[str]] = {
+    "segmentation": _SEGMENTATION,
+    "measurement": _MEASUREMENT,
+    "classification": frozenset(HIGHER_IS_BETTER) - _SEGMENTATION,
+}
 #: Metrics that are fractions: "10 %" is 0.10, and a threshold of 10 passes anything.
 FRACTIONS = frozenset(HIGHER_IS_BETTER) - {"volume_abs_error_ml", "fp_per_case"}
 _ID = re.compile(r"^[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*$")
@@ -249,7 +261,9 @@ class ProtocolV2(_Frozen):
     schema_version: Literal["2"] = Field(description="Schema version, '2'.")
     id: str = Field(description="Protocol id, lower-case, e.g. 'ct-abdomen-seg-phantom-val'.")
     title: str = Field(min_length=1, description="Human-readable title.")
-    task: Literal["segmentation", "classification"] = Field(description="Kind of plugin.")
+    task: Literal["segmentation", "classification", "measurement"] = Field(
+        description="Kind of plugin: measurement runs the plugin on each reference mask."
+    )
     plugin: PluginLock = Field(description="Locked plugin version and weights.")
     dataset: DatasetLock = Field(description="Locked dataset manifest.")
     metrics: list[Criterion] = Field(min_length=1, description="Acceptance criteria.")
@@ -293,16 +307,32 @@ class ProtocolV2(_Frozen):
         for c in self.metrics:
             if c.operating_point is not None and c.operating_point not in ops:
                 raise ValueError(f"unknown operating point {c.operating_point!r}")
-            if (c.metric in _SEGMENTATION) != (self.task == "segmentation"):
+            if c.metric not in _TASK_METRICS[self.task]:
                 raise ValueError(f"metric {c.metric!r} does not apply to a {self.task} task")
             if c.metric in _DETECTION and self.detection is None:
                 raise ValueError("lesion metrics need a 'detection' section")
             if c.metric not in _DETECTION and c.label is None:
                 raise ValueError(f"metric {c.metric!r} needs a label")
+        if self.task == "measurement":
+            self._measured_labels()
         attrs = [s.attribute for s in self.subgroups]
         if len(set(attrs)) != len(attrs):
             raise ValueError("a subgroup attribute appears twice")
         return self
+
+    def _measured_labels(self) -> None:
+        # A measurement plugin names a bare mask's labels by value ('label-3'): the
+        # protocol must say which value each judged label has in the reference masks.
+        named = self.reference_labels or {}
+        wanted = {c.label for c in self.metrics if c.label is not None}
+        if self.detection is not None:
+            wanted.add(self.detection.label)
+        missing = sorted(wanted - set(named))
+        if missing:
+            raise ValueError(
+                "a measurement protocol gives each judged label's value in reference_labels "
+                f"(missing: {', '.join(missing)})"
+            )
 
     def canonical_json(self) -> str:
         """JSON with sorted keys and no whitespace: the bytes that are fingerprinted."""

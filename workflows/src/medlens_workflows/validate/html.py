@@ -125,22 +125,19 @@ def _calibration_plot(ok: Sequence[CaseScore], label: str) -> str:
 
 
 def _seg_plots(ok: Sequence[CaseScore]) -> list[str]:
-    labels = sorted({k for c in ok for k in c.values.get("dice", {})})
+    labels = sorted({k for c in ok for k in c.values.get("volume_ref_ml", {})})
     out = []
-    fig, ax = _figure(7, 4)
-    data = [
-        [v for c in ok if (v := c.values["dice"].get(lab)) is not None and math.isfinite(v)]
-        for lab in labels
-    ]
-    ax.boxplot([d or [math.nan] for d in data], tick_labels=labels)
-    for i, d in enumerate(data, start=1):
-        ax.plot(np.full(len(d), i) + np.linspace(-0.1, 0.1, len(d)), d, ".", alpha=0.6)
-    ax.set(ylabel="Dice", title="Dice per case")
-    out.append(_png(fig))
+    if any("dice" in c.values for c in ok):  # a measurement draws no mask: no Dice
+        out.append(_dice_plot(ok, labels))
     fig, axes = _subplots(len(labels))
     for ax, lab in zip(axes, labels, strict=False):
-        p = np.array([c.values["volume_pred_ml"][lab] for c in ok], dtype=float)
-        r = np.array([c.values["volume_ref_ml"][lab] for c in ok], dtype=float)
+        pairs = [
+            (p, c.values["volume_ref_ml"][lab])
+            for c in ok
+            if (p := c.values["volume_pred_ml"].get(lab)) is not None
+        ]
+        p = np.array([a for a, _ in pairs], dtype=float)
+        r = np.array([b for _, b in pairs], dtype=float)
         _bland_altman(ax, p, r, f"{lab} volume (mL)")
     out.append(_png(fig))
     les = [les for c in ok for les in c.values.get("lesions", [])]
@@ -151,6 +148,19 @@ def _seg_plots(ok: Sequence[CaseScore]) -> list[str]:
         _bland_altman(ax, p, r, "lesion volume (mL)")
         out.append(_png(fig))
     return out
+
+
+def _dice_plot(ok: Sequence[CaseScore], labels: list[str]) -> str:
+    fig, ax = _figure(7, 4)
+    data = [
+        [v for c in ok if (v := c.values["dice"].get(lab)) is not None and math.isfinite(v)]
+        for lab in labels
+    ]
+    ax.boxplot([d or [math.nan] for d in data], tick_labels=labels)
+    for i, d in enumerate(data, start=1):
+        ax.plot(np.full(len(d), i) + np.linspace(-0.1, 0.1, len(d)), d, ".", alpha=0.6)
+    ax.set(ylabel="Dice", title="Dice per case")
+    return _png(fig)
 
 
 def _subplots(n: int) -> tuple[Any, list[Any]]:

@@ -298,7 +298,7 @@ def run_validation(
 
     host = host if host is not None else _Host()
     protocol, manifest, dataset_sha, weights = load_locked(protocol_path, host)
-    cases = read_manifest(manifest, reference_is_path=protocol.task == "segmentation")
+    cases = read_manifest(manifest, reference_is_path=protocol.task != "classification")
     if len(cases) != protocol.dataset.n_cases:
         raise ValidationRefused(
             f"the manifest lists {len(cases)} cases; the protocol was locked for "
@@ -436,7 +436,14 @@ def _record(
         },
         verdict["metrics"],
     )
-    reg = run.register(protocol.plugin.id, weights, protocol.id, fp, verdict["passed"])
+    reg = run.register(
+        protocol.plugin.id,
+        weights,
+        protocol.id,
+        fp,
+        verdict["passed"],
+        version=protocol.plugin.version,
+    )
     report["mlflow"] = {"tracking_uri": shown, "run_id": run.run_id, **reg}
 
 

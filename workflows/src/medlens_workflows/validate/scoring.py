@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medlens.errors import InputError, PluginError
-from medlens_validation.metrics import dice, label_volume_ml, reference_lesion_overlaps
+from medlens_validation.metrics import (
+    dice,
+    label_volume_ml,
+    reference_lesion_overlaps,
+    reference_lesions,
+)
 from medlens_validation.protocol_v2 import ProtocolV2
 from medlens_workflows.validate.dataset import DatasetCase
 
@@ -90,6 +95,8 @@ def score_case(
     truth: dict[str, int] = {}
     if protocol.task == "classification":  # a bad reference fails before inference
         truth = {lab: reference_value(case.reference, lab) for lab in labels}
+    if protocol.task == "measurement":
+        return _score_measurement(host, protocol, case, device)
     result = host.run(
         protocol.plugin.id, case.input, device=device, options={"explain": False}, chain=False
     )
@@ -178,6 +185,88 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
         ]
         out["fp"] = fp
     return out
+
+
+def _score_measurement(
+    host: Host, protocol: ProtocolV2, case: DatasetCase, device: str
+) -> dict[str, Any]:
+    """Run a measurement plugin on the case's reference mask; compare its figures with ours.
+
+    The plugin measures the very mask scored here, so every difference is the plugin's:
+    volumes (voxel count x voxel volume) and lesions (connected components of the
+    detection label) are recomputed by :mod:`medlens_validation.metrics`, and each
+    reference lesion is matched to the plugin's lesion whose centroid lies within half the
+    finest voxel spacing of its own (the same voxels have the same centre of mass).
+    """
+    from medlens.imaging.read import read_image, read_mask
+
+    image = read_image(case.input)
+    reference = Path(case.reference)
+    # Read once, measured by both: a SEG keeps its segment numbers (reference_labels names them).
+    mask = read_mask(reference, reference=image, strict=True)
+    result = host.run(protocol.plugin.id, image, mask=mask, device=device, chain=False)
+    if str(result.prediction.status) != "ok":
+        why = result.prediction.status_reason or str(result.prediction.status)
+        raise PluginError(protocol.plugin.id, f"refused the case: {why}")
+    values = dict(protocol.reference_labels or {})
+    ref = np.asarray(mask.array[0])
+    spacing = tuple(float(s) for s in image.spacing)
+    measured = {m.label_value: m for m in result.prediction.measurements}
+    pred: dict[str, float | None] = {}
+    for name, value in values.items():
+        m = measured.get(value)
+        # A label the plugin declined to measure (cut by the grid's edge, say) is no 0 mL.
+        pred[name] = None if m is None else float(m.volume_ml)
+    out: dict[str, Any] = {
+        "volume_pred_ml": pred,
+        "volume_ref_ml": {n: label_volume_ml(ref, v, spacing) for n, v in values.items()},
+        "not_measured": ";".join(
+            sorted(n for n, v in pred.items() if v is None and np.any(ref == values[n]))
+        ),
+        "lesions": [],
+        "fp": 0,
+    }
+    det = protocol.detection
+    if det is not None:
+        value = values[det.label]
+        found = measured.get(value)
+        theirs = [] if found is None else list(found.lesions)
+        out["lesions"], out["fp"] = _match_lesions(ref, value, image, det, theirs)
+    return out
+
+
+def _match_lesions(
+    ref: np.ndarray[Any, Any], value: int, image: Any, det: Any, theirs: list[Any]
+) -> tuple[list[dict[str, Any]], int]:
+    """Reference lesions (>= the detection's volume) with the plugin's figures; its extras."""
+    spacing = tuple(float(s) for s in image.spacing)
+    every = reference_lesions(ref, label=value, spacing=spacing, connectivity=det.connectivity)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    affine = np.asarray(image.affine)
+    tol = 0.5 * min(spacing)
+    centres = np.array([les.centroid_lps for les in theirs], dtype=float).reshape(-1, 3)
+    used = np.zeros(len(theirs), dtype=bool)
+    lesions = []
+    for comp in every:
+        idx = np.argwhere(comp).mean(axis=0)
+        centre = (affine @ np.append(idx, 1.0))[:3]
+        hit = None
+        if len(theirs):
+            d = np.linalg.norm(centres - centre, axis=1)
+            d[used] = np.inf
+            j = int(np.argmin(d))
+            if d[j] <= tol:
+                used[j], hit = True, theirs[j]
+        ref_ml = float(np.count_nonzero(comp)) * voxel_ml
+        if ref_ml >= det.min_volume_ml:
+            lesions.append(
+                {
+                    "ref_ml": ref_ml,
+                    "pred_ml": float(hit.volume_ml) if hit is not None else 0.0,
+                    "detected": hit is not None,
+                }
+            )
+    return lesions, int(np.count_nonzero(~used))
 
 
 def score_job(host: Host, spec: JobSpec) -> dict[str, Any]:

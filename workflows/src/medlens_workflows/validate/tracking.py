@@ -4,7 +4,8 @@
   plugin id/version, weights and dataset sha256, MedLens version), metrics (each
   criterion's value and CI bounds), the report files as artifacts.
 * **Registry**: one registered model per plugin (:func:`medlens.gating.registered_model_name`),
-  one version per weights sha256 (found by its ``weights_sha256`` tag, created on first
+  one version per weights sha256 (found by its ``weights_sha256`` tag, ``no-weights@<version>``
+  for a plugin without weights; created on first
   validation with the run as its source), tagged ``protocol.<id>`` = ``passed``/``failed``
   (and the fingerprint). The alias ``validated`` is set only when every criterion passed;
   it is what a gated host (``require_validated``) looks for.
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medlens.gating import VALIDATED_ALIAS, registered_model_name
+from medlens.gating import VALIDATED_ALIAS, registered_model_name, registry_key
 
 #: Version tag naming the protocol whose pass set ``validated`` (its failure takes it back).
 VALIDATED_BY = "validated_by"
@@ -124,13 +125,24 @@ class ValidationRun:
                     self.client.log_metric(self.run_id, f"{name}.{field}", float(row[field]))
 
     def register(
-        self, plugin_id: str, weights_sha256: str | None, protocol_id: str, fp: str, passed: bool
+        self,
+        plugin_id: str,
+        weights_sha256: str | None,
+        protocol_id: str,
+        fp: str,
+        passed: bool,
+        *,
+        version: str,
     ) -> dict[str, Any]:
-        """Find or create the version of these weights; tag it; alias it when passed."""
+        """Find or create the version of these weights; tag it; alias it when passed.
+
+        A plugin without weights gets one registry version per plugin version
+        (:func:`medlens.gating.registry_key`).
+        """
         from mlflow.exceptions import MlflowException
 
         name = registered_model_name(plugin_id)
-        sha = weights_sha256 or "none"
+        sha = registry_key(weights_sha256, version)
         try:
             self.client.get_registered_model(name)
         except MlflowException:
@@ -146,7 +158,7 @@ class ValidationRun:
                 name,
                 source=f"runs:/{self.run_id}/validation",
                 run_id=self.run_id,
-                tags={"weights_sha256": sha, "plugin": plugin_id},
+                tags={"weights_sha256": sha, "plugin": plugin_id, "plugin_version": version},
             )
             version = str(mv.version)
         outcome = "passed" if passed else "failed"
