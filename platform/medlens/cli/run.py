@@ -15,7 +15,8 @@ ran on but refused as outside what it was made for (``rejected_out_of_distributi
 is ``rejected``: its result.json is written, its reason given, and it is never counted
 as ``ok``. Exit code 0 when every accepted case succeeded, 1 when a case failed, 3 when
 the plugin accepted no case at all (said on stderr), 4 when none failed but the plugin
-rejected at least one.
+rejected at least one, 5 when another run is writing into the same ``--out`` (nothing
+was run: try again later).
 """
 
 from __future__ import annotations
@@ -416,7 +417,8 @@ def run(
     Exit code: 0 when every accepted case succeeded (cases the rules refuse are skipped,
     not failed), 1 when a case failed, 3 when the plugin accepted no case at all, 4 when
     none failed but the plugin rejected a case as out of distribution (status
-    ``rejected``: result.json written, no answer reported).
+    ``rejected``: result.json written, no answer reported), 5 when another run is writing
+    into the same --out (nothing was run: try again later).
     """
     from medlens.routing import Study, find_cases, group_studies, read_study_csv
 
@@ -436,6 +438,9 @@ def run(
     found = find_cases(inputs)
     cases = [c for c in found if not Path(os.path.realpath(c.path)).is_relative_to(out_root)]
     in_out = len(found) - len(cases)  # said on the summary line, never dropped unsaid
+    # An earlier run's results anywhere among the inputs (another --out): not inputs either.
+    results = [c for c in cases if c.facts is not None and c.facts.medlens_result]
+    cases = [c for c in cases if c not in results]
     # Files no plugin reads (text, a link loop, an image beside DICOM): counted and listed
     # at info level, not case lines: a folder's truth files would drown the cases.
     not_read = [c for c in cases if c.kind == "skipped"]
@@ -538,6 +543,8 @@ def run(
         )
     if in_out:
         summary += f"; {in_out} input(s) inside --out not read (results are not inputs)"
+    if results:
+        summary += f"; {len(results)} MedLens result(s) among the inputs not read"
     click.echo(f"{manifest.id}: {len(outcomes)} case(s): {summary}; results in {out}", err=True)
     accepted = counts["ok"] + counts["rejected"] + counts["failed"]
     if accepted == 0:

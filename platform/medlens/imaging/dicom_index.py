@@ -8,9 +8,9 @@ are read for one purpose, the patient key below, and never stored.
 
 Pixel data is never read: each file is parsed up to the end of group ``0028``
 (image pixel description), which skips bulky private groups, functional-group
-sequences and pixel data alike. Patients are keyed by an unsalted sha256 of
-``PatientID`` and ``PatientName`` so the index can group by patient without
-holding identifying values.
+sequences and pixel data alike. Patients are keyed by a keyed hash (HMAC under the
+installation's secret, :mod:`medlens.pseudonym`) of ``PatientID`` and ``PatientName`` so
+the index can group by patient without holding identifying values.
 """
 
 from __future__ import annotations

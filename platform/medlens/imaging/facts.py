@@ -32,6 +32,7 @@ from medlens.rules import SeriesFacts
 
 __all__ = [
     "FACT_ATTRIBUTES",
+    "MEDLENS_MANUFACTURER",
     "Facts",
     "facts_of_header",
     "facts_of_headers",
@@ -42,6 +43,9 @@ __all__ = [
 
 #: The attributes facts may hold (the host's one allowlist).
 FACT_ATTRIBUTES: frozenset[str] = frozenset(AUDIT_ATTRIBUTES)
+
+#: Manufacturer (0008,0070) of every object MedLens writes: what tells a result from an input.
+MEDLENS_MANUFACTURER = "MedLens"
 
 
 class _Keyed(Protocol):
@@ -94,6 +98,16 @@ class Facts:
     def body_part(self) -> str | None:
         """``BodyPartExamined`` upper-case, or ``None`` when not stated."""
         return _upper(self.attributes.get("BodyPartExamined"))
+
+    @property
+    def medlens_result(self) -> bool:
+        """Whether the input is an object MedLens wrote (a heatmap SC, a SEG, an SR).
+
+        A result sent back (a PACS routing everything it receives, an earlier run's
+        ``--out`` inside an input folder) is never an input: a plugin that reads
+        secondary captures would read its own heatmaps, and a loop would feed itself.
+        """
+        return str(self.attributes.get("Manufacturer", "")).strip() == MEDLENS_MANUFACTURER
 
     def for_rules(self) -> SeriesFacts:
         """The facts in the shape a selection rule evaluates."""

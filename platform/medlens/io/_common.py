@@ -23,6 +23,7 @@ from pydicom.valuerep import DA, TM
 from medlens import __version__
 from medlens.errors import DicomError
 from medlens.imaging._layout import reversed_axes
+from medlens.imaging.facts import MEDLENS_MANUFACTURER
 from medlens.imaging.image import Image
 from medlens.plugin_api._manifest import Code, Label, Manifest
 from medlens.plugin_api._results import Result
@@ -47,8 +48,8 @@ __all__ = [
     "source_orientation",
 ]
 
-#: Manufacturer (0008,0070) of every object MedLens writes.
-MANUFACTURER = "MedLens"
+#: Manufacturer (0008,0070) of every object MedLens writes (routing refuses it as input).
+MANUFACTURER = MEDLENS_MANUFACTURER
 
 
 class SeriesNumbers:

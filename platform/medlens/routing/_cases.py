@@ -5,8 +5,9 @@ series of one), a NIfTI volume or a 2-D image file. :func:`find_cases` turns the
 inputs of ``medlens run`` (files, series folders, folders of many series or images)
 into cases, each with its :class:`~medlens.imaging.facts.Facts` where they can be
 had from headers alone, and with a stable name built only from validated parts (the
-modality code and a hash of the series UID, or of the file's path): never a patient's
-name, never a raw UID or file name that could hold ``..`` or patient data.
+modality code and a hash of the patient's keyed pseudonym and the series UID, or of a
+file's bytes): never a patient's name, never a raw UID or file name that could hold
+``..`` or patient data. An instance found twice (same SOP Instance UID) is read once.
 
 A folder that holds DICOM image instances is read as DICOM: NIfTI and image files
 beside them (the truth label maps of a phantom dataset, for instance) are not cases.
@@ -153,7 +154,12 @@ def split_series(
 
 
 class _Namer:
-    """Stable names: the same series or file gets the same name on every run."""
+    """Stable names: the same series or file gets the same name on every run.
+
+    A DICOM case's name hashes the patient's keyed pseudonym with its series (and, for a
+    single image, instance) UID: stable on one installation (its pseudonym secret,
+    :mod:`medlens.pseudonym`), never a value that identifies the patient.
+    """
 
     def __init__(self) -> None:
         self.used: set[str] = set()
@@ -171,11 +177,34 @@ class _Namer:
 def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
     index = index_folder(root)
     cases: list[Case] = []
+    first_of: dict[str, Path] = {}  # SOP Instance UID -> the file that brought it
     for s in index.all_series():
         if not _is_image_series(s):
             continue
         for volume, group in _split(s):
-            key = s.series_instance_uid + (group[0].sop_instance_uid if len(group) == 1 else "")
+            if len(group) == 1 and (seen := first_of.get(group[0].sop_instance_uid)):
+                # A copy of an instance (a film in two subfolders) is one case, not two.
+                why = (
+                    f"{group[0].path.name!r} repeats the instance of {seen.name!r} (the same "
+                    "SOP Instance UID): read once"
+                )
+                rel = group[0].path.relative_to(root) if root.is_dir() else group[0].path
+                cases.append(
+                    Case(
+                        namer("SKIPPED", rel.as_posix()),
+                        "skipped",
+                        root,
+                        (group[0].path,),
+                        error=why,
+                    )
+                )
+                continue
+            first_of.update((h.sop_instance_uid, h.path) for h in group)
+            # The patient's keyed pseudonym is part of the name: the instances of one
+            # series UID under two patients are two cases whose names must not depend on
+            # which was found first (a re-run with one of them wrote it over the other's).
+            key = f"{s.patient_key}/{s.series_instance_uid}"
+            key += group[0].sop_instance_uid if len(group) == 1 else ""
             key += f"/{volume}" if volume else ""  # volumes of one series: a name each
             cases.append(
                 Case(

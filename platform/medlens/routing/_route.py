@@ -98,6 +98,10 @@ def _rule_for(manifest: Manifest, facts: Facts) -> Rule | None:
     return _known_part(rule, frozenset(facts.attributes))
 
 
+#: Why a MedLens result is no plugin's input (see :attr:`Facts.medlens_result`).
+_MEDLENS_RESULT = "a MedLens result (Manufacturer 'MedLens': a heatmap, SEG or SR), not an input"
+
+
 def route(manifest: Manifest, facts: Facts) -> RuleOutcome:
     """Whether ``manifest``'s plugin accepts an input with these facts.
 
@@ -109,6 +113,8 @@ def route(manifest: Manifest, facts: Facts) -> RuleOutcome:
     Returns:
         ``matched`` and, when refused, one reason per failed check.
     """
+    if facts.medlens_result:
+        return RuleOutcome(False, (_MEDLENS_RESULT,))
     reasons: list[str] = []
     if facts.dims != manifest.input.dims:
         reasons.append(f"needs {manifest.input.dims}-D input (got a {facts.dims}-D image)")
