@@ -101,6 +101,29 @@ class _Plugin:
             return v1.Prediction(mask=inner(), measurements=[m])
         if how == "phi":
             raise RuntimeError("cannot segment patient Doe^John born 19600101")
+        if how == "findings-none":  # Prediction is a plain dataclass: nothing checked its types
+            return v1.Prediction(mask=inner(), findings=None)
+        if how == "bad-str":
+            class BadStr(Exception):
+                def __str__(self):
+                    raise RuntimeError("str broke")
+            raise BadStr()
+        if how == "base-exc":
+            class Custom(BaseException):
+                pass
+            raise Custom("boom")
+        if how == "measure-value":  # the spleen's figures under the liver's name
+            m = v1.Measurement(label="body", label_value=2, volume_ml=99.0, lesion_count=1)
+            return v1.Prediction(mask=inner(), measurements=[m])
+        if how == "metadata":
+            img.metadata["Modality"] = "MR"
+            return v1.Prediction(mask=inner())
+        if how == "reject-phi":  # a refusal quoting the header the plugin read
+            return v1.Prediction(
+                status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
+                status_reason="ViewPosition 'LL' of doe, jane (PID-4711, born 1970-01-01)",
+                warnings=["read DOE^JANE 19700101"],
+            )
         if how == "other-id":
             raise v1.PluginError("ct-abdomen-seg", "weights corrupted, reinstall MedLens")
         if how == "input":
@@ -156,6 +179,11 @@ def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
         ("phi", PluginError, "predict failed: RuntimeError: cannot segment patient <value>"),
         ("other-id", PluginError, "plugin 'hostile': weights corrupted, reinstall MedLens"),
         ("input", InputError, "plugin 'hostile': series is unusable"),
+        ("findings-none", PluginError, "invalid prediction: TypeError:"),
+        ("bad-str", PluginError, "predict failed: BadStr: (its message could not be read)"),
+        ("base-exc", PluginError, "predict failed: Custom: boom"),
+        ("measure-value", PluginError, "measurement 'body' has label value 2; its manifest gi"),
+        ("metadata", PluginError, "changed its input's metadata in place"),
     ],
 )
 def test_invalid_predictions_are_refused_and_nothing_is_written(
@@ -170,6 +198,50 @@ def test_invalid_predictions_are_refused_and_nothing_is_written(
     assert "Doe" not in str(e.value) and "19600101" not in str(e.value)
     assert "ct-abdomen-seg" not in str(e.value)
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_a_refusal_names_no_identifying_value(
+    plugin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A probe's finding: a refusal's reason (and warnings) quoting the header reached the
+    # log and result.json as written; the same text raised was scrubbed.
+    write_series(tmp_path / "ct", n=4)  # Doe^Jane, PID-4711, born 19700101
+    monkeypatch.setenv("MLHOST_HOW", "reject-phi")
+    p = _host(plugin).run("hostile", tmp_path / "ct", out=tmp_path / "out", device="cpu").prediction
+    assert p.status_reason == "ViewPosition 'LL' of <value>, <value> (<value>, born 1970-01-01)"
+    written = (tmp_path / "out" / "result.json").read_text() + caplog.text
+    for value in ("PID-4711", "Doe", "DOE", "Jane", "JANE", "19700101"):
+        assert value not in written and all(value not in w for w in p.warnings)
+
+
+def test_a_nifti_input_is_read_only_too(
+    plugin: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A probe's finding: a NIfTI's array was a view of nibabel's buffer, which the host
+    # could not flip read-only and back: a plugin wrote into it unseen.
+    import nibabel as nib
+    import numpy as np
+
+    path = tmp_path / "ct.nii.gz"
+    vol = np.full((300, 300, 16), -1000.0, np.float32)  # > 1 M voxels: sampled, not whole
+    nib.save(nib.Nifti1Image(vol, np.diag([0.7, 0.7, 3.0, 1.0])), path)
+    monkeypatch.setenv("MLHOST_HOW", "inplace-numpy")
+    with pytest.raises(PluginError, match="its inputs are read-only"):
+        _host(plugin).run("hostile", path, device="cpu")
+
+
+@pytest.mark.parametrize("reserved", ["result.json", "heatmap-sc", "mask.nii.gz", "image-2"])
+def test_an_id_naming_an_output_is_refused(reserved: str) -> None:
+    # A probe's finding: a chained plugin with id 'result.json' stopped every producer's
+    # results being written (its folder took the file's name).
+    from medlens.io import FILE_NAMES
+    from medlens.plugin_api.v1 import Manifest
+
+    with pytest.raises(ValueError, match="names a file or folder the host writes"):
+        Manifest.model_validate({**_MANIFEST, "id": reserved, "entry": "x:create"})
+    from medlens.plugin_api._manifest import RESERVED_IDS
+
+    assert set(FILE_NAMES.values()) <= RESERVED_IDS
 
 
 def test_a_refusal_reason_is_one_line(

@@ -513,16 +513,25 @@ class Host:
                 prediction = plugin.predict(PluginInputs(image, mask, upstream, study), ctx)
         except MedLensError as e:
             raise _attributed(m.id, e) from e
-        except (Exception, SystemExit) as e:  # a plugin bug must not crash the host (nor exit it)
+        except KeyboardInterrupt:  # the operator's Ctrl-C stops the run, as anywhere else
+            raise
+        except BaseException as e:  # a plugin bug must not crash the host (nor exit it)
+            text = _exception_text(e)
             hint = " (its inputs are read-only: copy an array before changing it)"
-            hint = hint if "read-only" in str(e) else ""
+            hint = hint if "read-only" in text else ""
             # Scrubbed: a plugin's exception text quoted a patient's name into the audit.
-            why = scrub(f"{type(e).__name__}: {e}")
-            raise PluginError(m.id, f"predict failed: {why}{hint}") from e
-        _check_prediction(m, image, prediction, study)
+            raise PluginError(m.id, f"predict failed: {scrub(text)}{hint}") from e
+        try:
+            _check_prediction(m, image, prediction, study)
+        except MedLensError:
+            raise
+        except Exception as e:  # Prediction is a plain dataclass: findings=None, a bare array
+            why = scrub(_exception_text(e))
+            raise PluginError(m.id, f"invalid prediction: {why}") from e
         # The mask's own notes too (resampled onto the image grid): a user must see them.
         mask_notes = mask.warnings if mask is not None and upstream is None else ()
         prediction.warnings[:0] = [*image.warnings, *mask_notes, *ctx.warnings]
+        _redact_texts(prediction, image)
         if prediction.status != ResultStatus.OK:
             # An audit line (no identifying values: plugin id, status and the plugin's reason).
             log.warning("%s: %s: %s", m.id, prediction.status, prediction.status_reason)
@@ -567,6 +576,32 @@ class Host:
         except NotValidatedError as e:
             _AUDIT.warning("plugin_refused plugin=%s weights=%s reason=not_validated", m.id, sha)
             raise e from None
+
+
+def _exception_text(e: BaseException) -> str:
+    """``Type: message``, even of an exception whose ``__str__`` itself raises."""
+    try:
+        message = str(e)
+    except Exception:
+        message = "(its message could not be read)"
+    return f"{type(e).__name__}: {message}"
+
+
+def _redact_texts(p: Prediction, image: Image) -> None:
+    """A plugin's reason and warnings without the input's identifying values.
+
+    They go to logs and result.json; a plugin that quoted the header it read (a refusal
+    "not abdominal: DOE^JOHN 19610203") put the patient there (:func:`medlens.phi.redact`).
+    """
+    if not p.status_reason and not p.warnings:
+        return
+    from medlens.imaging.dicom_index import identifying_values
+    from medlens.phi import redact
+
+    values = identifying_values(image.source[0]) if image.source else ()
+    if p.status_reason:
+        p.status_reason = redact(p.status_reason, values)
+    p.warnings[:] = [redact(w, values) for w in p.warnings]
 
 
 #: Values a fingerprint of an input array samples (evenly spaced; about 8 MB of float64).
@@ -646,6 +681,10 @@ def _read_only(
         arrays += [i.image.array for i in study.images]
     if upstream is not None and upstream.prediction.heatmap is not None:
         arrays.append(upstream.prediction.heatmap.array)
+    images = [image, *([mask] if mask is not None else [])]
+    images += [i.image for i in study.images] if study is not None else []
+    # Image.metadata is a dict: a plugin that "fixed" a Modality there changed the caller's.
+    metadata = [(im, dict(im.metadata)) for im in images]
     saved: list[tuple[np.ndarray[Any, Any], bool, bytes]] = []
     for a in arrays:
         if isinstance(a, np.ndarray) and not any(a is b for b, _, _ in saved):
@@ -668,11 +707,20 @@ def _read_only(
         for a, writeable, _ in saved:
             if writeable:
                 a.flags.writeable = True
+        changed = [im for im, before in metadata if dict(im.metadata) != before]
+        for im, before in metadata:
+            if dict(im.metadata) != before:
+                im.metadata.clear()  # type: ignore[attr-defined]
+                im.metadata.update(before)  # type: ignore[attr-defined]
     if any(_fingerprint(a) != before for a, _, before in saved):
         raise PluginError(
             plugin_id,
             "changed its input in place (the host and the plugins after it read the same "
             "arrays): copy an array before changing it",
+        )
+    if changed:
+        raise PluginError(
+            plugin_id, "changed its input's metadata in place: copy it before changing it"
         )
 
 
@@ -867,6 +915,14 @@ def _check_prediction(
     unmeasured = sorted({x.label for x in p.measurements} - declared) if declared else []
     if unmeasured:
         raise PluginError(m.id, f"measurement {unmeasured[0]!r} is no label of the manifest")
+    values = {lab.name: int(lab.value) for lab in m.outputs.labels}
+    for x in p.measurements:  # a 'liver' of value 2 put the spleen's figures under the liver
+        if x.label in values and x.label_value != values[x.label]:
+            raise PluginError(
+                m.id,
+                f"measurement {x.label!r} has label value {x.label_value}; "
+                f"its manifest gives {values[x.label]}",
+            )
     # One line each: a newline in a reason forged a log line of its own.
     p.status_reason = one_line(p.status_reason) if p.status_reason else p.status_reason
     p.warnings[:] = [one_line(w) for w in p.warnings]

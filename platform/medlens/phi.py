@@ -14,27 +14,52 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["captured_warnings", "install", "scrub"]
+__all__ = ["captured_warnings", "install", "redact", "scrub"]
 
 _log = logging.getLogger("medlens.watch")  # the logger of shown warnings (see install)
 
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
-_PN_LIKE = re.compile(r"\S*\^\S*")  # PN values use ^ between name parts
+# In a text cut short, a quote left open (cut inside a value) runs to the end: a value too.
+_OPEN = re.compile(r"""b?['"][^'"]*$""")
 _DIGITS = re.compile(r"\d{6,}")  # dates, times, ids (UIDs have dots, kept short anyway)
 _MAX = 200
+#: Characters of a text scrubbed: what is kept (``_MAX``) comes from them. Bounded so a
+#: plugin's 200 000-character exception costs milliseconds (unbounded, the name pattern
+#: took a minute on it and hung the host).
+_SCAN = 20 * _MAX
 
 
 def scrub(text: object) -> str:
     """One line of ``text`` with quoted values, names and long numbers removed."""
-    line = " ".join(str(text).split())
-    line = _QUOTED.sub("'<value>'", line)
-    line = _PN_LIKE.sub("<value>", line)
+    whole = " ".join(str(text)[: 4 * _SCAN].split())
+    line = _QUOTED.sub("'<value>'", whole[:_SCAN])
+    if len(whole) > _SCAN:
+        line = _OPEN.sub("'<value>'", line)
+    # PN values use ^ between name parts: a word holding one is a name (split, not a
+    # regex: '\S*\^\S*' rescans the rest of the text from every position).
+    line = " ".join("<value>" if "^" in w else w for w in line.split(" "))
     line = _DIGITS.sub("<n>", line)
     return line[:_MAX]
+
+
+def redact(text: str, values: Iterable[str] = ()) -> str:
+    """``text`` without ``values`` (the input's identifying ones), names and long numbers.
+
+    For a plugin's own texts (a refusal's reason, its warnings), which go to logs and
+    result.json: unlike :func:`scrub` it keeps quoted values and the whole text ("ViewPosition
+    'LL' is a lateral" must stay readable), and removes instead what is known to identify
+    the patient, wherever it appears and in any letter case, plus name-like words (``^``)
+    and digit runs of six or more (dates, record numbers).
+    """
+    for v in sorted({v.strip() for v in values}, key=len, reverse=True):
+        if len(v) >= 3:  # "M", "12": too short to be told from ordinary text
+            text = re.sub(re.escape(v), "<value>", text, flags=re.IGNORECASE)
+    text = " ".join("<value>" if "^" in w else w for w in text.split(" "))
+    return _DIGITS.sub("<n>", text)
 
 
 class _ScrubFilter(logging.Filter):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "StudyEntry",
     "build_index",
     "fast_value",
+    "identifying_values",
     "index_folder",
     "patient_key_of",
     "read_header",
@@ -228,6 +230,41 @@ def _floats(value: Any, n: int) -> tuple[float, ...] | None:
     except (TypeError, ValueError):
         return None
     return out if len(out) == n else None
+
+
+#: Attributes whose values identify a patient: kept out of a plugin's texts (see
+#: :func:`identifying_values`), never stored.
+_IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "AccessionNumber",
+)
+
+
+def identifying_values(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The identifying values of a DICOM file's header, to remove them from texts.
+
+    Each value whole and, for names, each part (``DOE^JOHN``: ``DOE``, ``JOHN``). Only for
+    redaction (:func:`medlens.phi.redact`): never logged or stored. ``()`` for a file that
+    is no readable DICOM (a NIfTI, a photograph).
+    """
+    try:
+        import pydicom
+        from pydicom.multival import MultiValue
+
+        check_regular_file(Path(path))
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_IDENTIFYING))
+    except Exception:  # no DICOM header: nothing of it to redact
+        return ()
+    out: list[str] = []
+    for kw in _IDENTIFYING:
+        v = ds.get(kw)
+        for item in list(v) if isinstance(v, MultiValue) else [v]:
+            text = str(item or "").strip()
+            out += [text, *(p for p in re.split(r"[\^=\s]+", text) if p)]
+    return tuple(dict.fromkeys(x for x in out if x))
 
 
 def patient_key_of(patient_id: object, patient_name: object) -> str:

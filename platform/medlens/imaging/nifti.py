@@ -88,6 +88,10 @@ def read_nifti(path: str | os.PathLike[str]) -> Image:
             and (inter is None or np.isnan(inter) or inter == 0.0)
         )
         data = np.asarray(img.get_fdata(dtype=np.float32)) if scaled else np.asarray(proxy)
+        if not data.flags.owndata:
+            # A view of nibabel's buffer (gzip bytes, a memmap): the host could not make it
+            # read-only for a plugin and give the flag back (a NIfTI input was writable).
+            data = data.copy()
         affine, notes = _world_affine(img, p)
     except (InputError, GeometryError):
         raise

@@ -46,6 +46,24 @@ __all__ = [
 API_VERSION = "1.1"
 
 _ID = re.compile(r"^[a-z][a-z0-9]*(?:[._-][a-z0-9]+)*$")
+#: Names the host writes in a result folder. A chained plugin's files go in a folder named
+#: by its id beside its producer's, so these are no plugin's id: a third party's chained
+#: plugin named 'result.json' or 'heatmap-sc' stopped every producer's results being
+#: written. (``medlens.io.FILE_NAMES`` must stay within them: a test checks.)
+RESERVED_IDS: frozenset[str] = frozenset(
+    {
+        "seg.dcm",
+        "sr.dcm",
+        "heatmap.nii.gz",
+        "heatmap-sc",
+        "heatmap-pm.dcm",
+        "mask.nii.gz",
+        "mask.png",
+        "heatmap.png",
+        "result.json",
+    }
+)
+_STUDY_FOLDER = re.compile(r"^image-[0-9]+$")  # a study's further images' heatmaps
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -365,6 +383,8 @@ class Manifest(_Frozen):
     def _id(cls, v: str) -> str:
         if not _ID.fullmatch(v) or len(v) > 64:
             raise ValueError(f"id {v!r} must be lower-case words joined by '-', '_' or '.'")
+        if v in RESERVED_IDS or _STUDY_FOLDER.fullmatch(v):
+            raise ValueError(f"id {v!r} names a file or folder the host writes in a result")
         return v
 
     @field_validator("version")
