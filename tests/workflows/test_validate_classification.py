@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.metadata as md
+import re
 import socket
 import sys
 import textwrap
@@ -36,6 +37,10 @@ MANIFEST = v1.Manifest(
     outputs=v1.OutputSpec(
         labels=[v1.Label(value=0, name="pneumonia", category=_CODE, type=_CODE, measure=False)],
         kinds=[v1.OutputKind.JSON],
+        operating_points=[v1.OperatingPoint(
+            name="screening", label="pneumonia", threshold=0.45, sensitivity=0.9,
+            specificity=0.5, chosen_on="tests",
+        )],
     ),
     model_card=v1.ModelCard(intended_use="tests", training_data="none", license="Apache-2.0",
                             diagnostic_use=False),
@@ -221,3 +226,23 @@ def test_a_store_the_report_cannot_reach_is_refused_before_any_case(tmp_path: Pa
         assert why in text and "s3cret" not in text and "\n" not in text, text
         assert not (out / "jobs.sqlite").exists()  # nothing was scored
     sys.modules.pop("grey_classifier_plugin", None)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        ("threshold = 0.45", "threshold = 0.3", "threshold 0.3 in the protocol, 0.45 in grey"),
+        ('"screening"', '"nosuch"', "operating point 'nosuch' is not one of grey-classifier's"),
+    ],
+)
+def test_operating_points_are_the_plugins_own(
+    tmp_path: Path, old: str, new: str, reason: str
+) -> None:
+    # A probe's finding: a protocol naming a point the plugin lacks, at a threshold of its
+    # own choosing, judged decisions no deployment makes and still earned `validated`.
+    host, proto, _, _ = _grey(tmp_path)
+    proto.write_text(proto.read_text().replace(old, new))
+    with pytest.raises(ValidationRefused, match=re.escape(reason)):
+        run_validation(proto, tmp_path / "out", host=host, progress=False)
+    sys.modules.pop("grey_classifier_plugin", None)
+    assert not (tmp_path / "out" / "report.json").exists()

@@ -121,15 +121,68 @@ def test_a_bad_rows_line_number_is_the_files_after_blank_lines(tmp_path: Path) -
 def test_a_new_sqlite_store_is_created_whole_or_not_at_all(tmp_path: Path) -> None:
     # kill -9 while MLflow built a new mlflow.db left half a schema: every --resume then
     # failed ("table secrets already exists").
+    import threading
+
     from medlens_workflows.validate.tracking import ensure_store
 
     (tmp_path / ".mlflow.db.dead0000.creating").write_bytes(b"half a schema")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    ensure_store(uri)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+    # Two validations starting on one new store (a probe's finding: each removed the
+    # other's side file; the first failed after scoring): creations take turns.
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            ensure_store(uri)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=create) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".mlflow.db.lock", "mlflow.db"]
     before = (tmp_path / "mlflow.db").stat().st_mtime_ns
     ensure_store(uri)  # an existing store is left as it is
     assert (tmp_path / "mlflow.db").stat().st_mtime_ns == before
     from mlflow import MlflowClient
 
     assert MlflowClient(tracking_uri=uri).search_experiments()  # the Default experiment
+
+
+@pytest.mark.parametrize("what", ["folder", "text"])
+def test_an_existing_store_that_is_no_database_is_refused_before_scoring(
+    tmp_path: Path, what: str
+) -> None:
+    # A probe's finding: a folder or another file at the store's path passed the check;
+    # every case was scored, then the run failed (after minutes of retries for a folder).
+    from medlens.errors import OutputError
+    from medlens_workflows.validate.tracking import ensure_store
+
+    db = tmp_path / "x.db"
+    if what == "folder":
+        db.mkdir()
+    else:
+        db.write_text("schema_version = 2\n")
+    with pytest.raises(OutputError, match=r"x\.db"):
+        ensure_store(f"sqlite:///{db}")
+
+
+def test_a_password_holding_an_at_sign_is_taken_out_whole() -> None:
+    from medlens_workflows.validate.runner import _no_credentials
+
+    assert _no_credentials("http://alice:p@ss@127.0.0.1:1/x") == "http://127.0.0.1:1/x"
+
+
+def test_a_nul_or_a_link_loop_in_a_manifest_is_one_line(tmp_path: Path) -> None:
+    # A probe's finding: both were tracebacks (ValueError, RuntimeError).
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    path = tmp_path / "m.csv"
+    path.write_text("case_id,patient_id,input,reference\nc1,p1,loop,1\n")
+    (case,) = read_manifest(path, reference_is_path=False)  # fails when it runs, one line
+    assert case.input.name == "loop"
+    path.write_text("case_id,patient_id,input,reference\nc1,p1,a\x00.png,1\n")
+    with pytest.raises(InputError, match="input holds a NUL character"):
+        read_manifest(path, reference_is_path=False)

@@ -158,3 +158,28 @@ def test_a_questioned_finding_fails_never_negative() -> None:
 
     with pytest.raises(InputError, match="uncertain labels must be resolved"):
         reference_value("pneumonia?", "pneumonia")
+
+
+@pytest.mark.slow
+def test_a_seg_of_another_scan_is_no_reference(tmp_path: Path) -> None:
+    # A probe's finding: a manifest pairing a CT with another case's SEG was scored
+    # silently (any SEG overlapping by position was resampled onto the image): Dice 0.40.
+    from medlens.errors import InputError
+    from medlens.imaging.read import read_image, read_mask
+    from medlens_workflows.validate.phantoms import build_phantom_dataset, write_reference_seg
+
+    manifest = build_phantom_dataset(tmp_path / "data", 2, 3)
+    root = manifest.parent
+    seg = write_reference_seg(
+        root / "case-0000" / "dicom",
+        root / "case-0000" / "truth" / "labels.nii.gz",
+        tmp_path / "seg0.dcm",
+    )
+    own = read_image(root / "case-0000" / "dicom")
+    other = read_image(root / "case-0001" / "dicom")
+    assert not any("another" in w for w in read_mask(seg, reference=own, strict=True).warnings)
+    with pytest.raises(InputError, match="another frame of reference than the image"):
+        read_mask(seg, reference=other, strict=True)
+    # Given as a mask to run on (not a truth): read by position, and said.
+    mask = read_mask(seg, reference=other)
+    assert any("another frame of reference" in w for w in mask.warnings)

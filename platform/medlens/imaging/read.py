@@ -311,12 +311,44 @@ def _segment_values(
     return mapping, warnings
 
 
-def _read_seg(path: Path, labels: Sequence[LabelLike] | None, *, strict: bool = False) -> Image:
+def _seg_belongs(seg: Any, reference: Image, name: str, *, strict: bool) -> list[str]:
+    """Whether a SEG was drawn on ``reference``'s scan, by its UIDs (warnings, or raises).
+
+    A SEG overlapping the image by position was resampled onto it whatever scan it was
+    drawn on: a researcher's manifest pairing a CT with another case's SEG was scored
+    silently (liver Dice 0.40). A reference truth (``strict``) must be the image's own:
+    same frame of reference, and its referenced series the image's when both say.
+    """
+    notes: list[str] = []
+    image_for = str(reference.metadata.get("FrameOfReferenceUID") or "").strip()
+    seg_for = str(getattr(seg, "FrameOfReferenceUID", "") or "").strip()
+    if image_for and seg_for and image_for != seg_for:
+        notes.append(
+            f"DICOM SEG {name!r} is in another frame of reference than the image (drawn on "
+            "another scan?): its positions need not be the image's"
+        )
+    image_series = str(reference.metadata.get("SeriesInstanceUID") or "").strip()
+    refs = {str(r.SeriesInstanceUID) for r in getattr(seg, "ReferencedSeriesSequence", [])}
+    if image_series and refs and image_series not in refs:
+        notes.append(f"DICOM SEG {name!r} references another series than the image")
+    if notes and strict:
+        raise InputError(f"{notes[0]}: not a reference of this image")
+    return notes
+
+
+def _read_seg(
+    path: Path,
+    labels: Sequence[LabelLike] | None,
+    *,
+    strict: bool = False,
+    reference: Image | None = None,
+) -> Image:
     """A DICOM SEG as a label map.
 
     With ``labels``, each segment takes the value of the label whose type code
     (``SegmentedPropertyTypeCodeSequence``) it carries, whatever its segment number;
-    without, values are the SEG's own segment numbers.
+    without, values are the SEG's own segment numbers. With ``reference``, a SEG of
+    another scan is said (warning) or, ``strict``, refused (:func:`_seg_belongs`).
     """
     import highdicom as hd
 
@@ -327,8 +359,11 @@ def _read_seg(path: Path, labels: Sequence[LabelLike] | None, *, strict: bool = 
     numbers = [int(n) for n in seg.segment_numbers]
     mapping: dict[int, int] | None = None
     warnings: list[str] = []
+    if reference is not None:
+        warnings += _seg_belongs(seg, reference, path.name, strict=strict)
     if labels:
-        mapping, warnings = _segment_values(seg, numbers, labels, path.name, strict=strict)
+        mapping, notes = _segment_values(seg, numbers, labels, path.name, strict=strict)
+        warnings += notes
     try:
         vol = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
     except Exception as e:
@@ -408,7 +443,7 @@ def read_mask(
         header = read_header(p)
         if header.sop_class_uid != _SEG_SOP_CLASS:
             raise InputError(f"{p.name!r} is neither NIfTI nor a DICOM SEG")
-        mask = _read_seg(p, labels, strict=strict)
+        mask = _read_seg(p, labels, strict=strict, reference=reference)
     values = _as_labels(mask, p.name)
     if reference.ndim == 2:
         squeezed = values[:, :, 0] if values.ndim == 3 and values.shape[2] == 1 else values

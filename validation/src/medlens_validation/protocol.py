@@ -242,7 +242,7 @@ def check_manifest_sha256(manifest_path: Path, locked_sha256: str) -> str:
     """
     try:
         digest = hashlib.sha256(Path(manifest_path).read_bytes()).hexdigest()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
         raise ProtocolError(f"cannot read dataset manifest {str(manifest_path)!r}") from e
     if digest != locked_sha256:
         raise ProtocolError(

@@ -51,6 +51,8 @@ class DatasetCase:
 
 
 def _inside(root: Path, rel: str, what: str, case_id: str) -> Path:
+    if "\x00" in rel:  # no path holds one; the OS refuses it with a ValueError
+        raise InputError(f"case {case_id!r}: {what} holds a NUL character")
     p = Path(rel)
     if not rel or p.is_absolute() or p.anchor:
         raise InputError(f"case {case_id!r}: {what} must be a path relative to the manifest")
@@ -119,7 +121,11 @@ def read_manifest(path: Path, *, reference_is_path: bool) -> list[DatasetCase]:
         elif not ref:
             raise InputError(f"case {cid!r}: reference is empty")
         source = _inside(root, (row.get("input") or "").strip(), "input", cid)
-        first = inputs.setdefault(source.resolve(), cid)
+        try:
+            where = source.resolve()
+        except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+            where = source  # read as it is named: the case fails on it, in one line
+        first = inputs.setdefault(where, cid)
         if first != cid:  # one image counted twice, or under two patients
             raise InputError(f"dataset manifest: case {cid!r} has the same input as {first!r}")
         out.append(

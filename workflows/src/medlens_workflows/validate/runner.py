@@ -41,6 +41,7 @@ from medlens_workflows.validate.store import CaseQueue
 if TYPE_CHECKING:
     from medlens.host import Host
     from medlens.jobs import PluginSource
+    from medlens.plugin_api.v1 import Manifest
 
 __all__ = ["Outcome", "ValidationRefused", "check_names", "run_validation"]
 
@@ -103,7 +104,9 @@ def check_names(protocol: ProtocolV2, host: Host, cases: list[DatasetCase]) -> N
     Raises:
         ValidationRefused: One line naming the first unknown name.
     """
-    plugin = [lab.name for lab in host.get(protocol.plugin.id).manifest.outputs.labels]
+    manifest = host.get(protocol.plugin.id).manifest
+    plugin = [lab.name for lab in manifest.outputs.labels]
+    _check_operating_points(protocol, manifest)
     scored = list(protocol.reference_labels or plugin)
     wanted = [(c.label, f"{c.metric} criterion") for c in protocol.metrics if c.label]
     if protocol.detection is not None:
@@ -120,6 +123,36 @@ def check_names(protocol: ProtocolV2, host: Host, cases: list[DatasetCase]) -> N
             raise ValidationRefused(
                 f"subgroup attribute {g.attribute!r} is not a column of the dataset manifest "
                 f"({', '.join(sorted(columns)) or 'it has no attribute columns'})"
+            )
+
+
+def _check_operating_points(protocol: ProtocolV2, manifest: Manifest) -> None:
+    """The decisions judged are the ones the plugin ships: its points, at its thresholds.
+
+    A protocol naming a point the plugin lacks (or its own threshold) judged decisions no
+    deployment makes, and still earned ``validated``. ``validate.lock`` copies them.
+
+    Raises:
+        ValidationRefused: One line naming the first point that is not the plugin's.
+    """
+    shipped = {(op.name, op.label): op.threshold for op in manifest.outputs.operating_points}
+    used = sorted(
+        {(c.operating_point, c.label or "") for c in protocol.metrics if c.operating_point}
+    )
+    for name, label in used:
+        have = shipped.get((name, label))
+        if have is None:
+            known = ", ".join(sorted({n for n, lab in shipped if lab == label})) or "none"
+            raise ValidationRefused(
+                f"operating point {name!r} is not one of {manifest.id}'s for {label!r} (its "
+                f"points: {known}): the decisions judged must be the ones it ships"
+            )
+        mine = protocol.operating_threshold(name)
+        if abs(mine - have) > 1e-9:
+            raise ValidationRefused(
+                f"operating point {name!r}: threshold {mine:g} in the protocol, {have:g} in "
+                f"{manifest.id} {manifest.version} (`python -m medlens_workflows.validate.lock "
+                "PROTOCOL` copies the plugin's)"
             )
 
 
@@ -201,7 +234,7 @@ def shown_uri(uri: str, out_dir: Path) -> str:
 
 def _no_credentials(text: str) -> str:
     """``text`` with every URI's ``user:password@`` taken out."""
-    return re.sub(r"//[^/@\s]*@", "//", text)
+    return re.sub(r"//[^/\s]*@", "//", text)  # to the last @: a password may hold one
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -47,28 +47,61 @@ def ensure_store(tracking_uri: str) -> None:
     killed in the middle left a half-built ``mlflow.db`` that every ``--resume`` then
     failed on ("table ... already exists"). The schema is built in a side file, renamed
     into place once complete; side files of a killed creation are removed.
+
+    Creations are serialised by a lock file beside the store: two validations starting
+    on one new store removed each other's side file, and the first failed after scoring.
+    An existing store is checked to be a usable SQLite database before any case runs (a
+    folder or another file there failed only after the last case, after minutes of retries).
+
+    Raises:
+        OutputError: The path holds something that is no usable SQLite store.
     """
+    import fcntl
     import uuid
 
     prefix = "sqlite:///"
     if not tracking_uri.startswith(prefix):
         return
     db = Path(tracking_uri[len(prefix) :])
-    for stale in db.parent.glob(f".{db.name}.*.creating"):
-        stale.unlink(missing_ok=True)
-    if db.exists():
-        return
-    side = db.with_name(f".{db.name}.{uuid.uuid4().hex[:8]}.creating")
-    try:
-        from mlflow import MlflowClient
+    with open(db.with_name(f".{db.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        for stale in db.parent.glob(f".{db.name}.*.creating"):
+            stale.unlink(missing_ok=True)  # under the lock: no live creation's file
+        if db.exists() or db.is_symlink():
+            _check_sqlite(db)
+            return
+        side = db.with_name(f".{db.name}.{uuid.uuid4().hex[:8]}.creating")
+        try:
+            _create(f"{prefix}{side}")
+            os.replace(side, db)
+        finally:
+            side.unlink(missing_ok=True)
 
-        uri = f"{prefix}{side}"
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.search_experiments(max_results=1)  # the tracking schema
-        client.search_registered_models(max_results=1)  # and the registry's
-        os.replace(side, db)
-    finally:
-        side.unlink(missing_ok=True)
+
+def _create(uri: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.search_experiments(max_results=1)  # the tracking schema
+    client.search_registered_models(max_results=1)  # and the registry's
+
+
+def _check_sqlite(db: Path) -> None:
+    """An existing store: a regular file SQLite can open for writing (one line if not)."""
+    import sqlite3
+
+    from medlens.errors import OutputError
+
+    if not db.is_file():
+        raise OutputError(f"{db.name!r} is not a regular file, so no SQLite store")
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)
+        try:
+            con.execute("PRAGMA schema_version").fetchone()  # reads the header: not a db fails
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise OutputError(f"{db.name!r} is no usable SQLite store: {e}") from None
 
 
 def artifact_location(tracking_uri: str) -> str | None:
