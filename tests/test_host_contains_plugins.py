@@ -118,6 +118,11 @@ class _Plugin:
         if how == "metadata":
             img.metadata["Modality"] = "MR"
             return v1.Prediction(mask=inner())
+        if how == "metadata-nested":  # a list inside: a shallow snapshot shared it
+            img.metadata["ImageType"][0] = "DERIVED"
+            return v1.Prediction(mask=inner())
+        if how == "raise-phi":  # the header's name, as the plugin read it, in an exception
+            raise ValueError("refused for patient Jane Doe, PID-4711")
         if how == "reject-phi":  # a refusal quoting the header the plugin read
             return v1.Prediction(
                 status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
@@ -184,6 +189,8 @@ def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
         ("base-exc", PluginError, "predict failed: Custom: boom"),
         ("measure-value", PluginError, "measurement 'body' has label value 2; its manifest gi"),
         ("metadata", PluginError, "changed its input's metadata in place"),
+        ("metadata-nested", PluginError, "changed its input's metadata in place"),
+        ("raise-phi", PluginError, "refused for patient <value> <value>, <value>"),
     ],
 )
 def test_invalid_predictions_are_refused_and_nothing_is_written(
@@ -208,7 +215,7 @@ def test_a_refusal_names_no_identifying_value(
     write_series(tmp_path / "ct", n=4)  # Doe^Jane, PID-4711, born 19700101
     monkeypatch.setenv("MLHOST_HOW", "reject-phi")
     p = _host(plugin).run("hostile", tmp_path / "ct", out=tmp_path / "out", device="cpu").prediction
-    assert p.status_reason == "ViewPosition 'LL' of <value>, <value> (<value>, born 1970-01-01)"
+    assert p.status_reason == "ViewPosition 'LL' of <value>, <value> (<value>, born <value>)"
     written = (tmp_path / "out" / "result.json").read_text() + caplog.text
     for value in ("PID-4711", "Doe", "DOE", "Jane", "JANE", "19700101"):
         assert value not in written and all(value not in w for w in p.warnings)

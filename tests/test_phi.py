@@ -31,3 +31,20 @@ def test_an_apostrophe_is_no_value() -> None:
     assert scrub("changed its input's metadata in place") == (
         "changed its input's metadata in place"
     )
+
+
+def test_redact_takes_whole_words_ideographs_and_everything_in_one_pass() -> None:
+    from medlens.phi import redact
+
+    # A probe's findings: "Ann" cut into "annotation", a part "VAL" into an earlier
+    # "<value>", and ideographic parts (two characters) were left as too short.
+    assert redact("image was scanned with annotation by Ann", ("LEE^ANN", "LEE", "ANN")) == (
+        "image was scanned with annotation by <value>"
+    )
+    assert redact("SMITH: bad value", ("VAL^SMITH", "VAL", "SMITH")) == "<value>: bad value"
+    names = ("Yamada^Tarou=山田^太郎", "Yamada", "Tarou", "山田", "太郎")
+    assert redact("patient 山田太郎 (yamada) refused", names) == (
+        "patient <value><value> (<value>) refused"
+    )
+    # Quoted values stay (a reason must stay readable); long numbers do not.
+    assert redact("ViewPosition 'LL' of MRN 12345678", ()) == "ViewPosition 'LL' of MRN <n>"

@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata as md
 import logging
 import os
+import re
 import threading
 import time
 import warnings
@@ -49,7 +50,7 @@ from medlens.errors import (
 from medlens.host_context import HostLoadContext, HostRunContext, ProgressCallback
 from medlens.imaging.image import Image
 from medlens.imaging.series import TiltPolicy
-from medlens.phi import scrub
+from medlens.phi import redact, scrub
 from medlens.plugin_api._arrays import nonzero_box
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._options import HostOptions
@@ -520,9 +521,10 @@ class Host:
             hint = " (its inputs are read-only: copy an array before changing it)"
             hint = hint if "read-only" in text else ""
             # Scrubbed: a plugin's exception text quoted a patient's name into the audit.
-            raise PluginError(m.id, f"predict failed: {scrub(text)}{hint}") from e
+            why = redact(scrub(text), _identifying(image))
+            raise PluginError(m.id, f"predict failed: {why}{hint}") from e
         try:
-            _check_prediction(m, image, prediction, study)
+            _check_prediction(m, image, prediction, study, upstream)
         except MedLensError:
             raise
         except Exception as e:  # Prediction is a plain dataclass: findings=None, a bare array
@@ -587,6 +589,13 @@ def _exception_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {message}"
 
 
+def _identifying(image: Image) -> tuple[str, ...]:
+    """The identifying values of the input's first DICOM file (none for other files)."""
+    from medlens.imaging.dicom_index import identifying_values
+
+    return identifying_values(image.source[0]) if image.source else ()
+
+
 def _redact_texts(p: Prediction, image: Image) -> None:
     """A plugin's reason and warnings without the input's identifying values.
 
@@ -595,10 +604,7 @@ def _redact_texts(p: Prediction, image: Image) -> None:
     """
     if not p.status_reason and not p.warnings:
         return
-    from medlens.imaging.dicom_index import identifying_values
-    from medlens.phi import redact
-
-    values = identifying_values(image.source[0]) if image.source else ()
+    values = _identifying(image)
     if p.status_reason:
         p.status_reason = redact(p.status_reason, values)
     p.warnings[:] = [redact(w, values) for w in p.warnings]
@@ -684,7 +690,7 @@ def _read_only(
     images = [image, *([mask] if mask is not None else [])]
     images += [i.image for i in study.images] if study is not None else []
     # Image.metadata is a dict: a plugin that "fixed" a Modality there changed the caller's.
-    metadata = [(im, dict(im.metadata)) for im in images]
+    metadata = [(im, copy.deepcopy(dict(im.metadata))) for im in images]  # lists inside
     saved: list[tuple[np.ndarray[Any, Any], bool, bytes]] = []
     for a in arrays:
         if isinstance(a, np.ndarray) and not any(a is b for b, _, _ in saved):
@@ -707,11 +713,10 @@ def _read_only(
         for a, writeable, _ in saved:
             if writeable:
                 a.flags.writeable = True
-        changed = [im for im, before in metadata if dict(im.metadata) != before]
-        for im, before in metadata:
-            if dict(im.metadata) != before:
-                im.metadata.clear()  # type: ignore[attr-defined]
-                im.metadata.update(before)  # type: ignore[attr-defined]
+        changed = [(im, before) for im, before in metadata if dict(im.metadata) != before]
+        for im, before in changed:
+            im.metadata.clear()  # type: ignore[attr-defined]
+            im.metadata.update(copy.deepcopy(before))  # type: ignore[attr-defined]
     if any(_fingerprint(a) != before for a, _, before in saved):
         raise PluginError(
             plugin_id,
@@ -896,7 +901,11 @@ def _check_study(m: Manifest, study: StudyInput) -> None:
 
 
 def _check_prediction(
-    m: Manifest, image: Image, p: Prediction, study: StudyInput | None = None
+    m: Manifest,
+    image: Image,
+    p: Prediction,
+    study: StudyInput | None = None,
+    upstream: Result | None = None,
 ) -> None:
     if not isinstance(p, Prediction):
         raise PluginError(m.id, f"predict returned {type(p).__name__}, not a Prediction")
@@ -915,13 +924,19 @@ def _check_prediction(
     unmeasured = sorted({x.label for x in p.measurements} - declared) if declared else []
     if unmeasured:
         raise PluginError(m.id, f"measurement {unmeasured[0]!r} is no label of the manifest")
-    values = {lab.name: int(lab.value) for lab in m.outputs.labels}
-    for x in p.measurements:  # a 'liver' of value 2 put the spleen's figures under the liver
-        if x.label in values and x.label_value != values[x.label]:
+    # A 'liver' of value 2 put the spleen's figures under the liver's name. The names a
+    # measurement may carry: its manifest's labels, a chained measurer's its producer's, a
+    # bare mask's 'label-<n>' (value n).
+    labels = m.outputs.labels or (upstream.manifest.outputs.labels if upstream else [])
+    values = {lab.name: int(lab.value) for lab in labels}
+    for x in p.measurements:
+        bare = re.fullmatch(r"label-([0-9]+)", x.label)
+        want = values.get(x.label, int(bare.group(1)) if bare else None)
+        if want is not None and x.label_value != want:
+            whose = "its manifest" if m.outputs.labels else "its input mask"
             raise PluginError(
                 m.id,
-                f"measurement {x.label!r} has label value {x.label_value}; "
-                f"its manifest gives {values[x.label]}",
+                f"measurement {x.label!r} has label value {x.label_value}; {whose} gives {want}",
             )
     # One line each: a newline in a reason forged a log line of its own.
     p.status_reason = one_line(p.status_reason) if p.status_reason else p.status_reason

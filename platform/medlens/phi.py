@@ -49,17 +49,38 @@ def scrub(text: object) -> str:
 def redact(text: str, values: Iterable[str] = ()) -> str:
     """``text`` without ``values`` (the input's identifying ones), names and long numbers.
 
-    For a plugin's own texts (a refusal's reason, its warnings), which go to logs and
-    result.json: unlike :func:`scrub` it keeps quoted values and the whole text ("ViewPosition
-    'LL' is a lateral" must stay readable), and removes instead what is known to identify
-    the patient, wherever it appears and in any letter case, plus name-like words (``^``)
-    and digit runs of six or more (dates, record numbers).
+    For a plugin's own texts (a refusal's reason, its warnings, its exception), which go to
+    logs and result.json: unlike :func:`scrub` it keeps quoted values and the whole text
+    ("ViewPosition 'LL' is a lateral" must stay readable), and removes instead what is
+    known to identify the patient, in any letter case, plus name-like words (``^``) and
+    digit runs of six or more (dates, record numbers). Latin values are matched as whole
+    words ("Ann" never in "annotation"), ideographic ones anywhere (no spaces between
+    words), all in one pass (a part "VAL" must not cut into an earlier "<value>").
     """
-    for v in sorted({v.strip() for v in values}, key=len, reverse=True):
-        if len(v) >= 3:  # "M", "12": too short to be told from ordinary text
-            text = re.sub(re.escape(v), "<value>", text, flags=re.IGNORECASE)
+    pattern = _values_pattern(values)
+    if pattern is not None:
+        text = pattern.sub("<value>", text)
     text = " ".join("<value>" if "^" in w else w for w in text.split(" "))
     return _DIGITS.sub("<n>", text)
+
+
+def _values_pattern(values: Iterable[str]) -> re.Pattern[str] | None:
+    words: set[str] = set()
+    anywhere: set[str] = set()
+    for raw in values:
+        v = raw.strip()
+        if v.isascii():
+            if len(v) >= 2:  # "M": too short to be told from ordinary text
+                words.add(v)
+        elif v:
+            anywhere.add(v)
+    alts = []
+    if words:
+        joined = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+        alts.append(rf"(?<![0-9A-Za-z])(?:{joined})(?![0-9A-Za-z])")
+    if anywhere:
+        alts.append("|".join(re.escape(w) for w in sorted(anywhere, key=len, reverse=True)))
+    return re.compile("|".join(alts), re.IGNORECASE) if alts else None
 
 
 class _ScrubFilter(logging.Filter):

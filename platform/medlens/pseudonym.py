@@ -18,7 +18,7 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["pseudonym", "secret_path"]
+__all__ = ["pseudonym", "secret_path", "stable"]
 
 _log = logging.getLogger("medlens")
 _SIZE = 32
@@ -33,19 +33,29 @@ def secret_path() -> Path:
     return Path(base) / "medlens" / "pseudonym.key"
 
 
-@functools.cache
 def _secret() -> bytes:
+    return _state()[0]
+
+
+def stable() -> bool:
+    """Whether keys are stable across runs (the secret is kept in its file, not made up)."""
+    return _state()[1]
+
+
+@functools.cache
+def _state() -> tuple[bytes, bool]:
+    """(secret, kept in its file); a secret made up for this run when it cannot be kept."""
     path = secret_path()
     try:
         data = path.read_bytes()
         if len(data) == _SIZE:
-            return data
+            return data, True
         damaged = True  # empty or short: a process killed while writing it (older versions)
     except FileNotFoundError:
         damaged = False
     except OSError as e:
         _log.warning("pseudonym secret unreadable (%s): keys of this run are not stable", e)
-        return secrets.token_bytes(_SIZE)
+        return secrets.token_bytes(_SIZE), False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Whole or not at all: written aside, then linked into place (a second process
@@ -69,11 +79,11 @@ def _secret() -> bytes:
         data = path.read_bytes()
     except OSError as e:
         _log.warning("cannot keep a pseudonym secret (%s): keys of this run are not stable", e)
-        return secrets.token_bytes(_SIZE)
+        return secrets.token_bytes(_SIZE), False
     if len(data) != _SIZE:
         _log.warning("pseudonym secret %s is damaged: keys of this run are not stable", path)
-        return secrets.token_bytes(_SIZE)
-    return data
+        return secrets.token_bytes(_SIZE), False
+    return data, True
 
 
 def pseudonym(*parts: str, length: int = 16) -> str:

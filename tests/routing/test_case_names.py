@@ -137,3 +137,48 @@ def test_medlens_run_reads_no_earlier_results(
     assert [x["status"] for x in lines] == ["ok"]
     assert lines[0]["input"].endswith("ct")
     assert "4 MedLens result(s) among the inputs not read" in res.stderr  # 4 SC images
+
+
+def test_an_instance_in_two_inputs_is_one_case(tmp_path: Path) -> None:
+    films = write_series(
+        tmp_path / "x", n=1, modality="DX", study_description=None, body_part="CHEST"
+    )
+    (tmp_path / "y").mkdir()
+    shutil.copy(films[0], tmp_path / "y" / "again.dcm")
+    cases = find_cases([tmp_path / "x", tmp_path / "y", tmp_path / "x"])
+    assert [c.kind for c in cases] == ["dicom", "skipped"]  # x given twice: nothing to say
+
+
+@pytest.mark.parametrize("maker", ["MEDLENS", "medlens", " MedLens "])
+def test_a_medlens_result_is_known_in_any_letter_case(tmp_path: Path, maker: str) -> None:
+    files = write_series(tmp_path / "sc", n=1, modality="OT")
+    ds = pydicom.dcmread(files[0])
+    ds.Manufacturer = maker  # a PACS that upper-cases what it stores
+    ds.save_as(files[0])
+    assert facts_of_headers([read_header(files[0])]).medlens_result
+
+
+def test_names_stay_stable_without_a_kept_secret(tmp_path: Path) -> None:
+    # A probe's finding: with no secret kept (a read-only home), the patient keys, and so
+    # the case names, changed on every run: each re-run made new result folders.
+    import os
+    import subprocess
+    import sys
+
+    write_series(tmp_path / "ct", n=3)
+    code = (
+        "from medlens.routing import find_cases; import sys; "
+        "print([c.name for c in find_cases([sys.argv[1]])])"
+    )
+    env = {**os.environ, "MEDLENS_SECRET_FILE": "/proc/no-such/pseudonym.key"}
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "ct")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and "CT-" in runs[0]

@@ -57,6 +57,19 @@ def create(ctx):
     return _Faulty(ctx)
 """
 
+# volume-measure that leaves the spleen out on every case but the first (a probe's
+# finding: the cases without it dropped out of the spleen's figures, and it passed).
+DROPPER = (
+    FAULTY.replace('"faulty-measure"', '"dropping-measure"')
+    .replace("faulty_measure:create", "dropping_measure:create")
+    .replace(
+        'm.model_copy(update={"volume_ml": m.volume_ml * 1.02, "lesions": m.lesions[:-1]})\n'
+        "            for m in p.measurements",
+        "m for m in p.measurements\n"
+        '            if m.label_value != 2 or "case-0000" in str(inputs.image.source[0])',
+    )
+)
+
 # The installed volume-measure under the next version number (a release not validated).
 NEXT = """
 from medlens_volume_measure.manifest import MANIFEST as _REAL
@@ -225,3 +238,65 @@ def test_a_measurement_protocol_names_its_labels_values() -> None:
     dice = {**base["metrics"][0], "metric": "dice", "statistic": "ci_low", "comparator": ">="}  # type: ignore[index]
     with pytest.raises(ValueError, match="'dice' does not apply to a measurement task"):
         ProtocolV2.model_validate({**base, "reference_labels": {"liver": 1}, "metrics": [dice]})
+
+
+def test_a_label_left_unmeasured_fails_its_case(
+    tmp_path: Path, dataset: Path, mlflow_template: Path
+) -> None:
+    assert "dropping-measure" in DROPPER and "case-0000" in DROPPER
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(mlflow_template, db)
+    host = _host(tmp_path, "dropping_measure", DROPPER, "dropping-measure", config=HostConfig())
+    proto = _protocol(tmp_path, dataset, "dropping-measure", "0.0.1")
+    outcome = run_validation(
+        proto, tmp_path / "out", host=host, tracking_uri=f"sqlite:///{db}", progress=False
+    )
+    sys.modules.pop("dropping_measure", None)
+    r = outcome.report
+    assert not outcome.passed and r["mlflow"]["alias"] is None
+    assert r["n_failed"] == N - 1
+    assert {f["reason"] for f in r["failures"]} == {
+        "plugin 'dropping-measure': did not measure spleen (in the reference mask)"
+    }
+
+
+# volume-measure whose measurements of a bare mask swap their names ('label-1' <-> '-2').
+SWAPPER = """
+import dataclasses
+
+from medlens_volume_measure import plugin as _inner
+from medlens_volume_measure.manifest import MANIFEST as _REAL
+
+MANIFEST = _REAL.model_copy(
+    update={"id": "swapping-measure", "version": "0.0.1", "entry": "swapping_measure:create"}
+)
+_SWAP = {"label-1": "label-2", "label-2": "label-1"}
+
+
+class _Swapper:
+    Options = _inner.VolumeMeasure.Options
+
+    def __init__(self, ctx):
+        self._real = _inner.create(ctx)
+
+    def predict(self, inputs, ctx):
+        p = self._real.predict(inputs, ctx)
+        ms = [m.model_copy(update={"label": _SWAP.get(m.label, m.label)}) for m in p.measurements]
+        return dataclasses.replace(p, measurements=ms)
+
+
+def create(ctx):
+    return _Swapper(ctx)
+"""
+
+
+def test_a_measurement_named_for_another_label_is_refused(tmp_path: Path, dataset: Path) -> None:
+    # A probe's finding: a measurer declaring no labels of its own (volume-measure) could
+    # put the spleen's figures under 'label-1': the label-value check skipped it.
+    from medlens.errors import PluginError
+
+    host = _host(tmp_path, "swapping_measure", SWAPPER, "swapping-measure", config=HostConfig())
+    case = dataset.parent / "case-0000"
+    with pytest.raises(PluginError, match=r"'label-2' has label value 1; its input mask gives 2"):
+        host.run("swapping-measure", case / "dicom", mask=case / "truth" / "labels.nii.gz")
+    sys.modules.pop("swapping_measure", None)

@@ -264,6 +264,9 @@ def identifying_values(path: str | os.PathLike[str]) -> tuple[str, ...]:
         for item in list(v) if isinstance(v, MultiValue) else [v]:
             text = str(item or "").strip()
             out += [text, *(p for p in re.split(r"[\^=\s]+", text) if p)]
+            if kw == "PatientBirthDate" and re.fullmatch(r"\d{8}", text):
+                y, m, d = text[:4], text[4:6], text[6:]
+                out += [f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{m}/{d}/{y}", f"{d}/{m}/{y}"]
     return tuple(dict.fromkeys(x for x in out if x))
 
 

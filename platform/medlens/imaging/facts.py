@@ -107,7 +107,8 @@ class Facts:
         ``--out`` inside an input folder) is never an input: a plugin that reads
         secondary captures would read its own heatmaps, and a loop would feed itself.
         """
-        return str(self.attributes.get("Manufacturer", "")).strip() == MEDLENS_MANUFACTURER
+        made_by = str(self.attributes.get("Manufacturer", "")).strip().casefold()
+        return made_by == MEDLENS_MANUFACTURER.casefold()  # 'MEDLENS' after a PACS upper-cased it
 
     def for_rules(self) -> SeriesFacts:
         """The facts in the shape a selection rule evaluates."""

@@ -39,6 +39,7 @@ from medlens.imaging.nifti import is_nifti
 from medlens.imaging.regular import check_regular_file
 from medlens.imaging.series import TiltPolicy, group_volumes, split_acquisitions
 from medlens.imaging.two_d import TWO_D_MODALITIES, is_2d_image_file, is_photo_frames
+from medlens.pseudonym import stable
 
 __all__ = ["Case", "CaseKind", "find_cases", "read_case", "read_case_images", "split_series"]
 
@@ -174,15 +175,18 @@ class _Namer:
         return name
 
 
-def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
+def _dicom_cases(root: Path, namer: _Namer, first_of: dict[str, Path]) -> tuple[list[Case], bool]:
+    """``root``'s cases; ``first_of`` (SOP Instance UID -> its first file) spans the inputs."""
     index = index_folder(root)
     cases: list[Case] = []
-    first_of: dict[str, Path] = {}  # SOP Instance UID -> the file that brought it
     for s in index.all_series():
         if not _is_image_series(s):
             continue
         for volume, group in _split(s):
-            if len(group) == 1 and (seen := first_of.get(group[0].sop_instance_uid)):
+            seen = first_of.get(group[0].sop_instance_uid) if len(group) == 1 else None
+            if seen is not None and os.path.realpath(seen) == os.path.realpath(group[0].path):
+                continue  # the same file given twice: read once, nothing to say
+            if seen is not None:
                 # A copy of an instance (a film in two subfolders) is one case, not two.
                 why = (
                     f"{group[0].path.name!r} repeats the instance of {seen.name!r} (the same "
@@ -203,7 +207,8 @@ def _dicom_cases(root: Path, namer: _Namer) -> tuple[list[Case], bool]:
             # The patient's keyed pseudonym is part of the name: the instances of one
             # series UID under two patients are two cases whose names must not depend on
             # which was found first (a re-run with one of them wrote it over the other's).
-            key = f"{s.patient_key}/{s.series_instance_uid}"
+            # Without a kept secret the keys change every run: by series alone, then.
+            key = f"{s.patient_key if stable() else ''}/{s.series_instance_uid}"
             key += group[0].sop_instance_uid if len(group) == 1 else ""
             key += f"/{volume}" if volume else ""  # volumes of one series: a name each
             cases.append(
@@ -262,6 +267,7 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
         InputError: An input does not exist.
     """
     namer = _Namer()
+    first_of: dict[str, Path] = {}  # an instance in two of the inputs is read once too
     out: list[Case] = []
     for raw in inputs:
         root = Path(raw)
@@ -276,7 +282,7 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
         if root.is_file() and (is_nifti(root) or is_2d_image_file(root)):
             out.append(Case(namer("FILE", _content_key(root)), "file", root, (root,)))
             continue
-        cases, _ = _dicom_cases(root, namer)
+        cases, _ = _dicom_cases(root, namer, first_of)
         if root.is_file() and not cases:
             out.append(
                 Case(

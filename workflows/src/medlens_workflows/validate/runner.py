@@ -149,10 +149,16 @@ def _check_operating_points(protocol: ProtocolV2, manifest: Manifest) -> None:
             )
         mine = protocol.operating_threshold(name)
         if abs(mine - have) > 1e-9:
+            per_label = {lab: t for (n, lab), t in shipped.items() if n == name}
+            hint = (
+                "`python -m medlens_workflows.validate.lock PROTOCOL` copies the plugin's"
+                if len(set(per_label.values())) == 1
+                else "its thresholds differ by label and a protocol's points are by name: "
+                f"judge {', '.join(sorted(per_label))} in protocols of their own"
+            )
             raise ValidationRefused(
-                f"operating point {name!r}: threshold {mine:g} in the protocol, {have:g} in "
-                f"{manifest.id} {manifest.version} (`python -m medlens_workflows.validate.lock "
-                "PROTOCOL` copies the plugin's)"
+                f"operating point {name!r} of {label!r}: threshold {mine:g} in the protocol, "
+                f"{have:g} in {manifest.id} {manifest.version} ({hint})"
             )
 
 

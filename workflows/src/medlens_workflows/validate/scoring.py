@@ -212,17 +212,18 @@ def _score_measurement(
     ref = np.asarray(mask.array[0])
     spacing = tuple(float(s) for s in image.spacing)
     measured = {m.label_value: m for m in result.prediction.measurements}
-    pred: dict[str, float | None] = {}
-    for name, value in values.items():
-        m = measured.get(value)
-        # A label the plugin declined to measure (cut by the grid's edge, say) is no 0 mL.
-        pred[name] = None if m is None else float(m.volume_ml)
+    # A label of the reference the plugin did not measure (it declined: cut by the grid's
+    # edge, say) fails the case, never leaves it out of that label's figures unsaid: a
+    # measurer that dropped the spleen on 3 cases of 4 passed on the fourth.
+    missing = sorted(n for n, v in values.items() if v not in measured and np.any(ref == v))
+    if missing:
+        raise PluginError(
+            protocol.plugin.id, f"did not measure {', '.join(missing)} (in the reference mask)"
+        )
+    pred = {n: float(measured[v].volume_ml) if v in measured else 0.0 for n, v in values.items()}
     out: dict[str, Any] = {
         "volume_pred_ml": pred,
         "volume_ref_ml": {n: label_volume_ml(ref, v, spacing) for n, v in values.items()},
-        "not_measured": ";".join(
-            sorted(n for n, v in pred.items() if v is None and np.any(ref == values[n]))
-        ),
         "lesions": [],
         "fp": 0,
     }
