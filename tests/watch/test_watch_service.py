@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 import os
 import threading
@@ -90,8 +91,13 @@ def test_series_result_supersede_duplicate_update(tmp_path: Path) -> None:
         assert sup["superseded_by"] == "v2"
         assert json.loads((pdir / "v2" / "resultset.json").read_text())["input"]["instances"] == 6
 
-        # Re-sending identical instances starts no job.
-        wk.write_files(ct[:3], r.inp / "again")
+        # Re-sending identical instances starts no job, nor does the same instance written
+        # by another program (a probe's finding: a C-STORE'd copy differed from the file
+        # only in the meta group's implementation UID, and ran again as an update).
+        other = copy.deepcopy(ct[1])
+        other.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.9.3811.2.1.0"
+        other.file_meta.ImplementationVersionName = "PYNETDICOM_210"
+        wk.write_files([ct[0], other, ct[2]], r.inp / "again")
         wk.wait_for(
             lambda: sum(e["event"] == "duplicate_ignored" for e in wk.audit(r.state)) == 3,
             what="duplicates",
@@ -335,6 +341,30 @@ def test_eyes_arriving_together_each_end_with_the_whole_study(tmp_path: Path) ->
 
         wk.wait_for(lambda: whole(left) and whole(right), what="both eyes' results whole")
         wk.check_results(r.state, r.out, ["eyes"])
+
+
+def test_another_patient_under_the_same_study_uid_is_no_companion(tmp_path: Path) -> None:
+    # A probe's finding: a series of another patient with the same Study Instance UID
+    # (reused or colliding UIDs) joined the first patient's eyes: the study plugin saw
+    # "2 studies", and every job of the study failed, the finished one re-run too.
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    left, right = _photo(study, "L"), _photo(study, "R")
+    stranger = _photo(study, "L")
+    stranger.PatientID, stranger.PatientName = "PHANTOM-OTHER", "Other^Phantom"
+    with Running(tmp_path, ("eyes",)) as r:
+        wk.write_files([left], r.inp / "left")
+        r.done(1)
+        wk.write_files([right], r.inp / "right")
+        r.done(3)  # the right eye's series, and the left eye's refreshed
+        wk.write_files([stranger], r.inp / "stranger")
+        r.done(4)
+        pdir = r.out / study / stranger.SeriesInstanceUID / "eyes" / "current"
+        (found,) = pdir.glob("**/result.json")
+        assert json.loads(found.read_text())["extra"]["lateralities"] == ["L"]  # alone
+        assert len(r.jobs()) == 4  # the first patient's series were not refreshed
+        assert not wk.query(r.state, "SELECT * FROM jobs WHERE status='failed'")
 
 
 def test_a_series_whose_instances_all_moved_away_has_its_result_withdrawn(

@@ -399,7 +399,7 @@ class JobStore:
         often stored in a series each. A series whose newest generation is not routed
         yet (a refresh, a late instance) counts by its last routing.
         """
-        return [
+        rows = [
             (int(r["id"]), str(r["series_uid"]))
             for r in self.all(
                 "SELECT s.id, s.series_uid FROM series s "
@@ -413,6 +413,28 @@ class JobStore:
                 plugin,
             )
         ]
+        if not rows:
+            return rows
+        # One Study Instance UID under two patients (reused or colliding UIDs): another
+        # patient's series is no companion. Joined, the study plugin refused both patients
+        # ("2 studies") and re-ran, and failed, the first one's finished result.
+        mine = self.patient_of(series_id)
+        return [(i, uid) for i, uid in rows if mine is None or self.patient_of(i) in (mine, None)]
+
+    def patient_of(self, series_id: int) -> str | None:
+        """The keyed patient key of a stored series (from its first instance), if readable.
+
+        Never stored: read from the instance's header when asked (``None`` when unreadable).
+        """
+        from medlens.imaging.dicom_index import read_header
+
+        rel = self.first_instance_path(self.conn, series_id)
+        if rel is None:
+            return None
+        try:
+            return read_header(self.path.parent / rel).patient_key
+        except Exception:  # a store file gone or damaged: no patient to compare
+            return None
 
     def record_routing(
         self,

@@ -90,15 +90,12 @@ def _check_uids(ds: Any) -> None:
                     raise DicomError(f"{elem.keyword or 'a UI element'} is not a valid UID")
 
 
-def parse_instance(
-    data: bytes, *, max_declared_bytes: int, sha256: str | None = None
-) -> InstanceInfo:
+def parse_instance(data: bytes, *, max_declared_bytes: int) -> InstanceInfo:
     """Check one file's bytes are a sound image instance.
 
     Args:
         data: The whole file.
         max_declared_bytes: Refuse instances whose declared pixel data is larger.
-        sha256: The bytes' hash if the caller computed it while reading.
 
     Returns:
         The instance's identity and content hash.
@@ -109,14 +106,14 @@ def parse_instance(
     """
     with captured_warnings("ingest"):
         try:
-            return _parse(data, max_declared_bytes, sha256)
+            return _parse(data, max_declared_bytes)
         except DicomError:
             raise
         except Exception as e:  # a parser bug or a case nobody foresaw: still one reason
             raise DicomError(f"unreadable DICOM: {type(e).__name__}: {scrub(e)}") from e
 
 
-def _parse(data: bytes, max_declared_bytes: int, sha256: str | None) -> InstanceInfo:
+def _parse(data: bytes, max_declared_bytes: int) -> InstanceInfo:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -194,10 +191,29 @@ def _parse(data: bytes, max_declared_bytes: int, sha256: str | None) -> Instance
         modality=_modality(ds),
         rows=rows,
         columns=cols,
-        sha256=sha256 or hashlib.sha256(data).hexdigest(),
+        sha256=content_sha256(data, str(ts)),
         size=len(data),
         patient_key=patient_key_of(ds.get("PatientID"), ds.get("PatientName")),
     )
+
+
+def content_sha256(data: bytes, transfer_syntax: str) -> str:
+    """sha256 of an instance's content: its transfer syntax and its data set's bytes.
+
+    Not the file's: the file meta group says which software wrote the file (the
+    Implementation Class UID and Version Name of pydicom, of pynetdicom, of a PACS), so the
+    same instance stored as a file and received by C-STORE hashed differently, counted as
+    changed, ran again and was sent to the PACS a second time. Without the meta group's
+    length element the whole file is hashed (such files are rare and were hashed so).
+    """
+    group_length = data[132:140]
+    if group_length[:4] == b"\x02\x00\x00\x00" and group_length[4:6] == b"UL":
+        start = 144 + int.from_bytes(data[140:144], "little")
+        if 144 <= start <= len(data):
+            h = hashlib.sha256(transfer_syntax.encode("ascii", "replace") + b"\x00")
+            h.update(memoryview(data)[start:])
+            return h.hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 def _modality(ds: Any) -> str:

@@ -14,17 +14,16 @@ Crash at any point resumes correctly:
   :meth:`Ingestor.reconcile_store` registers it (or drops it if the database already
   holds that instance), and the input, if still there, is then a duplicate;
 * after the commit, before the unlink: the input is read again and found to be a
-  duplicate (same SOP Instance UID, same sha256), so it is removed, not counted twice.
+  duplicate (same SOP Instance UID, same content sha256: transfer syntax and data set,
+  not the file meta group a writer stamps), so it is removed, not counted twice.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
-import sqlite3
 import stat
 import threading
 import time
@@ -66,12 +65,16 @@ def write_atomic(
     """Write ``data`` to ``path`` via a temporary name, fsync (unless told not), then rename."""
     tmp_dir = tmp_dir or path.parent
     tmp = tmp_dir / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        if fsync:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk left an empty .tmp beside the target
+        raise
 
 
 def _syncfs_call() -> Any:
@@ -111,8 +114,8 @@ class _Reject(Exception):
     """A file refused before parsing (kind, size, link); ``args[0]`` is the reason."""
 
 
-def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result, str]:
-    """Read a regular file without following links or blocking, hashing as it streams.
+def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """Read a regular file without following links or blocking.
 
     The file is opened ``O_NONBLOCK | O_NOFOLLOW`` (a FIFO cannot block the service, a
     link is not followed anywhere), checked to be a regular file on the open
@@ -120,7 +123,7 @@ def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result, str]:
     before and while reading (a file that grows, or lies about its size, stops there).
 
     Returns:
-        The bytes, the ``fstat`` of the open file and their sha256.
+        The bytes and the ``fstat`` of the open file.
 
     Raises:
         _Reject: With a one-line reason if the file must not be read.
@@ -143,7 +146,6 @@ def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result, str]:
             raise _Reject(f"not a regular file ({file_kind(st.st_mode)})")
         if st.st_size > limit:
             raise _Reject(f"file of {st.st_size} bytes exceeds the limit of {limit} bytes")
-        digest = hashlib.sha256()
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -153,9 +155,8 @@ def read_regular(path: Path, limit: int) -> tuple[bytes, os.stat_result, str]:
             total += len(chunk)
             if total > limit:
                 raise _Reject(f"file grew past the limit of {limit} bytes while read")
-            digest.update(chunk)
             chunks.append(chunk)
-        return b"".join(chunks), st, digest.hexdigest()
+        return b"".join(chunks), st
     finally:
         os.close(fd)
 
@@ -173,6 +174,11 @@ class IngestStats:
     duplicates: int = 0
     updated: int = 0
     quarantined: int = 0
+
+
+#: Failures of a quarantine that say nothing about the file: tried again after _RETRY_S.
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_RETRY_S = 30
 
 
 @dataclass
@@ -346,19 +352,17 @@ class Ingestor:
         if not self._inside_roots(path):
             return None  # reached through a linked folder: never read, never moved
         try:
-            data, st, sha = read_regular(path, self.config.max_file_bytes)
+            data, st = read_regular(path, self.config.max_file_bytes)
         except FileNotFoundError:
             return None
         except _Reject as e:
-            self.quarantine(path, str(e.args[0]))
+            self._quarantine_or_retry(path, str(e.args[0]), p)
             return None
         if p is not None and (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
             self.note(path, trusted=p.trusted)  # changed since it looked stable
             return None
         try:
-            info = parse_instance(
-                data, max_declared_bytes=self.config.max_declared_bytes, sha256=sha
-            )
+            info = parse_instance(data, max_declared_bytes=self.config.max_declared_bytes)
         except DicomError as e:
             now = time.monotonic()
             grace = self.config.partial_grace_seconds
@@ -367,7 +371,7 @@ class Ingestor:
                 p.retry_at = min(p.since + grace, now + max(self.config.settle_seconds, 0.5))
                 self._pending[path] = p
                 return None
-            self.quarantine(path, str(e))
+            self._quarantine_or_retry(path, str(e), p)
             return None
         source = "scp" if p is not None and p.trusted else "folder"
         dest = self._store_path(info)
@@ -390,6 +394,27 @@ class Ingestor:
         parent = Path(os.path.realpath(path.parent))
         return any(parent == r or parent.is_relative_to(r) for r in self.roots)
 
+    def _quarantine_or_retry(self, path: Path, reason: str, p: _Pending | None) -> None:
+        """Quarantine ``path``; if the disk is full (or gone read-only), try again later.
+
+        A full output disk is no fact about the file: remembered as "stuck", the file was
+        not looked at again until it changed or the service restarted.
+        """
+        try:
+            self.quarantine(path, reason)
+        except OSError as e:
+            if e.errno not in _TRANSIENT_ERRNOS:
+                raise
+            now = time.monotonic()
+            trusted = p.trusted if p is not None else False
+            self._pending[path] = _Pending(-1, -1, now, trusted, retry_at=now + _RETRY_S)
+            _log.warning(
+                "cannot quarantine file %s now (%s): tried again in %d s",
+                self._rel_id(path),
+                os.strerror(e.errno or 0),
+                _RETRY_S,
+            )
+
     def _bug(self, path: Path, e: BaseException) -> None:
         tb = traceback.extract_tb(e.__traceback__)
         where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
@@ -397,7 +422,7 @@ class Ingestor:
         # A bug report line: the type and place, never the message (it may quote values).
         _log.error("BUG: %s (file %s)", reason, self._rel_id(path))
         try:
-            self.quarantine(path, reason)
+            self._quarantine_or_retry(path, reason, None)
         except Exception as e2:  # the quarantine itself failed: remember, do not loop
             _log.error("BUG: cannot quarantine file %s: %s", self._rel_id(path), type(e2).__name__)
             self._remember_stuck(path)
@@ -429,19 +454,6 @@ class Ingestor:
             return
         self._stuck[path] = (st.st_size, st.st_mtime_ns)
 
-    def _series_patient(self, c: sqlite3.Connection, series_id: int) -> str | None:
-        """The patient key of a stored series (read from its first instance), if readable."""
-        from medlens.imaging.dicom_index import read_header
-
-        rel = self.db.first_instance_path(c, series_id)
-        if rel is None:
-            return None
-        try:
-            return read_header(self.state_dir / rel).patient_key
-        except Exception:  # a store file gone or damaged: the other checks still apply
-            _log.debug("series %d: first instance unreadable for the patient check", series_id)
-            return None
-
     def _commit(self, ready: list[_Ready]) -> list[int]:
         now = time.time()
         changed: set[int] = set()
@@ -458,7 +470,7 @@ class Ingestor:
                 srow = self.db.series_by_uid(c, info.series_uid)
                 if srow is not None:
                     if srow.id not in patients:
-                        patients[srow.id] = self._series_patient(c, srow.id)
+                        patients[srow.id] = self.db.patient_of(srow.id)
                     why = _inconsistent(srow, info, patients[srow.id])
                     if why:
                         mismatched.append((r, why))
@@ -588,7 +600,16 @@ class Ingestor:
                 dest.with_name(dest.name + ".reason.txt").unlink(missing_ok=True)
                 raise
             if stat.S_ISREG(st.st_mode):
-                shutil.copyfile(path, dest, follow_symlinks=False)
+                # Copied aside, then renamed: a full disk left a truncated copy under the
+                # final name, which looked quarantined while the inbox file stayed.
+                side = dest.with_name(f".{dest.name}.copying")
+                try:
+                    shutil.copyfile(path, side, follow_symlinks=False)
+                    os.replace(side, dest)
+                except BaseException:
+                    side.unlink(missing_ok=True)
+                    dest.with_name(dest.name + ".reason.txt").unlink(missing_ok=True)
+                    raise
             path.unlink()
         self.stats.quarantined += 1
         self.db.add_quarantine(name=rid, path=dest.name, reason=reason, now=time.time())

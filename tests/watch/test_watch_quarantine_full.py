@@ -1,0 +1,75 @@
+"""A quarantine that meets a full disk: nothing half-written stays, the file is tried again."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from medlens.jobs import JobStore
+from medlens.watch import WatchConfig
+from medlens.watch._audit import AuditLog
+from medlens.watch._ingest import _RETRY_S, Ingestor
+
+
+def _ingestor(tmp_path: Path) -> tuple[Ingestor, Path, Path]:
+    inbox, out, state = tmp_path / "in", tmp_path / "out", tmp_path / "state"
+    for d in (inbox, out, state):
+        d.mkdir()
+    ing = Ingestor(
+        JobStore(state / "state.db"),
+        AuditLog(state / "audit.jsonl"),
+        state,
+        out,
+        WatchConfig(settle_seconds=0.0, partial_grace_seconds=0.0),
+        roots=(inbox,),
+    )
+    return ing, inbox, out / "quarantine"
+
+
+def test_a_full_disk_leaves_no_half_quarantine_and_the_file_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A probe's finding (inbox and output on two filesystems, the output's full): a
+    # truncated copy under the final name looked quarantined, an empty .tmp stayed, and
+    # the inbox file was never looked at again until the service restarted.
+    ing, inbox, quarantine = _ingestor(tmp_path)
+    junk = inbox / "junk.bin"
+    junk.write_bytes(b"not dicom" * 1000)
+    real_replace, real_copy = os.replace, shutil.copyfile
+
+    def cross_device(src: object, dst: object) -> None:
+        if Path(str(src)) == junk:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    def full(src: object, dst: object, **kw: object) -> None:
+        real_copy(src, dst, **kw)  # type: ignore[arg-type]
+        with open(str(dst), "r+b") as fh:
+            fh.truncate(100)  # what was written before the disk filled up
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("medlens.watch._ingest.os.replace", cross_device)
+    monkeypatch.setattr("medlens.watch._ingest.shutil.copyfile", full)
+    ing.note(junk)
+    assert ing.ingest([junk]) == []
+    assert junk.exists()  # still in the inbox
+    assert sorted(p.name for p in quarantine.iterdir()) == []  # no copy, no reason, no .tmp
+    pending = ing._pending[junk]
+    assert pending.retry_at > 0 and pending.retry_at - pending.since == pytest.approx(_RETRY_S)
+    assert ing.ready(10) == []  # not before its time
+    # Space again, and its time come: the next look quarantines it whole.
+    monkeypatch.setattr("medlens.watch._ingest.shutil.copyfile", real_copy)
+    pending.retry_at = 0.0
+    ready = ing.ready(10) or ing.ready(10)  # the first look notes its size
+    assert ready == [junk]
+    assert ing.ingest(ready) == []
+    assert not junk.exists()
+    names = sorted(p.name for p in quarantine.iterdir())
+    assert len(names) == 2 and names[1] == names[0] + ".reason.txt"
+    assert (quarantine / names[0]).read_bytes() == b"not dicom" * 1000
+    ing.audit.close()
+    ing.db.close()
