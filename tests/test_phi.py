@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from medlens.phi import scrub
 
@@ -48,3 +49,27 @@ def test_redact_takes_whole_words_ideographs_and_everything_in_one_pass() -> Non
     )
     # Quoted values stay (a reason must stay readable); long numbers do not.
     assert redact("ViewPosition 'LL' of MRN 12345678", ()) == "ViewPosition 'LL' of MRN <n>"
+
+
+def test_a_birth_date_is_redacted_as_text_writes_it(tmp_path: Path) -> None:
+    import pydicom
+    from routingkit import write_series
+
+    from medlens.imaging.dicom_index import identifying_values
+    from medlens.phi import redact
+
+    (f,) = write_series(tmp_path, n=1)
+    ds = pydicom.dcmread(f)
+    ds.PatientBirthDate = "19710203"
+    ds.save_as(f)
+    values = identifying_values(f)
+    for written in (
+        "1971/02/03",
+        "03-02-1971",
+        "2/3/1971",
+        "3.2.1971",
+        "1971-2-3",
+        "3 Feb 1971",
+        "February 3, 1971",
+    ):
+        assert redact(f"born {written}.", values) == "born <value>.", written

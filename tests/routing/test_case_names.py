@@ -182,3 +182,11 @@ def test_names_stay_stable_without_a_kept_secret(tmp_path: Path) -> None:
         for _ in range(2)
     ]
     assert runs[0] == runs[1] and "CT-" in runs[0]
+
+
+def test_a_dicom_file_given_twice_or_beside_its_folder_is_one_case(tmp_path: Path) -> None:
+    # A probe's finding: the repeat became an error case ("neither DICOM, NIfTI nor ...").
+    files = write_series(tmp_path / "ct", n=3)
+    for inputs in ([files[0], files[0]], [tmp_path / "ct", files[1]]):
+        cases = find_cases(inputs)
+        assert [c.kind for c in cases] == ["dicom"], inputs

@@ -73,3 +73,28 @@ def test_a_full_disk_leaves_no_half_quarantine_and_the_file_is_retried(
     assert (quarantine / names[0]).read_bytes() == b"not dicom" * 1000
     ing.audit.close()
     ing.db.close()
+
+
+def test_the_content_hash_does_not_trust_the_meta_group_length() -> None:
+    # A probe's finding: a group length pointing at the end of the file left the data set
+    # out of the hash: every changed re-send hashed the same and was dropped as a duplicate.
+    import io
+
+    import watchkit as wk
+
+    from medlens.watch._dicom import content_sha256
+
+    (ds,) = wk.make_series(1)
+
+    def encoded(description: str, lie: bool) -> bytes:
+        ds.SeriesDescription = description
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        data = bytearray(buf.getvalue())
+        if lie:
+            data[140:144] = (len(data) - 144).to_bytes(4, "little")
+        return bytes(data)
+
+    ts = "1.2.840.10008.1.2.1"
+    assert content_sha256(encoded("a", True), ts) != content_sha256(encoded("b", True), ts)
+    assert content_sha256(encoded("a", True), ts) == content_sha256(encoded("a", False), ts)

@@ -265,9 +265,49 @@ def identifying_values(path: str | os.PathLike[str]) -> tuple[str, ...]:
             text = str(item or "").strip()
             out += [text, *(p for p in re.split(r"[\^=\s]+", text) if p)]
             if kw == "PatientBirthDate" and re.fullmatch(r"\d{8}", text):
-                y, m, d = text[:4], text[4:6], text[6:]
-                out += [f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{m}/{d}/{y}", f"{d}/{m}/{y}"]
+                out += _date_forms(text)
     return tuple(dict.fromkeys(x for x in out if x))
+
+
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+
+
+def _date_forms(da: str) -> list[str]:
+    """How a DICOM date (YYYYMMDD) may be written in text.
+
+    ISO, day or month first, with or without leading zeros, '-', '.', '/' or ' ' between,
+    and with the month's name or its abbreviation.
+    """
+    y, m, d = da[:4], da[4:6], da[6:]
+    months, days = {m, m.lstrip("0")}, {d, d.lstrip("0")}
+    out = []
+    for sep in "-./ ":
+        for mm in months:
+            for dd in days:
+                out += [
+                    f"{y}{sep}{mm}{sep}{dd}",
+                    f"{dd}{sep}{mm}{sep}{y}",
+                    f"{mm}{sep}{dd}{sep}{y}",
+                ]
+    if 1 <= int(m) <= 12:
+        name = _MONTHS[int(m) - 1]
+        for mon in (name, name[:3]):
+            for dd in days:
+                out += [f"{dd} {mon} {y}", f"{mon} {dd}, {y}", f"{mon} {dd} {y}", f"{dd}-{mon}-{y}"]
+    return out
 
 
 def patient_key_of(patient_id: object, patient_name: object) -> str:

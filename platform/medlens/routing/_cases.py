@@ -268,6 +268,7 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
     """
     namer = _Namer()
     first_of: dict[str, Path] = {}  # an instance in two of the inputs is read once too
+    read: set[str] = set()  # real paths of the DICOM files the cases so far read
     out: list[Case] = []
     for raw in inputs:
         root = Path(raw)
@@ -282,7 +283,10 @@ def find_cases(inputs: Iterable[Path]) -> list[Case]:
         if root.is_file() and (is_nifti(root) or is_2d_image_file(root)):
             out.append(Case(namer("FILE", _content_key(root)), "file", root, (root,)))
             continue
+        if root.is_file() and os.path.realpath(root) in read:
+            continue  # a DICOM file already read (given twice, or in a folder given too)
         cases, _ = _dicom_cases(root, namer, first_of)
+        read.update(os.path.realpath(p) for c in cases if c.kind == "dicom" for p in c.paths)
         if root.is_file() and not cases:
             out.append(
                 Case(

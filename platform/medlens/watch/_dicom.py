@@ -138,6 +138,7 @@ def _parse(data: bytes, max_declared_bytes: int) -> InstanceInfo:
         if ds.original_encoding != (ts.is_implicit_VR, ts.is_little_endian):
             raise DicomError("TransferSyntaxUID does not match how the data set is encoded")
         _check_raw(ds)
+
         ds.get("PixelData")  # parse every element up to the pixels
         _ = [elem.value for elem in ds.iterall() if elem.tag < 0x7FE00010]
     except DicomError:
@@ -203,17 +204,43 @@ def content_sha256(data: bytes, transfer_syntax: str) -> str:
     Not the file's: the file meta group says which software wrote the file (the
     Implementation Class UID and Version Name of pydicom, of pynetdicom, of a PACS), so the
     same instance stored as a file and received by C-STORE hashed differently, counted as
-    changed, ran again and was sent to the PACS a second time. Without the meta group's
-    length element the whole file is hashed (such files are rare and were hashed so).
+    changed, ran again and was sent to the PACS a second time. The data set starts where
+    the meta group's elements end (walked, not taken from its length element: a lying
+    length made every changed re-send hash the same and be dropped as a duplicate).
     """
-    group_length = data[132:140]
-    if group_length[:4] == b"\x02\x00\x00\x00" and group_length[4:6] == b"UL":
-        start = 144 + int.from_bytes(data[140:144], "little")
-        if 144 <= start <= len(data):
-            h = hashlib.sha256(transfer_syntax.encode("ascii", "replace") + b"\x00")
-            h.update(memoryview(data)[start:])
-            return h.hexdigest()
-    return hashlib.sha256(data).hexdigest()
+    h = hashlib.sha256(transfer_syntax.encode("ascii", "replace") + b"\x00")
+    h.update(memoryview(data)[meta_end(data) :])
+    return h.hexdigest()
+
+
+#: VRs whose explicit-VR length field is 4 bytes, after 2 reserved ones (PS3.5 7.1.2).
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+
+def meta_end(data: bytes) -> int:
+    """Offset where a Part-10 file's data set starts: after its group-0002 elements.
+
+    The meta group is always explicit VR little endian; its elements are walked one by
+    one, as pydicom reads them (a wrong group length element, which some writers leave,
+    changes nothing).
+
+    Raises:
+        DicomError: The meta group runs past the end of the file.
+    """
+    pos = 132
+    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                break
+            pos += 12 + int.from_bytes(data[pos + 8 : pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(data[pos + 6 : pos + 8], "little")
+    if pos > len(data):
+        raise DicomError("the file meta information runs past the end of the file")
+    return pos
 
 
 def _modality(ds: Any) -> str:
