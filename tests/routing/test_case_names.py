@@ -10,7 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from click.testing import CliRunner
-from routingkit import rule_plugin, write_series
+from routingkit import TEST_MODEL_CARD, rule_plugin, write_series
 
 from medlens.cli.main import cli
 from medlens.host import Host
@@ -97,12 +97,7 @@ def test_a_medlens_result_is_no_input_of_any_plugin(tmp_path: Path) -> None:
             "body_part": "ANY",
             "input": {"dims": 2},
             "outputs": {"labels": [], "kinds": ["json"]},
-            "model_card": {
-                "intended_use": "tests",
-                "training_data": "none",
-                "license": "Apache-2.0",
-                "diagnostic_use": False,
-            },
+            "model_card": TEST_MODEL_CARD,
             "entry": "x:y",
         }
     )

@@ -7,6 +7,7 @@ import shutil
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -194,19 +195,27 @@ def test_volume_measure_passes_and_its_version_alone_is_validated(
     assert "\n" not in str(e.value)
 
 
-def test_a_faulty_measurer_fails_the_protocol(
-    tmp_path: Path, dataset: Path, mlflow_template: Path
-) -> None:
+def _failed_validation(
+    tmp_path: Path, dataset: Path, mlflow_template: Path, source: str, plugin_id: str
+) -> dict[str, Any]:
+    """Validate a broken copy of volume-measure: the report of a run that must fail."""
     db = tmp_path / "mlflow.db"
     shutil.copyfile(mlflow_template, db)
-    host = _host(tmp_path, "faulty_measure", FAULTY, "faulty-measure", config=HostConfig())
-    proto = _protocol(tmp_path, dataset, "faulty-measure", "0.0.1")
+    module = plugin_id.replace("-", "_")
+    host = _host(tmp_path, module, source, plugin_id, config=HostConfig())
+    proto = _protocol(tmp_path, dataset, plugin_id, "0.0.1")
     outcome = run_validation(
         proto, tmp_path / "out", host=host, tracking_uri=f"sqlite:///{db}", progress=False
     )
-    sys.modules.pop("faulty_measure", None)
-    r = outcome.report
-    assert not outcome.passed and r["mlflow"]["alias"] is None
+    sys.modules.pop(module, None)
+    assert not outcome.passed and outcome.report["mlflow"]["alias"] is None
+    return outcome.report
+
+
+def test_a_faulty_measurer_fails_the_protocol(
+    tmp_path: Path, dataset: Path, mlflow_template: Path
+) -> None:
+    r = _failed_validation(tmp_path, dataset, mlflow_template, FAULTY, "faulty-measure")
     by = {(m["metric"], m["label"]): m for m in r["metrics"]}
     assert not by[("volume_rel_error", "liver")]["passed"]
     assert by[("volume_rel_error", "liver")]["value"] == pytest.approx(0.02, rel=1e-6)
@@ -244,16 +253,7 @@ def test_a_label_left_unmeasured_fails_its_case(
     tmp_path: Path, dataset: Path, mlflow_template: Path
 ) -> None:
     assert "dropping-measure" in DROPPER and "case-0000" in DROPPER
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(mlflow_template, db)
-    host = _host(tmp_path, "dropping_measure", DROPPER, "dropping-measure", config=HostConfig())
-    proto = _protocol(tmp_path, dataset, "dropping-measure", "0.0.1")
-    outcome = run_validation(
-        proto, tmp_path / "out", host=host, tracking_uri=f"sqlite:///{db}", progress=False
-    )
-    sys.modules.pop("dropping_measure", None)
-    r = outcome.report
-    assert not outcome.passed and r["mlflow"]["alias"] is None
+    r = _failed_validation(tmp_path, dataset, mlflow_template, DROPPER, "dropping-measure")
     assert r["n_failed"] == N - 1
     assert {f["reason"] for f in r["failures"]} == {
         "plugin 'dropping-measure': did not measure spleen (in the reference mask)"
