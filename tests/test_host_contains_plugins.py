@@ -403,3 +403,28 @@ def test_inputs_backed_by_a_foreign_buffer_are_watched_and_given_back() -> None:
 
     with pytest.raises(PluginError, match="changed its input in place"):  # still watched
         write()
+
+
+def test_array_metadata_is_watched_without_breaking_a_run() -> None:
+    # Integrators' images may carry numpy arrays in metadata: '==' on them is element-wise,
+    # and a snapshot comparison that raised would have failed every run.
+    import numpy as np
+
+    from medlens.host import _read_only
+    from medlens.imaging.image import Image
+
+    img = Image(
+        array=np.zeros((1, 4, 4, 4), np.float32),
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=np.eye(3),
+        metadata={"Modality": "CT", "calibration": np.arange(3)},
+    )
+    with _read_only("x", img, None, None):
+        pass
+    with (
+        pytest.raises(PluginError, match="changed its input's metadata in place"),
+        _read_only("x", img, None, None),
+    ):
+        img.metadata["calibration"][0] = 5
+    assert img.metadata["calibration"].tolist() == [0, 1, 2]

@@ -610,6 +610,22 @@ def _redact_texts(p: Prediction, image: Image) -> None:
     p.warnings[:] = [redact(w, values) for w in p.warnings]
 
 
+def _snapshot(metadata: Any) -> dict[str, Any]:
+    """A deep copy of image metadata (lists inside), shallow where a value cannot be copied."""
+    try:
+        return copy.deepcopy(dict(metadata))
+    except Exception:  # an integrator's object that refuses to be copied
+        return dict(metadata)
+
+
+def _same(metadata: Any, before: dict[str, Any]) -> bool:
+    """Whether metadata still equals its snapshot (an array value compares by its text)."""
+    try:
+        return bool(dict(metadata) == before)
+    except Exception:  # numpy arrays: '==' is element-wise, its truth ambiguous
+        return repr(dict(metadata)) == repr(before)
+
+
 #: Values a fingerprint of an input array samples (evenly spaced; about 8 MB of float64).
 _FINGERPRINT_SAMPLES = 1 << 20
 
@@ -690,7 +706,7 @@ def _read_only(
     images = [image, *([mask] if mask is not None else [])]
     images += [i.image for i in study.images] if study is not None else []
     # Image.metadata is a dict: a plugin that "fixed" a Modality there changed the caller's.
-    metadata = [(im, copy.deepcopy(dict(im.metadata))) for im in images]  # lists inside
+    metadata = [(im, _snapshot(im.metadata)) for im in images]
     saved: list[tuple[np.ndarray[Any, Any], bool, bytes]] = []
     for a in arrays:
         if isinstance(a, np.ndarray) and not any(a is b for b, _, _ in saved):
@@ -713,10 +729,10 @@ def _read_only(
         for a, writeable, _ in saved:
             if writeable:
                 a.flags.writeable = True
-        changed = [(im, before) for im, before in metadata if dict(im.metadata) != before]
+        changed = [(im, before) for im, before in metadata if not _same(im.metadata, before)]
         for im, before in changed:
             im.metadata.clear()  # type: ignore[attr-defined]
-            im.metadata.update(copy.deepcopy(before))  # type: ignore[attr-defined]
+            im.metadata.update(_snapshot(before))  # type: ignore[attr-defined]
     if any(_fingerprint(a) != before for a, _, before in saved):
         raise PluginError(
             plugin_id,
