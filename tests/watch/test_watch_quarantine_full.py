@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -98,3 +99,26 @@ def test_the_content_hash_does_not_trust_the_meta_group_length() -> None:
     ts = "1.2.840.10008.1.2.1"
     assert content_sha256(encoded("a", True), ts) != content_sha256(encoded("b", True), ts)
     assert content_sha256(encoded("a", True), ts) == content_sha256(encoded("a", False), ts)
+
+
+def test_a_medlens_result_routed_back_is_said_to_be_one() -> None:
+    # A probe saw our SR and Parametric Map, forwarded back by a PACS, quarantined as
+    # "no PixelData: not an image instance".
+    import io
+
+    import watchkit as wk
+
+    from medlens.errors import DicomError
+    from medlens.watch._dicom import parse_instance
+
+    (ds,) = wk.make_series(1)
+    del ds.PixelData
+    for maker, reason in (
+        ("MedLens", "a MedLens result (Manufacturer 'MedLens'), not an input"),
+        ("ACME", "no PixelData: not an image instance"),
+    ):
+        ds.Manufacturer = maker
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        with pytest.raises(DicomError, match=re.escape(reason)):
+            parse_instance(buf.getvalue(), max_declared_bytes=1 << 30)
