@@ -39,9 +39,7 @@ def scrub(text: object) -> str:
     line = _QUOTED.sub("'<value>'", whole[:_SCAN])
     if len(whole) > _SCAN:
         line = _OPEN.sub("'<value>'", line)
-    # PN values use ^ between name parts: a word holding one is a name (split, not a
-    # regex: '\S*\^\S*' rescans the rest of the text from every position).
-    line = " ".join("<value>" if "^" in w else w for w in line.split(" "))
+    line = _names_out(line)
     line = _DIGITS.sub("<n>", line)
     return line[:_MAX]
 
@@ -60,8 +58,15 @@ def redact(text: str, values: Iterable[str] = ()) -> str:
     pattern = _values_pattern(values)
     if pattern is not None:
         text = pattern.sub("<value>", text)
-    text = " ".join("<value>" if "^" in w else w for w in text.split(" "))
-    return _DIGITS.sub("<n>", text)
+    return _DIGITS.sub("<n>", _names_out(text))
+
+
+def _names_out(text: str) -> str:
+    r"""``text`` with every word holding a ``^`` (PN values join name parts with it) out.
+
+    Split, not a regex: '\S*\^\S*' rescans the rest of the text from every position.
+    """
+    return " ".join("<value>" if "^" in w else w for w in text.split(" "))
 
 
 def _values_pattern(values: Iterable[str]) -> re.Pattern[str] | None:

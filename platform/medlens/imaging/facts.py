@@ -38,6 +38,7 @@ __all__ = [
     "facts_of_headers",
     "facts_of_image",
     "facts_of_series",
+    "made_by_medlens",
     "safe_attributes",
 ]
 
@@ -46,6 +47,11 @@ FACT_ATTRIBUTES: frozenset[str] = frozenset(AUDIT_ATTRIBUTES)
 
 #: Manufacturer (0008,0070) of every object MedLens writes: what tells a result from an input.
 MEDLENS_MANUFACTURER = "MedLens"
+
+
+def made_by_medlens(manufacturer: object) -> bool:
+    """Whether a Manufacturer value is MedLens's ('MEDLENS' after a PACS upper-cased it)."""
+    return str(manufacturer or "").strip().casefold() == MEDLENS_MANUFACTURER.casefold()
 
 
 class _Keyed(Protocol):
@@ -107,8 +113,7 @@ class Facts:
         ``--out`` inside an input folder) is never an input: a plugin that reads
         secondary captures would read its own heatmaps, and a loop would feed itself.
         """
-        made_by = str(self.attributes.get("Manufacturer", "")).strip().casefold()
-        return made_by == MEDLENS_MANUFACTURER.casefold()  # 'MEDLENS' after a PACS upper-cased it
+        return made_by_medlens(self.attributes.get("Manufacturer"))
 
     def for_rules(self) -> SeriesFacts:
         """The facts in the shape a selection rule evaluates."""

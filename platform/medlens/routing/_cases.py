@@ -192,16 +192,7 @@ def _dicom_cases(root: Path, namer: _Namer, first_of: dict[str, Path]) -> tuple[
                     f"{group[0].path.name!r} repeats the instance of {seen.name!r} (the same "
                     "SOP Instance UID): read once"
                 )
-                rel = group[0].path.relative_to(root) if root.is_dir() else group[0].path
-                cases.append(
-                    Case(
-                        namer("SKIPPED", rel.as_posix()),
-                        "skipped",
-                        root,
-                        (group[0].path,),
-                        error=why,
-                    )
-                )
+                cases.append(_skipped(namer, root, group[0].path, why))
                 continue
             first_of.update((h.sop_instance_uid, h.path) for h in group)
             # The patient's keyed pseudonym is part of the name: the instances of one
@@ -242,10 +233,14 @@ def _dicom_cases(root: Path, namer: _Namer, first_of: dict[str, Path]) -> tuple[
                 if readable
                 else sk.reason
             )
-            cases.append(
-                Case(namer("SKIPPED", rel.as_posix()), "skipped", root, (sk.path,), error=why)
-            )
+            cases.append(_skipped(namer, root, sk.path, why))
     return cases, has_dicom
+
+
+def _skipped(namer: _Namer, root: Path, path: Path, why: str) -> Case:
+    """A file not read, said in one line (named by its place under ``root``)."""
+    rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+    return Case(namer("SKIPPED", rel.as_posix()), "skipped", root, (path,), error=why)
 
 
 def _expected_beside(sk: SkippedFile) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 from medlens.errors import DicomError, UnsafePathError
 from medlens.imaging.dicom_index import patient_key_of
-from medlens.imaging.facts import MEDLENS_MANUFACTURER
+from medlens.imaging.facts import made_by_medlens
 from medlens.phi import captured_warnings, scrub
 from medlens.safepaths import check_uid, is_uid
 
@@ -43,9 +43,6 @@ class InstanceInfo:
     #: :func:`~medlens.imaging.dicom_index.patient_key_of` the instance's patient: held in
     #: memory to compare an instance with its series, never stored.
     patient_key: str = ""
-
-
-_MEDLENS = MEDLENS_MANUFACTURER.casefold()
 
 
 def _uid(ds: Any, keyword: str) -> str:
@@ -156,7 +153,7 @@ def _parse(data: bytes, max_declared_bytes: int) -> InstanceInfo:
     study = _uid(ds, "StudyInstanceUID")
     _check_uids(ds)
     if "PixelData" not in ds:
-        if str(ds.get("Manufacturer", "") or "").strip().casefold() == _MEDLENS:
+        if made_by_medlens(ds.get("Manufacturer")):
             # Our own SR or Parametric Map routed back (a PACS that forwards everything):
             # said as what it is, not as an unreadable image.
             raise DicomError("a MedLens result (Manufacturer 'MedLens'), not an input")

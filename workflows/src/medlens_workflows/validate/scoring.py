@@ -95,11 +95,19 @@ def score_case(
     truth: dict[str, int] = {}
     if protocol.task == "classification":  # a bad reference fails before inference
         truth = {lab: reference_value(case.reference, lab) for lab in labels}
+    mask = None
     if protocol.task == "measurement":
-        return _score_measurement(host, protocol, case, device)
-    result = host.run(
-        protocol.plugin.id, case.input, device=device, options={"explain": False}, chain=False
-    )
+        from medlens.imaging.read import read_image, read_mask
+
+        # The plugin measures the reference mask itself, read once for it and for us (a
+        # SEG keeps its segment numbers: reference_labels names them).
+        image = read_image(case.input)
+        mask = read_mask(Path(case.reference), reference=image, strict=True)
+        result = host.run(protocol.plugin.id, image, mask=mask, device=device, chain=False)
+    else:
+        result = host.run(
+            protocol.plugin.id, case.input, device=device, options={"explain": False}, chain=False
+        )
     if str(result.prediction.status) != "ok":  # refused as out of distribution: a failure
         why = result.prediction.status_reason or str(result.prediction.status)
         raise PluginError(protocol.plugin.id, f"refused the case: {why}")
@@ -115,6 +123,8 @@ def score_case(
             "score": {lab: float(found[lab]) for lab in labels},
             "truth": truth,
         }
+    if mask is not None:
+        return _score_measurement(result, protocol, mask)
     return _score_segmentation(result, protocol, Path(case.reference))
 
 
@@ -187,27 +197,16 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
     return out
 
 
-def _score_measurement(
-    host: Host, protocol: ProtocolV2, case: DatasetCase, device: str
-) -> dict[str, Any]:
-    """Run a measurement plugin on the case's reference mask; compare its figures with ours.
+def _score_measurement(result: Any, protocol: ProtocolV2, mask: Any) -> dict[str, Any]:
+    """A measurement plugin's figures of the reference mask ``mask``, beside ours.
 
-    The plugin measures the very mask scored here, so every difference is the plugin's:
+    The plugin measured the very mask scored here, so every difference is the plugin's:
     volumes (voxel count x voxel volume) and lesions (connected components of the
     detection label) are recomputed by :mod:`medlens_validation.metrics`, and each
     reference lesion is matched to the plugin's lesion whose centroid lies within half the
     finest voxel spacing of its own (the same voxels have the same centre of mass).
     """
-    from medlens.imaging.read import read_image, read_mask
-
-    image = read_image(case.input)
-    reference = Path(case.reference)
-    # Read once, measured by both: a SEG keeps its segment numbers (reference_labels names them).
-    mask = read_mask(reference, reference=image, strict=True)
-    result = host.run(protocol.plugin.id, image, mask=mask, device=device, chain=False)
-    if str(result.prediction.status) != "ok":
-        why = result.prediction.status_reason or str(result.prediction.status)
-        raise PluginError(protocol.plugin.id, f"refused the case: {why}")
+    image = result.image
     values = dict(protocol.reference_labels or {})
     ref = np.asarray(mask.array[0])
     spacing = tuple(float(s) for s in image.spacing)
