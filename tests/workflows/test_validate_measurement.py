@@ -26,20 +26,27 @@ pytestmark = pytest.mark.slow
 
 N = 4
 
-# volume-measure with a 2 % volume bias that drops each label's smallest lesion: the kind
-# of defect (a spacing slip, an off-by-one in component labelling) the protocol must catch.
-FAULTY = """
+
+def broken_measurer(plugin_id: str, measurements: str) -> str:
+    """Source of a copy of volume-measure whose measurements are ``measurements``.
+
+    ``measurements`` is an expression of the real plugin's ``p.measurements`` and of
+    ``inputs`` (the case's inputs).
+    """
+    module = plugin_id.replace("-", "_")
+    return f"""
 import dataclasses
 
 from medlens_volume_measure import plugin as _inner
 from medlens_volume_measure.manifest import MANIFEST as _REAL
 
 MANIFEST = _REAL.model_copy(
-    update={"id": "faulty-measure", "version": "0.0.1", "entry": "faulty_measure:create"}
+    update={{"id": "{plugin_id}", "version": "0.0.1", "entry": "{module}:create"}}
 )
+_SWAP = {{"label-1": "label-2", "label-2": "label-1"}}
 
 
-class _Faulty:
+class _Broken:
     Options = _inner.VolumeMeasure.Options
 
     def __init__(self, ctx):
@@ -47,28 +54,28 @@ class _Faulty:
 
     def predict(self, inputs, ctx):
         p = self._real.predict(inputs, ctx)
-        ms = [
-            m.model_copy(update={"volume_ml": m.volume_ml * 1.02, "lesions": m.lesions[:-1]})
-            for m in p.measurements
-        ]
-        return dataclasses.replace(p, measurements=ms)
+        return dataclasses.replace(p, measurements={measurements})
 
 
 def create(ctx):
-    return _Faulty(ctx)
+    return _Broken(ctx)
 """
+
+
+# volume-measure with a 2 % volume bias that drops each label's smallest lesion: the kind
+# of defect (a spacing slip, an off-by-one in component labelling) the protocol must catch.
+FAULTY = broken_measurer(
+    "faulty-measure",
+    '[m.model_copy(update={"volume_ml": m.volume_ml * 1.02, "lesions": m.lesions[:-1]}) '
+    "for m in p.measurements]",
+)
 
 # volume-measure that leaves the spleen out on every case but the first (a probe's
 # finding: the cases without it dropped out of the spleen's figures, and it passed).
-DROPPER = (
-    FAULTY.replace('"faulty-measure"', '"dropping-measure"')
-    .replace("faulty_measure:create", "dropping_measure:create")
-    .replace(
-        'm.model_copy(update={"volume_ml": m.volume_ml * 1.02, "lesions": m.lesions[:-1]})\n'
-        "            for m in p.measurements",
-        "m for m in p.measurements\n"
-        '            if m.label_value != 2 or "case-0000" in str(inputs.image.source[0])',
-    )
+DROPPER = broken_measurer(
+    "dropping-measure",
+    "[m for m in p.measurements "
+    'if m.label_value != 2 or "case-0000" in str(inputs.image.source[0])]',
 )
 
 # The installed volume-measure under the next version number (a release not validated).
@@ -261,33 +268,10 @@ def test_a_label_left_unmeasured_fails_its_case(
 
 
 # volume-measure whose measurements of a bare mask swap their names ('label-1' <-> '-2').
-SWAPPER = """
-import dataclasses
-
-from medlens_volume_measure import plugin as _inner
-from medlens_volume_measure.manifest import MANIFEST as _REAL
-
-MANIFEST = _REAL.model_copy(
-    update={"id": "swapping-measure", "version": "0.0.1", "entry": "swapping_measure:create"}
+SWAPPER = broken_measurer(
+    "swapping-measure",
+    '[m.model_copy(update={"label": _SWAP.get(m.label, m.label)}) for m in p.measurements]',
 )
-_SWAP = {"label-1": "label-2", "label-2": "label-1"}
-
-
-class _Swapper:
-    Options = _inner.VolumeMeasure.Options
-
-    def __init__(self, ctx):
-        self._real = _inner.create(ctx)
-
-    def predict(self, inputs, ctx):
-        p = self._real.predict(inputs, ctx)
-        ms = [m.model_copy(update={"label": _SWAP.get(m.label, m.label)}) for m in p.measurements]
-        return dataclasses.replace(p, measurements=ms)
-
-
-def create(ctx):
-    return _Swapper(ctx)
-"""
 
 
 def test_a_measurement_named_for_another_label_is_refused(tmp_path: Path, dataset: Path) -> None:
