@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -29,6 +30,34 @@ def test_convert_names_the_reason_for_files_the_index_skipped(
     assert f"skipped {len(files)} file(s)" in text
     assert "SOPClassUID" in text
     assert "could be converted: " in text
+
+
+def test_an_unreadable_folder_and_a_forging_file_name_are_one_escaped_line_each(
+    dicom_builder: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    files, _ = dicom_builder.write_series(tmp_path / "d" / "good")
+    (tmp_path / "d" / "locked").mkdir()
+    (tmp_path / "d" / "a\nwrote forged.nii.gz").write_bytes(files[0].read_bytes()[:300])
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        # Root reads every folder, so the permission refusal is the kernel's answer as a user.
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "d"), str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert (
+        "skipped 1 file(s) (e.g. 'locked'): a folder that cannot be read: Permission denied"
+        in lines
+    )
+    assert not any(line.startswith("wrote forged") for line in lines), result.output
+    assert any("'a\\nwrote forged.nii.gz'" in line for line in lines), result.output
 
 
 def test_convert_refuses_a_mosaic_series_with_its_reason(

@@ -144,3 +144,29 @@ def test_liveness_from_heartbeat_and_crash_detection(tmp_path: Path) -> None:
     store.service_stopped(clock.time())
     assert store.liveness(clock.time())["state"] == "stopped"
     assert store.service_started(os.getpid(), clock.time()) is False
+
+
+def test_a_state_folder_with_url_characters_is_read_where_it_is(tmp_path: Path) -> None:
+    # '#' and '?' would end an SQLite URI's path: the read-only open must not go elsewhere.
+    folder = tmp_path / "site#1?x"
+    folder.mkdir()
+    JobStore(folder / "state.db").close()
+    ro = JobStore(folder / "state.db", readonly=True)
+    ro.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site#1?x"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_state_that_is_no_regular_file_is_a_one_line_config_error(
+    tmp_path: Path, kind: str
+) -> None:
+    from medlens.errors import ConfigError
+
+    db = tmp_path / "state.db"
+    if kind == "fifo":
+        os.mkfifo(db)  # opening it would block for ever
+    else:
+        db.mkdir()
+    for readonly in (True, False):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            JobStore(db, readonly=readonly)

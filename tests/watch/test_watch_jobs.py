@@ -142,3 +142,15 @@ def test_kills_of_the_service_do_not_use_up_the_retry_budget(tmp_path: Path) -> 
     summary = json.loads(res.output)
     assert summary["service"]["state"] == "stopped"
     assert summary["latest_series"][0]["status"] == "done"
+
+
+def test_status_prints_one_json_line_for_a_state_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "state.db")  # a monitor's probe must not hang on it
+    for state in (tmp_path / "missing", tmp_path / "fifo"):
+        res = CliRunner().invoke(cli, ["status", "--state", str(state)])
+        assert res.exit_code == 1
+        (line,) = res.output.splitlines()
+        parsed = json.loads(line)
+        assert parsed["alive"] is False and parsed["state"] == "unreadable", parsed
+        assert parsed["error"]

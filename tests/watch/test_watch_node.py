@@ -196,6 +196,37 @@ def test_node_settings_are_validated(bad: dict[str, Any]) -> None:
         NodeSettings(**bad)
 
 
+def test_an_instance_over_the_size_limit_is_refused_before_the_spool(tmp_path: Path) -> None:
+    # Received in chunks to a temporary file, never whole in memory; the size is checked
+    # there, so an over-large instance never reaches the spool (or ingest).
+    import pydicom
+
+    small, big = wk.make_series(2)
+    big.PixelData = bytes(len(big.PixelData)) * 40
+    big.Rows = big.Rows * 40
+    scp = StoreSCP(
+        tmp_path / "spool",
+        ae_title="MEDLENS",
+        host="127.0.0.1",
+        port=0,
+        max_file_bytes=len(small.PixelData) * 4,
+    )
+    scp.start()
+    try:
+        assoc = _associate(scp.port)
+        assert assoc.is_established
+        assert assoc.send_c_store(big).Status == 0xA700
+        assert assoc.send_c_store(small).Status == 0
+        assoc.release()
+    finally:
+        scp.stop()
+    (spooled,) = (tmp_path / "spool").iterdir()  # no temporary file left either
+    back = pydicom.dcmread(spooled)
+    assert back.SOPInstanceUID == small.SOPInstanceUID
+    assert (back.pixel_array == small.pixel_array).all()
+    assert scp.received == 1
+
+
 def test_the_node_takes_compressed_series_a_pacs_cannot_transcode(tmp_path: Path) -> None:
     # A PACS forwarding stored JPEG-LS (or JPEG 2000) images offers only that syntax.
     import pydicom

@@ -195,7 +195,8 @@ def convert(dicom_dir: Path, out_dir: Path, tilt: str, gaps: str, as_json: bool)
     else:
         for r in records:
             if "error" in r and r["SeriesInstanceUID"] is None:
-                click.echo(f"skipped {r['files']} file(s) (e.g. {r['example']}): {r['error']}")
+                # repr: a newline in a file name must not forge an output line
+                click.echo(f"skipped {r['files']} file(s) (e.g. {r['example']!r}): {r['error']}")
             elif "error" in r:
                 click.echo(f"skipped {r['SeriesInstanceUID']} ({r['Modality']}): {r['error']}")
             else:

@@ -229,10 +229,16 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
 )
 def status(state: Path, stale_seconds: float) -> None:
     """Exit 0 if the watch service is alive, 1 if not; print one JSON line (monitoring)."""
+    from medlens.errors import MedLensError
     from medlens.jobs import SendStatus
     from medlens.watch import StateDB
 
-    db = StateDB(state / "state.db", readonly=True)
+    try:
+        db = StateDB(state / "state.db", readonly=True)
+    except MedLensError as e:
+        # Still one JSON line: a monitor parses stdout whatever the state folder holds.
+        click.echo(json.dumps({"alive": False, "state": "unreadable", "error": str(e)}))
+        raise SystemExit(1) from None
     try:
         live = db.liveness(stale_after_s=stale_seconds)
         s = db.summary(1)

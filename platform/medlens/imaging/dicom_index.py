@@ -558,14 +558,16 @@ class DicomIndex:
         }
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, skipped: list[SkippedFile]) -> Iterator[Path]:
     stack = [root]
     while stack:
         d = stack.pop()
         try:
             with os.scandir(d) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except OSError:
+        except OSError as err:  # its files are not silently missing: the folder says why
+            reason = err.strerror or type(err).__name__
+            skipped.append(SkippedFile(d, f"a folder that cannot be read: {reason}"))
             continue
         for e in entries:
             try:
@@ -668,7 +670,11 @@ def index_folder(
     root = Path(path)
     if not root.exists():
         raise DicomError(f"no such file or folder: {str(root)!r}")
-    paths = list(files) if files is not None else ([root] if root.is_file() else list(_walk(root)))
+    unreadable: list[SkippedFile] = []
+    if files is not None:
+        paths = list(files)
+    else:
+        paths = [root] if root.is_file() else list(_walk(root, unreadable))
     # Header parsing holds the GIL; threads pay off only by overlapping cold-cache reads.
     workers = max_workers or min(4, os.cpu_count() or 1)
     if workers <= 1 or len(paths) < 512:
@@ -676,4 +682,4 @@ def index_folder(
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_try_header, paths))
-    return build_index(root, results)
+    return build_index(root, [*results, *unreadable])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,6 +159,20 @@ _MIGRATIONS = [
 ]
 
 
+def _check_file(path: Path, *, must_exist: bool) -> None:
+    """Refuse a state path that is not a regular file (a FIFO would block the open)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if must_exist:
+            raise ConfigError(f"no watch state at {str(path)!r}") from None
+        return
+    except OSError as e:
+        raise ConfigError(f"cannot read the watch state {str(path)!r}: {e.strerror}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{str(path)!r} is not a MedLens watch state: not a regular file")
+
+
 class JobStore:
     """The service's SQLite database and every query on it.
 
@@ -171,19 +186,22 @@ class JobStore:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
-        if readonly:
-            if not path.exists():
-                raise ConfigError(f"no watch state at {str(path)!r}")
-            uri = f"file:{path}?mode=ro"
-            self.conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
-            )
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # One thread uses it at a time (the service loop), not always the creating one.
-            self.conn = sqlite3.connect(
-                path, isolation_level=None, timeout=30, check_same_thread=False
-            )
+        _check_file(path, must_exist=readonly)
+        try:
+            if readonly:
+                # as_uri() percent-encodes: a '#' or '?' in the folder stays part of the path.
+                uri = f"{path.absolute().as_uri()}?mode=ro"
+                self.conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, timeout=30, check_same_thread=False
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # One thread uses it at a time (the service loop), not always the creating one.
+                self.conn = sqlite3.connect(
+                    path, isolation_level=None, timeout=30, check_same_thread=False
+                )
+        except (sqlite3.Error, OSError) as e:
+            raise ConfigError(f"{str(path)!r} is not a MedLens watch state: {e}") from e
         self.conn.row_factory = sqlite3.Row
         try:
             if not readonly:

@@ -77,6 +77,28 @@ def write_atomic(
         raise
 
 
+def move_atomic(src: Path, path: Path) -> None:
+    """Move ``src`` to ``path`` via a temporary name beside it, fsynced, then renamed.
+
+    A rename when both are on one file system, else a copy (``src`` is left to its
+    owner); either way ``path`` appears whole or not at all.
+    """
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        try:
+            os.replace(src, tmp)
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(src, tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _syncfs_call() -> Any:
     try:
         import ctypes

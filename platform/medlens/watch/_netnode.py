@@ -1,7 +1,10 @@
 """DICOM network node: a C-STORE SCP feeding ingest, and a C-STORE SCU sending results.
 
 Received instances are written to ``STATE/spool/`` (temporary name, fsync, rename)
-*before* the SCP answers Success, so an acknowledged instance survives a crash; the
+*before* the SCP answers Success, so an acknowledged instance survives a crash. They are
+received in chunks to a temporary file (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never
+held whole in memory: eight concurrent 2 GB instances would otherwise need about 30 GB. One
+over ``max_file_bytes`` is refused (Out of resources) before it reaches the spool. The
 ingest loop then treats spool files like watched files (already complete, no settling).
 Spooled files go through the same checks as folder input (UID grammar included), so the
 network is no shortcut around them.
@@ -25,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import ConfigError, OutputError
+from medlens.imaging.regular import MAX_FILE_BYTES
 from medlens.watch._config import NodeSettings, PacsTarget
-from medlens.watch._ingest import write_atomic
+from medlens.watch._ingest import move_atomic
 
 __all__ = ["StoreSCP", "client_tls_context", "decodable_transfer_syntaxes", "send_files"]
 
@@ -44,7 +48,8 @@ class StoreSCP:
         on_file: Called with each written path (to wake the ingest loop).
         on_closed: Called when an association that stored instances ends, with the
             Series Instance UIDs it stored and whether it ended cut off (aborted, or the
-            connection closed without a release): its series may be incomplete.
+            Connection closed without a release): its series may be incomplete.
+        max_file_bytes: Largest instance accepted (as the ingest's ``max_file_bytes``).
     """
 
     def __init__(
@@ -57,8 +62,10 @@ class StoreSCP:
         on_file: Callable[[Path], None] | None = None,
         node: NodeSettings | None = None,
         on_closed: Callable[[set[str], bool], None] | None = None,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.node = node or NodeSettings()
+        self.max_file_bytes = max_file_bytes
         self.spool = spool
         self.ae_title = ae_title
         self.host = host
@@ -79,8 +86,10 @@ class StoreSCP:
         Raises:
             ConfigError: If the port cannot be bound.
         """
-        from pynetdicom import AllStoragePresentationContexts, evt
+        from pynetdicom import AllStoragePresentationContexts, _config, evt
 
+        # Process-wide, and harmless to MedLens's other pynetdicom use (it only sends).
+        _config.STORE_RECV_CHUNKED_DATASET = True
         node = self.node
         self.spool.mkdir(parents=True, exist_ok=True)
         ae = _NodeAE(ae_title=self.ae_title)
@@ -119,14 +128,22 @@ class StoreSCP:
 
     def _on_store(self, event: Any) -> int:
         try:
-            data = event.encoded_dataset(include_meta=True)
+            received = Path(event.dataset_path)
+            size = received.stat().st_size
+            if size > self.max_file_bytes:
+                _log.warning(
+                    "C-STORE refused: an instance of %d bytes, over the %d-byte limit",
+                    size,
+                    self.max_file_bytes,
+                )
+                return 0xA700  # Out of resources
             name = f"{uuid.uuid4().hex}.dcm"
-            write_atomic(self.spool / name, data)
+            move_atomic(received, self.spool / name)
         except Exception as e:  # answer the SCU with a failure status, never crash
             _log.error("C-STORE could not be stored: %s", type(e).__name__)
             return 0xA700  # Out of resources
         self.received += 1
-        series = _series_uid(data)
+        series = _series_uid(self.spool / name)
         if series:
             with self._lock:
                 self._series.setdefault(id(event.assoc), set()).add(series)
@@ -176,16 +193,12 @@ class StoreSCP:
             self._server = None
 
 
-def _series_uid(data: bytes) -> str:
-    """The Series Instance UID of a received instance's bytes ("" when unreadable)."""
-    import io
-
+def _series_uid(path: Path) -> str:
+    """The Series Instance UID of a received instance ("" when unreadable)."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(
-            io.BytesIO(data), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]
-        )
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
         return str(ds.get("SeriesInstanceUID", "") or "").strip()
     except Exception:  # ingest judges the file and says why; here it only goes untracked
         return ""

@@ -221,6 +221,7 @@ class WatchService:
                 on_file=self._on_spool_file,
                 node=self.config.node,
                 on_closed=self._on_association_end,
+                max_file_bytes=self.config.max_file_bytes,
             )
             scp.start()
             self.scp = scp  # published once it listens
