@@ -177,3 +177,19 @@ def test_padding_pixels_are_shown_black_not_as_their_stored_grey(
     plain = _grey(_film(tmp_path / "plain.dcm", stored, monochrome1=monochrome1))
     # The film itself unchanged (MONOCHROME1's inversion may shift it by a constant).
     np.testing.assert_array_equal(got[20:40] - body.min(), plain[20:40] - plain[20:40].min())
+
+
+@pytest.mark.parametrize(
+    ("photometric", "reason"),
+    [("RGB", "contradicts itself"), ("PALETTE COLOR", "palette colour images are not read")],
+)
+def test_a_grey_film_whose_header_names_colour_is_refused(
+    tmp_path: Path, photometric: str, reason: str
+) -> None:
+    # helper-52: one sample per pixel called RGB (or a palette with no lookup table) was
+    # read as a grey film and scored.
+    from medlens.errors import DicomError
+
+    path = _film(tmp_path / "c.dcm", _ramp(), PhotometricInterpretation=photometric)
+    with pytest.raises(DicomError, match=reason):
+        read_image(path)

@@ -129,8 +129,16 @@ def test_missing_eyes() -> None:
     assert study.missing_eyes(["L", "R"]) == []
     assert study.missing_eyes(["L"]) == ["R"]
     assert study.missing_eyes([None]) == ["unknown"]
-    assert study.missing_eyes([None, None]) == []
-    assert study.missing_eyes(["R", None]) == []
+    # A photograph of unknown side may be a second shot of an eye already seen (probe:
+    # two shots of one right eye without ImageLaterality gave "no referable DR").
+    assert study.missing_eyes([None, None]) == ["unknown"]
+    assert study.missing_eyes(["R", None]) == ["L"]
+    # Unless its optic disc places it on the other side.
+    assert study.missing_eyes([None, None], ["R", "L"]) == []
+    assert study.missing_eyes([None, None], ["R", "R"]) == ["L"]
+    assert study.missing_eyes([None, None], ["R", None]) == ["L"]
+    assert study.missing_eyes(["R", None], [None, "L"]) == []
+    assert study.missing_eyes(["R", "R"], ["L", "L"]) == ["L"]  # never against a header
 
 
 def test_decision_never_calls_an_ungradable_patient_clear() -> None:

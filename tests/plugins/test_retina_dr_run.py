@@ -141,7 +141,8 @@ def test_folder_of_photographs_gives_one_result_per_patient(tmp_path: Path) -> N
     assert eye["laterality"] is None and eye["laterality_from"] == "unknown"
     assert eye["findings"] and eye["findings"][0]["label"] == "referable_dr"
     assert any("laterality unknown" in w for w in anon["warnings"])
-    assert anon["extra"]["missing_eyes"] == ["unknown"]
+    # Its optic disc places it as a left eye (as it is): the right one is missing.
+    assert anon["extra"]["missing_eyes"] == ["R"]
     # An ungradable eye is never cleared: re-image, or refer for the other eye.
     p9 = _result(by[("Patient009_L.png", "Patient009_R.jpg")])
     left, right = p9["extra"]["eyes"]
@@ -229,7 +230,8 @@ def test_dicom_op_grouped_by_patient_id_with_clean_sr_and_overlay(tmp_path: Path
                 k.startswith("image-2/") for k in doc["outputs"]
             )
         else:
-            assert eyes[0]["laterality"] is None and doc["extra"]["missing_eyes"] == ["unknown"]
+            # Its side unnamed; its optic disc places it, so the other eye is the one missing.
+            assert eyes[0]["laterality"] is None and doc["extra"]["missing_eyes"] in (["L"], ["R"])
 
 
 def test_stereo_pair_op_grades_each_frame_as_a_photograph_of_its_eye(tmp_path: Path) -> None:
@@ -605,3 +607,31 @@ def test_a_header_side_that_contradicts_the_file_name_or_names_no_eye_is_said(
     text = " | ".join(doc["warnings"])
     assert "the DICOM header says R, the file name L: the header's side is used" in text
     assert "the DICOM header's laterality is 'B', which names no one eye" in text
+
+
+def test_two_photographs_of_unknown_side_count_as_two_eyes_only_if_their_discs_say_so(
+    tmp_path: Path,
+) -> None:
+    # helper-52: two shots of one right eye, no ImageLaterality, gave the patient "no
+    # referable DR" (rescreen in 12 months) for a left eye nobody photographed.
+    study_uid = "1.2.826.0.1.3680043.8.498.91"
+    same = tmp_path / "same"
+    right = data.load_rgb(_img("Patient003_R.jpg"))
+    op_dicom(right, same / "a.dcm", None, "PID-3", study_uid)
+    op_dicom(np.roll(right, 16, axis=0), same / "b.dcm", None, "PID-3", study_uid)
+    _, doc = _one_patient(same, tmp_path / "out-same")
+    assert [e["laterality"] for e in doc["extra"]["eyes"]] == [None, None]
+    assert doc["extra"]["missing_eyes"] == ["L"]
+    assert doc["extra"]["decision"] != "no_referable_dr"
+    # The two eyes, also without ImageLaterality: the discs place them, nothing is missing.
+    pair = tmp_path / "pair"
+    op_dicom(_img("Patient003_L.jpg"), pair / "a.dcm", None, "PID-3", study_uid)
+    op_dicom(right, pair / "b.dcm", None, "PID-3", study_uid)
+    _, doc = _one_patient(pair, tmp_path / "out-pair")
+    assert doc["extra"]["missing_eyes"] == []
+    # A header naming the other side than the disc's is said, and the header's side used.
+    named = tmp_path / "named"
+    op_dicom(right, named / "a.dcm", "L", "PID-3", study_uid)
+    _, doc = _one_patient(named, tmp_path / "out-named")
+    assert doc["extra"]["eyes"][0]["laterality"] == "L"
+    assert any("optic disc lies where a R eye" in w for w in doc["warnings"]), doc["warnings"]

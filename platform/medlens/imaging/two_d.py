@@ -196,9 +196,39 @@ def _check_pixels(ds: Dataset, label: str) -> None:
         columns, rows = int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
     except (TypeError, ValueError):
         return  # the decoder names what is wrong with the pixel description
-    reason = size_reason(label, columns, rows)
+    reason = size_reason(label, columns, rows) or _photometric_reason(ds, label)
     if reason:
         raise DicomError(reason)
+
+
+#: The interpretations each sample count can have (PS3.3 C.7.6.3.1.2); others are not read.
+_PHOTOMETRIC = {
+    1: ("MONOCHROME1", "MONOCHROME2"),
+    3: ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"),
+}
+
+
+def _photometric_reason(ds: Dataset, label: str) -> str:
+    """Why the pixel description contradicts itself (``""`` when it does not).
+
+    A single-sample image called ``RGB``, or a ``PALETTE COLOR`` one (whose colours only
+    its lookup table gives), read as grey values would be a picture nobody displays.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+    if not photometric:
+        return ""  # the decoder names it
+    try:
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        return ""
+    if samples not in _PHOTOMETRIC or photometric in _PHOTOMETRIC[samples]:
+        return ""
+    if photometric == "PALETTE COLOR":
+        return f"{label!r} is a PALETTE COLOR image: palette colour images are not read"
+    return (
+        f"{label!r} says PhotometricInterpretation {photometric} with {samples} sample(s) "
+        "per pixel: the header contradicts itself"
+    )
 
 
 def size_reason(label: str, columns: int, rows: int) -> str:

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from medlens_retina_dr import laterality
+
 __all__ = ["evaluate", "main"]
 
 _F = npt.NDArray[np.float64]
@@ -237,6 +239,7 @@ def evaluate(
         out["robustness"] = robustness_evaluate(robustness_cases)
     if gate_every:
         out["gate"] = gate_figures(gate_every)
+    out["laterality"] = laterality.figures()
     return out
 
 
@@ -273,6 +276,7 @@ def card(res: dict[str, Any]) -> str:
     from medlens_retina_dr import quality
 
     cfg = res["config"]
+    lat = res["laterality"]
     lines = [
         "# Model card: retina-dr (referable diabetic retinopathy screening)",
         "",
@@ -460,7 +464,14 @@ def card(res: dict[str, Any]) -> str:
         "no eye (a radiograph stored beside the eyes) is left out with a warning. An eye "
         "missing from the study makes no patient clear: the decision is ungradable "
         "(re-image) unless an eye is referable; a photograph whose header names two sides "
-        "is graded but stands in for no missing eye.",
+        "is graded but stands in for no missing eye. A photograph of unknown side stands in "
+        "for a missing eye only when its optic disc places it there (disc right of the "
+        "field's centre: a right eye), never against a header, which a disagreeing disc "
+        "only questions in a warning; two photographs of unknown side are otherwise not "
+        "taken for both eyes. On the development photographs the disc's side was read on "
+        f"{lat['read']} of {lat['n']} and named the graded eye on {lat['right']} of them "
+        f"({lat['read'] - lat['right']} wrong, {lat['n'] - lat['read']} left unknown); a "
+        "mirrored photograph is placed on the wrong side.",
         "- Not a fundus at all: a picture whose field has no colour (grey stored as RGB) or "
         "in which red is not the strongest channel almost everywhere is refused as not a "
         "colour fundus photograph, and so is a gradable-looking one the content gate finds "
@@ -628,6 +639,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             res["gate"] = gate_figures(a.gate_every)
             if "--gate-every" not in res["command"]:
                 res["command"] += f" --gate-every {a.gate_every}"
+        if "laterality" not in res:  # newer than the figures too; cheap, so always measured
+            res["laterality"] = laterality.figures()
     else:
         res = evaluate(
             a.recipe_json,

@@ -48,6 +48,7 @@ __all__ = [
     "SIDE",
     "LesionMeasures",
     "LesionModel",
+    "disc_centre",
     "lesion_crop",
     "measure",
     "transform",
@@ -114,6 +115,14 @@ def lesion_crop(rgb: npt.NDArray[np.uint8], fov: preprocess.FieldOfView) -> npt.
     return preprocess.crop_to_fov(rgb, fov, SIDE, oversample=1.0)
 
 
+def disc_centre(crop: npt.NDArray[np.uint8]) -> tuple[int, int]:
+    """Row and column of the optic disc in a lesion crop: the brightest smooth blob."""
+    lum = cv2.GaussianBlur(crop.astype(np.float32).mean(axis=2), (0, 0), SIDE / 40)
+    lum[~_INSIDE] = 0
+    dy, dx = np.unravel_index(int(np.argmax(lum)), lum.shape)
+    return int(dy), int(dx)
+
+
 def _line(length: int, degrees: int) -> npt.NDArray[np.uint8]:
     k = np.zeros((length, length), np.uint8)
     c = length // 2
@@ -153,9 +162,7 @@ def measure(crop: npt.NDArray[np.uint8]) -> LesionMeasures:
     bg = np.asarray(cv2.GaussianBlur(median, (0, 0), SIDE / 100), dtype=np.float32)
     rel = (g - bg) / (bg + 8.0)
     # Optic disc: the brightest smooth blob; macula: darkest smooth green 0.2-0.4 away.
-    lum = cv2.GaussianBlur(img.mean(axis=2), (0, 0), SIDE / 40)
-    lum[~_INSIDE] = 0
-    dy, dx = np.unravel_index(int(np.argmax(lum)), lum.shape)
+    dy, dx = disc_centre(crop)
     to_disc = np.hypot(_YY - dy, _XX - dx) / SIDE
     disc = to_disc < 0.09
     smooth = cv2.GaussianBlur(g, (0, 0), SIDE / 30)

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from medlens.plugin_api import v1
-from medlens_retina_dr import gate, lesions, preprocess, quality, study
+from medlens_retina_dr import gate, laterality, lesions, preprocess, quality, study
 
 if TYPE_CHECKING:
     from medlens_retina_dr.evidence import EyeEvidence
@@ -333,6 +333,7 @@ class RetinaDR:
                 extra={"notice": study.NOTICE},
             )
         eye_at: dict[int, dict[str, Any]] = {}  # by study image index (some are no eye)
+        disc_side: dict[int, str | None] = {}  # the side the optic disc places it on
         for n, item in enumerate(items):
             image: v1.Image = item.image
             lat, lat_from, lat_note = _laterality(item)
@@ -366,6 +367,14 @@ class RetinaDR:
                 q = gate.verdict(quality.verdict(measures), rgb, fov, self.gate)
             not_fundus[n] = q.not_fundus
             eye["quality"] = {"gradable": q.gradable, "reasons": q.reasons, "measures": q.measures}
+            if fov.found and not q.not_fundus:
+                with ctx.timer("quality"):
+                    disc_side[n] = laterality.side_from_disc(laterality.disc_offset(rgb, fov))
+                if lat in ("R", "L") and disc_side[n] not in (None, lat):
+                    warnings.append(
+                        f"eye {n + 1} ({eye['source']}): named {lat}, but its optic disc lies "
+                        f"where a {disc_side[n]} eye's does: check the side (or a mirrored image)"
+                    )
             if lat_note:
                 warnings.append(f"eye {n + 1} ({eye['source']}): {lat_note}")
             if lat is None and lat_from != "conflicting":
@@ -433,8 +442,10 @@ class RetinaDR:
                 extra={"notice": study.NOTICE},
             )
         # A photograph whose header names two eyes stands for neither: it fills no gap.
-        sided = [e["laterality"] for e in eyes if e["laterality_from"] != "conflicting"]
-        missing = study.missing_eyes(sided)
+        at = [n for n in eye_at if eye_at[n]["laterality_from"] != "conflicting"]
+        missing = study.missing_eyes(
+            [eye_at[n]["laterality"] for n in at], [disc_side.get(n) for n in at]
+        )
         decision = study.decide(grades, missing)
         if missing:
             warnings.append(f"eye(s) missing from the study: {', '.join(missing)}")

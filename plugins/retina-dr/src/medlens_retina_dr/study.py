@@ -106,19 +106,27 @@ def laterality_from_name(name: str) -> str | None:
     return sides.pop() if len(sides) == 1 else None
 
 
-def missing_eyes(lateralities: Sequence[str | None]) -> list[str]:
-    """Eyes (``R``, ``L``) without a photograph; unknown when lateralities are unknown.
+def missing_eyes(
+    lateralities: Sequence[str | None], disc_sides: Sequence[str | None] | None = None
+) -> list[str]:
+    """Eyes (``R``, ``L``) not shown to be photographed.
 
-    With one photograph of unknown side the missing eye cannot be named, so
-    ``["unknown"]`` is returned; with two of unknown side nothing is missing.
+    A photograph of unknown side fills an eye only when its optic disc places it
+    there (``disc_sides``, :mod:`.laterality`); otherwise it may be a second shot of
+    the eye already seen, so it fills none: two photographs of unknown side are not
+    taken for two eyes. When no photograph is placed at all, the missing eye cannot
+    be named: ``["unknown"]``.
     """
-    known = {lat for lat in lateralities if lat in ("R", "L")}
-    unknown = sum(1 for lat in lateralities if lat not in ("R", "L"))
-    missing = [e for e in ("R", "L") if e not in known]
-    if unknown >= len(missing):
-        return []
-    if unknown:
-        return ["unknown"] * (len(missing) - unknown)
+    sides = list(disc_sides) if disc_sides is not None else [None] * len(lateralities)
+    covered = {lat for lat in lateralities if lat in ("R", "L")}
+    covered |= {
+        disc
+        for lat, disc in zip(lateralities, sides, strict=True)
+        if lat not in ("R", "L") and disc in ("R", "L")
+    }
+    missing = [e for e in ("R", "L") if e not in covered]
+    if len(missing) == 2 and lateralities:
+        return ["unknown"]
     return missing
 
 
