@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from medlens_cxr_pneumonia import calibration, cutout, faithfulness, gate, scope
+from medlens_cxr_pneumonia import calibration, cutout, faithfulness, gate, mirror, scope
 from medlens_cxr_pneumonia.data import (
     DEFAULT_CACHE,
     DEFAULT_DATA,
@@ -512,6 +512,7 @@ def _markdown(cv: dict[str, Any], card: dict[str, Any], result: dict[str, Any]) 
         lines.append(f"| {k.replace('_', ' ')} | {v['rejected']:.3f} | {v['n']} |")
     if result.get("cutout"):
         lines += ["", *cutout.markdown(result["cutout"])]
+    lines += ["", *mirror.markdown(mirror.figures())]
     lines += ["", *faithfulness.markdown(result.get("faithfulness"))]
     lines += [
         "## Data, provenance and licence",

@@ -50,7 +50,7 @@ _OPERATING_POINTS = [
 
 MANIFEST = v1.Manifest(
     id="cxr-pneumonia",
-    version="0.3.0",
+    version="0.3.1",
     api_version="1.1",
     title="Pneumonia on frontal chest radiographs",
     description=(

@@ -32,7 +32,7 @@ from medlens.plugin_api.v1 import (
     RunContext,
     WeightsError,
 )
-from medlens_cxr_pneumonia import cutout, orientation, scope
+from medlens_cxr_pneumonia import cutout, mirror, orientation, scope
 from medlens_cxr_pneumonia.gate import Gate, clipping_reason, colour_reason, size_reason
 from medlens_cxr_pneumonia.manifest import LABEL
 from medlens_cxr_pneumonia.network import LAYERS, ensemble_from_state
@@ -113,6 +113,11 @@ class CxrPneumonia:
         self.gate = Gate.load(Path(str(gate_file)))
         # A piece of a film (its centre, one side) reads as a whole one stretched to a square.
         self.cutout = cutout.default_model()
+        # A film stored mirrored without saying so (a PNG or JPEG export) moves the model.
+        try:
+            self.mirror = mirror.load()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise WeightsError(m.id, f"mirror check: {e}") from e
 
     @torch.no_grad()
     def network_logit(self, prepared: npt.NDArray[np.float32]) -> float:
@@ -182,6 +187,7 @@ class CxrPneumonia:
             clipping_reason(framed)
             or self.gate.check(prepared)
             or self.cutout.check(prepared, *framed.shape)
+            or self.mirror.check(prepared)
         )
         if reason is not None:
             return _rejected(reason)

@@ -48,7 +48,7 @@ _SHA256 = "a224fc7bacfd6fc7013b5d23318da8787e0e735ef8f7c23021fc40bb91656ae0"
 
 MANIFEST = v1.Manifest(
     id="retina-dr",
-    version="0.3.0",
+    version="0.3.1",
     api_version="1.1",
     title="Referable diabetic retinopathy screening (fundus photographs)",
     description=(
