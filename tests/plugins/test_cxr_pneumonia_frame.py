@@ -55,3 +55,12 @@ def test_never_more_than_thirty_percent_of_a_side() -> None:
     rows, cols = frame_box(flat)
     assert rows.start <= 60 and rows.stop >= 140 and cols.start <= 60 and cols.stop >= 140
     assert frame_box(np.zeros((50, 50), np.float32)) == (slice(0, 50), slice(0, 50))
+
+
+@pytest.mark.parametrize("value", [0.0, 255.0, 97.0])
+def test_a_blank_film_is_refused_as_blank(value: float) -> None:
+    # helper-52: an all-black film was refused as "100% of the film is clipped to white".
+    from medlens_cxr_pneumonia.gate import clipping_reason
+
+    reason = clipping_reason(np.full((400, 320), value, np.float32))
+    assert reason is not None and "blank" in reason and "clipped" not in reason

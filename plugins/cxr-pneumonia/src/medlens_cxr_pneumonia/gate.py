@@ -80,6 +80,9 @@ def clipped_fractions(framed: npt.NDArray[Any]) -> tuple[float, float]:
 
 def clipping_reason(framed: npt.NDArray[Any]) -> str | None:
     """Why a film's grey levels are too clipped to read, or None."""
+    inner = np.asarray(framed)
+    if inner.size and float(inner.max()) == float(inner.min()):
+        return "the film is one uniform grey level (blank): there is nothing to read"
     black, white = clipped_fractions(framed)
     if white > MAX_WHITE_CLIPPED:
         return (
