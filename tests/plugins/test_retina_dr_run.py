@@ -629,6 +629,17 @@ def test_two_photographs_of_unknown_side_count_as_two_eyes_only_if_their_discs_s
     op_dicom(right, pair / "b.dcm", None, "PID-3", study_uid)
     _, doc = _one_patient(pair, tmp_path / "out-pair")
     assert doc["extra"]["missing_eyes"] == []
+    # helper-55: a mirrored copy of that right eye has its disc on the left. Neither of
+    # the pair (which one is the copy?) is placed by its disc; a header still places one.
+    flipped = np.ascontiguousarray(right[:, ::-1])
+    for header, missing in ((None, ["unknown"]), ("R", ["L"])):
+        mirrored = tmp_path / f"mirrored-{header}"
+        op_dicom(right, mirrored / "a.dcm", header, "PID-3", study_uid)
+        op_dicom(flipped, mirrored / "b.dcm", None, "PID-3", study_uid)
+        _, doc = _one_patient(mirrored, tmp_path / f"out-mirrored-{header}")
+        assert doc["extra"]["missing_eyes"] == missing, header
+        assert doc["extra"]["decision"] != "no_referable_dr"
+        assert any("a mirror image of another photograph" in w for w in doc["warnings"])
     # A header naming the other side than the disc's is said, and the header's side used.
     named = tmp_path / "named"
     op_dicom(right, named / "a.dcm", "L", "PID-3", study_uid)

@@ -470,8 +470,14 @@ def card(res: dict[str, Any]) -> str:
         "only questions in a warning; two photographs of unknown side are otherwise not "
         "taken for both eyes. On the development photographs the disc's side was read on "
         f"{lat['read']} of {lat['n']} and named the graded eye on {lat['right']} of them "
-        f"({lat['read'] - lat['right']} wrong, {lat['n'] - lat['read']} left unknown); a "
-        "mirrored photograph is placed on the wrong side.",
+        f"({lat['read'] - lat['right']} wrong, {lat['n'] - lat['read']} left unknown). A "
+        "mirrored photograph has its disc on the wrong side: one whose vessels match "
+        f"another photograph's mirror image (correlation at least "
+        f"{laterality.MIRROR_COPY:g}; fellow eyes of "
+        f"{lat['fellow_pairs']} development patients at most {lat['fellow_max_corr']}, "
+        f"mirrored copies at least {lat['mirrored_min_corr']}) is placed by no disc; a "
+        "mirrored photograph of a study with no photograph of the same eye is placed on "
+        "the wrong side.",
         "- Not a fundus at all: a picture whose field has no colour (grey stored as RGB) or "
         "in which red is not the strongest channel almost everywhere is refused as not a "
         "colour fundus photograph, and so is a gradable-looking one the content gate finds "
@@ -639,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             res["gate"] = gate_figures(a.gate_every)
             if "--gate-every" not in res["command"]:
                 res["command"] += f" --gate-every {a.gate_every}"
-        if "laterality" not in res:  # newer than the figures too; cheap, so always measured
+        if "fellow_max_corr" not in res.get("laterality", {}):  # newer than the figures
             res["laterality"] = laterality.figures()
     else:
         res = evaluate(

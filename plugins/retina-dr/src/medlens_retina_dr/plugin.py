@@ -334,6 +334,7 @@ class RetinaDR:
             )
         eye_at: dict[int, dict[str, Any]] = {}  # by study image index (some are no eye)
         disc_side: dict[int, str | None] = {}  # the side the optic disc places it on
+        pattern: dict[int, npt.NDArray[np.float32]] = {}  # its vessels (mirror copies)
         for n, item in enumerate(items):
             image: v1.Image = item.image
             lat, lat_from, lat_note = _laterality(item)
@@ -370,6 +371,7 @@ class RetinaDR:
             if fov.found and not q.not_fundus:
                 with ctx.timer("quality"):
                     disc_side[n] = laterality.side_from_disc(laterality.disc_offset(rgb, fov))
+                    pattern[n] = laterality.vessels(rgb, fov)
                 if lat in ("R", "L") and disc_side[n] not in (None, lat):
                     warnings.append(
                         f"eye {n + 1} ({eye['source']}): named {lat}, but its optic disc lies "
@@ -442,6 +444,16 @@ class RetinaDR:
                 extra={"notice": study.NOTICE},
             )
         # A photograph whose header names two eyes stands for neither: it fills no gap.
+        # A mirrored copy of one eye has its disc on the other side: it places no eye.
+        order = list(eye_at)
+        for k in sorted(laterality.mirror_copies([pattern.get(n) for n in order])):
+            n = order[k]
+            if eye_at[n]["laterality"] is None and disc_side.get(n) is not None:
+                disc_side[n] = None
+                warnings.append(
+                    f"eye {n + 1} ({eye_at[n]['source']}): a mirror image of another "
+                    "photograph of the study; its side is not read from its optic disc"
+                )
         at = [n for n in eye_at if eye_at[n]["laterality_from"] != "conflicting"]
         missing = study.missing_eyes(
             [eye_at[n]["laterality"] for n in at], [disc_side.get(n) for n in at]
