@@ -227,6 +227,45 @@ def test_an_instance_over_the_size_limit_is_refused_before_the_spool(tmp_path: P
     assert scp.received == 1
 
 
+def test_received_fragments_go_to_incoming_where_cut_off_ones_are_removed(
+    tmp_path: Path,
+) -> None:
+    # helper-55: the fragment of a transfer cut off (abort, kill) stayed in the system's
+    # temporary folder for ever: pynetdicom removes it only after the store handler ran.
+    import os
+
+    from pynetdicom import dimse_messages
+
+    original = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "tmpstale.dcm").write_bytes(b"left by a killed service")
+    scp = StoreSCP(
+        tmp_path / "spool", ae_title="MEDLENS", host="127.0.0.1", port=0, incoming=incoming
+    )
+    scp.start()
+    try:
+        assert not (incoming / "tmpstale.dcm").exists()  # swept before listening
+        with dimse_messages.NamedTemporaryFile() as fh:  # type: ignore[attr-defined]
+            assert Path(fh.name).parent == incoming  # where pynetdicom receives now
+        ds = wk.make_series(1)[0]
+        assoc = _associate(scp.port)
+        assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        wk.wait_for(lambda: scp.received == 1, timeout=30, what="the instance")
+        assert list(incoming.iterdir()) == []  # moved into the spool, nothing left
+        # A fragment whose transfer stopped: kept while it may still grow, then removed.
+        cut = incoming / "tmpcut.dcm"
+        cut.write_bytes(b"half an instance")
+        assert scp.sweep_incoming() == 0 and cut.exists()
+        old = time.time() - 2 * scp.node.network_timeout_seconds - 1
+        os.utime(cut, (old, old))
+        assert scp.sweep_incoming() == 1 and not cut.exists()
+    finally:
+        scp.stop()
+    assert dimse_messages.NamedTemporaryFile is original  # type: ignore[attr-defined]
+
+
 def test_the_node_takes_compressed_series_a_pacs_cannot_transcode(tmp_path: Path) -> None:
     # A PACS forwarding stored JPEG-LS (or JPEG 2000) images offers only that syntax.
     import pydicom

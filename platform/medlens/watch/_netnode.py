@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -50,6 +51,11 @@ class StoreSCP:
             Series Instance UIDs it stored and whether it ended cut off (aborted, or the
             Connection closed without a release): its series may be incomplete.
         max_file_bytes: Largest instance accepted (as the ingest's ``max_file_bytes``).
+        incoming: Folder instances are received into (pynetdicom's temporary files),
+            instead of the system's temporary folder: the transfers an abort or a kill
+            cut off leave their partial files there, and :meth:`start` and each
+            association's end remove them. Process-wide while the node listens (one node
+            per process).
     """
 
     def __init__(
@@ -63,9 +69,12 @@ class StoreSCP:
         node: NodeSettings | None = None,
         on_closed: Callable[[set[str], bool], None] | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        incoming: Path | None = None,
     ) -> None:
         self.node = node or NodeSettings()
         self.max_file_bytes = max_file_bytes
+        self.incoming = incoming
+        self._tempfile: Any = None  # pynetdicom's NamedTemporaryFile while redirected
         self.spool = spool
         self.ae_title = ae_title
         self.host = host
@@ -90,6 +99,8 @@ class StoreSCP:
 
         # Process-wide, and harmless to MedLens's other pynetdicom use (it only sends).
         _config.STORE_RECV_CHUNKED_DATASET = True
+        if self.incoming is not None:
+            self._redirect_temporary_files(self.incoming)
         node = self.node
         self.spool.mkdir(parents=True, exist_ok=True)
         ae = _NodeAE(ae_title=self.ae_title)
@@ -151,6 +162,40 @@ class StoreSCP:
             self.on_file(self.spool / name)
         return 0x0000
 
+    def _redirect_temporary_files(self, incoming: Path) -> None:
+        import functools
+        import tempfile
+
+        from pynetdicom import dimse_messages
+
+        incoming.mkdir(parents=True, exist_ok=True)
+        self.sweep_incoming(0.0)  # nothing is being received yet: all of it is cut off
+        self._tempfile = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
+        dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined,assignment]
+            tempfile.NamedTemporaryFile, dir=incoming
+        )
+
+    def sweep_incoming(self, idle_seconds: float | None = None) -> int:
+        """Remove received-file fragments idle for ``idle_seconds``; how many.
+
+        A transfer in progress writes its file with every fragment, so one unchanged for
+        longer than the network timeout belongs to a transfer that was cut off.
+        """
+        if self.incoming is None:
+            return 0
+        idle = self.node.network_timeout_seconds * 2 if idle_seconds is None else idle_seconds
+        now, removed = time.time(), 0
+        for p in self.incoming.glob("tmp*.dcm"):
+            try:
+                if now - p.stat().st_mtime >= idle:
+                    p.unlink()
+                    removed += 1
+            except OSError:  # moved into the spool meanwhile, or already gone
+                continue
+        if removed:
+            _log.info("removed %d partial instance(s) of transfers cut off", removed)
+        return removed
+
     def _on_released(self, event: Any) -> None:
         with self._lock:
             self._released.add(id(event.assoc))
@@ -181,6 +226,7 @@ class StoreSCP:
             with self._lock:
                 self._series.pop(key, None)
                 self._released.discard(key)
+            self.sweep_incoming()
 
     def _on_rejected(self, event: Any) -> None:
         self.rejected += 1
@@ -191,6 +237,11 @@ class StoreSCP:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        if self._tempfile is not None:
+            from pynetdicom import dimse_messages
+
+            dimse_messages.NamedTemporaryFile = self._tempfile  # type: ignore[attr-defined]
+            self._tempfile = None
 
 
 def _series_uid(path: Path) -> str:

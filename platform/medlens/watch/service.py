@@ -222,6 +222,7 @@ class WatchService:
                 node=self.config.node,
                 on_closed=self._on_association_end,
                 max_file_bytes=self.config.max_file_bytes,
+                incoming=self.state_dir / "incoming",
             )
             scp.start()
             self.scp = scp  # published once it listens

@@ -136,9 +136,12 @@ def load(path: Path | None = None, sha256: str = WEIGHTS_SHA256) -> MirrorCheck:
         raise ValueError(
             f"mirror-check weights sha256 {digest[:12]}... is not the pinned {sha256[:12]}..."
         )
+    fitted = figures()
+    if fitted.get("weights_sha256") != sha256:  # a threshold fitted with other weights
+        raise ValueError("mirror.json was not fitted with the pinned mirror-check weights")
     net = MirrorNet()
     net.load_state_dict(load_file(str(path)), strict=True)
-    return MirrorCheck(net, float(figures()["threshold"]))
+    return MirrorCheck(net, float(fitted["threshold"]))
 
 
 def figures() -> dict[str, Any]:
