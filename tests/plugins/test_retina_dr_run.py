@@ -65,9 +65,9 @@ def medlens_run(*args: str) -> tuple[int, list[dict[str, Any]]]:
     return res.exit_code, lines
 
 
-def _one_patient(inp: Path, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _one_patient(inp: Path, out: Path, *args: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``medlens run`` on a folder of one patient's photographs: its line and result."""
-    code, lines = medlens_run(str(inp), "--out", str(out))
+    code, lines = medlens_run(str(inp), "--out", str(out), *args)
     assert code == 0, lines
     (line,) = lines
     return line, _result(line)
@@ -619,7 +619,7 @@ def test_two_photographs_of_unknown_side_count_as_two_eyes_only_if_their_discs_s
     right = data.load_rgb(_img("Patient003_R.jpg"))
     op_dicom(right, same / "a.dcm", None, "PID-3", study_uid)
     op_dicom(np.roll(right, 16, axis=0), same / "b.dcm", None, "PID-3", study_uid)
-    _, doc = _one_patient(same, tmp_path / "out-same")
+    _, doc = _one_patient(same, tmp_path / "out-same", "--no-explain")
     assert [e["laterality"] for e in doc["extra"]["eyes"]] == [None, None]
     assert doc["extra"]["missing_eyes"] == ["L"]
     assert doc["extra"]["decision"] != "no_referable_dr"
@@ -627,7 +627,7 @@ def test_two_photographs_of_unknown_side_count_as_two_eyes_only_if_their_discs_s
     pair = tmp_path / "pair"
     op_dicom(_img("Patient003_L.jpg"), pair / "a.dcm", None, "PID-3", study_uid)
     op_dicom(right, pair / "b.dcm", None, "PID-3", study_uid)
-    _, doc = _one_patient(pair, tmp_path / "out-pair")
+    _, doc = _one_patient(pair, tmp_path / "out-pair", "--no-explain")
     assert doc["extra"]["missing_eyes"] == []
     # helper-55: a mirrored copy of that right eye has its disc on the left. Neither of
     # the pair (which one is the copy?) is placed by its disc; a header still places one.
@@ -636,13 +636,13 @@ def test_two_photographs_of_unknown_side_count_as_two_eyes_only_if_their_discs_s
         mirrored = tmp_path / f"mirrored-{header}"
         op_dicom(right, mirrored / "a.dcm", header, "PID-3", study_uid)
         op_dicom(flipped, mirrored / "b.dcm", None, "PID-3", study_uid)
-        _, doc = _one_patient(mirrored, tmp_path / f"out-mirrored-{header}")
+        _, doc = _one_patient(mirrored, tmp_path / f"out-mirrored-{header}", "--no-explain")
         assert doc["extra"]["missing_eyes"] == missing, header
         assert doc["extra"]["decision"] != "no_referable_dr"
         assert any("a mirror image of another photograph" in w for w in doc["warnings"])
     # A header naming the other side than the disc's is said, and the header's side used.
     named = tmp_path / "named"
     op_dicom(right, named / "a.dcm", "L", "PID-3", study_uid)
-    _, doc = _one_patient(named, tmp_path / "out-named")
+    _, doc = _one_patient(named, tmp_path / "out-named", "--no-explain")
     assert doc["extra"]["eyes"][0]["laterality"] == "L"
     assert any("optic disc lies where a R eye" in w for w in doc["warnings"]), doc["warnings"]
