@@ -82,14 +82,17 @@ def test_batch_runs_every_accepted_case_and_reports_each(
     write_series(src / "ct-b" / "deep", n=5)
     write_series(src / "mr", modality="MR", n=4)
     (src / "notes.txt").write_text("not an image")
+    (src / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # beside DICOM: not read either
     broken = src / "broken.dcm"
     broken.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00")
     ep = rule_plugin(tmp_path, monkeypatch)
     out = tmp_path / "out"
     code, lines, err = _invoke(monkeypatch, [ep], ["rule-plugin", str(src), "--out", str(out)])
     assert code == EXIT_FAILED  # the broken file is a failed case, the rest still ran
-    # The text file is no case, but it is counted, not silently dropped.
-    assert "; 1 file(s) not read, neither DICOM nor an image file of their own" in err
+    # The text file and the image are no case, but they are counted, not silently dropped,
+    # and the image (an input the user may have meant) is said apart (helper-52's note).
+    assert "; 1 image file(s) in a folder of DICOM series not read (give them as inputs" in err
+    assert "; 1 other file(s) not read (--log-level info lists them)" in err
     by_status: dict[str, list[dict[str, Any]]] = {}
     for x in lines:
         by_status.setdefault(x["status"], []).append(x)

@@ -537,10 +537,19 @@ def run(
     counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     if not_read:
-        summary += (
-            f"; {len(not_read)} file(s) not read, neither DICOM nor an image file of their "
-            "own (--log-level info lists them)"
-        )
+        from medlens.imaging.nifti import is_nifti
+        from medlens.imaging.two_d import is_2d_image_file
+
+        # Image files beside DICOM series are inputs the user may have meant: said apart.
+        beside = sum(is_2d_image_file(c.paths[0]) or is_nifti(c.paths[0]) for c in not_read)
+        if beside:
+            summary += (
+                f"; {beside} image file(s) in a folder of DICOM series not read (give them "
+                "as inputs of their own)"
+            )
+        if len(not_read) > beside:
+            summary += f"; {len(not_read) - beside} other file(s) not read"
+        summary += " (--log-level info lists them)"
     if in_out:
         summary += f"; {in_out} input(s) inside --out not read (results are not inputs)"
     if results:
