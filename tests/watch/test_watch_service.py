@@ -297,7 +297,10 @@ def test_a_study_plugin_reads_the_eyes_of_every_series_of_the_study(tmp_path: Pa
             rs = json.loads((pdir / "resultset.json").read_text())
             (result,) = pdir.glob("**/result.json")
             n = rs["input"]["instances"] + len(rs["input"].get("with_series", []))
-            return json.loads(result.read_text())["extra"]["lateralities"], n
+            doc = json.loads(result.read_text())
+            # helper-56: the right eye's result named the left eye's series as its source.
+            assert doc["source"]["series_instance_uid"] == photo.SeriesInstanceUID
+            return sorted(doc["extra"]["lateralities"]), n
 
         wk.write_files([left], r.inp / "left")
         r.done(1)

@@ -542,13 +542,20 @@ class WatchService:
 
     def _begin(self, job: Job, now: float) -> None:
         own = self.db.series_instances(job.series_id)
-        instances = list(own)
+        # (instance, folder under the job's input): this series' own at the top.
+        instances = [(i, Path()) for i in own]
         with_series: list[str] = []
         if job.plugin in self._study_plugins:
             # A study plugin reads the study's other accepted series too (eyes are often a
-            # series each), so every series' result sees the whole patient.
-            for other_id, other_uid in self.db.study_companions(job.series_id, job.plugin):
-                instances += self.db.series_instances(other_id)
+            # series each), so every series' result sees the whole patient. They go in a
+            # folder that sorts after this series' files: the study's first image, which
+            # names the result's source, is then of the series the result is filed under.
+            for n, (other_id, other_uid) in enumerate(
+                self.db.study_companions(job.series_id, job.plugin)
+            ):
+                instances += [
+                    (i, Path("~study", str(n))) for i in self.db.series_instances(other_id)
+                ]
                 with_series.append(other_uid)
         version = self.db.start(job, now)
         attempt = job.attempts + 1
@@ -559,9 +566,10 @@ class WatchService:
         try:
             shutil.rmtree(input_dir, ignore_errors=True)
             input_dir.mkdir(parents=True)
-            for _sop, sha, rel in instances:
+            for (_sop, sha, rel), sub in instances:
                 src = self.state_dir / rel
-                dst = input_dir / Path(rel).name
+                (input_dir / sub).mkdir(parents=True, exist_ok=True)
+                dst = input_dir / sub / Path(rel).name
                 try:
                     os.link(src, dst)
                 except OSError:
