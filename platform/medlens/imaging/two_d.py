@@ -65,6 +65,29 @@ def is_photo_frames(modality: str, frames: int, has_geometry: bool) -> bool:
     return frames > 1 and not has_geometry and modality.upper() in PHOTO_FRAME_MODALITIES
 
 
+def _over_black(im: Any) -> tuple[Any, str]:
+    """An image with alpha (RGBA, LA) without it, transparent parts shown black.
+
+    Dropping the alpha would show what the transparent pixels happen to store (often
+    white); a fundus export's transparent corners are black outside its field of view.
+    """
+    from PIL import Image as PILImage
+
+    a = np.asarray(im)
+    alpha = a[..., -1]
+    colour = a[..., :-1] if a.shape[-1] == 4 else a[..., 0]
+    if bool((alpha == 255).all()):
+        return PILImage.fromarray(np.ascontiguousarray(colour)), "alpha channel dropped (opaque)"
+    weight = alpha.astype(np.float32) / 255.0
+    if colour.ndim == 3:
+        weight = weight[..., None]
+    shown = np.rint(colour.astype(np.float32) * weight).astype(np.uint8)
+    share = float((alpha < 255).mean())
+    return PILImage.fromarray(np.ascontiguousarray(shown)), (
+        f"{share:.1%} of the image is transparent or partly so: shown over black"
+    )
+
+
 def is_2d_image_file(path: str | os.PathLike[str]) -> bool:
     """Whether the file name says PNG/JPEG/TIFF/BMP."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
@@ -411,8 +434,8 @@ def read_2d_file(path: str | os.PathLike[str]) -> Image:
                 warnings.append("palette image expanded to RGB")
                 mode = im.mode
             if mode in ("RGBA", "LA"):
-                im = im.convert("RGB" if mode == "RGBA" else "L")
-                warnings.append("alpha channel dropped")
+                im, note = _over_black(im)
+                warnings.append(note)
                 mode = im.mode
             if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGB")
