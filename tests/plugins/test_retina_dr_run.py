@@ -646,3 +646,29 @@ def test_two_photographs_of_unknown_side_count_as_two_eyes_only_if_their_discs_s
     _, doc = _one_patient(named, tmp_path / "out-named", "--no-explain")
     assert doc["extra"]["eyes"][0]["laterality"] == "L"
     assert any("optic disc lies where a R eye" in w for w in doc["warnings"]), doc["warnings"]
+
+
+def test_an_unreadable_eye_leaves_the_other_graded_and_the_patient_unclear(
+    tmp_path: Path,
+) -> None:
+    # helper-52: a truncated left-eye JPEG failed the whole patient: no result at all,
+    # not even the right eye's (a referable right eye went unsaid).
+    inp = tmp_path / "photos"
+    inp.mkdir()
+    data_l = _img("Patient003_L.jpg").read_bytes()
+    (inp / "Patient003_L.jpg").write_bytes(data_l[: len(data_l) // 3])
+    shutil.copy(_img("Patient003_R.jpg"), inp / "Patient003_R.jpg")
+    line, doc = _one_patient(inp, tmp_path / "out", "--no-explain")
+    assert line["status"] == "ok"
+    assert [e["laterality"] for e in doc["extra"]["eyes"]] == ["R"]
+    assert doc["extra"]["missing_eyes"] == ["L"]
+    assert doc["extra"]["decision"] in ("ungradable", "refer")
+    assert any(
+        w.startswith("image left out of the study: Patient003_L.jpg: cannot be read")
+        for w in doc["warnings"]
+    ), doc["warnings"]
+    # Nothing readable at all: a failed case, not a skipped one.
+    (inp / "Patient003_R.jpg").write_bytes(b"\xff\xd8\xff")
+    code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out2"), "--no-explain")
+    (only,) = lines
+    assert only["status"] == "failed" and code != 0

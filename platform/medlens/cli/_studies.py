@@ -44,8 +44,9 @@ def run_study_case(
 ) -> CaseOutcome:
     """Route, run and write one study; its outcome line (never raises for the study).
 
-    Images the plugin's routing refuses are left out of the study (their reasons go
-    to the result's warnings); a study with no accepted image is ``skipped``.
+    Images the plugin's routing refuses, and accepted ones that cannot be read, are
+    left out of the study (their reasons go to the result's warnings); a study with no
+    accepted image is ``skipped``.
     """
     from medlens.cli._console import error_line
     from medlens.cli.run import _case_dir, _finished, _write_as_set, pending_outcome
@@ -54,15 +55,13 @@ def run_study_case(
     manifest = host.get(plugin_id).manifest
     base = pending_outcome(study)
     try:
-        images, refused = read_study(manifest, study, on_tilt=on_tilt)
+        images, refused = read_study(manifest, study, on_tilt=on_tilt, unreadable="leave_out")
         if not images:
             return replace(base, status="skipped", reason=" | ".join(refused))
         result = host.run_study(
             plugin_id, images, device=run_kwargs["device"], options=run_kwargs["options"]
         )
-        result.prediction.warnings.extend(
-            f"image left out of the study, refused by routing: {r}" for r in refused
-        )
+        result.prediction.warnings.extend(f"image left out of the study: {r}" for r in refused)
         roots = {c.root if c.root.is_dir() else c.root.parent for c in study.cases}
         root = roots.pop() if len(roots) == 1 else Path(study_input(study))
         folder = _write_as_set(host, result, _case_dir(out, study.name), root)

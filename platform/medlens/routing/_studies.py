@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from medlens.errors import InputError, RoutingError
+from medlens.errors import InputError, MedLensError, RoutingError, RunCancelledError
 from medlens.imaging.series import TiltPolicy
 from medlens.plugin_api._manifest import Manifest
 from medlens.plugin_api._study import StudyImage
@@ -218,7 +218,11 @@ def group_studies(
 
 
 def read_study(
-    manifest: Manifest, study: Study, *, on_tilt: TiltPolicy = "error"
+    manifest: Manifest,
+    study: Study,
+    *,
+    on_tilt: TiltPolicy = "error",
+    unreadable: Literal["raise", "leave_out"] = "raise",
 ) -> tuple[list[StudyImage], list[str]]:
     """Read a study's images that ``manifest``'s plugin accepts, routed one by one.
 
@@ -226,15 +230,26 @@ def read_study(
     any pixel is read, an image file on what it states (with the host's warning for
     the checks it cannot carry). A refused image is left out of the study.
 
+    Args:
+        manifest: The plugin's manifest.
+        study: The study.
+        on_tilt: Gantry-tilt policy.
+        unreadable: An accepted image that cannot be read (a truncated photograph)
+            fails the study (``raise``), or is left out with its reason
+            (``leave_out``): the plugin then sees that eye missing, and the other eye
+            is still graded.
+
     Returns:
         The accepted images with their given laterality (a DICOM header's own
-        ``ImageLaterality`` wins), and one reason per refused image.
+        ``ImageLaterality`` wins), and one reason per image left out.
 
     Raises:
-        InputError: An accepted image cannot be read.
+        MedLensError: An accepted image cannot be read (``unreadable="raise"``, or
+            no image is left).
     """
     images: list[StudyImage] = []
     refused: list[str] = []
+    first_error: MedLensError | None = None
     for case, side in zip(study.cases, study.lateralities, strict=True):
         if case.facts is not None:
             outcome = route(manifest, case.facts)
@@ -246,8 +261,16 @@ def read_study(
         except RoutingError as e:
             refused.append(f"{case.source_path}: {e}")
             continue
+        except MedLensError as e:
+            if unreadable == "raise" or isinstance(e, RunCancelledError):
+                raise
+            refused.append(f"{case.source_path}: cannot be read: {e}")
+            first_error = first_error or e
+            continue
         lat = None if case.kind == "dicom" else side
         images.extend(StudyImage.of(image, laterality=lat) for image in read)
+    if not images and first_error is not None:
+        raise first_error  # nothing left to run: a failed study, not a skipped one
     return images, refused
 
 
