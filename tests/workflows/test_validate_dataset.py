@@ -186,3 +186,20 @@ def test_a_nul_or_a_link_loop_in_a_manifest_is_one_line(tmp_path: Path) -> None:
     path.write_text("case_id,patient_id,input,reference\nc1,p1,a\x00.png,1\n")
     with pytest.raises(InputError, match="input holds a NUL character"):
         read_manifest(path, reference_is_path=False)
+
+
+def test_a_store_in_a_folder_named_with_url_characters_is_the_one_checked(
+    tmp_path: Path,
+) -> None:
+    # The job store's twin: '#' cut the SQLite URI's path, so another file was opened
+    # (and created) instead of the store, and a store that is no database passed.
+    from medlens.errors import OutputError
+    from medlens_workflows.validate.tracking import ensure_store
+
+    folder = tmp_path / "site#1?x"
+    folder.mkdir()
+    db = folder / "x.db"
+    db.write_text("schema_version = 2\n")
+    with pytest.raises(OutputError, match=r"x\.db"):
+        ensure_store(f"sqlite:///{db}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site#1?x"]

@@ -95,7 +95,8 @@ def _check_sqlite(db: Path) -> None:
     if not db.is_file():
         raise OutputError(f"{db.name!r} is not a regular file, so no SQLite store")
     try:
-        con = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=30)
+        # as_uri() percent-encodes: a '#' or '?' in the path stays part of it.
+        con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=rw", uri=True, timeout=30)
         try:
             con.execute("PRAGMA schema_version").fetchone()  # reads the header: not a db fails
         finally:
