@@ -138,6 +138,13 @@ class _Plugin:
                 status=v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION,
                 status_reason="not abdomen\\n2026-12-01 INFO medlens: forged line",
             )
+        if how == "own-threshold":  # positive at a threshold of its own, naming no point
+            f = v1.Finding(label="body", probability=0.05, positive=True, threshold=0.01)
+            return v1.Prediction(mask=inner(), findings=[f])
+        if how == "twice":  # one label, two contradicting findings
+            yes = v1.Finding(label="body", probability=0.9, positive=True)
+            no = v1.Finding(label="body", probability=0.1, positive=False)
+            return v1.Prediction(mask=inner(), findings=[yes, no])
         if how == "deep":
             deep = {{}}
             for _ in range(5000):
@@ -146,7 +153,13 @@ class _Plugin:
         return v1.Prediction(mask=inner())
 
 
+class _BaseBoom(BaseException):
+    pass
+
+
 def create(ctx):
+    if os.environ.get("MLHOST_HOW") == "create-base":
+        raise _BaseBoom("factory")
     return _Plugin()
 """
 
@@ -191,6 +204,9 @@ def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
         ("metadata", PluginError, "changed its input's metadata in place"),
         ("metadata-nested", PluginError, "changed its input's metadata in place"),
         ("raise-phi", PluginError, "refused for patient <value> <value>, <value>"),
+        ("own-threshold", PluginError, "names no operating point but has threshold 0.01"),
+        ("twice", PluginError, "finding 'body' is given twice"),
+        ("create-base", PluginError, "building the plugin failed: _BaseBoom: factory"),
     ],
 )
 def test_invalid_predictions_are_refused_and_nothing_is_written(
@@ -428,3 +444,54 @@ def test_array_metadata_is_watched_without_breaking_a_run() -> None:
     ):
         img.metadata["calibration"][0] = 5
     assert img.metadata["calibration"].tolist() == [0, 1, 2]
+
+
+def test_a_finding_naming_no_operating_point_is_decided_at_the_manifests_default() -> None:
+    # A probe's finding: with operating_point unset, no threshold was checked, so a
+    # plugin whose manifest says 'triage' (0.2) wrote p 0.05 as positive at its own 0.01.
+    from medlens.host import _check_finding
+    from medlens.plugin_api.v1 import Finding, Manifest
+
+    ops = [
+        {
+            "name": "triage",
+            "label": "body",
+            "threshold": 0.2,
+            "sensitivity": 0.9,
+            "specificity": 0.5,
+            "chosen_on": "tests",
+        },
+        {
+            "name": "balanced",
+            "label": "body",
+            "threshold": 0.5,
+            "sensitivity": 0.8,
+            "specificity": 0.8,
+            "chosen_on": "tests",
+        },
+    ]
+    outputs = {**_MANIFEST["outputs"], "operating_points": ops}  # type: ignore[dict-item]
+    m = Manifest.model_validate(
+        {
+            **_MANIFEST,
+            "entry": "x:create",
+            "outputs": {**outputs, "default_operating_point": "triage"},
+        }
+    )
+    at = Finding(
+        label="body", probability=0.05, positive=False, threshold=0.2, operating_point="triage"
+    )
+    _check_finding(m, at)  # as findings_at_operating_points decides it
+    bypass = Finding(label="body", probability=0.05, positive=True, threshold=0.01)
+    with pytest.raises(
+        PluginError, match="names no operating point; its manifest's default is 'triage'"
+    ):
+        _check_finding(m, bypass)
+    # No default: decided at 0.5, and its decisions must still follow the manifest's points.
+    m = Manifest.model_validate({**_MANIFEST, "entry": "x:create", "outputs": outputs})
+    _check_finding(
+        m, Finding(label="body", probability=0.3, positive=False, decisions={"triage": True})
+    )
+    lying = Finding(label="body", probability=0.3, positive=False, decisions={"triage": False})
+    with pytest.raises(PluginError, match="its decision at 'triage' contradicts"):
+        _check_finding(m, lying)

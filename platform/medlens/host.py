@@ -115,7 +115,9 @@ class PluginHandle:
                 obj = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except (Exception, SystemExit) as e:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # a third party's module: any exception, typed
                 raise PluginLoadError(m.id, f"cannot import options {m.options!r}: {e}") from e
         else:
             obj = getattr(self.load(device), "Options", None)
@@ -147,14 +149,20 @@ class PluginHandle:
                 obj: Any = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except (Exception, SystemExit) as e:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # a third party's module: any exception, typed
                 raise PluginLoadError(m.id, f"cannot import entry {m.entry!r}: {e}") from e
             try:
                 plugin = obj(HostLoadContext(manifest=m, device=device))
             except MedLensError:
                 raise
-            except (Exception, SystemExit) as e:
-                raise PluginLoadError(m.id, f"building the plugin failed: {e}") from e
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # as predict: a plugin's bug never crashes the host
+                raise PluginLoadError(
+                    m.id, f"building the plugin failed: {type(e).__name__}: {e}"
+                ) from e
             if not isinstance(plugin, Plugin):
                 raise PluginLoadError(m.id, f"entry {m.entry!r} did not return a Plugin")
             self._instances[device] = plugin
@@ -933,6 +941,10 @@ def _check_prediction(
     unknown = sorted({f.label for f in p.findings} - declared) if declared else []
     if unknown:  # a finding the manifest (and so its model card and protocols) never named
         raise PluginError(m.id, f"finding {unknown[0]!r} is no label of the manifest")
+    labels_given = [f.label for f in p.findings]
+    twice = sorted({lab for lab in labels_given if labels_given.count(lab) > 1})
+    if twice:  # p 0.9 'Present' beside p 0.1 'Absent' for one label: which does a reader trust?
+        raise PluginError(m.id, f"finding {twice[0]!r} is given twice")
     for f in p.findings:
         _check_finding(m, f)
     # A measurement of a label the manifest never named (a chained measurer names its
@@ -1002,8 +1014,25 @@ def _check_finding(m: Manifest, f: Finding) -> None:
         Finding.model_validate(f.model_dump())
     except ValueError as e:
         raise PluginError(m.id, f"invalid finding: {one_line(str(e))}") from e
-    if f.operating_point is not None:
-        ops = {o.name: o for o in m.outputs.operating_points if o.label == f.label}
+    ops = {o.name: o for o in m.outputs.operating_points if o.label == f.label}
+    default = m.outputs.default_operating_point
+    if f.operating_point is None:
+        # The decision rule of findings_at_operating_points: the manifest's default
+        # operating point, else 0.5. A plugin that named none was free to call p 0.05
+        # positive at a threshold of its own (0.01) under a manifest that says 0.2.
+        if default is not None and default in ops:
+            raise PluginError(
+                m.id,
+                f"finding {f.label!r} names no operating point; its manifest's default is "
+                f"{default!r}",
+            )
+        if abs(f.threshold - 0.5) > 1e-9:
+            raise PluginError(
+                m.id,
+                f"finding {f.label!r} names no operating point but has threshold "
+                f"{f.threshold:g}; without one the decision is at 0.5",
+            )
+    else:
         op = ops.get(f.operating_point)
         if op is None:
             raise PluginError(
@@ -1017,14 +1046,14 @@ def _check_finding(m: Manifest, f: Finding) -> None:
                 f"finding {f.label!r} at operating point {op.name!r} has threshold "
                 f"{f.threshold:g}; the manifest's is {op.threshold:g}",
             )
-        for name, decision in f.decisions.items():
-            other = ops.get(name)
-            if other is not None and decision != (f.probability >= other.threshold):
-                raise PluginError(
-                    m.id,
-                    f"finding {f.label!r}: its decision at {name!r} contradicts "
-                    f"the manifest's threshold {other.threshold:g}",
-                )
+    for name, decision in f.decisions.items():
+        other = ops.get(name)
+        if other is not None and decision != (f.probability >= other.threshold):
+            raise PluginError(
+                m.id,
+                f"finding {f.label!r}: its decision at {name!r} contradicts "
+                f"the manifest's threshold {other.threshold:g}",
+            )
     if f.calibrated and m.outputs.calibration.method == "none":
         raise PluginError(
             m.id, f"finding {f.label!r} says calibrated, but the manifest declares no calibration"

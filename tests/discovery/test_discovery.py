@@ -84,6 +84,20 @@ def test_broken_import_and_bad_objects_reported(plugin_factory: Make) -> None:
     assert all("\n" not in str(e) for e in report.errors)
 
 
+def test_a_base_exception_at_import_rejects_that_plugin_only(plugin_factory: Make) -> None:
+    # A probe's finding: a module raising a BaseException subclass at import stopped the
+    # discovery of every plugin (the first-party ones too), a traceback for `plugins list`.
+    body = "class Boom(BaseException):\n    pass\n\nraise Boom('custom base at import')\n"
+    boom = plugin_factory("boom", body=body)
+    factory = plugin_factory("factory", body="def MANIFEST():\n    raise GeneratorExit('no')\n")
+    report = discover(entry_points=[boom, factory, plugin_factory("fine")])
+    assert list(report.plugins) == ["fine"]
+    by_id = {e.plugin_id: e for e in report.errors}
+    assert isinstance(by_id["boom"], PluginLoadError)
+    assert "Boom: custom base at import" in str(by_id["boom"])
+    assert "manifest factory" in str(by_id["factory"]) and "GeneratorExit" in str(by_id["factory"])
+
+
 def test_allow_and_block_lists(plugin_factory: Make) -> None:
     eps = [plugin_factory("a"), plugin_factory("b"), plugin_factory("c")]
     report = discover(entry_points=eps, allow=["a", "b"], block=["b"])

@@ -15,6 +15,7 @@ import watchkit as wk
 from click.testing import CliRunner
 
 from medlens.cli.main import cli
+from medlens.errors import MedLensError
 from medlens.watch import WatchConfig, WatchService
 
 DRIVER = Path(__file__).resolve().parent / "watch_driver.py"
@@ -154,3 +155,40 @@ def test_status_prints_one_json_line_for_a_state_it_cannot_read(tmp_path: Path) 
         parsed = json.loads(line)
         assert parsed["alive"] is False and parsed["state"] == "unreadable", parsed
         assert parsed["error"]
+
+
+def test_a_store_with_a_wrong_version_or_missing_tables_reads_as_unreadable(
+    tmp_path: Path,
+) -> None:
+    # A probe's finding: schema_version 'x1' (int() failed) and a store cut off after its
+    # meta table (no jobs table) each gave a traceback from `status` and `jobs`.
+    import sqlite3
+
+    for name, sql in (
+        (
+            "version",
+            "CREATE TABLE meta (key TEXT, value TEXT); "
+            "INSERT INTO meta VALUES ('schema_version', 'x1')",
+        ),
+        ("tables", "CREATE TABLE meta (key TEXT, value TEXT)"),
+    ):
+        state = tmp_path / name
+        state.mkdir()
+        conn = sqlite3.connect(state / "state.db")
+        conn.executescript(sql)
+        if name == "tables":
+            from medlens.jobs._store import SCHEMA_VERSION
+
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.commit()
+        conn.close()
+        res = CliRunner().invoke(cli, ["status", "--state", str(state)])
+        assert res.exit_code == 1
+        (line,) = res.output.splitlines()
+        parsed = json.loads(line)
+        assert parsed["state"] == "unreadable", parsed
+        want = "no table 'held_series'" if name == "tables" else "unsupported state schema"
+        assert want in parsed["error"]
+        res = CliRunner().invoke(cli, ["jobs", "--state", str(state)])
+        # A MedLensError: the command's entry point prints it as one line.
+        assert isinstance(res.exception, MedLensError) and want in str(res.exception)

@@ -159,6 +159,26 @@ def test_classification_protocol(tmp_path: Path, mlflow_store: Callable[[Path], 
     assert {g["value"] for g in r["subgroups"]} == {"AP", "PA"}
 
 
+def test_subgroup_values_are_drawn_as_written(
+    tmp_path: Path, mlflow_store: Callable[[Path], str]
+) -> None:
+    # A probe's finding: a subgroup value '$\\frac{a$' was parsed by matplotlib as
+    # mathtext, and the report crashed with a traceback after every case was scored.
+    host, proto, _, _ = _grey(tmp_path)
+    manifest = tmp_path / "data" / "manifest.csv"
+    old_sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    manifest.write_text(manifest.read_text().replace(",PA\n", ",$\\frac{a$\n"))
+    new_sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    proto.write_text(proto.read_text().replace(old_sha, new_sha))
+    outcome = run_validation(
+        proto, tmp_path / "out", host=host, tracking_uri=mlflow_store(tmp_path), progress=False
+    )
+    sys.modules.pop("grey_classifier_plugin", None)
+    assert {g["value"] for g in outcome.report["subgroups"]} == {"AP", "$\\frac{a$"}
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "$\\frac{a$" in html
+
+
 def test_the_gate_opens_last_and_closes_when_the_same_weights_fail(
     tmp_path: Path, mlflow_store: Callable[[Path], str]
 ) -> None:
@@ -175,6 +195,12 @@ def test_the_gate_opens_last_and_closes_when_the_same_weights_fail(
     assert not (tmp_path / "crash" / "report.json").exists()
     assert not (tmp_path / "crash" / "cases.csv").exists()
     assert not validation_status("grey-classifier", None, uri, version="1.0.0").validated
+    # Nor does the registry say 'passed' for a validation whose report was never written.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    for v in client.search_model_versions("name='medlens-grey-classifier'"):
+        assert "protocol.grey" not in (v.tags or {}), v.tags
     assert run_validation(
         proto, tmp_path / "ok", host=host, tracking_uri=uri, progress=False
     ).passed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -144,11 +145,16 @@ def watch(
 )
 def jobs(state: Path, as_json: bool, recent: int) -> None:
     """Show the watch service's queue, recent results, failures and unrouted series."""
+    from medlens.errors import ConfigError
     from medlens.watch import StateDB
 
     db = StateDB(state / "state.db", readonly=True)
     try:
         s = db.summary(recent)
+    except (sqlite3.Error, ValueError, TypeError, KeyError) as e:
+        raise ConfigError(
+            f"{str(state / 'state.db')!r} cannot be read: {type(e).__name__}: {e}"
+        ) from e
     finally:
         db.close()
     if as_json:
@@ -235,15 +241,17 @@ def status(state: Path, stale_seconds: float) -> None:
 
     try:
         db = StateDB(state / "state.db", readonly=True)
-    except MedLensError as e:
-        # Still one JSON line: a monitor parses stdout whatever the state folder holds.
-        click.echo(json.dumps({"alive": False, "state": "unreadable", "error": str(e)}))
+        try:
+            live = db.liveness(stale_after_s=stale_seconds)
+            s = db.summary(1)
+        finally:
+            db.close()
+    except (MedLensError, sqlite3.Error, ValueError, TypeError, KeyError) as e:
+        # Still one JSON line: a monitor parses stdout whatever the state folder holds
+        # (a row of the wrong type or a table gone reads as unreadable too).
+        why = str(e) if isinstance(e, MedLensError) else f"{type(e).__name__}: {e}"
+        click.echo(json.dumps({"alive": False, "state": "unreadable", "error": why}))
         raise SystemExit(1) from None
-    try:
-        live = db.liveness(stale_after_s=stale_seconds)
-        s = db.summary(1)
-    finally:
-        db.close()
     line = {
         **live,
         "queued": s["jobs"].get("queued", 0),

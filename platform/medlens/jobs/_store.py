@@ -18,6 +18,7 @@ Paths are stored relative to the state (``instances.path``) or output folder
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import stat
 import time
@@ -120,6 +121,9 @@ CREATE TABLE IF NOT EXISTS sends (
 );
 """
 
+#: The tables of a whole store (a read-only open checks that each exists).
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
 
 @dataclass(frozen=True)
 class SeriesRow:
@@ -215,10 +219,23 @@ class JobStore:
                     (str(SCHEMA_VERSION),),
                 )
             row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            tables = {
+                str(r[0])
+                for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
         except sqlite3.DatabaseError as e:
+            self.conn.close()
             raise ConfigError(f"{str(path)!r} is not a MedLens watch state: {e}") from e
-        if row is None or int(row[0]) != SCHEMA_VERSION:
+        # Compared as text: a version 'x1' is as unsupported as 99, not a ValueError.
+        if row is None or str(row[0]) != str(SCHEMA_VERSION):
+            self.conn.close()
             raise ConfigError(f"{str(path)!r} has an unsupported state schema version")
+        missing = sorted(_TABLES - tables)
+        if missing:  # a store cut off while it was being created (read-only: not repaired)
+            self.conn.close()
+            raise ConfigError(
+                f"{str(path)!r} is not a whole MedLens watch state: no table {missing[0]!r}"
+            )
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""

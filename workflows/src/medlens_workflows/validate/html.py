@@ -255,6 +255,15 @@ def render_html(
     report: dict[str, Any], scored: Sequence[CaseScore], table: list[dict[str, Any]]
 ) -> str:
     """The page, as one string."""
+    import matplotlib
+
+    # Labels come from a researcher's data: a subgroup value '$\frac{a$' was parsed as
+    # mathtext and crashed the report. Every text of these plots is shown as written.
+    with matplotlib.rc_context({"text.parse_math": False}):
+        return _page(report, scored, table)
+
+
+def _page(report: dict[str, Any], scored: Sequence[CaseScore], table: list[dict[str, Any]]) -> str:
     ok = [c for c in scored if c.ok]
     verdict = "PASSED" if report["passed"] else "FAILED"
     parts = [

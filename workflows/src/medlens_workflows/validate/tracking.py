@@ -147,6 +147,7 @@ class ValidationRun:
         self._pending: tuple[str, str] | None = None  # (model, version) to alias if passed
         self._set: tuple[str, str] | None = None  # the alias this run set
         self._protocol_id = ""
+        self._outcome_tags = ("", "", "", "")  # (model, version, protocol id, fingerprint)
 
     def log(self, params: dict[str, str], metrics: list[dict[str, Any]]) -> None:
         """Log parameters and each criterion's value and CI bounds."""
@@ -195,14 +196,14 @@ class ValidationRun:
                 tags={"weights_sha256": sha, "plugin": plugin_id, "plugin_version": version},
             )
             version = str(mv.version)
-        outcome = "passed" if passed else "failed"
-        self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}", outcome)
-        self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}.fp", fp)
-        self.client.set_model_version_tag(name, version, "last_validation_run", self.run_id)
+        self._outcome_tags = (name, version, protocol_id, fp)
         if not passed:
-            # These weights now fail the protocol that validated them: the gate closes.
-            # (Another protocol failing, an exploratory one, does not revoke it.)
+            # These weights now fail the protocol that validated them: the gate closes at
+            # once. (Another protocol failing, an exploratory one, does not revoke it.)
+            self._tag_outcome("failed")
             self._drop_alias(name, version, protocol_id)
+        # A pass is tagged by set_alias, after the report is written: a run that broke
+        # before its report left the tag 'passed' with no report behind it.
         self._pending = (name, version) if passed else None
         self._protocol_id = protocol_id
         return {
@@ -219,9 +220,17 @@ class ValidationRun:
         """
         if self._pending is not None:
             name, version = self._pending
+            self._tag_outcome("passed")
             self.client.set_model_version_tag(name, version, VALIDATED_BY, self._protocol_id)
             self.client.set_registered_model_alias(name, VALIDATED_ALIAS, version)
             self._set = self._pending
+
+    def _tag_outcome(self, outcome: str) -> None:
+        """Tag the version :meth:`register` found with this run's outcome of its protocol."""
+        name, version, protocol_id, fp = self._outcome_tags
+        self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}", outcome)
+        self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}.fp", fp)
+        self.client.set_model_version_tag(name, version, "last_validation_run", self.run_id)
 
     def _drop_alias(self, name: str, version: str, protocol_id: str | None = None) -> None:
         """Take ``validated`` off ``version`` (only if ``protocol_id`` set it, when given)."""
