@@ -103,6 +103,16 @@ def test_subgroup_of_bins_and_unknown() -> None:
     assert subgroup_of(spec, "n/a") == UNKNOWN
 
 
+def test_missing_value_spellings_are_unknown_and_values_compare_in_nfc() -> None:
+    # A probe's finding: 'nan', 'NaN' and 'N/A' each made a subgroup of their own, and an
+    # 'é' typed two ways made two subgroups that print the same in the report.
+    spec = SubgroupSpec(attribute="site")
+    for missing in ("", " ", "nan", "NaN", "N/A", "NA", "null", "None", "#N/A"):
+        assert subgroup_of(spec, missing) == UNKNOWN, missing
+    assert subgroup_of(spec, "Cr\u00e9teil") == subgroup_of(spec, "Cre\u0301teil") == "Cr\u00e9teil"
+    assert subgroup_of(spec, "Nantes") == "Nantes"
+
+
 def test_a_non_finite_numeric_attribute_is_unknown() -> None:
     # float("NaN") parses and fails every comparison: 7 cases of age NaN were '>=200'.
     spec = SubgroupSpec(attribute="age", bins=[0, 50, 200])

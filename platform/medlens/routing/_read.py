@@ -122,12 +122,24 @@ def read_for(
         return routed_image(manifest, read_case(files[0]))
     accepted, refusals = _route_cases(manifest, dicom)
     if not accepted:
-        if files:  # a folder of NIfTI/image files: the first the plugin accepts
+        if files:  # a folder of NIfTI/image files: the one the plugin accepts
+            chosen: Image | None = None
             for c in files:
                 try:
-                    return routed_image(manifest, read_case(c))
+                    image = routed_image(manifest, read_case(c))
                 except RoutingError as e:
                     refusals.append(f"{c.source_path}: {e}")
+                    continue
+                if chosen is not None:
+                    # Two images the plugin accepts are two cases: reading 'the first' scored
+                    # one film under another case's name in a validation, unseen.
+                    raise InputError(
+                        f"{path.name!r} holds more than one image {manifest.id!r} accepts; "
+                        "a case is one image: name the file (medlens run FOLDER runs each)"
+                    )
+                chosen = image
+            if chosen is not None:
+                return chosen
         raise RoutingError(
             f"plugin {manifest.id!r} accepts no series in {path.name!r}: " + " | ".join(refusals)
         )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import unicodedata
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,10 +141,23 @@ def _number(raw: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
+#: Cells that mean "no value": pandas' default missing-value spellings (``read_csv``), so a
+#: spreadsheet's ``N/A`` or an export's ``nan`` joins ``unknown`` instead of making a
+#: subgroup of its own.
+MISSING_VALUES = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN"}
+    | {"<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+
+
 def subgroup_of(spec: SubgroupSpec, value: str | None) -> str:
-    """The subgroup a case falls in: its value, its numeric bin, or ``unknown``."""
-    raw = (value or "").strip()
-    if not raw:
+    """The subgroup a case falls in: its value, its numeric bin, or ``unknown``.
+
+    Values are compared in Unicode NFC: an 'é' typed as one character and as 'e' with a
+    combining accent is one subgroup, as it looks in the report.
+    """
+    raw = unicodedata.normalize("NFC", (value or "").strip())
+    if raw in MISSING_VALUES:
         return UNKNOWN
     if spec.bins is None:
         return raw

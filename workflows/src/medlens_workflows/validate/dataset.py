@@ -8,7 +8,8 @@ Columns::
 * ``reference``: segmentation: a mask (NIfTI, or DICOM SEG whose segments are matched by
   name); classification: the class name, or 0/1.
 * every further column is a subgroup attribute (``sex``, ``age``, ``manufacturer``…);
-  an empty cell is a missing value (the ``unknown`` subgroup).
+  an empty cell, or one of pandas' missing-value spellings (``NA``, ``N/A``, ``nan``,
+  ``NULL``, ``None``…), is a missing value (the ``unknown`` subgroup).
 
 Paths must stay under the manifest's folder (no ``..`` parts, no absolute paths), so a
 dataset folder can be moved and shared as a whole, and its manifest's sha256 does not
