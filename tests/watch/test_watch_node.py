@@ -227,6 +227,48 @@ def test_an_instance_over_the_size_limit_is_refused_before_the_spool(tmp_path: P
     assert scp.received == 1
 
 
+def test_an_instance_over_the_size_limit_stops_taking_disk_at_the_limit(tmp_path: Path) -> None:
+    # helper-57: an instance over the limit was refused only after all of it lay in
+    # STATE/incoming (198 MB for a 1 MB limit): concurrent large sends could fill the disk.
+    from pynetdicom import dimse_messages
+
+    small, big = wk.make_series(2)
+    limit = len(small.PixelData) * 4
+    big.PixelData = bytes(len(big.PixelData)) * 40
+    big.Rows = big.Rows * 40
+    incoming = tmp_path / "incoming"
+    scp = StoreSCP(
+        tmp_path / "spool",
+        ae_title="MEDLENS",
+        host="127.0.0.1",
+        port=0,
+        max_file_bytes=limit,
+        incoming=incoming,
+    )
+    scp.start()
+    try:
+        # The file pynetdicom writes an instance into holds no more than the limit.
+        fh = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")  # type: ignore[attr-defined]
+        fh.write(b"\0" * (limit - 10))
+        fh.file.flush()
+        assert Path(fh.name).stat().st_size == limit - 10
+        for _ in range(5):
+            fh.write(b"\0" * limit)
+            fh.file.flush()
+            assert Path(fh.name).stat().st_size == 0
+        fh.close()
+        Path(fh.name).unlink()
+        assoc = _associate(scp.port)
+        assert assoc.send_c_store(big).Status == 0xA700
+        assert assoc.send_c_store(small).Status == 0
+        assoc.release()
+        wk.wait_for(lambda: scp.received == 1, timeout=30, what="the small instance")
+    finally:
+        scp.stop()
+    assert list(incoming.iterdir()) == []
+    assert len(list((tmp_path / "spool").iterdir())) == 1
+
+
 def test_received_fragments_go_to_incoming_where_cut_off_ones_are_removed(
     tmp_path: Path,
 ) -> None:

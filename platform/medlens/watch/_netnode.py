@@ -4,7 +4,8 @@ Received instances are written to ``STATE/spool/`` (temporary name, fsync, renam
 *before* the SCP answers Success, so an acknowledged instance survives a crash. They are
 received in chunks to a temporary file (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``), never
 held whole in memory: eight concurrent 2 GB instances would otherwise need about 30 GB. One
-over ``max_file_bytes`` is refused (Out of resources) before it reaches the spool. The
+over ``max_file_bytes`` is refused (Out of resources) before it reaches the spool, and
+its temporary file stops growing at the limit (the rest is discarded as it arrives). The
 ingest loop then treats spool files like watched files (already complete, no settling).
 Spooled files go through the same checks as folder input (UID grammar included), so the
 network is no shortcut around them.
@@ -75,6 +76,7 @@ class StoreSCP:
         self.max_file_bytes = max_file_bytes
         self.incoming = incoming
         self._tempfile: Any = None  # pynetdicom's NamedTemporaryFile while redirected
+        self._over: set[str] = set()  # received files cut off at max_file_bytes (names)
         self.spool = spool
         self.ae_title = ae_title
         self.host = host
@@ -99,8 +101,7 @@ class StoreSCP:
 
         # Process-wide, and harmless to MedLens's other pynetdicom use (it only sends).
         _config.STORE_RECV_CHUNKED_DATASET = True
-        if self.incoming is not None:
-            self._redirect_temporary_files(self.incoming)
+        self._redirect_temporary_files(self.incoming)
         node = self.node
         self.spool.mkdir(parents=True, exist_ok=True)
         ae = _NodeAE(ae_title=self.ae_title)
@@ -140,11 +141,15 @@ class StoreSCP:
     def _on_store(self, event: Any) -> int:
         try:
             received = Path(event.dataset_path)
+            with self._lock:
+                cut = received.name in self._over
+                self._over.discard(received.name)
             size = received.stat().st_size
-            if size > self.max_file_bytes:
+            if cut or size > self.max_file_bytes:
+                received.unlink(missing_ok=True)
                 _log.warning(
-                    "C-STORE refused: an instance of %d bytes, over the %d-byte limit",
-                    size,
+                    "C-STORE refused: an instance of %s bytes, over the %d-byte limit",
+                    "more than" if cut else size,
                     self.max_file_bytes,
                 )
                 return 0xA700  # Out of resources
@@ -162,18 +167,27 @@ class StoreSCP:
             self.on_file(self.spool / name)
         return 0x0000
 
-    def _redirect_temporary_files(self, incoming: Path) -> None:
+    def _redirect_temporary_files(self, incoming: Path | None) -> None:
+        """Receive into ``incoming`` (else the system's temporary folder), capped in size."""
         import functools
         import tempfile
 
         from pynetdicom import dimse_messages
 
-        incoming.mkdir(parents=True, exist_ok=True)
-        self.sweep_incoming(0.0)  # nothing is being received yet: all of it is cut off
+        if incoming is not None:
+            incoming.mkdir(parents=True, exist_ok=True)
+            self.sweep_incoming(0.0)  # nothing is being received yet: all of it is cut off
         self._tempfile = dimse_messages.NamedTemporaryFile  # type: ignore[attr-defined]
-        dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined,assignment]
-            tempfile.NamedTemporaryFile, dir=incoming
-        )
+        opener = functools.partial(tempfile.NamedTemporaryFile, dir=incoming)
+
+        def capped(*args: Any, **kwargs: Any) -> _CappedFile:
+            return _CappedFile(opener(*args, **kwargs), self.max_file_bytes, self._cut_off)
+
+        dimse_messages.NamedTemporaryFile = capped  # type: ignore[attr-defined,assignment]
+
+    def _cut_off(self, name: str) -> None:
+        with self._lock:
+            self._over.add(Path(name).name)
 
     def sweep_incoming(self, idle_seconds: float | None = None) -> int:
         """Remove received-file fragments idle for ``idle_seconds``; how many.
@@ -242,6 +256,50 @@ class StoreSCP:
 
             dimse_messages.NamedTemporaryFile = self._tempfile  # type: ignore[attr-defined]
             self._tempfile = None
+
+
+class _CappedFile:
+    """pynetdicom's temporary file of one received instance, holding at most ``limit`` bytes.
+
+    An instance over the limit was refused only once all of it lay on disk: a few
+    concurrent multi-GB sends could fill the disk the state database shares. Past the
+    limit the file is emptied and the rest of the transfer discarded as it arrives; the
+    store handler then answers Out of resources. (Raising here instead would break
+    pynetdicom's receiving thread, not just this transfer.)
+    """
+
+    def __init__(self, inner: Any, limit: int, on_over: Callable[[str], None]) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._on_over = on_over
+        self._written = 0
+        self.over = False
+        self.name: str = inner.name
+        self.file: Any = inner.file
+
+    def write(self, data: bytes) -> int:
+        if self.over:
+            return len(data)
+        self._written += len(data)
+        if self._written > self._limit:
+            self.over = True
+            self._inner.seek(0)
+            self._inner.truncate(0)
+            self._on_over(self.name)
+            return len(data)
+        return int(self._inner.write(data))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def __enter__(self) -> _CappedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.__exit__(*exc)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
 
 
 def _series_uid(path: Path) -> str:
