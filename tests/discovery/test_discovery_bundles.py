@@ -71,7 +71,7 @@ def test_missing_bundle_directory_is_reported(tmp_path: Path) -> None:
 
 def test_pin_bundle_prints_a_config_the_host_accepts(tmp_path: Path) -> None:
     b = make_bundle(tmp_path)
-    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b), "--trust-code"])
     assert out.exit_code == 0, out.output
     cfg = tmp_path / "pinned.toml"
     cfg.write_text(out.output)
@@ -79,6 +79,24 @@ def test_pin_bundle_prints_a_config_the_host_accepts(tmp_path: Path) -> None:
     (m,) = host.plugins()
     assert m.id == "spleen-ct-segmentation" and m.weights is not None
     assert m.weights.sha256 == file_sha256(b)
+
+
+def test_pin_bundle_lists_the_code_it_would_run_and_builds_only_when_trusted(
+    tmp_path: Path,
+) -> None:
+    # helper-59: pinning (the review) built the bundle first, so a '$' expression ran
+    # before anyone had approved it.
+    marker = tmp_path / "PWNED"
+    inf = copy.deepcopy(INFERENCE)
+    inf["pwn"] = f"$__import__('os').system('touch {marker}')"
+    inf["preprocessing"]["transforms"][0]["keys"] = "$@pwn and 'image' or 'image'"
+    b = make_bundle(tmp_path, inference=inf)
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    assert out.exit_code != 0 and "[[bundles]]" not in out.output
+    assert "pin with --trust-code" in out.output
+    assert f"inference.json: $__import__('os').system('touch {marker}')" in out.output
+    assert "inference.json: $torch.device(" in out.output  # every expression, listed
+    assert not marker.exists()
 
 
 def _transforms(section: str, change: Any) -> dict[str, Any]:
@@ -122,7 +140,7 @@ def test_unrunnable_bundle_is_refused_with_a_one_line_reason(tmp_path: Path, cas
     assert reason in str(err) and "\n" not in str(err), str(err)
     with pytest.raises(PluginNotFoundError):
         host.get("spleen-ct")
-    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b), "--trust-code"])
     assert out.exit_code != 0 and "[[bundles]]" not in out.output
     assert reason in out.output and out.output.count("\n") == 1, out.output
 
@@ -190,7 +208,7 @@ def test_a_gated_host_builds_no_unvalidated_bundle(tmp_path: Path) -> None:
 
 def _refused(tmp_path: Path, b: Path, reason: str) -> None:
     """Refused by pin-bundle and by discovery, in one line naming ``reason``."""
-    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b), "--trust-code"])
     assert out.exit_code != 0 and "[[bundles]]" not in out.output, out.output
     assert reason in out.output and out.output.count("\n") == 1, out.output
     host = Host(load_config(_config(tmp_path, b, file_sha256(b), id="spleen-ct")), entry_points=[])

@@ -132,20 +132,39 @@ def info(plugin_id: str, as_json: bool) -> None:
 @plugins.command("pin-bundle")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--id", "plugin_id", default=None, help="Plugin id [the bundle's name].")
-def pin_bundle(bundle: Path, plugin_id: str | None) -> None:
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Build the bundle although its configs hold code (the '$' expressions and "
+    "non-MONAI targets listed without this flag): only after reading them.",
+)
+def pin_bundle(bundle: Path, plugin_id: str | None, trust_code: bool) -> None:
     """Check a MONAI bundle runs as MONAI runs it and print its pinned configuration entry.
 
     The bundle's pre-processing, inferer, post-processing and network are built with
     MONAI (no data is run); a bundle that cannot be built is refused with the reason.
+    Building runs the configs' ``$`` expressions and ``_target_`` code: a bundle that
+    holds any is first listed for review and built only with ``--trust-code``.
     Paste the printed ``[[bundles]]`` table into the host configuration
     (``$MEDLENS_CONFIG``); the host then runs the bundle as a plugin and refuses it if
     any of its files change.
     """
-    from medlens.engine.bundle import check_bundle, manifest_from_bundle
+    from medlens.engine.bundle import check_bundle, code_in_bundle, manifest_from_bundle
     from medlens.errors import PluginError
 
     try:
         m = manifest_from_bundle(bundle, plugin_id=plugin_id)
+        code = code_in_bundle(bundle)
+        if code and not trust_code:
+            # Pinning is the review: building first ran '$__import__("os").system(...)'
+            # before anyone had approved the bundle.
+            click.echo(f"# code that building {bundle.name!r} runs (review it):", err=True)
+            for line in code:
+                click.echo(f"#   {line[:200]}", err=True)
+            raise click.ClickException(
+                f"not built: its configs hold {len(code)} piece(s) of code (listed above), "
+                "which building runs; read them, then pin with --trust-code"
+            )
         check_bundle(bundle, m)
     except PluginError as e:
         raise click.ClickException(f"refused: {e}") from e

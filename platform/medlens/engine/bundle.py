@@ -144,6 +144,38 @@ def _check_self_contained(path: Path, pid: str) -> None:
             )
 
 
+def code_in_bundle(path: Path) -> list[str]:
+    """What building the bundle would run beyond MONAI and PyTorch, for a reviewer.
+
+    Every ``$`` expression (Python, evaluated by MONAI's ``ConfigParser``) and every
+    ``_target_`` outside ``monai``/``torch`` (the bundle's ``scripts/``, or any
+    importable module) in its ``configs/*.json``, as ``'<file>: <value>'``, in file order.
+    A bare ``_target_`` name is looked up among MONAI's own components.
+    """
+    found: list[str] = []
+    for config in sorted((Path(path) / "configs").glob("*.json")):
+        try:
+            doc = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue  # unreadable configs are refused where they are read
+        found.extend(f"{config.name}: {v}" for v in _code_values(doc))
+    return found
+
+
+def _code_values(value: Any, key: str = "") -> Iterator[str]:
+    if isinstance(value, str):
+        if value.startswith("$"):
+            yield value
+        elif key == "_target_" and "." in value and value.split(".")[0] not in ("monai", "torch"):
+            yield f"_target_ {value}"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _code_values(v, str(k))
+    elif isinstance(value, list):
+        for v in value:
+            yield from _code_values(v)
+
+
 def _file_macros(value: Any) -> Iterator[str]:
     """``%path#id`` macros (MONAI ConfigParser) that name a file, anywhere in ``value``."""
     if isinstance(value, str):
