@@ -640,6 +640,19 @@ def test_two_photographs_of_unknown_side_count_as_two_eyes_only_if_their_discs_s
         assert doc["extra"]["missing_eyes"] == missing, header
         assert doc["extra"]["decision"] != "no_referable_dr"
         assert any("a mirror image of another photograph" in w for w in doc["warnings"])
+    # helper-57: a mirrored retake, turned by 4 degrees (or zoomed to 95 %), correlated
+    # under the threshold pixel by pixel and stood in for the left eye.
+    import cv2
+
+    h, w = flipped.shape[:2]
+    for name, angle, zoom in (("turned", 4.0, 1.0), ("zoomed", 0.0, 0.95)):
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
+        retake = tmp_path / name
+        op_dicom(right, retake / "a.dcm", None, "PID-3", study_uid)
+        op_dicom(cv2.warpAffine(flipped, m, (w, h)), retake / "b.dcm", None, "PID-3", study_uid)
+        _, doc = _one_patient(retake, tmp_path / f"out-{name}", "--no-explain")
+        assert doc["extra"]["missing_eyes"] == ["unknown"], name
+        assert doc["extra"]["decision"] != "no_referable_dr"
     # A header naming the other side than the disc's is said, and the header's side used.
     named = tmp_path / "named"
     op_dicom(right, named / "a.dcm", "L", "PID-3", study_uid)
