@@ -124,3 +124,18 @@ def safetensors_blob() -> bytes:
     from safetensors.torch import save
 
     return save({"w": torch.arange(4, dtype=torch.float32)})
+
+
+@pytest.fixture
+def example_classifier_host(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A host with docs/examples' chest classifier (API 1.1) as its one plugin."""
+    from medlens.host import Host
+
+    src = Path(__file__).resolve().parents[1] / "docs" / "examples" / "chest-classifier" / "src"
+    monkeypatch.syspath_prepend(str(src))
+    ep = md.EntryPoint(
+        "example-chest-classifier", "medlens_example_chest_classifier:MANIFEST", "medlens.plugins"
+    )
+    yield Host(entry_points=[ep])
+    sys.modules.pop("medlens_example_chest_classifier", None)
+    sys.modules.pop("medlens_example_chest_classifier.model", None)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +21,8 @@ DOC = (ROOT / "docs" / "plugin-api.md").read_text()
 
 
 @pytest.fixture
-def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
-    monkeypatch.syspath_prepend(str(SRC))
-    ep = md.EntryPoint(
-        "example-chest-classifier", "medlens_example_chest_classifier:MANIFEST", "medlens.plugins"
-    )
-    yield Host(entry_points=[ep])
-    sys.modules.pop("medlens_example_chest_classifier", None)
-    sys.modules.pop("medlens_example_chest_classifier.model", None)
+def host(example_classifier_host: Host) -> Host:
+    return example_classifier_host
 
 
 def test_the_documented_example_is_the_tested_file() -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +12,10 @@ from medlens.errors import InputError
 from medlens.host import Host
 from medlens.testing import phantom_xray
 
-SRC = Path(__file__).resolve().parents[2] / "docs" / "examples" / "chest-classifier" / "src"
-
 
 @pytest.fixture
-def host(monkeypatch: pytest.MonkeyPatch) -> Iterator[Host]:
-    monkeypatch.syspath_prepend(str(SRC))
-    ep = md.EntryPoint(
-        "example-chest-classifier", "medlens_example_chest_classifier:MANIFEST", "medlens.plugins"
-    )
-    yield Host(entry_points=[ep])
-    sys.modules.pop("medlens_example_chest_classifier", None)
-    sys.modules.pop("medlens_example_chest_classifier.model", None)
+def host(example_classifier_host: Host) -> Host:
+    return example_classifier_host
 
 
 def _png(path: Path, seed: int) -> None:
