@@ -31,6 +31,12 @@ ODDITIES: dict[str, dict[str, object]] = {
         "SpecificCharacterSet": ["", "ISO 2022 IR 87"],
         "PatientName": "Yamada^Tarou=山田^太郎",
     },
+    # 29 kanji: 64 bytes in JIS, LO's limit; 87 in UTF-8 (helper-61).
+    "japanese-full-length": {
+        "SpecificCharacterSet": ["", "ISO 2022 IR 87"],
+        "PatientName": "Yamada^Tarou=山田^太郎",
+        "StudyDescription": "山田太郎胸部写真検査放射線科東京大学病院医療画像診断部門",
+    },
     "korean-code-extensions": {
         "SpecificCharacterSet": ["", "ISO 2022 IR 149"],
         "PatientName": "Hong^Gildong=洪^吉洞",
@@ -116,6 +122,8 @@ def test_every_output_is_written_for_an_odd_source_header(
         path = outputs[key] if key != "heatmap_sc" else sorted(outputs[key].iterdir())[0]
         ds = pydicom.dcmread(path)
         assert str(ds.PatientName) == values["PatientName"], (key, ds.PatientName)
+        if "StudyDescription" in values and "StudyDescription" in ds:
+            assert ds.StudyDescription == values["StudyDescription"], key
         for keyword in EMPTIED.get(oddity, []):
             assert str(ds.get(keyword, "")) == "", (key, keyword)
         for keyword, value in REWRITTEN.get(oddity, {}).items():
@@ -192,3 +200,25 @@ def test_a_film_s_sc_states_a_pixel_spacing_only_where_the_source_does(
         assert [float(v) for v in sc.PixelSpacing] == [0.7, 0.7]
     else:
         assert "PixelSpacing" not in sc
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # pydicom, as it should
+@pytest.mark.parametrize("kind", ["ct", "cr"])
+def test_a_source_uid_with_a_leading_zero_is_kept_and_said(
+    kind: str, tmp_path: Path, kit: SimpleNamespace
+) -> None:
+    # helper-61: old archives' UIDs such as 1.2.0840... were copied into every output,
+    # which then failed dciodvfy, and nothing said why.
+    source = _source(kind, tmp_path / "in", kit)
+    study = "1.2.0840.10008.1.2.3"
+    for path in [source] if source.is_file() else sorted(source.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID = study
+        ds.save_as(path)
+    outputs = write_result(_result(read_image(source), kit, heatmap=True), tmp_path / "out")
+    assert str(pydicom.dcmread(outputs["sr"]).StudyInstanceUID) == study
+    warnings = json.loads(outputs["json"].read_text())["warnings"]
+    assert any(
+        w.startswith("the source's StudyInstanceUID breaks the UID grammar") for w in warnings
+    ), warnings
+    assert not any("SeriesInstanceUID breaks" in w for w in warnings)

@@ -289,10 +289,18 @@ def test_stereo_pair_op_grades_each_frame_as_a_photograph_of_its_eye(tmp_path: P
     ]
     assert refs == [(pair_uid, 1), (pair_uid, 2), (right_uid, None)]
     assert _dciodvfy_errors(folder / "sr.dcm") == []
-    for sc_dir in (folder / "heatmap-sc", folder / "image-2" / "heatmap-sc"):
+    sc_dirs = [folder / "heatmap-sc", folder / "image-2" / "heatmap-sc"]
+    sc_refs = []
+    for sc_dir in [*sc_dirs, folder / "image-3" / "heatmap-sc"]:
         (sc_file,) = sorted(sc_dir.iterdir())
-        assert pydicom.dcmread(sc_file).Rows == left.shape[0]
+        sc = pydicom.dcmread(sc_file)
+        if sc_dir in sc_dirs:
+            assert sc.Rows == left.shape[0]
+        ref = sc.SourceImageSequence[0]
+        sc_refs.append((str(ref.ReferencedSOPInstanceUID), ref.get("ReferencedFrameNumber")))
         assert _dciodvfy_errors(sc_file) == []
+    # helper-61: each frame's overlay names its frame (both named the instance alone).
+    assert sc_refs == refs
 
 
 def test_a_blurred_shot_beside_its_retake_does_not_make_the_patient_ungradable(

@@ -136,9 +136,38 @@ def read_source_headers(image: Image, notes: WriteNotes | None = None) -> list[D
             ds = pydicom.dcmread(Path(p), stop_before_pixels=True)
         except (OSError, pydicom.errors.InvalidDicomError) as e:
             raise DicomError(f"cannot re-read source file {Path(p).name!r}: {e}") from e
+        note_odd_uids(ds, notes)
         out.append(complete_charset(complete_geometry(complete_type2(ds, notes), image)))
     share_orientation(out)
     return out
+
+
+#: UIDs of the source that outputs copy or reference.
+_REFERENCED_UIDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+)
+
+
+def note_odd_uids(ds: Dataset, notes: WriteNotes | None) -> None:
+    """Say which source UIDs break the UID grammar (a component with a leading zero).
+
+    Such UIDs are common in old archives and are kept: the outputs must carry the
+    study's and reference the source's own UIDs to be filed with them. But a strict
+    validator (dciodvfy) reports every copy as an error, and the result says why.
+    """
+    if notes is None:
+        return
+    for keyword in _REFERENCED_UIDS:
+        value = str(ds.get(keyword) or "")
+        if any(len(part) > 1 and part.startswith("0") for part in value.split(".")):
+            notes.add(
+                f"the source's {keyword} breaks the UID grammar (a component with a leading "
+                "zero); the outputs carry it unchanged to stay with their study, and strict "
+                "validators report it"
+            )
 
 
 def share_orientation(sources: Sequence[Dataset]) -> None:
@@ -342,6 +371,9 @@ _CHARSETS = frozenset(v.value for v in hd.SpecificCharacterSetValues)
 def complete_charset(ds: Dataset) -> Dataset:
     """Replace a ``SpecificCharacterSet`` that is no defined term with UTF-8 (``ISO_IR 192``).
 
+    An empty first term before code extensions becomes its defined term, ``ISO 2022 IR 6``,
+    keeping the source's encoding (and so its values' byte lengths).
+
     Derived objects take the source's character set; highdicom refuses an unknown one
     (``ISO_IR 999``), which would lose the result after inference. pydicom has already
     decoded the text (with its default where the term was unknown), and UTF-8 encodes
@@ -350,10 +382,14 @@ def complete_charset(ds: Dataset) -> Dataset:
     value = ds.get("SpecificCharacterSet")
     if value is None:
         return ds
-    terms = [value] if isinstance(value, str) else list(value)
-    # An empty first term (the default repertoire before code extensions) is valid DICOM
-    # but refused by highdicom too.
-    if any(str(t).strip() not in _CHARSETS for t in terms):
+    terms = [str(t).strip() for t in ([value] if isinstance(value, str) else list(value))]
+    # An empty first term before code extensions is valid DICOM, and highdicom refuses it:
+    # it stands for ISO 2022 IR 6 (PS3.3 C.12.1.1.2), the defined term highdicom takes.
+    # Switching such a set to UTF-8 instead made a 64-byte JIS description 87 bytes long.
+    if len(terms) > 1 and not terms[0]:
+        terms[0] = "ISO 2022 IR 6"
+        ds.SpecificCharacterSet = terms
+    if any(t not in _CHARSETS for t in terms):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 

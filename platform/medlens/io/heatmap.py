@@ -290,7 +290,9 @@ def build_sc_slices(
                 series_description=_sc_description(m.id, method, what),
             )
             sc.PatientOrientation = list(orient) if orient is not None else []
-            source_item = _source_reference(refs[k], k, len(sources), n_planes)
+            source_item = _source_reference(
+                refs[k], k, len(sources), n_planes, _frame_of(result.image)
+            )
             if source_item is not None:
                 sc.SourceImageSequence = [source_item]
             sc.SoftwareVersions = software_versions(m)
@@ -322,11 +324,26 @@ def _instance_number(source: Dataset, k: int) -> int:
     return n if n >= 0 else k + 1
 
 
-def _source_reference(source: Dataset, k: int, n_sources: int, n_planes: int) -> Dataset | None:
+def _frame_of(image: Image) -> int | None:
+    """The 1-based frame of its source a 2-D image was read from (a stereo pair's), if any."""
+    if image.ndim != 2:
+        return None
+    try:
+        frame = int(image.metadata.get("FrameNumber", ""))
+    except (TypeError, ValueError):
+        return None
+    return frame if frame >= 1 else None
+
+
+def _source_reference(
+    source: Dataset, k: int, n_sources: int, n_planes: int, frame: int | None = None
+) -> Dataset | None:
     """A ``SourceImageSequence`` item for the source image of plane ``k``, if it is known.
 
-    One source per plane: that file; one multi-frame source: its frame ``k + 1``; a
-    resampled volume (sources and planes differ): none, rather than a wrong image.
+    One source per plane: that file; one multi-frame source: its frame ``k + 1``; a 2-D
+    image read from one frame of a multi-frame source: that ``frame`` (the two overlays of
+    a stereo pair referenced the same instance and no frame); a resampled volume (sources
+    and planes differ): none, rather than a wrong image.
     """
     frames = int(source.get("NumberOfFrames") or 1)
     if "SOPInstanceUID" not in source or "SOPClassUID" not in source:
@@ -338,6 +355,8 @@ def _source_reference(source: Dataset, k: int, n_sources: int, n_planes: int) ->
     item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     if frames == n_planes > 1:  # which frame of another multi-frame source: unknown here
         item.ReferencedFrameNumber = k + 1
+    elif frames > 1 and frame is not None and frame <= frames:
+        item.ReferencedFrameNumber = frame
     return item
 
 
