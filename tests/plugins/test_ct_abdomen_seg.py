@@ -134,12 +134,16 @@ def test_tampered_weights_are_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     sys.modules.pop("ctseg_tampered_manifest", None)
 
 
-def _liver_crop(seed: int) -> tuple[Image, np.ndarray]:
-    """A held-out small phantom cropped around the liver (keeps the CPU run short)."""
+def _liver_crop(seed: int, into: int = 0) -> tuple[Image, np.ndarray]:
+    """A held-out small phantom cropped around the liver (keeps the CPU run short).
+
+    ``into``: voxels the crop cuts into the liver from its low i side (0: the whole liver).
+    """
     case = synthesize(seed, small=True)
     idx = np.argwhere(case.labels == 1)
     lo = np.maximum(idx.min(axis=0) - 6, 0)
     hi = np.minimum(idx.max(axis=0) + 7, case.shape)
+    lo[0] = idx.min(axis=0)[0] + into if into else lo[0]
     sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     origin = np.asarray(case.origin) + case.direction @ (np.asarray(case.spacing) * lo)
     image = Image(
@@ -373,6 +377,17 @@ def test_gate_accepts_the_projects_phantoms(
     assert verdict.rejected is None and verdict.warnings == []
     volumes = gate.check_volumes(case.labels, case.spacing, _organs())
     assert volumes.rejected is None, volumes.rejected
+
+
+def test_a_liver_cut_by_the_field_of_view_is_not_measured() -> None:
+    # helper-60: a 126 mm field through the liver was measured 29 % short, and part of the
+    # liver called spleen: the network leaves the image's edge unlabelled, so the liver
+    # never touched the face the edge rule looked at.
+    image, _truth = _liver_crop(10003, into=12)
+    p = _host().run("ct-abdomen-seg", image, device="cpu", chain=False).prediction
+    assert p.status == v1.ResultStatus.REJECTED_OUT_OF_DISTRIBUTION
+    assert p.status_reason is not None and "field of view cuts the body" in p.status_reason
+    assert not p.measurements
 
 
 def test_gate_accepts_a_crop_with_a_warning() -> None:

@@ -17,6 +17,7 @@ from medlens_ct_abdomen_seg.plausibility import (
     check_sides,
     check_volumes,
     far_organs,
+    liver_cut_by_field,
     tumours_outside_liver,
 )
 
@@ -100,6 +101,9 @@ class CtAbdomenSeg:
                 mask = mask.with_array(kept[None])
             away += far
             volumes = check_volumes(mask.array[0], mask.spacing, organs)
+            if volumes.rejected is None:
+                cut = liver_cut_by_field(image, mask.array[0], organs[_LIVER])
+                volumes.rejected = cut
             sides = check_sides(image, mask.array[0], organs)
         for w in away:
             ctx.warn(w)
