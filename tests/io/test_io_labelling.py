@@ -132,3 +132,20 @@ def test_a_heatmap_that_fails_its_sanity_check_is_labelled_so_everywhere(
     first = sorted(paths["heatmap_sc"].iterdir())[0]
     description = pydicom.dcmread(first).SeriesDescription
     assert description.endswith("(failed sanity check, not a finding)")
+
+
+@pytest.mark.parametrize(
+    ("method", "head"),
+    [
+        ("gradcam", "cxr-pneumonia gradcam"),
+        ("gradcam (members.0.layer3.1.conv2, members.1.layer3.1.conv2)", "cxr-pneumonia gradcam"),
+        ("gradcam++ on a very long target layer name without brackets", "cxr-pneumonia gradcam++"),
+    ],
+)
+def test_a_heatmap_description_cuts_whole_words(method: str, head: str) -> None:
+    # helper-61: "cxr-pneumonia gradcam (members.0.la (explanation, not a finding)".
+    from medlens.io.heatmap import _sc_description
+
+    text = _sc_description("cxr-pneumonia", method, "explanation")
+    assert len(text) <= 64 and text.endswith(" (explanation, not a finding)")
+    assert text.startswith(head) and text.count("(") == text.count(")"), text

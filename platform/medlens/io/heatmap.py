@@ -361,9 +361,18 @@ def _source_reference(
 
 
 def _sc_description(plugin_id: str, method: str, what: str) -> str:
-    """SeriesDescription (LO, 64): "not a finding" is never the part that is cut."""
+    """SeriesDescription (LO, 64): "not a finding" is never the part that is cut.
+
+    A head too long loses whole words from its end (a method's layer name first), never
+    half a word or an unclosed bracket ("gradcam (members.0.la").
+    """
     tail = f" ({what}, not a finding)"
-    return f"{plugin_id} {method}"[: 64 - len(tail)] + tail
+    head, room = f"{plugin_id} {method}", 64 - len(tail)
+    if len(head) > room:
+        cut = head[: room + 1]
+        head = cut[: cut.rfind(" ")] if " " in cut else head[:room]
+        head = head.split(" (")[0] if head.count("(") > head.count(")") else head
+    return head.rstrip(" ,(") + tail
 
 
 def _mark_lossy(sc: Dataset, raw_bytes: int, source: Dataset) -> None:
