@@ -132,6 +132,8 @@ def test_a_heatmap_that_fails_its_sanity_check_is_labelled_so_everywhere(
     first = sorted(paths["heatmap_sc"].iterdir())[0]
     description = pydicom.dcmread(first).SeriesDescription
     assert description.endswith("(failed sanity check, not a finding)")
+    # helper-61: the header said nothing of diagnostic use (only the burned-in pixels did).
+    assert pydicom.dcmread(first).ImageComments.endswith("Not for diagnostic use.")
 
 
 @pytest.mark.parametrize(

@@ -309,6 +309,8 @@ def build_sc_slices(
             sc.ImageComments = (
                 "Model explanation heatmap blended over the image; not a localisation of disease."
             )
+            if not m.model_card.diagnostic_use:  # in the header too, not only in the pixels
+                sc.ImageComments += " Not for diagnostic use."
             out.append(sc)
     except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise OutputError(f"cannot build heatmap Secondary Capture for {m.id!r}: {e}") from e
