@@ -145,6 +145,10 @@ class _Plugin:
             yes = v1.Finding(label="body", probability=0.9, positive=True)
             no = v1.Finding(label="body", probability=0.1, positive=False)
             return v1.Prediction(mask=inner(), findings=[yes, no])
+        if how == "ki-sub":  # not the operator's Ctrl-C: a plugin's own subclass
+            class Stop(KeyboardInterrupt):
+                pass
+            raise Stop()
         if how == "deep":
             deep = {{}}
             for _ in range(5000):
@@ -207,6 +211,7 @@ def _host(module: str, name: str = "hostile", attr: str = "MANIFEST") -> Host:
         ("own-threshold", PluginError, "names no operating point but has threshold 0.01"),
         ("twice", PluginError, "finding 'body' is given twice"),
         ("create-base", PluginError, "building the plugin failed: _BaseBoom: factory"),
+        ("ki-sub", PluginError, "predict failed: Stop"),
     ],
 )
 def test_invalid_predictions_are_refused_and_nothing_is_written(
@@ -495,3 +500,17 @@ def test_a_finding_naming_no_operating_point_is_decided_at_the_manifests_default
     lying = Finding(label="body", probability=0.3, positive=False, decisions={"triage": False})
     with pytest.raises(PluginError, match="its decision at 'triage' contradicts"):
         _check_finding(m, lying)
+    # helper-62: a decision at a point never declared, and a threshold a hair off the
+    # manifest's (p at the manifest's threshold called negative).
+    made_up = Finding(label="body", probability=0.3, positive=False, decisions={"screen": True})
+    with pytest.raises(PluginError, match="a decision at 'screen', an operating point its"):
+        _check_finding(m, made_up)
+    hair = Finding(
+        label="body",
+        probability=0.2,
+        positive=False,
+        threshold=0.2000000005,
+        operating_point="triage",
+    )
+    with pytest.raises(PluginError, match=r"the manifest's is 0\.2"):
+        _check_finding(m, hair)

@@ -115,9 +115,8 @@ class PluginHandle:
                 obj = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except KeyboardInterrupt:
-                raise
             except BaseException as e:  # a third party's module: any exception, typed
+                _reraise_interrupt(e)
                 raise PluginLoadError(m.id, f"cannot import options {m.options!r}: {e}") from e
         else:
             obj = getattr(self.load(device), "Options", None)
@@ -149,17 +148,15 @@ class PluginHandle:
                 obj: Any = importlib.import_module(module_name)
                 for part in attr.split("."):
                     obj = getattr(obj, part)
-            except KeyboardInterrupt:
-                raise
             except BaseException as e:  # a third party's module: any exception, typed
+                _reraise_interrupt(e)
                 raise PluginLoadError(m.id, f"cannot import entry {m.entry!r}: {e}") from e
             try:
                 plugin = obj(HostLoadContext(manifest=m, device=device))
             except MedLensError:
                 raise
-            except KeyboardInterrupt:
-                raise
             except BaseException as e:  # as predict: a plugin's bug never crashes the host
+                _reraise_interrupt(e)
                 raise PluginLoadError(
                     m.id, f"building the plugin failed: {type(e).__name__}: {e}"
                 ) from e
@@ -168,6 +165,16 @@ class PluginHandle:
             self._instances[device] = plugin
             _freeze_long_lived()
             return plugin
+
+
+def _reraise_interrupt(e: BaseException) -> None:
+    """Re-raise the operator's Ctrl-C; anything else a plugin raised is the caller's to type.
+
+    Only ``KeyboardInterrupt`` itself: a plugin's subclass of it (raised at import) stopped
+    discovery of every plugin.
+    """
+    if type(e) is KeyboardInterrupt:
+        raise e
 
 
 def _freeze_long_lived() -> None:
@@ -522,9 +529,8 @@ class Host:
                 prediction = plugin.predict(PluginInputs(image, mask, upstream, study), ctx)
         except MedLensError as e:
             raise _attributed(m.id, e) from e
-        except KeyboardInterrupt:  # the operator's Ctrl-C stops the run, as anywhere else
-            raise
         except BaseException as e:  # a plugin bug must not crash the host (nor exit it)
+            _reraise_interrupt(e)
             text = _exception_text(e)
             hint = " (its inputs are read-only: copy an array before changing it)"
             hint = hint if "read-only" in text else ""
@@ -1040,7 +1046,7 @@ def _check_finding(m: Manifest, f: Finding) -> None:
                 f"finding {f.label!r} names operating point {f.operating_point!r}, "
                 "which its manifest does not declare",
             )
-        if abs(op.threshold - f.threshold) > 1e-9:
+        if op.threshold != f.threshold:  # copied from the manifest: equal to the bit
             raise PluginError(
                 m.id,
                 f"finding {f.label!r} at operating point {op.name!r} has threshold "
@@ -1048,7 +1054,13 @@ def _check_finding(m: Manifest, f: Finding) -> None:
             )
     for name, decision in f.decisions.items():
         other = ops.get(name)
-        if other is not None and decision != (f.probability >= other.threshold):
+        if other is None:  # a 'positive at screening' the manifest never declared
+            raise PluginError(
+                m.id,
+                f"finding {f.label!r} has a decision at {name!r}, an operating point its "
+                "manifest does not declare for it",
+            )
+        if decision != (f.probability >= other.threshold):
             raise PluginError(
                 m.id,
                 f"finding {f.label!r}: its decision at {name!r} contradicts "

@@ -90,8 +90,11 @@ def test_a_base_exception_at_import_rejects_that_plugin_only(plugin_factory: Mak
     body = "class Boom(BaseException):\n    pass\n\nraise Boom('custom base at import')\n"
     boom = plugin_factory("boom", body=body)
     factory = plugin_factory("factory", body="def MANIFEST():\n    raise GeneratorExit('no')\n")
-    report = discover(entry_points=[boom, factory, plugin_factory("fine")])
+    # helper-62: a subclass of KeyboardInterrupt passed as the operator's Ctrl-C.
+    stop = plugin_factory("stop", body="class Stop(KeyboardInterrupt):\n    pass\n\nraise Stop()\n")
+    report = discover(entry_points=[boom, factory, stop, plugin_factory("fine")])
     assert list(report.plugins) == ["fine"]
+    assert "Stop" in str({e.plugin_id: e for e in report.errors}["stop"])
     by_id = {e.plugin_id: e for e in report.errors}
     assert isinstance(by_id["boom"], PluginLoadError)
     assert "Boom: custom base at import" in str(by_id["boom"])

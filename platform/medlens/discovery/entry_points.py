@@ -111,9 +111,9 @@ def _load_manifest(ep: md.EntryPoint) -> tuple[Manifest, tuple[str, ...]]:
 def _manifest_of(ep: md.EntryPoint) -> Manifest:
     try:
         obj = ep.load()
-    except KeyboardInterrupt:
-        raise
     except BaseException as e:  # any import failure in a third party's module
+        if type(e) is KeyboardInterrupt:  # the operator's Ctrl-C, not a plugin's subclass
+            raise
         raise PluginLoadError(
             ep.name, f"cannot import entry point {ep.value!r}: {type(e).__name__}: {e}"
         ) from e
@@ -122,9 +122,9 @@ def _manifest_of(ep: md.EntryPoint) -> Manifest:
             obj = obj()
         except ValidationError as e:
             raise PluginValidationError(ep.name, _first_error(e)) from e
-        except KeyboardInterrupt:
-            raise
         except BaseException as e:
+            if type(e) is KeyboardInterrupt:
+                raise
             raise PluginLoadError(
                 ep.name, f"manifest factory {ep.value!r} failed: {type(e).__name__}: {e}"
             ) from e
