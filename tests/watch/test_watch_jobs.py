@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,37 @@ def test_a_store_with_a_wrong_version_or_missing_tables_reads_as_unreadable(
         res = CliRunner().invoke(cli, ["jobs", "--state", str(state)])
         # A MedLensError: the command's entry point prints it as one line.
         assert isinstance(res.exception, MedLensError) and want in str(res.exception)
+
+
+def test_status_is_strict_json_and_never_alive_on_a_heartbeat_it_cannot_trust(
+    tmp_path: Path,
+) -> None:
+    # helper-62: a pid past the C long gave an OverflowError traceback; a heartbeat from the
+    # future read 'alive' for ever; 'nan' or 1e400 printed NaN/Infinity (not JSON).
+    import sqlite3
+
+    from medlens.watch import StateDB
+
+    cases = {
+        "huge-pid": {"service_pid": "9" * 23, "heartbeat_at": "now"},
+        "future": {"service_pid": str(os.getpid()), "heartbeat_at": "9999999999"},
+        "nan": {"service_pid": str(os.getpid()), "heartbeat_at": "nan"},
+        "inf": {"service_pid": str(os.getpid()), "heartbeat_at": "1e400"},
+    }
+    for name, values in cases.items():
+        state = tmp_path / name
+        StateDB(state / "state.db").close()
+        conn = sqlite3.connect(state / "state.db")
+        values = {**values, "service_state": "running"}
+        if values["heartbeat_at"] == "now":
+            values["heartbeat_at"] = str(time.time())
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()))
+        conn.commit()
+        conn.close()
+        res = CliRunner().invoke(cli, ["status", "--state", str(state)])
+        (line,) = res.output.splitlines()
+        assert "NaN" not in line and "Infinity" not in line, (name, line)
+        parsed = json.loads(line)
+        assert parsed["alive"] is False and res.exit_code == 1, (name, parsed)
+        res = CliRunner().invoke(cli, ["jobs", "--state", str(state)])
+        assert res.exception is None or isinstance(res.exception, SystemExit), (name, res.output)

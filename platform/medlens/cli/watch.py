@@ -151,7 +151,7 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
     db = StateDB(state / "state.db", readonly=True)
     try:
         s = db.summary(recent)
-    except (sqlite3.Error, ValueError, TypeError, KeyError) as e:
+    except (sqlite3.Error, ValueError, TypeError, KeyError, OverflowError) as e:
         raise ConfigError(
             f"{str(state / 'state.db')!r} cannot be read: {type(e).__name__}: {e}"
         ) from e
@@ -246,7 +246,7 @@ def status(state: Path, stale_seconds: float) -> None:
             s = db.summary(1)
         finally:
             db.close()
-    except (MedLensError, sqlite3.Error, ValueError, TypeError, KeyError) as e:
+    except (MedLensError, sqlite3.Error, ValueError, TypeError, KeyError, OverflowError) as e:
         # Still one JSON line: a monitor parses stdout whatever the state folder holds
         # (a row of the wrong type or a table gone reads as unreadable too).
         why = str(e) if isinstance(e, MedLensError) else f"{type(e).__name__}: {e}"
@@ -261,5 +261,5 @@ def status(state: Path, stale_seconds: float) -> None:
         "undelivered": s["sends"].get(str(SendStatus.EXPIRED), 0),
         "quarantined": s["quarantined"],
     }
-    click.echo(json.dumps(line))
+    click.echo(json.dumps(line, allow_nan=False))  # strict JSON: a monitor parses it
     raise SystemExit(0 if live["alive"] else 1)

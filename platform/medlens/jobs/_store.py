@@ -18,6 +18,7 @@ Paths are stored relative to the state (``instances.path``) or output folder
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 import stat
@@ -998,11 +999,15 @@ class JobStore:
         m = self.meta()
         now = time.time() if now is None else now
         beat = float(m["heartbeat_at"]) if "heartbeat_at" in m else None
+        if beat is not None and not math.isfinite(beat):
+            beat = None  # 'nan' or 1e400: no heartbeat, and no NaN in a JSON line
         pid = int(m["service_pid"]) if "service_pid" in m else None
         state = m.get("service_state", "never started")
         alive = False
         if state == "running" and pid is not None and beat is not None:
-            alive = _pid_alive(pid) and now - beat <= stale_after_s
+            # A heartbeat from the future (a clock stepped back) is no sign of life: a
+            # dead service with one read 'alive' for ever.
+            alive = _pid_alive(pid) and -_CLOCK_SKEW_S <= now - beat <= stale_after_s
         return {
             "alive": alive,
             "state": state if alive or state != "running" else "dead (no clean stop)",
@@ -1011,12 +1016,18 @@ class JobStore:
         }
 
 
+#: Seconds a heartbeat may lie ahead of this clock (another process's clock, NTP steps).
+_CLOCK_SKEW_S = 5.0
+
+
 def _pid_alive(pid: int) -> bool:
     import os
 
+    if pid <= 0:  # os.kill(0 or -n) signals a process group, not a process
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; no pid that large
         return False
     except PermissionError:
         return True
