@@ -214,10 +214,19 @@ def test_unreadable_or_foreign_references_fail_their_cases_in_one_line(
     labels = np.asarray(img.dataobj).copy()
     labels[labels == 5] = 99
     nib.save(nib.Nifti1Image(labels, img.affine), copy / "foreign.nii.gz")
+    # helper-63: another numbering whose values are all the plugin's (spleen and right
+    # kidney swapped) was scored under the plugin's labels without a word.
+    ref3 = copy / "case-0003" / "truth" / "labels.nii.gz"
+    img3 = nib.load(ref3)
+    swapped = np.asarray(img3.dataobj).copy()
+    spleen, kidney = swapped == 2, swapped == 3
+    swapped[spleen], swapped[kidney] = 3, 2
+    nib.save(nib.Nifti1Image(swapped, img3.affine), copy / "swapped.nii.gz")
     manifest = copy / dataset.name
     rows = list(csv.DictReader(manifest.read_text().splitlines()))
     rows[1]["reference"] = "fifo.dcm"
     rows[2]["reference"] = "foreign.nii.gz"
+    rows[3]["reference"] = "swapped.nii.gz"
     with manifest.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -232,8 +241,12 @@ def test_unreadable_or_foreign_references_fail_their_cases_in_one_line(
         "case-0001": "mask 'fifo.dcm' is not a regular file (a FIFO)",
         "case-0002": "reference mask 'foreign.nii.gz' has value(s) 99 that are no label of "
         "the plugin: give the mask's numbering in the protocol's reference_labels",
+        "case-0003": "reference mask 'swapped.nii.gz': its 'spleen' (value 2) lies where the "
+        "plugin found 'kidney_right' (100% of its voxels; 0% 'spleen'); the mask seems "
+        "numbered otherwise than the plugin: give its numbering in the protocol's "
+        "reference_labels",
     }
-    assert outcome.report["n_failed"] == 2 and not outcome.report["passed"]
+    assert outcome.report["n_failed"] == 3 and not outcome.report["passed"]
 
 
 def test_gated_host_runs_validated_weights_and_refuses_others(

@@ -460,8 +460,10 @@ def read_mask(
     m = np.linalg.inv(mask.affine) @ reference.affine  # reference index → mask index
     # Grids a whole number of voxels apart (a SEG covering fewer slices) must map exactly:
     # round-off (52.0000001 for the last slice) would put an edge slice outside the mask.
+    # NIfTI keeps its affine in float32: a mask re-oriented to RAS (nibabel's canonical)
+    # mapped the image's last column to 159.0000013 and was refused as covering 99 %.
     snapped = np.rint(m)
-    m = np.where(np.abs(m - snapped) < 1e-6, snapped, m)
+    m = np.where(np.abs(m - snapped) < 1e-4, snapped, m)
     inside = ndimage.affine_transform(
         np.ones(values.shape, dtype=np.uint8),
         m[:3, :3],

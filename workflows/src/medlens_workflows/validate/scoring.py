@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from medlens.errors import InputError, PluginError
 from medlens_validation.metrics import (
@@ -167,6 +168,16 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
                 f"reference mask {reference.name!r} has value(s) {shown} that are no label "
                 "of the plugin: give the mask's numbering in the protocol's reference_labels"
             )
+        # Values that are all labels of the plugin can still be numbered otherwise
+        # (LiTS's 2 is tumour, the plugin's spleen): a label lying where the plugin found
+        # another, and hardly any of itself, was scored as the plugin's without a word.
+        swapped = _numbering_mismatch(pred, ref, names)
+        if swapped:
+            raise InputError(
+                f"reference mask {reference.name!r}: {swapped}; the mask seems numbered "
+                "otherwise than the plugin: give its numbering in the protocol's "
+                "reference_labels"
+            )
     spacing = tuple(float(s) for s in result.image.spacing)
     d = dice(pred, ref, labels=list(names.values()))
     out: dict[str, Any] = {
@@ -195,6 +206,37 @@ def _score_segmentation(result: Any, protocol: ProtocolV2, reference: Path) -> d
         ]
         out["fp"] = fp
     return out
+
+
+#: A reference label is taken for another's number when the plugin found that other
+#: label on more than this share of its voxels, and its own on less than a tenth.
+_SWAP_SHARE = 0.5
+_SWAP_OWN = 0.1
+#: Reference labels smaller than this (voxels) are not judged: a few voxels prove nothing.
+_SWAP_MIN_VOXELS = 100
+
+
+def _numbering_mismatch(
+    pred: npt.NDArray[Any], ref: npt.NDArray[Any], names: dict[str, int]
+) -> str | None:
+    """The first reference label that reads as another label of the plugin, said, or None."""
+    by_value = {v: n for n, v in names.items()}
+    for value in sorted(set(np.unique(ref).tolist()) - {0}):
+        found = pred[ref == value]
+        if found.size < _SWAP_MIN_VOXELS:
+            continue
+        counts = np.bincount(found.astype(np.int64).ravel())
+        counts[0] = 0
+        other = int(np.argmax(counts))
+        own = float(counts[value]) / found.size if value < counts.size else 0.0
+        share = float(counts[other]) / found.size
+        if other != value and share > _SWAP_SHARE and own < _SWAP_OWN:
+            return (
+                f"its {by_value.get(value, value)!r} (value {value}) lies where the plugin "
+                f"found {by_value.get(other, other)!r} ({share:.0%} of its voxels; "
+                f"{own:.0%} {by_value.get(value, value)!r})"
+            )
+    return None
 
 
 def _score_measurement(result: Any, protocol: ProtocolV2, mask: Any) -> dict[str, Any]:
