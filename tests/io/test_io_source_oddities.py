@@ -222,3 +222,30 @@ def test_a_source_uid_with_a_leading_zero_is_kept_and_said(
         w.startswith("the source's StudyInstanceUID breaks the UID grammar") for w in warnings
     ), warnings
     assert not any("SeriesInstanceUID breaks" in w for w in warnings)
+
+
+@pytest.mark.parametrize("kind", ["ct", "cr"])
+def test_text_a_japanese_source_cannot_encode_switches_the_output_to_utf8(
+    kind: str,
+    tmp_path: Path,
+    kit: SimpleNamespace,
+    dciodvfy: Callable[[Path], tuple[list[str], list[str]]],
+) -> None:
+    # helper-62: with the source's ISO 2022 IR 6\ISO 2022 IR 87 kept, a plugin's warning
+    # 'Kontrast für Röntgen – 1st–99th' came out of the SR as 'R?ntgen ? 1st?99th'.
+    source = _source(kind, tmp_path / "in", kit)
+    for path in [source] if source.is_file() else sorted(source.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = "Yamada^Tarou=山田^太郎"
+        ds.save_as(path)
+    result = _result(read_image(source), kit, heatmap=True)
+    note = "borderline: Kontrast für Röntgen – 1st–99th"
+    result.prediction.warnings.append(note)
+    outputs = write_result(result, tmp_path / "out")
+    sr = pydicom.dcmread(outputs["sr"])
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert str(sr.PatientName) == "Yamada^Tarou=山田^太郎"
+    texts = [str(e.value) for e in sr.iterall() if e.VR in ("UT", "ST", "LT")]
+    assert any(note in t for t in texts), texts
+    assert dciodvfy(outputs["sr"])[0] == []

@@ -394,6 +394,51 @@ def complete_charset(ds: Dataset) -> Dataset:
     return ds
 
 
+#: Value representations holding text in the dataset's character set.
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+
+
+def fit_charset(ds: Dataset) -> Dataset:
+    """Switch ``ds`` to UTF-8 if its ISO 2022 code extensions cannot encode all its text.
+
+    A source's ``ISO 2022 IR 6`` with ``ISO 2022 IR 87`` is kept (:func:`complete_charset`) so
+    its values keep their byte lengths; but text MedLens or a plugin adds (a warning with
+    'ü' or an en dash) is outside ASCII and JIS, and pydicom wrote it as '?' or as an
+    invalid Latin-1 byte. UTF-8 encodes anything. Called on each object before it is saved.
+    """
+    value = ds.get("SpecificCharacterSet")
+    terms = [] if value is None or isinstance(value, str) else [str(t).strip() for t in value]
+    if len(terms) < 2 or not terms[0].startswith("ISO 2022"):
+        return ds
+    from pydicom.charset import convert_encodings
+
+    # pydicom reads ISO 2022 IR 6 as Latin-1; the standard's default repertoire is ASCII.
+    codecs = [
+        c for t, c in zip(terms, convert_encodings(terms), strict=True) if t != "ISO 2022 IR 6"
+    ]
+
+    def encodable(ch: str) -> bool:
+        for codec in codecs:
+            try:
+                ch.encode(codec)
+            except (UnicodeEncodeError, LookupError):
+                continue
+            return True
+        return False
+
+    for elem in ds.iterall():
+        if elem.VR not in _TEXT_VRS or elem.value is None:
+            continue
+        values = (
+            elem.value if isinstance(elem.value, (list, tuple)) or elem.VM > 1 else [elem.value]
+        )
+        text = "".join(str(v) for v in values)
+        if not all(ch.isascii() or encodable(ch) for ch in set(text)):
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            return ds
+    return ds
+
+
 #: De-identification attributes of the Patient module (PS3.3 C.7.1.1): copied as a set.
 _DEIDENTIFICATION = ("DeidentificationMethod", "DeidentificationMethodCodeSequence")
 

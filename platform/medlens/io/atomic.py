@@ -127,9 +127,11 @@ def save_dataset(ds: Any, final: Path) -> Path:
     Raises:
         OutputError: If pydicom cannot encode the dataset.
     """
+    from medlens.io._common import fit_charset
+
     with atomic_path(final) as tmp:
         try:
-            ds.save_as(tmp, enforce_file_format=True)
+            fit_charset(ds).save_as(tmp, enforce_file_format=True)
         except (ValueError, TypeError, AttributeError, OSError) as e:
             raise OutputError(f"cannot encode {Path(final).name!r} as DICOM: {e}") from e
     return Path(final)

@@ -42,6 +42,7 @@ from medlens.io._common import (
     SeriesNumbers,
     copy_body_part,
     copy_deidentification,
+    fit_charset,
     frames_of,
     has_patient_geometry,
     plane_geometry,
@@ -548,7 +549,7 @@ def write_heatmap_dicom(
     pm = build_parametric_map(result, sources) if pm_path is not None else None
     with atomic_dir(sc_dir) as tmp:
         for n, sc in enumerate(slices, start=1):  # not by InstanceNumber: it may repeat
-            sc.save_as(tmp / f"{n:04d}.dcm", enforce_file_format=True)
+            fit_charset(sc).save_as(tmp / f"{n:04d}.dcm", enforce_file_format=True)
     out = {"heatmap_sc": sc_dir}
     if pm is not None and pm_path is not None:
         out["heatmap_pm"] = save_dataset(pm, pm_path)
