@@ -97,6 +97,17 @@ def test_pin_bundle_lists_the_code_it_would_run_and_builds_only_when_trusted(
     assert f"inference.json: $__import__('os').system('touch {marker}')" in out.output
     assert "inference.json: $torch.device(" in out.output  # every expression, listed
     assert not marker.exists()
+    # helper-62: targets that run code without a '$': a command MONAI ships, a builtin
+    # MONAI's lookup falls back to. Listed; MONAI's own pipeline parts are not.
+    inf = copy.deepcopy(INFERENCE)
+    inf["cmd"] = {"_target_": "monai.utils.run_cmd", "cmd_list": ["touch", str(marker)]}
+    inf["file"] = {"_target_": "open", "file": str(marker), "mode": "w"}
+    b = make_bundle(tmp_path / "targets", inference=inf)
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    assert "inference.json: _target_ monai.utils.run_cmd" in out.output
+    assert "inference.json: _target_ open" in out.output
+    assert "_target_ LoadImaged" not in out.output and "_target_ UNet" not in out.output
+    assert not marker.exists()
 
 
 def _transforms(section: str, change: Any) -> dict[str, Any]:

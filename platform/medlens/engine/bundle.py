@@ -144,13 +144,33 @@ def _check_self_contained(path: Path, pid: str) -> None:
             )
 
 
+#: Packages whose classes a bundle's ``_target_`` may build without review: MONAI's
+#: pipeline parts and PyTorch's layers and optimisers. Anything else builds code of the
+#: bundle's or runs a command (``monai.utils.run_cmd``, ``torch.load``, a builtin such as
+#: ``open`` that MONAI's lookup falls back to).
+_BUILDING_BLOCKS = (
+    "monai.transforms.",
+    "monai.networks.",
+    "monai.inferers.",
+    "monai.data.",
+    "monai.handlers.",
+    "monai.engines.",
+    "monai.losses.",
+    "monai.metrics.",
+    "monai.optimizers.",
+    "torch.nn.",
+    "torch.optim.",
+)
+
+
 def code_in_bundle(path: Path) -> list[str]:
-    """What building the bundle would run beyond MONAI and PyTorch, for a reviewer.
+    """What building the bundle would run beyond MONAI's and PyTorch's parts, for a reviewer.
 
     Every ``$`` expression (Python, evaluated by MONAI's ``ConfigParser``) and every
-    ``_target_`` outside ``monai``/``torch`` (the bundle's ``scripts/``, or any
-    importable module) in its ``configs/*.json``, as ``'<file>: <value>'``, in file order.
-    A bare ``_target_`` name is looked up among MONAI's own components.
+    ``_target_`` that is not a class of :data:`_BUILDING_BLOCKS` (the bundle's
+    ``scripts/``, a utility that runs a command, a builtin) in its ``configs/*.json``, as
+    ``'<file>: <value>'``, in file order. A bare ``_target_`` name is looked up as MONAI
+    looks it up, among its components.
     """
     found: list[str] = []
     for config in sorted((Path(path) / "configs").glob("*.json")):
@@ -166,7 +186,7 @@ def _code_values(value: Any, key: str = "") -> Iterator[str]:
     if isinstance(value, str):
         if value.startswith("$"):
             yield value
-        elif key == "_target_" and "." in value and value.split(".")[0] not in ("monai", "torch"):
+        elif key == "_target_" and not _building_block(value):
             yield f"_target_ {value}"
     elif isinstance(value, dict):
         for k, v in value.items():
@@ -174,6 +194,18 @@ def _code_values(value: Any, key: str = "") -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _code_values(v)
+
+
+def _building_block(target: str) -> bool:
+    """Whether ``target`` names a class of MONAI's pipeline parts or PyTorch's layers."""
+    if "." in target:
+        modules = [target.rsplit(".", 1)[0]]
+    else:
+        from monai.bundle.config_item import ComponentLocator
+
+        found = ComponentLocator().get_component_module_name(target)
+        modules = [] if found is None else [found] if isinstance(found, str) else list(found)
+    return bool(modules) and all(f"{m}.".startswith(_BUILDING_BLOCKS) for m in modules)
 
 
 def _file_macros(value: Any) -> Iterator[str]:

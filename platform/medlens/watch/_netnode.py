@@ -148,9 +148,9 @@ class StoreSCP:
             if cut or size > self.max_file_bytes:
                 received.unlink(missing_ok=True)
                 _log.warning(
-                    "C-STORE refused: an instance of %s bytes, over the %d-byte limit",
-                    "more than" if cut else size,
+                    "C-STORE refused: an instance over the %d-byte limit (%s)",
                     self.max_file_bytes,
+                    "cut off as it arrived" if cut else f"{size} bytes",
                 )
                 return 0xA700  # Out of resources
             name = f"{uuid.uuid4().hex}.dcm"
