@@ -893,3 +893,26 @@ def test_cli_run_says_refused_and_not_for_diagnostic_use(tmp_path: Path) -> None
     (doc_path,) = out.rglob("result.json")
     assert json.loads(doc_path.read_text())["status"] == "rejected_out_of_distribution"
     assert not list(out.rglob("*.dcm")) and not list(out.rglob("*.nii.gz"))
+
+
+def test_a_liver_cut_by_a_round_field_of_view_is_seen() -> None:
+    # helper-62: a round reconstruction field (padding outside it) that cut the body left
+    # the image's faces empty: the face rule saw no cut, and a liver 63 % short was 'ok'.
+    from medlens_ct_abdomen_seg.plausibility import liver_cut_by_field
+
+    case = synthesize(10000, small=True)
+    n0, n1 = case.hu.shape[:2]
+    g0, g1 = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+
+    def field(radius: float) -> tuple[Image, np.ndarray]:
+        inside = (np.hypot(g0 - (n0 - 1) / 2, g1 - (n1 - 1) / 2) <= radius)[:, :, None]
+        hu = np.where(inside, case.hu, -2000.0).astype(np.float32)
+        liver = np.where(inside, case.labels, 0)
+        image = Image(hu[None], case.spacing, case.origin, case.direction)
+        return image, liver
+
+    whole, liver = field(0.75 * max(n0, n1))  # the corners padded, the body all inside
+    assert liver_cut_by_field(whole, liver, 1) is None
+    cut, liver = field(0.30 * min(n0, n1))
+    reason = liver_cut_by_field(cut, liver, 1)
+    assert reason is not None and "round field of view, which cuts the body" in reason

@@ -9,6 +9,7 @@ from medlens.imaging.dicom_index import DicomHeader
 from medlens.imaging.facts import facts_of_headers, facts_of_image
 from medlens.imaging.image import Image
 from medlens.imaging.series import TiltPolicy
+from medlens.imaging.two_d import is_2d_image_file
 from medlens.plugin_api._manifest import Manifest
 from medlens.routing._cases import Case, find_cases, read_case, split_series
 from medlens.routing._route import check_routed, route, unchecked
@@ -143,6 +144,15 @@ def read_for(
         raise RoutingError(
             f"plugin {manifest.id!r} accepts no series in {path.name!r}: " + " | ".join(refusals)
         )
+    if manifest.input.dims == 2:
+        # Films are cases of their own: 'the largest' of two films (of two patients, say)
+        # is no choice, and a photograph beside a film was dropped unseen (helper-62).
+        beside = [c for c in cases if c.kind == "skipped" and is_2d_image_file(c.paths[0])]
+        if len(accepted) + len(beside) > 1:
+            raise InputError(
+                f"{path.name!r} holds {len(accepted) + len(beside)} images {manifest.id!r} "
+                "may read; a case is one image: name the file (medlens run FOLDER runs each)"
+            )
     best = max(accepted, key=lambda c: c.facts.slice_count if c.facts else 0)
     image = read_case(best, on_tilt=tilt)
     if len(accepted) > 1:

@@ -225,8 +225,9 @@ MANIFEST = v1.Manifest(
             + ", ".join(f"{k} {lo:g}-{hi:g}" for k, (lo, hi) in TRAINING_VOLUME_ML.items())
             + " (python -m medlens_ct_abdomen_seg.plausibility).",
             "A liver that reaches the image's edge (a scan range or field of view that cuts "
-            "it), or ends within 15 mm of a side where the field of view cuts the body (the "
-            "network leaves the image's edge unlabelled), is refused: its volume would be of "
+            "it), or ends within 15 mm of where the field of view cuts the body (an image "
+            "face, or a round field's padded rim; the network leaves the image's edge "
+            "unlabelled), is refused: its volume would be of "
             "the covered part and tumours outside the scan unseen. Other organs the image "
             "cuts are segmented but not measured. "
             'A case in which no liver is found is refused ("no tumour" would be unfounded); '

@@ -230,7 +230,15 @@ def _numbering_mismatch(
         other = int(np.argmax(counts))
         own = float(counts[value]) / found.size if value < counts.size else 0.0
         share = float(counts[other]) / found.size
-        if other != value and share > _SWAP_SHARE and own < _SWAP_OWN:
+        if other == value or share <= _SWAP_SHARE or own >= _SWAP_OWN:
+            continue
+        # And the other way round: what the plugin called that other label is mostly this
+        # one. A tumour the model missed lies where it found liver, but its liver is
+        # mostly the reference's liver: a false negative, scored, not a numbering.
+        back = ref[pred == other]
+        back_counts = np.bincount(back.astype(np.int64).ravel(), minlength=value + 1)
+        back_counts[0] = 0
+        if int(np.argmax(back_counts)) == value and back_counts[value] > _SWAP_SHARE * back.size:
             return (
                 f"its {by_value.get(value, value)!r} (value {value}) lies where the plugin "
                 f"found {by_value.get(other, other)!r} ({share:.0%} of its voxels; "
