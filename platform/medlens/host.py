@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 from medlens import __version__
 from medlens.config import HostConfig, load_config
 from medlens.discovery import DiscoveryReport, PluginRecord, discover
+from medlens.engine.bundle import BUNDLE_ENTRY
 from medlens.errors import (
     ConfigError,
     GeometryError,
@@ -1032,7 +1033,9 @@ def _check_finding(m: Manifest, f: Finding) -> None:
                 f"finding {f.label!r} names no operating point; its manifest's default is "
                 f"{default!r}",
             )
-        if abs(f.threshold - 0.5) > 1e-9:
+        # A MONAI bundle's findings keep the bundle's own decision rule (its AsDiscreted
+        # threshold, or a softmax's argmax), which the host's engine applied itself.
+        if f.threshold != 0.5 and m.entry != BUNDLE_ENTRY:
             raise PluginError(
                 m.id,
                 f"finding {f.label!r} names no operating point but has threshold "
