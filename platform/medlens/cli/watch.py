@@ -126,6 +126,17 @@ def watch(
     raise SystemExit(service.run())
 
 
+#: What reading a state store whose rows are damaged raises (a version 'x1', a table
+#: gone, a pid past the C long): the commands say it in one line, never a traceback.
+_UNREADABLE: tuple[type[Exception], ...] = (
+    sqlite3.Error,
+    ValueError,
+    TypeError,
+    KeyError,
+    OverflowError,
+)
+
+
 @click.command()
 @click.option(
     "--state",
@@ -151,7 +162,7 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
     db = StateDB(state / "state.db", readonly=True)
     try:
         s = db.summary(recent)
-    except (sqlite3.Error, ValueError, TypeError, KeyError, OverflowError) as e:
+    except _UNREADABLE as e:
         raise ConfigError(
             f"{str(state / 'state.db')!r} cannot be read: {type(e).__name__}: {e}"
         ) from e
@@ -239,6 +250,7 @@ def status(state: Path, stale_seconds: float) -> None:
     from medlens.jobs import SendStatus
     from medlens.watch import StateDB
 
+    unreadable: tuple[type[Exception], ...] = (MedLensError, *_UNREADABLE)
     try:
         db = StateDB(state / "state.db", readonly=True)
         try:
@@ -246,7 +258,7 @@ def status(state: Path, stale_seconds: float) -> None:
             s = db.summary(1)
         finally:
             db.close()
-    except (MedLensError, sqlite3.Error, ValueError, TypeError, KeyError, OverflowError) as e:
+    except unreadable as e:
         # Still one JSON line: a monitor parses stdout whatever the state folder holds
         # (a row of the wrong type or a table gone reads as unreadable too).
         why = str(e) if isinstance(e, MedLensError) else f"{type(e).__name__}: {e}"

@@ -134,10 +134,7 @@ def read_for(
                 if chosen is not None:
                     # Two images the plugin accepts are two cases: reading 'the first' scored
                     # one film under another case's name in a validation, unseen.
-                    raise InputError(
-                        f"{path.name!r} holds more than one image {manifest.id!r} accepts; "
-                        "a case is one image: name the file (medlens run FOLDER runs each)"
-                    )
+                    raise _not_one_case(path, f"more than one image {manifest.id!r} accepts")
                 chosen = image
             if chosen is not None:
                 return chosen
@@ -149,10 +146,8 @@ def read_for(
         # is no choice, and a photograph beside a film was dropped unseen (helper-62).
         beside = [c for c in cases if c.kind == "skipped" and is_2d_image_file(c.paths[0])]
         if len(accepted) + len(beside) > 1:
-            raise InputError(
-                f"{path.name!r} holds {len(accepted) + len(beside)} images {manifest.id!r} "
-                "may read; a case is one image: name the file (medlens run FOLDER runs each)"
-            )
+            n = len(accepted) + len(beside)
+            raise _not_one_case(path, f"{n} images {manifest.id!r} may read")
     best = max(accepted, key=lambda c: c.facts.slice_count if c.facts else 0)
     image = read_case(best, on_tilt=tilt)
     if len(accepted) > 1:
@@ -165,3 +160,11 @@ def read_for(
         )
         image = image.with_array(image.array, warnings=(note, *image.warnings))
     return image
+
+
+def _not_one_case(path: Path, what: str) -> InputError:
+    """A folder read as one case that holds ``what``: several images, several cases."""
+    return InputError(
+        f"{path.name!r} holds {what}; a case is one image: name the file "
+        "(medlens run FOLDER runs each)"
+    )

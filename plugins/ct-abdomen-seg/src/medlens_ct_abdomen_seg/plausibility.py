@@ -189,9 +189,7 @@ def _sections(
             sizes = np.bincount(lab.ravel())
             sizes[0] = 0
             sl[...] = lab == _first_largest(lab.T if transposed else lab, sizes)
-    in_plane = np.zeros((3, 3, 3), dtype=bool)
-    in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    outside, n_out = ndimage.label(~inside, structure=in_plane)
+    outside, n_out = ndimage.label(~inside, structure=_in_plane_structure())
     edge = np.zeros(n_out + 1, dtype=bool)
     for face in (outside[:, 0], outside[:, -1], outside[:, :, 0], outside[:, :, -1]):
         edge[face] = True
@@ -259,7 +257,7 @@ def _content_checks(image: v1.Image, verdict: GateVerdict) -> None:
         )
         return
     hu = np.moveaxis(np.asarray(image.array[0]), z_axis, 0)
-    plane = [float(image.spacing[a]) for a in range(3) if a != z_axis]
+    plane = _in_plane(image, z_axis)
     # About 3 mm pixels are plenty for body outlines and keep the check to ~0.1 s.
     step = [max(1, int(3.0 // p)) for p in plane]
     small = hu[:, :: step[0], :: step[1]]
@@ -420,8 +418,18 @@ def liver_cut_by_field(image: v1.Image, mask: npt.NDArray[np.integer], liver: in
 
 
 def _in_plane(image: v1.Image, z: int) -> tuple[float, float]:
+    """The pixel size (mm) of the slices across axis ``z``, in array order."""
     a, b = (float(image.spacing[k]) for k in range(3) if k != z)
     return a, b
+
+
+def _in_plane_structure() -> npt.NDArray[np.bool_]:
+    """4-connectivity within each slice of a ``(slice, a, b)`` stack, none across slices."""
+    from scipy import ndimage
+
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    return structure
 
 
 def _liver_cut_by_round_field(
@@ -446,9 +454,7 @@ def _liver_cut_by_round_field(
     step = [max(1, int(2.0 // p)) for p in px_mm]
     pad = padding[:, :: step[0], :: step[1]]
     body = hu[:, :: step[0], :: step[1]] > _BODY_HU
-    plane = np.zeros((3, 3, 3), dtype=bool)
-    plane[1] = ndimage.generate_binary_structure(2, 1)
-    rim = ndimage.binary_dilation(pad, structure=plane) & ~pad
+    rim = ndimage.binary_dilation(pad, structure=_in_plane_structure()) & ~pad
     if (
         not rim.any()
         or float(np.count_nonzero(rim & body)) / np.count_nonzero(rim) <= _TRUNCATED_EDGE

@@ -102,8 +102,7 @@ class CtAbdomenSeg:
             away += far
             volumes = check_volumes(mask.array[0], mask.spacing, organs)
             if volumes.rejected is None:
-                cut = liver_cut_by_field(image, mask.array[0], organs[_LIVER])
-                volumes.rejected = cut
+                volumes.rejected = liver_cut_by_field(image, mask.array[0], organs[_LIVER])
             sides = check_sides(image, mask.array[0], organs)
         for w in away:
             ctx.warn(w)
