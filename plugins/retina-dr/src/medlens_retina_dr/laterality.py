@@ -91,14 +91,17 @@ def aligned_corr(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> floa
     best = -1.0
     for angle in _ROTATIONS:
         for scale in _SCALES:
-            m = cv2.getRotationMatrix2D((centre, centre), angle, scale)
+            turn = cv2.getRotationMatrix2D((centre, centre), angle, scale)
             for dx in _SHIFTS:
                 for dy in _SHIFTS:
-                    m[0, 2], m[1, 2] = m[0, 2] + dx, m[1, 2] + dy
+                    m = turn + np.array([[0.0, 0.0, dx], [0.0, 0.0, dy]])
                     w = cv2.warpAffine(sb, m, (_PATTERN, _PATTERN), flags=cv2.INTER_LINEAR)
-                    m[0, 2], m[1, 2] = m[0, 2] - dx, m[1, 2] - dy
                     best = max(best, float(x @ _unit(w[_DISC])))
     return best
+
+
+def _mirror(pattern: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return np.ascontiguousarray(pattern[:, ::-1])
 
 
 def mirror_copies(patterns: Sequence[npt.NDArray[np.float32] | None]) -> set[int]:
@@ -117,7 +120,7 @@ def mirror_copies(patterns: Sequence[npt.NDArray[np.float32] | None]) -> set[int
                 i < j
                 and a is not None
                 and b is not None
-                and aligned_corr(a, np.ascontiguousarray(b[:, ::-1])) >= MIRROR_COPY
+                and aligned_corr(a, _mirror(b)) >= MIRROR_COPY
             ):
                 copies |= {i, j}
     return copies
@@ -148,7 +151,7 @@ def figures() -> dict[str, Any]:
         pattern[(r.patient_id, r.eye)] = v = vessels(rgb, fov)
         flipped = np.ascontiguousarray(rgb[:, ::-1])
         mirrored = vessels(flipped, preprocess.find_fov(flipped))
-        copy_corr.append(aligned_corr(v, np.ascontiguousarray(mirrored[:, ::-1])))
+        copy_corr.append(aligned_corr(v, _mirror(mirrored)))
         # A copy taken again: turned by 2-6 degrees either way, zoomed by 0.95-1.05.
         angle = float(rng.uniform(2.0, 6.0) * rng.choice([-1.0, 1.0]))
         zoom = float(rng.uniform(0.95, 1.05))
@@ -156,11 +159,11 @@ def figures() -> dict[str, Any]:
         m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, zoom)
         moved = np.asarray(cv2.warpAffine(flipped, m, (w, h), flags=cv2.INTER_LINEAR), np.uint8)
         again = vessels(moved, preprocess.find_fov(moved))
-        moved_corr.append(aligned_corr(v, np.ascontiguousarray(again[:, ::-1])))
+        moved_corr.append(aligned_corr(v, _mirror(again)))
     fellow = [
         max(
             aligned_corr(pattern[(p, "L")], pattern[(p, "R")]),
-            aligned_corr(pattern[(p, "L")], np.ascontiguousarray(pattern[(p, "R")][:, ::-1])),
+            aligned_corr(pattern[(p, "L")], _mirror(pattern[(p, "R")])),
         )
         for p, e in pattern
         if e == "L" and (p, "R") in pattern
