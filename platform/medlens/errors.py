@@ -35,6 +35,7 @@ __all__ = [
     "is_transient",
     "one_line",
     "reason_of",
+    "reraise_interrupt",
 ]
 
 
@@ -211,3 +212,13 @@ def one_line(text: str) -> str:
     rewrite the terminal.
     """
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def reraise_interrupt(e: BaseException) -> None:
+    """Re-raise the operator's Ctrl-C; anything else a plugin raised is the caller's to type.
+
+    Only ``KeyboardInterrupt`` itself: a plugin's subclass of it (raised at import) stopped
+    discovery of every plugin, and in ``predict`` a whole batch.
+    """
+    if type(e) is KeyboardInterrupt:
+        raise e

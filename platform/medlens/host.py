@@ -47,6 +47,7 @@ from medlens.errors import (
     is_transient,
     one_line,
     reason_of,
+    reraise_interrupt,
 )
 from medlens.host_context import HostLoadContext, HostRunContext, ProgressCallback
 from medlens.imaging.image import Image
@@ -117,7 +118,7 @@ class PluginHandle:
                 for part in attr.split("."):
                     obj = getattr(obj, part)
             except BaseException as e:  # a third party's module: any exception, typed
-                _reraise_interrupt(e)
+                reraise_interrupt(e)
                 raise PluginLoadError(m.id, f"cannot import options {m.options!r}: {e}") from e
         else:
             obj = getattr(self.load(device), "Options", None)
@@ -150,14 +151,14 @@ class PluginHandle:
                 for part in attr.split("."):
                     obj = getattr(obj, part)
             except BaseException as e:  # a third party's module: any exception, typed
-                _reraise_interrupt(e)
+                reraise_interrupt(e)
                 raise PluginLoadError(m.id, f"cannot import entry {m.entry!r}: {e}") from e
             try:
                 plugin = obj(HostLoadContext(manifest=m, device=device))
             except MedLensError:
                 raise
             except BaseException as e:  # as predict: a plugin's bug never crashes the host
-                _reraise_interrupt(e)
+                reraise_interrupt(e)
                 raise PluginLoadError(
                     m.id, f"building the plugin failed: {type(e).__name__}: {e}"
                 ) from e
@@ -166,16 +167,6 @@ class PluginHandle:
             self._instances[device] = plugin
             _freeze_long_lived()
             return plugin
-
-
-def _reraise_interrupt(e: BaseException) -> None:
-    """Re-raise the operator's Ctrl-C; anything else a plugin raised is the caller's to type.
-
-    Only ``KeyboardInterrupt`` itself: a plugin's subclass of it (raised at import) stopped
-    discovery of every plugin.
-    """
-    if type(e) is KeyboardInterrupt:
-        raise e
 
 
 def _freeze_long_lived() -> None:
@@ -531,7 +522,7 @@ class Host:
         except MedLensError as e:
             raise _attributed(m.id, e) from e
         except BaseException as e:  # a plugin bug must not crash the host (nor exit it)
-            _reraise_interrupt(e)
+            reraise_interrupt(e)
             text = _exception_text(e)
             hint = " (its inputs are read-only: copy an array before changing it)"
             hint = hint if "read-only" in text else ""

@@ -27,6 +27,7 @@ from medlens.errors import (
     PluginValidationError,
     WeightsIntegrityError,
     reason_of,
+    reraise_interrupt,
 )
 from medlens.plugin_api._manifest import API_VERSION, Manifest
 
@@ -112,8 +113,7 @@ def _manifest_of(ep: md.EntryPoint) -> Manifest:
     try:
         obj = ep.load()
     except BaseException as e:  # any import failure in a third party's module
-        if type(e) is KeyboardInterrupt:  # the operator's Ctrl-C, not a plugin's subclass
-            raise
+        reraise_interrupt(e)
         raise PluginLoadError(
             ep.name, f"cannot import entry point {ep.value!r}: {type(e).__name__}: {e}"
         ) from e
@@ -123,8 +123,7 @@ def _manifest_of(ep: md.EntryPoint) -> Manifest:
         except ValidationError as e:
             raise PluginValidationError(ep.name, _first_error(e)) from e
         except BaseException as e:
-            if type(e) is KeyboardInterrupt:
-                raise
+            reraise_interrupt(e)
             raise PluginLoadError(
                 ep.name, f"manifest factory {ep.value!r} failed: {type(e).__name__}: {e}"
             ) from e
