@@ -144,10 +144,9 @@ class ValidationRun:
         self.run = self.client.create_run(exp_id, run_name=run_name)
         self.run_id: str = self.run.info.run_id
         self._mlflow = mlflow
-        self._pending: tuple[str, str] | None = None  # (model, version) to alias if passed
+        self._found = ("", "", "", "")  # register's (model, version, protocol id, fingerprint)
+        self._passed = False  # whether set_alias opens the gate
         self._set: tuple[str, str] | None = None  # the alias this run set
-        self._protocol_id = ""
-        self._outcome_tags = ("", "", "", "")  # (model, version, protocol id, fingerprint)
 
     def log(self, params: dict[str, str], metrics: list[dict[str, Any]]) -> None:
         """Log parameters and each criterion's value and CI bounds."""
@@ -196,7 +195,8 @@ class ValidationRun:
                 tags={"weights_sha256": sha, "plugin": plugin_id, "plugin_version": version},
             )
             version = str(mv.version)
-        self._outcome_tags = (name, version, protocol_id, fp)
+        self._found = (name, version, protocol_id, fp)
+        self._passed = passed
         if not passed:
             # These weights now fail the protocol that validated them: the gate closes at
             # once. (Another protocol failing, an exploratory one, does not revoke it.)
@@ -204,8 +204,6 @@ class ValidationRun:
             self._drop_alias(name, version, protocol_id)
         # A pass is tagged by set_alias, after the report is written: a run that broke
         # before its report left the tag 'passed' with no report behind it.
-        self._pending = (name, version) if passed else None
-        self._protocol_id = protocol_id
         return {
             "model_name": name,
             "model_version": version,
@@ -218,16 +216,16 @@ class ValidationRun:
         The last step of a validation, after its report is written: a run that fails
         before it never opens the gate.
         """
-        if self._pending is not None:
-            name, version = self._pending
+        if self._passed:
+            name, version, protocol_id, _ = self._found
             self._tag_outcome("passed")
-            self.client.set_model_version_tag(name, version, VALIDATED_BY, self._protocol_id)
+            self.client.set_model_version_tag(name, version, VALIDATED_BY, protocol_id)
             self.client.set_registered_model_alias(name, VALIDATED_ALIAS, version)
-            self._set = self._pending
+            self._set = (name, version)
 
     def _tag_outcome(self, outcome: str) -> None:
         """Tag the version :meth:`register` found with this run's outcome of its protocol."""
-        name, version, protocol_id, fp = self._outcome_tags
+        name, version, protocol_id, fp = self._found
         self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}", outcome)
         self.client.set_model_version_tag(name, version, f"protocol.{protocol_id}.fp", fp)
         self.client.set_model_version_tag(name, version, "last_validation_run", self.run_id)
