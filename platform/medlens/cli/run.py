@@ -537,11 +537,8 @@ def run(
     counts = {s: sum(o.status == s for o in outcomes) for s in statuses}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     if not_read:
-        from medlens.imaging.nifti import is_nifti
-        from medlens.imaging.two_d import is_2d_image_file
-
         # Image files beside DICOM series are inputs the user may have meant: said apart.
-        beside = sum(is_2d_image_file(c.paths[0]) or is_nifti(c.paths[0]) for c in not_read)
+        beside = sum(c.unread_image for c in not_read)
         if beside:
             summary += (
                 f"; {beside} image file(s) in a folder of DICOM series not read (give them "

@@ -66,6 +66,8 @@ class Case:
         facts: Routing facts of ``dicom`` cases (``None`` for files, known after reading).
         error: One-line reason of ``error`` and ``skipped`` cases.
         volume: Which volume of a multi-echo / 4-D series (``e2``, ``e1_t3``), else "".
+        unread_image: A ``skipped`` NIfTI or 2-D image file, not read because it lies in a
+            folder of DICOM series (an input the user may have meant, said apart).
     """
 
     name: str
@@ -76,6 +78,7 @@ class Case:
     facts: Facts | None = None
     error: str | None = None
     volume: str = ""
+    unread_image: bool = False
 
     @property
     def path(self) -> Path:
@@ -233,14 +236,23 @@ def _dicom_cases(root: Path, namer: _Namer, first_of: dict[str, Path]) -> tuple[
                 if readable
                 else sk.reason
             )
-            cases.append(_skipped(namer, root, sk.path, why))
+            cases.append(_skipped(namer, root, sk.path, why, unread_image=readable))
     return cases, has_dicom
 
 
-def _skipped(namer: _Namer, root: Path, path: Path, why: str) -> Case:
+def _skipped(
+    namer: _Namer, root: Path, path: Path, why: str, *, unread_image: bool = False
+) -> Case:
     """A file not read, said in one line (named by its place under ``root``)."""
     rel = path.relative_to(root) if root.is_dir() else Path(path.name)
-    return Case(namer("SKIPPED", rel.as_posix()), "skipped", root, (path,), error=why)
+    return Case(
+        namer("SKIPPED", rel.as_posix()),
+        "skipped",
+        root,
+        (path,),
+        error=why,
+        unread_image=unread_image,
+    )
 
 
 def _expected_beside(sk: SkippedFile) -> bool:

@@ -144,7 +144,7 @@ def read_for(
     if manifest.input.dims == 2:
         # Films are cases of their own: 'the largest' of two films (of two patients, say)
         # is no choice, and a photograph beside a film was dropped unseen (helper-62).
-        beside = [c for c in cases if c.kind == "skipped" and is_2d_image_file(c.paths[0])]
+        beside = [c for c in cases if c.unread_image and is_2d_image_file(c.paths[0])]
         if len(accepted) + len(beside) > 1:
             n = len(accepted) + len(beside)
             raise _not_one_case(path, f"{n} images {manifest.id!r} may read")
