@@ -168,5 +168,6 @@ def test_a_state_that_is_no_regular_file_is_a_one_line_config_error(
     else:
         db.mkdir()
     for readonly in (True, False):
-        with pytest.raises(ConfigError, match="not a regular file"):
+        what = "a FIFO" if kind == "fifo" else "a folder"
+        with pytest.raises(ConfigError, match=rf"not a regular file \({what}\)"):
             JobStore(db, readonly=readonly)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import ConfigError
+from medlens.imaging.regular import file_kind
 from medlens.jobs._records import Job, ResultRecord, SendRecord
 from medlens.jobs._status import FailureKind, JobStatus, SendStatus
 
@@ -175,7 +176,10 @@ def _check_file(path: Path, *, must_exist: bool) -> None:
     except OSError as e:
         raise ConfigError(f"cannot read the watch state {str(path)!r}: {e.strerror}") from e
     if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(f"{str(path)!r} is not a MedLens watch state: not a regular file")
+        raise ConfigError(
+            f"{str(path)!r} is not a MedLens watch state: not a regular file "
+            f"({file_kind(st.st_mode)})"
+        )
 
 
 class JobStore:
