@@ -84,3 +84,80 @@ def test_unknown_layer_and_method_are_engine_errors(trained_cnn, h) -> None:  # 
     ctx.options["explain_method"] = "magic"
     with pytest.raises(EngineError, match="unknown explanation method"):
         ctx.explain(trained_cnn, img, target=1)
+
+
+class EdgeNet(torch.nn.Module):
+    """A fixed edge detector with a learned-looking head: the map is the image's edges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sobel = torch.nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        k = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+        with torch.no_grad():
+            self.sobel.weight[:] = torch.stack([k, k.T])[:, None]
+        self.edges = torch.nn.Identity()  # parameter-free target: randomised is the head
+        self.head = torch.nn.Linear(1, 2)
+        with torch.no_grad():
+            self.head.weight.fill_(1.0)
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.sobel(x)
+        e = self.edges(torch.sqrt((g * g).sum(1, keepdim=True) + 1e-6))
+        return self.head(e.mean(dim=(2, 3)))
+
+
+def _draws_a_negative_weight(seed: int) -> bool:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(1, 2)
+    return bool(head.weight[0, 0] < 0)
+
+
+def test_an_edge_map_fails_whatever_the_randomised_head_drew(h) -> None:  # type: ignore[no-untyped-def]
+    # A head re-drawn negative inverts the map, Grad-CAM's ReLU zeroes it, and a constant
+    # randomised map gave rho 0.0: "model-sensitive" (helper-66). A map that varies is drawn.
+    img = _image2d(h, right=True)
+    img = img.with_array(np.abs(img.array))
+    seeds = [s for s in range(40) if _draws_a_negative_weight(s)][:2]
+    seeds += [s for s in range(40) if not _draws_a_negative_weight(s)][:1]
+    assert len(seeds) == 3
+    for seed in seeds:
+        ctx = RunContext(
+            manifest=h.manifest("classification", 2), device="cpu", options={"explain_seed": seed}
+        )
+        _, expl = ctx.explain(EdgeNet(), img, target=0, layer="edges")
+        assert expl.sanity is SanityVerdict.NOT_MODEL_SENSITIVE, (seed, expl)
+        assert expl.rank_correlation is not None and abs(expl.rank_correlation) > 0.99
+
+
+class FallsWhenRedrawn(torch.nn.Module):
+    """The score grows with the map for the trained weights (all 1), falls for any other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        sign = torch.where(torch.all(self.w == 1.0), 1.0, -1.0)
+        return sign * a.mean(dim=(1, 2, 3))[:, None] * torch.exp(self.w)[None, :]
+
+
+class NegativeOnlyHead(torch.nn.Module):
+    """Every randomised draw of its head inverts the map: Grad-CAM's ReLU makes it zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edges = torch.nn.Identity()
+        self.head = FallsWhenRedrawn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.edges(x.abs()))
+
+
+def test_a_randomised_map_constant_in_every_draw_is_no_pass(h) -> None:  # type: ignore[no-untyped-def]
+    img = _image2d(h, right=True)
+    ctx = RunContext(manifest=h.manifest("classification", 2), device="cpu")
+    _, expl = ctx.explain(NegativeOnlyHead(), img, target=0, layer="edges")
+    assert expl.sanity is SanityVerdict.NOT_MODEL_SENSITIVE
+    assert expl.rank_correlation is None  # no ranks were compared: no figure

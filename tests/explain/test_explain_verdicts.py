@@ -12,9 +12,15 @@ from medlens.plugin_api.v1 import Explanation, SanityVerdict
 @pytest.mark.parametrize("value", [0.0, 0.5, 1.0])
 def test_constant_map_is_uninformative_whatever_its_rho(value: float) -> None:
     cam = np.full((8, 8, 4), value, np.float32)
-    # rank_correlation of a constant map with anything is 0.0: that is no evidence.
-    assert sanity.rank_correlation(cam, np.random.default_rng(0).random(cam.shape)) == 0.0
+    # A constant map has no ranks: its rank correlation with a varying map is no number.
+    varying = np.random.default_rng(0).random(cam.shape)
+    assert np.isnan(sanity.rank_correlation(cam, varying))
+    assert np.isnan(sanity.rank_correlation(varying, cam))
     assert sanity.verdict(0.0, cam) is SanityVerdict.UNINFORMATIVE
+    # The trained map varies, the randomised one is constant: no pass (it was rho 0.0).
+    assert sanity.verdict(sanity.rank_correlation(varying, cam), varying) is (
+        SanityVerdict.NOT_MODEL_SENSITIVE
+    )
     assert sanity.is_uninformative(cam)
 
 
@@ -109,3 +115,20 @@ def test_a_map_anti_correlated_with_the_randomised_models_fails_and_a_claim_is_c
         method="gradcam", target="referable_dr", sanity="model-sensitive", rank_correlation=-0.9
     )
     assert sanity.review(claimed, cam[None]).sanity is SanityVerdict.NOT_MODEL_SENSITIVE
+
+
+def test_a_plugins_claim_without_a_figure_is_not_a_pass() -> None:
+    heat = np.random.default_rng(2).random((8, 8)).astype(np.float32)
+    claimed = Explanation(method="m", target="t", sanity=SanityVerdict.MODEL_SENSITIVE)
+    assert sanity.review(claimed, heat).sanity is SanityVerdict.NOT_RUN
+    nan = claimed.model_copy(update={"rank_correlation": float("nan")})
+    reviewed = sanity.review(nan, heat)
+    assert reviewed.sanity is SanityVerdict.NOT_MODEL_SENSITIVE
+    assert reviewed.rank_correlation is None
+    assert "constant" in sanity.failure_reason(reviewed)
+    failed = claimed.model_copy(update={"rank_correlation": 0.97})
+    assert sanity.review(failed, heat).sanity is SanityVerdict.NOT_MODEL_SENSITIVE
+    assert "0.97" in sanity.failure_reason(sanity.review(failed, heat))
+    # A plugin's own failing verdict without a figure stands (it is no claim of evidence).
+    own = claimed.model_copy(update={"sanity": SanityVerdict.NOT_MODEL_SENSITIVE})
+    assert sanity.review(own, heat).sanity is SanityVerdict.NOT_MODEL_SENSITIVE

@@ -9,6 +9,8 @@ from medlens_retina_dr import evidence, lesion_fit, lesions, preprocess
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from medlens.plugin_api import v1
+
 
 def _fundus(
     scale: float = 1.0,
@@ -226,6 +228,12 @@ def test_evidence_verdicts_uninformative_sensitive_and_not() -> None:
     # Nothing positive -> uninformative, no correlation reported.
     ev = evidence.evidence(cam, other, m, -2.0, model, rnd_model, 0.5)
     assert ev.uninformative and ev.rank_correlation is None and float(ev.map.max()) == 0.0
+    # The randomised model weighs every part below zero: its map is empty, nothing is
+    # compared, and the trained map does not pass (it was rho 0.0, "model-sensitive").
+    negative = lesions.LesionModel(np.zeros(n), np.ones(n), np.zeros(n), 0.0, -1.0)
+    ev = evidence.evidence(cam, other, m, 2.0, model, negative, 0.5)
+    assert not ev.uninformative and not ev.model_sensitive and ev.rank_correlation is None
+    assert ev.verdict is v1.SanityVerdict.NOT_MODEL_SENSITIVE
 
 
 def test_randomised_lesion_model_redraws_the_learned_weights_only() -> None:

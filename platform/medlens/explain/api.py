@@ -191,7 +191,7 @@ def explain(
         method=f"{method} ({layer})" if precision == "float32" else f"{method} ({layer}, bf16)",
         target=target_name,
         sanity=verdict,
-        rank_correlation=None if rho is None else round(rho, 4),
+        rank_correlation=None if rho is None or not np.isfinite(rho) else round(rho, 4),
         faithfulness=None if faith is None else round(faith, 4),
         faithful=None if faith is None else sanity.is_faithful(faith),
     )
@@ -222,13 +222,24 @@ def _cam_with_sanity(
     if not spec.sanity:
         return cam, None, None, SanityVerdict.NOT_RUN
     seed = spec.seed
-    rnd = sanity.reused_randomised_copy(network, first, layer, cascading=cascading, seed=seed)
-    # Wholly in ``precision``: only its ranks are compared, to the trained map (rounding
-    # moves rho by ~0.001, the verdict's margin is RHO_MAX); no weight test is made on it.
-    with autocast_before(rnd, layer, device, precision, float32_from_layer=False):
-        randomised = run_cam(rnd, problem, layer, method, replay=trained.tapes, reference=network)
-    del trained, rnd
-    rho = sanity.rank_correlation(cam, randomised.cam)
+    rho = float("nan")
+    for draw in range(sanity.RANDOM_DRAWS):
+        rnd = sanity.reused_randomised_copy(
+            network, first, layer, cascading=cascading, seed=seed + draw
+        )
+        # Wholly in ``precision``: only its ranks are compared, to the trained map (rounding
+        # moves rho by ~0.001, the verdict's margin is RHO_MAX); no weight test is made on it.
+        with autocast_before(rnd, layer, device, precision, float32_from_layer=False):
+            randomised = run_cam(
+                rnd, problem, layer, method, replay=trained.tapes, reference=network
+            )
+        del rnd
+        # A constant randomised map (an inverted map after Grad-CAM's ReLU) compares nothing:
+        # the next draw. None varies: rho stays NaN, and the map fails its check.
+        if not sanity.is_uninformative(randomised.cam):
+            rho = sanity.rank_correlation(cam, randomised.cam)
+            break
+    del trained
     with autocast(device, precision):
         faith = sanity.faithfulness(
             network, problem, cam, fraction=spec.faithfulness_fraction, seed=seed, base_score=score

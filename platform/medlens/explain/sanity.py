@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAITHFULNESS_MIN",
+    "RANDOM_DRAWS",
     "REUSE_MAX_BYTES",
     "RHO_MAX",
+    "failure_reason",
     "faithfulness",
     "is_faithful",
     "is_model_sensitive",
@@ -56,6 +58,10 @@ RHO_MAX = 0.5
 #: Faithfulness (deletion score minus the random-map baseline) a map must exceed to be
 #: presented as an explanation: at or below it, the map is no better than a random one.
 FAITHFULNESS_MIN = 0.0
+
+#: Weight draws tried when the randomised network's map is constant (Grad-CAM's ReLU zeroes
+#: an inverted map): the first draw whose map varies is compared; none, and the map fails.
+RANDOM_DRAWS = 3
 
 #: Value range below which a map counts as constant (maps are scaled to [0, 1]).
 _CONSTANT_RANGE = 1e-6
@@ -192,7 +198,12 @@ RANK_SAMPLE = 1 << 16
 
 
 def rank_correlation(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
-    """Spearman's rho of two maps (1.0 when both are constant, 0.0 when only one is).
+    """Spearman's rho of two maps (1.0 when both are constant, NaN when only one is).
+
+    One constant map has no ranks to compare: NaN, which no verdict reads as
+    model-sensitive. (It was 0.0, a pass: Grad-CAM's ReLU turns a randomised network's
+    *inverted* map into zeros, so an edge detector whose head drew a negative weight
+    passed as "model-sensitive".)
 
     Maps of more than :data:`RANK_SAMPLE` voxels are compared on every k-th voxel (the
     same voxels in both): ranking 300 000 voxels twice cost more than the randomised
@@ -204,7 +215,7 @@ def rank_correlation(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -
     fa, fb = np.ravel(a), np.ravel(b)
     ca, cb = bool(fa.min() == fa.max()), bool(fb.min() == fb.max())
     if ca or cb:
-        return 1.0 if (ca and cb) else 0.0
+        return 1.0 if (ca and cb) else float("nan")
     step = -(-fa.size // RANK_SAMPLE)
     sa, sb = fa[::step].astype(np.float64), fb[::step].astype(np.float64)
     if sa.min() == sa.max() or sb.min() == sb.max():  # the sample missed what varies
@@ -256,8 +267,10 @@ def review(explanation: Explanation, heatmap: npt.ArrayLike | None) -> Explanati
 
     A constant heatmap makes the verdict ``uninformative`` (and faithfulness unknown);
     a rank correlation gives the verdict by :func:`verdict` (a plugin that judged by
-    rho's sign is corrected); a measured faithfulness sets ``faithful``. Writers call
-    this before presenting a heatmap, whoever made the explanation.
+    rho's sign is corrected; a rho that is no number fails); a ``model-sensitive``
+    claim without a rank correlation is no evidence and becomes ``not run``; a measured
+    faithfulness sets ``faithful``. Writers call this before presenting a heatmap,
+    whoever made the explanation.
     """
     update: dict[str, object] = {}
     if is_uninformative(heatmap) and explanation.sanity is not SanityVerdict.UNINFORMATIVE:
@@ -268,11 +281,30 @@ def review(explanation: Explanation, heatmap: npt.ArrayLike | None) -> Explanati
         settled = verdict(rho)  # the host's rule, whatever the plugin concluded from rho
         if settled is not explanation.sanity:
             update["sanity"] = settled
+        if not np.isfinite(rho):  # no ranks compared (one map constant): no figure to show
+            update["rank_correlation"] = None
+    elif rho is None and explanation.sanity is SanityVerdict.MODEL_SENSITIVE:
+        # A plugin's word with no figure behind it (an edge map claimed model-sensitive).
+        update["sanity"] = SanityVerdict.NOT_RUN
     if explanation.faithfulness is not None:
         settled_faithful = is_faithful(explanation.faithfulness)  # a claim of True at -0.3 too
         if settled_faithful is not explanation.faithful:
             update["faithful"] = settled_faithful
     return explanation.model_copy(update=update) if update else explanation
+
+
+def failure_reason(explanation: Explanation) -> str:
+    """Why a ``not model-sensitive`` map failed, in words for a reader (no full stop)."""
+    rho = explanation.rank_correlation
+    if rho is None:
+        return (
+            "the weight-randomised model's map was constant, so nothing shows that the map "
+            "depends on what the model learned"
+        )
+    return (
+        "it hardly changes when the model's weights are randomised "
+        f"(rank correlation {rho:.2f}), so it shows the image, not what the model learned"
+    )
 
 
 def faithfulness(

@@ -424,7 +424,7 @@ def _write_study_heatmaps(
 
 def _review_explanation(r: Result, heat: Image, notes: WriteNotes) -> Image | None:
     """Settle the explanation's verdict on the heatmap itself; None when it is no evidence."""
-    from medlens.explain.sanity import is_uninformative, review
+    from medlens.explain.sanity import failure_reason, is_uninformative, review
     from medlens.plugin_api._results import Explanation
     from medlens.plugin_api._vocab import SanityVerdict
 
@@ -450,11 +450,9 @@ def _review_explanation(r: Result, heat: Image, notes: WriteNotes) -> Image | No
         )
         return None
     if e.sanity == SanityVerdict.NOT_MODEL_SENSITIVE:
-        rho = "" if e.rank_correlation is None else f" (rank correlation {e.rank_correlation:.2f})"
         notes.add(
-            f"heatmap of {pid!r} failed its sanity check: it hardly changes when the model's "
-            f"weights are randomised{rho}, so it shows the image, not what the model "
-            "learned; it is not an explanation of the result"
+            f"heatmap of {pid!r} failed its sanity check: {failure_reason(e)}; it is not an "
+            "explanation of the result"
         )
     if e.faithful is False:
         notes.add(

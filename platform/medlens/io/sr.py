@@ -34,6 +34,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as PdCode
 
 from medlens.errors import OutputError
+from medlens.explain.sanity import failure_reason
 from medlens.io._common import (
     MANUFACTURER,
     SeriesNumbers,
@@ -178,8 +179,8 @@ def report_comments(result: Result) -> list[str]:
             out.append(f"{pid}: the explanation heatmap is uninformative (a constant map)")
         elif e.sanity == SanityVerdict.NOT_MODEL_SENSITIVE:
             out.append(
-                f"{pid}: the explanation heatmap failed its sanity check (it hardly changes "
-                "when the model's weights are randomised); it is not an explanation"
+                f"{pid}: the explanation heatmap failed its sanity check ({failure_reason(e)}); "
+                "it is not an explanation"
             )
         elif e.faithful is False:
             out.append(

@@ -417,8 +417,12 @@ def card(res: dict[str, Any]) -> str:
             "Grad-CAM and re-drawn lesion weights; Spearman rho < 0.5 is model-sensitive. "
             f"On {sa['n']} development photographs: model-sensitive {c['model-sensitive']}, "
             f"not model-sensitive {c['not model-sensitive']}, uninformative "
-            f"{c['uninformative']}. The candidate densities are measurements, not learned: a "
-            "map made mostly of them fails this check, and each result says so.",
+            f"{c['uninformative']}. The candidate densities are measurements, not learned; "
+            "what is learned is which of them the model weighs. A map made of one density "
+            "passes when the randomised model weighs another part, and fails when it weighs "
+            "the same one or no part above zero (an empty map: nothing compared). A pass says "
+            "the map depends on the learned weights, not that it shows the network's "
+            "reasoning.",
         ]
     if "robustness" in res:
         rb = res["robustness"]

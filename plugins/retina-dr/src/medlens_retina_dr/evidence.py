@@ -19,8 +19,11 @@ Sanity (Adebayo et al. 2018, cascading randomisation of what was learned):
 the same map from the randomised network copies' Grad-CAM and a lesion
 model whose weights are re-drawn (seeded, same spread); Spearman's rho of size
 below :data:`.explain.RHO_MAX` means the map depends on what the model learned.
-The candidate densities themselves are measurements, not learned: a map
-made mostly of them can fail this check, and then says so.
+The candidate densities themselves are measurements, not learned; what is learned is
+which of them the model weighs. A map made of one density passes when the randomised
+model weighs another part (the map changed with the weights), fails when it weighs the
+same one, and fails when the randomised model weighs no part above zero (its map is
+empty: nothing to compare).
 """
 
 from __future__ import annotations
@@ -132,5 +135,7 @@ def evidence(
     from medlens_retina_dr.explain import rank_correlation
 
     rho = rank_correlation(trained, rnd)
+    if not np.isfinite(rho):  # the randomised map is all zero: nothing compared, no pass
+        return EyeEvidence(trained, None, False, False)
     # The size of rho: an inverted copy of the randomised map is no more the model's.
     return EyeEvidence(trained, rho, bool(abs(rho) < rho_max), False)

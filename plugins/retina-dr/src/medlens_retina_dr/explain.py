@@ -118,11 +118,15 @@ def _randomised(net: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def rank_correlation(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
-    """Spearman's rho of two maps (1.0 when both are constant, 0.0 when only one is)."""
+    """Spearman's rho of two maps (1.0 when both are constant, NaN when only one is).
+
+    One constant map has no ranks to compare: NaN, which fails the check. (It was 0.0, a
+    pass: a randomised lesion model weighing every part below zero draws no map at all.)
+    """
     from scipy.stats import spearmanr
 
     if a.std() == 0 or b.std() == 0:
-        return 1.0 if a.std() == b.std() else 0.0
+        return 1.0 if a.std() == b.std() else float("nan")
     return float(spearmanr(a.ravel(), b.ravel()).statistic)
 
 
