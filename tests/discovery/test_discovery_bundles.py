@@ -108,6 +108,15 @@ def test_pin_bundle_lists_the_code_it_would_run_and_builds_only_when_trusted(
     assert "inference.json: _target_ open" in out.output
     assert "_target_ LoadImaged" not in out.output and "_target_ UNet" not in out.output
     assert not marker.exists()
+    # helper-64: a name under MONAI's parts whose attribute walk reaches os.system: judged
+    # on what it resolves to, listed (it ran at the pin).
+    inf = copy.deepcopy(INFERENCE)
+    inf["cmd"] = {"_target_": "monai.data.utils.os.system", "command": f"touch {marker}"}
+    b = make_bundle(tmp_path / "walk", inference=inf)
+    out = CliRunner().invoke(plugins, ["pin-bundle", str(b)])
+    assert out.exit_code != 0 and "[[bundles]]" not in out.output
+    assert "inference.json: _target_ monai.data.utils.os.system" in out.output
+    assert not marker.exists()
 
 
 def _transforms(section: str, change: Any) -> dict[str, Any]:

@@ -206,13 +206,38 @@ def _component_locator() -> Any:
 
 
 def _building_block(target: str) -> bool:
-    """Whether ``target`` names a class of MONAI's pipeline parts or PyTorch's layers."""
+    """Whether ``target`` names a class of MONAI's pipeline parts or PyTorch's layers.
+
+    Judged on what the name resolves to, not its text: MONAI's lookup walks attributes,
+    so ``monai.data.utils.os.system`` is ``os.system`` (helper-64: it ran at the pin,
+    unlisted). Only names whose text lies under :data:`_BUILDING_BLOCKS` are resolved
+    (importing MONAI's or PyTorch's own modules); the object must be a class defined there.
+    """
     if "." in target:
-        modules = [target.rsplit(".", 1)[0]]
+        paths = [target]
     else:
         found = _component_locator().get_component_module_name(target)
         modules = [] if found is None else [found] if isinstance(found, str) else list(found)
-    return bool(modules) and all(f"{m}.".startswith(_BUILDING_BLOCKS) for m in modules)
+        paths = [f"{m}.{target}" for m in modules]
+    return bool(paths) and all(
+        f"{path.rsplit('.', 1)[0]}.".startswith(_BUILDING_BLOCKS) and _defined_there(path)
+        for path in paths
+    )
+
+
+def _defined_there(path: str) -> bool:
+    """Whether ``path`` resolves (as MONAI's ``instantiate`` does) to a building-block class."""
+    import inspect
+    import pydoc
+
+    try:
+        obj = pydoc.locate(path)
+    except Exception:
+        return False
+    home = getattr(obj, "__module__", None)
+    return (
+        inspect.isclass(obj) and isinstance(home, str) and f"{home}.".startswith(_BUILDING_BLOCKS)
+    )
 
 
 def _file_macros(value: Any) -> Iterator[str]:
