@@ -522,30 +522,55 @@ def test_a_result_of_a_generation_that_changed_while_it_ran_is_never_current(
     assert events.count("job_superseded") == 1 and events.count("job_done") == 1
 
 
-def test_an_output_folder_that_cannot_be_written_fails_the_attempt_visibly(
+def test_an_output_folder_that_cannot_be_written_postpones_the_job_visibly(
     tmp_path: Path,
 ) -> None:
     # The probe: OUT read-only when a job began left it "running" for good, no result,
-    # and `medlens status` green. Now the attempt fails, is retried, and succeeds once
-    # the folder can be written. (A file where the study's folder goes: what root, who
-    # writes into read-only folders, cannot write through either.)
-    with Running(tmp_path, ("body-mask",), max_attempts=5) as r:
+    # and `medlens status` green. Now the job waits, said, and runs once the folder can be
+    # written; the machine's fault spends no attempt (helper-65: a 15 s outage used up
+    # the attempts and failed the job for good). (A file where the study's folder goes:
+    # what root, who writes into read-only folders, cannot write through either.)
+    with Running(tmp_path, ("body-mask",), max_attempts=1) as r:
         ct = wk.make_series(4)
         blocker = r.out / ct[0].StudyInstanceUID
         blocker.write_bytes(b"")
         wk.write_files(ct, r.inp / "a")
-        retry = wk.wait_for(
-            lambda: [e for e in wk.audit(r.state) if e["event"] == "job_retry"],
-            what="a failed attempt",
+        waits = wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "job_postponed"][1:],
+            what="two postponements",
         )
         assert (
-            retry[0]["error"] == "cannot prepare its folders: NotADirectoryError: Not a directory"
+            waits[0]["error"] == "cannot prepare its folders: NotADirectoryError: Not a directory"
         )
-        assert r.jobs()[0]["status"] == "queued"  # not "running" with nothing running
+        assert waits[0]["wait_s"] == 2.0  # doubling: 1 s, then 2 s
+        (job,) = r.jobs()
+        assert job["status"] == "queued" and job["attempts"] == 0  # not "running", not spent
         blocker.unlink()
         r.done(1)
     (job,) = r.jobs()
-    assert job["status"] == "done" and job["attempts"] >= 2
+    assert job["status"] == "done" and job["attempts"] == 1
+    assert not [e for e in wk.audit(r.state) if e["event"] in ("job_retry", "job_failed")]
+
+
+def test_a_study_folder_linked_out_of_out_fails_its_job_in_one_line(tmp_path: Path) -> None:
+    # helper-65: OUT/<study> a link to a folder elsewhere: the job stayed "running" for
+    # ever behind one "BUG" log line. Now it fails, final, with its reason; nothing is
+    # written where the link leads.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with Running(tmp_path, ("body-mask",)) as r:
+        ct = wk.make_series(4)
+        r.out.mkdir(parents=True, exist_ok=True)
+        (r.out / ct[0].StudyInstanceUID).symlink_to(elsewhere)
+        wk.write_files(ct, r.inp / "a")
+        (failed,) = wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "job_failed"],
+            what="the job's failure",
+        )
+    assert "not safely under OUT" in failed["error"] and "\n" not in failed["error"]
+    (job,) = r.jobs()
+    assert job["status"] == "failed" and job["failure_kind"] == "input"
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_a_dead_folder_observer_is_restarted_and_the_inbox_rescanned(tmp_path: Path) -> None:

@@ -39,7 +39,8 @@ class FailureKind(StrEnum):
     * ``refused``: the host refused to run the plugin (its weights have no ``validated``
       registry version): final at once; a newer generation of the series tries again.
     * ``plugin``: the plugin raised or its process died: retried, counts.
-    * ``transient``: timeout, memory ceiling, a worker that would not start: retried, counts.
+    * ``transient``: timeout, memory ceiling, a worker that would not start: retried, counts;
+      folders that cannot be made (OUT unwritable): postponed, not counted.
     * ``interrupted``: the service itself stopped or was killed: retried, handed back.
     """
 

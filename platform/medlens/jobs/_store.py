@@ -730,6 +730,26 @@ class JobStore:
                     (job.series_id, job.generation),
                 )
 
+    def postpone(self, job: Job, *, error: str, not_before: float) -> None:
+        """Requeue a started ``job`` after ``not_before``, its attempt not counted.
+
+        For failures of the machine rather than the job (its folders cannot be made): the
+        reason stays readable (``error``, kind ``transient``) while it waits.
+        """
+        with self.tx() as c:
+            c.execute(
+                "UPDATE jobs SET status=?, attempts=MAX(attempts-1, 0), error=?, "
+                "failure_kind=?, not_before=? WHERE id=? AND status=?",
+                (
+                    JobStatus.QUEUED,
+                    error,
+                    str(FailureKind.TRANSIENT),
+                    not_before,
+                    job.id,
+                    JobStatus.RUNNING,
+                ),
+            )
+
     def hand_back(self, job_id: int) -> bool:
         """The service interrupted a running attempt: requeue it, the attempt not counted."""
         with self.tx() as c:

@@ -490,6 +490,21 @@ class Ingestor:
             for r in ready:
                 info = r.info
                 srow = self.db.series_by_uid(c, info.series_uid)
+                irow = self.db.instance_by_sop(c, info.sop_uid)
+                if irow is not None and (srow is None or irow.series_id != srow.id):
+                    # The UID is stored in another series: moved there only for the same
+                    # patient (a corrected series); another patient's instance reusing it
+                    # took a slice out of a finished series, whose re-run replaced its result.
+                    if irow.series_id not in patients:
+                        patients[irow.series_id] = self.db.patient_of(irow.series_id)
+                    owner = patients[irow.series_id]
+                    if owner is not None and info.patient_key != owner:
+                        why = (
+                            "SOP Instance UID already stored for another patient (a reused or "
+                            "colliding UID): not stored"
+                        )
+                        mismatched.append((r, why))
+                        continue
                 if srow is not None:
                     if srow.id not in patients:
                         patients[srow.id] = self.db.patient_of(srow.id)
@@ -508,8 +523,11 @@ class Ingestor:
                         columns=info.columns,
                         now=now,
                     )
-                irow = self.db.instance_by_sop(c, info.sop_uid)
-                if irow is not None and irow.sha256 == info.sha256:
+                if (
+                    irow is not None
+                    and irow.sha256 == info.sha256
+                    and (self.state_dir / irow.path).is_file()  # else stored again: repaired
+                ):
                     self.stats.duplicates += 1
                     self.db.series_seen(c, series_id, now)
                     events.append(("duplicate_ignored", _ev(info, r.source)))
@@ -571,7 +589,11 @@ class Ingestor:
                 kept,
             )
         for p in drop_store:
-            p.unlink(missing_ok=True)
+            # Two versions of one instance in a batch: the first's path may be the winner's
+            # again (it was deleted under the row that names it, and the series broken).
+            rel = str(p.relative_to(self.state_dir))
+            if self.db.one("SELECT 1 FROM instances WHERE path=?", rel) is None:
+                p.unlink(missing_ok=True)
         for r, why in mismatched:
             try:
                 self.quarantine(r.path, why)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from medlens.errors import ConfigError
+from medlens.errors import ConfigError, UnsafePathError
 from medlens.jobs import (
     Clock,
     Executor,
@@ -57,6 +57,9 @@ from medlens.watch._router import decide, series_headers
 __all__ = ["WatchService"]
 
 _log = logging.getLogger("medlens.watch")
+
+#: Longest wait before a job postponed by its folders (OUT unwritable, disk full) is tried.
+POSTPONE_MAX_S = 300.0
 
 
 @dataclass
@@ -141,6 +144,7 @@ class WatchService:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._running: dict[int, _Running] = {}
+        self._postponed: dict[int, int] = {}  # job id -> postponements in a row (the wait)
         self._rescan_dirs: set[Path] = set()
         #: Ends of associations that stored series (SCP thread → loop): (UIDs, cut off).
         self._association_ends: collections.deque[tuple[set[str], bool]] = collections.deque()
@@ -560,7 +564,14 @@ class WatchService:
         version = self.db.start(job, now)
         attempt = job.attempts + 1
         input_dir = self.jobs_dir / str(job.id)
-        pdir = plugin_dir(self.out_dir, job.study_uid, job.series_uid, job.plugin)
+        try:
+            pdir = plugin_dir(self.out_dir, job.study_uid, job.series_uid, job.plugin)
+        except UnsafePathError as e:
+            # A link in OUT leading out of it (helper-65: the job stayed "running" for good,
+            # behind one "BUG" line). Final: the same folder would be refused again.
+            why = f"its result folder is not safely under OUT (a link leading out?): {e}"
+            self._attempt_failed(job, attempt, FailureKind.INPUT, why, retryable=False)
+            return
         staging = staging_dir(pdir, job.id, attempt)
         digest = hashlib.sha256()
         try:
@@ -578,14 +589,15 @@ class WatchService:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         except OSError as e:
-            # An output share gone read-only, a full disk: the attempt fails where all
-            # can see it and is retried; before, the job stayed "running" for good.
+            # An output share gone read-only, a full disk: said where all can see it and
+            # tried again later. The machine's fault, not the job's: no attempt is spent (a
+            # 15 s outage of an NFS share failed jobs for good, helper-65), and the wait
+            # doubles up to POSTPONE_MAX_S while it lasts.
             shutil.rmtree(input_dir, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
-            self._attempt_failed(
-                job, attempt, FailureKind.TRANSIENT, f"cannot prepare its folders: {_os_reason(e)}"
-            )
+            self._postpone(job, f"cannot prepare its folders: {_os_reason(e)}")
             return
+        self._postponed.pop(job.id, None)
         self._running[job.id] = _Running(
             job=job,
             attempt=attempt,
@@ -664,6 +676,24 @@ class WatchService:
             except OSError:
                 return
             folder = folder.parent
+
+    def _postpone(self, job: Job, error: str) -> None:
+        """Requeue ``job`` after a wait, its attempt handed back (the machine failed it)."""
+        n = self._postponed.get(job.id, 0)
+        self._postponed[job.id] = n + 1
+        wait = min(POSTPONE_MAX_S, max(self.config.retry_delay_seconds, 1.0) * 2.0 ** min(n, 16))
+        self.db.postpone(job, error=error, not_before=self.clock.time() + wait)
+        self.audit.write(
+            "job_postponed",
+            job_id=job.id,
+            plugin=job.plugin,
+            series_uid=job.series_uid,
+            error=error,
+            wait_s=round(wait, 1),
+        )
+        _log.warning(
+            "job %d: %s postponed %.0f s, no attempt spent: %s", job.id, job.plugin, wait, error
+        )
 
     def _attempt_failed(
         self,
