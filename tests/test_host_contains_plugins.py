@@ -514,3 +514,40 @@ def test_a_finding_naming_no_operating_point_is_decided_at_the_manifests_default
     )
     with pytest.raises(PluginError, match=r"the manifest's is 0\.2"):
         _check_finding(m, hair)
+
+
+def test_a_finding_decided_at_another_point_than_the_run_asked_for_is_refused() -> None:
+    # helper-64: `--option operating_point=triage` was accepted, the plugin decided at its
+    # default ('balanced'), and the film read 'Absent' where triage says 'Present'.
+    from medlens.host import _check_finding
+    from medlens.plugin_api.v1 import Finding, Manifest
+
+    ops = [
+        {
+            "name": name,
+            "label": "body",
+            "threshold": t,
+            "sensitivity": 0.8,
+            "specificity": 0.8,
+            "chosen_on": "tests",
+        }
+        for name, t in (("triage", 0.2), ("balanced", 0.5))
+    ]
+    outputs = {
+        **_MANIFEST["outputs"],
+        "operating_points": ops,
+        "default_operating_point": "balanced",
+    }  # type: ignore[dict-item]
+    m = Manifest.model_validate({**_MANIFEST, "entry": "x:create", "outputs": outputs})
+    at_default = Finding(
+        label="body", probability=0.3, positive=False, threshold=0.5, operating_point="balanced"
+    )
+    _check_finding(m, at_default)  # nothing asked: the default
+    with pytest.raises(PluginError, match="decided at operating point 'balanced'; the run asked"):
+        _check_finding(m, at_default, "triage")
+    asked = Finding(
+        label="body", probability=0.3, positive=True, threshold=0.2, operating_point="triage"
+    )
+    _check_finding(m, asked, "triage")
+    # A point the label does not have (another label's): decided at the default.
+    _check_finding(m, at_default, "screening")

@@ -530,7 +530,8 @@ class Host:
             why = redact(scrub(text), _identifying(image))
             raise PluginError(m.id, f"predict failed: {why}{hint}") from e
         try:
-            _check_prediction(m, image, prediction, study, upstream)
+            requested = opts.get("operating_point")
+            _check_prediction(m, image, prediction, study, upstream, requested)
         except MedLensError:
             raise
         except Exception as e:  # Prediction is a plain dataclass: findings=None, a bare array
@@ -928,6 +929,7 @@ def _check_prediction(
     p: Prediction,
     study: StudyInput | None = None,
     upstream: Result | None = None,
+    requested: str | None = None,
 ) -> None:
     if not isinstance(p, Prediction):
         raise PluginError(m.id, f"predict returned {type(p).__name__}, not a Prediction")
@@ -944,7 +946,7 @@ def _check_prediction(
     if twice:  # p 0.9 'Present' beside p 0.1 'Absent' for one label: which does a reader trust?
         raise PluginError(m.id, f"finding {twice[0]!r} is given twice")
     for f in p.findings:
-        _check_finding(m, f)
+        _check_finding(m, f, requested)
     # A measurement of a label the manifest never named (a chained measurer names its
     # upstream's labels, or label-<n>: it declares none itself).
     unmeasured = sorted({x.label for x in p.measurements} - declared) if declared else []
@@ -1000,13 +1002,14 @@ def _check_prediction(
             raise PluginError(m.id, f"status {p.status} but the prediction carries results")
 
 
-def _check_finding(m: Manifest, f: Finding) -> None:
+def _check_finding(m: Manifest, f: Finding, requested: str | None = None) -> None:
     """A finding as its manifest defines it, re-checked: ``model_copy`` skips validators.
 
     A finding built valid and then copied with ``positive`` flipped was written as
     "Absent" at p 0.9; one naming the operating point 'balanced' (0.5) at a threshold
     of 0.2 as "Present" at p 0.3; ``calibrated`` true from a plugin whose manifest
-    declares no calibration.
+    declares no calibration; one decided at the manifest's default when the run asked
+    for another point (``requested``, the run option ``operating_point``).
     """
     try:
         Finding.model_validate(f.model_dump())
@@ -1014,6 +1017,15 @@ def _check_finding(m: Manifest, f: Finding) -> None:
         raise PluginError(m.id, f"invalid finding: {one_line(str(e))}") from e
     ops = {o.name: o for o in m.outputs.operating_points if o.label == f.label}
     default = m.outputs.default_operating_point
+    # The point the run decides this label at: the one asked for where the label has it
+    # (helper-64: 'triage' was accepted, and the finding read 'Absent' at 'balanced').
+    wanted = requested if requested in ops else default if default in ops else None
+    if wanted is not None and f.operating_point not in (None, wanted):
+        raise PluginError(
+            m.id,
+            f"finding {f.label!r} is decided at operating point {f.operating_point!r}; the "
+            f"run asked for {wanted!r}",
+        )
     if f.operating_point is None:
         # The decision rule of findings_at_operating_points: the manifest's default
         # operating point, else 0.5. A plugin that named none was free to call p 0.05

@@ -542,3 +542,19 @@ def test_a_film_its_window_clips_is_refused(host: Host, tmp_path: Path) -> None:
     ramp = np.tile(np.linspace(0.0, 1.0, 200, dtype=np.float32), (200, 1))
     assert clipping_reason(ramp) is None
     assert "clipped to black" in str(clipping_reason(np.clip(ramp, 0.3, 1.0)))
+
+
+def test_the_operating_point_the_run_asks_for_decides(host: Host, tmp_path: Path) -> None:
+    # helper-64: `--option operating_point=triage` was accepted and ignored: the finding
+    # was decided at 'balanced'.
+    from medlens_cxr_pneumonia.manifest import MANIFEST
+
+    png = tmp_path / "film.png"
+    PILImage.fromarray(banded(_grey(FILMS[0]))).save(png)
+    for name in ("triage", "balanced"):
+        r = host.run("cxr-pneumonia", png, options={"explain": False, "operating_point": name})
+        (f,) = r.prediction.findings
+        op = MANIFEST.outputs.operating_point(name, "pneumonia")
+        assert op is not None
+        assert (f.operating_point, f.threshold) == (name, op.threshold)
+        assert f.positive is (f.probability >= op.threshold)
