@@ -227,3 +227,44 @@ def test_status_is_strict_json_and_never_alive_on_a_heartbeat_it_cannot_trust(
         assert parsed["alive"] is False and res.exit_code == 1, (name, parsed)
         res = CliRunner().invoke(cli, ["jobs", "--state", str(state)])
         assert res.exception is None or isinstance(res.exception, SystemExit), (name, res.output)
+
+
+def test_jobs_reads_timestamps_no_clock_can_show(tmp_path: Path) -> None:
+    # helper-64: a result created at 1e20 (or 9e999) and a send due at 9e999 made `jobs`
+    # an OverflowError traceback, and `jobs --json` printed Infinity (not JSON).
+    import sqlite3
+
+    from medlens.watch import StateDB
+
+    for created, due in (("1e20", "0"), ("9e999", "0"), ("1700000000", "9e999")):
+        state = tmp_path / created
+        StateDB(state / "state.db").close()
+        c = sqlite3.connect(state / "state.db")
+        cols = {r[1]: r[3] for r in c.execute("PRAGMA table_info(series)")}
+        vals = {k: ("1.2.3" if k.endswith("uid") else 0) for k, nn in cols.items() if nn}
+        vals.pop("id", None)
+        vals["status"] = "done"
+        c.execute(
+            f"INSERT INTO series(id, {', '.join(vals)}) VALUES (1, {', '.join('?' * len(vals))})",
+            list(vals.values()),
+        )
+        c.execute(
+            "INSERT INTO jobs(id, series_id, plugin, generation, version, status, created_at, "
+            "stable_at) VALUES (1, 1, 'p', 1, 1, 'done', 0, 0)"
+        )
+        c.execute(
+            "INSERT INTO results(id, job_id, series_id, plugin, version, path, created_at) "
+            f"VALUES (1, 1, 1, 'p', 1, 'out/x', {created})"
+        )
+        c.execute(f"INSERT INTO sends(result_id, status, not_before) VALUES (1, 'queued', {due})")
+        c.commit()
+        c.close()
+        res = CliRunner().invoke(cli, ["jobs", "--state", str(state)])
+        assert res.exit_code == 0 and res.exception is None, (created, due, res.output)
+        res = CliRunner().invoke(cli, ["jobs", "--json", "--state", str(state)])
+        assert res.exit_code == 0, (created, due, res.output)
+
+        def strict(word: str) -> None:
+            raise ValueError(word)
+
+        json.loads(res.output, parse_constant=strict)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -169,7 +171,8 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
     finally:
         db.close()
     if as_json:
-        click.echo(json.dumps(s, indent=2, default=str))
+        # Strict JSON: a damaged store's Infinity/NaN (a next try at 9e999) is null.
+        click.echo(json.dumps(_finite(s), indent=2, default=str, allow_nan=False))
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(s["jobs"].items())) or "none"
     svc = s["service"]
@@ -189,7 +192,7 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
     if s["pending_sends"]:
         click.echo("waiting to reach the PACS:")
         for p in s["pending_sends"]:
-            nxt = _dt.datetime.fromtimestamp(p["next_try"]).strftime("%H:%M:%S")
+            nxt = _clock_time(p["next_try"], "%H:%M:%S")
             click.echo(
                 f"  {p['result']} (tries {p['attempts']}, next {nxt}): "
                 f"{p['last_error'] or 'not tried yet'}"
@@ -205,7 +208,7 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
     if s["recent_results"]:
         click.echo("recent results:")
         for r in s["recent_results"]:
-            when = _dt.datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+            when = _clock_time(r["created_at"], "%Y-%m-%d %H:%M:%S")
             sup = (
                 " (withdrawn: its instances moved to another series)"
                 if r["superseded_by"] == r["id"]
@@ -227,6 +230,29 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
         click.echo("unrouted series:")
         for u in s["unrouted"]:
             click.echo(f"  {u['series_uid']}: {u['note']}")
+
+
+def _clock_time(ts: Any, fmt: str) -> str:
+    """A stored timestamp as local time, or '?' for one no clock reads (a damaged store).
+
+    1e20, 9e999 or NaN in a store raised OverflowError/ValueError: a traceback for a
+    command that exists to say what is wrong.
+    """
+    try:
+        return _dt.datetime.fromtimestamp(float(ts)).strftime(fmt)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 @click.command()
