@@ -249,3 +249,45 @@ def test_text_a_japanese_source_cannot_encode_switches_the_output_to_utf8(
     texts = [str(e.value) for e in sr.iterall() if e.VR in ("UT", "ST", "LT")]
     assert any(note in t for t in texts), texts
     assert dciodvfy(outputs["sr"])[0] == []
+
+
+@pytest.mark.parametrize("charset", ["ISO_IR 100", None, "ISO 2022 IR 100"])
+def test_text_a_latin1_or_plain_source_cannot_encode_switches_the_output_to_utf8(
+    charset: str | None,
+    tmp_path: Path,
+    kit: SimpleNamespace,
+    dciodvfy: Callable[[Path], tuple[list[str], list[str]]],
+) -> None:
+    # helper-64: the switch covered ISO 2022 sets only: from an ISO_IR 100 source (or one
+    # with no character set, ASCII) the en dashes came out as '?', and a single-term
+    # 'ISO 2022 IR 100' failed the SEG in highdicom ('code extensions ... single encoding').
+    source = _source("ct", tmp_path / "in", kit)
+    for path in sorted(source.iterdir()):
+        ds = pydicom.dcmread(path)
+        if charset is None:
+            ds.pop("SpecificCharacterSet", None)
+        else:
+            ds.SpecificCharacterSet = charset
+        ds.save_as(path)
+    result = _result(read_image(source), kit, heatmap=True)
+    note = "borderline: Kontrast für Röntgen – 1st–99th"
+    result.prediction.warnings.append(note)
+    outputs = write_result(result, tmp_path / "out")
+    sr = pydicom.dcmread(outputs["sr"])
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    texts = [str(e.value) for e in sr.iterall() if e.VR in ("UT", "ST", "LT")]
+    assert any(note in t for t in texts), texts
+    assert dciodvfy(outputs["sr"])[0] == []
+    assert "seg" in outputs and dciodvfy(outputs["seg"])[0] == []
+
+
+def test_text_the_source_charset_encodes_keeps_it(tmp_path: Path, kit: SimpleNamespace) -> None:
+    source = _source("ct", tmp_path / "in", kit)
+    for path in sorted(source.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.save_as(path)
+    result = _result(read_image(source), kit, heatmap=True)
+    result.prediction.warnings.append("Kontrast für Röntgen")  # Latin-1 has these
+    outputs = write_result(result, tmp_path / "out")
+    assert pydicom.dcmread(outputs["sr"]).SpecificCharacterSet == "ISO_IR 100"

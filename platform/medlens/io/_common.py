@@ -389,6 +389,15 @@ def complete_charset(ds: Dataset) -> Dataset:
     if len(terms) > 1 and not terms[0]:
         terms[0] = "ISO 2022 IR 6"
         ds.SpecificCharacterSet = terms
+    if len(terms) == 1 and terms[0].startswith("ISO 2022 IR "):
+        # One term with code-extension syntax and no extension: highdicom refuses it (the
+        # SEG was lost, helper-64). It is the plain term; IR 6 alone is the default set.
+        plain = "ISO_IR " + terms[0].removeprefix("ISO 2022 IR ")
+        if terms[0] == "ISO 2022 IR 6":
+            del ds.SpecificCharacterSet
+            return ds
+        if plain in _CHARSETS:
+            ds.SpecificCharacterSet = terms = [plain]
     if any(t not in _CHARSETS for t in terms):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
@@ -399,17 +408,22 @@ _TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
 
 
 def fit_charset(ds: Dataset) -> Dataset:
-    """Switch ``ds`` to UTF-8 if its ISO 2022 code extensions cannot encode all its text.
+    """Switch ``ds`` to UTF-8 if its character set cannot encode all its text.
 
-    A source's ``ISO 2022 IR 6`` with ``ISO 2022 IR 87`` is kept (:func:`complete_charset`) so
-    its values keep their byte lengths; but text MedLens or a plugin adds (a warning with
-    'ü' or an en dash) is outside ASCII and JIS, and pydicom wrote it as '?' or as an
-    invalid Latin-1 byte. UTF-8 encodes anything. Called on each object before it is saved.
+    A source's character set is kept (:func:`complete_charset`) so its values keep their
+    byte lengths: ``ISO 2022 IR 6`` with ``ISO 2022 IR 87``, ``ISO_IR 100``, or none (the
+    default repertoire, ASCII). But text MedLens or a plugin adds (a warning with 'ü' or an
+    en dash) may lie outside it, and pydicom wrote it as '?' or as an invalid byte. UTF-8
+    encodes anything. Called on each object before it is saved.
     """
     value = ds.get("SpecificCharacterSet")
-    terms = [] if value is None or isinstance(value, str) else [str(t).strip() for t in value]
-    if len(terms) < 2 or not terms[0].startswith("ISO 2022"):
-        return ds
+    if value is None or isinstance(value, str):
+        terms = [str(value or "").strip()]
+    else:
+        terms = [str(t).strip() for t in value]
+    terms = [t for t in terms if t] or ["ISO 2022 IR 6"]  # none: the default repertoire
+    if any(t in ("ISO_IR 192", "GB18030") for t in terms):
+        return ds  # every character has a code
     from pydicom.charset import convert_encodings
 
     # pydicom reads ISO 2022 IR 6 as Latin-1; the standard's default repertoire is ASCII.
