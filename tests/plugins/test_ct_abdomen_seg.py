@@ -916,3 +916,29 @@ def test_a_liver_cut_by_a_round_field_of_view_is_seen() -> None:
     cut, liver = field(0.30 * min(n0, n1))
     reason = liver_cut_by_field(cut, liver, 1)
     assert reason is not None and "round field of view, which cuts the body" in reason
+
+
+def test_dark_voxels_inside_the_body_are_no_round_field() -> None:
+    # helper-64: a metal clip's dark streak (-1150 HU) 6 mm beside the liver, or noise in a
+    # gas pocket below -1100 HU, counted as a round field's padding: a whole body refused
+    # as 'the liver cut by the scanner's round field'.
+    from medlens_ct_abdomen_seg.plausibility import liver_cut_by_field
+
+    case = synthesize(10000, small=True)
+    n0, n1 = case.hu.shape[:2]
+    g0, g1 = np.meshgrid(np.arange(n0), np.arange(n1), indexing="ij")
+    r = np.hypot(g0 - (n0 - 1) / 2, g1 - (n1 - 1) / 2)
+    liver = case.labels == 1
+    k = int(np.flatnonzero(liver.any(axis=(0, 1))).mean())
+    ii, jj = np.nonzero(liver[:, :, k])
+    i_mid = int(np.median(ii))
+    j = int(jj[ii == i_mid].max()) + round(6 / case.spacing[1])
+    half = round(10 / case.spacing[0])
+    for padded in (False, True):
+        hu = case.hu.astype(np.float32)
+        if padded:  # the corners outside an inscribed round field, the body inside it
+            hu = np.where((r <= 0.5 * min(n0, n1))[:, :, None], hu, -3024.0).astype(np.float32)
+        streak = hu[i_mid - half : i_mid + half + 1, j, k : k + 3]
+        hu[i_mid - half : i_mid + half + 1, j, k : k + 3] = np.where(streak > -500, -1150, streak)
+        image = Image(hu[None], case.spacing, case.origin, case.direction)
+        assert liver_cut_by_field(image, case.labels, 1) is None, padded

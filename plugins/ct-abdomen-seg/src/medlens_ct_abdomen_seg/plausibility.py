@@ -432,6 +432,36 @@ def _in_plane_structure() -> npt.NDArray[np.bool_]:
     return structure
 
 
+#: Least area (mm²) of one slice's padding region: a round field's corners are thousands;
+#: a metal artefact's dark streak, or a gas pocket's noise, a few tens.
+_PADDING_MIN_MM2 = 1000.0
+
+
+def _field_padding(low: npt.NDArray[np.bool_], pixel_mm2: float) -> npt.NDArray[np.bool_]:
+    """The voxels of ``low`` (below any tissue) that are a round field's padding.
+
+    Padding lies outside the field, so it reaches the image's edge, in regions of
+    thousands of mm². Below -1100 HU inside the body (a streak beside a metal clip, noise
+    in bowel gas) is no padding: counted as such, it refused a whole body as 'cut by the
+    round field' (helper-64).
+    """
+    from scipy import ndimage
+
+    out = np.zeros_like(low)
+    for k in range(low.shape[0]):
+        lab, n = ndimage.label(low[k], structure=_in_plane_structure()[1])
+        if n == 0:
+            continue
+        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        area = np.bincount(lab.ravel(), minlength=n + 1) * pixel_mm2
+        keep = np.zeros(n + 1, bool)
+        keep[edge] = True
+        keep &= area >= _PADDING_MIN_MM2
+        keep[0] = False
+        out[k] = keep[lab]
+    return out
+
+
 def _liver_cut_by_round_field(
     hu: npt.NDArray[np.floating],
     liver: npt.NDArray[np.bool_],
@@ -452,7 +482,9 @@ def _liver_cut_by_round_field(
         return None
     # About 2 mm pixels: the distances need no more, and a CT's liver slices stay fast.
     step = [max(1, int(2.0 // p)) for p in px_mm]
-    pad = padding[:, :: step[0], :: step[1]]
+    pad = _field_padding(
+        padding[:, :: step[0], :: step[1]], px_mm[0] * step[0] * px_mm[1] * step[1]
+    )
     body = hu[:, :: step[0], :: step[1]] > _BODY_HU
     rim = ndimage.binary_dilation(pad, structure=_in_plane_structure()) & ~pad
     if (
