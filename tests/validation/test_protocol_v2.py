@@ -66,6 +66,24 @@ def test_toml_and_json_give_the_same_protocol_and_fingerprint(tmp_path: Path) ->
     assert a.fingerprint() == b.fingerprint()
 
 
+def test_a_files_lock_is_fingerprinted_and_its_absence_changes_no_fingerprint(
+    tmp_path: Path,
+) -> None:
+    # Protocols locked before files_sha256 existed keep their fingerprints (a report and
+    # its registry version name them); one that pins the files is another protocol.
+    j = tmp_path / "p.json"
+    j.write_text(json.dumps(_doc()))
+    plain = load_protocol(j)
+    assert isinstance(plain, ProtocolV2) and plain.dataset.files_sha256 is None
+    assert "files_sha256" not in plain.canonical_json()
+    doc = _doc()
+    doc["dataset"] = {**doc["dataset"], "files_sha256": "b" * 64}  # type: ignore[dict-item]
+    j.write_text(json.dumps(doc))
+    pinned = load_protocol(j)
+    assert '"files_sha256":"' + "b" * 64 in pinned.canonical_json()
+    assert pinned.fingerprint() != plain.fingerprint()
+
+
 def test_schema_1_loads_through_load_protocol(tmp_path: Path) -> None:
     doc = {
         "id": "old",

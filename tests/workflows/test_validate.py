@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,6 +168,54 @@ def test_one_byte_of_weights_or_manifest_makes_validate_refuse(
     with pytest.raises(ValidationRefused, match="dataset changed"):
         run_validation(proto, tmp_path / "b", host=oracle_host(plugin_dir), progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_one_byte_of_an_image_or_mask_makes_a_locked_protocol_refuse(
+    tmp_path: Path, dataset: Path, plugin_dir: Path
+) -> None:
+    # helper-67: the lock pinned the manifest CSV alone: an image replaced under its name
+    # was scored under the lock, and 'validated' named data that no longer existed.
+    from medlens_workflows.validate.lock import lock_protocol
+
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.parent, copy)
+    manifest = copy / dataset.name
+    weights = plugin_dir / "oracle.safetensors"
+    proto = tmp_path / "protocol.toml"
+    proto.write_text(protocol_toml(manifest, weights, n_cases=N))
+    host = oracle_host(plugin_dir)
+    locked = lock_protocol(proto, host=host)
+    assert f'files_sha256 = "{locked["files_sha256"]}"' in proto.read_text()
+    image = sorted(copy.rglob("*.dcm"))[3]
+    mask = sorted(copy.rglob("*.nii.gz"))[0]
+    for changed in (image, mask):
+        original = changed.read_bytes()
+        changed.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        with pytest.raises(ValidationRefused, match="an image or mask changed after locking"):
+            run_validation(proto, tmp_path / "out", host=host, progress=False)
+        changed.write_bytes(original)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resumed_run_over_changed_files_is_refused(
+    tmp_path: Path, dataset: Path, plugin_dir: Path
+) -> None:
+    # Without a files lock too: the cases scored before and after the change were one run.
+    from medlens.errors import InputError
+
+    copy = tmp_path / "data"
+    shutil.copytree(dataset.parent, copy)
+    manifest = copy / dataset.name
+    proto = tmp_path / "protocol.toml"
+    proto.write_text(protocol_toml(manifest, plugin_dir / "oracle.safetensors", n_cases=N))
+    host = oracle_host(plugin_dir)
+    out = tmp_path / "out"
+    run_validation(proto, out, host=host, progress=False)
+    image = sorted(copy.rglob("*.dcm"))[0]
+    original = image.read_bytes()
+    image.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    with pytest.raises(InputError, match="other data files"):
+        run_validation(proto, out, host=host, resume=True, progress=False)
 
 
 def test_failed_case_is_counted_never_dropped(
@@ -359,3 +409,47 @@ def test_researchers_folder_with_dicom_seg_and_nifti_masks(
     assert r["metrics"][0]["n"] == 2 and r["metrics"][0]["value"] > 0.99
     sexes = {g["value"] for g in r["subgroups"] if g["attribute"] == "sex"}
     assert "unknown" in sexes
+
+
+def test_a_report_is_published_only_after_the_store_took_its_alias(
+    tmp_path: Path, dataset: Path, mlflow_store: Callable[[Path], str], monkeypatch: Any
+) -> None:
+    # helper-68: the report files said 'validated' before the registry had the alias; a
+    # kill (or a store failure) in between left them claiming what the registry lacked.
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    import medlens_workflows.validate.runner as runner
+    from medlens.errors import OutputError
+
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "oracle.safetensors").write_bytes(b"weights of this test alone\n")
+    install_oracle(plugin)
+    proto = _protocol(tmp_path, dataset, plugin)
+    out = tmp_path / "out"
+    uri = mlflow_store(tmp_path / "ml")
+    real_close = runner._close
+
+    def store_fails(*args: Any) -> None:
+        raise OutputError("the tracking store went away")
+
+    monkeypatch.setattr(runner, "_close", store_fails)
+    with pytest.raises(OutputError):
+        run_validation(proto, out, host=oracle_host(plugin), tracking_uri=uri, progress=False)
+    assert not list(out.glob("report.*")) and not list(out.glob(".staged-report-*"))
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("medlens-oracle-seg", "validated")
+    # A killed attempt's run left RUNNING: closed as FAILED by the next attempt.
+    monkeypatch.setattr(runner, "_close", real_close)
+    db = sqlite3.connect(out / "jobs.sqlite")
+    (orphan,) = db.execute("SELECT value FROM meta WHERE key='tracking_run_id'").fetchone()
+    db.close()
+    client.update_run(orphan, status="RUNNING")
+    outcome = run_validation(
+        proto, out, host=oracle_host(plugin), tracking_uri=uri, resume=True, progress=False
+    )
+    assert outcome.passed and (out / "report.json").is_file()
+    assert client.get_run(orphan).info.status == "FAILED"
+    assert json.loads((out / "report.json").read_text())["mlflow"]["alias"] == "validated"

@@ -55,8 +55,13 @@ def test_lock_rewrites_only_the_locks(tmp_path: Path) -> None:
     assert after.startswith("# pre-registered before any result\n")
     assert 'version = "0.0.1"  # stale' in after  # a comment on a locked line stays
     before_lines = ("# pre-registered before any result\n" + text).splitlines()
-    changed = [a for a, b in zip(before_lines, after.splitlines(), strict=True) if a != b]
+    files = f'files_sha256 = "{locked["files_sha256"]}"'
+    after_lines = after.splitlines()
+    assert after_lines[after_lines.index(files) - 1].startswith("n_cases = ")  # added
+    after_lines.remove(files)
+    changed = [a for a, b in zip(before_lines, after_lines, strict=True) if a != b]
     assert len(changed) == 4  # version, weights, manifest sha256, n_cases; nothing else
+    assert lock_protocol(proto, host=host) == locked  # a second lock sets the line it added
     load_protocol(proto)
     load_locked(proto, host)  # the locks now hold
 

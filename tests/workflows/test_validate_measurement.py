@@ -19,6 +19,7 @@ from medlens.config import HostConfig, ValidationConfig
 from medlens.gating import NotValidatedError
 from medlens.host import Host
 from medlens_validation.protocol_v2 import ProtocolV2
+from medlens_workflows.validate.lock import lock_protocol
 from medlens_workflows.validate.phantoms import build_phantom_dataset
 from medlens_workflows.validate.runner import run_validation
 
@@ -179,10 +180,15 @@ def test_volume_measure_passes_and_its_version_alone_is_validated(
     host = Host(config=HostConfig(), entry_points=eps)
     version = host.get("volume-measure").manifest.version
     proto = _protocol(tmp_path, dataset, "volume-measure", version)
+    # helper-68: lock asked a plugin without weights for a weights line, and hashed a
+    # measurement's files without its masks, so validate refused what lock had locked.
+    locked = lock_protocol(proto, host=host)
+    assert locked["weights_sha256"] is None and "weights_sha256" not in proto.read_text()
     outcome = run_validation(proto, tmp_path / "out", host=host, tracking_uri=uri, progress=False)
     r = outcome.report
     assert outcome.passed, [m for m in r["metrics"] if not m["passed"]]
     assert r["task"] == "measurement" and r["n_failed"] == 0 and r["weights_sha256"] is None
+    assert r["dataset_files_sha256"] == locked["files_sha256"] and r["dataset_files_locked"]
     by = {(m["metric"], m["label"]): m for m in r["metrics"]}
     assert by[("volume_rel_error", "liver")]["value"] < 1e-9
     assert by[("lesion_sensitivity", None)]["n"] == N

@@ -227,8 +227,16 @@ class ValidationProtocol(_Frozen):
 
 
 def canonical_json(model: BaseModel) -> str:
-    """A protocol as JSON with sorted keys and no whitespace: the bytes that are fingerprinted."""
-    return json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """A protocol as JSON with sorted keys and no whitespace: the bytes that are fingerprinted.
+
+    A dataset without ``files_sha256`` (schema 2) is dumped without the key, so protocols
+    locked before it existed keep their fingerprints.
+    """
+    doc = model.model_dump(mode="json")
+    dataset = doc.get("dataset")
+    if isinstance(dataset, dict) and "files_sha256" in dataset and dataset["files_sha256"] is None:
+        del dataset["files_sha256"]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def check_manifest_sha256(manifest_path: Path, locked_sha256: str) -> str:

@@ -162,6 +162,12 @@ class DatasetLock(_Frozen):
     )
     manifest_sha256: str = Field(pattern=_SHA, description="sha256 of the manifest file.")
     n_cases: int = Field(ge=1, description="Cases the manifest lists.")
+    files_sha256: str | None = Field(
+        default=None,
+        pattern=_SHA,
+        description="sha256 over the bytes of every case's input and reference files, in "
+        "manifest order (medlens_workflows.validate.files); unset: the files are not locked.",
+    )
 
 
 class OperatingPoint(_Frozen):

@@ -26,10 +26,19 @@ from pathlib import Path
 
 from medlens.errors import InputError
 
-__all__ = ["REQUIRED", "DatasetCase", "read_manifest"]
+__all__ = ["REQUIRED", "DatasetCase", "read_manifest", "references_are_paths"]
 
 #: Columns every manifest has, in this order.
 REQUIRED: tuple[str, ...] = ("case_id", "patient_id", "input", "reference")
+
+
+def references_are_paths(task: str) -> bool:
+    """Whether a protocol of ``task`` names its references by path (masks) or by value.
+
+    Segmentation and measurement references are masks; classification's are class values.
+    One rule for every reader: lock and validate once disagreed on measurement (helper-68).
+    """
+    return task != "classification"
 
 
 @dataclass(frozen=True)

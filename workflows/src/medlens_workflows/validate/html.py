@@ -283,6 +283,8 @@ def _page(report: dict[str, Any], scored: Sequence[CaseScore], table: list[dict[
                 "weights_sha256",
                 "dataset_name",
                 "dataset_sha256",
+                "dataset_files_sha256",
+                "dataset_files_locked",
                 "n_cases",
                 "n_failed",
                 "medlens_version",

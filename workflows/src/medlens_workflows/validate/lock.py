@@ -4,7 +4,9 @@
 now, the values a protocol is refused without:
 
 * ``[plugin] version`` and ``weights_sha256`` (recomputed from the weights file);
-* ``[dataset] manifest_sha256`` and ``n_cases`` (of the manifest the protocol names);
+* ``[dataset] manifest_sha256`` and ``n_cases`` (of the manifest the protocol names), and
+  ``files_sha256`` (the bytes of every case's input and reference files,
+  :mod:`.files`; the line is added when missing);
 * each ``[[operating_points]]`` ``threshold``: the plugin's own threshold of that name,
   so the protocol judges the decisions the plugin ships.
 
@@ -17,6 +19,7 @@ protocol before it replaces the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +63,15 @@ def _set(lines: list[str], lo: int, hi: int, key: str, value: str | None, where:
     raise InputError(f"the protocol has no {key!r} in {where}; add the line, then lock")
 
 
+def _set_or_add(lines: list[str], lo: int, hi: int, key: str, value: str, *, after: str) -> None:
+    """Set ``key`` in lines ``lo:hi``, or add its line after ``after``'s (a newer lock)."""
+    try:
+        _set(lines, lo, hi, key, value, "")
+    except InputError:
+        at = next(i for i in range(lo, hi) if re.match(rf"^\s*{re.escape(after)}\s*=", lines[i]))
+        lines.insert(at + 1, f"{key} = {value}")
+
+
 def lock_protocol(path: Path, host: Host | None = None) -> dict[str, Any]:
     """Fill in ``path``'s locks (see the module docstring); returns what was written.
 
@@ -72,7 +84,7 @@ def lock_protocol(path: Path, host: Host | None = None) -> dict[str, Any]:
     from medlens.weights import file_sha256, resolve_weights
     from medlens_validation.errors import ValidationPackageError
     from medlens_validation.protocol import load_protocol
-    from medlens_workflows.validate.dataset import read_manifest
+    from medlens_workflows.validate.dataset import read_manifest, references_are_paths
 
     path = Path(path)
     try:
@@ -98,8 +110,12 @@ def lock_protocol(path: Path, host: Host | None = None) -> dict[str, Any]:
         manifest_sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
     except OSError as e:
         raise InputError(f"cannot read the dataset manifest {str(manifest)!r}") from e
-    task = str(doc.get("task", ""))
-    n_cases = len(read_manifest(manifest, reference_is_path=task == "segmentation"))
+    from medlens_workflows.validate.files import files_sha256
+
+    paths = references_are_paths(str(doc.get("task", "")))
+    cases = read_manifest(manifest, reference_is_path=paths)
+    n_cases = len(cases)
+    files_sha = files_sha256(cases, reference_is_path=paths)
     shipped = {op.name: op.threshold for op in m.outputs.operating_points}
     lines = text.splitlines()
     locked: dict[str, Any] = {
@@ -107,13 +123,17 @@ def lock_protocol(path: Path, host: Host | None = None) -> dict[str, Any]:
         "weights_sha256": weights,
         "manifest_sha256": manifest_sha,
         "n_cases": n_cases,
+        "files_sha256": files_sha,
         "operating_points": {},
     }
     for name, lo, hi in _blocks(lines):
         if name == "plugin":
             _set(lines, lo, hi, "version", json.dumps(m.version), "[plugin]")
-            sha = None if weights is None else json.dumps(weights)
-            _set(lines, lo, hi, "weights_sha256", sha, "[plugin]")
+            if weights is not None:
+                _set(lines, lo, hi, "weights_sha256", json.dumps(weights), "[plugin]")
+            else:  # no weights: no line (helper-68: one had to be added, to be removed)
+                with contextlib.suppress(InputError):
+                    _set(lines, lo, hi, "weights_sha256", None, "[plugin]")
         elif name == "dataset":
             _set(lines, lo, hi, "manifest_sha256", json.dumps(manifest_sha), "[dataset]")
             _set(lines, lo, hi, "n_cases", str(n_cases), "[dataset]")
@@ -126,6 +146,10 @@ def lock_protocol(path: Path, host: Host | None = None) -> dict[str, Any]:
                 )
             _set(lines, lo, hi, "threshold", repr(float(shipped[op])), f"operating point {op!r}")
             locked["operating_points"][op] = float(shipped[op])
+    # Last: a line added shifts the tables after it.
+    for name, lo, hi in _blocks(lines):
+        if name == "dataset":
+            _set_or_add(lines, lo, hi, "files_sha256", json.dumps(files_sha), after="n_cases")
     new = "\n".join(lines) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".lock-", suffix=path.suffix, dir=path.parent)
     try:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ from typing import Any
 from medlens.errors import OutputError
 from medlens_validation.evaluation import CaseScore
 
-__all__ = ["REPORT_VERSION", "case_table", "report_schema", "validate_report", "write_outputs"]
+__all__ = [
+    "REPORT_VERSION",
+    "case_table",
+    "publish_outputs",
+    "report_schema",
+    "stage_outputs",
+    "validate_report",
+]
 
 #: Version of ``report.schema.json``.
 REPORT_VERSION = "1"
@@ -108,16 +116,22 @@ def _csv(table: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def write_outputs(
+def stage_outputs(
     report: dict[str, Any],
     scored: list[CaseScore],
     rows: dict[str, tuple[bool, str | None, dict[str, Any], float]],
     out_dir: Path,
 ) -> list[Path]:
-    """Write ``report.json``, ``cases.csv`` and ``report.html`` as a set.
+    """Write ``report.json``, ``cases.csv`` and ``report.html`` into a hidden folder.
+
+    The folder is in ``out_dir``; :func:`publish_outputs` puts the files in place as a set.
+
+    Staged first so the tracking store can take them as artifacts, and the registry its
+    alias, before a reader sees files that say so (a kill in between left a report
+    saying 'validated' beside a registry without the alias).
 
     Returns:
-        The three paths.
+        The three staged paths.
 
     Raises:
         OutputError: If the report violates its schema or a file cannot be written.
@@ -131,25 +145,41 @@ def write_outputs(
         "cases.csv": _csv(table),
         "report.html": render_html(report, scored, table),
     }
-    tmps: list[tuple[Path, Path]] = []
+    staged = out_dir / f".staged-report-{os.getpid()}"
     try:
+        for old in out_dir.glob(".staged-report-*"):  # a killed run's (the folder is locked)
+            shutil.rmtree(old, ignore_errors=True)
+        staged.mkdir()
         for name, text in contents.items():
-            final = out_dir / name
-            tmp = out_dir / f".{name}.tmp-{os.getpid()}"
-            with tmp.open("w", encoding="utf-8") as fh:
+            with (staged / name).open("w", encoding="utf-8") as fh:
                 fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
-            tmps.append((tmp, final))
-        # Every target checked before the first rename: a folder named report.html failed
-        # the third rename after two had replaced last run's files (half a set).
-        blocked = [f.name for _, f in tmps if f.exists() and not f.is_file()]
+        # Every target checked before anything is published: a folder named report.html
+        # failed the third rename after two had replaced last run's files (half a set).
+        blocked = [n for n in contents if (out_dir / n).exists() and not (out_dir / n).is_file()]
         if blocked:
             raise IsADirectoryError(21, "Is a directory", blocked[0])
-        for tmp, final in tmps:
-            os.replace(tmp, final)
     except OSError as e:
-        for tmp, _ in tmps:
-            tmp.unlink(missing_ok=True)
+        shutil.rmtree(staged, ignore_errors=True)
         raise OutputError(f"cannot write the validation report: {e.strerror or e}") from e
-    return [final for _, final in tmps]
+    return [staged / n for n in contents]
+
+
+def publish_outputs(staged: list[Path], out_dir: Path) -> list[Path]:
+    """Move staged report files into ``out_dir`` (each a rename), then drop their folder.
+
+    Raises:
+        OutputError: If a file cannot be moved.
+    """
+    try:
+        finals = []
+        for f in staged:
+            os.replace(f, out_dir / f.name)
+            finals.append(out_dir / f.name)
+    except OSError as e:
+        raise OutputError(f"cannot write the validation report: {e.strerror or e}") from e
+    finally:
+        if staged:
+            shutil.rmtree(staged[0].parent, ignore_errors=True)
+    return finals

@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,7 +36,7 @@ from medlens_validation.errors import ValidationPackageError
 from medlens_validation.evaluation import CaseScore, evaluate
 from medlens_validation.protocol import load_protocol
 from medlens_validation.protocol_v2 import ProtocolV2
-from medlens_workflows.validate.dataset import DatasetCase, read_manifest
+from medlens_workflows.validate.dataset import DatasetCase, read_manifest, references_are_paths
 from medlens_workflows.validate.store import CaseQueue
 
 if TYPE_CHECKING:
@@ -333,17 +334,28 @@ def run_validation(
     """
     from medlens.host import Host as _Host
     from medlens_workflows.validate.progress import case_progress
-    from medlens_workflows.validate.tracking import default_tracking_uri, ensure_store
+    from medlens_workflows.validate.tracking import close_orphan, default_tracking_uri, ensure_store
 
     host = host if host is not None else _Host()
     protocol, manifest, dataset_sha, weights = load_locked(protocol_path, host)
-    cases = read_manifest(manifest, reference_is_path=protocol.task != "classification")
+    cases = read_manifest(manifest, reference_is_path=references_are_paths(protocol.task))
     if len(cases) != protocol.dataset.n_cases:
         raise ValidationRefused(
             f"the manifest lists {len(cases)} cases; the protocol was locked for "
             f"{protocol.dataset.n_cases}"
         )
     check_names(protocol, host, cases)
+    from medlens_workflows.validate.files import files_sha256
+
+    # The manifest names the files; their bytes are pinned apart (an image replaced under
+    # its name was scored under the lock as if nothing had changed).
+    files_sha = files_sha256(cases, reference_is_path=references_are_paths(protocol.task))
+    locked_files = protocol.dataset.files_sha256
+    if locked_files is not None and files_sha != locked_files:
+        raise ValidationRefused(
+            f"the dataset's files (sha256 {files_sha[:12]}…) differ from those the protocol "
+            f"was locked on ({locked_files[:12]}…): an image or mask changed after locking"
+        )
     # Only the audited attributes travel on (cases.csv, report, MLflow): another column
     # of a hospital's manifest may be a record number.
     audited = {g.attribute for g in protocol.subgroups}
@@ -355,12 +367,17 @@ def run_validation(
     if tracking_uri is not None:
         _check_store(tracking_uri, out_dir)  # before hours of scoring, not after
     fp = protocol.fingerprint()
-    queue = CaseQueue(out_dir, fp, protocol.plugin.id, [c.case_id for c in cases], resume=resume)
+    # A resumed run goes on only over the same protocol and the same files.
+    key = f"{fp}/files:{files_sha}"
+    queue = CaseQueue(out_dir, key, protocol.plugin.id, [c.case_id for c in cases], resume=resume)
     # The folder stays locked until the report is written: two runs on one --out
     # both reported and registered.
     try:
         uri = tracking_uri or default_tracking_uri(out_dir)
         _tracking(ensure_store, uri, out_dir)  # before scoring, whole or not at all
+        previous = queue.last_run()
+        if previous is not None:  # a killed attempt's run stayed RUNNING for good
+            _tracking(close_orphan, uri, out_dir, previous)
         executor = executor or LocalExecutor(_source(host))
         try:
             done, failed = queue.counts()
@@ -370,7 +387,9 @@ def run_validation(
         finally:
             executor.close()
         records = queue.records()
-        return _report(protocol, cases, records, fp, dataset_sha, weights, uri, out_dir)
+        datasets = (dataset_sha, files_sha)
+        found = (protocol, cases, records, fp, datasets, weights)
+        return _report(*found, uri, out_dir, queue.remember_run)
     finally:
         queue.close()
 
@@ -395,12 +414,16 @@ def _report(
     cases: list[DatasetCase],
     records: dict[str, Any],
     fp: str,
-    dataset_sha: str,
+    datasets: tuple[str, str],
     weights: str | None,
     uri: str,
     out_dir: Path,
+    opened: Callable[[str], None],
 ) -> Outcome:
-    """The verdict from the records; the MLflow run and registry; the report files."""
+    """The verdict from the records; the MLflow run and registry; the report files.
+
+    ``opened`` is told the tracking run's id as soon as it exists.
+    """
     from medlens_workflows.validate import report as rep
     from medlens_workflows.validate.tracking import open_run
 
@@ -417,6 +440,7 @@ def _report(
     ]
     rows = {cid: (r.ok, r.reason, r.scores, r.seconds) for cid, r in records.items()}
     verdict = evaluate(protocol, scored)
+    dataset_sha, files_sha = datasets
     report: dict[str, Any] = {
         "report_version": rep.REPORT_VERSION,
         "protocol_id": protocol.id,
@@ -429,6 +453,8 @@ def _report(
         "weights_sha256": weights,
         "dataset_name": protocol.dataset.name,
         "dataset_sha256": dataset_sha,
+        "dataset_files_sha256": files_sha,
+        "dataset_files_locked": protocol.dataset.files_sha256 is not None,
         "medlens_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **verdict,
@@ -436,15 +462,20 @@ def _report(
     }
     name = f"{protocol.id} {protocol.plugin.id}-{protocol.plugin.version}"
     run = _tracking(open_run, uri, out_dir, name)
+    opened(run.run_id)
     try:
         shown = shown_uri(uri, out_dir)
         args = (run, protocol, fp, weights, dataset_sha, verdict, report, shown)
         _tracking(_record, uri, out_dir, *args)
-        files = rep.write_outputs(report, scored, rows, out_dir)
-        _tracking(_close, uri, out_dir, run, files, bool(verdict["passed"]))
+        staged = rep.stage_outputs(report, scored, rows, out_dir)
+        # The store takes the files and the alias before anyone can read that it has.
+        _tracking(_close, uri, out_dir, run, staged, bool(verdict["passed"]))
+        rep.publish_outputs(staged, out_dir)
     except BaseException:
         with contextlib.suppress(Exception):  # the store may be what failed
             run.fail()
+        for old in out_dir.glob(".staged-report-*"):
+            shutil.rmtree(old, ignore_errors=True)
         raise
     return Outcome(bool(verdict["passed"]), report, out_dir)
 
@@ -469,6 +500,7 @@ def _record(
             "plugin_version": protocol.plugin.version,
             "weights_sha256": weights or "none",
             "dataset_sha256": dataset_sha,
+            "dataset_files_sha256": report["dataset_files_sha256"],
             "medlens_version": __version__,
             "n_cases": str(verdict["n_cases"]),
             "n_failed": str(verdict["n_failed"]),

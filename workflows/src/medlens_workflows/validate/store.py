@@ -35,6 +35,7 @@ __all__ = ["SCORES", "CaseQueue", "CaseRecord"]
 SCORES = "scores.json"
 _STUDY = "validation"
 _FINGERPRINT = "validation_fingerprint"
+_RUN = "tracking_run_id"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class CaseQueue:
 
     Args:
         out_dir: The run's output folder.
-        fingerprint: The protocol's fingerprint.
+        fingerprint: What a resumed run must match: the protocol's fingerprint and its
+            data files' sha256.
         plugin: The plugin every job runs.
         case_ids: The manifest's case ids, in order.
         resume: Continue a run in ``out_dir``; without it an existing run is refused.
@@ -88,7 +90,10 @@ class CaseQueue:
             raise InputError(f"{str(self.out_dir)!r} holds a validation run; pass --resume")
         if known is not None and known != fingerprint:
             self.close()
-            raise InputError("the run in the output folder used another protocol; use a new --out")
+            raise InputError(
+                "the run in the output folder used another protocol or other data files; use "
+                "a new --out"
+            )
         if known is None:
             self._create(fingerprint, case_ids)
         # Attempts a killed run left ``running`` are handed back (not counted) and rerun.
@@ -159,6 +164,15 @@ class CaseQueue:
         """Attempts this process interrupted go back to the queue, not counted."""
         for jid in job_ids:
             self.store.hand_back(jid)
+
+    def remember_run(self, run_id: str) -> None:
+        """Record the tracking run this validation opened (a kill may leave it running)."""
+        with self.store.tx() as c:
+            c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (_RUN, run_id))
+
+    def last_run(self) -> str | None:
+        """The tracking run the last attempt of this validation opened, if any."""
+        return self.store.meta().get(_RUN)
 
     def counts(self) -> tuple[int, int]:
         """``(finished, failed)`` cases so far."""

@@ -260,6 +260,22 @@ class ValidationRun:
         self.client.set_terminated(self.run_id, "FAILED")
 
 
+def close_orphan(tracking_uri: str, run_id: str) -> bool:
+    """End as FAILED a run a killed validation left RUNNING; True if it was."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False  # another store, or deleted: nothing of ours to close
+    if run.info.status != "RUNNING":
+        return False
+    client.set_terminated(run_id, "FAILED")
+    return True
+
+
 def open_run(tracking_uri: str, run_name: str) -> ValidationRun:
     """Start a validation run on ``tracking_uri`` (any MLflow URI)."""
     return ValidationRun(tracking_uri, run_name)
