@@ -343,3 +343,23 @@ def test_nonzero_box_is_the_bounding_box_of_the_labels(order: str) -> None:
     clean = np.zeros((8, 8, 8), np.uint8)
     post.clean_components(clean, [1], 3.0)  # nothing labelled: nothing to do
     assert not clean.any()
+
+
+def test_a_voxel_size_whose_model_grid_no_memory_holds_is_refused_first() -> None:
+    # helper-69: PixelSpacing 50 mm (a 26 m field of view) was resampled to the model's
+    # 2.5 mm grid until the kernel killed the batch at 22 GB. Refused before resampling.
+    import time
+
+    from medlens.engine.preprocess import prepare
+    from medlens.errors import GeometryError
+    from medlens.plugin_api._manifest import InputSpec
+
+    arr = np.zeros((1, 256, 256, 40), np.float32)
+    image = Image(arr, (50.0, 50.0, 5.0), (0.0, 0.0, 0.0), np.eye(3))
+    spec = InputSpec(dims=3, spacing=(2.5, 2.5, 3.0))
+    t0 = time.perf_counter()
+    with pytest.raises(GeometryError, match="pixel spacing is implausible") as e:
+        prepare(image, spec)
+    assert time.perf_counter() - t0 < 5.0 and "12750 x 12750 x 195 mm" in str(e.value)
+    ok = Image(arr, (0.8, 0.8, 5.0), (0.0, 0.0, 0.0), np.eye(3))
+    assert prepare(ok, spec).tensor.shape[1:] == (82, 82, 66)

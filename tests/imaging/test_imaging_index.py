@@ -127,3 +127,26 @@ def test_a_header_whose_uid_is_no_uid_is_refused_in_one_line(
         str(e.value) == f"{path.name!r}: {keyword} is not a valid UID (digits and dots, at most 64)"
     )
     assert value not in str(e.value)
+
+
+def test_a_scout_numbered_first_does_not_make_the_series_a_localizer(
+    dicom_builder: SimpleNamespace, tmp_path: Path
+) -> None:
+    # helper-69: the routing facts were the first instance's, and scanners number the
+    # scout first: Not(Contains(ImageType, LOCALIZER)) refused the 53 axial slices.
+    from medlens.imaging.facts import facts_of_series
+    from medlens.rules.grammar import Contains, Not
+
+    spec = dicom_builder.SeriesSpec(n=5)
+    dicom_builder.write_series(tmp_path, spec)
+    scout = dicom_builder.write_localizer(tmp_path, spec)
+    ds = pydicom.dcmread(scout)
+    ds.InstanceNumber = 0  # before the axial slices
+    ds.save_as(scout)
+    series = index_folder(tmp_path).series(spec.series_uid)
+    assert "LOCALIZER" in series.headers[0].image_type  # sorted first, as scanners number it
+    facts = facts_of_series(series)
+    assert "LOCALIZER" not in str(facts.attributes["ImageType"]).upper()
+    assert facts.slice_count == 5
+    rule = Not(rule=Contains(attribute="ImageType", value="LOCALIZER"))
+    assert rule.evaluate(facts.for_rules()).matched

@@ -138,6 +138,7 @@ def prepare(image: Image, spec: InputSpec, device: str = "cpu") -> Prepared:
     if spec.spacing is not None:
         spacing = _current_spacing(image, steps)
         rs = Resample(in_shape=shape, in_spacing=spacing, out_spacing=tuple(spec.spacing))
+        _check_model_grid(rs.out_shape, spacing, shape)
         if not rs.identity:
             steps.append(rs)
             t = rs.forward(t)
@@ -152,6 +153,30 @@ def prepare(image: Image, spec: InputSpec, device: str = "cpu") -> Prepared:
     if t.untyped_storage().data_ptr() == base.untyped_storage().data_ptr():
         t = t.clone()  # never the image's own memory: callers may write into the input
     return Prepared(tensor=t.to(device), chain=GridChain(image, tuple(steps)))
+
+
+#: Most voxels a model grid may have (1 GiB of float32): a whole-body CT on a 1 mm grid is
+#: a quarter of it. A wrong PixelSpacing (50 mm) made a 26 m field of view whose
+#: resampling took 22 GB before the kernel killed the batch (helper-69).
+MAX_MODEL_VOXELS = 2**28
+
+
+def _check_model_grid(
+    out_shape: tuple[int, ...], spacing: tuple[float, ...], shape: tuple[int, ...]
+) -> None:
+    """Refuse, before resampling, an image whose model grid no memory holds.
+
+    Raises:
+        GeometryError: One line with the field of view the spacing makes.
+    """
+    n = int(np.prod([float(v) for v in out_shape]))
+    if n > MAX_MODEL_VOXELS:
+        fov = " x ".join(f"{(k - 1) * s:.0f}" for k, s in zip(shape, spacing, strict=True))
+        raise GeometryError(
+            f"the image's voxel size makes a field of view of {fov} mm: resampled to the "
+            f"model's grid it would be {n:.3g} voxels (at most {MAX_MODEL_VOXELS:.3g}); "
+            "its pixel spacing is implausible"
+        )
 
 
 def _writable(a: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -150,10 +150,17 @@ def _dims_of_headers(headers: Iterable[DicomHeader], modality: str) -> int:
 
 
 def facts_of_headers(headers: Iterable[DicomHeader]) -> Facts:
-    """Facts of the instances of one series (their first instance's attributes)."""
+    """Facts of the instances of one series (their first instance's attributes).
+
+    Localizers (``ImageType`` LOCALIZER) beside other images are left out, as the reader
+    leaves them out of the volume: a scout numbered first made the series "a localizer"
+    to the routing rules, and its 53 axial slices were never segmented (helper-69).
+    """
     hs = list(headers)
     if not hs:
         raise ValueError("a series has at least one instance")
+    images = [h for h in hs if "LOCALIZER" not in h.image_type]
+    hs = images or hs
     first = hs[0]
     return Facts(
         attributes=safe_attributes(first.attributes),
