@@ -11,7 +11,7 @@ its intensities are stretched between the 0.5th and 99.5th percentiles. The perc
 stretch makes an 8-bit JPEG, a 12-bit CR and a 16-bit DX of the same film agree (bit
 depth no longer matters, nor a window that spans the film), and takes out most of the
 exposure differences between sites. A display window narrower than the film clips it,
-and that does matter (WindowWidth 3000 on a 12-bit film: p 0.26 -> 0.47): a film clipped
+and that does matter (``benchmarks/cxr_clipping.py --window 3000``): a film clipped
 to white or black beyond what the development films show is refused
 (:func:`medlens_cxr_pneumonia.gate.clipping_reason`).
 """
