@@ -543,7 +543,7 @@ def test_a_finding_decided_at_another_point_than_the_run_asked_for_is_refused() 
         label="body", probability=0.3, positive=False, threshold=0.5, operating_point="balanced"
     )
     _check_finding(m, at_default)  # nothing asked: the default
-    with pytest.raises(PluginError, match="decided at operating point 'balanced'; the run asked"):
+    with pytest.raises(PluginError, match="decided at 'balanced'; the run asked"):
         _check_finding(m, at_default, "triage")
     asked = Finding(
         label="body", probability=0.3, positive=True, threshold=0.2, operating_point="triage"
@@ -551,3 +551,14 @@ def test_a_finding_decided_at_another_point_than_the_run_asked_for_is_refused() 
     _check_finding(m, asked, "triage")
     # A point the label does not have (another label's): decided at the default.
     _check_finding(m, at_default, "screening")
+
+    # helper-71: no default, and a finding naming no point was decided at 0.5 although the
+    # run asked for 'triage'.
+    no_default = {**outputs, "default_operating_point": None}
+    m = Manifest.model_validate({**_MANIFEST, "entry": "x:create", "outputs": no_default})
+    at_half = Finding(
+        label="body", probability=0.3, positive=False, decisions={"triage": True, "balanced": False}
+    )
+    _check_finding(m, at_half)  # nothing asked: 0.5, as documented
+    with pytest.raises(PluginError, match="decided at no operating point; the run asked"):
+        _check_finding(m, at_half, "triage")

@@ -1019,12 +1019,15 @@ def _check_finding(m: Manifest, f: Finding, requested: str | None = None) -> Non
     default = m.outputs.default_operating_point
     # The point the run decides this label at: the one asked for where the label has it
     # (helper-64: 'triage' was accepted, and the finding read 'Absent' at 'balanced').
+    # Naming none is no way out of the request (helper-71: decided at 0.5 under a manifest
+    # without a default, the run having asked for 'triage').
     wanted = requested if requested in ops else default if default in ops else None
-    if wanted is not None and f.operating_point not in (None, wanted):
+    asked = requested is not None and requested in ops
+    if wanted is not None and f.operating_point != wanted and (asked or f.operating_point):
+        at = "no operating point" if f.operating_point is None else repr(f.operating_point)
         raise PluginError(
             m.id,
-            f"finding {f.label!r} is decided at operating point {f.operating_point!r}; the "
-            f"run asked for {wanted!r}",
+            f"finding {f.label!r} is decided at {at}; the run asked for {wanted!r}",
         )
     if f.operating_point is None:
         # The decision rule of findings_at_operating_points: the manifest's default

@@ -216,3 +216,45 @@ def test_two_d_bundle_mask_is_on_the_input_grid(tmp_path: Path, invert: bool) ->
     assert pred.mask is not None and pred.mask.same_grid(image)
     assert np.array_equal(pred.mask.array[0], arr[0] > 0.5)
     assert any("no Invertd" in w for w in pred.warnings) is not invert
+
+
+def test_a_bundles_file_writers_are_dropped_at_any_depth(tmp_path: Path) -> None:
+    # helper-71: only the top level of the post-processing was cleaned of SaveImaged; one in
+    # the pre-processing, or nested in a Compose, wrote the patient's image to its own path.
+    from bundlekit import INFERENCE
+
+    leak = tmp_path / "LEAK"
+    inf = copy.deepcopy(INFERENCE)
+    inf["preprocessing"]["transforms"].insert(
+        1,
+        {
+            "_target_": "SaveImaged",
+            "keys": "image",
+            "output_dir": str(leak / "pre"),
+            "separate_folder": False,
+            "output_postfix": "copy",
+        },
+    )
+    inf["postprocessing"]["transforms"].insert(
+        3,
+        {
+            "_target_": "Compose",
+            "transforms": [
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": str(leak / "post"),
+                    "separate_folder": False,
+                    "resample": False,
+                    "output_postfix": "nested",
+                }
+            ],
+        },
+    )
+    b = make_bundle(tmp_path, inference=inf)
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text(f'[[bundles]]\npath = "{b}"\nsha256 = "{file_sha256(b)}"\n')
+    host = Host(load_config(cfg), entry_points=[])
+    image = Image(np.full((1, 20, 20, 10), 60.0, np.float32), (2.0, 2.0, 3.0), (0, 0, 0), np.eye(3))
+    assert host.run("spleen-ct-segmentation", image).prediction.mask is not None
+    assert not leak.exists() or not [p for p in leak.rglob("*") if p.is_file()]

@@ -358,8 +358,12 @@ def test_a_voxel_size_whose_model_grid_no_memory_holds_is_refused_first() -> Non
     image = Image(arr, (50.0, 50.0, 5.0), (0.0, 0.0, 0.0), np.eye(3))
     spec = InputSpec(dims=3, spacing=(2.5, 2.5, 3.0))
     t0 = time.perf_counter()
-    with pytest.raises(GeometryError, match="pixel spacing is implausible") as e:
+    with pytest.raises(GeometryError, match="or its voxel size is wrong") as e:
         prepare(image, spec)
     assert time.perf_counter() - t0 < 5.0 and "12750 x 12750 x 195 mm" in str(e.value)
     ok = Image(arr, (0.8, 0.8, 5.0), (0.0, 0.0, 0.0), np.eye(3))
     assert prepare(ok, spec).tensor.shape[1:] == (82, 82, 66)
+    # helper-71: a whole-body CT (0.5 x 0.5 x 1.8 m) on a 1 mm model grid is no error.
+    from medlens.engine.preprocess import _check_model_grid
+
+    _check_model_grid((501, 501, 1800), (0.98, 0.98, 1.0), (512, 512, 1800))

@@ -691,3 +691,27 @@ def test_status_counts_every_standing_failure(tmp_path: Path) -> None:
 
     out = CliRunner().invoke(cli, ["status", "--state", str(r.state)]).output
     assert json.loads(out)["failed"] == 3
+
+
+def test_a_stored_instance_gone_fails_the_job_not_postpones_it(tmp_path: Path) -> None:
+    # helper-71: a store file gone (an operator's clean-up, a disk error) was taken for an
+    # outage of OUT: postponed for ever, no attempt counted, never failed.
+    with Running(tmp_path, ("body-mask",), max_attempts=1) as r:
+        ct = wk.make_series(4)
+        r.out.mkdir(parents=True, exist_ok=True)
+        blocker = r.out / ct[0].StudyInstanceUID
+        blocker.write_bytes(b"")  # holds the job back until the store file is gone
+        wk.write_files(ct, r.inp / "a")
+        wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "job_postponed"],
+            what="a postponement",
+        )
+        sorted((r.state / "store").rglob("*.dcm"))[0].unlink()
+        blocker.unlink()
+        (failed,) = wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "job_failed"],
+            what="the job's failure",
+        )
+    assert failed["error"].startswith("cannot read its stored instances: FileNotFoundError")
+    (job,) = r.jobs()
+    assert job["status"] == "failed" and job["attempts"] == 1

@@ -203,3 +203,24 @@ def test_a_store_in_a_folder_named_with_url_characters_is_the_one_checked(
     with pytest.raises(OutputError, match=r"x\.db"):
         ensure_store(f"sqlite:///{db}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site#1?x"]
+
+
+def test_the_files_hash_walks_a_case_folder_linking_to_itself_once(tmp_path: Path) -> None:
+    # helper-71: two links to '.' inside a case folder made lock and validate walk for ever.
+    from medlens_workflows.validate.dataset import DatasetCase
+    from medlens_workflows.validate.files import files_sha256
+
+    plain, looped = tmp_path / "plain", tmp_path / "looped"
+    for d in (plain, looped):
+        d.mkdir()
+        (d / "img.dcm").write_bytes(b"pixels")
+    (looped / "a").symlink_to(".")
+    (looped / "b").symlink_to(".")
+
+    def case(folder: Path) -> DatasetCase:
+        return DatasetCase("c1", "p1", folder, "pneumonia", {})
+
+    got = files_sha256([case(looped)], reference_is_path=False)
+    assert got == files_sha256([case(plain)], reference_is_path=False)
+    (plain / "img.dcm").write_bytes(b"pixelz")
+    assert files_sha256([case(plain)], reference_is_path=False) != got

@@ -163,8 +163,7 @@ def load_pipeline(bundle: Path, plugin_id: str, device: str = "cpu") -> BundlePi
             MedLens's input.
     """
     from monai.transforms.compose import Compose
-    from monai.transforms.io.array import SaveImage
-    from monai.transforms.io.dictionary import LoadImaged, SaveImaged
+    from monai.transforms.io.dictionary import LoadImaged
 
     bundle = Path(bundle)
     with bundle_on_path(bundle):
@@ -210,10 +209,7 @@ def load_pipeline(bundle: Path, plugin_id: str, device: str = "cpu") -> BundlePi
             f"bundle's LoadImaged reads {list(first.keys)}; MONAI's evaluators (and MedLens) "
             f"feed {IMAGE_KEY!r}",
         )
-    sinks = tuple(
-        type(t).__name__ for t in post.transforms if isinstance(t, SaveImage | SaveImaged)
-    )
-    post.transforms = [t for t in post.transforms if not isinstance(t, SaveImage | SaveImaged)]
+    sinks = (*_drop_sinks(pre), *_drop_sinks(post))
     names = _names(post)
     at = next((i for i, n in enumerate(names) if n in ("AsDiscrete", "AsDiscreted")), None)
     activated = any(n in ("Activations", "Activationsd") for n in names[: at or len(names)])
@@ -226,6 +222,39 @@ def load_pipeline(bundle: Path, plugin_id: str, device: str = "cpu") -> BundlePi
         activated=activated,
         dropped=sinks,
     )
+
+
+def _drop_sinks(compose: Any) -> list[str]:
+    """Take every transform that writes files out of ``compose``, at any depth.
+
+    MedLens writes results itself, under validated paths; a bundle's ``SaveImaged`` wrote
+    the patient's image wherever its ``output_dir`` said. Only the top level of the
+    post-processing was cleaned: one in the pre-processing, or in a nested ``Compose``,
+    still wrote (helper-71). Returns the class names taken out.
+    """
+    from monai.transforms.io.array import SaveImage, WriteFileMapping
+    from monai.transforms.io.dictionary import SaveImaged, WriteFileMappingd
+    from monai.transforms.post.dictionary import SaveClassificationd
+
+    sinks = (SaveImage, SaveImaged, SaveClassificationd, WriteFileMapping, WriteFileMappingd)
+    dropped: list[str] = []
+    kept, weights = [], []
+    old_weights = getattr(compose, "weights", None)  # OneOf/SomeOf: one per transform
+    for n, t in enumerate(getattr(compose, "transforms", ())):
+        if isinstance(t, sinks):
+            dropped.append(type(t).__name__)
+            continue
+        if isinstance(getattr(t, "transforms", None), list | tuple):
+            dropped += _drop_sinks(t)  # Compose, OneOf, RandomOrder, SomeOf
+        kept.append(t)
+        if old_weights is not None and len(old_weights) > n:
+            weights.append(old_weights[n])
+    if len(kept) < len(getattr(compose, "transforms", ())):
+        compose.transforms = type(compose.transforms)(kept)
+        if old_weights is not None and weights:
+            total = float(sum(weights))
+            compose.weights = [w / total for w in weights] if total > 0 else weights
+    return dropped
 
 
 def _check_weights(bundle: Path, network: torch.nn.Module, plugin_id: str) -> None:

@@ -155,10 +155,11 @@ def prepare(image: Image, spec: InputSpec, device: str = "cpu") -> Prepared:
     return Prepared(tensor=t.to(device), chain=GridChain(image, tuple(steps)))
 
 
-#: Most voxels a model grid may have (1 GiB of float32): a whole-body CT on a 1 mm grid is
-#: a quarter of it. A wrong PixelSpacing (50 mm) made a 26 m field of view whose
-#: resampling took 22 GB before the kernel killed the batch (helper-69).
-MAX_MODEL_VOXELS = 2**28
+#: Most voxels a model grid may have (4 GiB of float32): a whole-body CT of 0.5 x 0.5 x
+#: 1.8 m on a 1 mm grid is 0.45e9 (a limit of 2^28 refused it, helper-71). A wrong
+#: PixelSpacing (50 mm) made a 26 m field of view whose resampling took 22 GB before the
+#: kernel killed the batch (helper-69).
+MAX_MODEL_VOXELS = 2**30
 
 
 def _check_model_grid(
@@ -173,9 +174,9 @@ def _check_model_grid(
     if n > MAX_MODEL_VOXELS:
         fov = " x ".join(f"{(k - 1) * s:.0f}" for k, s in zip(shape, spacing, strict=True))
         raise GeometryError(
-            f"the image's voxel size makes a field of view of {fov} mm: resampled to the "
-            f"model's grid it would be {n:.3g} voxels (at most {MAX_MODEL_VOXELS:.3g}); "
-            "its pixel spacing is implausible"
+            f"resampled to the model's grid the image would be {n:.3g} voxels (at most "
+            f"{MAX_MODEL_VOXELS:.3g}): its field of view, {fov} mm by its voxel size, is "
+            "too large for the model, or its voxel size is wrong"
         )
 
 

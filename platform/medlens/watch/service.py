@@ -577,15 +577,8 @@ class WatchService:
         try:
             shutil.rmtree(input_dir, ignore_errors=True)
             input_dir.mkdir(parents=True)
-            for (_sop, sha, rel), sub in instances:
-                src = self.state_dir / rel
+            for sub in {sub for _, sub in instances}:
                 (input_dir / sub).mkdir(parents=True, exist_ok=True)
-                dst = input_dir / sub / Path(rel).name
-                try:
-                    os.link(src, dst)
-                except OSError:
-                    shutil.copy2(src, dst)
-                digest.update(sha.encode())
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         except OSError as e:
@@ -598,6 +591,23 @@ class WatchService:
             self._postpone(job, f"cannot prepare its folders: {_os_reason(e)}")
             return
         self._postponed.pop(job.id, None)
+        try:
+            for (_sop, sha, rel), sub in instances:
+                src = self.state_dir / rel
+                dst = input_dir / sub / Path(rel).name
+                try:
+                    os.link(src, dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+                digest.update(sha.encode())
+        except OSError as e:
+            # The job's own input (a store file gone): its fault, an attempt spent, never
+            # postponed for ever (helper-71: it waited, doubling, with no attempt counted).
+            shutil.rmtree(input_dir, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+            why = f"cannot read its stored instances: {_os_reason(e)}"
+            self._attempt_failed(job, attempt, FailureKind.TRANSIENT, why)
+            return
         self._running[job.id] = _Running(
             job=job,
             attempt=attempt,

@@ -32,7 +32,14 @@ def _files(path: Path) -> Iterator[tuple[str, Path]]:
     if not path.is_dir():
         raise InputError(f"{path.name!r} is neither a file nor a folder")
     found = []
+    seen: set[tuple[int, int]] = set()
     for root, dirs, names in os.walk(path, followlinks=True):
+        # A link back to a folder above (a -> .) made the walk endless (helper-71).
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         for name in names:
             p = Path(root) / name
