@@ -39,6 +39,8 @@ _YY, _XX = np.mgrid[0:_PATTERN, 0:_PATTERN]
 _DISC = np.hypot(_YY - _PATTERN / 2, _XX - _PATTERN / 2) < 0.85 * _PATTERN / 2
 #: Correlation of one photograph's vessels with another's mirror image from which it is
 #: taken for its mirrored copy (between the fellow eyes' and the copies' figures, below).
+#: Placed on figures that then included the locked patients' photographs; on the
+#: development patients alone it still lies between them (:func:`figures`).
 MIRROR_COPY = 0.78
 #: The alignments searched before two patterns are compared: a retake, or a copy framed
 #: again, is turned, zoomed and shifted a little against the first photograph. A copy
@@ -135,7 +137,9 @@ def figures() -> dict[str, Any]:
     """
     from medlens_retina_dr import data
 
-    records = data.read_records()
+    # Development patients only: the locked ones are the validation's (helper-66: all
+    # 360 photographs were read, the locked patients' 72 among them).
+    records = data.development_records()
     root = data.data_root()
     read = right = 0
     pattern: dict[tuple[str, str], npt.NDArray[np.float32]] = {}
