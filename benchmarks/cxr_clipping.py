@@ -32,7 +32,8 @@ from PIL import Image
 DATA = Path("/work/shared/data/cxr-nih")
 
 
-def main() -> None:
+def _films() -> tuple[list[dict[str, str]], set[str]]:
+    """The development set's rows and the names of its locked validation films."""
     with (DATA / "labels.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     locked = set(
@@ -40,6 +41,11 @@ def main() -> None:
             resources.files("medlens_cxr_pneumonia").joinpath("locked_split.json").read_text()
         )["images"]
     )
+    return rows, locked
+
+
+def main() -> None:
+    rows, locked = _films()
     black, white, refused = [], [], []
     for r in rows:
         with Image.open(DATA / "images" / r["image"]) as im:
@@ -65,13 +71,7 @@ def window_shift(width: float, every: int = 30) -> None:
 
     from medlens.host import Host
 
-    with (DATA / "labels.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    locked = set(
-        json.loads(
-            resources.files("medlens_cxr_pneumonia").joinpath("locked_split.json").read_text()
-        )["images"]
-    )
+    rows, locked = _films()
     films = [r["image"] for r in rows if r["image"] not in locked][::every]
     host = Host()
     shifts: list[float] = []

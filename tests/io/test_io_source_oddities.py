@@ -239,16 +239,27 @@ def test_text_a_japanese_source_cannot_encode_switches_the_output_to_utf8(
         ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
         ds.PatientName = "Yamada^Tarou=山田^太郎"
         ds.save_as(path)
+    _, sr = _sr_with_utf8_note(source, kit, tmp_path, dciodvfy)
+    assert str(sr.PatientName) == "Yamada^Tarou=山田^太郎"
+
+
+def _sr_with_utf8_note(
+    source: Path,
+    kit: SimpleNamespace,
+    tmp_path: Path,
+    dciodvfy: Callable[[Path], tuple[list[str], list[str]]],
+) -> tuple[dict[str, Path], pydicom.Dataset]:
+    """Outputs of ``source`` with a warning no legacy set encodes; its SR is UTF-8 and clean."""
     result = _result(read_image(source), kit, heatmap=True)
     note = "borderline: Kontrast für Röntgen – 1st–99th"
     result.prediction.warnings.append(note)
     outputs = write_result(result, tmp_path / "out")
     sr = pydicom.dcmread(outputs["sr"])
     assert sr.SpecificCharacterSet == "ISO_IR 192"
-    assert str(sr.PatientName) == "Yamada^Tarou=山田^太郎"
     texts = [str(e.value) for e in sr.iterall() if e.VR in ("UT", "ST", "LT")]
     assert any(note in t for t in texts), texts
     assert dciodvfy(outputs["sr"])[0] == []
+    return outputs, sr
 
 
 @pytest.mark.parametrize("charset", ["ISO_IR 100", None, "ISO 2022 IR 100"])
@@ -269,15 +280,7 @@ def test_text_a_latin1_or_plain_source_cannot_encode_switches_the_output_to_utf8
         else:
             ds.SpecificCharacterSet = charset
         ds.save_as(path)
-    result = _result(read_image(source), kit, heatmap=True)
-    note = "borderline: Kontrast für Röntgen – 1st–99th"
-    result.prediction.warnings.append(note)
-    outputs = write_result(result, tmp_path / "out")
-    sr = pydicom.dcmread(outputs["sr"])
-    assert sr.SpecificCharacterSet == "ISO_IR 192"
-    texts = [str(e.value) for e in sr.iterall() if e.VR in ("UT", "ST", "LT")]
-    assert any(note in t for t in texts), texts
-    assert dciodvfy(outputs["sr"])[0] == []
+    outputs, _ = _sr_with_utf8_note(source, kit, tmp_path, dciodvfy)
     assert "seg" in outputs and dciodvfy(outputs["seg"])[0] == []
 
 

@@ -170,6 +170,16 @@ def test_one_byte_of_weights_or_manifest_makes_validate_refuse(
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def _own_copy(tmp: Path, dataset: Path, plugin_dir: Path) -> tuple[Path, Path]:
+    """A copy of the dataset this test may change, and a protocol on it: (folder, protocol)."""
+    copy = tmp / "data"
+    shutil.copytree(dataset.parent, copy)
+    proto = tmp / "protocol.toml"
+    weights = plugin_dir / "oracle.safetensors"
+    proto.write_text(protocol_toml(copy / dataset.name, weights, n_cases=N))
+    return copy, proto
+
+
 def test_one_byte_of_an_image_or_mask_makes_a_locked_protocol_refuse(
     tmp_path: Path, dataset: Path, plugin_dir: Path
 ) -> None:
@@ -177,12 +187,7 @@ def test_one_byte_of_an_image_or_mask_makes_a_locked_protocol_refuse(
     # was scored under the lock, and 'validated' named data that no longer existed.
     from medlens_workflows.validate.lock import lock_protocol
 
-    copy = tmp_path / "data"
-    shutil.copytree(dataset.parent, copy)
-    manifest = copy / dataset.name
-    weights = plugin_dir / "oracle.safetensors"
-    proto = tmp_path / "protocol.toml"
-    proto.write_text(protocol_toml(manifest, weights, n_cases=N))
+    copy, proto = _own_copy(tmp_path, dataset, plugin_dir)
     host = oracle_host(plugin_dir)
     locked = lock_protocol(proto, host=host)
     assert f'files_sha256 = "{locked["files_sha256"]}"' in proto.read_text()
@@ -203,11 +208,7 @@ def test_a_resumed_run_over_changed_files_is_refused(
     # Without a files lock too: the cases scored before and after the change were one run.
     from medlens.errors import InputError
 
-    copy = tmp_path / "data"
-    shutil.copytree(dataset.parent, copy)
-    manifest = copy / dataset.name
-    proto = tmp_path / "protocol.toml"
-    proto.write_text(protocol_toml(manifest, plugin_dir / "oracle.safetensors", n_cases=N))
+    copy, proto = _own_copy(tmp_path, dataset, plugin_dir)
     host = oracle_host(plugin_dir)
     out = tmp_path / "out"
     run_validation(proto, out, host=host, progress=False)
