@@ -693,3 +693,20 @@ def test_an_unreadable_eye_leaves_the_other_graded_and_the_patient_unclear(
     code, lines = medlens_run(str(inp), "--out", str(tmp_path / "out2"), "--no-explain")
     (only,) = lines
     assert only["status"] == "failed" and code != 0
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_one_eye_filed_as_both_is_no_rescreen(tmp_path: Path, mirrored: bool) -> None:
+    # helper-72: the left eye mirrored (or copied) into the right eye's place read 'no
+    # referable DR' for a patient whose right eye was never seen.
+    from PIL import Image as PILImage
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copyfile(_img("Patient003_L.jpg"), inp / "Patient003_L.jpg")
+    with PILImage.open(_img("Patient003_L.jpg")) as im:
+        copy = im.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT) if mirrored else im.copy()
+        copy.save(inp / "Patient003_R.jpg", quality=95)
+    _, doc = _one_patient(inp, tmp_path / "out", "--no-explain")
+    assert doc["extra"]["decision"] == "ungradable"
+    assert any("are named R and L but show one eye" in w for w in doc["warnings"])

@@ -484,7 +484,9 @@ def card(res: dict[str, Any]) -> str:
         f"2-6 degrees and zoomed 0.95-1.05 at least {lat['moved_min_corr']}, "
         f"{lat['moved_missed']} of {lat['n']} missed) is placed by no disc; a "
         "mirrored photograph of a study with no photograph of the same eye is placed on "
-        "the wrong side.",
+        "the wrong side. Two photographs named R and L whose vessels match (one a copy, or a "
+        "mirror image, of the other) show one eye: the patient is ungradable (re-image), "
+        "never 'no referable DR'.",
         "- Not a fundus at all: a picture whose field has no colour (grey stored as RGB) or "
         "in which red is not the strongest channel almost everywhere is refused as not a "
         "colour fundus photograph, and so is a gradable-looking one the content gate finds "

@@ -25,6 +25,7 @@ from medlens_retina_dr import lesions, preprocess
 __all__ = [
     "MARGIN",
     "MIRROR_COPY",
+    "copy_pairs",
     "disc_offset",
     "figures",
     "mirror_copies",
@@ -106,26 +107,37 @@ def _mirror(pattern: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(pattern[:, ::-1])
 
 
+def copy_pairs(
+    patterns: Sequence[npt.NDArray[np.float32] | None],
+) -> list[tuple[int, int, bool]]:
+    """Pairs of photographs of one eye: ``(i, j, mirrored)`` for ``i < j``.
+
+    Two photographs whose vessels match, as they are or one mirrored, are one eye (a
+    copy, a retake, a mirrored export), whatever their headers or names say: fellow eyes
+    are mirror-alike in layout but not in their vessels. Compared after the best small
+    turn, zoom and shift (:func:`aligned_corr`), the development patients' two eyes (as
+    they are and mirrored) and each photograph against a mirrored copy, plain and
+    turned/zoomed, are set apart by :data:`MIRROR_COPY` (:func:`figures`).
+    """
+    pairs: list[tuple[int, int, bool]] = []
+    for i, a in enumerate(patterns):
+        for j, b in enumerate(patterns):
+            if i >= j or a is None or b is None:
+                continue
+            if aligned_corr(a, _mirror(b)) >= MIRROR_COPY:
+                pairs.append((i, j, True))
+            elif aligned_corr(a, b) >= MIRROR_COPY:
+                pairs.append((i, j, False))
+    return pairs
+
+
 def mirror_copies(patterns: Sequence[npt.NDArray[np.float32] | None]) -> set[int]:
     """Photographs whose mirror image is (nearly) another photograph of the study.
 
     A mirrored copy of one eye has its optic disc on the other side: its disc must not
-    make it the fellow eye. Fellow eyes are mirror-alike in layout but not in their
-    vessels. Compared after the best small turn, zoom and shift (:func:`aligned_corr`),
-    the development patients' two eyes and each photograph against a mirrored copy,
-    plain and turned/zoomed, are set apart by :data:`MIRROR_COPY` (:func:`figures`).
+    make it the fellow eye (:func:`copy_pairs`).
     """
-    copies: set[int] = set()
-    for i, a in enumerate(patterns):
-        for j, b in enumerate(patterns):
-            if (
-                i < j
-                and a is not None
-                and b is not None
-                and aligned_corr(a, _mirror(b)) >= MIRROR_COPY
-            ):
-                copies |= {i, j}
-    return copies
+    return {k for i, j, mirrored in copy_pairs(patterns) if mirrored for k in (i, j)}
 
 
 def figures() -> dict[str, Any]:

@@ -446,7 +446,8 @@ class RetinaDR:
         # A photograph whose header names two eyes stands for neither: it fills no gap.
         # A mirrored copy of one eye has its disc on the other side: it places no eye.
         order = list(eye_at)
-        for k in sorted(laterality.mirror_copies([pattern.get(n) for n in order])):
+        pairs = laterality.copy_pairs([pattern.get(n) for n in order])
+        for k in sorted({k for i, j, mirrored in pairs if mirrored for k in (i, j)}):
             n = order[k]
             if eye_at[n]["laterality"] is None and disc_side.get(n) is not None:
                 disc_side[n] = None
@@ -454,11 +455,28 @@ class RetinaDR:
                     f"eye {n + 1} ({eye_at[n]['source']}): a mirror image of another "
                     "photograph of the study; its side is not read from its optic disc"
                 )
+        # One eye filed as both (a copy, or a mirrored export, named R and L): the other eye
+        # is not shown to be photographed (helper-72: the left eye mirrored into the right's
+        # place, a referable right eye never seen, and 'no referable DR').
+        one_eye_twice = []
+        for i, j, mirrored in pairs:
+            a, b = order[i], order[j]
+            sides = {eye_at[a]["laterality"], eye_at[b]["laterality"]}
+            if sides == {"R", "L"}:
+                how = "one a mirror image of the other" if mirrored else "the same vessels"
+                one_eye_twice.append(
+                    f"eyes {a + 1} and {b + 1} ({eye_at[a]['source']}, {eye_at[b]['source']}) "
+                    f"are named R and L but show one eye ({how}): the other eye is not shown "
+                    "to be photographed"
+                )
+        warnings += one_eye_twice
         at = [n for n in eye_at if eye_at[n]["laterality_from"] != "conflicting"]
         missing = study.missing_eyes(
             [eye_at[n]["laterality"] for n in at], [disc_side.get(n) for n in at]
         )
         decision = study.decide(grades, missing)
+        if one_eye_twice and decision == "no_referable_dr":
+            decision = "ungradable"  # re-image: never 'rescreen' an eye nobody looked at
         if missing:
             warnings.append(f"eye(s) missing from the study: {', '.join(missing)}")
         findings: list[v1.Finding] = []
