@@ -470,3 +470,28 @@ def test_small_jpeg2000_series_decodes_in_threads_to_the_uncompressed_values(
     assert decode_mod.preferred_plugin(pydicom.dcmread(files[0])) == "pylibjpeg"
     without = load_series(files, max_workers=2)
     assert np.array_equal(without.array, native.array)
+
+
+@pytest.mark.parametrize("where", [2, -1])
+def test_an_image_a_hair_from_a_slice_is_at_its_position(
+    dicom_builder: SimpleNamespace, tmp_path: Path, where: int
+) -> None:
+    # helper-70: another image 0.05 mm from a slice passed as uneven spacing: dropped in
+    # mid-stack, made the volume's top slice at the end, and the case was 'ok'.
+    files, values = dicom_builder.write_series(tmp_path / "s")
+    ds = pydicom.dcmread(files[where])
+    ds.SOPInstanceUID = generate_uid()
+    ds.ImagePositionPatient = [
+        *ds.ImagePositionPatient[:2],
+        float(ds.ImagePositionPatient[2]) + 0.05,
+    ]
+    ds.save_as(tmp_path / "s" / "same.dcm")
+    # The same pixels a hair away: a duplicate, dropped.
+    image = load_series([*files, tmp_path / "s" / "same.dcm"])
+    assert image.shape == values.shape and any("same position" in w for w in image.warnings)
+    arr = ds.pixel_array.copy()
+    arr[:4, :4] += 100
+    ds.PixelData = arr.tobytes()
+    ds.save_as(tmp_path / "s" / "other.dcm")
+    with pytest.raises(DicomError, match=r"two different images 0\.050 mm apart"):
+        load_series([*files, tmp_path / "s" / "other.dcm"])

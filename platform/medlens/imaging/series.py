@@ -824,6 +824,19 @@ def _deduplicate(
             )
         seen_uid[key] = k
         keep.append(k)
+    near = _near_duplicates([frames[k] for k in keep])
+    for i in near:  # a hair apart: the same image is a duplicate, another one no slice
+        j, k = keep[i - 1], keep[i]
+        if not np.array_equal(buf[j], buf[k]):
+            step = abs(frames[j].t - frames[k].t)
+            raise DicomError(
+                f"two different images {step:.3f} mm apart ({frames[j].label!r} and "
+                f"{frames[k].label!r}) where the series' slices are much further apart: "
+                "several echoes, phases or reconstructions in one series?"
+            )
+    if near:
+        same_pos += len(near)
+        keep = [k for i, k in enumerate(keep) if i not in set(near)]
     if same_uid:
         warnings.append(f"dropped {same_uid} duplicate file(s) with the same SOPInstanceUID")
     if same_pos:
@@ -831,3 +844,21 @@ def _deduplicate(
             f"dropped {same_pos} duplicate image(s) at the same position with identical pixels"
         )
     return keep
+
+
+#: Two images closer than this share of the series' usual slice step are at one position.
+_NEAR_STEP = 0.1
+
+
+def _near_duplicates(kept: list[_Frame]) -> list[int]:
+    """Indices ``i`` of images a hair above image ``i - 1``: one position, as at the same one.
+
+    A hair is under :data:`_NEAR_STEP` of the series' usual slice step. Another phase or
+    reconstruction written 0.05 mm from a slice passed as uneven spacing: dropped
+    mid-stack, or made the volume's top slice, and 'ok' (helper-70).
+    """
+    if len(kept) < 3:
+        return []
+    steps = np.abs(np.diff(np.asarray([f.t for f in kept], np.float64)))
+    usual = float(np.median(steps))
+    return [int(i) + 1 for i in np.flatnonzero(steps < _NEAR_STEP * usual)]
