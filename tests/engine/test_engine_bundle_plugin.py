@@ -258,3 +258,31 @@ def test_a_bundles_file_writers_are_dropped_at_any_depth(tmp_path: Path) -> None
     image = Image(np.full((1, 20, 20, 10), 60.0, np.float32), (2.0, 2.0, 3.0), (0, 0, 0), np.eye(3))
     assert host.run("spleen-ct-segmentation", image).prediction.mask is not None
     assert not leak.exists() or not [p for p in leak.rglob("*") if p.is_file()]
+
+
+def test_a_writer_a_bundle_transform_holds_refuses_the_bundle(tmp_path: Path) -> None:
+    # helper-73: a SaveImage as a Lambdad's func is no list entry to drop, and wrote.
+    from bundlekit import INFERENCE
+
+    leak = tmp_path / "LEAK"
+    inf = copy.deepcopy(INFERENCE)
+    inf["postprocessing"]["transforms"].insert(
+        3,
+        {
+            "_target_": "Lambdad",
+            "keys": "pred",
+            "func": {
+                "_target_": "SaveImage",
+                "output_dir": str(leak),
+                "separate_folder": False,
+                "output_postfix": "lambda",
+            },
+        },
+    )
+    b = make_bundle(tmp_path, inference=inf)
+    cfg = tmp_path / "medlens.toml"
+    cfg.write_text(f'[[bundles]]\npath = "{b}"\nsha256 = "{file_sha256(b)}"\n')
+    host = Host(load_config(cfg), entry_points=[])  # refused where it is found
+    assert host.plugins() == []
+    assert "holds a file writer (SaveImage)" in host.errors()[0].reason
+    assert not leak.exists() or not [p for p in leak.rglob("*") if p.is_file()]

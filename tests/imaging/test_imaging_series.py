@@ -495,3 +495,15 @@ def test_an_image_a_hair_from_a_slice_is_at_its_position(
     ds.save_as(tmp_path / "s" / "other.dcm")
     with pytest.raises(DicomError, match=r"two different images 0\.050 mm apart"):
         load_series([*files, tmp_path / "s" / "other.dcm"])
+    # helper-73: 12 % of the step (0.6 mm of 5) still became the top slice, 'ok'.
+    step = abs(
+        float(pydicom.dcmread(files[1]).ImagePositionPatient[2])
+        - float(pydicom.dcmread(files[0]).ImagePositionPatient[2])
+    )
+    ds.ImagePositionPatient = [
+        *ds.ImagePositionPatient[:2],
+        float(pydicom.dcmread(files[where]).ImagePositionPatient[2]) + 0.4 * step,
+    ]
+    ds.save_as(tmp_path / "s" / "other.dcm")
+    with pytest.raises(DicomError, match="an image off the slice grid"):
+        load_series([*files, tmp_path / "s" / "other.dcm"])

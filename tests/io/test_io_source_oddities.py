@@ -262,16 +262,20 @@ def _sr_with_utf8_note(
     return outputs, sr
 
 
-@pytest.mark.parametrize("charset", ["ISO_IR 100", None, "ISO 2022 IR 100"])
+@pytest.mark.parametrize(
+    "charset",
+    ["ISO_IR 100", None, "ISO 2022 IR 100", ["ISO 2022 IR 6", "ISO 2022 IR 58"]],
+)
 def test_text_a_latin1_or_plain_source_cannot_encode_switches_the_output_to_utf8(
-    charset: str | None,
+    charset: str | list[str] | None,
     tmp_path: Path,
     kit: SimpleNamespace,
     dciodvfy: Callable[[Path], tuple[list[str], list[str]]],
 ) -> None:
     # helper-64: the switch covered ISO 2022 sets only: from an ISO_IR 100 source (or one
     # with no character set, ASCII) the en dashes came out as '?', and a single-term
-    # 'ISO 2022 IR 100' failed the SEG in highdicom ('code extensions ... single encoding').
+    # 'ISO 2022 IR 100' failed the SEG in highdicom ('code extensions ... single encoding');
+    # helper-73: so did GB 2312 with code extensions (IR 6\IR 58), which highdicom refuses.
     source = _source("ct", tmp_path / "in", kit)
     for path in sorted(source.iterdir()):
         ds = pydicom.dcmread(path)
@@ -294,3 +298,18 @@ def test_text_the_source_charset_encodes_keeps_it(tmp_path: Path, kit: SimpleNam
     result.prediction.warnings.append("Kontrast für Röntgen")  # Latin-1 has these
     outputs = write_result(result, tmp_path / "out")
     assert pydicom.dcmread(outputs["sr"]).SpecificCharacterSet == "ISO_IR 100"
+
+
+def test_a_defined_character_set_highdicom_refuses_becomes_utf8() -> None:
+    # helper-73: valid DICOM, refused by highdicom (so the SEG was lost).
+    from pydicom.dataset import Dataset
+
+    from medlens.io._common import complete_charset
+
+    for charset in ("ISO 2022 IR 87", ["ISO 2022 IR 6", "ISO 2022 IR 58"]):
+        ds = Dataset()
+        ds.SpecificCharacterSet = charset
+        assert complete_charset(ds).SpecificCharacterSet == "ISO_IR 192", charset
+    kept = Dataset()
+    kept.SpecificCharacterSet = ["ISO 2022 IR 6", "ISO 2022 IR 87"]
+    assert list(complete_charset(kept).SpecificCharacterSet) == ["ISO 2022 IR 6", "ISO 2022 IR 87"]

@@ -712,6 +712,42 @@ def test_a_stored_instance_gone_fails_the_job_not_postpones_it(tmp_path: Path) -
             lambda: [e for e in wk.audit(r.state) if e["event"] == "job_failed"],
             what="the job's failure",
         )
-    assert failed["error"].startswith("cannot read its stored instances: FileNotFoundError")
+    assert failed["error"].startswith(
+        "a stored instance of the series is gone from the store: FileNotFoundError"
+    )
     (job,) = r.jobs()
     assert job["status"] == "failed" and job["attempts"] == 1
+
+
+def test_a_full_disk_while_a_job_input_is_written_postpones_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # helper-73: ENOSPC linking the job's input counted as the job's fault: with one
+    # attempt allowed, a moment's full disk failed the job for good.
+    import errno
+    import shutil
+
+    real_link, real_copy = os.link, shutil.copy2
+    full = {"on": True}
+
+    def no_room(real: Any) -> Any:
+        def call(src: Any, dst: Any, *a: Any, **k: Any) -> Any:
+            if full["on"] and f"{os.sep}jobs{os.sep}" in str(dst):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(src, dst, *a, **k)
+
+        return call
+
+    monkeypatch.setattr(os, "link", no_room(real_link))
+    monkeypatch.setattr(shutil, "copy2", no_room(real_copy))
+    with Running(tmp_path, ("body-mask",), max_attempts=1) as r:
+        wk.write_files(wk.make_series(4), r.inp / "a")
+        (wait,) = wk.wait_for(
+            lambda: [e for e in wk.audit(r.state) if e["event"] == "job_postponed"][:1],
+            what="a postponement",
+        )
+        full["on"] = False
+        r.done(1)
+    assert wait["error"] == "cannot write its input: OSError: No space left on device"
+    (job,) = r.jobs()
+    assert job["status"] == "done" and job["attempts"] == 1

@@ -28,6 +28,7 @@ import contextlib
 import importlib
 import sys
 import tempfile
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,14 @@ def load_pipeline(bundle: Path, plugin_id: str, device: str = "cpu") -> BundlePi
             f"feed {IMAGE_KEY!r}",
         )
     sinks = (*_drop_sinks(pre), *_drop_sinks(post))
+    for key, obj in (("preprocessing", pre), ("postprocessing", post)):
+        held = _held_writer(obj)
+        if held is not None:  # in a Lambdad's func, a custom transform's attribute
+            raise PluginValidationError(
+                plugin_id,
+                f"bundle's {key!r} holds a file writer ({held}) MedLens cannot take out: "
+                "results are written by MedLens, under its own paths",
+            )
     names = _names(post)
     at = next((i for i, n in enumerate(names) if n in ("AsDiscrete", "AsDiscreted")), None)
     activated = any(n in ("Activations", "Activationsd") for n in names[: at or len(names)])
@@ -224,6 +233,51 @@ def load_pipeline(bundle: Path, plugin_id: str, device: str = "cpu") -> BundlePi
     )
 
 
+def _writer_types() -> tuple[type, ...]:
+    from monai.data.image_writer import ImageWriter
+    from monai.transforms.io.array import SaveImage, WriteFileMapping
+    from monai.transforms.io.dictionary import SaveImaged, WriteFileMappingd
+    from monai.transforms.post.dictionary import SaveClassificationd
+
+    return (
+        SaveImage,
+        SaveImaged,
+        SaveClassificationd,
+        WriteFileMapping,
+        WriteFileMappingd,
+        ImageWriter,
+    )
+
+
+def _held_writer(obj: Any, depth: int = 0, seen: set[int] | None = None) -> str | None:
+    """The class name of a file writer reachable from ``obj``'s attributes, if any.
+
+    :func:`_drop_sinks` takes writers out of transform lists; one a transform holds (a
+    ``Lambdad(func=SaveImage(...))``, a dict of transforms) still wrote (helper-73).
+    """
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth > 6:
+        return None
+    seen.add(id(obj))
+    if depth and isinstance(obj, _writer_types()):
+        return type(obj).__name__
+    if isinstance(obj, dict):
+        children: list[Any] = list(obj.values())
+    elif isinstance(obj, list | tuple | set):
+        children = list(obj)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type | types.ModuleType):
+        children = list(vars(obj).values())
+    else:
+        return None
+    for child in children:
+        if isinstance(child, str | bytes | int | float | bool) or child is None:
+            continue
+        found = _held_writer(child, depth + 1, seen)
+        if found is not None:
+            return found
+    return None
+
+
 def _drop_sinks(compose: Any) -> list[str]:
     """Take every transform that writes files out of ``compose``, at any depth.
 
@@ -232,11 +286,7 @@ def _drop_sinks(compose: Any) -> list[str]:
     post-processing was cleaned: one in the pre-processing, or in a nested ``Compose``,
     still wrote (helper-71). Returns the class names taken out.
     """
-    from monai.transforms.io.array import SaveImage, WriteFileMapping
-    from monai.transforms.io.dictionary import SaveImaged, WriteFileMappingd
-    from monai.transforms.post.dictionary import SaveClassificationd
-
-    sinks = (SaveImage, SaveImaged, SaveClassificationd, WriteFileMapping, WriteFileMappingd)
+    sinks = _writer_types()
     dropped: list[str] = []
     kept, weights = [], []
     old_weights = getattr(compose, "weights", None)  # OneOf/SomeOf: one per transform

@@ -831,8 +831,8 @@ def _deduplicate(
             step = abs(frames[j].t - frames[k].t)
             raise DicomError(
                 f"two different images {step:.3f} mm apart ({frames[j].label!r} and "
-                f"{frames[k].label!r}) where the series' slices are much further apart: "
-                "several echoes, phases or reconstructions in one series?"
+                f"{frames[k].label!r}), under half the series' slice step: an image off the "
+                "slice grid (another phase, echo or reconstruction?) cannot be placed"
             )
     if near:
         same_pos += len(near)
@@ -846,8 +846,9 @@ def _deduplicate(
     return keep
 
 
-#: Two images closer than this share of the series' usual slice step are at one position.
-_NEAR_STEP = 0.1
+#: Two images closer than this share of the series' usual slice step are at one position:
+#: 0.1 let another image 0.6 mm above a 5 mm stack become its top slice (helper-73).
+_NEAR_STEP = 0.5
 
 
 def _near_duplicates(kept: list[_Frame]) -> list[int]:

@@ -369,7 +369,9 @@ _CHARSETS = frozenset(v.value for v in hd.SpecificCharacterSetValues)
 
 
 def complete_charset(ds: Dataset) -> Dataset:
-    """Replace a ``SpecificCharacterSet`` that is no defined term with UTF-8 (``ISO_IR 192``).
+    """Replace a ``SpecificCharacterSet`` highdicom does not take with UTF-8 (``ISO_IR 192``).
+
+    That is one with a term that is no defined term, or a combination highdicom refuses.
 
     An empty first term before code extensions becomes its defined term, ``ISO 2022 IR 6``,
     keeping the source's encoding (and so its values' byte lengths).
@@ -398,9 +400,24 @@ def complete_charset(ds: Dataset) -> Dataset:
             return ds
         if plain in _CHARSETS:
             ds.SpecificCharacterSet = terms = [plain]
-    if any(t not in _CHARSETS for t in terms):
+    if any(t not in _CHARSETS for t in terms) or not _highdicom_takes(terms):
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
+
+
+def _highdicom_takes(terms: list[str]) -> bool:
+    r"""Whether highdicom builds objects in this set: it refuses some defined ones.
+
+    ``ISO 2022 IR 6\ISO 2022 IR 58`` (GB 2312) and a lone ``ISO 2022 IR 87`` are valid
+    DICOM, and highdicom refused them: the SEG was lost (helper-73).
+    """
+    from highdicom.valuerep import _check_specific_character_set
+
+    try:
+        _check_specific_character_set(terms[0] if len(terms) == 1 else terms)
+    except ValueError:
+        return False
+    return True
 
 
 #: Value representations holding text in the dataset's character set.

@@ -591,6 +591,7 @@ class WatchService:
             self._postpone(job, f"cannot prepare its folders: {_os_reason(e)}")
             return
         self._postponed.pop(job.id, None)
+        src = self.state_dir
         try:
             for (_sop, sha, rel), sub in instances:
                 src = self.state_dir / rel
@@ -601,12 +602,15 @@ class WatchService:
                     shutil.copy2(src, dst)
                 digest.update(sha.encode())
         except OSError as e:
-            # The job's own input (a store file gone): its fault, an attempt spent, never
-            # postponed for ever (helper-71: it waited, doubling, with no attempt counted).
             shutil.rmtree(input_dir, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
-            why = f"cannot read its stored instances: {_os_reason(e)}"
-            self._attempt_failed(job, attempt, FailureKind.TRANSIENT, why)
+            if not src.is_file():
+                # The job's own input (a store file gone): its fault, an attempt spent, never
+                # postponed for ever (helper-71: it waited, doubling, no attempt counted).
+                why = f"a stored instance of the series is gone from the store: {_os_reason(e)}"
+                self._attempt_failed(job, attempt, FailureKind.TRANSIENT, why)
+            else:  # writing its input failed (a full disk): the machine's (helper-73)
+                self._postpone(job, f"cannot write its input: {_os_reason(e)}")
             return
         self._running[job.id] = _Running(
             job=job,
