@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,19 +267,19 @@ def test_a_writer_a_bundle_transform_holds_refuses_the_bundle(tmp_path: Path) ->
 
     leak = tmp_path / "LEAK"
     inf = copy.deepcopy(INFERENCE)
-    inf["postprocessing"]["transforms"].insert(
-        3,
-        {
-            "_target_": "Lambdad",
-            "keys": "pred",
-            "func": {
-                "_target_": "SaveImage",
-                "output_dir": str(leak),
-                "separate_folder": False,
-                "output_postfix": "lambda",
-            },
+    held: dict[str, Any] = {
+        "_target_": "Lambdad",
+        "keys": "pred",
+        "func": {
+            "_target_": "SaveImage",
+            "output_dir": str(leak),
+            "separate_folder": False,
+            "output_postfix": "lambda",
         },
-    )
+    }
+    for _ in range(2):  # helper-74: two Composes down, past a depth cut-off of the walk
+        held = {"_target_": "Compose", "transforms": [held]}
+    inf["postprocessing"]["transforms"].insert(3, held)
     b = make_bundle(tmp_path, inference=inf)
     cfg = tmp_path / "medlens.toml"
     cfg.write_text(f'[[bundles]]\npath = "{b}"\nsha256 = "{file_sha256(b)}"\n')

@@ -502,8 +502,32 @@ def test_an_image_a_hair_from_a_slice_is_at_its_position(
     )
     ds.ImagePositionPatient = [
         *ds.ImagePositionPatient[:2],
-        float(pydicom.dcmread(files[where]).ImagePositionPatient[2]) + 0.4 * step,
+        float(pydicom.dcmread(files[where]).ImagePositionPatient[2]) + 0.12 * step,
     ]
     ds.save_as(tmp_path / "s" / "other.dcm")
     with pytest.raises(DicomError, match="an image off the slice grid"):
         load_series([*files, tmp_path / "s" / "other.dcm"])
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [
+        [0, 3, 6, 9, 12, 20, 28, 36, 44, 52, 60, 68],  # head CT: 3 mm, then 8 mm
+        [0, 5, 10, 15, 20, 22, 27, 32, 37, 42],  # two 5 mm stacks, a 2 mm junction
+        [0, 3, 6, 9, 10, 11, 12, 15, 18, 21, 24],  # a 1 mm slab in a 3 mm series
+    ],
+)
+def test_a_series_whose_pitch_changes_is_resampled_not_refused(
+    dicom_builder: SimpleNamespace, tmp_path: Path, positions: list[float]
+) -> None:
+    # helper-74: a rule at half the usual step refused these real layouts as 'off the grid'.
+    files, _ = dicom_builder.write_series(
+        tmp_path / "s", dicom_builder.SeriesSpec(n=len(positions))
+    )
+    for f in files:
+        ds = pydicom.dcmread(f)
+        k = int(ds.InstanceNumber) - 1
+        ds.ImagePositionPatient = [*ds.ImagePositionPatient[:2], float(positions[k])]
+        ds.save_as(f)
+    image = load_series(files)
+    assert any("non-uniform slice spacing" in w for w in image.warnings), image.warnings

@@ -25,6 +25,7 @@ classifier that makes no decision of its own.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import sys
 import tempfile
@@ -249,33 +250,49 @@ def _writer_types() -> tuple[type, ...]:
     )
 
 
-def _held_writer(obj: Any, depth: int = 0, seen: set[int] | None = None) -> str | None:
+def _held_writer(obj: Any) -> str | None:
     """The class name of a file writer reachable from ``obj``'s attributes, if any.
 
     :func:`_drop_sinks` takes writers out of transform lists; one a transform holds (a
-    ``Lambdad(func=SaveImage(...))``, a dict of transforms) still wrote (helper-73).
+    ``Lambdad(func=SaveImage(...))``, a dict of transforms) still wrote (helper-73), at
+    any depth (helper-74: a cut-off at 6 steps missed one two Composes down). Every
+    object is visited once; containers, dicts and instance attributes are followed.
     """
-    seen = set() if seen is None else seen
-    if id(obj) in seen or depth > 6:
-        return None
-    seen.add(id(obj))
-    if depth and isinstance(obj, _writer_types()):
-        return type(obj).__name__
-    if isinstance(obj, dict):
-        children: list[Any] = list(obj.values())
-    elif isinstance(obj, list | tuple | set):
-        children = list(obj)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, type | types.ModuleType):
-        children = list(vars(obj).values())
-    else:
-        return None
-    for child in children:
-        if isinstance(child, str | bytes | int | float | bool) or child is None:
+    writers = _writer_types()
+    seen = {id(obj)}
+    todo: list[Any] = [obj]
+    while todo:
+        cur = todo.pop()
+        if cur is not obj and isinstance(cur, writers):
+            return type(cur).__name__
+        if isinstance(cur, dict):
+            children: list[Any] = list(cur.values())
+        elif isinstance(cur, list | tuple | set | frozenset):
+            children = list(cur)
+        elif isinstance(cur, functools.partial):
+            children = [cur.func, *cur.args, *cur.keywords.values()]
+        elif isinstance(cur, types.FunctionType):  # a closure's cells, its defaults
+            cells = [c.cell_contents for c in cur.__closure__ or () if _filled(c)]
+            children = [*cells, *(cur.__defaults__ or ())]
+        elif hasattr(cur, "__dict__") and not isinstance(cur, type | types.ModuleType):
+            children = list(vars(cur).values())
+        else:
             continue
-        found = _held_writer(child, depth + 1, seen)
-        if found is not None:
-            return found
+        for child in children:
+            if child is None or isinstance(child, str | bytes | int | float | bool):
+                continue
+            if id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
     return None
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def _drop_sinks(compose: Any) -> list[str]:

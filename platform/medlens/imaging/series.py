@@ -831,8 +831,8 @@ def _deduplicate(
             step = abs(frames[j].t - frames[k].t)
             raise DicomError(
                 f"two different images {step:.3f} mm apart ({frames[j].label!r} and "
-                f"{frames[k].label!r}), under half the series' slice step: an image off the "
-                "slice grid (another phase, echo or reconstruction?) cannot be placed"
+                f"{frames[k].label!r}), under a fifth of the series' usual slice step: an "
+                "image off the slice grid cannot be placed in the volume"
             )
     if near:
         same_pos += len(near)
@@ -847,8 +847,10 @@ def _deduplicate(
 
 
 #: Two images closer than this share of the series' usual slice step are at one position:
-#: 0.1 let another image 0.6 mm above a 5 mm stack become its top slice (helper-73).
-_NEAR_STEP = 0.5
+#: 0.1 let another image 0.6 mm above a 5 mm stack become its top slice (helper-73); 0.5
+#: refused real variable-pitch series (3 mm then 8 mm, a 2 mm junction of two 5 mm stacks,
+#: a 1 mm slab in a 3 mm series: helper-74), which are resampled with a warning.
+_NEAR_STEP = 0.2
 
 
 def _near_duplicates(kept: list[_Frame]) -> list[int]:
