@@ -590,7 +590,6 @@ class WatchService:
             shutil.rmtree(staging, ignore_errors=True)
             self._postpone(job, f"cannot prepare its folders: {_os_reason(e)}")
             return
-        self._postponed.pop(job.id, None)
         src = self.state_dir
         try:
             for (_sop, sha, rel), sub in instances:
@@ -612,6 +611,7 @@ class WatchService:
             else:  # writing its input failed (a full disk): the machine's (helper-73)
                 self._postpone(job, f"cannot write its input: {_os_reason(e)}")
             return
+        self._postponed.pop(job.id, None)  # prepared: the next outage waits from 1 s again
         self._running[job.id] = _Running(
             job=job,
             attempt=attempt,
