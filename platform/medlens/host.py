@@ -1025,10 +1025,8 @@ def _check_finding(m: Manifest, f: Finding, requested: str | None = None) -> Non
     asked = requested is not None and requested in ops
     if wanted is not None and f.operating_point != wanted and (asked or f.operating_point):
         at = "no operating point" if f.operating_point is None else repr(f.operating_point)
-        raise PluginError(
-            m.id,
-            f"finding {f.label!r} is decided at {at}; the run asked for {wanted!r}",
-        )
+        whose = "the run asked for" if asked else "its manifest's default is"
+        raise PluginError(m.id, f"finding {f.label!r} is decided at {at}; {whose} {wanted!r}")
     if f.operating_point is None:
         # The decision rule of findings_at_operating_points: the manifest's default
         # operating point, else 0.5. A plugin that named none was free to call p 0.05
