@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import math
 import sqlite3
 import sys
 from pathlib import Path
@@ -172,7 +171,9 @@ def jobs(state: Path, as_json: bool, recent: int) -> None:
         db.close()
     if as_json:
         # Strict JSON: a damaged store's Infinity/NaN (a next try at 9e999) is null.
-        click.echo(json.dumps(_finite(s), indent=2, default=str, allow_nan=False))
+        from medlens.jsonvalues import finite
+
+        click.echo(json.dumps(finite(s), indent=2, default=str, allow_nan=False))
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(s["jobs"].items())) or "none"
     svc = s["service"]
@@ -242,17 +243,6 @@ def _clock_time(ts: Any, fmt: str) -> str:
         return _dt.datetime.fromtimestamp(float(ts)).strftime(fmt)
     except (TypeError, ValueError, OverflowError, OSError):
         return "?"
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every float that is not finite replaced by None (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 @click.command()

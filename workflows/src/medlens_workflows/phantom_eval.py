@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from medlens.jsonvalues import finite
 from medlens.phantoms.ct import LABELS as TRUTH_LABELS
 
 if TYPE_CHECKING:
@@ -146,17 +147,7 @@ class EvalReport:
 
     def to_json(self) -> str:
         """JSON text of the whole report (NaN written as null)."""
-        return json.dumps(_finite(asdict(self)), indent=2, sort_keys=False) + "\n"
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
+        return json.dumps(finite(asdict(self)), indent=2, sort_keys=False) + "\n"
 
 
 # --------------------------------------------------------------------------- truth
