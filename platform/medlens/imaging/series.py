@@ -836,7 +836,8 @@ def _deduplicate(
             )
     if near:
         same_pos += len(near)
-        keep = [k for i, k in enumerate(keep) if i not in set(near)]
+        dropped = set(near)
+        keep = [k for i, k in enumerate(keep) if i not in dropped]
     if same_uid:
         warnings.append(f"dropped {same_uid} duplicate file(s) with the same SOPInstanceUID")
     if same_pos:

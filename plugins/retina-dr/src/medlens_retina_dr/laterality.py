@@ -28,7 +28,6 @@ __all__ = [
     "copy_pairs",
     "disc_offset",
     "figures",
-    "mirror_copies",
     "side_from_disc",
     "vessels",
 ]
@@ -131,20 +130,11 @@ def copy_pairs(
     return pairs
 
 
-def mirror_copies(patterns: Sequence[npt.NDArray[np.float32] | None]) -> set[int]:
-    """Photographs whose mirror image is (nearly) another photograph of the study.
-
-    A mirrored copy of one eye has its optic disc on the other side: its disc must not
-    make it the fellow eye (:func:`copy_pairs`).
-    """
-    return {k for i, j, mirrored in copy_pairs(patterns) if mirrored for k in (i, j)}
-
-
 def figures() -> dict[str, Any]:
     """The disc's side against the graded eye, and fellow eyes against mirrored copies.
 
     On the development photographs: how often the disc's side names the graded eye,
-    and how alike (:func:`mirror_copies`) a patient's two eyes are, and a photograph and
+    and how alike (:func:`copy_pairs`) a patient's two eyes are, and a photograph and
     its mirrored copy.
     """
     from medlens_retina_dr import data

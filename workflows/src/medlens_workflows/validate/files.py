@@ -17,11 +17,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from medlens.errors import InputError
+from medlens.weights import file_sha256
 from medlens_workflows.validate.dataset import DatasetCase
 
 __all__ = ["files_sha256"]
-
-_CHUNK = 1 << 20
 
 
 def _files(path: Path) -> Iterator[tuple[str, Path]]:
@@ -65,11 +64,7 @@ def files_sha256(cases: Sequence[DatasetCase], *, reference_is_path: bool) -> st
             try:
                 for rel, f in _files(path):
                     h.update(f"{rel}\0".encode("utf-8", "surrogateescape"))
-                    d = hashlib.sha256()
-                    with f.open("rb") as fh:
-                        while chunk := fh.read(_CHUNK):
-                            d.update(chunk)
-                    h.update(d.digest())
+                    h.update(bytes.fromhex(file_sha256(f)))
             except (OSError, InputError) as e:
                 h.update(f"unreadable\0{type(e).__name__}\0".encode())
     return h.hexdigest()
