@@ -372,6 +372,10 @@ class JobStore:
         """Whether an instance with this SOP Instance UID is recorded."""
         return self.one("SELECT 1 FROM instances WHERE sop_uid=?", sop_uid) is not None
 
+    def path_in_use(self, path: str) -> bool:
+        """Whether a recorded instance's store path (relative to STATE) is ``path``."""
+        return self.one("SELECT 1 FROM instances WHERE path=?", path) is not None
+
     def add_quarantine(self, *, name: str, path: str, reason: str, now: float) -> None:
         """Record a quarantined file (``name``: the opaque id of its inbox name)."""
         with self.tx() as c:

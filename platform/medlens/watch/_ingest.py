@@ -486,6 +486,12 @@ class Ingestor:
         dirs: set[Path] = set()
         stored: list[Path] = []
         patients: dict[int, str | None] = {}  # series id → its patient key, this batch
+
+        def patient(series_id: int) -> str | None:
+            if series_id not in patients:  # read from a stored header: once a batch
+                patients[series_id] = self.db.patient_of(series_id)
+            return patients[series_id]
+
         with self.db.tx() as c:
             for r in ready:
                 info = r.info
@@ -495,9 +501,7 @@ class Ingestor:
                     # The UID is stored in another series: moved there only for the same
                     # patient (a corrected series); another patient's instance reusing it
                     # took a slice out of a finished series, whose re-run replaced its result.
-                    if irow.series_id not in patients:
-                        patients[irow.series_id] = self.db.patient_of(irow.series_id)
-                    owner = patients[irow.series_id]
+                    owner = patient(irow.series_id)
                     if owner is not None and info.patient_key != owner:
                         why = (
                             "SOP Instance UID already stored for another patient (a reused or "
@@ -506,9 +510,7 @@ class Ingestor:
                         mismatched.append((r, why))
                         continue
                 if srow is not None:
-                    if srow.id not in patients:
-                        patients[srow.id] = self.db.patient_of(srow.id)
-                    why = _inconsistent(srow, info, patients[srow.id])
+                    why = _inconsistent(srow, info, patient(srow.id))
                     if why:
                         mismatched.append((r, why))
                         continue
@@ -591,8 +593,7 @@ class Ingestor:
         for p in drop_store:
             # Two versions of one instance in a batch: the first's path may be the winner's
             # again (it was deleted under the row that names it, and the series broken).
-            rel = str(p.relative_to(self.state_dir))
-            if self.db.one("SELECT 1 FROM instances WHERE path=?", rel) is None:
+            if not self.db.path_in_use(str(p.relative_to(self.state_dir))):
                 p.unlink(missing_ok=True)
         for r, why in mismatched:
             try:
